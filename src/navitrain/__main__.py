@@ -1,0 +1,3 @@
+from navitrain.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""The `navitrain` command line. Each command lives in its own module here with a `register(app)`
+function; this file only assembles them. Commands parse arguments and print; the work happens in
+navitrain.doctor, navitrain.probe, navitrain.bench, ... so that it is usable from Python too.
+"""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from navitrain import __version__
+
+COMMAND_MODULES = ("doctor", "explain", "probe", "bench", "advise", "run")
+
+app = typer.Typer(
+    name="navitrain",
+    help="PyTorch training on GPUs that ROCm left behind: diagnose, probe, pick the fastest route, measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"navitrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """navitrain command line."""
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"navitrain.cli.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"navitrain.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    app()
