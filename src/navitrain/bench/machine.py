@@ -1,0 +1,81 @@
+"""What machine and software a bench ran on, for its report, its chart title and its stored results."""
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name where the OS says it, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def fingerprint() -> str | None:
+    """The probe store's fingerprint of this stack, or None when the probe package is absent."""
+    try:
+        from navitrain.probe import fingerprint as fp
+    except Exception:
+        return None
+    for name in ("current", "fingerprint", "compute"):
+        fn = getattr(fp, name, None)
+        if callable(fn):
+            try:
+                value = fn()
+            except Exception:
+                return None
+            return getattr(value, "key", None) or getattr(value, "digest", None) or str(value)
+    return None
+
+
+def machine_info(routes: list | None = None) -> dict[str, Any]:
+    """CPU, devices seen by the routes, and versions. `routes` are runner.RouteInfo objects."""
+    import navitrain
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except Exception:
+        torch_version = None
+    devices = {}
+    for info in routes or []:
+        if getattr(info, "status", "") == "ok" and getattr(info, "device_name", ""):
+            devices[info.route] = info.device_name
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "wgpu": _version("wgpu"),
+        "navitrain": navitrain.__version__,
+        "devices": devices,
+        "fingerprint": fingerprint(),
+    }
+
+
+def title_line(machine: dict[str, Any]) -> str:
+    """One line naming the machine and versions, for chart titles."""
+    gpus = sorted({name for route, name in machine.get("devices", {}).items() if route != "cpu"})
+    parts = [machine.get("cpu", "")] + gpus
+    versions = f"torch {machine.get('torch')}, navitrain {machine.get('navitrain')}"
+    if machine.get("wgpu") and "wgpu" in machine.get("devices", {}):
+        versions += f", wgpu {machine['wgpu']}"
+    return " + ".join(p for p in parts if p) + " | " + versions

@@ -1,0 +1,168 @@
+"""Train one workload on one device and time it: the part of the bench that runs inside a route's process.
+
+Everything is synchronised through `loss.item()` at the end of each step (reading a value back waits
+for all queued work on CUDA, HIP and wgpu alike), so a step's wall time is the time the device really
+took. Batches are made on the CPU from the seed and moved to the device before the clock starts:
+the bench measures training, not data loading.
+"""
+from __future__ import annotations
+
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from navitrain.bench.workloads import Workload
+
+# Batches cycled through during a run: several, so the loss falls because a rule is learned rather
+# than because one batch is memorised, and few, so they fit in device memory beside the model.
+BATCH_POOL = 4
+
+StepCallback = Callable[[int, int, float], None]  # (step done, total steps, loss)
+
+
+def _rss_bytes() -> int | None:
+    """Resident set size now (Linux /proc); None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class MemoryMeter:
+    """Peak memory of one workload on one device, the best way each device type allows."""
+
+    def __init__(self, device):
+        self.device = device
+        self.kind = "n/a"
+        self._base = 0
+        self._peak = 0
+        self._wgpu = None
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+            self.kind = "peak allocated"
+        elif device.type == "wgpu":
+            self._wgpu = sys.modules.get("navitrain.wgpu")
+            if self._wgpu is not None and hasattr(self._wgpu, "max_memory_allocated"):
+                if hasattr(self._wgpu, "reset_peak_memory_stats"):
+                    self._wgpu.reset_peak_memory_stats()
+                self.kind = "peak allocated"
+            elif self._wgpu is not None and hasattr(self._wgpu, "memory_allocated"):
+                self.kind = "allocated (sampled)"
+        elif device.type == "cpu":
+            rss = _rss_bytes()
+            if rss is not None:
+                self._base = self._peak = rss
+                self.kind = "RSS growth"
+            else:
+                self._base = _peak_rss_bytes()
+                self.kind = "peak RSS growth"
+
+    def sample(self) -> None:
+        """Called after each step; only devices without a peak counter need it."""
+        if self.kind == "RSS growth":
+            self._peak = max(self._peak, _rss_bytes() or 0)
+        elif self.kind == "allocated (sampled)":
+            self._peak = max(self._peak, int(self._wgpu.memory_allocated()))
+
+    def peak_bytes(self) -> int | None:
+        if self.kind == "peak allocated" and self.device.type == "cuda":
+            import torch
+
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.kind == "peak allocated":
+            return int(self._wgpu.max_memory_allocated())
+        if self.kind == "allocated (sampled)":
+            return self._peak
+        if self.kind == "RSS growth":
+            return max(0, self._peak - self._base)
+        if self.kind == "peak RSS growth":
+            return max(0, _peak_rss_bytes() - self._base)
+        return None
+
+
+def reference_loss(workload: Workload, device, seed: int) -> float:
+    """The loss the CPU and every route must agree on before training: the first training step's
+    loss for deterministic models, an eval-mode loss for models with dropout."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = workload.build().to(device)
+    if not workload.deterministic:
+        model.eval()
+    x, y = workload.batch(seed, device)
+    with torch.no_grad():
+        return float(workload.loss(model(x), y).item())
+
+
+def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed: int = 0,
+                   on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Build the model from `seed` on the CPU, move it to `device`, train `warmup + steps` steps and
+    return the losses, per-step times and peak memory. Raises what the device raises."""
+    import torch
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    total = warmup + steps
+    torch.manual_seed(seed)  # the same initial weights on every route
+    model = workload.build()
+    check_loss = None
+    meter = MemoryMeter(device)
+    started = time.perf_counter()
+    model = model.to(device)
+    batches = [workload.batch(seed + i, device) for i in range(BATCH_POOL)]
+    if not workload.deterministic:
+        model.eval()
+        with torch.no_grad():
+            check_loss = float(workload.loss(model(batches[0][0]), batches[0][1]).item())
+        model.train()
+    optimizer = workload.make_optimizer(model.parameters())
+
+    losses: list[float] = []
+    step_s: list[float] = []
+    time_to_first_step = math.nan
+    for step in range(total):
+        x, y = batches[step % BATCH_POOL]
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = workload.loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.item())  # the sync point
+        t1 = time.perf_counter()
+        if step == 0:
+            time_to_first_step = t1 - started
+        if step >= warmup:
+            step_s.append(t1 - t0)
+        losses.append(value)
+        meter.sample()
+        if on_step is not None:
+            on_step(step + 1, total, value)
+
+    median = statistics.median(step_s)
+    quartiles = statistics.quantiles(step_s, n=4, method="inclusive") if len(step_s) > 1 else [median] * 3
+    return {
+        "losses": losses,
+        "first_loss": losses[0],
+        "check_loss": losses[0] if check_loss is None else check_loss,
+        "step_ms": [s * 1e3 for s in step_s],
+        "median_ms": median * 1e3,
+        "iqr_ms": (quartiles[2] - quartiles[0]) * 1e3,
+        "min_ms": min(step_s) * 1e3,
+        "max_ms": max(step_s) * 1e3,
+        "samples_per_s": workload.batch_size / median,
+        "time_to_first_step_s": time_to_first_step,
+        "peak_memory_bytes": meter.peak_bytes(),
+        "memory_kind": meter.kind,
+    }
