@@ -46,12 +46,9 @@ def failure_mode(text: str) -> str | None:
         from navitrain.doctor import logs
     except Exception:  # the doctor is optional here: without it the raw text is still shown
         return None
-    classify = getattr(logs, "classify", None)
-    if classify is None:
-        return None
     try:
-        found = classify(text)
+        modes = logs.classify(text)  # most important first; [unknown] when nothing matches
     except Exception:
         return None
-    mode = getattr(found, "mode", None) or getattr(found, "id", None) or (found if isinstance(found, str) else None)
+    mode = getattr(modes[0], "id", None) if modes else None
     return None if mode in (None, "unknown") else str(mode)

@@ -1,0 +1,80 @@
+"""`navitrain bench --plot`: samples/s per route, one panel per workload, readable at a glance.
+
+One panel per workload because their speeds differ by orders of magnitude (an MLP step moves tens of
+thousands of samples per second, a ResNet a few hundred): each panel gets its own linear axis, every
+bar carries its value and its speed-up over the CPU, and a route that could not be timed shows why.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from navitrain.bench.machine import title_line
+
+FORMATS = (".png", ".svg")
+# One colour per route, the same in every chart (colour-blind-safe Okabe-Ito hues).
+ROUTE_COLOURS = {"native": "#0072B2", "nomiopen": "#009E73", "wgpu": "#D55E00", "cpu": "#999999"}
+_FALLBACK_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9", "#F0E442")
+
+
+def _colour(route: str, index: int) -> str:
+    return ROUTE_COLOURS.get(route, _FALLBACK_COLOURS[index % len(_FALLBACK_COLOURS)])
+
+
+def _format_rate(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Draw `report` (BenchReport.to_dict()) to `path` (.png or .svg) and return the path."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"plot file must end in .png or .svg, got {path.name!r}")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    routes = list(dict.fromkeys(r["route"] for r in results))
+    workloads = list(dict.fromkeys(r["workload"] for r in results))
+    titles = {r["workload"]: r["title"] for r in results}
+
+    fig, axes = plt.subplots(1, len(workloads), figsize=(max(4.2 * len(workloads), 6), 4.6), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        rows = {r["route"]: r for r in results if r["workload"] == workload}
+        heights = [rows[rt]["samples_per_s"] or 0.0 if rt in rows else 0.0 for rt in routes]
+        bars = ax.bar(routes, heights, color=[_colour(rt, i) for i, rt in enumerate(routes)],
+                      edgecolor="black", linewidth=0.6)
+        top = max(heights) if any(heights) else 1.0
+        ax.set_ylim(0, top * 1.25)
+        for bar, route in zip(bars, routes):
+            row = rows.get(route)
+            x = bar.get_x() + bar.get_width() / 2
+            if row and row["status"] == "ok" and row["samples_per_s"]:
+                label = _format_rate(row["samples_per_s"])
+                if row.get("speedup_vs_cpu") and route != "cpu":
+                    label += f"\n{row['speedup_vs_cpu']:.2g}x CPU"
+                ax.text(x, bar.get_height() + top * 0.02, label, ha="center", va="bottom", fontsize=9)
+            else:
+                status = row["status"] if row else "not run"
+                ax.text(x, top * 0.03, status, ha="center", va="bottom", fontsize=9, color="#B00020",
+                        rotation=90)
+        ax.set_title(titles.get(workload, workload), fontsize=11)
+        ax.set_xlabel("route")
+        ax.set_ylabel("samples/s (higher is better)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+
+    mode = report.get("size", "")
+    fig.suptitle(f"navitrain bench ({mode}): training throughput per route\n{title_line(report.get('machine', {}))}",
+                 fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
