@@ -1,0 +1,77 @@
+"""`navitrain explain [FILE|-]`: which known failure mode a crash log shows, and what to do about it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from navitrain.cli._output import console, fail, print_json
+
+# Logs can be huge (a whole training run); the failure is near the end, so read at most the tail.
+MAX_LOG_BYTES = 32 << 20
+
+
+def _read_log(source: str) -> str:
+    if source == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            fail("no log given: pass a file, or pipe one in (`navitrain explain - < crash.log`)")
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        path = Path(source)
+        if not path.exists():
+            fail(f"log file {source} does not exist")
+        if path.is_dir():
+            fail(f"{source} is a directory, not a log file")
+        try:
+            with path.open("rb") as handle:
+                handle.seek(0, 2)
+                size = handle.tell()
+                handle.seek(max(0, size - MAX_LOG_BYTES))
+                data = handle.read()
+        except OSError as exc:
+            fail(f"cannot read {source}: {exc.strerror or exc}")
+    return data[-MAX_LOG_BYTES:].decode("utf-8", errors="replace")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def explain(
+        log: str = typer.Argument("-", metavar="[FILE|-]", help="The log to classify ('-' or nothing: standard input)."),
+        json_out: bool = typer.Option(False, "--json", help='Print {"modes": [...]} as JSON.'),
+        root: Path = typer.Option(Path("/"), "--root", help="Machine files to combine with the log (default /)."),
+        no_facts: bool = typer.Option(False, "--no-facts", help="Classify the log alone, without this machine's facts."),
+    ) -> None:
+        """Classify a crash log (stderr, dmesg, a traceback) into known failure modes, with the fix."""
+        if not no_facts and not root.is_dir():
+            fail(f"--root {root} is not a directory")
+        text = _read_log(log)
+        from navitrain.doctor.context import add_context
+        from navitrain.doctor.logs import classify
+
+        modes = classify(text)
+        if not no_facts:
+            from navitrain.doctor import collect
+
+            # Files and environment only: explaining a log must stay fast and must not start torch.
+            add_context(modes, collect(root, probe=False))
+        if json_out:
+            print_json({"schema": "navitrain.explain/1", "modes": [m.to_dict() for m in modes]})
+            return
+        _render(modes)
+
+
+def _render(modes) -> None:
+    from rich.markup import escape
+
+    for m in modes:
+        colour = "yellow" if m.id == "unknown" else ("cyan" if m.id == "cpu-fallback-warning" else "bold red")
+        console.rule(f"[{colour}]{escape(m.id)}[/] — {escape(m.title)}", align="left")
+        for line in m.lines:
+            console.print(f"  [dim]│[/] {escape(line)}")
+        console.print(f"[bold]Why:[/] {escape(m.why)}")
+        console.print(f"[bold]Fix:[/] {escape(m.fix)}")
+        for note in m.context:
+            console.print(f"[bold magenta]This machine:[/] {escape(note)}")
+        for src in m.sources:
+            console.print(f"  [dim blue]{escape(src)}[/]")
