@@ -284,6 +284,8 @@ def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup
         except OSError:
             pass
     info.wall_s = time.perf_counter() - started
+    if on_event is not None:
+        on_event({"kind": "done", "route": route_name, "status": info.status, "detail": info.detail})
     return info, raw
 
 

@@ -1,0 +1,64 @@
+"""Bench results in the probe store, keyed by the probe fingerprint of this machine's stack, so that
+`navitrain.device()` can order routes by measured speed and `navitrain advise` can use them.
+
+The store and the fingerprint belong to navitrain.probe; this module only adapts a bench report to
+them and says plainly when they are missing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# Extra facts stored beside each speed, so a stored row can be told apart and judged later.
+_EXTRA_FIELDS = ("title", "size", "batch_size", "iqr_ms", "min_ms", "max_ms", "time_to_first_step_s",
+                 "peak_memory_bytes", "memory_kind", "speedup_vs_cpu", "first_loss", "last_loss")
+
+
+def workload_key(row: dict[str, Any]) -> str:
+    """Quick and full sizes of a workload are different measurements: `resnet18@quick`."""
+    return f"{row['workload']}@{row['size']}"
+
+
+def save(report: dict[str, Any]) -> dict[str, Any]:
+    """Store every timed row of `report` (BenchReport.to_dict()). Returns {"saved", "fingerprint",
+    "note"}; never raises: a bench whose results cannot be stored still printed them."""
+    rows = [r for r in report["results"] if r["status"] == "ok" and r.get("samples_per_s")]
+    try:
+        from navitrain.probe import store
+    except Exception as exc:
+        return {"saved": 0, "fingerprint": None, "note": f"not stored: the probe store is unavailable ({exc})"}
+    fingerprint = report.get("machine", {}).get("fingerprint")
+    if not fingerprint:
+        return {"saved": 0, "fingerprint": None, "note": "not stored: no probe fingerprint for this machine"}
+    saved = 0
+    try:
+        for row in rows:
+            extra = {key: row.get(key) for key in _EXTRA_FIELDS}
+            extra.update(steps=report["steps"], warmup=report["warmup"], seed=report["seed"])
+            store.save_bench(fingerprint, row["route"], workload_key(row), row["samples_per_s"],
+                             row["median_ms"], extra)
+            saved += 1
+    except Exception as exc:
+        return {"saved": saved, "fingerprint": fingerprint, "note": f"storing failed after {saved} rows: {exc}"}
+    return {"saved": saved, "fingerprint": fingerprint, "note": ""}
+
+
+def measured_speeds() -> tuple[dict[str, float], str]:
+    """Speeds per route from the latest bench for this machine's fingerprint, and where they came from
+    (empty when nothing was measured or the store is unavailable)."""
+    from navitrain.bench.machine import fingerprint as current_fingerprint
+
+    try:
+        from navitrain.probe import store
+    except Exception as exc:
+        return {}, f"the probe store is unavailable ({exc})"
+    fingerprint = current_fingerprint()
+    if not fingerprint:
+        return {}, "no probe fingerprint for this machine"
+    try:
+        speeds = dict(store.route_speeds(fingerprint))
+    except Exception as exc:
+        return {}, f"reading the probe store failed: {exc}"
+    speeds = {route: float(v) for route, v in speeds.items() if v and v > 0}
+    if not speeds:
+        return {}, f"no bench results for fingerprint {fingerprint}"
+    return speeds, f"measured by navitrain bench (fingerprint {fingerprint})"

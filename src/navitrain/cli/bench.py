@@ -1,0 +1,109 @@
+"""`navitrain bench`: train standard workloads on every route and report what each route is worth."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from navitrain.cli._output import console, err_console, fail, print_json
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Accept both `--route cpu --route wgpu` and `--route cpu,wgpu`."""
+    out: list[str] = []
+    for value in values or []:
+        out += [v.strip() for v in value.split(",") if v.strip()]
+    return list(dict.fromkeys(out))
+
+
+def run_and_report(*, routes: list[str], workloads: list[str] | None, quick: bool, steps: int | None,
+                   warmup: int | None, seed: int, timeout: float, as_json: bool, plot: Path | None,
+                   save: bool, compact: bool = False) -> dict:
+    """Run the bench with a progress bar (not with --json), print the table, store and plot.
+    Shared by `navitrain bench` and `navitrain run`. Returns the report dict (with "stored" and "plot")."""
+    from navitrain.bench import report as render
+    from navitrain.bench import runner, storage
+    from navitrain.bench.progress import BenchProgress
+
+    size = "quick" if quick else "full"
+    plan = runner.QUICK if quick else runner.FULL
+    per_route = len(workloads or runner.DEFAULT_WORKLOADS) * ((steps or plan["steps"]) +
+                                                              (plan["warmup"] if warmup is None else warmup))
+    kwargs = dict(size=size, steps=steps, warmup=warmup, seed=seed, timeout=timeout)
+    try:
+        if as_json:
+            result = runner.run_bench(routes, workloads, **kwargs)
+        else:
+            with BenchProgress(routes, per_route, console=console) as progress:
+                result = runner.run_bench(routes, workloads, on_event=progress.on_event, **kwargs)
+    except ValueError as exc:
+        fail(str(exc))
+    data = result.to_dict()
+    data["stored"] = storage.save(data) if save else {"saved": 0, "note": "not stored (--no-save)"}
+    data["plot"] = None
+    if plot is not None:
+        from navitrain.bench.plot import plot_report
+
+        data["plot"] = str(plot_report(data, plot))
+    if not as_json:
+        console.print(render.results_table(data, compact=compact))
+        for line in render.summary_lines(data):
+            console.print(f"  {line}")
+        for line in render.problems(data):
+            console.print(f"  [yellow]not timed[/] {line}")
+        if data["stored"].get("note"):
+            console.print(f"  [dim]{data['stored']['note']}[/]")
+        if data["plot"]:
+            console.print(f"  chart: {data['plot']}")
+    return data
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def bench(
+        route: Optional[list[str]] = typer.Option(
+            None, "--route", "-r", help="Routes to bench (repeat or comma-separate). Default: the routes "
+            "whose probes passed here, else every available route."),
+        workload: Optional[list[str]] = typer.Option(
+            None, "--workload", "-w", help="Workloads (default mlp,resnet18,gpt; also unet, mnist)."),
+        quick: bool = typer.Option(False, "--quick", help="Tiny models and few steps (about a minute on a CPU)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Timed steps per workload (default 6 quick, 30 full)."),
+        warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up steps (default 2 quick, 5 full)."),
+        seed: int = typer.Option(0, "--seed", help="Seed for weights and data (the same on every route)."),
+        timeout: float = typer.Option(300.0, "--timeout", help="Seconds a route may go without finishing a step before it is killed."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart of samples/s to FILE.png or FILE.svg."),
+        save: bool = typer.Option(True, "--save/--no-save", help="Store the results with this machine's probe fingerprint."),
+        as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    ) -> None:
+        """Train an MLP, a CIFAR ResNet-18 and a GPT-style decoder on synthetic data on each route and
+        report step time, samples/s, peak memory, time to first step and speed-up over the CPU. A route
+        whose loss does not fall, or whose first loss disagrees with the CPU's, is not timed."""
+        from navitrain.bench import route_choice, workloads as known
+
+        if steps is not None and steps < 2:
+            fail(f"--steps must be at least 2 (got {steps}): a single step shows no loss trend")
+        if warmup is not None and warmup < 0:
+            fail(f"--warmup must not be negative (got {warmup})")
+        if timeout <= 0:
+            fail(f"--timeout must be positive (got {timeout:g})")
+        if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
+            fail(f"--plot must name a .png or .svg file (got {str(plot)!r})")
+        names = _split(workload) or None
+        for name in names or []:
+            if name not in known.names():
+                fail(f"unknown workload {name!r} in --workload; known: {', '.join(known.names())}")
+        routes = _split(route)
+        if routes:
+            try:
+                route_choice.check_names(routes)
+            except ValueError as exc:
+                fail(f"--route: {exc}")
+        else:
+            routes, why = route_choice.default_routes()
+            if not as_json:
+                err_console.print(f"[dim]routes: {', '.join(routes)} ({why})[/]")
+        data = run_and_report(routes=routes, workloads=names, quick=quick, steps=steps, warmup=warmup,
+                              seed=seed, timeout=timeout, as_json=as_json, plot=plot, save=save)
+        if as_json:
+            print_json(data)
