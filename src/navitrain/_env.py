@@ -35,6 +35,10 @@ WGPU_BATCH = _declare("NAVITRAIN_WGPU_BATCH", "512", "Dispatches recorded before
 WGPU_TUNE = _declare("NAVITRAIN_WGPU_TUNE", "1", "0: never autotune wgpu GEMM tiles; use the built-in defaults.")
 CONV_WORKSPACE_MB = _declare(
     "NAVITRAIN_CONV_WORKSPACE_MB", "512", "Cap on the im2col workspace of the nomiopen convolution, in MiB.")
+CONV_ALGO = _declare(
+    "NAVITRAIN_CONV_ALGO", "auto",
+    "Convolution algorithm of the nomiopen route: auto (cost model), tune (time the candidates once per "
+    "shape), im2col, winograd2 or winograd4 (prefer that one where it applies).")
 CACHE_DIR = _declare("NAVITRAIN_CACHE_DIR", None, "Where probe results, bench results and tuning caches live (default: the user cache dir).")
 PROBE_TIMEOUT = _declare("NAVITRAIN_PROBE_TIMEOUT", "60", "Default per-case timeout of navitrain probe, in seconds.")
 LOG = _declare("NAVITRAIN_LOG", "info", "Log level of the navitrain logger (debug, info, warning).")
