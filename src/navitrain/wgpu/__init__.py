@@ -1,0 +1,113 @@
+"""navitrain's wgpu device: PyTorch training on any GPU with a Vulkan, Metal or DX12 driver, no ROCm.
+
+    import torch, navitrain.wgpu          # registers the device "wgpu"
+    model = MyModel().to("wgpu")
+    x = torch.randn(64, 784, device="wgpu")
+
+This module is also `torch.wgpu` (PyTorch's device module for the backend): seeding, synchronisation
+and memory statistics live here. Importing it needs torch >= 2.11; the GPU itself is opened on first use.
+"""
+from __future__ import annotations
+
+import torch as _torch
+
+from navitrain.wgpu import device as _device
+
+# The device name must exist before any module below builds torch.device("wgpu", 0).
+_device.register()
+
+from navitrain.wgpu import dispatch as _dispatch  # noqa: E402
+from navitrain.wgpu import rng as _rng  # noqa: E402
+from navitrain.wgpu import runtime as _runtime_mod  # noqa: E402
+from navitrain.wgpu.runtime import DeviceLostError, KernelCompileError, WgpuError  # noqa: E402
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor  # noqa: E402
+
+__all__ = [
+    "DEVICE", "WgpuTensor", "WgpuError", "KernelCompileError", "DeviceLostError", "adapter_info", "synchronize",
+    "memory_allocated", "max_memory_allocated", "memory_reserved", "reset_peak_memory_stats", "empty_cache",
+    "memory_stats", "fallback_report", "reset_fallback_counts", "manual_seed", "manual_seed_all", "seed",
+    "initial_seed", "get_rng_state", "set_rng_state", "is_available", "device_count", "current_device",
+]
+
+_device.register_factories()
+from navitrain.wgpu import ops as _ops  # noqa: E402  (registers every op handler)
+
+fallback_report = _dispatch.fallback_report
+reset_fallback_counts = _dispatch.reset_fallback_counts
+manual_seed = _rng.manual_seed
+manual_seed_all = _rng.manual_seed
+seed = _rng.seed
+initial_seed = _rng.initial_seed
+get_rng_state = _rng.get_rng_state
+set_rng_state = _rng.set_rng_state
+
+
+def adapter_info() -> dict:
+    """The adapter in use: name, driver, type, backend, whether it is a software rasteriser, features."""
+    return _runtime_mod.runtime().describe()
+
+
+def synchronize(device=None) -> None:
+    """Submit recorded work and wait for the GPU to finish it."""
+    if _runtime_mod.is_started():
+        _runtime_mod.runtime().synchronize()
+
+
+def memory_allocated(device=None) -> int:
+    """Bytes held by live tensors (rounded to the allocator's size classes)."""
+    return _runtime_mod.runtime().allocator.allocated if _runtime_mod.is_started() else 0
+
+
+def max_memory_allocated(device=None) -> int:
+    return _runtime_mod.runtime().allocator.peak_allocated if _runtime_mod.is_started() else 0
+
+
+def reset_peak_memory_stats(device=None) -> None:
+    if _runtime_mod.is_started():
+        alloc = _runtime_mod.runtime().allocator
+        alloc.peak_allocated = alloc.allocated
+
+
+def memory_reserved(device=None) -> int:
+    """Bytes of GPU buffers held by the caching allocator."""
+    return _runtime_mod.runtime().allocator.reserved if _runtime_mod.is_started() else 0
+
+
+def memory_stats(device=None) -> dict:
+    return _runtime_mod.runtime().allocator.stats() if _runtime_mod.is_started() else {}
+
+
+def empty_cache() -> None:
+    """Give cached, unused GPU buffers back to the driver."""
+    if _runtime_mod.is_started():
+        _runtime_mod.runtime().allocator.empty_cache()
+
+
+# -- what PyTorch asks of a device module ---------------------------------------------------------
+def is_available() -> bool:
+    try:
+        _runtime_mod.runtime()
+        return True
+    except Exception:
+        return False
+
+
+def is_initialized() -> bool:
+    return _runtime_mod.is_started()
+
+
+def device_count() -> int:
+    return 1
+
+
+def current_device() -> int:
+    return 0
+
+
+def set_device(device) -> None:
+    if _torch.device(device).index not in (None, 0):
+        raise ValueError("the wgpu backend exposes one device, wgpu:0")
+
+
+def _is_in_bad_fork() -> bool:
+    return False

@@ -1,0 +1,169 @@
+"""A caching allocator: tensors live in blocks carved out of a few large GPU buffers ("heaps").
+
+Why heaps rather than one buffer per tensor: a kernel is bound to buffers through a bind group, and
+creating a bind group costs tens of microseconds. With every tensor inside one of a handful of heaps,
+the set of distinct (heap, heap, ...) combinations is tiny and every bind group is cached; the tensor's
+place inside its heap is passed to the kernel as an element offset.
+
+Blocks are rounded up to size classes (at most 1/8 waste above 1 MiB) and kept on per-class free lists
+when their tensor dies, so a training loop that allocates the same sizes every step reaches a steady
+state after its first step: `memory_reserved()` stops growing. `empty_cache()` gives back heaps with no
+live block. A tensor larger than a heap gets a dedicated heap of its own, up to the adapter's largest
+storage binding; anything larger is refused with an error naming the sizes.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+ALIGN = 256  # byte alignment of every block: keeps vec4 loads and every element type aligned
+_MiB = 1 << 20
+
+
+def size_class(nbytes: int) -> int:
+    """Round a request up to its class: powers of two up to 1 MiB, then eighths of a power of two."""
+    n = max(ALIGN, (nbytes + ALIGN - 1) // ALIGN * ALIGN)
+    if n <= _MiB:
+        return 1 << (n - 1).bit_length()
+    step = (1 << (n.bit_length() - 1)) // 8
+    return (n + step - 1) // step * step
+
+
+@dataclass(eq=False)
+class Heap:
+    buffer: object          # wgpu GPUBuffer
+    size: int
+    index: int               # stable id used in bind-group cache keys
+    top: int = 0             # bump pointer: bytes handed out so far
+    live: int = 0            # blocks currently owned by tensors
+    dedicated: bool = False  # holds a single large block
+
+
+@dataclass(eq=False)
+class Block:
+    heap: Heap
+    offset: int  # bytes from the start of the heap
+    size: int    # the block's size class in bytes
+    live: bool = field(default=True)
+
+
+class OutOfMemory(Exception):
+    """Raised by the heap factory when the GPU refuses a new buffer."""
+
+
+class CachingAllocator:
+    def __init__(self, create_buffer, destroy_buffer, heap_size: int, max_binding: int):
+        self._create = create_buffer      # (nbytes) -> GPUBuffer, raises OutOfMemory
+        self._destroy = destroy_buffer    # (GPUBuffer) -> None
+        self.heap_size = heap_size
+        self.max_binding = max_binding
+        self._heaps: list[Heap] = []
+        self._free: dict[int, list[Block]] = {}
+        self._next_index = 0
+        self._lock = threading.Lock()
+        self.allocated = 0       # bytes in live blocks (by size class)
+        self.peak_allocated = 0
+        self.reserved = 0        # bytes in heaps
+        self.on_heap_freed = None  # callback(heap) so the runtime can drop cached bind groups
+
+    # -- allocation ---------------------------------------------------------------------------
+    def malloc(self, nbytes: int) -> Block:
+        cls = size_class(nbytes)
+        if cls > self.max_binding:
+            raise MemoryError(
+                f"a tensor of {nbytes / _MiB:.1f} MiB exceeds this adapter's largest storage binding "
+                f"({self.max_binding / _MiB:.0f} MiB); split it or use a smaller batch")
+        with self._lock:
+            free = self._free.get(cls)
+            if free:
+                block = free.pop()
+                block.live = True
+                block.heap.live += 1
+                self._account(cls)
+                return block
+            block = self._carve(cls)
+            self._account(cls)
+            return block
+
+    def _account(self, cls: int) -> None:
+        self.allocated += cls
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
+
+    def _carve(self, cls: int) -> Block:
+        if cls > self.heap_size // 2:
+            heap = self._new_heap(cls, dedicated=True)
+            heap.top = cls
+            heap.live = 1
+            return Block(heap, 0, cls)
+        for heap in reversed(self._heaps):
+            if not heap.dedicated and heap.top + cls <= heap.size:
+                block = Block(heap, heap.top, cls)
+                heap.top += cls
+                heap.live += 1
+                return block
+        heap = self._new_heap(self.heap_size, dedicated=False)
+        heap.top = cls
+        heap.live = 1
+        return Block(heap, 0, cls)
+
+    def _new_heap(self, size: int, dedicated: bool) -> Heap:
+        try:
+            buffer = self._create(size)
+        except OutOfMemory:
+            # Give back every idle heap and idle block, then try once more before failing.
+            self._release_idle()
+            try:
+                buffer = self._create(size)
+            except OutOfMemory as exc:
+                raise MemoryError(
+                    f"out of GPU memory: asked for a {size / _MiB:.0f} MiB buffer with "
+                    f"{self.allocated / _MiB:.0f} MiB allocated by tensors and "
+                    f"{self.reserved / _MiB:.0f} MiB reserved ({exc})") from None
+        heap = Heap(buffer, size, self._next_index, dedicated=dedicated)
+        self._next_index += 1
+        self._heaps.append(heap)
+        self.reserved += size
+        return heap
+
+    # -- release -------------------------------------------------------------------------------
+    def free(self, block: Block) -> None:
+        with self._lock:
+            if not block.live:
+                return
+            block.live = False
+            block.heap.live -= 1
+            self.allocated -= block.size
+            self._free.setdefault(block.size, []).append(block)
+
+    def empty_cache(self) -> None:
+        with self._lock:
+            self._release_idle()
+
+    def _release_idle(self) -> None:
+        idle = [h for h in self._heaps if h.live == 0]
+        if not idle:
+            return
+        idle_ids = {id(h) for h in idle}
+        for cls, blocks in list(self._free.items()):
+            kept = [b for b in blocks if id(b.heap) not in idle_ids]
+            if kept:
+                self._free[cls] = kept
+            else:
+                del self._free[cls]
+        for heap in idle:
+            self._heaps.remove(heap)
+            self.reserved -= heap.size
+            if self.on_heap_freed is not None:
+                self.on_heap_freed(heap)
+            self._destroy(heap.buffer)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "allocated_bytes": self.allocated,
+                "peak_allocated_bytes": self.peak_allocated,
+                "reserved_bytes": self.reserved,
+                "heaps": len(self._heaps),
+                "free_blocks": sum(len(v) for v in self._free.values()),
+            }

@@ -1,0 +1,70 @@
+"""Registering "wgpu" with PyTorch: the PrivateUse1 dispatch key renamed, its device module and factories.
+
+After `register()`, `torch.device("wgpu")` exists, `torch.wgpu` is navitrain.wgpu, and factories called
+with device="wgpu" (torch.empty/zeros/randn/..., `.to("wgpu")`) allocate WgpuTensors: they reach the
+PrivateUse1 kernels registered here for `empty.memory_format` and `empty_strided`, and every other
+factory-like op without tensor inputs reaches the PrivateUse1 fallback, which builds the result on the
+CPU and moves it over (counted like any fallback).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+MIN_TORCH = (2, 11)
+_registered = False
+_libs: list = []
+
+
+def _check_torch() -> None:
+    version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    if version < MIN_TORCH:
+        raise RuntimeError(
+            f"navitrain's wgpu device needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} (the lowest version it is "
+            f"tested with); this is torch {torch.__version__}")
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    _check_torch()
+    name = torch._C._get_privateuse1_backend_name()
+    if name not in ("privateuseone", "wgpu"):
+        raise RuntimeError(f"the PrivateUse1 device is already taken by another backend ({name!r})")
+    from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
+
+    module = sys.modules["navitrain.wgpu"]
+    if name == "privateuseone":
+        _setup_privateuseone_for_python_backend("wgpu", backend_module=module)
+    _registered = True
+
+
+def register_factories() -> None:
+    from navitrain.wgpu import dispatch
+    from navitrain.wgpu.tensor import empty
+
+    lib = torch.library.Library("aten", "IMPL")
+
+    def empty_memory_format(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+        dtype = dtype or torch.get_default_dtype()
+        if memory_format in (None, torch.contiguous_format, torch.preserve_format):
+            return empty(size, dtype)
+        strides = torch.empty(size, device="meta").to(memory_format=memory_format).stride()
+        return empty(size, dtype, strides)
+
+    def empty_strided(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
+        return empty(size, dtype or torch.get_default_dtype(), stride)
+
+    lib.impl("empty.memory_format", empty_memory_format, "PrivateUse1")
+    lib.impl("empty_strided", empty_strided, "PrivateUse1")
+
+    fallback_lib = torch.library.Library("_", "IMPL")
+
+    def factory_fallback(op, *args, **kwargs):
+        # Reached only by ops with no wgpu tensor argument (those go to __torch_dispatch__ first).
+        return dispatch.cpu_fallback(op, args, kwargs)
+
+    fallback_lib.fallback(factory_fallback, "PrivateUse1")
+    _libs.extend([lib, fallback_lib])  # keep the registrations alive

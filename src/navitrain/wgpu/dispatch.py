@@ -1,0 +1,176 @@
+"""Where every aten op on a wgpu tensor goes: a kernel, a decomposition, or the counted CPU fallback.
+
+1. The op table: `@implements(aten.add.Tensor, ...)` registers a handler with exactly the aten signature.
+2. Decompositions: an op without a handler but with a PyTorch decomposition (torch._decomp) is rewritten
+   into ops that, in turn, reach the table. Counted separately: they stay on the GPU.
+3. The CPU fallback: the op runs on CPU copies of its inputs; mutated arguments are written back and
+   outputs come back to the device, so results are exactly the CPU's. Every call is counted per op and
+   warned about once per op (`fallback_report()`); with NAVITRAIN_WGPU_STRICT=1 it raises instead.
+   Ops that return views cannot fall back (the result would not alias its input): they raise.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import Counter
+from typing import Callable
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from navitrain import _env
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor, from_cpu, to_cpu
+
+log = logging.getLogger("navitrain.wgpu")
+aten = torch.ops.aten
+
+OPS: dict[object, Callable] = {}
+fallback_counts: Counter = Counter()
+decomposed_counts: Counter = Counter()
+_warned: set[str] = set()
+_local = threading.local()
+
+
+class FallbackForbidden(NotImplementedError):
+    """An op had no wgpu kernel while NAVITRAIN_WGPU_STRICT=1."""
+
+
+def implements(*ops):
+    """Register the decorated function as the handler of each aten overload in `ops`."""
+    def deco(fn):
+        for op in ops:
+            if isinstance(op, torch._ops.OpOverloadPacket):
+                raise TypeError(f"register overloads explicitly, not the packet {op}")
+            if op in OPS and OPS[op] is not fn:
+                raise RuntimeError(f"{op} is registered twice ({OPS[op].__qualname__} and {fn.__qualname__})")
+            OPS[op] = fn
+        return fn
+    return deco
+
+
+def torch_dispatch(cls, func, types, args=(), kwargs=None):
+    handler = OPS.get(func)
+    if handler is not None:
+        return handler(*args, **kwargs) if kwargs else handler(*args)
+    return _unhandled(func, args, kwargs or {})
+
+
+WgpuTensor.__torch_dispatch__ = classmethod(torch_dispatch)
+
+
+# -- decomposition ------------------------------------------------------------------------------
+def _decomposition(func):
+    from torch._decomp import decomposition_table
+
+    return decomposition_table.get(func)
+
+
+def _unhandled(func, args, kwargs):
+    active = getattr(_local, "decomposing", None)
+    if active is None:
+        active = _local.decomposing = set()
+    if func not in active:
+        decomp = _decomposition(func)
+        if decomp is None and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+            decomp = func.decompose
+        if decomp is not None:
+            active.add(func)
+            try:
+                result = decomp(*args, **kwargs)
+            finally:
+                active.discard(func)
+            if result is not NotImplemented:
+                decomposed_counts[str(func)] += 1
+                return result
+    return cpu_fallback(func, args, kwargs)
+
+
+# -- the CPU fallback ---------------------------------------------------------------------------
+def _describe_args(args, kwargs) -> str:
+    def one(x):
+        if isinstance(x, torch.Tensor):
+            return f"{x.device.type}:{str(x.dtype).replace('torch.', '')}{list(x.shape)}"
+        if isinstance(x, (list, tuple)):
+            return "[" + ", ".join(one(v) for v in x) + "]"
+        return repr(x)
+    parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def cpu_fallback(func, args, kwargs):
+    name = str(func)
+    schema = func._schema
+    if any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns):
+        raise NotImplementedError(
+            f"navitrain wgpu: view op {name} has no wgpu implementation (a CPU fallback cannot return a view); "
+            f"arguments: {_describe_args(args, kwargs)}")
+    if _env.wgpu_strict():
+        raise FallbackForbidden(
+            f"navitrain wgpu: no kernel for {name} ({_describe_args(args, kwargs)}); "
+            f"{_env.WGPU_STRICT}=1 forbids running it on the CPU")
+    fallback_counts[name] += 1
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(f"navitrain wgpu: {name} has no wgpu kernel and runs on the CPU "
+                      "(counted; see navitrain.wgpu.fallback_report())", stacklevel=3)
+
+    flat, spec = tree_flatten((args, kwargs))
+    cpu_flat = []
+    for x in flat:
+        if isinstance(x, WgpuTensor):
+            cpu_flat.append(to_cpu(x))
+        elif isinstance(x, torch.device) and x.type == DEVICE.type:
+            cpu_flat.append(torch.device("cpu"))
+        else:
+            cpu_flat.append(x)
+    cpu_args, cpu_kwargs = tree_unflatten(cpu_flat, spec)
+    out = func(*cpu_args, **cpu_kwargs)
+
+    # Write mutated arguments back to the device tensors they came from.
+    written: dict[int, object] = {}
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        if arg.kwarg_only or i >= len(args):
+            original, cpu_value = kwargs.get(arg.name), cpu_kwargs.get(arg.name)
+        else:
+            original, cpu_value = args[i], cpu_args[i]
+        if original is None:
+            continue
+        pairs = zip(original, cpu_value) if isinstance(original, (list, tuple)) else [(original, cpu_value)]
+        for dev_t, cpu_t in pairs:
+            if isinstance(dev_t, WgpuTensor):
+                from navitrain.wgpu.tensor import upload_into
+
+                upload_into(dev_t, cpu_t)
+        for alias in arg.alias_info.before_set:
+            written[alias] = original
+
+    def back(x, ret=None):
+        if ret is not None and ret.alias_info is not None:
+            for alias in ret.alias_info.before_set:
+                if alias in written:
+                    return written[alias]
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and not isinstance(x, WgpuTensor):
+            return from_cpu(x)
+        return x
+
+    if isinstance(out, tuple) and len(schema.returns) == len(out):
+        return tuple(back(o, r) if not isinstance(o, (list, tuple)) else type(o)(back(v) for v in o)
+                     for o, r in zip(out, schema.returns))
+    if isinstance(out, (list, tuple)):
+        return type(out)(back(o) for o in out)
+    return back(out, schema.returns[0] if schema.returns else None)
+
+
+def fallback_report() -> dict:
+    """Ops that ran on the CPU (and how often), and ops handled by decomposition."""
+    return {"cpu_fallbacks": dict(fallback_counts), "decomposed": dict(decomposed_counts),
+            "total_fallback_calls": sum(fallback_counts.values())}
+
+
+def reset_fallback_counts() -> None:
+    fallback_counts.clear()
+    decomposed_counts.clear()
+    _warned.clear()

@@ -1,0 +1,100 @@
+"""Copies: device<->CPU transfers, dtype conversion, clone/contiguous, fill, .item()."""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import pointwise
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, empty_like, from_cpu, to_cpu, upload_into
+
+aten = torch.ops.aten
+
+
+def copy_into(dst: WgpuTensor, src: WgpuTensor) -> WgpuTensor:
+    """dst[...] = src (broadcast, any layouts, converting dtype like torch's copy_)."""
+    compute = pointwise.compute_type(dst.dtype)
+    return pointwise.run("copy", "a", [src], dst.dtype, compute, out=dst, shape=tuple(dst.shape))
+
+
+def _is_device(device) -> bool:
+    return device is not None and torch.device(device).type == DEVICE.type
+
+
+@implements(aten.copy_.default)
+def copy_(dst, src, non_blocking=False):
+    if isinstance(dst, WgpuTensor):
+        if isinstance(src, WgpuTensor):
+            return copy_into(dst, src)
+        upload_into(dst, src)  # CPU -> device
+        return dst
+    # device -> CPU tensor
+    dst.copy_(to_cpu(src))
+    return dst
+
+
+@implements(aten._to_copy.default)
+def _to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
+    dtype = dtype or x.dtype
+    if device is not None and not _is_device(device):
+        cpu = to_cpu(x)
+        cpu = cpu.to(dtype=dtype, device=device, memory_format=memory_format or torch.preserve_format)
+        return cpu
+    if memory_format in (None, torch.preserve_format):
+        out = empty_like(x, dtype)
+    else:
+        out = empty(x.shape, dtype, torch.empty(x.shape, device="meta").to(memory_format=memory_format).stride())
+    return copy_into(out, x)
+
+
+@implements(aten.clone.default)
+def clone(x, *, memory_format=None):
+    if memory_format in (None, torch.preserve_format):
+        out = empty_like(x)
+    elif memory_format == torch.contiguous_format:
+        out = empty(x.shape, x.dtype)
+    else:
+        out = empty(x.shape, x.dtype, torch.empty(x.shape, device="meta").to(memory_format=memory_format).stride())
+    return copy_into(out, x)
+
+
+@implements(aten.lift_fresh.default)
+def lift_fresh(x):
+    return x
+
+
+@implements(aten.lift_fresh_copy.default)
+def lift_fresh_copy(x):
+    return clone(x) if isinstance(x, WgpuTensor) else from_cpu(x)
+
+
+@implements(aten._local_scalar_dense.default)
+def item(x):
+    return to_cpu(x).item()
+
+
+def fill(x: WgpuTensor, value) -> WgpuTensor:
+    compute = pointwise.compute_type(x.dtype)
+    if isinstance(value, torch.Tensor):
+        if isinstance(value, WgpuTensor):
+            return pointwise.run("fill_t", "a", [value], x.dtype, compute, out=x, shape=tuple(x.shape))
+        value = value.item()
+    if compute == "bool":
+        return pointwise.run("fill_b", "s0 != 0", [], x.dtype, "i32", [int(bool(value))], "i", out=x, shape=tuple(x.shape))
+    if compute == "f32":
+        return pointwise.run("fill_f", "s0", [], x.dtype, compute, [float(value)], "f", out=x, shape=tuple(x.shape))
+    return pointwise.run("fill_i", "s0", [], x.dtype, compute, [int(value)], "i", out=x, shape=tuple(x.shape))
+
+
+@implements(aten.fill_.Scalar, aten.fill_.Tensor)
+def fill_(x, value):
+    return fill(x, value)
+
+
+@implements(aten.zero_.default)
+def zero_(x):
+    return fill(x, 0)
+
+
+@implements(aten.fill.Scalar, aten.fill.Tensor)
+def fill_out_of_place(x, value):
+    return fill(empty_like(x), value)

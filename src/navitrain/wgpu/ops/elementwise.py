@@ -1,0 +1,481 @@
+"""Elementwise ops: unary, binary and ternary math, comparisons, where, clamp, activations.
+
+Each op is a WGSL expression template over `{a}`, `{b}`, `{c}`: a tensor operand becomes the loaded
+value, a Python number (or a CPU scalar tensor) becomes a parameter, so tensor-tensor and tensor-scalar
+forms share kernels. Type promotion follows torch.result_type; math on float16/bfloat16 is done in f32
+and rounded on store, as the CPU does.
+"""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import pointwise
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.promotion import result_type
+from navitrain.wgpu.tensor import WgpuTensor
+
+aten = torch.ops.aten
+
+
+def _scalar_value(v):
+    return v.item() if isinstance(v, torch.Tensor) else v
+
+
+def _kind(compute: str) -> str:
+    return "f" if compute == "f32" else "i"
+
+
+def apply(name: str, template: str, operands: list, out_dtype: torch.dtype, compute: str,
+          named: dict | None = None, out: WgpuTensor | None = None, load_types: list | None = None,
+          shape: tuple | None = None):
+    """Run `template` with operands bound to {a}, {b}, {c} and named scalars bound to their names."""
+    inputs, subs, scalars, kinds, lts = [], {}, [], "", []
+    for slot, (v, lt) in zip("abc", zip(operands, load_types or [compute] * len(operands))):
+        if isinstance(v, WgpuTensor):
+            subs[slot] = pointwise.NAMES[len(inputs)]
+            inputs.append(v)
+            lts.append(lt)
+        else:
+            val = _scalar_value(v)
+            if lt == "bool":
+                val, k = int(bool(val)), "i"
+                subs[slot] = f"(s{len(scalars)} != 0)"
+            else:
+                k = _kind(lt)
+                val = float(val) if k == "f" else int(val)
+                subs[slot] = f"{lt}(s{len(scalars)})" if lt == "i64" else f"s{len(scalars)}"
+            scalars.append(val)
+            kinds += k
+    for key, val in (named or {}).items():
+        val = _scalar_value(val)
+        k = _kind(compute)
+        scalars.append(float(val) if k == "f" else int(val))
+        kinds += k
+        subs[key] = f"{compute}(s{len(scalars) - 1})" if compute == "i64" else f"s{len(scalars) - 1}"
+    expr = template.format(**subs)
+    if shape is None and not inputs:
+        shape = ()
+    if shape is None and out is not None and len(inputs) < len(operands):
+        shape = pointwise.broadcast_shape(out.shape, *(t.shape for t in inputs))
+    return pointwise.run(name, expr, inputs, out_dtype, compute, scalars, kinds, out=out, load_types=lts, shape=shape)
+
+
+def _promote(*operands) -> torch.dtype:
+    return result_type(*operands)
+
+
+def _float_result(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype.is_floating_point else torch.get_default_dtype()
+
+
+def _check_inplace(self, result_dtype, name):
+    if self.dtype != result_dtype and not torch.can_cast(result_dtype, self.dtype):
+        raise RuntimeError(f"result type {str(result_dtype).replace('torch.', '').capitalize()} can't be cast to "
+                           f"the desired output type {str(self.dtype).replace('torch.', '').capitalize()}")
+
+
+# -- binary arithmetic --------------------------------------------------------------------------
+def _arith(name, ftemplate, itemplate, btemplate=None):
+    """Register op.Tensor, op.Scalar, op_.Tensor, op_.Scalar, op.out for an arithmetic op."""
+    def compute_of(dtype):
+        return pointwise.compute_type(dtype)
+
+    def template_for(compute):
+        if compute == "f32":
+            if not ftemplate:
+                raise RuntimeError(f"{name} is not defined for floating point tensors")
+            return ftemplate
+        if compute == "bool":
+            if btemplate is None:
+                raise RuntimeError(f"{name} is not defined for bool tensors")
+            return btemplate
+        return itemplate.replace("{w}", "64" if compute == "i64" else "")
+
+    def functional(a, b, *, alpha=None):
+        dtype = _promote(a, b)
+        compute = compute_of(dtype)
+        named = {"alpha": alpha if alpha is not None else 1}
+        return apply(name, template_for(compute), [a, b], dtype, compute, named if "{alpha}" in ftemplate else None)
+
+    def inplace(a, b, *, alpha=None):
+        dtype = _promote(a, b)
+        _check_inplace(a, dtype, name)
+        compute = compute_of(dtype)
+        named = {"alpha": alpha if alpha is not None else 1}
+        return apply(name, template_for(compute), [a, b], a.dtype, compute,
+                     named if "{alpha}" in ftemplate else None, out=a, shape=tuple(a.shape))
+
+    def out_variant(a, b, *, alpha=None, out):
+        dtype = _promote(a, b)
+        compute = compute_of(dtype)
+        named = {"alpha": alpha if alpha is not None else 1}
+        return apply(name, template_for(compute), [a, b], out.dtype, compute,
+                     named if "{alpha}" in ftemplate else None, out=out)
+
+    packet = getattr(aten, name)
+    inplace_packet = getattr(aten, name + "_", None) if hasattr(torch.ops.aten, name + "_") else None
+    for ov in ("Tensor", "Scalar", "default"):
+        if ov in packet.overloads():
+            implements(getattr(packet, ov))(functional)
+        if inplace_packet is not None and ov in inplace_packet.overloads():
+            implements(getattr(inplace_packet, ov))(inplace)
+    if "out" in packet.overloads():
+        implements(packet.out)(out_variant)
+
+
+_arith("add", "{a} + {alpha} * {b}", "{a} + {alpha} * {b}", "({a} || {b})")
+_arith("sub", "{a} - {alpha} * {b}", "{a} - {alpha} * {b}")
+_arith("mul", "{a} * {b}", "{a} * {b}", "({a} && {b})")
+_arith("maximum", "fmax_nan({a}, {b})", "max({a}, {b})", "({a} || {b})")
+_arith("minimum", "fmin_nan({a}, {b})", "min({a}, {b})", "({a} && {b})")
+_arith("remainder", "{a} - {b} * floor({a} / {b})", "imod_floor{w}({a}, {b})")
+_arith("fmod", "{a} - {b} * trunc({a} / {b})", "({a} % {b})")
+_arith("atan2", "atan2({a}, {b})", "atan2(f32({a}), f32({b}))")
+_arith("bitwise_and", "", "({a} & {b})", "({a} && {b})")
+_arith("bitwise_or", "", "({a} | {b})", "({a} || {b})")
+_arith("bitwise_xor", "", "({a} ^ {b})", "({a} != {b})")
+
+
+def _div(a, b, rounding_mode=None, out=None):
+    dtype = _promote(a, b)
+    if rounding_mode is None:
+        dtype = _float_result(dtype)
+    compute = pointwise.compute_type(dtype)
+    if rounding_mode is None:
+        template = "{a} / {b}"
+    elif rounding_mode == "trunc":
+        template = "trunc({a} / {b})" if compute == "f32" else "({a} / {b})"
+    elif rounding_mode == "floor":
+        template = "floor({a} / {b})" if compute == "f32" else "idiv_floor" + ("64" if compute == "i64" else "") + "({a}, {b})"
+    else:
+        raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{rounding_mode}'")
+    if out is not None:
+        return apply("div", template, [a, b], out.dtype, compute, out=out,
+                     shape=tuple(out.shape) if out is a else None)
+    return apply("div", template, [a, b], dtype, compute)
+
+
+@implements(aten.div.Tensor, aten.div.Scalar)
+def div(a, b):
+    return _div(a, b)
+
+
+@implements(aten.div.Tensor_mode, aten.div.Scalar_mode)
+def div_mode(a, b, *, rounding_mode=None):
+    return _div(a, b, rounding_mode)
+
+
+@implements(aten.div_.Tensor, aten.div_.Scalar)
+def div_(a, b):
+    _check_inplace(a, _float_result(_promote(a, b)), "div_")
+    return _div(a, b, None, out=a)
+
+
+@implements(aten.div_.Tensor_mode, aten.div_.Scalar_mode)
+def div_mode_(a, b, *, rounding_mode=None):
+    return _div(a, b, rounding_mode, out=a)
+
+
+@implements(aten.div.out)
+def div_out(a, b, *, out):
+    return _div(a, b, None, out=out)
+
+
+@implements(aten.floor_divide.default, aten.floor_divide.Scalar)
+def floor_divide(a, b):
+    return _div(a, b, "floor")
+
+
+@implements(aten.rsub.Tensor, aten.rsub.Scalar)
+def rsub(a, b, *, alpha=1):
+    dtype = _promote(a, b)
+    compute = pointwise.compute_type(dtype)
+    return apply("rsub", "{b} - {alpha} * {a}", [a, b], dtype, compute, {"alpha": alpha})
+
+
+def _pow(a, b, out=None):
+    dtype = _promote(a, b)
+    compute = pointwise.compute_type(dtype)
+    if compute == "f32":
+        if not isinstance(b, torch.Tensor) and b == 2:
+            template = "{a} * {a}"
+        elif not isinstance(b, torch.Tensor) and b == 0.5:
+            template = "sqrt({a})"
+        else:
+            template = "pow_f({a}, {b})"
+    else:
+        template = f"pow_{compute}({{a}}, {{b}})"
+    if out is not None:
+        return apply("pow", template, [a, b], out.dtype, compute, out=out, shape=tuple(out.shape))
+    return apply("pow", template, [a, b], dtype, compute)
+
+
+@implements(aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar)
+def pow_(a, b):
+    return _pow(a, b)
+
+
+@implements(aten.pow_.Tensor, aten.pow_.Scalar)
+def pow_inplace(a, b):
+    return _pow(a, b, out=a)
+
+
+# -- comparisons and logic -------------------------------------------------------------------------
+def _compare(name, op):
+    def functional(a, b):
+        dtype = _promote(a, b)
+        compute = pointwise.compute_type(dtype)
+        return apply(name, f"({{a}} {op} {{b}})", [a, b], torch.bool, compute)
+
+    def inplace(a, b):
+        dtype = _promote(a, b)
+        compute = pointwise.compute_type(dtype)
+        return apply(name, f"({{a}} {op} {{b}})", [a, b], a.dtype, compute, out=a, shape=tuple(a.shape))
+
+    packet, inplace_packet = getattr(aten, name), getattr(aten, name + "_")
+    implements(packet.Tensor, packet.Scalar)(functional)
+    implements(inplace_packet.Tensor, inplace_packet.Scalar)(inplace)
+
+
+for _name, _op in (("eq", "=="), ("ne", "!="), ("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">=")):
+    _compare(_name, _op)
+
+
+def _logical(name, template):
+    def functional(a, b):
+        return apply(name, template, [a, b], torch.bool, "bool", load_types=["bool", "bool"])
+
+    def inplace(a, b):
+        return apply(name, template, [a, b], a.dtype, "bool", out=a, load_types=["bool", "bool"], shape=tuple(a.shape))
+
+    implements(getattr(aten, name).default)(functional)
+    implements(getattr(aten, name + "_").default)(inplace)
+
+
+_logical("logical_and", "({a} && {b})")
+_logical("logical_or", "({a} || {b})")
+_logical("logical_xor", "({a} != {b})")
+
+
+@implements(aten.logical_not.default)
+def logical_not(a):
+    return apply("logical_not", "!{a}", [a], torch.bool, "bool", load_types=["bool"])
+
+
+@implements(aten.bitwise_not.default)
+def bitwise_not(a):
+    if a.dtype == torch.bool:
+        return apply("logical_not", "!{a}", [a], torch.bool, "bool", load_types=["bool"])
+    compute = pointwise.compute_type(a.dtype)
+    return apply("bitwise_not", "~{a}", [a], a.dtype, compute)
+
+
+@implements(aten.where.self)
+def where(cond, a, b):
+    dtype = _promote(a, b)
+    compute = pointwise.compute_type(dtype)
+    operands = [a, b, cond]
+    shape = pointwise.broadcast_shape(*(o.shape for o in operands if isinstance(o, torch.Tensor)))
+    return apply("where", "select({b}, {a}, {c})", operands, dtype, compute,
+                 load_types=[compute, compute, "bool"], shape=shape)
+
+
+@implements(aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
+def where_scalar(cond, a, b):
+    return where(cond, a, b)
+
+
+@implements(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
+def masked_fill(x, mask, value):
+    compute = pointwise.compute_type(x.dtype)
+    shape = pointwise.broadcast_shape(x.shape, mask.shape)
+    return apply("masked_fill", "select({a}, {b}, {c})", [x, value, mask], x.dtype, compute,
+                 load_types=[compute, compute, "bool"], shape=shape)
+
+
+@implements(aten.masked_fill_.Scalar, aten.masked_fill_.Tensor)
+def masked_fill_(x, mask, value):
+    compute = pointwise.compute_type(x.dtype)
+    return apply("masked_fill", "select({a}, {b}, {c})", [x, value, mask], x.dtype, compute,
+                 load_types=[compute, compute, "bool"], out=x, shape=tuple(x.shape))
+
+
+# -- unary math ----------------------------------------------------------------------------------------
+def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=None):
+    def result_dtype(a):
+        if a.dtype == torch.bool and bool_template is not None:
+            return torch.bool
+        return _float_result(a.dtype) if float_result else a.dtype
+
+    def template_for(dtype, compute):
+        if compute == "f32":
+            return ftemplate
+        if compute == "bool" and bool_template is not None:
+            return bool_template
+        if itemplate is None:
+            raise RuntimeError(f"{name} is not implemented for {dtype}")
+        return itemplate
+
+    def functional(a):
+        dtype = result_dtype(a)
+        compute = pointwise.compute_type(dtype)
+        return apply(name, template_for(dtype, compute), [a], dtype, compute)
+
+    def inplace(a):
+        dtype = result_dtype(a)
+        _check_inplace(a, dtype, name)
+        compute = pointwise.compute_type(dtype)
+        return apply(name, template_for(dtype, compute), [a], a.dtype, compute, out=a)
+
+    def out_variant(a, *, out):
+        dtype = result_dtype(a)
+        compute = pointwise.compute_type(dtype)
+        return apply(name, template_for(dtype, compute), [a], out.dtype, compute, out=out)
+
+    packet = getattr(aten, name)
+    implements(packet.default)(functional)
+    if hasattr(torch.ops.aten, name + "_"):
+        implements(getattr(aten, name + "_").default)(inplace)
+    if "out" in packet.overloads():
+        implements(packet.out)(out_variant)
+
+
+for _name, _f in {
+    "exp": "exp({a})", "exp2": "exp2({a})", "expm1": "expm1_f({a})", "log": "log({a})", "log2": "log2({a})",
+    "log10": "(log({a}) * 0.4342944819032518)", "log1p": "log1p_f({a})", "sqrt": "sqrt({a})",
+    "rsqrt": "inverseSqrt({a})", "sin": "sin({a})", "cos": "cos({a})", "tan": "tan({a})", "asin": "asin({a})",
+    "acos": "acos({a})", "atan": "atan({a})", "sinh": "sinh({a})", "cosh": "cosh({a})", "tanh": "tanh_f({a})",
+    "asinh": "asinh({a})", "acosh": "acosh({a})", "atanh": "atanh({a})", "sigmoid": "sigmoid_f({a})",
+    "erf": "erf_f({a})", "erfc": "(1.0 - erf_f({a}))", "reciprocal": "(1.0 / {a})",
+}.items():
+    _unary(_name, _f)
+
+for _name, _f, _i in (
+    ("neg", "(-{a})", "(-{a})"), ("abs", "abs({a})", "abs({a})"), ("sign", "sign({a})", "sign({a})"),
+    ("floor", "floor({a})", "{a}"), ("ceil", "ceil({a})", "{a}"), ("trunc", "trunc({a})", "{a}"),
+    ("round", "round({a})", "{a}"), ("frac", "({a} - trunc({a}))", None),
+    ("relu", "max({a}, 0.0)", "max({a}, 0)"), ("square", "({a} * {a})", "({a} * {a})"),
+):
+    _unary(_name, _f, _i, float_result=False, bool_template="{a}" if _name in ("abs", "relu", "floor", "ceil", "trunc", "round") else None)
+
+
+@implements(aten.isnan.default)
+def isnan(a):
+    if not a.dtype.is_floating_point:
+        return apply("false", "false", [a], torch.bool, "bool", load_types=["bool"])
+    return apply("isnan", "({a} != {a})", [a], torch.bool, "f32")
+
+
+@implements(aten.isinf.default)
+def isinf(a):
+    if not a.dtype.is_floating_point:
+        return apply("false", "false", [a], torch.bool, "bool", load_types=["bool"])
+    return apply("isinf", "(abs({a}) > 3.4028234663852886e38)", [a], torch.bool, "f32")
+
+
+@implements(aten.isfinite.default)
+def isfinite(a):
+    if not a.dtype.is_floating_point:
+        return apply("true", "true", [a], torch.bool, "bool", load_types=["bool"])
+    return apply("isfinite", "(abs({a}) <= 3.4028234663852886e38)", [a], torch.bool, "f32")
+
+
+@implements(aten.nan_to_num.default)
+def nan_to_num(a, nan=None, posinf=None, neginf=None):
+    if not a.dtype.is_floating_point:
+        return aten.clone.default(a)
+    fmax = torch.finfo(a.dtype).max
+    named = {"n": 0.0 if nan is None else nan, "p": fmax if posinf is None else posinf,
+             "q": -fmax if neginf is None else neginf}
+    return apply("nan_to_num", "select(select(select({a}, {q}, {a} < -3.4028234663852886e38), {p}, "
+                 "{a} > 3.4028234663852886e38), {n}, {a} != {a})", [a], a.dtype, "f32", named)
+
+
+# -- clamp -------------------------------------------------------------------------------------------
+def _clamp(x, lo, hi, out=None):
+    dtype = x.dtype
+    for v in (lo, hi):
+        if v is not None:
+            dtype = result_type(x, v) if dtype == x.dtype else torch.promote_types(dtype, result_type(x, v))
+    compute = pointwise.compute_type(dtype)
+    f = compute == "f32"
+    expr, operands = "{a}", [x]
+    if lo is not None:
+        expr = f"fmax_nan({expr}, {{b}})" if f else f"max({expr}, {{b}})"
+        operands.append(lo)
+    if hi is not None:
+        slot = "b" if lo is None else "c"
+        expr = f"fmin_nan({expr}, {{{slot}}})" if f else f"min({expr}, {{{slot}}})"
+        operands.append(hi)
+    if out is not None:
+        return apply("clamp", expr, operands, out.dtype, compute, out=out, shape=tuple(out.shape))
+    return apply("clamp", expr, operands, dtype, compute)
+
+
+@implements(aten.clamp.default, aten.clamp.Tensor)
+def clamp(x, min=None, max=None):
+    return _clamp(x, min, max)
+
+
+@implements(aten.clamp_.default, aten.clamp_.Tensor)
+def clamp_(x, min=None, max=None):
+    return _clamp(x, min, max, out=x)
+
+
+@implements(aten.clamp_min.default, aten.clamp_min.Tensor)
+def clamp_min(x, min):
+    return _clamp(x, min, None)
+
+
+@implements(aten.clamp_min_.default, aten.clamp_min_.Tensor)
+def clamp_min_(x, min):
+    return _clamp(x, min, None, out=x)
+
+
+@implements(aten.clamp_max.default, aten.clamp_max.Tensor)
+def clamp_max(x, max):
+    return _clamp(x, None, max)
+
+
+@implements(aten.clamp_max_.default, aten.clamp_max_.Tensor)
+def clamp_max_(x, max):
+    return _clamp(x, None, max, out=x)
+
+
+# -- ternary ------------------------------------------------------------------------------------------
+@implements(aten.addcmul.default)
+def addcmul(x, t1, t2, *, value=1):
+    dtype = _promote(x, _promote(t1, t2))
+    compute = pointwise.compute_type(dtype)
+    return apply("addcmul", "{a} + {v} * {b} * {c}", [x, t1, t2], dtype, compute, {"v": value})
+
+
+@implements(aten.addcmul_.default)
+def addcmul_(x, t1, t2, *, value=1):
+    compute = pointwise.compute_type(x.dtype)
+    return apply("addcmul", "{a} + {v} * {b} * {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x, shape=tuple(x.shape))
+
+
+@implements(aten.addcdiv.default)
+def addcdiv(x, t1, t2, *, value=1):
+    dtype = _promote(x, _promote(t1, t2))
+    compute = pointwise.compute_type(dtype)
+    return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], dtype, compute, {"v": value})
+
+
+@implements(aten.addcdiv_.default)
+def addcdiv_(x, t1, t2, *, value=1):
+    compute = pointwise.compute_type(x.dtype)
+    return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x, shape=tuple(x.shape))
+
+
+@implements(aten.lerp.Scalar, aten.lerp.Tensor)
+def lerp(a, b, weight):
+    dtype = _promote(a, b)
+    return apply("lerp", "lerp_f({a}, {b}, {c})", [a, b, weight], dtype, "f32")
+
+
+@implements(aten.lerp_.Scalar, aten.lerp_.Tensor)
+def lerp_(a, b, weight):
+    return apply("lerp", "lerp_f({a}, {b}, {c})", [a, b, weight], a.dtype, "f32", out=a, shape=tuple(a.shape))
+

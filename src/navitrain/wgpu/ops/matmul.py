@@ -1,0 +1,83 @@
+"""Matrix products: mm, bmm, addmm, baddbmm, mv, dot (all through the generated GEMM)."""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import gemm, pointwise
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.tensor import empty
+
+aten = torch.ops.aten
+
+
+def _check_2d(name, a, b):
+    if a.dim() != 2 or b.dim() != 2:
+        raise RuntimeError(f"{name}: expected 2-D tensors, got {a.dim()}-D and {b.dim()}-D")
+    if a.shape[1] != b.shape[0]:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({a.shape[0]}x{a.shape[1]} and "
+                           f"{b.shape[0]}x{b.shape[1]})")
+
+
+@implements(aten.mm.default)
+def mm(a, b):
+    _check_2d("mm", a, b)
+    out = empty([a.shape[0], b.shape[1]], gemm.result_dtype(a, b))
+    if a.shape[1] == 0:
+        return aten.zero_.default(out)
+    return gemm.gemm(a, b, out)
+
+
+@implements(aten.mm.out)
+def mm_out(a, b, *, out):
+    _check_2d("mm", a, b)
+    return gemm.gemm(a, b, out)
+
+
+@implements(aten.addmm.default)
+def addmm(bias, a, b, *, beta=1, alpha=1):
+    _check_2d("addmm", a, b)
+    M, N = a.shape[0], b.shape[1]
+    out = empty([M, N], gemm.result_dtype(a, b))
+    cin = bias.expand(M, N) if tuple(bias.shape) != (M, N) else bias
+    if a.shape[1] == 0:
+        return pointwise.run("scale", "a * s0", [cin], out.dtype, "f32", [float(beta)], out=out)
+    return gemm.gemm(a, b, out, float(alpha), float(beta), cin, cin_strides=(cin.stride(0), cin.stride(1), 0))
+
+
+@implements(aten.addmm_.default)
+def addmm_(x, a, b, *, beta=1, alpha=1):
+    result = addmm(x, a, b, beta=beta, alpha=alpha)
+    return aten.copy_.default(x, result)
+
+
+@implements(aten.bmm.default)
+def bmm(a, b):
+    if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise RuntimeError(f"bmm: cannot multiply {list(a.shape)} and {list(b.shape)}")
+    out = empty([a.shape[0], a.shape[1], b.shape[2]], gemm.result_dtype(a, b))
+    if a.shape[2] == 0:
+        return aten.zero_.default(out)
+    return gemm.gemm(a, b, out)
+
+
+@implements(aten.baddbmm.default)
+def baddbmm(x, a, b, *, beta=1, alpha=1):
+    B, M, N = a.shape[0], a.shape[1], b.shape[2]
+    out = empty([B, M, N], gemm.result_dtype(a, b))
+    cin = x.expand(B, M, N)
+    return gemm.gemm(a, b, out, float(alpha), float(beta), cin, cin_strides=(cin.stride(1), cin.stride(2), cin.stride(0)))
+
+
+@implements(aten.mv.default)
+def mv(a, v):
+    out = mm(a, aten.unsqueeze.default(v, 1))
+    return aten.squeeze.dim(out, 1)
+
+
+@implements(aten.dot.default, aten.vdot.default)
+def dot(a, b):
+    if a.dim() != 1 or b.dim() != 1 or a.shape[0] != b.shape[0]:
+        raise RuntimeError("dot: expected two 1-D tensors of the same length")
+    prod = pointwise.run("mul", "a * b", [a, b], a.dtype, "f32")
+    return reduce(prod, None, False, "sum", a.dtype)

@@ -1,0 +1,127 @@
+"""Random numbers on the device (uniform, normal, bernoulli, integers) and dropout."""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import codegen, pointwise, rng
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.ops.copy import copy_into
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor, empty, empty_like
+
+aten = torch.ops.aten
+WG = 256
+
+# Each distribution is a WGSL expression over r (four random u32 for this element) and scalars s0, s1.
+_DISTRIBUTIONS = {
+    "uniform": ("s0 + (s1 - s0) * u01(r.x)", "f32"),
+    "normal": ("s0 + s1 * sqrt(-2.0 * log(u01_open(r.x))) * cos(6.283185307179586 * u01(r.y))", "f32"),
+    "bernoulli": ("select(0.0, 1.0, u01(r.x) < s0)", "f32"),
+    # Integers in [s0, s0 + s1).
+    "randint": ("", "int"),
+}
+
+
+def _source(dist: str, out_dtype: torch.dtype) -> str:
+    rt = runtime()
+    st = rt.stypes[out_dtype]
+    expr, kind = _DISTRIBUTIONS[dist]
+    if kind == "int":
+        # 32 random bits modulo the range: the bias is below range / 2^32, invisible for labels and indices.
+        compute = st.compute
+        value = f"{compute}(pi(6u)) + {compute}(r.x % pu(7u))"
+    else:
+        value = expr.replace("s0", "pf(6u)").replace("s1", "pf(7u)")
+    body = f"""
+  if (gi >= pu(0u)) {{ return; }}
+  let c0 = pu(4u) + gi;
+  let c1 = pu(5u) + select(0u, 1u, c0 < pu(4u));
+  let r = philox(c0, c1, pu(2u), pu(3u));
+  b0[pu(1u) + gi] = {st.store(value)};"""
+    return codegen.module([st.wgsl], body, WG, helpers=rng.WGSL)
+
+
+def _generate(out: WgpuTensor, dist: str, a, b) -> WgpuTensor:
+    n = out.numel()
+    if n == 0:
+        return out
+    target = out if out.is_contiguous() else empty(out.shape, out.dtype)
+    seed, offset = rng.reserve(n)
+    params = codegen.Params()
+    params.u(n, target.elem_offset, seed & 0xFFFFFFFF, seed >> 32, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF)
+    if dist == "randint":
+        params.i(a)
+        params.u(b)
+    else:
+        params.f(a, b)
+    rt = runtime()
+    key = ("rand", dist, out.dtype)
+    kernel = rt.kernel(key, f"random_{dist}", 1, lambda: _source(dist, out.dtype))
+    rt.dispatch(kernel, (target._ws.heap,), params.pack(), codegen.groups_for(n, WG))
+    if target is not out:
+        copy_into(out, target)
+    return out
+
+
+@implements(aten.uniform_.default)
+def uniform_(x, from_=0.0, to=1.0, *, generator=None):
+    return _generate(x, "uniform", from_, to)
+
+
+@implements(aten.normal_.default)
+def normal_(x, mean=0.0, std=1.0, *, generator=None):
+    return _generate(x, "normal", mean, std)
+
+
+@implements(aten.bernoulli_.float)
+def bernoulli_(x, p=0.5, *, generator=None):
+    return _generate(x, "bernoulli", p, 0.0)
+
+
+@implements(aten.bernoulli.default)
+def bernoulli(x, *, generator=None):
+    # Each element is 1 with the probability given by x.
+    u = _generate(empty(x.shape, torch.float32), "uniform", 0.0, 1.0)
+    return pointwise.run("bernoulli_p", "select(0.0, 1.0, a < b)", [u, x], x.dtype, "f32")
+
+
+@implements(getattr(aten.random_, "from"))
+def random_from(x, from_, to=None, *, generator=None):
+    if to is None:
+        to = 2**24 if x.dtype.is_floating_point else torch.iinfo(x.dtype).max if x.dtype != torch.bool else 2
+    span = int(to) - int(from_)
+    if span <= 0 or span > 2**32 - 1 or not -(2**31) <= from_ < 2**31:
+        raise NotImplementedError(f"random_ over [{from_}, {to}) on the wgpu device (ranges up to 2^32 are supported)")
+    return _generate(x, "randint", int(from_), span)
+
+
+@implements(aten.random_.to)
+def random_to(x, to, *, generator=None):
+    return random_from(x, 0, to)
+
+
+@implements(aten.random_.default)
+def random_default(x, *, generator=None):
+    top = 2**24 if x.dtype.is_floating_point else 2 if x.dtype == torch.bool else min(torch.iinfo(x.dtype).max, 2**31 - 1)
+    return random_from(x, 0, top)
+
+
+@implements(aten.native_dropout.default)
+def native_dropout(x, p, train):
+    if not train or p == 0:
+        return aten.clone.default(x), aten.ones_like.default(x, dtype=torch.bool)
+    if p == 1:
+        return aten.zeros_like.default(x), aten.zeros_like.default(x, dtype=torch.bool)
+    keep = _generate(empty(x.shape, torch.float32), "uniform", 0.0, 1.0)
+    mask = pointwise.run("dropout_mask", "a >= s0", [keep], torch.bool, "f32", [p])
+    scale = 1.0 / (1.0 - p)
+    out = pointwise.run("dropout_apply", "select(0.0, a * s0, b)", [x, mask], x.dtype, "f32", [scale],
+                        load_types=("f32", "bool"))
+    return out, mask
+
+
+@implements(aten.native_dropout_backward.default)
+def native_dropout_backward(grad, mask, scale):
+    return pointwise.run("dropout_apply", "select(0.0, a * s0, b)", [grad, mask], grad.dtype, "f32", [scale],
+                         load_types=("f32", "bool"))
+

@@ -1,0 +1,179 @@
+"""The pointwise engine: one generated kernel per (expression, dtypes, layout class), any broadcasting.
+
+An op is a WGSL expression over its inputs `a, b, c, d` (already converted to their compute types)
+and scalar parameters `s0..s3`. Layout classes keep kernels few and fast:
+- every operand contiguous with the output's element count (or a single element): `x[off + i]`;
+- anything else (broadcasting, transposes, slices): dims are first collapsed where every operand is
+  contiguous across them, then each thread turns its linear index into per-operand offsets.
+Scalars travel in the parameter block, so `x + 1.0` and `x + 2.0` share one compiled kernel.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor, empty
+
+NAMES = "abcd"
+WG = 256
+
+
+def broadcast_shape(*shapes) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(*shapes))
+
+
+def _operand_strides(t: torch.Tensor, shape: tuple[int, ...]) -> list[int]:
+    """Strides of `t` broadcast to `shape` (0 along broadcast dims)."""
+    nd = len(shape)
+    tshape, tstride = t.shape, t.stride()
+    pad = nd - len(tshape)
+    out = [0] * nd
+    for d in range(len(tshape)):
+        if tshape[d] != 1:
+            out[pad + d] = tstride[d]
+    return out
+
+
+def collapse(shape: Sequence[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Drop size-1 dims and merge neighbours that every operand walks contiguously."""
+    dims = [d for d in range(len(shape)) if shape[d] != 1]
+    if not dims:
+        return [1], [[0] for _ in strides]
+    sizes = [shape[dims[0]]]
+    st = [[s[dims[0]]] for s in strides]
+    for d in dims[1:]:
+        size = shape[d]
+        if all(s[-1] == sd[d] * size for s, sd in zip(st, strides)):
+            sizes[-1] *= size
+            for s, sd in zip(st, strides):
+                s[-1] = sd[d]
+        else:
+            sizes.append(size)
+            for s, sd in zip(st, strides):
+                s.append(sd[d])
+    return sizes, st
+
+
+def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes: str, ndim: int,
+            scalar_kinds: str, compute: str) -> str:
+    rt = runtime()
+    out_st = rt.stypes[out_dtype_key]
+    n_in = len(in_types)
+    lines = ["  if (gi >= pu(0u)) { return; }"]
+    first_size = 2 + n_in
+    if modes == "strided":
+        lines.append("  var rem = gi;")
+        for k in range(n_in + 1):
+            lines.append(f"  var o{k} = pu({1 + k}u);")
+        for d in reversed(range(ndim)):
+            size_w = first_size + d
+            if d > 0:
+                lines.append(f"  let i{d} = rem % pu({size_w}u); rem = rem / pu({size_w}u);")
+            else:
+                lines.append(f"  let i{d} = rem;")
+            for k in range(n_in + 1):
+                stride_w = first_size + ndim + k * ndim + d
+                lines.append(f"  o{k} += i{d} * pu({stride_w}u);")
+    else:
+        lines.append("  let o0 = pu(1u) + gi;")
+        for k, m in enumerate(modes):
+            lines.append(f"  let o{k + 1} = pu({2 + k}u)" + (" + gi;" if m == "c" else ";"))
+    scalar_base = first_size + (ndim + ndim * (n_in + 1) if modes == "strided" else 0)
+    for k, kind in enumerate(scalar_kinds):
+        w = scalar_base + k
+        if kind == "f":
+            lines.append(f"  let s{k} = pf({w}u);")
+        elif compute == "i64":
+            lines.append(f"  let s{k} = i64(pi({w}u));")
+        else:
+            lines.append(f"  let s{k} = pi({w}u);")
+    for k in range(n_in):
+        st = rt.stypes[in_types[k]]
+        lines.append(f"  let {NAMES[k]} = {st.load(f'b{k + 1}[o{k + 1}]', load_types[k])};")
+    lines.append(f"  b0[o0] = {out_st.store(expr)};")
+    types = [out_st.wgsl] + [rt.stypes[t].wgsl for t in in_types]
+    return codegen.module(types, "\n".join(lines), WG, helpers=wgsl_math.helpers("shader-int64" in rt.features))
+
+
+def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,
+        scalars: Sequence = (), scalar_kinds: str = "", out: WgpuTensor | None = None,
+        load_types: Sequence[str] | None = None, shape: tuple | None = None) -> WgpuTensor:
+    """Compute `expr` elementwise over broadcast `inputs` into `out` (allocated when None)."""
+    if shape is None:
+        shape = tuple(inputs[0].shape) if len(inputs) == 1 else broadcast_shape(*(t.shape for t in inputs))
+    if out is None:
+        out = _new_output(inputs, shape, out_dtype)
+    elif tuple(out.shape) != tuple(shape):
+        raise RuntimeError(f"{name}: output of shape {tuple(out.shape)} cannot hold a result of shape {shape}")
+    numel = out.numel()
+    if numel == 0:
+        return out
+    load_types = tuple(load_types) if load_types is not None else (compute,) * len(inputs)
+    if not scalar_kinds:
+        scalar_kinds = "f" * len(scalars)
+
+    # Layout class: contiguous/scalar operands, or the general strided walk.
+    modes = ""
+    if out.is_contiguous():
+        for t in inputs:
+            n = t.numel()
+            if n == numel and t.is_contiguous() and tuple(t.shape) == tuple(shape):
+                modes += "c"
+            elif n == 1:
+                modes += "s"
+            else:
+                modes = "strided"
+                break
+    else:
+        modes = "strided"
+
+    params = codegen.Params()
+    params.u(numel, out.elem_offset)
+    params.u(*(t.elem_offset for t in inputs))
+    ndim = 0
+    if modes == "strided":
+        strides = [list(out.stride())] + [_operand_strides(t, shape) for t in inputs]
+        sizes, strides = collapse(shape, strides)
+        ndim = len(sizes)
+        params.u(*sizes)
+        for s in strides:
+            params.u(*s)
+    for v, kind in zip(scalars, scalar_kinds):
+        if kind == "f":
+            params.f(v)
+        else:
+            params.i(v)
+
+    in_types = tuple(t.dtype for t in inputs)
+    key = ("pw", name, expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute)
+    rt = runtime()
+    kernel = rt._kernels.get(key)
+    if kernel is None:
+        kernel = rt.kernel(key, f"pointwise_{name}", 1 + len(inputs),
+                           lambda: _source(expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute))
+    heaps = (out._ws.heap,) + tuple(t._ws.heap for t in inputs)
+    rt.dispatch(kernel, heaps, params.pack(), codegen.groups_for(numel, WG))
+    return out
+
+
+def _new_output(inputs: Sequence[WgpuTensor], shape: tuple, dtype: torch.dtype) -> WgpuTensor:
+    """Like TensorIterator: follow the layout of an input that has the output's shape and is dense
+    (so channels_last stays channels_last); otherwise contiguous."""
+    for t in inputs:
+        if tuple(t.shape) == shape and not t.is_contiguous():
+            from navitrain.wgpu.tensor import _dense_non_overlapping
+
+            if _dense_non_overlapping(t):
+                return empty(shape, dtype, t.stride())
+            break
+    return empty(shape, dtype)
+
+
+def compute_type(dtype: torch.dtype) -> str:
+    """The WGSL type values of `dtype` are computed in ("bool" for bool: loads become comparisons)."""
+    if dtype == torch.bool:
+        return "bool"
+    return runtime().stypes[dtype].compute

@@ -1,0 +1,258 @@
+"""The reduction engine: sum/prod/max/min/any/all/argmax/argmin over any dims of any strided tensor.
+
+The kept dims and the reduced dims are each collapsed (neighbours walked contiguously merge), then one
+of two kernels runs:
+- one thread per output, looping over the reduced elements: right when the reduction is short or runs
+  across memory (summing the rows of a [N, C] gradient: neighbouring threads read neighbouring columns);
+- one workgroup per output (or per chunk of it), a strided loop then a tree in workgroup memory: right
+  when the reduced elements are contiguous rows. A long reduction into few outputs is split into chunks
+  whose partial results a second pass combines, so one workgroup never walks millions of elements.
+Accumulation is f32 for floating inputs (f16/bf16 included) and 64-bit for integers where the adapter
+has shader-int64, as PyTorch accumulates.
+"""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.pointwise import collapse
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor, empty
+
+ARG_OPS = ("argmax", "argmin")
+
+
+def _acc_type(op: str, in_dtype: torch.dtype) -> str:
+    rt = runtime()
+    if op in ("any", "all"):
+        return "i32"
+    if in_dtype.is_floating_point:
+        return "f32"
+    if op in ("sum", "prod", "mean"):
+        return "i64" if "shader-int64" in rt.features else "i32"
+    return rt.stypes[in_dtype].compute
+
+
+def _identity(op: str, acc: str) -> str:
+    if op in ("sum", "mean", "any"):
+        return {"f32": "0.0", "i32": "0", "i64": "0li"}[acc]
+    if op in ("prod", "all"):
+        return {"f32": "1.0", "i32": "1", "i64": "1li"}[acc]
+    lowest = {"f32": "bitcast<f32>(0xff800000u)", "i32": "(-2147483647 - 1)", "i64": "(-9223372036854775807li - 1li)"}
+    highest = {"f32": "bitcast<f32>(0x7f800000u)", "i32": "2147483647", "i64": "9223372036854775807li"}
+    return lowest[acc] if op in ("max", "argmax") else highest[acc]
+
+
+def _merge(op: str, acc: str, a: str, b: str) -> str:
+    """WGSL expression combining two accumulators of a value op."""
+    f = acc == "f32"
+    return {
+        "sum": f"{a} + {b}", "mean": f"{a} + {b}", "prod": f"{a} * {b}",
+        "max": f"fmax_nan({a}, {b})" if f else f"max({a}, {b})",
+        "min": f"fmin_nan({a}, {b})" if f else f"min({a}, {b})",
+        "any": f"({a} | {b})", "all": f"({a} & {b})",
+    }[op]
+
+
+def _load(op: str, st, expr: str, acc: str) -> str:
+    if op in ("any", "all"):
+        return f"select(0, 1, {st.load(expr, 'bool')})"
+    return st.load(expr, acc)
+
+
+def _offset_code(var: str, index: str, ndim: int, size_w: int, stride_w: int) -> list[str]:
+    """WGSL adding to `var` the offset of linear `index` over ndim dims with sizes/strides in params."""
+    lines = [f"  var r_{var} = {index};"]
+    for d in reversed(range(ndim)):
+        if d > 0:
+            lines.append(f"  {var} += (r_{var} % pu({size_w + d}u)) * pu({stride_w + d}u); r_{var} = r_{var} / pu({size_w + d}u);")
+        else:
+            lines.append(f"  {var} += r_{var} * pu({stride_w + d}u);")
+    return lines
+
+
+def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: int, wg: int,
+            finalize: bool, partial_in: bool) -> str:
+    """Params: 0 M, 1 L, 2 x offset, 3 out offset, 4 idx offset, 5 G, 6 chunk, 7 divisor (f32),
+    8.. kept sizes, kept strides, reduced sizes, reduced strides."""
+    rt = runtime()
+    st_in = rt.stypes[in_dtype]
+    st_out = rt.stypes[out_dtype]
+    is_arg = op in ARG_OPS
+    ks, kst = 8, 8 + nk
+    rs, rst = 8 + 2 * nk, 8 + 2 * nk + nr
+    init = _identity(op, acc)
+    better = ">" if op == "argmax" else "<"
+
+    def step(acc_v, idx_v, v, l):
+        if is_arg:
+            nan = f" || ({v} != {v} && {acc_v} == {acc_v})" if acc == "f32" else ""
+            return f"if (({v} {better} {acc_v}){nan}) {{ {acc_v} = {v}; {idx_v} = {l}; }}"
+        return f"{acc_v} = {_merge(op, acc, acc_v, v)};"
+
+    def result(a):
+        if op == "mean" and finalize:
+            return f"f32({a}) / pf(7u)"
+        return a
+
+    body = []
+    if variant == "thread":
+        body.append("  if (gi >= pu(0u)) { return; }")
+        body.append("  var base = pu(2u);")
+        body += _offset_code("base", "gi", nk, ks, kst)
+        body.append(f"  var acc: {acc} = {init};")
+        if is_arg:
+            body.append("  var idx = 0u;")
+        body.append("  for (var l = 0u; l < pu(1u); l = l + 1u) {")
+        body.append("    var off = base;")
+        body += ["  " + s for s in _offset_code("off", "l", nr, rs, rst)]
+        body.append(f"    let v = {_load(op, st_in, 'b1[off]', acc)};")
+        body.append("    " + step("acc", "idx", "v", "l"))
+        body.append("  }")
+        body.append(f"  b0[pu(3u) + gi] = {st_out.store(result('acc'))};")
+        if is_arg:
+            body.append(f"  b2[pu(4u) + gi] = {rt.stypes[torch.int64].store('idx')};")
+        shared = ""
+    else:
+        shared = f"var<workgroup> sacc: array<{acc}, {wg}>;\n" + (f"var<workgroup> sidx: array<u32, {wg}>;\n" if is_arg else "")
+        body.append("  let w = group;")
+        body.append("  if (w >= pu(0u) * pu(5u)) { return; }")
+        body.append("  let m = w / pu(5u); let g = w % pu(5u);")
+        body.append("  var base = pu(2u);")
+        if partial_in:
+            body.append("  base += m * pu(1u);")
+        else:
+            body += _offset_code("base", "m", nk, ks, kst)
+        body.append("  let l0 = g * pu(6u); let l1 = min(pu(1u), l0 + pu(6u));")
+        body.append(f"  var acc: {acc} = {init};")
+        if is_arg:
+            body.append("  var idx = 0u;")
+        body.append(f"  for (var l = l0 + lid; l < l1; l = l + {wg}u) {{")
+        body.append("    var off = base;")
+        if partial_in:
+            body.append("    off += l;")
+        else:
+            body += ["  " + s for s in _offset_code("off", "l", nr, rs, rst)]
+        body.append(f"    let v = {_load(op, st_in, 'b1[off]', acc)};")
+        body.append("    " + step("acc", "idx", "v", "l"))
+        body.append("  }")
+        body.append("  sacc[lid] = acc;")
+        if is_arg:
+            body.append("  sidx[lid] = idx;")
+        body.append("  workgroupBarrier();")
+        body.append(f"  for (var s = {wg // 2}u; s > 0u; s = s >> 1u) {{")
+        body.append("    if (lid < s) {")
+        if is_arg:
+            o_nan = " || (o != o && a == a)" if acc == "f32" else ""
+            body.append("      let a = sacc[lid]; let o = sacc[lid + s]; let ai = sidx[lid]; let oi = sidx[lid + s];")
+            body.append(f"      if ((o {better} a){o_nan} || (o == a && oi < ai) || (o != o && a != a && oi < ai)) {{ sacc[lid] = o; sidx[lid] = oi; }}")
+        else:
+            body.append(f"      sacc[lid] = {_merge(op, acc, 'sacc[lid]', 'sacc[lid + s]')};")
+        body.append("    }")
+        body.append("    workgroupBarrier();")
+        body.append("  }")
+        body.append("  if (lid == 0u) {")
+        if finalize:
+            body.append(f"    b0[pu(3u) + w] = {st_out.store(result('sacc[0]'))};")
+        else:
+            body.append("    b0[pu(3u) + w] = sacc[0];")
+        if is_arg:
+            body.append(f"    b2[pu(4u) + w] = {rt.stypes[torch.int64].store('sidx[0]')};")
+        body.append("  }")
+    types = [acc if (variant == "group" and not finalize) else st_out.wgsl, st_in.wgsl]
+    if is_arg:
+        types.append(rt.stypes[torch.int64].wgsl)
+    return codegen.module(types, "\n".join(body), wg, helpers=wgsl_math.helpers("shader-int64" in rt.features),
+                          shared=shared)
+
+
+def normalize_dims(x: torch.Tensor, dims) -> list[int]:
+    nd = x.dim()
+    if dims is None:
+        return list(range(nd))
+    if isinstance(dims, int):
+        dims = [dims]
+    dims = list(dims)
+    if not dims:
+        return list(range(nd))
+    n = max(nd, 1)
+    out = []
+    for d in dims:
+        if not -n <= d < n:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+        d %= n
+        if d in out:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
+        if nd:
+            out.append(d)
+    return out
+
+
+def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype):
+    """Reduce `x` over `dims`; returns the result, or (values, indices) for argmax/argmin."""
+    rdims = normalize_dims(x, dims)
+    nd = x.dim()
+    kdims = [d for d in range(nd) if d not in rdims]
+    out_shape = [1 if d in rdims else x.shape[d] for d in range(nd)] if keepdim else [x.shape[d] for d in kdims]
+    M = 1
+    for d in kdims:
+        M *= x.shape[d]
+    L = 1
+    for d in rdims:
+        L *= x.shape[d]
+    is_arg = op in ARG_OPS
+    out = empty(out_shape, out_dtype)
+    idx = empty(out_shape, torch.int64) if is_arg else None
+    if M == 0:
+        return (out, idx) if is_arg else out
+    if L == 0:
+        if op in ("max", "min", "argmax", "argmin"):
+            raise IndexError(f"{op}(): Expected reduction dim to have non-zero size")
+        from navitrain.wgpu.ops.copy import fill
+
+        fill(out, {"sum": 0, "mean": float("nan"), "prod": 1, "any": False, "all": True}[op])
+        return out
+
+    acc = _acc_type(op, x.dtype)
+    ksizes, (kstrides,) = collapse([x.shape[d] for d in kdims] or [1], [[x.stride(d) for d in kdims] or [0]])
+    rsizes, (rstrides,) = collapse([x.shape[d] for d in rdims], [[x.stride(d) for d in rdims]])
+    nk, nr = len(ksizes), len(rsizes)
+
+    inner_reduced = rstrides[-1] == 1
+    if L <= 64 or (not inner_reduced and M >= 128):
+        variant, wg, G, chunk = "thread", 64, 1, L
+    else:
+        variant, wg = "group", (256 if L >= 1024 else 64)
+        G, chunk = 1, L
+        if not is_arg and M < 256 and L > 16384:
+            G = min(1024, -(-L // (wg * 16)), max(1, 4096 // M))
+            chunk = -(-L // G)
+            G = -(-L // chunk)
+
+    rt = runtime()
+    if variant == "group" and G > 1:
+        partial = empty([M * G], {"f32": torch.float32, "i32": torch.int32, "i64": torch.int64}[acc])
+        _launch(op, x, partial, None, acc, "group", nk, nr, wg, False, False, M, L, G, chunk, L,
+                ksizes, kstrides, rsizes, rstrides)
+        _launch(op, partial, out, None, acc, "group", 1, 1, 256 if G >= 1024 else 64, True, True, M, G, 1, G, L,
+                [1], [0], [1], [1])
+        return out
+    _launch(op, x, out, idx, acc, variant, nk, nr, wg, True, False, M, L, G, chunk, L, ksizes, kstrides, rsizes, rstrides)
+    return (out, idx) if is_arg else out
+
+
+def _launch(op, x, out, idx, acc, variant, nk, nr, wg, finalize, partial_in, M, L, G, chunk, divisor,
+            ksizes, kstrides, rsizes, rstrides):
+    rt = runtime()
+    params = codegen.Params()
+    params.u(M, L, x.elem_offset, out.elem_offset, idx.elem_offset if idx is not None else 0, G, chunk)
+    params.f(float(divisor))
+    params.u(*ksizes, *kstrides, *rsizes, *rstrides)
+    # Partial sums are read back as their own accumulator type.
+    in_dtype = x.dtype
+    key = ("reduce", op, in_dtype, out.dtype, acc, variant, nk, nr, wg, finalize, partial_in)
+    kernel = rt.kernel(key, f"reduce_{op}_{variant}", 3 if idx is not None else 2,
+                       lambda: _source(op, in_dtype, out.dtype, acc, variant, nk, nr, wg, finalize, partial_in))
+    heaps = (out._ws.heap, x._ws.heap) + ((idx._ws.heap,) if idx is not None else ())
+    groups = codegen.groups_for(M, wg) if variant == "thread" else codegen.grid(M * G)
+    rt.dispatch(kernel, heaps, params.pack(), groups)

@@ -1,0 +1,356 @@
+"""The wgpu runtime: one adapter, one device, one queue, and the recording of kernel dispatches.
+
+Dispatches are recorded into a single open compute pass and submitted together at sync points (reading
+data back, writing data in, a dispatch-count limit, `synchronize()`), because submitting each dispatch
+on its own costs hundreds of microseconds. Pipelines and bind groups are cached; kernel parameters
+(sizes, strides, offsets, scalars) go into one uniform "arena" buffer that is bound with a dynamic
+offset, so a dispatch costs three native calls. Those calls go straight to wgpu-native through
+wgpu-py's cffi handle where available: wgpu-py's Python wrappers cost ~12 us for a dynamic-offset
+`set_bind_group` alone, a third of our whole per-op budget.
+
+Everything here is guarded by one re-entrant lock: autograd runs backward ops on its own thread.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from navitrain import _env
+from navitrain.adapters import AdapterInfo, choose, list_adapters
+from navitrain.wgpu.allocator import Block, CachingAllocator, Heap, OutOfMemory
+from navitrain.wgpu.dtypes import WGSL_HELPERS, build_table
+
+log = logging.getLogger("navitrain.wgpu")
+
+PARAM_BYTES = 256            # uniform parameter block per dispatch (64 32-bit words)
+PARAM_WORDS = PARAM_BYTES // 4
+MAX_BUFFERS = 8              # storage buffers a kernel may bind (besides the parameter block)
+_PARAM_ARENA = 1 << 18       # 256 KiB of parameter blocks per submission
+
+
+class WgpuError(RuntimeError):
+    """A failure of the wgpu device (compilation, validation, lost device)."""
+
+
+class KernelCompileError(WgpuError):
+    pass
+
+
+class DeviceLostError(WgpuError):
+    pass
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled compute pipeline and what launching it needs."""
+    name: str
+    pipeline: object
+    n_buffers: int
+    raw: object  # the native pipeline handle (None when the raw API is unavailable)
+
+
+def _raw_api():
+    """wgpu-native's C functions through wgpu-py's cffi binding, or None."""
+    try:
+        from wgpu.backends.wgpu_native._api import ffi, lib
+
+        lib.wgpuComputePassEncoderDispatchWorkgroups  # noqa: B018 - existence check
+        return ffi, lib
+    except Exception:  # pragma: no cover - other wgpu builds
+        return None
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        import wgpu
+
+        self._wgpu = wgpu
+        pairs = list_adapters()
+        infos = [info for _, info in pairs]
+        want = _env.wgpu_adapter()
+        index = choose(infos, want)
+        if index is None:
+            if want:
+                names = ", ".join(i.name for i in infos) or "none"
+                raise WgpuError(f"{_env.WGPU_ADAPTER}={want!r} matches no adapter (adapters: {names})")
+            raise WgpuError(
+                "no Vulkan/Metal/DX12 adapter found; install a Vulkan driver "
+                "(Debian/Ubuntu: sudo apt-get install mesa-vulkan-drivers libvulkan1)")
+        self.adapter, self.info = pairs[index]
+        self.all_adapters: list[AdapterInfo] = infos
+        if self.info.software:
+            log.warning("wgpu is running on a software adapter (%s): correct but slow", self.info.name)
+
+        feats = set(self.adapter.features)
+        want_features = [f for f in ("shader-f16", "shader-int64", "subgroup", "timestamp-query") if f in feats]
+        limits = dict(self.adapter.limits)
+        keys = (
+            "max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
+            "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
+            "max-compute-workgroup-size-y", "max-storage-buffers-per-shader-stage",
+        )
+        required_limits = {k: limits[k] for k in keys if k in limits}
+        self.device = self.adapter.request_device_sync(
+            label="navitrain", required_features=want_features, required_limits=required_limits)
+        self.queue = self.device.queue
+        self.features = frozenset(want_features)
+        self.limits = dict(self.device.limits)
+        self.stypes = build_table("shader-f16" in self.features, "shader-int64" in self.features)
+
+        max_binding = int(self.limits["max-storage-buffer-binding-size"])
+        max_binding = min(max_binding, int(self.limits["max-buffer-size"])) // 256 * 256
+        heap = min(max_binding, (64 << 20) if self.info.software else (512 << 20))
+        self.allocator = CachingAllocator(self._create_heap_buffer, self._destroy_heap_buffer, heap, max_binding)
+        self.allocator.on_heap_freed = self._forget_heap
+
+        self._raw = _raw_api()
+        self._param_align = max(PARAM_BYTES, int(self.limits.get("min-uniform-buffer-offset-alignment", 256)))
+        usage = wgpu.BufferUsage
+        self._param_buffer = self.device.create_buffer(
+            label="navitrain-params", size=_PARAM_ARENA, usage=usage.UNIFORM | usage.COPY_DST)
+        self._param_arena = bytearray(_PARAM_ARENA)
+        self._param_used = 0
+        self._layouts: dict[int, tuple[object, object]] = {}
+        self._kernels: dict[object, Kernel] = {}
+        self._bind_groups: dict[tuple, tuple[object, object]] = {}
+        self._heaps_by_index: dict[int, Heap] = {}
+        self._encoder = None
+        self._pass = None
+        self._pass_raw = None
+        self._last_kernel = None
+        self._pending = 0
+        self._batch_limit = max(1, _env.integer(_env.WGPU_BATCH))
+        self._offsets = self._raw[0].new("uint32_t[1]") if self._raw else None
+        self.dispatch_count = 0
+        self.submit_count = 0
+        self.lost_reason: str | None = None
+
+    # -- description ------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {
+            **self.info.to_dict(),
+            "features": sorted(self.features),
+            "max_storage_binding_bytes": self.allocator.max_binding,
+            "heap_bytes": self.allocator.heap_size,
+        }
+
+    # -- memory -------------------------------------------------------------------------------------
+    def _create_heap_buffer(self, nbytes: int):
+        usage = self._wgpu.BufferUsage
+        try:
+            return self.device.create_buffer(
+                label=f"navitrain-heap-{nbytes >> 20}MiB", size=nbytes,
+                usage=usage.STORAGE | usage.COPY_SRC | usage.COPY_DST)
+        except Exception as exc:  # wgpu reports out-of-memory as an exception of its own
+            if "memory" in str(exc).lower() or type(exc).__name__ == "GPUOutOfMemoryError":
+                raise OutOfMemory(str(exc)) from None
+            raise
+
+    def _destroy_heap_buffer(self, buffer) -> None:
+        # Work already recorded may still use the heap: finish it before the buffer goes.
+        self.synchronize()
+        buffer.destroy()
+
+    def _forget_heap(self, heap: Heap) -> None:
+        self._heaps_by_index.pop(heap.index, None)
+        for key in [k for k in self._bind_groups if heap.index in k]:
+            del self._bind_groups[key]
+
+    def malloc(self, nbytes: int) -> Block:
+        with self.lock:
+            block = self.allocator.malloc(nbytes)
+            self._heaps_by_index[block.heap.index] = block.heap
+            return block
+
+    # -- kernels --------------------------------------------------------------------------------
+    def _layout(self, n_buffers: int):
+        layout = self._layouts.get(n_buffers)
+        if layout is None:
+            stage = self._wgpu.ShaderStage.COMPUTE
+            entries = [{"binding": 0, "visibility": stage,
+                        "buffer": {"type": "uniform", "has_dynamic_offset": True, "min_binding_size": PARAM_BYTES}}]
+            entries += [{"binding": i + 1, "visibility": stage, "buffer": {"type": "storage"}} for i in range(n_buffers)]
+            bgl = self.device.create_bind_group_layout(label=f"navitrain-{n_buffers}buf", entries=entries)
+            layout = (bgl, self.device.create_pipeline_layout(bind_group_layouts=[bgl]))
+            self._layouts[n_buffers] = layout
+        return layout
+
+    def kernel(self, key, name: str, n_buffers: int, source) -> Kernel:
+        """The compiled kernel for `key`, building WGSL with `source()` on first use."""
+        kernel = self._kernels.get(key)
+        if kernel is not None:
+            return kernel
+        with self.lock:
+            kernel = self._kernels.get(key)
+            if kernel is not None:
+                return kernel
+            if n_buffers > MAX_BUFFERS:
+                raise WgpuError(f"kernel {name} binds {n_buffers} buffers; at most {MAX_BUFFERS} are supported")
+            body = source() if callable(source) else source
+            from navitrain.wgpu.codegen import uses_f16
+
+            # `enable` directives must precede every declaration in a WGSL module.
+            code = ("enable f16;\n" if uses_f16(body) else "") + WGSL_HELPERS + body
+            try:
+                module = self.device.create_shader_module(label=name, code=code)
+                pipeline = self.device.create_compute_pipeline(
+                    label=name, layout=self._layout(n_buffers)[1], compute={"module": module, "entry_point": "main"})
+            except Exception as exc:
+                numbered = "\n".join(f"{i + 1:4d} {line}" for i, line in enumerate(code.splitlines()))
+                log.debug("WGSL of kernel %s:\n%s", name, numbered)
+                raise KernelCompileError(f"WGSL kernel '{name}' failed to compile: {exc}") from None
+            kernel = Kernel(name, pipeline, n_buffers, pipeline._internal if self._raw else None)
+            self._kernels[key] = kernel
+            return kernel
+
+    def _bind_group(self, heaps: tuple[Heap, ...]):
+        key = tuple(h.index for h in heaps)
+        entry = self._bind_groups.get(key)
+        if entry is None:
+            bgl = self._layout(len(heaps))[0]
+            entries = [{"binding": 0, "resource": {"buffer": self._param_buffer, "offset": 0, "size": PARAM_BYTES}}]
+            entries += [{"binding": i + 1, "resource": {"buffer": h.buffer, "offset": 0, "size": h.size}}
+                        for i, h in enumerate(heaps)]
+            group = self.device.create_bind_group(layout=bgl, entries=entries)
+            entry = (group, group._internal if self._raw else None)
+            self._bind_groups[key] = entry
+        return entry
+
+    # -- recording ------------------------------------------------------------------------------
+    def _begin(self) -> None:
+        self._encoder = self.device.create_command_encoder(label="navitrain-batch")
+        self._pass = self._encoder.begin_compute_pass(label="navitrain-pass")
+        self._pass_raw = self._pass._internal if self._raw else None
+        self._last_kernel = None
+
+    def dispatch(self, kernel: Kernel, heaps: tuple[Heap, ...], params: bytes, groups: tuple[int, int, int]) -> None:
+        """Record one dispatch of `kernel` over `heaps` with parameter block `params`."""
+        with self.lock:
+            if self.lost_reason is not None:
+                raise DeviceLostError(self.lost_reason)
+            if self._param_used + self._param_align > _PARAM_ARENA:
+                self.flush()
+            if self._pass is None:
+                self._begin()
+            offset = self._param_used
+            self._param_arena[offset:offset + len(params)] = params
+            self._param_used = offset + self._param_align
+            group, group_raw = self._bind_group(heaps)
+            raw = self._raw
+            if raw is not None:
+                lib = raw[1]
+                if self._last_kernel is not kernel:
+                    lib.wgpuComputePassEncoderSetPipeline(self._pass_raw, kernel.raw)
+                    self._last_kernel = kernel
+                self._offsets[0] = offset
+                lib.wgpuComputePassEncoderSetBindGroup(self._pass_raw, 0, group_raw, 1, self._offsets)
+                lib.wgpuComputePassEncoderDispatchWorkgroups(self._pass_raw, groups[0], groups[1], groups[2])
+            else:
+                if self._last_kernel is not kernel:
+                    self._pass.set_pipeline(kernel.pipeline)
+                    self._last_kernel = kernel
+                self._pass.set_bind_group(0, group, [offset])
+                self._pass.dispatch_workgroups(*groups)
+            self._pending += 1
+            self.dispatch_count += 1
+            if self._pending >= self._batch_limit:
+                self.flush()
+
+    def flush(self) -> None:
+        """Submit everything recorded so far (does not wait for it)."""
+        with self.lock:
+            if self._pass is None:
+                return
+            self._pass.end()
+            if self._param_used:
+                self.queue.write_buffer(self._param_buffer, 0, self._param_arena, 0, self._param_used)
+            commands = self._encoder.finish()
+            self._pass = self._pass_raw = self._encoder = None
+            self._last_kernel = None
+            self._pending = 0
+            self._param_used = 0
+            try:
+                self.queue.submit([commands])
+            except Exception as exc:
+                self._check_lost(exc)
+                raise
+            self.submit_count += 1
+
+    def synchronize(self) -> None:
+        """Submit pending work and wait until the GPU has finished it."""
+        with self.lock:
+            self.flush()
+            try:
+                self.queue.on_submitted_work_done_sync()
+            except Exception as exc:
+                self._check_lost(exc)
+                raise
+
+    def _check_lost(self, exc: Exception) -> None:
+        text = str(exc).lower()
+        if "lost" in text or "device is invalid" in text or "parent device" in text:
+            self.lost_reason = (
+                f"the wgpu device on {self.info.name} was lost ({exc}); the driver may have reset the GPU. "
+                "Restart the process; `navitrain doctor` and `dmesg` may say why.")
+            raise DeviceLostError(self.lost_reason) from exc
+
+    # -- transfers ------------------------------------------------------------------------------
+    def read(self, heap: Heap, offset: int, nbytes: int) -> memoryview:
+        """Bytes [offset, offset+nbytes) of a heap, after all recorded work."""
+        start = offset & ~3
+        end = (offset + nbytes + 3) & ~3
+        with self.lock:
+            self.flush()
+            try:
+                data = self.queue.read_buffer(heap.buffer, start, end - start)
+            except Exception as exc:
+                self._check_lost(exc)
+                raise
+        return memoryview(data)[offset - start: offset - start + nbytes]
+
+    def write(self, heap: Heap, offset: int, data: np.ndarray) -> None:
+        """Write bytes at a 4-byte aligned offset; the length is padded to 4 bytes."""
+        raw = memoryview(np.ascontiguousarray(data)).cast("B")
+        if len(raw) % 4:
+            raw = memoryview(bytes(raw) + bytes(4 - len(raw) % 4))
+        if offset % 4:
+            raise WgpuError("unaligned write")  # callers route unaligned writes through a copy kernel
+        with self.lock:
+            # Queue writes run before commands that are recorded but not yet submitted: submit them
+            # first so a block reused since then is not overwritten under a pending kernel.
+            self.flush()
+            self.queue.write_buffer(heap.buffer, offset, raw)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+_runtime_error: Exception | None = None
+
+
+def runtime() -> Runtime:
+    """The process-wide runtime, created on first use."""
+    global _runtime, _runtime_error
+    if _runtime is not None:
+        return _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            if _runtime_error is not None:
+                raise WgpuError(f"the wgpu device could not start earlier: {_runtime_error}")
+            t0 = time.perf_counter()
+            try:
+                _runtime = Runtime()
+            except Exception as exc:
+                _runtime_error = exc
+                raise
+            log.info("wgpu device on %s (%s, %s) ready in %.2fs", _runtime.info.name, _runtime.info.backend,
+                     _runtime.info.driver, time.perf_counter() - t0)
+    return _runtime
+
+
+def is_started() -> bool:
+    return _runtime is not None

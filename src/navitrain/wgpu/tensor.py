@@ -1,0 +1,252 @@
+"""The wgpu tensor: a torch.Tensor wrapper subclass whose data lives in a GPU heap block.
+
+PyTorch keeps the tensor's metadata (sizes, strides, storage offset, dtype, device "wgpu:0", autograd
+state); navitrain keeps the data: `t._ws` is a WgpuStorage (a heap block) shared by all views of one
+tensor, and the element a view starts at is `t._ws.base + t.storage_offset()`. Every aten op on these
+tensors reaches navitrain.wgpu.dispatch through `__torch_dispatch__`.
+
+The device index is always written explicitly ("wgpu:0"): autograd's engine indexes its per-device
+worker queues with it and asserts on the index -1 that a bare "wgpu" would give.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+
+from navitrain.wgpu import dtypes as _dtypes
+from navitrain.wgpu.runtime import runtime
+
+DEVICE = torch.device("wgpu", 0)
+
+
+class WgpuStorage:
+    """One heap block holding `nelem` elements of a storage type; freed when the last view dies."""
+
+    __slots__ = ("block", "stype", "nelem", "heap", "base", "__weakref__")
+
+    def __init__(self, block, stype: _dtypes.StorageType, nelem: int):
+        self.block = block
+        self.stype = stype
+        self.nelem = nelem
+        self.heap = block.heap
+        self.base = block.offset // stype.itemsize  # element index of the block in its heap
+
+    def __del__(self):
+        try:
+            _free_block(self.block)
+        except Exception:  # interpreter shutdown: the device is going away anyway
+            pass
+
+
+def _free_block(block) -> None:
+    from navitrain.wgpu import runtime as _rt
+
+    if _rt._runtime is not None:
+        _rt._runtime.allocator.free(block)
+
+
+def contiguous_strides(size) -> tuple[int, ...]:
+    strides = []
+    acc = 1
+    for s in reversed(tuple(size)):
+        strides.append(acc)
+        acc *= max(int(s), 1)
+    return tuple(reversed(strides))
+
+
+def new_storage(nelem: int, dtype: torch.dtype) -> WgpuStorage:
+    rt = runtime()
+    try:
+        st = rt.stypes[dtype]
+    except KeyError:
+        raise TypeError(f"dtype {dtype} is not supported on the wgpu device") from None
+    block = rt.malloc(max(1, nelem) * st.itemsize)
+    return WgpuStorage(block, st, nelem)
+
+
+class WgpuTensor(torch.Tensor):
+    # No __torch_function__ layer: it only adds overhead for a dispatch-level subclass.
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    def __new__(cls, *args, **kwargs):
+        raise TypeError("make wgpu tensors with torch functions: torch.zeros(..., device='wgpu'), x.to('wgpu')")
+
+    # -- where the data is -----------------------------------------------------------------------
+    @property
+    def elem_offset(self) -> int:
+        return self._ws.base + self.storage_offset()
+
+    # -- user-visible behaviour --------------------------------------------------------------
+    def __repr__(self, *, tensor_contents=None):
+        cpu = to_cpu(self.detach())
+        text = repr(cpu)
+        extras = [f"device='{DEVICE}'"]
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{type(self.grad_fn).__name__}>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        text = text[:-1] + ", " + ", ".join(extras) + ")"
+        if getattr(self, "_is_param", False):
+            text = "Parameter containing:\n" + text
+        return text
+
+    def __reduce_ex__(self, protocol):
+        # Saved as a CPU tensor (or Parameter), so checkpoints load anywhere, without navitrain.
+        cpu = to_cpu(self.detach())
+        if getattr(self, "_is_param", False):
+            return (torch._utils._rebuild_parameter, (cpu, self.requires_grad, OrderedDict()))
+        if self.requires_grad:
+            cpu.requires_grad_(True)
+        return cpu.__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo):
+        if id(self) in memo:
+            return memo[id(self)]
+        with torch.no_grad():
+            new = self.clone()
+        for key, value in self.__dict__.items():
+            if key != "_ws":
+                setattr(new, key, copy.deepcopy(value, memo))
+        new.requires_grad_(self.requires_grad)
+        if self.grad is not None:
+            new.grad = copy.deepcopy(self.grad, memo)
+        memo[id(self)] = new
+        return new
+
+    # `param.data = other` swaps the TensorImpl's metadata in C++ but not Python attributes: carry the
+    # storage across too, or the parameter would keep pointing at its old data.
+    @property
+    def data(self):
+        return torch._C.TensorBase.data.__get__(self)
+
+    @data.setter
+    def data(self, new):
+        if not isinstance(new, WgpuTensor):
+            raise TypeError(f"cannot assign a {new.device} tensor to .data of a wgpu tensor; move it with .to('wgpu')")
+        torch._C.TensorBase.data.__set__(self, new)
+        self._ws = new._ws
+
+
+_make = torch.Tensor._make_wrapper_subclass
+
+
+def wrap(storage: WgpuStorage, size, stride, offset: int, dtype: torch.dtype) -> WgpuTensor:
+    """A tensor viewing `storage` with the given geometry.
+
+    PyTorch's own storage of a wrapper tensor holds no data; it is given the largest size any storage
+    can have on this device so that in-place metadata changes (resize_, set_) pass its bounds checks.
+    """
+    t = _make(WgpuTensor, size, strides=stride, storage_offset=offset, dtype=dtype, device=DEVICE,
+              storage_size=runtime().allocator.max_binding)
+    t._ws = storage
+    return t
+
+
+_ITEMSIZE: dict[torch.dtype, int] = {}
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    size = _ITEMSIZE.get(dtype)
+    if size is None:
+        size = _ITEMSIZE[dtype] = torch.empty((), dtype=dtype).element_size()
+    return size
+
+
+_NO_PYTHON_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
+
+
+def set_geometry(t: WgpuTensor, storage: WgpuStorage, size, stride, offset: int) -> None:
+    """Change a tensor's storage and geometry in place (resize_, set_): PyTorch's metadata is updated
+    with the Python key excluded so the call reaches the generic as_strided_ kernel, not us."""
+    t._ws = storage
+    with torch._C._ExcludeDispatchKeyGuard(_NO_PYTHON_KEY):
+        torch.ops.aten.as_strided_.default(t, size, stride, offset)
+
+
+def empty(size, dtype: torch.dtype, stride=None) -> WgpuTensor:
+    """A new tensor (contiguous unless `stride` is given) with uninitialised contents."""
+    size = tuple(int(s) for s in size)
+    if stride is None:
+        stride = contiguous_strides(size)
+        nelem = 1
+        for s in size:
+            nelem *= s
+    else:
+        stride = tuple(int(s) for s in stride)
+        nelem = 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(s > 0 for s in size) else 0
+    return wrap(new_storage(nelem, dtype), size, stride, 0, dtype)
+
+
+def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
+    """Same shape, and the same layout where `t` is dense and non-overlapping (channels_last stays)."""
+    dtype = dtype or t.dtype
+    if t.is_contiguous() or not _dense_non_overlapping(t):
+        return empty(t.shape, dtype)
+    return empty(t.shape, dtype, t.stride())
+
+
+def _dense_non_overlapping(t: torch.Tensor) -> bool:
+    pairs = sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1)
+    expected = 1
+    for st, s in pairs:
+        if st != expected:
+            return False
+        expected *= s
+    return True
+
+
+# -- moving data between the CPU and the device -----------------------------------------------
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """First and one-past-last storage element a view touches (strides are never negative)."""
+    lo = t.storage_offset()
+    hi = lo + 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+    return lo, hi
+
+
+def to_cpu(t: WgpuTensor) -> torch.Tensor:
+    """A CPU copy with the same values, keeping a dense layout (channels_last stays channels_last)."""
+    if t.numel() == 0:
+        return torch.empty(t.shape, dtype=t.dtype)
+    ws = t._ws
+    st = ws.stype
+    lo, hi = _span(t)
+    rt = runtime()
+    data = rt.read(ws.heap, (ws.base + lo) * st.itemsize, (hi - lo) * st.itemsize)
+    flat = _dtypes.from_storage_bytes(data, st, hi - lo)
+    view = flat.as_strided(t.shape, t.stride(), 0)
+    if view.is_contiguous() and hi - lo == t.numel():
+        return view
+    return view.clone(memory_format=torch.preserve_format if _dense_non_overlapping(t) else torch.contiguous_format)
+
+
+def from_cpu(cpu: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
+    """A new device tensor holding `cpu`'s values (layout kept when dense, else contiguous)."""
+    dtype = dtype or cpu.dtype
+    if cpu.dtype != dtype:
+        cpu = cpu.to(dtype)
+    dense = _dense_non_overlapping(cpu) and not cpu.is_contiguous()
+    out = empty(cpu.shape, dtype, cpu.stride() if dense else None)
+    if cpu.numel():
+        upload_into(out, cpu)
+    return out
+
+
+def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:
+    """Copy CPU values (already broadcast to dst's shape, any dtype) into the device view `dst`."""
+    st = dst._ws.stype
+    src = cpu.to(dst.dtype) if cpu.dtype != dst.dtype else cpu
+    if tuple(src.shape) != tuple(dst.shape):
+        src = src.expand(dst.shape)
+    # queue.write_buffer moves whole 4-byte words: only exact, aligned spans may take that path.
+    aligned = ((dst._ws.base + dst.storage_offset()) * st.itemsize) % 4 == 0 and (dst.numel() * st.itemsize) % 4 == 0
+    if dst.is_contiguous() and aligned:
+        lo = dst.storage_offset()
+        runtime().write(dst._ws.heap, (dst._ws.base + lo) * st.itemsize, _dtypes.to_storage_bytes(src.contiguous(), st))
+        return
+    # A general view: stage the values contiguously on the device, then copy with the strided kernel.
+    staged = from_cpu(src.contiguous(), dst.dtype)
+    from navitrain.wgpu.ops.copy import copy_into
+
+    copy_into(dst, staged)

@@ -1,0 +1,63 @@
+"""WGSL math that WGSL lacks or gets wrong for PyTorch's semantics, shared by generated kernels.
+
+- NaN: WGSL's min/max may drop NaNs; PyTorch's maximum/minimum/clamp propagate them.
+- tanh/sigmoid: evaluated through exp, they overflow to NaN for large |x| on some drivers: clamp first
+  (tanh(15) is 1 to within f32 rounding).
+- pow: WGSL's pow is undefined for negative bases; PyTorch defines integer exponents there.
+- erf: not in WGSL. A Taylor series near 0 (relative error < 1e-8 for |x| < 0.5) and Abramowitz &
+  Stegun 7.1.26 beyond (absolute error < 1.5e-7), which is within float32 tolerance of torch.erf.
+- log1p/expm1: the classic compensated forms, accurate near 0.
+- Integer floor division and Python-style remainder.
+"""
+from __future__ import annotations
+
+F32 = """
+fn fmax_nan(a: f32, b: f32) -> f32 { if (a != a || b != b) { return a + b; } return max(a, b); }
+fn fmin_nan(a: f32, b: f32) -> f32 { if (a != a || b != b) { return a + b; } return min(a, b); }
+fn tanh_f(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
+fn sigmoid_f(x: f32) -> f32 { return 1.0 / (1.0 + exp(-clamp(x, -88.0, 88.0))); }
+fn log1p_f(x: f32) -> f32 { let u = 1.0 + x; if (u == 1.0) { return x; } return log(u) * x / (u - 1.0); }
+fn expm1_f(x: f32) -> f32 {
+  if (abs(x) < 1e-5) { return x + 0.5 * x * x; }
+  return exp(x) - 1.0;
+}
+fn erf_f(x: f32) -> f32 {
+  let ax = abs(x);
+  if (ax < 0.5) {
+    let x2 = x * x;
+    return 1.1283791670955126 * x * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.1 + x2 * (-0.023809523809523808 + x2 * 0.004629629629629629))));
+  }
+  let t = 1.0 / (1.0 + 0.3275911 * ax);
+  let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+  return sign(x) * (1.0 - poly * exp(-ax * ax));
+}
+fn pow_f(x: f32, y: f32) -> f32 {
+  if (y == 0.0) { return 1.0; }
+  if (y == 1.0) { return x; }
+  if (y == 2.0) { return x * x; }
+  if (x > 0.0) { return exp2(y * log2(x)); }
+  if (x == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), y < 0.0); }
+  if (x != x || y != y) { return x + y; }
+  if (floor(y) == y) {
+    let r = exp2(y * log2(-x));
+    return select(r, -r, abs(y) % 2.0 == 1.0);
+  }
+  return bitcast<f32>(0x7fc00000u);
+}
+fn lerp_f(a: f32, b: f32, w: f32) -> f32 { return select(b - (b - a) * (1.0 - w), a + w * (b - a), abs(w) < 0.5); }
+fn idiv_floor(a: i32, b: i32) -> i32 { let q = a / b; return select(q, q - 1, (a % b != 0) && ((a < 0) != (b < 0))); }
+fn imod_floor(a: i32, b: i32) -> i32 { let r = a % b; return select(r, r + b, (r != 0) && ((r < 0) != (b < 0))); }
+fn pow_i32(a: i32, b: i32) -> i32 { var r = 1; var base = a; var e = b; if (e < 0) { return 0; }
+  loop { if (e == 0) { break; } if ((e & 1) == 1) { r = r * base; } base = base * base; e = e >> 1u; } return r; }
+"""
+
+I64 = """
+fn idiv_floor64(a: i64, b: i64) -> i64 { let q = a / b; return select(q, q - 1li, (a % b != 0li) && ((a < 0li) != (b < 0li))); }
+fn imod_floor64(a: i64, b: i64) -> i64 { let r = a % b; return select(r, r + b, (r != 0li) && ((r < 0li) != (b < 0li))); }
+fn pow_i64(a: i64, b: i64) -> i64 { var r = 1li; var base = a; var e = b; if (e < 0li) { return 0li; }
+  loop { if (e == 0li) { break; } if ((e & 1li) == 1li) { r = r * base; } base = base * base; e = e >> 1u; } return r; }
+"""
+
+
+def helpers(has_i64: bool) -> str:
+    return F32 + (I64 if has_i64 else "")
