@@ -84,17 +84,17 @@ def link_gpus(facts: dict) -> None:
         if gpu.get("vendor_id") != "0x1002":
             continue
         for i, node in enumerate(nodes):
-            if i in used or not node.get("gfx_target"):
+            node_gfx = pick(node, "gfx_target", kind=str)
+            if i in used or not node_gfx:
                 continue
             if node.get("device_id") in (None, gpu.get("device_id")):
                 used.add(i)
-                gpu["kfd_node"] = node.get("node")
-                if node["gfx_target"] != gpu.get("gfx_target"):
-                    if gpu.get("gfx_target"):
-                        gpu.setdefault("notes", []).append(
-                            f"the id table says {gpu['gfx_target']}, KFD says {node['gfx_target']}")
-                    gpu["gfx_target"] = node["gfx_target"]
-                    gpu["family"] = gpu_table.family_of(node["gfx_target"])
+                gpu["kfd_node"] = pick(node, "node", kind=str)
+                if node_gfx != gpu.get("gfx_target"):
+                    if gpu.get("gfx_target") and isinstance(gpu.get("notes"), list):
+                        gpu["notes"].append(f"the id table says {gpu['gfx_target']}, KFD says {node_gfx}")
+                    gpu["gfx_target"] = node_gfx
+                    gpu["family"] = gpu_table.family_of(node_gfx)
                 gpu["gfx_source"] = "kfd"
                 break
     adapters = dicts(pick(facts, "vulkan", "adapters")) if pick(facts, "vulkan", "status") == "ok" else []

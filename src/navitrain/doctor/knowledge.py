@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from navitrain.doctor import gpus as gpu_table
-from navitrain.doctor.situation import Situation, base_gfx, pick, strings, version_tuple
+from navitrain.doctor.situation import Situation, pick, strings, version_tuple
 from navitrain.doctor.sources import links
 
 SEVERITIES = ("error", "warning", "info", "ok")
@@ -320,7 +320,7 @@ def rocm_install(s: Situation) -> list[Finding]:
 
 @rule
 def rocblas_arch(s: Situation) -> list[Finding]:
-    gfx = s.effective_gfx
+    gfx = s.code_gfx
     if not s.primary_is_amd or not gfx:
         return []
     out = []
@@ -438,7 +438,7 @@ def torch_build_vs_gpu(s: Situation) -> list[Finding]:
 def torch_arch(s: Situation) -> list[Finding]:
     if s.torch_build != "rocm" or not s.primary_is_amd or not s.gfx:
         return []
-    real, effective = s.gfx, s.effective_gfx
+    real, effective = s.gfx, s.code_gfx
     arch = s.arch_list
     label = f"PyTorch {s.torch_version}"
     if not arch:
@@ -448,11 +448,14 @@ def torch_arch(s: Situation) -> list[Finding]:
     if effective in arch:
         via = f" (through HSA_OVERRIDE_GFX_VERSION, as {effective})" if effective != real else ""
         return [finding("torch-arch-ok", "ok", f"{label} has code for {real}{via}", f"Its arch list: {shown}.")]
+    unsafe = "" if s.override_is_safe else (
+        f" HSA_OVERRIDE_GFX_VERSION={s.override} makes it load {s.override_gfx} code instead, which does not fit "
+        "this card.")
     return [finding(
         "torch-arch-missing", "error", f"{label} has no code for {effective}"
         + (f" (the card is {real}, overridden to {effective})" if effective != real else ""),
         f"It was built for {shown}. The first GPU kernel fails with 'hipErrorNoBinaryForGpu: Unable to find code "
-        "object for all current devices' or 'HIP error: invalid device function'.",
+        "object for all current devices' or 'HIP error: invalid device function'." + unsafe,
         "Use the `wgpu` route (any torch build works), or a torch built with PYTORCH_ROCM_ARCH=" + real + ".",
         _NO_CODE_SOURCES)]
 
@@ -581,6 +584,3 @@ def internal_error(where: str, exc: BaseException) -> Finding:
     return finding("doctor-internal-error", "warning", f"navitrain doctor failed in {where}",
                    f"{type(exc).__name__}: {exc}", "Please report this with `navitrain doctor --json` output.")
 
-
-def gfx_list(values) -> list[str]:
-    return [base_gfx(v) for v in strings(values)]

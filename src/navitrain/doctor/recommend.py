@@ -30,13 +30,14 @@ def native_blockers(s: Situation) -> list[str]:
         if not s.primary_is_amd:
             blockers.append("this ROCm build of PyTorch needs an AMD GPU")
         else:
-            if s.family == "RDNA1" and s.override_gfx and s.override_gfx != "gfx1010" and s.override_gfx != s.gfx:
-                blockers.append(f"HSA_OVERRIDE_GFX_VERSION={s.override} makes this RDNA1 card run foreign code")
-            if s.torch_has_code_for(s.effective_gfx) is False:
-                blockers.append(f"PyTorch has no code for {s.effective_gfx}")
+            if not s.override_is_safe:
+                blockers.append(f"HSA_OVERRIDE_GFX_VERSION={s.override} makes this {s.family or ''} card run "
+                                f"{s.override_gfx or 'foreign'} code")
+            if s.torch_has_code_for(s.code_gfx) is False:
+                blockers.append(f"PyTorch has no code for {s.code_gfx}")
             bundled = s.torch.get("bundled_rocblas_arches")
-            if isinstance(bundled, list) and bundled and s.effective_gfx not in bundled:
-                blockers.append(f"its rocBLAS has no library for {s.effective_gfx}")
+            if isinstance(bundled, list) and bundled and s.code_gfx not in bundled:
+                blockers.append(f"its rocBLAS has no library for {s.code_gfx}")
             if pick(s.kfd_node, "accessible", kind=bool) is False:
                 blockers.append("this user cannot open /dev/kfd")
     if s.torch_device_count == 0:

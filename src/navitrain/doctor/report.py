@@ -98,7 +98,8 @@ def _machine_table(facts: dict) -> Table:
 
         shown = {k: params[k] for k in AMDGPU_PARAMS_OF_INTEREST if k in params}
         for entry in dicts(amdgpu.get("modprobe")):
-            shown.update({k: f"{v} ({entry.get('file')})" for k, v in (entry.get("options") or {}).items()})
+            options = entry.get("options") if isinstance(entry.get("options"), dict) else {}
+            shown.update({k: f"{v} ({entry.get('file')})" for k, v in options.items()})
         text = "loaded" if amdgpu.get("loaded") else "not loaded"
         if shown:
             text += " · " + ", ".join(f"{k}={v}" for k, v in shown.items())

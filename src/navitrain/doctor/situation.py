@@ -114,6 +114,26 @@ class Situation:
         """The ISA the ROCm runtime will look for code for: the override's when one is set."""
         return self.override_gfx or self.gfx
 
+    @property
+    def override_is_safe(self) -> bool:
+        """No override, or one within the card's own family (gfx1012 -> gfx1010, gfx1032 -> gfx1030) and not
+        one of the APUs where same-family overrides are reported to fault."""
+        if self.override is None or not self.primary_is_amd:
+            return True
+        target = self.override_gfx
+        if target is None or not self.gfx:
+            return False
+        if target == self.gfx:
+            return True
+        same_family = gpu_table.family_of(target) == self.family
+        return same_family and self.gfx not in ("gfx1103", "gfx1150", "gfx1151", "gfx1152")
+
+    @property
+    def code_gfx(self) -> str | None:
+        """The gfx whose code must exist for the card to work: the override's only when it is a safe one
+        (code for gfx1030 does not help an RDNA1 card, it faults there)."""
+        return self.override_gfx if (self.override_gfx and self.override_is_safe) else self.gfx
+
     # --- torch ---
     @cached_property
     def torch(self) -> dict:
