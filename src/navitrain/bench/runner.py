@@ -24,6 +24,9 @@ from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload, get as get_wo
 # Run sizes: warm-up steps are trained but not timed (they absorb shader compilation, autotuning and
 # allocator growth); timed steps give the median and spread.
 QUICK = {"warmup": 2, "steps": 6}
+# Until a child first reports, it may still be importing torch and opening its device: it gets at least
+# this long (or the step timeout, when that is longer) before it counts as hung.
+STARTUP_GRACE_S = 90.0
 FULL = {"warmup": 5, "steps": 30}
 
 _TIMING_FIELDS = ("samples_per_s", "median_ms", "iqr_ms", "min_ms", "max_ms", "time_to_first_step_s",
@@ -129,17 +132,21 @@ def _wake(device) -> None:
 
 
 def _child_main(route_name: str, specs: list[tuple[str, str]], steps: int, warmup: int, seed: int,
-                reference_only: bool, events, stderr_path: str) -> None:
+                reference_only: bool, events, stderr_path: str, route_modules: tuple[str, ...] = ()) -> None:
     """Entry point of a route's child process. Reports through `events`; never returns data by stdout."""
     # Keep the child's stderr (driver messages, fault lines) for the report without mixing it into ours.
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 2)
     os.close(fd)
 
+    import importlib
+
     from navitrain.bench import measure
     from navitrain.routes import registry
 
     try:
+        for module in route_modules:
+            importlib.import_module(module)
         route = registry.get(route_name)
         available = route.availability()
         if not available.ok:
@@ -207,8 +214,8 @@ def _death_detail(exitcode: int | None, stderr_path: str) -> tuple[str, str]:
 
 
 def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup: int, seed: int,
-               timeout: float, reference_only: bool, on_event: EventCallback | None
-               ) -> tuple[RouteInfo, dict[str, dict[str, Any]]]:
+               timeout: float, reference_only: bool, on_event: EventCallback | None,
+               route_modules: tuple[str, ...] = ()) -> tuple[RouteInfo, dict[str, dict[str, Any]]]:
     """Run one route's child to the end (or until it dies or stalls). Returns the route's info and the
     raw per-workload messages."""
     ctx = mp.get_context("spawn")  # never fork: a forked child would inherit the parent's state
@@ -217,7 +224,8 @@ def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup
     os.close(handle)
     specs = [(w.name, w.size) for w in workloads]
     child = ctx.Process(target=_child_main, name=f"navitrain-bench-{route_name}", daemon=True,
-                        args=(route_name, specs, steps, warmup, seed, reference_only, events, stderr_path))
+                        args=(route_name, specs, steps, warmup, seed, reference_only, events, stderr_path,
+                              tuple(route_modules)))
     started = time.perf_counter()
     info = RouteInfo(route=route_name, status="crash")
     raw: dict[str, dict[str, Any]] = {}
@@ -236,11 +244,12 @@ def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup
                         message = events.get(timeout=0.5)
                     except queue_module.Empty:
                         break
-                elif time.monotonic() - last_heard > timeout:
+                elif time.monotonic() - last_heard > (limit := timeout if route_reported
+                                                      else max(timeout, STARTUP_GRACE_S)):
                     child.kill()
                     child.join(5)
-                    where = f"during {current}" if current else "while preparing the route"
-                    detail = f"no progress for {timeout:g} s {where}; the child was killed"
+                    where = f"during {current}" if current else "while starting or preparing the route"
+                    detail = f"no progress for {limit:g} s {where}; the process was killed"
                     if current:
                         raw[current] = {"status": "hang", "detail": detail}
                     else:
@@ -316,9 +325,11 @@ def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[
 
 def run_bench(routes: list[str], workload_names: list[str] | None = None, *, size: str = "quick",
               steps: int | None = None, warmup: int | None = None, seed: int = 0, timeout: float = 300.0,
-              on_event: EventCallback | None = None) -> BenchReport:
+              on_event: EventCallback | None = None, route_modules: tuple[str, ...] = ()) -> BenchReport:
     """Bench `routes` on the named workloads; every route is checked against the CPU before its speed
-    counts. `on_event` receives the children's progress messages (each with a "route" key)."""
+    counts. `on_event` receives the children's progress messages (each with a "route" key).
+    `route_modules` are imported in each child first: modules that register routes which are neither
+    built in nor installed as entry points (the tests' deliberately broken routes, say)."""
     from navitrain.bench.machine import machine_info
 
     plan = QUICK if size == "quick" else FULL
@@ -340,11 +351,11 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
     cpu_check: dict[str, float] = {}
     if "cpu" not in ordered:
         _, raw = _run_child("cpu", workloads, steps=steps, warmup=warmup, seed=seed, timeout=timeout,
-                            reference_only=True, on_event=None)
+                            reference_only=True, on_event=None, route_modules=route_modules)
         cpu_check = {name: m["data"]["check_loss"] for name, m in raw.items() if "data" in m}
     for route in ordered:
         info, raw = _run_child(route, workloads, steps=steps, warmup=warmup, seed=seed, timeout=timeout,
-                               reference_only=False, on_event=on_event)
+                               reference_only=False, on_event=on_event, route_modules=route_modules)
         infos.append(info)
         for workload in workloads:
             result = _result_from(route, workload, info, raw.get(workload.name))

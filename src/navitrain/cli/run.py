@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from navitrain.cli._output import console, err_console, fail, print_json
 
@@ -14,44 +15,35 @@ TOP_FINDINGS = 5
 
 
 def _doctor_summary(as_json: bool) -> dict[str, Any]:
-    """The doctor's most important findings; a broken doctor is reported, never fatal."""
+    """The doctor's verdict and most important findings; a broken doctor is reported, never fatal."""
     try:
         from navitrain import doctor
+        from navitrain.doctor import report
 
         facts = doctor.collect(root="/")
-        findings = list(doctor.diagnose(facts))
+        doc = report.document(facts, doctor.diagnose(facts))
     except Exception as exc:
         if not as_json:
             console.print(f"[yellow]doctor unavailable:[/] {type(exc).__name__}: {exc}")
         return {"error": f"{type(exc).__name__}: {exc}", "findings": []}
-    rows = [_finding_dict(f) for f in findings]
+    findings = [f for f in doc["findings"] if not f.get("route")]
+    summary = {"recommendation": doc["recommendation"], "summary": doc["summary"],
+               "findings": findings[:TOP_FINDINGS], "total": len(findings)}
     if not as_json:
         console.rule("[bold]1. this machine (navitrain doctor)")
-        if not rows:
-            console.print("no findings: the stack looks healthy")
-        for row in rows[:TOP_FINDINGS]:
-            console.print(f"[{_SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']:>7}[/] {row['title']}")
-            if row.get("fix"):
-                console.print(f"         [dim]fix: {row['fix']}[/]")
-        if len(rows) > TOP_FINDINGS:
-            console.print(f"[dim]… {len(rows) - TOP_FINDINGS} more: navitrain doctor[/]")
-    return {"findings": rows[:TOP_FINDINGS], "total": len(rows)}
+        for f in findings[:TOP_FINDINGS]:
+            style = _SEVERITY_STYLE.get(f["severity"], "")
+            console.print(f"[{style}]{f['severity']:>7}[/] {escape(f['title'])}")
+            if f.get("fix") and f["severity"] in ("error", "warning"):
+                console.print(f"         [dim]fix: {escape(f['fix'])}[/]")
+        if len(findings) > TOP_FINDINGS:
+            console.print(f"[dim]        … {len(findings) - TOP_FINDINGS} more: navitrain doctor[/]")
+        if doc["recommendation"]:
+            console.print(f"[bold]doctor recommends:[/] {escape(doc['recommendation']['title'])}")
+    return summary
 
 
-_SEVERITY_STYLE = {"error": "bold red", "critical": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
-
-
-def _finding_dict(finding: Any) -> dict[str, Any]:
-    if hasattr(finding, "to_dict"):
-        data = dict(finding.to_dict())
-    elif isinstance(finding, dict):
-        data = dict(finding)
-    else:
-        data = dict(vars(finding))
-    data.setdefault("severity", "info")
-    data.setdefault("title", data.get("summary") or data.get("id") or str(finding))
-    data["severity"] = str(getattr(data["severity"], "value", data["severity"]))
-    return data
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
 
 class _Capture(logging.Handler):
