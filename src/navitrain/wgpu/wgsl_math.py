@@ -44,6 +44,12 @@ fn pow_f(x: f32, y: f32) -> f32 {
   }
   return bitcast<f32>(0x7fc00000u);
 }
+fn gelu_tanh_grad(g: f32, x: f32) -> f32 {
+  let inner = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+  let t = tanh_f(inner);
+  let dinner = 0.7978845608028654 * (1.0 + 0.134145 * x * x);
+  return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner);
+}
 fn lerp_f(a: f32, b: f32, w: f32) -> f32 { return select(b - (b - a) * (1.0 - w), a + w * (b - a), abs(w) < 0.5); }
 fn idiv_floor(a: i32, b: i32) -> i32 { let q = a / b; return select(q, q - 1, (a % b != 0) && ((a < 0) != (b < 0))); }
 fn imod_floor(a: i32, b: i32) -> i32 { let r = a % b; return select(r, r + b, (r != 0) && ((r < 0) != (b < 0))); }

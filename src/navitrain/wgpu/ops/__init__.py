@@ -1,2 +1,4 @@
 """Operator handlers of the wgpu device, one module per family; importing registers them all."""
-from navitrain.wgpu.ops import copy, elementwise, factory, matmul, random, reductions, views  # noqa: F401
+from navitrain.wgpu.ops import (  # noqa: F401
+    activations, copy, elementwise, factory, foreach, loss, matmul, random, reductions, softmax, views,
+)
