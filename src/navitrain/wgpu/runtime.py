@@ -114,6 +114,7 @@ class Runtime:
         self._param_buffer = self.device.create_buffer(
             label="navitrain-params", size=_PARAM_ARENA, usage=usage.UNIFORM | usage.COPY_DST)
         self._param_arena = bytearray(_PARAM_ARENA)
+        self._fence = self.device.create_buffer(label="navitrain-fence", size=4, usage=usage.COPY_SRC | usage.STORAGE)
         self._param_used = 0
         self._layouts: dict[int, tuple[object, object]] = {}
         self._kernels: dict[object, Kernel] = {}
@@ -286,7 +287,13 @@ class Runtime:
         with self.lock:
             self.flush()
             try:
-                self.queue.on_submitted_work_done_sync()
+                # wgpuDevicePoll(wait=true) blocks until submitted work is done. (wgpu-py 0.32's
+                # on_submitted_work_done_sync has a broken callback signature, so it is not used.)
+                poll_wait = getattr(self.device, "_poll_wait", None)
+                if poll_wait is not None:
+                    poll_wait()
+                else:  # pragma: no cover - other wgpu-py versions: a tiny read-back waits as well
+                    self.queue.read_buffer(self._fence, 0, 4)
             except Exception as exc:
                 self._check_lost(exc)
                 raise
