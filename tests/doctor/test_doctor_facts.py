@@ -146,3 +146,13 @@ def test_vulkan_driver_names():
     assert driver_name({"name": "NVIDIA H100 80GB HBM3", "vendor_id": 0x10DE, "driver": "580.159.04"}) == "NVIDIA"
     assert driver_name({"name": "Intel(R) UHD Graphics 630 (CFL GT2)", "vendor_id": 0x8086, "driver": "Mesa 23.1"}) == "ANV"
     assert driver_name({"name": "mystery", "vendor_id": 7}) is None
+
+
+def test_doctor_and_explain_do_not_import_torch_or_wgpu():
+    import subprocess
+    import sys
+
+    code = ("import sys, navitrain.doctor, navitrain.doctor.report, navitrain.doctor.context, navitrain.cli.doctor, "
+            "navitrain.cli.explain\nbad = [m for m in ('torch', 'wgpu') if m in sys.modules]\nassert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

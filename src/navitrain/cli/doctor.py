@@ -10,7 +10,8 @@ import typer
 from navitrain.cli._output import console, err_console, fail, print_json
 
 
-def _load_overrides(path: Path) -> dict:
+def load_overrides(path: Path) -> dict:
+    """A JSON object of facts from a file; a clear exit-2 error for anything else."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """Inspect GPUs, drivers, ROCm, PyTorch and Vulkan; explain what is wrong and recommend a route."""
         if not root.is_dir():
             fail(f"--root {root} is not a directory")
-        facts_override = _load_overrides(overrides) if overrides is not None else None
+        facts_override = load_overrides(overrides) if overrides is not None else None
         from navitrain.doctor import collect, diagnose
         from navitrain.doctor.report import document, render
 

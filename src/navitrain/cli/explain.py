@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -40,11 +41,16 @@ def register(app: typer.Typer) -> None:
         log: str = typer.Argument("-", metavar="[FILE|-]", help="The log to classify ('-' or nothing: standard input)."),
         json_out: bool = typer.Option(False, "--json", help='Print {"modes": [...]} as JSON.'),
         root: Path = typer.Option(Path("/"), "--root", help="Machine files to combine with the log (default /)."),
+        overrides: Optional[Path] = typer.Option(None, "--overrides", help="JSON file of facts to use instead of "
+                                                 "examining them (as for `navitrain doctor`)."),
         no_facts: bool = typer.Option(False, "--no-facts", help="Classify the log alone, without this machine's facts."),
     ) -> None:
         """Classify a crash log (stderr, dmesg, a traceback) into known failure modes, with the fix."""
         if not no_facts and not root.is_dir():
             fail(f"--root {root} is not a directory")
+        from navitrain.cli.doctor import load_overrides
+
+        facts_override = load_overrides(overrides) if overrides is not None else None
         text = _read_log(log)
         from navitrain.doctor.context import add_context
         from navitrain.doctor.logs import classify
@@ -54,7 +60,7 @@ def register(app: typer.Typer) -> None:
             from navitrain.doctor import collect
 
             # Files and environment only: explaining a log must stay fast and must not start torch.
-            add_context(modes, collect(root, probe=False))
+            add_context(modes, collect(root, facts_override, probe=False))
         if json_out:
             print_json({"schema": "navitrain.explain/1", "modes": [m.to_dict() for m in modes]})
             return

@@ -100,14 +100,16 @@ def _pci_device(tree: Tree, rel: str, card: str | None) -> dict:
     """One GPU row from a PCI device directory (sysfs)."""
     notes: list[str] = []
 
-    def hex_file(name: str) -> int | None:
+    def hex_file(name: str, limit: int = 0xFFFF) -> int | None:
         raw = tree.read_line(f"{rel}/{name}")
         value = parse_int(raw, 16)
+        if value is not None and not 0 <= value <= limit:
+            value = None
         if raw is not None and value is None:
             notes.append(f"{rel}/{name} is malformed: {raw[:40]!r}")
         return value
 
-    vendor_id, device_id, revision = hex_file("vendor"), hex_file("device"), hex_file("revision")
+    vendor_id, device_id, revision = hex_file("vendor"), hex_file("device"), hex_file("revision", 0xFF)
     uevent = parse_key_values(tree.read_text(f"{rel}/uevent", limit=64 * 1024))
     slot = uevent.get("PCI_SLOT_NAME") or tree.realname(rel)
     if vendor_id is None or device_id is None:
@@ -198,13 +200,17 @@ def get_kfd_nodes(root) -> list[dict] | None:
             "name": tree.read_line(f"{node_path}/name"),
             "gfx_target_version": target,
             "gfx_target": gpu_table.gfx_from_target_version(target),
-            "vendor_id": f"0x{props['vendor_id']:04x}" if props.get("vendor_id") is not None else None,
-            "device_id": f"0x{props['device_id']:04x}" if props.get("device_id") is not None else None,
+            "vendor_id": _hex16(props.get("vendor_id")),
+            "device_id": _hex16(props.get("device_id")),
             "simd_count": props.get("simd_count"),
             "io_link_flags": flags,
             "pcie_atomics": (all(not (f & _IOLINK_NO_ATOMICS) for f in flags) if flags else None),
         })
     return nodes
+
+
+def _hex16(value: int | None) -> str | None:
+    return f"0x{value:04x}" if isinstance(value, int) and 0 <= value <= 0xFFFF else None
 
 
 def _device_node(tree: Tree, rel: str) -> dict:

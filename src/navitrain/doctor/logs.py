@@ -48,17 +48,31 @@ class ModeMatch:
 
 
 @dataclass(frozen=True)
+class _Pattern:
+    """A signature: `regex` (case-insensitive) is tried only on lines containing `keyword` (lower case).
+    Scanning a 10 MB log for a plain keyword is fast; running dozens of case-insensitive regexes over all
+    of it is not."""
+    keyword: str
+    regex: re.Pattern
+
+
+def _p(keyword: str, regex: str | None = None) -> _Pattern:
+    assert keyword == keyword.lower(), keyword
+    return _Pattern(keyword, re.compile(regex if regex is not None else re.escape(keyword), re.IGNORECASE))
+
+
+@dataclass(frozen=True)
 class _Mode:
     id: str
     title: str
     why: str
     fix: str
     sources: tuple[str, ...]
-    patterns: tuple[str, ...]
+    patterns: tuple[_Pattern, ...]
     # Patterns that count only when the log also mentions one of `requires` (a lone segfault or NaN
     # is not evidence of this mode).
-    weak_patterns: tuple[str, ...] = ()
-    requires: tuple[str, ...] = ()
+    weak_patterns: tuple[_Pattern, ...] = ()
+    requires: tuple[_Pattern, ...] = ()
     rank: int = 0  # lower sorts first; warnings that are not failures sort last
 
 
@@ -74,12 +88,12 @@ _MODES: tuple[_Mode, ...] = (
         "For RDNA2 cards without their own code HSA_OVERRIDE_GFX_VERSION=10.3.0 works; never on RDNA1.",
         ("ROCm/pytorch#882", "ROCm#1623", "pytorch/pytorch#132570"),
         (
-            r"hipErrorNoBinaryForGpu",
-            r"Unable to find code object for all current devices",
-            r"HIP error: invalid device function",
-            r"hipErrorInvalidDeviceFunction",
-            r"no kernel image is available for execution on the device",
-            r"HSA_STATUS_ERROR_INVALID_ISA",
+            _p("hiperrornobinaryforgpu"),
+            _p("unable to find code object for all current devices"),
+            _p("invalid device function", r"HIP error: invalid device function"),
+            _p("hiperrorinvaliddevicefunction"),
+            _p("no kernel image is available for execution on the device"),
+            _p("hsa_status_error_invalid_isa"),
         ),
     ),
     _Mode(
@@ -93,10 +107,10 @@ _MODES: tuple[_Mode, ...] = (
         "have them.",
         ("xuhuisheng/rocm-build#35", "ROCm/rocBLAS#1331", "ROCm#2527"),
         (
-            r"(?:rocBLAS|hipBLASLt|Tensile)\s+(?:error|warning)\s*:\s*Cannot read \S*Tensile\S*",
-            r"(?:rocBLAS|hipBLASLt)\s+(?:error|warning)\s*:\s*No paths matched \S*Tensile",
-            r"TensileLibrary\S*\.(?:dat|co|yaml)\S*:?\s+No such file or directory",
-            r"Could not (?:load|find) \S*TensileLibrary",
+            _p("cannot read", r"(?:rocBLAS|hipBLASLt|Tensile)\s+(?:error|warning)\s*:\s*Cannot read \S*Tensile\S*"),
+            _p("no paths matched", r"(?:rocBLAS|hipBLASLt)\s+(?:error|warning)\s*:\s*No paths matched \S*Tensile"),
+            _p("no such file or directory", r"TensileLibrary\S*\.(?:dat|co|yaml)\S*:?\s+No such file or directory"),
+            _p("tensilelibrary", r"Could not (?:load|find) \S*TensileLibrary"),
         ),
     ),
     _Mode(
@@ -109,10 +123,10 @@ _MODES: tuple[_Mode, ...] = (
         "convolution), or the `wgpu` route.",
         ("ROCm/MIOpen#1586", "ROCm/MIOpen#1528", "lamikr/rocm_sdk_builder#98", "comfyanonymous/ComfyUI#15615"),
         (
-            r"error: not a valid operand",
-            r"row_bcast:\s*(?:15|31)",
-            r"miopenStatus(?:Unknown|Internal)Error",
-            r"MIOpen(?:\([^)]*\))?\s+Error:",
+            _p("error: not a valid operand"),
+            _p("row_bcast:", r"row_bcast:\s*(?:15|31)"),
+            _p("miopenstatus", r"miopenStatus(?:Unknown|Internal)Error"),
+            _p("miopen", r"MIOpen(?:\([^)]*\))?\s+Error:"),
         ),
     ),
     _Mode(
@@ -126,14 +140,15 @@ _MODES: tuple[_Mode, ...] = (
         "`navitrain probe` to find the operation that faults.",
         ("AUTOMATIC1111/stable-diffusion-webui#11942", "AUTOMATIC1111/stable-diffusion-webui#9283", "ROCm#2527"),
         (
-            r"HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION",
-            r"HSA_STATUS_ERROR_MEMORY_FAULT",
-            r"Memory access fault by GPU",
-            r"amdgpu[^\n]{0,80}\bpage fault\b",
-            r"\[(?:gfxhub|mmhub)\d*\] (?:no-)?retry page fault",
+            _p("hsa_status_error_memory_aperture_violation"),
+            _p("hsa_status_error_memory_fault"),
+            _p("memory access fault by gpu"),
+            _p("page fault", r"amdgpu[^\n]{0,80}\bpage fault\b"),
+            _p("retry page fault", r"\[(?:gfxhub|mmhub)\d*\] (?:no-)?retry page fault"),
         ),
-        weak_patterns=(r"Segmentation fault", r"\bSIGSEGV\b"),
-        requires=(r"HSA_OVERRIDE_GFX_VERSION", r"\bROCm\b", r"amdgpu", r"\bgfx10[0-9a-f]{2}\b"),
+        weak_patterns=(_p("segmentation fault"), _p("sigsegv", r"\bSIGSEGV\b")),
+        requires=(_p("hsa_override_gfx_version"), _p("rocm", r"\bROCm\b"), _p("amdgpu"),
+                  _p("gfx10", r"\bgfx10[0-9a-f]{2}\b")),
     ),
     _Mode(
         "fp16-corruption",
@@ -144,12 +159,13 @@ _MODES: tuple[_Mode, ...] = (
         "`navitrain probe`.",
         ("ROCm#1857", "AUTOMATIC1111/stable-diffusion-webui#4634"),
         (
-            r"NansException",
-            r"A tensor with all NaNs was produced",
-            r"does not support half type",
+            _p("nansexception"),
+            _p("a tensor with all nans was produced"),
+            _p("does not support half type"),
         ),
-        weak_patterns=(r"\bloss\b[^\n]{0,40}\bnan\b", r"returned nan values"),
-        requires=(r"\bfp16\b", r"\bhalf\b", r"float16", r"autocast", r"\bamp\b"),
+        weak_patterns=(_p("nan", r"\bloss\b[^\n]{0,40}\bnan\b"), _p("returned nan values")),
+        requires=(_p("fp16", r"\bfp16\b"), _p("half", r"\bhalf\b"), _p("float16"), _p("autocast"),
+                  _p("amp", r"\bamp\b")),
     ),
     _Mode(
         "gpu-hang",
@@ -161,11 +177,11 @@ _MODES: tuple[_Mode, ...] = (
         "that hangs; the `wgpu` route avoids ROCm entirely.",
         ("ROCm#1385",),
         (
-            r"AMDKFD_IOC_WAIT_EVENT",
-            r"amdgpu[^\n]{0,80}ring \S+ timeout",
-            r"amdgpu[^\n]{0,80}GPU reset",
-            r"amdgpu[^\n]{0,80}GPU recovery",
-            r"reason\s*:\s*GPU Hang",
+            _p("amdkfd_ioc_wait_event"),
+            _p("timeout", r"amdgpu[^\n]{0,80}ring \S+ timeout"),
+            _p("gpu reset", r"amdgpu[^\n]{0,80}GPU reset"),
+            _p("gpu recovery", r"amdgpu[^\n]{0,80}GPU recovery"),
+            _p("gpu hang", r"reason\s*:\s*GPU Hang"),
         ),
     ),
     _Mode(
@@ -177,12 +193,12 @@ _MODES: tuple[_Mode, ...] = (
         "composable_kernel and rocWMMA), or skip the build: the `wgpu` route needs only a CPU build of torch.",
         ("ROCm/TheRock#4768", "ROCm/TheRock:SUPPORTED_GPUS.md"),
         (
-            r"when compiling for gfx\w+",
-            r"use of undeclared identifier 'CK_BUFFER_RESOURCE_3RD_DWORD'",
-            r"ninja: build stopped: subcommand failed",
-            r"^make(?:\[\d+\])?: \*\*\* .*Error \d+",
-            r"^CMake Error",
-            r"error: command '[^']*(?:hipcc|clang\+*|amdclang\+*|g\+\+|gcc|c\+\+)' failed",
+            _p("when compiling for gfx", r"when compiling for gfx\w+"),
+            _p("use of undeclared identifier 'ck_buffer_resource_3rd_dword'"),
+            _p("ninja: build stopped: subcommand failed"),
+            _p("***", r"^make(?:\[\d+\])?: \*\*\* .*Error \d+"),
+            _p("cmake error", r"^CMake Error"),
+            _p("error: command", r"error: command '[^']*(?:hipcc|clang\+*|amdclang\+*|g\+\+|gcc|c\+\+)' failed"),
         ),
     ),
     _Mode(
@@ -194,9 +210,9 @@ _MODES: tuple[_Mode, ...] = (
         "instead of falling back), or pick a route whose probes cover your model's operators.",
         ("microsoft/DirectML#630", "microsoft/DirectML#251"),
         (
-            r"will fall ?back to (?:run on )?the CPU",
-            r"is not currently (?:supported|implemented) (?:on|for) the \w+ (?:backend|device)",
-            r"falling back to (?:the )?CPU",
+            _p("back to", r"will fall ?back to (?:run on )?the CPU"),
+            _p("is not currently", r"is not currently (?:supported|implemented) (?:on|for) the \w+ (?:backend|device)"),
+            _p("falling back to", r"falling back to (?:the )?CPU"),
         ),
         rank=1,
     ),
@@ -213,40 +229,55 @@ _UNKNOWN = _Mode(
 )
 
 _BY_ID = {m.id: m for m in _MODES} | {"unknown": _UNKNOWN}
-_COMPILED = {
-    m.id: (
-        re.compile("|".join(f"(?:{p})" for p in m.patterns), re.IGNORECASE | re.MULTILINE),
-        re.compile("|".join(f"(?:{p})" for p in m.weak_patterns), re.IGNORECASE | re.MULTILINE)
-        if m.weak_patterns else None,
-        re.compile("|".join(f"(?:{p})" for p in m.requires), re.IGNORECASE) if m.requires else None,
-    )
-    for m in _MODES
-}
-_FAULT_RE = _COMPILED["gfx-override-fault"][0]
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def _clean(text: str) -> str:
-    text = _ANSI.sub("", text).replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
-    # Cut over-long lines before regex work so a binary blob cannot make matching slow.
-    return "\n".join(line[:_SEARCH_CHARS] for line in text.split("\n"))
+class _Log:
+    """A cleaned log, split into lines once, with a lower-case copy of the same length for keyword search."""
+
+    def __init__(self, text: str):
+        if not isinstance(text, str):
+            text = str(text, "utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
+        text = _ANSI.sub("", text).replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
+        # Cut over-long lines before any regex work so that a binary blob cannot make matching slow.
+        self.lines = [line[:_SEARCH_CHARS] for line in text.split("\n")]
+        self.text = "\n".join(self.lines)
+        self.lower = self.text.translate(_ASCII_LOWER)  # same length: positions map back to lines
+        self.starts, pos = [], 0
+        for line in self.lines:
+            self.starts.append(pos)
+            pos += len(line) + 1
+
+    def hits(self, pattern: _Pattern) -> list[int]:
+        """Indices of the lines where the pattern matches."""
+        out, pos = [], 0
+        while True:
+            pos = self.lower.find(pattern.keyword, pos)
+            if pos < 0:
+                return out
+            index = bisect.bisect_right(self.starts, pos) - 1
+            if pattern.regex.search(self.lines[index]):
+                out.append(index)
+            pos = self.starts[index] + len(self.lines[index]) + 1  # on to the next line
+
+    def any(self, patterns: tuple[_Pattern, ...]) -> bool:
+        return any(self.hits(p) for p in patterns)
 
 
-def _match(mode: _Mode, text: str, line_starts: list[int], lines: list[str]) -> tuple[int, list[str]] | None:
-    strong, weak, requires = _COMPILED[mode.id]
-    hits = [m.start() for m in strong.finditer(text)]
-    if weak is not None and (hits or (requires is not None and requires.search(text))):
-        hits += [m.start() for m in weak.finditer(text)]
-    if not hits:
+def _match(m: _Mode, log: _Log) -> tuple[int, list[str]] | None:
+    indices = {i for p in m.patterns for i in log.hits(p)}
+    if m.weak_patterns and (indices or log.any(m.requires)):
+        indices |= {i for p in m.weak_patterns for i in log.hits(p)}
+    if not indices:
         return None
-    indices = sorted({bisect.bisect_right(line_starts, pos) - 1 for pos in hits})
     kept: list[str] = []
-    for i in indices:
-        line = lines[i].strip()[:MAX_LINE_CHARS]
+    for i in sorted(indices):
+        line = log.lines[i].strip()[:MAX_LINE_CHARS]
         if line and line not in kept:
             kept.append(line)
         if len(kept) >= MAX_LINES_PER_MODE:
             break
-    return indices[0], kept
+    return min(indices), kept
 
 
 def mode(mode_id: str) -> ModeMatch:
@@ -257,17 +288,10 @@ def mode(mode_id: str) -> ModeMatch:
 
 def classify(text: str) -> list[ModeMatch]:
     """The failure modes found in `text`, most important first; `[unknown]` when none."""
-    if not isinstance(text, str):
-        text = str(text, "utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
-    text = _clean(text)
-    lines = text.split("\n")
-    line_starts, pos = [], 0
-    for line in lines:
-        line_starts.append(pos)
-        pos += len(line) + 1
+    log = _Log(text)
     found = []
     for m in _MODES:
-        result = _match(m, text, line_starts, lines)
+        result = _match(m, log)
         if result is not None:
             first_line, kept = result
             found.append((m.rank, first_line, m, kept))
@@ -284,7 +308,5 @@ def classify(text: str) -> list[ModeMatch]:
 
 def is_gpu_fault(text: str) -> bool:
     """True when the text carries a GPU fault signature (memory access/aperture fault, page fault, hang)."""
-    if not isinstance(text, str):
-        text = str(text, "utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
-    text = _clean(text)
-    return bool(_FAULT_RE.search(text) or _COMPILED["gpu-hang"][0].search(text))
+    log = _Log(text)
+    return any(log.any(_BY_ID[mode_id].patterns) for mode_id in sorted(GPU_FAULT_MODES))

@@ -101,8 +101,9 @@ def _failure(result: ChildResult) -> dict:
     }
 
 
-def probe_torch(timeout: float = TORCH_TIMEOUT) -> dict:
-    result = run_python(_TORCH_CODE, timeout)
+def probe_torch(timeout: float = TORCH_TIMEOUT, env: dict[str, str] | None = None) -> dict:
+    """PyTorch's version, build, arch list and devices, from a child process (env: its environment)."""
+    result = run_python(_TORCH_CODE, timeout, env)
     if result.status == "ok" and result.data is not None:
         data = dict(result.data)
         if data.get("status") == "ok" and data.get("stage") != "devices":
@@ -115,8 +116,9 @@ def probe_torch(timeout: float = TORCH_TIMEOUT) -> dict:
     return out
 
 
-def probe_vulkan(timeout: float = VULKAN_TIMEOUT) -> dict:
-    result = run_python(_VULKAN_CODE, timeout)
+def probe_vulkan(timeout: float = VULKAN_TIMEOUT, env: dict[str, str] | None = None) -> dict:
+    """wgpu's adapters, the driver of each and the one navitrain would choose, from a child process."""
+    result = run_python(_VULKAN_CODE, timeout, env)
     if result.status == "ok" and result.data is not None:
         data = dict(result.data)
         if data.get("status") == "ok":
