@@ -10,19 +10,21 @@ HERE = os.path.dirname(__file__)
 
 
 @pytest.fixture(scope="module")
-def broken_report():
+def broken_report(tmp_path_factory):
     """One bench over the cpu route and every deliberately broken test route (see bench_fake_routes)."""
     import sys
 
     sys.path.insert(0, HERE)  # the children inherit sys.path and import bench_fake_routes from here
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "navitrain-cache"))
         routes = ["test-wrong-loss", "test-ascent", "test-segfault", "test-faulty", "test-hang",
                   "test-unavailable", "cpu"]
         events = []
-        report = runner.run_bench(routes, ["mlp", "gpt"], size="quick", steps=3, warmup=1, timeout=8,
-                                  on_event=events.append, route_modules=("bench_fake_routes",))
-    finally:
-        sys.path.remove(HERE)
+        try:
+            report = runner.run_bench(routes, ["mlp", "gpt"], size="quick", steps=3, warmup=1, timeout=8,
+                                      on_event=events.append, route_modules=("bench_fake_routes",))
+        finally:
+            sys.path.remove(HERE)
     return report, events
 
 

@@ -27,21 +27,20 @@ def _version(module: str) -> str | None:
         return None
 
 
-def fingerprint() -> str | None:
-    """The probe store's fingerprint of this stack, or None when the probe package is absent."""
+def fingerprint_object():
+    """The probe's Fingerprint of this stack (computed once per process), or None without the probe."""
     try:
-        from navitrain.probe import fingerprint as fp
+        from navitrain.probe import fingerprint as fingerprints
+
+        return fingerprints.current()
     except Exception:
         return None
-    for name in ("current", "fingerprint", "compute"):
-        fn = getattr(fp, name, None)
-        if callable(fn):
-            try:
-                value = fn()
-            except Exception:
-                return None
-            return getattr(value, "key", None) or getattr(value, "digest", None) or str(value)
-    return None
+
+
+def fingerprint() -> str | None:
+    """The fingerprint's id: the key bench results are stored under."""
+    fp = fingerprint_object()
+    return None if fp is None else str(getattr(fp, "id", fp))
 
 
 def machine_info(routes: list | None = None) -> dict[str, Any]:
@@ -68,7 +67,16 @@ def machine_info(routes: list | None = None) -> dict[str, Any]:
         "navitrain": navitrain.__version__,
         "devices": devices,
         "fingerprint": fingerprint(),
+        "stack": _stack_summary(),
     }
+
+
+def _stack_summary() -> str | None:
+    fp = fingerprint_object()
+    try:
+        return fp.summary() if fp is not None else None
+    except Exception:
+        return None
 
 
 def title_line(machine: dict[str, Any]) -> str:

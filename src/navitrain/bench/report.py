@@ -31,37 +31,38 @@ def _step(row: dict[str, Any]) -> str:
     if row.get("median_ms") is None:
         return "-"
     spread = row.get("iqr_ms") or 0.0
-    return f"{row['median_ms']:.3g} ms ±{spread / 2:.2g}"
+    return f"{row['median_ms']:.3g} ±{spread / 2:.2g}"
 
 
 def results_table(report: dict[str, Any], *, compact: bool = False) -> Table:
     """One row per route and workload. `compact` drops the columns `navitrain run` does not need."""
+    titles = dict.fromkeys(f"{r['workload']} = {r['title']}" for r in report["results"])
+    kinds = dict.fromkeys(f"{r['route']}: {r['memory_kind']}" for r in report["results"]
+                          if r.get("peak_memory_bytes") is not None)
+    caption = "; ".join(titles)
+    if kinds and not compact:
+        caption += "\nmemory: " + "; ".join(kinds)
     table = Table(title=f"navitrain bench ({report['size']}: {report['warmup']} warm-up + "
-                        f"{report['steps']} timed steps)", title_justify="left")
-    table.add_column("workload")
-    table.add_column("route")
-    table.add_column("status")
-    table.add_column("step (median ±IQR/2)", justify="right")
-    table.add_column("samples/s", justify="right")
-    table.add_column("vs CPU", justify="right")
+                        f"{report['steps']} timed steps)", title_justify="left",
+                  caption=caption, caption_justify="left")
+    columns = ["workload", "route", "status", "step ms ±IQR/2", "samples/s", "vs CPU"]
     if not compact:
-        table.add_column("peak memory", justify="right")
-        table.add_column("first step", justify="right")
-        table.add_column("loss first → last", justify="right")
+        columns += ["memory", "1st step", "loss"]
+    for index, name in enumerate(columns):
+        # names and statuses must stay whole; numbers may wrap at their space
+        table.add_column(name, justify="left" if index < 3 else "right", no_wrap=index < 3,
+                         min_width=len(name) if index < 3 else None)
     order = {name: i for i, name in enumerate(dict.fromkeys(r["workload"] for r in report["results"]))}
     for row in sorted(report["results"], key=lambda r: (order[r["workload"]], -(r.get("samples_per_s") or 0))):
         speedup = row.get("speedup_vs_cpu")
         cells = [
-            row["title"], row["route"], Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
+            row["workload"], row["route"], Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
             _step(row), _rate(row.get("samples_per_s")), f"{speedup:.2f}x" if speedup else "-",
         ]
         if not compact:
-            memory = _bytes(row.get("peak_memory_bytes"))
-            if row.get("peak_memory_bytes") is not None and row.get("memory_kind") not in ("peak allocated", None):
-                memory += f" ({row['memory_kind']})"
             first = row.get("time_to_first_step_s")
-            losses = f"{row['first_loss']:.3g} → {row['last_loss']:.3g}" if row.get("last_loss") is not None else "-"
-            cells += [memory, f"{first:.2f} s" if first is not None else "-", losses]
+            losses = f"{row['first_loss']:.3g}→{row['last_loss']:.3g}" if row.get("last_loss") is not None else "-"
+            cells += [_bytes(row.get("peak_memory_bytes")), f"{first:.2f} s" if first is not None else "-", losses]
         table.add_row(*cells)
     return table
 

@@ -31,6 +31,11 @@ def save(report: dict[str, Any]) -> dict[str, Any]:
         return {"saved": 0, "fingerprint": None, "note": "not stored: no probe fingerprint for this machine"}
     saved = 0
     try:
+        from navitrain.bench.machine import fingerprint_object
+
+        fp = fingerprint_object()
+        if fp is not None and str(getattr(fp, "id", fp)) == fingerprint:
+            store.save_fingerprint(fp)  # the facts behind the key, for whoever reads the rows later
         for row in rows:
             extra = {key: row.get(key) for key in _EXTRA_FIELDS}
             extra.update(steps=report["steps"], warmup=report["warmup"], seed=report["seed"])
