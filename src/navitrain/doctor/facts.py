@@ -337,7 +337,8 @@ def _rocm_version(tree: Tree, base: str) -> str | None:
 
 
 def _arches_in(tree: Tree, directory: str) -> list[str]:
-    return sorted({t for name in tree.listdir(directory) for t in _GFX_TOKEN.findall(name)})
+    found = {t for name in tree.listdir(directory) for t in _GFX_TOKEN.findall(name)}
+    return sorted(found, key=lambda g: (gpu_table.target_version_of(g) or 0, g))  # gfx900 before gfx1030
 
 
 def get_rocm(root) -> dict:
