@@ -65,6 +65,9 @@ def test_segfault_while_preparing_is_a_crash_of_the_route(broken_report):
     info = next(r for r in report.routes if r.route == "test-segfault")
     assert info.status == "crash" and "SIGSEGV" in info.detail
     assert {report.result("test-segfault", w).status for w in ("mlp", "gpt")} == {"crash"}
+    # a workload after a crash in an earlier one never ran
+    assert report.result("test-faulty", "mlp").status == "error"  # mlp raised; the process went on
+    assert report.result("test-hang", "gpt").status == "not run"
 
 
 def test_gpu_fault_in_a_workload_is_classified(broken_report):

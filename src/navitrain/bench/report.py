@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 STATUS_STYLE = {"ok": "green", "refused": "bold yellow", "unavailable": "dim", "error": "red",
-                "crash": "bold red", "hang": "bold red"}
+                "crash": "bold red", "hang": "bold red", "not run": "dim"}
 
 
 def _bytes(value: int | None) -> str:

@@ -41,7 +41,7 @@ class WorkloadResult:
     title: str
     size: str
     batch_size: int
-    status: str                       # ok | refused | error | crash | hang | unavailable
+    status: str                       # ok | refused | error | crash | hang | unavailable | not run
     detail: str = ""                  # why, for anything but ok
     samples_per_s: float | None = None
     median_ms: float | None = None
@@ -305,7 +305,7 @@ def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[
         result.status = "unavailable" if info.status == "unavailable" else info.status
         result.detail = info.detail or "the route did not start"
     elif message is None:
-        result.status, result.detail = "crash", "the route's process ended before this workload ran"
+        result.status, result.detail = "not run", "the route's process ended before this workload ran (see the one before it)"
     elif "error" in message:
         mode = verify.failure_mode(message["error"] + "\n" + message.get("traceback", ""))
         result.detail = message["error"] + (f" [{mode}]" if mode else "")
