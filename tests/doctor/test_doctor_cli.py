@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import case_overrides, case_root, validate_doctor, validate_explain
+from doctor_helpers import case_overrides, case_root, validate_doctor, validate_explain
 from typer.testing import CliRunner
 
 from navitrain.cli import app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import CASES, case_overrides, case_root, validate_doctor
+from doctor_helpers import CASES, case_overrides, case_root, validate_doctor
 from rich.console import Console
 
 from navitrain.doctor import collect, diagnose, recommendation
@@ -27,6 +27,7 @@ def test_every_required_machine_has_a_fixture():
             "rx7900xtx-gfx1100", "nvidia-rtx4090", "no-gpu"} <= set(CASES)
 
 
+@pytest.mark.parametrize("case", CASES)
 def test_fixture_reports_validate_and_render(case):
     facts, findings, _ = run_case(case)
     doc = document(facts, findings)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import CASES, case_overrides, case_root, validate_doctor
+from doctor_helpers import CASES, case_overrides, case_root, validate_doctor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console

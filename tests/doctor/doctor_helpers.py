@@ -7,7 +7,6 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "doctor"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "overrides.json").exists())
@@ -37,8 +36,3 @@ def validate_doctor(doc: dict) -> None:
 
 def validate_explain(doc: dict) -> None:
     _EXPLAIN_VALIDATOR.validate(json.loads(json.dumps(doc)))
-
-
-@pytest.fixture(params=CASES)
-def case(request) -> str:
-    return request.param
