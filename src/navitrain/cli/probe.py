@@ -51,13 +51,18 @@ def _cases(files: list[str] | None, patterns: list[str] | None, essential_only: 
     return selected
 
 
-def _environments(env: list[str] | None, matrix: bool, facts: dict) -> list[tuple[dict[str, str], str]]:
-    from navitrain.probe.envs import env_matrix, parse_env_options
+def _base_env(env: list[str] | None) -> dict[str, str]:
+    from navitrain.probe.envs import parse_env_options
 
     try:
-        base = parse_env_options(env or [])
+        return parse_env_options(env or [])
     except ValueError as exc:
         fail(str(exc))
+
+
+def _environments(base: dict[str, str], matrix: bool, facts: dict) -> list[tuple[dict[str, str], str]]:
+    from navitrain.probe.envs import env_matrix
+
     if not matrix:
         return [(base, "as given" if base else "the environment as it is")]
     return [({**base, **extra}, why) for extra, why in env_matrix(facts)]
@@ -113,6 +118,7 @@ def register(app: typer.Typer) -> None:
         if jobs is not None and jobs < 1:
             fail(f"--jobs must be at least 1 (got {jobs})")
         routes = _routes(route)
+        base_env = _base_env(env)
         selected = _cases(cases_file, case, essential)
         if list_cases:
             rows = [{"name": c.name, "group": c.group, "essential": c.essential} for c in selected]
@@ -140,7 +146,7 @@ def register(app: typer.Typer) -> None:
             _render(report.ordered(results, routes, [c.name for c in selected]), fmt, header)
             return
 
-        environments = _environments(env, env_matrix, fp.facts)
+        environments = _environments(base_env, env_matrix, fp.facts)
         envs = [e for e, _ in environments]
         if fmt != "json":
             for e, why in environments:

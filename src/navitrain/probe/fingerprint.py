@@ -124,7 +124,7 @@ def _start_child(what: str, out: Path) -> subprocess.Popen:
 
 
 def _collect(children: dict[str, tuple[subprocess.Popen, Path]], timeout: float) -> dict:
-    from navitrain.probe.runner import _kill_group, _last_line, _signal_name
+    from navitrain.probe.runner import kill_group, last_line, reap, signal_name
 
     deadline = time.monotonic() + timeout
     facts = {}
@@ -132,15 +132,16 @@ def _collect(children: dict[str, tuple[subprocess.Popen, Path]], timeout: float)
         try:
             _, stderr = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
+            reap(proc)
             facts[what] = {"error": f"hung for {timeout:g} s"}
             continue
         try:
             facts[what] = json.loads(out.read_text())
         except (OSError, ValueError):
             code = proc.returncode
-            how = f"killed by {_signal_name(code)}" if code < 0 else f"exit code {code}"
-            last = _last_line(stderr.decode("utf-8", "replace"))
+            how = f"killed by {signal_name(code)}" if code < 0 else f"exit code {code}"
+            last = last_line(stderr.decode("utf-8", "replace"))
             facts[what] = {"error": f"crashed ({how})" + (f": {last}" if last else "")}
     return facts
 

@@ -95,7 +95,7 @@ def _popen(argv: list[str], env: dict[str, str], log) -> subprocess.Popen:
     return subprocess.Popen(argv, **kwargs)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     try:
         if os.name == "posix":
             os.killpg(proc.pid, signal.SIGKILL)
@@ -105,7 +105,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _reap(proc: subprocess.Popen) -> bool:
+def reap(proc: subprocess.Popen) -> bool:
     """Wait briefly for a killed child; False when it would not die (stuck in the kernel)."""
     try:
         proc.wait(timeout=_KILL_WAIT_S)
@@ -132,14 +132,14 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _signal_name(returncode: int) -> str:
+def signal_name(returncode: int) -> str:
     try:
         return signal.Signals(-returncode).name
     except ValueError:
         return f"signal {-returncode}"
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
 
@@ -182,13 +182,13 @@ def classify(returncode: int | None, result: dict | None, output: str, phase: st
             return GPU_FAULT, detail or line, mode
         mode, _ = _modes(text, prefer_fault=False)
         return ERROR, detail, mode
-    how = f"killed by {_signal_name(returncode)}" if returncode is not None and returncode < 0 else \
+    how = f"killed by {signal_name(returncode)}" if returncode is not None and returncode < 0 else \
         f"exited with code {returncode} without a result"
     if _is_gpu_fault(output):
         mode, line = _modes(output, prefer_fault=True)
         return GPU_FAULT, f"{line} ({how}{where})" if line else f"{how}{where}", mode
     mode, _ = _modes(output, prefer_fault=False)
-    last = _last_line(output)
+    last = last_line(output)
     return CRASH, f"{how}{where}" + (f": {last}" if last and returncode and returncode > 0 else ""), mode
 
 
@@ -275,8 +275,8 @@ def run_tasks(tasks: Iterable[Task], *, jobs: int | None = None, timeout: float 
                 if run.proc.poll() is None and now < run.deadline:
                     continue
                 timed_out = run.proc.returncode is None
-                _kill_group(run.proc)  # on a timeout, and to take any grandchildren with it otherwise
-                stuck = timed_out and not _reap(run.proc)
+                kill_group(run.proc)  # on a timeout, and to take any grandchildren with it otherwise
+                stuck = timed_out and not reap(run.proc)
                 running.remove(run)
                 result = finish(run, timed_out, stuck)
                 if result.extra.get("route_unavailable"):
@@ -285,9 +285,9 @@ def run_tasks(tasks: Iterable[Task], *, jobs: int | None = None, timeout: float 
     except KeyboardInterrupt:
         report.interrupted = True
         for run in running:
-            _kill_group(run.proc)
+            kill_group(run.proc)
         for run in running:
-            _reap(run.proc)
+            reap(run.proc)
             run.log.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -308,12 +308,12 @@ def list_cases_in_file(path: str, timeout: float = 120.0) -> list[CaseRef]:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                _reap(proc)
+                kill_group(proc)
+                reap(proc)
                 raise ValueError(f"importing case file {path} took longer than {timeout:g} s") from None
         raw = _read(out)
         if raw is None:
-            raise ValueError(f"importing case file {path} crashed: {_last_line(_tail(Path(tmp) / 'output.log'))}")
+            raise ValueError(f"importing case file {path} crashed: {last_line(_tail(Path(tmp) / 'output.log'))}")
     data = json.loads(raw)
     if "error" in data:
         raise ValueError(f"case file {path} failed to import: {data['error']}")

@@ -100,12 +100,15 @@ def essential_results(fingerprint, route: str, *, rerun: bool = False, timeout: 
     return [found[n] for n in names if n in found]
 
 
-def _prepare(route: str):
+def _prepare(route: str) -> tuple:
+    """Prepare the route in this process: (device, the route's own one-line description of itself)."""
     global _active_route
     chosen = registry.get(route)
+    # Asked here, not taken from the probes: a child's view (thread count, environment) can differ.
+    info = chosen.availability().reason
     dev = chosen.prepare()
     _active_route = chosen
-    return dev
+    return dev, info
 
 
 def _failures(results: list[ProbeResult]) -> list[ProbeResult]:
@@ -135,8 +138,8 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         registry.get(asked)  # a clear ValueError for an unknown name before any probing
         source = "asked for" if route else f"{_env.ROUTE}={asked}"
         if not verify:
-            dev = _prepare(asked)
-            log.info("training on %s (%s): %s, probes skipped (verify=False)", asked, dev, source)
+            dev, info = _prepare(asked)
+            log.info("training on %s (%s; %s): %s, probes skipped (verify=False)", asked, dev, info, source)
             return dev
     fp = fingerprints.current()
     if asked:
@@ -144,8 +147,9 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         failed = _failures(results)
         if failed:
             raise RouteNotWorking(asked, failed)
-        dev = _prepare(asked)
-        log.info("training on %s (%s): %s; its %d essential probes passed", asked, dev, source, len(results))
+        dev, info = _prepare(asked)
+        log.info("training on %s (%s; %s): %s; its %d essential probes passed", asked, dev, info, source,
+                 len(results))
         return dev
 
     order, order_why = route_order(fp)
@@ -156,10 +160,9 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         if failed or not results:
             skipped.append(f"{name} ({_skip_reason(failed) if failed else 'no essential cases'})")
             continue
-        dev = _prepare(name)
-        info = next((r.route_info for r in results if r.route_info), "")
-        log.info("training on %s (%s%s): the fastest route whose %d essential probes pass here, by %s%s",
-                 name, dev, f"; {info}" if info else "", len(results), order_why,
+        dev, info = _prepare(name)
+        log.info("training on %s (%s; %s): the fastest route whose %d essential probes pass here, by %s%s",
+                 name, dev, info, len(results), order_why,
                  f"; skipped {'; '.join(skipped)}" if skipped else "")
         return dev
     raise RuntimeError("no route works on this machine, not even cpu: " + "; ".join(skipped))
