@@ -1,6 +1,7 @@
-"""Which routes `navitrain bench` and `navitrain run` time when the user names none: those whose probes
-passed on this machine, else every route that says it is available. The cpu route is always included:
-it is the reference every speed-up is measured against."""
+"""Which routes `navitrain bench` times when the user names none: those whose essential probes passed on
+this machine; when nothing was probed yet, every route that says it is available. The cpu route is
+always included: it is the reference every speed-up is measured against. (`navitrain run` benches every
+available route: see `available_routes`.)"""
 from __future__ import annotations
 
 from navitrain.routes import registry
@@ -14,7 +15,7 @@ def check_names(routes: list[str]) -> None:
 
 
 def available_routes() -> dict[str, str]:
-    """Every registered route that says it could run here, with its one-line reason."""
+    """Every registered route that says it could run here, with its one-line reason, fastest first."""
     found = {}
     for name in registry.names():
         try:
@@ -26,31 +27,40 @@ def available_routes() -> dict[str, str]:
     return found
 
 
-def _passed_routes() -> list[str] | None:
-    """Routes whose essential probes passed for this fingerprint; None when nothing was probed."""
+def probe_status() -> tuple[list[str], list[str]] | None:
+    """(routes whose essential probes all passed, routes with essential results that did not all pass)
+    for this fingerprint; None when the probe store is unavailable or nothing was probed."""
     try:
         from navitrain.bench.machine import fingerprint
-        from navitrain.probe import store
+        from navitrain.probe import cases, store
+
+        key = fingerprint()
+        if not key:
+            return None
+        passed = list(store.passed_routes(key))
+        names = [c.name for c in cases.essential()]
+        probed = {r.route for r in store.latest_results(key, env={}, cases=names)}
     except Exception:
         return None
-    passed = getattr(store, "passed_routes", None)
-    key = fingerprint()
-    if passed is None or not key:
+    if not probed:
         return None
-    try:
-        routes = list(passed(key))
-    except Exception:
-        return None
-    return routes or None
+    return passed, sorted(probed - set(passed))
 
 
 def default_routes() -> tuple[list[str], str]:
-    """(routes, why) in registry order (fastest first by default rank), cpu last."""
-    passed = _passed_routes()
-    if passed:
-        routes = [r for r in registry.names() if r in passed or r == "cpu"]
-        return routes, "the routes whose probes passed on this machine"
+    """(routes in registry order, a sentence saying how they were chosen)."""
+    status = probe_status()
     available = available_routes()
-    routes = [r for r in registry.names() if r in available] or ["cpu"]
-    return routes, ("nothing probed on this machine yet, so every available route; "
-                    "run `navitrain probe` to bench only the routes that work")
+    if status is None:
+        routes = [r for r in registry.names() if r in available] or ["cpu"]
+        return routes, ("nothing probed on this machine yet, so every available route; "
+                        "run `navitrain probe` to bench only the routes that work")
+    passed, failed = status
+    routes = [r for r in registry.names() if r in passed or r == "cpu"]
+    why = "the routes whose essential probes passed here"
+    if failed:
+        why += f"; not {', '.join(failed)} (probes failed: navitrain probe --report)"
+    unprobed = [r for r in registry.names() if r in available and r not in passed and r not in failed]
+    if unprobed:
+        why += f"; {', '.join(unprobed)} not probed yet (navitrain probe --route {','.join(unprobed)})"
+    return routes, why

@@ -129,7 +129,10 @@ def register(app: typer.Typer) -> None:
             from navitrain.bench import route_choice
             from navitrain.cli.bench import run_and_report
 
-            routes, why = route_choice.default_routes()
+            # every available route, probed or not: a route that crashes is a row in the table, and
+            # this is where a user first sees what each route is worth
+            routes = list(route_choice.available_routes()) or ["cpu"]
+            why = "every available route"
             if not as_json:
                 console.rule("[bold]4. what each route is worth here (navitrain bench --quick)")
                 console.print(f"[dim]routes: {', '.join(routes)} ({why})[/]")
