@@ -49,6 +49,7 @@ def adapter_info() -> dict:
 
 def synchronize(device=None) -> None:
     """Submit recorded work and wait for the GPU to finish it."""
+    _dispatch.raise_pending()
     if _runtime_mod.is_started():
         _runtime_mod.runtime().synchronize()
 

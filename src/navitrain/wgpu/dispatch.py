@@ -50,10 +50,74 @@ def implements(*ops):
 
 
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
-    handler = OPS.get(func)
-    if handler is not None:
-        return handler(*args, **kwargs) if kwargs else handler(*args)
-    return _unhandled(func, args, kwargs or {})
+    if _deferred and not _in_backward():
+        _raise_deferred()
+    try:
+        handler = OPS.get(func)
+        if handler is not None:
+            return handler(*args, **kwargs) if kwargs else handler(*args)
+        return _unhandled(func, args, kwargs or {})
+    except Exception as exc:
+        if _in_backward():
+            return _defer(func, args, kwargs or {}, exc)
+        raise
+
+
+# -- errors inside backward --------------------------------------------------------------------------
+# A Python exception raised from __torch_dispatch__ while autograd's engine runs a backward node
+# unwinds through the engine's stream guard, whose noexcept methods call back into Python for the
+# PrivateUse1 device type; with the exception still pending that call fails and the process aborts
+# ("terminate called without an active exception"; torch 2.11-2.13). So inside backward an error is
+# recorded, the op returns NaN-filled outputs of the right shapes, and the error is raised at the next
+# op outside backward (normally optimizer.step() or .item() right after loss.backward()).
+_deferred: list = []
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
+class BackwardError(RuntimeError):
+    """An op failed inside loss.backward(); raised at the next wgpu op after it."""
+
+
+def _raise_deferred():
+    func, exc = _deferred[0]
+    _deferred.clear()
+    raise BackwardError(f"navitrain wgpu: {func} failed during backward: {type(exc).__name__}: {exc}") from exc
+
+
+def _defer(func, args, kwargs, exc):
+    if not _deferred:
+        _deferred.append((func, exc))
+    from navitrain.wgpu.ops.copy import fill
+    from navitrain.wgpu.tensor import empty
+
+    def to_meta(x):
+        if isinstance(x, WgpuTensor):
+            return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+        if isinstance(x, torch.device) and x.type == DEVICE.type:
+            return torch.device("meta")
+        return x
+
+    flat, spec = tree_flatten((args, kwargs))
+    meta_args, meta_kwargs = tree_unflatten([to_meta(x) for x in flat], spec)
+    meta_out = func(*meta_args, **meta_kwargs)
+
+    def placeholder(t):
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            out = empty(t.shape, t.dtype, t.stride())
+            return fill(out, float("nan") if t.dtype.is_floating_point else 0)
+        return t
+
+    out_flat, out_spec = tree_flatten(meta_out)
+    return tree_unflatten([placeholder(t) for t in out_flat], out_spec)
+
+
+def raise_pending() -> None:
+    """Raise an error recorded during backward, if any (called at sync points)."""
+    if _deferred:
+        _raise_deferred()
 
 
 WgpuTensor.__torch_dispatch__ = classmethod(torch_dispatch)

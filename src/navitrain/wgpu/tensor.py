@@ -235,15 +235,19 @@ def from_cpu(cpu: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
 
 def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:
     """Copy CPU values (already broadcast to dst's shape, any dtype) into the device view `dst`."""
+    if dst.numel() == 0:
+        return
     st = dst._ws.stype
     src = cpu.to(dst.dtype) if cpu.dtype != dst.dtype else cpu
     if tuple(src.shape) != tuple(dst.shape):
         src = src.expand(dst.shape)
-    # queue.write_buffer moves whole 4-byte words: only exact, aligned spans may take that path.
-    aligned = ((dst._ws.base + dst.storage_offset()) * st.itemsize) % 4 == 0 and (dst.numel() * st.itemsize) % 4 == 0
-    if dst.is_contiguous() and aligned:
-        lo = dst.storage_offset()
-        runtime().write(dst._ws.heap, (dst._ws.base + lo) * st.itemsize, _dtypes.to_storage_bytes(src.contiguous(), st))
+    # queue.write_buffer moves whole 4-byte words: the span must start on a word, and either end on one
+    # or end where its storage ends (the padding then lands in the block's unused tail).
+    start = (dst._ws.base + dst.storage_offset()) * st.itemsize
+    nbytes = dst.numel() * st.itemsize
+    ends_storage = dst.storage_offset() + dst.numel() == dst._ws.nelem
+    if dst.is_contiguous() and start % 4 == 0 and (nbytes % 4 == 0 or ends_storage):
+        runtime().write(dst._ws.heap, start, _dtypes.to_storage_bytes(src.contiguous(), st))
         return
     # A general view: stage the values contiguously on the device, then copy with the strided kernel.
     staged = from_cpu(src.contiguous(), dst.dtype)

@@ -310,3 +310,22 @@ def set_source_tensor(x, source):
 
     set_geometry(x, source._ws, list(source.shape), list(source.stride()), source.storage_offset())
     return x
+
+
+def _inplace_view(view_fn):
+    """An in-place metadata op (x.squeeze_(), x.t_(), ...): compute the view, then adopt its geometry."""
+    def run(x, *args, **kwargs):
+        from navitrain.wgpu.tensor import set_geometry
+
+        v = view_fn(x, *args, **kwargs)
+        set_geometry(x, x._ws, list(v.shape), list(v.stride()), v.storage_offset())
+        return x
+    return run
+
+
+implements(aten.squeeze_.default, aten.squeeze_.dim, aten.squeeze_.dims)(_inplace_view(squeeze))
+implements(aten.unsqueeze_.default)(_inplace_view(unsqueeze))
+implements(aten.t_.default)(_inplace_view(t))
+implements(aten.transpose_.default)(_inplace_view(transpose))
+implements(aten.as_strided_.default)(_inplace_view(as_strided))
+implements(aten.detach_.default)(lambda x: x)
