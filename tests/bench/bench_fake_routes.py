@@ -34,26 +34,26 @@ def _patch_loss(fn):
 
 
 @register
-class WrongLoss(_OnTheCpu):
-    name = "test-wrong-loss"
+class Wrong(_OnTheCpu):
+    name = "test-wrong"
 
-    def sabotage(self):  # trains fine, but every loss is 1.5x the truth: disagrees with the CPU
-        _patch_loss(lambda *a, **k: _cross_entropy(*a, **k) * 1.5)
+    def sabotage(self):
+        # mlp (10 classes) trains, but every loss is 1.5x the truth: it disagrees with the CPU
+        def scaled(logits, *a, **k):
+            loss = _cross_entropy(logits, *a, **k)
+            return loss * 1.5 if logits.shape[-1] == 10 else loss
 
+        _patch_loss(scaled)
 
-@register
-class GradientAscent(_OnTheCpu):
-    name = "test-ascent"
-
-    def sabotage(self):  # the optimizer climbs: the loss rises
-        def step(self, closure=None):
+        # gpt (AdamW) climbs instead of descending: its loss rises
+        def ascend(self, closure=None):
             with torch.no_grad():
                 for group in self.param_groups:
                     for p in group["params"]:
                         if p.grad is not None:
-                            p.add_(p.grad, alpha=group["lr"] * 5)
+                            p.add_(p.grad.sign(), alpha=group["lr"])
 
-        torch.optim.SGD.step = step
+        torch.optim.AdamW.step = ascend
 
 
 @register
