@@ -166,6 +166,11 @@ def classify(returncode: int | None, result: dict | None, output: str, phase: st
              timeout: float, stuck: bool = False) -> tuple[str, str, str | None]:
     """(outcome, detail, mode) from what a finished (or killed) child left behind."""
     where = f" during {phase}" if phase else ""
+    if timed_out and result is not None:
+        # The answer was written, then the process hung on its way out (a GPU runtime's teardown):
+        # the answer stands, with a note.
+        outcome, detail, mode = classify(0, result, output, phase, False, timeout)
+        return outcome, f"{detail} (then hung on exit and was killed)", mode
     if timed_out:
         mode, _ = _modes(output, prefer_fault=True)
         detail = f"no result after {timeout:g} s{where}; killed the child and its process group"

@@ -64,20 +64,20 @@ def _exception_text(exc: BaseException) -> str:
 def run(job: dict) -> dict:
     """Run the job's case; return the result record (also for failures that raise)."""
     phase = _Phases(job["phase"])
-    phase("loading the route")
+    phase("the route import")
     from navitrain.probe import cases
     from navitrain.probe.results import ERROR, MISMATCH, PASS, UNAVAILABLE
     from navitrain.routes import registry
 
     route = registry.get(job["route"])
-    phase("route availability")
+    phase("the route availability check")
     availability = route.availability()
     if not availability.ok:
         return {"outcome": UNAVAILABLE, "detail": availability.reason, "route_unavailable": True,
                 "route_info": availability.reason}
     info = availability.reason
 
-    phase("loading the case")
+    phase("the case import")
     cases.load_source(job["source"])
     case = cases.get(job["case"])
     import torch
@@ -101,7 +101,7 @@ def run(job: dict) -> dict:
                         "traceback": traceback.format_exc(), "route_info": info}
             phase("the device run")
             output = _call(case, device, case.dtype, job["seed"])
-        phase("comparing")
+        phase("the comparison")
         result = compare(output, reference, case.dtype, case.rtol, case.atol)
     except cases.Unsupported as exc:
         return {"outcome": UNAVAILABLE, "detail": str(exc), "route_info": info}
