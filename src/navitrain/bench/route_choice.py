@@ -14,8 +14,7 @@ def check_names(routes: list[str]) -> None:
             raise ValueError(f"unknown route {name!r}; known routes: {', '.join(known)}")
 
 
-def available_routes() -> dict[str, str]:
-    """Every registered route that says it could run here, with its one-line reason, fastest first."""
+def _available_here() -> dict[str, str]:
     found = {}
     for name in registry.names():
         try:
@@ -25,6 +24,39 @@ def available_routes() -> dict[str, str]:
         if availability.ok:
             found[name] = availability.reason
     return found
+
+
+def _report_availability(conn) -> None:
+    conn.send(_available_here())
+    conn.close()
+
+
+def available_routes(timeout: float = 120.0) -> dict[str, str]:
+    """Every registered route that says it could run here, with its one-line reason, fastest first.
+
+    Asked in a spawned child: a route's availability check may open the GPU runtime (the native route
+    counts devices and reads their properties), and the bench's parent process never touches the GPU.
+    When the child fails or stalls, only the cpu route is offered."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_report_availability, args=(send,), name="navitrain-route-availability",
+                        daemon=True)
+    child.start()
+    send.close()
+    try:
+        if receive.poll(timeout):
+            return receive.recv()
+    except (EOFError, OSError):
+        pass
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+        receive.close()
+    return {"cpu": "the route availability check failed; offering the CPU only"}
 
 
 def probe_status() -> tuple[list[str], list[str]] | None:

@@ -24,10 +24,10 @@ from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload, get as get_wo
 # Run sizes: warm-up steps are trained but not timed (they absorb shader compilation, autotuning and
 # allocator growth); timed steps give the median and spread.
 QUICK = {"warmup": 2, "steps": 6}
+FULL = {"warmup": 5, "steps": 30}
 # Until a child first reports, it may still be importing torch and opening its device: it gets at least
 # this long (or the step timeout, when that is longer) before it counts as hung.
 STARTUP_GRACE_S = 90.0
-FULL = {"warmup": 5, "steps": 30}
 
 _TIMING_FIELDS = ("samples_per_s", "median_ms", "iqr_ms", "min_ms", "max_ms", "time_to_first_step_s",
                   "peak_memory_bytes")
@@ -373,6 +373,8 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
             result.status, result.detail = "refused", problem
             for key in _TIMING_FIELDS:
                 setattr(result, key, None)
+        elif result.cpu_check_loss is None and result.route != "cpu":
+            result.detail = "timed, but not checked against the CPU: the CPU reference did not run"
     cpu_speed = {r.workload: r.samples_per_s for r in results if r.route == "cpu" and r.status == "ok"}
     for result in results:
         base = cpu_speed.get(result.workload)
