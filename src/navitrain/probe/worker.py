@@ -6,8 +6,8 @@
 It runs in a fresh interpreter started by the runner, so a segfault, abort or hang here never reaches
 the parent. Results travel only through files: the result JSON is written atomically at the end, and
 a phase file says how far the child got, so a crash can be reported as "during the device run".
-Order matters: the CPU reference runs before the route is prepared, so a route that patches torch
-(nomiopen, wgpu) cannot change the reference it is judged against.
+Order: availability, prepare, CPU reference, device run, comparison. Routes register their kernels for
+their own dispatch keys (CUDA, PrivateUse1), so the CPU reference is not theirs to change.
 """
 from __future__ import annotations
 
@@ -90,15 +90,17 @@ def run(job: dict) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     reference_dtype = case.dtype if case.reference == "same" else case.reference
     try:
+        # Prepare before anything runs: the autograd engine sizes its per-device queues on the first
+        # backward, so a device registered after a CPU backward (wgpu) would be unknown to it.
+        phase("route.prepare()")
+        try:
+            device = route.prepare()
+        except Exception as exc:
+            return {"outcome": ERROR, "detail": f"route.prepare() failed: {_exception_text(exc)}",
+                    "traceback": traceback.format_exc(), "route_info": info}
         with rounding(case.dtype):
             phase("the CPU reference run")
             reference = _call(case, torch.device("cpu"), reference_dtype, job["seed"])
-            phase("route.prepare()")
-            try:
-                device = route.prepare()
-            except Exception as exc:
-                return {"outcome": ERROR, "detail": f"route.prepare() failed: {_exception_text(exc)}",
-                        "traceback": traceback.format_exc(), "route_info": info}
             phase("the device run")
             output = _call(case, device, case.dtype, job["seed"])
         phase("the comparison")
