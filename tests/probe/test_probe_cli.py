@@ -1,5 +1,8 @@
 """`navitrain probe`: bad input exits 2 with a clear message; --list; a real run; --report in all formats."""
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from typer.testing import CliRunner
@@ -36,11 +39,20 @@ def test_list_json_names_the_essential_cases():
     assert all(r["essential"] for r in rows)
 
 
-def test_a_real_run_prints_json_records_and_stores_them():
-    result = runner.invoke(app, ["probe", "-r", "cpu", "-k", "alloc-fill", "-k", "softmax*", "--json",
-                                 "--seed", "7", "--env", "PROBE_TEST_FLAG=1"])
-    assert result.exit_code == 0, result.output
-    records = json.loads(result.output)
+def test_a_real_run_prints_json_records_stores_them_and_never_imports_torch_in_the_parent():
+    code = textwrap.dedent("""
+        import json, sys
+        from typer.testing import CliRunner
+        from navitrain.cli import app
+        result = CliRunner().invoke(app, ["probe", "-r", "cpu", "-k", "alloc-fill", "-k", "softmax*", "--json",
+                                          "--seed", "7", "--env", "PROBE_TEST_FLAG=1"])
+        print(json.dumps({"code": result.exit_code, "output": result.output, "torch": "torch" in sys.modules}))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["code"] == 0, outcome["output"]
+    assert outcome["torch"] is False  # children ran the cases; the parent never imported torch
+    records = json.loads(outcome["output"])
     assert sorted(r["case"] for r in records) == ["alloc-fill", "softmax-logsoftmax"]
     assert all(r["outcome"] == "pass" and r["route"] == "cpu" and r["env"] == {"PROBE_TEST_FLAG": "1"}
                for r in records)
