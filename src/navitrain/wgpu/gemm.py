@@ -1,4 +1,5 @@
-"""Generated GEMM kernels: C[b] = alpha * A[b] @ B[b] + beta * Cin[b], any strides, any float dtype.
+"""Generated GEMM kernels: C = alpha * A @ B (+ beta * Cin) (+ bias), for plain matrices and for
+implicit-GEMM convolution, where an operand tile is gathered from the image on the fly.
 
 WGSL compilers do far better with straight-line code than with loops over small arrays (a loop-and-array
 tiled GEMM reached 0.83 TFLOPS on an H100 where the same tiling fully unrolled reached 33), so the kernel
@@ -7,14 +8,17 @@ text is generated from a tile configuration:
   accumulators (separate variables, not an array, so they stay in registers);
 - per step of BK along K, the A tile is staged transposed (As[k][m]) and the B tile as is (Bs[k][n]) in
   workgroup memory as vec4s; a thread then reads TM/4 + TN/4 vec4s per k and issues TM*TN/4 vec4 FMAs;
-- global loads are arranged so consecutive threads read consecutive addresses of whichever dimension of
-  A (k or m) and B (n or k) is contiguous in memory, which covers A, A^T, B and B^T without copies.
-Bounds are checked on every load and store (a guard-free variant is chosen when the tile divides the
-problem). Configurations are chosen per shape class by navitrain.wgpu.gemm_tuning.
+- operands are `Operand` objects that say how to fetch element (row, k) -- a strided matrix, or a
+  convolution's implicit im2col -- and which tile index consecutive threads walk, so that loads are
+  coalesced for whichever dimension is contiguous in memory (A, A^T, B, B^T, NCHW or NHWC images);
+  everything about a load slot that does not depend on k (its row, and for images the (n, oh, ow) of
+  that row) is computed once, outside the K loop;
+- an `Epilogue` says where C[row, col] goes (any strides, or an NCHW/NHWC image) and what is added.
+Bounds are checked on every load and store unless the tile divides the problem.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,56 +46,156 @@ class TileConfig:
             raise ValueError(f"GEMM tile {self}: tile loads do not divide among {self.threads} threads")
 
 
-# Parameter words.
-_M, _N, _K, _AO, _SAM, _SAK, _SAB, _BO, _SBK, _SBN, _SBB = range(11)
-_CO, _SCM, _SCN, _SCB, _IO, _SIM, _SIN, _SIB, _ALPHA, _BETA = range(11, 21)
+class Operand:
+    """How to fetch element (row, k) of an operand. `binding` is its buffer's name in WGSL (b1, b2)."""
+
+    fastest = "k"    # "k": consecutive threads walk k; "row": they walk rows
+    key: tuple = ()
+
+    def setup(self, p: str) -> list[str]:
+        return []
+
+    def hoist(self, p: str, e: int, row: str) -> list[str]:
+        return []
+
+    def load(self, p: str, e: int, row: str, k: str) -> tuple:
+        """(condition, f32 value expression[, statements computing what both use]) for slot e and the
+        K index `k`; the value is only read when the condition holds."""
+        raise NotImplementedError
 
 
-def _source(cfg: TileConfig, a_wgsl: str, b_wgsl: str, c_store, cin_wgsl: str | None,
-            a_mode: str, b_mode: str, guard: bool) -> str:
+@dataclass(frozen=True)
+class Strided(Operand):
+    """A plain matrix: element (row, k) at base + batch*sb + row*srow + k*sk (words from `first`)."""
+    first: int            # parameter word of [offset, srow, sk, sbatch]
+    binding: str
+    wgsl: str
+    fastest: str = "k"
+
+    @property
+    def key(self):
+        return ("strided", self.first, self.binding, self.wgsl, self.fastest)
+
+    def setup(self, p):
+        f = self.first
+        return [f"let {p}_base = pu({f}u) + bz * pu({f + 3}u); let {p}_sr = pu({f + 1}u); let {p}_sk = pu({f + 2}u);"]
+
+    def hoist(self, p, e, row):
+        return [f"let {p}_r{e} = {p}_base + ({row}) * {p}_sr;"]
+
+    def load(self, p, e, row, k):
+        return f"({row}) < {p}_rows && ({k}) < K", f"f32({self.binding}[{p}_r{e} + ({k}) * {p}_sk])"
+
+
+@dataclass
+class Epilogue:
+    """Where C[row, col] goes. Default: out at base + batch*sb + row*srow + col*scol (words from `first`)."""
+    first: int
+    out_wgsl: str
+    store: object                 # callable: f32 expression -> stored expression
+    cin: str | None = None        # WGSL type of a Cin operand (beta * Cin[row, col]) bound as b3
+    cin_first: int = 0
+    bias: str | None = None       # "row" or "col": a 1-D bias added per row / per column, bound as b3
+    relu: bool = False
+    extra_key: tuple = field(default_factory=tuple)
+    out_binding: str = "b0"
+    bindings: str = ""            # the WGSL binding declarations of the whole kernel
+
+    @property
+    def key(self):
+        return ("plain", self.first, self.out_wgsl, self.cin, self.cin_first, self.bias, self.relu, self.extra_key)
+
+    def setup(self) -> list[str]:
+        f = self.first
+        lines = [f"let c_base = pu({f}u) + bz * pu({f + 3}u); let scm = pu({f + 1}u); let scn = pu({f + 2}u);"]
+        if self.cin is not None:
+            g = self.cin_first
+            lines.append(f"let i_base = pu({g}u) + bz * pu({g + 3}u); let sim = pu({g + 1}u); let sin = pu({g + 2}u);")
+        if self.bias is not None:
+            lines.append(f"let bias_base = pu({self.cin_first}u) + bz * pu({self.cin_first + 1}u);")
+        return lines
+
+    def row_setup(self, gm: str) -> list[str]:
+        return [f"let c_row = c_base + ({gm}) * scm;"]
+
+    def col_setup(self, gn: str, tag: str) -> list[str]:
+        return []
+
+    def address(self, gm: str, gn: str, tag: str) -> str:
+        return f"c_row + ({gn}) * scn"
+
+    def value(self, acc: str, gm: str, gn: str) -> str:
+        v = f"pf({_ALPHA}u) * {acc}"
+        if self.cin is not None:
+            v = f"{v} + pf({_BETA}u) * f32(b3[i_base + ({gm}) * sim + ({gn}) * sin])"
+        if self.bias == "row":
+            v = f"{v} + f32(b3[bias_base + ({gm})])"
+        elif self.bias == "col":
+            v = f"{v} + f32(b3[bias_base + ({gn})])"
+        if self.relu:
+            v = f"max({v}, 0.0)"
+        return v
+
+
+# Fixed parameter words shared by every GEMM kernel; operands and epilogues use words from 8 on.
+_M, _N, _K, _ALPHA, _BETA, _KSPLIT = 0, 1, 2, 3, 4, 5
+FIRST_FREE = 8
+
+
+def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, split_k: bool = False,
+           preamble: tuple[str, ...] = ()) -> str:
+    """WGSL for C[bz][m, n] = sum_k A(m, k) * B(k, n), epilogue E. With split_k, workgroup z also picks
+    a slice of K (length pu(_KSPLIT)) and the batch index is z / slices."""
     BM, BN, BK, TM, TN = cfg.BM, cfg.BN, cfg.BK, cfg.TM, cfg.TN
     WG = cfg.threads
-    cols = BN // TN  # threads along n
+    cols = BN // TN
     LA = BM * BK // WG
     LB = BK * BN // WG
-    lines = []
+    lines: list[str] = []
     w = lines.append
-    w("  let n0 = wid.x * %du; let m0 = wid.y * %du; let bz = wid.z;" % (BN, BM))
-    w("  let M = pu(%du); let N = pu(%du); let K = pu(%du);" % (_M, _N, _K))
-    w("  let a_base = pu(%du) + bz * pu(%du); let sam = pu(%du); let sak = pu(%du);" % (_AO, _SAB, _SAM, _SAK))
-    w("  let b_base = pu(%du) + bz * pu(%du); let sbk = pu(%du); let sbn = pu(%du);" % (_BO, _SBB, _SBK, _SBN))
-    w("  let tx = lid %% %du; let ty = lid / %du;" % (cols, cols))
+    w(f"  let n0 = wid.x * {BN}u; let m0 = wid.y * {BM}u;")
+    w(f"  let M = pu({_M}u); let N = pu({_N}u); let Kfull = pu({_K}u);")
+    if split_k:
+        # z = batch * slices + slice; each slice covers [k_lo, k_hi) of K.
+        w(f"  let kslice = pu({_KSPLIT}u); let slices = (Kfull + kslice - 1u) / kslice;")
+        w("  let bz = wid.z / slices; let ks = wid.z % slices;")
+        w("  let k_lo = ks * kslice; let K = min(Kfull, k_lo + kslice);")
+    else:
+        w("  let bz = wid.z; let k_lo = 0u; let K = Kfull;")
+    w("  let a_rows = M; let b_rows = N;")
+    for line in preamble:
+        w("  " + line)
+    w(f"  let tx = lid % {cols}u; let ty = lid / {cols}u;")
+    for line in A.setup("a") + B.setup("b"):
+        w("  " + line)
+    # Per load slot: its tile coordinates and everything that depends on its row only.
+    for p, op, rows, slots in (("a", A, BM, LA), ("b", B, BN, LB)):
+        origin = "m0" if p == "a" else "n0"
+        for e in range(slots):
+            w(f"  let {p}_idx{e} = lid + {e * WG}u;")
+            if op.fastest == "row":
+                w(f"  let {p}_kl{e} = {p}_idx{e} / {rows}u; let {p}_rl{e} = {p}_idx{e} % {rows}u;")
+            else:
+                w(f"  let {p}_rl{e} = {p}_idx{e} / {BK}u; let {p}_kl{e} = {p}_idx{e} % {BK}u;")
+            w(f"  let {p}_row{e} = {origin} + {p}_rl{e};")
+            for line in op.hoist(p, e, f"{p}_row{e}"):
+                w("  " + line)
     for i in range(TM):
         for j in range(TN // 4):
             w(f"  var c{i}_{j} = vec4<f32>(0.0);")
-    w("  for (var k0 = 0u; k0 < K; k0 = k0 + %du) {" % BK)
-    # Stage A transposed: As[k * BM + m].
-    for e in range(LA):
-        w(f"    {{ let idx = lid + {e * WG}u;")
-        if a_mode == "k":  # consecutive threads walk k (A row-major)
-            w(f"      let ml = idx / {BK}u; let kl = idx % {BK}u;")
-        else:              # consecutive threads walk m (A transposed in memory)
-            w(f"      let kl = idx / {BM}u; let ml = idx % {BM}u;")
-        w("      let gm = m0 + ml; let gk = k0 + kl;")
-        load = f"f32(b1[a_base + gm * sam + gk * sak])"
-        if guard:
-            w(f"      var v = 0.0; if (gm < M && gk < K) {{ v = {load}; }}")
-        else:
-            w(f"      let v = {load};")
-        w(f"      let s = kl * {BM}u + ml; As[s >> 2u][s & 3u] = v; }}")
-    for e in range(LB):
-        w(f"    {{ let idx = lid + {e * WG}u;")
-        if b_mode == "n":  # consecutive threads walk n (B row-major)
-            w(f"      let kl = idx / {BN}u; let nl = idx % {BN}u;")
-        else:              # consecutive threads walk k (B transposed in memory)
-            w(f"      let nl = idx / {BK}u; let kl = idx % {BK}u;")
-        w("      let gn = n0 + nl; let gk = k0 + kl;")
-        load = f"f32(b2[b_base + gk * sbk + gn * sbn])"
-        if guard:
-            w(f"      var v = 0.0; if (gn < N && gk < K) {{ v = {load}; }}")
-        else:
-            w(f"      let v = {load};")
-        w(f"      let s = kl * {BN}u + nl; Bs[s >> 2u][s & 3u] = v; }}")
+    w(f"  for (var k0 = k_lo; k0 < K; k0 = k0 + {BK}u) {{")
+    for p, op, rows, slots, smem in (("a", A, BM, LA, "As"), ("b", B, BN, LB, "Bs")):
+        for e in range(slots):
+            loaded = op.load(p, e, f"{p}_row{e}", "gk")
+            cond, val = loaded[0], loaded[1]
+            w(f"    {{ let gk = k0 + {p}_kl{e};")
+            if len(loaded) > 2:  # index arithmetic the load needs (e.g. k -> (c, kh, kw))
+                w("      " + loaded[2])
+            if guard:
+                w(f"      var v = 0.0; if ({cond}) {{ v = {val}; }}")
+            else:
+                w(f"      let v = {val};")
+            w(f"      let s = {p}_kl{e} * {rows}u + {p}_rl{e}; {smem}[s >> 2u][s & 3u] = v; }}")
     w("    workgroupBarrier();")
     for kk in range(BK):
         for i4 in range(TM // 4):
@@ -104,28 +208,30 @@ def _source(cfg: TileConfig, a_wgsl: str, b_wgsl: str, c_store, cin_wgsl: str | 
                 w(f"    c{i}_{j} = fma(vec4<f32>({a}), b{kk}_{j}, c{i}_{j});")
     w("    workgroupBarrier();")
     w("  }")
-    # Epilogue: alpha * acc (+ beta * Cin), converted to C's dtype.
-    w("  let c_base = pu(%du) + bz * pu(%du); let scm = pu(%du); let scn = pu(%du);" % (_CO, _SCB, _SCM, _SCN))
-    w("  let alpha = pf(%du);" % _ALPHA)
-    if cin_wgsl is not None:
-        w("  let i_base = pu(%du) + bz * pu(%du); let sim = pu(%du); let sin = pu(%du); let beta = pf(%du);"
-          % (_IO, _SIB, _SIM, _SIN, _BETA))
+    for line in E.setup():
+        w("  " + line)
+    # Column-only parts of each output address are computed once, not once per row.
+    for j in range(TN // 4):
+        for q in range(4):
+            w(f"  let gn{j}_{q} = n0 + tx * {TN}u + {4 * j + q}u;")
+            for line in E.col_setup(f"gn{j}_{q}", f"{j}_{q}"):
+                w("  " + line)
     for i in range(TM):
         w(f"  {{ let gm = m0 + ty * {TM}u + {i}u;")
+        w(f"    if ({'gm < M' if guard else 'true'}) {{")
+        for line in E.row_setup("gm"):
+            w("    " + line)
         for j in range(TN // 4):
             for q in range(4):
-                w(f"    {{ let gn = n0 + tx * {TN}u + {4 * j + q}u;")
-                cond = "gm < M && gn < N" if guard else "true"
-                val = f"alpha * c{i}_{j}[{q}]"
-                if cin_wgsl is not None:
-                    val = f"{val} + beta * f32(b3[i_base + gm * sim + gn * sin])"
-                w(f"      if ({cond}) {{ b0[c_base + gm * scm + gn * scn] = {c_store(val)}; }} }}")
-        w("  }")
+                gn = f"gn{j}_{q}"
+                cond = f"{gn} < N" if guard else "true"
+                addr = E.address("gm", gn, f"{j}_{q}")
+                w(f"    if ({cond}) {{ {E.out_binding}[{addr}] = {E.store(E.value(f'c{i}_{j}[{q}]', 'gm', gn))}; }}")
+        w("  } }")
     shared = (f"var<workgroup> As: array<vec4<f32>, {BK * BM // 4}>;\n"
               f"var<workgroup> Bs: array<vec4<f32>, {BK * BN // 4}>;\n")
-    types = [c_store.wgsl, a_wgsl, b_wgsl] + ([cin_wgsl] if cin_wgsl is not None else [])
     body = "\n".join(lines)
-    return codegen.PARAM_DECL + codegen.bindings(types) + f"""{shared}
+    return codegen.PARAM_DECL + E.bindings + f"""{shared}
 @compute @workgroup_size({WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
 {body}
@@ -150,6 +256,23 @@ def choose_config(M: int, N: int, K: int, batch: int) -> TileConfig:
     return config_for(M, N, K, batch)
 
 
+def launch(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, heaps: tuple,
+           params: codegen.Params, M: int, N: int, batch: int, guard: bool, split_k: int = 0,
+           K: int = 0, preamble: tuple[str, ...] = ()) -> None:
+    """Compile (once per key) and dispatch a GEMM over an M x N x batch grid of tiles."""
+    rt = runtime()
+    full_key = ("gemm", key, cfg, A.key, B.key, E.key, guard, bool(split_k), preamble)
+    kernel = rt._kernels.get(full_key)
+    if kernel is None:
+        cfg.check()
+        kernel = rt.kernel(full_key, name, len(heaps), lambda: source(cfg, A, B, E, guard, bool(split_k), preamble))
+    slices = -(-K // split_k) if split_k else 1
+    groups = (-(-N // cfg.BN), -(-M // cfg.BM), batch * slices)
+    if max(groups) > codegen.MAX_GROUPS:
+        raise RuntimeError(f"GEMM grid {groups} exceeds {codegen.MAX_GROUPS} workgroups per dimension")
+    rt.dispatch(kernel, heaps, params.pack(), groups)
+
+
 def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta: float = 0.0,
          cin: WgpuTensor | None = None, a_batch_stride: int = 0, b_batch_stride: int = 0,
          cin_strides: tuple[int, int, int] | None = None, config: TileConfig | None = None) -> WgpuTensor:
@@ -162,42 +285,32 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
         return out
     rt = runtime()
     cfg = config or choose_config(M, N, K, B)
-    cfg.check()
     sam, sak = a.stride(-2), a.stride(-1)
     sbk, sbn = b.stride(-2), b.stride(-1)
     sab = a.stride(0) if a.dim() == 3 else a_batch_stride
     sbb = b.stride(0) if b.dim() == 3 else b_batch_stride
-    scm, scn = out.stride(-2), out.stride(-1)
-    scb = out.stride(0) if batched else 0
-    a_mode = "m" if (sam == 1 and sak != 1) else "k"
-    b_mode = "k" if (sbk == 1 and sbn != 1) else "n"
-    guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     if cin is not None and beta == 0.0:
         cin = None
+    st_c, st_a, st_b = rt.stypes[out.dtype], rt.stypes[a.dtype], rt.stypes[b.dtype]
+    # Coalescing: walk whichever index of the operand is contiguous in memory.
+    A = Strided(8, "b1", st_a.wgsl, "row" if (sam == 1 and sak != 1) else "k")
+    Bop = Strided(12, "b2", st_b.wgsl, "k" if (sbk == 1 and sbn != 1) else "row")
+    cin_wgsl = rt.stypes[cin.dtype].wgsl if cin is not None else None
+    E = Epilogue(16, st_c.wgsl, _Store(st_c), cin=cin_wgsl, cin_first=20,
+                 bindings=codegen.bindings([st_c.wgsl, st_a.wgsl, st_b.wgsl] + ([cin_wgsl] if cin_wgsl else [])))
+    guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     params = codegen.Params()
-    params.u(M, N, K, a.elem_offset, sam, sak, sab, b.elem_offset, sbk, sbn, sbb,
-             out.elem_offset, scm, scn, scb)
+    params.u(M, N, K)
+    params.f(alpha, beta)
+    params.u(0, 0, 0)
+    params.u(a.elem_offset, sam, sak, sab)
+    params.u(b.elem_offset, sbn, sbk, sbb)   # B's "rows" are its columns n
+    params.u(out.elem_offset, out.stride(-2), out.stride(-1), out.stride(0) if batched else 0)
     if cin is not None:
         sim, sin, sib = cin_strides
         params.u(cin.elem_offset, sim, sin, sib)
-    else:
-        params.u(0, 0, 0, 0)
-    params.f(alpha, beta)
-    st_c = rt.stypes[out.dtype]
-    st_a, st_b = rt.stypes[a.dtype], rt.stypes[b.dtype]
-    st_i = rt.stypes[cin.dtype] if cin is not None else None
-    key = ("gemm", cfg, st_a.wgsl, st_b.wgsl, out.dtype, st_i.wgsl if st_i else None, a_mode, b_mode, guard)
-    kernel = rt._kernels.get(key)
-    if kernel is None:
-        kernel = rt.kernel(key, f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}_{a_mode}{b_mode}{'_guard' if guard else ''}",
-                           4 if cin is not None else 3,
-                           lambda: _source(cfg, st_a.wgsl, st_b.wgsl, _Store(st_c), st_i.wgsl if st_i else None,
-                                           a_mode, b_mode, guard))
     heaps = (out._ws.heap, a._ws.heap, b._ws.heap) + ((cin._ws.heap,) if cin is not None else ())
-    groups = (-(-N // cfg.BN), -(-M // cfg.BM), B)
-    if groups[0] > codegen.MAX_GROUPS or groups[1] > codegen.MAX_GROUPS or groups[2] > codegen.MAX_GROUPS:
-        raise RuntimeError(f"GEMM of {B}x{M}x{N} exceeds the dispatch grid; split the batch")
-    rt.dispatch(kernel, heaps, params.pack(), groups)
+    launch(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E, heaps, params, M, N, B, guard)
     return out
 
 

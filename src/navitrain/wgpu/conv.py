@@ -1,0 +1,412 @@
+"""2-D convolution as implicit GEMM on the GPU: forward, grad-input and grad-weight.
+
+No im2col buffer is ever written: the GEMM operand that would be im2col is gathered tile by tile into
+workgroup memory (navitrain.wgpu.gemm). Each pass picks the orientation that keeps both the gather and
+the output writes coalesced for the tensors' memory format:
+- NCHW (spatial dims contiguous): rows = channels, columns = (n, y, x) positions, so consecutive
+  threads walk x both when gathering and when writing;
+- NHWC (channels_last): rows = (n, y, x) positions, columns = channels, and K is ordered (kh, kw, c)
+  so the gather walks channels, which are contiguous.
+Groups are the GEMM batch (grid z). Grad-weight reduces over N*OH*OW, a long K for a small output, so
+it is split along K across workgroups and the slices are summed by a second pass.
+Shapes/strides/padding/dilation all come from the parameter block: one compiled kernel per
+(pass, orientation, dtype, tile), whatever the layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from navitrain.wgpu import codegen
+from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, launch
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor, empty
+
+# Parameter words of the convolution geometry (the GEMM itself uses words 0..7).
+_GEOM = ["cN", "cCg", "cH", "cW", "cOH", "cOW", "cKH", "cKW", "csh", "csw", "cph", "cpw", "cdh", "cdw", "cOCg"]
+_TENSORS = {"x": 23, "w": 28, "y": 33, "o": 38}  # each: offset, then 4 strides
+_BIAS = 43
+
+PREAMBLE = tuple(
+    [f"let {name} = pu({8 + i}u);" for i, name in enumerate(_GEOM) if name not in ("cph", "cpw")]
+    + ["let cph = pi(18u); let cpw = pi(19u);"]
+    + [f"let {t}_off = pu({w}u); let {t}_s0 = pu({w + 1}u); let {t}_s1 = pu({w + 2}u); "
+       f"let {t}_s2 = pu({w + 3}u); let {t}_s3 = pu({w + 4}u);" for t, w in _TENSORS.items()]
+)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    N: int
+    C: int
+    H: int
+    W: int
+    OC: int
+    OH: int
+    OW: int
+    KH: int
+    KW: int
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+    @property
+    def Cg(self):
+        return self.C // self.groups
+
+    @property
+    def OCg(self):
+        return self.OC // self.groups
+
+    def params(self, x, w, y, o=None) -> codegen.Params:
+        p = codegen.Params()
+        p.u(0, 0, 0, 0, 0, 0, 0, 0)  # GEMM words, filled by the caller via set_gemm
+        p.u(self.N, self.Cg, self.H, self.W, self.OH, self.OW, self.KH, self.KW,
+            self.stride[0], self.stride[1])
+        p.i(self.padding[0], self.padding[1])
+        p.u(self.dilation[0], self.dilation[1], self.OCg)
+        for t in (x, w, y, o):
+            if t is None:
+                p.u(0, 0, 0, 0, 0)
+            else:
+                strides = list(t.stride()) + [0] * (4 - t.dim())
+                p.u(t.elem_offset, *strides[:4])
+        p.u(0)  # bias offset (word 43), set by the caller
+        return p
+
+
+def set_gemm(p: codegen.Params, M: int, N: int, K: int, alpha: float = 1.0, beta: float = 0.0, ksplit: int = 0):
+    import struct
+
+    p.values[0:6] = [M, N, K, struct.unpack("<I", struct.pack("<f", alpha))[0],
+                     struct.unpack("<I", struct.pack("<f", beta))[0], ksplit]
+    p.fmt[0:6] = ["I"] * 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Operands. Each knows how to fetch element (row, k) of its GEMM operand from a 4-D tensor.
+@dataclass(frozen=True)
+class ImageForward(Operand):
+    """Forward im2col: row = output position j = (n, oh, ow), k = (c, kh, kw) or (kh, kw, c)."""
+    binding: str
+    wgsl: str
+    k_order: str      # "ckk" (NCHW) or "kkc" (NHWC)
+    fastest: str
+
+    @property
+    def key(self):
+        return ("im_fwd", self.binding, self.wgsl, self.k_order, self.fastest)
+
+    def hoist(self, p, e, row):
+        return [f"let {p}_n{e} = ({row}) / (cOH * cOW); let {p}_r{e} = ({row}) % (cOH * cOW);",
+                f"let {p}_ih{e} = i32(({p}_r{e} / cOW) * csh) - cph; let {p}_iw{e} = i32(({p}_r{e} % cOW) * csw) - cpw;",
+                f"let {p}_xb{e} = x_off + {p}_n{e} * x_s0 + bz * cCg * x_s1;"]
+
+    def load(self, p, e, row, k):
+        if self.k_order == "ckk":
+            dec = (f"let kc = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); "
+                   f"let kh = kr / cKW; let kw = kr % cKW;")
+        else:
+            dec = (f"let kh = {k} / (cKW * cCg); let kr = {k} % (cKW * cCg); "
+                   f"let kw = kr / cCg; let kc = kr % cCg;")
+        ih, iw = f"({p}_ih{e} + i32(kh * cdh))", f"({p}_iw{e} + i32(kw * cdw))"
+        cond = f"{row} < {p}_rows && {k} < K && {ih} >= 0 && {ih} < i32(cH) && {iw} >= 0 && {iw} < i32(cW)"
+        val = f"f32({self.binding}[{p}_xb{e} + kc * x_s1 + u32({ih}) * x_s2 + u32({iw}) * x_s3])"
+        return cond, val, dec
+
+
+@dataclass(frozen=True)
+class Weight(Operand):
+    """The weight [OC, Cg, KH, KW] seen as rows x K for forward (row = oc, k in the image's k order)
+    or for grad-input (row = c, k = (oc, kh, kw) or (kh, kw, oc))."""
+    binding: str
+    wgsl: str
+    role: str         # "fwd" or "dgrad"
+    k_order: str
+    fastest: str = "k"
+
+    @property
+    def key(self):
+        return ("weight", self.binding, self.wgsl, self.role, self.k_order, self.fastest)
+
+    def hoist(self, p, e, row):
+        if self.role == "fwd":
+            return [f"let {p}_wb{e} = w_off + (bz * cOCg + ({row})) * w_s0;"]
+        return [f"let {p}_wb{e} = w_off + bz * cOCg * w_s0 + ({row}) * w_s1;"]
+
+    def load(self, p, e, row, k):
+        if self.role == "fwd":
+            if self.k_order == "ckk":
+                dec = f"let kc = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); let kh = kr / cKW; let kw = kr % cKW;"
+            else:
+                dec = f"let kh = {k} / (cKW * cCg); let kr = {k} % (cKW * cCg); let kw = kr / cCg; let kc = kr % cCg;"
+            off = "kc * w_s1 + kh * w_s2 + kw * w_s3"
+        else:
+            if self.k_order == "ckk":
+                dec = f"let ko = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); let kh = kr / cKW; let kw = kr % cKW;"
+            else:
+                dec = f"let kh = {k} / (cKW * cOCg); let kr = {k} % (cKW * cOCg); let kw = kr / cOCg; let ko = kr % cOCg;"
+            off = "ko * w_s0 + kh * w_s2 + kw * w_s3"
+        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{p}_wb{e} + {off}])", dec
+
+
+@dataclass(frozen=True)
+class ImageGradInput(Operand):
+    """grad-input gather from dy: row = input position (n, ih, iw), k = (oc, kh, kw) or (kh, kw, oc);
+    dy[n, oc, oh, ow] contributes where ih = oh*s - p + kh*d, i.e. oh = (ih + p - kh*d) / s exactly."""
+    binding: str
+    wgsl: str
+    k_order: str
+    fastest: str
+
+    @property
+    def key(self):
+        return ("im_dgrad", self.binding, self.wgsl, self.k_order, self.fastest)
+
+    def hoist(self, p, e, row):
+        return [f"let {p}_n{e} = ({row}) / (cH * cW); let {p}_r{e} = ({row}) % (cH * cW);",
+                f"let {p}_th{e} = i32({p}_r{e} / cW) + cph; let {p}_tw{e} = i32({p}_r{e} % cW) + cpw;",
+                f"let {p}_yb{e} = y_off + {p}_n{e} * y_s0 + bz * cOCg * y_s1;"]
+
+    def load(self, p, e, row, k):
+        if self.k_order == "ckk":
+            dec = f"let ko = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); let kh = kr / cKW; let kw = kr % cKW;"
+        else:
+            dec = f"let kh = {k} / (cKW * cOCg); let kr = {k} % (cKW * cOCg); let kw = kr / cOCg; let ko = kr % cOCg;"
+        dec += (f" let nh = {p}_th{e} - i32(kh * cdh); let nw = {p}_tw{e} - i32(kw * cdw);"
+                f" let oh = nh / i32(csh); let ow = nw / i32(csw);")
+        cond = (f"{row} < {p}_rows && {k} < K && nh >= 0 && nw >= 0 && nh % i32(csh) == 0 && nw % i32(csw) == 0"
+                f" && oh < i32(cOH) && ow < i32(cOW)")
+        val = f"f32({self.binding}[{p}_yb{e} + ko * y_s1 + u32(oh) * y_s2 + u32(ow) * y_s3])"
+        return cond, val, dec
+
+
+@dataclass(frozen=True)
+class GradOutRows(Operand):
+    """grad-weight A operand: dy with row = oc and k = (n, oh, ow)."""
+    binding: str
+    wgsl: str
+    fastest: str
+
+    @property
+    def key(self):
+        return ("dy_rows", self.binding, self.wgsl, self.fastest)
+
+    def hoist(self, p, e, row):
+        return [f"let {p}_yb{e} = y_off + (bz * cOCg + ({row})) * y_s1;"]
+
+    def load(self, p, e, row, k):
+        dec = f"let kn = {k} / (cOH * cOW); let kr = {k} % (cOH * cOW); let oh = kr / cOW; let ow = kr % cOW;"
+        return (f"{row} < {p}_rows && {k} < K",
+                f"f32({self.binding}[{p}_yb{e} + kn * y_s0 + oh * y_s2 + ow * y_s3])", dec)
+
+
+@dataclass(frozen=True)
+class ImageGradWeight(Operand):
+    """grad-weight B operand: x with row = q = (c, kh, kw) or (kh, kw, c) and k = (n, oh, ow)."""
+    binding: str
+    wgsl: str
+    q_order: str
+    fastest: str
+
+    @property
+    def key(self):
+        return ("im_wgrad", self.binding, self.wgsl, self.q_order, self.fastest)
+
+    def hoist(self, p, e, row):
+        if self.q_order == "ckk":
+            dec = (f"let {p}_c{e} = ({row}) / (cKH * cKW); let {p}_qr{e} = ({row}) % (cKH * cKW); "
+                   f"let {p}_kh{e} = {p}_qr{e} / cKW; let {p}_kw{e} = {p}_qr{e} % cKW;")
+        else:
+            dec = (f"let {p}_kh{e} = ({row}) / (cKW * cCg); let {p}_qr{e} = ({row}) % (cKW * cCg); "
+                   f"let {p}_kw{e} = {p}_qr{e} / cCg; let {p}_c{e} = {p}_qr{e} % cCg;")
+        return [dec,
+                f"let {p}_xb{e} = x_off + (bz * cCg + {p}_c{e}) * x_s1;",
+                f"let {p}_oh{e} = i32({p}_kh{e} * cdh) - cph; let {p}_ow{e} = i32({p}_kw{e} * cdw) - cpw;"]
+
+    def load(self, p, e, row, k):
+        dec = (f"let kn = {k} / (cOH * cOW); let kr = {k} % (cOH * cOW);"
+               f" let ih = i32((kr / cOW) * csh) + {p}_oh{e}; let iw = i32((kr % cOW) * csw) + {p}_ow{e};")
+        cond = f"{row} < {p}_rows && {k} < K && ih >= 0 && ih < i32(cH) && iw >= 0 && iw < i32(cW)"
+        val = f"f32({self.binding}[{p}_xb{e} + kn * x_s0 + u32(ih) * x_s2 + u32(iw) * x_s3])"
+        return cond, val, dec
+
+
+# ---------------------------------------------------------------------------------------------
+# Epilogues writing images and weights.
+class ImageEpilogue(Epilogue):
+    """Writes a GEMM result into a 4-D image `o` (strides o_s0..3) of spatial size OHxOW (or HxW).
+    channels == "rows": C[ch, pos] (NCHW orientation), "cols": C[pos, ch] (NHWC orientation)."""
+
+    def __init__(self, out_wgsl, store, channels: str, spatial: str, bias: bool, bindings: str, relu: bool = False):
+        super().__init__(0, out_wgsl, store, bias="row" if (bias and channels == "rows") else ("col" if bias else None),
+                         cin_first=_BIAS, relu=relu, bindings=bindings, extra_key=(channels, spatial))
+        self.channels = channels
+        self.sh, self.sw = ("cOH", "cOW") if spatial == "out" else ("cH", "cW")
+        self.chan_per_group = "cOCg" if spatial == "out" else "cCg"
+
+    def setup(self):
+        lines = []
+        if self.bias is not None:
+            lines.append(f"let bias_base = pu({_BIAS}u) + bz * {self.chan_per_group};")
+        return lines
+
+    def _pos(self, v, tag):
+        return [f"let pn{tag} = ({v}) / ({self.sh} * {self.sw}); let pr{tag} = ({v}) % ({self.sh} * {self.sw});",
+                f"let po{tag} = o_off + pn{tag} * o_s0 + (pr{tag} / {self.sw}) * o_s2 + (pr{tag} % {self.sw}) * o_s3;"]
+
+    def row_setup(self, gm):
+        if self.channels == "rows":
+            return [f"let c_row = (bz * {self.chan_per_group} + ({gm})) * o_s1;"]
+        return self._pos(gm, "_r")
+
+    def col_setup(self, gn, tag):
+        if self.channels == "rows":
+            return self._pos(gn, tag)
+        return [f"let cc{tag} = (bz * {self.chan_per_group} + ({gn})) * o_s1;"]
+
+    def address(self, gm, gn, tag):
+        if self.channels == "rows":
+            return f"c_row + po{tag}"
+        return f"po_r + cc{tag}"
+
+
+class WeightEpilogue(Epilogue):
+    """Writes grad-weight C[oc, q] into o = dw[OC, Cg, KH, KW] (q in the operand's order), or into a
+    split-K partial buffer of [slices * groups, OCg, Q] when `partial`."""
+
+    def __init__(self, out_wgsl, store, q_order: str, partial: bool, bindings: str):
+        super().__init__(0, out_wgsl, store, bindings=bindings, extra_key=(q_order, partial))
+        self.q_order, self.partial = q_order, partial
+
+    def setup(self):
+        return []
+
+    def row_setup(self, gm):
+        if self.partial:
+            return [f"let c_row = o_off + wid.z * o_s0 + ({gm}) * N;"]
+        return [f"let c_row = o_off + (bz * cOCg + ({gm})) * o_s0;"]
+
+    def col_setup(self, gn, tag):
+        if self.partial:
+            return []
+        if self.q_order == "ckk":
+            return [f"let qo{tag} = (({gn}) / (cKH * cKW)) * o_s1 + ((({gn}) % (cKH * cKW)) / cKW) * o_s2 + (({gn}) % cKW) * o_s3;"]
+        return [f"let qo{tag} = (({gn}) / (cKW * cCg)) * o_s2 + ((({gn}) % (cKW * cCg)) / cCg) * o_s3 + (({gn}) % cCg) * o_s1;"]
+
+    def address(self, gm, gn, tag):
+        return f"c_row + ({gn})" if self.partial else f"c_row + qo{tag}"
+
+
+# ---------------------------------------------------------------------------------------------
+def _config(M: int, N: int, K: int, batch: int) -> TileConfig:
+    from navitrain.wgpu.gemm_tuning import config_for
+
+    return config_for(M, N, K, batch)
+
+
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
+
+
+def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
+            relu: bool = False) -> WgpuTensor:
+    rt = runtime()
+    nhwc = _is_nhwc(out)
+    st_x, st_w, st_o = rt.stypes[x.dtype], rt.stypes[w.dtype], rt.stypes[out.dtype]
+    K = g.Cg * g.KH * g.KW
+    P = g.N * g.OH * g.OW
+    binds = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
+    bindings = codegen.bindings(binds)
+    if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
+        A = ImageForward("b1", st_x.wgsl, "kkc", "k")
+        B = Weight("b2", st_w.wgsl, "fwd", "kkc", "k")
+        M, N = P, g.OCg
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "out", bias is not None, bindings, relu)
+    else:     # rows = out channels, cols = positions, k = (c, kh, kw)
+        A = Weight("b2", st_w.wgsl, "fwd", "ckk", "k")
+        B = ImageForward("b1", st_x.wgsl, "ckk", "row")
+        M, N = g.OCg, P
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu)
+    cfg = _config(M, N, K, g.groups)
+    params = g.params(x, w, None, out)
+    set_gemm(params, M, N, K)
+    if bias is not None:
+        params.values[_BIAS] = bias.elem_offset
+    heaps = (out._ws.heap, x._ws.heap, w._ws.heap) + ((bias._ws.heap,) if bias is not None else ())
+    guard = True
+    launch(("conv_fwd", nhwc), "conv2d_forward", cfg, A, B, E, heaps, params, M, N, g.groups, guard,
+           preamble=PREAMBLE)
+    return out
+
+
+def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
+    rt = runtime()
+    nhwc = _is_nhwc(dx)
+    st_y, st_w, st_o = rt.stypes[dy.dtype], rt.stypes[w.dtype], rt.stypes[dx.dtype]
+    K = g.OCg * g.KH * g.KW
+    P = g.N * g.H * g.W
+    bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_w.wgsl])
+    if nhwc:
+        A = ImageGradInput("b1", st_y.wgsl, "kkc", "k")
+        B = Weight("b2", st_w.wgsl, "dgrad", "kkc", "k")
+        M, N = P, g.Cg
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "in", False, bindings)
+    else:
+        A = Weight("b2", st_w.wgsl, "dgrad", "ckk", "k")
+        B = ImageGradInput("b1", st_y.wgsl, "ckk", "row")
+        M, N = g.Cg, P
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings)
+    cfg = _config(M, N, K, g.groups)
+    params = g.params(None, w, dy, dx)
+    set_gemm(params, M, N, K)
+    launch(("conv_dgrad", nhwc), "conv2d_grad_input", cfg, A, B, E, (dx._ws.heap, dy._ws.heap, w._ws.heap),
+           params, M, N, g.groups, True, preamble=PREAMBLE)
+    return dx
+
+
+def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> WgpuTensor:
+    rt = runtime()
+    nhwc = _is_nhwc(x)
+    st_y, st_x, st_o = rt.stypes[dy.dtype], rt.stypes[x.dtype], rt.stypes[dw.dtype]
+    M, N = g.OCg, g.Cg * g.KH * g.KW
+    K = g.N * g.OH * g.OW
+    q_order = "kkc" if nhwc else "ckk"
+    A = GradOutRows("b1", st_y.wgsl, "row" if _is_nhwc(dy) else "k")
+    B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k")
+    cfg = _config(M, N, K, g.groups)
+    tiles = -(-M // cfg.BM) * -(-N // cfg.BN) * g.groups
+    # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K.
+    slices = max(1, min(-(-256 // tiles), K // (cfg.BK * 16)))
+    kslice = -(-K // slices)
+    kslice = -(-kslice // cfg.BK) * cfg.BK
+    slices = -(-K // kslice)
+    if slices == 1:
+        bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl])
+        E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)
+        params = g.params(x, None, dy, dw)
+        set_gemm(params, M, N, K)
+        launch(("conv_wgrad", nhwc), "conv2d_grad_weight", cfg, A, B, E, (dw._ws.heap, dy._ws.heap, x._ws.heap),
+               params, M, N, g.groups, True, preamble=PREAMBLE)
+        return dw
+    st_f = rt.stypes[torch.float32]
+    partial = empty([slices * g.groups, M, N], torch.float32)
+    bindings = codegen.bindings([st_f.wgsl, st_y.wgsl, st_x.wgsl])
+    E = WeightEpilogue(st_f.wgsl, _Store(st_f), q_order, True, bindings)
+    params = g.params(x, None, dy, partial)
+    set_gemm(params, M, N, K, ksplit=kslice)
+    launch(("conv_wgrad_split", nhwc), "conv2d_grad_weight_split", cfg, A, B, E,
+           (partial._ws.heap, dy._ws.heap, x._ws.heap), params, M, N, g.groups, True, split_k=kslice, K=K,
+           preamble=PREAMBLE)
+    # partial[(group * slices + slice), oc, q] -> sum over slices -> dw in its own layout.
+    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.reduction import reduce
+
+    summed = reduce(partial.view(g.groups, slices, M, N), [1], False, "sum", torch.float32)
+    if q_order == "ckk":
+        src = summed.view(g.OC, g.Cg, g.KH, g.KW)
+    else:
+        src = summed.view(g.OC, g.KH, g.KW, g.Cg).permute(0, 3, 1, 2)
+    return copy_into(dw, src)

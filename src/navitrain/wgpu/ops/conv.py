@@ -1,0 +1,159 @@
+"""aten::convolution and aten::convolution_backward on the wgpu device (1-D and 2-D, groups, stride,
+padding, dilation, transposed), built on the implicit-GEMM kernels of navitrain.wgpu.conv.
+
+A transposed convolution is the adjoint of an ordinary one: its forward is an ordinary convolution's
+grad-input, its grad-input an ordinary forward, and its grad-weight an ordinary grad-weight with the
+roles of input and output swapped.
+"""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import conv
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.tensor import empty
+
+aten = torch.ops.aten
+
+
+def _pair(v, n=2):
+    v = list(v)
+    return tuple(v * n if len(v) == 1 else v)
+
+
+def _as_2d(t):
+    """A 3-D (N, C, L) tensor as the 4-D (N, C, 1, L) view; 4-D unchanged."""
+    if t is None or t.dim() == 4:
+        return t
+    return aten.unsqueeze.default(t, 2)
+
+
+def _memory_format(x, w):
+    # PyTorch returns channels_last when the input or the weight is channels_last (suggest_memory_format).
+    for t in (x, w):
+        if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+            return torch.channels_last
+    return torch.contiguous_format
+
+
+def _new(shape, dtype, fmt):
+    if fmt == torch.channels_last and len(shape) == 4:
+        strides = torch.empty(shape, device="meta").to(memory_format=fmt).stride()
+        return empty(shape, dtype, strides)
+    return empty(shape, dtype)
+
+
+def _geometry(x, w, stride, padding, dilation, groups, out_hw):
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    return conv.Geometry(N, C, H, W, OC, out_hw[0], out_hw[1], KH, KW, stride, padding, dilation, groups)
+
+
+def _out_size(n, k, s, p, d):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _check(x, w, groups):
+    if x.dim() not in (3, 4):
+        raise NotImplementedError(f"wgpu convolution supports 1-D and 2-D inputs, got a {x.dim()}-D input")
+    if x.shape[1] != w.shape[1] * groups:
+        raise RuntimeError(f"Given groups={groups}, weight of size {list(w.shape)}, expected input{list(x.shape)} "
+                           f"to have {w.shape[1] * groups} channels, but got {x.shape[1]} channels instead")
+
+
+def _ordinary_forward(x4, w4, bias, stride, padding, dilation, groups, fmt):
+    OH = _out_size(x4.shape[2], w4.shape[2], stride[0], padding[0], dilation[0])
+    OW = _out_size(x4.shape[3], w4.shape[3], stride[1], padding[1], dilation[1])
+    if OH <= 0 or OW <= 0:
+        raise RuntimeError(f"convolution output size is too small ({OH}x{OW})")
+    out = _new([x4.shape[0], w4.shape[0], OH, OW], x4.dtype, fmt)
+    if out.numel():
+        conv.forward(x4, w4, bias, _geometry(x4, w4, stride, padding, dilation, groups, (OH, OW)), out)
+    return out
+
+
+def _ordinary_grad_input(dy4, w4, x_shape, stride, padding, dilation, groups, fmt, dtype):
+    dx = _new(list(x_shape), dtype, fmt)
+    N, C, H, W = x_shape
+    g = conv.Geometry(N, C, H, W, w4.shape[0], dy4.shape[2], dy4.shape[3], w4.shape[2], w4.shape[3],
+                      stride, padding, dilation, groups)
+    if dx.numel():
+        conv.grad_input(dy4, w4, g, dx)
+    return dx
+
+
+def _ordinary_grad_weight(dy4, x4, w_shape, stride, padding, dilation, groups, fmt, dtype):
+    dw = _new(list(w_shape), dtype, fmt)
+    N, C, H, W = x4.shape
+    g = conv.Geometry(N, C, H, W, w_shape[0], dy4.shape[2], dy4.shape[3], w_shape[2], w_shape[3],
+                      stride, padding, dilation, groups)
+    if dw.numel():
+        if N * dy4.shape[2] * dy4.shape[3] == 0:
+            return aten.zero_.default(dw)
+        conv.grad_weight(dy4, x4, g, dw)
+    return dw
+
+
+def _transposed_weight_as_ordinary(w4, groups):
+    """A transposed conv's weight [Cin, Cout/g, kh, kw] is the ordinary weight [Cout', Cin'/g] of its
+    adjoint when read as [Cin, Cout/g]: for groups == 1 that is just the same tensor."""
+    return w4
+
+
+@implements(aten.convolution.default)
+def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    _check(x, w, groups) if not transposed else None
+    one_d = x.dim() == 3
+    x4, w4 = _as_2d(x), _as_2d(w)
+    n = 1 if one_d else 2
+    stride, padding, dilation = _pair(stride, n), _pair(padding, n), _pair(dilation, n)
+    if one_d:
+        stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
+        output_padding = (0,) + tuple(_pair(output_padding, 1)) if output_padding else (0, 0)
+    fmt = _memory_format(x4, w4)
+    if not transposed:
+        out = _ordinary_forward(x4, w4, bias, stride, padding, dilation, groups, fmt)
+    else:
+        output_padding = _pair(output_padding, 2) if output_padding else (0, 0)
+        N, Cin, H, W = x4.shape
+        Cout = w4.shape[1] * groups
+        OH = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (w4.shape[2] - 1) + output_padding[0] + 1
+        OW = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (w4.shape[3] - 1) + output_padding[1] + 1
+        # The adjoint ordinary conv maps [N, Cout, OH, OW] -> [N, Cin, H, W] with weight w (Cin = its OC).
+        out = _ordinary_grad_input(x4, w4, (N, Cout, OH, OW), stride, padding, dilation, groups, fmt, x.dtype)
+        if bias is not None:
+            out = aten.add_.Tensor(out, aten.view.default(bias, [1, -1, 1, 1]))
+    return aten.squeeze.dim(out, 2) if one_d else out
+
+
+@implements(aten.convolution_backward.default)
+def convolution_backward(grad_output, x, w, bias_sizes, stride, padding, dilation, transposed, output_padding,
+                         groups, output_mask):
+    one_d = x.dim() == 3
+    dy4, x4, w4 = _as_2d(grad_output), _as_2d(x), _as_2d(w)
+    n = 1 if one_d else 2
+    stride, padding, dilation = _pair(stride, n), _pair(padding, n), _pair(dilation, n)
+    if one_d:
+        stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
+    fmt = _memory_format(x4, w4)
+    grad_input = grad_weight = grad_bias = None
+    if not transposed:
+        if output_mask[0]:
+            grad_input = _ordinary_grad_input(dy4, w4, tuple(x4.shape), stride, padding, dilation, groups, fmt, x.dtype)
+        if output_mask[1]:
+            grad_weight = _ordinary_grad_weight(dy4, x4, tuple(w4.shape), stride, padding, dilation, groups, fmt, w.dtype)
+    else:
+        # y = T(x): dx = ordinary forward of dy; dw = ordinary grad-weight with dy as the image and x
+        # as the gradient of the adjoint's output.
+        if output_mask[0]:
+            grad_input = _ordinary_forward(dy4, w4, None, stride, padding, dilation, groups, fmt)
+        if output_mask[1]:
+            grad_weight = _ordinary_grad_weight(x4, dy4, tuple(w4.shape), stride, padding, dilation, groups, fmt, w.dtype)
+    if output_mask[2]:
+        dims = [0, 2] if one_d else [0, 2, 3]
+        grad_bias = reduce(grad_output, dims, False, "sum", grad_output.dtype)
+    if one_d:
+        grad_input = aten.squeeze.dim(grad_input, 2) if grad_input is not None else None
+        grad_weight = aten.squeeze.dim(grad_weight, 2) if grad_weight is not None else None
+    return grad_input, grad_weight, grad_bias
