@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from navitrain.probe import cases, session
+from navitrain.routes import registry
 
 REQUIRED = {
     # the issue's list, by the case names that cover it
@@ -51,12 +52,23 @@ def test_case_decorator_validates_and_refuses_duplicates():
         cases.case("conv2d-classic")(lambda device: None)
 
 
-@pytest.mark.slow
-def test_full_catalogue_passes_on_cpu():
+def _run_all(route):
     catalogue = cases.load_catalogue()
-    run = session.run(catalogue, ["cpu"], jobs=2, timeout=120)
+    run = session.run(catalogue, [route], jobs=2, timeout=120)
     assert not run.interrupted
     outcomes = {r.case: (r.outcome, r.detail) for r in run.results}
     assert set(outcomes) == {c.name for c in catalogue}
     failed = {name: o for name, o in outcomes.items() if o[0] != "pass"}
     assert not failed, failed
+
+
+@pytest.mark.slow
+def test_full_catalogue_passes_on_cpu():
+    _run_all("cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("wgpu" not in registry.names(), reason="the wgpu route is not in this tree yet")
+def test_full_catalogue_passes_on_wgpu():
+    """On CI this is lavapipe (Mesa's Vulkan on the CPU): every case, compared with the CPU."""
+    _run_all("wgpu")
