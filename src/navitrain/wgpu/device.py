@@ -42,7 +42,7 @@ def register() -> None:
 
 
 def register_factories() -> None:
-    from navitrain.wgpu import dispatch
+    from navitrain.wgpu import dispatch, ops  # noqa: F401  (ops fills dispatch.OPS)
     from navitrain.wgpu.tensor import empty
 
     lib = torch.library.Library("aten", "IMPL")
@@ -59,6 +59,14 @@ def register_factories() -> None:
 
     lib.impl("empty.memory_format", empty_memory_format, "PrivateUse1")
     lib.impl("empty_strided", empty_strided, "PrivateUse1")
+
+    # Some paths reach our tensors with the Python key excluded (torch.tensor(..., device="wgpu") copies
+    # its CPU data in that way): give them the handlers directly on the PrivateUse1 key.
+    for name in ("copy_", "_to_copy", "_local_scalar_dense", "fill_.Scalar", "zero_"):
+        overload = name if "." in name else name + ".default"
+        packet, ov = overload.split(".")
+        op = getattr(getattr(torch.ops.aten, packet), ov)
+        lib.impl(name, dispatch.OPS[op], "PrivateUse1")
 
     fallback_lib = torch.library.Library("_", "IMPL")
 

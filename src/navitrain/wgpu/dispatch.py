@@ -20,6 +20,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from navitrain import _env
+from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.tensor import DEVICE, WgpuTensor, from_cpu, to_cpu
 
 log = logging.getLogger("navitrain.wgpu")
@@ -55,7 +56,10 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     try:
         handler = OPS.get(func)
         if handler is not None:
-            return handler(*args, **kwargs) if kwargs else handler(*args)
+            try:
+                return handler(*args, **kwargs) if kwargs else handler(*args)
+            except NoKernelForDtype:
+                return cpu_fallback(func, args, kwargs or {})
         return _unhandled(func, args, kwargs or {})
     except Exception as exc:
         if _in_backward():

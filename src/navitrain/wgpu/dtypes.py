@@ -21,6 +21,11 @@ import numpy as np
 import torch
 
 
+class NoKernelForDtype(NotImplementedError):
+    """Raised while generating a kernel for a dtype the GPU cannot compute in (float64, complex):
+    the dispatcher then runs the op through the counted CPU fallback."""
+
+
 @dataclass(frozen=True)
 class StorageType:
     dtype: torch.dtype
@@ -33,10 +38,14 @@ class StorageType:
 
     def store(self, expr: str) -> str:
         """WGSL that turns a value of the compute type into what is written to the buffer."""
+        if not self.has_kernels:
+            raise NoKernelForDtype(f"no wgpu kernels compute in {self.dtype}")
         return _STORE[(self.dtype, self.wgsl)](expr)
 
     def load(self, expr: str, to: str) -> str:
         """WGSL that reads a buffer element `expr` as compute type `to` (f32, i32, i64, bool)."""
+        if not self.has_kernels:
+            raise NoKernelForDtype(f"no wgpu kernels compute in {self.dtype}")
         if to == "bool":
             zero = {"f32": "0.0", "f16": "0.0h", "i32": "0", "i64": "0li", "u32": "0u"}[self.wgsl]
             return f"({expr} != {zero})"

@@ -79,6 +79,9 @@ class WgpuTensor(torch.Tensor):
         return self._ws.base + self.storage_offset()
 
     # -- user-visible behaviour --------------------------------------------------------------
+    def tolist(self):
+        return to_cpu(self.detach()).tolist()
+
     def __repr__(self, *, tensor_contents=None):
         cpu = to_cpu(self.detach())
         text = repr(cpu)

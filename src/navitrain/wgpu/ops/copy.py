@@ -35,6 +35,10 @@ def copy_(dst, src, non_blocking=False):
 @implements(aten._to_copy.default)
 def _to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
     dtype = dtype or x.dtype
+    if not isinstance(x, WgpuTensor):  # CPU -> device (reached through the PrivateUse1 key)
+        if memory_format not in (None, torch.preserve_format):
+            x = x.contiguous(memory_format=memory_format)
+        return from_cpu(x, dtype)
     if device is not None and not _is_device(device):
         cpu = to_cpu(x)
         cpu = cpu.to(dtype=dtype, device=device, memory_format=memory_format or torch.preserve_format)

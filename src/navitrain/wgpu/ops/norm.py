@@ -1,0 +1,490 @@
+"""Normalization layers: batch norm (training with running-stat updates, eval), layer norm, group norm,
+forward and backward.
+
+Batch norm sees its input as [A, C, B] with the channel in the middle: [N, C, spatial] for a contiguous
+input, [N * spatial, C, 1] for a channels-last one (channels are the fastest dim there), so both layouts
+are read in place. Per-channel sums are one pass over the data: workgroups take a tile of channels and a
+chunk of rows, reduce in workgroup memory, and write f32 partial sums that a tiny per-channel kernel
+combines (statistics, running stats, the affine coefficients), before an elementwise pass writes the
+result. Variance is accumulated around a shift (the channel's first element), which keeps the one-pass
+sum of squares from cancelling when the mean is large next to the spread.
+
+Layer norm and group norm are row kernels: each row (a sample's normalized slice, or a (sample, group)
+pair) is reduced by a slice of a workgroup sized to the row, then written.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.ops.copy import copy_into
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import empty
+
+aten = torch.ops.aten
+WG = 256
+NAN = float("nan")
+
+
+# -- small helpers ----------------------------------------------------------------------------------
+def _st(t):
+    return runtime().stypes[t.dtype]
+
+
+def _ld(t, binding: int, index: str) -> str:
+    return _st(t).load(f"b{binding}[{index}]", "f32")
+
+
+def _sv(t, binding: int, index: str, value: str) -> str:
+    return f"b{binding}[{index}] = {_st(t).store(value)};"
+
+
+def _module(tensors, body: str, shared: str = "") -> str:
+    helpers = wgsl_math.helpers("shader-int64" in runtime().features)
+    return codegen.module([_st(t).wgsl for t in tensors], body, WG, helpers=helpers, shared=shared)
+
+
+def _launch(key, name, tensors, params: codegen.Params, source, groups):
+    rt = runtime()
+    kernel = rt.kernel(key, name, len(tensors), source)
+    rt.dispatch(kernel, tuple(t._ws.heap for t in tensors), params.pack(), groups)
+
+
+def _dt(t):
+    return None if t is None else t.dtype
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _order_strides(shape, order) -> list[int]:
+    """Strides of a dense tensor whose dims, slowest first, are `order`."""
+    strides = [0] * len(shape)
+    acc = 1
+    for d in reversed(order):
+        strides[d] = acc
+        acc *= max(int(shape[d]), 1)
+    return strides
+
+
+def _has_order(t, order) -> bool:
+    want = _order_strides(t.shape, order)
+    return all(s == 1 or st == w for s, st, w in zip(t.shape, t.stride(), want))
+
+
+def _cl_order(nd: int) -> list[int]:
+    return [0] + list(range(2, nd)) + [1]
+
+
+def _layout(t) -> str | None:
+    """'ncs' (contiguous), 'cl' (channels fastest, the rest contiguous) or None (anything else)."""
+    if _has_order(t, list(range(t.dim()))):
+        return "ncs"
+    if t.dim() >= 3 and _has_order(t, _cl_order(t.dim())):
+        return "cl"
+    return None
+
+
+def _in_layout(t, mode: str):
+    """`t` itself when it is laid out as `mode`, else a copy that is."""
+    if _layout(t) == mode:
+        return t
+    order = list(range(t.dim())) if mode == "ncs" else _cl_order(t.dim())
+    return copy_into(empty(t.shape, t.dtype, _order_strides(t.shape, order)), t)
+
+
+def _contig(t):
+    return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
+
+
+def _vec(t, params: codegen.Params):
+    """Parameter words for a 1-D per-channel vector: element offset and stride."""
+    params.u(t.elem_offset, t.stride(0) if t.dim() else 0)
+
+
+def _param_dtype(x, *params):
+    """PyTorch's rule for statistics outputs: float32 when a reduced-precision input comes with float32
+    parameters (autocast's mixed case), else the input's dtype."""
+    for p in params:
+        if p is not None and x.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32:
+            return torch.float32
+    return x.dtype
+
+
+# -- per-channel sums over [A, C, B] ----------------------------------------------------------------
+def _channel_sums(name, A, C, B, inputs, terms, chan_vecs=(), row_vecs=(), shift=False, extra=0):
+    """Partial sums of `terms` (WGSL over X0.. = inputs at the element, V0.. = chan_vecs[c],
+    R0.. = row_vecs[a], SH = the channel's first element of input 0 when `shift`) for every channel c,
+    over all (a, b). Returns (partials, G, Bp): f32 partials
+    laid out [G, C, Bp, K] (then `extra` spare elements); a channel's total is the sum over G and Bp.
+
+    When B is small the data is read as rows of W = C * B "virtual channels" (the B of a channel summed
+    later): a workgroup takes a tile of consecutive columns and strides down the rows, so its threads read
+    consecutive addresses. When B is large a workgroup takes one channel and walks its runs of B."""
+    K = len(terms)
+    W = C * B
+    if B <= 16:
+        variant, Bp = "cols", B
+        TC = W if W <= WG else 64
+        R = WG // TC
+        tiles = -(-W // TC)
+        G = max(1, min(-(-A * TC // 2048), -(-512 // tiles), 65535 // tiles))
+        chunk = -(-A // G)
+        G = -(-A // chunk)
+        groups = codegen.grid(tiles * G)
+    else:
+        variant, Bp = "rows", 1
+        M = A * B
+        G = max(1, min(-(-M // 4096), -(-512 // C), 65535))
+        chunk = -(-M // G)
+        G = -(-M // chunk)
+        TC = R = tiles = 1
+        groups = codegen.grid(C * G)
+    partials = empty([G * C * Bp * K + extra], torch.float32)
+    tensors = [partials, *inputs, *chan_vecs, *row_vecs]
+    p = codegen.Params()
+    p.u(A, C, B, W, TC, R, _next_pow2(R), tiles, G, chunk, partials.elem_offset)  # words 0..10
+    for t in inputs:
+        p.u(t.elem_offset)
+    for t in (*chan_vecs, *row_vecs):
+        _vec(t, p)
+    n_in = len(inputs)
+    w_in = 11
+    w_vec = w_in + n_in
+
+    def source():
+        lines = []
+        a = lines.append
+        a("  let A = pu(0u); let C = pu(1u); let B = pu(2u); let W = pu(3u);")
+        a("  let G = pu(8u); let chunk = pu(9u);")
+        if variant == "cols":
+            a("  let TC = pu(4u); let R = pu(5u); let tiles = pu(7u);")
+            a("  if (group >= tiles * G) { return; }")
+            a("  let tile = group % tiles; let g = group / tiles;")
+            a("  let j = lid % TC; let r = lid / TC;")
+            a("  let col = tile * TC + j; let c = min(col, W - 1u) / B;")
+            a("  let live = r < R && col < W;")
+            a("  let a0 = g * chunk; let a1 = min(A, a0 + chunk);")
+        else:
+            a("  if (group >= C * G) { return; }")
+            a("  let c = group % C; let g = group / C;")
+            a("  let l0 = g * chunk; let l1 = min(A * B, l0 + chunk);")
+        for k, t in enumerate(chan_vecs):
+            a(f"  let V{k} = {_ld(t, 1 + n_in + k, f'pu({w_vec + 2 * k}u) + c * pu({w_vec + 2 * k + 1}u)')};")
+        if shift:
+            a(f"  let SH = {_ld(inputs[0], 1, f'pu({w_in}u) + c * B')};")
+        for k in range(K):
+            a(f"  var acc{k} = 0.0;")
+        if variant == "cols":
+            a("  if (live) {")
+            a("    for (var ai = a0 + r; ai < a1; ai = ai + R) {")
+            a("      let e = ai * W + col;")
+        else:
+            a("  {")
+            a(f"    for (var l = l0 + lid; l < l1; l = l + {WG}u) {{")
+            a("      let ai = l / B; let e = (ai * C + c) * B + (l - ai * B);")
+        for k, t in enumerate(inputs):
+            a(f"      let X{k} = {_ld(t, 1 + k, f'pu({w_in + k}u) + e')};")
+        base = 1 + n_in + len(chan_vecs)
+        for k, t in enumerate(row_vecs):
+            w = w_vec + 2 * (len(chan_vecs) + k)
+            a(f"      let R{k} = {_ld(t, base + k, f'pu({w}u) + ai * pu({w + 1}u)')};")
+        for k, term in enumerate(terms):
+            a(f"      acc{k} = acc{k} + ({term});")
+        a("    }")
+        a("  }")
+        for k in range(K):
+            a(f"  red[{k * WG}u + lid] = acc{k};")
+        a("  workgroupBarrier();")
+        if variant == "cols":
+            a("  for (var s = pu(6u) >> 1u; s > 0u; s = s >> 1u) {")
+            a("    if (r < s && r + s < R) {")
+            for k in range(K):
+                a(f"      red[{k * WG}u + lid] = red[{k * WG}u + lid] + red[{k * WG}u + lid + s * TC];")
+            a("    }")
+            a("    workgroupBarrier();")
+            a("  }")
+            a("  if (r == 0u && col < W) {")
+            a(f"    let o = pu(10u) + (g * W + col) * {K}u;")
+        else:
+            a(f"  for (var s = {WG // 2}u; s > 0u; s = s >> 1u) {{")
+            a("    if (lid < s) {")
+            for k in range(K):
+                a(f"      red[{k * WG}u + lid] = red[{k * WG}u + lid] + red[{k * WG}u + lid + s];")
+            a("    }")
+            a("    workgroupBarrier();")
+            a("  }")
+            a("  if (lid == 0u) {")
+            a(f"    let o = pu(10u) + (g * C + c) * {K}u;")
+        for k in range(K):
+            a(f"    b0[o + {k}u] = red[{k * WG}u + lid];")
+        a("  }")
+        shared = f"var<workgroup> red: array<f32, {K * WG}>;\n"
+        return _module(tensors, "\n".join(lines), shared)
+
+    key = ("norm_sums", name, variant, tuple(terms), tuple(t.dtype for t in tensors), n_in, len(chan_vecs), shift)
+    _launch(key, f"norm_sums_{name}", tensors, p, source, groups)
+    return partials, G, Bp
+
+
+def _sum_partials(K: int, k: int, index_c: str = "c") -> str:
+    """WGSL summing term k of one channel's partials (params: G at word 0, Bp at 1, C at 2, offset 3)."""
+    return (f"  var t{k} = 0.0;\n"
+            f"  for (var g = 0u; g < pu(0u); g = g + 1u) {{\n"
+            f"    for (var q = 0u; q < pu(1u); q = q + 1u) {{\n"
+            f"      t{k} = t{k} + b0[pu(3u) + ((g * pu(2u) + {index_c}) * pu(1u) + q) * {K}u + {k}u];\n"
+            f"    }}\n"
+            f"  }}\n")
+
+
+# -- batch norm ---------------------------------------------------------------------------------
+def _bn_geometry(x):
+    if x.dim() < 2:
+        raise RuntimeError(f"batch_norm: expected an input with at least 2 dims (N, C, ...), got {tuple(x.shape)}")
+    mode = _layout(x) or "ncs"
+    x = _in_layout(x, mode)
+    N, C = x.shape[0], x.shape[1]
+    S = math.prod(x.shape[2:])
+    A, B = (N, S) if mode == "ncs" else (N * S, 1)
+    return x, mode, A, C, B
+
+
+def _bn_apply(x, coefs, coef_offset, A, C, B, out_dtype, grad=None):
+    """The elementwise pass over [A, C, B]: y = x * coef0[c] + coef1[c] (forward), or with `grad`,
+    gi = (dy - coef2[c] - (x - coef0[c]) * coef1[c]) * coef3[c] (backward)."""
+    y = empty(x.shape, out_dtype, x.stride())
+    n = x.numel()
+    tensors = [y, x, coefs] + ([grad] if grad is not None else [])
+    p = codegen.Params()
+    p.u(n, C, B, y.elem_offset, x.elem_offset, coef_offset, grad.elem_offset if grad is not None else 0)
+
+    def source():
+        lines = ["  if (gi >= pu(0u)) { return; }",
+                 "  let c = (gi / pu(2u)) % pu(1u);",
+                 f"  let xv = {_ld(x, 1, 'pu(4u) + gi')};"]
+        if grad is None:
+            lines.append("  let v = xv * b2[pu(5u) + 2u * c] + b2[pu(5u) + 2u * c + 1u];")
+        else:
+            lines.append(f"  let dy = {_ld(grad, 3, 'pu(6u) + gi')};")
+            lines.append("  let k = pu(5u) + 4u * c;")
+            lines.append("  let v = (dy - b2[k + 2u] - (xv - b2[k]) * b2[k + 1u]) * b2[k + 3u];")
+        lines.append("  " + _sv(y, 0, "pu(3u) + gi", "v"))
+        return _module(tensors, "\n".join(lines))
+
+    key = ("bn_apply", tuple(t.dtype for t in tensors))
+    _launch(key, "batch_norm_apply", tensors, p, source, codegen.groups_for(n, WG))
+    return y
+
+
+def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    x, mode, A, C, B = _bn_geometry(x)
+    has_running = running_mean is not None and running_var is not None
+    if not training and not has_running:
+        raise RuntimeError("batch_norm: running_mean and running_var must be defined in evaluation mode")
+    stat_dtype = _param_dtype(x, weight, bias, running_mean, running_var)
+    n = A * B
+    if training:
+        save_mean, save_invstd = empty([C], stat_dtype), empty([C], stat_dtype)
+    else:
+        save_mean, save_invstd = empty([0], stat_dtype), empty([0], stat_dtype)
+    if x.numel() == 0:
+        if n == 0 and C > 0:
+            raise RuntimeError(f"input tensor must have at least one element, but got input_sizes = {list(x.shape)}")
+        return empty(x.shape, x.dtype, x.stride()), save_mean, save_invstd
+    # The affine coefficients (2 per channel) go after the partial sums, in the same buffer.
+    if training:
+        coefs, G, Bp = _channel_sums("bn_fwd", A, C, B, [x], ["X0 - SH", "(X0 - SH) * (X0 - SH)"], shift=True,
+                                     extra=2 * C)
+        coef_offset = coefs.elem_offset + G * C * Bp * 2
+    else:
+        coefs = empty([2 * C], torch.float32)
+        coef_offset = coefs.elem_offset
+    tensors = [coefs]
+    if training:
+        tensors += [x, save_mean, save_invstd]
+    opt = [t for t in (weight, bias) if t is not None]
+    run = [running_mean, running_var] if has_running else []
+    tensors += opt + run
+    p = codegen.Params()
+    if training:
+        p.u(G, Bp, C, coefs.elem_offset)
+    else:
+        p.u(0, 0, C, 0)
+    p.u(C, coef_offset, x.elem_offset, B)  # 4..7
+    p.u(save_mean.elem_offset, save_invstd.elem_offset)  # 8, 9
+    p.f(float(n), float(eps), float(momentum), n / (n - 1) if n > 1 else NAN)  # 10..13
+    vec_w = 14
+    for t in opt + run:
+        _vec(t, p)
+
+    def source():
+        lines = ["  let c = gi; if (c >= pu(4u)) { return; }"]
+        idx = {}
+        nb = 4 if training else 1
+        for k, t in enumerate(opt + run):
+            idx[id(t)] = (nb + k, vec_w + 2 * k)
+
+        def at(t):
+            b, w = idx[id(t)]
+            return b, f"pu({w}u) + c * pu({w + 1}u)"
+        if training:
+            lines.append(_sum_partials(2, 0) + _sum_partials(2, 1))
+            lines.append(f"  let sh = {_ld(x, 1, 'pu(6u) + c * pu(7u)')};")
+            lines.append("  let n = pf(10u); let d = t0 / n;")
+            lines.append("  let mean = sh + d; let var_b = max(t1 / n - d * d, 0.0);")
+            lines.append("  let invstd = 1.0 / sqrt(var_b + pf(11u));")
+            lines.append("  " + _sv(save_mean, 2, "pu(8u) + c", "mean"))
+            lines.append("  " + _sv(save_invstd, 3, "pu(9u) + c", "invstd"))
+            if has_running:
+                bm, im = at(running_mean)
+                bv, iv = at(running_var)
+                lines.append(f"  let rm = {_ld(running_mean, bm, im)}; let rv = {_ld(running_var, bv, iv)};")
+                lines.append("  let m = pf(12u);")
+                lines.append("  " + _sv(running_mean, bm, im, "(1.0 - m) * rm + m * mean"))
+                lines.append("  " + _sv(running_var, bv, iv, "(1.0 - m) * rv + m * (var_b * pf(13u))"))
+        else:
+            bm, im = at(running_mean)
+            bv, iv = at(running_var)
+            lines.append(f"  let mean = {_ld(running_mean, bm, im)};")
+            lines.append(f"  let invstd = 1.0 / sqrt({_ld(running_var, bv, iv)} + pf(11u));")
+        w = _ld(weight, *at(weight)) if weight is not None else "1.0"
+        b = _ld(bias, *at(bias)) if bias is not None else "0.0"
+        lines.append(f"  let alpha = invstd * {w};")
+        lines.append("  b0[pu(5u) + 2u * c] = alpha;")
+        lines.append(f"  b0[pu(5u) + 2u * c + 1u] = {b} - mean * alpha;")
+        return _module(tensors, "\n".join(lines))
+
+    key = ("bn_fin", training, has_running, tuple(t.dtype for t in tensors), weight is not None, bias is not None)
+    _launch(key, "batch_norm_stats", tensors, p, source, codegen.groups_for(C, WG))
+    y = _bn_apply(x, coefs, coef_offset, A, C, B, x.dtype)
+    return y, save_mean, save_invstd
+
+
+def _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps,
+                         output_mask):
+    x, mode, A, C, B = _bn_geometry(x)
+    grad_out = _in_layout(grad_out, mode)
+    n = A * B
+    if train:
+        mean_src, inv_src = save_mean, save_invstd
+    else:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("batch_norm_backward: running_mean and running_var are needed in evaluation mode")
+        mean_src, inv_src = running_mean, running_var
+    param_dtype = weight.dtype if weight is not None else x.dtype
+    gw = empty([C], param_dtype) if output_mask[1] else None
+    gb = empty([C], param_dtype) if output_mask[2] else None
+    if x.numel() == 0:
+        from navitrain.wgpu.ops.copy import fill
+
+        for t in (gw, gb):
+            if t is not None:
+                fill(t, 0)
+        gi = empty(x.shape, x.dtype, x.stride()) if output_mask[0] else None
+        return gi, gw, gb
+    need_sums = train or gw is not None or gb is not None
+    coefs = empty([4 * C], torch.float32)
+    tensors = [coefs]
+    if need_sums:
+        partials, G, Bp = _channel_sums("bn_bwd", A, C, B, [grad_out, x], ["X0", "X0 * (X1 - V0)"],
+                                        chan_vecs=[mean_src])
+        tensors.append(partials)
+    extra = [t for t in (weight, gw, gb) if t is not None]
+    tensors += [mean_src, inv_src] + extra
+    p = codegen.Params()
+    if need_sums:
+        p.u(G, Bp, C, partials.elem_offset)
+    else:
+        p.u(0, 0, C, 0)
+    p.u(C, coefs.elem_offset)  # 4, 5
+    p.f(float(n), float(eps))  # 6, 7
+    vec_w = 8
+    for t in [mean_src, inv_src] + extra:
+        _vec(t, p)
+
+    def source():
+        nb = 2 if need_sums else 1
+        where = {}
+        for k, t in enumerate([mean_src, inv_src] + extra):
+            where[id(t)] = (nb + k, f"pu({vec_w + 2 * k}u) + c * pu({vec_w + 2 * k + 1}u)")
+        lines = ["  let c = gi; if (c >= pu(4u)) { return; }"]
+        if need_sums:
+            # _sum_partials reads b0; here the partials are b1.
+            lines.append((_sum_partials(2, 0) + _sum_partials(2, 1)).replace("b0[", "b1["))
+        else:
+            lines.append("  let t0 = 0.0; let t1 = 0.0;")
+        lines.append(f"  let mean = {_ld(mean_src, *where[id(mean_src)])};")
+        if train:
+            lines.append(f"  let invstd = {_ld(inv_src, *where[id(inv_src)])};")
+            lines.append("  let n = pf(6u);")
+            lines.append("  let proj = t1 * invstd * invstd / n; let gmean = t0 / n;")
+        else:
+            lines.append(f"  let invstd = 1.0 / sqrt({_ld(inv_src, *where[id(inv_src)])} + pf(7u));")
+            lines.append("  let proj = 0.0; let gmean = 0.0;")
+        w = _ld(weight, *where[id(weight)]) if weight is not None else "1.0"
+        lines.append("  let k = pu(5u) + 4u * c;")
+        lines.append(f"  b0[k] = mean; b0[k + 1u] = proj; b0[k + 2u] = gmean; b0[k + 3u] = invstd * {w};")
+        if gw is not None:
+            lines.append("  " + _sv(gw, where[id(gw)][0], where[id(gw)][1], "t1 * invstd"))
+        if gb is not None:
+            lines.append("  " + _sv(gb, where[id(gb)][0], where[id(gb)][1], "t0"))
+        return _module(tensors, "\n".join(lines))
+
+    key = ("bn_bwd_fin", train, need_sums, tuple(t.dtype for t in tensors), weight is not None,
+           gw is not None, gb is not None)
+    _launch(key, "batch_norm_backward_stats", tensors, p, source, codegen.groups_for(C, WG))
+    gi = _bn_apply(x, coefs, coefs.elem_offset, A, C, B, x.dtype, grad=grad_out) if output_mask[0] else None
+    return gi, gw, gb
+
+
+@implements(aten.native_batch_norm.default)
+def native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+@implements(aten._native_batch_norm_legit.default)
+def native_batch_norm_legit(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+@implements(aten._native_batch_norm_legit.no_stats)
+def native_batch_norm_legit_no_stats(x, weight, bias, training, momentum, eps):
+    return _batch_norm(x, weight, bias, None, None, True, momentum, eps)
+
+
+@implements(aten._native_batch_norm_legit_no_training.default)
+def native_batch_norm_legit_no_training(x, weight, bias, running_mean, running_var, momentum, eps):
+    return _batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+def _reserve():
+    return empty([0], torch.uint8)
+
+
+@implements(aten._batch_norm_with_update.default)
+def batch_norm_with_update(x, weight, bias, running_mean, running_var, momentum, eps):
+    return (*_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps), _reserve())
+
+
+@implements(aten._batch_norm_no_update.default)
+def batch_norm_no_update(x, weight, bias, running_mean, running_var, momentum, eps):
+    training = running_mean is None or running_var is None
+    return (*_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps), _reserve())
+
+
+@implements(aten.native_batch_norm_backward.default)
+def native_batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps,
+                               output_mask):
+    return _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mean, save_invstd, train,
+                                eps, output_mask)
+
+
+@implements(aten.batch_norm_backward.default)
+def batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mean, save_var, update, eps,
+                        output_mask, reserve):
+    return _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mean, save_var, update, eps,
+                                output_mask)
