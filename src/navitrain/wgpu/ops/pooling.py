@@ -284,7 +284,7 @@ def _backward_source(kind: str, g_st, out_st, idx_st, channels_last: bool) -> st
         span_h, span_w = ("(kH - 1) * dH", "(kW - 1) * dW") if kind == "max" else ("kH - 1", "kW - 1")
         body.append(f"""
   let hp = i32(h) + pH; let wp = i32(w) + pW;
-  let ah = hp - {span_h}; let aw = wp - {span_w};
+  let ah = hp - ({span_h}); let aw = wp - ({span_w});
   let oh0 = select(0, (ah + stH - 1) / stH, ah > 0); let oh1 = min(i32(OH) - 1, hp / stH);
   let ow0 = select(0, (aw + stW - 1) / stW, aw > 0); let ow1 = min(i32(OW) - 1, wp / stW);""")
     else:
@@ -309,8 +309,8 @@ def _backward_source(kind: str, g_st, out_st, idx_st, channels_last: bool) -> st
             body.append("""      let w0 = (u32(ow) * IW) / OW; let w1 = ((u32(ow) + 1u) * IW + OW - 1u) / OW;
       if (w < w0 || w >= w1) { continue; }""")
         at = idx_st.load("b2[ib + u32(oh) * iH + u32(ow) * iW]", "i32")
-        body.append(f"      if ({at} == target) {{ acc = acc + {grad}; }}")
-        body.insert(3, "  let ib = i_off + n * iN + c * iC; let target = i32(h * IW + w);")
+        body.append(f"      if ({at} == me) {{ acc = acc + {grad}; }}")
+        body.insert(3, "  let ib = i_off + n * iN + c * iC; let me = i32(h * IW + w);")
     elif kind == "avg":
         body.append(f"""      let ws = ow * stW - pW; let we = min(ws + kW, i32(IW) + pW);
       var count = select(ch * (min(we, i32(IW)) - max(ws, 0)), ph * (we - ws), include_pad != 0);
