@@ -80,10 +80,18 @@ def _stack_summary() -> str | None:
 
 
 def title_line(machine: dict[str, Any]) -> str:
-    """One line naming the machine and versions, for chart titles."""
-    gpus = sorted({name for route, name in machine.get("devices", {}).items() if route != "cpu"})
-    parts = [machine.get("cpu", "")] + gpus
+    """One line naming what each route ran on, and the versions, for chart titles."""
+    devices = dict(machine.get("devices", {}))
+    cpu = machine.get("cpu", "")
+    if machine.get("cores"):
+        cpu += f" ({machine['cores']} cores)"
+    devices["cpu"] = cpu
+    # one entry per distinct device; routes sharing a GPU (native, nomiopen) are named together
+    by_device: dict[str, list[str]] = {}
+    for route, name in devices.items():
+        by_device.setdefault(name, []).append(route)
+    parts = [f"{'/'.join(routes)}: {name}" for name, routes in by_device.items() if name]
     versions = f"torch {machine.get('torch')}, navitrain {machine.get('navitrain')}"
-    if machine.get("wgpu") and "wgpu" in machine.get("devices", {}):
+    if machine.get("wgpu") and "wgpu" in devices:
         versions += f", wgpu {machine['wgpu']}"
-    return " + ".join(p for p in parts if p) + " | " + versions
+    return " · ".join(parts) + " | " + versions
