@@ -1,0 +1,151 @@
+"""aten::convolution's arguments: normalisation, the checks aten makes, output sizes, memory format.
+
+Everything here is shape arithmetic; no tensor data is touched. Error messages follow aten's wording
+closely enough that a user who knows the native message recognises the problem.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a (regular, not transposed) convolution slides its kernel; padding travels separately."""
+
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def nd(self) -> int:
+        return len(self.stride)
+
+
+@dataclass(frozen=True)
+class ConvArgs:
+    geometry: Geometry
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    transposed: bool
+    output_shape: tuple[int, ...]
+
+
+def _expand(values: Sequence[int], nd: int, name: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in values)
+    if len(values) == 1 and nd > 1:
+        return values * nd
+    if len(values) != nd:
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of {nd} values to match "
+                           f"the convolution dimensions, but got {name}={list(values)}")
+    return values
+
+
+def check(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation,
+          transposed: bool, output_padding, groups: int) -> ConvArgs:
+    """Validate aten::convolution arguments and compute the output shape."""
+    nd = weight.dim() - 2
+    if nd < 1 or nd > 3:
+        raise RuntimeError(f"convolution supports 1d, 2d and 3d weights, got weight of size {list(weight.shape)}")
+    if input.dim() != weight.dim():
+        raise RuntimeError(f"Expected {nd + 2}-dimensional input for {nd + 2}-dimensional weight "
+                           f"{list(weight.shape)}, but got {input.dim()}-dimensional input of size "
+                           f"{list(input.shape)} instead")
+    if input.dtype != weight.dtype:
+        raise RuntimeError(f"Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
+    if bias is not None and bias.dtype != input.dtype:
+        raise RuntimeError(f"Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+    stride = _expand(stride, nd, "stride")
+    padding = _expand(padding, nd, "padding")
+    dilation = _expand(dilation, nd, "dilation")
+    output_padding = _expand(output_padding, nd, "output_padding")
+    groups = int(groups)
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError("dilation should be greater than zero")
+    if any(op < 0 for op in output_padding):
+        raise RuntimeError("negative output_padding is not supported")
+    kernel = tuple(weight.shape[2:])
+    n, c = input.shape[0], input.shape[1]
+    spatial = tuple(input.shape[2:])
+    if not transposed:
+        k = weight.shape[0]
+        if c != weight.shape[1] * groups:
+            raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected "
+                               f"input{list(input.shape)} to have {weight.shape[1] * groups} channels, but got "
+                               f"{c} channels instead")
+        if k % groups:
+            raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension "
+                               f"0, but got weight of size {list(weight.shape)} instead")
+        padded = [s + 2 * p for s, p in zip(spatial, padding)]
+        reach = [d * (kk - 1) + 1 for d, kk in zip(dilation, kernel)]
+        if any(pd < r for pd, r in zip(padded, reach)):
+            raise RuntimeError(f"Calculated padded input size per channel: {padded}. Kernel size: {reach}. "
+                               "Kernel size can't be greater than actual input size")
+        out_spatial = tuple((pd - r) // s + 1 for pd, r, s in zip(padded, reach, stride))
+        out_channels = k
+    else:
+        if c != weight.shape[0]:
+            raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected "
+                               f"input{list(input.shape)} to have {weight.shape[0]} channels, but got {c} "
+                               "channels instead")
+        if weight.shape[0] % groups:
+            raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension "
+                               f"0, but got weight of size {list(weight.shape)} instead")
+        if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+            raise RuntimeError("output padding must be smaller than either stride or dilation, but got "
+                               f"output_padding={list(output_padding)}, stride={list(stride)}, "
+                               f"dilation={list(dilation)}")
+        out_spatial = tuple((s - 1) * st - 2 * p + d * (kk - 1) + op + 1 for s, st, p, d, kk, op
+                            in zip(spatial, stride, padding, dilation, kernel, output_padding))
+        if any(o <= 0 for o in out_spatial):
+            raise RuntimeError(f"Given input size per channel: {list(spatial)}. Calculated output size per "
+                               f"channel: {list(out_spatial)}. Output size is too small")
+        out_channels = weight.shape[1] * groups
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+                           f"{out_channels} elements, but got bias of size {list(bias.shape)} instead")
+    return ConvArgs(Geometry(stride, dilation, groups), padding, output_padding, bool(transposed),
+                    (n, out_channels, *out_spatial))
+
+
+def _is_channels_last_strides(sizes: Sequence[int], strides: Sequence[int]) -> bool:
+    # c10's is_channels_last_strides_2d_s4 / _3d_s5, including its tie-breaks for size-1 dimensions, so
+    # that ambiguous tensors get the same answer as Tensor::suggest_memory_format() in C++.
+    order = {4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}.get(len(sizes))
+    if order is None or strides[1] == 0:
+        return False
+    smallest = 0
+    for d in order:
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:
+            return False
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """Python twin of C++ Tensor::suggest_memory_format()."""
+    if t.layout == torch.strided and _is_channels_last_strides(t.shape, t.stride()):
+        return torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The layout cuDNN/MIOpen give the output and gradients (cudnn_conv_suggest_memory_format):
+    channels-last when the input or the weight is channels-last (never for float64), else contiguous."""
+    if input.dtype == torch.float64 or weight.dtype == torch.float64:
+        return torch.contiguous_format
+    for t in (input, weight):
+        fmt = suggest_memory_format(t)
+        if fmt is not torch.contiguous_format:
+            return fmt
+    return torch.contiguous_format

@@ -1,0 +1,218 @@
+"""Choosing an algorithm for each of the three convolution problems, and running it.
+
+The problems, all stated for a regular (not transposed) convolution with weight [K, C/g, *k]:
+  forward       y = conv(x, w)                         (also the input gradient of a stride-1
+                                                        convolution: conv of gy with the flipped kernel)
+  input grad    dx = conv_transpose(gy, w)             (stride > 1: col2im)
+  weight grad   dw = correlate(x, gy)
+
+Candidates: `gemm1x1`, `depthwise` (always taken where they apply), `winograd2`, `winograd4` (3x3
+stride 1, undilated, ungrouped; F(4x4) only in fp32/fp64) and `im2col` (everything). The policy
+(NAVITRAIN_CONV_ALGO or policy.use_policy) picks among them: `auto` uses a FLOP-and-byte cost model,
+`tune` times each candidate once per shape on this device and remembers the fastest.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import time
+from typing import Callable
+
+import torch
+
+from navitrain.ops import depthwise, gemm1x1, im2col, policy, winograd
+from navitrain.ops.conv_params import Geometry
+from navitrain.ops.layout import is_channels_last_dense, prod
+
+# What ran, by problem and algorithm ("forward:winograd4": 12): lets tests and benchmarks check that
+# the intended path was taken.
+stats: collections.Counter = collections.Counter()
+# Shape key -> (chosen algorithm, {algorithm: milliseconds}) for the `tune` policy.
+tuned: dict[tuple, tuple[str, dict[str, float]]] = {}
+
+_HALF = (torch.float16, torch.bfloat16)
+# Cost model constants: FLOPs the GPU does in the time it moves one byte (H100 fp32: 51.5 TFLOPS over
+# ~3 TB/s) and a kernel launch expressed in FLOPs (~5 us).
+_FLOPS_PER_BYTE = 17.0
+_LAUNCH_FLOPS = 2.5e8
+
+
+def _winograd_fits(weight_shape, dtype: torch.dtype, geom: Geometry) -> bool:
+    return (geom.groups == 1 and all(k == 3 for k in weight_shape[2:]) and all(s == 1 for s in geom.stride)
+            and all(d == 1 for d in geom.dilation) and dtype.is_floating_point)
+
+
+def _is_depthwise(weight_shape, geom: Geometry) -> bool:
+    return geom.groups > 1 and weight_shape[1] == 1
+
+
+def _candidates(weight_shape, dtype: torch.dtype, geom: Geometry, lo) -> list[str]:
+    if _is_depthwise(weight_shape, geom):
+        return ["depthwise"]
+    if all(k == 1 for k in weight_shape[2:]) and not any(lo):
+        return ["gemm1x1"]
+    names = ["im2col"]
+    if _winograd_fits(weight_shape, dtype, geom):
+        names.append("winograd2")
+        if dtype in (torch.float32, torch.float64):
+            names.append("winograd4")
+    return names
+
+
+def _cost(algo: str, problem: str, x: torch.Tensor, k: int, out_spatial, kernel, gy_rows_copy: bool) -> float:
+    """Estimated time in FLOP units (FLOPs + bytes * balance + launches)."""
+    n, c = x.shape[:2]
+    elt = x.element_size()
+    p_in, p = n * prod(x.shape[2:]), n * prod(out_spatial)
+    if algo == "im2col":
+        kk = prod(kernel)
+        moved = 2 * p_in * c + 2 * p * kk * c + p * k * (3 if gy_rows_copy else 1)
+        flops, launches = 2 * p * kk * c * k, 3
+    else:
+        m = 4 if algo == "winograd4" else 2
+        nd = len(out_spatial)
+        alpha_n = (m + 2) ** nd
+        r = alpha_n / m**nd
+        waste = prod(m * math.ceil(o / m) / o for o in out_spatial)
+        pw = p * waste
+        if problem == "forward":
+            moved = 2 * p_in * c + 5 * r * pw * c + (2 * r + 3) * pw * k
+        else:
+            moved = 2 * p_in * c + 5 * r * pw * c + p * k + (2 + 2 * r) * pw * k
+        flops = 2 * r * pw * c * k + 2 * alpha_n * r * pw * c + 2 * alpha_n * pw * k
+        launches = 7
+    return flops + moved * elt * _FLOPS_PER_BYTE + launches * _LAUNCH_FLOPS
+
+
+def _heuristic(names, problem, x, k, out_spatial, kernel, gy_rows_copy=False) -> str:
+    if len(names) == 1 or x.dtype in _HALF:
+        return names[0]  # half precision: BLAS is fast enough that im2col's fewer bytes win
+    return min(names, key=lambda a: _cost(a, problem, x, k, out_spatial, kernel, gy_rows_copy))
+
+
+def _layout_tag(t: torch.Tensor) -> str:
+    return "cl" if is_channels_last_dense(t) else "c" if t.is_contiguous() else "s"
+
+
+def _choose(problem: str, names: list[str], key: tuple, run: Callable[[str], object], estimate: Callable[[], str],
+            device: torch.device) -> str:
+    pol = policy.current()
+    if len(names) == 1:
+        return names[0]
+    if pol in names:
+        return pol
+    if pol == "winograd4" and "winograd2" in names:
+        return "winograd2"
+    if pol in ("im2col", "winograd2", "winograd4"):
+        return "im2col"
+    if pol == "tune":
+        chosen = tuned.get(key)
+        if chosen is None:
+            chosen = _tune(names, run, device)
+            if chosen is None:  # cannot time now (e.g. during CUDA graph capture)
+                return estimate()
+            tuned[key] = chosen
+        return chosen[0]
+    return estimate()
+
+
+def _tune(names, run, device):
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    times = {}
+    for name in names:
+        try:
+            times[name] = _time(lambda: run(name), device)
+        except torch.cuda.OutOfMemoryError:  # a candidate that does not fit is no candidate
+            times[name] = math.inf
+    best = min(times, key=times.get)
+    return best, times
+
+
+def _time(fn, device, reps: int = 3) -> float:
+    fn()  # warm-up: allocator, cuBLAS heuristics
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / reps
+
+
+def _run_forward(algo: str, x, w, bias, geom: Geometry, lo, out) -> None:
+    if algo == "gemm1x1":
+        gemm1x1.forward(x, w, bias, geom, out)
+    elif algo == "depthwise":
+        depthwise.forward(x, w, bias, geom, lo, out)
+    elif algo.startswith("winograd"):
+        winograd.forward(x, w, bias, lo, out, m=int(algo[-1]))
+    else:
+        im2col.forward(x, w, bias, geom, lo, out)
+
+
+def conv_forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: torch.Tensor) -> str:
+    """out[N, K, *So] = conv(x, w) + bias, x zero-padded by `lo` at the start of each spatial dim."""
+    names = _candidates(w.shape, w.dtype, geom, lo)
+    key = ("forward", tuple(x.shape), _layout_tag(x), tuple(w.shape), geom, tuple(lo), tuple(out.shape),
+           _layout_tag(out), x.dtype, x.device)
+    algo = _choose("forward", names, key,
+                   run=lambda a: _run_forward(a, x, w, bias, geom, lo, torch.empty_like(out)),
+                   estimate=lambda: _heuristic(names, "forward", x, w.shape[0], out.shape[2:], w.shape[2:]),
+                   device=x.device)
+    stats[f"forward:{algo}"] += 1
+    _run_forward(algo, x, w, bias, geom, lo, out)
+    return algo
+
+
+def flipped_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel of the input gradient of a stride-1 convolution: [K, C/g, *k] -> [C, K/g, *k],
+    spatially reversed, in- and output channels swapped within each group."""
+    k, cg = w.shape[:2]
+    nd = w.dim() - 2
+    wg = w.view(groups, k // groups, cg, *w.shape[2:]).transpose(1, 2)
+    return wg.flip(list(range(3, 3 + nd))).reshape(groups * cg, k // groups, *w.shape[2:])
+
+
+def conv_input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch.Tensor) -> str:
+    """out[N, C, *S] = the adjoint of conv_forward (with the same `lo`) applied to gy."""
+    kernel = w.shape[2:]
+    if all(s == 1 for s in geom.stride):
+        reach = [d * (k - 1) - p for d, k, p in zip(geom.dilation, kernel, lo)]
+        return conv_forward(gy, flipped_weight(w, geom.groups), None, geom, reach, out)
+    if _is_depthwise(w.shape, geom) and w.shape[0] == geom.groups:
+        stats["input_grad:depthwise"] += 1
+        depthwise.input_grad(gy, w, geom, lo, out)
+        return "depthwise"
+    stats["input_grad:col2im"] += 1
+    im2col.input_grad(gy, w, geom, lo, out)
+    return "col2im"
+
+
+def _run_weight_grad(algo: str, x, gy, geom: Geometry, lo, weight_shape) -> torch.Tensor:
+    if algo == "gemm1x1":
+        return gemm1x1.weight_grad(x, gy, geom, weight_shape)
+    if algo == "depthwise":
+        return depthwise.weight_grad(x, gy, geom, lo, weight_shape)
+    if algo.startswith("winograd"):
+        return winograd.weight_grad(x, gy, lo, m=int(algo[-1]))
+    return im2col.weight_grad(x, gy, geom, lo, weight_shape)
+
+
+def conv_weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_shape) -> torch.Tensor:
+    """dL/dw [K, C/g, *k] (any strides, float32 for half inputs) of conv_forward(x, w) given gy."""
+    names = _candidates(weight_shape, x.dtype, geom, lo)
+    key = ("weight_grad", tuple(x.shape), _layout_tag(x), tuple(gy.shape), _layout_tag(gy), tuple(weight_shape),
+           geom, tuple(lo), x.dtype, x.device)
+    algo = _choose("weight_grad", names, key,
+                   run=lambda a: _run_weight_grad(a, x, gy, geom, lo, weight_shape),
+                   estimate=lambda: _heuristic(names, "weight_grad", x, gy.shape[1], gy.shape[2:], weight_shape[2:],
+                                               gy_rows_copy=not is_channels_last_dense(gy)),
+                   device=x.device)
+    stats[f"weight_grad:{algo}"] += 1
+    return _run_weight_grad(algo, x, gy, geom, lo, weight_shape)
