@@ -101,6 +101,11 @@ def _contig(t):
     return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
 
 
+def _flat(t, n: int):
+    """A parameter of the normalized shape as a 1-D vector of n elements (None stays None)."""
+    return None if t is None else aten.reshape.default(_contig(t), [n])
+
+
 def _vec(t, params: codegen.Params):
     """Parameter words for a 1-D per-channel vector: element offset and stride."""
     params.u(t.elem_offset, t.stride(0) if t.dim() else 0)
@@ -488,3 +493,326 @@ def batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mea
                         output_mask, reserve):
     return _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_mean, save_var, update, eps,
                                 output_mask)
+
+
+# -- row kernels (layer norm, group norm) ---------------------------------------------------------
+def _threads_per_row(L: int) -> int:
+    """A power of two near L / 4 (a few elements per thread), from a short list to keep variants few."""
+    want = _next_pow2(max(1, -(-L // 4)))
+    return next(t for t in (256, 64, 16, 4, 1) if t <= want)
+
+
+def _row_sums(tpr: int, terms: list[str], loads: str, names: list[str]) -> str:
+    """WGSL: every live row sums `terms` over j in [0, L) (its TPR lanes split the row, then a tree in
+    workgroup memory), giving `names` to the row totals. All threads reach the barriers."""
+    acc = [f"acc_{n}" for n in names]
+    out = [f"  var {a} = 0.0;" for a in acc]
+    out.append(f"  if (live) {{ for (var j = lane; j < L; j = j + {tpr}u) {{")
+    out.append("    " + loads)
+    out += [f"    {a} = {a} + ({t});" for a, t in zip(acc, terms)]
+    out.append("  } }")
+    out += [f"  red[{k * WG}u + lid] = {a};" for k, a in enumerate(acc)]
+    out.append("  workgroupBarrier();")
+    out.append(f"  for (var s = {tpr // 2}u; s > 0u; s = s >> 1u) {{")
+    out.append("    if (lane < s) {")
+    out += [f"      red[{k * WG}u + lid] = red[{k * WG}u + lid] + red[{k * WG}u + lid + s];" for k in range(len(acc))]
+    out.append("    }")
+    out.append("    workgroupBarrier();")
+    out.append("  }")
+    out += [f"  let {n} = red[{k * WG}u + slot * {tpr}u];" for k, n in enumerate(names)]
+    out.append("  workgroupBarrier();")
+    return "\n".join(out)
+
+
+def _row_frame(tpr: int) -> str:
+    return (f"  let lane = lid % {tpr}u; let slot = lid / {tpr}u;\n"
+            f"  let row = group * {WG // tpr}u + slot; let live = row < pu(0u); let L = pu(1u);")
+
+
+def _row_groups(M: int, tpr: int):
+    return codegen.grid(-(-M // (WG // tpr)))
+
+
+def _row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=None):
+    """y = (x - mean_row) * rstd_row * w[k] + b[k] over M contiguous rows of length L, writing each
+    row's mean and rstd. k is the position in the row (layer norm) or the channel (group norm, given
+    gn_shape = (groups, channels per group, HxW))."""
+    tpr = _threads_per_row(L)
+    opt = [t for t in (weight, bias) if t is not None]
+    tensors = [y, mean, rstd, x] + opt
+    p = codegen.Params()
+    p.u(M, L, y.elem_offset, mean.elem_offset, rstd.elem_offset, x.elem_offset)
+    p.f(float(eps))  # 6
+    G, D, HW = gn_shape or (1, 1, 1)
+    p.u(G, D, HW)  # 7, 8, 9
+    for t in opt:
+        _vec(t, p)  # 10.., 12..
+
+    def source():
+        k = "j" if gn_shape is None else "(row % pu(7u)) * pu(8u) + j / pu(9u)"
+        nxt = iter(range(len(opt)))
+        w = b = None
+        if weight is not None:
+            i = next(nxt)
+            w = _ld(weight, 4 + i, f"pu({10 + 2 * i}u) + ({k}) * pu({11 + 2 * i}u)")
+        if bias is not None:
+            i = next(nxt)
+            b = _ld(bias, 4 + i, f"pu({10 + 2 * i}u) + ({k}) * pu({11 + 2 * i}u)")
+        xv = _ld(x, 3, "base + j")
+        lines = [_row_frame(tpr), "  let base = pu(5u) + row * L;"]
+        lines.append(_row_sums(tpr, ["xv"], f"let xv = {xv};", ["total"]))
+        lines.append("  let mean = total / f32(L);")
+        lines.append(_row_sums(tpr, ["(xv - mean) * (xv - mean)"], f"let xv = {xv};", ["sq"]))
+        lines.append("  let rstd = 1.0 / sqrt(max(sq / f32(L), 0.0) + pf(6u));")
+        lines.append("  if (!live) { return; }")
+        lines.append("  if (lane == 0u) { " + _sv(mean, 1, "pu(3u) + row", "mean") + " "
+                     + _sv(rstd, 2, "pu(4u) + row", "rstd") + " }")
+        lines.append(f"  for (var j = lane; j < L; j = j + {tpr}u) {{")
+        val = "(" + xv + " - mean) * rstd"
+        if w is not None:
+            val = f"{val} * {w}"
+        if b is not None:
+            val = f"{val} + {b}"
+        lines.append("    " + _sv(y, 0, "pu(2u) + row * L + j", val))
+        lines.append("  }")
+        return _module(tensors, "\n".join(lines), f"var<workgroup> red: array<f32, {WG}>;\n")
+
+    key = ("row_norm", tpr, gn_shape is not None, weight is not None, bias is not None,
+           tuple(t.dtype for t in tensors))
+    _launch(key, "row_normalize", tensors, p, source, _row_groups(M, tpr))
+
+
+def _fill_nan_or_empty(*ts):
+    from navitrain.wgpu.ops.copy import fill
+
+    for t in ts:
+        if t is not None and t.numel():
+            fill(t, NAN)
+
+
+@implements(aten.native_layer_norm.default)
+def native_layer_norm(x, normalized_shape, weight, bias, eps):
+    nd = len(normalized_shape)
+    if tuple(x.shape[x.dim() - nd:]) != tuple(normalized_shape):
+        raise RuntimeError(f"layer_norm: input of shape {tuple(x.shape)} does not end with normalized_shape "
+                           f"{list(normalized_shape)}")
+    axis = x.dim() - nd
+    x = _contig(x)
+    M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
+    weight = _flat(weight, L)
+    bias = _flat(bias, L)
+    stat_shape = list(x.shape[:axis]) + [1] * nd
+    stat_dtype = _param_dtype(x, weight, bias)
+    y = empty(x.shape, x.dtype)
+    mean, rstd = empty(stat_shape, stat_dtype), empty(stat_shape, stat_dtype)
+    if M == 0:
+        return y, mean, rstd
+    if L == 0:
+        _fill_nan_or_empty(mean, rstd)
+        return y, mean, rstd
+    _row_normalize(x, M, L, weight, bias, eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+def _finish_sums(partials, G, Bp, C, outputs):
+    """outputs: [(tensor, k)]: tensor[c] = total of term k of channel c (thread per channel)."""
+    K = max(k for _, k in outputs) + 1 if outputs else 1
+    tensors = [partials] + [t for t, _ in outputs]
+    p = codegen.Params()
+    p.u(G, Bp, C, partials.elem_offset)
+    for t, _ in outputs:
+        _vec(t, p)
+
+    def source():
+        lines = ["  let c = gi; if (c >= pu(2u)) { return; }"]
+        for i, (t, k) in enumerate(outputs):
+            lines.append(_sum_partials(K, k).replace(f"t{k}", f"t{i}_{k}"))
+            lines.append("  " + _sv(t, 1 + i, f"pu({4 + 2 * i}u) + c * pu({5 + 2 * i}u)", f"t{i}_{k}"))
+        return _module(tensors, "\n".join(lines))
+
+    key = ("norm_finish", K, tuple(k for _, k in outputs), tuple(t.dtype for t in tensors))
+    _launch(key, "norm_finish_sums", tensors, p, source, codegen.groups_for(C, WG))
+
+
+@implements(aten.native_layer_norm_backward.default)
+def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, bias, output_mask):
+    nd = len(normalized_shape)
+    axis = x.dim() - nd
+    x, grad_out = _contig(x), _contig(grad_out)
+    mean, rstd = _contig(mean), _contig(rstd)
+    M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
+    weight = _flat(weight, L)
+    gi = empty(x.shape, x.dtype) if output_mask[0] else None
+    gw = empty(list(normalized_shape), weight.dtype) if output_mask[1] and weight is not None else None
+    gb_dtype = bias.dtype if bias is not None else (weight.dtype if weight is not None else x.dtype)
+    gb = empty(list(normalized_shape), gb_dtype) if output_mask[2] and bias is not None else None
+    if M == 0 or L == 0:
+        from navitrain.wgpu.ops.copy import fill
+
+        for t in (gw, gb):
+            if t is not None:
+                fill(t, 0)
+        return gi, gw, gb
+    if gi is not None:
+        tpr = _threads_per_row(L)
+        tensors = [gi, grad_out, x, mean, rstd] + ([weight] if weight is not None else [])
+        p = codegen.Params()
+        p.u(M, L, gi.elem_offset, grad_out.elem_offset, x.elem_offset, mean.elem_offset, rstd.elem_offset)
+        if weight is not None:
+            _vec(weight, p)  # 7, 8
+
+        def source():
+            w = _ld(weight, 5, "pu(7u) + j * pu(8u)") if weight is not None else "1.0"
+            loads = (f"let gv = {_ld(grad_out, 1, 'pu(3u) + row * L + j')} * {w}; "
+                     f"let xh = ({_ld(x, 2, 'pu(4u) + row * L + j')} - mu) * rs;")
+            lines = [_row_frame(tpr),
+                     "  var mu = 0.0; var rs = 0.0;",
+                     f"  if (live) {{ mu = {_ld(mean, 3, 'pu(5u) + row')}; rs = {_ld(rstd, 4, 'pu(6u) + row')}; }}",
+                     _row_sums(tpr, ["gv", "gv * xh"], loads, ["sg", "sgx"]),
+                     "  if (!live) { return; }",
+                     "  let inv_l = 1.0 / f32(L);",
+                     f"  for (var j = lane; j < L; j = j + {tpr}u) {{",
+                     "    " + loads,
+                     "    " + _sv(gi, 0, "pu(2u) + row * L + j", "rs * (gv - sg * inv_l - xh * sgx * inv_l)"),
+                     "  }"]
+            return _module(tensors, "\n".join(lines), f"var<workgroup> red: array<f32, {2 * WG}>;\n")
+
+        key = ("ln_bwd", tpr, weight is not None, tuple(t.dtype for t in tensors))
+        _launch(key, "layer_norm_backward", tensors, p, source, _row_groups(M, tpr))
+    if gw is not None or gb is not None:
+        # Column sums over the M rows: [M, L] is [A, C, 1] with per-row mean/rstd.
+        flat_mean = aten.reshape.default(mean, [M])
+        flat_rstd = aten.reshape.default(rstd, [M])
+        partials, G, Bp = _channel_sums("ln_wb", M, L, 1, [grad_out, x], ["X0 * (X1 - R0) * R1", "X0"],
+                                        row_vecs=[flat_mean, flat_rstd])
+        outs = ([(aten.reshape.default(gw, [L]), 0)] if gw is not None else []) + \
+               ([(aten.reshape.default(gb, [L]), 1)] if gb is not None else [])
+        _finish_sums(partials, G, Bp, L, outs)
+    return gi, gw, gb
+
+
+# -- group norm ---------------------------------------------------------------------------------------
+@implements(aten.native_group_norm.default)
+def native_group_norm(x, weight, bias, N, C, HxW, group, eps):
+    x = _contig(x)
+    y = empty(x.shape, x.dtype)
+    mean, rstd = empty([N, group], x.dtype), empty([N, group], x.dtype)
+    M, L = N * group, (C // group) * HxW
+    if M == 0:
+        return y, mean, rstd
+    if L == 0:
+        _fill_nan_or_empty(mean, rstd)
+        return y, mean, rstd
+    _row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=(group, C // group, HxW))
+    return y, mean, rstd
+
+
+@implements(aten.native_group_norm_backward.default)
+def native_group_norm_backward(grad_out, x, mean, rstd, weight, N, C, HxW, group, output_mask):
+    x, grad_out = _contig(x), _contig(grad_out)
+    mean, rstd = _contig(mean), _contig(rstd)
+    D = C // group
+    pdt = weight.dtype if weight is not None else x.dtype
+    gi = empty(x.shape, x.dtype) if output_mask[0] else None
+    gw = empty([C], pdt) if output_mask[1] else None
+    gb = empty([C], pdt) if output_mask[2] else None
+    if N * C * HxW == 0:
+        from navitrain.wgpu.ops.copy import fill
+
+        for t in (gw, gb):
+            if t is not None:
+                fill(t, 0)
+        return gi, gw, gb
+    # ds[n, c] = sum(dy * x), db[n, c] = sum(dy) over the HxW positions; then two floats per (n, group).
+    scratch = empty([2 * N * C + 2 * N * group], torch.float32)
+    tpr = _threads_per_row(HxW)
+    tensors = [scratch, grad_out, x]
+    p = codegen.Params()
+    p.u(N * C, HxW, scratch.elem_offset, grad_out.elem_offset, x.elem_offset)
+
+    def sums_source():
+        loads = (f"let dy = {_ld(grad_out, 1, 'pu(3u) + row * L + j')}; "
+                 f"let xv = {_ld(x, 2, 'pu(4u) + row * L + j')};")
+        lines = [_row_frame(tpr), _row_sums(tpr, ["dy * xv", "dy"], loads, ["ds", "db"]),
+                 "  if (live && lane == 0u) { b0[pu(2u) + 2u * row] = ds; b0[pu(2u) + 2u * row + 1u] = db; }"]
+        return _module(tensors, "\n".join(lines), f"var<workgroup> red: array<f32, {2 * WG}>;\n")
+
+    _launch(("gn_bwd_sums", tpr, tuple(t.dtype for t in tensors)), "group_norm_backward_sums", tensors, p,
+            sums_source, _row_groups(N * C, tpr))
+
+    w_list = [weight] if weight is not None else []
+    if gi is not None:
+        # c2, c3 per (n, g): dx = rstd * w[c] * dy + c2 * x + c3 (PyTorch's CPU formulation).
+        t2 = [scratch, mean, rstd] + w_list
+        p2 = codegen.Params()
+        p2.u(N * group, group, D, scratch.elem_offset, 2 * N * C, mean.elem_offset, rstd.elem_offset)
+        p2.f(1.0 / (D * HxW))  # 7
+        if weight is not None:
+            _vec(weight, p2)  # 8, 9
+
+        def coef_source():
+            w = _ld(weight, 3, "pu(8u) + c * pu(9u)") if weight is not None else "1.0"
+            lines = ["  let i = gi; if (i >= pu(0u)) { return; }",
+                     "  let n = i / pu(1u); let g = i % pu(1u); let D = pu(2u);",
+                     "  var dsg = 0.0; var dbg = 0.0;",
+                     "  for (var d = 0u; d < D; d = d + 1u) {",
+                     "    let c = g * D + d; let at = pu(3u) + 2u * (n * pu(1u) * D + c);",
+                     f"    let wc = {w};",
+                     "    dsg = dsg + b0[at] * wc; dbg = dbg + b0[at + 1u] * wc;",
+                     "  }",
+                     f"  let mu = {_ld(mean, 1, 'pu(5u) + i')}; let rs = {_ld(rstd, 2, 'pu(6u) + i')};",
+                     "  let s = pf(7u);",
+                     "  let c2 = (dbg * mu - dsg) * rs * rs * rs * s;",
+                     "  let c3 = -c2 * mu - dbg * rs * s;",
+                     "  b0[pu(3u) + pu(4u) + 2u * i] = c2; b0[pu(3u) + pu(4u) + 2u * i + 1u] = c3;"]
+            return _module(t2, "\n".join(lines))
+
+        _launch(("gn_bwd_coef", tuple(t.dtype for t in t2)), "group_norm_backward_coefs", t2, p2, coef_source,
+                codegen.groups_for(N * group, WG))
+
+        t3 = [gi, grad_out, x, scratch, rstd] + w_list
+        total = N * C * HxW
+        p3 = codegen.Params()
+        p3.u(total, C, HxW, D, group, gi.elem_offset, grad_out.elem_offset, x.elem_offset,
+             scratch.elem_offset + 2 * N * C, rstd.elem_offset)
+        if weight is not None:
+            _vec(weight, p3)  # 10, 11
+
+        def apply_source():
+            w = _ld(weight, 5, "pu(10u) + c * pu(11u)") if weight is not None else "1.0"
+            lines = ["  if (gi >= pu(0u)) { return; }",
+                     "  let nc = gi / pu(2u); let c = nc % pu(1u); let n = nc / pu(1u);",
+                     "  let ng = n * pu(4u) + c / pu(3u);",
+                     f"  let rs = {_ld(rstd, 4, 'pu(9u) + ng')};",
+                     f"  let dy = {_ld(grad_out, 1, 'pu(6u) + gi')}; let xv = {_ld(x, 2, 'pu(7u) + gi')};",
+                     f"  let v = rs * {w} * dy + b3[pu(8u) + 2u * ng] * xv + b3[pu(8u) + 2u * ng + 1u];",
+                     "  " + _sv(gi, 0, "pu(5u) + gi", "v")]
+            return _module(t3, "\n".join(lines))
+
+        _launch(("gn_bwd_apply", tuple(t.dtype for t in t3)), "group_norm_backward_input", t3, p3, apply_source,
+                codegen.groups_for(total, WG))
+
+    if gw is not None or gb is not None:
+        outs = [t for t in (gw, gb) if t is not None]
+        t4 = [scratch, mean, rstd] + outs
+        p4 = codegen.Params()
+        p4.u(C, N, D, group, scratch.elem_offset, mean.elem_offset, rstd.elem_offset)
+        for t in outs:
+            _vec(t, p4)  # 7.., 9..
+
+        def wb_source():
+            lines = ["  let c = gi; if (c >= pu(0u)) { return; }",
+                     "  let g = c / pu(2u);",
+                     "  var sw = 0.0; var sb = 0.0;",
+                     "  for (var n = 0u; n < pu(1u); n = n + 1u) {",
+                     "    let at = pu(4u) + 2u * (n * pu(0u) + c); let ng = n * pu(3u) + g;",
+                     f"    let mu = {_ld(mean, 1, 'pu(5u) + ng')}; let rs = {_ld(rstd, 2, 'pu(6u) + ng')};",
+                     "    sw = sw + (b0[at] - b0[at + 1u] * mu) * rs; sb = sb + b0[at + 1u];",
+                     "  }"]
+            for i, (t, v) in enumerate(zip(outs, [s for s, t in (("sw", gw), ("sb", gb)) if t is not None])):
+                lines.append("  " + _sv(t, 3 + i, f"pu({7 + 2 * i}u) + c * pu({8 + 2 * i}u)", v))
+            return _module(t4, "\n".join(lines))
+
+        _launch(("gn_bwd_wb", gw is not None, gb is not None, tuple(t.dtype for t in t4)),
+                "group_norm_backward_params", t4, p4, wb_source, codegen.groups_for(C, WG))
+    return gi, gw, gb
