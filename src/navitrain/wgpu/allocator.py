@@ -20,8 +20,20 @@ ALIGN = 256  # byte alignment of every block: keeps vec4 loads and every element
 _MiB = 1 << 20
 
 
+_CLASSES: dict[int, int] = {}
+
+
 def size_class(nbytes: int) -> int:
     """Round a request up to its class: powers of two up to 1 MiB, then eighths of a power of two."""
+    cls = _CLASSES.get(nbytes)
+    if cls is None:
+        if len(_CLASSES) > 65536:
+            _CLASSES.clear()
+        cls = _CLASSES[nbytes] = _size_class(nbytes)
+    return cls
+
+
+def _size_class(nbytes: int) -> int:
     n = max(ALIGN, (nbytes + ALIGN - 1) // ALIGN * ALIGN)
     if n <= _MiB:
         return 1 << (n - 1).bit_length()
@@ -134,7 +146,10 @@ class CachingAllocator:
             block.live = False
             block.heap.live -= 1
             self.allocated -= block.size
-            self._free.setdefault(block.size, []).append(block)
+            free = self._free.get(block.size)
+            if free is None:
+                free = self._free[block.size] = []
+            free.append(block)
 
     def empty_cache(self) -> None:
         with self._lock:

@@ -11,14 +11,26 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import struct
+
 import torch
 
 from navitrain.wgpu import codegen, wgsl_math
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import WgpuTensor, empty
+from navitrain.wgpu.tensor import WgpuTensor, _dense_non_overlapping, empty, empty_fast
 
 NAMES = "abcd"
 WG = 256
+_GROUPS: dict = {}
+
+
+def groups_for(numel: int) -> tuple[int, int, int]:
+    g = _GROUPS.get(numel)
+    if g is None:
+        if len(_GROUPS) > 4096:
+            _GROUPS.clear()
+        g = _GROUPS[numel] = codegen.groups_for(numel, WG)
+    return g
 
 
 def broadcast_shape(*shapes) -> tuple[int, ...]:
@@ -98,10 +110,57 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
     return codegen.module(types, "\n".join(lines), WG, helpers=wgsl_math.helpers("shader-int64" in rt.features))
 
 
+_FAST: dict = {}
+
+
+class _FastLaunch:
+    """A compiled contiguous-layout kernel and the packer of its parameter block."""
+
+    __slots__ = ("kernel", "pack")
+
+    def __init__(self, kernel, n_inputs: int, scalar_kinds: str):
+        self.kernel = kernel
+        self.pack = struct.Struct("<" + "I" * (2 + n_inputs) + "".join("f" if k == "f" else "i" for k in scalar_kinds)).pack
+
+
 def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,
         scalars: Sequence = (), scalar_kinds: str = "", out: WgpuTensor | None = None,
         load_types: Sequence[str] | None = None, shape: tuple | None = None) -> WgpuTensor:
     """Compute `expr` elementwise over broadcast `inputs` into `out` (allocated when None)."""
+    # Fast path (the common case in training): inputs contiguous with one shape (or single elements
+    # of no more dims), a fresh contiguous output. Everything but the offsets is looked up once.
+    if out is None and shape is None and inputs and inputs[0].is_contiguous():
+        first = inputs[0]
+        fshape = first.shape
+        modes = ""
+        for t in inputs:
+            if t.shape == fshape and t.is_contiguous():
+                modes += "c"
+            elif t.numel() == 1 and t.dim() <= first.dim():
+                modes += "s"
+            else:
+                modes = None
+                break
+        if modes is not None:
+            kinds = scalar_kinds or "f" * len(scalars)
+            key = (name, expr, out_dtype, modes, kinds, compute, load_types and tuple(load_types),
+                   *(t.dtype for t in inputs))
+            fast = _FAST.get(key)
+            if fast is None:
+                lt = tuple(load_types) if load_types is not None else (compute,) * len(inputs)
+                in_types = tuple(t.dtype for t in inputs)
+                kernel = runtime().kernel(("pw", name, expr, in_types, lt, out_dtype, modes, 0, kinds, compute),
+                                          f"pointwise_{name}", 1 + len(inputs),
+                                          lambda: _source(expr, in_types, lt, out_dtype, modes, 0, kinds, compute))
+                fast = _FAST[key] = _FastLaunch(kernel, len(inputs), kinds)
+            numel = first.numel()
+            out = empty_fast(fshape, first.stride(), out_dtype, numel)
+            if numel:
+                rt = runtime()
+                rt.dispatch(fast.kernel, (out._ws.heap, *(t._ws.heap for t in inputs)),
+                            fast.pack(numel, out.elem_offset, *(t.elem_offset for t in inputs), *scalars),
+                            groups_for(numel))
+            return out
     if shape is None:
         shape = tuple(inputs[0].shape) if len(inputs) == 1 else broadcast_shape(*(t.shape for t in inputs))
     if out is None:
@@ -155,7 +214,7 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
         kernel = rt.kernel(key, f"pointwise_{name}", 1 + len(inputs),
                            lambda: _source(expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute))
     heaps = (out._ws.heap,) + tuple(t._ws.heap for t in inputs)
-    rt.dispatch(kernel, heaps, params.pack(), codegen.groups_for(numel, WG))
+    rt.dispatch(kernel, heaps, params.pack(), groups_for(numel))
     return out
 
 
@@ -164,8 +223,6 @@ def _new_output(inputs: Sequence[WgpuTensor], shape: tuple, dtype: torch.dtype) 
     (so channels_last stays channels_last); otherwise contiguous."""
     for t in inputs:
         if tuple(t.shape) == shape and not t.is_contiguous():
-            from navitrain.wgpu.tensor import _dense_non_overlapping
-
             if _dense_non_overlapping(t):
                 return empty(shape, dtype, t.stride())
             break

@@ -109,6 +109,7 @@ class Runtime:
         self.allocator.on_heap_freed = self._forget_heap
 
         self._raw = _raw_api()
+        self._lib = self._raw[1] if self._raw else None
         self._param_align = max(PARAM_BYTES, int(self.limits.get("min-uniform-buffer-offset-alignment", 256)))
         usage = wgpu.BufferUsage
         self._param_buffer = self.device.create_buffer(
@@ -159,7 +160,7 @@ class Runtime:
 
     def _forget_heap(self, heap: Heap) -> None:
         self._heaps_by_index.pop(heap.index, None)
-        for key in [k for k in self._bind_groups if heap.index in k]:
+        for key in [k for k in self._bind_groups if any(h is heap for h in k)]:
             del self._bind_groups[key]
 
     def malloc(self, nbytes: int) -> Block:
@@ -210,8 +211,10 @@ class Runtime:
             return kernel
 
     def _bind_group(self, heaps: tuple[Heap, ...]):
-        key = tuple(h.index for h in heaps)
-        entry = self._bind_groups.get(key)
+        entry = self._bind_groups.get(heaps)
+        if entry is not None:
+            return entry
+        key = heaps
         if entry is None:
             bgl = self._layout(len(heaps))[0]
             entries = [{"binding": 0, "resource": {"buffer": self._param_buffer, "offset": 0, "size": PARAM_BYTES}}]
@@ -234,28 +237,28 @@ class Runtime:
         with self.lock:
             if self.lost_reason is not None:
                 raise DeviceLostError(self.lost_reason)
-            if self._param_used + self._param_align > _PARAM_ARENA:
+            offset = self._param_used
+            if offset + self._param_align > _PARAM_ARENA:
                 self.flush()
+                offset = 0
             if self._pass is None:
                 self._begin()
-            offset = self._param_used
             self._param_arena[offset:offset + len(params)] = params
             self._param_used = offset + self._param_align
-            group, group_raw = self._bind_group(heaps)
-            raw = self._raw
-            if raw is not None:
-                lib = raw[1]
+            entry = self._bind_groups.get(heaps) or self._bind_group(heaps)
+            lib = self._lib
+            if lib is not None:
                 if self._last_kernel is not kernel:
                     lib.wgpuComputePassEncoderSetPipeline(self._pass_raw, kernel.raw)
                     self._last_kernel = kernel
                 self._offsets[0] = offset
-                lib.wgpuComputePassEncoderSetBindGroup(self._pass_raw, 0, group_raw, 1, self._offsets)
+                lib.wgpuComputePassEncoderSetBindGroup(self._pass_raw, 0, entry[1], 1, self._offsets)
                 lib.wgpuComputePassEncoderDispatchWorkgroups(self._pass_raw, groups[0], groups[1], groups[2])
             else:
                 if self._last_kernel is not kernel:
                     self._pass.set_pipeline(kernel.pipeline)
                     self._last_kernel = kernel
-                self._pass.set_bind_group(0, group, [offset])
+                self._pass.set_bind_group(0, entry[0], [offset])
                 self._pass.dispatch_workgroups(*groups)
             self._pending += 1
             self.dispatch_count += 1

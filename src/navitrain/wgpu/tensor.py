@@ -16,6 +16,7 @@ from collections import OrderedDict
 import torch
 
 from navitrain.wgpu import dtypes as _dtypes
+from navitrain.wgpu import runtime as _rt_mod
 from navitrain.wgpu.runtime import runtime
 
 DEVICE = torch.device("wgpu", 0)
@@ -57,11 +58,10 @@ def contiguous_strides(size) -> tuple[int, ...]:
 
 
 def new_storage(nelem: int, dtype: torch.dtype) -> WgpuStorage:
-    rt = runtime()
-    try:
-        st = rt.stypes[dtype]
-    except KeyError:
-        raise TypeError(f"dtype {dtype} is not supported on the wgpu device") from None
+    rt = _rt_mod._runtime or runtime()
+    st = rt.stypes.get(dtype)
+    if st is None:
+        raise TypeError(f"dtype {dtype} is not supported on the wgpu device")
     block = rt.malloc(max(1, nelem) * st.itemsize)
     return WgpuStorage(block, st, nelem)
 
@@ -142,7 +142,7 @@ def wrap(storage: WgpuStorage, size, stride, offset: int, dtype: torch.dtype) ->
     can have on this device so that in-place metadata changes (resize_, set_) pass its bounds checks.
     """
     t = _make(WgpuTensor, size, strides=stride, storage_offset=offset, dtype=dtype, device=DEVICE,
-              storage_size=runtime().allocator.max_binding)
+              storage_size=(_rt_mod._runtime or runtime()).allocator.max_binding)
     t._ws = storage
     return t
 
@@ -180,6 +180,11 @@ def empty(size, dtype: torch.dtype, stride=None) -> WgpuTensor:
         stride = tuple(int(s) for s in stride)
         nelem = 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(s > 0 for s in size) else 0
     return wrap(new_storage(nelem, dtype), size, stride, 0, dtype)
+
+
+def empty_fast(size, stride, dtype: torch.dtype, numel: int) -> WgpuTensor:
+    """A new tensor with the given contiguous geometry (no checks: the hot path of pointwise ops)."""
+    return wrap(new_storage(numel, dtype), size, stride, 0, dtype)
 
 
 def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:

@@ -1,4 +1,4 @@
 """Operator handlers of the wgpu device, one module per family; importing registers them all."""
 from navitrain.wgpu.ops import (  # noqa: F401
-    activations, conv, copy, elementwise, factory, foreach, loss, losses, matmul, norm, pooling, random, reductions, shape, softmax, views,
+    activations, conv, copy, elementwise, factory, foreach, loss, losses, matmul, norm, pooling, random, reductions, shape, softmax, upsample, views,
 )

@@ -28,6 +28,9 @@ WG = 256
 _LOWEST = {"f32": "bitcast<f32>(0xff800000u)", "i32": "(-2147483647 - 1)", "i64": "(-9223372036854775807li - 1li)"}
 _ZERO = {"f32": "0.0", "i32": "0", "i64": "0li"}
 
+# NaN test on the bits: naga compiles `v != v` to an ordered comparison, false for NaN (seen on lavapipe).
+IS_NAN = "fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }\n"
+
 
 # -- layouts ------------------------------------------------------------------------------------
 def suggests_channels_last(t: torch.Tensor) -> bool:
@@ -87,18 +90,22 @@ def compute_type(dtype: torch.dtype, floats_only: bool = False) -> str | None:
 class ParamBlock:
     """Named kernel parameters: the same name list gives the WGSL `let`s and packs the values."""
 
-    def __init__(self, unsigned: tuple[str, ...], signed: tuple[str, ...] = ()):
-        self.unsigned, self.signed = unsigned, signed
+    def __init__(self, unsigned: tuple[str, ...], signed: tuple[str, ...] = (), floats: tuple[str, ...] = ()):
+        self.unsigned, self.signed, self.floats = unsigned, signed, floats
 
     def wgsl(self) -> str:
-        lines = [f"  let {n} = pu({k}u);" for k, n in enumerate(self.unsigned)]
-        lines += [f"  let {n} = pi({len(self.unsigned) + k}u);" for k, n in enumerate(self.signed)]
+        lines, k = [], 0
+        for names, read in ((self.unsigned, "pu"), (self.signed, "pi"), (self.floats, "pf")):
+            for n in names:
+                lines.append(f"  let {n} = {read}({k}u);")
+                k += 1
         return "\n".join(lines) + "\n"
 
     def pack(self, values: dict) -> bytes:
         p = codegen.Params()
         p.u(*(values.get(n, 0) for n in self.unsigned))
         p.i(*(values.get(n, 0) for n in self.signed))
+        p.f(*(values.get(n, 0.0) for n in self.floats))
         return p.pack()
 
 
@@ -205,7 +212,7 @@ def _forward_source(kind: str, x_st, out_st, idx_st, compute: str, channels_last
   let sh = dH; let sw = dW;""")
         else:
             body.append(_ADAPTIVE_WINDOW + "  let sh = 1; let sw = 1;")
-        nan = " || v != v" if compute == "f32" else ""
+        nan = " || is_nan(v)" if compute == "f32" else ""
         body.append(f"""
   var best: {compute} = {_LOWEST[compute]}; var at = h0 * i32(IW) + w0;
   for (var ih = h0; ih < h1; ih = ih + sh) {{
@@ -242,7 +249,7 @@ def _forward_source(kind: str, x_st, out_st, idx_st, compute: str, channels_last
   }}
   b0[out_off + gi] = {out_st.store("r")};""")
     types = [out_st.wgsl, x_st.wgsl] + ([idx_st.wgsl] if kind in ("max", "amax") else [])
-    return codegen.module(types, _FWD.wgsl() + "\n".join(body), WG)
+    return codegen.module(types, _FWD.wgsl() + "\n".join(body), WG, helpers=IS_NAN)
 
 
 def _run_forward(kind: str, x, out_hw, values: dict, compute: str):
