@@ -29,7 +29,7 @@ _LOWEST = {"f32": "bitcast<f32>(0xff800000u)", "i32": "(-2147483647 - 1)", "i64"
 _ZERO = {"f32": "0.0", "i32": "0", "i64": "0li"}
 
 # NaN test on the bits: naga compiles `v != v` to an ordered comparison, false for NaN (seen on lavapipe).
-IS_NAN = "fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }\n"
+IS_NAN = "fn pool_is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }\n"
 
 
 # -- layouts ------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def _forward_source(kind: str, x_st, out_st, idx_st, compute: str, channels_last
   let sh = dH; let sw = dW;""")
         else:
             body.append(_ADAPTIVE_WINDOW + "  let sh = 1; let sw = 1;")
-        nan = " || is_nan(v)" if compute == "f32" else ""
+        nan = " || pool_is_nan(v)" if compute == "f32" else ""
         body.append(f"""
   var best: {compute} = {_LOWEST[compute]}; var at = h0 * i32(IW) + w0;
   for (var ih = h0; ih < h1; ih = ih + sh) {{
