@@ -58,13 +58,18 @@ def _run_all(route):
     assert not run.interrupted
     outcomes = {r.case: (r.outcome, r.detail) for r in run.results}
     assert set(outcomes) == {c.name for c in catalogue}
-    failed = {name: o for name, o in outcomes.items() if o[0] != "pass"}
+    # A device type without autocast reports those cases unavailable, by design; nothing else may fail.
+    by_design = {c.name for c in catalogue if c.group == "autocast"}
+    failed = {name: o for name, o in outcomes.items()
+              if o[0] != "pass" and not (o[0] == "unavailable" and name in by_design)}
     assert not failed, failed
+    return outcomes
 
 
 @pytest.mark.slow
 def test_full_catalogue_passes_on_cpu():
-    _run_all("cpu")
+    outcomes = _run_all("cpu")
+    assert outcomes["autocast-bf16"][0] == "pass"  # the CPU has autocast
 
 
 @pytest.mark.slow

@@ -73,10 +73,22 @@ def module(m, device, dtype):
     return m.to(device=device, dtype=dtype)
 
 
-def require_autocast(device) -> None:
-    """Raise Unsupported when torch has no autocast for this device type."""
+def require_autocast(device, dtype=None) -> None:
+    """Raise Unsupported when torch has no autocast (in `dtype`) for this device: the device type has
+    none, a Python backend's device module lacks get_amp_supported_dtype, or a CUDA/ROCm GPU has no
+    bfloat16."""
     from navitrain.probe.cases import Unsupported
 
     available = getattr(torch.amp, "is_autocast_available", None)
     if available is not None and not available(device.type):
         raise Unsupported(f"torch has no autocast for device type {device.type!r}")
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise Unsupported("this GPU has no bfloat16 autocast")
+    elif device.type == torch._C._get_privateuse1_backend_name():
+        backend = getattr(torch, device.type, None)
+        supported = getattr(backend, "get_amp_supported_dtype", None)
+        if supported is None:
+            raise Unsupported(f"the {device.type} device module does not support autocast (no get_amp_supported_dtype)")
+        if dtype is not None and dtype not in supported():
+            raise Unsupported(f"the {device.type} device has no {str(dtype).replace('torch.', '')} autocast")

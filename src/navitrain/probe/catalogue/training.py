@@ -45,7 +45,7 @@ def _autocast_case(device, dtype, amp_dtype):
     autocast, since autocast leaves float64 alone."""
     amp = dtype != torch.float64
     if amp:
-        require_autocast(device)
+        require_autocast(device, amp_dtype)
     param_dtype = torch.float32 if amp else dtype
     net = module(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)),
                  device, param_dtype)
