@@ -96,7 +96,10 @@ def _torch_facts() -> dict:
     import torch
 
     try:
-        arch_list = sorted(torch.cuda.get_arch_list())
+        # The compiled-in list, read without initialising the GPU runtime (some torch versions'
+        # get_arch_list() asks is_available() first, which can hang on a broken driver).
+        flags = getattr(torch._C, "_cuda_getArchFlags", None)
+        arch_list = sorted((flags() or "").split()) if flags is not None else sorted(torch.cuda.get_arch_list())
     except Exception as exc:
         arch_list = [f"error: {exc}"]
     return {"version": torch.__version__, "hip": getattr(torch.version, "hip", None),
