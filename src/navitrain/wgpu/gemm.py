@@ -66,15 +66,28 @@ class Operand:
 
 @dataclass(frozen=True)
 class Strided(Operand):
-    """A plain matrix: element (row, k) at base + batch*sb + row*srow + k*sk (words from `first`)."""
+    """A plain matrix: element (row, k) at base + batch*sb + row*srow + k*sk (words from `first`).
+    With `vec_binding` (the same heap bound as array<vec4<f32>>), each load slot fetches four
+    consecutive elements along the contiguous dimension in one 16-byte load; the caller guarantees
+    the alignment (offsets and strides multiples of 4, no partial tiles)."""
     first: int            # parameter word of [offset, srow, sk, sbatch]
     binding: str
     wgsl: str
     fastest: str = "k"
+    vec_binding: str | None = None
+
+    @property
+    def vec(self) -> int:
+        return 4 if self.vec_binding else 1
 
     @property
     def key(self):
-        return ("strided", self.first, self.binding, self.wgsl, self.fastest)
+        return ("strided", self.first, self.binding, self.wgsl, self.fastest, self.vec_binding)
+
+    def load_vec(self, p, e, row, k):
+        if self.fastest == "k":    # four consecutive k of one row
+            return f"{self.vec_binding}[({p}_r{e} + {k}) >> 2u]"
+        return f"{self.vec_binding}[({p}_r{e} + ({k}) * {p}_sk) >> 2u]"  # four consecutive rows
 
     def setup(self, p):
         f = self.first
@@ -169,14 +182,21 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
     for line in A.setup("a") + B.setup("b"):
         w("  " + line)
     # Per load slot: its tile coordinates and everything that depends on its row only.
+    vec = {}
+    for p, op, rows in (("a", A, BM), ("b", B, BN)):
+        v = getattr(op, "vec", 1) if not guard else 1
+        vec[p] = v if (rows * BK) % (WG * v) == 0 else 1
+    LA //= vec["a"]
+    LB //= vec["b"]
     for p, op, rows, slots in (("a", A, BM, LA), ("b", B, BN, LB)):
         origin = "m0" if p == "a" else "n0"
+        v = vec[p]
         for e in range(slots):
             w(f"  let {p}_idx{e} = lid + {e * WG}u;")
             if op.fastest == "row":
-                w(f"  let {p}_kl{e} = {p}_idx{e} / {rows}u; let {p}_rl{e} = {p}_idx{e} % {rows}u;")
+                w(f"  let {p}_kl{e} = {p}_idx{e} / {rows // v}u; let {p}_rl{e} = ({p}_idx{e} % {rows // v}u) * {v}u;")
             else:
-                w(f"  let {p}_rl{e} = {p}_idx{e} / {BK}u; let {p}_kl{e} = {p}_idx{e} % {BK}u;")
+                w(f"  let {p}_rl{e} = {p}_idx{e} / {BK // v}u; let {p}_kl{e} = ({p}_idx{e} % {BK // v}u) * {v}u;")
             w(f"  let {p}_row{e} = {origin} + {p}_rl{e};")
             for line in op.hoist(p, e, f"{p}_row{e}"):
                 w("  " + line)
@@ -186,6 +206,15 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
     w(f"  for (var k0 = k_lo; k0 < K; k0 = k0 + {BK}u) {{")
     for p, op, rows, slots, smem in (("a", A, BM, LA, "As"), ("b", B, BN, LB, "Bs")):
         for e in range(slots):
+            if vec[p] == 4:  # (an operand that can't vectorise this tile keeps its unused vec4 binding)
+                w(f"    {{ let gk = k0 + {p}_kl{e}; let v4 = {op.load_vec(p, e, f'{p}_row{e}', 'gk')};")
+                if op.fastest == "row":   # four rows at one k: one 16-byte store
+                    w(f"      {smem}[({p}_kl{e} * {rows}u + {p}_rl{e}) >> 2u] = v4; }}")
+                else:                     # four k of one row: scattered into the transposed tile
+                    for q in range(4):
+                        w(f"      {{ let s = ({p}_kl{e} + {q}u) * {rows}u + {p}_rl{e}; {smem}[s >> 2u][s & 3u] = v4[{q}]; }}")
+                    w("    }")
+                continue
             loaded = op.load(p, e, f"{p}_row{e}", "gk")
             cond, val = loaded[0], loaded[1]
             w(f"    {{ let gk = k0 + {p}_kl{e};")
@@ -292,13 +321,27 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
     if cin is not None and beta == 0.0:
         cin = None
     st_c, st_a, st_b = rt.stypes[out.dtype], rt.stypes[a.dtype], rt.stypes[b.dtype]
-    # Coalescing: walk whichever index of the operand is contiguous in memory.
-    A = Strided(8, "b1", st_a.wgsl, "row" if (sam == 1 and sak != 1) else "k")
-    Bop = Strided(12, "b2", st_b.wgsl, "k" if (sbk == 1 and sbn != 1) else "row")
-    cin_wgsl = rt.stypes[cin.dtype].wgsl if cin is not None else None
-    E = Epilogue(16, st_c.wgsl, _Store(st_c), cin=cin_wgsl, cin_first=20,
-                 bindings=codegen.bindings([st_c.wgsl, st_a.wgsl, st_b.wgsl] + ([cin_wgsl] if cin_wgsl else [])))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
+    # Coalescing: walk whichever index of the operand is contiguous in memory.
+    a_fast = "row" if (sam == 1 and sak != 1) else "k"
+    b_fast = "k" if (sbk == 1 and sbn != 1) else "row"
+    cin_wgsl = rt.stypes[cin.dtype].wgsl if cin is not None else None
+    types = [st_c.wgsl, st_a.wgsl, st_b.wgsl] + ([cin_wgsl] if cin_wgsl else [])
+    heaps = [out._ws.heap, a._ws.heap, b._ws.heap] + ([cin._ws.heap] if cin is not None else [])
+    vec_names = {}
+    for name, t, st, fast, (s_row, s_k), s_batch in (("a", a, st_a, a_fast, (sam, sak), sab),
+                                                      ("b", b, st_b, b_fast, (sbn, sbk), sbb)):
+        contiguous_step = s_k if fast == "k" else s_row
+        other = s_row if fast == "k" else s_k
+        rows = cfg.BM if name == "a" else cfg.BN
+        if (not guard and st.wgsl == "f32" and contiguous_step == 1 and t.elem_offset % 4 == 0
+                and other % 4 == 0 and s_batch % 4 == 0 and (rows * cfg.BK) % (cfg.threads * 4) == 0):
+            vec_names[name] = f"b{len(types)}"
+            types.append("vec4<f32>")
+            heaps.append(t._ws.heap)
+    A = Strided(8, "b1", st_a.wgsl, a_fast, vec_names.get("a"))
+    Bop = Strided(12, "b2", st_b.wgsl, b_fast, vec_names.get("b"))
+    E = Epilogue(16, st_c.wgsl, _Store(st_c), cin=cin_wgsl, cin_first=20, bindings=codegen.bindings(types))
     params = codegen.Params()
     params.u(M, N, K)
     params.f(alpha, beta)
@@ -309,8 +352,7 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
     if cin is not None:
         sim, sin, sib = cin_strides
         params.u(cin.elem_offset, sim, sin, sib)
-    heaps = (out._ws.heap, a._ws.heap, b._ws.heap) + ((cin._ws.heap,) if cin is not None else ())
-    launch(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E, heaps, params, M, N, B, guard)
+    launch(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E, tuple(heaps), params, M, N, B, guard)
     return out
 
 
