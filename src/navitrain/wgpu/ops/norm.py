@@ -259,8 +259,9 @@ def _bn_geometry(x):
 
 
 def _bn_apply(x, coefs, coef_offset, A, C, B, out_dtype, grad=None):
-    """The elementwise pass over [A, C, B]: y = x * coef0[c] + coef1[c] (forward), or with `grad`,
-    gi = (dy - coef2[c] - (x - coef0[c]) * coef1[c]) * coef3[c] (backward)."""
+    """The elementwise pass over [A, C, B], with four coefficients k0..k3 per channel:
+    y = (x - k0) * k1 + k2 (forward), or with `grad`, gi = (dy - k2 - (x - k0) * k1) * k3 (backward).
+    Subtracting the mean first keeps y accurate when the mean is large next to the spread."""
     y = empty(x.shape, out_dtype, x.stride())
     n = x.numel()
     tensors = [y, x, coefs] + ([grad] if grad is not None else [])
@@ -272,7 +273,8 @@ def _bn_apply(x, coefs, coef_offset, A, C, B, out_dtype, grad=None):
                  "  let c = (gi / pu(2u)) % pu(1u);",
                  f"  let xv = {_ld(x, 1, 'pu(4u) + gi')};"]
         if grad is None:
-            lines.append("  let v = xv * b2[pu(5u) + 2u * c] + b2[pu(5u) + 2u * c + 1u];")
+            lines.append("  let k = pu(5u) + 4u * c;")
+            lines.append("  let v = (xv - b2[k]) * b2[k + 1u] + b2[k + 2u];")
         else:
             lines.append(f"  let dy = {_ld(grad, 3, 'pu(6u) + gi')};")
             lines.append("  let k = pu(5u) + 4u * c;")
@@ -300,13 +302,13 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
         if n == 0 and C > 0:
             raise RuntimeError(f"input tensor must have at least one element, but got input_sizes = {list(x.shape)}")
         return empty(x.shape, x.dtype, x.stride()), save_mean, save_invstd
-    # The affine coefficients (2 per channel) go after the partial sums, in the same buffer.
+    # The coefficients of the elementwise pass (4 per channel) go after the partial sums, in the same buffer.
     if training:
         coefs, G, Bp = _channel_sums("bn_fwd", A, C, B, [x], ["X0 - SH", "(X0 - SH) * (X0 - SH)"], shift=True,
-                                     extra=2 * C)
+                                     extra=4 * C)
         coef_offset = coefs.elem_offset + G * C * Bp * 2
     else:
-        coefs = empty([2 * C], torch.float32)
+        coefs = empty([4 * C], torch.float32)
         coef_offset = coefs.elem_offset
     tensors = [coefs]
     if training:
@@ -358,9 +360,8 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
             lines.append(f"  let invstd = 1.0 / sqrt({_ld(running_var, bv, iv)} + pf(11u));")
         w = _ld(weight, *at(weight)) if weight is not None else "1.0"
         b = _ld(bias, *at(bias)) if bias is not None else "0.0"
-        lines.append(f"  let alpha = invstd * {w};")
-        lines.append("  b0[pu(5u) + 2u * c] = alpha;")
-        lines.append(f"  b0[pu(5u) + 2u * c + 1u] = {b} - mean * alpha;")
+        lines.append("  let k = pu(5u) + 4u * c;")
+        lines.append(f"  b0[k] = mean; b0[k + 1u] = invstd * {w}; b0[k + 2u] = {b}; b0[k + 3u] = 0.0;")
         return _module(tensors, "\n".join(lines))
 
     key = ("bn_fin", training, has_running, tuple(t.dtype for t in tensors), weight is not None, bias is not None)
