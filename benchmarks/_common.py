@@ -1,0 +1,87 @@
+"""Shared helpers for the GPU benchmarks: timing, validation, device descriptions, tables."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def wgpu_time(fn, iters: int, warmup: int = 2) -> float:
+    """Median seconds per call of fn on the wgpu device (each sample: `iters` calls then a sync)."""
+    import navitrain.wgpu as nw
+
+    for _ in range(warmup):
+        fn()
+    nw.synchronize()
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        nw.synchronize()
+        samples.append((time.perf_counter() - t0) / iters)
+    return statistics.median(samples)
+
+
+def cuda_time(fn, iters: int, warmup: int = 2) -> float:
+    """Median seconds per call with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3 / iters)
+    return statistics.median(samples)
+
+
+def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.double().cpu(), ref.double().cpu()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+            "host": platform.node(), "cpu": platform.processor() or platform.machine()}
+    try:
+        import navitrain.wgpu as nw
+
+        a = nw.adapter_info()
+        info["wgpu_adapter"] = f"{a['name']} ({a['backend']}, {a['adapter_type']}, driver {a['driver']})"
+        import wgpu
+
+        info["wgpu"] = wgpu.__version__
+    except Exception as exc:  # no adapter: reported, not fatal
+        info["wgpu_adapter"] = f"unavailable: {exc}"
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def print_table(headers: list[str], rows: list[list], title: str | None = None) -> None:
+    if title:
+        print(title)
+    cells = [[str(h) for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: str | None, data: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)

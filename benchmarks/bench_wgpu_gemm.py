@@ -1,0 +1,184 @@
+"""fp32 GEMM and implicit-GEMM convolution on the wgpu device, next to the same GPU's torch matmul.
+
+Every kernel is validated against a float64 reference before it is timed (relative Frobenius error
+below 1e-5). TFLOPS count 2*M*N*K per product. The torch reference is torch.mm on CUDA with TF32 off
+(the issue's cuBLAS fp32 baseline), timed in the same run with CUDA events.
+
+    python benchmarks/bench_wgpu_gemm.py                       # squares 1024..8192 + ResNet-18 convs
+    python benchmarks/bench_wgpu_gemm.py --sweep               # every tile config, to pick defaults
+    python benchmarks/bench_wgpu_gemm.py --quick               # tiny sizes (lavapipe smoke test)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cuda_time, machine, print_table, rel_error, wgpu_time, write_json  # noqa: E402
+
+import navitrain.wgpu as nw  # noqa: E402
+from navitrain.wgpu import conv as wconv  # noqa: E402
+from navitrain.wgpu import gemm  # noqa: E402
+from navitrain.wgpu.tensor import empty  # noqa: E402
+
+SWEEP = [
+    gemm.TileConfig(128, 128, 8, 8, 8),
+    gemm.TileConfig(128, 128, 16, 8, 8),
+    gemm.TileConfig(128, 128, 32, 8, 8),
+    gemm.TileConfig(64, 64, 8, 4, 4),
+    gemm.TileConfig(64, 64, 16, 4, 4),
+    gemm.TileConfig(64, 64, 16, 8, 8),
+    gemm.TileConfig(128, 64, 16, 8, 4),
+    gemm.TileConfig(64, 128, 16, 4, 8),
+    gemm.TileConfig(128, 128, 16, 8, 4),
+    gemm.TileConfig(256, 128, 8, 16, 8),
+    gemm.TileConfig(128, 256, 8, 8, 16),
+]
+
+# CIFAR-style ResNet-18 convolutions: (name, in_channels, out_channels, image size, stride, kernel).
+RESNET18 = [
+    ("stem", 3, 64, 32, 1, 3),
+    ("layer1", 64, 64, 32, 1, 3),
+    ("layer2.down", 64, 128, 32, 2, 3),
+    ("layer2", 128, 128, 16, 1, 3),
+    ("layer2.short", 64, 128, 32, 2, 1),
+    ("layer3.down", 128, 256, 16, 2, 3),
+    ("layer3", 256, 256, 8, 1, 3),
+    ("layer3.short", 128, 256, 16, 2, 1),
+    ("layer4.down", 256, 512, 8, 2, 3),
+    ("layer4", 512, 512, 4, 1, 3),
+    ("layer4.short", 256, 512, 8, 2, 1),
+]
+
+
+def _ref_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_mm_tflops(M, N, K, iters):
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    a = torch.randn(M, K, device="cuda")
+    b = torch.randn(K, N, device="cuda")
+    t = cuda_time(lambda: torch.mm(a, b), iters)
+    return 2 * M * N * K / t / 1e12
+
+
+def squares(sizes, configs, iters_for):
+    rows, results = [], []
+    gen = torch.Generator().manual_seed(0)
+    for n in sizes:
+        a_cpu = torch.randn(n, n, generator=gen)
+        b_cpu = torch.randn(n, n, generator=gen)
+        ref = (a_cpu.to(_ref_device(), torch.float64) @ b_cpu.to(_ref_device(), torch.float64)).cpu()
+        a, b = a_cpu.to("wgpu"), b_cpu.to("wgpu")
+        out = empty([n, n], torch.float32)
+        torch_tflops = _torch_mm_tflops(n, n, n, iters_for(n))
+        for cfg in configs:
+            if n % cfg.BM or n % cfg.BN:
+                continue
+            gemm.gemm(a, b, out, config=cfg)
+            err = rel_error(out.cpu(), ref)
+            if err > 1e-5:
+                rows.append([n, _cfg(cfg), "INVALID", f"err {err:.1e}", "", ""])
+                results.append({"n": n, "config": _cfg(cfg), "valid": False, "rel_error": err})
+                continue
+            t = wgpu_time(lambda: gemm.gemm(a, b, out, config=cfg), iters_for(n))
+            tflops = 2 * n ** 3 / t / 1e12
+            pct = 100 * tflops / torch_tflops if torch_tflops else None
+            rows.append([n, _cfg(cfg), f"{t * 1e3:.3f}", f"{tflops:.2f}", f"{torch_tflops:.2f}" if torch_tflops else "-",
+                         f"{pct:.0f}%" if pct else "-"])
+            results.append({"n": n, "config": _cfg(cfg), "valid": True, "rel_error": err, "ms": t * 1e3,
+                            "tflops": tflops, "torch_tflops": torch_tflops, "pct_of_torch": pct})
+    print_table(["n", "tile BMxBNxBK/TMxTN", "ms", "TFLOPS", "torch TFLOPS", "% torch"], rows,
+                "fp32 GEMM C = A @ B (square)")
+    return results
+
+
+def _cfg(cfg):
+    return f"{cfg.BM}x{cfg.BN}x{cfg.BK}/{cfg.TM}x{cfg.TN}"
+
+
+def convs(batch, iters, shapes):
+    rows, results = [], []
+    gen = torch.Generator().manual_seed(1)
+    dev = _ref_device()
+    for name, C, OC, H, s, k in shapes:
+        p = k // 2
+        x_cpu = torch.randn(batch, C, H, H, generator=gen)
+        w_cpu = torch.randn(OC, C, k, k, generator=gen) * (1.0 / (C * k * k) ** 0.5)
+        OH = (H + 2 * p - k) // s + 1
+        dy_cpu = torch.randn(batch, OC, OH, OH, generator=gen)
+        x64, w64, dy64 = (t.to(dev, torch.float64) for t in (x_cpu, w_cpu, dy_cpu))
+        # aten ops directly, not autograd: with the wgpu device registered, PyTorch treats it as the
+        # process's accelerator and CUDA autograd in the same process fails (see docs/wgpu.md).
+        y64 = torch.ops.aten.convolution(x64, w64, None, [s, s], [p, p], [1, 1], False, [0, 0], 1)
+        dx64, dw64, _ = torch.ops.aten.convolution_backward(dy64, x64, w64, None, [s, s], [p, p], [1, 1], False,
+                                                            [0, 0], 1, [True, True, False])
+        x, w, dy = x_cpu.to("wgpu"), w_cpu.to("wgpu"), dy_cpu.to("wgpu")
+        g = wconv.Geometry(batch, C, H, H, OC, OH, OH, k, k, (s, s), (p, p), (1, 1), 1)
+        y, dx, dw = empty(y64.shape, torch.float32), empty(x.shape, torch.float32), empty(w.shape, torch.float32)
+        passes = {
+            "forward": (lambda: wconv.forward(x, w, None, g, y), y, y64, (OC, batch * OH * OH, C * k * k)),
+            "grad_input": (lambda: wconv.grad_input(dy, w, g, dx), dx, dx64, (C, batch * H * H, OC * k * k)),
+            "grad_weight": (lambda: wconv.grad_weight(dy, x, g, dw), dw, dw64, (OC, C * k * k, batch * OH * OH)),
+        }
+        for pass_name, (fn, out, ref, (M, N, K)) in passes.items():
+            fn()
+            err = rel_error(out.cpu(), ref)
+            flops = 2 * M * N * K
+            if err > 1e-5:
+                rows.append([name, pass_name, f"{M}x{N}x{K}", "INVALID", f"err {err:.1e}", "", ""])
+                results.append({"layer": name, "pass": pass_name, "valid": False, "rel_error": err})
+                continue
+            t = wgpu_time(fn, iters)
+            ours = flops / t / 1e12
+            ref_tflops = _torch_mm_tflops(M, N, K, iters)
+            ratio = 100 * ours / ref_tflops if ref_tflops else None
+            rows.append([name, pass_name, f"{M}x{N}x{K}", f"{t * 1e3:.3f}", f"{ours:.2f}",
+                         f"{ref_tflops:.2f}" if ref_tflops else "-", f"{ratio:.0f}%" if ratio else "-"])
+            results.append({"layer": name, "pass": pass_name, "M": M, "N": N, "K": K, "valid": True, "rel_error": err,
+                            "ms": t * 1e3, "tflops": ours, "torch_mm_tflops": ref_tflops, "pct_of_torch_mm": ratio})
+    print_table(["layer", "pass", "GEMM MxNxK", "ms", "TFLOPS", "torch.mm TFLOPS", "%"], rows,
+                f"ResNet-18 (CIFAR) convolutions, batch {batch}, implicit GEMM vs torch.mm of the same shape")
+    return results
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1024,2048,4096,8192")
+    ap.add_argument("--sweep", action="store_true", help="time every tile config in SWEEP")
+    ap.add_argument("--batch", type=int, default=128, help="batch of the ResNet-18 convolutions")
+    ap.add_argument("--no-conv", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test on lavapipe")
+    ap.add_argument("--json", help="write all results here")
+    args = ap.parse_args(argv)
+    info = machine()
+    print(" | ".join(f"{k}: {v}" for k, v in info.items()))
+    if args.quick:
+        sizes, batch, shapes = [128], 2, RESNET18[:2]
+        configs = [gemm.TileConfig(64, 64, 8, 4, 4), gemm.TileConfig(128, 128, 8, 8, 8)]
+    else:
+        sizes, batch, shapes = [int(s) for s in args.sizes.split(",")], args.batch, RESNET18
+        configs = SWEEP if args.sweep else None
+    if configs is None:
+        configs = [gemm.choose_config(n, n, n, 1) for n in sizes]
+        configs = list(dict.fromkeys(configs))
+
+    def iters_for(n):
+        return max(3, min(200, int(2e10 / (2 * n ** 3))))
+
+    result = {"machine": info, "squares": squares(sizes, configs, iters_for)}
+    if not args.no_conv:
+        result["convs"] = convs(batch, 3 if args.quick else 20, shapes)
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
