@@ -298,6 +298,9 @@ def sort_pairs(x, geo, kw, descending, rows, L):
 def sort_int_keys(keys: WgpuTensor):
     """Stable ascending sort of each row of a contiguous 2-D int32 tensor: (sorted keys stored as
     key ^ 0x80000000 in an int32 tensor, original positions as int32), both rows * L elements."""
+    from navitrain.wgpu.ops.scan import contiguous
+
+    keys = contiguous(keys)
     rows, L = keys.shape
     return sort_pairs(keys, (None, L, 1, 0, 1), 1, False, rows, L)
 
@@ -412,3 +415,67 @@ def median_dim(x, dim, keepdim=False):
 def median(x):
     flat = aten.reshape.default(x, [-1])
     return _median(flat, 0, False)[0]
+
+
+# -- unique: sort, mark the first of each run, count (one host read-back: the size depends on the data) --
+# Params: 0 N, 1 sorted values off, 2 run counts off, 3 positions off, 4 values out off, 5 inverse off,
+# 6 run starts off.
+def _unique_source(v_st, i64_st, with_inverse):
+    inverse = (f"\n  inverse[pu(5u) + u32({i64_st.load('perm[pu(3u) + j]', 'i32')})] = {i64_st.store('u')};"
+               if with_inverse else "")
+    body = f"""
+  if (gi >= pu(0u)) {{ return; }}
+  let j = gi;
+  let u = runs[pu(2u) + j] - 1;{inverse}
+  if (j == 0u || sorted[pu(1u) + j] != sorted[pu(1u) + j - 1u]) {{
+    uniq[pu(4u) + u32(u)] = sorted[pu(1u) + j];
+    starts[pu(6u) + u32(u)] = i32(j);
+  }}"""
+    return codegen.module([v_st.wgsl, "i32", i64_st.wgsl, v_st.wgsl, i64_st.wgsl, "i32"], body, WG,
+                          names=["sorted", "runs", "perm", "uniq", "inverse", "starts"])
+
+
+def unique_sorted(x: WgpuTensor, return_inverse: bool, return_counts: bool):
+    from navitrain.wgpu import pointwise
+    from navitrain.wgpu.ops.scan import scan_into
+    from navitrain.wgpu.tensor import to_cpu
+
+    rt = runtime()
+    n = x.numel()
+    flat = aten.reshape.default(x, [n])
+    inverse = empty(x.shape, torch.int64)
+    if n == 0:
+        return empty([0], x.dtype), inverse, empty([0], torch.int64)
+    vals, perm = select_rows(flat, 0, n, False)
+    prev = aten.slice.Tensor(vals, 0, 0, n - 1)
+    heads = empty([n], torch.int32)
+    aten.fill_.Scalar(aten.slice.Tensor(heads, 0, 0, 1), 1)
+    pointwise.run("unique_head", "select(0, 1, a != b)", [aten.slice.Tensor(vals, 0, 1, n), prev], torch.int32,
+                  pointwise.compute_type(x.dtype), out=aten.slice.Tensor(heads, 0, 1, n))
+    runs = scan_into("sum", aten.reshape.default(heads, [1, n]), empty([1, n], torch.int32), 1)
+    count = int(to_cpu(aten.slice.Tensor(aten.reshape.default(runs, [n]), 0, n - 1, n))[0])
+    uniq, starts = empty([count], x.dtype), empty([count + 1], torch.int32)
+    v_st, i64_st = rt.stypes[x.dtype], rt.stypes[torch.int64]
+    kernel = rt.kernel(("unique", x.dtype), "unique", 6, lambda: _unique_source(v_st, i64_st, True))
+    p = codegen.Params()
+    p.u(n, vals.elem_offset, runs.elem_offset, perm.elem_offset, uniq.elem_offset, inverse.elem_offset, starts.elem_offset)
+    rt.dispatch(kernel, (vals._ws.heap, runs._ws.heap, perm._ws.heap, uniq._ws.heap, inverse._ws.heap, starts._ws.heap),
+                p.pack(), codegen.groups_for(n, WG))
+    counts = empty([0], torch.int64)
+    if return_counts:
+        aten.fill_.Scalar(aten.slice.Tensor(starts, 0, count, count + 1), n)
+        counts = pointwise.run("unique_counts", "i64(a) - i64(b)" if i64_st.wgsl == "i64" else "a - b",
+                               [aten.slice.Tensor(starts, 0, 1, count + 1), aten.slice.Tensor(starts, 0, 0, count)],
+                               torch.int64, i64_st.compute)
+    return uniq, inverse if return_inverse else empty([0], torch.int64), counts
+
+
+@implements(aten._unique.default)
+def _unique(x, sorted=True, return_inverse=False):
+    uniq, inverse, _ = unique_sorted(x, return_inverse, False)
+    return uniq, inverse
+
+
+@implements(aten._unique2.default)
+def _unique2(x, sorted=True, return_inverse=False, return_counts=False):
+    return unique_sorted(x, return_inverse, return_counts)
