@@ -74,15 +74,15 @@ def _bn_case(shape, layout="ncs", training=True, affine=True, track=True, offset
     C = shape[1]
     x = _layout((torch.randn(shape, generator=gen) * 2 + offset).to(dtype), layout)
     w = torch.randn(C, generator=gen).to(pdtype) if affine else None
-    b = torch.randn(C, generator=gen).to(pdtype) if affine else None
+    b = torch.randn(C, generator=gen).to(pdtype) if affine is True else None
     rm = torch.randn(C, generator=gen).to(pdtype) if track else None
     rv = (torch.rand(C, generator=gen) + 0.5).to(pdtype) if track else None
     g = torch.randn(shape, generator=gen).to(dtype)
     if grad_layout is not None:
         g = _layout(g, grad_layout)
 
-    xd, wd, bd, rmd, rvd = _dev(x, True), _dev(w, affine), _dev(b, affine), _dev(rm), _dev(rv)
-    xc, wc, bc, rmc, rvc = _cpu(x, grad=True), _cpu(w, grad=affine), _cpu(b, grad=affine), _cpu(rm), _cpu(rv)
+    xd, wd, bd, rmd, rvd = _dev(x, True), _dev(w, True), _dev(b, True), _dev(rm), _dev(rv)
+    xc, wc, bc, rmc, rvc = _cpu(x, grad=True), _cpu(w, grad=True), _cpu(b, grad=True), _cpu(rm), _cpu(rv)
     yd = F.batch_norm(xd, rmd, rvd, wd, bd, training, momentum, 1e-5)
     yc = F.batch_norm(xc, rmc, rvc, wc, bc, training, momentum, 1e-5)
     yd.backward(g.to(DEV))
@@ -94,6 +94,7 @@ def _bn_case(shape, layout="ncs", training=True, affine=True, track=True, offset
     if affine:
         wtol = tol if weight_grad_atol is None else {**tol, "atol": weight_grad_atol}
         _close(wd.grad, wc.grad, wtol, "grad weight")
+    if b is not None:
         _close(bd.grad, bc.grad, tol, "grad bias")
     if track:
         ptol = {"rtol": 1e-4, "atol": 1e-4} if pdtype == F32 else LOW
@@ -106,6 +107,7 @@ BN_CASES = {
     "2d": dict(shape=(4, 3, 5, 5)),
     "2d_eval": dict(shape=(4, 3, 5, 5), training=False),
     "2d_no_affine": dict(shape=(4, 3, 5, 5), affine=False),
+    "2d_weight_only": dict(shape=(4, 3, 5, 5), affine="weight"),
     "2d_no_running_stats": dict(shape=(4, 3, 5, 5), track=False),
     "2d_eval_no_affine": dict(shape=(4, 3, 5, 5), training=False, affine=False),
     "2d_channels_last": dict(shape=(4, 3, 5, 5), layout="cl"),
@@ -265,7 +267,7 @@ def _norm_case(fn, x, params, tol):
 TOL32 = {"rtol": 1e-4, "atol": 1e-4}
 
 LN_CASES = {
-    # (input shape, normalized shape, affine, dtype, param dtype, layout)
+    # (input shape, normalized shape, affine (True, False or "weight"), dtype, param dtype, layout)
     "gpt_rows": ((64, 768), (768,), True, F32, F32, "ncs"),
     "odd_rows": ((3, 7, 33), (33,), True, F32, F32, "ncs"),
     "long_rows": ((5, 1000), (1000,), True, F32, F32, "ncs"),
@@ -273,6 +275,7 @@ LN_CASES = {
     "tiny_rows": ((50, 3), (3,), True, F32, F32, "ncs"),
     "two_normalized_dims": ((2, 3, 4, 5), (4, 5), True, F32, F32, "ncs"),
     "no_affine": ((6, 33), (33,), False, F32, F32, "ncs"),
+    "weight_only": ((6, 33), (33,), "weight", F32, F32, "ncs"),
     "strided_input": ((6, 40), (40,), True, F32, F32, "strided"),
     "half_input_float_params": ((8, 96), (96,), True, F16, F32, "ncs"),
     "half": ((8, 96), (96,), True, F16, F16, "ncs"),
@@ -286,7 +289,9 @@ def test_layer_norm_matches_cpu(case):
     x = _layout((torch.randn(shape, generator=gen) * 3 + 1).to(dtype), layout)
     params = [torch.randn(ns, generator=gen).to(pdtype), torch.randn(ns, generator=gen).to(pdtype)] if affine else []
     tol = TOL32 if dtype == F32 else LOW
-    if affine:
+    if affine == "weight":
+        _norm_case(lambda x, w: F.layer_norm(x, ns, w, None, 1e-5), x, params[:1], tol)
+    elif affine:
         _norm_case(lambda x, w, b: F.layer_norm(x, ns, w, b, 1e-5), x, params, tol)
     else:
         _norm_case(lambda x: F.layer_norm(x, ns, None, None, 1e-5), x, params, tol)
@@ -304,13 +309,14 @@ def test_layer_norm_statistics_dtype_follows_pytorch():
 
 # -- group norm -------------------------------------------------------------------------------------------
 GN_CASES = {
-    # (input shape, groups, affine, dtype, layout)
+    # (input shape, groups, affine (True, False or "weight"), dtype, layout)
     "resnet_like": ((8, 32, 8, 8), 8, True, F32, "ncs"),
     "long_groups": ((2, 64, 1000), 4, True, F32, "ncs"),
     "one_group_per_channel": ((3, 6, 5), 6, True, F32, "ncs"),
     "single_group": ((3, 6, 5), 1, True, F32, "ncs"),
     "no_spatial": ((5, 4), 2, True, F32, "ncs"),
     "no_affine": ((2, 6, 3, 3), 3, False, F32, "ncs"),
+    "weight_only": ((2, 6, 3, 3), 3, "weight", F32, "ncs"),
     "channels_last": ((2, 6, 4, 4), 2, True, F32, "cl"),
     "half": ((2, 8, 4, 4), 4, True, F16, "ncs"),
 }
@@ -324,7 +330,9 @@ def test_group_norm_matches_cpu(case):
     x = _layout((torch.randn(shape, generator=gen) * 2 + 1).to(dtype), layout)
     params = [torch.randn(C, generator=gen).to(dtype), torch.randn(C, generator=gen).to(dtype)] if affine else []
     tol = TOL32 if dtype == F32 else LOW
-    if affine:
+    if affine == "weight":
+        _norm_case(lambda x, w: F.group_norm(x, groups, w, None, 1e-5), x, params[:1], tol)
+    elif affine:
         _norm_case(lambda x, w, b: F.group_norm(x, groups, w, b, 1e-5), x, params, tol)
     else:
         _norm_case(lambda x: F.group_norm(x, groups, None, None, 1e-5), x, params, tol)

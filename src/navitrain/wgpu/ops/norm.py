@@ -236,14 +236,18 @@ def _channel_sums(name, A, C, B, inputs, terms, chan_vecs=(), row_vecs=(), shift
     return partials, G, Bp
 
 
-def _sum_partials(K: int, k: int, index_c: str = "c") -> str:
-    """WGSL summing term k of one channel's partials (params: G at word 0, Bp at 1, C at 2, offset 3)."""
-    return (f"  var t{k} = 0.0;\n"
-            f"  for (var g = 0u; g < pu(0u); g = g + 1u) {{\n"
-            f"    for (var q = 0u; q < pu(1u); q = q + 1u) {{\n"
-            f"      t{k} = t{k} + b0[pu(3u) + ((g * pu(2u) + {index_c}) * pu(1u) + q) * {K}u + {k}u];\n"
-            f"    }}\n"
-            f"  }}\n")
+def _sum_partials(K: int, terms: list[tuple[int, str]], binding: int = 0) -> str:
+    """WGSL declaring, for each (k, var) in `terms`, var = the total of term k of channel c, from the
+    partials of _channel_sums bound at `binding` (params: G at word 0, Bp at 1, C at 2, partials' offset
+    at 3)."""
+    decl = "".join(f"  var {v} = 0.0;\n" for _, v in terms)
+    adds = "".join(f"      {v} = {v} + b{binding}[at + {k}u];\n" for k, v in terms)
+    return (decl
+            + "  for (var g = 0u; g < pu(0u); g = g + 1u) {\n"
+            + "    for (var q = 0u; q < pu(1u); q = q + 1u) {\n"
+            + f"      let at = pu(3u) + ((g * pu(2u) + c) * pu(1u) + q) * {K}u;\n"
+            + adds
+            + "    }\n  }\n")
 
 
 # -- batch norm ---------------------------------------------------------------------------------
@@ -339,7 +343,7 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
             b, w = idx[id(t)]
             return b, f"pu({w}u) + c * pu({w + 1}u)"
         if training:
-            lines.append(_sum_partials(2, 0) + _sum_partials(2, 1))
+            lines.append(_sum_partials(2, [(0, "t0"), (1, "t1")]))
             lines.append(f"  let sh = {_ld(x, 1, 'pu(6u) + c * pu(7u)')};")
             lines.append("  let n = pf(10u); let d = t0 / n;")
             lines.append("  let mean = sh + d; let var_b = max(t1 / n - d * d, 0.0);")
@@ -419,8 +423,7 @@ def _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_me
             where[id(t)] = (nb + k, f"pu({vec_w + 2 * k}u) + c * pu({vec_w + 2 * k + 1}u)")
         lines = ["  let c = gi; if (c >= pu(4u)) { return; }"]
         if need_sums:
-            # _sum_partials reads b0; here the partials are b1.
-            lines.append((_sum_partials(2, 0) + _sum_partials(2, 1)).replace("b0[", "b1["))
+            lines.append(_sum_partials(2, [(0, "t0"), (1, "t1")], binding=1))
         else:
             lines.append("  let t0 = 0.0; let t1 = 0.0;")
         lines.append(f"  let mean = {_ld(mean_src, *where[id(mean_src)])};")
@@ -616,22 +619,22 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
 
 
 def _finish_sums(partials, G, Bp, C, outputs):
-    """outputs: [(tensor, k)]: tensor[c] = total of term k of channel c (thread per channel)."""
-    K = max(k for _, k in outputs) + 1 if outputs else 1
-    tensors = [partials] + [t for t, _ in outputs]
+    """outputs[k][c] = the total of term k of channel c (a thread per channel)."""
+    K = len(outputs)
+    tensors = [partials, *outputs]
     p = codegen.Params()
     p.u(G, Bp, C, partials.elem_offset)
-    for t, _ in outputs:
+    for t in outputs:
         _vec(t, p)
 
     def source():
         lines = ["  let c = gi; if (c >= pu(2u)) { return; }"]
-        for i, (t, k) in enumerate(outputs):
-            lines.append(_sum_partials(K, k).replace(f"t{k}", f"t{i}_{k}"))
-            lines.append("  " + _sv(t, 1 + i, f"pu({4 + 2 * i}u) + c * pu({5 + 2 * i}u)", f"t{i}_{k}"))
+        lines.append(_sum_partials(K, [(k, f"t{k}") for k in range(K)]))
+        for k, t in enumerate(outputs):
+            lines.append("  " + _sv(t, 1 + k, f"pu({4 + 2 * k}u) + c * pu({5 + 2 * k}u)", f"t{k}"))
         return _module(tensors, "\n".join(lines))
 
-    key = ("norm_finish", K, tuple(k for _, k in outputs), tuple(t.dtype for t in tensors))
+    key = ("norm_finish", K, tuple(t.dtype for t in tensors))
     _launch(key, "norm_finish_sums", tensors, p, source, codegen.groups_for(C, WG))
 
 
@@ -684,11 +687,10 @@ def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight
         # Column sums over the M rows: [M, L] is [A, C, 1] with per-row mean/rstd.
         flat_mean = aten.reshape.default(mean, [M])
         flat_rstd = aten.reshape.default(rstd, [M])
-        partials, G, Bp = _channel_sums("ln_wb", M, L, 1, [grad_out, x], ["X0 * (X1 - R0) * R1", "X0"],
+        wanted = [(t, term) for t, term in ((gw, "X0 * (X1 - R0) * R1"), (gb, "X0")) if t is not None]
+        partials, G, Bp = _channel_sums("ln_wb", M, L, 1, [grad_out, x], [term for _, term in wanted],
                                         row_vecs=[flat_mean, flat_rstd])
-        outs = ([(aten.reshape.default(gw, [L]), 0)] if gw is not None else []) + \
-               ([(aten.reshape.default(gb, [L]), 1)] if gb is not None else [])
-        _finish_sums(partials, G, Bp, L, outs)
+        _finish_sums(partials, G, Bp, L, [aten.reshape.default(t, [L]) for t, _ in wanted])
     return gi, gw, gb
 
 
