@@ -123,3 +123,11 @@ def test_bad_sizes_raise_like_the_cpu(call):
         call(x)
     with pytest.raises(RuntimeError):
         call(x.to("wgpu"))
+
+
+def test_more_than_65535_workgroups():
+    """16.8M outputs need a 2-d grid of workgroups (at most 65535 per dimension); float16 keeps it small."""
+    x = torch.randn(1, 1, 2048, 2049, generator=torch.Generator().manual_seed(8)).half()
+    out = F.interpolate(x.to("wgpu"), size=(4096, 4097))
+    assert out.numel() > 65535 * 256
+    assert torch.equal(out.cpu(), F.interpolate(x, size=(4096, 4097)))
