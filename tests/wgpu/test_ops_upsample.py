@@ -29,7 +29,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,variant,dtypes,kw", CASES,
-                         ids=[f"{c[0]}{'.' + c[1] if c[1] else ''}-{'-'.join(str(d)[6:] for d in c[2])}" for c in CASES])
+                         ids=[f"{c[0]}{'.' + c[1] if c[1] else ''}-{'-'.join(str(d)[6:] for d in c[2])}"
+                              for c in CASES])
 def test_op_matches_cpu(name, variant, dtypes, kw):
     op = opinfo.find(name, variant)
     for dtype in dtypes:

@@ -111,14 +111,12 @@ class ParamBlock:
 
 def _geometry(prefix: str, t: torch.Tensor) -> dict:
     s = strides_4d(t)
-    return {f"{prefix}_off": t.elem_offset, f"{prefix}N": s[0], f"{prefix}C": s[1], f"{prefix}H": s[2], f"{prefix}W": s[3]}
+    return {f"{prefix}_off": t.elem_offset, **{f"{prefix}{d}": st for d, st in zip("NCHW", s)}}
 
 
-def _fallback_unless_supported(func, args, dtypes, floats_only: bool):
-    """For dtypes without a pooling kernel: PyTorch's CPU result (counted; refused in strict mode)."""
-    if all(compute_type(d, floats_only) is not None for d in dtypes):
-        return None
-    return cpu_fallback(func, args, {})
+def has_kernel(*dtypes: torch.dtype, floats_only: bool = True) -> bool:
+    """Whether kernels here handle these dtypes; others take the counted CPU fallback (float64, ...)."""
+    return all(compute_type(d, floats_only) is not None for d in dtypes)
 
 
 # -- argument checks and output sizes (PyTorch's Pool.h) -------------------------------------------
@@ -364,21 +362,18 @@ def _check_grad_shape(grad_output, x, out_hw, op: str) -> None:
 # -- max_pool2d -----------------------------------------------------------------------------------
 @implements(aten.max_pool2d_with_indices.default)
 def max_pool2d_with_indices(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
-    args = (x, kernel_size, stride, padding, dilation, ceil_mode)
-    fallback = _fallback_unless_supported(aten.max_pool2d_with_indices.default, args, [x.dtype], floats_only=False)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(x.dtype, floats_only=False):
+        args = (x, kernel_size, stride, padding, dilation, ceil_mode)
+        return cpu_fallback(aten.max_pool2d_with_indices.default, args, {})
     k, s, p, d, out_hw = _window_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d", True)
     return _run_forward("max", x, out_hw, _window_values(k, s, p, d), compute_type(x.dtype))
 
 
 @implements(aten.max_pool2d_with_indices_backward.default)
 def max_pool2d_with_indices_backward(grad_output, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
-    args = (grad_output, x, kernel_size, stride, padding, dilation, ceil_mode, indices)
-    fallback = _fallback_unless_supported(aten.max_pool2d_with_indices_backward.default, args,
-                                   [grad_output.dtype, x.dtype], floats_only=True)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(grad_output.dtype, x.dtype):
+        args = (grad_output, x, kernel_size, stride, padding, dilation, ceil_mode, indices)
+        return cpu_fallback(aten.max_pool2d_with_indices_backward.default, args, {})
     k, s, p, d, out_hw = _window_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d", True)
     _check_grad_shape(grad_output, x, out_hw, "max_pool2d_with_indices_backward")
     _check_grad_shape(indices, x, out_hw, "max_pool2d_with_indices_backward (indices)")
@@ -395,9 +390,8 @@ def _avg_values(k, s, p, count_include_pad, divisor_override) -> dict:
 
 @implements(aten.avg_pool2d.default)
 def avg_pool2d(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
-    args = (x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    floats_or_long = x.dtype.is_floating_point or x.dtype == torch.int64
-    if not floats_or_long or compute_type(x.dtype) is None:
+    if not (has_kernel(x.dtype) or x.dtype == torch.int64):  # the CPU averages int64 too, no other integers
+        args = (x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
         return cpu_fallback(aten.avg_pool2d.default, args, {})
     k, s, p, _, out_hw = _window_args(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d", False)
     return _run_forward("avg", x, out_hw, _avg_values(k, s, p, count_include_pad, divisor_override),
@@ -406,10 +400,9 @@ def avg_pool2d(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_incl
 
 @implements(aten.avg_pool2d_backward.default)
 def avg_pool2d_backward(grad_output, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    args = (grad_output, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    fallback = _fallback_unless_supported(aten.avg_pool2d_backward.default, args, [grad_output.dtype, x.dtype], True)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(grad_output.dtype, x.dtype):
+        args = (grad_output, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return cpu_fallback(aten.avg_pool2d_backward.default, args, {})
     k, s, p, _, out_hw = _window_args(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d", False)
     _check_grad_shape(grad_output, x, out_hw, "avg_pool2d_backward")
     return _run_backward("avg", grad_output, x, None, _avg_values(k, s, p, count_include_pad, divisor_override))
@@ -430,9 +423,8 @@ def _adaptive_args(x, output_size, op: str) -> tuple[int, int]:
 
 @implements(aten._adaptive_avg_pool2d.default)
 def adaptive_avg_pool2d(x, output_size):
-    fallback = _fallback_unless_supported(aten._adaptive_avg_pool2d.default, (x, output_size), [x.dtype], True)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(x.dtype):
+        return cpu_fallback(aten._adaptive_avg_pool2d.default, (x, output_size), {})
     out_hw = _adaptive_args(x, output_size, "adaptive_avg_pool2d")
     if out_hw == (1, 1) and not suggests_channels_last(x) and x.numel():
         # Global average pooling of NCHW planes: a mean over H*W, where the reduction engine gives each
@@ -445,10 +437,8 @@ def adaptive_avg_pool2d(x, output_size):
 
 @implements(aten._adaptive_avg_pool2d_backward.default)
 def adaptive_avg_pool2d_backward(grad_output, x):
-    fallback = _fallback_unless_supported(aten._adaptive_avg_pool2d_backward.default, (grad_output, x),
-                                   [grad_output.dtype, x.dtype], True)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(grad_output.dtype, x.dtype):
+        return cpu_fallback(aten._adaptive_avg_pool2d_backward.default, (grad_output, x), {})
     if grad_output.dim() != x.dim():
         raise RuntimeError("adaptive_avg_pool2d_backward: grad_output and input must have the same number of dims")
     _adaptive_args(x, grad_output.shape[-2:], "adaptive_avg_pool2d_backward")
@@ -457,19 +447,16 @@ def adaptive_avg_pool2d_backward(grad_output, x):
 
 @implements(aten.adaptive_max_pool2d.default)
 def adaptive_max_pool2d(x, output_size):
-    fallback = _fallback_unless_supported(aten.adaptive_max_pool2d.default, (x, output_size), [x.dtype], True)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(x.dtype):
+        return cpu_fallback(aten.adaptive_max_pool2d.default, (x, output_size), {})
     out_hw = _adaptive_args(x, output_size, "adaptive_max_pool2d")
     return _run_forward("amax", x, out_hw, {}, "f32")
 
 
 @implements(aten.adaptive_max_pool2d_backward.default)
 def adaptive_max_pool2d_backward(grad_output, x, indices):
-    fallback = _fallback_unless_supported(aten.adaptive_max_pool2d_backward.default, (grad_output, x, indices),
-                                   [grad_output.dtype, x.dtype], True)
-    if fallback is not None:
-        return fallback
+    if not has_kernel(grad_output.dtype, x.dtype):
+        return cpu_fallback(aten.adaptive_max_pool2d_backward.default, (grad_output, x, indices), {})
     out_hw = _adaptive_args(x, grad_output.shape[-2:], "adaptive_max_pool2d_backward")
     _check_grad_shape(indices, x, out_hw, "adaptive_max_pool2d_backward (indices)")
     return _run_backward("amax", grad_output, x, indices, {})

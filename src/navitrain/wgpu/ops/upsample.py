@@ -275,7 +275,8 @@ def upsample_linear1d(x, output_size, align_corners, scales=None):
 
 @implements(aten.upsample_nearest2d_backward.default)
 def upsample_nearest2d_backward(grad_output, output_size, input_size, scales_h=None, scales_w=None):
-    return _backward(aten.upsample_nearest2d_backward.default, (grad_output, output_size, input_size, scales_h, scales_w),
+    return _backward(aten.upsample_nearest2d_backward.default,
+                     (grad_output, output_size, input_size, scales_h, scales_w),
                      "nearest", grad_output, output_size, input_size, 2, (scales_h, scales_w))
 
 
