@@ -103,10 +103,12 @@ def _indexed_copy_source(mode, dst_st, src_st, idx_sts, nd, scalar_kind):
     return codegen.module(types, "\n".join(lines), WG, names=names)
 
 
-def indexed_copy(mode: str, shape, dst: WgpuTensor, dst_strides, src, src_strides, indices) -> None:
+def indexed_copy(mode: str, shape, dst: WgpuTensor, dst_strides, src, src_strides, indices,
+                 src_offset: int | None = None) -> None:
     """For every element of `shape`: dst[...] = src[...] (src a tensor, or a Python scalar), with
     `indices` = [(index tensor, its strides over shape, size of the indexed dim, stride it moves)]
-    adding to the source offset (mode "gather") or the destination offset (mode "scatter")."""
+    adding to the source offset (mode "gather") or the destination offset (mode "scatter").
+    Strides may be negative (offsets wrap in u32); `src_offset` then gives the element src starts at."""
     numel = 1
     for s in shape:
         numel *= s
@@ -126,7 +128,7 @@ def indexed_copy(mode: str, shape, dst: WgpuTensor, dst_strides, src, src_stride
     idx_sts = [rt.stypes[t.dtype] for t, _, _, _ in indices]
     scalar_kind = None
     p = codegen.Params()
-    p.u(numel, dst.elem_offset, 0 if scalar else src.elem_offset)
+    p.u(numel, dst.elem_offset, 0 if scalar else (src.elem_offset if src_offset is None else src_offset))
     if scalar:
         if dst.dtype.is_floating_point:
             scalar_kind = "f"
