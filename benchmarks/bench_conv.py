@@ -203,11 +203,11 @@ def step_check(loss_err: float, grad_err: float) -> str:
 def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report) -> None:
     quick = args.quick
     if model_name == "resnet18_cifar":
-        batch, size, classes = (2, 32, 10) if quick else (128, 32, 10)
+        batch, size, classes = (2, 16, 10) if quick else (128, 32, 10)
         torch.manual_seed(0)
         base, source = ResNet18Cifar(classes), "builtin"
     else:
-        batch, size, classes = (1, 64, 1000) if quick else (32, 224, 1000)
+        batch, size, classes = (2, 32, 1000) if quick else (32, 224, 1000)
         torch.manual_seed(0)
         base, source = resnet50()
     memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
@@ -258,9 +258,18 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 reps = 1 if quick else max(5, min(30, int(2000 / max(first, 1e-3))))
-                times = time_calls(step, device, 1, reps)
+                host = []
+
+                def host_timed_step():
+                    t0 = time.perf_counter()
+                    step()
+                    host.append((time.perf_counter() - t0) * 1e3)
+
+                times = time_calls(host_timed_step, device, 1, reps)
                 row["step_ms"] = statistics.median(times)
                 row["step_ms_all"] = times
+                # Python/launch time to issue one step; close to step_ms means CPU-bound, not GPU-bound
+                row["host_ms"] = statistics.median(host)
                 row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
                 row["algos"] = stats_delta(before)
         except Exception as exc:  # one broken mode must not lose the other results
@@ -288,7 +297,7 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
 
 def print_step_table(title: str, rows) -> None:
     print(f"\n{title}")
-    print(f"  {'mode':<24} {'step ms':>9} {'x native':>9} {'x off':>7} {'peak MiB':>9} {'mem x':>6}  check")
+    print(f"  {'mode':<24} {'step ms':>9} {'x native':>9} {'x off':>7} {'peak MiB':>9} {'mem x':>6} {'host ms':>8}  check")
     for r in rows:
         if "step_ms" not in r:
             print(f"  {r['mode']:<24} {'error':>9}  {r.get('error', '')[:80]}")
@@ -296,7 +305,7 @@ def print_step_table(title: str, rows) -> None:
         peak = f"{r['peak_mib']:9.0f}" if r.get("peak_mib") else f"{'-':>9}"
         memx = f"{r['mem_x_native']:6.2f}" if r.get("mem_x_native") else f"{'-':>6}"
         print(f"  {r['mode']:<24} {r['step_ms']:9.2f} {r.get('x_native', math.nan):9.2f} "
-              f"{r.get('x_off', math.nan):7.2f} {peak} {memx}  {r['check']}")
+              f"{r.get('x_off', math.nan):7.2f} {peak} {memx} {r['host_ms']:8.2f}  {r['check']}")
     sys.stdout.flush()
 
 
@@ -307,6 +316,8 @@ def run_layers(fmt: str, modes: list[str], device, args, report) -> None:
     print(f"\n== ResNet-18 CIFAR conv layers, {fmt}, batch {batch}", flush=True)
     rows = []
     for lname, cin, cout, size, k, s, p, count in RESNET18_CIFAR_CONVS:
+        if args.layers and lname not in args.layers.split(","):
+            continue
         g = torch.Generator().manual_seed(2)
         x0 = torch.randn(batch, cin, size, size, generator=g).to(device).contiguous(memory_format=memory_format)
         w0 = (torch.randn(cout, cin, k, k, generator=g) / math.sqrt(cin * k * k)).to(device)
@@ -434,6 +445,7 @@ def main(argv=None) -> int:
                         help=f"nomiopen policies to compare, comma-separated (default {DEFAULT_IMPLS})")
     parser.add_argument("--only", default="resnet18,resnet50,layers", help="workloads: resnet18,resnet50,layers")
     parser.add_argument("--formats", default="nchw,channels_last", help="memory formats: nchw,channels_last")
+    parser.add_argument("--layers", default="", help="only these ResNet-18 layers, e.g. l1,l4 (default: all)")
     parser.add_argument("--no-off", action="store_true", help="skip PyTorch's slow cuDNN-off convolution")
     parser.add_argument("--quick", action="store_true", help="tiny batches and one repeat (smoke test)")
     parser.add_argument("--budget", type=float, default=330.0, help="stop starting new work after this many seconds")

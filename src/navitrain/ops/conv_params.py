@@ -5,6 +5,7 @@ closely enough that a user who knows the native message recognises the problem.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -46,22 +47,29 @@ def _expand(values: Sequence[int], nd: int, name: str) -> tuple[int, ...]:
 def check(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation,
           transposed: bool, output_padding, groups: int) -> ConvArgs:
     """Validate aten::convolution arguments and compute the output shape."""
-    nd = weight.dim() - 2
+    return _check(input.shape, weight.shape, None if bias is None else bias.shape, input.dtype, weight.dtype,
+                  None if bias is None else bias.dtype, tuple(stride), tuple(padding), tuple(dilation),
+                  bool(transposed), tuple(output_padding), int(groups))
+
+
+@functools.lru_cache(maxsize=4096)  # the same layers come back every step; errors are not cached
+def _check(in_shape, w_shape, b_shape, in_dtype, w_dtype, b_dtype, stride, padding, dilation, transposed,
+           output_padding, groups) -> ConvArgs:
+    nd = len(w_shape) - 2
     if nd < 1 or nd > 3:
-        raise RuntimeError(f"convolution supports 1d, 2d and 3d weights, got weight of size {list(weight.shape)}")
-    if input.dim() != weight.dim():
+        raise RuntimeError(f"convolution supports 1d, 2d and 3d weights, got weight of size {list(w_shape)}")
+    if len(in_shape) != len(w_shape):
         raise RuntimeError(f"Expected {nd + 2}-dimensional input for {nd + 2}-dimensional weight "
-                           f"{list(weight.shape)}, but got {input.dim()}-dimensional input of size "
-                           f"{list(input.shape)} instead")
-    if input.dtype != weight.dtype:
-        raise RuntimeError(f"Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
-    if bias is not None and bias.dtype != input.dtype:
-        raise RuntimeError(f"Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+                           f"{list(w_shape)}, but got {len(in_shape)}-dimensional input of size "
+                           f"{list(in_shape)} instead")
+    if in_dtype != w_dtype:
+        raise RuntimeError(f"Input type ({in_dtype}) and weight type ({w_dtype}) should be the same")
+    if b_dtype is not None and b_dtype != in_dtype:
+        raise RuntimeError(f"Input type ({in_dtype}) and bias type ({b_dtype}) should be the same")
     stride = _expand(stride, nd, "stride")
     padding = _expand(padding, nd, "padding")
     dilation = _expand(dilation, nd, "dilation")
     output_padding = _expand(output_padding, nd, "output_padding")
-    groups = int(groups)
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
     if any(s <= 0 for s in stride):
@@ -72,18 +80,18 @@ def check(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         raise RuntimeError("dilation should be greater than zero")
     if any(op < 0 for op in output_padding):
         raise RuntimeError("negative output_padding is not supported")
-    kernel = tuple(weight.shape[2:])
-    n, c = input.shape[0], input.shape[1]
-    spatial = tuple(input.shape[2:])
+    kernel = tuple(w_shape[2:])
+    n, c = in_shape[0], in_shape[1]
+    spatial = tuple(in_shape[2:])
     if not transposed:
-        k = weight.shape[0]
-        if c != weight.shape[1] * groups:
-            raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected "
-                               f"input{list(input.shape)} to have {weight.shape[1] * groups} channels, but got "
+        k = w_shape[0]
+        if c != w_shape[1] * groups:
+            raise RuntimeError(f"Given groups={groups}, weight of size {list(w_shape)}, expected "
+                               f"input{list(in_shape)} to have {w_shape[1] * groups} channels, but got "
                                f"{c} channels instead")
         if k % groups:
             raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension "
-                               f"0, but got weight of size {list(weight.shape)} instead")
+                               f"0, but got weight of size {list(w_shape)} instead")
         padded = [s + 2 * p for s, p in zip(spatial, padding)]
         reach = [d * (kk - 1) + 1 for d, kk in zip(dilation, kernel)]
         if any(pd < r for pd, r in zip(padded, reach)):
@@ -92,13 +100,13 @@ def check(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         out_spatial = tuple((pd - r) // s + 1 for pd, r, s in zip(padded, reach, stride))
         out_channels = k
     else:
-        if c != weight.shape[0]:
-            raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected "
-                               f"input{list(input.shape)} to have {weight.shape[0]} channels, but got {c} "
+        if c != w_shape[0]:
+            raise RuntimeError(f"Given transposed=1, weight of size {list(w_shape)}, expected "
+                               f"input{list(in_shape)} to have {w_shape[0]} channels, but got {c} "
                                "channels instead")
-        if weight.shape[0] % groups:
+        if w_shape[0] % groups:
             raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension "
-                               f"0, but got weight of size {list(weight.shape)} instead")
+                               f"0, but got weight of size {list(w_shape)} instead")
         if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
             raise RuntimeError("output padding must be smaller than either stride or dilation, but got "
                                f"output_padding={list(output_padding)}, stride={list(stride)}, "
@@ -108,10 +116,10 @@ def check(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         if any(o <= 0 for o in out_spatial):
             raise RuntimeError(f"Given input size per channel: {list(spatial)}. Calculated output size per "
                                f"channel: {list(out_spatial)}. Output size is too small")
-        out_channels = weight.shape[1] * groups
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
-        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
-                           f"{out_channels} elements, but got bias of size {list(bias.shape)} instead")
+        out_channels = w_shape[1] * groups
+    if b_shape is not None and (len(b_shape) != 1 or b_shape[0] != out_channels):
+        raise RuntimeError(f"Given weight of size {list(w_shape)}, expected bias to be 1-dimensional with "
+                           f"{out_channels} elements, but got bias of size {list(b_shape)} instead")
     return ConvArgs(Geometry(stride, dilation, groups), padding, output_padding, bool(transposed),
                     (n, out_channels, *out_spatial))
 
@@ -134,8 +142,13 @@ def _is_channels_last_strides(sizes: Sequence[int], strides: Sequence[int]) -> b
 
 def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
     """Python twin of C++ Tensor::suggest_memory_format()."""
-    if t.layout == torch.strided and _is_channels_last_strides(t.shape, t.stride()):
-        return torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return _suggest(t.shape, t.stride()) if t.layout == torch.strided else torch.contiguous_format
+
+
+@functools.lru_cache(maxsize=4096)
+def _suggest(shape, strides) -> torch.memory_format:
+    if _is_channels_last_strides(shape, strides):
+        return torch.channels_last if len(shape) == 4 else torch.channels_last_3d
     return torch.contiguous_format
 
 

@@ -14,6 +14,7 @@ stride 1, undilated, ungrouped; F(4x4) only in fp32/fp64) and `im2col` (everythi
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import time
 from typing import Callable
@@ -59,11 +60,10 @@ def _candidates(weight_shape, dtype: torch.dtype, geom: Geometry, lo) -> list[st
     return names
 
 
-def _cost(algo: str, problem: str, x: torch.Tensor, k: int, out_spatial, kernel, gy_rows_copy: bool) -> float:
+def _cost(algo: str, problem: str, x_shape, elt: int, k: int, out_spatial, kernel, gy_rows_copy: bool) -> float:
     """Estimated time in FLOP units (FLOPs + bytes * balance + launches)."""
-    n, c = x.shape[:2]
-    elt = x.element_size()
-    p_in, p = n * prod(x.shape[2:]), n * prod(out_spatial)
+    n, c = x_shape[:2]
+    p_in, p = n * prod(x_shape[2:]), n * prod(out_spatial)
     if algo == "im2col":
         kk = prod(kernel)
         moved = 2 * p_in * c + 2 * p * kk * c + p * k * (3 if gy_rows_copy else 1)
@@ -87,33 +87,48 @@ def _cost(algo: str, problem: str, x: torch.Tensor, k: int, out_spatial, kernel,
 def _heuristic(names, problem, x, k, out_spatial, kernel, gy_rows_copy=False) -> str:
     if len(names) == 1 or x.dtype in _HALF:
         return names[0]  # half precision: BLAS is fast enough that im2col's fewer bytes win
-    return min(names, key=lambda a: _cost(a, problem, x, k, out_spatial, kernel, gy_rows_copy))
+    return min(names, key=lambda a: _cost(a, problem, tuple(x.shape), x.element_size(), k, tuple(out_spatial),
+                                          tuple(kernel), gy_rows_copy))
+
+
+@functools.lru_cache(maxsize=4096)  # pure function of shapes: decided once per layer, not every step
+def _policy_choice(pol: str, problem: str, weight_shape, dtype, geom: Geometry, lo, x_shape, elt: int, k: int,
+                   out_spatial, gy_rows_copy: bool) -> tuple[str, tuple[str, ...]]:
+    """(algorithm, candidates); algorithm is "" when the candidates must be timed (`tune`)."""
+    names = tuple(_candidates(weight_shape, dtype, geom, lo))
+    if len(names) == 1:
+        return names[0], names
+    if pol in names:
+        return pol, names
+    if pol == "winograd4" and "winograd2" in names:
+        return "winograd2", names
+    if pol in ("im2col", "winograd2", "winograd4"):
+        return "im2col", names
+    estimate = names[0] if dtype in _HALF else min(
+        names, key=lambda a: _cost(a, problem, x_shape, elt, k, out_spatial, weight_shape[2:], gy_rows_copy))
+    return ("" if pol == "tune" else estimate), names + (estimate,)
 
 
 def _layout_tag(t: torch.Tensor) -> str:
     return "cl" if is_channels_last_dense(t) else "c" if t.is_contiguous() else "s"
 
 
-def _choose(problem: str, names: list[str], key: tuple, run: Callable[[str], object], estimate: Callable[[], str],
-            device: torch.device) -> str:
-    pol = policy.current()
-    if len(names) == 1:
-        return names[0]
-    if pol in names:
-        return pol
-    if pol == "winograd4" and "winograd2" in names:
-        return "winograd2"
-    if pol in ("im2col", "winograd2", "winograd4"):
-        return "im2col"
-    if pol == "tune":
-        chosen = tuned.get(key)
-        if chosen is None:
-            chosen = _tune(names, run, device)
-            if chosen is None:  # cannot time now (e.g. during CUDA graph capture)
-                return estimate()
-            tuned[key] = chosen
-        return chosen[0]
-    return estimate()
+def _choose(problem: str, x: torch.Tensor, weight_shape, geom: Geometry, lo, k: int, out_spatial, key_extra,
+            run: Callable[[str], object], gy_rows_copy: bool = False) -> str:
+    algo, names = _policy_choice(policy.current(), problem, tuple(weight_shape), x.dtype, geom, tuple(lo),
+                                 tuple(x.shape), x.element_size(), k, tuple(out_spatial), gy_rows_copy)
+    if algo:
+        return algo
+    names, estimate = names[:-1], names[-1]
+    key = (problem, tuple(x.shape), _layout_tag(x), tuple(weight_shape), geom, tuple(lo), *key_extra, x.dtype,
+           x.device)
+    chosen = tuned.get(key)
+    if chosen is None:
+        chosen = _tune(names, run, x.device)
+        if chosen is None:  # cannot time now (e.g. during CUDA graph capture)
+            return estimate
+        tuned[key] = chosen
+    return chosen[0]
 
 
 def _tune(names, run, device):
@@ -158,14 +173,9 @@ def _run_forward(algo: str, x, w, bias, geom: Geometry, lo, out) -> None:
 
 def conv_forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: torch.Tensor) -> str:
     """out[N, K, *So] = conv(x, w) + bias, x zero-padded by `lo` at the start of each spatial dim."""
-    names = _candidates(w.shape, w.dtype, geom, lo)
-    key = ("forward", tuple(x.shape), _layout_tag(x), tuple(w.shape), geom, tuple(lo), tuple(out.shape),
-           _layout_tag(out), x.dtype, x.device)
-    algo = _choose("forward", names, key,
-                   run=lambda a: _run_forward(a, x, w, bias, geom, lo, torch.empty_like(out)),
-                   estimate=lambda: _heuristic(names, "forward", x, w.shape[0], out.shape[2:], w.shape[2:]),
-                   device=x.device)
-    stats[f"forward:{algo}"] += 1
+    algo = _choose("forward", x, w.shape, geom, lo, w.shape[0], out.shape[2:], (tuple(out.shape), _layout_tag(out)),
+                   run=lambda a: _run_forward(a, x, w, bias, geom, lo, torch.empty_like(out)))
+    stats["forward:" + algo] += 1
     _run_forward(algo, x, w, bias, geom, lo, out)
     return algo
 
@@ -206,13 +216,8 @@ def _run_weight_grad(algo: str, x, gy, geom: Geometry, lo, weight_shape) -> torc
 
 def conv_weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_shape) -> torch.Tensor:
     """dL/dw [K, C/g, *k] (any strides, float32 for half inputs) of conv_forward(x, w) given gy."""
-    names = _candidates(weight_shape, x.dtype, geom, lo)
-    key = ("weight_grad", tuple(x.shape), _layout_tag(x), tuple(gy.shape), _layout_tag(gy), tuple(weight_shape),
-           geom, tuple(lo), x.dtype, x.device)
-    algo = _choose("weight_grad", names, key,
-                   run=lambda a: _run_weight_grad(a, x, gy, geom, lo, weight_shape),
-                   estimate=lambda: _heuristic(names, "weight_grad", x, gy.shape[1], gy.shape[2:], weight_shape[2:],
-                                               gy_rows_copy=not is_channels_last_dense(gy)),
-                   device=x.device)
-    stats[f"weight_grad:{algo}"] += 1
+    algo = _choose("weight_grad", x, weight_shape, geom, lo, gy.shape[1], gy.shape[2:],
+                   (tuple(gy.shape), _layout_tag(gy)), run=lambda a: _run_weight_grad(a, x, gy, geom, lo, weight_shape),
+                   gy_rows_copy=not is_channels_last_dense(gy))
+    stats["weight_grad:" + algo] += 1
     return _run_weight_grad(algo, x, gy, geom, lo, weight_shape)

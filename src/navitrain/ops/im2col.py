@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.ops import gemm, policy
+from navitrain.ops import gemm, policy, unfold2d
 from navitrain.ops.conv_params import Geometry
 from navitrain.ops.layout import (channels_last, is_channels_last_dense, needed_end_padding, padded_channels_last,
                                   prod, rows, tap_slices, taps, windows)
@@ -38,6 +38,8 @@ def _per_image_bytes(x: torch.Tensor, lo, hi, out_spatial, kernel) -> int:
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: torch.Tensor) -> None:
+    if unfold2d.forward_applies(x, w, geom, lo, out):
+        return unfold2d.forward(x, w, bias, geom, lo, out)
     kernel, out_spatial = w.shape[2:], out.shape[2:]
     hi = needed_end_padding(x.shape[2:], lo, out_spatial, kernel, geom.stride, geom.dilation)
     wm = weight_rows(w, geom.groups)
@@ -47,6 +49,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: tor
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_shape) -> torch.Tensor:
     """dL/dw as [K, C/g, *k] (a view; callers copy it into the layout they return)."""
+    if unfold2d.weight_grad_applies(x, gy, geom, lo, weight_shape):
+        return unfold2d.weight_grad(x, gy, geom, lo, weight_shape)
     kernel, out_spatial = tuple(weight_shape[2:]), gy.shape[2:]
     hi = needed_end_padding(x.shape[2:], lo, out_spatial, kernel, geom.stride, geom.dilation)
     per_image = _per_image_bytes(x, lo, hi, out_spatial, kernel)
@@ -77,6 +81,8 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch
     """out[N, C, *S] = transposed convolution of gy (col2im): one GEMM to per-tap columns, then each
     tap's columns are added into a strided view of the result. Used for stride > 1, where the
     flipped-kernel formulation would waste stride^nd of its work on inserted zeros."""
+    if unfold2d.input_grad_applies(gy, w, geom, lo, out):
+        return unfold2d.input_grad(gy, w, geom, lo, out)
     n_all, k = gy.shape[:2]
     g = geom.groups
     kernel, in_spatial, out_spatial = w.shape[2:], out.shape[2:], gy.shape[2:]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,110 +48,120 @@ def matrices_1d(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=64)
 def transforms(m: int, nd: int, dtype: torch.dtype, device: torch.device):
-    """(kron B^T, kron G, kron A^T) over nd dims, as tensors of `dtype` on `device`."""
+    """(kron B^T, kron G, kron A^T, its transpose, kron G transposed) over nd dims, as contiguous
+    tensors of `dtype` on `device`."""
     mats = []
     for a in matrices_1d(m):
         k = a
         for _ in range(nd - 1):
             k = np.kron(k, a)
-        mats.append(torch.from_numpy(k).to(device=device, dtype=dtype))
-    return tuple(mats)
+        mats.append(k)
+    bt, gk, at = mats
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+                 for a in (bt, gk, at, at.T, gk.T))
 
 
-def _tiles(out_spatial, m):
-    return [math.ceil(o / m) for o in out_spatial]
+class _Plan(NamedTuple):
+    tiles: tuple  # tiles per spatial dim
+    count: int  # tiles per image
+    exact: bool  # the tiles cover the output exactly (no cropping)
+    hi: tuple  # end padding of the input so that every tile is whole
+    gy_hi: tuple  # end padding of grad_output to whole tiles
+    forward_bytes: int  # workspace per image
+    weight_grad_bytes: int
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(x_shape, k: int, lo, out_spatial, m: int, elt: int) -> _Plan:
+    nd, c = len(x_shape) - 2, x_shape[1]
+    tiles = tuple(math.ceil(o / m) for o in out_spatial)
+    count = prod(tiles)
+    exact = all(m * t == o for t, o in zip(tiles, out_spatial))
+    a2, m2 = (m + 2) ** nd, m**nd
+    padded = prod(m * t + 2 for t in tiles) * c
+    peak = max(padded + a2 * count * c, 2 * a2 * count * c, a2 * count * (c + k), a2 * count * k + m2 * count * k)
+    forward_bytes = elt * (peak + (0 if exact else k * m2 * count))
+    weight_grad_bytes = elt * (peak + count * k * (m2 + a2))
+    return _Plan(tiles, count, exact, tuple(m * t + 2 - s - p for t, s, p in zip(tiles, x_shape[2:], lo)),
+                 tuple(m * t - o for t, o in zip(tiles, out_spatial)), forward_bytes, weight_grad_bytes)
 
 
 def _tile_view(t_cl: torch.Tensor, size: int, step: int, tiles) -> torch.Tensor:
     """Overlapping (or not) tiles of a channels-last tensor [n, *S, C] as a view
     [size]*nd + [n, *tiles, C]: tile position first, so copying it lays the tiles out position-major."""
     s_n, *s_sp, s_c = t_cl.stride()
-    nd = len(s_sp)
-    return t_cl.as_strided([size] * nd + [t_cl.shape[0], *tiles, t_cl.shape[-1]],
-                           [*s_sp, s_n, *(step * s for s in s_sp), s_c])
+    return t_cl.as_strided([size] * len(s_sp) + [t_cl.shape[0], *tiles, t_cl.shape[-1]],
+                           [*s_sp, s_n, *[step * s for s in s_sp], s_c])
 
 
-def _input_transform(x: torch.Tensor, lo, m: int, tiles, bt: torch.Tensor) -> torch.Tensor:
+def _input_transform(x: torch.Tensor, lo, hi, m: int, plan: _Plan, bt: torch.Tensor) -> torch.Tensor:
     """V = B^T d B for every tile and channel: [alpha^nd, n*T, C]."""
-    nd = x.dim() - 2
     alpha = m + 2
-    hi = [m * t + 2 - s - p for t, s, p in zip(tiles, x.shape[2:], lo)]
     xp = padded_channels_last(x, lo, hi)
-    gathered = torch.empty([alpha**nd, x.shape[0] * prod(tiles), x.shape[1]], dtype=x.dtype, device=x.device)
-    gathered.view([alpha] * nd + [x.shape[0], *tiles, x.shape[1]]).copy_(_tile_view(xp, alpha, m, tiles))
+    gathered = torch.empty([bt.shape[0], x.shape[0] * plan.count, x.shape[1]], dtype=x.dtype, device=x.device)
+    gathered.view([alpha] * len(plan.tiles) + [x.shape[0], *plan.tiles, x.shape[1]]).copy_(
+        _tile_view(xp, alpha, m, plan.tiles))
     del xp
-    return torch.mm(bt, gathered.view(alpha**nd, -1)).view(gathered.shape)
+    return torch.mm(bt, gathered.view(bt.shape[0], -1)).view(gathered.shape)
 
 
 def _weight_transform(w: torch.Tensor, gk: torch.Tensor) -> torch.Tensor:
     """U = G g G^T: [alpha^nd, C, K]."""
     nd = w.dim() - 2
     k, c = w.shape[:2]
-    taps_first = w.permute(*range(2, nd + 2), 1, 0).reshape(3**nd, c * k)
+    taps_first = w.permute(*range(2, nd + 2), 1, 0).reshape(gk.shape[1], c * k)
     return torch.mm(gk, taps_first).view(-1, c, k)
 
 
-def _bytes_per_image(x, k, m, out_spatial) -> int:
-    nd = x.dim() - 2
-    t = prod(_tiles(out_spatial, m))
-    a2, c = (m + 2) ** nd, x.shape[1]
-    padded = prod(m * ti + 2 for ti in _tiles(out_spatial, m)) * c
-    peak = max(padded + a2 * t * c, 2 * a2 * t * c, a2 * t * (c + k), a2 * t * k + m**nd * t * k)
-    return x.element_size() * peak
-
-
 def forward(x: torch.Tensor, w: torch.Tensor, bias, lo, out: torch.Tensor, m: int) -> None:
-    nd = x.dim() - 2
-    k = w.shape[0]
+    nd, k, n_all = x.dim() - 2, w.shape[0], x.shape[0]
     out_spatial = out.shape[2:]
-    tiles = _tiles(out_spatial, m)
-    exact = all(m * t == o for t, o in zip(tiles, out_spatial))
-    bt, gk, at = transforms(m, nd, x.dtype, x.device)
+    plan = _plan(tuple(x.shape), k, tuple(lo), tuple(out_spatial), m, x.element_size())
+    bt, gk, at, _, _ = transforms(m, nd, x.dtype, x.device)
     u = _weight_transform(w, gk)
     out_cl = channels_last(out)
-    per_image = _bytes_per_image(x, k, m, out_spatial) + (0 if exact else x.element_size() * k * prod(m * t for t in tiles))
-    for a, b in policy.batch_chunks(x.shape[0], per_image):
+    for a, b in policy.batch_chunks(n_all, plan.forward_bytes):
         n = b - a
-        v = _input_transform(x[a:b], lo, m, tiles, bt)
+        whole = n == n_all
+        v = _input_transform(x if whole else x[a:b], lo, plan.hi, m, plan, bt)
         prods = torch.bmm(v, u)  # [alpha^nd, n*T, K]
         del v
-        y = torch.mm(at, prods.view(prods.shape[0], -1)).view([m] * nd + [n, *tiles, k])
+        y = torch.mm(at, prods.view(prods.shape[0], -1)).view([m] * nd + [n, *plan.tiles, k])
         del prods
-        if exact:
-            dest = out_cl[a:b]
-        else:
-            dest = torch.empty([n, *(m * t for t in tiles), k], dtype=out.dtype, device=out.device)
-        dest_tiles = _tile_view(dest, m, m, tiles)
-        if bias is not None and exact:
-            torch.add(y, bias, out=dest_tiles)
-        else:
-            dest_tiles.copy_(y)
-        if not exact:
-            cropped = dest[(slice(None), *(slice(0, o) for o in out_spatial))]
-            if bias is not None:
-                torch.add(cropped, bias, out=out_cl[a:b])
+        dest = out_cl if whole else out_cl[a:b]
+        if plan.exact:
+            if bias is None:
+                _tile_view(dest, m, m, plan.tiles).copy_(y)
             else:
-                out_cl[a:b].copy_(cropped)
+                torch.add(y, bias, out=_tile_view(dest, m, m, plan.tiles))
+            continue
+        full = torch.empty([n, *(m * t for t in plan.tiles), k], dtype=out.dtype, device=out.device)
+        _tile_view(full, m, m, plan.tiles).copy_(y)
+        cropped = full[(slice(None), *(slice(0, o) for o in out_spatial))]
+        if bias is None:
+            dest.copy_(cropped)
+        else:
+            torch.add(cropped, bias, out=dest)
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, m: int) -> torch.Tensor:
     """dL/dw as [K, C, 3, ...] (a view): dU = sum over tiles of V^T (A dY A^T), then dw = G^T dU G."""
-    nd = x.dim() - 2
+    nd, n_all = x.dim() - 2, x.shape[0]
     k, c = gy.shape[1], x.shape[1]
-    out_spatial = gy.shape[2:]
-    tiles = _tiles(out_spatial, m)
-    a2, m2 = (m + 2) ** nd, m**nd
-    bt, gk, at = transforms(m, nd, x.dtype, x.device)
-    per_image = _bytes_per_image(x, k, m, out_spatial) + gy.element_size() * prod(tiles) * k * (m2 + a2)
+    plan = _plan(tuple(x.shape), k, tuple(lo), tuple(gy.shape[2:]), m, x.element_size())
+    bt, _, _, at_t, gk_t = transforms(m, nd, x.dtype, x.device)
+    a2, m2 = bt.shape[0], m**nd
+    zeros = (0,) * nd
     total = None
-    for a, b in policy.batch_chunks(x.shape[0], per_image):
+    for a, b in policy.batch_chunks(n_all, plan.weight_grad_bytes):
         n = b - a
-        v = _input_transform(x[a:b], lo, m, tiles, bt)  # [a2, n*T, C]
-        gyp = padded_channels_last(gy[a:b], [0] * nd, [m * t - o for t, o in zip(tiles, out_spatial)])
-        g_tiles = torch.empty([m2, n * prod(tiles), k], dtype=gy.dtype, device=gy.device)
-        g_tiles.view([m] * nd + [n, *tiles, k]).copy_(_tile_view(gyp, m, m, tiles))
+        whole = n == n_all
+        v = _input_transform(x if whole else x[a:b], lo, plan.hi, m, plan, bt)  # [a2, n*T, C]
+        gyp = padded_channels_last(gy if whole else gy[a:b], zeros, plan.gy_hi)
+        g_tiles = torch.empty([m2, n * plan.count, k], dtype=gy.dtype, device=gy.device)
+        g_tiles.view([m] * nd + [n, *plan.tiles, k]).copy_(_tile_view(gyp, m, m, plan.tiles))
         del gyp
-        dm = torch.mm(at.t(), g_tiles.view(m2, -1)).view(a2, -1, k)  # [a2, n*T, K]
+        dm = torch.mm(at_t, g_tiles.view(m2, -1)).view(a2, -1, k)  # [a2, n*T, K]
         del g_tiles
         rows = v.shape[1]
         split = policy.split_k(x.device, rows, c * a2, k)
@@ -164,5 +175,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, m: int) -> torch.Tensor:
             total = part.float() if part.dtype in (torch.float16, torch.bfloat16) else part
         else:
             total.add_(part)
-    gw = torch.mm(gk.t().to(total.dtype), total.view(a2, -1))  # [3^nd, C*K]
+    if total.dtype != x.dtype:
+        gk_t = transforms(m, nd, total.dtype, x.device)[4]
+    gw = torch.mm(gk_t, total.view(a2, -1))  # [3^nd, C*K]
     return gw.view([3] * nd + [c, k]).permute(nd + 1, nd, *range(nd))
