@@ -81,11 +81,11 @@ def _choose_device(as_json: bool) -> tuple[Any, dict[str, Any]]:
     return device, info
 
 
-def _train(device, steps: int, as_json: bool) -> dict[str, Any]:
+def _train(device, steps: int, budget: float, as_json: bool) -> dict[str, Any]:
     from navitrain.bench import demo
 
     if as_json:
-        return demo.train(device, steps=steps)
+        return demo.train(device, steps=steps, max_seconds=budget)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console.rule("[bold]3. a short real training run")
@@ -96,17 +96,21 @@ def _train(device, steps: int, as_json: bool) -> dict[str, Any]:
         def on_step(done: int, total: int, loss: float) -> None:
             progress.update(task, completed=done, loss=f"loss {loss:.3f}")
 
-        result = demo.train(device, steps=steps, on_step=on_step)
+        result = demo.train(device, steps=steps, max_seconds=budget, on_step=on_step)
     console.print(f"{result['model']} on {result['device']}: loss {result['loss_start']:.3f} → "
                   f"{result['loss_end']:.3f}; held-out accuracy {result['held_out_accuracy']:.0%} "
-                  f"(chance {result['chance_accuracy']:.0%}); {result['samples_per_s']:.0f} samples/s")
+                  f"(chance {result['chance_accuracy']:.0%}); {result['samples_per_s']:.3g} samples/s")
+    if result["stopped_by_time_budget"]:
+        console.print(f"[yellow]stopped after {result['steps']} of {steps} steps: the {budget:g} s budget ran out "
+                      "(a slow route; --budget gives it longer)[/]")
     return result
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(
-        steps: int = typer.Option(40, "--steps", help="Training steps of the demo run."),
+        steps: int = typer.Option(30, "--steps", help="Training steps of the demo run."),
+        budget: float = typer.Option(90.0, "--budget", help="Seconds the demo run may take; it stops early on a slow route."),
         bench: bool = typer.Option(True, "--bench/--no-bench", help="Finish with `navitrain bench --quick`."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the bench chart to FILE.png or FILE.svg."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
@@ -115,12 +119,14 @@ def register(app: typer.Typer) -> None:
         CNN on it, and compare the routes with a quick bench."""
         if steps < 2 or steps > 10_000:
             fail(f"--steps must be between 2 and 10000 (got {steps})")
+        if not budget > 0:
+            fail(f"--budget must be positive (got {budget:g})")
         if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
             fail(f"--plot must name a .png or .svg file (got {str(plot)!r})")
         out: dict[str, Any] = {"doctor": _doctor_summary(as_json)}
         device, out["device"] = _choose_device(as_json)
         try:
-            out["training"] = _train(device, steps, as_json)
+            out["training"] = _train(device, steps, budget, as_json)
         except Exception as exc:
             out["training"] = {"error": f"{type(exc).__name__}: {exc}"}
             if not as_json:
