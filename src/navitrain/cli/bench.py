@@ -99,11 +99,13 @@ def register(app: typer.Typer) -> None:
                 route_choice.check_names(routes)
             except ValueError as exc:
                 fail(f"--route: {exc}")
+            why = "named with --route"
         else:
             routes, why = route_choice.default_routes()
             if not as_json:
                 err_console.print(f"[dim]routes: {', '.join(routes)} ({why})[/]")
         data = run_and_report(routes=routes, workloads=names, quick=quick, steps=steps, warmup=warmup,
                               seed=seed, timeout=timeout, as_json=as_json, plot=plot, save=save)
+        data["routes_why"] = why
         if as_json:
             print_json(data)
