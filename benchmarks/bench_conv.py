@@ -3,7 +3,8 @@
 
 One run compares every mode on every workload and validates each against native results before
 timing it:
-  modes      cudnn (native, cudnn.benchmark on), off (cudnn.enabled=False, PyTorch's convolution),
+  modes      cudnn (native, PyTorch defaults), cudnn-bench (cudnn.benchmark on), off
+             (cudnn.enabled=False: PyTorch's own convolution),
              nomiopen:<policy> for each --impl (auto, tune, im2col, winograd2, winograd4; a
              "-nosplit" suffix turns explicit split-K off)
   workloads  full training steps (SGD, fp32, TF32 off) of CIFAR ResNet-18 (3x3 stem, no max-pool,
@@ -41,7 +42,6 @@ import torch.nn.functional as F
 import navitrain.routes.nomiopen as nomiopen
 from navitrain.ops import conv_plan, policy
 
-BASELINES = ("cudnn", "off")
 DEFAULT_IMPLS = "auto,tune,im2col,winograd2,winograd4,auto-nosplit"
 
 # CIFAR ResNet-18 conv shapes at batch 128: (name, in ch, out ch, input size, kernel, stride, padding, count)
@@ -137,8 +137,8 @@ def mode(name: str, device: torch.device):
     """Set up one way of running convolutions; undo it afterwards."""
     saved = (torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark, policy.split_k_enabled)
     try:
-        if name == "cudnn":
-            torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = True, True
+        if name in ("cudnn", "cudnn-bench"):
+            torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = True, name == "cudnn-bench"
             yield
         elif name == "off":
             torch.backends.cudnn.enabled = False
@@ -297,7 +297,8 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
 
 def print_step_table(title: str, rows) -> None:
     print(f"\n{title}")
-    print(f"  {'mode':<24} {'step ms':>9} {'x native':>9} {'x off':>7} {'peak MiB':>9} {'mem x':>6} {'host ms':>8}  check")
+    print(f"  {'mode':<24} {'step ms':>9} {'x native':>9} {'x off':>7} {'peak MiB':>9} {'mem x':>6} "
+          f"{'host ms':>8}  check")
     for r in rows:
         if "step_ms" not in r:
             print(f"  {r['mode']:<24} {'error':>9}  {r.get('error', '')[:80]}")
@@ -326,7 +327,8 @@ def run_layers(fmt: str, modes: list[str], device, args, report) -> None:
         x = x0.clone().requires_grad_(needs_input_grad)
         w = w0.clone().requires_grad_(True)
         out_size = (size + 2 * p - k) // s + 1
-        gy = torch.randn(batch, cout, out_size, out_size, generator=g).to(device).contiguous(memory_format=memory_format)
+        gy = torch.randn(batch, cout, out_size, out_size, generator=g).to(device)
+        gy = gy.contiguous(memory_format=memory_format)
         flops = 2 * batch * out_size * out_size * cout * cin * k * k  # one direct pass
         wanted = [x, w] if needs_input_grad else [w]
         reference = None
@@ -457,11 +459,12 @@ def main(argv=None) -> int:
         return 2
     impls = [s.strip() for s in args.impl.split(",") if s.strip()]
     for impl in impls:
-        if impl.split("-")[0] not in policy.POLICIES or impl.count("-") > 1 or ("-" in impl and not impl.endswith("-nosplit")):
+        base, _, suffix = impl.partition("-")
+        if base not in policy.POLICIES or suffix not in ("", "nosplit"):
             print(f"unknown --impl {impl!r}: use {', '.join(policy.POLICIES)} (optionally with -nosplit)",
                   file=sys.stderr)
             return 2
-    modes = ["cudnn"] + ([] if args.no_off else ["off"]) + [f"nomiopen:{i}" for i in impls]
+    modes = ["cudnn", "cudnn-bench"] + ([] if args.no_off else ["off"]) + [f"nomiopen:{i}" for i in impls]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     only = {w.strip() for w in args.only.split(",")}
     with warnings.catch_warnings():

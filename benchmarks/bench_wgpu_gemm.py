@@ -25,6 +25,8 @@ from navitrain.wgpu import gemm  # noqa: E402
 from navitrain.wgpu.tensor import empty  # noqa: E402
 
 SWEEP = [
+    gemm.TileConfig(128, 128, 8, 8, 8, buffers=1),
+    gemm.TileConfig(64, 64, 16, 8, 8, buffers=1),
     gemm.TileConfig(128, 128, 8, 8, 8),
     gemm.TileConfig(128, 128, 16, 8, 8),
     gemm.TileConfig(128, 128, 32, 8, 8),
@@ -36,6 +38,10 @@ SWEEP = [
     gemm.TileConfig(128, 128, 16, 8, 4),
     gemm.TileConfig(256, 128, 8, 16, 8),
     gemm.TileConfig(128, 256, 8, 8, 16),
+    gemm.TileConfig(64, 64, 16, 8, 8, splits=2),
+    gemm.TileConfig(64, 64, 16, 8, 8, splits=4),
+    gemm.TileConfig(128, 128, 16, 8, 8, splits=4),
+    gemm.TileConfig(64, 64, 16, 4, 4, splits=4),
 ]
 
 # CIFAR-style ResNet-18 convolutions: (name, in_channels, out_channels, image size, stride, kernel).
@@ -52,6 +58,12 @@ RESNET18 = [
     ("layer4", 512, 512, 4, 1, 3),
     ("layer4.short", 256, 512, 8, 2, 1),
 ]
+
+
+def nw_limits():
+    from navitrain.wgpu.runtime import runtime
+
+    return runtime().limits
 
 
 def _ref_device():
@@ -79,8 +91,8 @@ def squares(sizes, configs, iters_for):
         a, b = a_cpu.to("wgpu"), b_cpu.to("wgpu")
         out = empty([n, n], torch.float32)
         torch_tflops = _torch_mm_tflops(n, n, n, iters_for(n))
-        for cfg in configs:
-            if n % cfg.BM or n % cfg.BN:
+        for cfg in configs or [None]:
+            if cfg is not None and (n % cfg.BM or n % cfg.BN or not cfg.fits(nw_limits())):
                 continue
             gemm.gemm(a, b, out, config=cfg)
             err = rel_error(out.cpu(), ref)
@@ -101,7 +113,7 @@ def squares(sizes, configs, iters_for):
 
 
 def _cfg(cfg):
-    return f"{cfg.BM}x{cfg.BN}x{cfg.BK}/{cfg.TM}x{cfg.TN}"
+    return cfg.name if cfg is not None else "auto"
 
 
 def convs(batch, iters, shapes):
@@ -162,13 +174,13 @@ def main(argv=None):
     print(" | ".join(f"{k}: {v}" for k, v in info.items()))
     if args.quick:
         sizes, batch, shapes = [128], 2, RESNET18[:2]
-        configs = [gemm.TileConfig(64, 64, 8, 4, 4), gemm.TileConfig(128, 128, 8, 8, 8)]
+        configs = [gemm.TileConfig(64, 64, 8, 4, 4), gemm.TileConfig(128, 128, 8, 8, 8),
+                   gemm.TileConfig(64, 64, 8, 4, 4, splits=2), None]
     else:
         sizes, batch, shapes = [int(s) for s in args.sizes.split(",")], args.batch, RESNET18
         configs = SWEEP if args.sweep else None
     if configs is None:
-        configs = [gemm.choose_config(n, n, n, 1) for n in sizes]
-        configs = list(dict.fromkeys(configs))
+        configs = None  # each product picks its tile like a training run does (autotuned on hardware)
 
     def iters_for(n):
         return max(3, min(200, int(2e10 / (2 * n ** 3))))

@@ -301,10 +301,10 @@ class WeightEpilogue(Epilogue):
 
 
 # ---------------------------------------------------------------------------------------------
-def _config(M: int, N: int, K: int, batch: int) -> TileConfig:
-    from navitrain.wgpu.gemm_tuning import config_for
+def _config(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
+    from navitrain.wgpu.gemm_tuning import pick
 
-    return config_for(M, N, K, batch)
+    return pick(kind, M, N, K, batch, run)
 
 
 def _is_nhwc(t: torch.Tensor) -> bool:
@@ -312,7 +312,7 @@ def _is_nhwc(t: torch.Tensor) -> bool:
 
 
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
-            relu: bool = False) -> WgpuTensor:
+            relu: bool = False, cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
     nhwc = _is_nhwc(out)
     st_x, st_w, st_o = rt.stypes[x.dtype], rt.stypes[w.dtype], rt.stypes[out.dtype]
@@ -330,7 +330,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
         B = ImageForward("b1", st_x.wgsl, "ckk", "row")
         M, N = g.OCg, P
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu)
-    cfg = _config(M, N, K, g.groups)
+    cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: forward(x, w, bias, g, out, relu, c))
     params = g.params(x, w, None, out)
     set_gemm(params, M, N, K)
     if bias is not None:
@@ -342,7 +342,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
     return out
 
 
-def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
+def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
     nhwc = _is_nhwc(dx)
     st_y, st_w, st_o = rt.stypes[dy.dtype], rt.stypes[w.dtype], rt.stypes[dx.dtype]
@@ -359,7 +359,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> Wg
         B = ImageGradInput("b1", st_y.wgsl, "ckk", "row")
         M, N = g.Cg, P
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings)
-    cfg = _config(M, N, K, g.groups)
+    cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: grad_input(dy, w, g, dx, c))
     params = g.params(None, w, dy, dx)
     set_gemm(params, M, N, K)
     launch(("conv_dgrad", nhwc), "conv2d_grad_input", cfg, A, B, E, (dx._ws.heap, dy._ws.heap, w._ws.heap),
@@ -367,7 +367,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> Wg
     return dx
 
 
-def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> WgpuTensor:
+def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
     nhwc = _is_nhwc(x)
     st_y, st_x, st_o = rt.stypes[dy.dtype], rt.stypes[x.dtype], rt.stypes[dw.dtype]
@@ -376,7 +376,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
     q_order = "kkc" if nhwc else "ckk"
     A = GradOutRows("b1", st_y.wgsl, "row" if _is_nhwc(dy) else "k")
     B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k")
-    cfg = _config(M, N, K, g.groups)
+    cfg = cfg or _config(("conv_wgrad", nhwc), M, N, K, g.groups, lambda c: grad_weight(dy, x, g, dw, c))
     tiles = -(-M // cfg.BM) * -(-N // cfg.BN) * g.groups
     # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K.
     slices = max(1, min(-(-256 // tiles), K // (cfg.BK * 16)))

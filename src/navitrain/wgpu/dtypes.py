@@ -87,9 +87,12 @@ _STORE = {
 
 # WGSL helpers that store expressions above may call; codegen includes them in every module.
 WGSL_HELPERS = """
+// NaN tests on the bits: drivers that assume no NaNs (lavapipe, some fast-math compilers) fold x != x to false.
+fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn is_inf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 fn bf16_round(x: f32) -> f32 {
   let u = bitcast<u32>(x);
-  if ((u & 0x7f800000u) == 0x7f800000u) { return x; }  // inf and nan stay as they are
+  if ((u & 0x7f800000u) == 0x7f800000u) { return x; }  // inf and nan stay as they are (bit test)
   let r = u + 0x7fffu + ((u >> 16u) & 1u);
   return bitcast<f32>(r & 0xffff0000u);
 }

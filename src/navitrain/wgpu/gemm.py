@@ -34,10 +34,26 @@ class TileConfig:
     BK: int = 8
     TM: int = 4
     TN: int = 4
+    buffers: int = 2   # 2: next tile's loads overlap this tile's FMAs (double-buffered workgroup memory)
+    splits: int = 1    # >1: K is cut into this many slices run by separate workgroups, then summed
+
+    @property
+    def name(self) -> str:
+        return f"{self.BM}x{self.BN}x{self.BK}/{self.TM}x{self.TN}" + ("" if self.buffers == 2 else "/b1") + (
+            f"/s{self.splits}" if self.splits > 1 else "")
+
+    @property
+    def shared_bytes(self) -> int:
+        return self.buffers * self.BK * (self.BM + self.BN) * 4
 
     @property
     def threads(self) -> int:
         return (self.BM // self.TM) * (self.BN // self.TN)
+
+    def fits(self, limits: dict) -> bool:
+        """Whether the adapter can run it (threads per workgroup, workgroup memory)."""
+        return (self.threads <= int(limits.get("max-compute-invocations-per-workgroup", 256))
+                and self.shared_bytes <= int(limits.get("max-compute-workgroup-storage-size", 16384)))
 
     def check(self) -> None:
         if self.TN % 4 or self.BN % self.TN or self.BM % self.TM or self.TM % 4:
@@ -113,14 +129,16 @@ class Epilogue:
     extra_key: tuple = field(default_factory=tuple)
     out_binding: str = "b0"
     bindings: str = ""            # the WGSL binding declarations of the whole kernel
+    batch_var: str = "bz"         # "wid.z" for split-K partials: one output slab per (batch, slice)
 
     @property
     def key(self):
-        return ("plain", self.first, self.out_wgsl, self.cin, self.cin_first, self.bias, self.relu, self.extra_key)
+        return ("plain", self.first, self.out_wgsl, self.cin, self.cin_first, self.bias, self.relu, self.extra_key,
+                self.batch_var)
 
     def setup(self) -> list[str]:
         f = self.first
-        lines = [f"let c_base = pu({f}u) + bz * pu({f + 3}u); let scm = pu({f + 1}u); let scn = pu({f + 2}u);"]
+        lines = [f"let c_base = pu({f}u) + {self.batch_var} * pu({f + 3}u); let scm = pu({f + 1}u); let scn = pu({f + 2}u);"]
         if self.cin is not None:
             g = self.cin_first
             lines.append(f"let i_base = pu({g}u) + bz * pu({g + 3}u); let sim = pu({g + 1}u); let sin = pu({g + 2}u);")
@@ -203,40 +221,84 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
     for i in range(TM):
         for j in range(TN // 4):
             w(f"  var c{i}_{j} = vec4<f32>(0.0);")
-    w(f"  for (var k0 = k_lo; k0 < K; k0 = k0 + {BK}u) {{")
-    for p, op, rows, slots, smem in (("a", A, BM, LA, "As"), ("b", B, BN, LB, "Bs")):
-        for e in range(slots):
-            if vec[p] == 4:  # (an operand that can't vectorise this tile keeps its unused vec4 binding)
-                w(f"    {{ let gk = k0 + {p}_kl{e}; let v4 = {op.load_vec(p, e, f'{p}_row{e}', 'gk')};")
-                if op.fastest == "row":   # four rows at one k: one 16-byte store
-                    w(f"      {smem}[({p}_kl{e} * {rows}u + {p}_rl{e}) >> 2u] = v4; }}")
-                else:                     # four k of one row: scattered into the transposed tile
+    operands = (("a", A, BM, LA, "As"), ("b", B, BN, LB, "Bs"))
+    tile_words = {"As": BK * BM // 4, "Bs": BK * BN // 4}   # vec4 words of one buffer
+
+    def fetch(indent: str, k0: str) -> None:
+        """Global loads of the tile starting at k0 into the registers r<p><e>."""
+        for p, op, rows, slots, smem in operands:
+            for e in range(slots):
+                if vec[p] == 4:
+                    w(f"{indent}{{ let gk = {k0} + {p}_kl{e}; r{p}{e} = {op.load_vec(p, e, f'{p}_row{e}', 'gk')}; }}")
+                    continue
+                loaded = op.load(p, e, f"{p}_row{e}", "gk")
+                cond, val = loaded[0], loaded[1]
+                w(f"{indent}{{ let gk = {k0} + {p}_kl{e};")
+                if len(loaded) > 2:  # index arithmetic the load needs (e.g. k -> (c, kh, kw))
+                    w(f"{indent}  " + loaded[2])
+                if guard:
+                    w(f"{indent}  r{p}{e} = 0.0; if ({cond}) {{ r{p}{e} = {val}; }} }}")
+                else:
+                    w(f"{indent}  r{p}{e} = {val}; }}")
+
+    def stash(indent: str, buf: str) -> None:
+        """Registers into workgroup memory buffer `buf` (an expression: 0u or 1u)."""
+        for p, op, rows, slots, smem in operands:
+            base = f"{buf} * {tile_words[smem]}u"
+            for e in range(slots):
+                if vec[p] == 4 and op.fastest == "row":   # four rows at one k: one 16-byte store
+                    w(f"{indent}{smem}[{base} + (({p}_kl{e} * {rows}u + {p}_rl{e}) >> 2u)] = r{p}{e};")
+                elif vec[p] == 4:                         # four k of one row: into the transposed tile
                     for q in range(4):
-                        w(f"      {{ let s = ({p}_kl{e} + {q}u) * {rows}u + {p}_rl{e}; {smem}[s >> 2u][s & 3u] = v4[{q}]; }}")
-                    w("    }")
-                continue
-            loaded = op.load(p, e, f"{p}_row{e}", "gk")
-            cond, val = loaded[0], loaded[1]
-            w(f"    {{ let gk = k0 + {p}_kl{e};")
-            if len(loaded) > 2:  # index arithmetic the load needs (e.g. k -> (c, kh, kw))
-                w("      " + loaded[2])
-            if guard:
-                w(f"      var v = 0.0; if ({cond}) {{ v = {val}; }}")
-            else:
-                w(f"      let v = {val};")
-            w(f"      let s = {p}_kl{e} * {rows}u + {p}_rl{e}; {smem}[s >> 2u][s & 3u] = v; }}")
-    w("    workgroupBarrier();")
-    for kk in range(BK):
-        for i4 in range(TM // 4):
-            w(f"    let a{kk}_{i4} = As[{kk * BM // 4}u + ty * {TM // 4}u + {i4}u];")
-        for j in range(TN // 4):
-            w(f"    let b{kk}_{j} = Bs[{kk * BN // 4}u + tx * {TN // 4}u + {j}u];")
-        for i in range(TM):
-            a = f"a{kk}_{i // 4}[{i % 4}]"
+                        w(f"{indent}{{ let s = ({p}_kl{e} + {q}u) * {rows}u + {p}_rl{e}; "
+                          f"{smem}[{base} + (s >> 2u)][s & 3u] = r{p}{e}[{q}]; }}")
+                else:
+                    w(f"{indent}{{ let s = {p}_kl{e} * {rows}u + {p}_rl{e}; {smem}[{base} + (s >> 2u)][s & 3u] = r{p}{e}; }}")
+
+    def compute(indent: str, buf: str) -> None:
+        w(f"{indent}let ab = {buf} * {tile_words['As']}u; let bb = {buf} * {tile_words['Bs']}u;")
+        for kk in range(BK):
+            for i4 in range(TM // 4):
+                w(f"{indent}let a{kk}_{i4} = As[ab + {kk * BM // 4}u + ty * {TM // 4}u + {i4}u];")
             for j in range(TN // 4):
-                w(f"    c{i}_{j} = fma(vec4<f32>({a}), b{kk}_{j}, c{i}_{j});")
-    w("    workgroupBarrier();")
-    w("  }")
+                w(f"{indent}let b{kk}_{j} = Bs[bb + {kk * BN // 4}u + tx * {TN // 4}u + {j}u];")
+            for i in range(TM):
+                a = f"a{kk}_{i // 4}[{i % 4}]"
+                for j in range(TN // 4):
+                    w(f"{indent}c{i}_{j} = fma(vec4<f32>({a}), b{kk}_{j}, c{i}_{j});")
+
+    for p, op, rows, slots, smem in operands:
+        for e in range(slots):
+            w(f"  var r{p}{e}: {'vec4<f32>' if vec[p] == 4 else 'f32'};")
+    if cfg.buffers == 1:
+        w(f"  for (var k0 = k_lo; k0 < K; k0 = k0 + {BK}u) {{")
+        fetch("    ", "k0")
+        stash("    ", "0u")
+        w("    workgroupBarrier();")
+        compute("    ", "0u")
+        w("    workgroupBarrier();")
+        w("  }")
+    else:
+        # Software pipelining: while the tile in one buffer is multiplied, the next tile's global loads
+        # are in flight into registers, then land in the other buffer; one barrier per tile.
+        w("  if (k_lo < K) {")
+        fetch("    ", "k_lo")
+        stash("    ", "0u")
+        w("  }")
+        w("  workgroupBarrier();")
+        w("  var cur = 0u;")
+        w(f"  for (var k0 = k_lo; k0 < K; k0 = k0 + {BK}u) {{")
+        w(f"    let more = k0 + {BK}u < K;")
+        w("    if (more) {")
+        fetch("      ", f"(k0 + {BK}u)")
+        w("    }")
+        compute("    ", "cur")
+        w("    if (more) {")
+        stash("      ", "(1u - cur)")
+        w("    }")
+        w("    workgroupBarrier();")
+        w("    cur = 1u - cur;")
+        w("  }")
     for line in E.setup():
         w("  " + line)
     # Column-only parts of each output address are computed once, not once per row.
@@ -257,8 +319,8 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
                 addr = E.address("gm", gn, f"{j}_{q}")
                 w(f"    if ({cond}) {{ {E.out_binding}[{addr}] = {E.store(E.value(f'c{i}_{j}[{q}]', 'gm', gn))}; }}")
         w("  } }")
-    shared = (f"var<workgroup> As: array<vec4<f32>, {BK * BM // 4}>;\n"
-              f"var<workgroup> Bs: array<vec4<f32>, {BK * BN // 4}>;\n")
+    shared = (f"var<workgroup> As: array<vec4<f32>, {cfg.buffers * BK * BM // 4}>;\n"
+              f"var<workgroup> Bs: array<vec4<f32>, {cfg.buffers * BK * BN // 4}>;\n")
     body = "\n".join(lines)
     return codegen.PARAM_DECL + E.bindings + f"""{shared}
 @compute @workgroup_size({WG})
@@ -277,12 +339,6 @@ class _Store:
 
     def __call__(self, expr: str) -> str:
         return self.st.store(expr)
-
-
-def choose_config(M: int, N: int, K: int, batch: int) -> TileConfig:
-    from navitrain.wgpu.gemm_tuning import config_for
-
-    return config_for(M, N, K, batch)
 
 
 def launch(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, heaps: tuple,
@@ -306,20 +362,34 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
          cin: WgpuTensor | None = None, a_batch_stride: int = 0, b_batch_stride: int = 0,
          cin_strides: tuple[int, int, int] | None = None, config: TileConfig | None = None) -> WgpuTensor:
     """out[b] = alpha * a[b] @ b[b] + beta * cin[b]; a is [B?, M, K], b [B?, K, N], out [B?, M, N]."""
-    batched = out.dim() == 3
-    B = out.shape[0] if batched else 1
+    B = out.shape[0] if out.dim() == 3 else 1
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
     if M == 0 or N == 0 or B == 0:
         return out
+    if cin is not None and beta == 0.0:
+        cin = None
+    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides)
+    if config is None:
+        from navitrain.wgpu import gemm_tuning
+
+        kind = ("mm", a.stride(-1) == 1, b.stride(-1) == 1, B > 1, cin is not None)
+        config = gemm_tuning.pick(kind, M, N, K, B, lambda cfg: _gemm(*args, cfg))
+    return _gemm(*args, config)
+
+
+def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
+    batched = out.dim() == 3
+    B = out.shape[0] if batched else 1
+    M, N = out.shape[-2], out.shape[-1]
+    K = a.shape[-1]
     rt = runtime()
-    cfg = config or choose_config(M, N, K, B)
+    if cfg.splits > 1 and K >= 2 * cfg.BK * cfg.splits:
+        return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg)
     sam, sak = a.stride(-2), a.stride(-1)
     sbk, sbn = b.stride(-2), b.stride(-1)
     sab = a.stride(0) if a.dim() == 3 else a_batch_stride
     sbb = b.stride(0) if b.dim() == 3 else b_batch_stride
-    if cin is not None and beta == 0.0:
-        cin = None
     st_c, st_a, st_b = rt.stypes[out.dtype], rt.stypes[a.dtype], rt.stypes[b.dtype]
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     # Coalescing: walk whichever index of the operand is contiguous in memory.
@@ -354,6 +424,57 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
         params.u(cin.elem_offset, sim, sin, sib)
     launch(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E, tuple(heaps), params, M, N, B, guard)
     return out
+
+
+def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
+    """Split-K: each (batch, slice) workgroup column writes an f32 partial product; a reduction sums the
+    slices and a pointwise epilogue applies alpha/beta. Worth it when M x N alone is too few tiles to
+    fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
+    from navitrain.wgpu import pointwise
+    from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.tensor import empty
+
+    rt = runtime()
+    batched = out.dim() == 3
+    B = out.shape[0] if batched else 1
+    M, N = out.shape[-2], out.shape[-1]
+    K = a.shape[-1]
+    kslice = -(-K // cfg.splits)
+    kslice = -(-kslice // cfg.BK) * cfg.BK
+    slices = -(-K // kslice)
+    partial = empty([B * slices, M, N], torch.float32)
+    sam, sak = a.stride(-2), a.stride(-1)
+    sbk, sbn = b.stride(-2), b.stride(-1)
+    sab = a.stride(0) if a.dim() == 3 else a_batch_stride
+    sbb = b.stride(0) if b.dim() == 3 else b_batch_stride
+    st_a, st_b = rt.stypes[a.dtype], rt.stypes[b.dtype]
+    st_f = rt.stypes[torch.float32]
+    a_fast = "row" if (sam == 1 and sak != 1) else "k"
+    b_fast = "k" if (sbk == 1 and sbn != 1) else "row"
+    A = Strided(8, "b1", st_a.wgsl, a_fast)
+    Bop = Strided(12, "b2", st_b.wgsl, b_fast)
+    E = Epilogue(16, st_f.wgsl, _Store(st_f), batch_var="wid.z",
+                 bindings=codegen.bindings([st_f.wgsl, st_a.wgsl, st_b.wgsl]))
+    params = codegen.Params()
+    params.u(M, N, K)
+    params.f(1.0, 0.0)
+    params.u(kslice, 0, 0)
+    params.u(a.elem_offset, sam, sak, sab)
+    params.u(b.elem_offset, sbn, sbk, sbb)
+    params.u(partial.elem_offset, N, 1, M * N)
+    launch(("mm_split",), f"gemm_split_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E,
+           (partial._ws.heap, a._ws.heap, b._ws.heap), params, M, N, B, True, split_k=kslice, K=K)
+    summed = reduce(partial.view(B, slices, M, N), [1], False, "sum", torch.float32)
+    if not batched:
+        summed = summed.view(M, N)
+    if cin is None:
+        return pointwise.run("gemm_alpha", "a * s0", [summed], out.dtype, "f32", [alpha], out=out)
+    sim, sin, sib = cin_strides
+    shape = list(out.shape)
+    cstr = [sib, sim, sin] if batched else [sim, sin]
+    cview = cin.as_strided(shape, cstr, cin.storage_offset())
+    return pointwise.run("gemm_alpha_beta", "a * s0 + b * s1", [summed, cview], out.dtype, "f32", [alpha, beta],
+                         out=out)
 
 
 def result_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:

@@ -1,17 +1,153 @@
-"""Which GEMM tile to use for a shape (the autotuner's cache and the built-in defaults)."""
+"""Which GEMM tile to use: an autotuner per adapter and shape class, cached on disk.
+
+The first time a product of a new shape class runs on a hardware adapter, every candidate tile that
+fits the adapter is timed on the real operands (one warm-up, then the best of three synchronised runs),
+and the winner is remembered in `<cache dir>/gemm_tiles.json` under the adapter's name and driver.
+Later runs, and later processes, look the choice up. Shape classes bucket M, N and K by powers of two,
+so a training run tunes a handful of classes once, during its first step.
+
+Software adapters (lavapipe) and NAVITRAIN_WGPU_TUNE=0 use the built-in defaults instead; those were
+picked from sweeps recorded in docs/benchmarks.md. NAVITRAIN_WGPU_TUNE=force tunes even on software
+adapters (used by the tests).
+"""
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+import threading
+import time
+
+from navitrain import _env
 from navitrain.wgpu.gemm import TileConfig
 
-LARGE = TileConfig(128, 128, 8, 8, 8)
-MEDIUM = TileConfig(64, 64, 8, 4, 4)
+log = logging.getLogger("navitrain.wgpu")
+
+LARGE = TileConfig(128, 128, 16, 8, 8)
+MEDIUM = TileConfig(64, 64, 16, 8, 8)
 SMALL = TileConfig(32, 32, 8, 4, 4)
+
+CANDIDATES = [
+    TileConfig(128, 128, 8, 8, 8),
+    TileConfig(128, 128, 16, 8, 8),
+    TileConfig(64, 64, 16, 8, 8),
+    TileConfig(64, 64, 16, 4, 4),
+    TileConfig(128, 64, 16, 8, 4),
+    TileConfig(64, 64, 8, 4, 4),
+    TileConfig(32, 32, 8, 4, 4),
+    TileConfig(64, 64, 16, 8, 8, splits=4),
+    TileConfig(128, 128, 16, 8, 8, splits=4),
+    TileConfig(64, 64, 16, 4, 4, splits=8),
+]
+
+_lock = threading.Lock()
+_cache: dict | None = None
+_adapter_key: str | None = None
 
 
 def config_for(M: int, N: int, K: int, batch: int) -> TileConfig:
-    """Defaults by size: big tiles for big problems, smaller ones so small problems still fill the GPU."""
-    if M >= 512 and N >= 512:
+    """Built-in default by size: big tiles for big problems, smaller ones so small problems still make
+    enough workgroups to fill the GPU."""
+    tiles_large = -(-M // 128) * -(-N // 128) * batch
+    if tiles_large >= 128:
         return LARGE
-    if M * N * batch >= 64 * 64 * 16:
+    if M * N * batch >= 64 * 64 * 32:
         return MEDIUM
     return SMALL
+
+
+def shape_class(kind, M: int, N: int, K: int, batch: int) -> str:
+    def bucket(x):
+        return 1 << max(4, min(15, math.ceil(math.log2(max(x, 1)))))
+    return f"{kind}|{bucket(M)}x{bucket(N)}x{bucket(K)}|b{bucket(batch) if batch > 1 else 1}"
+
+
+def _path():
+    return _env.cache_dir() / "gemm_tiles.json"
+
+
+def _load() -> dict:
+    global _cache, _adapter_key
+    if _cache is None:
+        from navitrain.wgpu.runtime import runtime
+
+        info = runtime().info
+        _adapter_key = f"{info.name} | {info.backend} | {info.driver}"
+        try:
+            _cache = json.loads(_path().read_text())
+        except (OSError, ValueError):
+            _cache = {}
+    return _cache.setdefault(_adapter_key, {})
+
+
+def _save() -> None:
+    path = _path()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(_cache, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache is not worth failing a training run for
+        log.debug("could not save GEMM tuning cache: %s", exc)
+
+
+def _parse(text: str) -> TileConfig | None:
+    try:
+        for cfg in CANDIDATES + [LARGE, MEDIUM, SMALL]:
+            if cfg.name == text:
+                return cfg
+    except Exception:
+        pass
+    return None
+
+
+def _mode() -> str:
+    value = (_env.raw(_env.WGPU_TUNE) or "1").strip().lower()
+    return {"0": "off", "false": "off", "no": "off", "off": "off", "force": "force"}.get(value, "on")
+
+
+def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
+    """The tile for this product; tunes (calling run(cfg) on the real operands) on first sight."""
+    from navitrain.wgpu.runtime import runtime
+
+    mode = _mode()
+    rt = runtime()
+    if mode == "off" or (mode == "on" and rt.info.software):
+        return config_for(M, N, K, batch)
+    key = shape_class(kind, M, N, K, batch)
+    with _lock:
+        table = _load()
+        cached = _parse(table.get(key, ""))
+    if cached is not None:
+        return cached
+    best = _tune(rt, M, N, K, batch, run)
+    with _lock:
+        table[key] = best.name
+        _save()
+    return best
+
+
+def _tune(rt, M, N, K, batch, run) -> TileConfig:
+    candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
+    # Tiles much larger than the problem only add bounds checks; split-K only helps long K.
+    candidates = [c for c in candidates if c.BM <= max(32, 2 * M) and c.BN <= max(32, 2 * N)]
+    candidates = [c for c in candidates if c.splits == 1 or K >= 4 * c.BK * c.splits]
+    timings = []
+    for cfg in candidates:
+        try:
+            run(cfg)                  # compiles, and warms the caches
+            rt.synchronize()
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                run(cfg)
+                rt.synchronize()
+                best = min(best, time.perf_counter() - t0)
+            timings.append((best, cfg))
+        except Exception as exc:  # a tile the driver rejects is simply not a candidate
+            log.debug("GEMM tile %s failed on %dx%dx%d: %s", cfg.name, M, N, K, exc)
+    if not timings:
+        return config_for(M, N, K, batch)
+    timings.sort(key=lambda t: t[0])
+    log.info("GEMM %dx%dx%d (batch %d): tile %s (%.3f ms)", M, N, K, batch, timings[0][1].name, timings[0][0] * 1e3)
+    return timings[0][1]

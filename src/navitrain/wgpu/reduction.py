@@ -86,7 +86,7 @@ def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: i
 
     def step(acc_v, idx_v, v, l):
         if is_arg:
-            nan = f" || ({v} != {v} && {acc_v} == {acc_v})" if acc == "f32" else ""
+            nan = f" || (is_nan({v}) && !is_nan({acc_v}))" if acc == "f32" else ""
             return f"if (({v} {better} {acc_v}){nan}) {{ {acc_v} = {v}; {idx_v} = {l}; }}"
         return f"{acc_v} = {_merge(op, acc, acc_v, v)};"
 
@@ -143,9 +143,9 @@ def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: i
         body.append(f"  for (var s = {wg // 2}u; s > 0u; s = s >> 1u) {{")
         body.append("    if (lid < s) {")
         if is_arg:
-            o_nan = " || (o != o && a == a)" if acc == "f32" else ""
+            o_nan = " || (is_nan(o) && !is_nan(a))" if acc == "f32" else ""
             body.append("      let a = sacc[lid]; let o = sacc[lid + s]; let ai = sidx[lid]; let oi = sidx[lid + s];")
-            body.append(f"      if ((o {better} a){o_nan} || (o == a && oi < ai) || (o != o && a != a && oi < ai)) {{ sacc[lid] = o; sidx[lid] = oi; }}")
+            body.append(f"      if ((o {better} a){o_nan} || (o == a && oi < ai) || (is_nan(o) && is_nan(a) && oi < ai)) {{ sacc[lid] = o; sidx[lid] = oi; }}")
         else:
             body.append(f"      sacc[lid] = {_merge(op, acc, 'sacc[lid]', 'sacc[lid + s]')};")
         body.append("    }")

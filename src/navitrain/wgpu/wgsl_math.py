@@ -1,6 +1,7 @@
 """WGSL math that WGSL lacks or gets wrong for PyTorch's semantics, shared by generated kernels.
 
-- NaN: WGSL's min/max may drop NaNs; PyTorch's maximum/minimum/clamp propagate them.
+- NaN: WGSL's min/max may drop NaNs; PyTorch's maximum/minimum/clamp propagate them. NaN tests use
+  the bits (is_nan in dtypes.WGSL_HELPERS): some drivers fold `x != x` to false.
 - tanh/sigmoid: evaluated through exp, they overflow to NaN for large |x| on some drivers: clamp first
   (tanh(15) is 1 to within f32 rounding).
 - pow: WGSL's pow is undefined for negative bases; PyTorch defines integer exponents there.
@@ -12,8 +13,8 @@
 from __future__ import annotations
 
 F32 = """
-fn fmax_nan(a: f32, b: f32) -> f32 { if (a != a || b != b) { return a + b; } return max(a, b); }
-fn fmin_nan(a: f32, b: f32) -> f32 { if (a != a || b != b) { return a + b; } return min(a, b); }
+fn fmax_nan(a: f32, b: f32) -> f32 { if (is_nan(a) || is_nan(b)) { return a + b; } return max(a, b); }
+fn fmin_nan(a: f32, b: f32) -> f32 { if (is_nan(a) || is_nan(b)) { return a + b; } return min(a, b); }
 fn tanh_f(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
 fn sigmoid_f(x: f32) -> f32 { return 1.0 / (1.0 + exp(-clamp(x, -88.0, 88.0))); }
 fn log1p_f(x: f32) -> f32 { let u = 1.0 + x; if (u == 1.0) { return x; } return log(u) * x / (u - 1.0); }
@@ -37,7 +38,7 @@ fn pow_f(x: f32, y: f32) -> f32 {
   if (y == 2.0) { return x * x; }
   if (x > 0.0) { return exp2(y * log2(x)); }
   if (x == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), y < 0.0); }
-  if (x != x || y != y) { return x + y; }
+  if (is_nan(x) || is_nan(y)) { return x + y; }
   if (floor(y) == y) {
     let r = exp2(y * log2(-x));
     return select(r, -r, abs(y) % 2.0 == 1.0);

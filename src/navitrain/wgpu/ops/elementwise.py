@@ -363,21 +363,21 @@ for _name, _f, _i in (
 def isnan(a):
     if not a.dtype.is_floating_point:
         return apply("false", "false", [a], torch.bool, "bool", load_types=["bool"])
-    return apply("isnan", "({a} != {a})", [a], torch.bool, "f32")
+    return apply("isnan", "is_nan({a})", [a], torch.bool, "f32")
 
 
 @implements(aten.isinf.default)
 def isinf(a):
     if not a.dtype.is_floating_point:
         return apply("false", "false", [a], torch.bool, "bool", load_types=["bool"])
-    return apply("isinf", "(abs({a}) > 3.4028234663852886e38)", [a], torch.bool, "f32")
+    return apply("isinf", "is_inf({a})", [a], torch.bool, "f32")
 
 
 @implements(aten.isfinite.default)
 def isfinite(a):
     if not a.dtype.is_floating_point:
         return apply("true", "true", [a], torch.bool, "bool", load_types=["bool"])
-    return apply("isfinite", "(abs({a}) <= 3.4028234663852886e38)", [a], torch.bool, "f32")
+    return apply("isfinite", "!(is_nan({a}) || is_inf({a}))", [a], torch.bool, "f32")
 
 
 @implements(aten.nan_to_num.default)
@@ -387,8 +387,8 @@ def nan_to_num(a, nan=None, posinf=None, neginf=None):
     fmax = torch.finfo(a.dtype).max
     named = {"n": 0.0 if nan is None else nan, "p": fmax if posinf is None else posinf,
              "q": -fmax if neginf is None else neginf}
-    return apply("nan_to_num", "select(select(select({a}, {q}, {a} < -3.4028234663852886e38), {p}, "
-                 "{a} > 3.4028234663852886e38), {n}, {a} != {a})", [a], a.dtype, "f32", named)
+    return apply("nan_to_num", "select(select(select({a}, {q}, is_inf({a}) && {a} < 0.0), {p}, "
+                 "is_inf({a}) && {a} > 0.0), {n}, is_nan({a}))", [a], a.dtype, "f32", named)
 
 
 # -- clamp -------------------------------------------------------------------------------------------

@@ -4,14 +4,18 @@ The backward sorts the token ids (stable) and lets the first thread of each run 
 embedding column, add up that run's gradient rows in their original order and write the table row
 once: no float atomics, the same result on every run, and the CPU's order of additions. Rows of
 padding_idx and rows no token used stay zero; scale_grad_by_freq divides each sum by its run length.
+max_norm (embedding_renorm_) rescales each distinct row once, from the first thread of its run.
 """
 from __future__ import annotations
 
 import torch
 
+from navitrain.wgpu import codegen
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops.copy import fill
-from navitrain.wgpu.ops.indexing import _as_device, indexed_copy, segment_reduce, wrapped_keys
+from navitrain.wgpu.ops.indexing import INVALID_KEY, _as_device, indexed_copy, segment_reduce, wrapped_keys
+from navitrain.wgpu.ops.sort import sort_int_keys
+from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
 aten = torch.ops.aten
@@ -47,3 +51,53 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
                    s_src=[grad.stride(1)], include_self=False, by_freq=scale_grad_by_freq,
                    skip_key=padding_idx if padding_idx >= 0 else None)
     return grad_weight
+
+
+def _renorm_source(w_st, norm_kind):
+    """Params: 0 K, 1 D, 2 weight off, 3 row stride, 4 col stride, 5 keys off, 6 max_norm, 7 p.
+    The first thread of each run of equal (sorted) ids rescales that row once."""
+    acc = {"inf": "max(acc, abs(v))", "1": "acc + abs(v)", "2": "acc + v * v", "p": "acc + pow_f(abs(v), pf(7u))"}[norm_kind]
+    norm = {"inf": "acc", "1": "acc", "2": "sqrt(acc)", "p": "pow_f(acc, 1.0 / pf(7u))"}[norm_kind]
+    body = f"""
+  if (gi >= pu(0u)) {{ return; }}
+  let key = keys[pu(5u) + gi];
+  if (gi > 0u && keys[pu(5u) + gi - 1u] == key) {{ return; }}
+  let row = bitcast<i32>(key ^ 0x80000000u);
+  if (row == {INVALID_KEY}) {{ return; }}
+  let base = pu(2u) + u32(row) * pu(3u);
+  var acc = 0.0;
+  for (var j = 0u; j < pu(1u); j = j + 1u) {{
+    let v = {w_st.load('w[base + j * pu(4u)]', 'f32')};
+    acc = {acc};
+  }}
+  let norm = {norm};
+  if (norm > pf(6u)) {{
+    let scale = pf(6u) / (norm + 1e-7);
+    for (var j = 0u; j < pu(1u); j = j + 1u) {{
+      w[base + j * pu(4u)] = {w_st.store(f"{w_st.load('w[base + j * pu(4u)]', 'f32')} * scale")};
+    }}
+  }}"""
+    from navitrain.wgpu import wgsl_math
+
+    return codegen.module([w_st.wgsl, "u32"], body, 64, helpers=wgsl_math.helpers(False), names=["w", "keys"])
+
+
+@implements(aten.embedding_renorm_.default)
+def embedding_renorm_(weight, indices, max_norm, norm_type):
+    # One thread per distinct id rescales its row: a row is read and scaled once however often it occurs.
+    indices = _as_device(indices)
+    n = indices.numel()
+    if n == 0:
+        return weight
+    rt = runtime()
+    keys = aten.reshape.default(wrapped_keys(aten.reshape.default(indices, [n]), weight.shape[0]), [1, n])
+    skeys, _ = sort_int_keys(keys)
+    p_ = float(norm_type)
+    kind = "inf" if p_ == float("inf") else "1" if p_ == 1 else "2" if p_ == 2 else "p"
+    w_st = rt.stypes[weight.dtype]
+    p = codegen.Params()
+    p.u(n, weight.shape[1], weight.elem_offset, weight.stride(0), weight.stride(1), skeys.elem_offset)
+    p.f(float(max_norm), p_ if kind == "p" else 0.0)
+    kernel = rt.kernel(("embedding_renorm", weight.dtype, kind), "embedding_renorm", 2, lambda: _renorm_source(w_st, kind))
+    rt.dispatch(kernel, (weight._ws.heap, skeys._ws.heap), p.pack(), codegen.groups_for(n, 64))
+    return weight

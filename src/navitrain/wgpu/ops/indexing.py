@@ -326,7 +326,7 @@ def _segment_source(op, out_st, src_st, m, q, include_self, by_freq, skip_key):
     zero, one = {"f32": ("0.0", "1.0"), "i32": ("0", "1"), "i64": ("0li", "1li")}[acc]
     ident = {"sum": zero, "mean": zero, "prod": one, "amax": lowest, "amin": highest}[op]
     if acc == "f32":
-        nanp = "(is_nan_f({a}) || is_nan_f({b}))"
+        nanp = "(is_nan({a}) || is_nan({b}))"
         pick = {"amax": "select({a}, {b}, {b} > {a})", "amin": "select({a}, {b}, {b} < {a})"}
         comb = {
             "sum": "{a} + {b}", "mean": "{a} + {b}", "prod": "{a} * {b}",
@@ -373,10 +373,9 @@ def _segment_source(op, out_st, src_st, m, q, include_self, by_freq, skip_key):
     else:
         res = comb.format(a=cur, b="acc") if include_self else "acc"
     lines.append(f"  {dst} = {out_st.store(res)};")
-    helpers = "fn is_nan_f(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }\n"
     from navitrain.wgpu import wgsl_math
 
-    helpers += wgsl_math.helpers("shader-int64" in rt.features)
+    helpers = wgsl_math.helpers("shader-int64" in rt.features)
     return codegen.module([out_st.wgsl, src_st.wgsl, "u32", "u32"], "\n".join(lines), WG, helpers=helpers,
                           names=["out", "src", "keys", "perm"])
 

@@ -470,6 +470,14 @@ def native_batch_norm_legit_no_training(x, weight, bias, running_mean, running_v
     return _batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
 
 
+@implements(aten._native_batch_norm_legit_functional.default)
+def native_batch_norm_legit_functional(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    # The functional form (torch.compile, export) returns updated copies instead of updating in place.
+    new_mean = aten.clone.default(running_mean)
+    new_var = aten.clone.default(running_var)
+    return (*_batch_norm(x, weight, bias, new_mean, new_var, training, momentum, eps), new_mean, new_var)
+
+
 def _reserve():
     return empty([0], torch.uint8)
 

@@ -71,8 +71,7 @@ def row_geometry(x: WgpuTensor, dim: int):
 
 # -- the combine operations ---------------------------------------------------------------------------
 LSE = """
-fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
-fn lse_pair(a: f32, b: f32) -> f32 {
+fn scan_lse_pair(a: f32, b: f32) -> f32 {
   if (is_nan(a) || is_nan(b)) { return bitcast<f32>(0x7fc00000u); }
   let mn = min(a, b); let mx = max(a, b);
   if (mn != mx || abs(mn) <= 3.4028234663852886e38) { return mx + log1p_f(exp(mn - mx)); }
@@ -99,7 +98,7 @@ def _identity(op: str, acc: str) -> str:
 
 
 def _combine(op: str, a: str, b: str) -> str:
-    return {"sum": f"({a} + {b})", "prod": f"({a} * {b})", "logsumexp": f"lse_pair({a}, {b})"}[op]
+    return {"sum": f"({a} + {b})", "prod": f"({a} * {b})", "logsumexp": f"scan_lse_pair({a}, {b})"}[op]
 
 
 # -- kernels ---------------------------------------------------------------------------------------

@@ -29,8 +29,6 @@ aten = torch.ops.aten
 WG = 256
 TILE = {1: 2048, 2: 1024}   # pairs per workgroup tile by key words: (4 * words + 4) * tile <= 16 KiB
 PAD = "0xffffffffu"
-# Bit test for NaN: lavapipe (and other drivers that assume no NaNs) fold `a != a` to false.
-IS_NAN = "((bitcast<u32>({0}) & 0x7fffffffu) > 0x7f800000u)"
 
 
 def _key_words(dtype: torch.dtype) -> int:
@@ -45,7 +43,7 @@ def _next_pow2(n: int) -> int:
 
 
 KEY_HELPERS = """
-fn fkey(v: f32) -> u32 {
+fn sort_key_f32(v: f32) -> u32 {
   let u = bitcast<u32>(v);
   if ((u & 0x7fffffffu) > 0x7f800000u) { return 0xffffffffu; }
   if ((u & 0x7fffffffu) == 0u) { return 0x80000000u; }
@@ -57,7 +55,7 @@ fn fkey(v: f32) -> u32 {
 def _key_exprs(st, expr: str, kw: int, descending: bool) -> list[str]:
     """WGSL for the key words of the stored element `expr`."""
     if st.kind == "float":
-        words = [f"fkey({st.load(expr, 'f32')})"]
+        words = [f"sort_key_f32({st.load(expr, 'f32')})"]
     elif kw == 2:
         words = [f"(u32(({expr}) >> 32u) ^ 0x80000000u)", f"u32(({expr}) & 0xffffffffli)"]
     else:
@@ -390,7 +388,7 @@ def _median(x, d, keepdim):
     v, i = _kth(x, (n - 1) // 2 + 1, d, keepdim)
     if not x.dtype.is_floating_point:
         return v, i
-    nan = pointwise.run("isnan_bits", f"select(0.0, 1.0, {IS_NAN.format('a')})", [x], torch.float32, "f32")
+    nan = pointwise.run("isnan_bits", "select(0.0, 1.0, is_nan(a))", [x], torch.float32, "f32")
     has, first = reduce(nan, [d] if x.dim() else None, keepdim, "argmax", torch.float32)
     v = pointwise.run("median_nan", "select(a, b, c != 0.0)", [v, _nan_like(v), has], x.dtype, "f32",
                       shape=tuple(v.shape))
