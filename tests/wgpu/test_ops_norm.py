@@ -205,7 +205,7 @@ def _compare_outputs(dev_out, cpu_out, what):
 
 @pytest.mark.parametrize("overload", ["native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit.no_stats",
                                       "_native_batch_norm_legit_no_training", "_batch_norm_with_update",
-                                      "_batch_norm_no_update"])
+                                      "_batch_norm_no_update", "_native_batch_norm_legit_functional"])
 def test_batch_norm_aten_overloads(overload):
     """Every batch norm overload PyTorch may send (export and compile paths use the newer ones)."""
     gen = torch.Generator().manual_seed(3)
@@ -213,11 +213,7 @@ def test_batch_norm_aten_overloads(overload):
     rm_d, rv_d = rm.to(DEV), rv.to(DEV)
     packet, _, ov = overload.partition(".")
     op = getattr(getattr(aten, packet), ov or "default")
-    if overload == "native_batch_norm":
-        tail = (True, 0.3, 1e-5)
-        cpu_out = op(x, w, b, rm, rv, *tail)
-        dev_out = op(x.to(DEV), w.to(DEV), b.to(DEV), rm_d, rv_d, *tail)
-    elif overload == "_native_batch_norm_legit":
+    if overload in ("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_functional"):
         cpu_out = op(x, w, b, rm, rv, True, 0.3, 1e-5)
         dev_out = op(x.to(DEV), w.to(DEV), b.to(DEV), rm_d, rv_d, True, 0.3, 1e-5)
     elif overload == "_native_batch_norm_legit.no_stats":
