@@ -119,7 +119,7 @@ def reference(case: Case, x, w, b, gy, mask=(True, True, True)):
 def assert_close(actual, expected, rtol, what=""):
     """|actual - expected| <= rtol * max|expected| (a tolerance relative to the result's scale)."""
     assert actual is not None and expected is not None, what
-    assert tuple(actual.shape) == tuple(expected.shape), f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert tuple(actual.shape) == tuple(expected.shape), f"{what}: {tuple(actual.shape)} != {tuple(expected.shape)}"
     scale = max(float(expected.abs().max()), 1e-12)
     err = float((actual.double() - expected).abs().max())
     assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:g} * {scale:.3g}"

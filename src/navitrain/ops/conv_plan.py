@@ -120,7 +120,7 @@ def _choose(problem: str, x: torch.Tensor, weight_shape, geom: Geometry, lo, k: 
     if algo:
         return algo
     names, estimate = names[:-1], names[-1]
-    key = (problem, tuple(x.shape), _layout_tag(x), tuple(weight_shape), geom, tuple(lo), *key_extra, x.dtype,
+    key = (problem, tuple(x.shape), _layout_tag(x), tuple(weight_shape), geom, tuple(lo), *key_extra(), x.dtype,
            x.device)
     chosen = tuned.get(key)
     if chosen is None:
@@ -173,7 +173,8 @@ def _run_forward(algo: str, x, w, bias, geom: Geometry, lo, out) -> None:
 
 def conv_forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: torch.Tensor) -> str:
     """out[N, K, *So] = conv(x, w) + bias, x zero-padded by `lo` at the start of each spatial dim."""
-    algo = _choose("forward", x, w.shape, geom, lo, w.shape[0], out.shape[2:], (tuple(out.shape), _layout_tag(out)),
+    algo = _choose("forward", x, w.shape, geom, lo, w.shape[0], out.shape[2:],
+                   lambda: (tuple(out.shape), _layout_tag(out)),
                    run=lambda a: _run_forward(a, x, w, bias, geom, lo, torch.empty_like(out)))
     stats["forward:" + algo] += 1
     _run_forward(algo, x, w, bias, geom, lo, out)
@@ -217,7 +218,8 @@ def _run_weight_grad(algo: str, x, gy, geom: Geometry, lo, weight_shape) -> torc
 def conv_weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_shape) -> torch.Tensor:
     """dL/dw [K, C/g, *k] (any strides, float32 for half inputs) of conv_forward(x, w) given gy."""
     algo = _choose("weight_grad", x, weight_shape, geom, lo, gy.shape[1], gy.shape[2:],
-                   (tuple(gy.shape), _layout_tag(gy)), run=lambda a: _run_weight_grad(a, x, gy, geom, lo, weight_shape),
+                   lambda: (tuple(gy.shape), _layout_tag(gy)),
+                   run=lambda a: _run_weight_grad(a, x, gy, geom, lo, weight_shape),
                    gy_rows_copy=not is_channels_last_dense(gy))
     stats["weight_grad:" + algo] += 1
     return _run_weight_grad(algo, x, gy, geom, lo, weight_shape)

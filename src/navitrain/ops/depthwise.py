@@ -11,7 +11,8 @@ import torch
 
 from navitrain.ops import policy
 from navitrain.ops.conv_params import Geometry
-from navitrain.ops.layout import channels_last, needed_end_padding, padded_channels_last, prod, tap_slices, taps, windows
+from navitrain.ops.layout import (batch_slice, channels_last, needed_end_padding, padded_channels_last, prod,
+                                  tap_slices, taps, windows)
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -32,9 +33,9 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: tor
     if acc_dtype != out.dtype:
         per_image += 4 * prod(out_spatial) * k
     for a, b in policy.batch_chunks(x.shape[0], per_image):
-        xp = padded_channels_last(x[a:b], lo, hi)
+        xp = padded_channels_last(batch_slice(x, a, b), lo, hi)
         win = windows(xp, out_spatial, kernel, geom.stride, geom.dilation)  # [n, *So, *k, C]
-        dest = channels_last(out[a:b]).unflatten(-1, (c, mult))  # [n, *So, C, mult]
+        dest = channels_last(batch_slice(out, a, b)).unflatten(-1, (c, mult))  # [n, *So, C, mult]
         acc = dest if acc_dtype == out.dtype else torch.empty(dest.shape, dtype=acc_dtype, device=out.device)
         for i, t in enumerate(taps(kernel)):
             src = win[(slice(None),) * (nd + 1) + t].unsqueeze(-1)  # [n, *So, C, 1]
@@ -56,12 +57,13 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
     hi = needed_end_padding(x.shape[2:], lo, out_spatial, kernel, geom.stride, geom.dilation)
     acc_dtype = _accumulator_dtype(gy.dtype)
     grad = torch.zeros([c, mult, prod(kernel)], dtype=acc_dtype, device=gy.device)
-    per_image = x.element_size() * (prod(s + a + b for s, a, b in zip(x.shape[2:], lo, hi)) * c + 2 * prod(gy.shape[1:]))
+    padded = prod(s + a + b for s, a, b in zip(x.shape[2:], lo, hi)) * c
+    per_image = x.element_size() * (padded + 2 * prod(gy.shape[1:]))
     dims = list(range(nd + 1))
     for a, b in policy.batch_chunks(x.shape[0], per_image):
-        xp = padded_channels_last(x[a:b], lo, hi)
+        xp = padded_channels_last(batch_slice(x, a, b), lo, hi)
         win = windows(xp, out_spatial, kernel, geom.stride, geom.dilation)
-        g = channels_last(gy[a:b]).unflatten(-1, (c, mult))  # [n, *So, C, mult]
+        g = channels_last(batch_slice(gy, a, b)).unflatten(-1, (c, mult))  # [n, *So, C, mult]
         for i, t in enumerate(taps(kernel)):
             src = win[(slice(None),) * (nd + 1) + t].unsqueeze(-1)
             grad[:, :, i] += (g * src).sum(dims, dtype=acc_dtype)

@@ -10,8 +10,8 @@ import torch
 
 from navitrain.ops import gemm, policy, unfold2d
 from navitrain.ops.conv_params import Geometry
-from navitrain.ops.layout import (channels_last, is_channels_last_dense, needed_end_padding, padded_channels_last,
-                                  prod, rows, tap_slices, taps, windows)
+from navitrain.ops.layout import (batch_slice, channels_last, is_channels_last_dense, needed_end_padding,
+                                  padded_channels_last, prod, rows, tap_slices, taps, windows)
 
 
 def weight_rows(w: torch.Tensor, groups: int) -> torch.Tensor:
@@ -44,7 +44,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: tor
     hi = needed_end_padding(x.shape[2:], lo, out_spatial, kernel, geom.stride, geom.dilation)
     wm = weight_rows(w, geom.groups)
     for a, b in policy.batch_chunks(x.shape[0], _per_image_bytes(x, lo, hi, out_spatial, kernel)):
-        gemm.rows_into(out[a:b], _cols(x[a:b], lo, hi, out_spatial, kernel, geom), wm, bias)
+        gemm.rows_into(batch_slice(out, a, b), _cols(batch_slice(x, a, b), lo, hi, out_spatial, kernel, geom), wm, bias)
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_shape) -> torch.Tensor:
@@ -58,8 +58,8 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
         per_image += gy.element_size() * prod(gy.shape[1:])
     total = None
     for a, b in policy.batch_chunks(x.shape[0], per_image):
-        cols = _cols(x[a:b], lo, hi, out_spatial, kernel, geom)
-        part = gemm.rows_t_rows(rows(gy[a:b]), cols, geom.groups)
+        cols = _cols(batch_slice(x, a, b), lo, hi, out_spatial, kernel, geom)
+        part = gemm.rows_t_rows(rows(batch_slice(gy, a, b)), cols, geom.groups)
         total = _accumulate(total, part)
     return _as_weight(total, weight_shape)
 
@@ -95,14 +95,14 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch
     tap_list = [(t, tap_slices(t, geom.stride, geom.dilation, lo, in_spatial, out_spatial)) for t in taps(kernel)]
     for a, b in policy.batch_chunks(n_all, per_image):
         n = b - a
-        dest = out[a:b].unflatten(1, (g, c // g))  # [n, g, C/g, *S]
+        dest = batch_slice(out, a, b).unflatten(1, (g, c // g))  # [n, g, C/g, *S]
         if nchw_gemm:
             # per image: [kk*C, K] @ [K, P]; columns come out as [n, *k, C, *So], NCHW-like
-            cols = torch.bmm(wm[0].t().expand(n, kk * c, k), gy[a:b].reshape(n, k, p))
+            cols = torch.bmm(wm[0].t().expand(n, kk * c, k), batch_slice(gy, a, b).reshape(n, k, p))
             cols = cols.view(n, *kernel, 1, c, *out_spatial)
             tap_view = lambda t: cols[(slice(None), *t)]  # noqa: E731  [n, 1, C, *So]
         else:
-            gyr = rows(gy[a:b])  # [n*P, K]
+            gyr = rows(batch_slice(gy, a, b))  # [n*P, K]
             if g == 1:
                 cols = (gyr @ wm[0]).view(n, *out_spatial, *kernel, 1, c)
             else:

@@ -19,7 +19,15 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def is_channels_last_dense(t: torch.Tensor) -> bool:
-    return channels_last(t).is_contiguous()
+    """channels_last(t).is_contiguous(), computed from sizes and strides without a tensor op."""
+    shape, strides = t.shape, t.stride()
+    expected = 1
+    for d in (1, *range(t.dim() - 1, 1, -1), 0):
+        if shape[d] != 1:
+            if strides[d] != expected:
+                return False
+            expected *= shape[d]
+    return True
 
 
 def padded_channels_last(x: torch.Tensor, lo: Sequence[int], hi: Sequence[int]) -> torch.Tensor:
@@ -41,6 +49,11 @@ def padded_channels_last(x: torch.Tensor, lo: Sequence[int], hi: Sequence[int]) 
             pads += [a, b]
         xc = torch.constant_pad_nd(xc, pads)
     return xc if xc.is_contiguous() else xc.contiguous()
+
+
+def batch_slice(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """t[a:b] without a slicing op when the chunk is the whole batch (the common case)."""
+    return t if a == 0 and b == t.shape[0] else t[a:b]
 
 
 def rows(t: torch.Tensor) -> torch.Tensor:

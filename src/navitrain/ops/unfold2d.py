@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from navitrain.ops import policy
 from navitrain.ops.conv_params import Geometry
-from navitrain.ops.layout import is_channels_last_dense, prod
+from navitrain.ops.layout import batch_slice, is_channels_last_dense, prod
 
 
 def _fits(in_spatial, lo, out_spatial, kernel, geom: Geometry) -> bool:
@@ -38,8 +38,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: tor
     wm = w.reshape(k, -1)  # [K, C*kh*kw], the row order of unfold's columns
     per_image = x.element_size() * wm.shape[1] * pixels
     for a, b in policy.batch_chunks(x.shape[0], per_image):
-        cols = _unfold(x[a:b], kernel, geom, lo)  # [n, C*kk, L]
-        torch.bmm(wm.expand(b - a, *wm.shape), cols, out=out[a:b].view(b - a, k, pixels))
+        cols = _unfold(batch_slice(x, a, b), kernel, geom, lo)  # [n, C*kk, L]
+        torch.bmm(wm.expand(b - a, *wm.shape), cols, out=batch_slice(out, a, b).view(b - a, k, pixels))
     if bias is not None:
         out.add_(bias.view(1, -1, 1, 1))
 
@@ -58,8 +58,8 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
     per_image = x.element_size() * ckk * (pixels + k)
     total = None
     for a, b in policy.batch_chunks(x.shape[0], per_image):
-        cols = _unfold(x[a:b], weight_shape[2:], geom, lo)  # [n, C*kk, L]
-        part = torch.bmm(gy[a:b].view(b - a, k, pixels), cols.transpose(1, 2))  # [n, K, C*kk]
+        cols = _unfold(batch_slice(x, a, b), weight_shape[2:], geom, lo)  # [n, C*kk, L]
+        part = torch.bmm(batch_slice(gy, a, b).view(b - a, k, pixels), cols.transpose(1, 2))  # [n, K, C*kk]
         part = part.sum(0, dtype=torch.float32 if part.dtype in (torch.float16, torch.bfloat16) else None)
         total = part if total is None else total.add_(part)
     return total.view(weight_shape)
@@ -77,9 +77,9 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch
     per_image = gy.element_size() * wt.shape[0] * pixels
     direct = out.is_contiguous()
     for a, b in policy.batch_chunks(gy.shape[0], per_image):
-        cols = torch.bmm(wt.expand(b - a, *wt.shape), gy[a:b].reshape(b - a, k, pixels))
+        cols = torch.bmm(wt.expand(b - a, *wt.shape), batch_slice(gy, a, b).reshape(b - a, k, pixels))
         args = (tuple(out.shape[2:]), tuple(w.shape[2:]), tuple(geom.dilation), tuple(lo), tuple(geom.stride))
         if direct:
-            torch.ops.aten.col2im.out(cols, *args, out=out[a:b])
+            torch.ops.aten.col2im.out(cols, *args, out=batch_slice(out, a, b))
         else:
-            out[a:b].copy_(torch.ops.aten.col2im(cols, *args))
+            batch_slice(out, a, b).copy_(torch.ops.aten.col2im(cols, *args))
