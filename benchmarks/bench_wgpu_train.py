@@ -1,0 +1,188 @@
+"""Training step time of the standard models on wgpu, native CUDA and the CPU, same machine, same run.
+
+Each (device, model) pair runs in its own child process: PyTorch accepts one accelerator per process,
+and registering the wgpu device makes CUDA autograd fail in that process. Every child builds the model
+from the same seed and trains on the same synthetic batches; the parent checks that the first-step
+losses agree (relative 1e-3) and that the loss goes down before it reports any time. fp32 throughout,
+TF32 off on CUDA.
+
+    python benchmarks/bench_wgpu_train.py                           # resnet18, gpt on wgpu, cuda, cpu
+    python benchmarks/bench_wgpu_train.py --models mlp --devices wgpu,cpu --quick
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+MODELS = {
+    # name: (builder kwargs, batch function kwargs, batch size, quick overrides)
+    "resnet18": ("cifar_resnet18", {"width": 64}, "cifar_batch", {"image_size": 32}, 128, "cifar_loss",
+                 {"width": 8, "image_size": 16, "batch": 4}),
+    "gpt": ("gpt_decoder", {"vocab": 4096, "context": 256, "d_model": 384, "layers": 6, "heads": 6},
+            "gpt_batch", {"context": 256, "vocab": 4096}, 16, "gpt_loss",
+            {"model": {"vocab": 64, "context": 16, "d_model": 32, "layers": 2, "heads": 2},
+             "data": {"context": 16, "vocab": 64}, "batch": 4}),
+    "mlp": ("mlp", {"in_features": 784, "hidden": (1024, 1024)}, "mlp_batch", {"in_features": 784}, 512, "mlp_loss",
+            {"model": {"in_features": 64, "hidden": (64,)}, "data": {"in_features": 64}, "batch": 16}),
+    "unet": ("unet_small", {"width": 32}, "unet_batch", {"image_size": 128}, 16, "unet_loss",
+             {"width": 8, "image_size": 16, "batch": 2}),
+}
+
+
+def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, out: str) -> None:
+    import torch
+
+    if device == "wgpu":
+        import navitrain.wgpu as nw  # noqa: F401
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    from navitrain.bench import models
+
+    build, mkw, batch_fn, bkw, batch, loss_name, q = MODELS[model_name]
+    if quick:
+        if "model" in q:
+            mkw, bkw = dict(q["model"]), dict(q["data"])
+        else:
+            mkw = {"width": q["width"]}
+            bkw = {"image_size": q["image_size"]}
+        batch = q["batch"]
+    torch.manual_seed(0)
+    model = getattr(models, build)(**mkw).to(device)
+    loss_fn = getattr(models, loss_name)
+    batches = [getattr(models, batch_fn)(batch, **bkw, seed=s) for s in range(warmup + steps)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9) if model_name == "resnet18" else \
+        torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elif device == "wgpu":
+            import navitrain.wgpu as nw
+
+            nw.synchronize()
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    losses = []
+    t_first = time.perf_counter()
+    for i in range(warmup):
+        x, y = (t.to(device) for t in batches[i])
+        losses.append(step(x, y).item())
+        if i == 0:
+            first_step_s = time.perf_counter() - t_first
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step_times = []
+    for i in range(warmup, warmup + steps):
+        x, y = (t.to(device) for t in batches[i])
+        sync()
+        t0 = time.perf_counter()
+        loss = step(x, y)
+        sync()
+        step_times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+    peak = None
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    elif device == "wgpu":
+        import navitrain.wgpu as nw
+
+        peak = nw.max_memory_allocated()
+        fallbacks = nw.fallback_report()
+    result = {"device": device, "model": model_name, "batch": batch, "losses": losses,
+              "step_ms": [t * 1e3 for t in step_times], "median_ms": statistics.median(step_times) * 1e3,
+              "first_step_s": first_step_s, "peak_bytes": peak, "threads": torch.get_num_threads()}
+    if device == "wgpu":
+        result["fallbacks"] = fallbacks
+        result["adapter"] = nw.adapter_info()["name"]
+    Path(out).write_text(json.dumps(result))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet18,gpt")
+    ap.add_argument("--devices", default="wgpu,cuda,cpu")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--cpu-steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="tiny models (smoke test)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per child")
+    ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--worker", nargs=3, metavar=("DEVICE", "MODEL", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        device, model, out = args.worker
+        steps = args.cpu_steps if device == "cpu" else args.steps
+        worker(device, model, steps, args.warmup if device != "cpu" else 1, args.quick, out)
+        return None
+
+    results = []
+    env = dict(os.environ)
+    for model in args.models.split(","):
+        for device in args.devices.split(","):
+            out = f"/tmp/bench_train_{device}_{model}_{os.getpid()}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", device, model, out,
+                   "--steps", str(args.steps), "--cpu-steps", str(args.cpu_steps), "--warmup", str(args.warmup)]
+            if args.quick:
+                cmd.append("--quick")
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+            if proc.returncode != 0 or not Path(out).exists():
+                tail = (proc.stderr or proc.stdout)[-1500:]
+                print(f"[{model} on {device}] failed (exit {proc.returncode}):\n{tail}")
+                results.append({"device": device, "model": model, "error": tail})
+                continue
+            r = json.loads(Path(out).read_text())
+            r["wall_s"] = time.perf_counter() - t0
+            results.append(r)
+            print(f"[{model} on {device}] median step {r['median_ms']:.1f} ms, first step {r['first_step_s']:.1f} s, "
+                  f"losses {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}", flush=True)
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def report(results):
+    by_model = {}
+    for r in results:
+        by_model.setdefault(r["model"], {})[r["device"]] = r
+    print()
+    print(f"{'model':9} {'device':6} {'batch':>5} {'step ms':>9} {'vs cuda':>8} {'vs cpu':>8} {'peak MiB':>9} "
+          f"{'first-step loss':>16} {'valid':>6}")
+    for model, devs in by_model.items():
+        ref = devs.get("cpu") or devs.get("cuda")
+        for device, r in devs.items():
+            if "error" in r:
+                print(f"{model:9} {device:6} {'':>5} {'failed':>9}")
+                continue
+            valid = all(abs(v) < float("inf") for v in r["losses"])   # finite (NaN fails the comparison)
+            if ref is not None and "losses" in ref:
+                valid = valid and abs(r["losses"][0] - ref["losses"][0]) <= 1e-3 * max(1.0, abs(ref["losses"][0]))
+            if device == "wgpu" and r.get("fallbacks", {}).get("total_fallback_calls"):
+                valid = False
+            vs_cuda = r["median_ms"] / devs["cuda"]["median_ms"] if "cuda" in devs and "median_ms" in devs["cuda"] else None
+            vs_cpu = devs["cpu"]["median_ms"] / r["median_ms"] if "cpu" in devs and "median_ms" in devs["cpu"] else None
+            peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-"
+            print(f"{model:9} {device:6} {r['batch']:>5} {r['median_ms']:>9.1f} "
+                  f"{(f'{vs_cuda:.2f}x' if vs_cuda else '-'):>8} {(f'{vs_cpu:.1f}x' if vs_cpu else '-'):>8} {peak:>9} "
+                  f"{r['losses'][0]:>16.5f} {str(valid):>6}")
+    print("vs cuda: step time / native CUDA step time (lower is better); vs cpu: CPU step time / this step time")
+
+
+if __name__ == "__main__":
+    main()
