@@ -136,10 +136,10 @@ def test_importing_the_route_does_not_import_torch():
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gpu_route_matches_cudnn(dtype, tol, channels_last):
+def test_gpu_route_matches_cudnn(dtype, tol, channels_last, monkeypatch):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     model = _small_cnn().cuda().to(dtype).to(memory_format=fmt)
     x = torch.randn(8, 3, 16, 16, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
     y = torch.randint(0, 3, (8,), device="cuda")

@@ -84,29 +84,33 @@ def _cost(algo: str, problem: str, x_shape, elt: int, k: int, out_spatial, kerne
     return flops + moved * elt * _FLOPS_PER_BYTE + launches * _LAUNCH_FLOPS
 
 
-def _heuristic(names, problem, x, k, out_spatial, kernel, gy_rows_copy=False) -> str:
-    if len(names) == 1 or x.dtype in _HALF:
+def _estimate(names, problem, dtype, x_shape, elt, k, out_spatial, kernel, gy_rows_copy) -> str:
+    if len(names) == 1 or dtype in _HALF:
         return names[0]  # half precision: BLAS is fast enough that im2col's fewer bytes win
-    return min(names, key=lambda a: _cost(a, problem, tuple(x.shape), x.element_size(), k, tuple(out_spatial),
-                                          tuple(kernel), gy_rows_copy))
+    return min(names, key=lambda a: _cost(a, problem, x_shape, elt, k, out_spatial, kernel, gy_rows_copy))
+
+
+def _heuristic(names, problem, x, k, out_spatial, kernel, gy_rows_copy=False) -> str:
+    """What `auto` picks among `names` for input x (the cost model on its own, for tests and tools)."""
+    return _estimate(names, problem, x.dtype, tuple(x.shape), x.element_size(), k, tuple(out_spatial),
+                     tuple(kernel), gy_rows_copy)
 
 
 @functools.lru_cache(maxsize=4096)  # pure function of shapes: decided once per layer, not every step
 def _policy_choice(pol: str, problem: str, weight_shape, dtype, geom: Geometry, lo, x_shape, elt: int, k: int,
-                   out_spatial, gy_rows_copy: bool) -> tuple[str, tuple[str, ...]]:
-    """(algorithm, candidates); algorithm is "" when the candidates must be timed (`tune`)."""
+                   out_spatial, gy_rows_copy: bool) -> tuple[str, tuple[str, ...], str]:
+    """(algorithm, candidates, cost-model pick); algorithm is "" when the candidates must be timed."""
     names = tuple(_candidates(weight_shape, dtype, geom, lo))
+    estimate = _estimate(names, problem, dtype, x_shape, elt, k, out_spatial, weight_shape[2:], gy_rows_copy)
     if len(names) == 1:
-        return names[0], names
+        return names[0], names, estimate
     if pol in names:
-        return pol, names
+        return pol, names, estimate
     if pol == "winograd4" and "winograd2" in names:
-        return "winograd2", names
+        return "winograd2", names, estimate
     if pol in ("im2col", "winograd2", "winograd4"):
-        return "im2col", names
-    estimate = names[0] if dtype in _HALF else min(
-        names, key=lambda a: _cost(a, problem, x_shape, elt, k, out_spatial, weight_shape[2:], gy_rows_copy))
-    return ("" if pol == "tune" else estimate), names + (estimate,)
+        return "im2col", names, estimate
+    return ("" if pol == "tune" else estimate), names, estimate
 
 
 def _layout_tag(t: torch.Tensor) -> str:
@@ -115,11 +119,10 @@ def _layout_tag(t: torch.Tensor) -> str:
 
 def _choose(problem: str, x: torch.Tensor, weight_shape, geom: Geometry, lo, k: int, out_spatial, key_extra,
             run: Callable[[str], object], gy_rows_copy: bool = False) -> str:
-    algo, names = _policy_choice(policy.current(), problem, tuple(weight_shape), x.dtype, geom, tuple(lo),
-                                 tuple(x.shape), x.element_size(), k, tuple(out_spatial), gy_rows_copy)
+    algo, names, estimate = _policy_choice(policy.current(), problem, tuple(weight_shape), x.dtype, geom, tuple(lo),
+                                           tuple(x.shape), x.element_size(), k, tuple(out_spatial), gy_rows_copy)
     if algo:
         return algo
-    names, estimate = names[:-1], names[-1]
     key = (problem, tuple(x.shape), _layout_tag(x), tuple(weight_shape), geom, tuple(lo), *key_extra(), x.dtype,
            x.device)
     chosen = tuned.get(key)

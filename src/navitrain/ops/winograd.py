@@ -157,7 +157,9 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, m: int) -> torch.Tensor:
         n = b - a
         whole = n == n_all
         v = _input_transform(x if whole else x[a:b], lo, plan.hi, m, plan, bt)  # [a2, n*T, C]
-        gyp = padded_channels_last(gy if whole else gy[a:b], zeros, plan.gy_hi)
+        gy_part = gy if whole else gy[a:b]
+        # whole tiles: gather straight from grad_output, whatever its layout; else pad it first
+        gyp = channels_last(gy_part) if plan.exact else padded_channels_last(gy_part, zeros, plan.gy_hi)
         g_tiles = torch.empty([m2, n * plan.count, k], dtype=gy.dtype, device=gy.device)
         g_tiles.view([m] * nd + [n, *plan.tiles, k]).copy_(_tile_view(gyp, m, m, plan.tiles))
         del gyp
