@@ -257,3 +257,15 @@ def test_empty_batch_gives_empty_output_and_zero_gradients():
     gi, gw, gb = gemm_conv.convolution_backward(y, x, w, [4], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                                 [True, True, True])
     assert gi.shape == x.shape and not gw.any() and not gb.any()
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_matrices_compute_a_1d_correlation(m):
+    # Y = A^T [(G g) * (B^T d)] must equal y_i = sum_k d_{i+k} g_k for any tile d and kernel g.
+    from navitrain.ops.winograd import matrices_1d
+
+    bt, g_mat, at = matrices_1d(m)
+    torch.manual_seed(m)
+    d, g = torch.randn(m + 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    direct = torch.stack([(d[i:i + 3] * g).sum() for i in range(m)])
+    torch.testing.assert_close(at @ ((g_mat @ g) * (bt @ d)), direct, rtol=1e-12, atol=1e-12)

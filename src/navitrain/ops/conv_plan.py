@@ -141,10 +141,10 @@ def _tune(names, run, device):
     for name in names:
         try:
             times[name] = _time(lambda: run(name), device)
-        except torch.cuda.OutOfMemoryError:  # a candidate that does not fit is no candidate
+        except RuntimeError:  # out of memory, or a BLAS refusing the shape: no candidate then
             times[name] = math.inf
     best = min(times, key=times.get)
-    return best, times
+    return (best, times) if times[best] < math.inf else None
 
 
 def _time(fn, device, reps: int = 3) -> float:

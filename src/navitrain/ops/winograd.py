@@ -18,7 +18,6 @@ import functools
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from navitrain.ops import policy
@@ -41,24 +40,23 @@ _MATRICES = {
 TILES = tuple(_MATRICES)
 
 
-def matrices_1d(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B^T, G, A^T) of F(m, 3) in float64."""
-    return tuple(np.array(a, dtype=np.float64) for a in _MATRICES[m])  # type: ignore[return-value]
+def matrices_1d(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B^T, G, A^T) of F(m, 3) as float64 CPU tensors."""
+    return tuple(torch.tensor(a, dtype=torch.float64) for a in _MATRICES[m])  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=64)
 def transforms(m: int, nd: int, dtype: torch.dtype, device: torch.device):
     """(kron B^T, kron G, kron A^T, its transpose, kron G transposed) over nd dims, as contiguous
-    tensors of `dtype` on `device`."""
+    tensors of `dtype` on `device` (built in float64, then rounded once)."""
     mats = []
     for a in matrices_1d(m):
         k = a
         for _ in range(nd - 1):
-            k = np.kron(k, a)
+            k = torch.kron(k, a)
         mats.append(k)
     bt, gk, at = mats
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
-                 for a in (bt, gk, at, at.T, gk.T))
+    return tuple(t.contiguous().to(device=device, dtype=dtype) for t in (bt, gk, at, at.t(), gk.t()))
 
 
 class _Plan(NamedTuple):
