@@ -23,7 +23,8 @@ OPINFO_CASES = [
     ("nn.functional.l1_loss", [F32, F16], {}),
     ("nn.functional.smooth_l1_loss", [F32, F16], {}),
     ("nn.functional.huber_loss", [F32, F16], {}),
-    ("nn.functional.binary_cross_entropy", [F32, F16], {}),
+    ("nn.functional.binary_cross_entropy", [F32], {}),
+    ("nn.functional.binary_cross_entropy", [F16], LOW),
     ("nn.functional.binary_cross_entropy_with_logits", [F32], {}),
     # bfloat16 is checked against float64 below: the CPU's bfloat16 result is 0.37 off in relative terms.
     ("nn.functional.binary_cross_entropy_with_logits", [F16], LOW),
@@ -38,6 +39,7 @@ OPINFO_CASES = [
                          ids=[f"{c[0]}-{'-'.join(str(d)[6:] for d in c[1])}" for c in OPINFO_CASES])
 def test_opinfo_matches_cpu(name, dtypes, kw):
     op = opinfo.find(name)
+    torch.manual_seed(0)  # OpInfo draws its samples from the global generator
     for dtype in dtypes:
         assert opinfo.check(op, dtype, max_samples=30, **kw) > 0
 
