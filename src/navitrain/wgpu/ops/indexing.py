@@ -51,7 +51,7 @@ def _strides_over(t: torch.Tensor, shape, dims=None) -> list[int]:
     return out
 
 
-def _is_nan_value(st) -> str:
+def _invalid_value(st) -> str:
     return st.store("bitcast<f32>(0x7fc00000u)") if st.kind == "float" else st.store("0")
 
 
@@ -95,7 +95,7 @@ def _indexed_copy_source(mode, dst_st, src_st, idx_sts, nd, scalar_kind):
     else:
         value = dst_st.store("pf(3u)" if scalar_kind == "f" else ("pi(3u) != 0" if dst_st.kind == "bool" else "pi(3u)"))
     if mode == "gather":
-        lines.append(f"  if (ok) {{ {dst} = {value}; }} else {{ {dst} = {_is_nan_value(dst_st)}; }}")
+        lines.append(f"  if (ok) {{ {dst} = {value}; }} else {{ {dst} = {_invalid_value(dst_st)}; }}")
     else:
         lines.append(f"  if (ok) {{ {dst} = {value}; }}")
     names = ["dst"] + (["src"] if has_src else []) + [f"ix{k}" for k in range(m)]
@@ -351,27 +351,27 @@ def _segment_source(op, out_st, src_st, m, q, include_self, by_freq, skip_key):
     if skip_key:
         lines.append("  if (kv == pi(10u)) { return; }")
     lines += decompose("r", m, r0, "r") + decompose("s", q, s0, "s")
+    # Start from the destination's value and combine in the original order: a sum then adds in
+    # exactly the CPU's order (((self + a) + b) + c).
+    cur = out_st.load(dst, acc)
+    value = load_src
+    if op == "sum":
+        value = f"{load_src} * pf(9u)" if acc == "f32" else f"{load_src} * {acc}(pi(9u))"
     lines += [
-        f"  var acc: {acc} = {ident}; var cnt = 0u;",
+        f"  var acc: {acc} = {cur if include_self else ident}; var cnt = 0u;",
         "  for (var jj = j; jj < K; jj = jj + 1u) {",
         "    if (keys[kb + jj] != key) { break; }",
         "    let k = perm[pu(6u) - pu(5u) + kb + jj];",
-        f"    acc = {comb.format(a='acc', b=load_src)};",
+        f"    acc = {comb.format(a='acc', b=value)};",
         "    cnt = cnt + 1u;",
         "  }",
     ]
-    cur = out_st.load(dst, acc)
-    if op == "sum":
-        scaled = "acc * pf(9u)" if acc == "f32" else f"acc * {acc}(pi(9u))"
-        if by_freq:
-            scaled = f"({scaled}) / f32(cnt)"
-        res = f"{cur} + {scaled}" if include_self else scaled
+    res = "acc"
+    if op == "sum" and by_freq:
+        res = "acc / f32(cnt)"
     elif op == "mean":
-        total = f"{cur} + acc" if include_self else "acc"
         n = f"{acc}(cnt + {1 if include_self else 0}u)"
-        res = f"({total}) / {n}" if acc == "f32" else f"idiv_floor{'64' if acc == 'i64' else ''}({total}, {n})"
-    else:
-        res = comb.format(a=cur, b="acc") if include_self else "acc"
+        res = f"acc / {n}" if acc == "f32" else f"idiv_floor{'64' if acc == 'i64' else ''}(acc, {n})"
     lines.append(f"  {dst} = {out_st.store(res)};")
     from navitrain.wgpu import wgsl_math
 
@@ -387,6 +387,8 @@ def segment_reduce(op: str, out: WgpuTensor, src: WgpuTensor, keys: WgpuTensor, 
     destination index, INVALID_KEY to skip). Source k of row r, slice element s, is at
     src[r offset + k * src_pos_stride + s offset]; it lands on out[r offset + key * key_stride + s offset].
     r_* and s_* give the shapes and strides (in out and in src) of the row and slice coordinates."""
+    if by_freq and include_self:
+        raise ValueError("segment_reduce: scale by frequency only applies to a fresh (include_self=False) sum")
     R, K = keys.shape
     S = 1
     for v in s_shape:

@@ -314,3 +314,71 @@ def _register_pads():
 
 
 _register_pads()
+
+
+# -- *_scatter: a copy of the input with one view of it overwritten (the backwards of slicing) ------------
+@implements(aten.slice_scatter.default)
+def slice_scatter(x, src, dim=0, start=None, end=None, step=1):
+    out = aten.clone.default(x)
+    copy_into(aten.slice.Tensor(out, dim, start, end, step), src)
+    return out
+
+
+@implements(aten.select_scatter.default)
+def select_scatter(x, src, dim, index):
+    out = aten.clone.default(x)
+    copy_into(aten.select.int(out, dim, index), src)
+    return out
+
+
+@implements(aten.diagonal_scatter.default)
+def diagonal_scatter(x, src, offset=0, dim1=0, dim2=1):
+    out = aten.clone.default(x)
+    copy_into(aten.diagonal.default(out, offset, dim1, dim2), src)
+    return out
+
+
+@implements(aten.as_strided_scatter.default)
+def as_strided_scatter(x, src, size, stride, storage_offset=None):
+    out = aten.clone.default(x)
+    copy_into(aten.as_strided.default(out, size, stride, storage_offset or 0), src)
+    return out
+
+
+# -- repeat_interleave: the indices that repeat position i repeats[i] times -------------------------------
+def _repeat_index_source(r_st, i64_st):
+    """Params: 0 total, 1 n (repeats), 2 ends off (inclusive running sums, i64 or i32), 3 out off.
+    Output position j gets the first i whose running sum exceeds j (binary search)."""
+    body = f"""
+  if (gi >= pu(0u)) {{ return; }}
+  var lo = 0u; var hi = pu(1u);
+  while (lo < hi) {{
+    let mid = (lo + hi) >> 1u;
+    if (u32({r_st.load('ends[pu(2u) + mid]', 'i32')}) <= gi) {{ lo = mid + 1u; }} else {{ hi = mid; }}
+  }}
+  outs[pu(3u) + gi] = {i64_st.store('lo')};"""
+    return codegen.module([r_st.wgsl, i64_st.wgsl], body, WG, names=["ends", "outs"])
+
+
+@implements(aten.repeat_interleave.Tensor)
+def repeat_interleave(repeats, *, output_size=None):
+    from navitrain.wgpu.ops.scan import scan_into
+    from navitrain.wgpu.tensor import to_cpu
+
+    if repeats.dim() != 1:
+        raise RuntimeError("repeat_interleave only accept 1D vector as repeat")
+    n = repeats.numel()
+    ends = scan_into("sum", repeats, empty([n], torch.int64), 0) if n else empty([0], torch.int64)
+    if output_size is None:
+        # The output size depends on the data: the one host read-back of this op.
+        output_size = int(to_cpu(aten.slice.Tensor(ends, 0, n - 1, n))[0]) if n else 0
+    out = empty([output_size], torch.int64)
+    if output_size == 0:
+        return out
+    rt = runtime()
+    r_st, i64_st = rt.stypes[torch.int64], rt.stypes[torch.int64]
+    kernel = rt.kernel(("repeat_index",), "repeat_interleave", 2, lambda: _repeat_index_source(r_st, i64_st))
+    p = codegen.Params()
+    p.u(output_size, n, ends.elem_offset, out.elem_offset)
+    rt.dispatch(kernel, (ends._ws.heap, out._ws.heap), p.pack(), codegen.groups_for(output_size, WG))
+    return out
