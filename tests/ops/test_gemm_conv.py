@@ -269,3 +269,27 @@ def test_winograd_matrices_compute_a_1d_correlation(m):
     d, g = torch.randn(m + 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
     direct = torch.stack([(d[i:i + 3] * g).sum() for i in range(m)])
     torch.testing.assert_close(at @ ((g_mat @ g) * (bt @ d)), direct, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("min_pixels", [1, 10**9])  # per-image GEMMs always / never
+@pytest.mark.parametrize("kernel,stride,padding,transposed", [
+    (3, 1, 1, False), (3, 2, 1, False), (1, 1, 0, False), (1, 2, 0, False), (4, 2, 1, True), (3, 2, 1, True)])
+def test_nchw_paths_on_both_sides_of_the_per_image_gemm_threshold(monkeypatch, min_pixels, kernel, stride, padding,
+                                                                  transposed):
+    from navitrain.ops import gemm
+
+    monkeypatch.setattr(gemm, "MIN_PIXELS_PER_IMAGE_GEMM", min_pixels)
+    torch.manual_seed(kernel * 10 + stride)
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    w = torch.randn(6 if transposed else 5, 4 if transposed else 6, kernel, kernel, dtype=torch.float64)
+    args = ([stride] * 2, [padding] * 2, [1, 1], transposed, [stride - 1] * 2 if transposed else [0, 0], 1)
+    b = torch.randn(w.shape[1] if transposed else w.shape[0], dtype=torch.float64)
+    y_ref = torch.ops.aten.convolution(x, w, b, *args)
+    gy = torch.randn_like(y_ref)
+    ref = torch.ops.aten.convolution_backward(gy, x, w, [b.numel()], *args, [True, True, True])
+    with policy.use_policy("im2col"):
+        y = gemm_conv.convolution(x, w, b, *args)
+        grads = gemm_conv.convolution_backward(gy, x, w, [b.numel()], *args, [True, True, True])
+    assert_close(y, y_ref, 1e-10, "output")
+    for name, got, want in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref):
+        assert_close(got, want, 1e-10, name)

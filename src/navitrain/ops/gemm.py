@@ -12,6 +12,11 @@ from navitrain.ops import policy
 from navitrain.ops.layout import channels_last
 
 
+# Per-image GEMMs write NCHW directly but their N dimension is the image's pixel count; below this
+# a GEMM tile is mostly empty, and one big GEMM over all pixels plus a transposing copy is faster.
+MIN_PIXELS_PER_IMAGE_GEMM = 64
+
+
 def add_bias(out: torch.Tensor, bias: torch.Tensor | None) -> None:
     if bias is not None:
         out.add_(bias.view(1, -1, *([1] * (out.dim() - 2))))
@@ -36,7 +41,7 @@ def rows_into(out: torch.Tensor, cols: torch.Tensor, wm: torch.Tensor, bias: tor
             return
         # group j's result goes to columns [j*kg, (j+1)*kg) of every row: a bmm whose output has ld = K
         torch.bmm(cols.transpose(0, 1), wm.transpose(1, 2), out=dest.view(m, g, kg).transpose(0, 1))
-    elif g == 1 and out.is_contiguous():
+    elif g == 1 and out.is_contiguous() and m // n >= MIN_PIXELS_PER_IMAGE_GEMM:
         # NCHW output: out[i] = wm @ cols_i^T per image; the weight is broadcast with batch stride 0
         p = m // n
         torch.bmm(wm[0].expand(n, kg, d), cols.view(n, p, d).transpose(1, 2), out=out.view(n, k, p))

@@ -27,8 +27,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, out: torch.T
     n, c = xs.shape[:2]
     k, g = w.shape[0], geom.groups
     wm = w.reshape(g, k // g, c // g)
-    if g == 1 and _nchw(out) and not is_channels_last_dense(x):
-        p = prod(xs.shape[2:])
+    p = prod(xs.shape[2:])
+    if g == 1 and _nchw(out) and not is_channels_last_dense(x) and p >= gemm.MIN_PIXELS_PER_IMAGE_GEMM:
         torch.bmm(wm[0].expand(n, k, c), xs.reshape(n, c, p), out=out.view(n, k, p))
         gemm.add_bias(out, bias)
         return

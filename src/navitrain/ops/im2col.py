@@ -89,7 +89,8 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch
     nd, c = geom.nd, out.shape[1]
     wm = weight_rows(w, g)  # [g, K/g, kk*C/g]
     kk, p = prod(kernel), prod(out_spatial)
-    nchw_gemm = g == 1 and gy.is_contiguous() and not is_channels_last_dense(gy)
+    nchw_gemm = (g == 1 and gy.is_contiguous() and not is_channels_last_dense(gy)
+                 and p >= gemm.MIN_PIXELS_PER_IMAGE_GEMM)
     per_image = gy.element_size() * p * (kk * c + (0 if nchw_gemm or is_channels_last_dense(gy) else k))
     out.zero_()
     tap_list = [(t, tap_slices(t, geom.stride, geom.dilation, lo, in_spatial, out_spatial)) for t in taps(kernel)]

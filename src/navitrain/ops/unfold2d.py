@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from navitrain.ops import policy
+from navitrain.ops import gemm, policy
 from navitrain.ops.conv_params import Geometry
 from navitrain.ops.layout import batch_slice, is_channels_last_dense, prod
 
@@ -25,6 +25,7 @@ def _fits(in_spatial, lo, out_spatial, kernel, geom: Geometry) -> bool:
 
 def forward_applies(x: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch.Tensor) -> bool:
     return (x.dim() == 4 and geom.groups == 1 and not is_channels_last_dense(x) and out.is_contiguous()
+            and prod(out.shape[2:]) >= gemm.MIN_PIXELS_PER_IMAGE_GEMM
             and _fits(x.shape[2:], lo, out.shape[2:], w.shape[2:], geom))
 
 
@@ -67,6 +68,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
 
 def input_grad_applies(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch.Tensor) -> bool:
     return (gy.dim() == 4 and geom.groups == 1 and not is_channels_last_dense(gy)
+            and prod(gy.shape[2:]) >= gemm.MIN_PIXELS_PER_IMAGE_GEMM
             and _fits(out.shape[2:], lo, gy.shape[2:], w.shape[2:], geom))
 
 
