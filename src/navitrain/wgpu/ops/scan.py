@@ -2,7 +2,8 @@
 
 A tensor scanned (or sorted) along `dim` is seen as [outer, D, inner] with one stride each, so any view
 whose outer dims and inner dims each collapse needs no copy. Two kernels, both work-efficient:
-- contiguous rows (inner == 1, D > 64): blocks of 1024 elements, one workgroup each (coalesced loads into
+- contiguous rows (inner == 1, D > 64, unless there are thousands of rows no longer than a block):
+  blocks of 1024 elements, one workgroup each (coalesced loads into
   workgroup memory, a short serial scan per thread, a Hillis-Steele scan of the 256 thread totals). A row
   longer than one block is reduce-then-scan: a pass writes each block's total, the totals are scanned
   (recursively, the same way), and a last pass scans every block starting from the total before it. So a
@@ -243,7 +244,9 @@ def scan_into(op: str, x: WgpuTensor, out: WgpuTensor, dim: int) -> WgpuTensor:
         return out
     x, outer, D, inner, so, sd, si = row_geometry(x, dim)
     acc = _acc_type(op, out.dtype)
-    if inner == 1 and D > SHORT_ROW:
+    # Workgroup blocks for long contiguous rows; many rows up to one block long are better walked by a
+    # thread each (a block of 1024 slots would sit mostly idle on them).
+    if inner == 1 and D > SHORT_ROW and (D > BLOCK or outer < COLUMN_THREADS):
         _scan_rows(op, acc, x, out, outer, D, so, sd)
     else:
         _scan_columns(op, acc, x, out, outer, D, inner, so, sd, si)
