@@ -293,3 +293,15 @@ def test_nchw_paths_on_both_sides_of_the_per_image_gemm_threshold(monkeypatch, m
     assert_close(y, y_ref, 1e-10, "output")
     for name, got, want in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref):
         assert_close(got, want, 1e-10, name)
+
+
+def test_transposed_1x1_with_dilation_and_output_padding():
+    # Found by a long sweep: stride 1, dilation 2 and output_padding 1 give a 1x1 problem with padding at
+    # the end only, which is not a plain GEMM over the input grid.
+    from gemm_conv_cases import Case
+
+    case = Case(nd=2, batch=1, groups=1, in_per_group=2, out_per_group=2, kernel=[1, 1], stride=[1, 1],
+                padding=[0, 0], dilation=[1, 2], transposed=True, output_padding=[0, 1], spatial=[1, 1], bias=True,
+                layout="strided", weight_layout="contiguous", seed=0)
+    for name in POLICIES:
+        _check_against_aten(case, name, [True, True, True], rtol=1e-10)

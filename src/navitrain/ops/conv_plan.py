@@ -47,10 +47,16 @@ def _is_depthwise(weight_shape, geom: Geometry) -> bool:
     return geom.groups > 1 and weight_shape[1] == 1
 
 
-def _candidates(weight_shape, dtype: torch.dtype, geom: Geometry, lo) -> list[str]:
+def _is_plain_1x1(weight_shape, geom: Geometry, lo, in_spatial, out_spatial) -> bool:
+    # no padding at either end: the output is exactly the (subsampled) input grid
+    return (all(k == 1 for k in weight_shape[2:]) and not any(lo)
+            and all(o == (i - 1) // s + 1 for o, i, s in zip(out_spatial, in_spatial, geom.stride)))
+
+
+def _candidates(weight_shape, dtype: torch.dtype, geom: Geometry, lo, in_spatial, out_spatial) -> list[str]:
     if _is_depthwise(weight_shape, geom):
         return ["depthwise"]
-    if all(k == 1 for k in weight_shape[2:]) and not any(lo):
+    if _is_plain_1x1(weight_shape, geom, lo, in_spatial, out_spatial):
         return ["gemm1x1"]
     names = ["im2col"]
     if _winograd_fits(weight_shape, dtype, geom):
@@ -100,7 +106,7 @@ def _heuristic(names, problem, x, k, out_spatial, kernel, gy_rows_copy=False) ->
 def _policy_choice(pol: str, problem: str, weight_shape, dtype, geom: Geometry, lo, x_shape, elt: int, k: int,
                    out_spatial, gy_rows_copy: bool) -> tuple[str, tuple[str, ...], str]:
     """(algorithm, candidates, cost-model pick); algorithm is "" when the candidates must be timed."""
-    names = tuple(_candidates(weight_shape, dtype, geom, lo))
+    names = tuple(_candidates(weight_shape, dtype, geom, lo, x_shape[2:], out_spatial))
     estimate = _estimate(names, problem, dtype, x_shape, elt, k, out_spatial, weight_shape[2:], gy_rows_copy)
     if len(names) == 1:
         return names[0], names, estimate
