@@ -72,7 +72,7 @@ TINY = {
     "gpt_decoder": (lambda: m.gpt_decoder(vocab=32, context=8, d_model=16, layers=1, heads=2),
                     lambda s: m.gpt_batch(16, context=8, vocab=32, seed=s), m.gpt_loss),
     "unet_small": (lambda: m.unet_small(width=4), lambda s: m.unet_batch(8, image_size=8, seed=s), m.unet_loss),
-    "mnist_net": (lambda: m.mnist_net(image_size=12, channels=(4, 8), hidden=64, num_classes=4),
+    "mnist_net": (lambda: m.mnist_net(image_size=12, channels=(4, 8), hidden=128, num_classes=4),
                   lambda s: m.mnist_batch(16, image_size=12, num_classes=4, seed=s), m.mnist_loss),
 }
 
@@ -84,7 +84,7 @@ def test_tiny_model_learns_fresh_synthetic_batches(name):
     model = build()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for step in range(40):
+    for step in range(25):
         x, y = batch(step)  # a fresh batch every step: only a real rule can be learned
         loss = loss_fn(model(x), y)
         opt.zero_grad()

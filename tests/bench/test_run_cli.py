@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.slow
 def test_run_json_reports_doctor_route_and_training():
     env = dict(os.environ, NAVITRAIN_ROUTE="cpu")  # the route choice itself is the probe's to test
-    command = [sys.executable, "-m", "navitrain", "run", "--json", "--steps", "12", "--budget", "600", "--no-bench"]
+    command = [sys.executable, "-m", "navitrain", "run", "--json", "--steps", "8", "--budget", "600", "--no-bench"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -18,7 +18,7 @@ def test_run_json_reports_doctor_route_and_training():
     assert data["device"]["device"] == "cpu"
     assert any("cpu" in line for line in data["device"]["why"])  # the choice is explained
     training = data["training"]
-    assert len(training["losses"]) == 12 and not training["stopped_by_time_budget"]
+    assert len(training["losses"]) == 8 and not training["stopped_by_time_budget"]
     assert training["loss_end"] < training["loss_start"]
     assert training["held_out_accuracy"] > training["chance_accuracy"]
     assert "bench" not in data
