@@ -132,6 +132,7 @@ def build_table(has_f16: bool, has_i64: bool) -> dict[torch.dtype, StorageType]:
 
 def to_storage_bytes(cpu: torch.Tensor, st: StorageType) -> np.ndarray:
     """A contiguous CPU tensor's values in the buffer layout of `st` (raises on int64 that does not fit)."""
+    cpu = cpu.detach()
     if cpu.dtype == torch.bfloat16:
         arr = cpu.float().numpy()
     elif cpu.dtype == torch.bool:

@@ -118,6 +118,17 @@ class WgpuTensor(torch.Tensor):
         memo[id(self)] = new
         return new
 
+    # Having these two methods makes PyTorch treat the class as a "traceable wrapper subclass", and for
+    # those Module._apply (model.to("wgpu")) swaps each Parameter object's contents in place with
+    # torch.utils.swap_tensors instead of making new Parameters: tied weights (a GPT's shared embedding
+    # and output head) stay one Parameter on the device. There are no inner tensors to trace.
+    def __tensor_flatten__(self):
+        return [], None
+
+    @staticmethod
+    def __tensor_unflatten__(inner_tensors, ctx, outer_size, outer_stride):
+        raise NotImplementedError("wgpu tensors cannot be traced (torch.compile is not supported on wgpu)")
+
     # `param.data = other` swaps the TensorImpl's metadata in C++ but not Python attributes: carry the
     # storage across too, or the parameter would keep pointing at its old data.
     @property
