@@ -32,6 +32,21 @@ __all__ = [
 _device.register_factories()
 from navitrain.wgpu import ops as _ops  # noqa: E402  (registers every op handler)
 
+
+def _enable_foreach_optimizers() -> None:
+    """torch.optim only takes its foreach (list-op) path for tensor types it lists as supported;
+    otherwise an Adam step is ~6 ops per parameter. Our list ops are single multi-tensor dispatches."""
+    try:
+        from torch.optim import optimizer as _optimizer
+
+        if WgpuTensor not in _optimizer._foreach_supported_types:
+            _optimizer._foreach_supported_types.append(WgpuTensor)
+    except (ImportError, AttributeError):  # other torch versions: the per-parameter path still works
+        pass
+
+
+_enable_foreach_optimizers()
+
 fallback_report = _dispatch.fallback_report
 reset_fallback_counts = _dispatch.reset_fallback_counts
 manual_seed = _rng.manual_seed

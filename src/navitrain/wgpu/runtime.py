@@ -51,6 +51,7 @@ class Kernel:
     pipeline: object
     n_buffers: int
     raw: object  # the native pipeline handle (None when the raw API is unavailable)
+    table: bool = False  # binds the parameter arena as `T: array<u32>` after its buffers
 
 
 def _raw_api():
@@ -112,8 +113,10 @@ class Runtime:
         self._lib = self._raw[1] if self._raw else None
         self._param_align = max(PARAM_BYTES, int(self.limits.get("min-uniform-buffer-offset-alignment", 256)))
         usage = wgpu.BufferUsage
+        # The arena also serves as a read-only storage "table" for kernels whose parameters outgrow 64
+        # words (multi-tensor ops list every tensor's offset there).
         self._param_buffer = self.device.create_buffer(
-            label="navitrain-params", size=_PARAM_ARENA, usage=usage.UNIFORM | usage.COPY_DST)
+            label="navitrain-params", size=_PARAM_ARENA, usage=usage.UNIFORM | usage.STORAGE | usage.COPY_DST)
         self._param_arena = bytearray(_PARAM_ARENA)
         self._fence = self.device.create_buffer(label="navitrain-fence", size=4, usage=usage.COPY_SRC | usage.STORAGE)
         self._param_used = 0
@@ -160,8 +163,10 @@ class Runtime:
 
     def _forget_heap(self, heap: Heap) -> None:
         self._heaps_by_index.pop(heap.index, None)
-        for key in [k for k in self._bind_groups if any(h is heap for h in k)]:
-            del self._bind_groups[key]
+        for key in list(self._bind_groups):
+            heaps = key[0] if key and key[-1] == "table" else key
+            if any(h is heap for h in heaps):
+                del self._bind_groups[key]
 
     def malloc(self, nbytes: int) -> Block:
         with self.lock:
@@ -170,19 +175,22 @@ class Runtime:
             return block
 
     # -- kernels --------------------------------------------------------------------------------
-    def _layout(self, n_buffers: int):
-        layout = self._layouts.get(n_buffers)
+    def _layout(self, n_buffers: int, table: bool = False):
+        layout = self._layouts.get((n_buffers, table))
         if layout is None:
             stage = self._wgpu.ShaderStage.COMPUTE
             entries = [{"binding": 0, "visibility": stage,
                         "buffer": {"type": "uniform", "has_dynamic_offset": True, "min_binding_size": PARAM_BYTES}}]
             entries += [{"binding": i + 1, "visibility": stage, "buffer": {"type": "storage"}} for i in range(n_buffers)]
-            bgl = self.device.create_bind_group_layout(label=f"navitrain-{n_buffers}buf", entries=entries)
+            if table:  # read-only: the same buffer is bound as the uniform parameter block
+                entries.append({"binding": n_buffers + 1, "visibility": stage, "buffer": {"type": "read-only-storage"}})
+            bgl = self.device.create_bind_group_layout(label=f"navitrain-{n_buffers}buf{'-table' if table else ''}",
+                                                       entries=entries)
             layout = (bgl, self.device.create_pipeline_layout(bind_group_layouts=[bgl]))
-            self._layouts[n_buffers] = layout
+            self._layouts[(n_buffers, table)] = layout
         return layout
 
-    def kernel(self, key, name: str, n_buffers: int, source) -> Kernel:
+    def kernel(self, key, name: str, n_buffers: int, source, table: bool = False) -> Kernel:
         """The compiled kernel for `key`, building WGSL with `source()` on first use."""
         kernel = self._kernels.get(key)
         if kernel is not None:
@@ -201,25 +209,28 @@ class Runtime:
             try:
                 module = self.device.create_shader_module(label=name, code=code)
                 pipeline = self.device.create_compute_pipeline(
-                    label=name, layout=self._layout(n_buffers)[1], compute={"module": module, "entry_point": "main"})
+                    label=name, layout=self._layout(n_buffers, table)[1], compute={"module": module, "entry_point": "main"})
             except Exception as exc:
                 numbered = "\n".join(f"{i + 1:4d} {line}" for i, line in enumerate(code.splitlines()))
                 log.debug("WGSL of kernel %s:\n%s", name, numbered)
                 raise KernelCompileError(f"WGSL kernel '{name}' failed to compile: {exc}") from None
-            kernel = Kernel(name, pipeline, n_buffers, pipeline._internal if self._raw else None)
+            kernel = Kernel(name, pipeline, n_buffers, pipeline._internal if self._raw else None, table)
             self._kernels[key] = kernel
             return kernel
 
-    def _bind_group(self, heaps: tuple[Heap, ...]):
-        entry = self._bind_groups.get(heaps)
+    def _bind_group(self, heaps: tuple[Heap, ...], table: bool = False):
+        key = (heaps, "table") if table else heaps
+        entry = self._bind_groups.get(key)
         if entry is not None:
             return entry
-        key = heaps
         if entry is None:
-            bgl = self._layout(len(heaps))[0]
+            bgl = self._layout(len(heaps), table)[0]
             entries = [{"binding": 0, "resource": {"buffer": self._param_buffer, "offset": 0, "size": PARAM_BYTES}}]
             entries += [{"binding": i + 1, "resource": {"buffer": h.buffer, "offset": 0, "size": h.size}}
                         for i, h in enumerate(heaps)]
+            if table:
+                entries.append({"binding": len(heaps) + 1,
+                                "resource": {"buffer": self._param_buffer, "offset": 0, "size": _PARAM_ARENA}})
             group = self.device.create_bind_group(layout=bgl, entries=entries)
             entry = (group, group._internal if self._raw else None)
             self._bind_groups[key] = entry
@@ -232,20 +243,33 @@ class Runtime:
         self._pass_raw = self._pass._internal if self._raw else None
         self._last_kernel = None
 
-    def dispatch(self, kernel: Kernel, heaps: tuple[Heap, ...], params: bytes, groups: tuple[int, int, int]) -> None:
-        """Record one dispatch of `kernel` over `heaps` with parameter block `params`."""
+    def dispatch(self, kernel: Kernel, heaps: tuple[Heap, ...], params: bytes, groups: tuple[int, int, int],
+                 table: bytes | None = None) -> None:
+        """Record one dispatch of `kernel` over `heaps` with parameter block `params`. A `table` (for
+        kernels compiled with table=True) lands in the arena right after the block; the block's last
+        word tells the kernel where (as a word index into T)."""
         with self.lock:
             if self.lost_reason is not None:
                 raise DeviceLostError(self.lost_reason)
+            need = self._param_align
+            if table is not None:
+                need += (len(table) + self._param_align - 1) // self._param_align * self._param_align
+                if need > _PARAM_ARENA:
+                    raise WgpuError(f"kernel {kernel.name}: a {len(table)}-byte table exceeds the parameter arena")
             offset = self._param_used
-            if offset + self._param_align > _PARAM_ARENA:
+            if offset + need > _PARAM_ARENA:
                 self.flush()
                 offset = 0
             if self._pass is None:
                 self._begin()
             self._param_arena[offset:offset + len(params)] = params
-            self._param_used = offset + self._param_align
-            entry = self._bind_groups.get(heaps) or self._bind_group(heaps)
+            if table is not None:
+                start = offset + self._param_align
+                self._param_arena[start:start + len(table)] = table
+                self._param_arena[offset + PARAM_BYTES - 4:offset + PARAM_BYTES] = (start // 4).to_bytes(4, "little")
+            self._param_used = offset + need
+            entry = (self._bind_groups.get(heaps) or self._bind_group(heaps)) if not kernel.table else \
+                self._bind_group(heaps, True)
             lib = self._lib
             if lib is not None:
                 if self._last_kernel is not kernel:

@@ -1,61 +1,174 @@
-"""`_foreach_*` ops (what torch.optim uses by default on accelerators): the single-tensor op per element.
+"""`_foreach_*` ops, which torch.optim uses for SGD/Adam/AdamW on the wgpu device: each list op is one
+multi-tensor dispatch (navitrain.wgpu.multi_tensor), whatever the number of parameters.
 
-PyTorch's optimizers pick their foreach implementation for the PrivateUse1 device, so every Adam/SGD
-step arrives here as a handful of list ops. Each becomes one kernel per tensor; the fused optimizer
-kernels in navitrain.wgpu.ops.optim take over where they apply.
+Ops or arguments the multi-tensor path does not cover (integer lists, non-contiguous tensors, exotic
+overloads) run the single-tensor op per element, still on the GPU.
 """
 from __future__ import annotations
 
 import torch
 
+from navitrain.wgpu import multi_tensor
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.tensor import WgpuTensor
 
 aten = torch.ops.aten
 
-# Ops whose trailing Scalar/ScalarList/Tensor argument is the keyword `value` of the single-tensor op.
-_VALUE_KW = {"addcmul", "addcdiv"}
+# Binary ops: expression over a (self) and the other operand b; {alpha} where the op takes alpha.
+_BINARY = {
+    "add": "a + {alpha} * {b}", "sub": "a - {alpha} * {b}", "mul": "a * {b}", "div": "a / {b}",
+    "maximum": "fmax_nan(a, {b})", "minimum": "fmin_nan(a, {b})", "clamp_min": "fmax_nan(a, {b})",
+    "clamp_max": "fmin_nan(a, {b})",
+}
+_UNARY = {
+    "sqrt": "sqrt(a)", "neg": "-a", "exp": "exp(a)", "abs": "abs(a)", "reciprocal": "1.0 / a",
+    "sign": "sign(a)", "sigmoid": "sigmoid_f(a)", "log": "log(a)", "tanh": "tanh_f(a)", "rsqrt": "inverseSqrt(a)",
+    "expm1": "expm1_f(a)", "log1p": "log1p_f(a)", "floor": "floor(a)", "ceil": "ceil(a)", "round": "round(a)",
+    "trunc": "trunc(a)", "frac": "(a - trunc(a))", "sin": "sin(a)", "cos": "cos(a)", "erf": "erf_f(a)",
+}
+# Ternary ops: a + value * b (op) c, with the value shared, per tensor, or from a CPU tensor.
+_TERNARY = {"addcmul": "a + {v} * b * c", "addcdiv": "a + {v} * b / c"}
 
 
-def _per_element(name: str, inplace: bool):
-    single = getattr(aten, name + ("_" if inplace else ""))
-
+def _per_element(single, inplace):
+    """Fallback: the single-tensor op for each element of the lists."""
     def run(*args, **kwargs):
-        lists = [a for a in args if isinstance(a, (list, tuple))]
-        n = len(lists[0]) if lists else 0
+        n = len(next(a for a in args if isinstance(a, (list, tuple))))
         results = []
         for i in range(n):
-            call_args, call_kwargs = [], dict(kwargs)
-            for pos, a in enumerate(args):
-                if isinstance(a, (list, tuple)):
-                    v = a[i]
-                elif isinstance(a, torch.Tensor) and name in _VALUE_KW and pos == 3 and a.dim() == 1:
-                    v = a[i].item()  # the Tensor overload of addcmul/addcdiv carries one scalar per element
-                else:
-                    v = a
-                call_args.append(v)
-            if name in _VALUE_KW and len(call_args) == 4:
-                call_kwargs["value"] = call_args.pop()
-            results.append(single(*call_args, **call_kwargs))
+            call = [a[i] if isinstance(a, (list, tuple)) else a for a in args]
+            results.append(single(*call, **kwargs))
         return None if inplace else results
+    return run
 
+
+def _other_operand(other, n):
+    """(extra input list or None, mode, shared scalars, per-tensor scalars, expression for b)."""
+    if isinstance(other, (list, tuple)):
+        if other and isinstance(other[0], torch.Tensor):
+            return list(other), "c", [], [], "b"
+        return None, "", [], [[float(v) for v in other]], "t0"
+    if isinstance(other, torch.Tensor):
+        if isinstance(other, WgpuTensor) and other.numel() == 1:
+            return [other] * n, "s", [], [], "b"
+        return None, "", [float(other.item())], [], "s{}"
+    return None, "", [float(other)], [], "s{}"
+
+
+def _binary(name, inplace):
+    template = _BINARY[name]
+
+    def run(self, other, *, alpha=1):
+        n = len(self)
+        extra, mode, shared, per, b_expr = _other_operand(other, n)
+        lists = [list(self)] + ([extra] if extra is not None else [])
+        if not multi_tensor.supported(lists):
+            single = getattr(aten, name + ("_" if inplace else ""))
+            return _per_element(single, inplace)(self, other, **({"alpha": alpha} if "{alpha}" in template else {}))
+        scalars = []
+        alpha_expr = ""
+        if "{alpha}" in template:
+            scalars.append(float(alpha))
+            alpha_expr = "s0"
+        if b_expr == "s{}":
+            b_expr = f"s{len(scalars)}"
+            scalars += shared
+        expr = template.format(alpha=alpha_expr, b=b_expr)
+        modes = "c" + (mode if extra is not None else "")
+        out = multi_tensor.apply(f"{name}_{mode or 'scalar'}", expr, lists, list(self) if inplace else None,
+                                 scalars, per, modes)
+        return None if inplace else out
+    return run
+
+
+def _unary(name, inplace):
+    expr = _UNARY[name]
+
+    def run(self):
+        if not multi_tensor.supported([self]):
+            return _per_element(getattr(aten, name + ("_" if inplace else "")), inplace)(self)
+        out = multi_tensor.apply(name, expr, [list(self)], list(self) if inplace else None)
+        return None if inplace else out
+    return run
+
+
+def _ternary(name, inplace):
+    template = _TERNARY[name]
+
+    def run(self, tensor1, tensor2, value=1, *args):
+        if args:  # the ScalarList/Tensor overloads pass `scalars` positionally
+            value = args[0]
+        n = len(self)
+        lists = [list(self), list(tensor1), list(tensor2)]
+        if not multi_tensor.supported(lists):
+            single = getattr(aten, name + ("_" if inplace else ""))
+            per = _values(value, n)
+            results = [single(a, b, c, value=v) for a, b, c, v in zip(self, tensor1, tensor2, per)]
+            return None if inplace else results
+        if isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.numel() > 1):
+            expr, shared, per = template.format(v="t0"), [], [_values(value, n)]
+        else:
+            expr, shared, per = template.format(v="s0"), [multi_tensor.scalar_of(value)], []
+        out = multi_tensor.apply(name, expr, lists, list(self) if inplace else None, shared, per)
+        return None if inplace else out
+    return run
+
+
+def _values(value, n):
+    if isinstance(value, torch.Tensor):
+        return [float(v) for v in value.detach().cpu().reshape(-1).tolist()] if value.numel() > 1 else \
+            [float(value.item())] * n
+    if isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    return [float(value)] * n
+
+
+def _lerp(inplace):
+    def run(self, end, weight):
+        n = len(self)
+        lists = [list(self), list(end)]
+        if isinstance(weight, (list, tuple)) and weight and isinstance(weight[0], torch.Tensor):
+            lists.append(list(weight))
+            expr, shared, per = "lerp_f(a, b, c)", [], []
+        elif isinstance(weight, (list, tuple)):
+            expr, shared, per = "lerp_f(a, b, t0)", [], [[float(w) for w in weight]]
+        else:
+            expr, shared, per = "lerp_f(a, b, s0)", [multi_tensor.scalar_of(weight)], []
+        if not multi_tensor.supported(lists):
+            single = aten.lerp_ if inplace else aten.lerp
+            ws = lists[2] if len(lists) == 3 else (per[0] if per else [shared[0]] * n)
+            results = [single(a, b, w) for a, b, w in zip(self, end, ws)]
+            return None if inplace else results
+        out = multi_tensor.apply("lerp", expr, lists, list(self) if inplace else None, shared, per)
+        return None if inplace else out
     return run
 
 
 def _register_all() -> None:
-    for op_name in dir(aten):
-        if not op_name.startswith("_foreach_"):
-            continue
+    names = sorted({n.split("::")[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
+                    if n.startswith("aten::_foreach_")})
+    for op_name in names:
         base = op_name[len("_foreach_"):]
         inplace = base.endswith("_")
         single = base[:-1] if inplace else base
-        if single in ("norm", "copy", "zero", "max") or not hasattr(torch.ops.aten, single + ("_" if inplace else "")):
+        if single in ("norm", "copy", "zero", "max", "lerp") or not hasattr(torch.ops.aten, single + ("_" if inplace else "")):
             continue
         packet = getattr(aten, op_name)
-        handler = _per_element(single, inplace)
+        if single in _BINARY:
+            handler = _binary(single, inplace)
+        elif single in _UNARY:
+            handler = _unary(single, inplace)
+        elif single in _TERNARY:
+            handler = _ternary(single, inplace)
+        else:
+            handler = _per_element(getattr(aten, single + ("_" if inplace else "")), inplace)
         for ov in packet.overloads():
-            if ov.endswith("out"):
-                continue
-            implements(getattr(packet, ov))(handler)
+            if not ov.endswith("out"):
+                implements(getattr(packet, ov))(handler)
+    for packet, inplace in ((aten._foreach_lerp, False), (aten._foreach_lerp_, True)):
+        for ov in packet.overloads():
+            if not ov.endswith("out"):
+                implements(getattr(packet, ov))(_lerp(inplace))
 
 
 _register_all()
@@ -74,5 +187,8 @@ def foreach_copy_(tensors, src, non_blocking=False):
 
 @implements(aten._foreach_zero_.default)
 def foreach_zero_(tensors):
+    if multi_tensor.supported([tensors]):
+        multi_tensor.apply("zero", "0.0", [list(tensors)], list(tensors))
+        return
     for t in tensors:
         aten.zero_.default(t)

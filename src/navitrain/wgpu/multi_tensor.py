@@ -1,0 +1,114 @@
+"""Multi-tensor kernels: one dispatch applies an elementwise expression to every tensor of a list.
+
+An optimizer step touches every parameter several times (Adam: about ten list ops); one dispatch per
+tensor per op is hundreds of dispatches a step, each with its host cost. Here the tensors' offsets
+(and any per-tensor scalars, such as Adam's bias corrections) go into a table in the parameter arena,
+each thread binary-searches the table for the tensor its linear index falls in, and the whole list is
+one dispatch. Tensors must be contiguous and, per list, live in one heap with one dtype; callers group
+the rest (or fall back to per-tensor kernels).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+import torch
+
+from navitrain.wgpu import codegen, pointwise, wgsl_math
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor, empty_fast
+
+WG = 256
+NAMES = "abcd"
+
+
+def _source(expr: str, out_st, in_st: list, modes: str, n_shared: int, n_per: int, compute: str) -> str:
+    n_in = len(in_st)
+    W = 3 + n_in + n_per
+    lines = [
+        "  if (gi >= pu(0u)) { return; }",
+        "  let tb = pu(63u); let count = pu(1u);",
+        "  var lo = 0u; var hi = count - 1u;",
+        f"  loop {{ if (lo >= hi) {{ break; }} let mid = (lo + hi + 1u) / 2u;",
+        f"    if (T[tb + mid * {W}u] <= gi) {{ lo = mid; }} else {{ hi = mid - 1u; }} }}",
+        f"  let row = tb + lo * {W}u; let j = gi - T[row];",
+    ]
+    for k in range(n_shared):
+        lines.append(f"  let s{k} = pf({2 + k}u);")
+    for k in range(n_per):
+        lines.append(f"  let t{k} = bitcast<f32>(T[row + {3 + n_in + k}u]);")
+    for k in range(n_in):
+        idx = f"T[row + {3 + k}u] + j" if modes[k] == "c" else f"T[row + {3 + k}u]"
+        lines.append(f"  let {NAMES[k]} = {in_st[k].load(f'b{k + 1}[{idx}]', compute)};")
+    lines.append(f"  b0[T[row + 2u] + j] = {out_st.store(expr)};")
+    rt = runtime()
+    types = [out_st.wgsl] + [st.wgsl for st in in_st]
+    decl = f"@group(0) @binding({len(types) + 1}) var<storage, read> T: array<u32>;\n"
+    return codegen.PARAM_DECL + codegen.bindings(types) + decl + wgsl_math.helpers(
+        "shader-int64" in rt.features) + codegen.entry(WG, "\n".join(lines))
+
+
+def supported(lists: Sequence[Sequence]) -> bool:
+    """Whether every tensor can take the multi-tensor path (wgpu, contiguous, float, kernels exist)."""
+    rt = runtime()
+    for lst in lists:
+        for t in lst:
+            if not isinstance(t, WgpuTensor) or not t.is_contiguous() or not t.dtype.is_floating_point \
+                    or not rt.stypes[t.dtype].has_kernels:
+                return False
+    return True
+
+
+def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Sequence[WgpuTensor] | None,
+          shared: Sequence[float] = (), per_tensor: Sequence[Sequence[float]] = (), modes: str | None = None,
+          compute: str = "f32") -> list[WgpuTensor]:
+    """out[i] = expr(inputs[0][i], inputs[1][i], ...) for every i, in as few dispatches as possible.
+
+    `inputs` are parallel lists; mode "s" for a list means its tensors are single elements read at
+    offset 0 (broadcast). `shared` scalars are s0.., `per_tensor` scalar lists t0.. (one value per i).
+    With `out` None, new tensors shaped like inputs[0] are allocated and returned.
+    """
+    first = inputs[0]
+    n = len(first)
+    modes = modes or "c" * len(inputs)
+    if out is None:
+        out = [empty_fast(t.shape, t.stride(), t.dtype, t.numel()) for t in first]
+    # Group tensors that share heaps and dtypes across all lists.
+    groups: dict[tuple, list[int]] = {}
+    for i in range(n):
+        key = (out[i]._ws.heap, out[i].dtype) + tuple((lst[i]._ws.heap, lst[i].dtype) for lst in inputs)
+        groups.setdefault(key, []).append(i)
+    rt = runtime()
+    n_in, n_per = len(inputs), len(per_tensor)
+    for key, idx in groups.items():
+        idx = [i for i in idx if out[i].numel()]
+        if not idx:
+            continue
+        out_st = rt.stypes[out[idx[0]].dtype]
+        in_st = [rt.stypes[lst[idx[0]].dtype] for lst in inputs]
+        kkey = ("multi", name, expr, out_st.dtype, tuple(st.dtype for st in in_st), modes, len(shared), n_per, compute)
+        kernel = rt.kernel(kkey, f"multi_{name}", 1 + n_in,
+                           lambda: _source(expr, out_st, in_st, modes, len(shared), n_per, compute), table=True)
+        rows = []
+        start = 0
+        for i in idx:
+            row = [start, out[i].numel(), out[i].elem_offset] + [lst[i].elem_offset for lst in inputs]
+            rows.append(struct.pack(f"<{len(row)}I", *row) + struct.pack(f"<{n_per}f", *(p[i] for p in per_tensor)))
+            start += out[i].numel()
+        # Long lists are cut so each table fits comfortably in the arena.
+        chunk = max(1, 16384 // (4 * (3 + n_in + n_per)))
+        for c in range(0, len(rows), chunk):
+            part = rows[c:c + chunk]
+            base = struct.unpack_from("<I", part[0])[0]
+            table = b"".join(struct.pack("<I", struct.unpack_from("<I", r)[0] - base) + r[4:] for r in part)
+            total = sum(out[i].numel() for i in idx[c:c + chunk])
+            params = codegen.Params()
+            params.u(total, len(part))
+            params.f(*shared)
+            heaps = (key[0],) + tuple(h for h, _ in key[2:])
+            rt.dispatch(kernel, heaps, params.pack(), pointwise.groups_for(total), table=table)
+    return list(out)
+
+
+def scalar_of(v) -> float:
+    return float(v.item()) if isinstance(v, torch.Tensor) else float(v)

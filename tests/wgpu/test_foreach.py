@@ -1,0 +1,110 @@
+"""`_foreach_*` list ops (one multi-tensor dispatch per op) against the CPU, and the dispatch count
+that makes them worth it."""
+import pytest
+import torch
+
+import navitrain.wgpu as nw
+from navitrain.wgpu.runtime import runtime
+
+SIZES = [(3,), (17, 5), (1,), (257,), (4, 4, 4), (1000,)]
+
+
+def lists(k, seed, positive=False):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        ts = [torch.randn(s, generator=g) for s in SIZES]
+        if positive:
+            ts = [t.abs() + 0.1 for t in ts]
+        out.append(ts)
+    return out
+
+
+def dev(ts):
+    return [t.to("wgpu") for t in ts]
+
+
+def check(got, want, rtol=1e-6, atol=1e-6):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.device.type == "wgpu"
+        torch.testing.assert_close(g.cpu(), w, rtol=rtol, atol=atol)
+
+
+CASES = [
+    ("add_list_alpha", lambda a, b, c: torch._foreach_add(a, b, alpha=0.3)),
+    ("add_scalar", lambda a, b, c: torch._foreach_add(a, 1.5)),
+    ("add_scalarlist", lambda a, b, c: torch._foreach_add(a, [0.1 * i for i in range(len(a))])),
+    ("sub_list", lambda a, b, c: torch._foreach_sub(a, b)),
+    ("mul_list", lambda a, b, c: torch._foreach_mul(a, b)),
+    ("mul_scalar", lambda a, b, c: torch._foreach_mul(a, -2.0)),
+    ("div_list", lambda a, b, c: torch._foreach_div(a, c)),
+    ("div_scalarlist", lambda a, b, c: torch._foreach_div(a, [1.0 + i for i in range(len(a))])),
+    ("maximum_list", lambda a, b, c: torch._foreach_maximum(a, b)),
+    ("clamp_min_scalar", lambda a, b, c: torch._foreach_clamp_min(a, 0.0)),
+    ("sqrt", lambda a, b, c: torch._foreach_sqrt(c)),
+    ("neg", lambda a, b, c: torch._foreach_neg(a)),
+    ("exp", lambda a, b, c: torch._foreach_exp(a)),
+    ("reciprocal", lambda a, b, c: torch._foreach_reciprocal(c)),
+    ("addcmul_scalar", lambda a, b, c: torch._foreach_addcmul(a, b, c, value=0.5)),
+    ("addcdiv_scalarlist", lambda a, b, c: torch._foreach_addcdiv(a, b, c, [0.1 * (i + 1) for i in range(len(a))])),
+    ("lerp_scalar", lambda a, b, c: torch._foreach_lerp(a, b, 0.25)),
+    ("lerp_list", lambda a, b, c: torch._foreach_lerp(a, b, c)),
+]
+
+
+@pytest.mark.parametrize("name,fn", CASES, ids=[c[0] for c in CASES])
+def test_functional_foreach_matches_cpu(name, fn):
+    a, b, _ = lists(3, seed=1)
+    c = lists(1, seed=2, positive=True)[0]
+    want = fn(a, b, c)
+    got = fn(dev(a), dev(b), dev(c))
+    check(got, want)
+
+
+@pytest.mark.parametrize("op", ["add_", "mul_", "addcmul_", "addcdiv_", "lerp_", "sqrt_", "zero_"])
+def test_inplace_foreach_matches_cpu_in_one_dispatch(op):
+    a, b, _ = lists(3, seed=3)
+    c = lists(1, seed=4, positive=True)[0]
+    da, db, dc = dev(a), dev(b), dev(c)
+    calls = {
+        "add_": lambda x, y, z: torch._foreach_add_(x, y, alpha=-0.7),
+        "mul_": lambda x, y, z: torch._foreach_mul_(x, 0.9),
+        "addcmul_": lambda x, y, z: torch._foreach_addcmul_(x, y, y, value=0.01),
+        "addcdiv_": lambda x, y, z: torch._foreach_addcdiv_(x, y, z, value=-0.1),
+        "lerp_": lambda x, y, z: torch._foreach_lerp_(x, y, 0.1),
+        "sqrt_": lambda x, y, z: torch._foreach_sqrt_(z),
+        "zero_": lambda x, y, z: torch._foreach_zero_(x),
+    }
+    calls[op](a, b, c)
+    rt = runtime()
+    before = rt.dispatch_count
+    calls[op](da, db, dc)
+    assert rt.dispatch_count - before == 1, "a list op must be one dispatch for tensors in one heap"
+    check(da, a)
+    check(dc, c)
+
+
+def test_tensor_scalar_operand_from_the_device():
+    a = lists(1, seed=5)[0]
+    s = torch.tensor(0.37)
+    want = torch._foreach_mul(a, s)
+    got = torch._foreach_mul(dev(a), s.to("wgpu"))
+    check(got, want)
+
+
+def test_optimizers_take_the_foreach_path_on_wgpu():
+    from torch.optim.optimizer import _default_to_fused_or_foreach
+
+    p = [torch.nn.Parameter(torch.randn(3).to("wgpu"))]
+    assert _default_to_fused_or_foreach(p, differentiable=False, use_fused=False) == (False, True)
+
+
+def test_many_tensors_make_several_table_chunks():
+    g = torch.Generator().manual_seed(6)
+    a = [torch.randn(int(s), generator=g) for s in torch.randint(1, 50, (1500,), generator=g)]
+    b = [torch.randn(t.shape, generator=g) for t in a]
+    want = torch._foreach_add(a, b, alpha=2.0)
+    got = torch._foreach_add(dev(a), dev(b), alpha=2.0)
+    check(got, want)
+    assert nw.fallback_report()["total_fallback_calls"] == 0
