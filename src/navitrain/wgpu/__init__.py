@@ -47,6 +47,12 @@ def _enable_foreach_optimizers() -> None:
 
 _enable_foreach_optimizers()
 
+# Backward on the calling thread rather than on autograd's per-device worker: a device registered
+# after the process's first backward (a CPU warm-up before navitrain.device(), say) has no worker
+# queue and PyTorch's engine asserts; the calling thread needs none. (Thread-local: it applies to the
+# thread that imports navitrain.wgpu, normally the one that trains.)
+_torch._C._set_multithreading_enabled(False)
+
 fallback_report = _dispatch.fallback_report
 reset_fallback_counts = _dispatch.reset_fallback_counts
 manual_seed = _rng.manual_seed
@@ -127,3 +133,8 @@ def set_device(device) -> None:
 
 def _is_in_bad_fork() -> bool:
     return False
+
+
+def get_amp_supported_dtype() -> list:
+    """dtypes torch.autocast("wgpu", dtype=...) accepts: float16 and bfloat16."""
+    return [_torch.float16, _torch.bfloat16]

@@ -612,6 +612,8 @@ def _index_put_into(x, indices, values, accumulate):
         return copy_into(x, values)
     if values.dtype != x.dtype:
         values = aten._to_copy.default(values, dtype=x.dtype)
+    while values.dim() > len(shape) and values.shape[0] == 1:
+        values = aten.select.int(values, 0, 0)  # leading size-1 dims broadcast away
     try:
         torch.broadcast_shapes(values.shape, shape)
     except RuntimeError:
@@ -619,8 +621,7 @@ def _index_put_into(x, indices, values, accumulate):
                            f"indexing result of shape {shape}") from None
     x_strides, idx_ops = _index_operands(x, shape, B, at, used, before, after)
     if not accumulate:
-        v_strides = _strides_over(values, shape) if values.dim() <= len(shape) else None
-        indexed_copy("scatter", shape, x, x_strides, values, v_strides, idx_ops)
+        indexed_copy("scatter", shape, x, x_strides, values, _strides_over(values, shape), idx_ops)
         return x
     # Keys: the offset all index tensors add together, one per element of B.
     nb = len(B)
