@@ -101,6 +101,7 @@ def test_optimizers_take_the_foreach_path_on_wgpu():
 
 
 def test_many_tensors_make_several_table_chunks():
+    nw.reset_fallback_counts()
     g = torch.Generator().manual_seed(6)
     a = [torch.randn(int(s), generator=g) for s in torch.randint(1, 50, (1500,), generator=g)]
     b = [torch.randn(t.shape, generator=g) for t in a]
