@@ -157,6 +157,10 @@ def test_index_put_accumulate_with_broadcast_values_and_bool_mask():
     xd = _dev(x)
     xd.index_put_(tuple(t.to(DEV) for t in idx), v.to(DEV), accumulate=True)
     torch.testing.assert_close(xd.cpu(), x.clone().index_put_(idx, v, accumulate=True))
+    z, zd = x.clone(), _dev(x)
+    z[idx] = v[None, None]  # leading size-1 dims of the values broadcast away
+    zd[tuple(t.to(DEV) for t in idx)] = v[None, None].to(DEV)
+    assert torch.equal(zd.cpu(), z)
     # x[mask] += 1 goes through index (gather), add and index_put_.
     mask = x > 0
     y, yd = x.clone(), _dev(x)
