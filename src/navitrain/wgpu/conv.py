@@ -60,7 +60,7 @@ class Geometry:
     def OCg(self):
         return self.OC // self.groups
 
-    def params(self, x, w, y, o=None) -> codegen.Params:
+    def params(self, x, w, y, o=None, BK: int = 8) -> codegen.Params:
         p = codegen.Params()
         p.u(0, 0, 0, 0, 0, 0, 0, 0)  # GEMM words, filled by the caller via set_gemm
         p.u(self.N, self.Cg, self.H, self.W, self.OH, self.OW, self.KH, self.KW,
@@ -74,6 +74,7 @@ class Geometry:
                 strides = list(t.stride()) + [0] * (4 - t.dim())
                 p.u(t.elem_offset, *strides[:4])
         p.u(0)  # bias offset (word 43), set by the caller
+        p.u(*radix_steps(self, BK))  # words 44..55
         return p
 
 
@@ -83,6 +84,42 @@ def set_gemm(p: codegen.Params, M: int, N: int, K: int, alpha: float = 1.0, beta
     p.values[0:6] = [M, N, K, struct.unpack("<I", struct.pack("<f", alpha))[0],
                      struct.unpack("<I", struct.pack("<f", beta))[0], ksplit]
     p.fmt[0:6] = ["I"] * 6
+
+
+# ---------------------------------------------------------------------------------------------
+# K indices without divisions. Every load slot walks K in steps of BK; instead of splitting each new
+# K index into (c, kh, kw) with two divisions and two remainders (dozens of instructions on GPUs), a
+# slot splits its first index once and then adds BK, itself split into the same mixed radix on the
+# host, digit by digit with carries.
+_RADIX_WORDS = {"ckk": 44, "kkc_fwd": 47, "kkc_dgrad": 50, "nhw": 53}
+_RADIX_BASES = {  # least significant digit first; the last digit is unbounded
+    "ckk": ("cKW", "cKH"), "kkc_fwd": ("cCg", "cKW"), "kkc_dgrad": ("cOCg", "cKW"), "nhw": ("cOW", "cOH"),
+}
+
+
+def radix_steps(g: "Geometry", BK: int) -> list[int]:
+    """BK written in each radix, three words per radix, in _RADIX_WORDS order."""
+    words = []
+    for bases in ((g.KW, g.KH), (g.Cg, g.KW), (g.OCg, g.KW), (g.OW, g.OH)):
+        b0, b1 = bases
+        words += [BK % b0, (BK // b0) % b1, BK // (b0 * b1)]
+    return words
+
+
+def _digits_init(p: str, e: int, radix: str) -> list[str]:
+    b0, b1 = _RADIX_BASES[radix]
+    return [f"var {p}_d0_{e} = 0u; var {p}_d1_{e} = 0u; var {p}_d2_{e} = 0u;",
+            f"{{ let g0 = k_lo + {p}_kl{e}; {p}_d0_{e} = g0 % {b0}; let gr = g0 / {b0}; "
+            f"{p}_d1_{e} = gr % {b1}; {p}_d2_{e} = gr / {b1}; }}"]
+
+
+def _digits_advance(p: str, e: int, radix: str) -> list[str]:
+    b0, b1 = _RADIX_BASES[radix]
+    w = _RADIX_WORDS[radix]
+    d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+    return [f"{d0} = {d0} + pu({w}u); var cy = 0u; if ({d0} >= {b0}) {{ {d0} = {d0} - {b0}; cy = 1u; }}",
+            f"{d1} = {d1} + pu({w + 1}u) + cy; cy = 0u; if ({d1} >= {b1}) {{ {d1} = {d1} - {b1}; cy = 1u; }}",
+            f"{d2} = {d2} + pu({w + 2}u) + cy;"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,22 +136,25 @@ class ImageForward(Operand):
     def key(self):
         return ("im_fwd", self.binding, self.wgsl, self.k_order, self.fastest)
 
+    @property
+    def radix(self):
+        return "ckk" if self.k_order == "ckk" else "kkc_fwd"
+
     def hoist(self, p, e, row):
         return [f"let {p}_n{e} = ({row}) / (cOH * cOW); let {p}_r{e} = ({row}) % (cOH * cOW);",
                 f"let {p}_ih{e} = i32(({p}_r{e} / cOW) * csh) - cph; let {p}_iw{e} = i32(({p}_r{e} % cOW) * csw) - cpw;",
-                f"let {p}_xb{e} = x_off + {p}_n{e} * x_s0 + bz * cCg * x_s1;"]
+                f"let {p}_xb{e} = x_off + {p}_n{e} * x_s0 + bz * cCg * x_s1;"] + _digits_init(p, e, self.radix)
+
+    def advance(self, p, e):
+        return _digits_advance(p, e, self.radix)
 
     def load(self, p, e, row, k):
-        if self.k_order == "ckk":
-            dec = (f"let kc = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); "
-                   f"let kh = kr / cKW; let kw = kr % cKW;")
-        else:
-            dec = (f"let kh = {k} / (cKW * cCg); let kr = {k} % (cKW * cCg); "
-                   f"let kw = kr / cCg; let kc = kr % cCg;")
-        ih, iw = f"({p}_ih{e} + i32(kh * cdh))", f"({p}_iw{e} + i32(kw * cdw))"
+        d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+        kc, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
+        ih, iw = f"({p}_ih{e} + i32({kh} * cdh))", f"({p}_iw{e} + i32({kw} * cdw))"
         cond = f"{row} < {p}_rows && {k} < K && {ih} >= 0 && {ih} < i32(cH) && {iw} >= 0 && {iw} < i32(cW)"
-        val = f"f32({self.binding}[{p}_xb{e} + kc * x_s1 + u32({ih}) * x_s2 + u32({iw}) * x_s3])"
-        return cond, val, dec
+        val = f"f32({self.binding}[{p}_xb{e} + {kc} * x_s1 + u32({ih}) * x_s2 + u32({iw}) * x_s3])"
+        return cond, val
 
 
 @dataclass(frozen=True)
@@ -131,25 +171,28 @@ class Weight(Operand):
     def key(self):
         return ("weight", self.binding, self.wgsl, self.role, self.k_order, self.fastest)
 
+    @property
+    def radix(self):
+        if self.k_order == "ckk":
+            return "ckk"
+        return "kkc_fwd" if self.role == "fwd" else "kkc_dgrad"
+
     def hoist(self, p, e, row):
         if self.role == "fwd":
-            return [f"let {p}_wb{e} = w_off + (bz * cOCg + ({row})) * w_s0;"]
-        return [f"let {p}_wb{e} = w_off + bz * cOCg * w_s0 + ({row}) * w_s1;"]
+            base = [f"let {p}_wb{e} = w_off + (bz * cOCg + ({row})) * w_s0;"]
+        else:
+            base = [f"let {p}_wb{e} = w_off + bz * cOCg * w_s0 + ({row}) * w_s1;"]
+        return base + _digits_init(p, e, self.radix)
+
+    def advance(self, p, e):
+        return _digits_advance(p, e, self.radix)
 
     def load(self, p, e, row, k):
-        if self.role == "fwd":
-            if self.k_order == "ckk":
-                dec = f"let kc = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); let kh = kr / cKW; let kw = kr % cKW;"
-            else:
-                dec = f"let kh = {k} / (cKW * cCg); let kr = {k} % (cKW * cCg); let kw = kr / cCg; let kc = kr % cCg;"
-            off = "kc * w_s1 + kh * w_s2 + kw * w_s3"
-        else:
-            if self.k_order == "ckk":
-                dec = f"let ko = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); let kh = kr / cKW; let kw = kr % cKW;"
-            else:
-                dec = f"let kh = {k} / (cKW * cOCg); let kr = {k} % (cKW * cOCg); let kw = kr / cOCg; let ko = kr % cOCg;"
-            off = "ko * w_s0 + kh * w_s2 + kw * w_s3"
-        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{p}_wb{e} + {off}])", dec
+        d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+        top, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
+        stride = "w_s1" if self.role == "fwd" else "w_s0"   # the K-side channel: c (fwd) or oc (dgrad)
+        off = f"{top} * {stride} + {kh} * w_s2 + {kw} * w_s3"
+        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{p}_wb{e} + {off}])"
 
 
 @dataclass(frozen=True)
@@ -165,21 +208,26 @@ class ImageGradInput(Operand):
     def key(self):
         return ("im_dgrad", self.binding, self.wgsl, self.k_order, self.fastest)
 
+    @property
+    def radix(self):
+        return "ckk" if self.k_order == "ckk" else "kkc_dgrad"
+
     def hoist(self, p, e, row):
         return [f"let {p}_n{e} = ({row}) / (cH * cW); let {p}_r{e} = ({row}) % (cH * cW);",
                 f"let {p}_th{e} = i32({p}_r{e} / cW) + cph; let {p}_tw{e} = i32({p}_r{e} % cW) + cpw;",
-                f"let {p}_yb{e} = y_off + {p}_n{e} * y_s0 + bz * cOCg * y_s1;"]
+                f"let {p}_yb{e} = y_off + {p}_n{e} * y_s0 + bz * cOCg * y_s1;"] + _digits_init(p, e, self.radix)
+
+    def advance(self, p, e):
+        return _digits_advance(p, e, self.radix)
 
     def load(self, p, e, row, k):
-        if self.k_order == "ckk":
-            dec = f"let ko = {k} / (cKH * cKW); let kr = {k} % (cKH * cKW); let kh = kr / cKW; let kw = kr % cKW;"
-        else:
-            dec = f"let kh = {k} / (cKW * cOCg); let kr = {k} % (cKW * cOCg); let kw = kr / cOCg; let ko = kr % cOCg;"
-        dec += (f" let nh = {p}_th{e} - i32(kh * cdh); let nw = {p}_tw{e} - i32(kw * cdw);"
-                f" let oh = nh / i32(csh); let ow = nw / i32(csw);")
+        d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+        ko, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
+        dec = (f"let nh = {p}_th{e} - i32({kh} * cdh); let nw = {p}_tw{e} - i32({kw} * cdw);"
+               f" let oh = nh / i32(csh); let ow = nw / i32(csw);")
         cond = (f"{row} < {p}_rows && {k} < K && nh >= 0 && nw >= 0 && nh % i32(csh) == 0 && nw % i32(csw) == 0"
                 f" && oh < i32(cOH) && ow < i32(cOW)")
-        val = f"f32({self.binding}[{p}_yb{e} + ko * y_s1 + u32(oh) * y_s2 + u32(ow) * y_s3])"
+        val = f"f32({self.binding}[{p}_yb{e} + {ko} * y_s1 + u32(oh) * y_s2 + u32(ow) * y_s3])"
         return cond, val, dec
 
 
@@ -195,12 +243,15 @@ class GradOutRows(Operand):
         return ("dy_rows", self.binding, self.wgsl, self.fastest)
 
     def hoist(self, p, e, row):
-        return [f"let {p}_yb{e} = y_off + (bz * cOCg + ({row})) * y_s1;"]
+        return [f"let {p}_yb{e} = y_off + (bz * cOCg + ({row})) * y_s1;"] + _digits_init(p, e, "nhw")
+
+    def advance(self, p, e):
+        return _digits_advance(p, e, "nhw")
 
     def load(self, p, e, row, k):
-        dec = f"let kn = {k} / (cOH * cOW); let kr = {k} % (cOH * cOW); let oh = kr / cOW; let ow = kr % cOW;"
+        ow, oh, kn = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
         return (f"{row} < {p}_rows && {k} < K",
-                f"f32({self.binding}[{p}_yb{e} + kn * y_s0 + oh * y_s2 + ow * y_s3])", dec)
+                f"f32({self.binding}[{p}_yb{e} + {kn} * y_s0 + {oh} * y_s2 + {ow} * y_s3])")
 
 
 @dataclass(frozen=True)
@@ -224,14 +275,18 @@ class ImageGradWeight(Operand):
                    f"let {p}_kw{e} = {p}_qr{e} / cCg; let {p}_c{e} = {p}_qr{e} % cCg;")
         return [dec,
                 f"let {p}_xb{e} = x_off + (bz * cCg + {p}_c{e}) * x_s1;",
-                f"let {p}_oh{e} = i32({p}_kh{e} * cdh) - cph; let {p}_ow{e} = i32({p}_kw{e} * cdw) - cpw;"]
+                f"let {p}_oh{e} = i32({p}_kh{e} * cdh) - cph; let {p}_ow{e} = i32({p}_kw{e} * cdw) - cpw;"
+                ] + _digits_init(p, e, "nhw")
+
+    def advance(self, p, e):
+        return _digits_advance(p, e, "nhw")
 
     def load(self, p, e, row, k):
-        dec = (f"let kn = {k} / (cOH * cOW); let kr = {k} % (cOH * cOW);"
-               f" let ih = i32((kr / cOW) * csh) + {p}_oh{e}; let iw = i32((kr % cOW) * csw) + {p}_ow{e};")
-        cond = f"{row} < {p}_rows && {k} < K && ih >= 0 && ih < i32(cH) && iw >= 0 && iw < i32(cW)"
-        val = f"f32({self.binding}[{p}_xb{e} + kn * x_s0 + u32(ih) * x_s2 + u32(iw) * x_s3])"
-        return cond, val, dec
+        ow, oh, kn = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+        ih, iw = f"(i32({oh} * csh) + {p}_oh{e})", f"(i32({ow} * csw) + {p}_ow{e})"
+        cond = f"{row} < {p}_rows && {k} < K && {ih} >= 0 && {ih} < i32(cH) && {iw} >= 0 && {iw} < i32(cW)"
+        val = f"f32({self.binding}[{p}_xb{e} + {kn} * x_s0 + u32({ih}) * x_s2 + u32({iw}) * x_s3])"
+        return cond, val
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +386,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
         M, N = g.OCg, P
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu)
     cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: forward(x, w, bias, g, out, relu, c))
-    params = g.params(x, w, None, out)
+    params = g.params(x, w, None, out, cfg.BK)
     set_gemm(params, M, N, K)
     if bias is not None:
         params.values[_BIAS] = bias.elem_offset
@@ -360,7 +415,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: 
         M, N = g.Cg, P
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings)
     cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: grad_input(dy, w, g, dx, c))
-    params = g.params(None, w, dy, dx)
+    params = g.params(None, w, dy, dx, cfg.BK)
     set_gemm(params, M, N, K)
     launch(("conv_dgrad", nhwc), "conv2d_grad_input", cfg, A, B, E, (dx._ws.heap, dy._ws.heap, w._ws.heap),
            params, M, N, g.groups, True, preamble=PREAMBLE)
@@ -386,7 +441,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg:
     if slices == 1:
         bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl])
         E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)
-        params = g.params(x, None, dy, dw)
+        params = g.params(x, None, dy, dw, cfg.BK)
         set_gemm(params, M, N, K)
         launch(("conv_wgrad", nhwc), "conv2d_grad_weight", cfg, A, B, E, (dw._ws.heap, dy._ws.heap, x._ws.heap),
                params, M, N, g.groups, True, preamble=PREAMBLE)
@@ -395,7 +450,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg:
     partial = empty([slices * g.groups, M, N], torch.float32)
     bindings = codegen.bindings([st_f.wgsl, st_y.wgsl, st_x.wgsl])
     E = WeightEpilogue(st_f.wgsl, _Store(st_f), q_order, True, bindings)
-    params = g.params(x, None, dy, partial)
+    params = g.params(x, None, dy, partial, cfg.BK)
     set_gemm(params, M, N, K, ksplit=kslice)
     launch(("conv_wgrad_split", nhwc), "conv2d_grad_weight_split", cfg, A, B, E,
            (partial._ws.heap, dy._ws.heap, x._ws.heap), params, M, N, g.groups, True, split_k=kslice, K=K,

@@ -74,6 +74,11 @@ class Operand:
     def hoist(self, p: str, e: int, row: str) -> list[str]:
         return []
 
+    def advance(self, p: str, e: int) -> list[str]:
+        """Statements run after each load of slot e: the K index moves on by BK. Operands that keep
+        a decomposed K index (c, kh, kw) in variables update it here with adds and carries."""
+        return []
+
     def load(self, p: str, e: int, row: str, k: str) -> tuple:
         """(condition, f32 value expression[, statements computing what both use]) for slot e and the
         K index `k`; the value is only read when the condition holds."""
@@ -237,9 +242,12 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
                 if len(loaded) > 2:  # index arithmetic the load needs (e.g. k -> (c, kh, kw))
                     w(f"{indent}  " + loaded[2])
                 if guard:
-                    w(f"{indent}  r{p}{e} = 0.0; if ({cond}) {{ r{p}{e} = {val}; }} }}")
+                    w(f"{indent}  r{p}{e} = 0.0; if ({cond}) {{ r{p}{e} = {val}; }}")
                 else:
-                    w(f"{indent}  r{p}{e} = {val}; }}")
+                    w(f"{indent}  r{p}{e} = {val};")
+                for line in op.advance(p, e):  # move per-slot index state on by BK (no divisions)
+                    w(f"{indent}  {line}")
+                w(f"{indent}}}")
 
     def stash(indent: str, buf: str) -> None:
         """Registers into workgroup memory buffer `buf` (an expression: 0u or 1u)."""

@@ -28,17 +28,18 @@ LARGE = TileConfig(128, 128, 16, 8, 8)
 MEDIUM = TileConfig(64, 64, 16, 8, 8)
 SMALL = TileConfig(32, 32, 8, 4, 4)
 
+# Measured on an H100 through Vulkan (docs/benchmarks.md): single-buffered 8x8-per-thread tiles win on
+# large products there, double-buffered 4x4 tiles on small ones; other drivers may differ, hence tuning.
 CANDIDATES = [
-    TileConfig(128, 128, 8, 8, 8),
-    TileConfig(128, 128, 16, 8, 8),
-    TileConfig(64, 64, 16, 8, 8),
-    TileConfig(64, 64, 16, 4, 4),
+    TileConfig(64, 64, 16, 8, 8, buffers=1),
+    TileConfig(128, 128, 8, 8, 8, buffers=1),
+    TileConfig(128, 128, 16, 8, 8, buffers=1),
     TileConfig(128, 64, 16, 8, 4),
+    TileConfig(64, 64, 16, 4, 4),
+    TileConfig(64, 64, 16, 8, 8),
+    TileConfig(128, 128, 16, 8, 8),
     TileConfig(64, 64, 8, 4, 4),
     TileConfig(32, 32, 8, 4, 4),
-    TileConfig(64, 64, 16, 8, 8, splits=4),
-    TileConfig(128, 128, 16, 8, 8, splits=4),
-    TileConfig(64, 64, 16, 4, 4, splits=8),
 ]
 
 _lock = threading.Lock()

@@ -62,9 +62,11 @@ def _check(x, w, groups):
                            f"to have {w.shape[1] * groups} channels, but got {x.shape[1]} channels instead")
 
 
-def _ordinary_forward(x4, w4, bias, stride, padding, dilation, groups, fmt):
+def _ordinary_forward(x4, w4, bias, stride, padding, dilation, groups, fmt, out_hw=None):
     OH = _out_size(x4.shape[2], w4.shape[2], stride[0], padding[0], dilation[0])
     OW = _out_size(x4.shape[3], w4.shape[3], stride[1], padding[1], dilation[1])
+    if out_hw is not None:  # a transposed conv's grad-input: exactly the input's size (output_padding)
+        OH, OW = out_hw
     if OH <= 0 or OW <= 0:
         raise RuntimeError(f"convolution output size is too small ({OH}x{OW})")
     out = _new([x4.shape[0], w4.shape[0], OH, OW], x4.dtype, fmt)
@@ -101,9 +103,20 @@ def _transposed_weight_as_ordinary(w4, groups):
     return w4
 
 
+def _same_device(*tensors):
+    from navitrain.wgpu.tensor import WgpuTensor
+
+    for t in tensors:
+        if t is not None and not isinstance(t, WgpuTensor):
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found a {t.device} tensor "
+                               "among wgpu tensors (move it with .to('wgpu'))")
+
+
 @implements(aten.convolution.default)
 def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
-    _check(x, w, groups) if not transposed else None
+    _same_device(x, w, bias)
+    if not transposed:
+        _check(x, w, groups)
     one_d = x.dim() == 3
     x4, w4 = _as_2d(x), _as_2d(w)
     n = 1 if one_d else 2
@@ -130,6 +143,7 @@ def convolution(x, w, bias, stride, padding, dilation, transposed, output_paddin
 @implements(aten.convolution_backward.default)
 def convolution_backward(grad_output, x, w, bias_sizes, stride, padding, dilation, transposed, output_padding,
                          groups, output_mask):
+    _same_device(grad_output, x, w)
     one_d = x.dim() == 3
     dy4, x4, w4 = _as_2d(grad_output), _as_2d(x), _as_2d(w)
     n = 1 if one_d else 2
@@ -147,7 +161,8 @@ def convolution_backward(grad_output, x, w, bias_sizes, stride, padding, dilatio
         # y = T(x): dx = ordinary forward of dy; dw = ordinary grad-weight with dy as the image and x
         # as the gradient of the adjoint's output.
         if output_mask[0]:
-            grad_input = _ordinary_forward(dy4, w4, None, stride, padding, dilation, groups, fmt)
+            grad_input = _ordinary_forward(dy4, w4, None, stride, padding, dilation, groups, fmt,
+                                           out_hw=(x4.shape[2], x4.shape[3]))
         if output_mask[1]:
             grad_weight = _ordinary_grad_weight(x4, dy4, tuple(w4.shape), stride, padding, dilation, groups, fmt, w.dtype)
     if output_mask[2]:

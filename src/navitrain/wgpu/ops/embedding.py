@@ -56,7 +56,8 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
 def _renorm_source(w_st, norm_kind):
     """Params: 0 K, 1 D, 2 weight off, 3 row stride, 4 col stride, 5 keys off, 6 max_norm, 7 p.
     The first thread of each run of equal (sorted) ids rescales that row once."""
-    acc = {"inf": "max(acc, abs(v))", "1": "acc + abs(v)", "2": "acc + v * v", "p": "acc + pow_f(abs(v), pf(7u))"}[norm_kind]
+    acc = {"inf": "max(acc, abs(v))", "1": "acc + abs(v)", "2": "acc + v * v",
+           "p": "acc + pow_f(abs(v), pf(7u))"}[norm_kind]
     norm = {"inf": "acc", "1": "acc", "2": "sqrt(acc)", "p": "pow_f(acc, 1.0 / pf(7u))"}[norm_kind]
     body = f"""
   if (gi >= pu(0u)) {{ return; }}
@@ -98,6 +99,7 @@ def embedding_renorm_(weight, indices, max_norm, norm_type):
     p = codegen.Params()
     p.u(n, weight.shape[1], weight.elem_offset, weight.stride(0), weight.stride(1), skeys.elem_offset)
     p.f(float(max_norm), p_ if kind == "p" else 0.0)
-    kernel = rt.kernel(("embedding_renorm", weight.dtype, kind), "embedding_renorm", 2, lambda: _renorm_source(w_st, kind))
+    kernel = rt.kernel(("embedding_renorm", weight.dtype, kind), "embedding_renorm", 2,
+                       lambda: _renorm_source(w_st, kind))
     rt.dispatch(kernel, (weight._ws.heap, skeys._ws.heap), p.pack(), codegen.groups_for(n, 64))
     return weight

@@ -315,13 +315,16 @@ def _segment_source(op, out_st, src_st, m, q, include_self, by_freq, skip_key):
         lines = [f"  var rem_{name} = {var};", f"  var do_{name} = 0u; var so_{name} = 0u;"]
         for d in reversed(range(n)):
             if d > 0:
-                lines.append(f"  let c_{name}{d} = rem_{name} % pu({size_w + d}u); rem_{name} = rem_{name} / pu({size_w + d}u);")
+                lines.append(f"  let c_{name}{d} = rem_{name} % pu({size_w + d}u);")
+                lines.append(f"  rem_{name} = rem_{name} / pu({size_w + d}u);")
             else:
                 lines.append(f"  let c_{name}0 = rem_{name};")
-            lines.append(f"  do_{name} += c_{name}{d} * pu({size_w + n + d}u); so_{name} += c_{name}{d} * pu({size_w + 2 * n + d}u);")
+            lines.append(f"  do_{name} += c_{name}{d} * pu({size_w + n + d}u);")
+            lines.append(f"  so_{name} += c_{name}{d} * pu({size_w + 2 * n + d}u);")
         return lines
 
-    lowest = {"f32": "bitcast<f32>(0xff800000u)", "i32": "(-2147483647 - 1)", "i64": "(-9223372036854775807li - 1li)"}[acc]
+    lowest = {"f32": "bitcast<f32>(0xff800000u)", "i32": "(-2147483647 - 1)",
+              "i64": "(-9223372036854775807li - 1li)"}[acc]
     highest = {"f32": "bitcast<f32>(0x7f800000u)", "i32": "2147483647", "i64": "9223372036854775807li"}[acc]
     zero, one = {"f32": ("0.0", "1.0"), "i32": ("0", "1"), "i64": ("0li", "1li")}[acc]
     ident = {"sum": zero, "mean": zero, "prod": one, "amax": lowest, "amin": highest}[op]
@@ -518,7 +521,8 @@ def _put_into(out, index, source, accumulate):
         segment_reduce("sum", out, flat_src, keys, 1, flat_src.stride(0) if flat_src.dim() else 1)
     else:
         n = flat_idx.numel()
-        indexed_copy("scatter", [n], out, [0], flat_src, [flat_src.stride(0)], [(flat_idx, [flat_idx.stride(0)], out.numel(), 1)])
+        indexed_copy("scatter", [n], out, [0], flat_src, [flat_src.stride(0)],
+                     [(flat_idx, [flat_idx.stride(0)], out.numel(), 1)])
     return out
 
 
@@ -766,7 +770,8 @@ def _compact_or_expand(mode, x, mask, pos, out, shape):
         if mode == "select":
             lines.append("  if (on && at < pu(5u)) { outs[pu(4u) + at] = xs[pu(1u) + o0]; }")
         else:
-            lines.append("  if (on) { outs[pu(4u) + o2] = src[pu(5u) + at]; } else { outs[pu(4u) + o2] = xs[pu(1u) + o0]; }")
+            lines.append("  if (on) { outs[pu(4u) + o2] = src[pu(5u) + at]; }")
+            lines.append("  else { outs[pu(4u) + o2] = xs[pu(1u) + o0]; }")
         names = ["xs", "mask", "pos", "outs"] + (["src"] if mode == "scatter" else [])
         types = [x_st.wgsl, m_st.wgsl, "i32", o_st.wgsl] + ([src_st.wgsl] if mode == "scatter" else [])
         return codegen.module(types, "\n".join(lines), WG, names=names)

@@ -91,7 +91,8 @@ def _tile_source(x_st, i64_st, kw, descending, pairs_in, final_out):
         types += ["u32", "u32"]
     x_at = "xs[pu(2u) + (row / pu(6u)) * pu(3u) + {p} * pu(4u) + (row % pu(6u)) * pu(5u)]"
     if pairs_in:
-        load = "\n".join(f"      sk[s * {kw}u + {w}u] = kin[pu(11u) + (row * L + pos) * {kw}u + {w}u];" for w in range(kw))
+        load = "\n".join(f"      sk[s * {kw}u + {w}u] = kin[pu(11u) + (row * L + pos) * {kw}u + {w}u];"
+                         for w in range(kw))
         load += "\n      sv[s] = pin[pu(12u) + row * L + pos];"
     else:
         keys = _key_exprs(x_st, x_at.format(p="pos"), kw, descending)
@@ -277,7 +278,7 @@ def select_rows(x: WgpuTensor, dim: int, k: int, descending: bool):
         P, tpr, rpt = _packing(cur, T)
         _tile(x, geo, kw, descending, rows, cur, P, tpr, rpt, k, k, pairs_in=pairs, final_out=(vals, inds))
         return vals, inds
-    keys, pos = sort_pairs(x, geo, kw, descending, rows, L)
+    _, pos = sort_pairs(x, geo, kw, descending, rows, L)
     _emit(x, geo, pos, rows, L, k, vals, inds)
     return vals, inds
 
@@ -456,7 +457,8 @@ def unique_sorted(x: WgpuTensor, return_inverse: bool, return_counts: bool):
     v_st, i64_st = rt.stypes[x.dtype], rt.stypes[torch.int64]
     kernel = rt.kernel(("unique", x.dtype), "unique", 6, lambda: _unique_source(v_st, i64_st, True))
     p = codegen.Params()
-    p.u(n, vals.elem_offset, runs.elem_offset, perm.elem_offset, uniq.elem_offset, inverse.elem_offset, starts.elem_offset)
+    p.u(n, vals.elem_offset, runs.elem_offset, perm.elem_offset, uniq.elem_offset, inverse.elem_offset,
+        starts.elem_offset)
     rt.dispatch(kernel, (vals._ws.heap, runs._ws.heap, perm._ws.heap, uniq._ws.heap, inverse._ws.heap, starts._ws.heap),
                 p.pack(), codegen.groups_for(n, WG))
     counts = empty([0], torch.int64)

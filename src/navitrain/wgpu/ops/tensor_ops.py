@@ -15,9 +15,9 @@ from navitrain.wgpu import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops.copy import copy_into, fill
 from navitrain.wgpu.ops.indexing import indexed_copy
-from navitrain.wgpu.ops.scan import contiguous, wrap_dim
+from navitrain.wgpu.ops.scan import wrap_dim
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import WgpuTensor, empty, empty_like
+from navitrain.wgpu.tensor import empty, empty_like
 
 aten = torch.ops.aten
 WG = 256
@@ -233,7 +233,8 @@ def _pad_source(st, mode, k, nb, backward):
             opens.append(f"  for (var t{d} = 0; t{d} < 3; t{d} = t{d} + 1) {{\n"
                          f"    var o{d} = c{d} + {lo};\n"
                          f"    if (t{d} == 1) {{ if (c{d} < 1) {{ continue; }} o{d} = {lo} - c{d}; }}\n"
-                         f"    if (t{d} == 2) {{ if (c{d} > {n} - 2) {{ continue; }} o{d} = {lo} + 2 * ({n} - 1) - c{d}; }}\n"
+                         f"    if (t{d} == 2) {{ if (c{d} > {n} - 2) {{ continue; }}\n"
+                         f"      o{d} = {lo} + 2 * ({n} - 1) - c{d}; }}\n"
                          f"    if (o{d} < 0 || o{d} >= {on}) {{ continue; }}")
         else:
             # Replication: the edge elements are read by the whole pad beside them.
