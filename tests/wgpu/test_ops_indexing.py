@@ -178,7 +178,8 @@ def test_gathers_on_channels_last_and_float16_inputs():
     assert torch.equal(x.to(DEV).gather(2, gidx.to(DEV)).cpu(), x.gather(2, gidx))
     h = torch.randn(9, 16).half()
     assert torch.equal(h.to(DEV)[torch.tensor([8, 1, 1]).to(DEV)].cpu(), h[torch.tensor([8, 1, 1])])
-    assert torch.equal(F.embedding(torch.tensor([[2, 0]]).to(DEV), h.to(DEV)).cpu(), F.embedding(torch.tensor([[2, 0]]), h))
+    tokens = torch.tensor([[2, 0]])
+    assert torch.equal(F.embedding(tokens.to(DEV), h.to(DEV)).cpu(), F.embedding(tokens, h))
 
 
 def test_out_of_range_gather_gives_nan_and_scatter_skips():
