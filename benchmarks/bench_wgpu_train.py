@@ -95,6 +95,14 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
         sync()
         step_times.append(time.perf_counter() - t0)
         losses.append(loss.item())
+    profile = None
+    if device == "wgpu" and os.environ.get("NAVITRAIN_BENCH_PROFILE"):
+        import navitrain.wgpu as nw
+
+        x, y = (t.to(device) for t in batches[-1])
+        with nw.profile() as table:
+            step(x, y)
+        profile = sorted(((v[1] * 1e3, v[0], k) for k, v in table.items()), reverse=True)[:25]
     peak = None
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
@@ -106,6 +114,8 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     result = {"device": device, "model": model_name, "batch": batch, "losses": losses,
               "step_ms": [t * 1e3 for t in step_times], "median_ms": statistics.median(step_times) * 1e3,
               "first_step_s": first_step_s, "peak_bytes": peak, "threads": torch.get_num_threads()}
+    if profile:
+        result["profile_top_ms"] = profile
     if device == "wgpu":
         result["fallbacks"] = fallbacks
         result["adapter"] = nw.adapter_info()["name"]
@@ -151,6 +161,8 @@ def main(argv=None):
             results.append(r)
             print(f"[{model} on {device}] median step {r['median_ms']:.1f} ms, first step {r['first_step_s']:.1f} s, "
                   f"losses {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}", flush=True)
+            for ms, count, name in r.get("profile_top_ms", [])[:12]:
+                print(f"    {ms:8.2f} ms {count:4d}x {name}")
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

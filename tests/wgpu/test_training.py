@@ -28,15 +28,25 @@ def _train(model, batches, loss_fn, make_opt, device, steps, sched=None):
     return losses, model
 
 
-def _same_run(model, batches, loss_fn, make_opt, steps, rtol, sched=None):
+def _same_run(model, batches, loss_fn, make_opt, steps, rtol, sched=None, reference_dtype=torch.float32):
+    """Train on the CPU and on wgpu from the same weights and batches. For deep models the CPU run is
+    done in float64: two float32 runs drift apart chaotically over many steps (BatchNorm amplifies
+    rounding), and what matters is that wgpu stays as close to the exact result as float32 allows."""
     nw.reset_fallback_counts()
-    cpu_losses, cpu_model = _train(model, batches, loss_fn, make_opt, "cpu", steps, sched)
+    if reference_dtype != torch.float32:
+        ref_model = copy.deepcopy(model).to(reference_dtype)
+        ref_batches = [(x.to(reference_dtype) if x.is_floating_point() else x, y.to(reference_dtype)
+                        if y.is_floating_point() else y) for x, y in batches]
+        cpu_losses, cpu_model = _train(ref_model, ref_batches, loss_fn, make_opt, "cpu", steps, sched)
+    else:
+        cpu_losses, cpu_model = _train(model, batches, loss_fn, make_opt, "cpu", steps, sched)
     dev_losses, dev_model = _train(model, batches, loss_fn, make_opt, DEV, steps, sched)
     assert nw.fallback_report()["total_fallback_calls"] == 0
-    torch.testing.assert_close(torch.tensor(dev_losses), torch.tensor(cpu_losses), rtol=rtol, atol=rtol)
+    torch.testing.assert_close(torch.tensor(dev_losses), torch.tensor(cpu_losses, dtype=torch.float32), rtol=rtol,
+                               atol=rtol)
     assert dev_losses[-1] < dev_losses[0], f"loss did not go down: {dev_losses}"
     for (name, p_cpu), p_dev in zip(cpu_model.named_parameters(), dev_model.parameters()):
-        torch.testing.assert_close(p_dev.detach().cpu(), p_cpu.detach(), rtol=rtol * 10, atol=rtol * 10,
+        torch.testing.assert_close(p_dev.detach().cpu(), p_cpu.detach().float(), rtol=rtol * 10, atol=rtol * 10,
                                    msg=lambda m: f"parameter {name}: {m}")
     return dev_losses
 
@@ -94,8 +104,11 @@ def test_mlp_with_lr_scheduler_and_clip_grad_norm():
 def test_cifar_resnet18_20_steps_matches_cpu():
     torch.manual_seed(0)
     model = models.cifar_resnet18(num_classes=10, width=8)   # the ResNet-18 layout, narrow channels
-    batches = [models.cifar_batch(4, image_size=16, seed=s) for s in range(20)]
-    _same_run(model, batches, models.cifar_loss, OPTIMIZERS["sgd_momentum"], 20, rtol=2e-3)
+    # Batch 8 and lr 0.01: with 4 images and lr 0.05 BatchNorm makes the run chaotic, and even two
+    # float32 CPU runs that differ only in summation order drift 17% apart from float64 by step 20.
+    batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(20)]
+    _same_run(model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), 20,
+              rtol=2e-3, reference_dtype=torch.float64)
 
 
 @pytest.mark.slow

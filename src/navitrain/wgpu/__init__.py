@@ -9,6 +9,8 @@ and memory statistics live here. Importing it needs torch >= 2.11; the GPU itsel
 """
 from __future__ import annotations
 
+import contextlib as _contextlib
+
 import torch as _torch
 
 from navitrain.wgpu import device as _device
@@ -26,7 +28,7 @@ __all__ = [
     "DEVICE", "WgpuTensor", "WgpuError", "KernelCompileError", "DeviceLostError", "adapter_info", "synchronize",
     "memory_allocated", "max_memory_allocated", "memory_reserved", "reset_peak_memory_stats", "empty_cache",
     "memory_stats", "fallback_report", "reset_fallback_counts", "manual_seed", "manual_seed_all", "seed",
-    "initial_seed", "get_rng_state", "set_rng_state", "is_available", "device_count", "current_device",
+    "initial_seed", "get_rng_state", "set_rng_state", "is_available", "device_count", "current_device", "profile",
 ]
 
 _device.register_factories()
@@ -73,6 +75,24 @@ def synchronize(device=None) -> None:
     _dispatch.raise_pending()
     if _runtime_mod.is_started():
         _runtime_mod.runtime().synchronize()
+
+
+@_contextlib.contextmanager
+def profile():
+    """Time every kernel (each is submitted and waited for on its own, so the run gets slower):
+
+        with navitrain.wgpu.profile() as table:
+            train_step()
+        # table: kernel name -> [dispatch count, seconds including submit latency]
+    """
+    rt = _runtime_mod.runtime()
+    rt.synchronize()
+    rt.profile = {}
+    try:
+        yield rt.profile
+    finally:
+        rt.synchronize()
+        rt.profile = None
 
 
 def memory_allocated(device=None) -> int:

@@ -106,7 +106,15 @@ def _defer(func, args, kwargs, exc):
 
     flat, spec = tree_flatten((args, kwargs))
     meta_args, meta_kwargs = tree_unflatten([to_meta(x) for x in flat], spec)
-    meta_out = func(*meta_args, **meta_kwargs)
+    try:
+        meta_out = func(*meta_args, **meta_kwargs)
+    except Exception:
+        # No meta kernel (or a data-dependent shape): run the op on the CPU, leniently, just to get
+        # outputs of the right shapes. The recorded error is raised after backward all the same.
+        try:
+            return _lenient_cpu(func, args, kwargs)
+        except Exception:
+            raise exc from None  # nothing else can produce the shapes; this may end the process
 
     def placeholder(t):
         if isinstance(t, torch.Tensor) and t.device.type == "meta":
@@ -116,6 +124,20 @@ def _defer(func, args, kwargs, exc):
 
     out_flat, out_spec = tree_flatten(meta_out)
     return tree_unflatten([placeholder(t) for t in out_flat], out_spec)
+
+
+def _lenient_cpu(func, args, kwargs):
+    import os
+
+    saved = os.environ.get(_env.WGPU_STRICT)
+    os.environ[_env.WGPU_STRICT] = "0"
+    try:
+        return cpu_fallback(func, args, kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop(_env.WGPU_STRICT, None)
+        else:
+            os.environ[_env.WGPU_STRICT] = saved
 
 
 def raise_pending() -> None:

@@ -133,6 +133,7 @@ class Runtime:
         self._offsets = self._raw[0].new("uint32_t[1]") if self._raw else None
         self.dispatch_count = 0
         self.submit_count = 0
+        self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling
         self.lost_reason: str | None = None
 
     # -- description ------------------------------------------------------------------------------
@@ -286,8 +287,21 @@ class Runtime:
                 self._pass.dispatch_workgroups(*groups)
             self._pending += 1
             self.dispatch_count += 1
-            if self._pending >= self._batch_limit:
+            if self.profile is not None:
+                self._profile_last(kernel.name)
+            elif self._pending >= self._batch_limit:
                 self.flush()
+
+    def _profile_last(self, name: str) -> None:
+        """Profiling mode: submit each dispatch alone and wait for it (slow; for finding hot kernels)."""
+        t0 = time.perf_counter()
+        self.flush()
+        poll_wait = getattr(self.device, "_poll_wait", None)
+        if poll_wait is not None:
+            poll_wait()
+        entry = self.profile.setdefault(name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.perf_counter() - t0
 
     def flush(self) -> None:
         """Submit everything recorded so far (does not wait for it)."""
