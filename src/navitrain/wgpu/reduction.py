@@ -96,20 +96,31 @@ def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: i
         return a
 
     body = []
-    if variant == "thread":
-        body.append("  if (gi >= pu(0u)) { return; }")
+    if variant in ("thread", "thread_split"):
+        if variant == "thread_split":
+            # Thread (m, g) reduces rows [g*chunk, (g+1)*chunk) of output m into partial[g][m]:
+            # a long reduction into few outputs still fills the GPU.
+            body.append("  if (gi >= pu(0u) * pu(5u)) { return; }")
+            body.append("  let m = gi % pu(0u); let g = gi / pu(0u);")
+            body.append("  let l0 = g * pu(6u); let l1 = min(pu(1u), l0 + pu(6u));")
+        else:
+            body.append("  if (gi >= pu(0u)) { return; }")
+            body.append("  let m = gi; let l0 = 0u; let l1 = pu(1u);")
         body.append("  var base = pu(2u);")
-        body += _offset_code("base", "gi", nk, ks, kst)
+        body += _offset_code("base", "m", nk, ks, kst)
         body.append(f"  var acc: {acc} = {init};")
         if is_arg:
             body.append("  var idx = 0u;")
-        body.append("  for (var l = 0u; l < pu(1u); l = l + 1u) {")
+        body.append("  for (var l = l0; l < l1; l = l + 1u) {")
         body.append("    var off = base;")
         body += ["  " + s for s in _offset_code("off", "l", nr, rs, rst)]
         body.append(f"    let v = {_load(op, st_in, 'b1[off]', acc)};")
         body.append("    " + step("acc", "idx", "v", "l"))
         body.append("  }")
-        body.append(f"  b0[pu(3u) + gi] = {st_out.store(result('acc'))};")
+        if variant == "thread_split":
+            body.append("  b0[pu(3u) + gi] = acc;")   # raw accumulator, combined by a second pass
+        else:
+            body.append(f"  b0[pu(3u) + gi] = {st_out.store(result('acc'))};")
         if is_arg:
             body.append(f"  b2[pu(4u) + gi] = {rt.stypes[torch.int64].store('idx')};")
         shared = ""
@@ -159,7 +170,7 @@ def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: i
         if is_arg:
             body.append(f"    b2[pu(4u) + w] = {rt.stypes[torch.int64].store('sidx[0]')};")
         body.append("  }")
-    types = [acc if (variant == "group" and not finalize) else st_out.wgsl, st_in.wgsl]
+    types = [acc if ((variant == "group" and not finalize) or variant == "thread_split") else st_out.wgsl, st_in.wgsl]
     if is_arg:
         types.append(rt.stypes[torch.int64].wgsl)
     return codegen.module(types, "\n".join(body), wg, helpers=wgsl_math.helpers("shader-int64" in rt.features),
@@ -221,6 +232,19 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype):
     inner_reduced = rstrides[-1] == 1
     if L <= 64 or (not inner_reduced and M >= 128):
         variant, wg, G, chunk = "thread", 64, 1, L
+        # Few outputs, long reductions (a Linear bias gradient: 1536 sums over 4096 rows) would run a
+        # few dozen workgroups: split the rows so there are ~64k threads, then add the slices.
+        if not is_arg and L >= 256 and M < 32768:
+            G = max(1, min(L // 64, -(-65536 // M)))
+            if G > 1:
+                chunk = -(-L // G)
+                G = -(-L // chunk)
+                partial = empty([G * M], {"f32": torch.float32, "i32": torch.int32, "i64": torch.int64}[acc])
+                _launch(op, x, partial, None, acc, "thread_split", nk, nr, 64, False, False, M, L, G, chunk, L,
+                        ksizes, kstrides, rsizes, rstrides)
+                _launch(op, partial, out, None, acc, "thread", 1, 1, 64, True, False, M, G, 1, G, L,
+                        [M], [1], [G], [M])
+                return out
     else:
         variant, wg = "group", (256 if L >= 1024 else 64)
         G, chunk = 1, L
@@ -254,5 +278,6 @@ def _launch(op, x, out, idx, acc, variant, nk, nr, wg, finalize, partial_in, M, 
     kernel = rt.kernel(key, f"reduce_{op}_{variant}", 3 if idx is not None else 2,
                        lambda: _source(op, in_dtype, out.dtype, acc, variant, nk, nr, wg, finalize, partial_in))
     heaps = (out._ws.heap, x._ws.heap) + ((idx._ws.heap,) if idx is not None else ())
-    groups = codegen.groups_for(M, wg) if variant == "thread" else codegen.grid(M * G)
+    groups = codegen.groups_for(M, wg) if variant == "thread" else (
+        codegen.groups_for(M * G, wg) if variant == "thread_split" else codegen.grid(M * G))
     rt.dispatch(kernel, heaps, params.pack(), groups)
