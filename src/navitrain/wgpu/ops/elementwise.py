@@ -25,42 +25,77 @@ def _kind(compute: str) -> str:
     return "f" if compute == "f32" else "i"
 
 
+_PLANS: dict = {}
+
+
+def _plan(template: str, pattern: tuple, load_types: tuple, named: tuple, compute: str):
+    """Expression, scalar kinds, input load types and scalar converters for one operand pattern
+    (which operands are tensors, which are scalars), built once and cached."""
+    subs, kinds, lts, convert = {}, "", [], []
+    n_inputs = n_scalars = 0
+    for slot, is_tensor, lt in zip("abc", pattern, load_types):
+        if is_tensor:
+            subs[slot] = pointwise.NAMES[n_inputs]
+            n_inputs += 1
+            lts.append(lt)
+            continue
+        if lt == "bool":
+            convert.append(lambda v: int(bool(v)))
+            kinds += "i"
+            subs[slot] = f"(s{n_scalars} != 0)"
+        else:
+            k = _kind(lt)
+            convert.append(float if k == "f" else int)
+            kinds += k
+            subs[slot] = f"{lt}(s{n_scalars})" if lt == "i64" else f"s{n_scalars}"
+        n_scalars += 1
+    for key in named:
+        k = _kind(compute)
+        convert.append(float if k == "f" else int)
+        kinds += k
+        subs[key] = f"{compute}(s{n_scalars})" if compute == "i64" else f"s{n_scalars}"
+        n_scalars += 1
+    return template.format(**subs), kinds, lts, convert
+
+
 def apply(name: str, template: str, operands: list, out_dtype: torch.dtype, compute: str,
           named: dict | None = None, out: WgpuTensor | None = None, load_types: list | None = None,
           shape: tuple | None = None):
     """Run `template` with operands bound to {a}, {b}, {c} and named scalars bound to their names."""
-    inputs, subs, scalars, kinds, lts = [], {}, [], "", []
-    for slot, (v, lt) in zip("abc", zip(operands, load_types or [compute] * len(operands))):
-        if isinstance(v, WgpuTensor):
-            subs[slot] = pointwise.NAMES[len(inputs)]
-            inputs.append(v)
-            lts.append(lt)
-        else:
-            val = _scalar_value(v)
-            if lt == "bool":
-                val, k = int(bool(val)), "i"
-                subs[slot] = f"(s{len(scalars)} != 0)"
-            else:
-                k = _kind(lt)
-                val = float(val) if k == "f" else int(val)
-                subs[slot] = f"{lt}(s{len(scalars)})" if lt == "i64" else f"s{len(scalars)}"
-            scalars.append(val)
-            kinds += k
-    for key, val in (named or {}).items():
-        val = _scalar_value(val)
-        k = _kind(compute)
-        scalars.append(float(val) if k == "f" else int(val))
-        kinds += k
-        subs[key] = f"{compute}(s{len(scalars) - 1})" if compute == "i64" else f"s{len(scalars) - 1}"
-    expr = template.format(**subs)
+    pattern = tuple(isinstance(v, WgpuTensor) for v in operands)
+    lt_key = tuple(load_types) if load_types is not None else (compute,) * len(operands)
+    named_keys = tuple(named) if named else ()
+    key = (template, pattern, lt_key, named_keys, compute)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _plan(template, pattern, lt_key, named_keys, compute)
+    expr, kinds, lts, convert = plan
+    inputs = [v for v, t in zip(operands, pattern) if t]
+    raw = [_scalar_value(v) for v, t in zip(operands, pattern) if not t]
+    if named:
+        raw += [_scalar_value(v) for v in named.values()]
+    scalars = [c(v) for c, v in zip(convert, raw)]
     if shape is None and not inputs:
         shape = ()
     if shape is None and out is not None and len(inputs) < len(operands):
         shape = pointwise.broadcast_shape(out.shape, *(t.shape for t in inputs))
-    return pointwise.run(name, expr, inputs, out_dtype, compute, scalars, kinds, out=out, load_types=lts, shape=shape)
+    return pointwise.run(name, expr, inputs, out_dtype, compute, scalars, kinds, out=out,
+                         load_types=lts if lts != [compute] * len(inputs) else None, shape=shape)
 
 
 def _promote(*operands) -> torch.dtype:
+    # Fast paths for the common cases; everything else follows torch's full rule.
+    if len(operands) == 2:
+        a, b = operands
+        if isinstance(a, torch.Tensor):
+            if isinstance(b, torch.Tensor):
+                if a.dtype == b.dtype:
+                    return a.dtype
+            elif type(b) is float:
+                if a.dtype.is_floating_point:
+                    return a.dtype
+            elif type(b) is int and a.dtype != torch.bool:
+                return a.dtype
     return result_type(*operands)
 
 
