@@ -115,7 +115,7 @@ def _wgpu_facts() -> dict:
         return {"adapter": None, "adapters": [i.name for i in infos]}
     info = infos[chosen]
     return {"adapter": info.name, "backend": info.backend, "driver": info.driver,
-            "pci_id": f"0x{info.vendor_id:04x}:0x{info.device_id:04x}"}
+            "pci_id": f"0x{info.vendor_id:04x}:0x{info.device_id:04x}", "software": info.software}
 
 
 def _start_child(what: str, out: Path) -> subprocess.Popen:
