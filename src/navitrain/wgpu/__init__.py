@@ -49,6 +49,10 @@ def _enable_foreach_optimizers() -> None:
 
 _enable_foreach_optimizers()
 
+from navitrain.wgpu import autocast as _autocast  # noqa: E402
+
+_autocast.register()
+
 # Backward on the calling thread rather than on autograd's per-device worker: a device registered
 # after the process's first backward (a CPU warm-up before navitrain.device(), say) has no worker
 # queue and PyTorch's engine asserts; the calling thread needs none. (Thread-local: it applies to the

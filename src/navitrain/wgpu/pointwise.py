@@ -233,4 +233,9 @@ def compute_type(dtype: torch.dtype) -> str:
     """The WGSL type values of `dtype` are computed in ("bool" for bool: loads become comparisons)."""
     if dtype == torch.bool:
         return "bool"
-    return runtime().stypes[dtype].compute
+    st = runtime().stypes[dtype]
+    if not st.has_kernels:
+        from navitrain.wgpu.dtypes import NoKernelForDtype
+
+        raise NoKernelForDtype(f"no wgpu kernels compute in {dtype}")
+    return st.compute
