@@ -131,6 +131,7 @@ class ImageForward(Operand):
     wgsl: str
     k_order: str      # "ckk" (NCHW) or "kkc" (NHWC)
     fastest: str
+    gather = True     # padding makes every load conditional
 
     @property
     def key(self):
@@ -203,6 +204,7 @@ class ImageGradInput(Operand):
     wgsl: str
     k_order: str
     fastest: str
+    gather = True
 
     @property
     def key(self):
@@ -237,6 +239,7 @@ class GradOutRows(Operand):
     binding: str
     wgsl: str
     fastest: str
+    gather = True  # rows and K are not tile multiples in general
 
     @property
     def key(self):
@@ -261,6 +264,7 @@ class ImageGradWeight(Operand):
     wgsl: str
     q_order: str
     fastest: str
+    gather = True
 
     @property
     def key(self):
@@ -366,6 +370,29 @@ def _is_nhwc(t: torch.Tensor) -> bool:
     return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
 
 
+_WSTRIDED = 56  # parameter words of a weight read as a plain matrix: offset, row stride, k stride, group stride
+
+
+def _k_contiguous(w: WgpuTensor, g: "Geometry", order: str) -> bool:
+    """Whether the weight's (c, kh, kw) -- or (kh, kw, c) -- block is contiguous, so the weight is a plain
+    matrix [OC, K] the GEMM can read with 16-byte loads and no index arithmetic."""
+    s0, s1, s2, s3 = w.stride()
+    if order == "ckk":
+        return s3 == 1 and s2 == g.KW and s1 == g.KH * g.KW
+    return s1 == 1 and s3 == g.Cg and s2 == g.KW * g.Cg
+
+
+def _strided_weight(rt, w, rows_stride, batch_stride, types: list, heaps: list, fastest="k", vec_ok=True):
+    """A Strided operand over a weight matrix (binding b2), with a vec4 view appended when aligned."""
+    vec = None
+    if vec_ok and rt.stypes[w.dtype].wgsl == "f32" and w.elem_offset % 4 == 0 and rows_stride % 4 == 0 \
+            and batch_stride % 4 == 0:
+        vec = f"b{len(types)}"
+        types.append("vec4<f32>")
+        heaps.append(w._ws.heap)
+    return Strided(_WSTRIDED, "b2", rt.stypes[w.dtype].wgsl, fastest, vec), (w.elem_offset, rows_stride, 1, batch_stride)
+
+
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
             relu: bool = False, cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
@@ -373,26 +400,34 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
     st_x, st_w, st_o = rt.stypes[x.dtype], rt.stypes[w.dtype], rt.stypes[out.dtype]
     K = g.Cg * g.KH * g.KW
     P = g.N * g.OH * g.OW
-    binds = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
-    bindings = codegen.bindings(binds)
-    if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
-        A = ImageForward("b1", st_x.wgsl, "kkc", "k")
-        B = Weight("b2", st_w.wgsl, "fwd", "kkc", "k")
+    if nhwc:
         M, N = P, g.OCg
+    else:
+        M, N = g.OCg, P
+    cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: forward(x, w, bias, g, out, relu, c))
+    guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
+    types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
+    heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])
+    wparams = None
+    order = "kkc" if nhwc else "ckk"
+    if _k_contiguous(w, g, order):
+        W, wparams = _strided_weight(rt, w, w.stride(0), g.OCg * w.stride(0), types, heaps, vec_ok=not guard)
+    else:
+        W = Weight("b2", st_w.wgsl, "fwd", order, "k")
+    bindings = codegen.bindings(types)
+    if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
+        A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "out", bias is not None, bindings, relu)
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
-        A = Weight("b2", st_w.wgsl, "fwd", "ckk", "k")
-        B = ImageForward("b1", st_x.wgsl, "ckk", "row")
-        M, N = g.OCg, P
+        A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu)
-    cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: forward(x, w, bias, g, out, relu, c))
     params = g.params(x, w, None, out, cfg.BK)
     set_gemm(params, M, N, K)
     if bias is not None:
         params.values[_BIAS] = bias.elem_offset
-    heaps = (out._ws.heap, x._ws.heap, w._ws.heap) + ((bias._ws.heap,) if bias is not None else ())
-    guard = True
-    launch(("conv_fwd", nhwc), "conv2d_forward", cfg, A, B, E, heaps, params, M, N, g.groups, guard,
+    if wparams is not None:
+        params.u(*wparams)
+    launch(("conv_fwd", nhwc), "conv2d_forward", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
            preamble=PREAMBLE)
     return out
 
@@ -403,22 +438,38 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: 
     st_y, st_w, st_o = rt.stypes[dy.dtype], rt.stypes[w.dtype], rt.stypes[dx.dtype]
     K = g.OCg * g.KH * g.KW
     P = g.N * g.H * g.W
-    bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_w.wgsl])
+    M, N = (P, g.Cg) if nhwc else (g.Cg, P)
+    cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: grad_input(dy, w, g, dx, c))
+    guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
+    types = [st_o.wgsl, st_y.wgsl, st_w.wgsl]
+    heaps = [dx._ws.heap, dy._ws.heap, None]
+    wparams = None
+    # The weight read as [c][ko, kh, kw] (NCHW) or [c][kh, kw, ko] (NHWC, one group): a transposed copy
+    # (weights are small) turns the gather into a plain, vectorisable matrix.
+    if not nhwc:
+        wt = w.transpose(0, 1).contiguous()                    # [Cg, OC, KH, KW]
+        heaps[2] = wt._ws.heap
+        W, wparams = _strided_weight(rt, wt, wt.stride(0), g.OCg * g.KH * g.KW, types, heaps, vec_ok=not guard)
+    elif g.groups == 1:
+        wt = w.permute(1, 2, 3, 0).contiguous()                # [C, KH, KW, OC]
+        heaps[2] = wt._ws.heap
+        W, wparams = _strided_weight(rt, wt, wt.stride(0), 0, types, heaps, vec_ok=not guard)
+    else:
+        heaps[2] = w._ws.heap
+        W = Weight("b2", st_w.wgsl, "dgrad", "kkc", "k")
+    bindings = codegen.bindings(types)
     if nhwc:
-        A = ImageGradInput("b1", st_y.wgsl, "kkc", "k")
-        B = Weight("b2", st_w.wgsl, "dgrad", "kkc", "k")
-        M, N = P, g.Cg
+        A, B = ImageGradInput("b1", st_y.wgsl, "kkc", "k"), W
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "in", False, bindings)
     else:
-        A = Weight("b2", st_w.wgsl, "dgrad", "ckk", "k")
-        B = ImageGradInput("b1", st_y.wgsl, "ckk", "row")
-        M, N = g.Cg, P
+        A, B = W, ImageGradInput("b1", st_y.wgsl, "ckk", "row")
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings)
-    cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: grad_input(dy, w, g, dx, c))
     params = g.params(None, w, dy, dx, cfg.BK)
     set_gemm(params, M, N, K)
-    launch(("conv_dgrad", nhwc), "conv2d_grad_input", cfg, A, B, E, (dx._ws.heap, dy._ws.heap, w._ws.heap),
-           params, M, N, g.groups, True, preamble=PREAMBLE)
+    if wparams is not None:
+        params.u(*wparams)
+    launch(("conv_dgrad", nhwc), "conv2d_grad_input", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
+           preamble=PREAMBLE)
     return dx
 
 

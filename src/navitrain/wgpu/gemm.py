@@ -241,7 +241,7 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
                 w(f"{indent}{{ let gk = {k0} + {p}_kl{e};")
                 if len(loaded) > 2:  # index arithmetic the load needs (e.g. k -> (c, kh, kw))
                     w(f"{indent}  " + loaded[2])
-                if guard:
+                if guard or getattr(op, "gather", False):  # image gathers always check (padding)
                     w(f"{indent}  r{p}{e} = 0.0; if ({cond}) {{ r{p}{e} = {val}; }}")
                 else:
                     w(f"{indent}  r{p}{e} = {val};")
