@@ -45,6 +45,8 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if device == "cpu" and int(os.environ.get("NAVITRAIN_BENCH_CPU_THREADS", "0")):
+        torch.set_num_threads(int(os.environ["NAVITRAIN_BENCH_CPU_THREADS"]))
     from navitrain.bench import models
 
     build, mkw, batch_fn, bkw, batch, loss_name, q = MODELS[model_name]
@@ -129,6 +131,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cpu-steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads for the CPU runs (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="tiny models (smoke test)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per child")
     ap.add_argument("--json", help="write all results here")
@@ -142,6 +145,8 @@ def main(argv=None):
 
     results = []
     env = dict(os.environ)
+    if args.cpu_threads:
+        env["NAVITRAIN_BENCH_CPU_THREADS"] = str(args.cpu_threads)
     for model in args.models.split(","):
         for device in args.devices.split(","):
             out = f"/tmp/bench_train_{device}_{model}_{os.getpid()}.json"
