@@ -138,12 +138,25 @@ def _tune(rt, M, N, K, batch, run) -> TileConfig:
         try:
             run(cfg)                  # compiles, and warms the caches
             rt.synchronize()
-            best = float("inf")
-            for _ in range(3):
+            # Repeat between synchronisations until a sample lasts >= 2 ms: a single small product is
+            # shorter than a submission's round trip, and timing that would pick tiles at random.
+            reps, elapsed = 1, 0.0
+            while True:
                 t0 = time.perf_counter()
-                run(cfg)
+                for _ in range(reps):
+                    run(cfg)
                 rt.synchronize()
-                best = min(best, time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                if elapsed >= 2e-3 or reps >= 64:
+                    break
+                reps *= 4
+            best = elapsed / reps
+            for _ in range(2):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    run(cfg)
+                rt.synchronize()
+                best = min(best, (time.perf_counter() - t0) / reps)
             timings.append((best, cfg))
         except Exception as exc:  # a tile the driver rejects is simply not a candidate
             log.debug("GEMM tile %s failed on %dx%dx%d: %s", cfg.name, M, N, K, exc)
