@@ -25,6 +25,7 @@ class Thinned:
 
     def sample_inputs(self, *args, **kwargs):
         # set_seed=False: OpInfo otherwise reseeds the global generator before every one of them.
+        kwargs.pop("set_seed", None)
         samples = self._op.sample_inputs(*args, set_seed=False, **kwargs)
         return [s for i, s in enumerate(samples) if i % self._k == 0]
 

@@ -125,3 +125,18 @@ def native_dropout_backward(grad, mask, scale):
     return pointwise.run("dropout_apply", "select(0.0, a * s0, b)", [grad, mask], grad.dtype, "f32", [scale],
                          load_types=("f32", "bool"))
 
+
+
+@implements(aten.randperm.generator_out)
+def randperm_out(n, *, generator=None, out):
+    """A random permutation: the order of n uniform keys (argsort is stable, so ties still give a
+    permutation). torch.randperm(n, device="wgpu") lands here with an empty `out`."""
+    from navitrain.wgpu.ops.views import resize_
+
+    if out.numel() != n:
+        resize_(out, [n])
+    if n == 0:
+        return out
+    keys = _generate(empty([n], torch.float32), "uniform", 0.0, 1.0)
+    order = aten.sort.default(keys)[1]
+    return copy_into(out, order)
