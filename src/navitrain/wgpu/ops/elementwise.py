@@ -17,6 +17,9 @@ from navitrain.wgpu.tensor import WgpuTensor
 aten = torch.ops.aten
 
 
+_FAST_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _scalar_value(v):
     return v.item() if isinstance(v, torch.Tensor) else v
 
@@ -126,7 +129,17 @@ def _arith(name, ftemplate, itemplate, btemplate=None):
             return btemplate
         return itemplate.replace("{w}", "64" if compute == "i64" else "")
 
+    # The hot case of training (two float tensors of one dtype, or a float tensor and a Python float,
+    # no alpha) skips the general template machinery: one expression, straight to the engine.
+    fast_tt = ftemplate.replace(" {alpha} *", "").format(a="a", b="b") if ftemplate else None
+    fast_ts = ftemplate.replace(" {alpha} *", "").format(a="a", b="s0") if ftemplate else None
+
     def functional(a, b, *, alpha=None):
+        if alpha is None and fast_tt is not None and type(a) is WgpuTensor and a.dtype in _FAST_FLOATS:
+            if type(b) is WgpuTensor and b.dtype is a.dtype:
+                return pointwise.run(name, fast_tt, [a, b], a.dtype, "f32")
+            if type(b) is float:
+                return pointwise.run(name, fast_ts, [a], a.dtype, "f32", [b], "f")
         dtype = _promote(a, b)
         compute = compute_of(dtype)
         named = {"alpha": alpha if alpha is not None else 1}
