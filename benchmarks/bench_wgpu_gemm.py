@@ -66,6 +66,46 @@ def nw_limits():
     return runtime().limits
 
 
+# The products of a training step of the GPT-style decoder (6 layers, d=384, batch 16 x 256 tokens):
+# (label, M, N, K, A transposed in memory, B transposed in memory) -- x @ W^T uses W as stored.
+GPT = [
+    ("qkv fwd", 4096, 1152, 384, False, True), ("attn proj fwd", 4096, 384, 384, False, True),
+    ("mlp up fwd", 4096, 1536, 384, False, True), ("mlp down fwd", 4096, 384, 1536, False, True),
+    ("head fwd", 4096, 4096, 384, False, True), ("mlp up dX", 4096, 384, 1536, False, False),
+    ("mlp up dW", 1536, 384, 4096, True, False), ("head dW", 4096, 384, 4096, True, False),
+]
+
+
+def shapes_table(shapes, iters):
+    rows, results = [], []
+    gen = torch.Generator().manual_seed(2)
+    for label, M, N, K, ta, tb in shapes:
+        a_cpu = torch.randn(K, M, generator=gen).t() if ta else torch.randn(M, K, generator=gen)
+        b_cpu = torch.randn(N, K, generator=gen).t() if tb else torch.randn(K, N, generator=gen)
+        ref = (a_cpu.to(_ref_device(), torch.float64) @ b_cpu.to(_ref_device(), torch.float64)).cpu()
+        a = (a_cpu.t().contiguous().to("wgpu").t() if ta else a_cpu.contiguous().to("wgpu"))
+        b = (b_cpu.t().contiguous().to("wgpu").t() if tb else b_cpu.contiguous().to("wgpu"))
+        out = empty([M, N], torch.float32)
+        gemm.gemm(a, b, out)
+        err = rel_error(out.cpu(), ref)
+        if err > 1e-5:
+            rows.append([label, f"{M}x{N}x{K}", "INVALID", f"{err:.1e}", "", ""])
+            continue
+        t = wgpu_time(lambda: gemm.gemm(a, b, out), iters)
+        tflops = 2 * M * N * K / t / 1e12
+        ref_t = None
+        if torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = False
+            ca = a_cpu.cuda().t().contiguous().t() if ta else a_cpu.cuda()
+            cb = b_cpu.cuda().t().contiguous().t() if tb else b_cpu.cuda()
+            ref_t = 2 * M * N * K / cuda_time(lambda: torch.mm(ca, cb), iters) / 1e12
+        rows.append([label, f"{M}x{N}x{K}", f"{t * 1e3:.3f}", f"{tflops:.2f}", f"{ref_t:.2f}" if ref_t else "-",
+                     f"{100 * tflops / ref_t:.0f}%" if ref_t else "-"])
+        results.append({"label": label, "M": M, "N": N, "K": K, "ms": t * 1e3, "tflops": tflops, "torch_tflops": ref_t})
+    print_table(["product", "MxNxK", "ms", "TFLOPS", "torch TFLOPS", "%"], rows, "GPT decoder products (fp32)")
+    return results
+
+
 def _ref_device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -167,6 +207,7 @@ def main(argv=None):
     ap.add_argument("--sweep", action="store_true", help="time every tile config in SWEEP")
     ap.add_argument("--batch", type=int, default=128, help="batch of the ResNet-18 convolutions")
     ap.add_argument("--no-conv", action="store_true")
+    ap.add_argument("--gpt", action="store_true", help="also the products of the GPT-style decoder's step")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test on lavapipe")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args(argv)
@@ -186,6 +227,8 @@ def main(argv=None):
         return max(3, min(200, int(2e10 / (2 * n ** 3))))
 
     result = {"machine": info, "squares": squares(sizes, configs, iters_for)}
+    if args.gpt:
+        result["gpt"] = shapes_table(GPT if not args.quick else [("tiny", 64, 64, 32, False, True)], 3 if args.quick else 20)
     if not args.no_conv:
         result["convs"] = convs(batch, 3 if args.quick else 20, shapes)
     write_json(args.json, result)
