@@ -210,3 +210,25 @@ def test_adapter_info_says_what_it_runs_on():
     info = nw.adapter_info()
     assert info["backend"] in ("Vulkan", "Metal", "DX12")
     assert isinstance(info["software"], bool) and info["name"]
+
+
+def test_tensor_larger_than_a_binding_is_refused_clearly():
+    from navitrain.wgpu.runtime import runtime
+
+    too_many = runtime().allocator.max_binding // 4 + 1024
+    with pytest.raises(torch.OutOfMemoryError, match="largest storage binding"):
+        torch.empty(too_many, device=DEV)
+
+
+def test_bad_wgsl_names_the_kernel():
+    from navitrain.wgpu.runtime import KernelCompileError, runtime
+
+    with pytest.raises(KernelCompileError, match="my_broken_kernel"):
+        runtime().kernel(("test", "broken"), "my_broken_kernel", 1, "fn main( {")
+
+
+def test_randperm_on_the_device_is_a_permutation():
+    torch.manual_seed(3)
+    p = torch.randperm(1000, device=DEV).cpu()
+    assert torch.equal(p.sort().values, torch.arange(1000))
+    assert not torch.equal(p, torch.arange(1000))

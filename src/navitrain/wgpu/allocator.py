@@ -63,6 +63,14 @@ class OutOfMemory(Exception):
     """Raised by the heap factory when the GPU refuses a new buffer."""
 
 
+def _oom(message: str) -> Exception:
+    """torch.OutOfMemoryError where this torch has it (what training code catches), else MemoryError."""
+    import torch
+
+    cls = getattr(torch, "OutOfMemoryError", None)
+    return cls(message) if cls is not None else MemoryError(message)
+
+
 class CachingAllocator:
     def __init__(self, create_buffer, destroy_buffer, heap_size: int, max_binding: int):
         self._create = create_buffer      # (nbytes) -> GPUBuffer, raises OutOfMemory
@@ -82,7 +90,7 @@ class CachingAllocator:
     def malloc(self, nbytes: int) -> Block:
         cls = size_class(nbytes)
         if cls > self.max_binding:
-            raise MemoryError(
+            raise _oom(
                 f"a tensor of {nbytes / _MiB:.1f} MiB exceeds this adapter's largest storage binding "
                 f"({self.max_binding / _MiB:.0f} MiB); split it or use a smaller batch")
         with self._lock:
@@ -128,7 +136,7 @@ class CachingAllocator:
             try:
                 buffer = self._create(size)
             except OutOfMemory as exc:
-                raise MemoryError(
+                raise _oom(
                     f"out of GPU memory: asked for a {size / _MiB:.0f} MiB buffer with "
                     f"{self.allocated / _MiB:.0f} MiB allocated by tensors and "
                     f"{self.reserved / _MiB:.0f} MiB reserved ({exc})") from None
