@@ -31,7 +31,10 @@ WGPU_ADAPTER = _declare(
     "Pick the wgpu adapter whose name contains this text (case-insensitive); 'llvmpipe' or 'lavapipe' "
     "asks for the software adapter explicitly.")
 WGPU_STRICT = _declare("NAVITRAIN_WGPU_STRICT", "0", "1: an op without a wgpu kernel raises instead of running on the CPU.")
-WGPU_BATCH = _declare("NAVITRAIN_WGPU_BATCH", "512", "Dispatches recorded before the wgpu device submits its command buffer.")
+WGPU_BATCH = _declare(
+    "NAVITRAIN_WGPU_BATCH", "64",
+    "Dispatches recorded before the wgpu device submits its command buffer (matrix products and "
+    "convolutions are submitted sooner, so the GPU starts while Python records the rest).")
 WGPU_TUNE = _declare("NAVITRAIN_WGPU_TUNE", "1", "0: never autotune wgpu GEMM tiles; use the built-in defaults.")
 CONV_WORKSPACE_MB = _declare(
     "NAVITRAIN_CONV_WORKSPACE_MB", "512", "Cap on the im2col workspace of the nomiopen convolution, in MiB.")

@@ -1,14 +1,15 @@
 """The general GEMM convolution: im2col (forward, weight gradient) and col2im (input gradient of a
 strided convolution), chunked over the batch under the workspace cap.
 
-Any kernel, stride, dilation, padding and group count; 1d, 2d and 3d. The faster special cases
-(1x1, Winograd, depthwise) live in their own modules.
+Any kernel, stride, dilation, padding and group count; 1d, 2d and 3d. Ungrouped 2-d convolutions,
+the common case, have leaner plans in im2col2d.py; the other special cases (1x1, Winograd,
+depthwise) live in their own modules.
 """
 from __future__ import annotations
 
 import torch
 
-from navitrain.ops import gemm, policy, unfold2d
+from navitrain.ops import gemm, policy
 from navitrain.ops.conv_params import Geometry
 from navitrain.ops.layout import (batch_slice, channels_last, is_channels_last_dense, needed_end_padding,
                                   padded_channels_last, prod, rows, tap_slices, taps, windows)
@@ -38,8 +39,6 @@ def _per_image_bytes(x: torch.Tensor, lo, hi, out_spatial, kernel) -> int:
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: torch.Tensor) -> None:
-    if unfold2d.forward_applies(x, w, geom, lo, out):
-        return unfold2d.forward(x, w, bias, geom, lo, out)
     kernel, out_spatial = w.shape[2:], out.shape[2:]
     hi = needed_end_padding(x.shape[2:], lo, out_spatial, kernel, geom.stride, geom.dilation)
     wm = weight_rows(w, geom.groups)
@@ -49,8 +48,6 @@ def forward(x: torch.Tensor, w: torch.Tensor, bias, geom: Geometry, lo, out: tor
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_shape) -> torch.Tensor:
     """dL/dw as [K, C/g, *k] (a view; callers copy it into the layout they return)."""
-    if unfold2d.weight_grad_applies(x, gy, geom, lo, weight_shape):
-        return unfold2d.weight_grad(x, gy, geom, lo, weight_shape)
     kernel, out_spatial = tuple(weight_shape[2:]), gy.shape[2:]
     hi = needed_end_padding(x.shape[2:], lo, out_spatial, kernel, geom.stride, geom.dilation)
     per_image = _per_image_bytes(x, lo, hi, out_spatial, kernel)
@@ -81,8 +78,6 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out: torch
     """out[N, C, *S] = transposed convolution of gy (col2im): one GEMM to per-tap columns, then each
     tap's columns are added into a strided view of the result. Used for stride > 1, where the
     flipped-kernel formulation would waste stride^nd of its work on inserted zeros."""
-    if unfold2d.input_grad_applies(gy, w, geom, lo, out):
-        return unfold2d.input_grad(gy, w, geom, lo, out)
     n_all, k = gy.shape[:2]
     g = geom.groups
     kernel, in_spatial, out_spatial = w.shape[2:], out.shape[2:], gy.shape[2:]

@@ -52,6 +52,7 @@ class Kernel:
     n_buffers: int
     raw: object  # the native pipeline handle (None when the raw API is unavailable)
     table: bool = False  # binds the parameter arena as `T: array<u32>` after its buffers
+    heavy: bool = False  # a matrix product or convolution: worth submitting right away
 
 
 def _raw_api():
@@ -215,7 +216,8 @@ class Runtime:
                 numbered = "\n".join(f"{i + 1:4d} {line}" for i, line in enumerate(code.splitlines()))
                 log.debug("WGSL of kernel %s:\n%s", name, numbered)
                 raise KernelCompileError(f"WGSL kernel '{name}' failed to compile: {exc}") from None
-            kernel = Kernel(name, pipeline, n_buffers, pipeline._internal if self._raw else None, table)
+            heavy = name.startswith(("gemm", "conv"))
+            kernel = Kernel(name, pipeline, n_buffers, pipeline._internal if self._raw else None, table, heavy)
             self._kernels[key] = kernel
             return kernel
 
@@ -289,7 +291,10 @@ class Runtime:
             self.dispatch_count += 1
             if self.profile is not None:
                 self._profile_last(kernel.name)
-            elif self._pending >= self._batch_limit:
+            elif self._pending >= self._batch_limit or (kernel.heavy and self._pending >= 4):
+                # Submit early and often enough that the GPU works while Python records the rest
+                # of the step: a step recorded whole before its first submit costs host time plus
+                # GPU time instead of the larger of the two.
                 self.flush()
 
     def _profile_last(self, name: str) -> None:
