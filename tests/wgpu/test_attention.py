@@ -81,3 +81,12 @@ def test_transformer_dropout_trains_and_differs_between_steps():
     a, b = layer(x), layer(x)
     assert not torch.equal(a.detach().cpu(), b.detach().cpu())
     a.sum().backward()
+
+
+def test_fully_masked_rows_give_zeros_like_the_cpu():
+    (q, k, v), (dq, dk, dv) = _pair((1, 2, 4, 8), (1, 2, 6, 8), (1, 2, 6, 8), seed=9)
+    m = torch.ones(4, 6, dtype=torch.bool)
+    m[2] = False  # row 2 attends to nothing
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    out = F.scaled_dot_product_attention(dq, dk, dv, attn_mask=m.to("wgpu"))
+    torch.testing.assert_close(out.detach().cpu(), ref.detach(), rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -57,3 +57,16 @@ def log_softmax_backward(grad, y, dim, input_dtype):
     total = ("0.0", "acc = acc + X0(j);", "A + B")
     rows.launch("log_softmax_bwd", None, [grad, y], [out], [total], "Y0(j, X0(j) - exp(X1(j)) * r0);", _dim(y, dim))
     return out
+
+
+@implements(aten._safe_softmax.default)
+def safe_softmax(x, dim, dtype=None):
+    """softmax in which a row of only -inf (a fully masked attention row) gives zeros, not NaN: what
+    scaled_dot_product_attention's math path uses. One row kernel instead of a decomposition into five."""
+    if dtype is not None and dtype != x.dtype:
+        x = aten._to_copy.default(x, dtype=dtype)
+    x = _contig(x)
+    out = empty(x.shape, x.dtype)
+    write = "Y0(j, select(exp(X0(j) - r0) / r1, 0.0, is_inf(r0) && r0 < 0.0));"
+    rows.launch("safe_softmax", None, [x], [out], [_MAX, _SUMEXP], write, _dim(x, dim))
+    return out
