@@ -36,6 +36,10 @@ WGPU_BATCH = _declare(
     "Dispatches recorded before the wgpu device submits its command buffer (matrix products and "
     "convolutions are submitted sooner, so the GPU starts while Python records the rest).")
 WGPU_TUNE = _declare("NAVITRAIN_WGPU_TUNE", "1", "0: never autotune wgpu GEMM tiles; use the built-in defaults.")
+WGPU_CONV = _declare(
+    "NAVITRAIN_WGPU_CONV", "auto",
+    "wgpu 3x3 stride-1 convolutions: 'auto' (time implicit GEMM against Winograd F(2x2,3x3) once per shape "
+    "on hardware adapters), 'gemm' or 'winograd'.")
 CONV_WORKSPACE_MB = _declare(
     "NAVITRAIN_CONV_WORKSPACE_MB", "512", "Cap on the im2col workspace of the nomiopen convolution, in MiB.")
 CONV_ALGO = _declare(

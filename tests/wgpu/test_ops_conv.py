@@ -79,3 +79,26 @@ def test_mixed_devices_get_a_clear_error():
     conv = torch.nn.Conv2d(2, 2, 3).to("wgpu")
     with pytest.raises(RuntimeError, match="same device"):
         conv(torch.randn(1, 2, 5, 5))
+
+
+@pytest.mark.parametrize("case", [(2, 8, 9, 7, 12, 1, False), (4, 16, 8, 8, 16, 1, True), (1, 3, 10, 10, 4, 0, False),
+                                  (2, 5, 6, 11, 7, 2, False)])
+def test_winograd_forward_and_grad_input(case, monkeypatch):
+    """F(2x2,3x3) for stride-1 3x3 layers (forced; 'auto' picks it only where it is faster)."""
+    monkeypatch.setenv("NAVITRAIN_WGPU_CONV", "winograd")
+    N, C, H, W, OC, p, cl = case
+    gen = torch.Generator().manual_seed(sum(case[:5]))
+    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(OC, C, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(OC, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w, b, 1, p)
+    gy = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ref.backward(gy)
+    xd = x.detach().float()
+    xd = (xd.contiguous(memory_format=torch.channels_last) if cl else xd).to("wgpu").requires_grad_()
+    wd, bd = w.detach().float().to("wgpu").requires_grad_(), b.detach().float().to("wgpu").requires_grad_()
+    y = F.conv2d(xd, wd, bd, 1, p)
+    y.backward(gy.float().to("wgpu"))
+    for got, want, what in ((y, ref, "output"), (xd.grad, x.grad, "grad_input"), (wd.grad, w.grad, "grad_weight")):
+        err = (got.detach().cpu().double() - want).abs().max().item() / want.abs().max().item()
+        assert err < 2e-5, f"{what}: relative error {err:.2e}"

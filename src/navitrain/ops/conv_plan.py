@@ -1,15 +1,20 @@
-"""Choosing an algorithm for each of the three convolution problems, and running it.
+"""Choosing an algorithm for each of the three convolution problems, and the general (any
+dimensionality, any groups) way of running them.
 
 The problems, all stated for a regular (not transposed) convolution with weight [K, C/g, *k]:
   forward       y = conv(x, w)                         (also the input gradient of a stride-1
                                                         convolution: conv of gy with the flipped kernel)
-  input grad    dx = conv_transpose(gy, w)             (stride > 1: col2im)
+  input grad    dx = conv_transpose(gy, w)             (col2im, or Winograd with the flipped kernel)
   weight grad   dw = correlate(x, gy)
 
 Candidates: `gemm1x1`, `depthwise` (always taken where they apply), `winograd2`, `winograd4` (3x3
 stride 1, undilated, ungrouped; F(4x4) only in fp32/fp64) and `im2col` (everything). The policy
-(NAVITRAIN_CONV_ALGO or policy.use_policy) picks among them: `auto` uses a FLOP-and-byte cost model,
-`tune` times each candidate once per shape on this device and remembers the fastest.
+(NAVITRAIN_CONV_ALGO or policy.use_policy) picks among them: `auto` uses a cost model (FLOPs, bytes,
+kernels on the GPU against tensor operations issued by the host), `tune` times each candidate once
+per shape on this device and remembers the fastest.
+
+Ungrouped 2-d convolutions run as precomputed plans (plan_cache.py with im2col2d.py and
+winograd2d.py); the functions at the end of this module serve every other case.
 """
 from __future__ import annotations
 
@@ -32,10 +37,15 @@ stats: collections.Counter = collections.Counter()
 tuned: dict[tuple, tuple[str, dict[str, float]]] = {}
 
 _HALF = (torch.float16, torch.bfloat16)
-# Cost model constants: FLOPs the GPU does in the time it moves one byte (H100 fp32: 51.5 TFLOPS over
-# ~3 TB/s) and a kernel launch expressed in FLOPs (~5 us).
+# Cost model constants, in FLOPs of an H100 in fp32 (51.5 TFLOPS, ~3 TB/s): FLOPs per byte moved, the
+# GPU-side cost of one kernel (~3 us), and the host cost of one tensor operation issued from Python
+# (~15 us with PyTorch's dispatcher, measured on the benchmark host: a layer whose plan issues many
+# operations is bound by the CPU, not the GPU).
 _FLOPS_PER_BYTE = 17.0
-_LAUNCH_FLOPS = 2.5e8
+_LAUNCH_FLOPS = 1.5e8
+_HOST_FLOPS_PER_CALL = 7.5e8
+# Tensor operations (Python calls) and kernels of each plan, roughly: (calls, kernels)
+_CALLS = {"im2col": (6, 3), "gemm1x1": (4, 1), "col2im": (5, 2), "winograd2": (14, 7), "winograd4": (14, 7)}
 
 
 def _winograd_fits(weight_shape, dtype: torch.dtype, geom: Geometry) -> bool:
@@ -53,27 +63,40 @@ def _is_plain_1x1(weight_shape, geom: Geometry, lo, in_spatial, out_spatial) -> 
             and all(o == (i - 1) // s + 1 for o, i, s in zip(out_spatial, in_spatial, geom.stride)))
 
 
+def _winograd_names(dtype: torch.dtype) -> list[str]:
+    return ["winograd2", "winograd4"] if dtype in (torch.float32, torch.float64) else ["winograd2"]
+
+
 def _candidates(weight_shape, dtype: torch.dtype, geom: Geometry, lo, in_spatial, out_spatial) -> list[str]:
+    """Algorithms for the forward and weight-gradient problems."""
     if _is_depthwise(weight_shape, geom):
         return ["depthwise"]
     if _is_plain_1x1(weight_shape, geom, lo, in_spatial, out_spatial):
         return ["gemm1x1"]
-    names = ["im2col"]
-    if _winograd_fits(weight_shape, dtype, geom):
-        names.append("winograd2")
-        if dtype in (torch.float32, torch.float64):
-            names.append("winograd4")
+    return ["im2col"] + (_winograd_names(dtype) if _winograd_fits(weight_shape, dtype, geom) else [])
+
+
+def input_grad_candidates(weight_shape, dtype: torch.dtype, geom: Geometry, lo) -> list[str]:
+    """Algorithms of the fast 2-d input gradient: col2im always; Winograd with the flipped kernel
+    where the equivalent stride-1 convolution has no negative padding."""
+    names = ["col2im"]
+    if _winograd_fits(weight_shape, dtype, geom) and all(p <= 2 for p in lo):
+        names += _winograd_names(dtype)
     return names
 
 
 def _cost(algo: str, problem: str, x_shape, elt: int, k: int, out_spatial, kernel, gy_rows_copy: bool) -> float:
-    """Estimated time in FLOP units (FLOPs + bytes * balance + launches)."""
+    """Estimated time in FLOP units: the larger of the GPU's work (FLOPs + bytes moved + kernels)
+    and the host's (tensor operations issued). x is the problem's input ([N, C, *S]), k its output
+    channels."""
     n, c = x_shape[:2]
     p_in, p = n * prod(x_shape[2:]), n * prod(out_spatial)
-    if algo == "im2col":
+    calls, kernels = _CALLS.get(algo, (12, 6))
+    if algo in ("im2col", "gemm1x1", "col2im"):
         kk = prod(kernel)
-        moved = 2 * p_in * c + 2 * p * kk * c + p * k * (3 if gy_rows_copy else 1)
-        flops, launches = 2 * p * kk * c * k, 3
+        cols = 0 if algo == "gemm1x1" else p * kk * c
+        moved = 2 * p_in * c + 2 * cols + p * k * (3 if gy_rows_copy else 1)
+        flops = 2 * p * kk * c * k
     else:
         m = 4 if algo == "winograd4" else 2
         nd = len(out_spatial)
@@ -81,13 +104,15 @@ def _cost(algo: str, problem: str, x_shape, elt: int, k: int, out_spatial, kerne
         r = alpha_n / m**nd
         waste = prod(m * math.ceil(o / m) / o for o in out_spatial)
         pw = p * waste
-        if problem == "forward":
-            moved = 2 * p_in * c + 5 * r * pw * c + (2 * r + 3) * pw * k
-        else:
+        if problem == "weight_grad":
             moved = 2 * p_in * c + 5 * r * pw * c + p * k + (2 + 2 * r) * pw * k
+        else:
+            moved = 2 * p_in * c + 5 * r * pw * c + (2 * r + 3) * pw * k
         flops = 2 * r * pw * c * k + 2 * alpha_n * r * pw * c + 2 * alpha_n * pw * k
-        launches = 7
-    return flops + moved * elt * _FLOPS_PER_BYTE + launches * _LAUNCH_FLOPS
+    gpu = flops + moved * elt * _FLOPS_PER_BYTE + kernels * _LAUNCH_FLOPS
+    host = calls * _HOST_FLOPS_PER_CALL
+    # the two overlap (the GPU runs behind the host), never perfectly: a little of the faster one shows
+    return max(gpu, host) + 0.1 * min(gpu, host)
 
 
 def _estimate(names, problem, dtype, x_shape, elt, k, out_spatial, kernel, gy_rows_copy) -> str:
@@ -102,21 +127,26 @@ def _heuristic(names, problem, x, k, out_spatial, kernel, gy_rows_copy=False) ->
                      tuple(kernel), gy_rows_copy)
 
 
+def _policy_pick(pol: str, names: tuple, estimate: str) -> str:
+    """The algorithm a policy asks for among `names` ("" when the candidates must be timed)."""
+    if len(names) == 1:
+        return names[0]
+    if pol in names:
+        return pol
+    if pol == "winograd4" and "winograd2" in names:
+        return "winograd2"
+    if pol in ("im2col", "winograd2", "winograd4"):
+        return names[0]  # im2col, or col2im for the input gradient
+    return "" if pol == "tune" else estimate
+
+
 @functools.lru_cache(maxsize=4096)  # pure function of shapes: decided once per layer, not every step
 def _policy_choice(pol: str, problem: str, weight_shape, dtype, geom: Geometry, lo, x_shape, elt: int, k: int,
                    out_spatial, gy_rows_copy: bool) -> tuple[str, tuple[str, ...], str]:
-    """(algorithm, candidates, cost-model pick); algorithm is "" when the candidates must be timed."""
+    """(algorithm, candidates, cost-model pick) for the generic path; algorithm "" means: time them."""
     names = tuple(_candidates(weight_shape, dtype, geom, lo, x_shape[2:], out_spatial))
     estimate = _estimate(names, problem, dtype, x_shape, elt, k, out_spatial, weight_shape[2:], gy_rows_copy)
-    if len(names) == 1:
-        return names[0], names, estimate
-    if pol in names:
-        return pol, names, estimate
-    if pol == "winograd4" and "winograd2" in names:
-        return "winograd2", names, estimate
-    if pol in ("im2col", "winograd2", "winograd4"):
-        return "im2col", names, estimate
-    return ("" if pol == "tune" else estimate), names, estimate
+    return _policy_pick(pol, names, estimate), names, estimate
 
 
 def _layout_tag(t: torch.Tensor) -> str:
@@ -131,9 +161,25 @@ def _choose(problem: str, x: torch.Tensor, weight_shape, geom: Geometry, lo, k: 
         return algo
     key = (problem, tuple(x.shape), _layout_tag(x), tuple(weight_shape), geom, tuple(lo), *key_extra(), x.dtype,
            x.device)
+    return _tuned_choice(key, names, estimate, run, x.device)
+
+
+def pick(problem: str, names, x: torch.Tensor, k: int, out_spatial, kernel, key, run: Callable[[str], object],
+         gy_rows_copy: bool = False) -> str:
+    """The algorithm the current policy gives one problem of a plan being built: `names` are the
+    candidates, x the problem's input, `key` identifies the problem for `tune`, run(name) runs a
+    candidate once (for timing)."""
+    names = tuple(names)
+    estimate = _estimate(names, problem, x.dtype, tuple(x.shape), x.element_size(), k, tuple(out_spatial),
+                         tuple(kernel), gy_rows_copy)
+    algo = _policy_pick(policy.current(), names, estimate)
+    return algo or _tuned_choice((problem, *key), names, estimate, run, x.device)
+
+
+def _tuned_choice(key, names, estimate: str, run, device) -> str:
     chosen = tuned.get(key)
     if chosen is None:
-        chosen = _tune(names, run, x.device)
+        chosen = _tune(names, run, device)
         if chosen is None:  # cannot time now (e.g. during CUDA graph capture)
             return estimate
         tuned[key] = chosen

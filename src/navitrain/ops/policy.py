@@ -2,7 +2,8 @@
 
 The policy comes from NAVITRAIN_CONV_ALGO unless code overrides it (`use_policy`, used by the
 benchmark to compare algorithms in one process). The workspace cap comes from
-NAVITRAIN_CONV_WORKSPACE_MB; both are read on every call so tests and users can change them live.
+NAVITRAIN_CONV_WORKSPACE_MB; both are read on every call (a change selects other convolution plans),
+so tests and users can change them live.
 """
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def current() -> str:
     if value not in POLICIES:
         raise ValueError(f"{_env.CONV_ALGO}={value!r} is not one of {', '.join(POLICIES)}")
     return value
+
+
+def state() -> tuple:
+    """Everything besides shapes that a convolution plan depends on: the policy (override or variable),
+    the workspace cap and split-K, as raw values (cheap enough to read on every call; parsed and
+    validated when a plan is built)."""
+    return _override, _env.raw(_env.CONV_ALGO), _env.raw(_env.CONV_WORKSPACE_MB), split_k_enabled
 
 
 def set_policy(name: str | None) -> None:

@@ -128,6 +128,58 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     return best
 
 
+def pick_choice(key: str, options: dict, default: str) -> str:
+    """Which of several ways to compute the same thing is fastest here (e.g. a convolution by implicit
+    GEMM or by Winograd), timed once per key and cached like the tiles. `options` maps names to
+    zero-argument callables that do the work."""
+    from navitrain.wgpu.runtime import runtime
+
+    mode = _mode()
+    rt = runtime()
+    if mode == "off" or (mode == "on" and rt.info.software):
+        return default
+    with _lock:
+        table = _load()
+        cached = table.get(key)
+    if cached in options:
+        return cached
+    timings = []
+    for name, run in options.items():
+        try:
+            timings.append((_time(rt, run), name))
+        except Exception as exc:
+            log.debug("option %s for %s failed: %s", name, key, exc)
+    best = min(timings)[1] if timings else default
+    with _lock:
+        table[key] = best
+        _save()
+    return best
+
+
+def _time(rt, run) -> float:
+    """Seconds per call of run(), from repeated calls between synchronisations (>= 2 ms a sample)."""
+    run()
+    rt.synchronize()
+    reps = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            run()
+        rt.synchronize()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= 2e-3 or reps >= 64:
+            break
+        reps *= 4
+    best = elapsed / reps
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            run()
+        rt.synchronize()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
 def _tune(rt, M, N, K, batch, run) -> TileConfig:
     candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
     # Tiles much larger than the problem only add bounds checks; split-K only helps long K.

@@ -1,0 +1,155 @@
+"""Winograd F(2x2, 3x3) convolution on the GPU, for stride-1, undilated, ungrouped 3x3 layers.
+
+A 2x2 block of outputs of a 3x3 convolution needs 36 multiply-adds per (input, output) channel pair
+done directly, 16 in Winograd's transformed domain. The layer becomes:
+  U[xi, oc, c] = (G g G^T)[xi]          weights, 4x4 per channel pair           (small)
+  V[xi, c, p]  = (B^T d B)[xi]          each 4x4 input patch p (tiles overlap by 2)
+  M[xi]        = U[xi] @ V[xi]          16 independent GEMMs -- the tuned GEMM kernel
+  y            = A^T M A                each tile's 2x2 outputs (+ bias)
+so the arithmetic shrinks 2.25x at the cost of two memory-bound transforms. The grad-input of such a
+layer is the same computation on grad-output with the weights transposed and rotated by 180 degrees.
+Transform matrices (Lavin & Gray, 2015):
+  B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]; G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]];
+  A^T = [[1,1,1,0],[0,1,-1,-1]].
+"""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import codegen, gemm
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor, empty
+
+WG = 256
+
+
+def eligible(x: torch.Tensor, w: torch.Tensor, stride, dilation, groups, transposed: bool) -> bool:
+    return (not transposed and groups == 1 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and w.dim() == 4 and w.shape[2] == 3 and w.shape[3] == 3 and x.dim() == 4
+            and x.dtype == torch.float32 and w.dtype == torch.float32)
+
+
+def _weight_source() -> str:
+    # thread (oc, c): g[3][3] -> U[xi][oc][c]
+    body = """
+  if (gi >= pu(0u)) { return; }
+  let C = pu(1u); let OC = pu(2u);
+  let oc = gi / C; let c = gi % C;
+  let wb = pu(3u) + oc * pu(4u) + c * pu(5u);
+  let s2 = pu(6u); let s3 = pu(7u);
+  var g: array<f32, 9>;
+  for (var i = 0u; i < 3u; i = i + 1u) { for (var j = 0u; j < 3u; j = j + 1u) {
+    let kh = select(i, 2u - i, pu(9u) == 1u); let kw = select(j, 2u - j, pu(9u) == 1u);
+    g[i * 3u + j] = b1[wb + kh * s2 + kw * s3]; } }
+  var t: array<f32, 12>;
+  for (var j = 0u; j < 3u; j = j + 1u) {
+    t[j] = g[j]; t[3u + j] = 0.5 * (g[j] + g[3u + j] + g[6u + j]);
+    t[6u + j] = 0.5 * (g[j] - g[3u + j] + g[6u + j]); t[9u + j] = g[6u + j]; }
+  let ub = pu(8u) + oc * C + c; let plane = OC * C;
+  for (var r = 0u; r < 4u; r = r + 1u) {
+    let r0 = t[r * 3u]; let r1 = t[r * 3u + 1u]; let r2 = t[r * 3u + 2u];
+    b0[ub + (r * 4u) * plane] = r0;
+    b0[ub + (r * 4u + 1u) * plane] = 0.5 * (r0 + r1 + r2);
+    b0[ub + (r * 4u + 2u) * plane] = 0.5 * (r0 - r1 + r2);
+    b0[ub + (r * 4u + 3u) * plane] = r2; }"""
+    return codegen.module(["f32", "f32"], body, WG)
+
+
+def _input_source() -> str:
+    # thread (c, p): the 4x4 patch at (n, 2*th - pad, 2*tw - pad) -> V[xi][c][p]
+    body = """
+  let C = pu(1u); let P = pu(2u);
+  if (gi >= C * P) { return; }
+  let c = gi / P; let p = gi % P;
+  let TH = pu(3u); let TW = pu(4u); let H = i32(pu(5u)); let W = i32(pu(6u));
+  let n = p / (TH * TW); let r = p % (TH * TW);
+  let h0 = i32(r / TW) * 2 - pi(7u); let w0 = i32(r % TW) * 2 - pi(7u);
+  let xb = pu(8u) + n * pu(9u) + c * pu(10u); let sh = pu(11u); let sw = pu(12u);
+  var d: array<f32, 16>;
+  for (var i = 0; i < 4; i = i + 1) { for (var j = 0; j < 4; j = j + 1) {
+    let hh = h0 + i; let ww = w0 + j;
+    var v = 0.0;
+    if (hh >= 0 && hh < H && ww >= 0 && ww < W) { v = b1[xb + u32(hh) * sh + u32(ww) * sw]; }
+    d[i * 4 + j] = v; } }
+  var t: array<f32, 16>;
+  for (var j = 0; j < 4; j = j + 1) {
+    t[j] = d[j] - d[8 + j]; t[4 + j] = d[4 + j] + d[8 + j];
+    t[8 + j] = d[8 + j] - d[4 + j]; t[12 + j] = d[4 + j] - d[12 + j]; }
+  let vb = pu(13u) + c * P + p; let plane = C * P;
+  for (var a = 0u; a < 4u; a = a + 1u) {
+    let r0 = t[a * 4u]; let r1 = t[a * 4u + 1u]; let r2 = t[a * 4u + 2u]; let r3 = t[a * 4u + 3u];
+    b0[vb + (a * 4u) * plane] = r0 - r2;
+    b0[vb + (a * 4u + 1u) * plane] = r1 + r2;
+    b0[vb + (a * 4u + 2u) * plane] = r2 - r1;
+    b0[vb + (a * 4u + 3u) * plane] = r1 - r3; }"""
+    return codegen.module(["f32", "f32"], body, WG)
+
+
+def _output_source(store, has_bias: bool) -> str:
+    # thread (oc, p): M[xi][oc][p] -> y[n, oc, 2th + i, 2tw + j] (+ bias[oc])
+    bias = " + b2[pu(12u) + oc]" if has_bias else ""
+    body = f"""
+  let OC = pu(1u); let P = pu(2u);
+  if (gi >= OC * P) {{ return; }}
+  let oc = gi / P; let p = gi % P;
+  let TH = pu(3u); let TW = pu(4u); let OH = pu(5u); let OW = pu(6u);
+  let n = p / (TH * TW); let r = p % (TH * TW);
+  let oh = (r / TW) * 2u; let ow = (r % TW) * 2u;
+  let mb = pu(13u) + oc * P + p; let plane = OC * P;
+  var m: array<f32, 16>;
+  for (var k = 0u; k < 16u; k = k + 1u) {{ m[k] = b1[mb + k * plane]; }}
+  var t: array<f32, 8>;
+  for (var j = 0u; j < 4u; j = j + 1u) {{
+    t[j] = m[j] + m[4u + j] + m[8u + j]; t[4u + j] = m[4u + j] - m[8u + j] - m[12u + j]; }}
+  let yb = pu(7u) + n * pu(8u) + oc * pu(9u); let sh = pu(10u); let sw = pu(11u);
+  for (var i = 0u; i < 2u; i = i + 1u) {{
+    let r0 = t[i * 4u]; let r1 = t[i * 4u + 1u]; let r2 = t[i * 4u + 2u]; let r3 = t[i * 4u + 3u];
+    if (oh + i < OH) {{
+      b0[yb + (oh + i) * sh + ow * sw] = {store(f"r0 + r1 + r2{bias}")};
+      if (ow + 1u < OW) {{ b0[yb + (oh + i) * sh + (ow + 1u) * sw] = {store(f"r1 - r2 - r3{bias}")}; }}
+    }} }}"""
+    types = ["f32", "f32"] + (["f32"] if has_bias else [])
+    return codegen.module(types, body, WG)
+
+
+def conv3x3(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, padding: int, out: WgpuTensor,
+            rotate: bool = False) -> WgpuTensor:
+    """out = conv2d(x, w, bias, stride 1, padding) for 3x3 w [OC, C, 3, 3], by F(2x2, 3x3).
+    With rotate, w is read as [C_in, C_out] transposed and rotated 180 degrees (grad-input)."""
+    rt = runtime()
+    N, C, H, W = x.shape
+    OC = w.shape[1] if rotate else w.shape[0]
+    OH, OW = out.shape[2], out.shape[3]
+    TH, TW = (OH + 1) // 2, (OW + 1) // 2
+    P = N * TH * TW
+    U = empty([16, OC, C], torch.float32)
+    V = empty([16, C, P], torch.float32)
+    M = empty([16, OC, P], torch.float32)
+    # Weights: U[xi][oc][c] from w[oc][c] (or w[c][oc] rotated for grad-input).
+    p = codegen.Params()
+    s = w.stride()
+    if rotate:  # w is [C_out_of_forward = our C, OC, 3, 3]: element (oc, c) is w[c, oc]
+        p.u(OC * C, C, OC, w.elem_offset, s[1], s[0], s[2], s[3], U.elem_offset, 1)
+    else:
+        p.u(OC * C, C, OC, w.elem_offset, s[0], s[1], s[2], s[3], U.elem_offset, 0)
+    k = rt.kernel(("wino_w",), "winograd_weights", 2, _weight_source)
+    rt.dispatch(k, (U._ws.heap, w._ws.heap), p.pack(), codegen.groups_for(OC * C, WG))
+    # Input tiles.
+    p = codegen.Params()
+    p.u(0, C, P, TH, TW, H, W)
+    p.i(padding)
+    p.u(x.elem_offset, x.stride(0), x.stride(1), x.stride(2), x.stride(3), V.elem_offset)
+    k = rt.kernel(("wino_in",), "winograd_input", 2, _input_source)
+    rt.dispatch(k, (V._ws.heap, x._ws.heap), p.pack(), codegen.groups_for(C * P, WG))
+    # 16 GEMMs.
+    gemm.gemm(U, V, M)
+    # Output tiles.
+    st = rt.stypes[out.dtype]
+    p = codegen.Params()
+    p.u(0, OC, P, TH, TW, OH, OW, out.elem_offset, out.stride(0), out.stride(1), out.stride(2), out.stride(3))
+    p.u(bias.elem_offset if bias is not None else 0, M.elem_offset)
+    k = rt.kernel(("wino_out", out.dtype, bias is not None), "winograd_output", 3 if bias is not None else 2,
+                  lambda: _output_source(st.store, bias is not None))
+    heaps = (out._ws.heap, M._ws.heap) + ((bias._ws.heap,) if bias is not None else ())
+    rt.dispatch(k, heaps, p.pack(), codegen.groups_for(OC * P, WG))
+    return out
