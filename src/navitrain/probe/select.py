@@ -59,7 +59,8 @@ def route_order(fingerprint) -> tuple[list[str], str]:
     ranks = {n: registry.get(n).default_rank for n in names}
     # wgpu on a software rasteriser (lavapipe/llvmpipe) is correct but slower than plain PyTorch on the
     # same CPU: without measurements, rank it after `cpu`.
-    if "wgpu" in ranks and (fingerprint.facts.get("wgpu") or {}).get("software"):
+    facts = getattr(fingerprint, "facts", None) or {}
+    if "wgpu" in ranks and (facts.get("wgpu") or {}).get("software"):
         ranks["wgpu"] = ranks.get("cpu", 100) + 10
     speeds = store.route_speeds(fingerprint)
     measured = {n: s for n, s in speeds.items() if n in ranks}
