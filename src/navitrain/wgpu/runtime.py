@@ -124,7 +124,6 @@ class Runtime:
         self._layouts: dict[int, tuple[object, object]] = {}
         self._kernels: dict[object, Kernel] = {}
         self._bind_groups: dict[tuple, tuple[object, object]] = {}
-        self._heaps_by_index: dict[int, Heap] = {}
         self._encoder = None
         self._pass = None
         self._pass_raw = None
@@ -164,17 +163,13 @@ class Runtime:
         buffer.destroy()
 
     def _forget_heap(self, heap: Heap) -> None:
-        self._heaps_by_index.pop(heap.index, None)
         for key in list(self._bind_groups):
             heaps = key[0] if key and key[-1] == "table" else key
             if any(h is heap for h in heaps):
                 del self._bind_groups[key]
 
     def malloc(self, nbytes: int) -> Block:
-        with self.lock:
-            block = self.allocator.malloc(nbytes)
-            self._heaps_by_index[block.heap.index] = block.heap
-            return block
+        return self.allocator.malloc(nbytes)  # the allocator has its own lock
 
     # -- kernels --------------------------------------------------------------------------------
     def _layout(self, n_buffers: int, table: bool = False):

@@ -151,9 +151,10 @@ def wrap(storage: WgpuStorage, size, stride, offset: int, dtype: torch.dtype) ->
 
     PyTorch's own storage of a wrapper tensor holds no data; it is given the largest size any storage
     can have on this device so that in-place metadata changes (resize_, set_) pass its bounds checks.
+    (Arguments are positional: keyword parsing is a measurable share of a small op's host time.)
     """
-    t = _make(WgpuTensor, size, strides=stride, storage_offset=offset, dtype=dtype, device=DEVICE,
-              storage_size=(_rt_mod._runtime or runtime()).allocator.max_binding)
+    t = _make(WgpuTensor, size, stride, offset, None, dtype, torch.strided, DEVICE, False, False, None, False,
+              False, None, (_rt_mod._runtime or runtime()).allocator.max_binding)
     t._ws = storage
     return t
 
