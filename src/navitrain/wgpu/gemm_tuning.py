@@ -39,6 +39,8 @@ CANDIDATES = [
     TileConfig(64, 64, 16, 8, 8),
     TileConfig(128, 128, 16, 8, 8),
     TileConfig(64, 64, 8, 4, 4),
+    TileConfig(64, 32, 16, 4, 4),    # more, smaller workgroups: mid-size products fill more SMs
+    TileConfig(32, 64, 16, 4, 4),
     TileConfig(32, 32, 8, 4, 4),
 ]
 
