@@ -179,3 +179,32 @@ def test_ported_mnist_example_runs_unmodified_but_for_the_device():
     assert nw.fallback_report()["total_fallback_calls"] == 0
     assert last < first
     assert 0 <= correct <= len(test_set) and test_loss > 0
+
+
+@pytest.mark.slow
+def test_no_memory_growth_over_1000_training_steps():
+    torch.manual_seed(0)
+    model = models.mlp(in_features=16, hidden=(16,), num_classes=4).to(DEV)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = models.mlp_batch(8, in_features=16, num_classes=4)
+    x, y = x.to(DEV), y.to(DEV)
+
+    def step():
+        opt.zero_grad()
+        loss = models.mlp_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(5):
+        step()
+    nw.synchronize()
+    allocated, reserved = nw.memory_allocated(), nw.memory_reserved()
+    for i in range(1000):
+        loss = step()
+        if i % 100 == 0:
+            loss.item()
+    del loss
+    nw.synchronize()
+    assert nw.memory_reserved() == reserved, "the caching allocator grew over a steady training loop"
+    assert nw.memory_allocated() == allocated, "tensors leaked over 1000 steps"
