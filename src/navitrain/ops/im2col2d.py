@@ -100,6 +100,9 @@ def forward(x: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out_shape, fmt
     def matrix(ww):
         return _matrix(ww.contiguous() if copy_weight else ww)
 
+    def batched(ww, nb):  # the weight matrix for every image: one view with batch stride 0
+        return (ww.contiguous() if copy_weight else ww).as_strided((nb, k, d), (0, d, 1))
+
     def columns(nb):
         sample = x[:nb]
         if mode == "per_image":
@@ -109,10 +112,8 @@ def forward(x: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out_shape, fmt
     if len(chunks) == 1:
         cols = columns(n)
         if mode == "per_image":
-            expanded = (n, k, d)
-
             def run(xx, ww, bias):
-                wm = matrix(ww).expand(expanded)
+                wm = batched(ww, n)
                 if bias is None:
                     return torch.bmm(wm, cols(xx)).view(out_shape)
                 return torch.baddbmm(bias.view(1, k, 1), wm, cols(xx)).view(out_shape)
@@ -133,7 +134,7 @@ def forward(x: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out_shape, fmt
         for a, b in chunks:
             cols = col_fns[b - a](batch_slice(xx, a, b))
             if mode == "per_image":
-                torch.bmm(wm.expand(b - a, k, d), cols, out=out[a:b].view(b - a, k, p))
+                torch.bmm(batched(ww, b - a), cols, out=out[a:b].view(b - a, k, p))
             elif mode == "rows":
                 torch.mm(cols, wm.t(), out=out.as_strided((n * p, k), (k, 1))[a * p:b * p])
             else:
@@ -172,8 +173,8 @@ def input_grad(gy: torch.Tensor, w: torch.Tensor, geom: Geometry, lo, out_shape,
 
     def columns(g, ww, nb):
         g = g.contiguous() if copy_gy else g
-        wt = (ww.contiguous() if copy_weight else ww).as_strided((d, k), (1, d))
-        return torch.bmm(wt.expand(nb, d, k), g.as_strided((nb, k, p), gy_strides))
+        wt = (ww.contiguous() if copy_weight else ww).as_strided((nb, d, k), (0, 1, d))  # W^T for every image
+        return torch.bmm(wt, g.as_strided((nb, k, p), gy_strides))
 
     if len(chunks) == 1:
         def run(g, ww):
@@ -239,10 +240,13 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
             if cols_rows:
                 return lambda xc, gc: torch.mm(g_t(gc), cols(xc))
             return lambda xc, gc: torch.mm(g_t(gc), cols(xc).t())
-        # explicit split-K: the reduction over rows cut into `split` slices, one bmm, then a sum
+        # explicit split-K: the reduction over rows cut into `split` slices, one bmm, then a sum. The
+        # strides come from samples: the columns can be a view of x itself (e.g. a 1x1 kernel).
         r = rows // split
-        g_split = ((split, k, r), (r * k, 1, k)) if mode == "rows" else ((split, k, r), (r, rows, 1))
-        c_split = ((split, r, d), (r * d, d, 1)) if cols_rows else ((split, r, d), (r, 1, rows))
+        (g_k, g_r), c_st = g_t(gy[:nb]).stride(), cols(sample).stride()
+        c_r, c_d = c_st if cols_rows else c_st[::-1]
+        g_split = (split, k, r), (r * g_r, g_k, g_r)
+        c_split = (split, r, d), (r * c_r, c_r, c_d)
         return lambda xc, gc: torch.bmm(g_t(gc).as_strided(*g_split), cols(xc).as_strided(*c_split)).sum(0)
 
     def shape(total):

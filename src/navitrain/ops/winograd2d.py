@@ -157,7 +157,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, weight_shape, fmt, m: int
                 weight_shape, (9 * c, 1, 3 * c, c))
     else:
         def finish(du):  # [K*C, 9] is the NCHW weight
-            return torch.mm(du.view(a2, k * c).t(), gk).view(weight_shape)
+            return torch.mm(du.as_strided((k * c, a2), (1, k * c)), gk).view(weight_shape)
 
     def steps(nb):
         tiles = nb * t.th * t.tw
@@ -168,12 +168,12 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, weight_shape, fmt, m: int
         gather_x = t.gather(x[:nb], order, t.a, m, nb, split=split)
         gather_gy = t.gather(gy[:nb], order, m, m, nb, pads=gy_pads, split=split)
         r = tiles // split
-        if rows:  # per (t, slice): dM [r, K]^T @ V [r, C]
-            lhs, rhs = (a2 * split, r, k), (a2 * split, r, c)
-            pair = lambda dm, v: torch.bmm(dm.view(lhs).transpose(1, 2), v.view(rhs))  # noqa: E731
+        b = a2 * split
+        if rows:  # per (t, slice): dM [r, K]^T @ V [r, C]; dm and v are fresh contiguous products
+            lhs, rhs = ((b, k, r), (r * k, 1, k)), ((b, r, c), (r * c, c, 1))
         else:  # per (t, slice): dM [K, r] @ V [C, r]^T
-            lhs, rhs = (a2 * split, k, r), (a2 * split, c, r)
-            pair = lambda dm, v: torch.bmm(dm.view(lhs), v.view(rhs).transpose(1, 2))  # noqa: E731
+            lhs, rhs = ((b, k, r), (k * r, r, 1)), ((b, r, c), (c * r, 1, r))
+        pair = lambda dm, v: torch.bmm(dm.as_strided(*lhs), v.as_strided(*rhs))  # noqa: E731
         if split == 1:
             reduce = lambda p: p  # noqa: E731
         else:
