@@ -249,9 +249,11 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
         c_split = (split, r, d), (r * c_r, c_r, c_d)
         return lambda xc, gc: torch.bmm(g_t(gc).as_strided(*g_split), cols(xc).as_strided(*c_split)).sum(0)
 
+    dtype = x.dtype  # closures keep shapes and dtypes, never the sample tensors (a batch of activations)
+
     def shape(total):
-        if total.dtype != x.dtype:
-            total = total.to(x.dtype)
+        if total.dtype != dtype:
+            total = total.to(dtype)
         return total.as_strided(weight_shape, w_strides)
 
     if len(chunks) == 1:
@@ -259,7 +261,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, geom: Geometry, lo, weight_sh
         return lambda xx, g: shape(part(xx, g))
 
     parts = {b - a: partial(b - a) for a, b in chunks}
-    half = x.dtype in (torch.float16, torch.bfloat16)
+    half = dtype in (torch.float16, torch.bfloat16)
 
     def run_chunked(xx, g):
         total = None

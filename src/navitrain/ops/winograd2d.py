@@ -186,7 +186,8 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, weight_shape, fmt, m: int
         return run
 
     run_chunk = {b - a_: steps(b - a_) for a_, b in chunks}
-    half = x.dtype in (torch.float16, torch.bfloat16)
+    dtype = x.dtype  # closures keep shapes and dtypes, never the sample tensors (a batch of activations)
+    half = dtype in (torch.float16, torch.bfloat16)
 
     if len(chunks) == 1:
         only = run_chunk[t.n]
@@ -200,7 +201,7 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, lo, weight_shape, fmt, m: int
                 total = part.float() if half else part
             else:
                 total.add_(part)
-        if total.dtype != x.dtype:
-            total = total.to(x.dtype)
+        if total.dtype != dtype:
+            total = total.to(dtype)
         return finish(total)
     return run_chunked
