@@ -427,7 +427,8 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
         params.values[_BIAS] = bias.elem_offset
     if wparams is not None:
         params.u(*wparams)
-    launch(("conv_fwd", nhwc), "conv2d_forward", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
+    # Keys carry dtypes, not just WGSL element types: bfloat16 is stored as f32 but rounded on store.
+    launch(("conv_fwd", nhwc, x.dtype, w.dtype, out.dtype, bias.dtype if bias is not None else None), "conv2d_forward", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
            preamble=PREAMBLE)
     return out
 
@@ -468,7 +469,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: 
     set_gemm(params, M, N, K)
     if wparams is not None:
         params.u(*wparams)
-    launch(("conv_dgrad", nhwc), "conv2d_grad_input", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
+    launch(("conv_dgrad", nhwc, dy.dtype, w.dtype, dx.dtype), "conv2d_grad_input", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
            preamble=PREAMBLE)
     return dx
 
@@ -494,7 +495,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg:
         E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)
         params = g.params(x, None, dy, dw, cfg.BK)
         set_gemm(params, M, N, K)
-        launch(("conv_wgrad", nhwc), "conv2d_grad_weight", cfg, A, B, E, (dw._ws.heap, dy._ws.heap, x._ws.heap),
+        launch(("conv_wgrad", nhwc, dy.dtype, x.dtype, dw.dtype), "conv2d_grad_weight", cfg, A, B, E, (dw._ws.heap, dy._ws.heap, x._ws.heap),
                params, M, N, g.groups, True, preamble=PREAMBLE)
         return dw
     st_f = rt.stypes[torch.float32]
@@ -503,7 +504,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg:
     E = WeightEpilogue(st_f.wgsl, _Store(st_f), q_order, True, bindings)
     params = g.params(x, None, dy, partial, cfg.BK)
     set_gemm(params, M, N, K, ksplit=kslice)
-    launch(("conv_wgrad_split", nhwc), "conv2d_grad_weight_split", cfg, A, B, E,
+    launch(("conv_wgrad_split", nhwc, dy.dtype, x.dtype), "conv2d_grad_weight_split", cfg, A, B, E,
            (partial._ws.heap, dy._ws.heap, x._ws.heap), params, M, N, g.groups, True, split_k=kslice, K=K,
            preamble=PREAMBLE)
     # partial[(group * slices + slice), oc, q] -> sum over slices -> dw in its own layout.
