@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """Benchmark of the nomiopen convolution against cuDNN/MIOpen and PyTorch's own cuDNN-off convolution.
 
-One run compares every mode on every workload and validates each against native results before
-timing it:
+One run compares every mode on every selected workload and validates each against native results
+before timing it:
   modes      cudnn (native, PyTorch defaults), cudnn-bench (cudnn.benchmark on), off
              (cudnn.enabled=False: PyTorch's own convolution),
              nomiopen:<policy> for each --impl (auto, tune, im2col, winograd2, winograd4; a
              "-nosplit" suffix turns explicit split-K off)
-  workloads  full training steps (SGD, fp32, TF32 off) of CIFAR ResNet-18 (3x3 stem, no max-pool,
-             batch 128) and torchvision ResNet-50 (224x224, batch 32), in NCHW and channels_last;
-             forward and backward of every conv shape of that ResNet-18
-It prints compact tables (step time, ratio to native and to cuDNN-off, peak memory; per-layer times)
-and writes everything as JSON to --out.
+  workloads  resnet18: full training steps (SGD, fp32, TF32 off) of CIFAR ResNet-18 (3x3 stem, no
+             max-pool, batch 128); resnet50: torchvision ResNet-50 (224x224, batch 32); both in NCHW
+             and channels_last (--formats);
+             layers: forward and backward of every conv shape of that ResNet-18;
+             host: host time (issuing, not waiting) and aten operations per conv call, per layer
+It prints compact tables (step time, ratio to native and to cuDNN-off, peak memory, host time;
+per-layer times) and writes everything as JSON to --out.
 
-    python benchmarks/bench_conv.py --out bench_conv.json            # on a GPU, ~3 minutes
+    python benchmarks/bench_conv.py --out bench_conv.json            # on a GPU, ~2 minutes
+    python benchmarks/bench_conv.py --workloads resnet18,layers --impl auto,im2col --out r18.json
     python benchmarks/bench_conv.py --device cpu --quick --out x.json   # smoke test of the script
 """
 from __future__ import annotations
@@ -38,11 +41,13 @@ except ImportError:  # running from a checkout without `pip install -e .`
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import navitrain.routes.nomiopen as nomiopen
-from navitrain.ops import conv_plan, policy
+from navitrain.ops import conv_plan, gemm_conv, policy
 
 DEFAULT_IMPLS = "auto,tune,im2col,winograd2,winograd4,auto-nosplit"
+WORKLOADS = ("resnet18", "resnet50", "layers", "host")
 
 # CIFAR ResNet-18 conv shapes at batch 128: (name, in ch, out ch, input size, kernel, stride, padding, count)
 RESNET18_CIFAR_CONVS = [
@@ -189,15 +194,43 @@ def stats_delta(before: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ full steps
-def step_check(loss_err: float, grad_err: float) -> str:
-    # The loss checks the forward pass tightly. Whole-network gradients are chaotic at the 1e-3 level:
-    # a rounding difference of 1e-6 in one convolution flips a ReLU somewhere after a BatchNorm, and
-    # with random data and weights that alone moves the gradient vector by ~1e-3 relative (measured:
-    # noise of 2e-7 per convolution -> 2e-6 gradient error, 2e-6 -> 1e-2 at batch 4). Per-layer
-    # results (the layer table) are the precise check of the backward pass.
-    if loss_err > 1e-4 or grad_err > 1e-1:
-        return "FAIL"
-    return "ok" if grad_err < 1e-2 else "WARN"
+def nudged_gradient_error(model, x, y, grads) -> float:
+    """Relative change of the whole-model gradient when x is scaled by 1 + 2e-6."""
+    for p in model.parameters():
+        p.grad = None
+    F.cross_entropy(model(x * (1 + 2e-6)), y).backward()
+    nudged = torch.cat([p.grad.detach().flatten().double() for p in model.parameters()])
+    for p, g in zip(model.parameters(), torch.split(grads, [p.numel() for p in model.parameters()])):
+        p.grad = g.view_as(p).to(p.dtype)  # the optimizer step that follows sees the real gradient
+    return float((nudged - grads).norm() / grads.norm())
+
+
+def step_checks(rows) -> float:
+    """Set each row's verdict; returns the native noise level it was judged against.
+
+    The loss checks the forward pass tightly. Whole-network gradients are chaotic: a rounding
+    difference of 1e-6 in one convolution flips a ReLU somewhere after a BatchNorm, and that alone
+    moves the gradient vector by 1e-3..1e-2 relative (ResNet-50: cuDNN-off differs from cuDNN by 2e-2).
+    So a gradient is judged against how much PyTorch's own other convolutions (cudnn.benchmark, cuDNN
+    off) differ from cuDNN on the same step, and how much cuDNN's own gradient moves when the input
+    is nudged by a few ulps; the layer table is the precise check of the backward."""
+    native = [r[key] for r in rows for key in ("grad_err", "nudge_grad_err")
+              if key in r and not r["mode"].startswith("nomiopen")]
+    noise = max(native, default=0.0)
+    for r in rows:
+        if "grad_err" not in r:
+            continue
+        if r["loss_err"] > 1e-4:
+            r["check"] = "FAIL"
+        elif not r["mode"].startswith("nomiopen") or r["grad_err"] < 1e-2:
+            r["check"] = "ok"  # native modes are the reference implementations: they define the noise
+        elif r["grad_err"] <= 3 * noise:
+            r["check"] = "ok~"
+        elif r["grad_err"] <= 1e-1:
+            r["check"] = "WARN"
+        else:
+            r["check"] = "FAIL"
+    return noise
 
 
 def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report) -> None:
@@ -207,7 +240,8 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
         torch.manual_seed(0)
         base, source = ResNet18Cifar(classes), "builtin"
     else:
-        batch, size, classes = (2, 32, 1000) if quick else (32, 224, 1000)
+        # quick: large enough that BatchNorm over the last 2x2 maps (batch 4) is not chaotic at the loss
+        batch, size, classes = (4, 64, 1000) if quick else (32, 224, 1000)
         torch.manual_seed(0)
         base, source = resnet50()
     memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
@@ -239,10 +273,12 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
                 if reference is None:
                     reference = (loss.detach().double(), grads)
                     row.update(loss_err=0.0, grad_err=0.0)
+                    # How chaotic is this step? The same step on an input nudged by a few ulps
+                    # (the size of the rounding differences between convolution algorithms)
+                    row["nudge_grad_err"] = nudged_gradient_error(model, x, y, grads)
                 else:
                     row["loss_err"] = float((loss.detach().double() - reference[0]).abs() / reference[0].abs())
                     row["grad_err"] = float((grads - reference[1]).norm() / reference[1].norm())
-                row["check"] = step_check(row["loss_err"], row["grad_err"])
                 opt.step()
 
                 def step():
@@ -277,8 +313,8 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
             print(f"  {name}: ERROR {row['error']}", flush=True)
         rows.append(row)
         if "step_ms" in row:
-            print(f"  {name:<24} {row['step_ms']:9.2f} ms  check {row['check']} "
-                  f"(loss err {row['loss_err']:.1e}, grad err {row['grad_err']:.1e})", flush=True)
+            print(f"  {name:<24} {row['step_ms']:9.2f} ms  (loss err {row['loss_err']:.1e}, "
+                  f"grad err {row['grad_err']:.1e})", flush=True)
         del model, opt
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -291,11 +327,12 @@ def run_steps(model_name: str, fmt: str, modes: list[str], device, args, report)
                 r[key] = r["step_ms"] / by_mode[base_name]["step_ms"]
         if r.get("peak_mib") and by_mode.get("cudnn", {}).get("peak_mib"):
             r["mem_x_native"] = r["peak_mib"] / by_mode["cudnn"]["peak_mib"]
+    noise = step_checks(rows)
     report.steps.extend(rows)
-    print_step_table(title, rows)
+    print_step_table(title, rows, noise)
 
 
-def print_step_table(title: str, rows) -> None:
+def print_step_table(title: str, rows, noise: float) -> None:
     print(f"\n{title}")
     print(f"  {'mode':<24} {'step ms':>9} {'x native':>9} {'x off':>7} {'peak MiB':>9} {'mem x':>6} "
           f"{'host ms':>8}  check")
@@ -306,7 +343,11 @@ def print_step_table(title: str, rows) -> None:
         peak = f"{r['peak_mib']:9.0f}" if r.get("peak_mib") else f"{'-':>9}"
         memx = f"{r['mem_x_native']:6.2f}" if r.get("mem_x_native") else f"{'-':>6}"
         print(f"  {r['mode']:<24} {r['step_ms']:9.2f} {r.get('x_native', math.nan):9.2f} "
-              f"{r.get('x_off', math.nan):7.2f} {peak} {memx} {r['host_ms']:8.2f}  {r['check']}")
+              f"{r.get('x_off', math.nan):7.2f} {peak} {memx} {r['host_ms']:8.2f}  {r.get('check', '-')}")
+    if any(r.get("check") == "ok~" for r in rows):
+        print(f"  ok~: loss matches; the gradient differs from cuDNN's by more than 1e-2 but by no more than 3x "
+              f"the native noise ({noise:.1e}: other native algorithms, or the input nudged by 2e-6, move "
+              f"cuDNN's own gradient that much: ReLUs flip after BatchNorm)")
     sys.stdout.flush()
 
 
@@ -347,7 +388,10 @@ def run_layers(fmt: str, modes: list[str], device, args, report) -> None:
                     errs = [rel_err(out, reference[0])] + [rel_err(a, b) for a, b in zip(grads, reference[1])]
                     row["err"] = max(errs)
                     row["layout_ok"] = out.is_contiguous(memory_format=memory_format)
-                    row["check"] = "ok" if row["err"] < 2e-3 and row["layout_ok"] else "FAIL"
+                    # nomiopen promises cuDNN's output layout; PyTorch's own cuDNN-off convolution
+                    # returns NCHW for channels-last input, which is its business, not an error
+                    layout_ok = row["layout_ok"] or not name.startswith("nomiopen")
+                    row["check"] = "ok" if row["err"] < 2e-3 and layout_ok else "FAIL"
                     calls = 1 if args.quick else 10
                     repeats = 1 if args.quick else 5
                     before = dict(conv_plan.stats)
@@ -402,9 +446,105 @@ def print_layer_table(fmt: str, modes, rows) -> None:
             picks = ", ".join(f"{lname} {_short_algos(by[(lname, m)])}" for lname, *_ in RESNET18_CIFAR_CONVS
                               if (lname, m) in by and "fwd_ms" in by[(lname, m)])
             print(f"  algorithms of {m}: {picks}")
-    failed = [f"{r['layer']}/{r['mode']} err={r.get('err', 0):.1e}" for r in rows if r.get("check") == "FAIL"]
+    failed = [f"{r['layer']}/{r['mode']} err={r.get('err', 0):.1e}" + ("" if r.get("layout_ok") else " wrong layout")
+              for r in rows if r.get("check") == "FAIL"]
     if failed:
         print("  VALIDATION FAILED: " + "; ".join(failed))
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------- host time
+class _OpCount(TorchDispatchMode):
+    """Counts the aten operations issued inside it (each costs host time, kernel or not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def host_us(fn, device, calls: int, repeats: int) -> float:
+    """Median host microseconds to issue one call (no waiting for the GPU: the calls are queued)."""
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        out.append((time.perf_counter() - t0) * 1e6 / calls)
+        sync(device)
+    return statistics.median(out)
+
+
+def run_host(fmt: str, modes: list[str], device, args, report) -> None:
+    """Per ResNet-18 conv layer: host time to issue a forward call and a backward call (autograd,
+    as in training) and, for nomiopen, the aten operations each issues. When a step's host time
+    equals its GPU time, these numbers are what bounds it."""
+    batch = 2 if args.quick else 128
+    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    modes = [m for m in modes if m != "off"]  # its kernels, not its host time, are the problem
+    print(f"\n== host time per conv call, ResNet-18 CIFAR layers, {fmt}, batch {batch}", flush=True)
+    rows = []
+    calls, repeats = (2, 1) if args.quick else (10, 5)
+    for lname, cin, cout, size, k, s, p, count in RESNET18_CIFAR_CONVS:
+        if args.layers and lname not in args.layers.split(","):
+            continue
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(batch, cin, size, size, generator=g).to(device).contiguous(memory_format=memory_format)
+        w = (torch.randn(cout, cin, k, k, generator=g) / math.sqrt(cin * k * k)).to(device)
+        w = w.contiguous(memory_format=memory_format)
+        wanted = [x.requires_grad_(lname != "stem"), w.requires_grad_()] if lname != "stem" else [w.requires_grad_()]
+        for name in modes:
+            if report.out_of_time():
+                report.skip(f"host {lname} {fmt} {name}")
+                continue
+            row = {"layer": lname, "format": fmt, "mode": name, "batch": batch, "count": count}
+            try:
+                with mode(name, device):
+                    out = F.conv2d(x, w, None, s, p)
+                    gy = torch.randn_like(out)
+                    torch.autograd.grad(out, wanted, gy, retain_graph=True)  # builds plans, warms up
+                    row["fwd_us"] = host_us(lambda: F.conv2d(x, w, None, s, p), device, calls, repeats)
+                    row["bwd_us"] = host_us(lambda: torch.autograd.grad(out, wanted, gy, retain_graph=True), device,
+                                            calls, repeats)
+                    if name.startswith("nomiopen"):
+                        conv_args = ([s, s], [p, p], [1, 1], False, [0, 0], 1)
+                        mask = [lname != "stem", True, False]
+                        xd, wd = x.detach(), w.detach()
+                        with _OpCount() as fwd_ops:
+                            gemm_conv.convolution(xd, wd, None, *conv_args)
+                        with _OpCount() as bwd_ops:
+                            gemm_conv.convolution_backward(gy, xd, wd, None, *conv_args, mask)
+                        row["fwd_ops"], row["bwd_ops"] = fwd_ops.count, bwd_ops.count
+                    del out
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                print(f"  {lname} {name}: ERROR {row['error']}", flush=True)
+            rows.append(row)
+    report.host.extend(rows)
+    print_host_table(fmt, modes, rows)
+
+
+def print_host_table(fmt: str, modes, rows) -> None:
+    by = {(r["layer"], r["mode"]): r for r in rows}
+    print(f"\nhost us per call fwd/bwd ({fmt}; nomiopen: [aten ops fwd/bwd]); totals weigh layers by count, in ms")
+    print(f"  {'layer':<12} {'n':>2} " + " ".join(f"{m[:22]:>22}" for m in modes))
+    totals = {m: 0.0 for m in modes}
+    for lname, *_rest, count in RESNET18_CIFAR_CONVS:
+        cells = []
+        for m in modes:
+            r = by.get((lname, m))
+            if r is None or "fwd_us" not in r:
+                cells.append(f"{'error' if r else '-':>22}")
+                continue
+            ops = f" [{r['fwd_ops']}/{r['bwd_ops']}]" if "fwd_ops" in r else ""
+            cells.append(f"{r['fwd_us']:6.0f}/{r['bwd_us']:6.0f}{ops:>9}")
+            totals[m] += count * (r["fwd_us"] + r["bwd_us"]) / 1e3
+        print(f"  {lname:<12} {count:>2} " + " ".join(cells))
+    print(f"  {'total ms':<12} {'':>2} " + " ".join(f"{totals[m]:22.2f}" for m in modes))
     sys.stdout.flush()
 
 
@@ -413,7 +553,7 @@ class Report:
     def __init__(self, args, device):
         self.args, self.device = args, device
         self.started = time.monotonic()
-        self.steps, self.layers, self.skipped = [], [], []
+        self.steps, self.layers, self.host, self.skipped = [], [], [], []
 
     def out_of_time(self) -> bool:
         return time.monotonic() - self.started > self.args.budget
@@ -434,7 +574,7 @@ class Report:
 
     def write(self) -> None:
         data = {"env": self.env(), "argv": sys.argv[1:], "seconds": time.monotonic() - self.started,
-                "steps": self.steps, "layers": self.layers, "skipped": self.skipped,
+                "steps": self.steps, "layers": self.layers, "host": self.host, "skipped": self.skipped,
                 "tuned": {repr(k): v for k, v in conv_plan.tuned.items()}}
         Path(self.args.out).write_text(json.dumps(data, indent=1, default=str))
 
@@ -445,7 +585,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test)")
     parser.add_argument("--impl", default=DEFAULT_IMPLS,
                         help=f"nomiopen policies to compare, comma-separated (default {DEFAULT_IMPLS})")
-    parser.add_argument("--only", default="resnet18,resnet50,layers", help="workloads: resnet18,resnet50,layers")
+    parser.add_argument("--workloads", "--only", dest="workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated, any of {', '.join(WORKLOADS)} (default: all)")
     parser.add_argument("--formats", default="nchw,channels_last", help="memory formats: nchw,channels_last")
     parser.add_argument("--layers", default="", help="only these ResNet-18 layers, e.g. l1,l4 (default: all)")
     parser.add_argument("--no-off", action="store_true", help="skip PyTorch's slow cuDNN-off convolution")
@@ -466,7 +607,14 @@ def main(argv=None) -> int:
             return 2
     modes = ["cudnn", "cudnn-bench"] + ([] if args.no_off else ["off"]) + [f"nomiopen:{i}" for i in impls]
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    only = {w.strip() for w in args.only.split(",")}
+    only = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not only or only - set(WORKLOADS):
+        print(f"unknown --workloads {args.workloads!r}: use {', '.join(WORKLOADS)}", file=sys.stderr)
+        return 2
+    formats_bad = set(formats) - {"nchw", "channels_last"}
+    if not formats or formats_bad:
+        print(f"unknown --formats {args.formats!r}: use nchw,channels_last", file=sys.stderr)
+        return 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # allow_tf32 setters are deprecated in newer torch, still honoured
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -486,11 +634,15 @@ def main(argv=None) -> int:
             for fmt in formats:
                 run_layers(fmt, modes, device, args, report)
                 report.write()
+        if "host" in only:
+            for fmt in formats:
+                run_host(fmt, modes, device, args, report)
+                report.write()
     finally:
         report.write()
     print(f"\nwrote {args.out} after {time.monotonic() - report.started:.0f} s"
           + (f"; skipped {len(report.skipped)} items (time budget)" if report.skipped else ""))
-    bad = [r for r in report.steps + report.layers if r.get("check") == "FAIL" or "error" in r]
+    bad = [r for r in report.steps + report.layers + report.host if r.get("check") == "FAIL" or "error" in r]
     return 1 if bad else 0
 
 
