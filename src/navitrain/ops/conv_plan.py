@@ -44,8 +44,8 @@ _HALF = (torch.float16, torch.bfloat16)
 _FLOPS_PER_BYTE = 17.0
 _LAUNCH_FLOPS = 1.5e8
 _HOST_FLOPS_PER_CALL = 7.5e8
-# Tensor operations (Python calls) and kernels of each plan, roughly: (calls, kernels)
-_CALLS = {"im2col": (6, 3), "gemm1x1": (4, 1), "col2im": (5, 2), "winograd2": (14, 7), "winograd4": (14, 7)}
+# aten operations and kernels of each plan (measured on the 2-d plans, tests/ops/test_conv_plans.py)
+_CALLS = {"im2col": (8, 3), "gemm1x1": (7, 2), "col2im": (6, 2), "winograd2": (16, 7), "winograd4": (16, 7)}
 
 
 def _winograd_fits(weight_shape, dtype: torch.dtype, geom: Geometry) -> bool:
