@@ -88,12 +88,13 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
             first_step_s = time.perf_counter() - t_first
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step_times = []
+    step_times, host_times = [], []
     for i in range(warmup, warmup + steps):
         x, y = (t.to(device) for t in batches[i])
         sync()
         t0 = time.perf_counter()
         loss = step(x, y)
+        host_times.append(time.perf_counter() - t0)  # recording only: the GPU may still be busy
         sync()
         step_times.append(time.perf_counter() - t0)
         losses.append(loss.item())
@@ -104,7 +105,7 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
         x, y = (t.to(device) for t in batches[-1])
         with nw.profile() as table:
             step(x, y)
-        profile = sorted(((v[1] * 1e3, v[0], k) for k, v in table.items()), reverse=True)[:25]
+        profile = sorted(((v[1] * 1e3, v[0], k) for k, v in table.items()), reverse=True)
     peak = None
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
@@ -115,9 +116,17 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
         fallbacks = nw.fallback_report()
     result = {"device": device, "model": model_name, "batch": batch, "losses": losses,
               "step_ms": [t * 1e3 for t in step_times], "median_ms": statistics.median(step_times) * 1e3,
+              "host_ms": statistics.median(host_times) * 1e3,
               "first_step_s": first_step_s, "peak_bytes": peak, "threads": torch.get_num_threads()}
     if profile:
-        result["profile_top_ms"] = profile
+        result["profile_top_ms"] = profile[:40]
+        kinds = {}
+        for ms, count, name in profile:
+            kind = name.split("@")[0].split("_")[0]
+            total = kinds.setdefault(kind, [0.0, 0])
+            total[0] += ms
+            total[1] += count
+        result["profile_kinds_ms"] = kinds
     if device == "wgpu":
         result["fallbacks"] = fallbacks
         result["adapter"] = nw.adapter_info()["name"]
@@ -164,9 +173,13 @@ def main(argv=None):
             r = json.loads(Path(out).read_text())
             r["wall_s"] = time.perf_counter() - t0
             results.append(r)
-            print(f"[{model} on {device}] median step {r['median_ms']:.1f} ms, first step {r['first_step_s']:.1f} s, "
-                  f"losses {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}", flush=True)
-            for ms, count, name in r.get("profile_top_ms", [])[:12]:
+            print(f"[{model} on {device}] median step {r['median_ms']:.1f} ms (host recording {r['host_ms']:.1f} ms), "
+                  f"first step {r['first_step_s']:.1f} s, losses {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}", flush=True)
+            if "profile_kinds_ms" in r:
+                total = sum(v[0] for v in r["profile_kinds_ms"].values())
+                print(f"    GPU time by kernel kind, {total:.1f} ms in all: " + ", ".join(
+                    f"{k} {v[0]:.1f} ms/{v[1]}x" for k, v in sorted(r["profile_kinds_ms"].items(), key=lambda kv: -kv[1][0])))
+            for ms, count, name in r.get("profile_top_ms", [])[:25]:
                 print(f"    {ms:8.2f} ms {count:4d}x {name}")
     report(results)
     if args.json:

@@ -21,7 +21,7 @@ _device.register()
 from navitrain.wgpu import dispatch as _dispatch  # noqa: E402
 from navitrain.wgpu import rng as _rng  # noqa: E402
 from navitrain.wgpu import runtime as _runtime_mod  # noqa: E402
-from navitrain.wgpu.runtime import DeviceLostError, KernelCompileError, WgpuError  # noqa: E402
+from navitrain.wgpu.runtime import DeviceLostError, GraphCaptureError, KernelCompileError, WgpuError  # noqa: E402
 from navitrain.wgpu.tensor import DEVICE, WgpuTensor  # noqa: E402
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "memory_allocated", "max_memory_allocated", "memory_reserved", "reset_peak_memory_stats", "empty_cache",
     "memory_stats", "fallback_report", "reset_fallback_counts", "manual_seed", "manual_seed_all", "seed",
     "initial_seed", "get_rng_state", "set_rng_state", "is_available", "device_count", "current_device", "profile",
+    "WgpuGraph", "graph", "is_current_stream_capturing", "GraphCaptureError",
 ]
 
 _device.register_factories()
@@ -50,6 +51,8 @@ def _enable_foreach_optimizers() -> None:
 _enable_foreach_optimizers()
 
 from navitrain.wgpu import autocast as _autocast  # noqa: E402
+from navitrain.wgpu.graphs import WgpuGraph, graph  # noqa: E402
+from navitrain.wgpu.graphs import is_capturing as is_current_stream_capturing  # noqa: E402
 
 _autocast.register()
 
@@ -83,12 +86,16 @@ def synchronize(device=None) -> None:
 
 @_contextlib.contextmanager
 def profile():
-    """Time every kernel (each is submitted and waited for on its own, so the run gets slower):
+    """Time every kernel on the GPU:
 
         with navitrain.wgpu.profile() as table:
             train_step()
-        # table: kernel name -> [dispatch count, seconds including submit latency]
-    """
+        # table: kernel name -> [dispatch count, GPU seconds]; matrix products and convolutions are
+        # keyed "name@(grid)" so that shapes stay apart
+
+    With the adapter's timestamp queries each dispatch runs in a compute pass of its own stamped at
+    both ends (GPU time only); without them each dispatch is submitted and waited for alone, and the
+    seconds include the submit round trip."""
     rt = _runtime_mod.runtime()
     rt.synchronize()
     rt.profile = {}

@@ -47,8 +47,9 @@ class Heap:
     size: int
     index: int               # stable id used in bind-group cache keys
     top: int = 0             # bump pointer: bytes handed out so far
-    live: int = 0            # blocks currently owned by tensors
+    live: int = 0            # blocks currently owned by tensors or reserved by a captured graph
     dedicated: bool = False  # holds a single large block
+    pins: int = 0            # captured graphs that bind this heap: never given back while > 0
 
 
 @dataclass(eq=False)
@@ -57,6 +58,19 @@ class Block:
     offset: int  # bytes from the start of the heap
     size: int    # the block's size class in bytes
     live: bool = field(default=True)
+    pool: "GraphPool | None" = None  # the captured graph that owns this block, if any
+
+
+class GraphPool:
+    """The memory of one captured graph (navitrain.wgpu.graphs). Replaying a graph writes to every
+    block it used during capture, so those blocks must never go to another tensor while the graph
+    lives: blocks allocated or freed during capture belong to the pool, and when their tensors die
+    they return to the pool's own free lists (reused only by that graph's capture), not the global
+    ones. `release()` (the graph's reset) hands the idle ones back."""
+
+    def __init__(self) -> None:
+        self.free: dict[int, list[Block]] = {}
+        self.blocks: list[Block] = []
 
 
 class OutOfMemory(Exception):
@@ -85,6 +99,7 @@ class CachingAllocator:
         self.peak_allocated = 0
         self.reserved = 0        # bytes in heaps
         self.on_heap_freed = None  # callback(heap) so the runtime can drop cached bind groups
+        self.capturing: GraphPool | None = None  # the pool that allocations go to during a capture
 
     # -- allocation ---------------------------------------------------------------------------
     def malloc(self, nbytes: int) -> Block:
@@ -94,14 +109,24 @@ class CachingAllocator:
                 f"a tensor of {nbytes / _MiB:.1f} MiB exceeds this adapter's largest storage binding "
                 f"({self.max_binding / _MiB:.0f} MiB); split it or use a smaller batch")
         with self._lock:
+            pool = self.capturing
+            if pool is not None:
+                reserved = pool.free.get(cls)
+                if reserved:
+                    block = reserved.pop()  # the heap still counts it as live: no heap.live change
+                    block.live = True
+                    self._account(cls)
+                    return block
             free = self._free.get(cls)
             if free:
                 block = free.pop()
                 block.live = True
                 block.heap.live += 1
-                self._account(cls)
-                return block
-            block = self._carve(cls)
+            else:
+                block = self._carve(cls)
+            if pool is not None:
+                block.pool = pool
+                pool.blocks.append(block)
             self._account(cls)
             return block
 
@@ -152,19 +177,42 @@ class CachingAllocator:
             if not block.live:
                 return
             block.live = False
-            block.heap.live -= 1
             self.allocated -= block.size
+            if block.pool is None and self.capturing is not None:
+                # Freed during a capture: the graph may read it on replay (or reuse it), so it joins
+                # the pool instead of going to a tensor made after the capture.
+                block.pool = self.capturing
+                block.pool.blocks.append(block)
+            if block.pool is not None:
+                block.pool.free.setdefault(block.size, []).append(block)  # stays counted in heap.live
+                return
+            block.heap.live -= 1
             free = self._free.get(block.size)
             if free is None:
                 free = self._free[block.size] = []
             free.append(block)
+
+    def release_pool(self, pool: GraphPool) -> None:
+        """A graph is gone: its idle blocks go back to the global free lists, its live ones (tensors
+        that outlive the graph) will when their tensors die."""
+        with self._lock:
+            if self.capturing is pool:
+                self.capturing = None
+            for block in pool.blocks:
+                block.pool = None
+            for cls, blocks in pool.free.items():
+                for block in blocks:
+                    block.heap.live -= 1
+                    self._free.setdefault(cls, []).append(block)
+            pool.free.clear()
+            pool.blocks.clear()
 
     def empty_cache(self) -> None:
         with self._lock:
             self._release_idle()
 
     def _release_idle(self) -> None:
-        idle = [h for h in self._heaps if h.live == 0]
+        idle = [h for h in self._heaps if h.live == 0 and h.pins == 0]
         if not idle:
             return
         idle_ids = {id(h) for h in idle}

@@ -123,6 +123,8 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
         cached = _parse(table.get(key, ""))
     if cached is not None:
         return cached
+    if rt.capture is not None:  # timing would run (and record) work inside a graph capture
+        return config_for(M, N, K, batch)
     best = _tune(rt, M, N, K, batch, run)
     with _lock:
         table[key] = best.name
@@ -145,6 +147,8 @@ def pick_choice(key: str, options: dict, default: str) -> str:
         cached = table.get(key)
     if cached in options:
         return cached
+    if rt.capture is not None:
+        return default
     timings = []
     for name, run in options.items():
         try:

@@ -37,6 +37,13 @@ def initial_seed() -> int:
 
 def reserve(count: int) -> tuple[int, int]:
     """(seed, first counter) for `count` fresh counters (each gives four 32-bit numbers)."""
+    from navitrain.wgpu import graphs
+
+    if graphs.is_capturing():
+        # The counter is host state baked into the dispatch: every replay would draw the same numbers.
+        raise graphs.GraphCaptureError(
+            "random ops (dropout, randn, ...) cannot be captured in a wgpu graph yet: each replay would "
+            "repeat the captured random numbers. Capture a step without them, or run it eagerly")
     with _lock:
         offset = _state["offset"]
         _state["offset"] = offset + max(1, (count + 3) // 4 * 4)

@@ -44,6 +44,10 @@ class DeviceLostError(WgpuError):
     pass
 
 
+class GraphCaptureError(WgpuError):
+    """Something a captured graph cannot hold was asked for while capturing."""
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A compiled compute pipeline and what launching it needs."""
@@ -130,11 +134,14 @@ class Runtime:
         self._last_kernel = None
         self._pending = 0
         self._batch_limit = max(1, _env.integer(_env.WGPU_BATCH))
+        self._heavy_batch = 4  # submit as soon as this many dispatches, one a matrix product, wait
         self._offsets = self._raw[0].new("uint32_t[1]") if self._raw else None
         self.dispatch_count = 0
         self.submit_count = 0
         self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling
+        self._timer = _GpuTimer(self) if "timestamp-query" in self.features else None
         self.lost_reason: str | None = None
+        self.capture = None  # the navitrain.wgpu.graphs.WgpuGraph being captured, if any
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -235,9 +242,10 @@ class Runtime:
         return entry
 
     # -- recording ------------------------------------------------------------------------------
-    def _begin(self) -> None:
-        self._encoder = self.device.create_command_encoder(label="navitrain-batch")
-        self._pass = self._encoder.begin_compute_pass(label="navitrain-pass")
+    def _begin(self, timestamp_writes: dict | None = None) -> None:
+        if self._encoder is None:
+            self._encoder = self.device.create_command_encoder(label="navitrain-batch")
+        self._pass = self._encoder.begin_compute_pass(label="navitrain-pass", timestamp_writes=timestamp_writes)
         self._pass_raw = self._pass._internal if self._raw else None
         self._last_kernel = None
 
@@ -249,6 +257,10 @@ class Runtime:
         with self.lock:
             if self.lost_reason is not None:
                 raise DeviceLostError(self.lost_reason)
+            if self.capture is not None:
+                # Capturing: the dispatch is kept for replay, not run (as with torch.cuda graphs).
+                self.capture.record(kernel, heaps, params, table, groups)
+                return
             need = self._param_align
             if table is not None:
                 need += (len(table) + self._param_align - 1) // self._param_align * self._param_align
@@ -258,7 +270,14 @@ class Runtime:
             if offset + need > _PARAM_ARENA:
                 self.flush()
                 offset = 0
-            if self._pass is None:
+            timed = self.profile is not None and self._timer is not None
+            if timed:
+                # GPU-timestamp profiling: each dispatch gets a pass of its own with begin/end stamps.
+                if self._pass is not None:
+                    self._pass.end()
+                    self._pass = None
+                self._begin(self._timer.writes(kernel.name if not kernel.heavy else f"{kernel.name}@{groups}"))
+            elif self._pass is None:
                 self._begin()
             self._param_arena[offset:offset + len(params)] = params
             if table is not None:
@@ -284,9 +303,14 @@ class Runtime:
                 self._pass.dispatch_workgroups(*groups)
             self._pending += 1
             self.dispatch_count += 1
-            if self.profile is not None:
+            if timed:
+                self._pass.end()
+                self._pass = None
+                if self._timer.full() or self._pending >= self._batch_limit:
+                    self.flush()
+            elif self.profile is not None:
                 self._profile_last(kernel.name)
-            elif self._pending >= self._batch_limit or (kernel.heavy and self._pending >= 4):
+            elif self._pending >= self._batch_limit or (kernel.heavy and self._pending >= self._heavy_batch):
                 # Submit early and often enough that the GPU works while Python records the rest
                 # of the step: a step recorded whole before its first submit costs host time plus
                 # GPU time instead of the larger of the two.
@@ -306,9 +330,13 @@ class Runtime:
     def flush(self) -> None:
         """Submit everything recorded so far (does not wait for it)."""
         with self.lock:
-            if self._pass is None:
+            if self._encoder is None:
                 return
-            self._pass.end()
+            if self._pass is not None:
+                self._pass.end()
+            timer = self._timer if self.profile is not None else None
+            if timer is not None:
+                timer.resolve(self._encoder)
             if self._param_used:
                 self.queue.write_buffer(self._param_buffer, 0, self._param_arena, 0, self._param_used)
             commands = self._encoder.finish()
@@ -322,6 +350,71 @@ class Runtime:
                 self._check_lost(exc)
                 raise
             self.submit_count += 1
+            if timer is not None:
+                timer.collect(self.profile)
+
+    def pack_replay(self, records: list) -> list:
+        """Lay captured dispatches out for replay: chunks of (parameter-arena bytes, [(kernel, bind
+        group, arena offset, grid)]), each chunk's parameters fitting the arena."""
+        chunks, entries = [], []
+        blob = bytearray(_PARAM_ARENA)
+        used = 0
+        align = self._param_align
+        for kernel, heaps, params, table, groups in records:
+            need = align + (0 if table is None else (len(table) + align - 1) // align * align)
+            if used + need > _PARAM_ARENA:
+                chunks.append((bytes(blob[:used]), entries))
+                blob, entries, used = bytearray(_PARAM_ARENA), [], 0
+            offset = used
+            blob[offset:offset + len(params)] = params
+            if table is not None:
+                start = offset + align
+                blob[start:start + len(table)] = table
+                blob[offset + PARAM_BYTES - 4:offset + PARAM_BYTES] = (start // 4).to_bytes(4, "little")
+            used += need
+            group = self._bind_group(heaps, True) if kernel.table else \
+                (self._bind_groups.get(heaps) or self._bind_group(heaps))
+            entries.append((kernel, group, offset, groups))
+        if entries:
+            chunks.append((bytes(blob[:used]), entries))
+        return chunks
+
+    def replay(self, chunks: list) -> None:
+        """Submit captured dispatches (from pack_replay) after whatever was recorded before."""
+        with self.lock:
+            if self.lost_reason is not None:
+                raise DeviceLostError(self.lost_reason)
+            if self.capture is not None:
+                raise GraphCaptureError("replay() while a graph is being captured")
+            self.flush()
+            lib = self._lib
+            for blob, entries in chunks:
+                # Ordered on the queue: this write lands after earlier submissions, before this one.
+                self.queue.write_buffer(self._param_buffer, 0, blob)
+                encoder = self.device.create_command_encoder(label="navitrain-replay")
+                cpass = encoder.begin_compute_pass(label="navitrain-replay")
+                if lib is not None:
+                    raw, offsets, last = cpass._internal, self._offsets, None
+                    for kernel, group, offset, (x, y, z) in entries:
+                        if kernel is not last:
+                            lib.wgpuComputePassEncoderSetPipeline(raw, kernel.raw)
+                            last = kernel
+                        offsets[0] = offset
+                        lib.wgpuComputePassEncoderSetBindGroup(raw, 0, group[1], 1, offsets)
+                        lib.wgpuComputePassEncoderDispatchWorkgroups(raw, x, y, z)
+                else:
+                    for kernel, group, offset, grid in entries:
+                        cpass.set_pipeline(kernel.pipeline)
+                        cpass.set_bind_group(0, group[0], [offset])
+                        cpass.dispatch_workgroups(*grid)
+                cpass.end()
+                try:
+                    self.queue.submit([encoder.finish()])
+                except Exception as exc:
+                    self._check_lost(exc)
+                    raise
+                self.submit_count += 1
+                self.dispatch_count += len(entries)
 
     def synchronize(self) -> None:
         """Submit pending work and wait until the GPU has finished it."""
@@ -353,6 +446,11 @@ class Runtime:
         start = offset & ~3
         end = (offset + nbytes + 3) & ~3
         with self.lock:
+            if self.capture is not None:
+                raise GraphCaptureError(
+                    "reading wgpu data (.item(), .cpu(), .tolist(), printing, or an op that falls back to "
+                    "the CPU) is not possible while a graph is being captured: the captured work has not "
+                    "run yet. Read results after replay()")
             self.flush()
             try:
                 data = self.queue.read_buffer(heap.buffer, start, end - start)
@@ -369,6 +467,11 @@ class Runtime:
         if offset % 4:
             raise WgpuError("unaligned write")  # callers route unaligned writes through a copy kernel
         with self.lock:
+            if self.capture is not None:
+                raise GraphCaptureError(
+                    "copying host data to the wgpu device is not possible inside a captured graph (a "
+                    "replay would not repeat it): copy new inputs into the graph's static input tensors "
+                    "before each replay()")
             # Queue writes run before commands that are recorded but not yet submitted: submit them
             # first so a block reused since then is not overwritten under a pending kernel.
             self.flush()
@@ -378,6 +481,54 @@ class Runtime:
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 _runtime_error: Exception | None = None
+
+
+class _GpuTimer:
+    """Per-dispatch GPU time for `navitrain.wgpu.profile()`, from timestamp queries written at the
+    start and end of a one-dispatch compute pass. Unlike timing each submission from the host, this
+    leaves out the ~50 us submit round trip that would swamp every small kernel."""
+
+    SLOTS = 1024  # dispatches timed per submission
+
+    def __init__(self, rt: Runtime) -> None:
+        import wgpu
+
+        self.rt = rt
+        self.query_set = rt.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * self.SLOTS)
+        self.buffer = rt.device.create_buffer(
+            size=16 * self.SLOTS, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+        self.names: list[str] = []
+        period = 1.0
+        if rt._raw is not None:
+            try:
+                period = float(rt._raw[1].wgpuQueueGetTimestampPeriod(rt.queue._internal)) or 1.0
+            except Exception:  # pragma: no cover - older wgpu-native: ticks are nanoseconds
+                period = 1.0
+        self.seconds_per_tick = period * 1e-9
+
+    def writes(self, name: str) -> dict:
+        i = len(self.names)
+        self.names.append(name)
+        return {"query_set": self.query_set, "beginning_of_pass_write_index": 2 * i,
+                "end_of_pass_write_index": 2 * i + 1}
+
+    def full(self) -> bool:
+        return len(self.names) >= self.SLOTS
+
+    def resolve(self, encoder) -> None:
+        if self.names:
+            encoder.resolve_query_set(self.query_set, 0, 2 * len(self.names), self.buffer, 0)
+
+    def collect(self, table: dict) -> None:
+        if not self.names:
+            return
+        n = len(self.names)
+        ticks = np.frombuffer(self.rt.queue.read_buffer(self.buffer, 0, 16 * n), dtype=np.uint64).reshape(n, 2)
+        for name, (start, end) in zip(self.names, ticks):
+            entry = table.setdefault(name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += float(int(end) - int(start)) * self.seconds_per_tick if end >= start else 0.0
+        self.names.clear()
 
 
 def runtime() -> Runtime:

@@ -42,10 +42,15 @@ def _per_element(single, inplace):
     return run
 
 
-def _other_operand(other, n):
+def _other_operand(other, n, selves=None):
     """(extra input list or None, mode, shared scalars, per-tensor scalars, expression for b)."""
     if isinstance(other, (list, tuple)):
         if other and isinstance(other[0], torch.Tensor):
+            if selves is not None and any(o.shape != t.shape for o, t in zip(other, selves)):
+                if all(o.numel() == 1 for o in other):
+                    # One-element tensors broadcast over each self tensor (capturable Adam's step sizes).
+                    return list(other), "s", [], [], "b"
+                return None, "", None, [], ""  # other broadcasts: the per-element path does it
             return list(other), "c", [], [], "b"
         return None, "", [], [[float(v) for v in other]], "t0"
     if isinstance(other, torch.Tensor):
@@ -60,9 +65,9 @@ def _binary(name, inplace):
 
     def run(self, other, *, alpha=1):
         n = len(self)
-        extra, mode, shared, per, b_expr = _other_operand(other, n)
+        extra, mode, shared, per, b_expr = _other_operand(other, n, self)
         lists = [list(self)] + ([extra] if extra is not None else [])
-        if not multi_tensor.supported(lists):
+        if shared is None or not multi_tensor.supported(lists):
             single = getattr(aten, name + ("_" if inplace else ""))
             return _per_element(single, inplace)(self, other, **({"alpha": alpha} if "{alpha}" in template else {}))
         scalars = []
@@ -100,7 +105,7 @@ def _ternary(name, inplace):
             value = args[0]
         n = len(self)
         lists = [list(self), list(tensor1), list(tensor2)]
-        if not multi_tensor.supported(lists):
+        if not _same_shapes(lists) or not multi_tensor.supported(lists):
             single = getattr(aten, name + ("_" if inplace else ""))
             per = _values(value, n)
             results = [single(a, b, c, value=v) for a, b, c, v in zip(self, tensor1, tensor2, per)]
@@ -112,6 +117,12 @@ def _ternary(name, inplace):
         out = multi_tensor.apply(name, expr, lists, list(self) if inplace else None, shared, per)
         return None if inplace else out
     return run
+
+
+def _same_shapes(lists) -> bool:
+    """Element i of every list has one shape (the multi-tensor kernel indexes them alike; anything
+    that broadcasts takes the per-element path)."""
+    return all(x.shape == lists[0][i].shape for lst in lists[1:] for i, x in enumerate(lst))
 
 
 def _values(value, n):
@@ -134,7 +145,7 @@ def _lerp(inplace):
             expr, shared, per = "lerp_f(a, b, t0)", [], [[float(w) for w in weight]]
         else:
             expr, shared, per = "lerp_f(a, b, s0)", [multi_tensor.scalar_of(weight)], []
-        if not multi_tensor.supported(lists):
+        if not _same_shapes(lists) or not multi_tensor.supported(lists):
             single = aten.lerp_ if inplace else aten.lerp
             ws = lists[2] if len(lists) == 3 else (per[0] if per else [shared[0]] * n)
             results = [single(a, b, w) for a, b, w in zip(self, end, ws)]

@@ -1,0 +1,129 @@
+"""Captured graphs: record the GPU work of a step once, then replay it without running Python.
+
+Why: in eager mode every aten op costs tens of microseconds of host time (PyTorch's dispatch of a
+Python tensor subclass, then navitrain choosing and recording a kernel). A GPT training step is about
+900 aten ops, so on a fast GPU the host, not the GPU, sets the pace. A step that runs the same ops on
+the same shapes every time can be captured instead, as with `torch.cuda.CUDAGraph`:
+
+    g = navitrain.wgpu.WgpuGraph()
+    static_x, static_y = x0.to("wgpu"), y0.to("wgpu")
+    for _ in range(3):                      # warm up eagerly first: kernels compile, tiles get tuned
+        step(static_x, static_y)
+    with navitrain.wgpu.graph(g):           # records the dispatches; nothing runs yet
+        static_loss = step(static_x, static_y)
+    for x, y in batches:
+        static_x.copy_(x); static_y.copy_(y)   # new data into the same tensors
+        g.replay()                             # the whole step: a few submissions, no Python per op
+        print(static_loss.item())
+
+Rules (each broken one raises GraphCaptureError or is the caller's to keep, as with CUDA graphs):
+- Capture records and does not run: results appear after the first replay().
+- No host reads or writes inside the capture (.item(), printing, .to("wgpu") of CPU data, an op that
+  falls back to the CPU); copy inputs into static tensors before replay() and read outputs after.
+- Everything is replayed with the shapes, tensors and Python-side numbers seen during capture. Values
+  computed on the host during capture are frozen: use optimizers with `capturable=True` (Adam/AdamW
+  then keep their step count on the GPU) and keep the learning rate fixed or in a tensor.
+- Random ops are refused: the wgpu RNG's counter lives on the host, so a replay would repeat the
+  captured random numbers.
+- Tensors the graph reads that were made before capture (parameters, optimizer state, static inputs)
+  must stay alive while the graph is replayed; memory the graph allocates stays reserved to it until
+  `reset()`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from navitrain.wgpu.allocator import GraphPool
+from navitrain.wgpu.runtime import GraphCaptureError, runtime
+
+
+class WgpuGraph:
+    """A captured sequence of dispatches (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._records: list = []
+        self._chunks: list | None = None
+        self._pool: GraphPool | None = None
+        self._pinned: list = []
+
+    # -- capture ------------------------------------------------------------------------------
+    def capture_begin(self) -> None:
+        rt = runtime()
+        if rt.capture is not None:
+            raise GraphCaptureError("a graph is already being captured; captures cannot nest")
+        self.reset()
+        rt.synchronize()  # eager work recorded before the capture runs first, on its own
+        self._pool = GraphPool()
+        rt.allocator.capturing = self._pool
+        rt.capture = self
+
+    def record(self, kernel, heaps, params, table, groups) -> None:
+        """Called by the runtime, under its lock, for each dispatch while capturing."""
+        self._records.append((kernel, heaps, bytes(params), None if table is None else bytes(table), groups))
+
+    def capture_end(self) -> None:
+        rt = runtime()
+        if rt.capture is not self:
+            raise GraphCaptureError("capture_end() without a matching capture_begin()")
+        rt.capture = None
+        rt.allocator.capturing = None
+        heaps = {id(h): h for record in self._records for h in record[1]}
+        for heap in heaps.values():
+            heap.pins += 1
+        self._pinned = list(heaps.values())
+        self._chunks = rt.pack_replay(self._records)
+
+    def abort(self) -> None:
+        """End a capture that failed: nothing is kept."""
+        rt = runtime()
+        if rt.capture is self:
+            rt.capture = None
+        self.reset()
+
+    # -- use ----------------------------------------------------------------------------------
+    @property
+    def dispatch_count(self) -> int:
+        return len(self._records)
+
+    def replay(self) -> None:
+        if self._chunks is None:
+            raise GraphCaptureError("replay() needs a finished capture (use `with navitrain.wgpu.graph(g):`)")
+        runtime().replay(self._chunks)
+
+    def reset(self) -> None:
+        """Forget the captured work and give its memory back."""
+        from navitrain.wgpu import runtime as runtime_mod
+
+        rt = runtime_mod._runtime
+        if rt is not None and self._pool is not None:
+            rt.allocator.release_pool(self._pool)
+        for heap in self._pinned:
+            heap.pins -= 1
+        self._pinned = []
+        self._pool = None
+        self._records = []
+        self._chunks = None
+
+    def __del__(self):
+        try:
+            self.reset()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def is_capturing() -> bool:
+    from navitrain.wgpu import runtime as runtime_mod
+
+    return runtime_mod._runtime is not None and runtime_mod._runtime.capture is not None
+
+
+@contextlib.contextmanager
+def graph(g: WgpuGraph):
+    """Capture the wgpu work done inside the block into `g` (recorded, not run)."""
+    g.capture_begin()
+    try:
+        yield g
+    except BaseException:
+        g.abort()
+        raise
+    g.capture_end()
