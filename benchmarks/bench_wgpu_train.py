@@ -6,7 +6,11 @@ from the same seed and trains on the same synthetic batches; the parent checks t
 losses agree (relative 1e-3) and that the loss goes down before it reports any time. fp32 throughout,
 TF32 off on CUDA.
 
+Devices: wgpu, cuda, cpu, and wgpu-graph / cuda-graph (the step captured once and replayed:
+navitrain.wgpu.WgpuGraph / torch.cuda.CUDAGraph, optimizers in capturable mode).
+
     python benchmarks/bench_wgpu_train.py                           # resnet18, gpt on wgpu, cuda, cpu
+    python benchmarks/bench_wgpu_train.py --devices wgpu,wgpu-graph,cuda,cuda-graph,cpu
     python benchmarks/bench_wgpu_train.py --models mlp --devices wgpu,cpu --quick
 """
 from __future__ import annotations
@@ -40,6 +44,10 @@ MODELS = {
 def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, out: str) -> None:
     import torch
 
+    # "wgpu-graph" / "cuda-graph": the same step captured once (navitrain.wgpu.WgpuGraph /
+    # torch.cuda.CUDAGraph) and replayed, with the optimizer in capturable mode.
+    graphed = device.endswith("-graph")
+    device = device.removesuffix("-graph")
     if device == "wgpu":
         import navitrain.wgpu as nw  # noqa: F401
     if device == "cuda":
@@ -62,7 +70,7 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     loss_fn = getattr(models, loss_name)
     batches = [getattr(models, batch_fn)(batch, **bkw, seed=s) for s in range(warmup + steps)]
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9) if model_name == "resnet18" else \
-        torch.optim.AdamW(model.parameters(), lr=1e-3)
+        torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=graphed)
 
     def sync():
         if device == "cuda":
@@ -79,6 +87,8 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
         opt.step()
         return loss
 
+    if graphed:
+        return graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps, out)
     losses = []
     t_first = time.perf_counter()
     for i in range(warmup):
@@ -130,6 +140,62 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     if device == "wgpu":
         result["fallbacks"] = fallbacks
         result["adapter"] = nw.adapter_info()["name"]
+    Path(out).write_text(json.dumps(result))
+
+
+def graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps, out):
+    """Warm up eagerly on static input tensors, capture one step, then time replays with each new
+    batch copied into the static inputs (the copy is outside the timed region, as the other devices'
+    .to(device) is)."""
+    import torch
+
+    sx, sy = (t.to(device) for t in batches[0])
+    losses = []
+    t_first = time.perf_counter()
+    if device == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for i in range(warmup):
+                sx.copy_(batches[i][0]); sy.copy_(batches[i][1])
+                losses.append(step(sx, sy).item())
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            static_loss = step(sx, sy)
+    else:
+        import navitrain.wgpu as nw
+
+        for i in range(warmup):
+            sx.copy_(batches[i][0]); sy.copy_(batches[i][1])
+            losses.append(step(sx, sy).item())
+        g = nw.WgpuGraph()
+        with nw.graph(g):
+            static_loss = step(sx, sy)
+    first_step_s = time.perf_counter() - t_first
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step_times = []
+    for i in range(warmup, warmup + steps):
+        sx.copy_(batches[i][0]); sy.copy_(batches[i][1])
+        sync()
+        t0 = time.perf_counter()
+        g.replay()
+        sync()
+        step_times.append(time.perf_counter() - t0)
+        losses.append(static_loss.item())
+    result = {"device": device + "-graph", "model": model_name, "batch": batch, "losses": losses,
+              "step_ms": [t * 1e3 for t in step_times], "median_ms": statistics.median(step_times) * 1e3,
+              "host_ms": 0.0, "first_step_s": first_step_s, "threads": torch.get_num_threads()}
+    if device == "cuda":
+        result["peak_bytes"] = torch.cuda.max_memory_allocated()
+    else:
+        import navitrain.wgpu as nw
+
+        result["peak_bytes"] = nw.max_memory_allocated()
+        result["fallbacks"] = nw.fallback_report()
+        result["adapter"] = nw.adapter_info()["name"]
+        result["dispatches_per_step"] = g.dispatch_count
     Path(out).write_text(json.dumps(result))
 
 
@@ -192,23 +258,23 @@ def report(results):
     for r in results:
         by_model.setdefault(r["model"], {})[r["device"]] = r
     print()
-    print(f"{'model':9} {'device':6} {'batch':>5} {'step ms':>9} {'vs cuda':>8} {'vs cpu':>8} {'peak MiB':>9} "
+    print(f"{'model':9} {'device':10} {'batch':>5} {'step ms':>9} {'vs cuda':>8} {'vs cpu':>8} {'peak MiB':>9} "
           f"{'first-step loss':>16} {'valid':>6}")
     for model, devs in by_model.items():
         ref = devs.get("cpu") or devs.get("cuda")
         for device, r in devs.items():
             if "error" in r:
-                print(f"{model:9} {device:6} {'':>5} {'failed':>9}")
+                print(f"{model:9} {device:10} {'':>5} {'failed':>9}")
                 continue
             valid = all(abs(v) < float("inf") for v in r["losses"])   # finite (NaN fails the comparison)
             if ref is not None and "losses" in ref:
                 valid = valid and abs(r["losses"][0] - ref["losses"][0]) <= 1e-3 * max(1.0, abs(ref["losses"][0]))
-            if device == "wgpu" and r.get("fallbacks", {}).get("total_fallback_calls"):
+            if device.startswith("wgpu") and r.get("fallbacks", {}).get("total_fallback_calls"):
                 valid = False
             vs_cuda = r["median_ms"] / devs["cuda"]["median_ms"] if "cuda" in devs and "median_ms" in devs["cuda"] else None
             vs_cpu = devs["cpu"]["median_ms"] / r["median_ms"] if "cpu" in devs and "median_ms" in devs["cpu"] else None
             peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-"
-            print(f"{model:9} {device:6} {r['batch']:>5} {r['median_ms']:>9.1f} "
+            print(f"{model:9} {device:10} {r['batch']:>5} {r['median_ms']:>9.1f} "
                   f"{(f'{vs_cuda:.2f}x' if vs_cuda else '-'):>8} {(f'{vs_cpu:.1f}x' if vs_cpu else '-'):>8} {peak:>9} "
                   f"{r['losses'][0]:>16.5f} {str(valid):>6}")
     print("vs cuda: step time / native CUDA step time (lower is better); vs cpu: CPU step time / this step time")

@@ -109,3 +109,40 @@ def test_many_tensors_make_several_table_chunks():
     got = torch._foreach_add(dev(a), dev(b), alpha=2.0)
     check(got, want)
     assert nw.fallback_report()["total_fallback_calls"] == 0
+
+
+@pytest.mark.parametrize("op", ["div_", "mul_", "add_", "sub_"])
+def test_list_op_broadcasts_one_element_tensors(op):
+    """Capturable Adam divides each parameter-shaped tensor by a 0-dim tensor from another list; the
+    multi-tensor kernel must read that single element for every position (it once read past it)."""
+    (a,) = lists(1, 11)
+    scalars = [torch.rand(()) + 0.5 for _ in a]
+    want = [t.clone() for t in a]
+    getattr(torch, f"_foreach_{op}")(want, scalars)
+    got = dev(a)
+    getattr(torch, f"_foreach_{op}")(got, dev(scalars))
+    check(got, want)
+
+
+def test_list_op_with_other_broadcasting_shapes_takes_the_per_element_path():
+    (a,) = lists(1, 12)
+    rows = [torch.randn(t.shape[-1:]) for t in a]  # broadcasts along the last dimension only
+    want = torch._foreach_mul(a, rows)
+    check(torch._foreach_mul(dev(a), dev(rows)), want)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_capturable_adamw_matches_the_cpu(amsgrad):
+    torch.manual_seed(5)
+    params = [torch.randn(s, requires_grad=True) for s in SIZES]
+    dparams = [p.detach().clone().to("wgpu").requires_grad_() for p in params]
+    ocpu = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, foreach=True)
+    odev = torch.optim.AdamW(dparams, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad, foreach=True, capturable=True)
+    for step in range(4):
+        grads = [torch.randn(s) for s in SIZES]
+        for p, d, g in zip(params, dparams, grads):
+            p.grad, d.grad = g.clone(), g.to("wgpu")
+        ocpu.step()
+        odev.step()
+    for p, d in zip(params, dparams):
+        torch.testing.assert_close(d.detach().cpu(), p.detach(), rtol=1e-5, atol=1e-6)

@@ -101,13 +101,15 @@ def test_mlp_with_lr_scheduler_and_clip_grad_norm():
 
 
 @pytest.mark.slow
-def test_cifar_resnet18_20_steps_matches_cpu():
+def test_cifar_resnet18_7_steps_matches_cpu():
     torch.manual_seed(0)
     model = models.cifar_resnet18(num_classes=10, width=8)   # the ResNet-18 layout, narrow channels
-    # Batch 8 and lr 0.01: with 4 images and lr 0.05 BatchNorm makes the run chaotic, and even two
-    # float32 CPU runs that differ only in summation order drift 17% apart from float64 by step 20.
-    batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(20)]
-    _same_run(model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), 20,
+    # Batch 8, lr 0.01 and a float64 reference, for 7 steps: this run bifurcates after step 7 (ReLUs
+    # flip after BatchNorm), where PyTorch's own float32 CPU run leaves float64 by 4.8e-4 (step 8) and
+    # 8.0e-3 (step 10) while staying within 1.5e-6 before. An H200 with other summation orders than
+    # lavapipe's showed exactly that 8.0e-3 at step 10, so a longer check here tests luck, not kernels.
+    batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(7)]
+    _same_run(model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), 7,
               rtol=2e-3, reference_dtype=torch.float64)
 
 
@@ -115,9 +117,12 @@ def test_cifar_resnet18_20_steps_matches_cpu():
 def test_cifar_resnet18_channels_last_matches_cpu():
     torch.manual_seed(0)
     model = models.cifar_resnet18(num_classes=10, width=8).to(memory_format=torch.channels_last)
-    batches = [models.cifar_batch(4, image_size=16, seed=s) for s in range(6)]
+    # As above: batch 8, lr 0.01 and a float64 reference. With batch 4 and lr 0.05 the run is chaotic
+    # enough that Winograd's rounding (chosen by the tuner on a real GPU) moved the loss past 2e-3.
+    batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(6)]
     batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    _same_run(model, batches, models.cifar_loss, OPTIMIZERS["sgd_momentum"], 6, rtol=2e-3)
+    _same_run(model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), 6,
+              rtol=2e-3, reference_dtype=torch.float64)
 
 
 @pytest.mark.slow

@@ -30,6 +30,17 @@ _UNARY = {
 _TERNARY = {"addcmul": "a + {v} * b * c", "addcdiv": "a + {v} * b / c"}
 
 
+def _single(name, inplace):
+    """The single-tensor aten op behind a list op; an in-place list op whose single op has no
+    in-place form (maximum_, used by amsgrad) computes out of place and copies back."""
+    if not inplace:
+        return getattr(aten, name)
+    if hasattr(aten, name + "_"):
+        return getattr(aten, name + "_")
+    functional = getattr(aten, name)
+    return lambda a, *args, **kwargs: a.copy_(functional(a, *args, **kwargs))
+
+
 def _per_element(single, inplace):
     """Fallback: the single-tensor op for each element of the lists."""
     def run(*args, **kwargs):
@@ -68,8 +79,8 @@ def _binary(name, inplace):
         extra, mode, shared, per, b_expr = _other_operand(other, n, self)
         lists = [list(self)] + ([extra] if extra is not None else [])
         if shared is None or not multi_tensor.supported(lists):
-            single = getattr(aten, name + ("_" if inplace else ""))
-            return _per_element(single, inplace)(self, other, **({"alpha": alpha} if "{alpha}" in template else {}))
+            return _per_element(_single(name, inplace), inplace)(
+                self, other, **({"alpha": alpha} if "{alpha}" in template else {}))
         scalars = []
         alpha_expr = ""
         if "{alpha}" in template:
@@ -91,7 +102,7 @@ def _unary(name, inplace):
 
     def run(self):
         if not multi_tensor.supported([self]):
-            return _per_element(getattr(aten, name + ("_" if inplace else "")), inplace)(self)
+            return _per_element(_single(name, inplace), inplace)(self)
         out = multi_tensor.apply(name, expr, [list(self)], list(self) if inplace else None)
         return None if inplace else out
     return run
@@ -106,7 +117,7 @@ def _ternary(name, inplace):
         n = len(self)
         lists = [list(self), list(tensor1), list(tensor2)]
         if not _same_shapes(lists) or not multi_tensor.supported(lists):
-            single = getattr(aten, name + ("_" if inplace else ""))
+            single = _single(name, inplace)
             per = _values(value, n)
             results = [single(a, b, c, value=v) for a, b, c, v in zip(self, tensor1, tensor2, per)]
             return None if inplace else results
@@ -162,7 +173,9 @@ def _register_all() -> None:
         base = op_name[len("_foreach_"):]
         inplace = base.endswith("_")
         single = base[:-1] if inplace else base
-        if single in ("norm", "copy", "zero", "max", "lerp") or not hasattr(torch.ops.aten, single + ("_" if inplace else "")):
+        if single in ("norm", "copy", "zero", "max", "lerp") or not hasattr(torch.ops.aten, single):
+            continue
+        if inplace and not hasattr(torch.ops.aten, single + "_") and single not in _BINARY:
             continue
         packet = getattr(aten, op_name)
         if single in _BINARY:
@@ -172,7 +185,7 @@ def _register_all() -> None:
         elif single in _TERNARY:
             handler = _ternary(single, inplace)
         else:
-            handler = _per_element(getattr(aten, single + ("_" if inplace else "")), inplace)
+            handler = _per_element(_single(single, inplace), inplace)
         for ov in packet.overloads():
             if not ov.endswith("out"):
                 implements(getattr(packet, ov))(handler)
