@@ -71,9 +71,8 @@ class Params:
 
     def u(self, *vals: int) -> int:
         at = len(self.values)
-        for v in vals:
-            self.fmt.append("I")
-            self.values.append(int(v) & 0xFFFFFFFF)
+        self.fmt.extend("I" * len(vals))  # one format letter per word (conv.set_gemm edits by index)
+        self.values.extend([int(v) & 0xFFFFFFFF for v in vals])
         return at
 
     def i(self, *vals: int) -> int:
@@ -88,9 +87,8 @@ class Params:
 
     def f(self, *vals: float) -> int:
         at = len(self.values)
-        for v in vals:
-            self.fmt.append("f")
-            self.values.append(float(v))
+        self.fmt.extend("f" * len(vals))
+        self.values.extend([float(v) for v in vals])
         return at
 
     def pack(self) -> bytes:

@@ -18,6 +18,7 @@ Bounds are checked on every load and store unless the tile divides the problem.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import torch
@@ -349,21 +350,29 @@ class _Store:
         return self.st.store(expr)
 
 
-def launch(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, heaps: tuple,
-           params: codegen.Params, M: int, N: int, batch: int, guard: bool, split_k: int = 0,
-           K: int = 0, preamble: tuple[str, ...] = ()) -> None:
-    """Compile (once per key) and dispatch a GEMM over an M x N x batch grid of tiles."""
+def compile_kernel(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, n_heaps: int,
+                   M: int, N: int, batch: int, guard: bool, split_k: int = 0, K: int = 0,
+                   preamble: tuple[str, ...] = ()):
+    """(kernel, grid) of a GEMM over an M x N x batch grid of tiles, compiled once per key."""
     rt = runtime()
     full_key = ("gemm", key, cfg, A.key, B.key, E.key, guard, bool(split_k), preamble)
     kernel = rt._kernels.get(full_key)
     if kernel is None:
         cfg.check()
-        kernel = rt.kernel(full_key, name, len(heaps), lambda: source(cfg, A, B, E, guard, bool(split_k), preamble))
+        kernel = rt.kernel(full_key, name, n_heaps, lambda: source(cfg, A, B, E, guard, bool(split_k), preamble))
     slices = -(-K // split_k) if split_k else 1
     groups = (-(-N // cfg.BN), -(-M // cfg.BM), batch * slices)
     if max(groups) > codegen.MAX_GROUPS:
         raise RuntimeError(f"GEMM grid {groups} exceeds {codegen.MAX_GROUPS} workgroups per dimension")
-    rt.dispatch(kernel, heaps, params.pack(), groups)
+    return kernel, groups
+
+
+def launch(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, heaps: tuple,
+           params: codegen.Params, M: int, N: int, batch: int, guard: bool, split_k: int = 0,
+           K: int = 0, preamble: tuple[str, ...] = ()) -> None:
+    """Compile (once per key) and dispatch a GEMM over an M x N x batch grid of tiles."""
+    kernel, groups = compile_kernel(key, name, cfg, A, B, E, len(heaps), M, N, batch, guard, split_k, K, preamble)
+    runtime().dispatch(kernel, heaps, params.pack(), groups)
 
 
 def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta: float = 0.0,
@@ -386,14 +395,57 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
     return _gemm(*args, config)
 
 
+# A training step repeats the same few dozen products: what a product needs besides its operands'
+# offsets and alpha/beta (the kernel, its grid, which operands are also bound as vec4 arrays) is worked
+# out once per layout and kept here. Building it each time (operand descriptions, bindings text, keys)
+# cost about half of a small product's host time.
+_PLANS: dict = {}
+_PACK = struct.Struct("<3I2f3I12I").pack
+_PACK_CIN = struct.Struct("<3I2f3I16I").pack
+
+
 def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
     batched = out.dim() == 3
     B = out.shape[0] if batched else 1
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
-    rt = runtime()
     if cfg.splits > 1 and K >= 2 * cfg.BK * cfg.splits:
         return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg)
+    a_off, b_off, o_off = a.elem_offset, b.elem_offset, out.elem_offset
+    sa, sb, so = a.stride(), b.stride(), out.stride()
+    key = (cfg, M, N, K, B, sa, sb, so, a_batch_stride, b_batch_stride, a.dtype, b.dtype, out.dtype,
+           None if cin is None else cin.dtype, cin_strides, a_off % 4 == 0, b_off % 4 == 0)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg)
+    kernel, groups, vec_a, vec_b, sab, sbb = plan
+    heaps = [out._ws.heap, a._ws.heap, b._ws.heap]
+    if cin is not None:
+        heaps.append(cin._ws.heap)
+    if vec_a:
+        heaps.append(a._ws.heap)
+    if vec_b:
+        heaps.append(b._ws.heap)
+    words = (M, N, K, alpha, beta, 0, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
+             o_off, so[-2], so[-1], so[0] if batched else 0)
+    if cin is None:
+        params = _PACK(*words)
+    else:
+        sim, sin, sib = cin_strides
+        params = _PACK_CIN(*words, cin.elem_offset, sim, sin, sib)
+    runtime().dispatch(kernel, tuple(heaps), params, groups)
+    return out
+
+
+def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig):
+    """(kernel, grid, a also bound as vec4, b also bound as vec4, a batch stride, b batch stride)."""
+    batched = out.dim() == 3
+    B = out.shape[0] if batched else 1
+    M, N = out.shape[-2], out.shape[-1]
+    K = a.shape[-1]
+    rt = runtime()
     sam, sak = a.stride(-2), a.stride(-1)
     sbk, sbn = b.stride(-2), b.stride(-1)
     sab = a.stride(0) if a.dim() == 3 else a_batch_stride
@@ -405,7 +457,6 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
     b_fast = "k" if (sbk == 1 and sbn != 1) else "row"
     cin_wgsl = rt.stypes[cin.dtype].wgsl if cin is not None else None
     types = [st_c.wgsl, st_a.wgsl, st_b.wgsl] + ([cin_wgsl] if cin_wgsl else [])
-    heaps = [out._ws.heap, a._ws.heap, b._ws.heap] + ([cin._ws.heap] if cin is not None else [])
     vec_names = {}
     for name, t, st, fast, (s_row, s_k), s_batch in (("a", a, st_a, a_fast, (sam, sak), sab),
                                                       ("b", b, st_b, b_fast, (sbn, sbk), sbb)):
@@ -416,22 +467,15 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
                 and other % 4 == 0 and s_batch % 4 == 0 and (rows * cfg.BK) % (cfg.threads * 4) == 0):
             vec_names[name] = f"b{len(types)}"
             types.append("vec4<f32>")
-            heaps.append(t._ws.heap)
     A = Strided(8, "b1", st_a.wgsl, a_fast, vec_names.get("a"))
     Bop = Strided(12, "b2", st_b.wgsl, b_fast, vec_names.get("b"))
     E = Epilogue(16, st_c.wgsl, _Store(st_c), cin=cin_wgsl, cin_first=20, bindings=codegen.bindings(types))
-    params = codegen.Params()
-    params.u(M, N, K)
-    params.f(alpha, beta)
-    params.u(0, 0, 0)
-    params.u(a.elem_offset, sam, sak, sab)
-    params.u(b.elem_offset, sbn, sbk, sbb)   # B's "rows" are its columns n
-    params.u(out.elem_offset, out.stride(-2), out.stride(-1), out.stride(0) if batched else 0)
-    if cin is not None:
-        sim, sin, sib = cin_strides
-        params.u(cin.elem_offset, sim, sin, sib)
-    launch(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E, tuple(heaps), params, M, N, B, guard)
-    return out
+    # Parameter words (packed by _gemm): M N K alpha beta 0 0 0 | a: offset, row, k, batch strides |
+    # b: offset, column (n), k, batch strides (B's "rows" are its columns n) | out: offset, strides |
+    # cin: offset, strides.
+    kernel, groups = compile_kernel(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E,
+                                    len(types), M, N, B, guard)
+    return kernel, groups, "a" in vec_names, "b" in vec_names, sab, sbb
 
 
 def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
