@@ -155,3 +155,39 @@ def test_profile_reports_gpu_time_per_kernel():
     assert any(name.startswith("gemm") and "@" in name for name in table)
     assert any(name.startswith("pointwise_relu") for name in table)
     assert all(count >= 1 and seconds > 0 for count, seconds in table.values())
+
+
+def _mlp_run(graphed, batches):
+    torch.manual_seed(3)
+    model = models.mlp(in_features=16, hidden=(32,), num_classes=4).to("wgpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def train_step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = nw.graphed(train_step, warmup=2) if graphed else \
+        (lambda x, y: train_step(x.to("wgpu"), y.to("wgpu")))
+    return [step(x, y).item() for x, y in batches], step
+
+
+def test_graphed_step_matches_eager_and_runs_short_batches_eagerly():
+    batches = [models.mlp_batch(8, in_features=16, num_classes=4, seed=s) for s in range(7)]
+    batches.append(models.mlp_batch(5, in_features=16, num_classes=4, seed=99))  # a short last batch
+    eager, _ = _mlp_run(False, batches)
+    replayed, step = _mlp_run(True, batches)
+    assert replayed == pytest.approx(eager, rel=1e-5, abs=1e-6)
+    assert step.graph is not None and step.calls == 7 and step.eager_calls == 1
+
+
+def test_graphed_step_refuses_changed_non_tensor_arguments():
+    x = torch.randn(10)
+    step = nw.graphed(lambda t, scale: (t.to("wgpu") * scale).sum(), warmup=1)
+    step(x, 2.0)
+    with pytest.raises(nw.GraphCaptureError, match="non-tensor arguments changed"):
+        step(x, 3.0)
+    with pytest.raises(ValueError, match="warmup"):
+        nw.graphed(lambda t: t, warmup=0)

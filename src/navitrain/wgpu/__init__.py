@@ -29,7 +29,7 @@ __all__ = [
     "memory_allocated", "max_memory_allocated", "memory_reserved", "reset_peak_memory_stats", "empty_cache",
     "memory_stats", "fallback_report", "reset_fallback_counts", "manual_seed", "manual_seed_all", "seed",
     "initial_seed", "get_rng_state", "set_rng_state", "is_available", "device_count", "current_device", "profile",
-    "WgpuGraph", "graph", "is_current_stream_capturing", "GraphCaptureError",
+    "WgpuGraph", "graph", "graphed", "is_current_stream_capturing", "GraphCaptureError",
 ]
 
 _device.register_factories()
@@ -51,7 +51,7 @@ def _enable_foreach_optimizers() -> None:
 _enable_foreach_optimizers()
 
 from navitrain.wgpu import autocast as _autocast  # noqa: E402
-from navitrain.wgpu.graphs import WgpuGraph, graph  # noqa: E402
+from navitrain.wgpu.graphs import WgpuGraph, graph, graphed  # noqa: E402
 from navitrain.wgpu.graphs import is_capturing as is_current_stream_capturing  # noqa: E402
 
 _autocast.register()

@@ -33,8 +33,11 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from navitrain.wgpu.allocator import GraphPool
 from navitrain.wgpu.runtime import GraphCaptureError, runtime
+from navitrain.wgpu.tensor import DEVICE
 
 
 class WgpuGraph:
@@ -127,3 +130,75 @@ def graph(g: WgpuGraph):
         g.abort()
         raise
     g.capture_end()
+
+
+class GraphedStep:
+    """A step function that runs eagerly for its first `warmup` calls, is captured on the next one and
+    replayed from then on (see `graphed`)."""
+
+    def __init__(self, fn, warmup: int = 3):
+        if warmup < 1:
+            raise ValueError("graphed(): warmup must be at least 1 (kernels compile and tiles are tuned then)")
+        self.fn = fn
+        self.warmup = warmup
+        self.calls = 0
+        self.eager_calls = 0     # calls that ran eagerly after capture (inputs of another shape)
+        self.graph: WgpuGraph | None = None
+        self._static: list | None = None
+        self._signature = None
+        self._out = None
+
+    @staticmethod
+    def _describe(args) -> tuple:
+        """(shapes and dtypes of the tensor arguments, the other arguments)."""
+        tensors = tuple((tuple(a.shape), a.dtype) for a in args if isinstance(a, torch.Tensor))
+        return tensors, tuple(a for a in args if not isinstance(a, torch.Tensor))
+
+    def _load(self, args) -> list:
+        """The static inputs, holding this call's data."""
+        if self._static is None:
+            self._static = [a.detach().to(DEVICE).clone() if isinstance(a, torch.Tensor) else a for a in args]
+        else:
+            for static, a in zip(self._static, args):
+                if isinstance(a, torch.Tensor):
+                    static.copy_(a.detach())
+        return self._static
+
+    def __call__(self, *args):
+        tensors, values = self._describe(args)
+        if self._signature is None:
+            self._signature = (tensors, values)
+        if values != self._signature[1]:
+            raise GraphCaptureError(
+                f"graphed(): non-tensor arguments changed from {self._signature[1]} to {values}; a captured "
+                "step replays the values it was captured with. Pass them as tensors, or keep them fixed")
+        if tensors != self._signature[0]:
+            # Another shape (a short last batch, say): run this call eagerly, leave the graph alone.
+            self.eager_calls += 1
+            return self.fn(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args))
+        static = self._load(args)
+        self.calls += 1
+        if self.calls <= self.warmup:
+            return self.fn(*static)
+        if self.graph is None:
+            self.graph = WgpuGraph()
+            with graph(self.graph):
+                self._out = self.fn(*static)
+        self.graph.replay()
+        return self._out
+
+
+def graphed(fn=None, *, warmup: int = 3):
+    """Wrap a training-step function so that it runs as a captured graph after `warmup` eager calls:
+
+        step = navitrain.wgpu.graphed(train_step)
+        for x, y in loader:
+            loss = step(x, y)          # x, y may live on the CPU: they are copied into static inputs
+
+    The step's tensor arguments are copied into static wgpu tensors each call; the tensors it returns
+    are the graph's outputs, overwritten by the next call (read or clone them before then). A call
+    whose tensor shapes differ from the first call's (a short last batch) runs eagerly. The rules of
+    WgpuGraph apply: no reads or random ops inside, `capturable=True` optimizers."""
+    if fn is None:
+        return lambda f: GraphedStep(f, warmup)
+    return GraphedStep(fn, warmup)
