@@ -23,8 +23,8 @@ Rules (each broken one raises GraphCaptureError or is the caller's to keep, as w
 - Everything is replayed with the shapes, tensors and Python-side numbers seen during capture. Values
   computed on the host during capture are frozen: use optimizers with `capturable=True` (Adam/AdamW
   then keep their step count on the GPU) and keep the learning rate fixed or in a tensor.
-- Random ops are refused: the wgpu RNG's counter lives on the host, so a replay would repeat the
-  captured random numbers.
+- Random ops (dropout, ...) draw fresh numbers on every replay: each replay reserves the counters an
+  eager step would, and the captured random dispatches get the current seed and those counters.
 - Tensors the graph reads that were made before capture (parameters, optimizer state, static inputs)
   must stay alive while the graph is replayed; memory the graph allocates stays reserved to it until
   `reset()`.
@@ -35,6 +35,7 @@ import contextlib
 
 import torch
 
+from navitrain.wgpu import rng
 from navitrain.wgpu.allocator import GraphPool
 from navitrain.wgpu.runtime import GraphCaptureError, runtime
 from navitrain.wgpu.tensor import DEVICE
@@ -48,6 +49,8 @@ class WgpuGraph:
         self._chunks: list | None = None
         self._pool: GraphPool | None = None
         self._pinned: list = []
+        self._rng_start = (0, 0)
+        self._rng_span = 0
 
     # -- capture ------------------------------------------------------------------------------
     def capture_begin(self) -> None:
@@ -57,12 +60,14 @@ class WgpuGraph:
         self.reset()
         rt.synchronize()  # eager work recorded before the capture runs first, on its own
         self._pool = GraphPool()
+        self._rng_start = rng.position()
         rt.allocator.capturing = self._pool
         rt.capture = self
 
-    def record(self, kernel, heaps, params, table, groups) -> None:
+    def record(self, kernel, heaps, params, table, groups, rng_word=None) -> None:
         """Called by the runtime, under its lock, for each dispatch while capturing."""
-        self._records.append((kernel, heaps, bytes(params), None if table is None else bytes(table), groups))
+        self._records.append((kernel, heaps, bytes(params), None if table is None else bytes(table), groups,
+                              rng_word))
 
     def capture_end(self) -> None:
         rt = runtime()
@@ -70,6 +75,13 @@ class WgpuGraph:
             raise GraphCaptureError("capture_end() without a matching capture_begin()")
         rt.capture = None
         rt.allocator.capturing = None
+        # Random ops reserved counters while being recorded; nothing ran, so give them back: the first
+        # replay then draws what an eager step would have drawn here.
+        seed, start = self._rng_start
+        now_seed, end = rng.position()
+        self._rng_span = end - start if now_seed == seed else 0
+        if self._rng_span:
+            rng.rewind(start)
         heaps = {id(h): h for record in self._records for h in record[1]}
         for heap in heaps.values():
             heap.pins += 1
@@ -91,7 +103,11 @@ class WgpuGraph:
     def replay(self) -> None:
         if self._chunks is None:
             raise GraphCaptureError("replay() needs a finished capture (use `with navitrain.wgpu.graph(g):`)")
-        runtime().replay(self._chunks)
+        renew = None
+        if self._rng_span:
+            seed, base = rng.reserve(self._rng_span)  # fresh counters for this replay's random ops
+            renew = (seed, base - self._rng_start[1])
+        runtime().replay(self._chunks, renew)
 
     def reset(self) -> None:
         """Forget the captured work and give its memory back."""
@@ -198,7 +214,7 @@ def graphed(fn=None, *, warmup: int = 3):
     The step's tensor arguments are copied into static wgpu tensors each call; the tensors it returns
     are the graph's outputs, overwritten by the next call (read or clone them before then). A call
     whose tensor shapes differ from the first call's (a short last batch) runs eagerly. The rules of
-    WgpuGraph apply: no reads or random ops inside, `capturable=True` optimizers."""
+    WgpuGraph apply: no reads inside, `capturable=True` optimizers."""
     if fn is None:
         return lambda f: GraphedStep(f, warmup)
     return GraphedStep(fn, warmup)

@@ -37,17 +37,22 @@ def initial_seed() -> int:
 
 def reserve(count: int) -> tuple[int, int]:
     """(seed, first counter) for `count` fresh counters (each gives four 32-bit numbers)."""
-    from navitrain.wgpu import graphs
-
-    if graphs.is_capturing():
-        # The counter is host state baked into the dispatch: every replay would draw the same numbers.
-        raise graphs.GraphCaptureError(
-            "random ops (dropout, randn, ...) cannot be captured in a wgpu graph yet: each replay would "
-            "repeat the captured random numbers. Capture a step without them, or run it eagerly")
     with _lock:
         offset = _state["offset"]
         _state["offset"] = offset + max(1, (count + 3) // 4 * 4)
         return _state["seed"], offset
+
+
+def position() -> tuple[int, int]:
+    """(seed, next counter offset)."""
+    with _lock:
+        return _state["seed"], _state["offset"]
+
+
+def rewind(offset: int) -> None:
+    """Set the next counter offset (a graph capture gives back the counters it only recorded)."""
+    with _lock:
+        _state["offset"] = offset
 
 
 def get_rng_state(device=None) -> torch.Tensor:

@@ -250,16 +250,17 @@ class Runtime:
         self._last_kernel = None
 
     def dispatch(self, kernel: Kernel, heaps: tuple[Heap, ...], params: bytes, groups: tuple[int, int, int],
-                 table: bytes | None = None) -> None:
+                 table: bytes | None = None, rng_word: int | None = None) -> None:
         """Record one dispatch of `kernel` over `heaps` with parameter block `params`. A `table` (for
         kernels compiled with table=True) lands in the arena right after the block; the block's last
-        word tells the kernel where (as a word index into T)."""
+        word tells the kernel where (as a word index into T). `rng_word`: where the block holds the
+        RNG seed and counter offset (two 64-bit values), which a captured graph renews on each replay."""
         with self.lock:
             if self.lost_reason is not None:
                 raise DeviceLostError(self.lost_reason)
             if self.capture is not None:
                 # Capturing: the dispatch is kept for replay, not run (as with torch.cuda graphs).
-                self.capture.record(kernel, heaps, params, table, groups)
+                self.capture.record(kernel, heaps, params, table, groups, rng_word)
                 return
             need = self._param_align
             if table is not None:
@@ -355,18 +356,22 @@ class Runtime:
 
     def pack_replay(self, records: list) -> list:
         """Lay captured dispatches out for replay: chunks of (parameter-arena bytes, [(kernel, bind
-        group, arena offset, grid)]), each chunk's parameters fitting the arena."""
-        chunks, entries = [], []
+        group, arena offset, grid)], [(byte position of an RNG seed/offset pair, captured offset)]),
+        each chunk's parameters fitting the arena."""
+        chunks, entries, patches = [], [], []
         blob = bytearray(_PARAM_ARENA)
         used = 0
         align = self._param_align
-        for kernel, heaps, params, table, groups in records:
+        for kernel, heaps, params, table, groups, rng_word in records:
             need = align + (0 if table is None else (len(table) + align - 1) // align * align)
             if used + need > _PARAM_ARENA:
-                chunks.append((bytes(blob[:used]), entries))
-                blob, entries, used = bytearray(_PARAM_ARENA), [], 0
+                chunks.append((blob[:used], entries, patches))
+                blob, entries, patches, used = bytearray(_PARAM_ARENA), [], [], 0
             offset = used
             blob[offset:offset + len(params)] = params
+            if rng_word is not None:
+                at = offset + 4 * rng_word
+                patches.append((at, int.from_bytes(params[4 * rng_word + 8:4 * rng_word + 16], "little")))
             if table is not None:
                 start = offset + align
                 blob[start:start + len(table)] = table
@@ -376,11 +381,13 @@ class Runtime:
                 (self._bind_groups.get(heaps) or self._bind_group(heaps))
             entries.append((kernel, group, offset, groups))
         if entries:
-            chunks.append((bytes(blob[:used]), entries))
+            chunks.append((blob[:used], entries, patches))
         return chunks
 
-    def replay(self, chunks: list) -> None:
-        """Submit captured dispatches (from pack_replay) after whatever was recorded before."""
+    def replay(self, chunks: list, rng: tuple[int, int] | None = None) -> None:
+        """Submit captured dispatches (from pack_replay) after whatever was recorded before. `rng`:
+        (seed, shift) for the random ops: each gets the current seed and its captured counter offset
+        moved by `shift`, so every replay draws fresh numbers."""
         with self.lock:
             if self.lost_reason is not None:
                 raise DeviceLostError(self.lost_reason)
@@ -388,7 +395,11 @@ class Runtime:
                 raise GraphCaptureError("replay() while a graph is being captured")
             self.flush()
             lib = self._lib
-            for blob, entries in chunks:
+            for blob, entries, patches in chunks:
+                if rng is not None and patches:
+                    seed, shift = rng
+                    for at, captured in patches:
+                        blob[at:at + 16] = (seed | ((captured + shift) << 64)).to_bytes(16, "little")
                 # Ordered on the queue: this write lands after earlier submissions, before this one.
                 self.queue.write_buffer(self._param_buffer, 0, blob)
                 encoder = self.device.create_command_encoder(label="navitrain-replay")

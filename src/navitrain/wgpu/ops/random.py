@@ -57,7 +57,7 @@ def _generate(out: WgpuTensor, dist: str, a, b) -> WgpuTensor:
     rt = runtime()
     key = ("rand", dist, out.dtype)
     kernel = rt.kernel(key, f"random_{dist}", 1, lambda: _source(dist, out.dtype))
-    rt.dispatch(kernel, (target._ws.heap,), params.pack(), codegen.groups_for(n, WG))
+    rt.dispatch(kernel, (target._ws.heap,), params.pack(), codegen.groups_for(n, WG), rng_word=2)
     if target is not out:
         copy_into(out, target)
     return out
