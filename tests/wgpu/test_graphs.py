@@ -220,3 +220,33 @@ def test_replayed_dropout_draws_what_eager_steps_draw():
         masks.append(out.cpu() != 0)
         assert 0.4 < masks[-1].float().mean().item() < 0.6
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+def test_a_learning_rate_tensor_on_the_device_can_change_between_replays():
+    """The supported way to schedule the learning rate of a captured step: keep it in a device tensor
+    and change it in place (a Python float would be frozen at capture)."""
+    torch.manual_seed(6)
+    cpu_params = [torch.randn(s, requires_grad=True) for s in ((7,), (3, 5))]
+    dev_params = [p.detach().clone().to("wgpu").requires_grad_() for p in cpu_params]
+    grads = [torch.randn(p.shape) for p in cpu_params]
+    for p, g in zip(dev_params, grads):
+        p.grad = g.to("wgpu")
+    lr = torch.tensor(0.01).to("wgpu")
+    ocpu = torch.optim.AdamW(cpu_params, lr=0.01)
+    odev = torch.optim.AdamW(dev_params, lr=lr, capturable=True)
+    for p, g in zip(cpu_params, grads):
+        p.grad = g.clone()
+    ocpu.step()
+    odev.step()
+    g = nw.WgpuGraph()
+    with nw.graph(g):
+        odev.step()
+    for i in range(3):
+        new_lr = 0.01 * 0.5 ** (i + 1)
+        for group in ocpu.param_groups:
+            group["lr"] = new_lr
+        lr.fill_(new_lr)
+        ocpu.step()
+        g.replay()
+    for p, d in zip(cpu_params, dev_params):
+        torch.testing.assert_close(d.detach().cpu(), p.detach(), rtol=1e-5, atol=1e-6)
