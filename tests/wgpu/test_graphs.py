@@ -250,3 +250,14 @@ def test_a_learning_rate_tensor_on_the_device_can_change_between_replays():
         g.replay()
     for p, d in zip(cpu_params, dev_params):
         torch.testing.assert_close(d.detach().cpu(), p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_capturing_a_non_capturable_adam_step_warns():
+    p = torch.randn(10).to("wgpu").requires_grad_()
+    p.grad = torch.randn(10).to("wgpu")
+    opt = torch.optim.Adam([p], lr=1e-3)  # bias corrections computed on the host: frozen by a capture
+    opt.step()
+    g = nw.WgpuGraph()
+    with pytest.warns(UserWarning, match="capturable=True"):
+        with nw.graph(g):
+            opt.step()

@@ -9,6 +9,7 @@ the rest (or fall back to per-tensor kernels).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +76,8 @@ def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Seq
         out = [empty_fast(t.shape, t.stride(), t.dtype, t.numel()) for t in first]
     rt = runtime()
     n_in, n_per = len(inputs), len(per_tensor)
+    if n_per and rt.capture is not None:
+        _warn_frozen_scalars(name)
     lists = [out] + list(inputs)
     for idx in _groups(lists, n):
         idx = [i for i in idx if out[i].numel()]
@@ -109,6 +112,15 @@ def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Seq
             params.f(*shared)
             rt.dispatch(kernel, heaps, params.pack(), pointwise.groups_for(total), table=part.tobytes())
     return list(out)
+
+
+def _warn_frozen_scalars(name: str) -> None:
+    # Not an error: a constant per-tensor list is legitimate. But the usual source is Adam/AdamW
+    # without capturable=True, whose bias corrections change every step and would silently stop.
+    warnings.warn(
+        f"navitrain wgpu: a list op ({name}) with per-tensor Python numbers was captured in a graph; every "
+        "replay reuses these numbers. Adam/AdamW compute their bias corrections this way unless created "
+        "with capturable=True: use capturable=True for captured steps.", stacklevel=3)
 
 
 def _groups(lists, n: int) -> list[list[int]]:
