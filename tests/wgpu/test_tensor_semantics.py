@@ -232,3 +232,20 @@ def test_randperm_on_the_device_is_a_permutation():
     p = torch.randperm(1000, device=DEV).cpu()
     assert torch.equal(p.sort().values, torch.arange(1000))
     assert not torch.equal(p, torch.arange(1000))
+
+
+def test_random_like_factories_stay_on_the_device():
+    import navitrain.wgpu as nw
+
+    nw.reset_fallback_counts()
+    x = torch.empty(64, 64).to("wgpu")
+    u, n = torch.rand_like(x), torch.randn_like(x)
+    i = torch.randint_like(x, 5, 9)
+    j = torch.randint_like(x, 7, dtype=torch.int64)
+    assert nw.fallback_report()["total_fallback_calls"] == 0
+    assert all(t.device.type == "wgpu" and t.shape == x.shape for t in (u, n, i, j))
+    u, n, i, j = u.cpu(), n.cpu(), i.cpu(), j.cpu()
+    assert 0.0 <= u.min().item() and u.max().item() < 1.0 and abs(u.mean().item() - 0.5) < 0.05
+    assert abs(n.mean().item()) < 0.1 and abs(n.std().item() - 1.0) < 0.1
+    assert i.dtype == torch.float32 and set(i.unique().tolist()) == {5.0, 6.0, 7.0, 8.0}
+    assert j.dtype == torch.int64 and set(j.unique().tolist()) == set(range(7))

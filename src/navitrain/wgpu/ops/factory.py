@@ -97,3 +97,36 @@ def arange_out(start, end, step=1, *, out):
     if not out.is_contiguous():
         raise NotImplementedError("arange into a non-contiguous tensor")
     return pointwise.run("arange", expr, [], out.dtype, compute, vals, kinds, out=out, shape=(n,)) if n else out
+
+
+# Random tensors shaped like a wgpu tensor (torch.randn_like(x), ...): a new tensor, then the in-place
+# distribution kernels of ops/random.py (a `generator` argument is accepted and, as there, ignored:
+# the device has one Philox stream, seeded by torch.manual_seed).
+@implements(aten.rand_like.default, aten.rand_like.generator)
+def rand_like(x, *, generator=None, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    from navitrain.wgpu.ops.random import uniform_
+
+    return uniform_(_like(x, dtype, device, memory_format), 0.0, 1.0)
+
+
+@implements(aten.randn_like.default, aten.randn_like.generator)
+def randn_like(x, *, generator=None, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    from navitrain.wgpu.ops.random import normal_
+
+    return normal_(_like(x, dtype, device, memory_format), 0.0, 1.0)
+
+
+@implements(aten.randint_like.default, aten.randint_like.generator)
+def randint_like(x, high, *, generator=None, dtype=None, layout=None, device=None, pin_memory=None,
+                 memory_format=None):
+    return randint_like_low(x, 0, high, dtype=dtype, device=device, memory_format=memory_format)
+
+
+@implements(aten.randint_like.low_dtype, aten.randint_like.low_generator_dtype)
+def randint_like_low(x, low, high, *, generator=None, dtype=None, layout=None, device=None, pin_memory=None,
+                     memory_format=None):
+    from navitrain.wgpu.ops.random import random_from
+
+    if high <= low:
+        raise RuntimeError(f"randint_like: low ({low}) must be less than high ({high})")
+    return random_from(_like(x, dtype, device, memory_format), low, high)
