@@ -36,6 +36,7 @@ import contextlib
 import torch
 
 from navitrain.wgpu import rng
+from navitrain.wgpu import runtime as runtime_mod
 from navitrain.wgpu.allocator import GraphPool
 from navitrain.wgpu.runtime import GraphCaptureError, runtime
 from navitrain.wgpu.tensor import DEVICE
@@ -111,8 +112,6 @@ class WgpuGraph:
 
     def reset(self) -> None:
         """Forget the captured work and give its memory back."""
-        from navitrain.wgpu import runtime as runtime_mod
-
         rt = runtime_mod._runtime
         if rt is not None and self._pool is not None:
             rt.allocator.release_pool(self._pool)
@@ -131,8 +130,6 @@ class WgpuGraph:
 
 
 def is_capturing() -> bool:
-    from navitrain.wgpu import runtime as runtime_mod
-
     return runtime_mod._runtime is not None and runtime_mod._runtime.capture is not None
 
 
@@ -173,7 +170,7 @@ class GraphedStep:
     def _load(self, args) -> list:
         """The static inputs, holding this call's data."""
         if self._static is None:
-            self._static = [a.detach().to(DEVICE).clone() if isinstance(a, torch.Tensor) else a for a in args]
+            self._static = [a.detach().to(DEVICE, copy=True) if isinstance(a, torch.Tensor) else a for a in args]
         else:
             for static, a in zip(self._static, args):
                 if isinstance(a, torch.Tensor):

@@ -262,11 +262,8 @@ class Runtime:
                 # Capturing: the dispatch is kept for replay, not run (as with torch.cuda graphs).
                 self.capture.record(kernel, heaps, params, table, groups, rng_word)
                 return
-            need = self._param_align
-            if table is not None:
-                need += (len(table) + self._param_align - 1) // self._param_align * self._param_align
-                if need > _PARAM_ARENA:
-                    raise WgpuError(f"kernel {kernel.name}: a {len(table)}-byte table exceeds the parameter arena")
+            # (The common case, no table, is spelled out inline: this is every op's hot path.)
+            need = self._param_align if table is None else self._arena_need(kernel, table)
             offset = self._param_used
             if offset + need > _PARAM_ARENA:
                 self.flush()
@@ -280,14 +277,12 @@ class Runtime:
                 self._begin(self._timer.writes(kernel.name if not kernel.heavy else f"{kernel.name}@{groups}"))
             elif self._pass is None:
                 self._begin()
-            self._param_arena[offset:offset + len(params)] = params
-            if table is not None:
-                start = offset + self._param_align
-                self._param_arena[start:start + len(table)] = table
-                self._param_arena[offset + PARAM_BYTES - 4:offset + PARAM_BYTES] = (start // 4).to_bytes(4, "little")
+            if table is None:
+                self._param_arena[offset:offset + len(params)] = params
+            else:
+                self._place(self._param_arena, offset, params, table)
             self._param_used = offset + need
-            entry = (self._bind_groups.get(heaps) or self._bind_group(heaps)) if not kernel.table else \
-                self._bind_group(heaps, True)
+            entry = self._group_for(kernel, heaps)
             lib = self._lib
             if lib is not None:
                 if self._last_kernel is not kernel:
@@ -354,6 +349,30 @@ class Runtime:
             if timer is not None:
                 timer.collect(self.profile)
 
+    # -- the parameter arena (shared by recording and by captured graphs) ------------------------
+    def _arena_need(self, kernel: Kernel, table: bytes | None) -> int:
+        """Arena bytes a dispatch takes: its parameter block, and its table rounded up."""
+        align = self._param_align
+        if table is None:
+            return align
+        need = align + (len(table) + align - 1) // align * align
+        if need > _PARAM_ARENA:
+            raise WgpuError(f"kernel {kernel.name}: a {len(table)}-byte table exceeds the parameter arena")
+        return need
+
+    def _place(self, arena: bytearray, offset: int, params: bytes, table: bytes | None) -> None:
+        """Write a parameter block at `offset`, and its table right after it with the block's last
+        word telling the kernel where (as a word index into T)."""
+        arena[offset:offset + len(params)] = params
+        if table is not None:
+            start = offset + self._param_align
+            arena[start:start + len(table)] = table
+            arena[offset + PARAM_BYTES - 4:offset + PARAM_BYTES] = (start // 4).to_bytes(4, "little")
+
+    def _group_for(self, kernel: Kernel, heaps: tuple[Heap, ...]):
+        return self._bind_group(heaps, True) if kernel.table else \
+            (self._bind_groups.get(heaps) or self._bind_group(heaps))
+
     def pack_replay(self, records: list) -> list:
         """Lay captured dispatches out for replay: chunks of (parameter-arena bytes, [(kernel, bind
         group, arena offset, grid)], [(byte position of an RNG seed/offset pair, captured offset)]),
@@ -361,25 +380,18 @@ class Runtime:
         chunks, entries, patches = [], [], []
         blob = bytearray(_PARAM_ARENA)
         used = 0
-        align = self._param_align
         for kernel, heaps, params, table, groups, rng_word in records:
-            need = align + (0 if table is None else (len(table) + align - 1) // align * align)
+            need = self._arena_need(kernel, table)
             if used + need > _PARAM_ARENA:
                 chunks.append((blob[:used], entries, patches))
                 blob, entries, patches, used = bytearray(_PARAM_ARENA), [], [], 0
             offset = used
-            blob[offset:offset + len(params)] = params
+            self._place(blob, offset, params, table)
             if rng_word is not None:
                 at = offset + 4 * rng_word
                 patches.append((at, int.from_bytes(params[4 * rng_word + 8:4 * rng_word + 16], "little")))
-            if table is not None:
-                start = offset + align
-                blob[start:start + len(table)] = table
-                blob[offset + PARAM_BYTES - 4:offset + PARAM_BYTES] = (start // 4).to_bytes(4, "little")
             used += need
-            group = self._bind_group(heaps, True) if kernel.table else \
-                (self._bind_groups.get(heaps) or self._bind_group(heaps))
-            entries.append((kernel, group, offset, groups))
+            entries.append((kernel, self._group_for(kernel, heaps), offset, groups))
         if entries:
             chunks.append((blob[:used], entries, patches))
         return chunks

@@ -21,25 +21,20 @@ import math
 import torch
 
 from navitrain.wgpu import gemm, rows
-from navitrain.wgpu.ops.softmax import softmax_backward
+from navitrain.wgpu.ops.softmax import _MAX, _SUMEXP, softmax, softmax_backward
 from navitrain.wgpu.ops.views import view_of
-from navitrain.wgpu.tensor import WgpuTensor, empty
+from navitrain.wgpu.tensor import WgpuTensor, contiguous_strides, empty
 
 aten = torch.ops.aten
 
-_NEG_INF = "bitcast<f32>(0xff800000u)"
-# Row r of S is query (r % L); key j is visible to it when j <= r % L (torch's is_causal: tril(L, S)).
+# softmax's row passes, with keys a query may not see left out: row r of S is query (r % L), and key
+# j is visible to it when j <= r % L (torch's is_causal: tril(L, S)).
 _VISIBLE = "(j <= row % u32(pf(EXTRA0)))"
 _CAUSAL_PASSES = [
-    (_NEG_INF, f"acc = fmax_nan(acc, select({_NEG_INF}, X0(j), {_VISIBLE}));", "fmax_nan(A, B)"),
-    ("0.0", f"acc = acc + select(0.0, exp(X0(j) - r0), {_VISIBLE});", "A + B"),
+    (_MAX[0], f"acc = fmax_nan(acc, select({_MAX[0]}, X0(j), {_VISIBLE}));", _MAX[2]),
+    (_SUMEXP[0], f"acc = acc + select(0.0, exp(X0(j) - r0), {_VISIBLE});", _SUMEXP[2]),
 ]
 _CAUSAL_WRITE = f"Y0(j, select(0.0, exp(X0(j) - r0) / r1, {_VISIBLE}));"
-_PASSES = [
-    (_NEG_INF, "acc = fmax_nan(acc, X0(j));", "fmax_nan(A, B)"),
-    ("0.0", "acc = acc + exp(X0(j) - r0);", "A + B"),
-]
-_WRITE = "Y0(j, exp(X0(j) - r0) / r1);"
 
 
 def _batched(x: WgpuTensor) -> WgpuTensor:
@@ -68,17 +63,17 @@ class _Attention(torch.autograd.Function):
         out_shape = list(q.shape[:-1]) + [v.shape[-1]]
         q3, k3, v3 = _batched(q), _batched(k), _batched(v)
         s = _mm(q3, _t(k3), alpha=scale)
-        p = empty(s.shape, s.dtype)
         if is_causal:
+            p = empty(s.shape, s.dtype)
             rows.launch("attention_causal_softmax", None, [s], [p], _CAUSAL_PASSES, _CAUSAL_WRITE, 2,
                         [float(q.shape[-2])])
         else:
-            rows.launch("attention_softmax", None, [s], [p], _PASSES, _WRITE, 2)
+            p = softmax(s, 2, False)
         o = _mm(p, v3)
         ctx.save_for_backward(q3, k3, v3, p)
         ctx.scale = scale
         ctx.shapes = (q.shape, k.shape, v.shape)
-        return view_of(o, out_shape, _contiguous_strides(out_shape))
+        return view_of(o, out_shape, contiguous_strides(out_shape))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -95,18 +90,10 @@ class _Attention(torch.autograd.Function):
                 dq = _mm(ds, k3, alpha=ctx.scale)
             if ctx.needs_input_grad[1]:
                 dk = _mm(_t(ds), q3, alpha=ctx.scale)
-        return (None if dq is None else view_of(dq, list(q_shape), _contiguous_strides(q_shape)),
-                None if dk is None else view_of(dk, list(k_shape), _contiguous_strides(k_shape)),
-                None if dv is None else view_of(dv, list(v_shape), _contiguous_strides(v_shape)),
+        return (None if dq is None else view_of(dq, list(q_shape), contiguous_strides(q_shape)),
+                None if dk is None else view_of(dk, list(k_shape), contiguous_strides(k_shape)),
+                None if dv is None else view_of(dv, list(v_shape), contiguous_strides(v_shape)),
                 None, None)
-
-
-def _contiguous_strides(shape) -> list[int]:
-    strides, acc = [], 1
-    for s in reversed(list(shape)):
-        strides.append(acc)
-        acc *= max(int(s), 1)
-    return strides[::-1]
 
 
 def _takes_fast_path(q, k, v, attn_mask, dropout_p, enable_gqa) -> bool:

@@ -57,7 +57,7 @@ def _other_operand(other, n, selves=None):
     """(extra input list or None, mode, shared scalars, per-tensor scalars, expression for b)."""
     if isinstance(other, (list, tuple)):
         if other and isinstance(other[0], torch.Tensor):
-            if selves is not None and any(o.shape != t.shape for o, t in zip(other, selves)):
+            if selves is not None and not _same_shapes([selves, other]):
                 if all(o.numel() == 1 for o in other):
                     # One-element tensors broadcast over each self tensor (capturable Adam's step sizes).
                     return list(other), "s", [], [], "b"
