@@ -27,6 +27,21 @@ def wgpu_time(fn, iters: int, warmup: int = 2) -> float:
     return statistics.median(samples)
 
 
+def wgpu_gpu_time(fn, iters: int) -> tuple[float, dict]:
+    """GPU seconds per call of fn from timestamp queries (navitrain.wgpu.profile), and the seconds per
+    call of each kernel. Unlike wgpu_time this leaves out the host: an op made of several small
+    dispatches can be host-bound in eager mode and still cheap on the GPU (and in a captured graph)."""
+    import navitrain.wgpu as nw
+
+    fn()
+    nw.synchronize()
+    with nw.profile() as table:
+        for _ in range(iters):
+            fn()
+    per_kernel = {name: seconds / iters for name, (_, seconds) in table.items()}
+    return sum(per_kernel.values()), per_kernel
+
+
 def cuda_time(fn, iters: int, warmup: int = 2) -> float:
     """Median seconds per call with CUDA events."""
     for _ in range(warmup):

@@ -17,31 +17,38 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cuda_time, machine, print_table, rel_error, wgpu_time, write_json  # noqa: E402
+from _common import cuda_time, machine, print_table, rel_error, wgpu_gpu_time, wgpu_time, write_json  # noqa: E402
 
 import navitrain.wgpu as nw  # noqa: E402
 from navitrain.wgpu import conv as wconv  # noqa: E402
 from navitrain.wgpu import gemm  # noqa: E402
 from navitrain.wgpu.tensor import empty  # noqa: E402
 
+T = gemm.TileConfig
 SWEEP = [
-    gemm.TileConfig(128, 128, 8, 8, 8, buffers=1),
-    gemm.TileConfig(64, 64, 16, 8, 8, buffers=1),
-    gemm.TileConfig(128, 128, 8, 8, 8),
-    gemm.TileConfig(128, 128, 16, 8, 8),
-    gemm.TileConfig(128, 128, 32, 8, 8),
-    gemm.TileConfig(64, 64, 8, 4, 4),
-    gemm.TileConfig(64, 64, 16, 4, 4),
-    gemm.TileConfig(64, 64, 16, 8, 8),
-    gemm.TileConfig(128, 64, 16, 8, 4),
-    gemm.TileConfig(64, 128, 16, 4, 8),
-    gemm.TileConfig(128, 128, 16, 8, 4),
-    gemm.TileConfig(256, 128, 8, 16, 8),
-    gemm.TileConfig(128, 256, 8, 8, 16),
-    gemm.TileConfig(64, 64, 16, 8, 8, splits=2),
-    gemm.TileConfig(64, 64, 16, 8, 8, splits=4),
-    gemm.TileConfig(128, 128, 16, 8, 8, splits=4),
-    gemm.TileConfig(64, 64, 16, 4, 4, splits=4),
+    T(128, 128, 8, 8, 8, buffers=1),
+    T(128, 128, 16, 8, 8, buffers=1),
+    T(128, 128, 16, 8, 8),
+    T(64, 64, 16, 8, 8, buffers=1),
+    T(64, 64, 16, 8, 8),
+    T(64, 64, 16, 4, 4),
+    T(64, 64, 8, 4, 4),
+    T(128, 64, 16, 8, 8, buffers=1),
+    T(128, 64, 16, 8, 4),
+    T(64, 32, 16, 4, 4),
+    # split-K, as many slices as fill the GPU
+    T(128, 128, 16, 8, 8, buffers=1, splits=0),
+    T(64, 64, 16, 8, 8, buffers=1, splits=0),
+    T(64, 64, 16, 4, 4, splits=0),
+    # the first thread layout (one contiguous TMxTN block per thread), for comparison
+    T(128, 128, 16, 8, 8, buffers=1, interleave=False),
+    T(64, 64, 16, 8, 8, buffers=1, interleave=False),
+    T(64, 64, 16, 4, 4, interleave=False),
+    # without the padding of the workgroup tiles, for comparison
+    T(128, 128, 16, 8, 8, buffers=1, pad=False),
+    T(64, 64, 16, 8, 8, buffers=1, pad=False),
+    T(128, 64, 16, 8, 4, pad=False),
+    T(64, 64, 16, 4, 4, pad=False),
 ]
 
 # CIFAR-style ResNet-18 convolutions: (name, in_channels, out_channels, image size, stride, kernel).
@@ -185,19 +192,26 @@ def convs(batch, iters, shapes):
             err = rel_error(out.cpu(), ref)
             flops = 2 * M * N * K
             if err > 1e-5:
-                rows.append([name, pass_name, f"{M}x{N}x{K}", "INVALID", f"err {err:.1e}", "", ""])
+                rows.append([name, pass_name, f"{M}x{N}x{K}", "INVALID", f"err {err:.1e}", "", "", ""])
                 results.append({"layer": name, "pass": pass_name, "valid": False, "rel_error": err})
                 continue
             t = wgpu_time(fn, iters)
-            ours = flops / t / 1e12
+            gpu, kernels = wgpu_gpu_time(fn, iters)
+            ours = flops / gpu / 1e12
             ref_tflops = _torch_mm_tflops(M, N, K, iters)
             ratio = 100 * ours / ref_tflops if ref_tflops else None
-            rows.append([name, pass_name, f"{M}x{N}x{K}", f"{t * 1e3:.3f}", f"{ours:.2f}",
+            rows.append([name, pass_name, f"{M}x{N}x{K}", f"{t * 1e3:.3f}", f"{gpu * 1e3:.3f}", f"{ours:.2f}",
                          f"{ref_tflops:.2f}" if ref_tflops else "-", f"{ratio:.0f}%" if ratio else "-"])
+            top = sorted(kernels.items(), key=lambda kv: -kv[1])[:4]
             results.append({"layer": name, "pass": pass_name, "M": M, "N": N, "K": K, "valid": True, "rel_error": err,
-                            "ms": t * 1e3, "tflops": ours, "torch_mm_tflops": ref_tflops, "pct_of_torch_mm": ratio})
-    print_table(["layer", "pass", "GEMM MxNxK", "ms", "TFLOPS", "torch.mm TFLOPS", "%"], rows,
-                f"ResNet-18 (CIFAR) convolutions, batch {batch}, implicit GEMM vs torch.mm of the same shape")
+                            "ms": t * 1e3, "gpu_ms": gpu * 1e3, "tflops": ours, "torch_mm_tflops": ref_tflops,
+                            "pct_of_torch_mm": ratio, "kernels_us": {k: v * 1e6 for k, v in top}})
+    print_table(["layer", "pass", "GEMM MxNxK", "wall ms", "GPU ms", "TFLOPS", "torch.mm TFLOPS", "%"], rows,
+                f"ResNet-18 (CIFAR) convolutions, batch {batch}, vs torch.mm of the same GEMM shape "
+                "(TFLOPS and % from GPU time; wall ms includes the host)")
+    for r in results:
+        if r.get("valid") and r["pct_of_torch_mm"] is not None and r["pct_of_torch_mm"] < 40:
+            print(f"  {r['layer']} {r['pass']}: " + ", ".join(f"{k} {v:.0f} us" for k, v in r["kernels_us"].items()))
     return results
 
 

@@ -29,6 +29,16 @@ CASES = [  # N, C, H, W, OC, k, stride, pad, dil, groups, channels_last, transpo
     (2, 8, 9, 7, 12, 3, 2, 1, 1, 1, False, True, 1),
     (2, 8, 9, 7, 12, 4, 2, 1, 1, 1, False, True, 0),
     (2, 8, 9, 7, 12, 3, 1, 1, 1, 4, False, True, 0),
+    # 1x1 layers run as plain products (conv1x1.py): strided shortcuts, odd sizes, both layouts
+    (3, 12, 9, 7, 20, 1, 2, 0, 1, 1, False, False, 0),
+    (3, 12, 9, 7, 20, 1, 2, 0, 1, 1, True, False, 0),
+    (2, 16, 8, 8, 32, 1, 1, 0, 1, 1, True, False, 0),
+    (2, 7, 5, 6, 5, 1, 3, 0, 1, 1, False, False, 0),
+    # strided grad-input by output phase: phases no tap reaches (k < s), groups, channels_last
+    (2, 6, 10, 11, 4, 2, 3, 0, 1, 1, False, False, 0),
+    (2, 8, 9, 7, 12, 3, 2, 1, 1, 4, False, False, 0),
+    (2, 8, 9, 7, 12, 3, 2, 1, 1, 4, True, False, 0),
+    (2, 6, 12, 12, 8, 3, 2, 1, 1, 1, True, False, 0),
 ]
 
 

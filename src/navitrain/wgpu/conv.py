@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from navitrain.wgpu import codegen
-from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, launch
+from navitrain.wgpu import codegen, conv1x1
+from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, launch
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
@@ -204,11 +204,12 @@ class ImageGradInput(Operand):
     wgsl: str
     k_order: str
     fastest: str
+    unit_stride: bool = False   # stride 1: every tap lands, so no divisibility test and no division
     gather = True
 
     @property
     def key(self):
-        return ("im_dgrad", self.binding, self.wgsl, self.k_order, self.fastest)
+        return ("im_dgrad", self.binding, self.wgsl, self.k_order, self.fastest, self.unit_stride)
 
     @property
     def radix(self):
@@ -225,25 +226,35 @@ class ImageGradInput(Operand):
     def load(self, p, e, row, k):
         d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
         ko, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
-        dec = (f"let nh = {p}_th{e} - i32({kh} * cdh); let nw = {p}_tw{e} - i32({kw} * cdw);"
-               f" let oh = nh / i32(csh); let ow = nw / i32(csw);")
-        cond = (f"{row} < {p}_rows && {k} < K && nh >= 0 && nw >= 0 && nh % i32(csh) == 0 && nw % i32(csw) == 0"
-                f" && oh < i32(cOH) && ow < i32(cOW)")
+        dec = f"let nh = {p}_th{e} - i32({kh} * cdh); let nw = {p}_tw{e} - i32({kw} * cdw);"
+        if self.unit_stride:
+            dec += " let oh = nh; let ow = nw;"
+            cond = f"{row} < {p}_rows && {k} < K && nh >= 0 && nw >= 0 && oh < i32(cOH) && ow < i32(cOW)"
+        else:  # integer division by a runtime value costs dozens of instructions per load
+            dec += " let oh = nh / i32(csh); let ow = nw / i32(csw);"
+            cond = (f"{row} < {p}_rows && {k} < K && nh >= 0 && nw >= 0 && nh % i32(csh) == 0 && nw % i32(csw) == 0"
+                    f" && oh < i32(cOH) && ow < i32(cOW)")
         val = f"f32({self.binding}[{p}_yb{e} + {ko} * y_s1 + u32(oh) * y_s2 + u32(ow) * y_s3])"
         return cond, val, dec
 
 
 @dataclass(frozen=True)
 class GradOutRows(Operand):
-    """grad-weight A operand: dy with row = oc and k = (n, oh, ow)."""
+    """grad-weight A operand: dy with row = oc and k = (n, oh, ow). Only the tile edges need bounds
+    checks (no padding). With `vec_binding` (NCHW dy, OH*OW a multiple of 4, aligned), four consecutive
+    k -- four neighbouring positions of one image -- are one 16-byte load."""
     binding: str
     wgsl: str
     fastest: str
-    gather = True  # rows and K are not tile multiples in general
+    vec_binding: str | None = None
+
+    @property
+    def vec(self) -> int:
+        return 4 if self.vec_binding else 1
 
     @property
     def key(self):
-        return ("dy_rows", self.binding, self.wgsl, self.fastest)
+        return ("dy_rows", self.binding, self.wgsl, self.fastest, self.vec_binding)
 
     def hoist(self, p, e, row):
         return [f"let {p}_yb{e} = y_off + (bz * cOCg + ({row})) * y_s1;"] + _digits_init(p, e, "nhw")
@@ -251,10 +262,15 @@ class GradOutRows(Operand):
     def advance(self, p, e):
         return _digits_advance(p, e, "nhw")
 
-    def load(self, p, e, row, k):
+    def _address(self, p, e):
         ow, oh, kn = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
-        return (f"{row} < {p}_rows && {k} < K",
-                f"f32({self.binding}[{p}_yb{e} + {kn} * y_s0 + {oh} * y_s2 + {ow} * y_s3])")
+        return f"{p}_yb{e} + {kn} * y_s0 + {oh} * y_s2 + {ow} * y_s3"
+
+    def load_vec(self, p, e, row, k):
+        return f"{self.vec_binding}[({self._address(p, e)}) >> 2u]"
+
+    def load(self, p, e, row, k):
+        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{self._address(p, e)}])"
 
 
 @dataclass(frozen=True)
@@ -299,9 +315,10 @@ class ImageEpilogue(Epilogue):
     """Writes a GEMM result into a 4-D image `o` (strides o_s0..3) of spatial size OHxOW (or HxW).
     channels == "rows": C[ch, pos] (NCHW orientation), "cols": C[pos, ch] (NHWC orientation)."""
 
-    def __init__(self, out_wgsl, store, channels: str, spatial: str, bias: bool, bindings: str, relu: bool = False):
+    def __init__(self, out_wgsl, store, channels: str, spatial: str, bias: bool, bindings: str, relu: bool = False,
+                 vec_out: str | None = None):
         super().__init__(0, out_wgsl, store, bias="row" if (bias and channels == "rows") else ("col" if bias else None),
-                         cin_first=_BIAS, relu=relu, bindings=bindings, extra_key=(channels, spatial))
+                         cin_first=_BIAS, relu=relu, bindings=bindings, extra_key=(channels, spatial), vec_out=vec_out)
         self.channels = channels
         self.sh, self.sw = ("cOH", "cOW") if spatial == "out" else ("cH", "cW")
         self.chan_per_group = "cOCg" if spatial == "out" else "cCg"
@@ -393,8 +410,28 @@ def _strided_weight(rt, w, rows_stride, batch_stride, types: list, heaps: list, 
     return Strided(_WSTRIDED, "b2", rt.stypes[w.dtype].wgsl, fastest, vec), (w.elem_offset, rows_stride, 1, batch_stride)
 
 
+def _image_vec_out(out: WgpuTensor, nhwc: bool, groups: int, types: list, heaps: list) -> str | None:
+    """Binds the output image a second time as vec4s when four neighbouring GEMM columns -- four
+    positions along a row (NCHW) or four channels (NHWC) -- are always contiguous and 16-byte aligned."""
+    if out.dtype != torch.float32 or out.elem_offset % 4:
+        return None
+    s0, s1, s2, s3 = out.stride()
+    if nhwc:
+        ok = groups == 1 and s1 == 1 and out.shape[1] % 4 == 0 and s0 % 4 == 0 and s2 % 4 == 0 and s3 % 4 == 0
+    else:
+        ok = out.shape[3] % 4 == 0 and s3 == 1 and s0 % 4 == 0 and s1 % 4 == 0 and s2 % 4 == 0
+    if not ok:
+        return None
+    types.append("vec4<f32>")
+    heaps.append(out._ws.heap)
+    return f"b{len(types) - 1}"
+
+
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
             relu: bool = False, cfg: TileConfig | None = None) -> WgpuTensor:
+    same = x.dtype == w.dtype == out.dtype and (bias is None or bias.dtype == x.dtype)
+    if cfg is None and not relu and same and conv1x1.eligible(g) and conv1x1.forward(x, w, bias, g, out):
+        return out
     rt = runtime()
     nhwc = _is_nhwc(out)
     st_x, st_w, st_o = rt.stypes[x.dtype], rt.stypes[w.dtype], rt.stypes[out.dtype]
@@ -414,13 +451,14 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
         W, wparams = _strided_weight(rt, w, w.stride(0), g.OCg * w.stride(0), types, heaps, vec_ok=not guard)
     else:
         W = Weight("b2", st_w.wgsl, "fwd", order, "k")
+    vec_out = _image_vec_out(out, nhwc, g.groups, types, heaps)
     bindings = codegen.bindings(types)
     if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
         A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
-        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "out", bias is not None, bindings, relu)
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "out", bias is not None, bindings, relu, vec_out)
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
         A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")
-        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu)
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
     params = g.params(x, w, None, out, cfg.BK)
     set_gemm(params, M, N, K)
     if bias is not None:
@@ -434,6 +472,10 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
 
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: TileConfig | None = None) -> WgpuTensor:
+    if cfg is None and dy.dtype == w.dtype == dx.dtype and conv1x1.eligible(g) and conv1x1.grad_input(dy, w, g, dx):
+        return dx
+    if cfg is None and tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
+        return _grad_input_by_phase(dy, w, g, dx)
     rt = runtime()
     nhwc = _is_nhwc(dx)
     st_y, st_w, st_o = rt.stypes[dy.dtype], rt.stypes[w.dtype], rt.stypes[dx.dtype]
@@ -458,13 +500,15 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: 
     else:
         heaps[2] = w._ws.heap
         W = Weight("b2", st_w.wgsl, "dgrad", "kkc", "k")
+    vec_out = _image_vec_out(dx, nhwc, g.groups, types, heaps)
     bindings = codegen.bindings(types)
+    unit = tuple(g.stride) == (1, 1)
     if nhwc:
-        A, B = ImageGradInput("b1", st_y.wgsl, "kkc", "k"), W
-        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "in", False, bindings)
+        A, B = ImageGradInput("b1", st_y.wgsl, "kkc", "k", unit), W
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "in", False, bindings, vec_out=vec_out)
     else:
-        A, B = W, ImageGradInput("b1", st_y.wgsl, "ckk", "row")
-        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings)
+        A, B = W, ImageGradInput("b1", st_y.wgsl, "ckk", "row", unit)
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings, vec_out=vec_out)
     params = g.params(None, w, dy, dx, cfg.BK)
     set_gemm(params, M, N, K)
     if wparams is not None:
@@ -474,39 +518,73 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: 
     return dx
 
 
+def _grad_input_by_phase(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
+    """Grad-input of a strided convolution as stride-1 grad-inputs, one per output phase.
+
+    With stride s, input row ih = s*i + a receives gradient only through the taps kh = kh0 + s*t with
+    kh0 = (a + p) mod s, from output row oh = i + (a + p - kh0)/s - t: a stride-1 grad-input with the
+    sub-kernel w[..., kh0::s] and padding (a + p - kh0)/s, written into dx[..., a::s]. Gathering dy
+    directly for every (kh, kw) instead would skip (s^2 - 1)/s^2 of the loads (3/4 at stride 2) after
+    paying for them, which held strided layers at 15-16% of cuBLAS on the H200 (run 7)."""
+    (sh, sw), (ph, pw) = g.stride, g.padding
+    for a in range(min(sh, g.H)):
+        for b in range(min(sw, g.W)):
+            kh0, kw0 = (a + ph) % sh, (b + pw) % sw
+            taps_h, taps_w = len(range(kh0, g.KH, sh)), len(range(kw0, g.KW, sw))
+            part = dx[:, :, a::sh, b::sw]
+            if taps_h == 0 or taps_w == 0:   # no tap reaches these inputs
+                from navitrain.wgpu.ops.copy import fill
+
+                fill(part, 0.0)
+                continue
+            sub = Geometry(g.N, g.C, part.shape[2], part.shape[3], g.OC, g.OH, g.OW, taps_h, taps_w, (1, 1),
+                           ((a + ph - kh0) // sh, (b + pw - kw0) // sw), (1, 1), g.groups)
+            grad_input(dy, w[:, :, kh0::sh, kw0::sw], sub, part)
+    return dx
+
+
 def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg: TileConfig | None = None) -> WgpuTensor:
+    if cfg is None and dy.dtype == x.dtype == dw.dtype and conv1x1.eligible(g):
+        conv1x1.grad_weight(dy, x, g, dw)
+        return dw
     rt = runtime()
     nhwc = _is_nhwc(x)
     st_y, st_x, st_o = rt.stypes[dy.dtype], rt.stypes[x.dtype], rt.stypes[dw.dtype]
     M, N = g.OCg, g.Cg * g.KH * g.KW
     K = g.N * g.OH * g.OW
     q_order = "kkc" if nhwc else "ckk"
-    A = GradOutRows("b1", st_y.wgsl, "row" if _is_nhwc(dy) else "k")
-    B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k")
     cfg = cfg or _config(("conv_wgrad", nhwc), M, N, K, g.groups, lambda c: grad_weight(dy, x, g, dw, c))
-    tiles = -(-M // cfg.BM) * -(-N // cfg.BN) * g.groups
+    guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
+    dy_nchw = not _is_nhwc(dy)
+    y0, y1, y2, y3 = dy.stride()
+    vec_dy = (not guard and dy_nchw and st_y.wgsl == "f32" and y3 == 1 and y2 == g.OW and (g.OH * g.OW) % 4 == 0
+              and y0 % 4 == 0 and y1 % 4 == 0 and dy.elem_offset % 4 == 0)
+    A = GradOutRows("b1", st_y.wgsl, "k" if dy_nchw else "row", "b3" if vec_dy else None)
+    B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k")
     # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K.
-    slices = max(1, min(-(-256 // tiles), K // (cfg.BK * 16)))
+    slices = auto_splits(cfg, M, N, K, g.groups)
     kslice = -(-K // slices)
     kslice = -(-kslice // cfg.BK) * cfg.BK
     slices = -(-K // kslice)
+    vec_types = ["vec4<f32>"] if vec_dy else []
+    vec_heaps = (dy._ws.heap,) if vec_dy else ()
     if slices == 1:
-        bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl])
+        bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
         E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)
         params = g.params(x, None, dy, dw, cfg.BK)
         set_gemm(params, M, N, K)
-        launch(("conv_wgrad", nhwc, dy.dtype, x.dtype, dw.dtype), "conv2d_grad_weight", cfg, A, B, E, (dw._ws.heap, dy._ws.heap, x._ws.heap),
-               params, M, N, g.groups, True, preamble=PREAMBLE)
+        launch(("conv_wgrad", nhwc, dy.dtype, x.dtype, dw.dtype), "conv2d_grad_weight", cfg, A, B, E,
+               (dw._ws.heap, dy._ws.heap, x._ws.heap) + vec_heaps, params, M, N, g.groups, guard, preamble=PREAMBLE)
         return dw
     st_f = rt.stypes[torch.float32]
     partial = empty([slices * g.groups, M, N], torch.float32)
-    bindings = codegen.bindings([st_f.wgsl, st_y.wgsl, st_x.wgsl])
+    bindings = codegen.bindings([st_f.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
     E = WeightEpilogue(st_f.wgsl, _Store(st_f), q_order, True, bindings)
     params = g.params(x, None, dy, partial, cfg.BK)
     set_gemm(params, M, N, K, ksplit=kslice)
     launch(("conv_wgrad_split", nhwc, dy.dtype, x.dtype), "conv2d_grad_weight_split", cfg, A, B, E,
-           (partial._ws.heap, dy._ws.heap, x._ws.heap), params, M, N, g.groups, True, split_k=kslice, K=K,
-           preamble=PREAMBLE)
+           (partial._ws.heap, dy._ws.heap, x._ws.heap) + vec_heaps, params, M, N, g.groups, guard, split_k=kslice,
+           K=K, preamble=PREAMBLE)
     # partial[(group * slices + slice), oc, q] -> sum over slices -> dw in its own layout.
     from navitrain.wgpu.ops.copy import copy_into
     from navitrain.wgpu.reduction import reduce

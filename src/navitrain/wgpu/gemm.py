@@ -36,16 +36,25 @@ class TileConfig:
     TM: int = 4
     TN: int = 4
     buffers: int = 2   # 2: next tile's loads overlap this tile's FMAs (double-buffered workgroup memory)
-    splits: int = 1    # >1: K is cut into this many slices run by separate workgroups, then summed
+    splits: int = 1    # >1: K is cut into this many slices run by separate workgroups, then summed;
+                       # 0: as many slices as fill the GPU (auto_splits), for long K and a small output
+    # True: a thread's vec4 groups of rows (and of columns) are spread a thread-row (column) apart, so
+    # the 32 threads of a warp read 32 consecutive vec4s of the B tile (no bank conflicts) and write
+    # neighbouring columns of C. False: each thread owns one contiguous TMxTN block (the first design;
+    # kept so that sweeps can compare the two).
+    interleave: bool = True
+    # True: each k-row of the workgroup tiles is padded by one vec4 (see source()); False only for sweeps.
+    pad: bool = True
 
     @property
     def name(self) -> str:
         return f"{self.BM}x{self.BN}x{self.BK}/{self.TM}x{self.TN}" + ("" if self.buffers == 2 else "/b1") + (
-            f"/s{self.splits}" if self.splits > 1 else "")
+            f"/s{self.splits}" if self.splits > 1 else "/sA" if self.splits == 0 else "") + (
+            "" if self.interleave else "/blk") + ("" if self.pad else "/np")
 
     @property
     def shared_bytes(self) -> int:
-        return self.buffers * self.BK * (self.BM + self.BN) * 4
+        return self.buffers * self.BK * (self.BM + self.BN + (8 if self.pad else 0)) * 4
 
     @property
     def threads(self) -> int:
@@ -136,11 +145,15 @@ class Epilogue:
     out_binding: str = "b0"
     bindings: str = ""            # the WGSL binding declarations of the whole kernel
     batch_var: str = "bz"         # "wid.z" for split-K partials: one output slab per (batch, slice)
+    # The output heap bound a second time as array<vec4<f32>> under this name: four neighbouring columns
+    # are then written with one 16-byte store. The caller guarantees that four columns starting at a
+    # multiple of 4 are contiguous and 16-byte aligned, and that N is a multiple of 4.
+    vec_out: str | None = None
 
     @property
     def key(self):
         return ("plain", self.first, self.out_wgsl, self.cin, self.cin_first, self.bias, self.relu, self.extra_key,
-                self.batch_var)
+                self.batch_var, self.vec_out)
 
     def setup(self) -> list[str]:
         f = self.first
@@ -203,6 +216,14 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
     for line in preamble:
         w("  " + line)
     w(f"  let tx = lid % {cols}u; let ty = lid / {cols}u;")
+    rows_t = BM // TM
+
+    def row_group(t: str, i4: int) -> str:
+        """Index of the i4-th vec4 group of rows (within the tile) that thread row t owns."""
+        return f"({t} + {i4 * rows_t}u)" if cfg.interleave else f"({t} * {TM // 4}u + {i4}u)"
+
+    def col_group(t: str, j: int) -> str:
+        return f"({t} + {j * cols}u)" if cfg.interleave else f"({t} * {TN // 4}u + {j}u)"
     for line in A.setup("a") + B.setup("b"):
         w("  " + line)
     # Per load slot: its tile coordinates and everything that depends on its row only.
@@ -228,14 +249,22 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
         for j in range(TN // 4):
             w(f"  var c{i}_{j} = vec4<f32>(0.0);")
     operands = (("a", A, BM, LA, "As"), ("b", B, BN, LB, "Bs"))
-    tile_words = {"As": BK * BM // 4, "Bs": BK * BN // 4}   # vec4 words of one buffer
+    # Workgroup tiles are [k][row] in vec4s, each k-row padded by one vec4: operands loaded along K
+    # store a column of the tile (consecutive threads: consecutive k, same row), and without the pad
+    # those stores all hit one memory bank (8-way conflicts at BK=8, measured as the main cost of
+    # weight-gradient convolutions).
+    row_words = {"As": BM // 4 + cfg.pad, "Bs": BN // 4 + cfg.pad}
+    tile_words = {name: BK * words for name, words in row_words.items()}   # vec4 words of one buffer
 
     def fetch(indent: str, k0: str) -> None:
         """Global loads of the tile starting at k0 into the registers r<p><e>."""
         for p, op, rows, slots, smem in operands:
             for e in range(slots):
                 if vec[p] == 4:
-                    w(f"{indent}{{ let gk = {k0} + {p}_kl{e}; r{p}{e} = {op.load_vec(p, e, f'{p}_row{e}', 'gk')}; }}")
+                    w(f"{indent}{{ let gk = {k0} + {p}_kl{e}; r{p}{e} = {op.load_vec(p, e, f'{p}_row{e}', 'gk')};")
+                    for line in op.advance(p, e):
+                        w(f"{indent}  {line}")
+                    w(f"{indent}}}")
                     continue
                 loaded = op.load(p, e, f"{p}_row{e}", "gk")
                 cond, val = loaded[0], loaded[1]
@@ -256,21 +285,21 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
             base = f"{buf} * {tile_words[smem]}u"
             for e in range(slots):
                 if vec[p] == 4 and op.fastest == "row":   # four rows at one k: one 16-byte store
-                    w(f"{indent}{smem}[{base} + (({p}_kl{e} * {rows}u + {p}_rl{e}) >> 2u)] = r{p}{e};")
+                    w(f"{indent}{smem}[{base} + {p}_kl{e} * {row_words[smem]}u + ({p}_rl{e} >> 2u)] = r{p}{e};")
                 elif vec[p] == 4:                         # four k of one row: into the transposed tile
                     for q in range(4):
-                        w(f"{indent}{{ let s = ({p}_kl{e} + {q}u) * {rows}u + {p}_rl{e}; "
-                          f"{smem}[{base} + (s >> 2u)][s & 3u] = r{p}{e}[{q}]; }}")
+                        w(f"{indent}{smem}[{base} + ({p}_kl{e} + {q}u) * {row_words[smem]}u + ({p}_rl{e} >> 2u)]"
+                          f"[{p}_rl{e} & 3u] = r{p}{e}[{q}];")
                 else:
-                    w(f"{indent}{{ let s = {p}_kl{e} * {rows}u + {p}_rl{e}; {smem}[{base} + (s >> 2u)][s & 3u] = r{p}{e}; }}")
+                    w(f"{indent}{smem}[{base} + {p}_kl{e} * {row_words[smem]}u + ({p}_rl{e} >> 2u)][{p}_rl{e} & 3u] = r{p}{e};")
 
     def compute(indent: str, buf: str) -> None:
         w(f"{indent}let ab = {buf} * {tile_words['As']}u; let bb = {buf} * {tile_words['Bs']}u;")
         for kk in range(BK):
             for i4 in range(TM // 4):
-                w(f"{indent}let a{kk}_{i4} = As[ab + {kk * BM // 4}u + ty * {TM // 4}u + {i4}u];")
+                w(f"{indent}let a{kk}_{i4} = As[ab + {kk * row_words['As']}u + {row_group('ty', i4)}];")
             for j in range(TN // 4):
-                w(f"{indent}let b{kk}_{j} = Bs[bb + {kk * BN // 4}u + tx * {TN // 4}u + {j}u];")
+                w(f"{indent}let b{kk}_{j} = Bs[bb + {kk * row_words['Bs']}u + {col_group('tx', j)}];")
             for i in range(TM):
                 a = f"a{kk}_{i // 4}[{i % 4}]"
                 for j in range(TN // 4):
@@ -313,23 +342,31 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
     # Column-only parts of each output address are computed once, not once per row.
     for j in range(TN // 4):
         for q in range(4):
-            w(f"  let gn{j}_{q} = n0 + tx * {TN}u + {4 * j + q}u;")
+            w(f"  let gn{j}_{q} = n0 + {col_group('tx', j)} * 4u + {q}u;")
+            if E.vec_out and q:
+                continue  # a 16-byte store needs only the first column's address
             for line in E.col_setup(f"gn{j}_{q}", f"{j}_{q}"):
                 w("  " + line)
     for i in range(TM):
-        w(f"  {{ let gm = m0 + ty * {TM}u + {i}u;")
+        w(f"  {{ let gm = m0 + {row_group('ty', i // 4)} * 4u + {i % 4}u;")
         w(f"    if ({'gm < M' if guard else 'true'}) {{")
         for line in E.row_setup("gm"):
             w("    " + line)
         for j in range(TN // 4):
+            if E.vec_out:
+                gn = f"gn{j}_0"
+                cond = f"{gn} < N" if guard else "true"
+                vals = ", ".join(E.value(f"c{i}_{j}[{q}]", "gm", f"gn{j}_{q}") for q in range(4))
+                w(f"    if ({cond}) {{ {E.vec_out}[({E.address('gm', gn, f'{j}_0')}) >> 2u] = vec4<f32>({vals}); }}")
+                continue
             for q in range(4):
                 gn = f"gn{j}_{q}"
                 cond = f"{gn} < N" if guard else "true"
                 addr = E.address("gm", gn, f"{j}_{q}")
                 w(f"    if ({cond}) {{ {E.out_binding}[{addr}] = {E.store(E.value(f'c{i}_{j}[{q}]', 'gm', gn))}; }}")
         w("  } }")
-    shared = (f"var<workgroup> As: array<vec4<f32>, {cfg.buffers * BK * BM // 4}>;\n"
-              f"var<workgroup> Bs: array<vec4<f32>, {cfg.buffers * BK * BN // 4}>;\n")
+    shared = (f"var<workgroup> As: array<vec4<f32>, {cfg.buffers * tile_words['As']}>;\n"
+              f"var<workgroup> Bs: array<vec4<f32>, {cfg.buffers * tile_words['Bs']}>;\n")
     body = "\n".join(lines)
     return codegen.PARAM_DECL + E.bindings + f"""{shared}
 @compute @workgroup_size({WG})
@@ -404,32 +441,49 @@ _PACK = struct.Struct("<3I2f3I12I").pack
 _PACK_CIN = struct.Struct("<3I2f3I16I").pack
 
 
+# Split-K with splits=0 aims at this many workgroups (a couple per SM on big GPUs), each still walking at
+# least MIN_K_STEPS steps of K so that the partial products stay a small share of the work.
+TARGET_WORKGROUPS = 256
+MIN_K_STEPS = 16
+
+
+def auto_splits(cfg: TileConfig, M: int, N: int, K: int, batch: int) -> int:
+    """How many K slices a product needs to make ~TARGET_WORKGROUPS workgroups (1: no split)."""
+    tiles = -(-M // cfg.BM) * -(-N // cfg.BN) * batch
+    return max(1, min(-(-TARGET_WORKGROUPS // tiles), K // (cfg.BK * MIN_K_STEPS)))
+
+
 def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
-    batched = out.dim() == 3
-    B = out.shape[0] if batched else 1
+    B = out.shape[0] if out.dim() == 3 else 1
+    K = a.shape[-1]
+    splits = cfg.splits or auto_splits(cfg, out.shape[-2], out.shape[-1], K, B)
+    if splits > 1 and K >= 2 * cfg.BK * splits:
+        return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits)
+    return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0)
+
+
+def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig,
+              B: int, kslice: int):
+    """One GEMM launch. With kslice, `out` is a split-K partial buffer [B * slices, M, N]."""
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
-    if cfg.splits > 1 and K >= 2 * cfg.BK * cfg.splits:
-        return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg)
     a_off, b_off, o_off = a.elem_offset, b.elem_offset, out.elem_offset
     sa, sb, so = a.stride(), b.stride(), out.stride()
-    key = (cfg, M, N, K, B, sa, sb, so, a_batch_stride, b_batch_stride, a.dtype, b.dtype, out.dtype,
-           None if cin is None else cin.dtype, cin_strides, a_off % 4 == 0, b_off % 4 == 0)
+    key = (cfg, M, N, K, B, kslice, sa, sb, so, a_batch_stride, b_batch_stride, a.dtype, b.dtype, out.dtype,
+           None if cin is None else cin.dtype, cin_strides, a_off % 4 == 0, b_off % 4 == 0, o_off % 4 == 0)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg)
-    kernel, groups, vec_a, vec_b, sab, sbb = plan
+        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg, B, kslice)
+    kernel, groups, vec_views, sab, sbb = plan
     heaps = [out._ws.heap, a._ws.heap, b._ws.heap]
     if cin is not None:
         heaps.append(cin._ws.heap)
-    if vec_a:
-        heaps.append(a._ws.heap)
-    if vec_b:
-        heaps.append(b._ws.heap)
-    words = (M, N, K, alpha, beta, 0, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
-             o_off, so[-2], so[-1], so[0] if batched else 0)
+    for name in vec_views:  # the same heaps again, bound as vec4 arrays
+        heaps.append({"a": a, "b": b, "out": out}[name]._ws.heap)
+    words = (M, N, K, alpha, beta, kslice, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
+             o_off, so[-2], so[-1], so[0] if out.dim() == 3 else 0)
     if cin is None:
         params = _PACK(*words)
     else:
@@ -439,10 +493,10 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
     return out
 
 
-def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig):
-    """(kernel, grid, a also bound as vec4, b also bound as vec4, a batch stride, b batch stride)."""
+def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: int, kslice: int):
+    """(kernel, grid, which of a/b/out are also bound as vec4 arrays (in binding order), a batch stride,
+    b batch stride)."""
     batched = out.dim() == 3
-    B = out.shape[0] if batched else 1
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
     rt = runtime()
@@ -451,6 +505,7 @@ def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig):
     sab = a.stride(0) if a.dim() == 3 else a_batch_stride
     sbb = b.stride(0) if b.dim() == 3 else b_batch_stride
     st_c, st_a, st_b = rt.stypes[out.dtype], rt.stypes[a.dtype], rt.stypes[b.dtype]
+    # Split-K slices are multiples of BK, so only the last one can end inside a K step.
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     # Coalescing: walk whichever index of the operand is contiguous in memory.
     a_fast = "row" if (sam == 1 and sak != 1) else "k"
@@ -469,64 +524,54 @@ def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig):
             types.append("vec4<f32>")
     A = Strided(8, "b1", st_a.wgsl, a_fast, vec_names.get("a"))
     Bop = Strided(12, "b2", st_b.wgsl, b_fast, vec_names.get("b"))
-    E = Epilogue(16, st_c.wgsl, _Store(st_c), cin=cin_wgsl, cin_first=20, bindings=codegen.bindings(types))
-    # Parameter words (packed by _gemm): M N K alpha beta 0 0 0 | a: offset, row, k, batch strides |
-    # b: offset, column (n), k, batch strides (B's "rows" are its columns n) | out: offset, strides |
-    # cin: offset, strides.
-    kernel, groups = compile_kernel(("mm", out.dtype), f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E,
-                                    len(types), M, N, B, guard)
-    return kernel, groups, "a" in vec_names, "b" in vec_names, sab, sbb
+    so = out.stride()
+    if (st_c.wgsl == "f32" and out.dtype == torch.float32 and so[-1] == 1 and so[-2] % 4 == 0 and N % 4 == 0
+            and out.elem_offset % 4 == 0 and (not batched or so[0] % 4 == 0)):
+        vec_names["out"] = f"b{len(types)}"
+        types.append("vec4<f32>")
+    E = Epilogue(16, st_c.wgsl, _Store(st_c), cin=cin_wgsl, cin_first=20, bindings=codegen.bindings(types),
+                 vec_out=vec_names.get("out"), batch_var="wid.z" if kslice else "bz")
+    # Parameter words (packed by _dispatch): M N K alpha beta kslice 0 0 | a: offset, row, k, batch
+    # strides | b: offset, column (n), k, batch strides (B's "rows" are its columns n) | out: offset,
+    # strides | cin: offset, strides.
+    name = f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}" + ("_split" if kslice else "")
+    kernel, groups = compile_kernel(("mm", out.dtype), name, cfg, A, Bop, E, len(types), M, N, B, guard,
+                                    split_k=kslice, K=K)
+    return kernel, groups, tuple(vec_names), sab, sbb
 
 
-def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
-    """Split-K: each (batch, slice) workgroup column writes an f32 partial product; a reduction sums the
-    slices and a pointwise epilogue applies alpha/beta. Worth it when M x N alone is too few tiles to
-    fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
+def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig, B: int,
+                splits: int):
+    """Split-K: workgroup z = (batch, slice) writes the f32 partial product of its slice of K; one
+    pointwise pass then sums the slices and applies alpha/beta. Worth it when M x N alone is too few
+    tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
     from navitrain.wgpu import pointwise
     from navitrain.wgpu.reduction import reduce
     from navitrain.wgpu.tensor import empty
 
-    rt = runtime()
     batched = out.dim() == 3
-    B = out.shape[0] if batched else 1
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
-    kslice = -(-K // cfg.splits)
+    kslice = -(-K // splits)
     kslice = -(-kslice // cfg.BK) * cfg.BK
     slices = -(-K // kslice)
     partial = empty([B * slices, M, N], torch.float32)
-    sam, sak = a.stride(-2), a.stride(-1)
-    sbk, sbn = b.stride(-2), b.stride(-1)
-    sab = a.stride(0) if a.dim() == 3 else a_batch_stride
-    sbb = b.stride(0) if b.dim() == 3 else b_batch_stride
-    st_a, st_b = rt.stypes[a.dtype], rt.stypes[b.dtype]
-    st_f = rt.stypes[torch.float32]
-    a_fast = "row" if (sam == 1 and sak != 1) else "k"
-    b_fast = "k" if (sbk == 1 and sbn != 1) else "row"
-    A = Strided(8, "b1", st_a.wgsl, a_fast)
-    Bop = Strided(12, "b2", st_b.wgsl, b_fast)
-    E = Epilogue(16, st_f.wgsl, _Store(st_f), batch_var="wid.z",
-                 bindings=codegen.bindings([st_f.wgsl, st_a.wgsl, st_b.wgsl]))
-    params = codegen.Params()
-    params.u(M, N, K)
-    params.f(1.0, 0.0)
-    params.u(kslice, 0, 0)
-    params.u(a.elem_offset, sam, sak, sab)
-    params.u(b.elem_offset, sbn, sbk, sbb)
-    params.u(partial.elem_offset, N, 1, M * N)
-    launch(("mm_split",), f"gemm_split_{cfg.BM}x{cfg.BN}x{cfg.BK}", cfg, A, Bop, E,
-           (partial._ws.heap, a._ws.heap, b._ws.heap), params, M, N, B, True, split_k=kslice, K=K)
-    summed = reduce(partial.view(B, slices, M, N), [1], False, "sum", torch.float32)
-    if not batched:
-        summed = summed.view(M, N)
+    _dispatch(a, b, partial, 1.0, 0.0, None, a_batch_stride, b_batch_stride, None, cfg, B, kslice)
+    parts = partial.view(B, slices, M, N)
+    if slices + (cin is not None) <= len(pointwise.NAMES):   # the sum fused into the epilogue pass
+        terms = [parts[:, s] if batched else parts[0, s] for s in range(slices)]
+    else:
+        summed = reduce(parts, [1], False, "sum", torch.float32)
+        terms = [summed if batched else summed.view(M, N)]
+    total = " + ".join(pointwise.NAMES[:len(terms)])
     if cin is None:
-        return pointwise.run("gemm_alpha", "a * s0", [summed], out.dtype, "f32", [alpha], out=out)
+        return pointwise.run(f"gemm_split{len(terms)}", f"({total}) * s0", terms, out.dtype, "f32", [alpha], out=out)
     sim, sin, sib = cin_strides
-    shape = list(out.shape)
     cstr = [sib, sim, sin] if batched else [sim, sin]
-    cview = cin.as_strided(shape, cstr, cin.storage_offset())
-    return pointwise.run("gemm_alpha_beta", "a * s0 + b * s1", [summed, cview], out.dtype, "f32", [alpha, beta],
-                         out=out)
+    cview = cin.as_strided(list(out.shape), cstr, cin.storage_offset())
+    c = pointwise.NAMES[len(terms)]
+    return pointwise.run(f"gemm_split{len(terms)}_beta", f"({total}) * s0 + {c} * s1", terms + [cview], out.dtype,
+                         "f32", [alpha, beta], out=out)
 
 
 def result_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:

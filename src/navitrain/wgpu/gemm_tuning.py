@@ -20,11 +20,11 @@ import threading
 import time
 
 from navitrain import _env
-from navitrain.wgpu.gemm import TileConfig
+from navitrain.wgpu.gemm import TileConfig, auto_splits
 
 log = logging.getLogger("navitrain.wgpu")
 
-LARGE = TileConfig(128, 128, 16, 8, 8)
+LARGE = TileConfig(128, 128, 16, 8, 8, buffers=1)   # 16.9 KiB of workgroup memory: fits most adapters
 MEDIUM = TileConfig(64, 64, 16, 8, 8)
 SMALL = TileConfig(32, 32, 8, 4, 4)
 
@@ -42,6 +42,18 @@ CANDIDATES = [
     TileConfig(64, 32, 16, 4, 4),    # more, smaller workgroups: mid-size products fill more SMs
     TileConfig(32, 64, 16, 4, 4),
     TileConfig(32, 32, 8, 4, 4),
+    TileConfig(128, 64, 16, 8, 8, buffers=1),   # 128 threads: half the workgroups of 128x128
+    # BK=32: fewer barriers per FMA, and 128-byte runs along K for operands gathered along K
+    # (convolution weight gradients); 32 KiB of workgroup memory at 128x128.
+    TileConfig(128, 128, 32, 8, 8, buffers=1),
+    TileConfig(128, 64, 32, 8, 8, buffers=1),
+    TileConfig(64, 64, 32, 8, 8, buffers=1),
+    # Split-K with as many slices as fill the GPU: products with a small output and a long K
+    # (weight gradients, 1024-sized squares on a 132-SM card).
+    TileConfig(128, 128, 16, 8, 8, buffers=1, splits=0),
+    TileConfig(64, 64, 16, 8, 8, buffers=1, splits=0),
+    TileConfig(64, 64, 16, 4, 4, splits=0),
+    TileConfig(32, 32, 8, 4, 4, splits=0),
 ]
 
 _lock = threading.Lock()
@@ -67,7 +79,9 @@ def shape_class(kind, M: int, N: int, K: int, batch: int) -> str:
 
 
 def _path():
-    return _env.cache_dir() / "gemm_tiles.json"
+    # v2: kernels changed (interleaved thread layout, split-K candidates); choices timed on the old ones
+    # do not carry over.
+    return _env.cache_dir() / "gemm_tiles.v2.json"
 
 
 def _load() -> dict:
@@ -131,7 +145,7 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
         return cached
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
-    best = _tune(rt, M, N, K, batch, run)
+    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm")
     with _lock:
         table[key] = best.name
         _save()
@@ -198,36 +212,17 @@ def _time(rt, run) -> float:
     return best
 
 
-def _tune(rt, M, N, K, batch, run) -> TileConfig:
+def _tune(rt, M, N, K, batch, run, splits_ok: bool = True) -> TileConfig:
     candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
     # Tiles much larger than the problem only add bounds checks; split-K only helps long K.
     candidates = [c for c in candidates if c.BM <= max(32, 2 * M) and c.BN <= max(32, 2 * N)]
-    candidates = [c for c in candidates if c.splits == 1 or K >= 4 * c.BK * c.splits]
+    # (Convolutions split their weight gradient themselves and ignore the tile's splits.)
+    candidates = [c for c in candidates if c.splits == 1 or (
+        splits_ok and (K >= 4 * c.BK * c.splits if c.splits else auto_splits(c, M, N, K, batch) > 1))]
     timings = []
     for cfg in candidates:
         try:
-            run(cfg)                  # compiles, and warms the caches
-            rt.synchronize()
-            # Repeat between synchronisations until a sample lasts >= 2 ms: a single small product is
-            # shorter than a submission's round trip, and timing that would pick tiles at random.
-            reps, elapsed = 1, 0.0
-            while True:
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    run(cfg)
-                rt.synchronize()
-                elapsed = time.perf_counter() - t0
-                if elapsed >= 2e-3 or reps >= 64:
-                    break
-                reps *= 4
-            best = elapsed / reps
-            for _ in range(2):
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    run(cfg)
-                rt.synchronize()
-                best = min(best, (time.perf_counter() - t0) / reps)
-            timings.append((best, cfg))
+            timings.append((_time(rt, lambda: run(cfg)), cfg))
         except Exception as exc:  # a tile the driver rejects is simply not a candidate
             log.debug("GEMM tile %s failed on %dx%dx%d: %s", cfg.name, M, N, K, exc)
     if not timings:

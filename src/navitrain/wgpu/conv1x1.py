@@ -1,0 +1,111 @@
+"""1x1 convolutions (no padding, one group) as plain matrix products.
+
+A 1x1 convolution is a GEMM over channels: per image y[n] = W @ x[n] with x[n] seen as [C, H*W] (NCHW)
+or, channels_last, Y = X @ W^T with X = [N*H*W, C]. Through the implicit-GEMM kernels of conv.py these
+layers ran at 5-19% of cuBLAS on the H200 (run 7: every load of the gathered operand is a bounds-checked
+scalar, K is only C long, and the weight gradient's output is too small to fill the GPU), while as
+plain products they get 16-byte loads, tuned tiles and split-K. A stride s only subsamples the image:
+forward and weight gradient read a compact copy of x[:, :, ::s, ::s]; the input gradient is the product
+written into a compact buffer and scattered into a zeroed dx.
+"""
+from __future__ import annotations
+
+from navitrain.wgpu import gemm
+from navitrain.wgpu.tensor import WgpuTensor, empty
+
+
+def eligible(g) -> bool:
+    return (g.KH == 1 and g.KW == 1 and tuple(g.padding) == (0, 0) and g.groups == 1
+            and g.OH == (g.H - 1) // g.stride[0] + 1 and g.OW == (g.W - 1) // g.stride[1] + 1)
+
+
+def _nhwc(t: WgpuTensor) -> bool:
+    return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
+
+
+def _image_matrix(t: WgpuTensor, nhwc: bool):
+    """t as [N, C, H*W] (NCHW) or [N*H*W, C] (channels_last) when its layout allows a plain view."""
+    N, C, H, W = t.shape
+    s0, s1, s2, s3 = t.stride()
+    if nhwc and s1 == 1 and s3 == C and s2 == W * C and (N == 1 or s0 == H * W * C):
+        return t.as_strided([N * H * W, C], [C, 1], t.storage_offset())
+    if not nhwc and s3 == 1 and s2 == W and (C == 1 or s1 == H * W):
+        return t.as_strided([N, C, H * W], [s0, s1, 1], t.storage_offset())
+    return None
+
+
+def _compact(t: WgpuTensor, nhwc: bool, stride: tuple) -> WgpuTensor:
+    """t subsampled by the stride, as a plain matrix view (copying only when needed)."""
+    if stride != (1, 1):
+        t = t[:, :, ::stride[0], ::stride[1]]
+    m = _image_matrix(t, nhwc)
+    if m is None:
+        import torch
+
+        t = t.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        m = _image_matrix(t, nhwc)
+    return m
+
+
+def _weight(w: WgpuTensor) -> WgpuTensor:
+    """The [OC, C, 1, 1] weight as an [OC, C] matrix view, whatever its memory format."""
+    return w.as_strided([w.shape[0], w.shape[1]], [w.stride(0), w.stride(1)], w.storage_offset())
+
+
+def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor) -> bool:
+    """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix."""
+    nhwc = _nhwc(out)
+    o = _image_matrix(out, nhwc)
+    if o is None:
+        return False
+    xm, wm = _compact(x, nhwc, g.stride), _weight(w)
+    if nhwc:        # [P, C] @ [C, OC]; a bias is one value per column
+        gemm.gemm(xm, wm.t(), o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(0, 1, 0))
+    else:           # per image [OC, C] @ [C, P]; a bias is one value per row
+        gemm.gemm(wm, xm, o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(1, 0, 0))
+    return True
+
+
+def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
+    nhwc = _nhwc(dx)
+    wm = _weight(w)
+    strided = tuple(g.stride) != (1, 1)
+    target = dx
+    if strided:
+        import torch
+
+        target = empty([g.N, g.C, g.OH, g.OW], dx.dtype)
+        if nhwc:
+            target = target.contiguous(memory_format=torch.channels_last)
+    o = _image_matrix(target, nhwc)
+    if o is None:
+        return False
+    dym = _compact(dy, nhwc, (1, 1))
+    if nhwc:        # [P, OC] @ [OC, C]
+        gemm.gemm(dym, wm, o)
+    else:           # per image [C, OC] @ [OC, P]
+        gemm.gemm(wm.t(), dym, o)
+    if strided:     # only every s-th input position received a gradient
+        from navitrain.wgpu.ops.copy import copy_into, fill
+
+        fill(dx, 0.0)
+        copy_into(dx[:, :, ::g.stride[0], ::g.stride[1]], target)
+    return True
+
+
+def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
+    """dW[oc, c] = sum over images and positions of dy[n, oc, p] * x[n, c, p]: one product with
+    K = N*OH*OW, long and thin, so the tuner usually picks split-K."""
+    nhwc = _nhwc(x)
+    dwm = _weight(dw)
+    if nhwc:        # dy^T [OC, P] @ x [P, C]
+        dym = _compact(dy, True, (1, 1))
+        xm = _compact(x, True, g.stride)
+        gemm.gemm(dym.t(), xm, dwm)
+        return True
+    # NCHW: K runs over (n, position), which is not one stride; channel-major copies make it one.
+    dyk = dy.transpose(0, 1).contiguous().view(g.OC, -1)                          # [OC, N*OH*OW]
+    xs = x[:, :, ::g.stride[0], ::g.stride[1]] if tuple(g.stride) != (1, 1) else x
+    xk = xs.transpose(0, 1).contiguous().view(g.C, -1)                           # [C, N*OH*OW]
+    gemm.gemm(dyk, xk.t(), dwm)
+    return True

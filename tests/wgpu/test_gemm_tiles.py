@@ -1,0 +1,95 @@
+"""Every GEMM tile the autotuner may pick, run for real and compared with a float64 product on the CPU.
+
+On a GPU the tuner chooses among gemm_tuning.CANDIDATES per shape class; on lavapipe it never tunes, so
+without this file most candidates (and split-K, and the older blocked thread layout) would only ever run
+on the benchmark machine. Shapes cover both code paths of each kernel: bounds-checked (sizes that no tile
+divides) and unchecked with 16-byte loads and stores (aligned multiples), plain, transposed and batched
+operands, alpha/beta with an added matrix.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+from navitrain.wgpu import gemm, gemm_tuning
+from navitrain.wgpu.tensor import empty
+
+CONFIGS = gemm_tuning.CANDIDATES + [
+    dataclasses.replace(gemm_tuning.CANDIDATES[1], interleave=False),
+    dataclasses.replace(gemm_tuning.CANDIDATES[4], pad=False),
+    gemm.TileConfig(64, 64, 16, 4, 4, splits=3),
+]
+
+
+def _fits(cfg):
+    from navitrain.wgpu.runtime import runtime
+
+    return cfg.fits(runtime().limits)
+
+
+def _check(cfg, M, N, K, batch=1, ta=False, tb=False, alpha=1.0, beta=0.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, M, K, generator=gen, dtype=torch.float64)
+    b = torch.randn(batch, K, N, generator=gen, dtype=torch.float64)
+    c = torch.randn(batch, M, N, generator=gen, dtype=torch.float64)
+    want = alpha * (a @ b) + beta * c
+    aw = a.float().transpose(1, 2).contiguous().to("wgpu").transpose(1, 2) if ta else a.float().to("wgpu")
+    bw = b.float().transpose(1, 2).contiguous().to("wgpu").transpose(1, 2) if tb else b.float().to("wgpu")
+    cw = c.float().to("wgpu")
+    out = empty([batch, M, N], torch.float32)
+    if batch == 1:
+        gemm.gemm(aw[0], bw[0], out[0], alpha, beta, cw[0] if beta else None, cin_strides=(N, 1, 0), config=cfg)
+    else:
+        gemm.gemm(aw, bw, out, alpha, beta, cw if beta else None, cin_strides=(N, 1, M * N), config=cfg)
+    got = out.cpu().double()
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < 1e-5, f"{cfg.name} {M}x{N}x{K} batch {batch} ta={ta} tb={tb}: relative error {err:.1e}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_tile_on_unaligned_shapes(cfg):
+    if not _fits(cfg):
+        pytest.skip(f"{cfg.name} needs more workgroup memory or threads than this adapter has")
+    _check(cfg, 67, 45, 3 * cfg.BK + 5, ta=True, alpha=0.5, beta=2.0, seed=1)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_tile_on_aligned_shapes_with_vector_loads(cfg):
+    if not _fits(cfg):
+        pytest.skip(f"{cfg.name} needs more workgroup memory or threads than this adapter has")
+    # Whole tiles and K a multiple of 64: no bounds checks, 16-byte loads and stores, long enough K for
+    # the split-K variants to split.
+    _check(cfg, 2 * cfg.BM, cfg.BN, 256, tb=True, seed=2)
+    _check(cfg, cfg.BM, 2 * cfg.BN, 128, batch=3, alpha=1.5, beta=-1.0, seed=3)
+
+
+def test_auto_split_makes_enough_workgroups_and_stays_exact():
+    cfg = gemm.TileConfig(64, 64, 16, 4, 4, splits=0)
+    assert gemm.auto_splits(cfg, 64, 64, 64 * 1024, 1) == gemm.TARGET_WORKGROUPS    # one tile, long K
+    assert gemm.auto_splits(cfg, 1024, 1024, 1024, 1) == 1                          # 256 tiles already
+    assert gemm.auto_splits(cfg, 64, 64, 16 * 16 * 3, 1) == 3                       # bounded by K
+    _check(cfg, 64, 32, 4096, seed=4)
+
+
+def test_forced_tuning_picks_a_candidate_and_caches_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemm_tuning, "_cache", None)
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    monkeypatch.setattr(gemm_tuning, "CANDIDATES", [gemm.TileConfig(64, 64, 16, 4, 4), gemm.TileConfig(32, 32, 8, 4, 4),
+                                                    gemm.TileConfig(32, 32, 8, 4, 4, splits=0),
+                                                    gemm.TileConfig(128, 128, 8, 8, 8)])   # too big for N=40
+    timed = []
+    real_time = gemm_tuning._time
+
+    def counting_time(rt, run):
+        timed.append(1)
+        return real_time(rt, run)
+
+    monkeypatch.setattr(gemm_tuning, "_time", counting_time)
+    _check(None, 96, 40, 1000, seed=5)
+    assert len(timed) == 3
+    assert (tmp_path / "gemm_tiles.v2.json").exists()
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    _check(None, 96, 40, 1000, seed=6)          # the cached choice: no timing the second time
+    assert len(timed) == 3
