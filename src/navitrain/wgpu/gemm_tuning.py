@@ -48,6 +48,10 @@ CANDIDATES = [
     TileConfig(128, 128, 32, 8, 8, buffers=1),
     TileConfig(128, 64, 32, 8, 8, buffers=1),
     TileConfig(64, 64, 32, 8, 8, buffers=1),
+    # The k-row padding of the workgroup tiles removes bank conflicts for operands loaded along K but
+    # cost 4-wide tiles up to a quarter of their speed in the H200 sweep (docs/benchmarks.md, run 8).
+    TileConfig(64, 64, 16, 4, 4, pad=False),
+    TileConfig(128, 64, 16, 8, 4, pad=False),
     # Split-K with as many slices as fill the GPU: products with a small output and a long K
     # (weight gradients, 1024-sized squares on a 132-SM card).
     TileConfig(128, 128, 16, 8, 8, buffers=1, splits=0),

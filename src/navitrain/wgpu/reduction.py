@@ -232,10 +232,11 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype):
     inner_reduced = rstrides[-1] == 1
     if L <= 64 or (not inner_reduced and M >= 128):
         variant, wg, G, chunk = "thread", 64, 1, L
-        # Few outputs, long reductions (a Linear bias gradient: 1536 sums over 4096 rows) would run a
-        # few dozen workgroups: split the rows so there are ~64k threads, then add the slices.
-        if not is_arg and L >= 256 and M < 32768:
-            G = max(1, min(L // 64, -(-65536 // M)))
+        # Few outputs, long reductions (a Linear bias gradient: 1536 sums over 4096 rows; the 128 split-K
+        # slices of a 1x1 convolution's 8192-element weight gradient) would run a few dozen workgroups:
+        # split the rows so there are ~64k threads, each still adding >= 16 values, then add the slices.
+        if not is_arg and L >= 128 and M < 32768:
+            G = max(1, min(L // 16, -(-65536 // M)))
             if G > 1:
                 chunk = -(-L // G)
                 G = -(-L // chunk)
