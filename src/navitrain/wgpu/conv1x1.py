@@ -10,6 +10,8 @@ written into a compact buffer and scattered into a zeroed dx.
 """
 from __future__ import annotations
 
+import torch
+
 from navitrain.wgpu import gemm
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
@@ -40,8 +42,6 @@ def _compact(t: WgpuTensor, nhwc: bool, stride: tuple) -> WgpuTensor:
         t = t[:, :, ::stride[0], ::stride[1]]
     m = _image_matrix(t, nhwc)
     if m is None:
-        import torch
-
         t = t.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         m = _image_matrix(t, nhwc)
     return m
@@ -71,12 +71,10 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
     wm = _weight(w)
     strided = tuple(g.stride) != (1, 1)
     target = dx
-    if strided:
-        import torch
-
-        target = empty([g.N, g.C, g.OH, g.OW], dx.dtype)
-        if nhwc:
-            target = target.contiguous(memory_format=torch.channels_last)
+    if strided:     # the product goes to a compact buffer first
+        shape = [g.N, g.C, g.OH, g.OW]
+        strides = [g.OH * g.OW * g.C, 1, g.OW * g.C, g.C] if nhwc else None
+        target = empty(shape, dx.dtype, strides)
     o = _image_matrix(target, nhwc)
     if o is None:
         return False
@@ -102,10 +100,9 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
         dym = _compact(dy, True, (1, 1))
         xm = _compact(x, True, g.stride)
         gemm.gemm(dym.t(), xm, dwm)
-        return True
+        return
     # NCHW: K runs over (n, position), which is not one stride; channel-major copies make it one.
     dyk = dy.transpose(0, 1).contiguous().view(g.OC, -1)                          # [OC, N*OH*OW]
     xs = x[:, :, ::g.stride[0], ::g.stride[1]] if tuple(g.stride) != (1, 1) else x
     xk = xs.transpose(0, 1).contiguous().view(g.C, -1)                           # [C, N*OH*OW]
     gemm.gemm(dyk, xk.t(), dwm)
-    return True

@@ -55,61 +55,62 @@ def _weight_source() -> str:
     return codegen.module(["f32", "f32"], body, WG)
 
 
+# The input and output transforms are generated as straight-line code over scalar variables: the
+# loops over small local arrays they were first written with are the pattern that held a WGSL GEMM at
+# 1.6% of cuBLAS (docs/benchmarks.md), and these two passes move most of a Winograd layer's bytes.
 def _input_source() -> str:
-    # thread (c, p): the 4x4 patch at (n, 2*th - pad, 2*tw - pad) -> V[xi][c][p]
-    body = """
+    # thread (c, p): the 4x4 patch at (n, 2*th - pad, 2*tw - pad) -> V[xi][c][p], V = B^T d B
+    lines = ["""
   let C = pu(1u); let P = pu(2u);
   if (gi >= C * P) { return; }
   let c = gi / P; let p = gi % P;
   let TH = pu(3u); let TW = pu(4u); let H = i32(pu(5u)); let W = i32(pu(6u));
   let n = p / (TH * TW); let r = p % (TH * TW);
   let h0 = i32(r / TW) * 2 - pi(7u); let w0 = i32(r % TW) * 2 - pi(7u);
-  let xb = pu(8u) + n * pu(9u) + c * pu(10u); let sh = pu(11u); let sw = pu(12u);
-  var d: array<f32, 16>;
-  for (var i = 0; i < 4; i = i + 1) { for (var j = 0; j < 4; j = j + 1) {
-    let hh = h0 + i; let ww = w0 + j;
-    var v = 0.0;
-    if (hh >= 0 && hh < H && ww >= 0 && ww < W) { v = b1[xb + u32(hh) * sh + u32(ww) * sw]; }
-    d[i * 4 + j] = v; } }
-  var t: array<f32, 16>;
-  for (var j = 0; j < 4; j = j + 1) {
-    t[j] = d[j] - d[8 + j]; t[4 + j] = d[4 + j] + d[8 + j];
-    t[8 + j] = d[8 + j] - d[4 + j]; t[12 + j] = d[4 + j] - d[12 + j]; }
-  let vb = pu(13u) + c * P + p; let plane = C * P;
-  for (var a = 0u; a < 4u; a = a + 1u) {
-    let r0 = t[a * 4u]; let r1 = t[a * 4u + 1u]; let r2 = t[a * 4u + 2u]; let r3 = t[a * 4u + 3u];
-    b0[vb + (a * 4u) * plane] = r0 - r2;
-    b0[vb + (a * 4u + 1u) * plane] = r1 + r2;
-    b0[vb + (a * 4u + 2u) * plane] = r2 - r1;
-    b0[vb + (a * 4u + 3u) * plane] = r1 - r3; }"""
-    return codegen.module(["f32", "f32"], body, WG)
+  let xb = pu(8u) + n * pu(9u) + c * pu(10u); let sh = pu(11u); let sw = pu(12u);"""]
+    w = lines.append
+    for i in range(4):
+        w(f"  let vh{i} = h0 + {i} >= 0 && h0 + {i} < H; let rb{i} = xb + u32(max(h0 + {i}, 0)) * sh;")
+    for j in range(4):
+        w(f"  let vw{j} = w0 + {j} >= 0 && w0 + {j} < W; let cw{j} = u32(max(w0 + {j}, 0)) * sw;")
+    for i in range(4):
+        for j in range(4):
+            w(f"  var d{i}{j} = 0.0; if (vh{i} && vw{j}) {{ d{i}{j} = b1[rb{i} + cw{j}]; }}")
+    for j in range(4):  # t = B^T d (rows)
+        w(f"  let t0{j} = d0{j} - d2{j}; let t1{j} = d1{j} + d2{j}; let t2{j} = d2{j} - d1{j}; "
+          f"let t3{j} = d1{j} - d3{j};")
+    w("  let vb = pu(13u) + c * P + p; let plane = C * P;")
+    for a in range(4):  # V = t B (columns)
+        for q, expr in enumerate((f"t{a}0 - t{a}2", f"t{a}1 + t{a}2", f"t{a}2 - t{a}1", f"t{a}1 - t{a}3")):
+            w(f"  b0[vb + {a * 4 + q}u * plane] = {expr};")
+    return codegen.module(["f32", "f32"], "\n".join(lines), WG)
 
 
 def _output_source(store, has_bias: bool) -> str:
-    # thread (oc, p): M[xi][oc][p] -> y[n, oc, 2th + i, 2tw + j] (+ bias[oc])
+    # thread (oc, p): M[xi][oc][p] -> y[n, oc, 2th + i, 2tw + j] (+ bias[oc]), y = A^T m A
     bias = " + b2[pu(12u) + oc]" if has_bias else ""
-    body = f"""
+    lines = ["""
   let OC = pu(1u); let P = pu(2u);
-  if (gi >= OC * P) {{ return; }}
+  if (gi >= OC * P) { return; }
   let oc = gi / P; let p = gi % P;
   let TH = pu(3u); let TW = pu(4u); let OH = pu(5u); let OW = pu(6u);
   let n = p / (TH * TW); let r = p % (TH * TW);
   let oh = (r / TW) * 2u; let ow = (r % TW) * 2u;
-  let mb = pu(13u) + oc * P + p; let plane = OC * P;
-  var m: array<f32, 16>;
-  for (var k = 0u; k < 16u; k = k + 1u) {{ m[k] = b1[mb + k * plane]; }}
-  var t: array<f32, 8>;
-  for (var j = 0u; j < 4u; j = j + 1u) {{
-    t[j] = m[j] + m[4u + j] + m[8u + j]; t[4u + j] = m[4u + j] - m[8u + j] - m[12u + j]; }}
-  let yb = pu(7u) + n * pu(8u) + oc * pu(9u); let sh = pu(10u); let sw = pu(11u);
-  for (var i = 0u; i < 2u; i = i + 1u) {{
-    let r0 = t[i * 4u]; let r1 = t[i * 4u + 1u]; let r2 = t[i * 4u + 2u]; let r3 = t[i * 4u + 3u];
-    if (oh + i < OH) {{
-      b0[yb + (oh + i) * sh + ow * sw] = {store(f"r0 + r1 + r2{bias}")};
-      if (ow + 1u < OW) {{ b0[yb + (oh + i) * sh + (ow + 1u) * sw] = {store(f"r1 - r2 - r3{bias}")}; }}
-    }} }}"""
+  let mb = pu(13u) + oc * P + p; let plane = OC * P;"""]
+    w = lines.append
+    for k in range(16):
+        w(f"  let m{k} = b1[mb + {k}u * plane];")
+    for j in range(4):  # t = A^T m (rows)
+        w(f"  let t0{j} = m{j} + m{4 + j} + m{8 + j}; let t1{j} = m{4 + j} - m{8 + j} - m{12 + j};")
+    w("  let yb = pu(7u) + n * pu(8u) + oc * pu(9u); let sh = pu(10u); let sw = pu(11u);")
+    for i in range(2):  # y = t A (columns)
+        w(f"  if (oh + {i}u < OH) {{")
+        w(f"    b0[yb + (oh + {i}u) * sh + ow * sw] = {store(f't{i}0 + t{i}1 + t{i}2{bias}')};")
+        w(f"    if (ow + 1u < OW) {{ b0[yb + (oh + {i}u) * sh + (ow + 1u) * sw] = "
+          f"{store(f't{i}1 - t{i}2 - t{i}3{bias}')}; }}")
+        w("  }")
     types = ["f32", "f32"] + (["f32"] if has_bias else [])
-    return codegen.module(types, body, WG)
+    return codegen.module(types, "\n".join(lines), WG)
 
 
 def conv3x3(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, padding: int, out: WgpuTensor,
