@@ -149,12 +149,27 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
         return cached
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
+    _announce(rt)
     best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm")
     with _lock:
         table[key] = best.name
         _save()
     _picked[memo_key] = best
     return best
+
+
+_announced = False
+
+
+def _announce(rt) -> None:
+    """Say once per process that the pause ahead is tuning, not a hang: on a new adapter the first
+    training step compiles and times ~25 tiles per product shape (86 s for ResNet-18 on an H200)."""
+    global _announced
+    if not _announced:
+        _announced = True
+        log.warning("navitrain: timing GEMM tiles for %s (first use of these shapes on this adapter; "
+                    "the first steps are slower, the choices are cached in %s). NAVITRAIN_WGPU_TUNE=0 skips this.",
+                    rt.info.name, _path())
 
 
 # Choices already made in this process, by exact shape: a training step asks for the same products
@@ -179,6 +194,7 @@ def pick_choice(key: str, options: dict, default: str) -> str:
         return cached
     if rt.capture is not None:
         return default
+    _announce(rt)
     timings = []
     for name, run in options.items():
         try:
