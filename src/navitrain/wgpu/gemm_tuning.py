@@ -24,8 +24,10 @@ from navitrain.wgpu.gemm import TileConfig, auto_splits
 
 log = logging.getLogger("navitrain.wgpu")
 
-LARGE = TileConfig(128, 128, 16, 8, 8, buffers=1)   # 16.9 KiB of workgroup memory: fits most adapters
-MEDIUM = TileConfig(64, 64, 16, 8, 8)
+# Defaults (software adapters, NAVITRAIN_WGPU_TUNE=0): single-buffered tiles, which were as fast or
+# faster in the run-8 sweep and need at most 16.9 KiB of workgroup memory.
+LARGE = TileConfig(128, 128, 16, 8, 8, buffers=1)
+MEDIUM = TileConfig(64, 64, 16, 8, 8, buffers=1)
 SMALL = TileConfig(32, 32, 8, 4, 4)
 
 # Measured on an H100 through Vulkan (docs/benchmarks.md): single-buffered 8x8-per-thread tiles win on
@@ -44,7 +46,7 @@ CANDIDATES = [
     TileConfig(32, 32, 8, 4, 4),
     TileConfig(128, 64, 16, 8, 8, buffers=1),   # 128 threads: half the workgroups of 128x128
     # BK=32: fewer barriers per FMA, and 128-byte runs along K for operands gathered along K
-    # (convolution weight gradients); 32 KiB of workgroup memory at 128x128.
+    # (convolution weight gradients); 34 KiB of workgroup memory at 128x128.
     TileConfig(128, 128, 32, 8, 8, buffers=1),
     TileConfig(128, 64, 32, 8, 8, buffers=1),
     TileConfig(64, 64, 32, 8, 8, buffers=1),
