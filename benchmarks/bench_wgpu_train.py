@@ -80,12 +80,7 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
 
             nw.synchronize()
 
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = models.train_step(model, opt, loss_fn)
 
     if graphed:
         return graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps, out)

@@ -58,12 +58,10 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3) if optim == "adamw" else \
             torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
 
+        train = models.train_step(model, opt, loss_fn)
+
         def step():
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+            return train(x, y)
 
         for _ in range(3):
             step().item()

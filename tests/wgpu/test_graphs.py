@@ -13,13 +13,7 @@ from navitrain.wgpu.runtime import runtime
 
 def _train(model, opt, loss_fn, batches, graphed, warmup=2):
     """Losses of one step per batch; graphed: eager warm-up steps, then one captured step replayed."""
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = models.train_step(model, opt, loss_fn)
     if not graphed:
         return [step(x.to("wgpu"), y.to("wgpu")).item() for x, y in batches]
     sx, sy = batches[0][0].to("wgpu"), batches[0][1].to("wgpu")
@@ -160,14 +154,7 @@ def _mlp_run(graphed, batches):
     torch.manual_seed(3)
     model = models.mlp(in_features=16, hidden=(32,), num_classes=4).to("wgpu")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def train_step(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    train_step = models.train_step(model, opt, torch.nn.functional.cross_entropy)
     step = nw.graphed(train_step, warmup=2) if graphed else \
         (lambda x, y: train_step(x.to("wgpu"), y.to("wgpu")))
     return [step(x, y).item() for x, y in batches], step

@@ -34,17 +34,14 @@ def train(device, *, steps: int = 30, batch_size: int = 32, seed: int = 0, max_s
     started = time.perf_counter()
     model = models.mnist_net(channels=CHANNELS, hidden=HIDDEN).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, foreach=False)
+    train = models.train_step(model, optimizer, models.mnist_loss)
     losses: list[float] = []
     for step in range(steps):
         if step >= 2 and max_seconds is not None and time.perf_counter() - started > max_seconds:
             break
         # fresh data every step: the falling loss shows learning, not memorising
         x, y = models.mnist_batch(batch_size, seed=seed * 100_003 + step, device=device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = models.mnist_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.item()))
+        losses.append(float(train(x, y).item()))
         if on_step is not None:
             on_step(step + 1, steps, losses[-1])
     train_s = time.perf_counter() - started

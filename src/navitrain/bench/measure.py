@@ -128,6 +128,9 @@ def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed:
             check_loss = float(workload.loss(model(batches[0][0]), batches[0][1]).item())
         model.train()
     optimizer = workload.make_optimizer(model.parameters())
+    from navitrain.bench.models import train_step  # torch-importing; this module is imported without it
+
+    train = train_step(model, optimizer, workload.loss)
 
     losses: list[float] = []
     step_s: list[float] = []
@@ -135,11 +138,7 @@ def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed:
     for step in range(total):
         x, y = batches[step % BATCH_POOL]
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = workload.loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.item())  # the sync point
+        value = float(train(x, y).item())  # the sync point
         t1 = time.perf_counter()
         if step == 0:
             time_to_first_step = t1 - started

@@ -228,6 +228,19 @@ def gpt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn):
+    """step(x, y) -> loss: one plain training step (zero grads, forward, backward, optimizer step),
+    the unit that benchmarks time and captured graphs record."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 # ------------------------------------------------------------------------------------ small U-Net
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
