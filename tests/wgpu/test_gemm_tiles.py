@@ -21,10 +21,11 @@ CONFIGS = gemm_tuning.CANDIDATES + [
 ]
 
 
-def _fits(cfg):
+def _skip_unless_it_fits(cfg):
     from navitrain.wgpu.runtime import runtime
 
-    return cfg.fits(runtime().limits)
+    if not cfg.fits(runtime().limits):
+        pytest.skip(f"{cfg.name} needs more workgroup memory or threads than this adapter has")
 
 
 def _check(cfg, M, N, K, batch=1, ta=False, tb=False, alpha=1.0, beta=0.0, seed=0):
@@ -48,15 +49,13 @@ def _check(cfg, M, N, K, batch=1, ta=False, tb=False, alpha=1.0, beta=0.0, seed=
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_tile_on_unaligned_shapes(cfg):
-    if not _fits(cfg):
-        pytest.skip(f"{cfg.name} needs more workgroup memory or threads than this adapter has")
+    _skip_unless_it_fits(cfg)
     _check(cfg, 67, 45, 3 * cfg.BK + 5, ta=True, alpha=0.5, beta=2.0, seed=1)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_tile_on_aligned_shapes_with_vector_loads(cfg):
-    if not _fits(cfg):
-        pytest.skip(f"{cfg.name} needs more workgroup memory or threads than this adapter has")
+    _skip_unless_it_fits(cfg)
     # Whole tiles and K a multiple of 64: no bounds checks, 16-byte loads and stores, long enough K for
     # the split-K variants to split.
     _check(cfg, 2 * cfg.BM, cfg.BN, 256, tb=True, seed=2)

@@ -21,7 +21,7 @@ import torch
 from navitrain.wgpu import codegen, conv1x1
 from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, launch
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import WgpuTensor, empty
+from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
 
 # Parameter words of the convolution geometry (the GEMM itself uses words 0..7).
 _GEOM = ["cN", "cCg", "cH", "cW", "cOH", "cOW", "cKH", "cKW", "csh", "csw", "cph", "cpw", "cdh", "cdw", "cOCg"]
@@ -383,10 +383,6 @@ def _config(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     return pick(kind, M, N, K, batch, run)
 
 
-def _is_nhwc(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
-
-
 _WSTRIDED = 56  # parameter words of a weight read as a plain matrix: offset, row stride, k stride, group stride
 
 
@@ -427,13 +423,36 @@ def _image_vec_out(out: WgpuTensor, nhwc: bool, groups: int, types: list, heaps:
     return f"b{len(types) - 1}"
 
 
+# The three passes pick their formulation here: 1x1 layers as plain products (conv1x1.py), strided
+# grad-input by output phase, everything else the implicit-GEMM kernels below (whose tuner calls
+# them again with each candidate tile).
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
-            relu: bool = False, cfg: TileConfig | None = None) -> WgpuTensor:
+            relu: bool = False) -> WgpuTensor:
     same = x.dtype == w.dtype == out.dtype and (bias is None or bias.dtype == x.dtype)
-    if cfg is None and not relu and same and conv1x1.eligible(g) and conv1x1.forward(x, w, bias, g, out):
+    if not relu and same and conv1x1.eligible(g) and conv1x1.forward(x, w, bias, g, out):
         return out
+    return _implicit_forward(x, w, bias, g, out, relu)
+
+
+def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
+    if dy.dtype == w.dtype == dx.dtype and conv1x1.eligible(g) and conv1x1.grad_input(dy, w, g, dx):
+        return dx
+    if tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
+        return _grad_input_by_phase(dy, w, g, dx)
+    return _implicit_grad_input(dy, w, g, dx)
+
+
+def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> WgpuTensor:
+    if dy.dtype == x.dtype == dw.dtype and conv1x1.eligible(g):
+        conv1x1.grad_weight(dy, x, g, dw)
+        return dw
+    return _implicit_grad_weight(dy, x, g, dw)
+
+
+def _implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
+                      relu: bool = False, cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
-    nhwc = _is_nhwc(out)
+    nhwc = is_channels_last(out)
     st_x, st_w, st_o = rt.stypes[x.dtype], rt.stypes[w.dtype], rt.stypes[out.dtype]
     K = g.Cg * g.KH * g.KW
     P = g.N * g.OH * g.OW
@@ -441,7 +460,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
         M, N = P, g.OCg
     else:
         M, N = g.OCg, P
-    cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: forward(x, w, bias, g, out, relu, c))
+    cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: _implicit_forward(x, w, bias, g, out, relu, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
     heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])
@@ -471,18 +490,15 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
     return out
 
 
-def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, cfg: TileConfig | None = None) -> WgpuTensor:
-    if cfg is None and dy.dtype == w.dtype == dx.dtype and conv1x1.eligible(g) and conv1x1.grad_input(dy, w, g, dx):
-        return dx
-    if cfg is None and tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
-        return _grad_input_by_phase(dy, w, g, dx)
+def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor,
+                         cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
-    nhwc = _is_nhwc(dx)
+    nhwc = is_channels_last(dx)
     st_y, st_w, st_o = rt.stypes[dy.dtype], rt.stypes[w.dtype], rt.stypes[dx.dtype]
     K = g.OCg * g.KH * g.KW
     P = g.N * g.H * g.W
     M, N = (P, g.Cg) if nhwc else (g.Cg, P)
-    cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: grad_input(dy, w, g, dx, c))
+    cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: _implicit_grad_input(dy, w, g, dx, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_y.wgsl, st_w.wgsl]
     heaps = [dx._ws.heap, dy._ws.heap, None]
@@ -526,6 +542,8 @@ def _grad_input_by_phase(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     sub-kernel w[..., kh0::s] and padding (a + p - kh0)/s, written into dx[..., a::s]. Gathering dy
     directly for every (kh, kw) instead would skip (s^2 - 1)/s^2 of the loads (3/4 at stride 2) after
     paying for them, which held strided layers at 15-16% of cuBLAS on the H200 (run 7)."""
+    from navitrain.wgpu.ops.copy import fill
+
     (sh, sw), (ph, pw) = g.stride, g.padding
     for a in range(min(sh, g.H)):
         for b in range(min(sw, g.W)):
@@ -533,8 +551,6 @@ def _grad_input_by_phase(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
             taps_h, taps_w = len(range(kh0, g.KH, sh)), len(range(kw0, g.KW, sw))
             part = dx[:, :, a::sh, b::sw]
             if taps_h == 0 or taps_w == 0:   # no tap reaches these inputs
-                from navitrain.wgpu.ops.copy import fill
-
                 fill(part, 0.0)
                 continue
             sub = Geometry(g.N, g.C, part.shape[2], part.shape[3], g.OC, g.OH, g.OW, taps_h, taps_w, (1, 1),
@@ -543,19 +559,17 @@ def _grad_input_by_phase(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     return dx
 
 
-def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor, cfg: TileConfig | None = None) -> WgpuTensor:
-    if cfg is None and dy.dtype == x.dtype == dw.dtype and conv1x1.eligible(g):
-        conv1x1.grad_weight(dy, x, g, dw)
-        return dw
+def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor,
+                          cfg: TileConfig | None = None) -> WgpuTensor:
     rt = runtime()
-    nhwc = _is_nhwc(x)
+    nhwc = is_channels_last(x)
     st_y, st_x, st_o = rt.stypes[dy.dtype], rt.stypes[x.dtype], rt.stypes[dw.dtype]
     M, N = g.OCg, g.Cg * g.KH * g.KW
     K = g.N * g.OH * g.OW
     q_order = "kkc" if nhwc else "ckk"
-    cfg = cfg or _config(("conv_wgrad", nhwc), M, N, K, g.groups, lambda c: grad_weight(dy, x, g, dw, c))
+    cfg = cfg or _config(("conv_wgrad", nhwc), M, N, K, g.groups, lambda c: _implicit_grad_weight(dy, x, g, dw, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
-    dy_nchw = not _is_nhwc(dy)
+    dy_nchw = not is_channels_last(dy)
     y0, y1, y2, y3 = dy.stride()
     vec_dy = (not guard and dy_nchw and st_y.wgsl == "f32" and y3 == 1 and y2 == g.OW and (g.OH * g.OW) % 4 == 0
               and y0 % 4 == 0 and y1 % 4 == 0 and dy.elem_offset % 4 == 0)

@@ -13,16 +13,12 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu import gemm
-from navitrain.wgpu.tensor import WgpuTensor, empty
+from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
 
 
 def eligible(g) -> bool:
     return (g.KH == 1 and g.KW == 1 and tuple(g.padding) == (0, 0) and g.groups == 1
             and g.OH == (g.H - 1) // g.stride[0] + 1 and g.OW == (g.W - 1) // g.stride[1] + 1)
-
-
-def _nhwc(t: WgpuTensor) -> bool:
-    return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
 
 
 def _image_matrix(t: WgpuTensor, nhwc: bool):
@@ -54,7 +50,7 @@ def _weight(w: WgpuTensor) -> WgpuTensor:
 
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor) -> bool:
     """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix."""
-    nhwc = _nhwc(out)
+    nhwc = is_channels_last(out)
     o = _image_matrix(out, nhwc)
     if o is None:
         return False
@@ -67,7 +63,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
 
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
-    nhwc = _nhwc(dx)
+    nhwc = is_channels_last(dx)
     wm = _weight(w)
     strided = tuple(g.stride) != (1, 1)
     target = dx
@@ -94,7 +90,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
 def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
     """dW[oc, c] = sum over images and positions of dy[n, oc, p] * x[n, c, p]: one product with
     K = N*OH*OW, long and thin, so the tuner usually picks split-K."""
-    nhwc = _nhwc(x)
+    nhwc = is_channels_last(x)
     dwm = _weight(dw)
     if nhwc:        # dy^T [OC, P] @ x [P, C]
         dym = _compact(dy, True, (1, 1))

@@ -207,6 +207,12 @@ def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
     return empty(t.shape, dtype, t.stride())
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-D image laid out NHWC (channels innermost) and not also plain contiguous: the layout that
+    convolution kernels walk by channel."""
+    return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
+
+
 def _dense_non_overlapping(t: torch.Tensor) -> bool:
     pairs = sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1)
     expected = 1
