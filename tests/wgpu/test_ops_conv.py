@@ -112,3 +112,84 @@ def test_winograd_forward_and_grad_input(case, monkeypatch):
     for got, want, what in ((y, ref, "output"), (xd.grad, x.grad, "grad_input"), (wd.grad, w.grad, "grad_weight")):
         err = (got.detach().cpu().double() - want).abs().max().item() / want.abs().max().item()
         assert err < 2e-5, f"{what}: relative error {err:.2e}"
+
+
+def _pointwise_tiles():
+    from navitrain.wgpu.gemm import TileConfig
+
+    return [TileConfig(32, 32, 8, 4, 4), TileConfig(64, 64, 16, 8, 8, buffers=1), TileConfig(4, 128, 8, 4, 4),
+            TileConfig(128, 4, 8, 4, 4)]
+
+
+@pytest.mark.parametrize("cfg", _pointwise_tiles(), ids=lambda c: c.name)
+@pytest.mark.parametrize("shape", [(8, 128, 4, 4, 128), (32, 128, 4, 4, 128), (3, 12, 5, 6, 20)],
+                         ids=["aligned", "aligned-split", "unaligned"])
+def test_1x1_nchw_kernels_read_positions_directly(cfg, shape):
+    """NCHW 1x1 layers: all N*H*W positions as one product (ImagePositions) and the weight gradient
+    reading x like dy (GradOutRows), with each kind of tile; aligned shapes take the 16-byte loads."""
+    from navitrain.wgpu import conv
+    from navitrain.wgpu.runtime import runtime
+    from navitrain.wgpu.tensor import empty
+
+    N, C, H, W, OC = shape
+    gen = torch.Generator().manual_seed(N * C + OC)
+    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(OC, C, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w)
+    gy = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ref.backward(gy)
+    xd, wd, gyd = (t.detach().float().to("wgpu") for t in (x, w, gy))
+    g = conv.Geometry(N, C, H, W, OC, H, W, 1, 1, (1, 1), (0, 0), (1, 1), 1)
+    assert conv.pointwise_geometry(g)
+    y = conv._implicit_forward(xd, wd, None, g, empty([N, OC, H, W], torch.float32), cfg=cfg)
+    dx = conv._implicit_grad_input(gyd, wd, g, empty([N, C, H, W], torch.float32), cfg=cfg)
+    dw = conv._implicit_grad_weight(gyd, xd, g, empty([OC, C, 1, 1], torch.float32), cfg=cfg)
+    for got, want, what in ((y, ref, "output"), (dx, x.grad, "grad_input"), (dw, w.grad, "grad_weight")):
+        err = (got.cpu().double() - want.detach()).abs().max().item() / want.abs().max().item()
+        assert err < 2e-5, f"{cfg.name} {what}: relative error {err:.2e}"
+    operands = [k[3:5] for k in runtime()._kernels if isinstance(k, tuple) and k[:1] == ("gemm",) and k[2] == cfg]
+    assert any(op[1][0] == "positions" for op in operands), "forward/grad-input did not take ImagePositions"
+    assert any(op[1][0] == "chan_rows" and op[1][-1] == "x" for op in operands), "grad-weight gathered x"
+    if shape[-1] == 128 and cfg.BM != 4 and cfg.BN != 4:
+        assert any(op[1][0] == "positions" and op[1][-1] is not None for op in operands), "no 16-byte position loads"
+
+
+def test_stem_grad_input_with_a_thin_tile():
+    """A 3-channel grad-input (GEMM M = 3) with the 4-row tile the tuner may pick for it."""
+    from navitrain.wgpu import conv
+    from navitrain.wgpu.gemm import TileConfig
+    from navitrain.wgpu.tensor import empty
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 3, 3, 3, generator=gen, dtype=torch.float64)
+    gy = torch.randn(2, 16, 12, 10, generator=gen, dtype=torch.float64)
+    want = torch.nn.grad.conv2d_input([2, 3, 12, 10], w, gy, padding=1)
+    g = conv.Geometry(2, 3, 12, 10, 16, 12, 10, 3, 3, (1, 1), (1, 1), (1, 1), 1)
+    got = conv._implicit_grad_input(gy.float().to("wgpu"), w.float().to("wgpu"), g,
+                                    empty([2, 3, 12, 10], torch.float32), cfg=TileConfig(4, 128, 8, 4, 4))
+    err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
+    assert err < 2e-5, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cfg", _pointwise_tiles()[:2], ids=lambda c: c.name)
+def test_grad_weight_gathers_four_positions_per_load(cfg, stride):
+    """3x3 NCHW grad-weight with OW a multiple of 4 and whole tiles: each load slot gathers four
+    neighbouring positions (ImageGradWeight.four), padding columns and rows included."""
+    from navitrain.wgpu import conv
+    from navitrain.wgpu.runtime import runtime
+    from navitrain.wgpu.tensor import empty
+
+    N, C, H, OC = 2, 64, 16, 64
+    OH = (H + 2 - 3) // stride + 1
+    gen = torch.Generator().manual_seed(10 + stride)
+    x = torch.randn(N, C, H, H, generator=gen, dtype=torch.float64)
+    gy = torch.randn(N, OC, OH, OH, generator=gen, dtype=torch.float64)
+    want = torch.nn.grad.conv2d_weight(x, [OC, C, 3, 3], gy, stride=stride, padding=1)
+    g = conv.Geometry(N, C, H, H, OC, OH, OH, 3, 3, (stride, stride), (1, 1), (1, 1), 1)
+    got = conv._implicit_grad_weight(gy.float().to("wgpu"), x.float().to("wgpu"), g,
+                                     empty([OC, C, 3, 3], torch.float32), cfg=cfg)
+    err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
+    assert err < 2e-5, f"relative error {err:.2e}"
+    assert any(isinstance(k, tuple) and k[:1] == ("gemm",) and k[2] == cfg and k[4][0] == "im_wgrad" and k[4][-1]
+               for k in runtime()._kernels), "the four-position gather was not used"

@@ -240,13 +240,15 @@ class ImageGradInput(Operand):
 
 @dataclass(frozen=True)
 class GradOutRows(Operand):
-    """grad-weight A operand: dy with row = oc and k = (n, oh, ow). Only the tile edges need bounds
-    checks (no padding). With `vec_binding` (NCHW dy, OH*OW a multiple of 4, aligned), four consecutive
-    k -- four neighbouring positions of one image -- are one 16-byte load."""
+    """grad-weight operand with row = channel and k = (n, oh, ow): dy (A, row = oc), or -- for 1x1,
+    unit-stride, unpadded layers, where x has dy's spatial size -- x itself (B, row = c, `tensor="x"`).
+    Only the tile edges need bounds checks (no padding). With `vec_binding` (NCHW, OH*OW a multiple of
+    4, aligned), four consecutive k -- four neighbouring positions of one image -- are one 16-byte load."""
     binding: str
     wgsl: str
     fastest: str
     vec_binding: str | None = None
+    tensor: str = "y"
 
     @property
     def vec(self) -> int:
@@ -254,17 +256,18 @@ class GradOutRows(Operand):
 
     @property
     def key(self):
-        return ("dy_rows", self.binding, self.wgsl, self.fastest, self.vec_binding)
+        return ("chan_rows", self.binding, self.wgsl, self.fastest, self.vec_binding, self.tensor)
 
     def hoist(self, p, e, row):
-        return [f"let {p}_yb{e} = y_off + (bz * cOCg + ({row})) * y_s1;"] + _digits_init(p, e, "nhw")
+        t, groups = self.tensor, "cOCg" if self.tensor == "y" else "cCg"
+        return [f"let {p}_yb{e} = {t}_off + (bz * {groups} + ({row})) * {t}_s1;"] + _digits_init(p, e, "nhw")
 
     def advance(self, p, e):
         return _digits_advance(p, e, "nhw")
 
     def _address(self, p, e):
-        ow, oh, kn = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
-        return f"{p}_yb{e} + {kn} * y_s0 + {oh} * y_s2 + {ow} * y_s3"
+        ow, oh, kn, t = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}", self.tensor
+        return f"{p}_yb{e} + {kn} * {t}_s0 + {oh} * {t}_s2 + {ow} * {t}_s3"
 
     def load_vec(self, p, e, row, k):
         return f"{self.vec_binding}[({self._address(p, e)}) >> 2u]"
@@ -274,17 +277,78 @@ class GradOutRows(Operand):
 
 
 @dataclass(frozen=True)
+class ImagePositions(Operand):
+    """1x1, unit-stride, unpadded layers in NCHW: row = position (n, p) of an image whose H*W block is
+    contiguous, k = channel, element at t_off + n*t_s0 + p + k*t_s1 -- x for forward, dy for grad-input.
+    One product over all N*H*W positions instead of one per image: with 4x4 images a per-image
+    product is 16 columns wide, a quarter of a tile. Consecutive threads walk positions; with
+    `vec_binding` (H*W a multiple of 4, aligned), four neighbouring positions are one 16-byte load."""
+    binding: str
+    wgsl: str
+    tensor: str       # "x" (forward: H x W) or "y" (grad-input: OH x OW)
+    vec_binding: str | None = None
+    fastest: str = "row"
+
+    @property
+    def vec(self) -> int:
+        return 4 if self.vec_binding else 1
+
+    @property
+    def key(self):
+        return ("positions", self.binding, self.wgsl, self.tensor, self.vec_binding)
+
+    def hoist(self, p, e, row):
+        t = self.tensor
+        hw = "(cH * cW)" if t == "x" else "(cOH * cOW)"
+        groups = "cCg" if t == "x" else "cOCg"
+        return [f"let {p}_pb{e} = {t}_off + (({row}) / {hw}) * {t}_s0 + ({row}) % {hw} + bz * {groups} * {t}_s1;"]
+
+    def load_vec(self, p, e, row, k):
+        return f"{self.vec_binding}[({p}_pb{e} + ({k}) * {self.tensor}_s1) >> 2u]"
+
+    def load(self, p, e, row, k):
+        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{p}_pb{e} + ({k}) * {self.tensor}_s1])"
+
+
+def pointwise_geometry(g: "Geometry") -> bool:
+    """1x1 kernel, unit stride, no padding: every output position reads exactly its own input position."""
+    return (g.KH == 1 and g.KW == 1 and tuple(g.stride) == (1, 1) and tuple(g.padding) == (0, 0)
+            and g.H == g.OH and g.W == g.OW)
+
+
+def _positions_vec_ok(t: WgpuTensor, g: "Geometry") -> bool:
+    """Whether ImagePositions may read `t` four positions at a time."""
+    s0, s1, s2, s3 = t.stride()
+    hw = t.shape[2] * t.shape[3]
+    return (t.dtype == torch.float32 and hw % 4 == 0 and s3 == 1 and s2 == t.shape[3]
+            and s0 % 4 == 0 and s1 % 4 == 0 and t.elem_offset % 4 == 0)
+
+
+def _positions_ok(t: WgpuTensor) -> bool:
+    """Whether the H*W block of `t` is contiguous (ImagePositions' addressing)."""
+    s0, s1, s2, s3 = t.stride()
+    return (s3 == 1 or t.shape[3] == 1) and (s2 == t.shape[3] or t.shape[2] == 1)
+
+
+@dataclass(frozen=True)
 class ImageGradWeight(Operand):
     """grad-weight B operand: x with row = q = (c, kh, kw) or (kh, kw, c) and k = (n, oh, ow)."""
     binding: str
     wgsl: str
     q_order: str
     fastest: str
+    # NCHW with OW a multiple of 4: a load slot takes four neighbouring k -- four positions of one
+    # output row -- so the row test, the address and the carries are worked out once for four loads.
+    four: bool = False
     gather = True
 
     @property
+    def vec(self) -> int:
+        return 4 if self.four else 1
+
+    @property
     def key(self):
-        return ("im_wgrad", self.binding, self.wgsl, self.q_order, self.fastest)
+        return ("im_wgrad", self.binding, self.wgsl, self.q_order, self.fastest, self.four)
 
     def hoist(self, p, e, row):
         if self.q_order == "ckk":
@@ -307,6 +371,18 @@ class ImageGradWeight(Operand):
         cond = f"{row} < {p}_rows && {k} < K && {ih} >= 0 && {ih} < i32(cH) && {iw} >= 0 && {iw} < i32(cW)"
         val = f"f32({self.binding}[{p}_xb{e} + {kn} * x_s0 + u32({ih}) * x_s2 + u32({iw}) * x_s3])"
         return cond, val
+
+    def load_vec(self, p, e, row, k):
+        """Four positions (ow .. ow+3) of one output row: (statements, vec4 value). Only the column test
+        differs between them; padding columns read as zero."""
+        ow, oh, kn = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+        pre = (f"let ih = i32({oh} * csh) + {p}_oh{e}; let iw = i32({ow} * csw) + {p}_ow{e}; "
+               f"var v = vec4<f32>(0.0); if (ih >= 0 && ih < i32(cH)) {{ "
+               f"let rb = {p}_xb{e} + {kn} * x_s0 + u32(ih) * x_s2; ")
+        for q in range(4):
+            iq = f"(iw + {q} * i32(csw))" if q else "iw"
+            pre += f"if ({iq} >= 0 && {iq} < i32(cW)) {{ v[{q}] = f32({self.binding}[rb + u32({iq}) * x_s3]); }} "
+        return pre + "} ", "v"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,10 +536,17 @@ def _implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: 
         M, N = P, g.OCg
     else:
         M, N = g.OCg, P
-    cfg = cfg or _config(("conv_fwd", nhwc), M, N, K, g.groups, lambda c: _implicit_forward(x, w, bias, g, out, relu, c))
+    positions = not nhwc and pointwise_geometry(g) and _positions_ok(x)
+    kind = ("conv_fwd", nhwc) + (("1x1",) if positions else ())
+    cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_forward(x, w, bias, g, out, relu, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
     heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])
+    x_vec = None
+    if positions and not guard and _positions_vec_ok(x, g):
+        x_vec = f"b{len(types)}"
+        types.append("vec4<f32>")
+        heaps.append(x._ws.heap)
     wparams = None
     order = "kkc" if nhwc else "ckk"
     if _k_contiguous(w, g, order):
@@ -475,6 +558,9 @@ def _implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: 
     if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
         A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "out", bias is not None, bindings, relu, vec_out)
+    elif positions:   # rows = out channels, cols = positions, k = c, no gather
+        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec)
+        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
         A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
@@ -498,10 +584,17 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     K = g.OCg * g.KH * g.KW
     P = g.N * g.H * g.W
     M, N = (P, g.Cg) if nhwc else (g.Cg, P)
-    cfg = cfg or _config(("conv_dgrad", nhwc), M, N, K, g.groups, lambda c: _implicit_grad_input(dy, w, g, dx, c))
+    positions = not nhwc and pointwise_geometry(g) and _positions_ok(dy)
+    kind = ("conv_dgrad", nhwc) + (("1x1",) if positions else ())
+    cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_grad_input(dy, w, g, dx, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_y.wgsl, st_w.wgsl]
     heaps = [dx._ws.heap, dy._ws.heap, None]
+    y_vec = None
+    if positions and not guard and _positions_vec_ok(dy, g):
+        y_vec = f"b{len(types)}"
+        types.append("vec4<f32>")
+        heaps.append(dy._ws.heap)
     wparams = None
     # The weight read as [c][ko, kh, kw] (NCHW) or [c][kh, kw, ko] (NHWC, one group): a transposed copy
     # (weights are small) turns the gather into a plain, vectorisable matrix.
@@ -523,7 +616,8 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
         A, B = ImageGradInput("b1", st_y.wgsl, "kkc", "k", unit), W
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "in", False, bindings, vec_out=vec_out)
     else:
-        A, B = W, ImageGradInput("b1", st_y.wgsl, "ckk", "row", unit)
+        A = W
+        B = ImagePositions("b1", st_y.wgsl, "y", y_vec) if positions else ImageGradInput("b1", st_y.wgsl, "ckk", "row", unit)
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings, vec_out=vec_out)
     params = g.params(None, w, dy, dx, cfg.BK)
     set_gemm(params, M, N, K)
@@ -567,21 +661,32 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     M, N = g.OCg, g.Cg * g.KH * g.KW
     K = g.N * g.OH * g.OW
     q_order = "kkc" if nhwc else "ckk"
-    cfg = cfg or _config(("conv_wgrad", nhwc), M, N, K, g.groups, lambda c: _implicit_grad_weight(dy, x, g, dw, c))
+    # 1x1 unit-stride layers in NCHW: x is read like dy (row = channel, k = position), no gather.
+    x_rows = not nhwc and pointwise_geometry(g) and _positions_ok(x)
+    kind = ("conv_wgrad", nhwc) + (("1x1",) if x_rows else ())
+    cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_grad_weight(dy, x, g, dw, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     dy_nchw = not is_channels_last(dy)
     y0, y1, y2, y3 = dy.stride()
     vec_dy = (not guard and dy_nchw and st_y.wgsl == "f32" and y3 == 1 and y2 == g.OW and (g.OH * g.OW) % 4 == 0
               and y0 % 4 == 0 and y1 % 4 == 0 and dy.elem_offset % 4 == 0)
     A = GradOutRows("b1", st_y.wgsl, "k" if dy_nchw else "row", "b3" if vec_dy else None)
-    B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k")
+    vec_types = ["vec4<f32>"] if vec_dy else []
+    vec_heaps = (dy._ws.heap,) if vec_dy else ()
+    if x_rows:
+        x_vec = None
+        if not guard and _positions_vec_ok(x, g):
+            x_vec = f"b{3 + len(vec_types)}"
+            vec_types = vec_types + ["vec4<f32>"]
+            vec_heaps = vec_heaps + (x._ws.heap,)
+        B = GradOutRows("b2", st_x.wgsl, "k", x_vec, tensor="x")
+    else:
+        B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k", four=not nhwc and g.OW % 4 == 0)
     # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K.
     slices = auto_splits(cfg, M, N, K, g.groups)
     kslice = -(-K // slices)
     kslice = -(-kslice // cfg.BK) * cfg.BK
     slices = -(-K // kslice)
-    vec_types = ["vec4<f32>"] if vec_dy else []
-    vec_heaps = (dy._ws.heap,) if vec_dy else ()
     if slices == 1:
         bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
         E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)

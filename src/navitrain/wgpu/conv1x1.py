@@ -4,9 +4,12 @@ A 1x1 convolution is a GEMM over channels: per image y[n] = W @ x[n] with x[n] s
 or, channels_last, Y = X @ W^T with X = [N*H*W, C]. Through the implicit-GEMM kernels of conv.py these
 layers ran at 5-19% of cuBLAS on the H200 (run 7: every load of the gathered operand is a bounds-checked
 scalar, K is only C long, and the weight gradient's output is too small to fill the GPU), while as
-plain products they get 16-byte loads, tuned tiles and split-K. A stride s only subsamples the image:
-forward and weight gradient read a compact copy of x[:, :, ::s, ::s]; the input gradient is the product
-written into a compact buffer and scattered into a zeroed dx.
+plain products they get 16-byte loads, tuned tiles and split-K. In NCHW the "product" runs over all
+N*H*W positions at once through conv.py's kernels with gather-free operands (ImagePositions,
+GradOutRows), not one product per image: at 4x4 images a per-image product was 16 columns wide.
+A stride s only subsamples the image: forward and weight gradient read a compact copy of
+x[:, :, ::s, ::s]; the input gradient is the product written into a compact buffer and scattered into
+a zeroed dx.
 """
 from __future__ import annotations
 
@@ -48,17 +51,36 @@ def _weight(w: WgpuTensor) -> WgpuTensor:
     return w.as_strided([w.shape[0], w.shape[1]], [w.stride(0), w.stride(1)], w.storage_offset())
 
 
+def _unit(g):
+    """The same layer as a stride-1 convolution of the subsampled image (what the kernels see)."""
+    from navitrain.wgpu.conv import Geometry
+
+    return Geometry(g.N, g.C, g.OH, g.OW, g.OC, g.OH, g.OW, 1, 1, (1, 1), (0, 0), (1, 1), 1)
+
+
+def _nchw_image(t: WgpuTensor, stride: tuple) -> WgpuTensor:
+    """t subsampled by the stride, with each H*W block contiguous (copying only when needed)."""
+    if stride != (1, 1):
+        t = t[:, :, ::stride[0], ::stride[1]]
+    if _image_matrix(t, False) is None:
+        t = t.contiguous()
+    return t
+
+
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor) -> bool:
     """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix."""
     nhwc = is_channels_last(out)
+    if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
+        from navitrain.wgpu import conv
+
+        conv._implicit_forward(_nchw_image(x, tuple(g.stride)), w, bias, _unit(g), out)
+        return True
     o = _image_matrix(out, nhwc)
     if o is None:
         return False
     xm, wm = _compact(x, nhwc, g.stride), _weight(w)
-    if nhwc:        # [P, C] @ [C, OC]; a bias is one value per column
-        gemm.gemm(xm, wm.t(), o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(0, 1, 0))
-    else:           # per image [OC, C] @ [C, P]; a bias is one value per row
-        gemm.gemm(wm, xm, o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(1, 0, 0))
+    # [P, C] @ [C, OC]; a bias is one value per column
+    gemm.gemm(xm, wm.t(), o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(0, 1, 0))
     return True
 
 
@@ -71,14 +93,15 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
         shape = [g.N, g.C, g.OH, g.OW]
         strides = [g.OH * g.OW * g.C, 1, g.OW * g.C, g.C] if nhwc else None
         target = empty(shape, dx.dtype, strides)
-    o = _image_matrix(target, nhwc)
-    if o is None:
-        return False
-    dym = _compact(dy, nhwc, (1, 1))
     if nhwc:        # [P, OC] @ [OC, C]
-        gemm.gemm(dym, wm, o)
-    else:           # per image [C, OC] @ [OC, P]
-        gemm.gemm(wm.t(), dym, o)
+        o = _image_matrix(target, nhwc)
+        if o is None:
+            return False
+        gemm.gemm(_compact(dy, nhwc, (1, 1)), wm, o)
+    else:           # [C, OC] @ [OC, N*P]
+        from navitrain.wgpu import conv
+
+        conv._implicit_grad_input(_nchw_image(dy, (1, 1)), w, _unit(g), target)
     if strided:     # only every s-th input position received a gradient
         from navitrain.wgpu.ops.copy import copy_into, fill
 
@@ -89,16 +112,16 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
 
 def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
     """dW[oc, c] = sum over images and positions of dy[n, oc, p] * x[n, c, p]: one product with
-    K = N*OH*OW, long and thin, so the tuner usually picks split-K."""
+    K = N*OH*OW, long and thin, so it is split along K."""
     nhwc = is_channels_last(x)
-    dwm = _weight(dw)
     if nhwc:        # dy^T [OC, P] @ x [P, C]
         dym = _compact(dy, True, (1, 1))
         xm = _compact(x, True, g.stride)
-        gemm.gemm(dym.t(), xm, dwm)
+        gemm.gemm(dym.t(), xm, _weight(dw))
         return
-    # NCHW: K runs over (n, position), which is not one stride; channel-major copies make it one.
-    dyk = dy.transpose(0, 1).contiguous().view(g.OC, -1)                          # [OC, N*OH*OW]
-    xs = x[:, :, ::g.stride[0], ::g.stride[1]] if tuple(g.stride) != (1, 1) else x
-    xk = xs.transpose(0, 1).contiguous().view(g.C, -1)                           # [C, N*OH*OW]
-    gemm.gemm(dyk, xk.t(), dwm)
+    # NCHW: K runs over (n, position), not one stride; the grad-weight kernel walks it with carries
+    # (conv.GradOutRows) for both operands, so no channel-major copies are needed (run 8: those copies
+    # were 15-36 us of 80-146 us).
+    from navitrain.wgpu import conv
+
+    conv._implicit_grad_weight(dy, _nchw_image(x, tuple(g.stride)), _unit(g), dw)

@@ -261,7 +261,9 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
         for p, op, rows, slots, smem in operands:
             for e in range(slots):
                 if vec[p] == 4:
-                    w(f"{indent}{{ let gk = {k0} + {p}_kl{e}; r{p}{e} = {op.load_vec(p, e, f'{p}_row{e}', 'gk')};")
+                    loaded = op.load_vec(p, e, f"{p}_row{e}", "gk")
+                    pre, val = loaded if isinstance(loaded, tuple) else ("", loaded)   # (statements, value)
+                    w(f"{indent}{{ let gk = {k0} + {p}_kl{e}; {pre}r{p}{e} = {val};")
                     for line in op.advance(p, e):
                         w(f"{indent}  {line}")
                     w(f"{indent}}}")

@@ -60,6 +60,12 @@ CANDIDATES = [
     TileConfig(64, 64, 16, 8, 8, buffers=1, splits=0),
     TileConfig(64, 64, 16, 4, 4, splits=0),
     TileConfig(32, 32, 8, 4, 4, splits=0),
+    # A side of a few rows (the 3 input channels of a stem's grad-input): a 32-row tile there computes
+    # 29 rows of padding (run 8: 26% of cuBLAS). Only tried where that side is at most 16 (_tune).
+    TileConfig(4, 128, 8, 4, 4),
+    TileConfig(8, 64, 16, 4, 4),
+    TileConfig(128, 4, 8, 4, 4),
+    TileConfig(64, 8, 16, 4, 4),
 ]
 
 _lock = threading.Lock()
@@ -238,6 +244,8 @@ def _tune(rt, M, N, K, batch, run, splits_ok: bool = True) -> TileConfig:
     candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
     # Tiles much larger than the problem only add bounds checks; split-K only helps long K.
     candidates = [c for c in candidates if c.BM <= max(32, 2 * M) and c.BN <= max(32, 2 * N)]
+    # Thin tiles only for thin products (they would double the tuning time of every other shape).
+    candidates = [c for c in candidates if (c.BM >= 32 or M <= 16) and (c.BN >= 32 or N <= 16)]
     # (Convolutions split their weight gradient themselves and ignore the tile's splits.)
     candidates = [c for c in candidates if c.splits == 1 or (
         splits_ok and (K >= 4 * c.BK * c.splits if c.splits else auto_splits(c, M, N, K, batch) > 1))]
