@@ -224,7 +224,17 @@ def main(argv=None):
     ap.add_argument("--gpt", action="store_true", help="also the products of the GPT-style decoder's step")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test on lavapipe")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--layers", help="only these ResNet-18 layers (comma-separated names, e.g. stem,layer2.short)")
+    ap.add_argument("--tuning-log", action="store_true", help="print every tuning candidate's time")
     args = ap.parse_args(argv)
+    if args.tuning_log:
+        import logging
+
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("tuning: %(message)s"))
+        tuning = logging.getLogger("navitrain.wgpu")
+        tuning.addHandler(handler)
+        tuning.setLevel(logging.DEBUG)
     info = machine()
     print(" | ".join(f"{k}: {v}" for k, v in info.items()))
     if args.quick:
@@ -232,7 +242,13 @@ def main(argv=None):
         configs = [gemm.TileConfig(64, 64, 8, 4, 4), gemm.TileConfig(128, 128, 8, 8, 8),
                    gemm.TileConfig(64, 64, 8, 4, 4, splits=2), None]
     else:
-        sizes, batch, shapes = [int(s) for s in args.sizes.split(",")], args.batch, RESNET18
+        sizes, batch, shapes = [int(s) for s in args.sizes.split(",") if s], args.batch, RESNET18
+    if args.layers:
+        wanted = args.layers.split(",")
+        unknown = set(wanted) - {s[0] for s in RESNET18}
+        if unknown:
+            ap.error(f"unknown layers {sorted(unknown)}; choose from {[s[0] for s in RESNET18]}")
+        shapes = [s for s in shapes if s[0] in wanted]
         configs = SWEEP if args.sweep else None
     if configs is None:
         configs = None  # each product picks its tile like a training run does (autotuned on hardware)

@@ -154,21 +154,29 @@ def test_1x1_nchw_kernels_read_positions_directly(cfg, shape):
         assert any(op[1][0] == "positions" and op[1][-1] is not None for op in operands), "no 16-byte position loads"
 
 
-def test_stem_grad_input_with_a_thin_tile():
-    """A 3-channel grad-input (GEMM M = 3) with the 4-row tile the tuner may pick for it."""
+@pytest.mark.parametrize("cfg", [_pointwise_tiles()[i] for i in (0, 2)], ids=lambda c: c.name)
+@pytest.mark.parametrize("W", [10, 16])
+def test_stem_grad_input_with_a_thin_tile(W, cfg):
+    """A 3-channel grad-input (GEMM M = 3) with the 4-row tile the tuner may pick for it and a 32-row
+    one; with W a multiple of 4 and whole column tiles, each load slot gathers four neighbouring
+    positions (ImageGradInput.four), also under the row guard that the 3 channels need."""
     from navitrain.wgpu import conv
-    from navitrain.wgpu.gemm import TileConfig
+    from navitrain.wgpu.runtime import runtime
     from navitrain.wgpu.tensor import empty
 
-    gen = torch.Generator().manual_seed(3)
+    runtime()._kernels.clear()
+    gen = torch.Generator().manual_seed(3 + W)
     w = torch.randn(16, 3, 3, 3, generator=gen, dtype=torch.float64)
-    gy = torch.randn(2, 16, 12, 10, generator=gen, dtype=torch.float64)
-    want = torch.nn.grad.conv2d_input([2, 3, 12, 10], w, gy, padding=1)
-    g = conv.Geometry(2, 3, 12, 10, 16, 12, 10, 3, 3, (1, 1), (1, 1), (1, 1), 1)
+    gy = torch.randn(2, 16, 16, W, generator=gen, dtype=torch.float64)
+    want = torch.nn.grad.conv2d_input([2, 3, 16, W], w, gy, padding=1)
+    g = conv.Geometry(2, 3, 16, W, 16, 16, W, 3, 3, (1, 1), (1, 1), (1, 1), 1)
     got = conv._implicit_grad_input(gy.float().to("wgpu"), w.float().to("wgpu"), g,
-                                    empty([2, 3, 12, 10], torch.float32), cfg=TileConfig(4, 128, 8, 4, 4))
+                                    empty([2, 3, 16, W], torch.float32), cfg=cfg)
     err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
     assert err < 2e-5, f"relative error {err:.2e}"
+    four = any(isinstance(k, tuple) and k[:1] == ("gemm",) and k[2] == cfg and k[4][0] == "im_dgrad" and k[4][-1]
+               for k in runtime()._kernels)
+    assert four == (W == 16), "four-position gather used" if four else "four-position gather not used"
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -193,3 +201,85 @@ def test_grad_weight_gathers_four_positions_per_load(cfg, stride):
     assert err < 2e-5, f"relative error {err:.2e}"
     assert any(isinstance(k, tuple) and k[:1] == ("gemm",) and k[2] == cfg and k[4][0] == "im_wgrad" and k[4][-1]
                for k in runtime()._kernels), "the four-position gather was not used"
+
+
+@pytest.mark.parametrize("read", ["in_place", "compact"])
+@pytest.mark.parametrize("shape", [(4, 16, 8, 8, 32), (3, 12, 7, 10, 20)], ids=["aligned", "unaligned"])
+def test_strided_1x1_reads_x_in_place_or_compact(shape, read, monkeypatch):
+    """A stride-2 NCHW shortcut through conv1x1, with the tuner's choice forced each way: in place,
+    x[:, :, ::2, ::2] is read through its own strides (ImagePositions(flat=False), GradOutRows of x);
+    compact, from a copy. Both against float64 autograd on the CPU."""
+    from navitrain.wgpu import conv1x1, gemm_tuning
+    from navitrain.wgpu.runtime import runtime
+
+    monkeypatch.setattr(gemm_tuning, "pick_choice", lambda key, options, default: read)
+    monkeypatch.setattr(conv1x1, "_READS", {})
+    runtime()._kernels.clear()
+    N, C, H, W, OC = shape
+    gen = torch.Generator().manual_seed(N * C + OC + len(read))
+    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(OC, C, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w, stride=2)
+    gy = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ref.backward(gy)
+    xd = x.detach().float().to("wgpu").requires_grad_()
+    wd = w.detach().float().to("wgpu").requires_grad_()
+    y = F.conv2d(xd, wd, stride=2)
+    y.backward(gy.float().to("wgpu"))
+    for got, want, what in ((y, ref, "output"), (xd.grad, x.grad, "grad_input"), (wd.grad, w.grad, "grad_weight")):
+        err = (got.detach().cpu().double() - want).abs().max().item() / want.abs().max().item()
+        assert err < 2e-5, f"{read} {what}: relative error {err:.2e}"
+    keys = [k for k in runtime()._kernels if isinstance(k, tuple) and k[:1] == ("gemm",)]
+    strided_positions = any(op[0] == "positions" and op[-1] is False for k in keys for op in k[3:5])
+    assert strided_positions == (read == "in_place"), "forward did not read x the chosen way"
+    assert any(op[0] == "chan_rows" and op[-1] == "x" for k in keys for op in k[3:5]), "grad-weight gathered x"
+
+
+@pytest.mark.parametrize("splits", [2, 7, 32])
+def test_grad_weight_with_explicit_slices(splits):
+    """The tuner's fixed slice counts for weight gradients (gemm_tuning.WGRAD_SPLITS): K cut into
+    `splits` slices (fewer when K is short), the partial products summed, for a 1x1 and a 3x3 layer."""
+    from navitrain.wgpu import conv
+    from navitrain.wgpu.gemm import TileConfig
+    from navitrain.wgpu.tensor import empty
+
+    cfg = TileConfig(64, 64, 16, 4, 4, splits=splits)
+    for k, stride in ((1, 1), (3, 2)):
+        N, C, H, OC = 3, 24, 12, 40
+        p = k // 2
+        OH = (H + 2 * p - k) // stride + 1
+        gen = torch.Generator().manual_seed(splits * k)
+        x = torch.randn(N, C, H, H, generator=gen, dtype=torch.float64)
+        gy = torch.randn(N, OC, OH, OH, generator=gen, dtype=torch.float64)
+        want = torch.nn.grad.conv2d_weight(x, [OC, C, k, k], gy, stride=stride, padding=p)
+        g = conv.Geometry(N, C, H, H, OC, OH, OH, k, k, (stride, stride), (p, p), (1, 1), 1)
+        got = conv._implicit_grad_weight(gy.float().to("wgpu"), x.float().to("wgpu"), g,
+                                         empty([OC, C, k, k], torch.float32), cfg=cfg)
+        err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
+        assert err < 2e-5, f"{k}x{k} with {splits} slices: relative error {err:.2e}"
+    from navitrain.wgpu.runtime import runtime
+
+    assert any(isinstance(key, tuple) and key[:1] == ("gemm",) and key[2] == cfg and key[7]
+               for key in runtime()._kernels), "K was not split"
+
+
+def test_wgrad_tuning_offers_fixed_slices():
+    """Weight gradients with a long K get the fixed-slice candidates; other products never do, and
+    every candidate name parses back (the tuning cache stores names)."""
+    from navitrain.wgpu import gemm_tuning
+
+    for cfg in gemm_tuning.CANDIDATES + gemm_tuning.WGRAD_SPLITS:
+        assert gemm_tuning._parse(cfg.name) == cfg
+    seen = {}
+
+    class _Rt:
+        limits = {"max-compute-invocations-per-workgroup": 256, "max-compute-workgroup-storage-size": 32768}
+
+        def synchronize(self):
+            pass
+
+    for wgrad in (True, False):
+        tried = []
+        gemm_tuning._tune(_Rt(), 128, 64, 32768, 1, lambda c: tried.append(c), splits_ok=False, wgrad=wgrad)
+        seen[wgrad] = {c.splits for c in tried}
+    assert {32, 128, 512} <= seen[True] and not any(s > 1 for s in seen[False])

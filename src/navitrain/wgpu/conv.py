@@ -205,11 +205,25 @@ class ImageGradInput(Operand):
     k_order: str
     fastest: str
     unit_stride: bool = False   # stride 1: every tap lands, so no divisibility test and no division
+    # NCHW, stride 1, W a multiple of 4: a load slot takes four neighbouring rows -- positions iw .. iw+3
+    # of one input row, which read ow .. ow+3 of one dy row -- so the tap's row test and address are
+    # worked out once for four loads (a 3-channel stem grad-input is nothing but these loads). Only
+    # set when this operand's rows and K are whole tiles, so it holds even where the other side (3
+    # channels in a 4-row tile) needs the bounds checks.
+    four: bool = False
     gather = True
 
     @property
+    def vec(self) -> int:
+        return 4 if self.four else 1
+
+    @property
+    def whole_tiles(self) -> bool:
+        return self.four
+
+    @property
     def key(self):
-        return ("im_dgrad", self.binding, self.wgsl, self.k_order, self.fastest, self.unit_stride)
+        return ("im_dgrad", self.binding, self.wgsl, self.k_order, self.fastest, self.unit_stride, self.four)
 
     @property
     def radix(self):
@@ -236,6 +250,19 @@ class ImageGradInput(Operand):
                     f" && oh < i32(cOH) && ow < i32(cOW)")
         val = f"f32({self.binding}[{p}_yb{e} + {ko} * y_s1 + u32(oh) * y_s2 + u32(ow) * y_s3])"
         return cond, val, dec
+
+    def load_vec(self, p, e, row, k):
+        """Rows row .. row+3 at one k (whole tiles only): (statements, vec4 value); taps that fall
+        outside dy read as zero."""
+        d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
+        ko, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
+        pre = (f"let oh = {p}_th{e} - i32({kh} * cdh); let ow = {p}_tw{e} - i32({kw} * cdw); "
+               f"var v = vec4<f32>(0.0); if (oh >= 0 && oh < i32(cOH)) {{ "
+               f"let rb = {p}_yb{e} + {ko} * y_s1 + u32(oh) * y_s2; ")
+        for q in range(4):
+            oq = f"(ow + {q})" if q else "ow"
+            pre += f"if ({oq} >= 0 && {oq} < i32(cOW)) {{ v[{q}] = f32({self.binding}[rb + u32({oq}) * y_s3]); }} "
+        return pre + "} ", "v"
 
 
 @dataclass(frozen=True)
@@ -288,6 +315,9 @@ class ImagePositions(Operand):
     tensor: str       # "x" (forward: H x W) or "y" (grad-input: OH x OW)
     vec_binding: str | None = None
     fastest: str = "row"
+    # False: the H*W block is not contiguous (a stride-2 shortcut reading x[:, :, ::2, ::2] in place),
+    # so the position splits into (n, y, x) with their own strides.
+    flat: bool = True
 
     @property
     def vec(self) -> int:
@@ -295,13 +325,17 @@ class ImagePositions(Operand):
 
     @property
     def key(self):
-        return ("positions", self.binding, self.wgsl, self.tensor, self.vec_binding)
+        return ("positions", self.binding, self.wgsl, self.tensor, self.vec_binding, self.flat)
 
     def hoist(self, p, e, row):
         t = self.tensor
-        hw = "(cH * cW)" if t == "x" else "(cOH * cOW)"
+        h, w = ("cH", "cW") if t == "x" else ("cOH", "cOW")
         groups = "cCg" if t == "x" else "cOCg"
-        return [f"let {p}_pb{e} = {t}_off + (({row}) / {hw}) * {t}_s0 + ({row}) % {hw} + bz * {groups} * {t}_s1;"]
+        base = f"{t}_off + (({row}) / ({h} * {w})) * {t}_s0 + bz * {groups} * {t}_s1"
+        if self.flat:
+            return [f"let {p}_pb{e} = {base} + ({row}) % ({h} * {w});"]
+        return [f"let {p}_r{e} = ({row}) % ({h} * {w});",
+                f"let {p}_pb{e} = {base} + ({p}_r{e} / {w}) * {t}_s2 + ({p}_r{e} % {w}) * {t}_s3;"]
 
     def load_vec(self, p, e, row, k):
         return f"{self.vec_binding}[({p}_pb{e} + ({k}) * {self.tensor}_s1) >> 2u]"
@@ -536,14 +570,15 @@ def _implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: 
         M, N = P, g.OCg
     else:
         M, N = g.OCg, P
-    positions = not nhwc and pointwise_geometry(g) and _positions_ok(x)
-    kind = ("conv_fwd", nhwc) + (("1x1",) if positions else ())
+    positions = not nhwc and pointwise_geometry(g)
+    flat = positions and _positions_ok(x)
+    kind = ("conv_fwd", nhwc) + ((("1x1",) if flat else ("1x1-strided",)) if positions else ())
     cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_forward(x, w, bias, g, out, relu, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
     heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])
     x_vec = None
-    if positions and not guard and _positions_vec_ok(x, g):
+    if flat and not guard and _positions_vec_ok(x, g):
         x_vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(x._ws.heap)
@@ -559,7 +594,7 @@ def _implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: 
         A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "out", bias is not None, bindings, relu, vec_out)
     elif positions:   # rows = out channels, cols = positions, k = c, no gather
-        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec)
+        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec, flat=flat)
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
         A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")
@@ -584,14 +619,15 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     K = g.OCg * g.KH * g.KW
     P = g.N * g.H * g.W
     M, N = (P, g.Cg) if nhwc else (g.Cg, P)
-    positions = not nhwc and pointwise_geometry(g) and _positions_ok(dy)
-    kind = ("conv_dgrad", nhwc) + (("1x1",) if positions else ())
+    positions = not nhwc and pointwise_geometry(g)
+    flat = positions and _positions_ok(dy)
+    kind = ("conv_dgrad", nhwc) + ((("1x1",) if flat else ("1x1-strided",)) if positions else ())
     cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_grad_input(dy, w, g, dx, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_y.wgsl, st_w.wgsl]
     heaps = [dx._ws.heap, dy._ws.heap, None]
     y_vec = None
-    if positions and not guard and _positions_vec_ok(dy, g):
+    if flat and not guard and _positions_vec_ok(dy, g):
         y_vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(dy._ws.heap)
@@ -617,7 +653,8 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "cols", "in", False, bindings, vec_out=vec_out)
     else:
         A = W
-        B = ImagePositions("b1", st_y.wgsl, "y", y_vec) if positions else ImageGradInput("b1", st_y.wgsl, "ckk", "row", unit)
+        B = ImagePositions("b1", st_y.wgsl, "y", y_vec, flat=flat) if positions else ImageGradInput(
+            "b1", st_y.wgsl, "ckk", "row", unit, four=unit and g.W % 4 == 0 and N % cfg.BN == 0 and K % cfg.BK == 0)
         E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings, vec_out=vec_out)
     params = g.params(None, w, dy, dx, cfg.BK)
     set_gemm(params, M, N, K)
@@ -661,9 +698,10 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     M, N = g.OCg, g.Cg * g.KH * g.KW
     K = g.N * g.OH * g.OW
     q_order = "kkc" if nhwc else "ckk"
-    # 1x1 unit-stride layers in NCHW: x is read like dy (row = channel, k = position), no gather.
-    x_rows = not nhwc and pointwise_geometry(g) and _positions_ok(x)
-    kind = ("conv_wgrad", nhwc) + (("1x1",) if x_rows else ())
+    # 1x1 unit-stride layers in NCHW: x is read like dy (row = channel, k = position), no gather --
+    # whatever x's strides, so a stride-2 shortcut passes x[:, :, ::2, ::2] itself.
+    x_rows = not nhwc and pointwise_geometry(g)
+    kind = ("conv_wgrad", nhwc) + ((("1x1",) if _positions_ok(x) else ("1x1-strided",)) if x_rows else ())
     cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_grad_weight(dy, x, g, dw, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     dy_nchw = not is_channels_last(dy)
@@ -682,8 +720,11 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
         B = GradOutRows("b2", st_x.wgsl, "k", x_vec, tensor="x")
     else:
         B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k", four=not nhwc and g.OW % 4 == 0)
-    # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K.
-    slices = auto_splits(cfg, M, N, K, g.groups)
+    # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K -- or
+    # into the tile's own number of slices, a tuner candidate for small outputs with a long K (a 1x1
+    # shortcut's 128x64 grad-weight over 32768 positions filled 64 of the H200's 132 SMs, run 9).
+    slices = cfg.splits if cfg.splits > 1 else auto_splits(cfg, M, N, K, g.groups)
+    slices = max(1, min(slices, K // cfg.BK))
     kslice = -(-K // slices)
     kslice = -(-kslice // cfg.BK) * cfg.BK
     slices = -(-K // kslice)

@@ -7,9 +7,10 @@ scalar, K is only C long, and the weight gradient's output is too small to fill 
 plain products they get 16-byte loads, tuned tiles and split-K. In NCHW the "product" runs over all
 N*H*W positions at once through conv.py's kernels with gather-free operands (ImagePositions,
 GradOutRows), not one product per image: at 4x4 images a per-image product was 16 columns wide.
-A stride s only subsamples the image: forward and weight gradient read a compact copy of
-x[:, :, ::s, ::s]; the input gradient is the product written into a compact buffer and scattered into
-a zeroed dx.
+A stride s only subsamples the image: forward and weight gradient read x[:, :, ::s, ::s] either in
+place (scalar loads two elements apart) or from a compact copy (16-byte loads, plus the copy pass),
+whichever the tuner timed faster on this adapter for the shape; the input gradient is the product
+written into a compact buffer and scattered into a zeroed dx.
 """
 from __future__ import annotations
 
@@ -58,13 +59,27 @@ def _unit(g):
     return Geometry(g.N, g.C, g.OH, g.OW, g.OC, g.OH, g.OW, 1, 1, (1, 1), (0, 0), (1, 1), 1)
 
 
-def _nchw_image(t: WgpuTensor, stride: tuple) -> WgpuTensor:
-    """t subsampled by the stride, with each H*W block contiguous (copying only when needed)."""
-    if stride != (1, 1):
-        t = t[:, :, ::stride[0], ::stride[1]]
-    if _image_matrix(t, False) is None:
-        t = t.contiguous()
-    return t
+# In-place strided reads or a compact copy, by (pass, x shape, stride): chosen once per process.
+_READS: dict = {}
+
+
+def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
+    """run(image) with image = x subsampled by the stride, read in place when that is faster here."""
+    view = x[:, :, ::stride[0], ::stride[1]] if stride != (1, 1) else x
+    if _image_matrix(view, False) is not None:      # already a plain [N, C, H*W] view: nothing to choose
+        run(view)
+        return
+    key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
+    choice = _READS.get(key)
+    if choice is None:
+        from navitrain.wgpu.gemm_tuning import pick_choice
+        from navitrain.wgpu.runtime import runtime
+
+        choice = pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())},
+                             "compact")
+        if runtime().capture is None:    # inside a graph capture the default stands in, untimed
+            _READS[key] = choice
+    run(view if choice == "in_place" else view.contiguous())
 
 
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor) -> bool:
@@ -73,7 +88,8 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
     if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
         from navitrain.wgpu import conv
 
-        conv._implicit_forward(_nchw_image(x, tuple(g.stride)), w, bias, _unit(g), out)
+        _on_subsampled(x, tuple(g.stride), "forward",
+                       lambda image: conv._implicit_forward(image, w, bias, _unit(g), out))
         return True
     o = _image_matrix(out, nhwc)
     if o is None:
@@ -101,7 +117,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
     else:           # [C, OC] @ [OC, N*P]
         from navitrain.wgpu import conv
 
-        conv._implicit_grad_input(_nchw_image(dy, (1, 1)), w, _unit(g), target)
+        conv._implicit_grad_input(dy, w, _unit(g), target)
     if strided:     # only every s-th input position received a gradient
         from navitrain.wgpu.ops.copy import copy_into, fill
 
@@ -124,4 +140,5 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
     # were 15-36 us of 80-146 us).
     from navitrain.wgpu import conv
 
-    conv._implicit_grad_weight(dy, _nchw_image(x, tuple(g.stride)), _unit(g), dw)
+    _on_subsampled(x, tuple(g.stride), "grad_weight",
+                   lambda image: conv._implicit_grad_weight(dy, image, _unit(g), dw))

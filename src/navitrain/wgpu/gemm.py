@@ -229,7 +229,8 @@ def source(cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, guard: bool, sp
     # Per load slot: its tile coordinates and everything that depends on its row only.
     vec = {}
     for p, op, rows in (("a", A, BM), ("b", B, BN)):
-        v = getattr(op, "vec", 1) if not guard else 1
+        # (Under the guard only an operand that knows its own rows and K are whole tiles keeps vec loads.)
+        v = getattr(op, "vec", 1) if not guard or getattr(op, "whole_tiles", False) else 1
         vec[p] = v if (rows * BK) % (WG * v) == 0 else 1
     LA //= vec["a"]
     LB //= vec["b"]

@@ -68,6 +68,12 @@ CANDIDATES = [
     TileConfig(64, 8, 16, 4, 4),
 ]
 
+# Convolution weight gradients: a fixed number of K slices, deeper than auto_splits' 16-tile minimum,
+# for outputs of one or two tiles over tens of thousands of positions (1x1 shortcuts: 64 workgroups of
+# 128 threads left the H200 latency-bound at 16-39% of cuBLAS in run 9). Only tried for "conv_wgrad".
+WGRAD_SPLITS = [TileConfig(64, 64, 16, 4, 4, splits=s) for s in (32, 128, 512)] + [
+    TileConfig(128, 64, 16, 8, 4, splits=s) for s in (32, 128, 512)]
+
 _lock = threading.Lock()
 _cache: dict | None = None
 _adapter_key: str | None = None
@@ -122,7 +128,7 @@ def _save() -> None:
 
 def _parse(text: str) -> TileConfig | None:
     try:
-        for cfg in CANDIDATES + [LARGE, MEDIUM, SMALL]:
+        for cfg in CANDIDATES + WGRAD_SPLITS + [LARGE, MEDIUM, SMALL]:
             if cfg.name == text:
                 return cfg
     except Exception:
@@ -158,7 +164,7 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
     _announce(rt)
-    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm")
+    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm", wgrad=kind[0] == "conv_wgrad")
     with _lock:
         table[key] = best.name
         _save()
@@ -209,6 +215,8 @@ def pick_choice(key: str, options: dict, default: str) -> str:
             timings.append((_time(rt, run), name))
         except Exception as exc:
             log.debug("option %s for %s failed: %s", name, key, exc)
+    for seconds, name in sorted(timings):
+        log.debug("  %s: %-10s %9.1f us", key, name, seconds * 1e6)
     best = min(timings)[1] if timings else default
     with _lock:
         table[key] = best
@@ -217,9 +225,12 @@ def pick_choice(key: str, options: dict, default: str) -> str:
 
 
 def _time(rt, run) -> float:
-    """Seconds per call of run(), from repeated calls between synchronisations (>= 2 ms a sample)."""
+    """Seconds per call of run(): GPU time from timestamp queries where the adapter has them (best of
+    three samples of three calls), else wall time of repeated calls between synchronisations."""
     run()
     rt.synchronize()
+    if getattr(rt, "_timer", None) is not None and rt.profile is None:
+        return min(_gpu_seconds(rt, run, 3) for _ in range(3))
     reps = 1
     while True:
         t0 = time.perf_counter()
@@ -240,14 +251,31 @@ def _time(rt, run) -> float:
     return best
 
 
-def _tune(rt, M, N, K, batch, run, splits_ok: bool = True) -> TileConfig:
+def _gpu_seconds(rt, run, reps: int) -> float:
+    """GPU seconds per call of run(), summed over its dispatches. Wall time would rank small products
+    by their host cost: on the H200 a 100 us grad-weight timed 370-590 us from Python (run 9), with
+    the tiles' differences lost in the noise -- and in a captured graph only the GPU time is left."""
+    rt.synchronize()
+    rt.profile = table = {}
+    try:
+        for _ in range(reps):
+            run()
+        rt.synchronize()
+    finally:
+        rt.profile = None
+    return sum(seconds for _, seconds in table.values()) / reps
+
+
+def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, wgrad: bool = False) -> TileConfig:
     candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
+    if wgrad:   # explicit slice counts, where each slice still walks at least 4 tiles of K
+        candidates += [c for c in WGRAD_SPLITS if c.fits(rt.limits) and K >= 4 * c.BK * c.splits]
     # Tiles much larger than the problem only add bounds checks; split-K only helps long K.
     candidates = [c for c in candidates if c.BM <= max(32, 2 * M) and c.BN <= max(32, 2 * N)]
     # Thin tiles only for thin products (they would double the tuning time of every other shape).
     candidates = [c for c in candidates if (c.BM >= 32 or M <= 16) and (c.BN >= 32 or N <= 16)]
-    # (Convolutions split their weight gradient themselves and ignore the tile's splits.)
-    candidates = [c for c in candidates if c.splits == 1 or (
+    # (Convolutions split their weight gradient themselves, by auto_splits or WGRAD_SPLITS' counts.)
+    candidates = [c for c in candidates if c.splits == 1 or (wgrad and c.splits > 1) or (
         splits_ok and (K >= 4 * c.BK * c.splits if c.splits else auto_splits(c, M, N, K, batch) > 1))]
     timings = []
     for cfg in candidates:
@@ -258,5 +286,7 @@ def _tune(rt, M, N, K, batch, run, splits_ok: bool = True) -> TileConfig:
     if not timings:
         return config_for(M, N, K, batch)
     timings.sort(key=lambda t: t[0])
+    for seconds, cfg in timings:
+        log.debug("  %-26s %9.1f us", cfg.name, seconds * 1e6)
     log.info("GEMM %dx%dx%d (batch %d): tile %s (%.3f ms)", M, N, K, batch, timings[0][1].name, timings[0][0] * 1e3)
     return timings[0][1]
