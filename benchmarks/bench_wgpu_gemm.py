@@ -249,9 +249,9 @@ def main(argv=None):
         if unknown:
             ap.error(f"unknown layers {sorted(unknown)}; choose from {[s[0] for s in RESNET18]}")
         shapes = [s for s in shapes if s[0] in wanted]
+    if not args.quick:
+        # None: each product picks its tile like a training run does (autotuned on hardware)
         configs = SWEEP if args.sweep else None
-    if configs is None:
-        configs = None  # each product picks its tile like a training run does (autotuned on hardware)
 
     def iters_for(n):
         return max(3, min(200, int(2e10 / (2 * n ** 3))))
