@@ -92,3 +92,18 @@ def test_forced_tuning_picks_a_candidate_and_caches_it(monkeypatch, tmp_path):
     monkeypatch.setattr(gemm_tuning, "_picked", {})
     _check(None, 96, 40, 1000, seed=6)          # the cached choice: no timing the second time
     assert len(timed) == 3
+
+
+def test_reduce_into_a_given_output():
+    """reduction.reduce(out=...): the weight-gradient path sums split-K slices straight into dw; any
+    other output is refused with the reason, never written wrongly."""
+    from navitrain.wgpu.reduction import reduce
+
+    gen = torch.Generator().manual_seed(7)
+    parts = torch.randn(1, 37, 6, 20, generator=gen, dtype=torch.float64)
+    dw = empty([6, 5, 2, 2], torch.float32)
+    assert reduce(parts.float().to("wgpu"), [1], False, "sum", torch.float32, out=dw) is dw
+    err = ((dw.cpu().double().view(1, 6, 20) - parts.sum(1)).abs().max() / parts.sum(1).abs().max()).item()
+    assert err < 1e-6
+    with pytest.raises(ValueError, match="contiguous"):
+        reduce(parts.float().to("wgpu"), [1], False, "sum", torch.float32, out=empty([20, 6], torch.float32).t())

@@ -154,12 +154,19 @@ def test_1x1_nchw_kernels_read_positions_directly(cfg, shape):
         assert any(op[1][0] == "positions" and op[1][-1] is not None for op in operands), "no 16-byte position loads"
 
 
-@pytest.mark.parametrize("cfg", [_pointwise_tiles()[i] for i in (0, 2)], ids=lambda c: c.name)
+def _stem_tiles():
+    from navitrain.wgpu.gemm import TileConfig
+
+    return [_pointwise_tiles()[0], _pointwise_tiles()[2], TileConfig(4, 128, 8, 4, 4, splits=4)]
+
+
+@pytest.mark.parametrize("cfg", _stem_tiles(), ids=lambda c: c.name)
 @pytest.mark.parametrize("W", [10, 16])
 def test_stem_grad_input_with_a_thin_tile(W, cfg):
-    """A 3-channel grad-input (GEMM M = 3) with the 4-row tile the tuner may pick for it and a 32-row
-    one; with W a multiple of 4 and whole column tiles, each load slot gathers four neighbouring
-    positions (ImageGradInput.four), also under the row guard that the 3 channels need."""
+    """A 3-channel grad-input (GEMM M = 3) with the 4-row tile the tuner may pick for it (also split
+    4 ways along K) and a 32-row one; with W a multiple of 4 and whole column tiles, each load slot
+    gathers four neighbouring positions (ImageGradInput.four), also under the row guard that the
+    3 channels need."""
     from navitrain.wgpu import conv
     from navitrain.wgpu.runtime import runtime
     from navitrain.wgpu.tensor import empty
@@ -177,6 +184,8 @@ def test_stem_grad_input_with_a_thin_tile(W, cfg):
     four = any(isinstance(k, tuple) and k[:1] == ("gemm",) and k[2] == cfg and k[4][0] == "im_dgrad" and k[4][-1]
                for k in runtime()._kernels)
     assert four == (W == 16), "four-position gather used" if four else "four-position gather not used"
+    split = any(isinstance(k, tuple) and k[:1] == ("gemm",) and k[2] == cfg and k[7] for k in runtime()._kernels)
+    assert split == (cfg.splits > 1), "K split" if split else "K not split"
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -268,7 +277,7 @@ def test_wgrad_tuning_offers_fixed_slices():
     every candidate name parses back (the tuning cache stores names)."""
     from navitrain.wgpu import gemm_tuning
 
-    for cfg in gemm_tuning.CANDIDATES + gemm_tuning.WGRAD_SPLITS:
+    for cfg in gemm_tuning.CANDIDATES + gemm_tuning.WGRAD_SPLITS + gemm_tuning.THIN_DGRAD_SPLITS:
         assert gemm_tuning._parse(cfg.name) == cfg
     seen = {}
 
@@ -278,8 +287,14 @@ def test_wgrad_tuning_offers_fixed_slices():
         def synchronize(self):
             pass
 
-    for wgrad in (True, False):
+    for kind in (("conv_wgrad", False, "1x1"), ("conv_fwd", False)):
         tried = []
-        gemm_tuning._tune(_Rt(), 128, 64, 32768, 1, lambda c: tried.append(c), splits_ok=False, wgrad=wgrad)
-        seen[wgrad] = {c.splits for c in tried}
-    assert {32, 128, 512} <= seen[True] and not any(s > 1 for s in seen[False])
+        gemm_tuning._tune(_Rt(), 128, 64, 32768, 1, lambda c: tried.append(c), splits_ok=False,
+                          extra=gemm_tuning._extra_candidates(kind))
+        seen[kind[0]] = {c.splits for c in tried}
+    assert {32, 128, 512} <= seen["conv_wgrad"] and not any(s > 1 for s in seen["conv_fwd"])
+    tried = []   # a 3-channel grad-input: thin tiles, split 4 and 8 ways
+    gemm_tuning._tune(_Rt(), 3, 131072, 576, 1, lambda c: tried.append(c), splits_ok=False,
+                      extra=gemm_tuning._extra_candidates(("conv_dgrad", False)))
+    assert {(4, 4), (4, 8)} <= {(c.BM, c.splits) for c in tried}
+    assert gemm_tuning._extra_candidates(("conv_dgrad", True)) == []

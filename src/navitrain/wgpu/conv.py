@@ -624,8 +624,17 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     kind = ("conv_dgrad", nhwc) + ((("1x1",) if flat else ("1x1-strided",)) if positions else ())
     cfg = cfg or _config(kind, M, N, K, g.groups, lambda c: _implicit_grad_input(dy, w, g, dx, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
-    types = [st_o.wgsl, st_y.wgsl, st_w.wgsl]
-    heaps = [dx._ws.heap, dy._ws.heap, None]
+    # A tile with slices (gemm_tuning.THIN_DGRAD_SPLITS, for a few input channels): each slice of K
+    # writes f32 partial products [slices, C, N*H*W], summed and laid out into dx afterwards.
+    slices = 1
+    if cfg.splits > 1 and not nhwc and not positions and g.groups == 1:
+        kslice = -(-K // cfg.splits)
+        kslice = -(-kslice // cfg.BK) * cfg.BK
+        slices = -(-K // kslice)
+    partial = empty([slices, M, N], torch.float32) if slices > 1 else None
+    out = partial if partial is not None else dx
+    types = [rt.stypes[out.dtype].wgsl, st_y.wgsl, st_w.wgsl]
+    heaps = [out._ws.heap, dy._ws.heap, None]
     y_vec = None
     if flat and not guard and _positions_vec_ok(dy, g):
         y_vec = f"b{len(types)}"
@@ -645,7 +654,7 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     else:
         heaps[2] = w._ws.heap
         W = Weight("b2", st_w.wgsl, "dgrad", "kkc", "k")
-    vec_out = _image_vec_out(dx, nhwc, g.groups, types, heaps)
+    vec_out = _image_vec_out(dx, nhwc, g.groups, types, heaps) if partial is None else None
     bindings = codegen.bindings(types)
     unit = tuple(g.stride) == (1, 1)
     if nhwc:
@@ -655,13 +664,25 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
         A = W
         B = ImagePositions("b1", st_y.wgsl, "y", y_vec, flat=flat) if positions else ImageGradInput(
             "b1", st_y.wgsl, "ckk", "row", unit, four=unit and g.W % 4 == 0 and N % cfg.BN == 0 and K % cfg.BK == 0)
-        E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings, vec_out=vec_out)
-    params = g.params(None, w, dy, dx, cfg.BK)
-    set_gemm(params, M, N, K)
+        if partial is None:
+            E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings, vec_out=vec_out)
+        else:   # (the weight epilogue's partial mode is a plain [slices, M, N] store)
+            st_f = rt.stypes[torch.float32]
+            E = WeightEpilogue(st_f.wgsl, _Store(st_f), "ckk", True, bindings)
+    params = g.params(None, w, dy, out, cfg.BK)
+    set_gemm(params, M, N, K, ksplit=kslice if partial is not None else 0)
     if wparams is not None:
         params.u(*wparams)
-    launch(("conv_dgrad", nhwc, dy.dtype, w.dtype, dx.dtype), "conv2d_grad_input", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
-           preamble=PREAMBLE)
+    launch(("conv_dgrad", nhwc, dy.dtype, w.dtype, out.dtype), "conv2d_grad_input" if partial is None else
+           "conv2d_grad_input_split", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
+           split_k=kslice if partial is not None else 0, K=K, preamble=PREAMBLE)
+    if partial is not None:
+        from navitrain.wgpu.ops.copy import copy_into
+        from navitrain.wgpu.reduction import reduce
+        from navitrain.wgpu.tensor import wrap
+
+        summed = reduce(partial, [0], False, "sum", torch.float32)      # [C, N*H*W]
+        copy_into(dx, wrap(summed._ws, (g.N, g.C, g.H, g.W), (g.H * g.W, P, g.W, 1), 0, torch.float32))
     return dx
 
 
@@ -745,11 +766,18 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     launch(("conv_wgrad_split", nhwc, dy.dtype, x.dtype), "conv2d_grad_weight_split", cfg, A, B, E,
            (partial._ws.heap, dy._ws.heap, x._ws.heap) + vec_heaps, params, M, N, g.groups, guard, split_k=kslice,
            K=K, preamble=PREAMBLE)
-    # partial[(group * slices + slice), oc, q] -> sum over slices -> dw in its own layout.
+    # partial[(group * slices + slice), oc, q] -> sum over slices -> dw in its own layout: straight
+    # into dw when that is its plain [OC, Cg*KH*KW] layout, else through a copy. (Views made with
+    # tensor.wrap: each torch-level view costs ~20 us of host time.)
     from navitrain.wgpu.ops.copy import copy_into
     from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.tensor import wrap
 
-    summed = reduce(partial.view(g.groups, slices, M, N), [1], False, "sum", torch.float32)
+    parts = wrap(partial._ws, (g.groups, slices, M, N), (slices * M * N, M * N, N, 1), 0, torch.float32)
+    if q_order == "ckk" and dw.dtype == torch.float32 and dw.is_contiguous():
+        reduce(parts, [1], False, "sum", torch.float32, out=dw)
+        return dw
+    summed = reduce(parts, [1], False, "sum", torch.float32)
     if q_order == "ckk":
         src = summed.view(g.OC, g.Cg, g.KH, g.KW)
     else:

@@ -550,7 +550,7 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
     from navitrain.wgpu import pointwise
     from navitrain.wgpu.reduction import reduce
-    from navitrain.wgpu.tensor import empty
+    from navitrain.wgpu.tensor import empty, wrap
 
     batched = out.dim() == 3
     M, N = out.shape[-2], out.shape[-1]
@@ -560,12 +560,15 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     slices = -(-K // kslice)
     partial = empty([B * slices, M, N], torch.float32)
     _dispatch(a, b, partial, 1.0, 0.0, None, a_batch_stride, b_batch_stride, None, cfg, B, kslice)
-    parts = partial.view(B, slices, M, N)
+    # Views of the partial buffer made directly (tensor.wrap): indexing through torch costs ~20 us of
+    # host time per view, which made a 1024^2 split product host-bound at 4x its GPU time (run 9).
+    ws, f32 = partial._ws, torch.float32
     if slices + (cin is not None) <= len(pointwise.NAMES):   # the sum fused into the epilogue pass
-        terms = [parts[:, s] if batched else parts[0, s] for s in range(slices)]
+        terms = [wrap(ws, (B, M, N), (slices * M * N, N, 1), s * M * N, f32) if batched
+                 else wrap(ws, (M, N), (N, 1), s * M * N, f32) for s in range(slices)]
     else:
-        summed = reduce(parts, [1], False, "sum", torch.float32)
-        terms = [summed if batched else summed.view(M, N)]
+        summed = reduce(wrap(ws, (B, slices, M, N), (slices * M * N, M * N, N, 1), 0, f32), [1], False, "sum", f32)
+        terms = [summed if batched else wrap(summed._ws, (M, N), (N, 1), 0, f32)]
     total = " + ".join(pointwise.NAMES[:len(terms)])
     if cin is None:
         return pointwise.run(f"gemm_split{len(terms)}", f"({total}) * s0", terms, out.dtype, "f32", [alpha], out=out)

@@ -74,6 +74,20 @@ CANDIDATES = [
 WGRAD_SPLITS = [TileConfig(64, 64, 16, 4, 4, splits=s) for s in (32, 128, 512)] + [
     TileConfig(128, 64, 16, 8, 4, splits=s) for s in (32, 128, 512)]
 
+# Grad-input of a layer with a few input channels (a stem's 3): four positions per thread make only
+# N*H*W/4 threads (8 warps per SM on an H200 at batch 128, latency-bound at 34% of cuBLAS, run 9), so
+# K is split too. Only tried for "conv_dgrad" in NCHW where that side is at most 16.
+THIN_DGRAD_SPLITS = [TileConfig(4, 128, 8, 4, 4, splits=s) for s in (4, 8)] + [TileConfig(8, 64, 16, 4, 4, splits=4)]
+
+
+def _extra_candidates(kind) -> list[TileConfig]:
+    """Candidates only some products may use: fixed slice counts for convolution passes that split K."""
+    if kind[0] == "conv_wgrad":
+        return WGRAD_SPLITS
+    if kind[0] == "conv_dgrad" and kind[1:] == (False,):
+        return THIN_DGRAD_SPLITS
+    return []
+
 _lock = threading.Lock()
 _cache: dict | None = None
 _adapter_key: str | None = None
@@ -128,7 +142,7 @@ def _save() -> None:
 
 def _parse(text: str) -> TileConfig | None:
     try:
-        for cfg in CANDIDATES + WGRAD_SPLITS + [LARGE, MEDIUM, SMALL]:
+        for cfg in CANDIDATES + WGRAD_SPLITS + THIN_DGRAD_SPLITS + [LARGE, MEDIUM, SMALL]:
             if cfg.name == text:
                 return cfg
     except Exception:
@@ -164,7 +178,7 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
     _announce(rt)
-    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm", wgrad=kind[0] == "conv_wgrad")
+    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm", extra=_extra_candidates(kind))
     with _lock:
         table[key] = best.name
         _save()
@@ -266,16 +280,16 @@ def _gpu_seconds(rt, run, reps: int) -> float:
     return sum(seconds for _, seconds in table.values()) / reps
 
 
-def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, wgrad: bool = False) -> TileConfig:
+def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, extra: list = ()) -> TileConfig:
     candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
-    if wgrad:   # explicit slice counts, where each slice still walks at least 4 tiles of K
-        candidates += [c for c in WGRAD_SPLITS if c.fits(rt.limits) and K >= 4 * c.BK * c.splits]
+    # explicit slice counts (convolutions), where each slice still walks at least 4 tiles of K
+    candidates += [c for c in extra if c.fits(rt.limits) and K >= 4 * c.BK * c.splits]
     # Tiles much larger than the problem only add bounds checks; split-K only helps long K.
     candidates = [c for c in candidates if c.BM <= max(32, 2 * M) and c.BN <= max(32, 2 * N)]
     # Thin tiles only for thin products (they would double the tuning time of every other shape).
     candidates = [c for c in candidates if (c.BM >= 32 or M <= 16) and (c.BN >= 32 or N <= 16)]
-    # (Convolutions split their weight gradient themselves, by auto_splits or WGRAD_SPLITS' counts.)
-    candidates = [c for c in candidates if c.splits == 1 or (wgrad and c.splits > 1) or (
+    # (Convolutions split K themselves: weight gradients by auto_splits, or the extra candidates' counts.)
+    candidates = [c for c in candidates if c.splits == 1 or (c in extra) or (
         splits_ok and (K >= 4 * c.BK * c.splits if c.splits else auto_splits(c, M, N, K, batch) > 1))]
     timings = []
     for cfg in candidates:

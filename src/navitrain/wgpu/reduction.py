@@ -213,8 +213,10 @@ def normalize_dims(x: torch.Tensor, dims) -> list[int]:
     return out
 
 
-def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype):
-    """Reduce `x` over `dims`; returns the result, or (values, indices) for argmax/argmin."""
+def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, out: WgpuTensor | None = None):
+    """Reduce `x` over `dims`; returns the result, or (values, indices) for argmax/argmin. `out`, for
+    callers that want the result in place (a weight gradient): contiguous, of out_dtype and the
+    result's number of elements, whatever its shape."""
     rdims = normalize_dims(x, dims)
     nd = x.dim()
     kdims = [d for d in range(nd) if d not in rdims]
@@ -226,7 +228,10 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype):
     for d in rdims:
         L *= x.shape[d]
     is_arg = op in ARG_OPS
-    out = empty(out_shape, out_dtype)
+    if out is None:
+        out = empty(out_shape, out_dtype)
+    elif is_arg or out.dtype != out_dtype or not out.is_contiguous() or out.numel() != M:
+        raise ValueError(f"reduce: out must be a contiguous {out_dtype} tensor of {M} elements")
     idx = empty(out_shape, torch.int64) if is_arg else None
     if M == 0:
         return (out, idx) if is_arg else out
