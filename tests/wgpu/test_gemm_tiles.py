@@ -107,3 +107,20 @@ def test_reduce_into_a_given_output():
     assert err < 1e-6
     with pytest.raises(ValueError, match="contiguous"):
         reduce(parts.float().to("wgpu"), [1], False, "sum", torch.float32, out=empty([20, 6], torch.float32).t())
+
+
+def test_tuning_time_charges_extra_dispatches(monkeypatch):
+    """The tuner's score is GPU time (timestamp queries) plus a host charge per dispatch past the
+    first, so a split-K product (GEMM + sum pass) pays one charge and a plain one none."""
+    from navitrain.wgpu.runtime import runtime
+
+    rt = runtime()
+    if rt._timer is None:
+        pytest.skip("this adapter has no timestamp queries")
+    monkeypatch.setattr(gemm_tuning, "HOST_SECONDS_PER_EXTRA_DISPATCH", 10.0)
+    a, b = torch.randn(64, 512).to("wgpu"), torch.randn(512, 64).to("wgpu")
+    out = empty([64, 64], torch.float32)
+    plain = gemm_tuning._gpu_seconds(rt, lambda: gemm.gemm(a, b, out, config=gemm.TileConfig(32, 32, 8, 4, 4)), 2)
+    split = gemm_tuning._gpu_seconds(
+        rt, lambda: gemm.gemm(a, b, out, config=gemm.TileConfig(32, 32, 8, 4, 4, splits=4)), 2)
+    assert 0 < plain < 10.0 < split < 20.0

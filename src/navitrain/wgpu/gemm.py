@@ -561,7 +561,7 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     partial = empty([B * slices, M, N], torch.float32)
     _dispatch(a, b, partial, 1.0, 0.0, None, a_batch_stride, b_batch_stride, None, cfg, B, kslice)
     # Views of the partial buffer made directly (tensor.wrap): indexing through torch costs ~20 us of
-    # host time per view, which made a 1024^2 split product host-bound at 4x its GPU time (run 9).
+    # host time per view, which made a 1024^2 split product host-bound at 4x its GPU time (run 10).
     ws, f32 = partial._ws, torch.float32
     if slices + (cin is not None) <= len(pointwise.NAMES):   # the sum fused into the epilogue pass
         terms = [wrap(ws, (B, M, N), (slices * M * N, N, 1), s * M * N, f32) if batched

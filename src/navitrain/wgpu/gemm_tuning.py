@@ -75,8 +75,9 @@ WGRAD_SPLITS = [TileConfig(64, 64, 16, 4, 4, splits=s) for s in (32, 128, 512)] 
     TileConfig(128, 64, 16, 8, 4, splits=s) for s in (32, 128, 512)]
 
 # Grad-input of a layer with a few input channels (a stem's 3): four positions per thread make only
-# N*H*W/4 threads (8 warps per SM on an H200 at batch 128, latency-bound at 34% of cuBLAS, run 9), so
-# K is split too. Only tried for "conv_dgrad" in NCHW where that side is at most 16.
+# N*H*W/4 threads (8 warps per SM on an H200 at batch 128), so K may be split too. Only tried for
+# "conv_dgrad" in NCHW where that side is at most 16. On the H200 they lost to the unsplit 4-row tile
+# (282 vs 262 us, run 10): occupancy was not what held that product at 34-36% of cuBLAS.
 THIN_DGRAD_SPLITS = [TileConfig(4, 128, 8, 4, 4, splits=s) for s in (4, 8)] + [TileConfig(8, 64, 16, 4, 4, splits=4)]
 
 
@@ -240,7 +241,8 @@ def pick_choice(key: str, options: dict, default: str) -> str:
 
 def _time(rt, run) -> float:
     """Seconds per call of run(): GPU time from timestamp queries where the adapter has them (best of
-    three samples of three calls), else wall time of repeated calls between synchronisations."""
+    three samples of three calls, see _gpu_seconds), else wall time of repeated calls between
+    synchronisations."""
     run()
     rt.synchronize()
     if getattr(rt, "_timer", None) is not None and rt.profile is None:
@@ -265,10 +267,18 @@ def _time(rt, run) -> float:
     return best
 
 
+# Host time an eager step pays for each dispatch beyond an op's first (a split-K product's sum pass,
+# say): about half the 25-44 us of a whole small op on the H200 hosts (bench_wgpu_overhead.py), the
+# rest being PyTorch's dispatch, which the op pays once.
+HOST_SECONDS_PER_EXTRA_DISPATCH = 15e-6
+
+
 def _gpu_seconds(rt, run, reps: int) -> float:
-    """GPU seconds per call of run(), summed over its dispatches. Wall time would rank small products
-    by their host cost: on the H200 a 100 us grad-weight timed 370-590 us from Python (run 9), with
-    the tiles' differences lost in the noise -- and in a captured graph only the GPU time is left."""
+    """GPU seconds per call of run(), summed over its dispatches, plus the host cost of each dispatch
+    past the first. Wall time would rank small products by their host cost: on the H200 a 100 us
+    grad-weight timed 370-590 us from Python (run 10), the tiles' differences lost in the noise, and
+    in a captured graph only the GPU time is left. GPU time alone, though, picked a split-K 1024^2
+    product 6% faster on the GPU whose sum pass doubled its host time in eager mode (run 10)."""
     rt.synchronize()
     rt.profile = table = {}
     try:
@@ -277,7 +287,9 @@ def _gpu_seconds(rt, run, reps: int) -> float:
         rt.synchronize()
     finally:
         rt.profile = None
-    return sum(seconds for _, seconds in table.values()) / reps
+    dispatches = sum(count for count, _ in table.values()) / reps
+    gpu = sum(seconds for _, seconds in table.values()) / reps
+    return gpu + max(0.0, dispatches - 1) * HOST_SECONDS_PER_EXTRA_DISPATCH
 
 
 def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, extra: list = ()) -> TileConfig:
