@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from navitrain.wgpu import codegen, conv1x1
-from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, launch
+from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, k_slices, launch
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
 
@@ -628,9 +628,7 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     # writes f32 partial products [slices, C, N*H*W], summed and laid out into dx afterwards.
     slices = 1
     if cfg.splits > 1 and not nhwc and not positions and g.groups == 1:
-        kslice = -(-K // cfg.splits)
-        kslice = -(-kslice // cfg.BK) * cfg.BK
-        slices = -(-K // kslice)
+        kslice, slices = k_slices(K, cfg.splits, cfg.BK)
     partial = empty([slices, M, N], torch.float32) if slices > 1 else None
     out = partial if partial is not None else dx
     types = [rt.stypes[out.dtype].wgsl, st_y.wgsl, st_w.wgsl]
@@ -745,10 +743,7 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     # into the tile's own number of slices, a tuner candidate for small outputs with a long K (a 1x1
     # shortcut's 128x64 grad-weight over 32768 positions filled 64 of the H200's 132 SMs, run 9).
     slices = cfg.splits if cfg.splits > 1 else auto_splits(cfg, M, N, K, g.groups)
-    slices = max(1, min(slices, K // cfg.BK))
-    kslice = -(-K // slices)
-    kslice = -(-kslice // cfg.BK) * cfg.BK
-    slices = -(-K // kslice)
+    kslice, slices = k_slices(K, min(slices, K // cfg.BK), cfg.BK)
     if slices == 1:
         bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
         E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)

@@ -450,6 +450,13 @@ TARGET_WORKGROUPS = 256
 MIN_K_STEPS = 16
 
 
+def k_slices(K: int, splits: int, BK: int) -> tuple[int, int]:
+    """(slice length, number of slices) for cutting K about `splits` ways into whole BK tiles."""
+    kslice = -(-K // max(1, splits))
+    kslice = -(-kslice // BK) * BK
+    return kslice, -(-K // kslice)
+
+
 def auto_splits(cfg: TileConfig, M: int, N: int, K: int, batch: int) -> int:
     """How many K slices a product needs to make ~TARGET_WORKGROUPS workgroups (1: no split)."""
     tiles = -(-M // cfg.BM) * -(-N // cfg.BN) * batch
@@ -555,9 +562,7 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     batched = out.dim() == 3
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
-    kslice = -(-K // splits)
-    kslice = -(-kslice // cfg.BK) * cfg.BK
-    slices = -(-K // kslice)
+    kslice, slices = k_slices(K, splits, cfg.BK)
     partial = empty([B * slices, M, N], torch.float32)
     _dispatch(a, b, partial, 1.0, 0.0, None, a_batch_stride, b_batch_stride, None, cfg, B, kslice)
     # Views of the partial buffer made directly (tensor.wrap): indexing through torch costs ~20 us of
