@@ -256,13 +256,9 @@ class ImageGradInput(Operand):
         outside dy read as zero."""
         d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
         ko, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
-        pre = (f"let oh = {p}_th{e} - i32({kh} * cdh); let ow = {p}_tw{e} - i32({kw} * cdw); "
-               f"var v = vec4<f32>(0.0); if (oh >= 0 && oh < i32(cOH)) {{ "
-               f"let rb = {p}_yb{e} + {ko} * y_s1 + u32(oh) * y_s2; ")
-        for q in range(4):
-            oq = f"(ow + {q})" if q else "ow"
-            pre += f"if ({oq} >= 0 && {oq} < i32(cOW)) {{ v[{q}] = f32({self.binding}[rb + u32({oq}) * y_s3]); }} "
-        return pre + "} ", "v"
+        lets = f"let oh = {p}_th{e} - i32({kh} * cdh); let ow = {p}_tw{e} - i32({kw} * cdw); "
+        return _four_in_a_row(self.binding, lets, "oh", "cOH", f"{p}_yb{e} + {ko} * y_s1", "y_s2",
+                              "ow", "", "cOW", "y_s3")
 
 
 @dataclass(frozen=True)
@@ -410,13 +406,22 @@ class ImageGradWeight(Operand):
         """Four positions (ow .. ow+3) of one output row: (statements, vec4 value). Only the column test
         differs between them; padding columns read as zero."""
         ow, oh, kn = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
-        pre = (f"let ih = i32({oh} * csh) + {p}_oh{e}; let iw = i32({ow} * csw) + {p}_ow{e}; "
-               f"var v = vec4<f32>(0.0); if (ih >= 0 && ih < i32(cH)) {{ "
-               f"let rb = {p}_xb{e} + {kn} * x_s0 + u32(ih) * x_s2; ")
-        for q in range(4):
-            iq = f"(iw + {q} * i32(csw))" if q else "iw"
-            pre += f"if ({iq} >= 0 && {iq} < i32(cW)) {{ v[{q}] = f32({self.binding}[rb + u32({iq}) * x_s3]); }} "
-        return pre + "} ", "v"
+        lets = f"let ih = i32({oh} * csh) + {p}_oh{e}; let iw = i32({ow} * csw) + {p}_ow{e}; "
+        return _four_in_a_row(self.binding, lets, "ih", "cH", f"{p}_xb{e} + {kn} * x_s0", "x_s2",
+                              "iw", " * i32(csw)", "cW", "x_s3")
+
+
+def _four_in_a_row(binding, lets, row, rows, base, row_stride, col, step, cols, col_stride):
+    """WGSL for four elements of one image row, at columns col + q*step (q = 0..3; `step` a WGSL
+    factor such as " * i32(csw)", or "" for neighbours): (statements, "v"). After the statements
+    `lets` (which define row and col), the row test and address are worked out once for the four
+    loads; an element outside the image (padding) reads as zero."""
+    pre = (lets + f"var v = vec4<f32>(0.0); if ({row} >= 0 && {row} < i32({rows})) {{ "
+           f"let rb = {base} + u32({row}) * {row_stride}; ")
+    for q in range(4):
+        cq = f"({col} + {q}{step})" if q else col
+        pre += f"if ({cq} >= 0 && {cq} < i32({cols})) {{ v[{q}] = f32({binding}[rb + u32({cq}) * {col_stride}]); }} "
+    return pre + "} ", "v"
 
 
 # ---------------------------------------------------------------------------------------------
