@@ -88,7 +88,7 @@ def test_forced_tuning_picks_a_candidate_and_caches_it(monkeypatch, tmp_path):
     monkeypatch.setattr(gemm_tuning, "_time", counting_time)
     _check(None, 96, 40, 1000, seed=5)
     assert len(timed) == 3
-    assert (tmp_path / "gemm_tiles.v2.json").exists()
+    assert (tmp_path / "gemm_tiles.v3.json").exists()
     monkeypatch.setattr(gemm_tuning, "_picked", {})
     _check(None, 96, 40, 1000, seed=6)          # the cached choice: no timing the second time
     assert len(timed) == 3

@@ -1,8 +1,9 @@
 """Which GEMM tile to use: an autotuner per adapter and shape class, cached on disk.
 
 The first time a product of a new shape class runs on a hardware adapter, every candidate tile that
-fits the adapter is timed on the real operands (one warm-up, then the best of three synchronised runs),
-and the winner is remembered in `<cache dir>/gemm_tiles.json` under the adapter's name and driver.
+fits the adapter is timed on the real operands (one warm-up, then the best of three samples of GPU
+time from timestamp queries plus a small charge per extra dispatch; wall time on adapters without
+timestamps), and the winner is remembered in `<cache dir>/gemm_tiles.v3.json` under the adapter's name and driver.
 Later runs, and later processes, look the choice up. Shape classes bucket M, N and K by powers of two,
 so a training run tunes a handful of classes once, during its first step.
 
@@ -113,8 +114,9 @@ def shape_class(kind, M: int, N: int, K: int, batch: int) -> str:
 
 def _path():
     # v2: kernels changed (interleaved thread layout, split-K candidates); choices timed on the old ones
-    # do not carry over.
-    return _env.cache_dir() / "gemm_tiles.v2.json"
+    # do not carry over. v3: candidates timed on the GPU, new split candidates for convolutions; v2's
+    # wall-clock choices ranked small products by their host cost (run 10).
+    return _env.cache_dir() / "gemm_tiles.v3.json"
 
 
 def _load() -> dict:
