@@ -124,3 +124,32 @@ def test_tuning_time_charges_extra_dispatches(monkeypatch):
     split = gemm_tuning._gpu_seconds(
         rt, lambda: gemm.gemm(a, b, out, config=gemm.TileConfig(32, 32, 8, 4, 4, splits=4)), 2)
     assert 0 < plain < 10.0 < split < 20.0
+
+
+def test_pick_choice_times_once_and_remembers(monkeypatch, tmp_path):
+    """pick_choice times each option once per key, then answers from memory (the callers ask on every
+    convolution) and from the disk cache in a new process."""
+    monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemm_tuning, "_cache", None)
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    x = torch.randn(64, 64).to("wgpu")
+    out = empty([64, 64], torch.float32)
+    calls = {"one": 0, "two": 0}
+
+    def option(name, n):
+        def run():
+            calls[name] += 1
+            for _ in range(n):
+                gemm.gemm(x, x, out)
+        return run
+
+    options = {"one": option("one", 1), "two": option("two", 4)}
+    assert gemm_tuning.pick_choice("test|choice", options, "two") == "one"
+    timed = dict(calls)
+    assert timed["one"] > 0 and timed["two"] > 0
+    assert gemm_tuning.pick_choice("test|choice", options, "two") == "one"
+    assert calls == timed                              # remembered: nothing ran again
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    assert gemm_tuning.pick_choice("test|choice", options, "two") == "one"
+    assert calls == timed                              # from the cache file

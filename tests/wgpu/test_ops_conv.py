@@ -218,11 +218,10 @@ def test_strided_1x1_reads_x_in_place_or_compact(shape, read, monkeypatch):
     """A stride-2 NCHW shortcut through conv1x1, with the tuner's choice forced each way: in place,
     x[:, :, ::2, ::2] is read through its own strides (ImagePositions(flat=False), GradOutRows of x);
     compact, from a copy. Both against float64 autograd on the CPU."""
-    from navitrain.wgpu import conv1x1, gemm_tuning
+    from navitrain.wgpu import gemm_tuning
     from navitrain.wgpu.runtime import runtime
 
     monkeypatch.setattr(gemm_tuning, "pick_choice", lambda key, options, default: read)
-    monkeypatch.setattr(conv1x1, "_READS", {})
     runtime()._kernels.clear()
     N, C, H, W, OC = shape
     gen = torch.Generator().manual_seed(N * C + OC + len(read))

@@ -465,30 +465,45 @@ class ImageEpilogue(Epilogue):
 
 
 class WeightEpilogue(Epilogue):
-    """Writes grad-weight C[oc, q] into o = dw[OC, Cg, KH, KW] (q in the operand's order), or into a
-    split-K partial buffer of [slices * groups, OCg, Q] when `partial`."""
+    """Writes grad-weight C[oc, q] into o = dw[OC, Cg, KH, KW] (q in the operand's order)."""
 
-    def __init__(self, out_wgsl, store, q_order: str, partial: bool, bindings: str):
-        super().__init__(0, out_wgsl, store, bindings=bindings, extra_key=(q_order, partial))
-        self.q_order, self.partial = q_order, partial
+    def __init__(self, out_wgsl, store, q_order: str, bindings: str):
+        super().__init__(0, out_wgsl, store, bindings=bindings, extra_key=(q_order,))
+        self.q_order = q_order
 
     def setup(self):
         return []
 
     def row_setup(self, gm):
-        if self.partial:
-            return [f"let c_row = o_off + wid.z * o_s0 + ({gm}) * N;"]
         return [f"let c_row = o_off + (bz * cOCg + ({gm})) * o_s0;"]
 
     def col_setup(self, gn, tag):
-        if self.partial:
-            return []
         if self.q_order == "ckk":
             return [f"let qo{tag} = (({gn}) / (cKH * cKW)) * o_s1 + ((({gn}) % (cKH * cKW)) / cKW) * o_s2 + (({gn}) % cKW) * o_s3;"]
         return [f"let qo{tag} = (({gn}) / (cKW * cCg)) * o_s2 + ((({gn}) % (cKW * cCg)) / cCg) * o_s3 + (({gn}) % cCg) * o_s1;"]
 
     def address(self, gm, gn, tag):
-        return f"c_row + ({gn})" if self.partial else f"c_row + qo{tag}"
+        return f"c_row + qo{tag}"
+
+
+class SlicesEpilogue(Epilogue):
+    """Writes a split-K slice's C[m, n] into o = f32 partial products [slices * groups, M, N] (slab
+    wid.z), for the caller to sum: split grad-weights and grad-inputs."""
+
+    def __init__(self, out_wgsl, store, bindings: str):
+        super().__init__(0, out_wgsl, store, bindings=bindings, extra_key=("slices",))
+
+    def setup(self):
+        return []
+
+    def row_setup(self, gm):
+        return [f"let c_row = o_off + wid.z * o_s0 + ({gm}) * N;"]
+
+    def col_setup(self, gn, tag):
+        return []
+
+    def address(self, gm, gn, tag):
+        return f"c_row + ({gn})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,9 +684,9 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
             "b1", st_y.wgsl, "ckk", "row", unit, four=unit and g.W % 4 == 0 and N % cfg.BN == 0 and K % cfg.BK == 0)
         if partial is None:
             E = ImageEpilogue(st_o.wgsl, _Store(st_o), "rows", "in", False, bindings, vec_out=vec_out)
-        else:   # (the weight epilogue's partial mode is a plain [slices, M, N] store)
+        else:
             st_f = rt.stypes[torch.float32]
-            E = WeightEpilogue(st_f.wgsl, _Store(st_f), "ckk", True, bindings)
+            E = SlicesEpilogue(st_f.wgsl, _Store(st_f), bindings)
     params = g.params(None, w, dy, out, cfg.BK)
     set_gemm(params, M, N, K, ksplit=kslice if partial is not None else 0)
     if wparams is not None:
@@ -751,7 +766,7 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     kslice, slices = k_slices(K, min(slices, K // cfg.BK), cfg.BK)
     if slices == 1:
         bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
-        E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, False, bindings)
+        E = WeightEpilogue(st_o.wgsl, _Store(st_o), q_order, bindings)
         params = g.params(x, None, dy, dw, cfg.BK)
         set_gemm(params, M, N, K)
         launch(("conv_wgrad", nhwc, dy.dtype, x.dtype, dw.dtype), "conv2d_grad_weight", cfg, A, B, E,
@@ -760,7 +775,7 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     st_f = rt.stypes[torch.float32]
     partial = empty([slices * g.groups, M, N], torch.float32)
     bindings = codegen.bindings([st_f.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
-    E = WeightEpilogue(st_f.wgsl, _Store(st_f), q_order, True, bindings)
+    E = SlicesEpilogue(st_f.wgsl, _Store(st_f), bindings)
     params = g.params(x, None, dy, partial, cfg.BK)
     set_gemm(params, M, N, K, ksplit=kslice)
     launch(("conv_wgrad_split", nhwc, dy.dtype, x.dtype), "conv2d_grad_weight_split", cfg, A, B, E,

@@ -59,26 +59,16 @@ def _unit(g):
     return Geometry(g.N, g.C, g.OH, g.OW, g.OC, g.OH, g.OW, 1, 1, (1, 1), (0, 0), (1, 1), 1)
 
 
-# In-place strided reads or a compact copy, by (pass, x shape, stride): chosen once per process.
-_READS: dict = {}
-
-
 def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
     """run(image) with image = x subsampled by the stride, read in place when that is faster here."""
     view = x[:, :, ::stride[0], ::stride[1]] if stride != (1, 1) else x
     if _image_matrix(view, False) is not None:      # already a plain [N, C, H*W] view: nothing to choose
         run(view)
         return
-    key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
-    choice = _READS.get(key)
-    if choice is None:
-        from navitrain.wgpu.gemm_tuning import pick_choice
-        from navitrain.wgpu.runtime import runtime
+    from navitrain.wgpu.gemm_tuning import pick_choice
 
-        choice = pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())},
-                             "compact")
-        if runtime().capture is None:    # inside a graph capture the default stands in, untimed
-            _READS[key] = choice
+    key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
+    choice = pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
     run(view if choice == "in_place" else view.contiguous())
 
 

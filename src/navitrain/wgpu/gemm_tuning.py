@@ -211,10 +211,15 @@ _picked: dict = {}
 def pick_choice(key: str, options: dict, default: str) -> str:
     """Which of several ways to compute the same thing is fastest here (e.g. a convolution by implicit
     GEMM or by Winograd), timed once per key and cached like the tiles. `options` maps names to
-    zero-argument callables that do the work."""
+    zero-argument callables that do the work. Remembered per process like the tiles (_picked): the
+    callers ask on every convolution."""
     from navitrain.wgpu.runtime import runtime
 
     mode = _mode()
+    memo_key = ("choice", mode, key)
+    known = _picked.get(memo_key)
+    if known is not None:
+        return known
     rt = runtime()
     if mode == "off" or (mode == "on" and rt.info.software):
         return default
@@ -222,8 +227,9 @@ def pick_choice(key: str, options: dict, default: str) -> str:
         table = _load()
         cached = table.get(key)
     if cached in options:
+        _picked[memo_key] = cached
         return cached
-    if rt.capture is not None:
+    if rt.capture is not None:   # the default stands in, untimed and not remembered
         return default
     _announce(rt)
     timings = []
@@ -238,6 +244,7 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     with _lock:
         table[key] = best
         _save()
+    _picked[memo_key] = best
     return best
 
 
@@ -281,14 +288,11 @@ def _gpu_seconds(rt, run, reps: int) -> float:
     grad-weight timed 370-590 us from Python (run 10), the tiles' differences lost in the noise, and
     in a captured graph only the GPU time is left. GPU time alone, though, picked a split-K 1024^2
     product 6% faster on the GPU whose sum pass doubled its host time in eager mode (run 10)."""
-    rt.synchronize()
-    rt.profile = table = {}
-    try:
+    from navitrain.wgpu import profile
+
+    with profile() as table:
         for _ in range(reps):
             run()
-        rt.synchronize()
-    finally:
-        rt.profile = None
     dispatches = sum(count for count, _ in table.values()) / reps
     gpu = sum(seconds for _, seconds in table.values()) / reps
     return gpu + max(0.0, dispatches - 1) * HOST_SECONDS_PER_EXTRA_DISPATCH
