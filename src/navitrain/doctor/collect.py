@@ -24,6 +24,7 @@ FILE_FACTS: tuple[tuple[str, Callable], ...] = (
     ("amdgpu", F.get_amdgpu),
     ("rocm", F.get_rocm),
     ("vulkan_icds", F.get_vulkan_icds),
+    ("opencl_icds", F.get_opencl_icds),
     ("env", F.get_env),
     ("navitrain", F.get_navitrain),
 )

@@ -57,6 +57,8 @@ def get_system(root) -> dict:
         "os": os_release.get("PRETTY_NAME") or os_release.get("NAME"),
         "python": platform.python_version(),
         "machine": platform.machine() or None,
+        # 'Linux' / 'Windows' / 'Darwin' on this machine; a tree with an os-release is a Linux machine.
+        "platform": (platform.system() or None) if tree.is_live else ("Linux" if os_release else None),
     }
 
 
@@ -386,6 +388,16 @@ def get_vulkan_icds(root) -> list[dict]:
                 pass
             out.append({"file": path, "library_path": library if isinstance(library, str) else None,
                         "driver": _icd_driver(path)})
+    return out
+
+
+def get_opencl_icds(root) -> list[dict]:
+    """Installed OpenCL drivers (ICD files name a library), for roads such as OpenCL backends of PyTorch."""
+    tree = _tree(root)
+    out = []
+    for path in tree.glob("/etc/OpenCL/vendors", "*.icd"):
+        library = (tree.read_line(path) or "").strip() or None
+        out.append({"file": path, "library": library})
     return out
 
 
