@@ -111,6 +111,10 @@ def register(app: typer.Typer) -> None:
         and report pass / mismatch / error / gpu-fault / crash / hang / unavailable. Results are stored
         per machine fingerprint; navitrain.device() uses them."""
         fmt = "json" if as_json else fmt.lower()
+        from navitrain import cache_files  # a damaged or unwritable store: which file, what was done, the fix
+
+        cache_files.show_with(lambda message: err_console.print(f"warning: {message}", style="yellow", markup=False,
+                                                                highlight=False, soft_wrap=True))
         if fmt not in FORMATS:
             fail(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
         if timeout is not None and timeout <= 0:
