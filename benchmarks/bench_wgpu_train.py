@@ -12,6 +12,7 @@ navitrain.wgpu.WgpuGraph / torch.cuda.CUDAGraph, optimizers in capturable mode).
     python benchmarks/bench_wgpu_train.py                           # resnet18, gpt on wgpu, cuda, cpu
     python benchmarks/bench_wgpu_train.py --devices wgpu,wgpu-graph,cuda,cuda-graph,cpu
     python benchmarks/bench_wgpu_train.py --models mlp --devices wgpu,cpu --quick
+    python benchmarks/bench_wgpu_train.py --models lstm --devices wgpu,wgpu-graph,cuda,cuda-graph
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ MODELS = {
              "data": {"context": 16, "vocab": 64}, "batch": 4}),
     "mlp": ("mlp", {"in_features": 784, "hidden": (1024, 1024)}, "mlp_batch", {"in_features": 784}, 512, "mlp_loss",
             {"model": {"in_features": 64, "hidden": (64,)}, "data": {"in_features": 64}, "batch": 16}),
+    # PyTorch's word_language_model (medium LSTM: 2 x 650, bptt 35, batch 20), next to cuDNN's LSTM.
+    "lstm": ("lstm_lm", {"vocab": 10000, "d_model": 650, "layers": 2}, "gpt_batch", {"context": 35, "vocab": 10000},
+             20, "gpt_loss", {"model": {"vocab": 64, "d_model": 16, "layers": 2}, "data": {"context": 8, "vocab": 64},
+                              "batch": 4}),
     "unet": ("unet_small", {"width": 32}, "unet_batch", {"image_size": 128}, 16, "unet_loss",
              {"width": 8, "image_size": 16, "batch": 2}),
 }

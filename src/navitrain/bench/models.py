@@ -2,7 +2,7 @@
 
 Shared by `navitrain bench`, `navitrain run` and the wgpu tests, so every model here sticks to layers
 that any PyTorch device must support. Each model comes with:
-  - a builder (`mlp`, `cifar_resnet18`, `gpt_decoder`, `unet_small`, `mnist_net`), sizes configurable so
+  - a builder (`mlp`, `cifar_resnet18`, `gpt_decoder`, `lstm_lm`, `unet_small`, `mnist_net`), sizes configurable so
     tests can build tiny versions;
   - a batch function `<model>_batch(batch_size, ..., seed=0, device="cpu") -> (inputs, targets)`;
   - a loss function `<model>_loss(output, targets) -> scalar tensor`.
@@ -226,6 +226,25 @@ def gpt_batch(batch_size: int, context: int = 256, vocab: int = 4096, *, seed: i
 
 def gpt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+class LSTMLanguageModel(nn.Module):
+    """The shape of PyTorch's word_language_model example (medium: 2 x 650, bptt 35): embedding,
+    stacked LSTM, linear decoder. batch_first, so it trains on gpt_batch data with gpt_loss."""
+
+    def __init__(self, vocab: int, d_model: int, layers: int, dropout: float = 0.0):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d_model)
+        self.lstm = nn.LSTM(d_model, d_model, num_layers=layers, dropout=dropout, batch_first=True)
+        self.decoder = nn.Linear(d_model, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.lstm(self.embedding(tokens))[0])
+
+
+def lstm_lm(vocab: int = 10000, d_model: int = 650, layers: int = 2, dropout: float = 0.0) -> LSTMLanguageModel:
+    """LSTM language model; dropout 0 by default so every device computes the same first-step loss."""
+    return LSTMLanguageModel(vocab=vocab, d_model=d_model, layers=layers, dropout=dropout)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn):
