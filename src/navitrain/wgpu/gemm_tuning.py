@@ -20,7 +20,7 @@ import os
 import threading
 import time
 
-from navitrain import _env
+from navitrain import _env, cache_files
 from navitrain.wgpu.gemm import TileConfig, auto_splits
 
 log = logging.getLogger("navitrain.wgpu")
@@ -112,11 +112,64 @@ def shape_class(kind, M: int, N: int, K: int, batch: int) -> str:
     return f"{kind}|{bucket(M)}x{bucket(N)}x{bucket(K)}|b{bucket(batch) if batch > 1 else 1}"
 
 
+# v2: kernels changed (interleaved thread layout, split-K candidates); choices timed on the old ones
+# do not carry over. v3: candidates timed on the GPU, new split candidates for convolutions; v2's
+# wall-clock choices ranked small products by their host cost (run 10).
+FILENAME = "gemm_tiles.v3.json"
+
+
 def _path():
-    # v2: kernels changed (interleaved thread layout, split-K candidates); choices timed on the old ones
-    # do not carry over. v3: candidates timed on the GPU, new split candidates for convolutions; v2's
-    # wall-clock choices ranked small products by their host cost (run 10).
-    return _env.cache_dir() / "gemm_tiles.v3.json"
+    """The cache file; raises OSError when the cache directory cannot be created."""
+    return cache_files.path(FILENAME)
+
+
+def _shape_error(data) -> str | None:
+    """Why `data` is not a tuning table ({adapter: {shape class or choice key: name}}), or None."""
+    if not isinstance(data, dict):
+        return f"the top level is {type(data).__name__}, not an object"
+    for adapter, table in data.items():
+        if not isinstance(table, dict):
+            return f"the entry for {adapter!r} is {type(table).__name__}, not an object"
+        for key, name in table.items():
+            if not isinstance(name, str):
+                return f"the choice {adapter!r} / {key!r} is {type(name).__name__}, not a name"
+    return None
+
+
+def _read_cache() -> dict:
+    """The tuning table on disk. A damaged one (not JSON, or JSON of the wrong shape) is moved aside
+    and tuning starts over; one that cannot be read means tuning in memory. Never raises."""
+    try:
+        path = _path()
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _say_unwritable(exc)
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        why = _shape_error(data)
+    except ValueError as exc:  # (UnicodeDecodeError included)
+        data, why = None, f"not JSON: {exc}"
+    if why is None:
+        return data
+    try:
+        aside = cache_files.move_aside(path)
+    except OSError as exc:
+        cache_files.say_once(("gemm-tuning", str(path)), (
+            f"the GEMM tuning cache {path} is damaged ({why}) and could not be moved aside ({exc}): tiles are "
+            f"tuned in memory by this process. Fix: move that file away yourself, or {cache_files.FIX}."))
+        return {}
+    cache_files.say_once(("gemm-tuning-moved", str(aside)), (
+        f"the GEMM tuning cache {path} was damaged ({why}): moved it to {aside.name}; tiles are tuned again"))
+    return {}
+
+
+def _say_unwritable(exc: OSError) -> None:
+    cache_files.say_once(("gemm-tuning", getattr(exc, "filename", None)), (
+        f"the GEMM tuning cache cannot be kept on disk ({exc}): tiles are tuned in memory by this process "
+        f"and tuned again by the next one. Fix: {cache_files.FIX}."))
 
 
 def _load() -> dict:
@@ -126,21 +179,20 @@ def _load() -> dict:
 
         info = runtime().info
         _adapter_key = f"{info.name} | {info.backend} | {info.driver}"
-        try:
-            _cache = json.loads(_path().read_text())
-        except (OSError, ValueError):
-            _cache = {}
+        _cache = _read_cache()
     return _cache.setdefault(_adapter_key, {})
 
 
 def _save() -> None:
-    path = _path()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    """Write the table (atomically: a crash mid-write leaves the old file). An unwritable cache is
+    not worth failing a training run for: the choices stay in memory, and that is said once."""
     try:
+        path = _path()
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(_cache, indent=1, sort_keys=True))
         os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache is not worth failing a training run for
-        log.debug("could not save GEMM tuning cache: %s", exc)
+    except OSError as exc:
+        _say_unwritable(exc)
 
 
 def _parse(text: str) -> TileConfig | None:
@@ -198,9 +250,13 @@ def _announce(rt) -> None:
     global _announced
     if not _announced:
         _announced = True
+        try:
+            where = f"cached in {_path()}"
+        except OSError:
+            where = "kept in memory: the cache directory cannot be created"
         log.warning("navitrain: timing GEMM tiles for %s (first use of these shapes on this adapter; "
-                    "the first steps are slower, the choices are cached in %s). NAVITRAIN_WGPU_TUNE=0 skips this.",
-                    rt.info.name, _path())
+                    "the first steps are slower, the choices are %s). NAVITRAIN_WGPU_TUNE=0 skips this.",
+                    rt.info.name, where)
 
 
 # Choices already made in this process, by exact shape: a training step asks for the same products
