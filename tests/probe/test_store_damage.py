@@ -163,3 +163,17 @@ def test_probe_report_and_probe_name_the_damaged_store(cache):
     assert f"the probe store {cache / store.FILENAME} was damaged" in run.output
     assert "| alloc-fill | pass |" in run.output
     assert len([p for p in cache.iterdir() if ".damaged-" in p.name and not p.name.endswith(("-wal", "-shm"))]) == 2
+
+
+def test_bench_results_kept_in_memory_say_so(tmp_path, monkeypatch):
+    from navitrain.bench import machine, storage
+
+    (tmp_path / "a-file").write_text("in the way")
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setattr(machine, "fingerprint_object", lambda: None)
+    report = {"results": [{"status": "ok", "samples_per_s": 12.5, "route": "cpu", "workload": "mlp", "size": "quick",
+                           "median_ms": 80.0}], "steps": 5, "warmup": 1, "seed": 3,
+              "machine": {"fingerprint": "fp-bench"}}
+    stored = storage.save(report)
+    assert stored["saved"] == 1 and "kept in memory only" in stored["note"], stored
+    assert store.route_speeds("fp-bench") == {"cpu": 1.0}

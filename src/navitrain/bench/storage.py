@@ -44,6 +44,10 @@ def save(report: dict[str, Any]) -> dict[str, Any]:
             saved += 1
     except Exception as exc:
         return {"saved": saved, "fingerprint": fingerprint, "note": f"storing failed after {saved} rows: {exc}"}
+    if store.in_memory():  # the store said why (once, naming the file); the note says what it means here
+        return {"saved": saved, "fingerprint": fingerprint,
+                "note": "kept in memory only: the probe store cannot be written (the warning above says which "
+                        "file and why), so navitrain.device() in another process will not see these speeds"}
     return {"saved": saved, "fingerprint": fingerprint, "note": ""}
 
 

@@ -226,6 +226,16 @@ def _holders(file: Path) -> str:
     return ", ".join(named)
 
 
+def in_memory() -> bool:
+    """Whether this process keeps results in memory instead of the file (damaged and unmovable,
+    unwritable, or locked too long): what it stores now is gone when it exits."""
+    try:
+        key = str(path())
+    except OSError as exc:
+        key = f"dir:{getattr(exc, 'filename', '')}"
+    return key in _stand_ins
+
+
 def _use(work, *, write: bool):
     """work(conn) on the store, in one write transaction when `write`; damaged, unwritable and locked
     files are handled as the comment above says, then the work is retried."""
