@@ -290,3 +290,34 @@ def test_graphed_lstm_language_model_step_matches_eager_steps():
     assert step.graph is not None and step.graph.dispatch_count > 0 and step.eager_calls == 0
     assert replayed == pytest.approx(eager, rel=1e-5, abs=1e-6)
     assert replayed[-1] < replayed[0]
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_whole_layer_path_dispatches_no_per_step_ops(cls):
+    """nn.LSTM/nn.GRU run as whole layers (ops/rnn_layers.py): the input projections of all steps are
+    one GEMM, and per step only a GEMM and a cell kernel are launched directly, so the aten ops that
+    reach the device do not grow with the sequence length (PyTorch's decomposition dispatches ~5 ops
+    per step forward and ~10 backward)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func] += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for T in (2, 9):
+        torch.manual_seed(11)
+        mod = cls(4, 5, num_layers=2, bidirectional=True).to(DEV)
+        x = torch.randn(T, 2, 4).to(DEV).requires_grad_()
+        with Count() as mode:
+            mod(x)[0].sum().backward()
+        counts.append(mode.ops)
+    assert counts[0] == counts[1], (counts[0], counts[1])
+    assert not any("fused" in str(op) for op in counts[1])

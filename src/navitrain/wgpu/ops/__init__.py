@@ -1,5 +1,5 @@
 """Operator handlers of the wgpu device, one module per family; importing registers them all."""
 from navitrain.wgpu.ops import (  # noqa: F401
     activations, amp, conv, copy, elementwise, factory, foreach, loss, losses, matmul, norm, pooling, random, reductions, shape, softmax, upsample, views,
-    embedding, indexing, scan, sort, tensor_ops, attention, rnn,
+    embedding, indexing, scan, sort, tensor_ops, attention, rnn, rnn_layers,
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu import codegen, dispatch
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.reduction import reduce
@@ -56,6 +56,8 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
     writes `st_<name>(i, v)` with element indices relative to each tensor's start."""
     rt = runtime()
     present = [(n, _contig(t)) for n, t in ins.items() if t is not None] + list(outs.items())
+    if not all(t.is_contiguous() for t in outs.values()):
+        raise ValueError(f"{name}: outputs must be contiguous")
     absent = [n for n, t in ins.items() if t is None]
     for _, t in present:
         if not rt.stypes[t.dtype].has_kernels or not t.dtype.is_floating_point:
@@ -113,10 +115,17 @@ def fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=
     B, H = _check_gates("_thnn_fused_lstm_cell", input_gates, cx, 4)
     dtype = input_gates.dtype
     hy, cy, ws = empty([B, H], dtype), empty([B, H], dtype), empty([B, 4 * H], dtype)
+    lstm_forward_into(input_gates, hidden_gates, cx, input_bias, hidden_bias, hy, cy, ws)
+    return hy, cy, ws
+
+
+def lstm_forward_into(input_gates, hidden_gates, cx, input_bias, hidden_bias, hy, cy, ws) -> None:
+    """The LSTM cell into given contiguous outputs (ops/rnn_layers.py writes straight into its
+    per-step slices)."""
+    B, H = cx.shape
     if B * H:
         _launch("lstm_forward", {"x": input_gates, "h": hidden_gates, "cx": cx, "bx": input_bias, "bh": hidden_bias},
                 {"hy": hy, "cy": cy, "ws": ws}, _LSTM_FORWARD, B * H, H)
-    return hy, cy, ws
 
 
 # d tanh(c) / dc = 1 - tanh(c)^2, d sigmoid = s (1 - s); the gate gradients are pre-activation.
@@ -139,11 +148,17 @@ def fused_lstm_cell_backward_impl(grad_hy, grad_cy, cx, cy, workspace, has_bias)
     B, H = _check_gates("_thnn_fused_lstm_cell_backward_impl", workspace, cx, 4)
     dtype = workspace.dtype
     grad_gates, grad_cx = empty([B, 4 * H], dtype), empty([B, H], dtype)
+    lstm_backward_into(grad_hy, grad_cy, cx, cy, workspace, grad_gates, grad_cx)
+    grad_bias = reduce(grad_gates, [0], False, "sum", dtype) if has_bias else None
+    return grad_gates, grad_cx, grad_bias
+
+
+def lstm_backward_into(grad_hy, grad_cy, cx, cy, workspace, grad_gates, grad_cx) -> None:
+    """The LSTM cell's backward into given contiguous outputs; absent (None) output grads are 0."""
+    B, H = cx.shape
     if B * H:
         _launch("lstm_backward", {"ghy": grad_hy, "gcy": grad_cy, "cx": cx, "cy": cy, "ws": workspace},
                 {"gx": grad_gates, "gcx": grad_cx}, _LSTM_BACKWARD, B * H, H)
-    grad_bias = reduce(grad_gates, [0], False, "sum", dtype) if has_bias else None
-    return grad_gates, grad_cx, grad_bias
 
 
 _GRU_FORWARD = _PROLOGUE + """
@@ -164,10 +179,15 @@ def fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=N
     B, H = _check_gates("_thnn_fused_gru_cell", input_gates, hx, 3)
     dtype = input_gates.dtype
     hy, ws = empty([B, H], dtype), empty([B, 5 * H], dtype)
+    gru_forward_into(input_gates, hidden_gates, hx, input_bias, hidden_bias, hy, ws)
+    return hy, ws
+
+
+def gru_forward_into(input_gates, hidden_gates, hx, input_bias, hidden_bias, hy, ws) -> None:
+    B, H = hx.shape
     if B * H:
         _launch("gru_forward", {"x": input_gates, "h": hidden_gates, "hx": hx, "bx": input_bias, "bh": hidden_bias},
                 {"hy": hy, "ws": ws}, _GRU_FORWARD, B * H, H)
-    return hy, ws
 
 
 # hy = n + z (hx - n), n = tanh(x_n + r h_n): the input and hidden gate gradients differ only in n's
@@ -183,8 +203,17 @@ _GRU_BACKWARD = _PROLOGUE + """
   let g = b * 3u * H + j;
   st_gx(g, gr); st_gx(g + H, gz); st_gx(g + 2u * H, gn);
   st_gh(g, gr); st_gh(g + H, gz); st_gh(g + 2u * H, gn * rg);
-  st_ghx(gi, ghy * zg);
+  st_ghx(gi, ghy * zg + ld_gnext(gi));
 """
+
+
+def gru_backward_into(grad_hy, workspace, grad_next, grad_x, grad_h, grad_hx) -> None:
+    """The GRU cell's backward into given contiguous outputs; `grad_next` (or None), added to the
+    gradient of hx, is the gradient the layer's output at the previous step receives from above."""
+    B, H = grad_hx.shape
+    if B * H:
+        _launch("gru_backward", {"ghy": grad_hy, "ws": workspace, "gnext": grad_next},
+                {"gx": grad_x, "gh": grad_h, "ghx": grad_hx}, _GRU_BACKWARD, B * H, H)
 
 
 @implements(aten._thnn_fused_gru_cell_backward.default)
@@ -192,9 +221,7 @@ def fused_gru_cell_backward(grad_hy, workspace, has_bias):
     B, H = _check_gates("_thnn_fused_gru_cell_backward", workspace, grad_hy, 5)
     dtype = workspace.dtype
     grad_x, grad_h, grad_hx = empty([B, 3 * H], dtype), empty([B, 3 * H], dtype), empty([B, H], dtype)
-    if B * H:
-        _launch("gru_backward", {"ghy": grad_hy, "ws": workspace}, {"gx": grad_x, "gh": grad_h, "ghx": grad_hx},
-                _GRU_BACKWARD, B * H, H)
+    gru_backward_into(grad_hy, workspace, None, grad_x, grad_h, grad_hx)
     if not has_bias:
         return grad_x, grad_h, grad_hx, None, None
     return (grad_x, grad_h, grad_hx, reduce(grad_x, [0], False, "sum", dtype),
@@ -206,6 +233,11 @@ def fused_gru_cell_backward(grad_hy, workspace, has_bias):
 # dispatcher offers it to a PrivateUse1 tensor only through __torch_dispatch__. Its backward,
 # _pack_padded_sequence_backward, is CompositeImplicitAutograd and needs nothing here.
 _COMPOSITE_EXPLICIT = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+# PyTorch requires the lengths on the CPU (it reads them on the host), so this op mixes devices by
+# design: exempt it from dispatch's one-device check, where that check exists.
+dispatch_mixed_ok = getattr(dispatch, "_MIXED_DEVICES_OK", None)
+if dispatch_mixed_ok is not None:
+    dispatch_mixed_ok.add(aten._pack_padded_sequence.default)
 
 
 @implements(aten._pack_padded_sequence.default)
