@@ -1,5 +1,5 @@
-"""The explain classifier on real log lines (shared/knowledge/rdna1.md and the issues it cites), on
-lines that must not match, and on arbitrary text."""
+"""The explain classifier on real log lines (the error messages of the issues each mode cites in its
+sources), on lines that must not match, and on arbitrary text."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from navitrain.doctor.logs import GPU_FAULT_MODES, MODE_IDS, classify, is_gpu_fault, mode
 
-# Real lines, quoted in shared/knowledge/rdna1.md (failure-mode table) with their sources.
+# Real lines, as the libraries print them (the issues behind them are in each mode's sources).
 REAL_LINES = [
     ("no-code-object", "hipErrorNoBinaryForGpu: Unable to find code object for all current devices!"),
     ("no-code-object", "RuntimeError: HIP error: invalid device function"),
@@ -68,23 +68,23 @@ def test_non_failures_are_unknown(line):
     assert not is_gpu_fault(line)
 
 
-def test_knowledge_table_rows_classify_as_their_own_id():
-    """Every backticked 'typical text' of the failure-mode table in the knowledge notes, read live."""
-    notes = Path(__file__).resolve().parents[3] / "shared" / "knowledge" / "rdna1.md"
-    if not notes.exists():
-        pytest.skip(f"{notes} not present (the knowledge notes live outside the repository)")
-    rows = [line for line in notes.read_text().splitlines() if re.match(r"^\| `[a-z0-9-]+` \|", line)]
-    checked = 0
+FAILURE_MODES = Path(__file__).resolve().parents[1] / "fixtures" / "explain" / "failure_modes.md"
+
+
+def test_failure_mode_table_rows_classify_as_their_own_id():
+    """Every backticked key line of the failure-mode table in tests/fixtures/explain, and a row for
+    every mode the classifier knows (so a new mode comes with its lines)."""
+    rows = [line for line in FAILURE_MODES.read_text().splitlines() if re.match(r"^\| `[a-z0-9-]+` \|", line)]
+    checked = set()
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         mode_id = cells[0].strip("`")
-        snippets = re.findall(r"`([^`]+)`", cells[2]) if len(cells) > 2 else []
-        if mode_id == "unknown" or not snippets:
-            continue
-        matches = {m.id: m for m in classify("\n".join(snippets))}
-        assert mode_id in matches, (mode_id, snippets)
-        checked += 1
-    assert checked >= 7
+        snippets = re.findall(r"`([^`]+)`", cells[2])
+        assert snippets, row
+        for snippet in snippets:
+            assert mode_id in [m.id for m in classify(snippet)], (mode_id, snippet)
+        checked.add(mode_id)
+    assert checked == set(MODE_IDS) - {"unknown"}
 
 
 def test_a_crash_log_gives_modes_in_order_of_importance():
