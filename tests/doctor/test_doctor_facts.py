@@ -111,7 +111,7 @@ def test_tree_reads_are_recorded_and_parsers_tolerate_junk(tmp_path):
 
 
 def test_rocminfo_parse_of_the_knowledge_excerpt():
-    # rocminfo for an RX 5700 XT on ROCm 6.4.2 (ROCm#5160), as quoted in shared/knowledge/rdna1.md.
+    # rocminfo for an RX 5700 XT on ROCm 6.4.2, as posted in ROCm/ROCm#5160.
     text = """ROCk module version 6.12.12 is loaded
 *******
 Agent 1

@@ -6,7 +6,7 @@ import pytest
 from navitrain.doctor import gpus
 from navitrain.doctor.gpus import family_of, gfx_from_target_version, identify, override_to_gfx, target_version_of
 
-# rocm_agent_enumerator (ROCm/rocminfo) id lists for the RDNA1 ISAs, as quoted in shared/knowledge/rdna1.md.
+# rocm_agent_enumerator (ROCm/rocminfo) id lists for the RDNA1 ISAs (data/gpus.json names the commit it read).
 RDNA1_IDS = {
     "gfx1010": [0x7310, 0x7312, 0x7318, 0x7319, 0x731A, 0x731B, 0x731E, 0x731F],
     "gfx1011": [0x7360, 0x7362],

@@ -1,8 +1,8 @@
 """What the facts mean: rules that turn a fact set into findings.
 
 A finding has a stable id, a severity (error / warning / info / ok), a one-line title, why (the
-mechanism), what to do, and sources. The knowledge behind the rules is in shared/knowledge/rdna1.md
-and the issues it cites. Each rule is a small function of a `Situation`; `diagnose` runs them all and
+mechanism), what to do, and sources. The knowledge behind each rule is in the issues and documents
+its findings cite (`sources`; docs/doctor.md lists the findings). Each rule is a small function of a `Situation`; `diagnose` runs them all and
 then adds the route recommendation (recommend.py).
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@ When nothing matches it returns a single `unknown` mode (never an empty list), s
 the verdict. The probe uses `is_gpu_fault` / `GPU_FAULT_MODES` on a child's stderr to tell "the GPU
 faulted" from "Python raised".
 
-Signatures come from the knowledge notes (shared/knowledge/rdna1.md) and the issues they cite; each
-mode lists its sources.
+Signatures come from the error messages of the issues each mode lists in its sources;
+tests/fixtures/explain/failure_modes.md holds key lines for every mode.
 """
 from __future__ import annotations
 
