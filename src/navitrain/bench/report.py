@@ -7,6 +7,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from navitrain.bench import noise, units
+
 STATUS_STYLE = {"ok": "green", "refused": "bold yellow", "unavailable": "dim", "error": "red",
                 "crash": "bold red", "hang": "bold red", "not run": "dim"}
 
@@ -21,17 +23,23 @@ def _bytes(value: int | None) -> str:
     return "n/a"  # pragma: no cover
 
 
-def _rate(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def _step(row: dict[str, Any]) -> str:
+def _step(row: dict[str, Any]) -> Text:
     if row.get("median_ms") is None:
-        return "-"
-    spread = row.get("iqr_ms") or 0.0
-    return f"{row['median_ms']:.3g} ±{spread / 2:.2g}"
+        return Text("-")
+    text = Text(units.duration(row["median_ms"], (row.get("iqr_ms") or 0.0) / 2))
+    if row.get("noisy"):
+        text.append(" noisy", style="bold yellow")
+    return text
+
+
+def _speedup(row: dict[str, Any]) -> Text:
+    speedup = row.get("speedup_vs_cpu")
+    if not speedup:
+        return Text("-")
+    text = Text(units.ratio(speedup))
+    if row.get("speedup_reliable") is False and row["route"] != "cpu":
+        text.append(" unreliable", style="bold yellow")
+    return text
 
 
 def results_table(report: dict[str, Any], *, compact: bool = False) -> Table:
@@ -45,24 +53,26 @@ def results_table(report: dict[str, Any], *, compact: bool = False) -> Table:
     table = Table(title=f"navitrain bench ({report['size']}: {report['warmup']} warm-up + "
                         f"{report['steps']} timed steps)", title_justify="left",
                   caption=caption, caption_justify="left")
-    columns = ["workload", "route", "status", "step ms ±IQR/2", "samples/s", "vs CPU"]
+    columns = ["workload", "route", "status", "step time ±IQR/2", "samples/s", "vs CPU"]
     if not compact:
         columns += ["memory", "1st step", "loss"]
     for index, name in enumerate(columns):
-        # names and statuses must stay whole; numbers may wrap at their space
+        # names and statuses stay whole; on a console too narrow for the table a number wraps at its
+        # space or folds, but no cell is ever cut short with an ellipsis (a log must keep every value)
         table.add_column(name, justify="left" if index < 3 else "right", no_wrap=index < 3,
-                         min_width=len(name) if index < 3 else None)
+                         min_width=len(name) if index < 3 else None, overflow="fold")
     order = {name: i for i, name in enumerate(dict.fromkeys(r["workload"] for r in report["results"]))}
     for row in sorted(report["results"], key=lambda r: (order[r["workload"]], -(r.get("samples_per_s") or 0))):
-        speedup = row.get("speedup_vs_cpu")
         cells = [
             row["workload"], row["route"], Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
-            _step(row), _rate(row.get("samples_per_s")), f"{speedup:.2f}x" if speedup else "-",
+            _step(row), units.rate(row.get("samples_per_s")), _speedup(row),
         ]
         if not compact:
             first = row.get("time_to_first_step_s")
-            losses = f"{row['first_loss']:.3g}→{row['last_loss']:.3g}" if row.get("last_loss") is not None else "-"
-            cells += [_bytes(row.get("peak_memory_bytes")), f"{first:.2f} s" if first is not None else "-", losses]
+            losses = (f"{units.plain(row['first_loss'])}→{units.plain(row['last_loss'])}"
+                      if row.get("last_loss") is not None and row.get("first_loss") is not None else "-")
+            cells += [_bytes(row.get("peak_memory_bytes")), units.duration(None if first is None else first * 1e3),
+                      losses]
         table.add_row(*cells)
     return table
 
@@ -83,15 +93,34 @@ def problems(report: dict[str, Any]) -> list[str]:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Per route: how it compares with the CPU, as geometric mean over the workloads timed on both."""
-    by_route: dict[str, list[float]] = {}
+    by_route: dict[str, list[dict[str, Any]]] = {}
     for row in report["results"]:
         if row["status"] == "ok" and row.get("speedup_vs_cpu") and row["route"] != "cpu":
-            by_route.setdefault(row["route"], []).append(row["speedup_vs_cpu"])
+            by_route.setdefault(row["route"], []).append(row)
     lines = []
-    for route, factors in by_route.items():
+    for route, rows in by_route.items():
         product = 1.0
-        for f in factors:
-            product *= f
-        mean = product ** (1 / len(factors))
-        lines.append(f"{route}: {mean:.2f}x the CPU's speed (geometric mean over {len(factors)} workloads)")
+        for row in rows:
+            product *= row["speedup_vs_cpu"]
+        mean = product ** (1 / len(rows))
+        count = f"{len(rows)} workload" + ("s" if len(rows) > 1 else "")
+        line = f"{route}: {units.ratio(mean)} the CPU's speed (geometric mean over {count})"
+        unreliable = [row["workload"] for row in rows if row.get("speedup_reliable") is False]
+        if unreliable:
+            line += f"; not reliable: {', '.join(unreliable)} measured noisy (see below)"
+        lines.append(line)
     return lines
+
+
+def noise_lines(report: dict[str, Any]) -> list[str]:
+    """Which rows were too spread out for their ratios to mean anything, and what the machine's other
+    load says about why; empty when every row was steady."""
+    noisy = [row for row in report["results"] if row.get("noisy")]
+    if not noisy:
+        return []
+    rows = "; ".join(f"{row['route']} / {row['workload']} ({units.duration(row['median_ms'], row['iqr_ms'] / 2)}: "
+                     f"the middle half of its steps spans {row['relative_spread']:.0%} of the median)"
+                     for row in noisy)
+    return [f"noisy: {rows}. A speed-up computed from these rows is not reliable "
+            f"(more than {noise.NOISY_SPREAD:.0%} spread); "
+            f"{noise.cause_sentence(report.get('other_load'))}."]

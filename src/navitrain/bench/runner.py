@@ -18,7 +18,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from navitrain.bench import verify
+from navitrain.bench import noise, verify
 from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload, get as get_workload
 
 # Run sizes: warm-up steps are trained but not timed (they absorb shader compilation, autotuning and
@@ -52,6 +52,9 @@ class WorkloadResult:
     peak_memory_bytes: int | None = None
     memory_kind: str = "n/a"
     speedup_vs_cpu: float | None = None
+    relative_spread: float | None = None  # IQR / median of the step times
+    noisy: bool = False                   # relative_spread over noise.NOISY_SPREAD
+    speedup_reliable: bool | None = None  # False when this row or the CPU's row is noisy
     first_loss: float | None = None
     last_loss: float | None = None
     check_loss: float | None = None
@@ -84,11 +87,12 @@ class BenchReport:
     results: list[WorkloadResult]
     machine: dict[str, Any]
     wall_s: float
+    other_load: dict[str, Any] | None = None  # noise.OtherLoad: what else used the CPU meanwhile
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "size": self.size, "steps": self.steps, "warmup": self.warmup, "seed": self.seed,
-            "machine": self.machine, "wall_s": self.wall_s,
+            "machine": self.machine, "wall_s": self.wall_s, "other_load": self.other_load,
             "routes": [asdict(r) for r in self.routes],
             "results": [r.to_dict() for r in self.results],
         }
@@ -343,6 +347,7 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
         raise ValueError(f"timeout must be positive (got {timeout})")
     workloads = [get_workload(name, size) for name in (workload_names or list(DEFAULT_WORKLOADS))]
     started = time.perf_counter()
+    load = noise.OtherLoad().start()
 
     # The CPU goes first: its first-step losses are the reference every other route must match.
     ordered = sorted(dict.fromkeys(routes), key=lambda r: r != "cpu")
@@ -375,10 +380,16 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
                 setattr(result, key, None)
         elif result.cpu_check_loss is None and result.route != "cpu":
             result.detail = "timed, but not checked against the CPU: the CPU reference did not run"
-    cpu_speed = {r.workload: r.samples_per_s for r in results if r.route == "cpu" and r.status == "ok"}
     for result in results:
-        base = cpu_speed.get(result.workload)
-        if result.status == "ok" and base:
-            result.speedup_vs_cpu = result.samples_per_s / base
+        if result.status == "ok":
+            result.relative_spread = noise.relative_spread(result.iqr_ms, result.median_ms)
+            result.noisy = noise.is_noisy(result.relative_spread)
+    cpu_rows = {r.workload: r for r in results if r.route == "cpu" and r.status == "ok"}
+    for result in results:
+        base = cpu_rows.get(result.workload)
+        if result.status == "ok" and base is not None and base.samples_per_s:
+            result.speedup_vs_cpu = result.samples_per_s / base.samples_per_s
+            result.speedup_reliable = not (result.noisy or base.noisy)
     return BenchReport(size=size, steps=steps, warmup=warmup, seed=seed, routes=infos, results=results,
-                       machine=machine_info(infos), wall_s=time.perf_counter() - started)
+                       machine=machine_info(infos), wall_s=time.perf_counter() - started,
+                       other_load=load.stop())

@@ -10,7 +10,8 @@ from typing import Any
 
 # Extra facts stored beside each speed, so a stored row can be told apart and judged later.
 _EXTRA_FIELDS = ("title", "size", "batch_size", "iqr_ms", "min_ms", "max_ms", "time_to_first_step_s",
-                 "peak_memory_bytes", "memory_kind", "speedup_vs_cpu", "first_loss", "last_loss")
+                 "peak_memory_bytes", "memory_kind", "speedup_vs_cpu", "first_loss", "last_loss",
+                 "relative_spread", "noisy")
 
 
 def workload_key(row: dict[str, Any]) -> str:

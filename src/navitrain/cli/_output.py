@@ -6,10 +6,31 @@ import sys
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
-console = Console()
-err_console = Console(stderr=True)
+# Width for output that goes to a file or a pipe (`scripts/run.sh > out.txt`, CI logs): rich would use
+# 80 columns there (or the width of whatever terminal the shell runs in) and cut table cells short with
+# "…"; a log has no width, so it gets one wide enough for every table. COLUMNS still wins when set.
+PIPED_WIDTH = 160
+
+
+class _Console(Console):
+    """A rich Console that, when not writing to a terminal, is PIPED_WIDTH columns wide."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and not self._environ.get("COLUMNS", "").isdigit():
+            return ConsoleDimensions(PIPED_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 def print_json(data: Any) -> None:

@@ -47,15 +47,19 @@ def run_and_report(*, routes: list[str], workloads: list[str] | None, quick: boo
 
         data["plot"] = str(plot_report(data, plot))
     if not as_json:
+        from rich.markup import escape  # details quote stderr and name modes in [brackets]: not markup
+
         console.print(render.results_table(data, compact=compact))
         for line in render.summary_lines(data):
-            console.print(f"  {line}")
+            console.print(f"  {escape(line)}")
+        for line in render.noise_lines(data):
+            console.print(f"  [bold yellow]{escape(line)}[/]")
         for line in render.problems(data):
-            console.print(f"  [yellow]not timed[/] {line}")
+            console.print(f"  [yellow]not timed[/] {escape(line)}")
         if data["stored"].get("note"):
-            console.print(f"  [dim]{data['stored']['note']}[/]")
+            console.print(f"  [dim]{escape(data['stored']['note'])}[/]")
         if data["plot"]:
-            console.print(f"  chart: {data['plot']}")
+            console.print(f"  chart: {escape(data['plot'])}")
     return data
 
 
@@ -103,7 +107,9 @@ def register(app: typer.Typer) -> None:
         else:
             routes, why = route_choice.default_routes()
             if not as_json:
-                err_console.print(f"[dim]routes: {', '.join(routes)} ({why})[/]")
+                from rich.markup import escape
+
+                err_console.print(f"[dim]routes: {', '.join(routes)} ({escape(why)})[/]")
         data = run_and_report(routes=routes, workloads=names, quick=quick, steps=steps, warmup=warmup,
                               seed=seed, timeout=timeout, as_json=as_json, plot=plot, save=save)
         data["routes_why"] = why
