@@ -33,7 +33,7 @@ def test_chart_is_written_with_title_values_and_statuses(tmp_path, suffix, magic
     assert data.startswith(magic)
     if suffix == ".svg":
         text = data.decode()
-        for needle in ("Test GPU (RADV NAVI10)", "torch 2.13.0", "samples/s", "4,000", "4x CPU", "refused", "crash"):
+        for needle in ("Test GPU (RADV NAVI10)", "torch 2.13.0", "samples/s", "4,000", "4.00x CPU", "refused", "crash"):
             assert needle in text, needle
 
 
@@ -50,7 +50,7 @@ def test_problems_name_every_untimed_row_once_per_route():
 
 
 def test_summary_is_the_geometric_mean_speedup():
-    assert report.summary_lines(REPORT) == ["wgpu: 4.00x the CPU's speed (geometric mean over 1 workloads)"]
+    assert report.summary_lines(REPORT) == ["wgpu: 4.00x the CPU's speed (geometric mean over 1 workload)"]
 
 
 def test_table_lists_every_row_fastest_first():
@@ -69,13 +69,15 @@ def test_default_routes_follow_the_probes(monkeypatch):
     monkeypatch.setattr(route_choice, "probe_status", lambda: None)
     routes, why = route_choice.default_routes()
     assert routes == ["nomiopen", "wgpu", "cpu"] and "nothing probed" in why
-    monkeypatch.setattr(route_choice, "probe_status", lambda: (["wgpu"], ["nomiopen"]))
+    monkeypatch.setattr(route_choice, "_benched_routes", lambda: set())
+    monkeypatch.setattr(route_choice, "probe_status",
+                        lambda: {"wgpu": ("passed", ""), "nomiopen": ("failed", "train_mlp crash")})
     routes, why = route_choice.default_routes()
     assert routes == ["wgpu", "cpu"]  # cpu always: the reference
-    assert "not nomiopen" in why
-    monkeypatch.setattr(route_choice, "probe_status", lambda: (["cpu"], []))
+    assert "nomiopen: essential probes failed (train_mlp crash; navitrain probe --report)" in why
+    monkeypatch.setattr(route_choice, "probe_status", lambda: {"cpu": ("passed", "")})
     routes, why = route_choice.default_routes()
-    assert routes == ["cpu"] and "nomiopen, wgpu not probed yet" in why
+    assert routes == ["cpu"] and "nomiopen, wgpu: not probed yet" in why
 
 
 def test_unknown_route_names_are_rejected():

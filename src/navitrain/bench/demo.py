@@ -7,6 +7,12 @@ own training script would do, so it is the honest end-to-end check. The network 
 a quarter of the channels (8 and 16, 150 k parameters): the full one (1.2 M) takes tens of seconds a
 step on a software Vulkan rasteriser, and a demo must finish in a few minutes on any route; a time
 budget stops it early on anything slower still.
+
+The digit images alone would be too easy (every held-out image classified right after 30 steps, which
+says nothing), so LABEL_NOISE of the labels, in training and in the held-out set alike, are replaced by
+random ones, as mislabelled examples are in real data sets. No model can then score above the share of
+held-out labels that are still the true class: that ceiling is measured on the held-out set and reported
+beside chance level, so "86% (chance 10%, best possible 87%)" says how much of the rule was learned.
 """
 from __future__ import annotations
 
@@ -20,6 +26,21 @@ StepCallback = Callable[[int, int, float], None]
 
 CHANNELS = (8, 16)
 HIDDEN = 64
+NUM_CLASSES = 10
+LABEL_NOISE = 0.15
+HELD_OUT_BATCHES = 4
+
+
+def _batch(batch_size: int, seed: int, device):
+    """(images, labels with LABEL_NOISE of them replaced by random classes, the true classes), made on the
+    CPU from `seed` so every route sees the same data."""
+    import torch
+
+    x, truth = models.mnist_batch(batch_size, num_classes=NUM_CLASSES, seed=seed)
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    replaced = torch.rand(batch_size, generator=gen) < LABEL_NOISE
+    labels = torch.where(replaced, torch.randint(0, NUM_CLASSES, (batch_size,), generator=gen), truth)
+    return x.to(device), labels.to(device), truth
 
 
 def train(device, *, steps: int = 30, batch_size: int = 32, seed: int = 0, max_seconds: float | None = 90.0,
@@ -40,18 +61,19 @@ def train(device, *, steps: int = 30, batch_size: int = 32, seed: int = 0, max_s
         if step >= 2 and max_seconds is not None and time.perf_counter() - started > max_seconds:
             break
         # fresh data every step: the falling loss shows learning, not memorising
-        x, y = models.mnist_batch(batch_size, seed=seed * 100_003 + step, device=device)
+        x, y, _ = _batch(batch_size, seed * 100_003 + step, device)
         losses.append(float(train(x, y).item()))
         if on_step is not None:
             on_step(step + 1, steps, losses[-1])
     train_s = time.perf_counter() - started
 
     model.eval()
-    correct = total = 0
+    correct = total = still_true = 0
     with torch.no_grad():
-        for index in range(4):
-            x, y = models.mnist_batch(64, seed=10_000_000 + index, device=device)
+        for index in range(HELD_OUT_BATCHES):
+            x, y, truth = _batch(64, 10_000_000 + index, device)
             correct += int((model(x).argmax(dim=1) == y).sum().item())
+            still_true += int((y.cpu() == truth).sum())  # what a model that knows the rule scores
             total += y.shape[0]
     done = len(losses)
     window = max(1, done // 5)
@@ -67,7 +89,10 @@ def train(device, *, steps: int = 30, batch_size: int = 32, seed: int = 0, max_s
         "loss_start": sum(losses[:window]) / window,
         "loss_end": sum(losses[-window:]) / window,
         "held_out_accuracy": correct / total,
-        "chance_accuracy": 0.1,
+        "held_out_samples": total,
+        "chance_accuracy": 1 / NUM_CLASSES,
+        "best_possible_accuracy": still_true / total,
+        "label_noise": LABEL_NOISE,
         "seconds": train_s,
         "samples_per_s": done * batch_size / train_s,
     }

@@ -37,7 +37,7 @@ def _doctor_summary(as_json: bool) -> dict[str, Any]:
             if f.get("fix") and f["severity"] in ("error", "warning"):
                 console.print(f"         [dim]fix: {escape(f['fix'])}[/]")
         if len(findings) > TOP_FINDINGS:
-            console.print(f"[dim]        … {len(findings) - TOP_FINDINGS} more: navitrain doctor[/]")
+            console.print(f"[dim]        and {len(findings) - TOP_FINDINGS} more: navitrain doctor[/]")
         if doc["recommendation"]:
             console.print(f"[bold]doctor recommends:[/] {escape(doc['recommendation']['title'])}")
     return summary
@@ -75,9 +75,10 @@ def _choose_device(as_json: bool) -> tuple[Any, dict[str, Any]]:
     info = {"device": str(device), "why": capture.lines}
     if not as_json:
         console.rule("[bold]2. the route (navitrain.device())")
-        console.print(f"training on [bold]{device}[/]")
-        for line in capture.lines:
-            console.print(f"  [dim]{line}[/]")
+        # device() logs one sentence that names the route and the reason for every route it passed
+        # over: print that once (it starts "training on ..."), and a bare line only if nothing was logged
+        for line in capture.lines or [f"training on {device}"]:
+            console.print(escape(line))
     return device, info
 
 
@@ -97,9 +98,13 @@ def _train(device, steps: int, budget: float, as_json: bool) -> dict[str, Any]:
             progress.update(task, completed=done, loss=f"loss {loss:.3f}")
 
         result = demo.train(device, steps=steps, max_seconds=budget, on_step=on_step)
+    from navitrain.bench import units
+
     console.print(f"{result['model']} on {result['device']}: loss {result['loss_start']:.3f} → "
                   f"{result['loss_end']:.3f}; held-out accuracy {result['held_out_accuracy']:.0%} "
-                  f"(chance {result['chance_accuracy']:.0%}); {result['samples_per_s']:.3g} samples/s")
+                  f"(chance {result['chance_accuracy']:.0%}, best possible {result['best_possible_accuracy']:.0%}: "
+                  f"{result['label_noise']:.0%} of the labels are random); "
+                  f"{units.rate(result['samples_per_s'])} samples/s")
     if result["stopped_by_time_budget"]:
         console.print(f"[yellow]stopped after {result['steps']} of {steps} steps: the {budget:g} s budget ran out "
                       "(a slow route; --budget gives it longer)[/]")

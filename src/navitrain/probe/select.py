@@ -60,15 +60,20 @@ def route_order(fingerprint) -> tuple[list[str], str]:
     # wgpu on a software rasteriser (lavapipe/llvmpipe) is correct but slower than plain PyTorch on the
     # same CPU: without measurements, rank it after `cpu`.
     facts = getattr(fingerprint, "facts", None) or {}
+    software = ""
     if "wgpu" in ranks and (facts.get("wgpu") or {}).get("software"):
         ranks["wgpu"] = ranks.get("cpu", 100) + 10
+        adapter = (facts.get("wgpu") or {}).get("adapter") or "the Vulkan adapter"
+        software = (f"; wgpu placed after cpu: its adapter ({adapter}) is a software rasteriser, "
+                    "slower than PyTorch on the same CPU")
     speeds = store.route_speeds(fingerprint)
     measured = {n: s for n, s in speeds.items() if n in ranks}
     if not measured:
-        return sorted(names, key=lambda n: (ranks[n], n)), "default order (no `navitrain bench` results here)"
+        order = sorted(names, key=lambda n: (ranks[n], n))
+        return order, f"default order (no `navitrain bench` results here{software})"
     order = sorted(names, key=lambda n: (0, -measured[n], n) if n in measured else (1, ranks[n], n))
     shown = ", ".join(f"{n} {measured[n]:.2f}" for n in order if n in measured)
-    return order, f"measured speed (relative to the fastest: {shown})"
+    return order, f"measured speed (relative to the fastest: {shown}{software if 'wgpu' not in measured else ''})"
 
 
 @contextmanager
