@@ -6,6 +6,7 @@
 #   PYTHON        interpreter to build the venv from (default python3; 3.10 or newer)
 #   TORCH_SPEC    torch requirement for a venv without torch (default torch==2.13.0)
 #   TORCH_INDEX   extra pip index for torch, e.g. https://download.pytorch.org/whl/rocm6.4 or .../whl/cpu
+#                 (default: the one scripts/pick_torch.sh picks for this machine's GPUs, where it answers)
 #   NAVITRAIN_SYSTEM_SITE=1  build the venv with --system-site-packages, to reuse a torch you already have
 #                            (a ROCm build, say); pip is then never asked to replace it.
 set -euo pipefail
@@ -40,13 +41,28 @@ fi
 PY="$VENV/bin/python"
 
 # 3. torch: only when the venv has none. navitrain's own requirement is loose (torch>=2.11), so pip keeps
-#    whatever build is there.
+#    whatever build is there. The build suits the machine (scripts/pick_torch.sh: ROCm for an AMD card
+#    that PyTorch's ROCm wheels support, CPU-only for the wgpu route elsewhere, CUDA for NVIDIA), taken
+#    from that build's index where it answers, else from the configured index; TORCH_INDEX overrides.
+index_answers() {  # a quick look (5 s at most): an unreachable index must not stall the setup
+  "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip('/') + '/torch/', timeout=5)" \
+    "$1" >/dev/null 2>&1
+}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  echo "navitrain setup: installing ${TORCH_SPEC:-torch==2.13.0}"
+  spec=${TORCH_SPEC:-torch==2.13.0}
   if [ -n "${TORCH_INDEX:-}" ]; then
-    "$PY" -m pip install -q --extra-index-url "$TORCH_INDEX" "${TORCH_SPEC:-torch==2.13.0}"
+    echo "navitrain setup: installing $spec with TORCH_INDEX=$TORCH_INDEX"
+    "$PY" -m pip install -q --extra-index-url "$TORCH_INDEX" "$spec"
   else
-    "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    { read -r index; read -r why; } < <(scripts/pick_torch.sh)
+    if [ -n "$index" ] && index_answers "$index" \
+        && echo "navitrain setup: installing $spec from $index: $why" \
+        && "$PY" -m pip install -q --extra-index-url "$index" "$spec"; then
+      :
+    else
+      echo "navitrain setup: installing $spec from the configured index: $why${index:+ ($index does not answer or lacks $spec here, so the default build)}"
+      "$PY" -m pip install -q "$spec"
+    fi
   fi
 fi
 
