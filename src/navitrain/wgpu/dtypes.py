@@ -48,6 +48,9 @@ class StorageType:
             raise NoKernelForDtype(f"no wgpu kernels compute in {self.dtype}")
         if to == "bool":
             zero = {"f32": "0.0", "f16": "0.0h", "i32": "0", "i64": "0li", "u32": "0u"}[self.wgsl]
+            if self.kind == "float":
+                # NaN is true (as on the CPU); `!=` alone is evaluated as ordered by lavapipe (false for NaN).
+                return f"(({expr} != {zero}) || is_nan(f32({expr})))"
             return f"({expr} != {zero})"
         if to == self.wgsl:
             return expr

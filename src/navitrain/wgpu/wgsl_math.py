@@ -1,9 +1,13 @@
 """WGSL math that WGSL lacks or gets wrong for PyTorch's semantics, shared by generated kernels.
 
-- NaN: WGSL's min/max may drop NaNs; PyTorch's maximum/minimum/clamp propagate them. NaN tests use
-  the bits (is_nan in dtypes.WGSL_HELPERS): some drivers fold `x != x` to false.
+- NaN: WGSL leaves min/max/clamp of NaN, and many builtins (atan, atan2, tanh on lavapipe) of NaN, to
+  the implementation; PyTorch propagates NaN. So every such call goes through a helper here that tests
+  its operands explicitly (fmax_nan, clamp_nan, relu_nan, keep_nan). NaN tests use the bits (is_nan in
+  dtypes.WGSL_HELPERS): lavapipe folds `x != x` to false and evaluates `a != b` as ordered (false for NaN).
 - tanh/sigmoid: evaluated through exp, they overflow to NaN for large |x| on some drivers: clamp first
-  (tanh(15) is 1 to within f32 rounding).
+  (tanh(15) is 1 to within f32 rounding), but let NaN through (a clamp would turn it into a bound).
+- remainder/fmod/floor division of floats follow the CPU's formulas (fmod first), so infinities give
+  what the CPU gives (inf // 2 is NaN, 5 // inf is 0, remainder(-1, inf) is inf).
 - pow: WGSL's pow is undefined for negative bases; PyTorch defines integer exponents there.
 - erf: not in WGSL. A Taylor series near 0 (relative error < 1e-8 for |x| < 0.5) and Abramowitz &
   Stegun 7.1.26 beyond (absolute error < 1.5e-7), which is within float32 tolerance of torch.erf.
@@ -15,9 +19,40 @@ from __future__ import annotations
 F32 = """
 fn fmax_nan(a: f32, b: f32) -> f32 { if (is_nan(a) || is_nan(b)) { return a + b; } return max(a, b); }
 fn fmin_nan(a: f32, b: f32) -> f32 { if (is_nan(a) || is_nan(b)) { return a + b; } return min(a, b); }
-fn tanh_f(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
-fn sigmoid_f(x: f32) -> f32 { return 1.0 / (1.0 + exp(-clamp(x, -88.0, 88.0))); }
-fn log1p_f(x: f32) -> f32 { let u = 1.0 + x; if (u == 1.0) { return x; } return log(u) * x / (u - 1.0); }
+fn keep_nan(x: f32, r: f32) -> f32 { return select(r, x, is_nan(x)); }
+fn keep_nan2(a: f32, b: f32, r: f32) -> f32 { return select(r, a + b, is_nan(a) || is_nan(b)); }
+fn finite_or_0(x: f32) -> f32 { return select(x, 0.0, (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u); }
+fn clamp_nan(x: f32, lo: f32, hi: f32) -> f32 { return fmin_nan(fmax_nan(x, lo), hi); }
+fn relu_nan(x: f32) -> f32 { return select(max(x, 0.0), x, is_nan(x)); }
+fn tanh_f(x: f32) -> f32 { return keep_nan(x, tanh(clamp(x, -15.0, 15.0))); }
+// sigmoid(-inf) is exactly 0 (so silu(-inf) = -inf * 0 = NaN, as on the CPU, not -inf * 6e-39 = -inf).
+fn sigmoid_f(x: f32) -> f32 {
+  return select(keep_nan(x, 1.0 / (1.0 + exp(-clamp(x, -88.0, 88.0)))), 0.0, x == bitcast<f32>(0xff800000u));
+}
+fn log1p_f(x: f32) -> f32 {
+  let u = 1.0 + x;
+  if (u == 1.0) { return x; }
+  if (is_nan(x) || is_inf(u) || u <= 0.0) { return select(log(u), bitcast<f32>(0xff800000u), u == 0.0); }
+  return log(u) * x / (u - 1.0);
+}
+fn fmod_f(a: f32, b: f32) -> f32 {
+  if (is_nan(a) || is_nan(b) || is_inf(a) || b == 0.0) { return bitcast<f32>(0x7fc00000u); }
+  if (is_inf(b)) { return a; }
+  return a - b * trunc(a / b);
+}
+fn remainder_f(a: f32, b: f32) -> f32 {
+  let m = fmod_f(a, b);
+  return select(m, m + b, (m != 0.0) && ((b < 0.0) != (m < 0.0)));
+}
+fn floordiv_f(a: f32, b: f32) -> f32 {
+  if (b == 0.0 || is_nan(a) || is_nan(b)) { return a / b; }
+  let m = fmod_f(a, b);
+  var d = (a - m) / b;
+  if ((m != 0.0) && ((b < 0.0) != (m < 0.0))) { d = d - 1.0; }
+  if (d == 0.0) { return select(0.0, -0.0, (a < 0.0) != (b < 0.0)); }
+  let f = floor(d);
+  return select(f, f + 1.0, d - f > 0.5);
+}
 fn expm1_f(x: f32) -> f32 {
   if (abs(x) < 1e-5) { return x + 0.5 * x * x; }
   return exp(x) - 1.0;
@@ -33,15 +68,27 @@ fn erf_f(x: f32) -> f32 {
   return sign(x) * (1.0 - poly * exp(-ax * ax));
 }
 fn pow_f(x: f32, y: f32) -> f32 {
-  if (y == 0.0) { return 1.0; }
+  // C's pow: pow(x, 0) = pow(1, y) = 1 even for NaN; otherwise NaN in, NaN out.
+  if (y == 0.0 || x == 1.0) { return 1.0; }
+  if (is_nan(x) || is_nan(y)) { return x + y; }
   if (y == 1.0) { return x; }
   if (y == 2.0) { return x * x; }
+  let inf = bitcast<f32>(0x7f800000u);
+  let odd = floor(y) == y && abs(y) % 2.0 == 1.0;
+  if (is_inf(y)) {
+    if (abs(x) == 1.0) { return 1.0; }
+    return select(0.0, inf, (abs(x) > 1.0) == (y > 0.0));
+  }
+  if (x == 0.0 || is_inf(x)) {
+    // |x| ** y is 0 or inf; the sign of x survives for odd integer y.
+    let big = (x == 0.0) == (y < 0.0);
+    let m = select(0.0, inf, big);
+    return select(m, -m, odd && (x < 0.0 || (x == 0.0 && bitcast<u32>(x) != 0u)));
+  }
   if (x > 0.0) { return exp2(y * log2(x)); }
-  if (x == 0.0) { return select(0.0, bitcast<f32>(0x7f800000u), y < 0.0); }
-  if (is_nan(x) || is_nan(y)) { return x + y; }
   if (floor(y) == y) {
     let r = exp2(y * log2(-x));
-    return select(r, -r, abs(y) % 2.0 == 1.0);
+    return select(r, -r, odd);
   }
   return bitcast<f32>(0x7fc00000u);
 }
@@ -50,6 +97,15 @@ fn gelu_tanh_grad(g: f32, x: f32) -> f32 {
   let t = tanh_f(inner);
   let dinner = 0.7978845608028654 * (1.0 + 0.134145 * x * x);
   return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dinner);
+}
+fn atan2_f(y: f32, x: f32) -> f32 {
+  if (is_nan(y) || is_nan(x)) { return y + x; }
+  // atan2 of two zeros is implementation-defined in WGSL (lavapipe: 3*pi/4); C gives +-0 or +-pi by the signs.
+  if (y == 0.0 && x == 0.0) {
+    let r = select(0.0, 3.141592653589793, (bitcast<u32>(x) >> 31u) == 1u);
+    return select(r, -r, (bitcast<u32>(y) >> 31u) == 1u);
+  }
+  return atan2(y, x);
 }
 fn lerp_f(a: f32, b: f32, w: f32) -> f32 { return select(b - (b - a) * (1.0 - w), a + w * (b - a), abs(w) < 0.5); }
 fn idiv_floor(a: i32, b: i32) -> i32 { let q = a / b; return select(q, q - 1, (a % b != 0) && ((a < 0) != (b < 0))); }

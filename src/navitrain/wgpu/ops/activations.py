@@ -1,4 +1,9 @@
-"""Activations and their backward ops (pointwise kernels with PyTorch's exact formulas)."""
+"""Activations and their backward ops (pointwise kernels with PyTorch's exact formulas).
+
+NaN in, NaN out: bounds go through clamp_nan/relu_nan (wgsl_math), never WGSL's clamp/max, which may
+drop NaN. Comparisons that pick a gradient test is_nan explicitly, as lavapipe may evaluate a comparison
+of NaN either way; where the CPU's scalar and vectorized kernels disagree at NaN (hardtanh_backward:
+gradient or 0; hardswish_backward: gradient or NaN) the vectorized one, which large tensors take, wins."""
 from __future__ import annotations
 
 import torch
@@ -19,7 +24,7 @@ def _pw(name, expr, inputs, dtype=None, scalars=(), out=None):
 
 @implements(aten.threshold_backward.default)
 def threshold_backward(grad, x, threshold):
-    return _pw("threshold_bwd", "select(a, 0.0, b <= s0)", [grad, x], scalars=[threshold])
+    return _pw("threshold_bwd", "select(a, 0.0, b <= s0 && !is_nan(b))", [grad, x], scalars=[threshold])
 
 
 @implements(aten.threshold.default)
@@ -87,17 +92,17 @@ def leaky_relu_backward(grad, x, negative_slope, self_is_result):
 
 @implements(aten.hardtanh.default)
 def hardtanh(x, min_val=-1.0, max_val=1.0):
-    return _pw("hardtanh", "clamp(a, s0, s1)", [x], scalars=[min_val, max_val])
+    return _pw("hardtanh", "clamp_nan(a, s0, s1)", [x], scalars=[min_val, max_val])
 
 
 @implements(aten.hardtanh_.default)
 def hardtanh_(x, min_val=-1.0, max_val=1.0):
-    return _pw("hardtanh", "clamp(a, s0, s1)", [x], scalars=[min_val, max_val], out=x)
+    return _pw("hardtanh", "clamp_nan(a, s0, s1)", [x], scalars=[min_val, max_val], out=x)
 
 
 @implements(aten.hardtanh_backward.default)
 def hardtanh_backward(grad, x, min_val, max_val):
-    return _pw("hardtanh_bwd", "select(a, 0.0, b <= s0 || b >= s1)", [grad, x], scalars=[min_val, max_val])
+    return _pw("hardtanh_bwd", "select(a, 0.0, b <= s0 || b >= s1 || is_nan(b))", [grad, x], scalars=[min_val, max_val])
 
 
 @implements(aten.elu.default)
@@ -126,17 +131,17 @@ def softplus_backward(grad, x, beta, threshold):
 
 @implements(aten.hardswish.default)
 def hardswish(x):
-    return _pw("hardswish", "a * clamp(a + 3.0, 0.0, 6.0) / 6.0", [x])
+    return _pw("hardswish", "a * clamp_nan(a + 3.0, 0.0, 6.0) / 6.0", [x])
 
 
 @implements(aten.hardswish_backward.default)
 def hardswish_backward(grad, x):
-    return _pw("hardswish_bwd", "select(select(a * (b / 3.0 + 0.5), a, b >= 3.0), 0.0, b <= -3.0)", [grad, x])
+    return _pw("hardswish_bwd", "select(select(a * (b / 3.0 + 0.5), a, b >= 3.0 && !is_nan(b)), 0.0, b < -3.0 && !is_nan(b))", [grad, x])
 
 
 @implements(aten.hardsigmoid.default)
 def hardsigmoid(x):
-    return _pw("hardsigmoid", "clamp(a / 6.0 + 0.5, 0.0, 1.0)", [x])
+    return _pw("hardsigmoid", "clamp_nan(a / 6.0 + 0.5, 0.0, 1.0)", [x])
 
 
 @implements(aten.hardsigmoid_backward.default)
@@ -151,6 +156,8 @@ def mish(x):
 
 @implements(aten.logit.default)
 def logit(x, eps=None):
+    dtype = x.dtype if x.dtype.is_floating_point else torch.get_default_dtype()  # integers give floats, as on the CPU
     if eps is None:
-        return _pw("logit", "log(a / (1.0 - a))", [x])
-    return _pw("logit_eps", "log(clamp(a, s0, 1.0 - s0) / (1.0 - clamp(a, s0, 1.0 - s0)))", [x], scalars=[eps])
+        return _pw("logit", "log(a / (1.0 - a))", [x], dtype)
+    return _pw("logit_eps", "log(clamp_nan(a, s0, 1.0 - s0) / (1.0 - clamp_nan(a, s0, 1.0 - s0)))", [x], dtype,
+               scalars=[eps])

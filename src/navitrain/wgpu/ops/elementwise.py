@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import pointwise
+from navitrain.wgpu import int_division, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.promotion import result_type
 from navitrain.wgpu.tensor import WgpuTensor
@@ -113,8 +113,9 @@ def _check_inplace(self, result_dtype, name):
 
 
 # -- binary arithmetic --------------------------------------------------------------------------
-def _arith(name, ftemplate, itemplate, btemplate=None):
-    """Register op.Tensor, op.Scalar, op_.Tensor, op_.Scalar, op.out for an arithmetic op."""
+def _arith(name, ftemplate, itemplate, btemplate=None, float_result=False):
+    """Register op.Tensor, op.Scalar, op_.Tensor, op_.Scalar, op.out for an arithmetic op.
+    `float_result`: integer and bool inputs give the default float dtype (atan2), as on the CPU."""
     def compute_of(dtype):
         return pointwise.compute_type(dtype)
 
@@ -134,28 +135,41 @@ def _arith(name, ftemplate, itemplate, btemplate=None):
     fast_tt = ftemplate.replace(" {alpha} *", "").format(a="a", b="b") if ftemplate else None
     fast_ts = ftemplate.replace(" {alpha} *", "").format(a="a", b="s0") if ftemplate else None
 
+    checks_divisor = name in ("remainder", "fmod")
+
+    def check(b, compute):
+        if checks_divisor and compute in ("i32", "i64"):
+            int_division.check_divisor(b, f"aten.{name}")
+
+    def promote(a, b):
+        dtype = _promote(a, b)
+        return _float_result(dtype) if float_result else dtype
+
     def functional(a, b, *, alpha=None):
         if alpha is None and fast_tt is not None and type(a) is WgpuTensor and a.dtype in _FAST_FLOATS:
             if type(b) is WgpuTensor and b.dtype is a.dtype:
                 return pointwise.run(name, fast_tt, [a, b], a.dtype, "f32")
             if type(b) is float:
                 return pointwise.run(name, fast_ts, [a], a.dtype, "f32", [b], "f")
-        dtype = _promote(a, b)
+        dtype = promote(a, b)
         compute = compute_of(dtype)
+        check(b, compute)
         named = {"alpha": alpha if alpha is not None else 1}
         return apply(name, template_for(compute), [a, b], dtype, compute, named if "{alpha}" in ftemplate else None)
 
     def inplace(a, b, *, alpha=None):
-        dtype = _promote(a, b)
+        dtype = promote(a, b)
         _check_inplace(a, dtype, name)
         compute = compute_of(dtype)
+        check(b, compute)
         named = {"alpha": alpha if alpha is not None else 1}
         return apply(name, template_for(compute), [a, b], a.dtype, compute,
                      named if "{alpha}" in ftemplate else None, out=a, shape=tuple(a.shape))
 
     def out_variant(a, b, *, alpha=None, out):
-        dtype = _promote(a, b)
+        dtype = promote(a, b)
         compute = compute_of(dtype)
+        check(b, compute)
         named = {"alpha": alpha if alpha is not None else 1}
         return apply(name, template_for(compute), [a, b], out.dtype, compute,
                      named if "{alpha}" in ftemplate else None, out=out)
@@ -176,9 +190,9 @@ _arith("sub", "{a} - {alpha} * {b}", "{a} - {alpha} * {b}")
 _arith("mul", "{a} * {b}", "{a} * {b}", "({a} && {b})")
 _arith("maximum", "fmax_nan({a}, {b})", "max({a}, {b})", "({a} || {b})")
 _arith("minimum", "fmin_nan({a}, {b})", "min({a}, {b})", "({a} && {b})")
-_arith("remainder", "{a} - {b} * floor({a} / {b})", "imod_floor{w}({a}, {b})")
-_arith("fmod", "{a} - {b} * trunc({a} / {b})", "({a} % {b})")
-_arith("atan2", "atan2({a}, {b})", "atan2(f32({a}), f32({b}))")
+_arith("remainder", "remainder_f({a}, {b})", "imod_floor{w}({a}, {b})")
+_arith("fmod", "fmod_f({a}, {b})", "({a} % {b})")
+_arith("atan2", "atan2_f({a}, {b})", "atan2(f32({a}), f32({b}))", float_result=True)
 _arith("bitwise_and", "", "({a} & {b})", "({a} && {b})")
 _arith("bitwise_or", "", "({a} | {b})", "({a} || {b})")
 _arith("bitwise_xor", "", "({a} ^ {b})", "({a} != {b})")
@@ -189,12 +203,14 @@ def _div(a, b, rounding_mode=None, out=None):
     if rounding_mode is None:
         dtype = _float_result(dtype)
     compute = pointwise.compute_type(dtype)
+    if rounding_mode is not None and compute in ("i32", "i64"):
+        int_division.check_divisor(b, f"aten.div(rounding_mode={rounding_mode!r})")
     if rounding_mode is None:
         template = "{a} / {b}"
     elif rounding_mode == "trunc":
         template = "trunc({a} / {b})" if compute == "f32" else "({a} / {b})"
     elif rounding_mode == "floor":
-        template = "floor({a} / {b})" if compute == "f32" else "idiv_floor" + ("64" if compute == "i64" else "") + "({a}, {b})"
+        template = "floordiv_f({a}, {b})" if compute == "f32" else "idiv_floor" + ("64" if compute == "i64" else "") + "({a}, {b})"
     else:
         raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{rounding_mode}'")
     if out is not None:
@@ -269,16 +285,28 @@ def pow_inplace(a, b):
 
 
 # -- comparisons and logic -------------------------------------------------------------------------
+# WGSL orders no bools: false < true written as logic.
+_BOOL_ORDER = {"<": "(!{a} && {b})", "<=": "(!{a} || {b})", ">": "({a} && !{b})", ">=": "({a} || !{b})"}
+
+
 def _compare(name, op):
+    def template(compute):
+        if compute == "bool" and op in _BOOL_ORDER:
+            return _BOOL_ORDER[op]
+        if op == "!=" and compute == "f32":
+            # lavapipe evaluates != as ordered (false when either side is NaN); NaN != anything is true.
+            return "(({a} != {b}) || is_nan({a}) || is_nan({b}))"
+        return f"({{a}} {op} {{b}})"
+
     def functional(a, b):
         dtype = _promote(a, b)
         compute = pointwise.compute_type(dtype)
-        return apply(name, f"({{a}} {op} {{b}})", [a, b], torch.bool, compute)
+        return apply(name, template(compute), [a, b], torch.bool, compute)
 
     def inplace(a, b):
         dtype = _promote(a, b)
         compute = pointwise.compute_type(dtype)
-        return apply(name, f"({{a}} {op} {{b}})", [a, b], a.dtype, compute, out=a, shape=tuple(a.shape))
+        return apply(name, template(compute), [a, b], a.dtype, compute, out=a, shape=tuple(a.shape))
 
     packet, inplace_packet = getattr(aten, name), getattr(aten, name + "_")
     implements(packet.Tensor, packet.Scalar)(functional)
@@ -349,7 +377,7 @@ def masked_fill_(x, mask, value):
 
 
 # -- unary math ----------------------------------------------------------------------------------------
-def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=None):
+def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=None, nan_in_nan_out=True):
     def result_dtype(a):
         if a.dtype == torch.bool and bool_template is not None:
             return torch.bool
@@ -363,6 +391,10 @@ def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=Non
         if itemplate is None:
             raise RuntimeError(f"{name} is not implemented for {dtype}")
         return itemplate
+
+    if nan_in_nan_out:
+        # WGSL leaves builtins of NaN to the implementation (lavapipe: atan(NaN) = 0): pass NaN through.
+        ftemplate = f"keep_nan({{a}}, {ftemplate})"
 
     def functional(a):
         dtype = result_dtype(a)
@@ -402,9 +434,11 @@ for _name, _f, _i in (
     ("neg", "(-{a})", "(-{a})"), ("abs", "abs({a})", "abs({a})"), ("sign", "sign({a})", "sign({a})"),
     ("floor", "floor({a})", "{a}"), ("ceil", "ceil({a})", "{a}"), ("trunc", "trunc({a})", "{a}"),
     ("round", "round({a})", "{a}"), ("frac", "({a} - trunc({a}))", None),
-    ("relu", "max({a}, 0.0)", "max({a}, 0)"), ("square", "({a} * {a})", "({a} * {a})"),
+    ("relu", "relu_nan({a})", "max({a}, 0)"), ("square", "({a} * {a})", "({a} * {a})"),
 ):
-    _unary(_name, _f, _i, float_result=False, bool_template="{a}" if _name in ("abs", "relu", "floor", "ceil", "trunc", "round") else None)
+    # sign(NaN) is 0 on the CPU; the others carry NaN through their own arithmetic.
+    _unary(_name, _f, _i, float_result=False, nan_in_nan_out=_name not in ("sign", "neg", "square", "relu"),
+           bool_template="{a}" if _name in ("abs", "relu", "floor", "ceil", "trunc", "round", "sign") else None)
 
 
 @implements(aten.isnan.default)
@@ -447,13 +481,15 @@ def _clamp(x, lo, hi, out=None):
             dtype = result_type(x, v) if dtype == x.dtype else torch.promote_types(dtype, result_type(x, v))
     compute = pointwise.compute_type(dtype)
     f = compute == "f32"
+    # WGSL's max/min take no bools: on bools they are || and &&.
+    hi_fn, lo_fn = ("fmax_nan", "fmin_nan") if f else ("max", "min")
     expr, operands = "{a}", [x]
     if lo is not None:
-        expr = f"fmax_nan({expr}, {{b}})" if f else f"max({expr}, {{b}})"
+        expr = f"({expr} || {{b}})" if compute == "bool" else f"{hi_fn}({expr}, {{b}})"
         operands.append(lo)
     if hi is not None:
         slot = "b" if lo is None else "c"
-        expr = f"fmin_nan({expr}, {{{slot}}})" if f else f"min({expr}, {{{slot}}})"
+        expr = f"({expr} && {{{slot}}})" if compute == "bool" else f"{lo_fn}({expr}, {{{slot}}})"
         operands.append(hi)
     if out is not None:
         return apply("clamp", expr, operands, out.dtype, compute, out=out, shape=tuple(out.shape))
@@ -493,7 +529,7 @@ def clamp_max_(x, max):
 # -- ternary ------------------------------------------------------------------------------------------
 @implements(aten.addcmul.default)
 def addcmul(x, t1, t2, *, value=1):
-    dtype = _promote(x, _promote(t1, t2))
+    dtype = result_type(x, t1, t2)
     compute = pointwise.compute_type(dtype)
     return apply("addcmul", "{a} + {v} * {b} * {c}", [x, t1, t2], dtype, compute, {"v": value})
 
@@ -506,7 +542,7 @@ def addcmul_(x, t1, t2, *, value=1):
 
 @implements(aten.addcdiv.default)
 def addcdiv(x, t1, t2, *, value=1):
-    dtype = _promote(x, _promote(t1, t2))
+    dtype = result_type(x, t1, t2)
     compute = pointwise.compute_type(dtype)
     return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], dtype, compute, {"v": value})
 

@@ -86,8 +86,9 @@ def huber_loss_backward(grad_output, x, target, reduction, delta):
 # -- binary cross entropy ---------------------------------------------------------------------------
 @implements(aten.binary_cross_entropy.default)
 def binary_cross_entropy(x, target, weight=None, reduction=MEAN):
-    # PyTorch clamps each log at -100 so that a probability of exactly 0 or 1 gives a finite loss.
-    expr = "((b - 1.0) * max(log1p_f(-a), -100.0) - b * max(log(a), -100.0))"
+    # PyTorch clamps each log at -100 so that a probability of exactly 0 or 1 gives a finite loss; the
+    # clamp keeps NaN (fmax_nan): the CPU refuses a NaN probability, so the loss must at least be NaN.
+    expr = "((b - 1.0) * fmax_nan(log1p_f(-a), -100.0) - b * fmax_nan(log(a), -100.0))"
     inputs = [x, target]
     if weight is not None:
         expr += " * c"
@@ -98,7 +99,7 @@ def binary_cross_entropy(x, target, weight=None, reduction=MEAN):
 @implements(aten.binary_cross_entropy_backward.default)
 def binary_cross_entropy_backward(grad_output, x, target, weight=None, reduction=MEAN):
     # grad * (x - t) / max(x * (1 - x), 1e-12), PyTorch's guard against dividing by zero at 0 and 1.
-    expr = "s0 * a * (b - c) / max((1.0 - b) * b, 1e-12)"
+    expr = "s0 * a * (b - c) / fmax_nan((1.0 - b) * b, 1e-12)"
     inputs = [x, target]
     if weight is not None:
         expr += " * d"
@@ -119,5 +120,5 @@ def binary_cross_entropy_with_logits(x, target, weight=None, pos_weight=None, re
     if pos_weight is not None:
         lw = f"(1.0 + ({names[len(inputs) - 2]} - 1.0) * b) * "
         inputs.append(pos_weight)
-    expr = f"(((1.0 - b) * a - {lw}(min(a, 0.0) - log1p_f(exp(-abs(a))))){w_expr})"
+    expr = f"(((1.0 - b) * a - {lw}(fmin_nan(a, 0.0) - log1p_f(exp(-abs(a))))){w_expr})"
     return _reduced("bce_logits", expr, inputs, x.dtype, reduction)

@@ -181,7 +181,8 @@ def _channel_sums(name, A, C, B, inputs, terms, chan_vecs=(), row_vecs=(), shift
         for k, t in enumerate(chan_vecs):
             a(f"  let V{k} = {_ld(t, 1 + n_in + k, f'pu({w_vec + 2 * k}u) + c * pu({w_vec + 2 * k + 1}u)')};")
         if shift:
-            a(f"  let SH = {_ld(inputs[0], 1, f'pu({w_in}u) + c * B')};")
+            # A non-finite shift would make every shifted value NaN (inf - inf): shift by 0 then.
+            a(f"  let SH = finite_or_0({_ld(inputs[0], 1, f'pu({w_in}u) + c * B')});")
         for k in range(K):
             a(f"  var acc{k} = 0.0;")
         if variant == "cols":
@@ -262,9 +263,10 @@ def _bn_geometry(x):
     return x, mode, A, C, B
 
 
-def _bn_apply(x, coefs, coef_offset, A, C, B, out_dtype, grad=None):
+def _bn_apply(x, coefs, coef_offset, A, C, B, out_dtype, grad=None, train=True):
     """The elementwise pass over [A, C, B], with four coefficients k0..k3 per channel:
-    y = (x - k0) * k1 + k2 (forward), or with `grad`, gi = (dy - k2 - (x - k0) * k1) * k3 (backward).
+    y = (x - k0) * k1 + k2 (forward), or with `grad`, gi = (dy - k2 - (x - k0) * k1) * k3 (backward;
+    in evaluation mode gi = dy * k3, which does not read x: an infinite x times a zero k1 would be NaN).
     Subtracting the mean first keeps y accurate when the mean is large next to the spread."""
     y = empty(x.shape, out_dtype, x.stride())
     n = x.numel()
@@ -282,11 +284,14 @@ def _bn_apply(x, coefs, coef_offset, A, C, B, out_dtype, grad=None):
         else:
             lines.append(f"  let dy = {_ld(grad, 3, 'pu(6u) + gi')};")
             lines.append("  let k = pu(5u) + 4u * c;")
-            lines.append("  let v = (dy - b2[k + 2u] - (xv - b2[k]) * b2[k + 1u]) * b2[k + 3u];")
+            if train:
+                lines.append("  let v = (dy - b2[k + 2u] - (xv - b2[k]) * b2[k + 1u]) * b2[k + 3u];")
+            else:
+                lines.append("  let v = dy * b2[k + 3u];")
         lines.append("  " + _sv(y, 0, "pu(3u) + gi", "v"))
         return _module(tensors, "\n".join(lines))
 
-    key = ("bn_apply", tuple(t.dtype for t in tensors))
+    key = ("bn_apply", train or grad is None, tuple(t.dtype for t in tensors))
     _launch(key, "batch_norm_apply", tensors, p, source, codegen.groups_for(n, WG))
     return y
 
@@ -344,9 +349,9 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
             return b, f"pu({w}u) + c * pu({w + 1}u)"
         if training:
             lines.append(_sum_partials(2, [(0, "t0"), (1, "t1")]))
-            lines.append(f"  let sh = {_ld(x, 1, 'pu(6u) + c * pu(7u)')};")
+            lines.append(f"  let sh = finite_or_0({_ld(x, 1, 'pu(6u) + c * pu(7u)')});")  # as SH above
             lines.append("  let n = pf(10u); let d = t0 / n;")
-            lines.append("  let mean = sh + d; let var_b = max(t1 / n - d * d, 0.0);")
+            lines.append("  let mean = sh + d; let var_b = fmax_nan(t1 / n - d * d, 0.0);")  # keeps NaN (inf - inf)
             lines.append("  let invstd = 1.0 / sqrt(var_b + pf(11u));")
             lines.append("  " + _sv(save_mean, 2, "pu(8u) + c", "mean"))
             lines.append("  " + _sv(save_invstd, 3, "pu(9u) + c", "invstd"))
@@ -446,7 +451,7 @@ def _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_me
     key = ("bn_bwd_fin", train, need_sums, tuple(t.dtype for t in tensors), weight is not None,
            gw is not None, gb is not None)
     _launch(key, "batch_norm_backward_stats", tensors, p, source, codegen.groups_for(C, WG))
-    gi = _bn_apply(x, coefs, coefs.elem_offset, A, C, B, x.dtype, grad=grad_out) if output_mask[0] else None
+    gi = _bn_apply(x, coefs, coefs.elem_offset, A, C, B, x.dtype, grad=grad_out, train=train) if output_mask[0] else None
     return gi, gw, gb
 
 
@@ -575,7 +580,8 @@ def _row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=None):
         lines.append(_row_sums(tpr, ["xv"], f"let xv = {xv};", ["total"]))
         lines.append("  let mean = total / f32(L);")
         lines.append(_row_sums(tpr, ["(xv - mean) * (xv - mean)"], f"let xv = {xv};", ["sq"]))
-        lines.append("  let rstd = 1.0 / sqrt(max(sq / f32(L), 0.0) + pf(6u));")
+        # A row holding inf has sq = NaN: rstd must stay NaN (as on the CPU), which WGSL's max may drop.
+        lines.append("  let rstd = 1.0 / sqrt(fmax_nan(sq / f32(L), 0.0) + pf(6u));")
         lines.append("  if (!live) { return; }")
         lines.append("  if (lane == 0u) { " + _sv(mean, 1, "pu(3u) + row", "mean") + " "
                      + _sv(rstd, 2, "pu(4u) + row", "rstd") + " }")
