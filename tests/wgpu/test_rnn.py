@@ -321,3 +321,22 @@ def test_whole_layer_path_dispatches_no_per_step_ops(cls):
         counts.append(mode.ops)
     assert counts[0] == counts[1], (counts[0], counts[1])
     assert not any("fused" in str(op) for op in counts[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lstm_under_autocast_runs_in_the_half_type(dtype):
+    torch.manual_seed(12)
+    mod = nn.LSTM(6, 8, num_layers=2)
+    x = torch.randn(5, 3, 6)
+    dev_mod = copy.deepcopy(mod).to(DEV)
+    with torch.autocast(DEV, dtype=dtype):
+        out = dev_mod(x.to(DEV))[0]
+    assert out.dtype == dtype
+    out.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in dev_mod.parameters())
+    expected = mod(x)[0]
+    expected.sum().backward()
+    _close(out.float(), expected, "output", rtol=2e-2, atol=2e-2)
+    for (name, c), d in zip(mod.named_parameters(), dev_mod.parameters()):
+        _close(d.grad, c.grad, f"grad of {name}", rtol=5e-2, atol=5e-2)
+    assert nw.fallback_report()["total_fallback_calls"] == 0

@@ -162,7 +162,12 @@ def _layers(lstm, input, h0s, c0s, params, has_biases, num_layers, dropout, trai
             b_ih, b_hh = (p[2], p[3]) if has_biases else (None, None)
             w_hr = p[-1] if has_proj else None
             gi = F.linear(x, p[0], b_ih).contiguous()     # every step's input projection: one GEMM
-            out, h, c = _Recurrence.apply(gi, h0s[i], c0s[i] if lstm else None, p[1], b_hh, w_hr, d == 1)
+            h0, c0, w_hh = h0s[i], (c0s[i] if lstm else None), p[1]
+            if gi.dtype != w_hh.dtype:
+                # Under autocast the projection comes out in the half type: run the recurrence in it
+                # too, as CUDA's autocast runs its RNNs (differentiable casts, so grads return in f32).
+                h0, c0, w_hh, b_hh, w_hr = (None if v is None else v.to(gi.dtype) for v in (h0, c0, w_hh, b_hh, w_hr))
+            out, h, c = _Recurrence.apply(gi, h0, c0, w_hh, b_hh, w_hr, d == 1)
             outs.append(out)
             h_n.append(h)
             c_n.append(c)
