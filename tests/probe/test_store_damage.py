@@ -177,3 +177,20 @@ def test_bench_results_kept_in_memory_say_so(tmp_path, monkeypatch):
     stored = storage.save(report)
     assert stored["saved"] == 1 and "kept in memory only" in stored["note"], stored
     assert store.route_speeds("fp-bench") == {"cpu": 1.0}
+
+
+def test_a_damaged_store_that_cannot_be_moved_is_left_alone_and_named(cache, caplog, monkeypatch):
+    from navitrain import cache_files
+
+    def refuse(file, companions=()):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(cache_files, "move_aside", refuse)
+    damaged = b"\x01not sqlite\xfe" * 50
+    (cache / store.FILENAME).write_bytes(damaged)
+    store.save_result("fp", _result("a"))
+    assert [r.case for r in store.latest_results("fp")] == ["a"]
+    assert (cache / store.FILENAME).read_bytes() == damaged
+    said = [r.getMessage() for r in caplog.records if "probe store" in r.getMessage()]
+    assert len(said) == 1 and f"the probe store {cache / store.FILENAME} is damaged" in said[0]
+    assert "Permission denied" in said[0] and "move that file away yourself" in said[0]

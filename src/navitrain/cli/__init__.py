@@ -9,6 +9,7 @@ import importlib
 import typer
 
 from navitrain import __version__
+from navitrain.cli._command import NavitrainCommand, NavitrainGroup
 
 COMMAND_MODULES = ("doctor", "explain", "probe", "bench", "advise", "run")
 
@@ -18,6 +19,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=NavitrainGroup,
+    # typer's default "rich" mode keeps every line break of a docstring as a hard break, so help text
+    # written over several source lines broke mid-sentence; markdown reflows paragraphs.
+    rich_markup_mode="markdown",
 )
 
 
@@ -42,6 +47,10 @@ for _name in COMMAND_MODULES:
             raise
         continue
     _module.register(app)
+
+for _info in app.registered_commands:  # every command: flags without a type, optional-value options
+    if _info.cls in (None, typer.core.TyperCommand):  # typer's default, not a class a command chose
+        _info.cls = NavitrainCommand
 
 
 def main() -> None:

@@ -38,9 +38,9 @@ def _read_log(source: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def explain(
-        log: str = typer.Argument("-", metavar="[FILE|-]", help="The log to classify ('-' or nothing: standard input)."),
+        log: str = typer.Argument("-", metavar="FILE", help="The log to classify; '-' or no FILE reads standard input."),
         json_out: bool = typer.Option(False, "--json", help='Print {"modes": [...]} as JSON.'),
-        root: Path = typer.Option(Path("/"), "--root", help="Machine files to combine with the log (default /)."),
+        root: Path = typer.Option(Path("/"), "--root", help="Read this machine's files under this directory to combine with the log."),
         overrides: Optional[Path] = typer.Option(None, "--overrides", help="JSON file of facts to use instead of "
                                                  "examining them (as for `navitrain doctor`)."),
         no_facts: bool = typer.Option(False, "--no-facts", help="Classify the log alone, without this machine's facts."),

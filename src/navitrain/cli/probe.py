@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             None, "--env", "-e", help="NAME=VALUE set in every probe child (repeatable); NAME= unsets it."),
         env_matrix: bool = typer.Option(
             False, "--env-matrix", help="Run the cases under each environment that matters for this GPU side "
-            "by side (AMD: HSA_OVERRIDE_GFX_VERSION=10.3.0 / 10.1.0, MIOPEN_DEBUG_* switches; see docs/probe.md)."),
+            "by side (AMD: HSA_OVERRIDE_GFX_VERSION=10.3.0 / 10.1.0, and MIOPEN_DEBUG_* switches)."),
         timeout: Optional[float] = typer.Option(
             None, "--timeout", help="Seconds one case may run before it counts as a hang (default "
             "NAVITRAIN_PROBE_TIMEOUT, 60)."),
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Children run at once (default min(2, cores))."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Input seed (default: fresh each run; shown in --json)."),
         report_only: bool = typer.Option(False, "--report", help="Print the stored results for this machine; run nothing."),
-        fmt: str = typer.Option("table", "--format", "-f", help="table (coloured matrix), md (Markdown), json."),
+        fmt: str = typer.Option("table", "--format", "-f", help="Output format: table (a coloured matrix), md (Markdown) or json."),
         as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
         list_cases: bool = typer.Option(False, "--list", help="List the cases and exit."),
     ) -> None:

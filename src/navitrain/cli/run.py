@@ -117,7 +117,8 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(30, "--steps", help="Training steps of the demo run."),
         budget: float = typer.Option(90.0, "--budget", help="Seconds the demo run may take; it stops early on a slow route."),
         bench: bool = typer.Option(True, "--bench/--no-bench", help="Finish with `navitrain bench --quick`."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the bench chart to FILE.png or FILE.svg."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the bench chart to FILE.png or "
+                                            "FILE.svg; --plot alone writes navitrain-bench.png here."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
     ) -> None:
         """Diagnose this machine, choose the fastest working route with navitrain.device(), train a small

@@ -179,14 +179,15 @@ def _seed(memory: sqlite3.Connection, file: Path | None) -> bool:
     return False
 
 
-def _stand_in(key: str, file: Path | None, why: str, fix: str) -> _StandIn:
-    """The in-memory store for `key`, made (and announced) once per process."""
+def _stand_in(key: str, file: Path | None, why: str, fix: str, seed: bool = True) -> _StandIn:
+    """The in-memory store for `key`, made (and announced, naming `file`) once per process; seeded
+    with what can be read of `file` unless `seed` is false (a damaged file)."""
     with _stand_ins_lock:
         stand_in = _stand_ins.get(key)
         if stand_in is not None:
             return stand_in
         conn = sqlite3.connect(":memory:", factory=_KeptOpen, isolation_level=None, check_same_thread=False)
-        seeded = _seed(conn, file)
+        seeded = seed and _seed(conn, file)
         _init_schema(conn, wal=False)
         stand_in = _stand_ins[key] = _StandIn(conn)
     kept = ("its stored results are read from it, and new" if seeded else "new")
@@ -272,8 +273,8 @@ def _use(work, *, write: bool):
                         try:
                             aside = cache_files.move_aside(file, ("-wal", "-shm", "-journal"))
                         except OSError as move_exc:
-                            _stand_in(str(file), None, f"is damaged ({exc}) and could not be moved aside ({move_exc})",
-                                      f"move that file away yourself, or {cache_files.FIX}")
+                            _stand_in(str(file), file, f"is damaged ({exc}) and could not be moved aside ({move_exc})",
+                                      f"move that file away yourself, or {cache_files.FIX}", seed=False)
                         else:
                             moved += 1
                             cache_files.say_once(("store-moved", str(aside)), (
