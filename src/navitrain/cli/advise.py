@@ -82,7 +82,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print every input and output as JSON."),
     ) -> None:
         """Hours of waiting and money a month for each option (CPU, best local GPU route, cloud, upgrade),
-        when an upgrade breaks even, and a recommendation with its assumptions. Defaults: docs/advise.md."""
+        when an upgrade breaks even, and a recommendation with its assumptions.
+
+        Every assumption is an option below, shown with its default; the output lists the values it used."""
         from navitrain.advise import AdviceInputError, Inputs, advise as compute, parse_speeds
         from navitrain.routes import registry
 

@@ -70,19 +70,24 @@ def register(app: typer.Typer) -> None:
             None, "--route", "-r", help="Routes to bench (repeat or comma-separate). Default: the routes "
             "whose probes passed here, else every available route."),
         workload: Optional[list[str]] = typer.Option(
-            None, "--workload", "-w", help="Workloads (default mlp,resnet18,gpt; also unet, mnist)."),
+            None, "--workload", "-w", help="Workloads to train: mlp, resnet18 and gpt by default; unet and mnist "
+            "on request (repeat or comma-separate)."),
         quick: bool = typer.Option(False, "--quick", help="Tiny models and few steps (about a minute on a CPU)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Timed steps per workload (default 6 quick, 30 full)."),
         warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up steps (default 2 quick, 5 full)."),
         seed: int = typer.Option(0, "--seed", help="Seed for weights and data (the same on every route)."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds a route may go without finishing a step before it is killed."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart of samples/s to FILE.png or FILE.svg."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart of samples/s to FILE.png or "
+                                            "FILE.svg; --plot alone writes navitrain-bench.png here."),
         save: bool = typer.Option(True, "--save/--no-save", help="Store the results with this machine's probe fingerprint."),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     ) -> None:
-        """Train an MLP, a CIFAR ResNet-18 and a GPT-style decoder on synthetic data on each route and
-        report step time, samples/s, peak memory, time to first step and speed-up over the CPU. A route
-        whose loss does not fall, or whose first loss disagrees with the CPU's, is not timed."""
+        """Train standard models on synthetic data on each route and report what each route is worth.
+
+        The workloads are an MLP (mlp), a CIFAR ResNet-18 (resnet18) and a GPT-style decoder (gpt) by
+        default, and a small U-Net (unet) and an MNIST CNN (mnist) with --workload. Each row gives step time,
+        samples/s, peak memory, time to first step and speed-up over the CPU. A route whose loss does not
+        fall, or whose first loss disagrees with the CPU's, is not timed."""
         from navitrain.bench import route_choice, workloads as known
 
         if steps is not None and steps < 2:

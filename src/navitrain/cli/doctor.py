@@ -26,7 +26,8 @@ def load_overrides(path: Path) -> dict:
 def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(
-        json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (schema: docs/doctor.md)."),
+        json_out: bool = typer.Option(False, "--json", help="Print the report as JSON: the "
+                                      "recommendation, every finding and every fact (schema navitrain.doctor/1)."),
         root: Path = typer.Option(Path("/"), "--root", help="Read machine files under this directory instead of / "
                                   "(for fake trees and copies of another machine's /sys, /etc, /opt)."),
         overrides: Optional[Path] = typer.Option(None, "--overrides", help="JSON file of facts to use instead of "
