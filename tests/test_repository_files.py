@@ -14,8 +14,13 @@ MD_LINK = re.compile(r"\]\(([^)#\s]+)")
 
 
 def _tracked(*suffixes: str) -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.split()
+    """The repository's files (git's list; without git, the tree less hidden and build folders)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):  # an unpacked sdist, say
+        listed = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+                  if not any(part.startswith(".") or part in ("build", "dist") for part in p.relative_to(ROOT).parts)]
     return [ROOT / f for f in listed if f.endswith(suffixes) and (ROOT / f).is_file()]
 
 
