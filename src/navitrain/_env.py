@@ -1,13 +1,20 @@
 """Every NAVITRAIN_* environment variable, in one place.
 
-Each variable is declared once here with its default and meaning; code reads it only through the
-accessor functions below, so `navitrain doctor` can list them all and the docs stay true.
+Each variable is declared once here with its default, its meaning and its parser; code reads it only
+through `value()` (or the accessors below), so a malformed value raises the same clear error wherever
+it is read, `problems()` lets every command refuse it up front, and `navitrain doctor` reports it.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
+
+
+class EnvError(ValueError):
+    """A NAVITRAIN_* variable holds a value its parser rejects."""
 
 
 @dataclass(frozen=True)
@@ -15,40 +22,115 @@ class EnvVar:
     name: str
     default: str | None
     help: str
+    parse: Callable[[str], Any] = str  # raises ValueError (message: what was expected) on a bad value
 
 
 VARIABLES: dict[str, EnvVar] = {}
 
 
-def _declare(name: str, default: str | None, help: str) -> str:
-    VARIABLES[name] = EnvVar(name, default, help)
+def _declare(name: str, default: str | None, help: str, parse: Callable[[str], Any] = str) -> str:
+    VARIABLES[name] = EnvVar(name, default, help, parse)
     return name
 
 
-ROUTE = _declare("NAVITRAIN_ROUTE", None, "Force navitrain.device() to this route (native, nomiopen, wgpu, cpu).")
+# --- parsers: each takes the raw text and returns the value, or raises ValueError saying what it expects
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+    return parse
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"expected 1 or 0 (or {'/'.join(_TRUE[1:])} / {'/'.join(_FALSE[1:])})")
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number >= {minimum}") from None
+        if value < minimum:
+            raise ValueError(f"expected a whole number >= {minimum}")
+        return value
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds > 0") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("expected a finite number of seconds > 0")
+    return value
+
+
+def _route(text: str) -> str:
+    from navitrain.routes import registry  # lazy: the route modules import nothing heavy at load
+
+    return _choice(*registry.names())(text)
+
+
+def _directory(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError("expected a directory (this path is a file)")
+    return path
+
+
+def _tune_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value == "force":
+        return "force"
+    try:
+        return "on" if _flag(value) else "off"
+    except ValueError:
+        raise ValueError("expected 1, 0 or force") from None
+
+
+ROUTE = _declare("NAVITRAIN_ROUTE", None, "Force navitrain.device() to this route (native, nomiopen, wgpu, cpu).",
+                 _route)
 WGPU_ADAPTER = _declare(
     "NAVITRAIN_WGPU_ADAPTER", None,
     "Pick the wgpu adapter whose name contains this text (case-insensitive); 'llvmpipe' or 'lavapipe' "
     "asks for the software adapter explicitly.")
-WGPU_STRICT = _declare("NAVITRAIN_WGPU_STRICT", "0", "1: an op without a wgpu kernel raises instead of running on the CPU.")
+WGPU_STRICT = _declare("NAVITRAIN_WGPU_STRICT", "0", "1: an op without a wgpu kernel raises instead of running on the CPU.",
+                       _flag)
 WGPU_BATCH = _declare(
     "NAVITRAIN_WGPU_BATCH", "64",
     "Dispatches recorded before the wgpu device submits its command buffer (matrix products and "
-    "convolutions are submitted sooner, so the GPU starts while Python records the rest).")
-WGPU_TUNE = _declare("NAVITRAIN_WGPU_TUNE", "1", "0: never autotune wgpu GEMM tiles; use the built-in defaults.")
+    "convolutions are submitted sooner, so the GPU starts while Python records the rest).", _integer(1))
+WGPU_TUNE = _declare("NAVITRAIN_WGPU_TUNE", "1", "0: never autotune wgpu GEMM tiles; use the built-in defaults. "
+                     "force: tune even on software adapters.", _tune_mode)
 WGPU_CONV = _declare(
     "NAVITRAIN_WGPU_CONV", "auto",
     "wgpu 3x3 stride-1 convolutions: 'auto' (time implicit GEMM against Winograd F(2x2,3x3) once per shape "
-    "on hardware adapters), 'gemm' or 'winograd'.")
+    "on hardware adapters), 'gemm' or 'winograd'.", _choice("auto", "gemm", "winograd"))
 CONV_WORKSPACE_MB = _declare(
-    "NAVITRAIN_CONV_WORKSPACE_MB", "512", "Cap on the im2col workspace of the nomiopen convolution, in MiB.")
+    "NAVITRAIN_CONV_WORKSPACE_MB", "512", "Cap on the im2col workspace of the nomiopen convolution, in MiB.",
+    _integer(0))
 CONV_ALGO = _declare(
     "NAVITRAIN_CONV_ALGO", "auto",
     "Convolution algorithm of the nomiopen route: auto (cost model), tune (time the candidates once per "
-    "shape), im2col, winograd2 or winograd4 (prefer that one where it applies).")
-CACHE_DIR = _declare("NAVITRAIN_CACHE_DIR", None, "Where probe results, bench results and tuning caches live (default: the user cache dir).")
-PROBE_TIMEOUT = _declare("NAVITRAIN_PROBE_TIMEOUT", "60", "Default per-case timeout of navitrain probe, in seconds.")
-LOG = _declare("NAVITRAIN_LOG", "info", "Log level of the navitrain logger (debug, info, warning).")
+    "shape), im2col, winograd2 or winograd4 (prefer that one where it applies).",
+    _choice("auto", "tune", "im2col", "winograd2", "winograd4"))
+CACHE_DIR = _declare("NAVITRAIN_CACHE_DIR", None, "Where probe results, bench results and tuning caches live "
+                     "(default: the user cache dir).", _directory)
+PROBE_TIMEOUT = _declare("NAVITRAIN_PROBE_TIMEOUT", "60", "Default per-case timeout of navitrain probe, in seconds "
+                         "(the case itself; the child's start-up has its own limit).", _positive_seconds)
+LOG = _declare("NAVITRAIN_LOG", "info", "Log level of the navitrain logger (debug, info, warning, error).",
+               _choice("debug", "info", "warning", "error", "critical"))
 
 
 def raw(name: str) -> str | None:
@@ -59,22 +141,45 @@ def raw(name: str) -> str | None:
     return value if value not in (None, "") else VARIABLES[name].default
 
 
+def problem(name: str, text: str | None) -> str | None:
+    """Why `text` is not a valid value of the variable (None when it is, or when it is unset/empty)."""
+    if text in (None, ""):
+        return None
+    try:
+        VARIABLES[name].parse(text)
+    except ValueError as exc:
+        return f"{name}={text!r} is not valid: {exc}"
+    return None
+
+
+def value(name: str) -> Any:
+    """The variable parsed (its default parsed when unset; None without a default). Raises EnvError
+    naming the variable, the value and what was expected."""
+    text = raw(name)
+    if text is None:
+        return None
+    try:
+        return VARIABLES[name].parse(text)
+    except ValueError as exc:
+        raise EnvError(f"{name}={text!r} is not valid: {exc}") from None
+
+
+def problems(environ=None) -> list[str]:
+    """One sentence per declared variable whose value is malformed (the environment, or the given mapping)."""
+    environ = os.environ if environ is None else environ
+    return [why for name in VARIABLES if (why := problem(name, environ.get(name))) is not None]
+
+
 def flag(name: str) -> bool:
-    value = (raw(name) or "0").strip().lower()
-    return value not in ("0", "false", "no", "off", "")
+    return bool(value(name))
 
 
 def integer(name: str) -> int:
-    value = raw(name)
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not an integer") from None
+    return int(value(name))
 
 
 def route() -> str | None:
-    value = raw(ROUTE)
-    return value.strip().lower() if value else None
+    return value(ROUTE)
 
 
 def wgpu_adapter() -> str | None:
@@ -85,12 +190,14 @@ def wgpu_strict() -> bool:
     return flag(WGPU_STRICT)
 
 
+def probe_timeout() -> float:
+    return float(value(PROBE_TIMEOUT))
+
+
 def cache_dir() -> Path:
     """navitrain's cache directory (created on demand)."""
-    value = raw(CACHE_DIR)
-    if value:
-        path = Path(value).expanduser()
-    else:
+    path = value(CACHE_DIR)
+    if path is None:
         import platformdirs
 
         path = Path(platformdirs.user_cache_dir("navitrain", appauthor=False))

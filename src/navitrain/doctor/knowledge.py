@@ -301,6 +301,24 @@ def debug_env(s: Situation) -> list[Finding]:
     return out
 
 
+@rule
+def navitrain_env(s: Situation) -> list[Finding]:
+    """Malformed NAVITRAIN_* values, judged by the same parsers the code that reads them uses
+    (navitrain/_env.py), so doctor flags exactly what would raise later."""
+    from navitrain import _env
+
+    env = pick(s.facts, "navitrain", "env")
+    out = []
+    for name, value in (env.items() if isinstance(env, dict) else ()):
+        why = _env.problem(name, value) if name in _env.VARIABLES and isinstance(value, str) else None
+        if why is not None:
+            out.append(finding("navitrain-env-malformed", "error", why,
+                               f"navitrain refuses to run with it: every command exits with an error and the "
+                               f"code that reads it raises. {name}: {_env.VARIABLES[name].help}",
+                               f"Fix the value or unset {name}."))
+    return out
+
+
 # --- ROCm ----------------------------------------------------------------------------------------
 
 @rule

@@ -25,10 +25,7 @@ split_k_enabled = True
 def current() -> str:
     if _override is not None:
         return _override
-    value = (_env.raw(_env.CONV_ALGO) or "auto").strip().lower()
-    if value not in POLICIES:
-        raise ValueError(f"{_env.CONV_ALGO}={value!r} is not one of {', '.join(POLICIES)}")
-    return value
+    return _env.value(_env.CONV_ALGO)  # parsed against the same names as POLICIES; raises naming the variable
 
 
 def state() -> tuple:
@@ -58,7 +55,7 @@ def use_policy(name: str) -> Iterator[None]:
 
 
 def workspace_bytes() -> int:
-    return max(0, _env.integer(_env.CONV_WORKSPACE_MB)) * 2**20
+    return _env.integer(_env.CONV_WORKSPACE_MB) * 2**20
 
 
 def batch_chunks(n: int, per_image_bytes: int) -> list[tuple[int, int]]:

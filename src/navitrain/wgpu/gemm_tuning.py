@@ -206,8 +206,7 @@ def _parse(text: str) -> TileConfig | None:
 
 
 def _mode() -> str:
-    value = (_env.raw(_env.WGPU_TUNE) or "1").strip().lower()
-    return {"0": "off", "false": "off", "no": "off", "off": "off", "force": "force"}.get(value, "on")
+    return _env.value(_env.WGPU_TUNE)  # "on", "off" or "force"; a malformed value raises naming the variable
 
 
 def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:

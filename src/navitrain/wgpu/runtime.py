@@ -133,7 +133,7 @@ class Runtime:
         self._pass_raw = None
         self._last_kernel = None
         self._pending = 0
-        self._batch_limit = max(1, _env.integer(_env.WGPU_BATCH))
+        self._batch_limit = _env.integer(_env.WGPU_BATCH)
         self._heavy_batch = 4  # submit as soon as this many dispatches, one a matrix product, wait
         self._offsets = self._raw[0].new("uint32_t[1]") if self._raw else None
         self.dispatch_count = 0

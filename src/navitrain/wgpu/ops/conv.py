@@ -66,7 +66,7 @@ def _check(x, w, groups):
 def _use_winograd(kind, x4, w4, stride, padding, dilation, groups, out_numel, run_gemm, run_wino) -> bool:
     """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class),
     or when NAVITRAIN_WGPU_CONV forces it."""
-    mode = (_env.raw(_env.WGPU_CONV) or "auto").lower()
+    mode = _env.value(_env.WGPU_CONV)
     if mode == "gemm" or not winograd.eligible(x4, w4, stride, dilation, groups, False):
         return False
     if padding[0] != padding[1] or not 0 <= padding[0] <= 2:
