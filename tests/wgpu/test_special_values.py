@@ -309,6 +309,19 @@ case("avg_pool2d backward", with_grad(lambda x: F.avg_pool2d(x, 2)), _img(226))
 case("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (2, 3)), _img(227))
 case("adaptive_avg_pool2d backward", with_grad(lambda x: F.adaptive_avg_pool2d(x, (2, 3))), _img(228))
 
+# -- embedding max_norm (the renorm's norm of a row holding NaN is NaN: the row is left as it is) -----------
+def _renorm(p):
+    def run(w):
+        w = w.clone()
+        out = F.embedding(torch.tensor([0, 1, 2, 5, 6, 3]).to(w.device), w, max_norm=1.0, norm_type=p)
+        return out, w
+    return run
+
+
+for _k, _p in enumerate((INF, 2.0, 1.0)):
+    case(f"embedding(max_norm, p={_p})", _renorm(_p), rows(236 + _k))
+
+
 # -- foreach (optimizers, clip_grad_norm) and AMP ----------------------------------------------------------
 
 
@@ -589,3 +602,18 @@ def test_sweep_uses_special_values():
     # The inputs really carry NaN and both infinities (a sweep over finite values could not fail).
     x = rows(0)
     assert x.isnan().any() and (x == INF).any() and (x == -INF).any() and not math.isnan(x[3].sum().item())
+
+
+def test_fused_relu_epilogue_keeps_nan():
+    # The GEMM epilogue's fused ReLU (conv.forward(relu=True)) is no op handler, so the sweep cannot reach
+    # it; WGSL's max(NaN, 0) gave 0 there.
+    from navitrain.wgpu import conv
+
+    x = rows(320).reshape(1, 2, 4, 8)
+    w = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(321))
+    g = conv.Geometry(1, 2, 4, 8, 4, 4, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1)
+    out = torch.empty(1, 4, 4, 8, device=DEV)
+    got = conv.forward(x.to(DEV), w.to(DEV), None, g, out, relu=True).cpu()
+    ref = F.conv2d(x, w, padding=1).relu()
+    assert ref.isnan().any()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, equal_nan=True)

@@ -93,6 +93,8 @@ WGSL_HELPERS = """
 // NaN tests on the bits: drivers that assume no NaNs (lavapipe, some fast-math compilers) fold x != x to false.
 fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn is_inf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
+// max(NaN, 0) is implementation-defined in WGSL (lavapipe: 0); relu must keep NaN (fused GEMM epilogues too).
+fn relu_nan(x: f32) -> f32 { return select(max(x, 0.0), x, is_nan(x)); }
 fn bf16_round(x: f32) -> f32 {
   let u = bitcast<u32>(x);
   if ((u & 0x7f800000u) == 0x7f800000u) { return x; }  // inf and nan stay as they are (bit test)

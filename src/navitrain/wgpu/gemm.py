@@ -183,7 +183,7 @@ class Epilogue:
         elif self.bias == "col":
             v = f"{v} + f32(b3[bias_base + ({gn})])"
         if self.relu:
-            v = f"max({v}, 0.0)"
+            v = f"relu_nan({v})"  # WGSL's max may turn NaN into 0
         return v
 
 

@@ -2,8 +2,9 @@
 
 - NaN: WGSL leaves min/max/clamp of NaN, and many builtins (atan, atan2, tanh on lavapipe) of NaN, to
   the implementation; PyTorch propagates NaN. So every such call goes through a helper here that tests
-  its operands explicitly (fmax_nan, clamp_nan, relu_nan, keep_nan). NaN tests use the bits (is_nan in
-  dtypes.WGSL_HELPERS): lavapipe folds `x != x` to false and evaluates `a != b` as ordered (false for NaN).
+  its operands explicitly (fmax_nan, clamp_nan, keep_nan; relu_nan is in dtypes.WGSL_HELPERS, which
+  the GEMM epilogues see too). NaN tests use the bits (is_nan in dtypes.WGSL_HELPERS): lavapipe folds
+  `x != x` to false and evaluates `a != b` as ordered (false for NaN).
 - tanh/sigmoid: evaluated through exp, they overflow to NaN for large |x| on some drivers: clamp first
   (tanh(15) is 1 to within f32 rounding), but let NaN through (a clamp would turn it into a bound).
 - remainder/fmod/floor division of floats follow the CPU's formulas (fmod first), so infinities give
@@ -23,7 +24,6 @@ fn keep_nan(x: f32, r: f32) -> f32 { return select(r, x, is_nan(x)); }
 fn keep_nan2(a: f32, b: f32, r: f32) -> f32 { return select(r, a + b, is_nan(a) || is_nan(b)); }
 fn finite_or_0(x: f32) -> f32 { return select(x, 0.0, (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u); }
 fn clamp_nan(x: f32, lo: f32, hi: f32) -> f32 { return fmin_nan(fmax_nan(x, lo), hi); }
-fn relu_nan(x: f32) -> f32 { return select(max(x, 0.0), x, is_nan(x)); }
 fn tanh_f(x: f32) -> f32 { return keep_nan(x, tanh(clamp(x, -15.0, 15.0))); }
 // sigmoid(-inf) is exactly 0 (so silu(-inf) = -inf * 0 = NaN, as on the CPU, not -inf * 6e-39 = -inf).
 fn sigmoid_f(x: f32) -> f32 {

@@ -56,7 +56,8 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
 def _renorm_source(w_st, norm_kind):
     """Params: 0 K, 1 D, 2 weight off, 3 row stride, 4 col stride, 5 keys off, 6 max_norm, 7 p.
     The first thread of each run of equal (sorted) ids rescales that row once."""
-    acc = {"inf": "max(acc, abs(v))", "1": "acc + abs(v)", "2": "acc + v * v",
+    # fmax_nan: a row holding NaN has norm NaN (and is left alone, as on the CPU); WGSL's max may drop it.
+    acc = {"inf": "fmax_nan(acc, abs(v))", "1": "acc + abs(v)", "2": "acc + v * v",
            "p": "acc + pow_f(abs(v), pf(7u))"}[norm_kind]
     norm = {"inf": "acc", "1": "acc", "2": "sqrt(acc)", "p": "pow_f(acc, 1.0 / pf(7u))"}[norm_kind]
     body = f"""
