@@ -66,9 +66,12 @@ def rule(fn: Rule) -> Rule:
 def gpu_identity(s: Situation) -> list[Finding]:
     out = []
     if not s.gpus and not s.hardware_adapters:
+        # say only what was looked at: Vulkan is not examined with --no-probe or on a --root tree
+        vulkan_said = {True: "", False: " and Vulkan offers no hardware adapter"}.get(
+            s.vulkan_hardware, " (Vulkan adapters were not examined)")
         out.append(finding(
             "no-gpu", "info", "No GPU found",
-            "sysfs lists no display controller and Vulkan offers no hardware adapter.",
+            f"sysfs lists no display controller{vulkan_said}.",
             "Training runs on the `cpu` route. On a machine that has a GPU, check that its kernel driver is "
             "loaded (`lspci -k`)."))
     for gpu in s.gpus:
@@ -90,8 +93,8 @@ def gpu_identity(s: Situation) -> list[Finding]:
                 f"{where}. " + " ".join(notes), None))
         else:
             out.append(finding("gpu-identified", "ok", f"GPU: {s.gpu_label(gpu)}",
-                               f"{where}{'; chip ' + gpu['chip'] if pick(gpu, 'chip', kind=str) else ''}. "
-                               + " ".join(notes)))
+                               (f"{where}{'; chip ' + gpu['chip'] if pick(gpu, 'chip', kind=str) else ''}. "
+                                + " ".join(notes)).strip()))
     return out
 
 
@@ -104,7 +107,8 @@ def amd_driver(s: Situation) -> list[Finding]:
             continue
         out.append(finding(
             "amdgpu-not-bound", "error", f"The amdgpu kernel driver is not driving {s.gpu_label(gpu)}",
-            f"The device's driver is {driver or 'none'}; without amdgpu there is no KFD (ROCm) and no "
+            (f"The device's driver is {driver}" if driver else "No kernel driver is bound to the device")
+            + "; without amdgpu there is no KFD (ROCm) and no "
             "RADV/AMDVLK Vulkan for it.",
             "Load it (`sudo modprobe amdgpu`), check `sudo dmesg | grep -i amdgpu` for firmware errors "
             "(install linux-firmware), and make sure the `radeon` driver does not claim the card."))
@@ -184,7 +188,8 @@ def mtype_local(s: Situation) -> list[Finding]:
         return [finding("mtype-local-set", "info", "amdgpu mtype_local is set",
                         f"Set in {', '.join(sources)}; it selects the memory type of local memory on GFX 9.4.3.")]
     return [finding(
-        "mtype-local-no-effect", "warning", f"amdgpu mtype_local is set but does nothing for {s.gpu_label()}",
+        "mtype-local-no-effect", "warning", "amdgpu mtype_local is set but does nothing"
+        + (f" for {s.gpu_label()}" if s.primary else " here"),
         f"Set in {', '.join(sources)}. mtype_local (MTYPE for local memory: 0 = RW, 1 = NC, 2 = CC) belongs to "
         "the GFX 9.4.3 (MI300) memory code; the RDNA memory controller code (gmc_v10 and later) does not read "
         "it, so it cannot fix faults on consumer cards.",
@@ -331,9 +336,12 @@ def rocm_install(s: Situation) -> list[Finding]:
             "rocm-not-installed", "info", "No system ROCm installation found (/opt/rocm)",
             "ROCm builds of PyTorch bundle their own ROCm libraries, and the `wgpu` route needs none, so this "
             "is only a problem for source builds.")]
-    version = pick(rocm, "version", kind=str) or "unknown version"
-    return [finding("rocm-installed", "ok", f"ROCm {version} at {pick(rocm, 'path', kind=str) or '/opt/rocm'}",
-                    "Found from its version file.")]
+    version = pick(rocm, "version", kind=str)
+    path = pick(rocm, "path", kind=str) or "/opt/rocm"
+    return [finding("rocm-installed", "ok", f"ROCm {version} at {path}" if version else f"ROCm at {path}",
+                    "The ROCm directory exists; "
+                    + ("its version comes from .info/version, rocm_version.h or the directory name." if version
+                       else "none of .info/version, rocm_version.h or the directory name gives its version."))]
 
 
 @rule
@@ -407,7 +415,7 @@ def torch_import(s: Situation) -> list[Finding]:
         where = "while listing GPUs" if pick(torch, "version", kind=str) else "on import"
         return [finding(
             "torch-broken", "error", f"PyTorch {status} {where}",
-            f"{pick(torch, 'error', kind=str) or 'no detail'}."
+            f"{(pick(torch, 'error', kind=str) or 'no detail').rstrip('.')}."
             + (f" The output matches: {', '.join(modes)}." if modes else "")
             + (" The GPU itself faulted." if fault else ""),
             "Run `navitrain explain` on the error for the failure mode; the doctor's other findings (override, "
@@ -491,10 +499,21 @@ def torch_devices(s: Situation) -> list[Finding]:
             "torch.cuda.device_count() is 0 although the machine has one: the runtime could not open it or "
             "filtered it out.",
             "See the /dev/kfd, driver and *_VISIBLE_DEVICES findings; `rocminfo` shows what ROCm sees.")]
+    if count == 0:
+        # a GPU build on a machine without a GPU: nothing is broken, but the build is the wrong size
+        kind = "CUDA" if s.torch_build == "cuda" else "ROCm"
+        return [finding(
+            "torch-gpu-build-without-gpu", "info", f"PyTorch {s.torch_version} is a {kind} build on a machine "
+            "without a GPU",
+            f"torch.cuda.device_count() is 0 and no GPU was found, so its {kind} libraries go unused; a "
+            "CPU-only build does all the `cpu` and `wgpu` routes need, in a fraction of the download.",
+            "Keep it, or install the CPU build: `pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu`.")]
     names = ", ".join(f"{pick(d, 'name', kind=str) or '?'}"
                       + (f" [{pick(d, 'arch', kind=str)}]" if pick(d, "arch", kind=str) else "")
                       for d in s.torch_devices)
-    return [finding("torch-devices", "ok", f"PyTorch sees {count} GPU(s): {names}", "torch.cuda.device_count() > 0.")]
+    return [finding("torch-devices", "ok", f"PyTorch sees {count} GPU(s)" + (f": {names}" if names else ""),
+                    f"torch.cuda.device_count() is {count}.")]
 
 
 @rule

@@ -60,7 +60,7 @@ def recommend(s: Situation) -> Finding:
                           "with navitrain's GEMM convolution." + (f" `wgpu` ({vk_name}) is the alternative."
                                                                    if vk_name else ""))
         return _route("native", f"Use the `native` route on {gpu}",
-                      f"PyTorch {s.torch_version} ({s.torch_build}) has code for the card and sees it; vendor "
+                      f"PyTorch {s.torch_version} ({s.torch_build}) {_native_evidence(s)}; vendor "
                       "libraries are the fastest route." + (" If MIOpen fails on this gfx10 card, use `nomiopen`."
                                                              if s.family == "RDNA2" else ""))
     if hardware_vk:
@@ -77,8 +77,23 @@ def recommend(s: Situation) -> Finding:
                       "The native routes are out (" + "; ".join(blockers or ["unknown reason"]) + ") and no "
                       "hardware Vulkan adapter exists for the `wgpu` route. Fix either (see the findings above) "
                       "and run the doctor again.")
+    if s.vulkan_hardware is None:
+        return _route("cpu", "Use the `cpu` route: no GPU was found",
+                      "No GPU in sysfs, and Vulkan adapters were not examined (`navitrain doctor` on the machine "
+                      "itself lists them); PyTorch on the CPU is the fastest route known here.")
     return _route("cpu", "Use the `cpu` route: this machine has no GPU",
                   "No GPU in sysfs and no hardware Vulkan adapter; PyTorch on the CPU is the fastest route here.")
+
+
+def _native_evidence(s: Situation) -> str:
+    """What is known for the native route: say 'has code for' and 'sees' only where the facts show it."""
+    known = []
+    if s.torch_has_code_for(s.code_gfx):
+        known.append(f"has code for {s.code_gfx}")
+    count = s.torch_device_count
+    if count:
+        known.append(f"sees {count} GPU(s)")
+    return " and ".join(known) if known else "shows nothing against the card"
 
 
 def _route(route: str, title: str, why: str) -> Finding:
