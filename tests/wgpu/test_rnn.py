@@ -143,31 +143,51 @@ def test_lstm_gru_modules_with_initial_state(cls, kwargs):
     _check_module(mod, [x, state])
 
 
-@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
-def test_packed_sequences_with_unsorted_lengths(cls):
+PACKED = [  # (class, kwargs, with initial state)
+    (nn.LSTM, dict(num_layers=2, bidirectional=True), False),
+    (nn.GRU, dict(num_layers=2, bidirectional=True), False),
+    (nn.LSTM, dict(num_layers=1, bidirectional=True, proj_size=3, batch_first=True), True),
+    (nn.GRU, dict(num_layers=2, bias=False, batch_first=True), True),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,with_state", PACKED, ids=lambda v: v.__name__ if isinstance(v, type) else
+                         "-".join(f"{k}={w}" for k, w in v.items()) if isinstance(v, dict) else f"state={v}")
+def test_packed_sequences_with_unsorted_lengths(cls, kwargs, with_state):
     torch.manual_seed(4)
-    mod = cls(5, 6, num_layers=2, bidirectional=True)
+    mod = cls(5, 6, **kwargs)
     lengths = torch.tensor([3, 5, 1, 4])
-    x = torch.randn(5, 4, 5)
+    T = 6  # one step longer than the longest sequence: the padded input's extra step gets a zero gradient
+    x = torch.randn(4, T, 5) if mod.batch_first else torch.randn(T, 4, 5)
+    dirs = 2 if mod.bidirectional else 1
+    h_size = getattr(mod, "proj_size", 0) or 6
+    h0 = torch.randn(mod.num_layers * dirs, 4, h_size)
+    c0 = torch.randn(mod.num_layers * dirs, 4, 6)
 
-    def run(m, inp):
-        packed = pack_padded_sequence(inp, lengths, enforce_sorted=False)
-        out, state = m(packed)
-        padded, out_lengths = pad_packed_sequence(out)
+    def run(m, inp, *state):
+        packed = pack_padded_sequence(inp, lengths, batch_first=m.batch_first, enforce_sorted=False)
+        if state:
+            state = state if cls is nn.LSTM else state[:1]
+            out, final = m(packed, state if cls is nn.LSTM else state[0])
+        else:
+            out, final = m(packed)
+        padded, out_lengths = pad_packed_sequence(out, batch_first=m.batch_first)
         assert out_lengths.tolist() == lengths.tolist()
-        return padded, state
+        return [padded] + list(torch.utils._pytree.tree_leaves(final))
 
-    cpu_x, dev_x = x.clone().requires_grad_(), x.to(DEV).requires_grad_()
+    leaves = [x] + ([h0, c0] if with_state else [])
+    cpu_leaves = [t.clone().requires_grad_() for t in leaves]
+    dev_leaves = [t.to(DEV).requires_grad_() for t in leaves]
     dev_mod = copy.deepcopy(mod).to(DEV)
-    (cpu_out, cpu_state), (dev_out, dev_state) = run(mod, cpu_x), run(dev_mod, dev_x)
-    cpu_flat = [cpu_out] + list(torch.utils._pytree.tree_leaves(cpu_state))
-    dev_flat = [dev_out] + list(torch.utils._pytree.tree_leaves(dev_state))
+    cpu_flat, dev_flat = run(mod, *cpu_leaves), run(dev_mod, *dev_leaves)
     for i, (d, c) in enumerate(zip(dev_flat, cpu_flat)):
         _close(d, c, f"output {i}")
     grads = [torch.randn_like(c) for c in cpu_flat]
     torch.autograd.backward(cpu_flat, grads)
     torch.autograd.backward(dev_flat, [g.to(DEV) for g in grads])
-    _close(dev_x.grad, cpu_x.grad, "grad of x")
+    for i, (d, c) in enumerate(zip(dev_leaves, cpu_leaves)):
+        if i < 2 or cls is nn.LSTM:
+            _close(d.grad, c.grad, f"grad of input {i}")
     for (name, c), d in zip(mod.named_parameters(), dev_mod.parameters()):
         _close(d.grad, c.grad, f"grad of {name}")
 
@@ -311,16 +331,20 @@ def test_whole_layer_path_dispatches_no_per_step_ops(cls):
             self.ops[func] += 1
             return func(*args, **(kwargs or {}))
 
-    counts = []
-    for T in (2, 9):
-        torch.manual_seed(11)
-        mod = cls(4, 5, num_layers=2, bidirectional=True).to(DEV)
-        x = torch.randn(T, 2, 4).to(DEV).requires_grad_()
-        with Count() as mode:
-            mod(x)[0].sum().backward()
-        counts.append(mode.ops)
-    assert counts[0] == counts[1], (counts[0], counts[1])
-    assert not any("fused" in str(op) for op in counts[1])
+    for packed in (False, True):
+        counts = []
+        for T in (2, 9):
+            torch.manual_seed(11)
+            mod = cls(4, 5, num_layers=2, bidirectional=True).to(DEV)
+            x = torch.randn(T, 3, 4).to(DEV).requires_grad_()
+            with Count() as mode:
+                if packed:  # PyTorch's own packed path also dispatches per step
+                    mod(pack_padded_sequence(x, torch.tensor([T - 1, T, 1]), enforce_sorted=False))[0].data.sum().backward()
+                else:
+                    mod(x)[0].sum().backward()
+            counts.append(mode.ops)
+        assert counts[0] == counts[1], (packed, counts[0], counts[1])
+        assert not any("fused" in str(op) for op in counts[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -134,7 +134,7 @@ _LSTM_BACKWARD = _PROLOGUE + """
   let ig = ld_ws(g); let fg = ld_ws(g + H); let cg = ld_ws(g + 2u * H); let og = ld_ws(g + 3u * H);
   let ghy = ld_ghy(gi);
   let tc = rnn_tanh(ld_cy(gi));
-  let gc = ghy * og * (1.0 - tc * tc) + ld_gcy(gi);
+  let gc = ghy * og * (1.0 - tc * tc) + ld_gcy(gi) + ld_gcs(gi);
   st_gx(g, gc * cg * ig * (1.0 - ig));
   st_gx(g + H, gc * ld_cx(gi) * fg * (1.0 - fg));
   st_gx(g + 2u * H, gc * ig * (1.0 - cg * cg));
@@ -153,11 +153,13 @@ def fused_lstm_cell_backward_impl(grad_hy, grad_cy, cx, cy, workspace, has_bias)
     return grad_gates, grad_cx, grad_bias
 
 
-def lstm_backward_into(grad_hy, grad_cy, cx, cy, workspace, grad_gates, grad_cx) -> None:
-    """The LSTM cell's backward into given contiguous outputs; absent (None) output grads are 0."""
+def lstm_backward_into(grad_hy, grad_cy, cx, cy, workspace, grad_gates, grad_cx, grad_cy_extra=None) -> None:
+    """The LSTM cell's backward into given contiguous outputs; absent (None) output grads are 0.
+    `grad_cy_extra` is added to grad_cy (a packed sequence's final c, taken at its last step)."""
     B, H = cx.shape
     if B * H:
-        _launch("lstm_backward", {"ghy": grad_hy, "gcy": grad_cy, "cx": cx, "cy": cy, "ws": workspace},
+        _launch("lstm_backward", {"ghy": grad_hy, "gcy": grad_cy, "gcs": grad_cy_extra, "cx": cx, "cy": cy,
+                                  "ws": workspace},
                 {"gx": grad_gates, "gcx": grad_cx}, _LSTM_BACKWARD, B * H, H)
 
 

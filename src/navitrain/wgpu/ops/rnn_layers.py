@@ -61,10 +61,12 @@ def _contig(t):
 
 class _Recurrence(torch.autograd.Function):
     """One layer and direction of an LSTM (c0 given) or GRU (c0 None) over precomputed input gates
-    gi [T, B, kH]: returns the outputs [T, B, P] and the final h (and c)."""
+    gi [T, B, kH]: returns the outputs [T, B, P] and the final h (and c). `last` (int64 [B], or
+    None for the last step): row t*B + b of [T*B, ...] holding sequence b's final state, for
+    sequences of different lengths (packed)."""
 
     @staticmethod
-    def forward(ctx, gi, h0, c0, w_hh, b_hh, w_hr, reverse: bool):
+    def forward(ctx, gi, h0, c0, w_hh, b_hh, w_hr, reverse: bool, last):
         lstm = c0 is not None
         T, B, G = gi.shape
         H = G // (4 if lstm else 3)
@@ -89,8 +91,12 @@ class _Recurrence(torch.autograd.Function):
             if hraw is not None:
                 _mm(h_cell, _t(w_hr), h_out)
             h = h_out
-        ctx.save_for_backward(h0, c0, w_hh, b_hh, w_hr, out, ws, cs, hraw)
+        ctx.save_for_backward(h0, c0, w_hh, b_hh, w_hr, out, ws, cs, hraw, last)
         ctx.reverse = reverse
+        if last is not None:
+            h = aten.index_select.default(_rows(out), 0, last)
+            c = aten.index_select.default(_rows(cs), 0, last) if lstm else None
+            return out, h, c
         # Copies, not views of `out`/`cs`: outputs of a custom node that alias each other or saved
         # tensors would trip autograd's view/in-place checks.
         return out, aten.clone.default(h), (aten.clone.default(c) if lstm else None)
@@ -98,19 +104,31 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_hT, d_cT):
-        h0, c0, w_hh, b_hh, w_hr, out, ws, cs, hraw = ctx.saved_tensors
+        h0, c0, w_hh, b_hh, w_hr, out, ws, cs, hraw, last = ctx.saved_tensors
         lstm = c0 is not None
         T, B, P = out.shape
         G = w_hh.shape[0]
         H = G // (4 if lstm else 3)
         dtype = out.dtype
         d_out = _contig(d_out)
+        dc_at = None   # per-step extra gradient of c (a packed sequence's final c enters at its last step)
+        if last is not None:
+            # The final states' gradients enter at each sequence's last step, not at the last step.
+            d_out = aten.index_add.default(_rows(d_out), 0, last, d_hT).view(T, B, P)
+            d_hT = None
+            if lstm:
+                dc_at = aten.index_add.default(aten.zeros.default([T * B, cs.shape[2]], dtype=dtype, device=out.device),
+                                               0, last, d_cT).view(T, B, cs.shape[2])
+                d_cT = None
         dg_x = empty([T, B, G], dtype)              # gradient of the input gates
         dg_h = dg_x if lstm else empty([T, B, G], dtype)   # of the hidden gates (the same for an LSTM)
         dh_all = empty([T, B, P], dtype)            # total gradient of each step's output h
         order = list(range(T)) if ctx.reverse else list(range(T - 1, -1, -1))   # backward's order
         first = order[0]
-        pointwise.run("add", "a + b", [_step(d_out, first), _contig(d_hT)], dtype, "f32", out=_step(dh_all, first))
+        if d_hT is None:
+            aten.copy_.default(_step(dh_all, first), _step(d_out, first))
+        else:
+            pointwise.run("add", "a + b", [_step(d_out, first), _contig(d_hT)], dtype, "f32", out=_step(dh_all, first))
         dc = d_cT
         for t in order:
             prev = t + 1 if ctx.reverse else t - 1
@@ -121,7 +139,8 @@ class _Recurrence(torch.autograd.Function):
             if lstm:
                 c_prev = _step(cs, prev) if has_prev else c0
                 dc_prev = empty([B, H], dtype)
-                cells.lstm_backward_into(dh_cell, dc, c_prev, _step(cs, t), _step(ws, t), _step(dg_x, t), dc_prev)
+                cells.lstm_backward_into(dh_cell, dc, c_prev, _step(cs, t), _step(ws, t), _step(dg_x, t), dc_prev,
+                                         None if dc_at is None else _step(dc_at, t))
                 dc = dc_prev
                 _mm(_step(dg_x, t), w_hh, d_prev, _step(d_out, prev) if has_prev else None)
             else:
@@ -140,19 +159,62 @@ class _Recurrence(torch.autograd.Function):
         dw_hh = _mm(_t(_rows(dg_h)), _rows(h_prev), empty([G, P], dtype))
         db_hh = reduce(_rows(dg_h), [0], False, "sum", dtype) if b_hh is not None else None
         dw_hr = _mm(_t(_rows(dh_all)), _rows(hraw), empty([P, H], dtype)) if w_hr is not None else None
-        return dg_x, dh0, (dc if lstm else None), dw_hh, db_hh, dw_hr, None
+        return dg_x, dh0, (dc if lstm else None), dw_hh, db_hh, dw_hr, None, None
 
 
-def _fast(input, tensors) -> bool:
-    return (input.dim() == 3 and input.shape[0] > 0 and input.shape[1] > 0 and input.dtype.is_floating_point
+def _fast(input, tensors, dim: int = 3) -> bool:
+    return (input.dim() == dim and all(n > 0 for n in input.shape[:-1]) and input.dtype.is_floating_point
             and all(isinstance(t, WgpuTensor) and t.dtype == input.dtype for t in tensors))
 
 
-def _layers(lstm, input, h0s, c0s, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+class _Packing:
+    """Where the rows of a packed sequence (batch_sizes: CPU int64, non-increasing) sit in a padded
+    time-major [T, B] grid, as device index tensors:
+    - rows: the padded row t*B + b of each packed row, in packed order (padded -> packed: one gather);
+    - source: for each padded row, its packed row, or N (a zero row) for padding (packed -> padded);
+    - last: the padded row of each sequence's last step (its final state);
+    - flip: for each padded row, the row of the same sequence reversed within its own length (padding
+      stays put), an involution: the reverse direction runs forward over flipped rows."""
+
+    _cache: dict = {}
+
+    def __init__(self, batch_sizes: torch.Tensor, device):
+        bs = batch_sizes.to(torch.int64)
+        T, B, N = bs.shape[0], int(bs[0]), int(bs.sum())
+        lengths = (bs[None, :] > torch.arange(B)[:, None]).sum(1)
+        step = torch.repeat_interleave(torch.arange(T), bs)
+        rows = step * B + (torch.arange(N) - (torch.cumsum(bs, 0) - bs)[step])
+        source = torch.full((T * B,), N, dtype=torch.int64)
+        source[rows] = torch.arange(N)
+        t, b = torch.arange(T)[:, None], torch.arange(B)[None, :]
+        flip = (torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t) * B + b).flatten()
+        self.T, self.B = T, B
+        self.rows, self.source, self.flip = (v.to(device) for v in (rows, source, flip))
+        self.last = ((lengths - 1) * B + torch.arange(B)).to(device)
+
+    @classmethod
+    def of(cls, batch_sizes, device) -> "_Packing":
+        key = tuple(batch_sizes.tolist())   # batch_sizes live on the CPU: no device read
+        packing = cls._cache.get(key)
+        if packing is None:
+            if len(cls._cache) > 64:
+                cls._cache.clear()
+            packing = cls._cache[key] = cls(batch_sizes, device)
+        return packing
+
+
+def _rows_of(x, index):
+    """x [T, B, F] -> x.view(T*B, F).index_select(0, index).view(T, B, F) (differentiable)."""
+    T, B, Fn = x.shape
+    return x.reshape(T * B, Fn).index_select(0, index).view(T, B, Fn)
+
+
+def _layers(lstm, x, h0s, c0s, params, has_biases, num_layers, dropout, train, bidirectional, packing=None):
+    """x: time-major [T, B, I] (padded for packed sequences, with `packing`)."""
     directions = 2 if bidirectional else 1
     per = len(params) // (num_layers * directions)   # w_ih, w_hh[, b_ih, b_hh][, w_hr]
     has_proj = per == (5 if has_biases else 3)
-    x = input.transpose(0, 1) if batch_first else input
+    last = None if packing is None else packing.last
     h_n, c_n = [], []
     for layer in range(num_layers):
         outs = []
@@ -167,34 +229,86 @@ def _layers(lstm, input, h0s, c0s, params, has_biases, num_layers, dropout, trai
                 # Under autocast the projection comes out in the half type: run the recurrence in it
                 # too, as CUDA's autocast runs its RNNs (differentiable casts, so grads return in f32).
                 h0, c0, w_hh, b_hh, w_hr = (None if v is None else v.to(gi.dtype) for v in (h0, c0, w_hh, b_hh, w_hr))
-            out, h, c = _Recurrence.apply(gi, h0, c0, w_hh, b_hh, w_hr, d == 1)
-            outs.append(out)
+            # Sequences of different lengths run backwards over their own steps: flip each within
+            # its length, run forwards, flip the outputs back.
+            flip = packing is not None and d == 1
+            if flip:
+                gi = _rows_of(gi, packing.flip)
+            out, h, c = _Recurrence.apply(gi, h0, c0, w_hh, b_hh, w_hr, d == 1 and not flip, last)
+            outs.append(_rows_of(out, packing.flip) if flip else out)
             h_n.append(h)
             c_n.append(c)
         x = outs[0] if directions == 1 else torch.cat(outs, 2)
         if dropout and train and layer < num_layers - 1:
             x = F.dropout(x, dropout, True)
-    output = x.transpose(0, 1) if batch_first else x
-    return output, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
+    return x, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
+
+
+def _run(lstm, input, h0s, c0s, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    x = input.transpose(0, 1) if batch_first else input
+    out, h_n, c_n = _layers(lstm, x, h0s, c0s, params, has_biases, num_layers, dropout, train, bidirectional)
+    return (out.transpose(0, 1) if batch_first else out), h_n, c_n
+
+
+def _run_packed(lstm, data, batch_sizes, h0s, c0s, params, has_biases, num_layers, dropout, train, bidirectional):
+    """Packed sequences as a padded [T, B] grid: the steps past a sequence's end compute on zeros and
+    are never read (the outputs are gathered back from the real rows, each sequence's final state
+    from its last step), so values and gradients are those of PyTorch's per-step packed loop. Dropout
+    between layers draws its mask over the padded grid."""
+    packing = _Packing.of(batch_sizes, data.device)
+    T, B = packing.T, packing.B
+    x = torch.cat([data, data.new_zeros(1, data.shape[1])]).index_select(0, packing.source).view(T, B, -1)
+    out, h_n, c_n = _layers(lstm, x, h0s, c0s, params, has_biases, num_layers, dropout, train, bidirectional, packing)
+    return out.reshape(T * B, -1).index_select(0, packing.rows), h_n, c_n
 
 
 def lstm_input(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     if not _fast(input, [*hx, *params]):
         return aten.lstm.input.decompose(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                                          batch_first)
-    return _layers(True, input, hx[0], hx[1], params, has_biases, num_layers, dropout, train, bidirectional,
-                   batch_first)
+    return _run(True, input, hx[0], hx[1], params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
 
 
 def gru_input(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     if not _fast(input, [hx, *params]):
         return aten.gru.input.decompose(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                                         batch_first)
-    output, h_n, _ = _layers(False, input, hx, None, params, has_biases, num_layers, dropout, train, bidirectional,
-                             batch_first)
-    return output, h_n
+    return _run(False, input, hx, None, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)[:2]
+
+
+def lstm_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional):
+    if not _fast(data, [*hx, *params], dim=2):
+        return aten.lstm.data.decompose(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                                        bidirectional)
+    return _run_packed(True, data, batch_sizes, hx[0], hx[1], params, has_biases, num_layers, dropout, train,
+                       bidirectional)
+
+
+def gru_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional):
+    if not _fast(data, [hx, *params], dim=2):
+        return aten.gru.data.decompose(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+                                       bidirectional)
+    return _run_packed(False, data, batch_sizes, hx, None, params, has_biases, num_layers, dropout, train,
+                       bidirectional)[:2]
+
+
+def pack_padded_sequence_backward(grad, input_size, batch_sizes, batch_first):
+    """PyTorch's composite copies one time step at a time (T ops); here the packed gradient's rows go
+    to their padded places in one gather (a zero row for the padding)."""
+    packing = _Packing.of(batch_sizes, grad.device)
+    T, B = packing.T, packing.B
+    rest = list(grad.shape[1:])
+    flat = grad.reshape(grad.shape[0], -1)
+    padded = torch.cat([flat, flat.new_zeros(1, flat.shape[1])]).index_select(0, packing.source).view([T, B] + rest)
+    steps = input_size[1] if batch_first else input_size[0]
+    if steps > T:   # the padded input was longer than its longest sequence
+        padded = torch.cat([padded, padded.new_zeros([steps - T, B] + rest)])
+    return padded.transpose(0, 1) if batch_first else padded
 
 
 _lib = torch.library.Library("aten", "IMPL")
 _lib.impl("lstm.input", lstm_input, "AutogradPrivateUse1")
 _lib.impl("gru.input", gru_input, "AutogradPrivateUse1")
+_lib.impl("lstm.data", lstm_data, "AutogradPrivateUse1")
+_lib.impl("gru.data", gru_data, "AutogradPrivateUse1")
+_lib.impl("_pack_padded_sequence_backward", pack_padded_sequence_backward, "AutogradPrivateUse1")
