@@ -416,6 +416,26 @@ def _amp(a, b):
 case("amp unscale(nonfinite)", _amp, rows(234), rows(235))
 case("amp unscale(finite)", _amp, torch.randn(3, 3), torch.randn(5))
 
+# -- half precision: the same specials through the f16/bf16 loads and stores -------------------------------
+for _dt in (torch.float16, torch.bfloat16):
+    _k = str(_dt).replace("torch.", "")
+    _t = (1e-2, 1e-2) if _dt == torch.bfloat16 else (2e-3, 2e-3)
+    for _name, _f in {"relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu,
+                      "hardtanh": F.hardtanh, "clamp": lambda x: x.clamp(-1, 1), "exp": torch.exp,
+                      "add": lambda x: x + x.flip(1), "ne": lambda x: x != x.flip(0), "sum": lambda x: x.sum(1),
+                      "amax": lambda x: x.amax(1), "softmax": lambda x: x.softmax(1),
+                      "layer_norm": lambda x: F.layer_norm(x, (8,)), "to float": lambda x: x.float(),
+                      "from float": lambda x: (x.float() * 3).to(x.dtype)}.items():
+        case(f"{_k} {_name}", _f, rows(330, dtype=_dt), tol=_t)
+case("float32 -> float16 overflow", lambda x: (x * 1e4).half(), rows(331))
+case("float32 -> bfloat16 overflow", lambda x: (x * 1e37).bfloat16(), rows(332))
+
+# -- attention (softmax of a causal row kernel) ---------------------------------------------------------------
+# The CPU's fused (flash) kernel returns 0 in some columns of a NaN query's row; its math kernel gives NaN.
+case("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+     rows(333).reshape(1, 2, 4, 8), rows(334).reshape(1, 2, 4, 8).nan_to_num(), rows(335).reshape(1, 2, 4, 8),
+     ref=lambda q, k, v: torch.ops.aten._scaled_dot_product_attention_math(q, k, v, is_causal=True)[0])
+
 # -- overloads that only a direct aten call reaches (PyTorch's Python API picks another one) -------------
 aten = torch.ops.aten
 
