@@ -82,16 +82,23 @@ def test_a_narrow_console_folds_cells_instead_of_cutting_them(monkeypatch):
 
 def test_noisy_rows_are_named_with_the_measured_cause():
     data = _slow_noisy_report()
-    (line,) = report.noise_lines(data)
-    assert "cpu / mlp (4.26 s ±1.4" in line and "66%" in line and "not reliable" in line
-    assert "other processes kept 62%" in line
+    head, row, cause = report.noise_lines(data)
+    assert "not reliable" in head and "30%" in head
+    assert row == "  cpu / mlp: 4.26 s ±1.4, spread 66%"
+    assert cause.startswith("busy machine: other processes kept 62%") and "no speed-up here is reliable" in cause
+    assert "not reliable: the machine was busy" in report.summary_lines(data)[0]
     data["other_load"] = {"share": 0.02, "cpu_s": 1.0, "available_cpu_s": 64.0}
-    assert "the cause is not other load" in report.noise_lines(data)[0]
-    data["other_load"] = None
-    assert "not measured" in report.noise_lines(data)[0]
+    assert report.noise_lines(data)[-1].startswith("why: other processes used only 2%")
+    assert "the cause is not other load" in report.noise_lines(data)[-1]
     summary = report.summary_lines(data)
-    assert summary[0].startswith("wgpu: 4.00x the CPU's speed") and "not reliable: mlp" in summary[0]
-    assert report.noise_lines(REPORT) == []  # steady rows: nothing to say
+    assert summary[0].startswith("wgpu: 4.00x the CPU's speed") and "not reliable: mlp measured noisy" in summary[0]
+    data["other_load"] = None
+    assert "not measured" in report.noise_lines(data)[-1]
+    assert report.noise_lines(REPORT) == []  # steady rows on a quiet machine: nothing to say
+    # steady rows on a busy machine: a step slowed evenly is steady and still wrong
+    busy = dict(REPORT, other_load={"share": 0.77, "cpu_s": 90.0, "available_cpu_s": 117.0})
+    (line,) = report.noise_lines(busy)
+    assert "other processes kept 77%" in line and "no speed-up here is reliable" in line
 
 
 def test_spread_threshold():
@@ -207,3 +214,12 @@ def test_run_in_a_pipe_prints_whole_sentences_and_the_route_once():
     assert "…" not in text and "e+0" not in text, text
     assert text.count("training on cpu") == 1, text
     assert "(chance 10%, best possible" in text
+
+
+def test_refusal_reasons_write_large_losses_in_full():
+    from navitrain.bench import verify
+
+    rising = verify.problem([2.5e5, 4.0e6, 3.2e7], None, None)
+    assert "first step 250000" in rising and "32000000" in rising and "e+" not in rising
+    apart = verify.problem([1.5e6, 1.0], 1.5e6, 2.302585)
+    assert "1500000 disagrees with the CPU's 2.30259" in apart and "e+" not in apart

@@ -18,6 +18,9 @@ from typing import Any
 NOISY_SPREAD = 0.3
 # Share of the machine's CPU time other processes used above which they are named as the likely cause.
 BUSY_SHARE = 0.1
+# ... and above which every time of the bench competed with them, steady or not: a step can be slowed
+# evenly (its spread small) and its ratio still be wrong, so no speed-up of such a bench is reliable.
+LOADED_SHARE = 0.25
 
 
 def relative_spread(iqr_ms: float | None, median_ms: float | None) -> float | None:
@@ -75,6 +78,10 @@ class OtherLoad:
             return None
         other = max(0.0, busy - (_own_cpu_seconds() - self._own))
         return {"share": min(1.0, other / total), "cpu_s": other, "available_cpu_s": total}
+
+
+def machine_busy(other_load: dict[str, Any] | None) -> bool:
+    return bool(other_load) and other_load["share"] >= LOADED_SHARE
 
 
 def cause_sentence(other_load: dict[str, Any] | None) -> str:

@@ -105,22 +105,29 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         mean = product ** (1 / len(rows))
         count = f"{len(rows)} workload" + ("s" if len(rows) > 1 else "")
         line = f"{route}: {units.ratio(mean)} the CPU's speed (geometric mean over {count})"
-        unreliable = [row["workload"] for row in rows if row.get("speedup_reliable") is False]
-        if unreliable:
+        if noise.machine_busy(report.get("other_load")):
+            line += "; not reliable: the machine was busy (see below)"
+        elif unreliable := [row["workload"] for row in rows if row.get("speedup_reliable") is False]:
             line += f"; not reliable: {', '.join(unreliable)} measured noisy (see below)"
         lines.append(line)
     return lines
 
 
 def noise_lines(report: dict[str, Any]) -> list[str]:
-    """Which rows were too spread out for their ratios to mean anything, and what the machine's other
-    load says about why; empty when every row was steady."""
+    """Which rows were too spread out for their ratios to mean anything (one line each), whether the
+    machine was too busy for any ratio to mean anything, and what the measured load says about why;
+    empty when every row was steady on a quiet machine."""
     noisy = [row for row in report["results"] if row.get("noisy")]
-    if not noisy:
-        return []
-    rows = "; ".join(f"{row['route']} / {row['workload']} ({units.duration(row['median_ms'], row['iqr_ms'] / 2)}: "
-                     f"the middle half of its steps spans {row['relative_spread']:.0%} of the median)"
-                     for row in noisy)
-    return [f"noisy: {rows}. A speed-up computed from these rows is not reliable "
-            f"(more than {noise.NOISY_SPREAD:.0%} spread); "
-            f"{noise.cause_sentence(report.get('other_load'))}."]
+    other_load = report.get("other_load")
+    lines = []
+    if noisy:
+        lines.append(f"noisy: the speed-ups of these rows are not reliable (the middle half of their steps spans "
+                     f"more than {noise.NOISY_SPREAD:.0%} of the median step time):")
+        lines += [f"  {row['route']} / {row['workload']}: {units.duration(row['median_ms'], row['iqr_ms'] / 2)}, "
+                  f"spread {row['relative_spread']:.0%}" for row in noisy]
+    if noise.machine_busy(other_load):
+        lines.append(f"busy machine: {noise.cause_sentence(other_load)}. Every time above competed with that "
+                     "load, steady or not, so no speed-up here is reliable.")
+    elif noisy:
+        lines.append(f"why: {noise.cause_sentence(other_load)}.")
+    return lines

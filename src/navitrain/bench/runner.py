@@ -384,12 +384,14 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
         if result.status == "ok":
             result.relative_spread = noise.relative_spread(result.iqr_ms, result.median_ms)
             result.noisy = noise.is_noisy(result.relative_spread)
+    other_load = load.stop()
+    busy = noise.machine_busy(other_load)
     cpu_rows = {r.workload: r for r in results if r.route == "cpu" and r.status == "ok"}
     for result in results:
         base = cpu_rows.get(result.workload)
         if result.status == "ok" and base is not None and base.samples_per_s:
             result.speedup_vs_cpu = result.samples_per_s / base.samples_per_s
-            result.speedup_reliable = not (result.noisy or base.noisy)
+            result.speedup_reliable = not (result.noisy or base.noisy or busy)
     return BenchReport(size=size, steps=steps, warmup=warmup, seed=seed, routes=infos, results=results,
                        machine=machine_info(infos), wall_s=time.perf_counter() - started,
-                       other_load=load.stop())
+                       other_load=other_load)

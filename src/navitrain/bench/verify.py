@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from navitrain.bench.units import plain
+
 # First-step losses from the same seed and weights agree to ~1e-6 between correct fp32 implementations;
 # 1% leaves room for TF32 convolutions (cuDNN's default on Ampere and later) and still catches any
 # broken kernel, whose loss is off by far more.
@@ -29,11 +31,11 @@ def problem(losses: list[float], check_loss: float | None, cpu_check_loss: float
         return f"loss is not finite from step {bad[0]} (got {losses[bad[0] - 1]})"
     if not loss_decreased(losses):
         tail = losses[-max(1, len(losses) // 3):]
-        return (f"loss did not decrease: first step {losses[0]:.4g}, mean of the last {len(tail)} "
-                f"steps {sum(tail) / len(tail):.4g}")
+        return (f"loss did not decrease: first step {plain(losses[0], 4)}, mean of the last {len(tail)} "
+                f"steps {plain(sum(tail) / len(tail), 4)}")
     if check_loss is not None and cpu_check_loss is not None:
         if not math.isclose(check_loss, cpu_check_loss, rel_tol=LOSS_RTOL, abs_tol=LOSS_ATOL):
-            return (f"first-step loss {check_loss:.6g} disagrees with the CPU's {cpu_check_loss:.6g} "
+            return (f"first-step loss {plain(check_loss, 6)} disagrees with the CPU's {plain(cpu_check_loss, 6)} "
                     f"from the same seed (tolerance {LOSS_RTOL:g} relative)")
     return None
 

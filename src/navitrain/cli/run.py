@@ -103,7 +103,7 @@ def _train(device, steps: int, budget: float, as_json: bool) -> dict[str, Any]:
     console.print(f"{result['model']} on {result['device']}: loss {result['loss_start']:.3f} → "
                   f"{result['loss_end']:.3f}; held-out accuracy {result['held_out_accuracy']:.0%} "
                   f"(chance {result['chance_accuracy']:.0%}, best possible {result['best_possible_accuracy']:.0%}: "
-                  f"{result['label_noise']:.0%} of the labels are random); "
+                  f"{result['label_noise']:.0%} of the labels replaced at random); "
                   f"{units.rate(result['samples_per_s'])} samples/s")
     if result["stopped_by_time_budget"]:
         console.print(f"[yellow]stopped after {result['steps']} of {steps} steps: the {budget:g} s budget ran out "
