@@ -364,3 +364,15 @@ def test_lstm_under_autocast_runs_in_the_half_type(dtype):
     for (name, c), d in zip(mod.named_parameters(), dev_mod.parameters()):
         _close(d.grad, c.grad, f"grad of {name}", rtol=5e-2, atol=5e-2)
     assert nw.fallback_report()["total_fallback_calls"] == 0
+
+
+def test_float64_rnns_fall_back_op_by_op_with_the_cpus_results(lenient):
+    """float64 has no wgpu kernels and PyTorch no CPU kernel for the fused cells: the cells are then
+    spelled with ordinary ops, each of which falls back to the CPU (counted)."""
+    torch.manual_seed(13)
+    nw.reset_fallback_counts()
+    for mod in (nn.LSTM(3, 4, num_layers=2, bidirectional=True), nn.GRU(3, 4)):
+        mod = mod.double()
+        x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        _check_module(mod, [x])
+    assert nw.fallback_report()["total_fallback_calls"] > 0

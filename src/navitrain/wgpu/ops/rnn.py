@@ -21,6 +21,7 @@ import torch
 
 from navitrain.wgpu import codegen, dispatch
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.reduction import reduce
 from navitrain.wgpu.runtime import runtime
@@ -84,6 +85,11 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
     rt.dispatch(kernel, tuple(t._ws.heap for _, t in present), p.pack(), codegen.groups_for(threads, WG))
 
 
+def _has_kernels(dtype: torch.dtype) -> bool:
+    """float dtypes the cell kernels compute in; others (float64) take ops/rnn_by_ops.py."""
+    return dtype.is_floating_point and runtime().stypes[dtype].has_kernels
+
+
 def _check_gates(name: str, gates, state, k: int) -> tuple[int, int]:
     if gates.dim() != 2 or state.dim() != 2 or gates.shape[0] != state.shape[0] or gates.shape[1] != k * state.shape[1]:
         raise RuntimeError(f"{name}: gates of shape {tuple(gates.shape)} do not fit a state of shape "
@@ -114,6 +120,8 @@ _LSTM_FORWARD = _PROLOGUE + """
 def fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
     B, H = _check_gates("_thnn_fused_lstm_cell", input_gates, cx, 4)
     dtype = input_gates.dtype
+    if not _has_kernels(dtype):
+        return by_ops.lstm_cell(input_gates, hidden_gates, cx, input_bias, hidden_bias)
     hy, cy, ws = empty([B, H], dtype), empty([B, H], dtype), empty([B, 4 * H], dtype)
     lstm_forward_into(input_gates, hidden_gates, cx, input_bias, hidden_bias, hy, cy, ws)
     return hy, cy, ws
@@ -147,6 +155,9 @@ _LSTM_BACKWARD = _PROLOGUE + """
 def fused_lstm_cell_backward_impl(grad_hy, grad_cy, cx, cy, workspace, has_bias):
     B, H = _check_gates("_thnn_fused_lstm_cell_backward_impl", workspace, cx, 4)
     dtype = workspace.dtype
+    if not _has_kernels(dtype):
+        grad_gates, grad_cx = by_ops.lstm_cell_backward(grad_hy, grad_cy, cx, cy, workspace)
+        return grad_gates, grad_cx, (grad_gates.sum(0) if has_bias else None)
     grad_gates, grad_cx = empty([B, 4 * H], dtype), empty([B, H], dtype)
     lstm_backward_into(grad_hy, grad_cy, cx, cy, workspace, grad_gates, grad_cx)
     grad_bias = reduce(grad_gates, [0], False, "sum", dtype) if has_bias else None
@@ -180,6 +191,8 @@ _GRU_FORWARD = _PROLOGUE + """
 def fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None):
     B, H = _check_gates("_thnn_fused_gru_cell", input_gates, hx, 3)
     dtype = input_gates.dtype
+    if not _has_kernels(dtype):
+        return by_ops.gru_cell(input_gates, hidden_gates, hx, input_bias, hidden_bias)
     hy, ws = empty([B, H], dtype), empty([B, 5 * H], dtype)
     gru_forward_into(input_gates, hidden_gates, hx, input_bias, hidden_bias, hy, ws)
     return hy, ws
@@ -222,6 +235,9 @@ def gru_backward_into(grad_hy, workspace, grad_next, grad_x, grad_h, grad_hx) ->
 def fused_gru_cell_backward(grad_hy, workspace, has_bias):
     B, H = _check_gates("_thnn_fused_gru_cell_backward", workspace, grad_hy, 5)
     dtype = workspace.dtype
+    if not _has_kernels(dtype):
+        grad_x, grad_h, grad_hx = by_ops.gru_cell_backward(grad_hy, workspace)
+        return (grad_x, grad_h, grad_hx) + ((grad_x.sum(0), grad_h.sum(0)) if has_bias else (None, None))
     grad_x, grad_h, grad_hx = empty([B, 3 * H], dtype), empty([B, 3 * H], dtype), empty([B, H], dtype)
     gru_backward_into(grad_hy, workspace, None, grad_x, grad_h, grad_hx)
     if not has_bias:

@@ -12,9 +12,9 @@ GEMMs and adds the step's weight gradients into the running sums. Here, per laye
               dW_hr over all steps as one GEMM/reduction each. dG_x flows back into F.linear, whose
               backward is one GEMM for dX and one for dW_ih.
 
-Packed sequences (aten::lstm.data / gru.data) and anything but 3-D same-dtype float wgpu tensors keep
-PyTorch's decomposition, which reaches the cell kernels in ops/rnn.py. The recurrence node has no
-double backward (as cuDNN's RNNs).
+Packed sequences (aten::lstm.data / gru.data) run the same way over a padded [T, B] grid (_Packing).
+Inputs of mixed dtypes, or of a dtype without kernels (float64), keep PyTorch's decomposition, which
+reaches the cell ops in ops/rnn.py. The recurrence node has no double backward (as cuDNN's RNNs).
 """
 from __future__ import annotations
 
@@ -163,7 +163,8 @@ class _Recurrence(torch.autograd.Function):
 
 
 def _fast(input, tensors, dim: int = 3) -> bool:
-    return (input.dim() == dim and all(n > 0 for n in input.shape[:-1]) and input.dtype.is_floating_point
+    """Inputs the whole-layer path takes; anything else (float64 included) keeps PyTorch's decomposition."""
+    return (input.dim() == dim and all(n > 0 for n in input.shape[:-1]) and cells._has_kernels(input.dtype)
             and all(isinstance(t, WgpuTensor) and t.dtype == input.dtype for t in tensors))
 
 
@@ -194,7 +195,7 @@ class _Packing:
 
     @classmethod
     def of(cls, batch_sizes, device) -> "_Packing":
-        key = tuple(batch_sizes.tolist())   # batch_sizes live on the CPU: no device read
+        key = (str(device), *batch_sizes.tolist())   # batch_sizes live on the CPU: no device read
         packing = cls._cache.get(key)
         if packing is None:
             if len(cls._cache) > 64:
