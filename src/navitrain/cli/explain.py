@@ -70,11 +70,13 @@ def register(app: typer.Typer) -> None:
 def _render(modes) -> None:
     from rich.markup import escape
 
+    from navitrain.doctor.printable import printable
+
     for m in modes:
         colour = "yellow" if m.id == "unknown" else ("cyan" if m.id == "cpu-fallback-warning" else "bold red")
         console.rule(f"[{colour}]{escape(m.id)}[/] — {escape(m.title)}", align="left")
         for line in m.lines:
-            console.print(f"  [dim]│[/] {escape(line)}")
+            console.print(f"  [dim]│[/] {escape(printable(line))}")  # a log line is shown, never obeyed
         console.print(f"[bold]Why:[/] {escape(m.why)}")
         console.print(f"[bold]Fix:[/] {escape(m.fix)}")
         for note in m.context:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from navitrain.doctor import logs
 from navitrain.doctor.child import MARKER, ChildResult, run_command, run_python
+from navitrain.doctor.printable import printable_data
 from navitrain.doctor.tree import Tree
 
 TORCH_TIMEOUT = 90.0    # a ROCm torch imports slowly the first time (code object loading)
@@ -218,7 +219,8 @@ def run_all(tree: Tree, torch: bool = True, vulkan: bool = True, rocminfo: bool 
         out = {}
         for name, job in jobs.items():
             try:
-                out[name] = job.result()
+                # a child reports what drivers and libraries say (adapter names, errors): untrusted text
+                out[name] = printable_data(job.result(), limit=None)
             except Exception as exc:  # the doctor reports its own bugs as a row, too
                 out[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         return out

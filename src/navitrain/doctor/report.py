@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from navitrain.doctor.knowledge import SEVERITIES, Finding
+from navitrain.doctor.printable import printable_data
 from navitrain.doctor.situation import dicts, pick, strings
 
 SCHEMA_ID = "navitrain.doctor/1"
@@ -38,6 +39,8 @@ def document(facts: dict, findings: list[Finding]) -> dict:
 
 
 def render(doc: dict, console: Console) -> None:
+    # the safety net: whatever a fact, an override file or a finding holds is shown, never obeyed
+    doc = printable_data(doc)
     facts = doc.get("facts", {})
     console.rule(f"[bold]navitrain doctor[/] {escape(doc.get('navitrain_version', ''))}"
                  + (f" — root {escape(doc['root'])}" if doc.get("root") not in (None, "/") else ""))
@@ -151,7 +154,7 @@ def _gpu_table(facts: dict) -> Table:
     for g in dicts(facts.get("gpus")):
         gfx = str(g.get("gfx_target") or "?") + (" (KFD)" if g.get("gfx_source") == "kfd" else "")
         t.add_row(*(escape(str(x)) for x in (
-            g.get("name") or g.get("vendor") or "unknown", f"{g.get('vendor_id')}:{g.get('device_id')}",
+            g.get("name") or g.get("vendor") or "unknown", f"{g.get('vendor_id') or '?'}:{g.get('device_id') or '?'}",
             g.get("revision") or "", g.get("family") or "", gfx, g.get("driver") or "none", g.get("pci_slot") or "")))
     return t
 

@@ -11,6 +11,8 @@ import fnmatch
 import os
 from pathlib import Path
 
+from navitrain.doctor.printable import printable
+
 # sysfs and /proc files are tiny; a bigger file is not what we think it is.
 MAX_BYTES = 1 << 20
 
@@ -40,11 +42,12 @@ class Tree:
             return None
 
     def read_text(self, rel: str, limit: int = MAX_BYTES) -> str | None:
-        """The file as text (undecodable bytes replaced, NULs dropped), or None when unreadable."""
+        """The file as text, or None when unreadable: NULs dropped, undecodable bytes replaced, and control
+        characters (escape sequences) shown as escapes, since what a file holds may end up on a terminal."""
         data = self.read_bytes(rel, limit)
         if data is None:
             return None
-        return data.decode("utf-8", errors="replace").replace("\x00", "")
+        return printable(data.replace(b"\x00", b""), keep_lines=True, limit=None)
 
     def read_line(self, rel: str) -> str | None:
         """The first line of a one-value file (sysfs style), stripped; None when missing or empty."""
