@@ -1,6 +1,9 @@
 """navitrain advise: arithmetic checked against hand-computed cases, monotonicity, input validation, CLI."""
 import json
 import math
+import random
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -155,9 +158,15 @@ def test_the_recommendation_is_the_cheapest_total(cpu, gpu_factor, hours, price,
 
 # --------------------------------------------------------------------------------------------- CLI
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "doctor"
+WITH_GPU = ["--root", str(FIXTURES / "rx5600xt-rocm7-cputorch" / "root")]   # an RX 5600 XT
+UNKNOWN_GPU = ["--root", str(FIXTURES / "nvidia-rtx4090" / "root")]        # named only by torch, not probed here
+NO_GPU = ["--root", str(FIXTURES / "no-gpu" / "root")]
+
+
 def test_cli_json_has_every_input_and_output():
     result = CliRunner().invoke(app, ["advise", "--speed", "cpu=100", "--speed", "wgpu=3x", "--hour-value", "5",
-                                      "--json"])
+                                      "--json", *UNKNOWN_GPU])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["inputs"]["speeds"] == {"cpu": 100.0, "wgpu": 300.0}
@@ -170,9 +179,9 @@ def test_cli_json_has_every_input_and_output():
 
 
 def test_cli_table_and_recommendation():
-    result = CliRunner().invoke(app, ["advise", "--speed", "cpu=100", "--speed", "wgpu=300"])
+    result = CliRunner().invoke(app, ["advise", "--speed", "cpu=100", "--speed", "wgpu=300", *WITH_GPU])
     assert result.exit_code == 0, result.output
-    assert "recommendation" in result.output and "(wgpu)" in result.output
+    assert "Recommendation" in result.output and "(wgpu)" in result.output
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -184,3 +193,79 @@ def test_cli_rejects_bad_input_with_exit_2(args, needle):
     result = CliRunner().invoke(app, ["advise", *args])
     assert result.exit_code == 2
     assert needle in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------- sentences that follow from the machine
+
+def _advise_json(*args):
+    result = CliRunner().invoke(app, ["advise", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _random_speeds(rng):
+    cpu = rng.uniform(5, 500)
+    return ["--speed", f"cpu={cpu:.3f}", "--speed", f"wgpu={cpu * rng.uniform(0.5, 20):.3f}",
+            "--hour-value", f"{rng.choice([0, rng.uniform(0.1, 50)]):.2f}"]
+
+
+def _assert_whole_sentences(data):
+    for line in [data["reason"], *data["assumptions"], *(n for o in data["options"] for n in o["notes"])]:
+        assert line.endswith("."), f"not a full sentence: {line!r}"
+        assert not re.search(r"\bon (stay|rent|buy)\b", line, re.I), line
+        for sentence in re.split(r"(?<=\.)\s+", line):
+            assert sentence[0].isupper(), f"sentence starts mid-way: {sentence!r} in {line!r}"
+            assert not re.match(r"(Stay|Rent|Buy|Train)\b[^.]*\bwould save\b", sentence), \
+                f"an imperative used as a subject: {sentence!r}"
+
+
+@pytest.mark.parametrize("machine", ("with-gpu", "unknown-gpu", "no-gpu"))
+def test_rendered_advice_is_whole_sentences_on_every_machine(machine):
+    rng = random.Random()
+    args = {"with-gpu": WITH_GPU, "unknown-gpu": UNKNOWN_GPU, "no-gpu": NO_GPU}[machine]
+    data = _advise_json(*_random_speeds(rng), *args)
+    _assert_whole_sentences(data)
+    text = CliRunner().invoke(app, ["advise", *_random_speeds(rng), *args]).output
+    assert "Recommendation:" in text and "Traceback" not in text
+
+
+def test_a_machine_without_a_gpu_has_no_card_to_sell_and_no_gpu_power():
+    rng = random.Random()
+    data = _advise_json(*_random_speeds(rng), *NO_GPU)
+    inputs = data["inputs"]
+    assert data["machine"]["gpu"] is None
+    assert inputs["resale"] == 0 and inputs["current_gpu"] is None
+    assert inputs["power_gpu"] == inputs["power_cpu"]  # its "GPU" route runs on the CPU (software Vulkan)
+    local, cpu = (next(o for o in data["options"] if o["key"] == k) for k in ("local", "cpu"))
+    # the same energy per hour as the CPU: money per hour of training is the CPU's
+    assert local["money_per_month"] / local["hours_per_month"] == pytest.approx(
+        cpu["money_per_month"] / cpu["hours_per_month"])
+    upgrade = next(o for o in data["options"] if o["key"] == "upgrade")
+    assert upgrade["upfront"] == inputs["upgrade_price"]  # nothing sold
+    text = " ".join(data["assumptions"])
+    assert "no card to sell" in text and "sells for" not in text and "current GPU" not in text
+    refused = CliRunner().invoke(app, ["advise", "--speed", "cpu=1", "--resale", "50", *NO_GPU])
+    assert refused.exit_code == 2 and "--resale" in refused.output and "no graphics card" in refused.output
+
+
+def test_a_known_card_draws_its_board_power_and_an_unknown_one_says_it_is_assumed():
+    rng = random.Random()
+    known = _advise_json(*_random_speeds(rng), *WITH_GPU)
+    assert known["machine"] == {"gpu": "AMD Radeon RX 5600 XT", "board_watts": 150}
+    assert known["inputs"]["power_gpu"] == 150 + 100 and known["inputs"]["resale"] == 100
+    assert "150 W typical board power" in " ".join(known["assumptions"])
+    assert "AMD Radeon RX 5600 XT sells for" in " ".join(known["assumptions"])
+    unknown = _advise_json(*_random_speeds(rng), *UNKNOWN_GPU)
+    assert unknown["machine"]["board_watts"] is None and unknown["inputs"]["power_gpu"] == 300
+    assert "assumed" in unknown["inputs"]["power_gpu_source"] and "--power-gpu" in " ".join(unknown["assumptions"])
+    given = _advise_json(*_random_speeds(rng), *WITH_GPU, "--power-gpu", "321")
+    assert given["inputs"]["power_gpu"] == 321 and given["inputs"]["power_gpu_source"] == "given with --power-gpu"
+
+
+@pytest.mark.parametrize("name,watts", [("AMD Radeon RX 5700 XT", 225), ("AMD Radeon RX 5700", 180),
+                                        ("AMD Radeon RX 7900 XTX", 355), ("AMD Radeon RX 7900 XT", 315),
+                                        ("NVIDIA GeForce RTX 4090", 450), ("AMD Radeon Pro W5700", None), (None, None)])
+def test_board_power_table_matches_the_longest_model_name(name, watts):
+    from navitrain.advise_machine import board_watts
+
+    assert board_watts(name) == watts

@@ -49,6 +49,10 @@ class Inputs:
     power_cpu: float = 150.0               # whole machine, watts, while training on the CPU
     power_gpu: float = 300.0               # whole machine, watts, while training on the current GPU
     power_upgrade: float = 300.0           # whole machine, watts, while training on the new card
+    # The machine's card, as the sentences name it; None: the machine has none (nothing to sell, and its
+    # GPU routes, if any, run on the CPU through a software Vulkan driver at the CPU's power).
+    current_gpu: str | None = "the current GPU"
+    power_gpu_source: str = "assumed; --power-gpu sets it"  # where power_gpu comes from, for the output
     hour_value: float = 0.0                # what an hour of waiting for results is worth
     months: int = 24                       # horizon for totals and the recommendation
     currency: str = "$"
@@ -86,6 +90,8 @@ def validate(inputs: Inputs) -> None:
             raise AdviceInputError(option, f"must be {'above' if exclusive else 'at least'} {low:g}, got {value:g}")
         if value > high:
             raise AdviceInputError(option, f"{value:g} is not plausible (at most {high:g})")
+    if inputs.current_gpu is None and inputs.resale > 0:
+        raise AdviceInputError("--resale", "this machine has no graphics card to sell")
     if "cpu" not in inputs.speeds:
         raise AdviceInputError("--speed", "a speed for the cpu route is needed (e.g. --speed cpu=1)")
     for route, speed in inputs.speeds.items():
@@ -99,7 +105,7 @@ def validate(inputs: Inputs) -> None:
 @dataclass
 class Option:
     key: str                     # cpu | local | cloud | upgrade
-    label: str
+    label: str                   # a noun phrase: "the CPU", "a rented cloud GPU"
     speed_vs_cpu: float
     hours_per_month: float       # waiting for training to finish
     money_per_month: float       # electricity or rent
@@ -111,6 +117,7 @@ class Option:
     break_even_month: dict[str, int | None] = field(default_factory=dict)  # upgrade only: vs each option
     notes: list[str] = field(default_factory=list)
     key_detail: str = ""         # local: which route
+    action: str = ""             # the advice as an imperative: "Stay on the CPU", "Rent a cloud GPU"
 
     @property
     def short(self) -> str:
@@ -157,29 +164,35 @@ def advise(inputs: Inputs) -> Advice:
     work = inputs.hours_per_month * baseline_speed  # samples a month, in speed units x hours
     kwh = inputs.electricity_price / 1000.0
 
-    def machine_option(key: str, label: str, speed: float, watts: float) -> Option:
+    def machine_option(key: str, label: str, action: str, speed: float, watts: float) -> Option:
         hours = work / speed
-        return Option(key, label, speed / cpu_speed, hours, hours * watts * kwh)
+        return Option(key, label, speed / cpu_speed, hours, hours * watts * kwh, action=action)
 
-    options = [machine_option("cpu", "stay on the CPU", cpu_speed, inputs.power_cpu)]
+    options = [machine_option("cpu", "the CPU", "Stay on the CPU", cpu_speed, inputs.power_cpu)]
+    card = inputs.current_gpu
     if best_gpu is not None:
-        local = machine_option("local", f"best local GPU route ({best_gpu})", gpu_routes[best_gpu], inputs.power_gpu)
+        # without a card, a "GPU" route runs on a software Vulkan driver: the CPU does the work, at its power
+        where = f"on {card}" if card else "(on the CPU: this machine has no GPU)"
+        local = machine_option("local", f"the {best_gpu} route {where}", f"Train on the {best_gpu} route",
+                               gpu_routes[best_gpu], inputs.power_gpu if card else inputs.power_cpu)
         if gpu_routes[best_gpu] <= cpu_speed:
-            local.notes.append(f"{best_gpu} is not faster than the CPU here")
+            local.notes.append(f"The {best_gpu} route is not faster than the CPU here.")
         local.key_detail = best_gpu
         options.append(local)
 
     cloud_speed = (inputs.cloud_vs_local * baseline_speed if inputs.cloud_vs_local is not None
                    else inputs.cloud_vs_cpu * cpu_speed)
     cloud_hours = work / cloud_speed
-    options.append(Option("cloud", "rent a cloud GPU", cloud_speed / cpu_speed, cloud_hours,
-                          cloud_hours * inputs.cloud_price,
-                          notes=["rent only: data transfer, storage and set-up time not included"]))
+    options.append(Option("cloud", "a rented cloud GPU", cloud_speed / cpu_speed, cloud_hours,
+                          cloud_hours * inputs.cloud_price, action="Rent a cloud GPU",
+                          notes=["The cloud figures are rent only: data transfer, storage and set-up time are "
+                                 "not included."]))
 
     upgrade_speed = (inputs.upgrade_vs_local * baseline_speed if inputs.upgrade_vs_local is not None
                      else inputs.upgrade_vs_cpu * cpu_speed)
-    upgrade = machine_option("upgrade", "buy a supported card, sell the current one", upgrade_speed,
-                             inputs.power_upgrade)
+    upgrade = machine_option("upgrade", "a new supported card",
+                             f"Buy a supported card and sell {card}" if card else "Buy a supported card",
+                             upgrade_speed, inputs.power_upgrade)
     upgrade.upfront = inputs.upgrade_price - inputs.resale
     options.append(upgrade)
 
@@ -220,12 +233,13 @@ def _money(value: float, currency: str) -> str:
 
 
 def _reason(best: Option, options: list[Option], inputs: Inputs) -> str:
+    """Whole sentences: the advice, what it costs, and what each faster option would save."""
     c = inputs.currency
-    text = (f"{best.label}: {best.hours_per_month:.1f} h of training a month for "
+    text = (f"{best.action}. That is {best.hours_per_month:.1f} h of training a month for "
             f"{_money(best.money_per_month, c)} a month")
     if best.upfront:
         text += f" after {_money(best.upfront, c)} up front"
-    text += f"; {_money(best.total_cost, c)} over {inputs.months} months"
+    text += f", {_money(best.total_cost, c)} over {inputs.months} months"
     if inputs.hour_value:
         text += f" counting waiting at {_money(inputs.hour_value, c)}/h"
     text += "."
@@ -250,15 +264,26 @@ def _assumptions(inputs: Inputs, baseline: Option) -> list[str]:
              else f"{inputs.cloud_vs_cpu:g}x the CPU")
     upgrade = (f"{inputs.upgrade_vs_local:g}x the best local route" if inputs.upgrade_vs_local is not None
                else f"{inputs.upgrade_vs_cpu:g}x the CPU")
+    card = inputs.current_gpu
+    sale = (f"{card} sells for {_money(inputs.resale, c)}." if card else "this machine has no card to sell.")
+    power = f"Electricity costs {_money(inputs.electricity_price, c)}/kWh. The machine draws {inputs.power_cpu:g} W " \
+            "training on the CPU"
+    if card:
+        power += (f", {inputs.power_gpu:g} W on {card} ({inputs.power_gpu_source}) and {inputs.power_upgrade:g} W on "
+                  "the new card.")
+    else:
+        power += f" and would draw {inputs.power_upgrade:g} W on a new card."
+        gpu_routes = [r for r in inputs.speeds if r != "cpu"]
+        if gpu_routes:
+            power += (f" It has no GPU, so the {', '.join(gpu_routes)} route{'s' if len(gpu_routes) > 1 else ''} "
+                      "runs on the CPU at the CPU's power.")
     return [
-        f"speeds: {', '.join(f'{r} {s:.4g}' for r, s in inputs.speeds.items())} ({inputs.speeds_source})",
-        f"{inputs.hours_per_month:g} h of training a month on {baseline.label}",
-        f"cloud GPU: {_money(inputs.cloud_price, c)}/h at {cloud}",
-        f"upgrade: {_money(inputs.upgrade_price, c)} card at {upgrade}, current card sold for "
-        f"{_money(inputs.resale, c)}",
-        f"electricity {_money(inputs.electricity_price, c)}/kWh; machine draws {inputs.power_cpu:g} W on the CPU, "
-        f"{inputs.power_gpu:g} W on the current GPU, {inputs.power_upgrade:g} W on the new card",
-        f"an hour of waiting is worth {_money(inputs.hour_value, c)}; horizon {inputs.months} months",
+        f"The speeds are {', '.join(f'{r} {s:.4g}' for r, s in inputs.speeds.items())} ({inputs.speeds_source}).",
+        f"You train {inputs.hours_per_month:g} h a month on {baseline.label}.",
+        f"A cloud GPU costs {_money(inputs.cloud_price, c)}/h and runs at {cloud}.",
+        f"A new card costs {_money(inputs.upgrade_price, c)} and runs at {upgrade}; {sale}",
+        power,
+        f"An hour of waiting is worth {_money(inputs.hour_value, c)} to you; totals are over {inputs.months} months.",
     ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -21,6 +22,7 @@ def _defaults():
 
 
 def _render(advice) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     data = advice.to_dict()
@@ -45,15 +47,33 @@ def _render(advice) -> None:
                       f"{c}{option['money_per_month']:,.2f}", f"{c}{option['upfront']:,.0f}",
                       f"{c}{option['total_cost']:,.2f}", worth_text, even, style=style)
     console.print(table)
-    console.print("[dim]pays if 1 h >: the value of an hour of waiting above which the option beats what you "
-                  "use now; upgrade even: the month the upgrade has paid for itself against that option[/]")
-    console.print(f"[bold]recommendation:[/] {data['reason']}")
-    console.print("[dim]assumptions:[/]")
+    console.print("[dim]'pays if 1 h >' is the value of an hour of waiting above which the option beats what you "
+                  "use now. 'upgrade even' is the month in which the upgrade has paid for itself against that "
+                  "option.[/]")
+    console.print(f"[bold]Recommendation:[/] {escape(data['reason'])}")
+    console.print("[dim]Assumptions:[/]")
     for line in data["assumptions"]:
-        console.print(f"  [dim]- {line}[/]")
+        console.print(f"  [dim]- {escape(line)}[/]")
     for option in data["options"]:
         for note in option["notes"]:
-            console.print(f"  [dim]- {option['key']}: {note}[/]")
+            console.print(f"  [dim]- {escape(note)}[/]")
+
+
+def _machine(root: Path, resale: float | None, power_gpu: float | None, power_cpu: float):
+    """The card on this machine and the inputs that follow from it: what it sells for and what the machine
+    draws on it, unless the user gave them."""
+    from navitrain.advise_machine import ASSUMED_RESALE, machine_card
+
+    card = machine_card(root)
+    if not card.present:
+        # nothing to sell; a GPU route here runs on the CPU (software Vulkan), at the CPU's power
+        return card, {"current_gpu": None, "resale": 0.0 if resale is None else resale, "power_gpu": power_cpu,
+                      "power_gpu_source": "no GPU here: a GPU route runs on the CPU"}
+    watts, source = card.power()
+    if power_gpu is not None:
+        watts, source = power_gpu, "given with --power-gpu"
+    return card, {"current_gpu": card.name, "resale": ASSUMED_RESALE if resale is None else resale,
+                  "power_gpu": watts, "power_gpu_source": source}
 
 
 def register(app: typer.Typer) -> None:
@@ -69,16 +89,23 @@ def register(app: typer.Typer) -> None:
         cloud_speed: Optional[float] = typer.Option(None, "--cloud-speed", help="Cloud GPU speed as a multiple of your best local route."),
         cloud_vs_cpu: float = typer.Option(d.cloud_vs_cpu, "--cloud-speed-vs-cpu", help="Cloud GPU speed as a multiple of your CPU (used without --cloud-speed)."),
         upgrade_price: float = typer.Option(d.upgrade_price, "--upgrade-price", help="Price of the new card."),
-        resale: float = typer.Option(d.resale, "--resale", help="What your current card sells for."),
+        resale: Optional[float] = typer.Option(
+            None, "--resale", help=f"What your current card sells for. Default: {d.resale:g} when this machine has "
+            "a graphics card, 0 when it has none."),
         upgrade_speed: Optional[float] = typer.Option(None, "--upgrade-speed", help="New card's speed as a multiple of your best local route."),
         upgrade_vs_cpu: float = typer.Option(d.upgrade_vs_cpu, "--upgrade-speed-vs-cpu", help="New card's speed as a multiple of your CPU (used without --upgrade-speed)."),
         electricity_price: float = typer.Option(d.electricity_price, "--electricity-price", help="Electricity price per kWh."),
         power_cpu: float = typer.Option(d.power_cpu, "--power-cpu", help="Watts the machine draws training on the CPU."),
-        power_gpu: float = typer.Option(d.power_gpu, "--power-gpu", help="Watts the machine draws training on your current GPU."),
+        power_gpu: Optional[float] = typer.Option(
+            None, "--power-gpu", help="Watts the machine draws training on your current GPU. Default: the card's "
+            "typical board power plus 100 W for the rest of the machine where navitrain knows the card, else "
+            f"{d.power_gpu:g} W (said to be assumed); the CPU's power on a machine without a GPU."),
         power_upgrade: float = typer.Option(d.power_upgrade, "--power-upgrade", help="Watts the machine would draw on the new card."),
         hour_value: float = typer.Option(d.hour_value, "--hour-value", help="What an hour of waiting for results is worth to you (0: count money only)."),
         months: int = typer.Option(d.months, "--months", help="Horizon for totals and the recommendation."),
         currency: str = typer.Option(d.currency, "--currency", help="Currency symbol for the output."),
+        root: Path = typer.Option(Path("/"), "--root", help="Read machine files under this directory instead of / "
+                                  "to find the graphics card (as navitrain doctor --root does)."),
         as_json: bool = typer.Option(False, "--json", help="Print every input and output as JSON."),
     ) -> None:
         """Hours of waiting and money a month for each option (CPU, best local GPU route, cloud, upgrade),
@@ -111,17 +138,20 @@ def register(app: typer.Typer) -> None:
                                        "(e.g. --speed cpu=120 --speed wgpu=400)")
             if not currency.strip() or len(currency) > 5:
                 raise AdviceInputError("--currency", f"{currency!r} is not a currency symbol")
+            if not root.is_dir():
+                raise AdviceInputError("--root", f"{root} is not a directory")
+            card, machine = _machine(root, resale, power_gpu, power_cpu)
             result = compute(Inputs(
                 speeds=speeds, hours_per_month=hours, cloud_price=cloud_price, cloud_vs_cpu=cloud_vs_cpu,
-                cloud_vs_local=cloud_speed, upgrade_price=upgrade_price, resale=resale,
-                upgrade_vs_cpu=upgrade_vs_cpu, upgrade_vs_local=upgrade_speed,
-                electricity_price=electricity_price, power_cpu=power_cpu, power_gpu=power_gpu,
+                cloud_vs_local=cloud_speed, upgrade_price=upgrade_price, upgrade_vs_cpu=upgrade_vs_cpu,
+                upgrade_vs_local=upgrade_speed, electricity_price=electricity_price, power_cpu=power_cpu,
                 power_upgrade=power_upgrade, hour_value=hour_value, months=months, currency=currency,
-                speeds_source=source))
+                speeds_source=source, **machine))
         except AdviceInputError as exc:
             fail(str(exc))
         if as_json:
-            print_json({**result.to_dict(), "notes": notes})
+            print_json({**result.to_dict(), "notes": notes,
+                        "machine": {"gpu": card.name, "board_watts": card.board_watts}})
             return
         for note in notes:
             console.print(f"[yellow]note:[/] {note}")

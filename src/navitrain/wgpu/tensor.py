@@ -95,9 +95,19 @@ class WgpuTensor(torch.Tensor):
             text = "Parameter containing:\n" + text
         return text
 
+    def __format__(self, spec):
+        # torch.Tensor.__format__ formats 0-d tensors as numbers only for exact torch.Tensor
+        # (f"{loss:.3f}"); a one-element read is what it would do on CUDA too.
+        if self.dim() == 0:
+            return self.item().__format__(spec)
+        return object.__format__(self, spec)
+
     def __reduce_ex__(self, protocol):
-        # Saved as a CPU tensor (or Parameter), so checkpoints load anywhere, without navitrain.
-        cpu = to_cpu(self.detach())
+        # Saved as a CPU tensor (or Parameter) whose storage is tagged "wgpu:0": torch.load brings it back
+        # on wgpu, or wherever map_location says, as for CUDA checkpoints (navitrain.wgpu.serialization).
+        from navitrain.wgpu.serialization import mark
+
+        cpu = mark(to_cpu(self.detach()))
         if getattr(self, "_is_param", False):
             return (torch._utils._rebuild_parameter, (cpu, self.requires_grad, OrderedDict()))
         if self.requires_grad:
