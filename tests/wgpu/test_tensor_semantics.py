@@ -111,13 +111,15 @@ def test_manual_seed_reproduces_device_rng_and_distributions_are_right():
     assert abs(m.mean().item() - 0.3) < 0.02
 
 
-def test_state_dict_save_load_gives_cpu_tensors():
+def test_state_dict_save_load_comes_back_on_wgpu_or_where_map_location_says():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).to(DEV)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    state = torch.load(buf)
+    assert all(v.device.type == DEV for v in torch.load(buf).values())  # as CUDA checkpoints come back on CUDA
+    buf.seek(0)
+    state = torch.load(buf, map_location="cpu")
     assert all(v.device.type == "cpu" for v in state.values())
     fresh = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).to(DEV)
     fresh.load_state_dict(state)
@@ -126,7 +128,7 @@ def test_state_dict_save_load_gives_cpu_tensors():
     buf = io.BytesIO()
     torch.save(model[0].weight, buf)
     buf.seek(0)
-    w = torch.load(buf)
+    w = torch.load(buf, map_location="cpu")
     assert isinstance(w, torch.nn.Parameter) and w.device.type == "cpu"
 
 

@@ -34,6 +34,7 @@ __all__ = [
 
 _device.register_factories()
 from navitrain.wgpu import ops as _ops  # noqa: E402  (registers every op handler)
+from navitrain.wgpu import serialization as _serialization  # noqa: E402,F401  (torch.save/load locations)
 
 
 def _enable_foreach_optimizers() -> None:

@@ -48,6 +48,7 @@ def register_factories() -> None:
     lib = torch.library.Library("aten", "IMPL")
 
     def empty_memory_format(size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+        check_index(device)
         dtype = dtype or torch.get_default_dtype()
         if memory_format in (None, torch.contiguous_format, torch.preserve_format):
             return empty(size, dtype)
@@ -55,10 +56,18 @@ def register_factories() -> None:
         return empty(size, dtype, strides)
 
     def empty_strided(size, stride, dtype=None, layout=None, device=None, pin_memory=None):
+        check_index(device)
         return empty(size, dtype or torch.get_default_dtype(), stride)
+
+    def efficient_zeros(size, dtype=None, layout=None, device=None, pin_memory=None):
+        # Autograd's zero gradients (sgn, sign, round, ...): PyTorch's ZeroTensor is a CPU/CUDA-only
+        # trick that holds no data, so a plain zero-filled tensor stands in for it.
+        check_index(device)
+        return torch.ops.aten.zero_.default(empty(size, dtype or torch.get_default_dtype()))
 
     lib.impl("empty.memory_format", empty_memory_format, "PrivateUse1")
     lib.impl("empty_strided", empty_strided, "PrivateUse1")
+    lib.impl("_efficientzerotensor", efficient_zeros, "PrivateUse1")
 
     # Some paths reach our tensors with the Python key excluded (torch.tensor(..., device="wgpu") copies
     # its CPU data in that way): give them the handlers directly on the PrivateUse1 key.
@@ -68,6 +77,13 @@ def register_factories() -> None:
         op = getattr(getattr(torch.ops.aten, packet), ov)
         lib.impl(name, dispatch.OPS[op], "PrivateUse1")
 
+    # Pinned (page-locked) host memory: PyTorch asks the PrivateUse1 hooks for a pinned allocator, which
+    # a Python backend cannot provide (torch 2.13's Python hooks expose is_available/is_built/
+    # has_primary_context only). Uploads to wgpu are staged through wgpu's own mapped buffers, so a
+    # page-locked source would gain nothing: pinning for wgpu is a plain CPU copy (`_pin_memory`
+    # promises a new, non-aliasing tensor). This is the CPU key's kernel, so it sees every pin request.
+    lib.impl("_pin_memory", _pin_memory, "CPU")
+
     fallback_lib = torch.library.Library("_", "IMPL")
 
     def factory_fallback(op, *args, **kwargs):
@@ -76,3 +92,29 @@ def register_factories() -> None:
 
     fallback_lib.fallback(factory_fallback, "PrivateUse1")
     _libs.extend([lib, fallback_lib])  # keep the registrations alive
+
+
+def check_index(device) -> None:
+    """Raise unless `device` (a torch.device, or None) names the one adapter navitrain drives, wgpu:0."""
+    if device is None or device.index in (None, 0):
+        return
+    from navitrain.wgpu.runtime import runtime
+
+    rt = runtime()
+    others = ", ".join(info.name for info in rt.all_adapters)
+    raise RuntimeError(
+        f"wgpu device {device} does not exist: navitrain drives one adapter, wgpu:0 ({rt.info.name}); "
+        f"adapters on this machine: {others} (pick another with NAVITRAIN_WGPU_ADAPTER)")
+
+
+def _pin_memory(tensor, device=None):
+    target = device.type if device is not None else _accelerator_name()
+    if target != "wgpu":
+        raise RuntimeError(f"navitrain.wgpu took over CPU pin_memory for the wgpu device and cannot pin for "
+                           f"{target!r} (a Python backend has no way to reach that backend's pinned allocator)")
+    return tensor.clone(memory_format=torch.preserve_format)
+
+
+def _accelerator_name() -> str | None:
+    acc = torch.accelerator.current_accelerator()
+    return acc.type if acc is not None else None

@@ -54,6 +54,8 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
     if _deferred and not _in_backward():
         _raise_deferred()
     try:
+        if func not in _MIXED_DEVICES_OK:
+            _check_same_device(func, args, kwargs)
         handler = OPS.get(func)
         if handler is not None:
             try:
@@ -65,6 +67,40 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
         if _in_backward():
             return _defer(func, args, kwargs or {}, exc)
         raise
+
+
+# -- one device per op ----------------------------------------------------------------------------
+# As on CUDA, an op takes tensors of one device, except 0-d CPU tensors (used as scalars), copies
+# between devices, and CPU index tensors in advanced indexing. Checked here once for every op, so no
+# handler meets a CPU tensor it would misread (as a scalar, or through a missing elem_offset).
+_MIXED_DEVICES_OK = {
+    aten.copy_.default, aten.copy.default, aten._to_copy.default, aten.index.Tensor, aten.index_put.default,
+    aten.index_put_.default, aten._index_put_impl_.default, aten._unsafe_index.Tensor,
+    aten._unsafe_index_put.default, aten.set_.source_Tensor, aten.set_.source_Storage,
+    aten.set_.source_Storage_storage_offset, aten.lift_fresh.default,
+}
+
+
+def _check_same_device(func, args, kwargs) -> None:
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            if a.dim() and not isinstance(a, WgpuTensor):
+                _raise_other_device(func, a, i)
+        elif type(a) in (list, tuple):
+            for v in a:
+                if isinstance(v, torch.Tensor) and v.dim() and not isinstance(v, WgpuTensor):
+                    _raise_other_device(func, v, i)
+    if kwargs:
+        for k, a in kwargs.items():
+            if isinstance(a, torch.Tensor) and a.dim() and not isinstance(a, WgpuTensor):
+                _raise_other_device(func, a, k)
+
+
+def _raise_other_device(func, tensor, where) -> None:
+    arguments = func._schema.arguments
+    name = arguments[where].name if isinstance(where, int) and where < len(arguments) else where
+    raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
+                       f"{DEVICE} and {tensor.device}! (argument {name} of {func})")
 
 
 # -- errors inside backward --------------------------------------------------------------------------
@@ -156,7 +192,16 @@ def _decomposition(func):
     return decomposition_table.get(func)
 
 
+# Ops whose PyTorch decomposition also runs on integer tensors (computing truncated values) while the
+# CPU has no integer kernel for them: refused here as the CPU refuses them.
+_FLOAT_ONLY_DECOMPOSED = {aten.logaddexp.default, aten.logaddexp2.default, aten.log_sigmoid_forward.default}
+
+
 def _unhandled(func, args, kwargs):
+    if func in _FLOAT_ONLY_DECOMPOSED:
+        for a in args:
+            if isinstance(a, torch.Tensor) and not a.dtype.is_floating_point:
+                raise NotImplementedError(f'"{func}" not implemented for \'{str(a.dtype).replace("torch.", "")}\'')
     active = getattr(_local, "decomposing", None)
     if active is None:
         active = _local.decomposing = set()

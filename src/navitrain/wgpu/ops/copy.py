@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu import pointwise
+from navitrain.wgpu.device import check_index
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, empty_like, from_cpu, to_cpu, upload_into
 
@@ -35,6 +36,8 @@ def copy_(dst, src, non_blocking=False):
 @implements(aten._to_copy.default)
 def _to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
     dtype = dtype or x.dtype
+    if device is not None and device.type == DEVICE.type:
+        check_index(device)  # x.to("wgpu:1") where only wgpu:0 exists
     if not isinstance(x, WgpuTensor):  # CPU -> device (reached through the PrivateUse1 key)
         if memory_format not in (None, torch.preserve_format):
             x = x.contiguous(memory_format=memory_format)
