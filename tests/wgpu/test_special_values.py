@@ -637,3 +637,25 @@ def test_fused_relu_epilogue_keeps_nan():
     ref = F.conv2d(x, w, padding=1).relu()
     assert ref.isnan().any()
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+def test_int_division_inside_a_graph_capture_is_counted_not_silent():
+    # A captured graph cannot read the divisor back, so the check cannot run there: it is counted and
+    # warned about (once), and a Python-number divisor is still checked on the host.
+    import navitrain.wgpu as nw
+    from navitrain.wgpu import int_division
+
+    a = torch.randint(-9, 10, (8,), generator=torch.Generator().manual_seed(340)).to(DEV)
+    b = torch.tensor([3, -2, 5, 7, 1, -1, 2, 4]).to(DEV)
+    int_division.unchecked_counts.clear()
+    g = nw.WgpuGraph()
+    with pytest.warns(UserWarning, match="not checked for zero divisors"):
+        with nw.graph(g):
+            q = a // b
+    assert int_division.unchecked_counts["aten.div(rounding_mode='floor')"] == 1
+    g.replay()
+    torch.testing.assert_close(q.cpu(), a.cpu() // b.cpu())
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        with nw.graph(nw.WgpuGraph()):
+            a // 0
+    int_division.unchecked_counts.clear()
