@@ -70,6 +70,12 @@ def test_quick_bench_draws_a_png(quick_bench):
 def test_bench_results_are_stored_for_advise(quick_bench):
     routes, _, result, _ = quick_bench
     data = json.loads(result.stdout)
+    from navitrain.bench import noise
+
+    if noise.machine_busy(data["other_load"]):
+        # timings taken against other load are not stored (they would steer navitrain.device())
+        assert data["stored"]["saved"] == 0 and "not stored" in data["stored"]["note"]
+        pytest.skip(f"other processes used {data['other_load']['share']:.0%} of the CPU: nothing stored to advise on")
     assert data["stored"]["saved"] == len(data["results"]), data["stored"]
     advice = _navitrain("advise", "--json", timeout=120)
     assert advice.returncode == 0, advice.stderr

@@ -223,3 +223,18 @@ def test_refusal_reasons_write_large_losses_in_full():
     assert "first step 250000" in rising and "32000000" in rising and "e+" not in rising
     apart = verify.problem([1.5e6, 1.0], 1.5e6, 2.302585)
     assert "1500000 disagrees with the CPU's 2.30259" in apart and "e+" not in apart
+
+
+def test_a_bench_on_a_busy_machine_is_not_stored(monkeypatch):
+    """navitrain.device() orders routes by stored speeds: a loaded CPU must not make wgpu look faster."""
+    from navitrain.bench import storage
+    from navitrain.probe import store
+
+    saved = []
+    monkeypatch.setattr(store, "save_bench", lambda *args, **kwargs: saved.append(args))
+    data = dict(REPORT, seed=0, machine=dict(REPORT["machine"], fingerprint="fp-busy"),
+                other_load={"share": 0.83, "cpu_s": 100.0, "available_cpu_s": 120.0})
+    result = storage.save(data)
+    assert result["saved"] == 0 and not saved and "83%" in result["note"] and "idle" in result["note"]
+    data["other_load"] = {"share": 0.05, "cpu_s": 6.0, "available_cpu_s": 120.0}
+    assert storage.save(data)["saved"] == len(saved) == 3  # the three timed rows of REPORT

@@ -23,6 +23,14 @@ def save(report: dict[str, Any]) -> dict[str, Any]:
     """Store every timed row of `report` (BenchReport.to_dict()). Returns {"saved", "fingerprint",
     "note"}; never raises: a bench whose results cannot be stored still printed them."""
     rows = [r for r in report["results"] if r["status"] == "ok" and r.get("samples_per_s")]
+    from navitrain.bench import noise
+
+    if noise.machine_busy(report.get("other_load")):
+        # navitrain.device() orders routes by stored speeds: timings taken against other load would
+        # steer it (a busy CPU makes every other route look faster than it is)
+        return {"saved": 0, "fingerprint": report.get("machine", {}).get("fingerprint"),
+                "note": f"not stored: other processes kept {report['other_load']['share']:.0%} of the CPU busy, "
+                        "and navitrain.device() would order routes by these speeds; rerun on an idle machine"}
     try:
         from navitrain.probe import store
     except Exception as exc:
