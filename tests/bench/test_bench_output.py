@@ -238,3 +238,22 @@ def test_a_bench_on_a_busy_machine_is_not_stored(monkeypatch):
     assert result["saved"] == 0 and not saved and "83%" in result["note"] and "idle" in result["note"]
     data["other_load"] = {"share": 0.05, "cpu_s": 6.0, "available_cpu_s": 120.0}
     assert storage.save(data)["saved"] == len(saved) == 3  # the three timed rows of REPORT
+
+
+def test_a_step_far_from_the_stored_one_is_named():
+    """Issue 15: the same CPU step measured 216 ms, 1.62 s and 4.26 s in three runs, with no warning."""
+    from navitrain.bench import storage
+    from navitrain.probe import store
+
+    key = "fp-issue-15-changes"
+    store.save_bench(key, "cpu", "mlp@quick", 8 / 0.216, 216.0)
+    store.save_bench(key, "cpu", "gpt@quick", 50.0, 160.0)
+    data = dict(copy.deepcopy(REPORT), machine=dict(REPORT["machine"], fingerprint=key))
+    data["results"][0].update(median_ms=4260.0)  # cpu / mlp
+    data["results"][3].update(median_ms=170.0)   # cpu / gpt: within a factor 2, not worth a word
+    data["changed_since_stored"] = storage.changes_since_stored(data)
+    assert [(c["route"], c["workload"]) for c in data["changed_since_stored"]] == [("cpu", "mlp")]
+    head, row, why = report.change_lines(data)
+    assert row == "  cpu / mlp: 4.26 s now, 216 ms then (19.7x slower)"
+    assert "compare ratios only within one run" in why
+    assert storage.changes_since_stored(dict(data, machine={"fingerprint": "fp-never-benched"})) == []

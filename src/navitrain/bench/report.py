@@ -131,3 +131,20 @@ def noise_lines(report: dict[str, Any]) -> list[str]:
     elif noisy:
         lines.append(f"why: {noise.cause_sentence(other_load)}.")
     return lines
+
+
+def change_lines(report: dict[str, Any]) -> list[str]:
+    """Rows whose step time moved far from the last stored bench here (storage.changes_since_stored):
+    the same step on the same machine should not, so one of the two runs was disturbed."""
+    changes = report.get("changed_since_stored") or []
+    if not changes:
+        return []
+    lines = ["changed: these step times are far from the last stored bench of this machine and software:"]
+    for change in changes:
+        factor = change["factor"]
+        how = f"{units.plain(factor)}x slower" if factor > 1 else f"{units.plain(1 / factor)}x faster"
+        lines.append(f"  {change['route']} / {change['workload']}: {units.duration(change['median_ms'])} now, "
+                     f"{units.duration(change['stored_ms'])} then ({how})")
+    lines.append("why: not the software (same fingerprint); other load during one of the runs, or changed CPU "
+                 "clock or power settings, are the usual causes: compare ratios only within one run.")
+    return lines

@@ -80,3 +80,33 @@ def measured_speeds() -> tuple[dict[str, float], str]:
     if not speeds:
         return {}, f"no bench results for fingerprint {fingerprint}"
     return speeds, f"measured by navitrain bench (fingerprint {fingerprint})"
+
+
+# A step time this many times slower or faster than the stored one for the same route and workload is
+# worth saying: no code change between two benches on one machine moves a step that far by itself.
+CHANGE_FACTOR = 2.0
+
+
+def changes_since_stored(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of `report` whose median step time is CHANGE_FACTOR or more away from the last stored bench
+    of the same route and workload on this fingerprint (call before `save`); empty when nothing was
+    stored or the store cannot be read: this only adds a warning, it never stops a bench."""
+    fingerprint = report.get("machine", {}).get("fingerprint")
+    if not fingerprint:
+        return []
+    try:
+        from navitrain.probe import store
+
+        stored = {(r["route"], r["workload"]): r for r in store.bench_results(fingerprint)}
+    except Exception:
+        return []
+    found = []
+    for row in report["results"]:
+        before = stored.get((row["route"], workload_key(row)))
+        if row["status"] != "ok" or not row.get("median_ms") or not before or not before.get("step_ms"):
+            continue
+        factor = row["median_ms"] / before["step_ms"]
+        if factor >= CHANGE_FACTOR or factor <= 1 / CHANGE_FACTOR:
+            found.append({"route": row["route"], "workload": row["workload"], "median_ms": row["median_ms"],
+                          "stored_ms": before["step_ms"], "stored_at": before.get("created"), "factor": factor})
+    return found

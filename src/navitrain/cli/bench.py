@@ -40,6 +40,7 @@ def run_and_report(*, routes: list[str], workloads: list[str] | None, quick: boo
     except ValueError as exc:
         fail(str(exc))
     data = result.to_dict()
+    data["changed_since_stored"] = storage.changes_since_stored(data)  # read before this run is stored
     data["stored"] = storage.save(data) if save else {"saved": 0, "note": "not stored (--no-save)"}
     data["plot"] = None
     if plot is not None:
@@ -52,7 +53,7 @@ def run_and_report(*, routes: list[str], workloads: list[str] | None, quick: boo
         console.print(render.results_table(data, compact=compact))
         for line in render.summary_lines(data):
             console.print(f"  {escape(line)}")
-        for line in render.noise_lines(data):
+        for line in render.noise_lines(data) + render.change_lines(data):
             console.print(f"  [bold yellow]{escape(line)}[/]")
         for line in render.problems(data):
             console.print(f"  [yellow]not timed[/] {escape(line)}")
