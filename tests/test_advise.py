@@ -269,3 +269,23 @@ def test_board_power_table_matches_the_longest_model_name(name, watts):
     from navitrain.advise_machine import board_watts
 
     assert board_watts(name) == watts
+
+
+# ------------------------------------------------------------------- the other roads (doctor/data/roads.json)
+
+def test_an_rdna1_machine_hears_of_the_other_roads_with_their_setup_time_priced():
+    data = _advise_json("--speed", "cpu=10", "--speed", "wgpu=80", "--hour-value", "12", *WITH_GPU)
+    roads = {r["id"]: r for r in data["roads"]}
+    assert {"therock", "rocm-sdk-builder", "dlprim"} <= set(roads) and "directml" not in roads  # a Linux box
+    for road in roads.values():
+        assert road["setup_cost"] == pytest.approx(road["setup_hours"] * 12)
+        assert road["sources"] and road["verified"] and road["install"]
+    assert "71%" in roads["dlprim"]["speed"] and "benchmark.md" in roads["dlprim"]["speed"]
+    assert "device-gfx1010" in roads["therock"]["install"]
+    text = CliRunner().invoke(app, ["advise", "--speed", "cpu=10", "--speed", "wgpu=80", *WITH_GPU]).output
+    assert "Other roads to try" in text and "TheRock" in text
+
+
+def test_no_other_road_where_native_trains_or_there_is_no_gpu():
+    assert _advise_json("--speed", "cpu=10", "--speed", "native=200", *WITH_GPU)["roads"] == []
+    assert _advise_json("--speed", "cpu=10", "--speed", "wgpu=30", *NO_GPU)["roads"] == []

@@ -57,6 +57,9 @@ class Inputs:
     months: int = 24                       # horizon for totals and the recommendation
     currency: str = "$"
     speeds_source: str = "given"           # "measured (fingerprint ...)", "given", "assumed"
+    # Roads outside navitrain that can apply to this card (doctor/data/roads.json, via advise_machine.roads_for):
+    # dicts with id, name, setup_hours, setup_basis, speed (text with sources), install, verified, sources.
+    roads: tuple = ()
 
 
 # (field, command-line option, lowest allowed, highest sensible, lowest is exclusive)
@@ -132,11 +135,15 @@ class Advice:
     recommendation: str          # option key
     reason: str
     assumptions: list[str]
+    # Other roads to try (not ranked: nobody has measured them on this card): each road's dict plus
+    # setup_cost, the hours it takes to set up priced at hour_value.
+    roads: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "baseline": self.baseline,
                 "options": [asdict(o) for o in self.options],
-                "recommendation": self.recommendation, "reason": self.reason, "assumptions": self.assumptions}
+                "recommendation": self.recommendation, "reason": self.reason, "assumptions": self.assumptions,
+                "roads": self.roads}
 
     def option(self, key: str) -> Option | None:
         return next((o for o in self.options if o.key == key), None)
@@ -225,7 +232,8 @@ def advise(inputs: Inputs) -> Advice:
     reason = _reason(best, options, inputs)
     return Advice(inputs=_inputs_dict(inputs, baseline_speed, cloud_speed, upgrade_speed),
                   baseline=baseline.key, options=options, recommendation=best.key, reason=reason,
-                  assumptions=_assumptions(inputs, baseline))
+                  assumptions=_assumptions(inputs, baseline),
+                  roads=[{**road, "setup_cost": road["setup_hours"] * inputs.hour_value} for road in inputs.roads])
 
 
 def _money(value: float, currency: str) -> str:

@@ -75,8 +75,15 @@ def card_of(facts: dict) -> MachineCard:
     return MachineCard(label, board_watts(name))
 
 
-def machine_card(root="/") -> MachineCard:
-    """This machine's card from its files (no child processes: advice must be quick)."""
-    from navitrain.doctor import collect
+def roads_for(facts: dict, speeds: dict[str, float]) -> tuple[dict, ...]:
+    """The roads outside navitrain that doctor would name for this machine (doctor/data/roads.json), as
+    advise inputs; none when a native route already trains here (it was measured)."""
+    from navitrain.doctor.roads import applicable
+    from navitrain.doctor.situation import Situation
 
-    return card_of(collect(root, probe=False))
+    if "native" in speeds:
+        return ()
+    s = Situation(facts if isinstance(facts, dict) else {})
+    return tuple({"id": r.id, "name": r.name, "setup_hours": r.setup_hours, "setup_basis": r.setup_basis,
+                  "speed": r.speed_text(), "install": r.install_for(s.gfx), "verified": r.verified,
+                  "sources": list(r.sources)} for r in applicable(s))

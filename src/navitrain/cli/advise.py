@@ -59,21 +59,38 @@ def _render(advice) -> None:
             console.print(f"  [dim]- {escape(note)}[/]")
 
 
-def _machine(root: Path, resale: float | None, power_gpu: float | None, power_cpu: float):
-    """The card on this machine and the inputs that follow from it: what it sells for and what the machine
-    draws on it, unless the user gave them."""
-    from navitrain.advise_machine import ASSUMED_RESALE, machine_card
+def _machine(root: Path, resale: float | None, power_gpu: float | None, power_cpu: float,
+             speeds: dict[str, float]):
+    """The card on this machine and the inputs that follow from it: what it sells for, what the machine
+    draws on it (unless the user gave them), and the other roads that can apply to it."""
+    from navitrain.advise_machine import ASSUMED_RESALE, card_of, roads_for
+    from navitrain.doctor import collect
 
-    card = machine_card(root)
+    facts = collect(root, probe=False)  # files only: advice must be quick
+    card, roads = card_of(facts), roads_for(facts, speeds)
     if not card.present:
         # nothing to sell; a GPU route here runs on the CPU (software Vulkan), at the CPU's power
         return card, {"current_gpu": None, "resale": 0.0 if resale is None else resale, "power_gpu": power_cpu,
-                      "power_gpu_source": "no GPU here: a GPU route runs on the CPU"}
+                      "power_gpu_source": "no GPU here: a GPU route runs on the CPU", "roads": roads}
     watts, source = card.power()
     if power_gpu is not None:
         watts, source = power_gpu, "given with --power-gpu"
     return card, {"current_gpu": card.name, "resale": ASSUMED_RESALE if resale is None else resale,
-                  "power_gpu": watts, "power_gpu_source": source}
+                  "power_gpu": watts, "power_gpu_source": source, "roads": roads}
+
+
+def _render_roads(roads: list[dict], currency: str, hour_value: float) -> None:
+    from rich.markup import escape
+
+    if not roads:
+        return
+    console.print("[bold]Other roads to try on this card[/] (not ranked: nobody has measured them on it):")
+    for road in roads:
+        setup = f"about {road['setup_hours']:g} h to set up ({road['setup_basis']})"
+        if hour_value > 0:
+            setup += f", {currency}{road['setup_cost']:,.2f} of your time"
+        console.print(f"  - {escape(road['name'])}: {escape(setup)}. {escape(road['speed'] or 'Speed unknown.')}")
+        console.print(f"    [dim]{escape(road['verified'])}[/]")
 
 
 def register(app: typer.Typer) -> None:
@@ -140,7 +157,7 @@ def register(app: typer.Typer) -> None:
                 raise AdviceInputError("--currency", f"{currency!r} is not a currency symbol")
             if not root.is_dir():
                 raise AdviceInputError("--root", f"{root} is not a directory")
-            card, machine = _machine(root, resale, power_gpu, power_cpu)
+            card, machine = _machine(root, resale, power_gpu, power_cpu, speeds)
             result = compute(Inputs(
                 speeds=speeds, hours_per_month=hours, cloud_price=cloud_price, cloud_vs_cpu=cloud_vs_cpu,
                 cloud_vs_local=cloud_speed, upgrade_price=upgrade_price, upgrade_vs_cpu=upgrade_vs_cpu,
@@ -156,3 +173,4 @@ def register(app: typer.Typer) -> None:
         for note in notes:
             console.print(f"[yellow]note:[/] {note}")
         _render(result)
+        _render_roads(result.roads, currency, hour_value)

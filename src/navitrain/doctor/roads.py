@@ -117,7 +117,8 @@ def _finding_for(road: Road, s: Situation) -> Finding:
     why = " ".join([road.what, "Limits: " + " ".join(road.limits), ("Speed: " + speed) if speed else "",
                     "Verified: " + road.verified])
     fix = (f"Install: `{road.install_for(s.gfx)}`. Setup takes about {_hours(road.setup_hours)}: "
-           f"{road.setup_basis}. {_needs(road, s)}See docs/alternatives.md for the roads side by side.")
+           f"{road.setup_basis}. {_needs(road, s)}`navitrain advise` counts it among your options; "
+           "docs/alternatives.md in navitrain's source compares the roads side by side.")
     return finding(f"road-{road.id}", "info", f"Another road: {road.name}", " ".join(why.split()), fix,
                    road.sources)
 
