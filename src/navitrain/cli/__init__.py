@@ -32,11 +32,29 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Commands that diagnose the environment must run whatever it holds (doctor reports malformed values).
+_ENV_TOLERANT = ("doctor", "explain")
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """navitrain command line."""
+    import sys
+
+    from navitrain import _env
+
+    # Refuse a malformed NAVITRAIN_* variable before any work (rc 2), rather than failing every probe
+    # case or tracing back halfway. `--help` still works: click runs this callback before it.
+    if ctx.invoked_subcommand in _ENV_TOLERANT or {"--help", "-h"} & set(sys.argv[1:]):
+        return
+    problems = _env.problems()
+    if problems:
+        from navitrain.cli._output import fail
+
+        fail("; ".join(problems) + " (`navitrain doctor` lists every NAVITRAIN_* variable)")
 
 
 for _name in COMMAND_MODULES:

@@ -95,8 +95,13 @@ def register(app: typer.Typer) -> None:
             fail(f"--steps must be at least 2 (got {steps}): a single step shows no loss trend")
         if warmup is not None and warmup < 0:
             fail(f"--warmup must not be negative (got {warmup})")
-        if timeout <= 0:
-            fail(f"--timeout must be positive (got {timeout:g})")
+        from navitrain.probe.runner import check_seed, check_timeout
+
+        try:  # nan passed `timeout <= 0`, and then no step ever timed out (the run hung)
+            check_timeout(timeout, "--timeout")
+            check_seed(seed, "--seed")
+        except ValueError as exc:
+            fail(str(exc))
         if plot is not None and plot.suffix.lower() not in (".png", ".svg"):
             fail(f"--plot must name a .png or .svg file (got {str(plot)!r})")
         names = _split(workload) or None

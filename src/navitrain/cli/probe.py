@@ -117,8 +117,15 @@ def register(app: typer.Typer) -> None:
                                                                 highlight=False, soft_wrap=True))
         if fmt not in FORMATS:
             fail(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-        if timeout is not None and timeout <= 0:
-            fail(f"--timeout must be positive (got {timeout:g})")
+        from navitrain.probe.runner import check_seed, check_timeout
+
+        try:  # the same checks the runner makes, up front: a bad value must not fail every case
+            if timeout is not None:
+                check_timeout(timeout, "--timeout")
+            if seed is not None:
+                check_seed(seed, "--seed")
+        except ValueError as exc:
+            fail(str(exc))
         if jobs is not None and jobs < 1:
             fail(f"--jobs must be at least 1 (got {jobs})")
         routes = _routes(route)

@@ -19,7 +19,7 @@ from navitrain import _env
 from navitrain.probe import cases as case_catalogue
 from navitrain.probe import fingerprint as fingerprints
 from navitrain.probe import session, store
-from navitrain.probe.results import PASS, UNAVAILABLE, ProbeResult
+from navitrain.probe.results import HANG, PASS, UNAVAILABLE, ProbeResult
 from navitrain.routes import registry
 
 log = logging.getLogger("navitrain.device")
@@ -50,7 +50,7 @@ def _ensure_log_handler() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("navitrain: %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel((_env.raw(_env.LOG) or "info").upper())
+    logger.setLevel(_env.value(_env.LOG).upper())
 
 
 def route_order(fingerprint) -> tuple[list[str], str]:
@@ -122,7 +122,17 @@ def _prepare(route: str) -> tuple:
 
 
 def _failures(results: list[ProbeResult]) -> list[ProbeResult]:
-    return [r for r in results if r.outcome != PASS]
+    """The results that stop a route. On `cpu` (the last resort: plain PyTorch) a hang or a start-up that
+    ran out is taken for a loaded machine, not a broken route: logged, never a reason to refuse it."""
+    failed = []
+    for r in results:
+        if r.outcome == PASS:
+            continue
+        if r.route == "cpu" and (r.outcome == HANG or r.extra.get("startup_timeout")):
+            log.warning("cpu: probe %s did not finish in time (%s); not refusing the CPU for that", r.case, r.detail)
+            continue
+        failed.append(r)
+    return failed
 
 
 def _skip_reason(failed: list[ProbeResult]) -> str:

@@ -29,7 +29,8 @@ def tasks_for(cases: Sequence, routes: Sequence[str], envs: Sequence[dict[str, s
 
 def run(cases: Sequence, routes: Sequence[str], envs: Sequence[dict[str, str]] = ({},), *, jobs: int | None = None,
         timeout: float | None = None, seed: int | None = None, fingerprint: fingerprints.Fingerprint | None = None,
-        save: bool = True, on_result: Callable[[ProbeResult], None] | None = None) -> ProbeRun:
+        save: bool = True, on_result: Callable[[ProbeResult], None] | None = None,
+        startup_timeout: float | None = None) -> ProbeRun:
     """Probe `cases` (Case or CaseRef) on `routes` under each of `envs`; results are stored one by one,
     so an interrupted session keeps what it found."""
     fp = fingerprint or fingerprints.current()
@@ -37,10 +38,14 @@ def run(cases: Sequence, routes: Sequence[str], envs: Sequence[dict[str, str]] =
         store.save_fingerprint(fp)
 
     def handle(result: ProbeResult) -> None:
-        if save:
+        # A child that never got to start its case (start-up ran out) found nothing to remember: storing
+        # it would let navitrain.device() refuse a route for a slow start on a loaded machine.
+        if save and not result.extra.get("startup_timeout"):
             store.save_result(fp, result)
         if on_result is not None:
             on_result(result)
 
-    report = run_tasks(tasks_for(cases, routes, envs), jobs=jobs, timeout=timeout, seed=seed, on_result=handle)
+    limits = {} if startup_timeout is None else {"startup_timeout": startup_timeout}
+    report = run_tasks(tasks_for(cases, routes, envs), jobs=jobs, timeout=timeout, seed=seed, on_result=handle,
+                       **limits)
     return ProbeRun(fp, report.results, report.interrupted, report.seed)

@@ -8,6 +8,9 @@ the parent. Results travel only through files: the result JSON is written atomic
 a phase file says how far the child got, so a crash can be reported as "during the device run".
 Order: availability, prepare, CPU reference, device run, comparison. Routes register their kernels for
 their own dispatch keys (CUDA, PrivateUse1), so the CPU reference is not theirs to change.
+Everything before the CPU reference run is start-up: once it is done the child creates the job's
+`ready` file, and only then does the parent's per-case timeout start. First of all, the child forks
+its lifeline watcher (lifeline.py), so that it dies with the parent.
 """
 from __future__ import annotations
 
@@ -98,6 +101,8 @@ def run(job: dict) -> dict:
         except Exception as exc:
             return {"outcome": ERROR, "detail": f"route.prepare() failed: {_exception_text(exc)}",
                     "traceback": traceback.format_exc(), "route_info": info}
+        if job.get("ready"):
+            open(job["ready"], "w").close()  # start-up done: the parent starts the case's clock
         with rounding(case.dtype):
             phase("the CPU reference run")
             reference = _call(case, torch.device("cpu"), reference_dtype, job["seed"])
@@ -120,6 +125,9 @@ def run(job: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    from navitrain.probe.lifeline import watch_parent
+
+    watch_parent()  # before any heavy import: a forked copy of a small process
     if len(argv) == 2 and argv[0] == "run":
         with open(argv[1]) as f:
             job = json.load(f)

@@ -1,0 +1,97 @@
+"""No probe leaves a process or a temp dir behind: `navitrain probe` killed by SIGTERM, SIGHUP or SIGKILL
+while a case hangs (with a grandchild in its group and one that called setsid) takes its whole tree
+and its temp dirs with it within 5 s; a dead probe's leftover dir is removed by the next run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from navitrain.probe import tempdirs
+
+CASES_FILE = str(Path(__file__).with_name("lingering_cases.py"))
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _marked(name: str, value: str) -> list[int]:
+    """Live (not zombie) processes whose environment holds name=value."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(") ", 1)[1][0] == "Z":
+                    continue
+        except OSError:
+            continue
+        found.append(int(pid))
+    return found
+
+
+def _leftovers(tmp: Path) -> list[str]:
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(tempdirs.PREFIXES))
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP], ids=lambda s: s.name)
+def test_killed_probe_leaves_no_process_and_no_temp_dir(tmp_path, sig):
+    mark = uuid.uuid4().hex
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    pidfile = tmp_path / "grandchildren.pid"
+    env = dict(os.environ, CHILDREN_TEST_MARK=mark, TMPDIR=str(tmp), LINGERING_PIDFILE=str(pidfile),
+               NAVITRAIN_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "navitrain", "probe", "--route", "cpu", "--cases", CASES_FILE,
+         "-k", "sleeps-with-escapees", "--timeout", "300", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        assert _wait_for(pidfile.exists, 120), "the hanging case never started"
+        stay, escaped = map(int, pidfile.read_text().split())
+        assert {stay, escaped} <= set(_marked("CHILDREN_TEST_MARK", mark))
+        assert _leftovers(tmp), "the probe made no temp dir where the test looks"
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -sig, proc.stderr.read().decode()  # it ends as the signal intends
+    assert _wait_for(lambda: not _marked("CHILDREN_TEST_MARK", mark), 5), \
+        f"survivors: {_marked('CHILDREN_TEST_MARK', mark)} (grandchildren {stay}, {escaped})"
+    assert _wait_for(lambda: not _leftovers(tmp), 5), _leftovers(tmp)
+
+
+def test_next_run_removes_a_dead_owners_dir_and_keeps_a_live_ones(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / "navitrain-probe-orphan"
+    orphan.mkdir()
+    (orphan / tempdirs.OWNER_FILE).write_text(f"{dead.pid}\n")
+    (orphan / "output.log").write_text("x")
+    live = tmp_path / "navitrain-cases-live"
+    live.mkdir()
+    (live / tempdirs.OWNER_FILE).write_text(f"{os.getpid()} {tempdirs._start_time(os.getpid())}\n")
+    reused = tmp_path / "navitrain-probe-reused-pid"  # our pid, another process's start time
+    reused.mkdir()
+    (reused / tempdirs.OWNER_FILE).write_text(f"{os.getpid()} 1\n")
+    unrelated = tmp_path / "someone-else"
+    unrelated.mkdir()
+    removed = tempdirs.remove_abandoned(str(tmp_path))
+    assert sorted(p.name for p in removed) == ["navitrain-probe-orphan", "navitrain-probe-reused-pid"]
+    assert live.is_dir() and unrelated.is_dir() and not orphan.exists() and not reused.exists()
