@@ -7,17 +7,19 @@ from typing import Optional
 
 import typer
 
-from navitrain.cli._output import console, fail, print_json
-
-# Logs can be huge (a whole training run); the failure is near the end, so read at most the tail.
-MAX_LOG_BYTES = 32 << 20
+from navitrain.cli._output import console, err_console, fail, print_json
 
 
 def _read_log(source: str) -> str:
+    """The end of the log (doctor/tail.py: bounded for files, pipes, `<(cmd)`, devices and stdin)."""
+    from navitrain.doctor.tail import KEEP_BYTES, STREAM_CAP, read_tail
+
     if source == "-":
         if sys.stdin is None or sys.stdin.isatty():
             fail("no log given: pass a file, or pipe one in (`navitrain explain - < crash.log`)")
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        if not hasattr(sys.stdin, "buffer"):  # a text stream without bytes underneath (embedding)
+            return sys.stdin.read(KEEP_BYTES)
+        tail = read_tail(sys.stdin.buffer)
     else:
         path = Path(source)
         if not path.exists():
@@ -26,13 +28,13 @@ def _read_log(source: str) -> str:
             fail(f"{source} is a directory, not a log file")
         try:
             with path.open("rb") as handle:
-                handle.seek(0, 2)
-                size = handle.tell()
-                handle.seek(max(0, size - MAX_LOG_BYTES))
-                data = handle.read()
+                tail = read_tail(handle)
         except OSError as exc:
             fail(f"cannot read {source}: {exc.strerror or exc}")
-    return data[-MAX_LOG_BYTES:].decode("utf-8", errors="replace")
+    if tail.unfinished:
+        err_console.print(f"[yellow]note:[/] the input did not end after {STREAM_CAP >> 20} MiB; classifying "
+                          f"the last {KEEP_BYTES >> 20} MiB read", highlight=False)
+    return tail.data.decode("utf-8", errors="replace")
 
 
 def register(app: typer.Typer) -> None:
