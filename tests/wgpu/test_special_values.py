@@ -416,6 +416,16 @@ def _amp(a, b):
 case("amp unscale(nonfinite)", _amp, rows(234), rows(235))
 case("amp unscale(finite)", _amp, torch.randn(3, 3), torch.randn(5))
 
+# -- unique (sorting): every NaN is its own value ------------------------------------------------------------
+case("unique", lambda x: torch.unique(x, return_inverse=True, return_counts=True), rows(336))
+case("unique(all nan)", lambda x: torch.unique(x, return_counts=True), torch.full((5,), NAN))
+# topk/kthvalue: which index of tied values (two +inf, a row of -inf) comes first is unspecified; values compared.
+for _name, _f in {"sort": lambda x: torch.sort(x, 1), "sort(descending)": lambda x: torch.sort(x, 1, descending=True),
+                  "argsort(stable)": lambda x: torch.argsort(x, 1, stable=True), "median": lambda x: x.median(1),
+                  "median(all)": lambda x: x.median(), "msort": torch.msort,
+                  "topk(values)": lambda x: torch.topk(x, 3, 1)[0], "kthvalue(values)": lambda x: x.kthvalue(3, 1)[0]}.items():
+    case(f"sort {_name}", _f, rows(337))
+
 # -- half precision: the same specials through the f16/bf16 loads and stores -------------------------------
 for _dt in (torch.float16, torch.bfloat16):
     _k = str(_dt).replace("torch.", "")

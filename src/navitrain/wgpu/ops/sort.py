@@ -426,7 +426,7 @@ def _unique_source(v_st, i64_st, with_inverse):
   if (gi >= pu(0u)) {{ return; }}
   let j = gi;
   let u = runs[pu(2u) + j] - 1;{inverse}
-  if (j == 0u || sorted[pu(1u) + j] != sorted[pu(1u) + j - 1u]) {{
+  if (j == 0u || runs[pu(2u) + j] != runs[pu(2u) + j - 1u]) {{  // a head (see unique_head)
     uniq[pu(4u) + u32(u)] = sorted[pu(1u) + j];
     starts[pu(6u) + u32(u)] = i32(j);
   }}"""
@@ -449,8 +449,11 @@ def unique_sorted(x: WgpuTensor, return_inverse: bool, return_counts: bool):
     prev = aten.slice.Tensor(vals, 0, 0, n - 1)
     heads = empty([n], torch.int32)
     aten.fill_.Scalar(aten.slice.Tensor(heads, 0, 0, 1), 1)
-    pointwise.run("unique_head", "select(0, 1, a != b)", [aten.slice.Tensor(vals, 0, 1, n), prev], torch.int32,
-                  pointwise.compute_type(x.dtype), out=aten.slice.Tensor(heads, 0, 1, n))
+    # Every NaN is its own value (NaN != NaN, as on the CPU); lavapipe evaluates != as ordered, false for NaN.
+    compute = pointwise.compute_type(x.dtype)
+    differs = "a != b || is_nan(a) || is_nan(b)" if compute == "f32" else "a != b"
+    pointwise.run("unique_head", f"select(0, 1, {differs})", [aten.slice.Tensor(vals, 0, 1, n), prev], torch.int32,
+                  compute, out=aten.slice.Tensor(heads, 0, 1, n))
     runs = scan_into("sum", aten.reshape.default(heads, [1, n]), empty([1, n], torch.int32), 1)
     count = int(to_cpu(aten.slice.Tensor(aten.reshape.default(runs, [n]), 0, n - 1, n))[0])
     uniq, starts = empty([count], x.dtype), empty([count + 1], torch.int32)
