@@ -1,0 +1,190 @@
+"""torch.distributed for the wgpu device: a process-group backend named "navitrain" on top of gloo.
+
+PyTorch's distributed engine (init_process_group, DistributedDataParallel's reducer and buckets, the
+collectives' API) does all the work; this module only moves data. A wgpu device has no peer-to-peer
+path to another process's GPU, so each collective copies its wgpu tensors to host memory once,
+runs the same collective of a gloo process group on those CPU tensors (TCP between processes and
+machines), and copies the results back. DDP already hands over bucket-flattened gradients, so a
+bucket costs one download and one upload.
+
+    import torch.distributed as dist, navitrain.wgpu.distributed   # registers "navitrain"
+    dist.init_process_group("cpu:gloo,wgpu:navitrain")              # or just "navitrain"
+
+"navitrain" also takes CPU tensors (passed straight to its gloo group), so `init_process_group(
+"navitrain")` serves both devices; with "cpu:gloo,wgpu:navitrain" PyTorch routes by device itself.
+Plain "gloo" cannot take wgpu tensors: PyTorch sends each device to the backend mapped to it.
+
+Collectives are synchronous: the call returns after the copy back (the Work it returns is already
+complete). The download has to wait for the GPU anyway, and copying back from gloo's threads would
+touch the wgpu runtime off the training thread.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import ProcessGroupGloo, _create_work_from_future
+
+import navitrain.wgpu  # noqa: F401  (the device must exist before PyTorch maps a backend to it)
+
+NAME = "navitrain"
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed: usually another rank died or timed out."""
+
+
+def _on_wgpu(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "wgpu"
+
+
+def _done(result) -> "dist.Work":
+    fut = torch.futures.Future()
+    fut.set_result(result)
+    return _create_work_from_future(fut)
+
+
+class WgpuProcessGroup(dist.ProcessGroup):
+    """Stages wgpu tensors through host memory and runs each collective on a gloo group."""
+
+    def __init__(self, store, rank: int, size: int, timeout: timedelta):
+        super().__init__(rank, size)
+        self._rank, self._size = rank, size
+        self._gloo = ProcessGroupGloo(store, rank, size, timeout)
+
+    def getBackendName(self) -> str:  # noqa: N802 - c10d's name
+        return NAME
+
+    # -- staging ------------------------------------------------------------------------------------
+    def _run(self, what: str, call, staged_in: list, results: list[tuple[torch.Tensor, torch.Tensor]]):
+        """Run gloo's `call` on host tensors, wait for it, copy `results` (device, host) back."""
+        try:
+            call().wait()
+        except Exception as exc:
+            raise CollectiveError(
+                f"navitrain/gloo {what} failed on rank {self._rank} of {self._size}: {exc} (another rank "
+                f"probably died, or did not reach this collective within the process group's timeout)") from exc
+        for device_tensor, host in results:
+            if device_tensor is not host:
+                device_tensor.copy_(host)
+        return staged_in
+
+    @staticmethod
+    def _host(tensor: torch.Tensor) -> torch.Tensor:
+        # gloo needs dense contiguous CPU tensors; one copy whatever the wgpu tensor's strides.
+        return tensor.detach().to("cpu").contiguous() if _on_wgpu(tensor) else tensor
+
+    def _host_many(self, tensors):
+        hosts = [self._host(t) for t in tensors]
+        # A non-contiguous CPU tensor (passed through) is made contiguous and copied back as well.
+        hosts = [h if h.is_contiguous() else h.contiguous() for h in hosts]
+        return hosts, list(zip(tensors, hosts))
+
+    # -- collectives --------------------------------------------------------------------------------
+    def allreduce(self, tensors, opts):
+        hosts, back = self._host_many(tensors)
+        self._run("all_reduce", lambda: self._gloo.allreduce(hosts, opts), tensors, back)
+        return _done(tensors)
+
+    def allreduce_coalesced(self, tensors, opts):
+        hosts, back = self._host_many(tensors)
+        self._run("all_reduce_coalesced", lambda: self._gloo.allreduce_coalesced(hosts, opts), tensors, back)
+        return _done(tensors)
+
+    def broadcast(self, tensors, opts):
+        hosts, back = self._host_many(tensors)
+        self._run("broadcast", lambda: self._gloo.broadcast(hosts, opts), tensors, back)
+        return _done(tensors)
+
+    def reduce(self, tensors, opts):
+        hosts, back = self._host_many(tensors)
+        self._run("reduce", lambda: self._gloo.reduce(hosts, opts), tensors, back)
+        return _done(tensors)
+
+    def allgather(self, output_lists, inputs, opts):
+        hosts_in, _ = self._host_many(inputs)
+        outs = [[torch.empty(o.shape, dtype=o.dtype) for o in lst] for lst in output_lists]
+        back = [pair for lst, hl in zip(output_lists, outs) for pair in zip(lst, hl)]
+        self._run("all_gather", lambda: self._gloo.allgather(outs, hosts_in, opts), output_lists, back)
+        return _done([t for lst in output_lists for t in lst])
+
+    def all_gather_single(self, output, input, opts):  # dist.all_gather_into_tensor
+        host_in = self._host(input).contiguous()
+        host_out = torch.empty(output.shape, dtype=output.dtype)
+        self._run("all_gather_into_tensor", lambda: self._gloo._allgather_base(host_out, host_in, opts), [output],
+                  [(output, host_out)])
+        return _done([output])
+
+    def reduce_scatter(self, outputs, input_lists, opts):
+        hosts_out = [torch.empty(o.shape, dtype=o.dtype) for o in outputs]
+        hosts_in = [[self._host(t).contiguous() for t in lst] for lst in input_lists]
+        self._run("reduce_scatter", lambda: self._gloo.reduce_scatter(hosts_out, hosts_in, opts), outputs,
+                  list(zip(outputs, hosts_out)))
+        return _done(outputs)
+
+    def reduce_scatter_single(self, output, input, opts):  # dist.reduce_scatter_tensor
+        host_in = self._host(input).contiguous()
+        host_out = torch.empty(output.shape, dtype=output.dtype)
+        self._run("reduce_scatter_tensor", lambda: self._gloo._reduce_scatter_base(host_out, host_in, opts),
+                  [output], [(output, host_out)])
+        return _done([output])
+
+    def gather(self, output_lists, inputs, opts):
+        hosts_in, _ = self._host_many(inputs)
+        outs = [[torch.empty(o.shape, dtype=o.dtype) for o in lst] for lst in output_lists]
+        back = [pair for lst, hl in zip(output_lists, outs) for pair in zip(lst, hl)]
+        self._run("gather", lambda: self._gloo.gather(outs, hosts_in, opts), output_lists, back)
+        return _done([t for lst in output_lists for t in lst] or inputs)
+
+    def scatter(self, outputs, input_lists, opts):
+        hosts_out = [torch.empty(o.shape, dtype=o.dtype) for o in outputs]
+        hosts_in = [[self._host(t).contiguous() for t in lst] for lst in input_lists]
+        self._run("scatter", lambda: self._gloo.scatter(hosts_out, hosts_in, opts), outputs,
+                  list(zip(outputs, hosts_out)))
+        return _done(outputs)
+
+    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts):
+        host_in = self._host(input).contiguous()
+        host_out = torch.empty(output.shape, dtype=output.dtype)
+        self._run("all_to_all_single", lambda: self._gloo.alltoall_base(
+            host_out, host_in, output_split_sizes, input_split_sizes, opts), [output], [(output, host_out)])
+        return _done([output])
+
+    _allgather_base = all_gather_single        # the names older callers use
+    _reduce_scatter_base = reduce_scatter_single
+    alltoall_base = all_to_all_single
+
+    def send(self, tensors, dst, tag):
+        hosts, _ = self._host_many(tensors)
+        self._run("send", lambda: self._gloo.send(hosts, dst, tag), tensors, [])
+        return _done(tensors)
+
+    def recv(self, tensors, src, tag):
+        hosts = [torch.empty(t.shape, dtype=t.dtype) for t in tensors]
+        self._run("recv", lambda: self._gloo.recv(hosts, src, tag), tensors, list(zip(tensors, hosts)))
+        return _done(tensors)
+
+    def barrier(self, opts):
+        self._run("barrier", lambda: self._gloo.barrier(opts), [], [])
+        return _done([])
+
+
+def _create(store, rank: int, size: int, timeout: timedelta) -> WgpuProcessGroup:
+    return WgpuProcessGroup(store, rank, size, timeout)
+
+
+def register() -> None:
+    """Make "navitrain" a torch.distributed backend for the wgpu device (and CPU). Idempotent."""
+    if NAME.upper() in dist.Backend._plugins:
+        return
+    dist.Backend.register_backend(NAME, _create, devices=["cpu", "wgpu"])
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's LOCAL_RANK), 0 outside torchrun."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+register()

@@ -1,0 +1,148 @@
+"""One rank of the distributed tests (tests/wgpu/test_distributed.py runs it as a subprocess per rank).
+
+    python ddp_worker.py CASE RANK WORLD PORT OUT_FILE
+
+Each case saves what it saw (CPU tensors) to OUT_FILE with torch.save; the test compares that with
+PyTorch on the CPU. A subprocess rather than torch.multiprocessing: a hung rank can be killed, so a
+broken backend fails the test instead of hanging CI.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import navitrain.wgpu  # noqa: F401
+import navitrain.wgpu.distributed as wd
+from navitrain.bench import models
+
+DEV = "wgpu"
+TIMEOUT = timedelta(seconds=20)
+
+
+def rank_inputs(rank: int) -> dict[str, torch.Tensor]:
+    """Fresh random inputs for one rank (the test rebuilds the same ones to compute the expectations)."""
+    g = torch.Generator().manual_seed(1000 + rank)
+    wide = torch.randn(5, 9, generator=g)
+    special = torch.randn(11, generator=g)
+    special[3], special[7] = float("inf") if rank == 0 else 1.0, float("nan") if rank == 1 else 2.0
+    return {
+        "odd": torch.randn(7, generator=g),                           # 7 elements: no tidy multiple
+        "wide": wide,                                                  # its transpose is non-contiguous
+        "special": special,
+        "int32": torch.randint(-1000, 1000, (13,), generator=g, dtype=torch.int32),
+        "half": torch.randn(6, generator=g).half(),
+        "gather": torch.randn(3, 5, generator=g),
+        "scatter": torch.randn(2 * 9, generator=g),                     # world 2 x 9 each
+        "bcast": torch.randn(4, 3, generator=g),
+    }
+
+
+def case_collectives(rank: int, world: int) -> dict:
+    x = {k: v.to(DEV) for k, v in rank_inputs(rank).items()}
+    out = {}
+    for key in ("odd", "special", "int32", "half"):
+        t = x[key].clone()
+        dist.all_reduce(t)
+        out[f"sum_{key}"] = t.cpu()
+    t = x["odd"].clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    out["max_odd"] = t.cpu()
+    # A non-contiguous view: all_reduce must write the results back through the view's strides,
+    # leaving the base's other elements alone.
+    base = x["wide"].clone()
+    view = base.t()[1:8:2]            # (4, 5) with strides (2, 9)
+    assert not view.is_contiguous()
+    dist.all_reduce(view)
+    out["sum_view_base"] = base.cpu()
+    b = x["bcast"].clone().t()        # non-contiguous broadcast target
+    dist.broadcast(b, src=1)
+    out["bcast"] = b.cpu()
+    gathered = [torch.empty(3, 5, device=DEV) for _ in range(world)]
+    dist.all_gather(gathered, x["gather"])
+    out["all_gather"] = [g.cpu() for g in gathered]
+    flat = torch.empty(world * 3, 5, device=DEV)
+    dist.all_gather_single(flat, x["gather"].t().contiguous().t())
+    out["all_gather_into_tensor"] = flat.cpu()
+    piece = torch.empty(9, device=DEV)
+    dist.reduce_scatter_single(piece, x["scatter"])
+    out["reduce_scatter_tensor"] = piece.cpu()
+    dist.barrier()
+    out["device"] = str(x["odd"].device)
+    return out
+
+
+def _ddp_train(model, batches, loss_fn, make_opt, rank: int, world: int) -> list[dict]:
+    model = model.to(DEV)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = make_opt(ddp.parameters())
+    snapshots = []
+    for x, y in batches:
+        share = x.shape[0] // world
+        x, y = x[rank * share:(rank + 1) * share].to(DEV), y[rank * share:(rank + 1) * share].to(DEV)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(ddp(x), y).backward()
+        opt.step()
+        snapshots.append({k: p.detach().cpu() for k, p in model.named_parameters()})
+    return snapshots
+
+
+def ddp_setup(name: str):
+    """Model, batches, loss and optimizer of one DDP test; the test builds the same for its reference."""
+    torch.manual_seed(0)
+    if name == "resnet":
+        model = models.cifar_resnet18(num_classes=10, width=4)
+        # 16x16 images: at 8x8 the last stage's BatchNorm sees 4 values per channel and PyTorch's own
+        # float32 CPU run leaves float64 by 6.8e-3 at step 2 (at 16x16: 1.2e-7).
+        batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(2)]
+        return model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+    model = models.gpt_decoder(vocab=64, context=16, d_model=32, layers=2, heads=2)
+    batches = [models.gpt_batch(4, context=16, vocab=64, seed=s) for s in range(5)]
+    return model, batches, models.gpt_loss, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.05)
+
+
+def case_ddp(name: str, rank: int, world: int) -> dict:
+    model, batches, loss_fn, make_opt = ddp_setup(name)
+    return {"snapshots": _ddp_train(copy.deepcopy(model), batches, loss_fn, make_opt, rank, world),
+            "fallbacks": navitrain.wgpu.fallback_report()["total_fallback_calls"]}
+
+
+def case_dead_rank(rank: int, world: int) -> dict:
+    t = torch.randn(5, device=DEV)
+    dist.all_reduce(t)                 # both ranks alive: works
+    if rank == 1:
+        os._exit(3)                    # dies without a word, as a crashed or OOM-killed process does
+    t0 = time.monotonic()
+    try:
+        dist.all_reduce(t)
+    except Exception as exc:          # noqa: BLE001 - what matters is the type and message it reports
+        return {"error_type": type(exc).__name__, "error": str(exc), "seconds": time.monotonic() - t0}
+    return {"error": None}
+
+
+def main() -> None:
+    case, rank, world, port, out_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    backend = os.environ.get("DDP_TEST_BACKEND", wd.NAME)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=TIMEOUT)
+    if case == "collectives":
+        result = case_collectives(rank, world)
+    elif case in ("resnet", "gpt"):
+        result = case_ddp(case, rank, world)
+    elif case == "dead_rank":
+        result = case_dead_rank(rank, world)
+    else:
+        raise SystemExit(f"unknown case {case!r}")
+    torch.save(result, out_file)
+    if case != "dead_rank":
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

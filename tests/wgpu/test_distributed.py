@@ -1,0 +1,147 @@
+"""torch.distributed on the wgpu device: the "navitrain" process group (gloo with host staging) under
+two real processes on 127.0.0.1, each with its own wgpu device (on lavapipe both open the one adapter).
+
+Each rank is tests/wgpu/ddp_worker.py in a subprocess with a hard timeout, so a hang fails the test
+instead of CI. Expectations come from PyTorch on the CPU with the same fresh random inputs.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import navitrain.wgpu.distributed as wd
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ddp_worker  # noqa: E402
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT = 240   # seconds for a whole two-process run: lavapipe on a shared 2-core box is slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_ranks(case: str, tmp_path, world: int = 2, expect_rc=None) -> list:
+    """Start every rank of `case`, wait (killing all on timeout), return what each saved."""
+    port = _free_port()
+    env = dict(os.environ, NAVITRAIN_WGPU_STRICT="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    outs = [tmp_path / f"{case}-{r}.pt" for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), case, str(r), str(world), str(port), str(outs[r])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
+    logs = []
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for r, p in enumerate(procs):
+        want = 0 if expect_rc is None else expect_rc[r]
+        assert p.returncode == want, f"rank {r} exited {p.returncode} (wanted {want}):\n{logs[r][-4000:]}"
+    return [torch.load(o) if o.exists() else None for o in outs]
+
+
+def test_registered_for_the_wgpu_device():
+    import torch.distributed as dist
+
+    assert wd.NAME in dist.Backend.backend_list
+    assert dist.Backend.default_device_backend_map["wgpu"] == wd.NAME
+    assert "wgpu" in dist.Backend.backend_capability[wd.NAME]
+
+
+def test_collectives_on_odd_sized_non_contiguous_and_special_values(tmp_path):
+    r0, r1 = _run_ranks("collectives", tmp_path)
+    inputs = [ddp_worker.rank_inputs(r) for r in range(2)]
+    for key in ("odd", "special", "int32", "half"):
+        want = inputs[0][key] + inputs[1][key]
+        for got in (r0, r1):
+            assert got[f"sum_{key}"].dtype == want.dtype
+            torch.testing.assert_close(got[f"sum_{key}"], want, equal_nan=True, rtol=1e-3, atol=1e-3)
+    # inf + 1 = inf and nan + 2 = nan survive the staging copies
+    assert torch.isinf(r0["sum_special"][3]) and torch.isnan(r0["sum_special"][7])
+    for got in (r0, r1):
+        torch.testing.assert_close(got["max_odd"], torch.maximum(inputs[0]["odd"], inputs[1]["odd"]))
+    for r, got in enumerate((r0, r1)):
+        base = inputs[r]["wide"].clone()
+        view = base.t()[1:8:2]
+        view.copy_(inputs[0]["wide"].t()[1:8:2] + inputs[1]["wide"].t()[1:8:2])
+        torch.testing.assert_close(got["sum_view_base"], base)   # the view's elements summed, the rest kept
+        torch.testing.assert_close(got["bcast"], inputs[1]["bcast"].t())
+        torch.testing.assert_close(got["all_gather"], [inputs[0]["gather"], inputs[1]["gather"]])
+        torch.testing.assert_close(got["all_gather_into_tensor"],
+                                   torch.cat([inputs[0]["gather"], inputs[1]["gather"]]))
+        total = inputs[0]["scatter"] + inputs[1]["scatter"]
+        torch.testing.assert_close(got["reduce_scatter_tensor"], total[r * 9:(r + 1) * 9])
+        assert got["device"] == "wgpu:0"
+
+
+def _reference(name: str, world: int, per_rank_forward: bool, dtype=torch.float32) -> list[dict]:
+    """One process on the CPU training on the concatenated batch. With BatchNorm (`per_rank_forward`)
+    each rank's share goes through the model separately, as under DDP (BatchNorm's statistics are
+    per process unless SyncBatchNorm), and the loss is the mean of the shares' losses, which is what
+    DDP's averaged gradients are the gradient of."""
+    model, batches, loss_fn, make_opt = ddp_worker.ddp_setup(name)
+    model = copy.deepcopy(model).to(dtype)
+    opt = make_opt(model.parameters())
+    snapshots = []
+    for x, y in batches:
+        x = x.to(dtype) if x.is_floating_point() else x
+        opt.zero_grad(set_to_none=True)
+        if per_rank_forward:
+            loss = sum(loss_fn(model(xs), ys) for xs, ys in zip(x.chunk(world), y.chunk(world))) / world
+        else:
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        snapshots.append({k: p.detach().float().clone() for k, p in model.named_parameters()})
+    return snapshots
+
+
+def _check_ddp(name: str, tmp_path, per_rank_forward: bool, dtype, tol: float):
+    r0, r1 = _run_ranks(name, tmp_path)
+    assert r0["fallbacks"] == 0 and r1["fallbacks"] == 0
+    ref = _reference(name, 2, per_rank_forward, dtype)
+    assert len(r0["snapshots"]) == len(ref)
+    for step, (s0, s1, want) in enumerate(zip(r0["snapshots"], r1["snapshots"], ref)):
+        for key in want:
+            # DDP keeps replicas identical: both ranks apply the same averaged gradient.
+            torch.testing.assert_close(s0[key], s1[key], rtol=0, atol=0, msg=f"step {step} {key}: ranks differ")
+            torch.testing.assert_close(s0[key], want[key], rtol=tol, atol=tol,
+                                       msg=lambda m, k=key, s=step: f"step {s} parameter {k}: {m}")
+
+
+def test_ddp_gpt_decoder_five_steps_equal_one_process_on_the_whole_batch(tmp_path):
+    _check_ddp("gpt", tmp_path, per_rank_forward=False, dtype=torch.float32, tol=2e-3)
+
+
+@pytest.mark.slow
+def test_ddp_cifar_resnet18_two_steps_equal_one_process_on_the_whole_batch(tmp_path):
+    # float64 reference as in test_training's ResNet parity test (BatchNorm amplifies rounding).
+    _check_ddp("resnet", tmp_path, per_rank_forward=True, dtype=torch.float64, tol=2e-3)
+
+
+def test_a_dead_rank_makes_the_other_fail_clearly_within_the_timeout(tmp_path):
+    t0 = time.monotonic()
+    r0, _ = _run_ranks("dead_rank", tmp_path, expect_rc=[0, 3])
+    elapsed = time.monotonic() - t0
+    assert r0["error_type"] == "CollectiveError", r0
+    assert "all_reduce failed on rank 0 of 2" in r0["error"] and "another rank" in r0["error"], r0["error"]
+    assert r0["seconds"] <= ddp_worker.TIMEOUT.total_seconds() + 5, r0   # within the group's timeout
+    assert elapsed < RUN_TIMEOUT
