@@ -145,3 +145,32 @@ def test_a_dead_rank_makes_the_other_fail_clearly_within_the_timeout(tmp_path):
     assert "all_reduce failed on rank 0 of 2" in r0["error"] and "another rank" in r0["error"], r0["error"]
     assert r0["seconds"] <= ddp_worker.TIMEOUT.total_seconds() + 5, r0   # within the group's timeout
     assert elapsed < RUN_TIMEOUT
+
+
+@pytest.mark.parametrize("backend", [wd.NAME, f"cpu:gloo,wgpu:{wd.NAME}"])
+def test_backend_strings_take_wgpu_and_cpu_tensors(backend):
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        g = torch.Generator().manual_seed(7)
+        host = torch.randn(2, 5, generator=g)
+        dev, cpu = host.to("wgpu").t(), host.clone()     # a non-contiguous wgpu tensor
+        dist.all_reduce(dev)
+        dist.all_reduce(cpu, op=dist.ReduceOp.MAX)
+        dist.barrier()
+        torch.testing.assert_close(dev.cpu(), host.t())  # world of one: the sum is the tensor
+        torch.testing.assert_close(cpu, host)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_plain_gloo_refuses_wgpu_tensors_clearly():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="init_process_group\\('navitrain'\\)"):
+            dist.all_reduce(torch.randn(3).to("wgpu"))
+    finally:
+        dist.destroy_process_group()

@@ -175,10 +175,33 @@ def _create(store, rank: int, size: int, timeout: timedelta) -> WgpuProcessGroup
     return WgpuProcessGroup(store, rank, size, timeout)
 
 
+def _refuse_other_process_groups() -> None:
+    """A wgpu tensor handed to another backend's collective (plain "gloo") reaches navitrain's
+    __torch_dispatch__ as a c10d op; running it as a counted CPU fallback would do the collective on a
+    copy. Say which backend to use instead."""
+    from navitrain.wgpu import dispatch
+
+    def refuse(op):
+        def handler(*args, **kwargs):
+            raise RuntimeError(
+                f"{op}: this process group's backend cannot take wgpu tensors; initialise it with "
+                f"dist.init_process_group('{NAME}') or 'cpu:gloo,wgpu:{NAME}' (import navitrain.wgpu.distributed "
+                f"first)")
+        return handler
+
+    for name in torch._C._dispatch_get_all_op_names():
+        if name.startswith("c10d::"):
+            packet = getattr(torch.ops.c10d, name.split("::", 1)[1])
+            for overload in packet.overloads():
+                op = getattr(packet, overload)
+                dispatch.OPS.setdefault(op, refuse(op))
+
+
 def register() -> None:
     """Make "navitrain" a torch.distributed backend for the wgpu device (and CPU). Idempotent."""
     if NAME.upper() in dist.Backend._plugins:
         return
+    _refuse_other_process_groups()
     dist.Backend.register_backend(NAME, _create, devices=["cpu", "wgpu"])
 
 
