@@ -250,6 +250,8 @@ for _name, _f in {
     "argmin": lambda x: x.argmin(1), "var": lambda x: x.var(1), "std": lambda x: x.std(1),
 "norm": lambda x: torch.linalg.vector_norm(x, dim=1),
     "norm(inf)": lambda x: torch.linalg.vector_norm(x, INF, dim=1), "norm(1)": lambda x: x.norm(1, dim=1),
+    "norm(0)": lambda x: torch.linalg.vector_norm(x, 0, dim=1), "norm(-inf)": lambda x: torch.linalg.vector_norm(x, -INF, dim=1),
+    "norm(3)": lambda x: torch.linalg.vector_norm(x, 3.0, dim=1),
     "logsumexp": lambda x: torch.logsumexp(x, 1), "any": lambda x: x.any(1), "all": lambda x: x.all(1),
     "any(all)": lambda x: x.any(), "all(all)": lambda x: x.all(), "any(dims)": lambda x: x.any((0, 1)),
     "all(dims)": lambda x: x.all((0, 1)), "sum.out": lambda x: torch.sum(x, 1, out=torch.empty(8, device=x.device)),

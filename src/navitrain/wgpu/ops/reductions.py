@@ -172,7 +172,8 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None):
         a = pointwise.run("abs", "abs(a)", [x], torch.float32, "f32")
         return _cast(reduce(a, dim, keepdim, "min", torch.float32), out_dtype)
     if ord == 0:
-        nz = pointwise.run("nonzero", "select(0.0, 1.0, a != 0.0)", [x], torch.float32, "f32")
+        # NaN counts as non-zero (as on the CPU); lavapipe evaluates != as ordered, false for NaN.
+        nz = pointwise.run("nonzero", "select(0.0, 1.0, a != 0.0 || is_nan(a))", [x], torch.float32, "f32")
         return _cast(reduce(nz, dim, keepdim, "sum", torch.float32), out_dtype)
     if ord == 1:
         a = pointwise.run("abs", "abs(a)", [x], torch.float32, "f32")
