@@ -16,8 +16,15 @@ SQRT_2_OVER_PI = 0.7978845608028654
 INV_SQRT_2 = 0.7071067811865476
 
 
+# The only activations the CPU computes on integer tensors; none takes bools.
+_INTEGER_OK = ("threshold", "hardtanh")
+
+
 def _pw(name, expr, inputs, dtype=None, scalars=(), out=None):
     dtype = dtype or inputs[0].dtype
+    if not dtype.is_floating_point and (dtype == torch.bool or name not in _INTEGER_OK):
+        # As the CPU: an activation of integers would be computed in f32 and silently truncated.
+        raise NotImplementedError(f'"{name}" not implemented for \'{str(dtype).replace("torch.", "")}\'')
     return pointwise.run(name, expr, inputs, dtype, "f32", list(scalars), "f" * len(scalars), out=out,
                          shape=tuple(out.shape) if out is not None else None)
 

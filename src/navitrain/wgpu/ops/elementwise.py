@@ -116,6 +116,7 @@ def _check_inplace(self, result_dtype, name):
 def _arith(name, ftemplate, itemplate, btemplate=None, float_result=False):
     """Register op.Tensor, op.Scalar, op_.Tensor, op_.Scalar, op.out for an arithmetic op.
     `float_result`: integer and bool inputs give the default float dtype (atan2), as on the CPU."""
+    refuses_bool = name == "sub"
     def compute_of(dtype):
         return pointwise.compute_type(dtype)
 
@@ -142,6 +143,8 @@ def _arith(name, ftemplate, itemplate, btemplate=None, float_result=False):
             int_division.check_divisor(b, f"aten.{name}")
 
     def promote(a, b):
+        if refuses_bool:
+            _refuse_bool_subtraction(a, b)
         dtype = _promote(a, b)
         return _float_result(dtype) if float_result else dtype
 
@@ -250,8 +253,15 @@ def floor_divide(a, b):
     return _div(a, b, "floor")
 
 
+def _refuse_bool_subtraction(a, b):
+    if any(v.dtype == torch.bool if isinstance(v, torch.Tensor) else type(v) is bool for v in (a, b)):
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If you are "
+                           "trying to invert a mask, use the `~` or `logical_not()` operator instead.")
+
+
 @implements(aten.rsub.Tensor, aten.rsub.Scalar)
 def rsub(a, b, *, alpha=1):
+    _refuse_bool_subtraction(a, b)
     dtype = _promote(a, b)
     compute = pointwise.compute_type(dtype)
     return apply("rsub", "{b} - {alpha} * {a}", [a, b], dtype, compute, {"alpha": alpha})
@@ -386,7 +396,9 @@ def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=Non
     def template_for(dtype, compute):
         if compute == "f32":
             return ftemplate
-        if compute == "bool" and bool_template is not None:
+        if compute == "bool":
+            if bool_template is None:  # WGSL has no arithmetic on bools, and the CPU refuses them too
+                raise NotImplementedError(f'"{name}" not implemented for \'Bool\'')
             return bool_template
         if itemplate is None:
             raise RuntimeError(f"{name} is not implemented for {dtype}")
@@ -423,8 +435,11 @@ def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=Non
 for _name, _f in {
     "exp": "exp({a})", "exp2": "exp2({a})", "expm1": "expm1_f({a})", "log": "log({a})", "log2": "log2({a})",
     "log10": "(log({a}) * 0.4342944819032518)", "log1p": "log1p_f({a})", "sqrt": "sqrt({a})",
-    "rsqrt": "inverseSqrt({a})", "sin": "sin({a})", "cos": "cos({a})", "tan": "tan({a})", "asin": "asin({a})",
-    "acos": "acos({a})", "atan": "atan({a})", "sinh": "sinh({a})", "cosh": "cosh({a})", "tanh": "tanh_f({a})",
+    "rsqrt": "inverseSqrt({a})", "sin": "sin({a})", "cos": "cos({a})", "tan": "tan({a})",
+    # WGSL's asin/acos lose 4e-4 near |x| -> 1 on lavapipe: through atan2 they are as exact as atan (3e-6).
+    "asin": "select(atan2_f({a}, sqrt((1.0 - {a}) * (1.0 + {a}))), {a}, {a} == 0.0)",  # asin(-0) = -0
+    "acos": "atan2_f(sqrt((1.0 - {a}) * (1.0 + {a})), {a})",
+    "atan": "atan({a})", "sinh": "sinh({a})", "cosh": "cosh({a})", "tanh": "tanh_f({a})",
     "asinh": "asinh({a})", "acosh": "acosh({a})", "atanh": "atanh({a})", "sigmoid": "sigmoid_f({a})",
     "erf": "erf_f({a})", "erfc": "(1.0 - erf_f({a}))", "reciprocal": "(1.0 / {a})",
 }.items():
@@ -438,7 +453,7 @@ for _name, _f, _i in (
 ):
     # sign(NaN) is 0 on the CPU; the others carry NaN through their own arithmetic.
     _unary(_name, _f, _i, float_result=False, nan_in_nan_out=_name not in ("sign", "neg", "square", "relu"),
-           bool_template="{a}" if _name in ("abs", "relu", "floor", "ceil", "trunc", "round", "sign") else None)
+           bool_template="{a}" if _name == "sign" else None)  # the CPU refuses bools for the others
 
 
 @implements(aten.isnan.default)
@@ -542,13 +557,21 @@ def addcmul_(x, t1, t2, *, value=1):
 
 @implements(aten.addcdiv.default)
 def addcdiv(x, t1, t2, *, value=1):
+    _check_addcdiv(t1, t2)
     dtype = result_type(x, t1, t2)
     compute = pointwise.compute_type(dtype)
     return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], dtype, compute, {"v": value})
 
 
+def _check_addcdiv(t1, t2):
+    if not t1.dtype.is_floating_point and not t2.dtype.is_floating_point:
+        raise RuntimeError("Integer division with addcdiv is no longer supported (as on the CPU): use "
+                           "(input + value * torch.trunc(tensor1 / tensor2)).to(input.dtype)")
+
+
 @implements(aten.addcdiv_.default)
 def addcdiv_(x, t1, t2, *, value=1):
+    _check_addcdiv(t1, t2)
     compute = pointwise.compute_type(x.dtype)
     return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x, shape=tuple(x.shape))
 

@@ -685,12 +685,14 @@ def _offset_keys(keys, B, idx_ops, at, nb):
                 codegen.groups_for(numel, WG))
 
 
-@implements(aten.index_put_.default, aten._index_put_impl_.default, aten._unsafe_index_put.default)
+@implements(aten.index_put_.default, aten._index_put_impl_.default)
 def index_put_(x, indices, values, accumulate=False, unsafe=False):
     return _index_put_into(x, indices, values, accumulate)
 
 
-@implements(aten.index_put.default)
+# _unsafe_index_put is functional like index_put (only its bounds checks are skipped): writing into x
+# would change the input of _unsafe_masked_index_put_accumulate and of upsampling gradients.
+@implements(aten.index_put.default, aten._unsafe_index_put.default)
 def index_put(x, indices, values, accumulate=False):
     return _index_put_into(aten.clone.default(x), indices, values, accumulate)
 

@@ -34,11 +34,19 @@ def mm_out(a, b, *, out):
     return gemm.gemm(a, b, out)
 
 
+def _scales(dtype, beta, alpha):
+    """beta and alpha as the CPU applies them: integer products truncate them to integers first."""
+    if dtype.is_floating_point:
+        return float(beta), float(alpha)
+    return float(int(beta)), float(int(alpha))
+
+
 @implements(aten.addmm.default)
 def addmm(bias, a, b, *, beta=1, alpha=1):
     _check_2d("addmm", a, b)
     M, N = a.shape[0], b.shape[1]
     out = empty([M, N], gemm.result_dtype(a, b))
+    beta, alpha = _scales(out.dtype, beta, alpha)
     cin = bias.expand(M, N) if tuple(bias.shape) != (M, N) else bias
     if a.shape[1] == 0:
         return pointwise.run("scale", "a * s0", [cin], out.dtype, "f32", [float(beta)], out=out)
@@ -65,6 +73,7 @@ def bmm(a, b):
 def baddbmm(x, a, b, *, beta=1, alpha=1):
     B, M, N = a.shape[0], a.shape[1], b.shape[2]
     out = empty([B, M, N], gemm.result_dtype(a, b))
+    beta, alpha = _scales(out.dtype, beta, alpha)
     cin = x.expand(B, M, N)
     return gemm.gemm(a, b, out, float(alpha), float(beta), cin, cin_strides=(cin.stride(1), cin.stride(2), cin.stride(0)))
 

@@ -122,8 +122,11 @@ def native_dropout(x, p, train):
 
 @implements(aten.native_dropout_backward.default)
 def native_dropout_backward(grad, mask, scale):
-    return pointwise.run("dropout_apply", "select(0.0, a * s0, b)", [grad, mask], grad.dtype, "f32", [scale],
-                         load_types=("f32", "bool"))
+    # The CPU's grad * mask * scale: a float result for integer and bool grads (scale is a float); a
+    # dropped float gradient stays NaN or -0, a dropped integer one is an integer 0 (+0.0).
+    dtype = torch.result_type(torch.empty((), dtype=grad.dtype), scale)
+    expr = "a * f32(b) * s0" if grad.dtype.is_floating_point else "select(0.0, a, b) * s0"
+    return pointwise.run("dropout_backward", expr, [grad, mask], dtype, "f32", [scale], load_types=("f32", "bool"))
 
 
 

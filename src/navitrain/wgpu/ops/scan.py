@@ -299,4 +299,17 @@ def cumprod_(x, dim, *, dtype=None):
 def logcumsumexp(x, dim):
     if not x.dtype.is_floating_point:
         raise RuntimeError(f"logcumsumexp(): expected a floating point input, got {x.dtype}")
-    return scan("logsumexp", x, dim, x.dtype)
+    if x.dim() == 0 or x.numel() == 0:
+        return scan("logsumexp", x, dim, x.dtype)
+    # The CPU accumulates in double; an f32 scan rounds every step to the ulp of the running result,
+    # which is coarse far from 0 (the gradient scans log|grad| - result, about -1e4 when an input is 1e4).
+    # A second scan of x - max(x) along the dim keeps results near the max fine-grained; each element
+    # takes whichever scan ran closer to 0.
+    wide = x if x.dtype == torch.float32 else aten._to_copy.default(x, dtype=torch.float32)
+    top = aten.amax.default(wide, [dim], True)
+    shift = aten.where.ScalarOther(aten.isfinite.default(top), top, 0.0)
+    plain = scan("logsumexp", wide, dim, torch.float32)
+    shifted = aten.add_.Tensor(scan("logsumexp", aten.sub.Tensor(wide, shift), dim, torch.float32), shift)
+    nearer = aten.lt.Tensor(aten.abs.default(aten.sub.Tensor(plain, shift)), aten.abs.default(plain))
+    out = aten.where.self(nearer, shifted, plain)
+    return out if x.dtype == torch.float32 else aten._to_copy.default(out, dtype=x.dtype)
