@@ -117,8 +117,9 @@ def test_map_location_to_a_missing_adapter_raises():
     buf = io.BytesIO()
     torch.save({"w": rnd(3)}, buf)
     buf.seek(0)
-    with pytest.raises(RuntimeError, match="wgpu:3 does not exist"):
-        torch.load(buf, map_location="wgpu:3")
+    missing = torch.accelerator.device_count()
+    with pytest.raises(RuntimeError, match=f"wgpu:{missing} does not exist"):
+        torch.load(buf, map_location=f"wgpu:{missing}")
 
 
 @pytest.mark.parametrize("make", [
@@ -162,15 +163,16 @@ def test_format_of_a_wgpu_scalar():
     lambda dev: torch.tensor([1.0, 2.0], device=dev),
 ])
 def test_a_device_index_without_an_adapter_raises(make):
-    with pytest.raises(RuntimeError, match=r"wgpu:1 does not exist.*adapters on this machine"):
-        make("wgpu:1")
+    missing = torch.accelerator.device_count()  # wgpu:0..N-1 exist
+    with pytest.raises(RuntimeError, match=rf"wgpu:{missing} does not exist.*adapters on this machine"):
+        make(f"wgpu:{missing}")
     assert make("wgpu:0").device == torch.device("wgpu", 0)
 
 
 def test_accelerator_calls_scripts_make():
     assert torch.accelerator.is_available()
     assert torch.accelerator.current_accelerator() == torch.device("wgpu")
-    assert torch.accelerator.device_count() == 1
+    assert torch.accelerator.device_count() >= 1
     assert torch.accelerator.current_device_index() == 0
 
 
