@@ -9,6 +9,7 @@ is in NOT_SWEPT -- which must stay minimal: an op listed there that the sweep do
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -671,3 +672,26 @@ def test_int_division_inside_a_graph_capture_is_counted_not_silent():
         with nw.graph(nw.WgpuGraph()):
             a // 0
     int_division.unchecked_counts.clear()
+
+
+def test_a_diverging_training_step_looks_diverged():
+    # One NaN in a batch: the loss is NaN and, after the step, so is every parameter the CPU makes NaN
+    # (a model whose ReLU/LayerNorm/clamp turned NaN into numbers would train on, silently).
+    torch.manual_seed(350)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.LayerNorm(16),
+                               torch.nn.Hardtanh(), torch.nn.Linear(16, 4))
+    x = torch.randn(6, 8)
+    x[2, 5] = NAN
+    y = torch.randint(4, (6,))
+    results = []
+    for device in ("cpu", DEV):
+        model = copy.deepcopy(base).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        loss.backward()
+        opt.step()
+        results.append((loss.detach().cpu(), [p.detach().cpu() for p in model.parameters()]))
+    (cpu_loss, cpu_params), (dev_loss, dev_params) = results
+    assert math.isnan(cpu_loss.item()) and math.isnan(dev_loss.item())
+    for c, d in zip(cpu_params, dev_params):
+        assert torch.equal(c.isnan(), d.isnan())
