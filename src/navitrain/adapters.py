@@ -75,6 +75,16 @@ def choose(infos: list[AdapterInfo], want: str | None = None) -> int | None:
     return order[0]
 
 
+def device_order(infos: list[AdapterInfo]) -> list[int]:
+    """Indices into `infos` in wgpu:N order: wgpu:0 is the adapter `choose` picks, then the other hardware
+    adapters by `rank` (two identical cards keep the driver's enumeration order: sorted() is stable);
+    software rasterisers count only where there is no hardware adapter, so that torchrun's second rank
+    on a one-GPU machine is not put on llvmpipe."""
+    order = sorted(range(len(infos)), key=lambda i: rank(infos[i]))
+    hardware = [i for i in order if not infos[i].software]
+    return hardware or order
+
+
 def prepare_instance() -> None:
     """Restrict wgpu to compute-capable native backends, before the first adapter request.
 

@@ -129,6 +129,8 @@ def main() -> None:
     case, rank, world, port, out_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
     os.environ.setdefault("LOCAL_RANK", str(rank))
     backend = os.environ.get("DDP_TEST_BACKEND", wd.NAME)
+    global DEV
+    DEV = wd.local_device()
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=TIMEOUT)
     if case == "collectives":

@@ -174,3 +174,54 @@ def test_plain_gloo_refuses_wgpu_tensors_clearly():
             dist.all_reduce(torch.randn(3).to("wgpu"))
     finally:
         dist.destroy_process_group()
+
+
+def _info(name, kind="DiscreteGPU", software=False):
+    from navitrain.adapters import AdapterInfo
+
+    return AdapterInfo(name, "", 0, 0, kind, "Vulkan", "", software)
+
+
+def test_device_order_is_hardware_by_rank_then_enumeration_and_software_only_alone():
+    from navitrain.adapters import choose, device_order
+
+    infos = [_info("llvmpipe", "CPU", True), _info("Intel UHD 770", "IntegratedGPU"),
+             _info("AMD Radeon RX 5700 XT (RADV NAVI10)"), _info("AMD Radeon RX 5700 XT (RADV NAVI10)")]
+    assert device_order(infos) == [2, 3, 1]           # identical cards keep the driver's order
+    assert device_order(infos)[0] == choose(infos)    # wgpu:0 is what a single process picks
+    assert device_order([_info("llvmpipe", "CPU", True)]) == [0]
+
+
+_TWO_ADAPTERS = """
+import torch, navitrain.adapters as a
+real = a.list_adapters
+def twice():  # the machine's one adapter seen as two identical ones
+    pairs = real()
+    return pairs + [(pairs[0][0], pairs[0][1].__class__(**{**pairs[0][1].to_dict(), "name": "second"}))]
+a.list_adapters = twice
+import navitrain.wgpu as nw
+assert nw.device_count() == 2 and nw.current_device() == 0
+try:
+    torch.ones(1, device="wgpu:2")
+except RuntimeError as e:
+    assert "wgpu:2 does not exist" in str(e) and "wgpu:1 second" in str(e), e
+x = torch.randn(3, device="wgpu:1")           # the first tensor chooses this process's adapter
+assert x.device == torch.device("wgpu", 1) and (x + 1).device == x.device, x.device
+assert nw.current_device() == 1 and nw.adapter_info()["name"] == "second"
+assert torch.equal((x * 2).cpu(), x.cpu() * 2)
+try:
+    torch.ones(1, device="wgpu:0")
+except RuntimeError as e:
+    assert "one adapter per process" in str(e), e
+else:
+    raise AssertionError("wgpu:0 accepted in a process that drives wgpu:1")
+print("OK")
+"""
+
+
+def test_each_process_drives_the_wgpu_N_it_asks_for():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("NAVITRAIN_WGPU_ADAPTER", None)
+    run = subprocess.run([sys.executable, "-c", _TWO_ADAPTERS], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stdout + run.stderr[-3000:]

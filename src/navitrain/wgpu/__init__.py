@@ -151,16 +151,19 @@ def is_initialized() -> bool:
 
 
 def device_count() -> int:
-    return 1
+    """Adapters as wgpu:0..N-1 (hardware ones; llvmpipe only where there is none). One per process."""
+    return len(_device.adapter_names())
 
 
 def current_device() -> int:
-    return 0
+    return _device.CURRENT.index
 
 
 def set_device(device) -> None:
-    if _torch.device(device).index not in (None, 0):
-        raise ValueError("the wgpu backend exposes one device, wgpu:0")
+    """Choose this process's adapter, wgpu:N (before its first wgpu tensor; torchrun: LOCAL_RANK)."""
+    index = device if isinstance(device, int) else _torch.device(device).index
+    if index is not None:
+        _device.select(index)
 
 
 def _is_in_bad_fork() -> bool:

@@ -38,6 +38,8 @@ def register() -> None:
     module = sys.modules["navitrain.wgpu"]
     if name == "privateuseone":
         _setup_privateuseone_for_python_backend("wgpu", backend_module=module)
+    global CURRENT
+    CURRENT = torch.device("wgpu", 0)
     _registered = True
 
 
@@ -94,17 +96,46 @@ def register_factories() -> None:
     _libs.extend([lib, fallback_lib])  # keep the registrations alive
 
 
-def check_index(device) -> None:
-    """Raise unless `device` (a torch.device, or None) names the one adapter navitrain drives, wgpu:0."""
-    if device is None or device.index in (None, 0):
-        return
-    from navitrain.wgpu.runtime import runtime
+# The wgpu:N this process drives. One adapter per process (as torchrun runs one rank per GPU): the
+# runtime opens adapter N of adapters.device_order when it starts, and every wgpu tensor of the
+# process reports this device. Until then set_device(N) or a first `device="wgpu:N"` may change it.
+CURRENT: torch.device = None  # type: ignore[assignment]  (wgpu:0 once register() named the device)
 
-    rt = runtime()
-    others = ", ".join(info.name for info in rt.all_adapters)
-    raise RuntimeError(
-        f"wgpu device {device} does not exist: navitrain drives one adapter, wgpu:0 ({rt.info.name}); "
-        f"adapters on this machine: {others} (pick another with NAVITRAIN_WGPU_ADAPTER)")
+
+def adapter_names() -> list[str]:
+    """Adapter names in wgpu:N order (the runtime's list once it runs; enumerating them otherwise)."""
+    from navitrain.adapters import device_order, list_adapters
+    from navitrain.wgpu import runtime as rt_mod
+
+    infos = rt_mod.runtime().all_adapters if rt_mod.is_started() else [info for _, info in list_adapters()]
+    return [infos[i].name for i in device_order(infos)]
+
+
+def select(index: int) -> None:
+    """Make wgpu:`index` this process's device; only before the runtime starts (or a no-op)."""
+    global CURRENT
+    from navitrain.wgpu import runtime as rt_mod
+
+    if index == CURRENT.index:
+        return
+    names = adapter_names()
+    if not 0 <= index < len(names):
+        raise RuntimeError(f"wgpu device wgpu:{index} does not exist: adapters on this machine in wgpu:N order: "
+                           + ", ".join(f"wgpu:{i} {n}" for i, n in enumerate(names)))
+    if rt_mod.is_started():
+        raise RuntimeError(
+            f"wgpu:{index} asked for, but this process already drives {CURRENT} ({rt_mod.runtime().info.name}): "
+            f"navitrain drives one adapter per process; choose it before the first wgpu tensor "
+            f"(torch.wgpu.set_device({index}), or one process per adapter as torchrun starts them)")
+    CURRENT = torch.device("wgpu", index)
+
+
+def check_index(device) -> None:
+    """Raise unless `device` (a torch.device, or None) names this process's adapter (choosing it if the
+    runtime has not started yet)."""
+    if device is None or device.index is None or device.index == CURRENT.index:
+        return
+    select(device.index)
 
 
 def _pin_memory(tensor, device=None):

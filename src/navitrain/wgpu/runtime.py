@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from navitrain import _env
-from navitrain.adapters import AdapterInfo, choose, list_adapters
+from navitrain.adapters import AdapterInfo, choose, device_order, list_adapters
 from navitrain.wgpu.allocator import Block, CachingAllocator, Heap, OutOfMemory
 from navitrain.wgpu.dtypes import WGSL_HELPERS, build_table
 
@@ -79,7 +79,14 @@ class Runtime:
         pairs = list_adapters()
         infos = [info for _, info in pairs]
         want = _env.wgpu_adapter()
-        index = choose(infos, want)
+        from navitrain.wgpu import device as _device  # the wgpu:N this process drives
+
+        order = device_order(infos)
+        asked = _device.CURRENT.index
+        index = choose(infos, want) if want else (order[asked] if asked < len(order) else None)
+        if index is None and not want and infos:
+            raise WgpuError(f"wgpu:{asked} does not exist: {len(order)} adapter(s) in wgpu:N order: "
+                            + ", ".join(infos[i].name for i in order))
         if index is None:
             if want:
                 names = ", ".join(i.name for i in infos) or "none"

@@ -15,11 +15,12 @@ from collections import OrderedDict
 
 import torch
 
+from navitrain.wgpu import device as _device
 from navitrain.wgpu import dtypes as _dtypes
 from navitrain.wgpu import runtime as _rt_mod
 from navitrain.wgpu.runtime import runtime
 
-DEVICE = torch.device("wgpu", 0)
+DEVICE = torch.device("wgpu", 0)  # the default; this process's own wgpu:N is navitrain.wgpu.device.CURRENT
 
 
 class WgpuStorage:
@@ -85,7 +86,7 @@ class WgpuTensor(torch.Tensor):
     def __repr__(self, *, tensor_contents=None):
         cpu = to_cpu(self.detach())
         text = repr(cpu)
-        extras = [f"device='{DEVICE}'"]
+        extras = [f"device='{self.device}'"]
         if self.grad_fn is not None:
             extras.append(f"grad_fn=<{type(self.grad_fn).__name__}>")
         elif self.requires_grad:
@@ -163,7 +164,7 @@ def wrap(storage: WgpuStorage, size, stride, offset: int, dtype: torch.dtype) ->
     can have on this device so that in-place metadata changes (resize_, set_) pass its bounds checks.
     (Arguments are positional: keyword parsing is a measurable share of a small op's host time.)
     """
-    t = _make(WgpuTensor, size, stride, offset, None, dtype, torch.strided, DEVICE, False, False, None, False,
+    t = _make(WgpuTensor, size, stride, offset, None, dtype, torch.strided, _device.CURRENT, False, False, None, False,
               False, None, (_rt_mod._runtime or runtime()).allocator.max_binding)
     t._ws = storage
     return t
