@@ -81,22 +81,36 @@ _MIXED_DEVICES_OK = {
 }
 
 
+# Argument types that cannot be a tensor of another device: skipped with one set lookup each (this check
+# runs on every op, so the common case must cost next to nothing).
+_INERT = frozenset({WgpuTensor, int, float, bool, type(None), str, torch.dtype, torch.device, torch.layout,
+                    torch.memory_format})
+
+
 def _check_same_device(func, args, kwargs) -> None:
-    for i, a in enumerate(args):
-        if isinstance(a, torch.Tensor):
-            if a.dim() and not isinstance(a, WgpuTensor):
-                _raise_other_device(func, a, i)
-        elif type(a) in (list, tuple):
-            for v in a:
-                if isinstance(v, torch.Tensor) and v.dim() and not isinstance(v, WgpuTensor):
-                    _raise_other_device(func, v, i)
+    for a in args:
+        if type(a) not in _INERT:
+            _check_value(func, a, args)
     if kwargs:
         for k, a in kwargs.items():
-            if isinstance(a, torch.Tensor) and a.dim() and not isinstance(a, WgpuTensor):
-                _raise_other_device(func, a, k)
+            if type(a) not in _INERT:
+                _check_value(func, a, k)
 
 
-def _raise_other_device(func, tensor, where) -> None:
+def _check_value(func, a, where) -> None:
+    """`where`: the keyword, or the positional arguments (searched by identity only when raising)."""
+    if isinstance(a, torch.Tensor):
+        if not isinstance(a, WgpuTensor) and a.dim():
+            _raise_other_device(func, a, where, a)
+    elif type(a) in (list, tuple):
+        for v in a:
+            if type(v) not in _INERT and isinstance(v, torch.Tensor) and not isinstance(v, WgpuTensor) and v.dim():
+                _raise_other_device(func, v, where, a)
+
+
+def _raise_other_device(func, tensor, where, arg) -> None:
+    if isinstance(where, tuple):
+        where = next(i for i, x in enumerate(where) if x is arg)
     arguments = func._schema.arguments
     name = arguments[where].name if isinstance(where, int) and where < len(arguments) else where
     raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
