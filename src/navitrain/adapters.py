@@ -9,8 +9,9 @@ doctor and the tests can use them without a GPU.
 """
 from __future__ import annotations
 
+import atexit
 import os
-import tempfile
+import shutil
 from dataclasses import asdict, dataclass
 
 from navitrain import _env
@@ -92,7 +93,13 @@ def prepare_instance() -> None:
     empty directory silences that without affecting anything else.
     """
     if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="navitrain-xdg-")
+        # Removed at exit, and it names its owner so that the next probe run removes it after a process
+        # that ended without exit handlers (os._exit, a signal): each such process used to leave one.
+        from navitrain.probe import tempdirs
+
+        path = tempdirs.make("navitrain-xdg-")
+        atexit.register(shutil.rmtree, path, True)
+        os.environ["XDG_RUNTIME_DIR"] = str(path)
     try:
         from wgpu.backends.wgpu_native import extras
 

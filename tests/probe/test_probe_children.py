@@ -36,7 +36,8 @@ def _marked(name: str, value: str) -> list[int]:
 
 
 def _leftovers(tmp: Path) -> list[str]:
-    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(tempdirs.PREFIXES))
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(("navitrain-probe-", "navitrain-cases-",
+                                                                      "navitrain-xdg-")))
 
 
 def _wait_for(predicate, seconds: float) -> bool:
@@ -95,3 +96,17 @@ def test_next_run_removes_a_dead_owners_dir_and_keeps_a_live_ones(tmp_path):
     removed = tempdirs.remove_abandoned(str(tmp_path))
     assert sorted(p.name for p in removed) == ["navitrain-probe-orphan", "navitrain-probe-reused-pid"]
     assert live.is_dir() and unrelated.is_dir() and not orphan.exists() and not reused.exists()
+
+
+def test_the_wgpu_runtime_dir_goes_with_its_process(tmp_path):
+    """adapters.prepare_instance() makes a private XDG_RUNTIME_DIR: removed at exit, and after an exit
+    without exit handlers (os._exit, as probe and bench children end) by the next sweep."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    code = "from navitrain import adapters; adapters.prepare_instance(); import os; print(os.environ['XDG_RUNTIME_DIR'])"
+    made = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert made.strip().startswith(str(tmp_path)) and _leftovers(tmp_path) == []
+    subprocess.run([sys.executable, "-c", code + "; os._exit(0)"], env=env, check=True, capture_output=True)
+    assert len(_leftovers(tmp_path)) == 1
+    tempdirs.remove_abandoned(str(tmp_path))
+    assert _leftovers(tmp_path) == []

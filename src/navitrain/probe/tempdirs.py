@@ -1,5 +1,5 @@
-"""The probe's temp dirs: each names its owner process, so one left behind by a parent that died (kill -9,
-a power cut) is removed by the next probe run, and no other run's live dir is ever touched."""
+"""navitrain's temp dirs: each names its owner process, so one left behind by a process that died (kill -9,
+a power cut, os._exit) is removed by the next probe run, and no live process's dir is ever touched."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PREFIXES = ("navitrain-probe-", "navitrain-cases-")
+PREFIXES = ("navitrain-probe-", "navitrain-cases-", "navitrain-xdg-")  # xdg: adapters.prepare_instance
 OWNER_FILE = "owner"
 # A dir without an owner file was made by an older navitrain (or is being made right now): removed
 # only once it is clearly abandoned.
