@@ -10,6 +10,12 @@ weights must agree to float32 rounding. Rank 0 prints the comparison and PASS or
     torchrun --nproc_per_node=2 benchmarks/ddp_nomiopen.py             # GPUs, NCCL/RCCL
     python benchmarks/ddp_nomiopen.py --spawn 2                         # the same without torchrun
     python benchmarks/ddp_nomiopen.py --spawn 2 --device cpu            # CPU, gloo (route on the CPU key)
+
+With --bench it measures data-parallel scaling instead (benchmarks/_ddp_scaling.py): steps/s of CIFAR
+ResNet-18 (batch 128 per GPU) and the GPT decoder, one process against N, in the same run:
+
+    python benchmarks/ddp_nomiopen.py --bench                           # 1 vs 2 GPUs, NCCL/RCCL
+    python benchmarks/ddp_nomiopen.py --bench --device cpu --tiny       # dry run on the CPU, gloo
 """
 from __future__ import annotations
 
@@ -124,7 +130,52 @@ def _spawned(rank: int, world: int, port: int, args) -> None:
         sys.exit(1)
 
 
+def setup_cuda(local_rank: int) -> torch.device:
+    torch.cuda.set_device(local_rank)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    nomiopen.enable("CUDA")
+    return torch.device("cuda", local_rank)
+
+
+def setup_cpu(local_rank: int) -> torch.device:
+    nomiopen.enable("CPU")
+    return torch.device("cpu")
+
+
+def sync_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_main(argv) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _ddp_scaling
+
+    parser = argparse.ArgumentParser(description="nomiopen data-parallel scaling (1 vs N processes)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    _ddp_scaling.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.device == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            print("nomiopen scaling needs a CUDA/ROCm build of torch and a GPU; none here, nothing measured "
+                  "(--device cpu --tiny runs a dry run on the CPU)")
+            return 0
+        route = _ddp_scaling.Route("nomiopen", "nccl", setup_cuda, sync_device)
+        note = f"{args.world} processes on {count} GPU(s) ({torch.cuda.get_device_name(0)})"
+        if count < args.world:
+            print(f"--world {args.world} needs {args.world} GPUs for NCCL, found {count}", file=sys.stderr)
+            return 2
+    else:
+        route = _ddp_scaling.Route("nomiopen", "gloo", setup_cpu, sync_device)
+        note = f"{args.world} processes sharing this machine's CPU: a dry run of the script, not GPU scaling"
+    return _ddp_scaling.run(route, args, note)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--bench" in argv:
+        return bench_main([a for a in argv if a != "--bench"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--spawn", type=int, default=0, help="start this many processes here (without torchrun)")
