@@ -2,6 +2,7 @@
 case passes; a start-up that runs out of its own limit is reported as such, never as a hang of the
 case, and never stored; the cpu route is not refused for a hang; bad options and NAVITRAIN_PROBE_TIMEOUT
 are refused up front (rc 2)."""
+import logging
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def test_a_start_up_that_runs_out_is_not_a_hang_and_is_not_stored(quick_case, tm
     assert store.latest_results(run.fingerprint, routes=["cpu"]) == []
 
 
-def test_cpu_is_not_refused_for_a_hang_record(tmp_path, monkeypatch):
+def test_cpu_is_not_refused_for_a_hang_record(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("NAVITRAIN_ROUTE", raising=False)
     fp = fingerprints.current()
@@ -46,7 +47,11 @@ def test_cpu_is_not_refused_for_a_hang_record(tmp_path, monkeypatch):
     for i, case in enumerate(essential):
         outcome = "hang" if i == 0 else "pass"
         store.save_result(fp, ProbeResult(case.name, "cpu", {}, outcome, "no result after 1 s", essential=True))
+    caplog.set_level(logging.INFO, logger="navitrain")
     assert navitrain.device("cpu", progress=False).type == "cpu"
+    chosen = next(r.message for r in caplog.records if r.message.startswith("training on cpu"))
+    n = len(essential)
+    assert f"{n - 1} of {n} essential probes passed" in chosen and "ran out of time" in chosen, chosen
     # elsewhere a hang still stops a route
     hung = ProbeResult(essential[0].name, "wgpu", {}, "hang", "no result after 60 s", essential=True)
     assert select._failures([hung]) == [hung]

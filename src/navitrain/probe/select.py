@@ -135,6 +135,16 @@ def _failures(results: list[ProbeResult]) -> list[ProbeResult]:
     return failed
 
 
+def _passed(results: list[ProbeResult], sentence: str) -> str:
+    """`sentence` with "N essential probes" filled in truly: on cpu some may have run out of time
+    (see _failures), and then the sentence says how many passed and why the rest did not count."""
+    ok = sum(r.outcome == PASS for r in results)
+    if ok == len(results):
+        return sentence % f"{ok} essential probes"
+    return (sentence % f"{ok} of {len(results)} essential probes" + f"; the other {len(results) - ok} ran "
+            "out of time, which is not held against the CPU")
+
+
 def _skip_reason(failed: list[ProbeResult]) -> str:
     if all(r.outcome == UNAVAILABLE for r in failed):
         return f"unavailable: {failed[0].detail}"
@@ -168,8 +178,7 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         if failed:
             raise RouteNotWorking(asked, failed)
         dev, info = _prepare(asked)
-        log.info("training on %s (%s; %s): %s; its %d essential probes passed", asked, dev, info, source,
-                 len(results))
+        log.info("training on %s (%s; %s): %s; %s", asked, dev, info, source, _passed(results, "its %s passed"))
         return dev
 
     order, order_why = route_order(fp)
@@ -181,8 +190,8 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
             skipped.append(f"{name} ({_skip_reason(failed) if failed else 'no essential cases'})")
             continue
         dev, info = _prepare(name)
-        log.info("training on %s (%s; %s): the fastest route whose %d essential probes pass here, by %s%s",
-                 name, dev, info, len(results), order_why,
+        log.info("training on %s (%s; %s): the fastest route %s, by %s%s",
+                 name, dev, info, _passed(results, "whose %s pass here"), order_why,
                  f"; skipped {'; '.join(skipped)}" if skipped else "")
         return dev
     raise RuntimeError("no route works on this machine, not even cpu: " + "; ".join(skipped))
