@@ -1,6 +1,8 @@
 """One rank of the distributed tests (tests/wgpu/test_distributed.py runs it as a subprocess per rank).
 
     python ddp_worker.py CASE RANK WORLD PORT OUT_FILE
+    torchrun ... ddp_worker.py CASE env env env OUT_FILE     # rank and world from torchrun ({rank} in OUT_FILE)
+    torchrun ... ddp_worker.py CASE env env env OUT_FILE     # rank and world from torchrun ({rank} in OUT_FILE)
 
 Each case saves what it saw (CPU tensors) to OUT_FILE with torch.save; the test compares that with
 PyTorch on the CPU. A subprocess rather than torch.multiprocessing: a hung rank can be killed, so a
@@ -126,13 +128,19 @@ def case_dead_rank(rank: int, world: int) -> dict:
 
 
 def main() -> None:
-    case, rank, world, port, out_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-    os.environ.setdefault("LOCAL_RANK", str(rank))
-    backend = os.environ.get("DDP_TEST_BACKEND", wd.NAME)
+    case, port, out_file = sys.argv[1], sys.argv[4], sys.argv[5]
     global DEV
-    DEV = wd.local_device()
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=TIMEOUT)
+    if port == "env":                  # under torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        DEV = wd.local_device()
+        dist.init_process_group(wd.NAME, timeout=TIMEOUT)
+    else:
+        rank, world = int(sys.argv[2]), int(sys.argv[3])
+        os.environ.setdefault("LOCAL_RANK", str(rank))
+        DEV = wd.local_device()
+        dist.init_process_group(wd.NAME, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=TIMEOUT)
+    out_file = out_file.format(rank=rank)
     if case == "collectives":
         result = case_collectives(rank, world)
     elif case in ("resnet", "gpt"):

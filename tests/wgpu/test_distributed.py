@@ -33,15 +33,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_ranks(case: str, tmp_path, world: int = 2, expect_rc=None) -> list:
-    """Start every rank of `case`, wait (killing all on timeout), return what each saved."""
+def _run_ranks(case: str, tmp_path, world: int = 2, expect_rc=None, nodes: bool = False) -> list:
+    """Start every rank of `case`, wait (killing all on timeout), return what each saved. nodes=True:
+    each rank is a separate one-process torchrun "node" meeting the others over TCP on 127.0.0.1, as
+    machines do (torchrun --nnodes N --node-rank K --master-addr ...)."""
     port = _free_port()
     env = dict(os.environ, NAVITRAIN_WGPU_STRICT="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     outs = [tmp_path / f"{case}-{r}.pt" for r in range(world)]
-    procs = [subprocess.Popen([sys.executable, str(WORKER), case, str(r), str(world), str(port), str(outs[r])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
+    if nodes:
+        commands = [[sys.executable, "-m", "torch.distributed.run", f"--nnodes={world}", f"--node-rank={r}",
+                     "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", str(WORKER), case,
+                     "env", "env", "env", str(tmp_path / f"{case}-{{rank}}.pt")] for r in range(world)]
+    else:
+        commands = [[sys.executable, str(WORKER), case, str(r), str(world), str(port), str(outs[r])]
+                    for r in range(world)]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in commands]
     logs = []
     deadline = time.monotonic() + RUN_TIMEOUT
     try:
@@ -66,8 +74,8 @@ def test_registered_for_the_wgpu_device():
     assert "wgpu" in dist.Backend.backend_capability[wd.NAME]
 
 
-def test_collectives_on_odd_sized_non_contiguous_and_special_values(tmp_path):
-    r0, r1 = _run_ranks("collectives", tmp_path)
+def test_collectives_on_odd_sized_non_contiguous_and_special_values_between_two_nodes(tmp_path):
+    r0, r1 = _run_ranks("collectives", tmp_path, nodes=True)
     inputs = [ddp_worker.rank_inputs(r) for r in range(2)]
     for key in ("odd", "special", "int32", "half"):
         want = inputs[0][key] + inputs[1][key]
