@@ -233,3 +233,26 @@ def test_each_process_drives_the_wgpu_N_it_asks_for():
     run = subprocess.run([sys.executable, "-c", _TWO_ADAPTERS], env=env, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stdout + run.stderr[-3000:]
+
+
+def test_doctor_gives_each_adapter_the_index_ranks_see():
+    from navitrain.doctor.probes import add_wgpu_indices
+
+    infos = [_info("llvmpipe", "CPU", True), _info("Intel UHD 770", "IntegratedGPU"), _info("RX 5700 XT"),
+             _info("RX 5700 XT")]
+    dicts = [i.to_dict() for i in infos]
+    add_wgpu_indices(dicts)
+    assert [d["wgpu_index"] for d in dicts] == [None, 2, 0, 1]
+
+
+def test_doctor_adapter_table_shows_wgpu_indices():
+    from rich.console import Console
+
+    from navitrain.doctor.probes import probe_vulkan
+    from navitrain.doctor.report import _adapter_table
+
+    vulkan = probe_vulkan()
+    assert vulkan["status"] == "ok" and vulkan["adapters"][vulkan["chosen"]]["wgpu_index"] == 0
+    console = Console(width=200, record=True)
+    console.print(_adapter_table({"vulkan": vulkan}, vulkan["adapters"]))
+    assert "wgpu:0" in console.export_text()

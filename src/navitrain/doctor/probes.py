@@ -125,9 +125,24 @@ def probe_vulkan(timeout: float = VULKAN_TIMEOUT, env: dict[str, str] | None = N
         if data.get("status") == "ok":
             for adapter in data.get("adapters", []):
                 adapter["driver_name"] = driver_name(adapter)
+            add_wgpu_indices(data.get("adapters", []))
             data["hardware"] = any(not a.get("software") for a in data.get("adapters", []))
         return data
     return _failure(result)
+
+
+def add_wgpu_indices(adapter_dicts: list[dict]) -> None:
+    """Give each adapter its `wgpu_index`: N in torch.device("wgpu", N) and for torchrun's local rank N
+    (navitrain.adapters.device_order, the order the runtime uses); None for one no rank gets."""
+    from navitrain.adapters import AdapterInfo, device_order
+
+    fields = AdapterInfo.__dataclass_fields__
+    infos = [AdapterInfo(**{f: a.get(f, "" if f not in ("vendor_id", "device_id", "software") else 0) for f in fields})
+             for a in adapter_dicts]
+    for a in adapter_dicts:
+        a["wgpu_index"] = None
+    for n, i in enumerate(device_order(infos)):
+        adapter_dicts[i]["wgpu_index"] = n
 
 
 def find_rocminfo(tree: Tree) -> str | None:

@@ -161,12 +161,15 @@ def _gpu_table(facts: dict) -> Table:
 
 def _adapter_table(facts: dict, adapters: list[dict]) -> Table:
     t = Table(title="Vulkan adapters (wgpu)", title_justify="left")
-    for col in ("", "name", "driver", "type", "backend", "version"):
+    for col in ("", "device", "name", "driver", "type", "backend", "version"):
         t.add_column(col)
     chosen = pick(facts, "vulkan", "chosen", kind=int)
     for i, a in enumerate(adapters):
-        t.add_row("→" if i == chosen else "", *(escape(str(x or "")) for x in (
-            a.get("name"), a.get("driver_name"), a.get("adapter_type"), a.get("backend"), a.get("driver"))))
+        # "device": torch.device("wgpu", N) and torchrun's local rank N (docs/wgpu.md, Several GPUs)
+        index = a.get("wgpu_index")
+        t.add_row("→" if i == chosen else "", f"wgpu:{index}" if isinstance(index, int) else "",
+                  *(escape(str(x or "")) for x in (a.get("name"), a.get("driver_name"), a.get("adapter_type"),
+                                                   a.get("backend"), a.get("driver"))))
     return t
 
 
