@@ -256,3 +256,11 @@ def test_doctor_adapter_table_shows_wgpu_indices():
     console = Console(width=200, record=True)
     console.print(_adapter_table({"vulkan": vulkan}, vulkan["adapters"]))
     assert "wgpu:0" in console.export_text()
+
+
+def test_navitrain_device_takes_the_index_of_the_wgpu_adapter():
+    import navitrain
+
+    assert navitrain.device("wgpu", index=0, verify=False) == torch.device("wgpu", 0)
+    with pytest.raises(RuntimeError, match="wgpu:7 does not exist"):
+        navitrain.device("wgpu", index=7, verify=False)

@@ -110,13 +110,26 @@ def essential_results(fingerprint, route: str, *, rerun: bool = False, timeout: 
     return [found[n] for n in names if n in found]
 
 
-def _prepare(route: str) -> tuple:
-    """Prepare the route in this process: (device, the route's own one-line description of itself)."""
+def _prepare(route: str, index: int | None = None) -> tuple:
+    """Prepare the route in this process: (device, the route's own one-line description of itself).
+    index: which GPU of the route this process uses (torchrun: the local rank)."""
     global _active_route
     chosen = registry.get(route)
     # Asked here, not taken from the probes: a child's view (thread count, environment) can differ.
     info = chosen.availability().reason
+    if index is not None and route == "wgpu":
+        import navitrain.wgpu as nw
+
+        nw.set_device(index)  # before prepare() opens an adapter: one per process
     dev = chosen.prepare()
+    if index is not None:
+        if dev.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(index)
+        elif dev.type != "wgpu" and index != 0:
+            raise ValueError(f"index={index}: the {route} route has one device, {dev}")
+        dev = type(dev)(dev.type, index) if dev.type in ("cuda", "wgpu") else dev
     _active_route = chosen
     return dev, info
 
@@ -151,14 +164,15 @@ def _skip_reason(failed: list[ProbeResult]) -> str:
     return ", ".join(f"{r.case} {r.outcome}" for r in failed[:3]) + (" ..." if len(failed) > 3 else "")
 
 
-def device(route: str | None = None, *, rerun: bool = False, verify: bool = True, timeout: float | None = None,
-           jobs: int | None = None, progress: bool | None = None):
+def device(route: str | None = None, *, index: int | None = None, rerun: bool = False, verify: bool = True,
+           timeout: float | None = None, jobs: int | None = None, progress: bool | None = None):
     """A torch.device on the fastest route whose essential probes pass here, with that route prepared.
 
     route: use this route (NAVITRAIN_ROUTE does the same); raises RouteNotWorking naming the failed
     cases when its essential probes do not pass. verify=False skips the probes for an asked-for route.
     rerun: probe again instead of trusting stored results. progress: show a progress bar while
-    probing (default: when stderr is a terminal).
+    probing (default: when stderr is a terminal). index: the route's GPU N for this process
+    (torch.device(type, N); for wgpu the N-th adapter in docs/wgpu.md's order; torchrun: LOCAL_RANK).
     """
     _ensure_log_handler()
     asked = route or _env.route()
@@ -168,7 +182,7 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         registry.get(asked)  # a clear ValueError for an unknown name before any probing
         source = "asked for" if route else f"{_env.ROUTE}={asked}"
         if not verify:
-            dev, info = _prepare(asked)
+            dev, info = _prepare(asked, index)
             log.info("training on %s (%s; %s): %s, probes skipped (verify=False)", asked, dev, info, source)
             return dev
     fp = fingerprints.current()
@@ -177,7 +191,7 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         failed = _failures(results)
         if failed:
             raise RouteNotWorking(asked, failed)
-        dev, info = _prepare(asked)
+        dev, info = _prepare(asked, index)
         log.info("training on %s (%s; %s): %s; %s", asked, dev, info, source, _passed(results, "its %s passed"))
         return dev
 
@@ -189,7 +203,7 @@ def device(route: str | None = None, *, rerun: bool = False, verify: bool = True
         if failed or not results:
             skipped.append(f"{name} ({_skip_reason(failed) if failed else 'no essential cases'})")
             continue
-        dev, info = _prepare(name)
+        dev, info = _prepare(name, index)
         log.info("training on %s (%s; %s): the fastest route %s, by %s%s",
                  name, dev, info, _passed(results, "whose %s pass here"), order_why,
                  f"; skipped {'; '.join(skipped)}" if skipped else "")
