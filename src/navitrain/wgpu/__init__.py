@@ -57,6 +57,12 @@ from navitrain.wgpu.graphs import is_capturing as is_current_stream_capturing  #
 
 _autocast.register()
 
+# torch.compile(backend="wgpu") (navitrain.wgpu.compile): importing torch._dynamo takes seconds, so the
+# backend is registered here only where it is already loaded; otherwise dynamo finds it through the
+# torch_dynamo_backends entry point in pyproject.toml when a compile asks for it.
+if "torch._dynamo" in __import__("sys").modules:
+    from navitrain.wgpu import compile as _compile  # noqa: E402,F401
+
 # Backward on the calling thread rather than on autograd's per-device worker: a device registered
 # after the process's first backward (a CPU warm-up before navitrain.device(), say) has no worker
 # queue and PyTorch's engine asserts; the calling thread needs none. (Thread-local: it applies to the

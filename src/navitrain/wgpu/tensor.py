@@ -132,13 +132,35 @@ class WgpuTensor(torch.Tensor):
     # Having these two methods makes PyTorch treat the class as a "traceable wrapper subclass", and for
     # those Module._apply (model.to("wgpu")) swaps each Parameter object's contents in place with
     # torch.utils.swap_tensors instead of making new Parameters: tied weights (a GPT's shared embedding
-    # and output head) stay one Parameter on the device. There are no inner tensors to trace.
+    # and output head) stay one Parameter on the device. There are no inner tensors: the data is ours.
     def __tensor_flatten__(self):
-        return [], None
+        return [], (self.dtype, self.device)
 
     @staticmethod
     def __tensor_unflatten__(inner_tensors, ctx, outer_size, outer_stride):
-        raise NotImplementedError("wgpu tensors cannot be traced (torch.compile is not supported on wgpu)")
+        # Only tracing calls this (torch.compile's fake tensors; see navitrain.wgpu.compile): the fake of a
+        # wgpu tensor is a plain FakeTensor on device wgpu:0, so tracing runs aten's meta kernels, as it
+        # does for a CUDA tensor, and the traced graph is run on the real wgpu tensors.
+        from torch._guards import detect_fake_mode
+
+        mode = detect_fake_mode()
+        if mode is None:
+            raise NotImplementedError("a wgpu tensor can only be rebuilt from its flattened form by torch.compile "
+                                      "tracing (under a fake tensor mode)")
+        with mode:
+            return torch.empty_strided(outer_size, outer_stride, dtype=ctx[0], device=ctx[1])
+
+    def __coerce_same_metadata_as_tangent__(self, expected_metadata, expected_type=None):
+        # A compiled backward expects its incoming gradients to be what tracing saw, a plain tensor on
+        # wgpu:0 (see __tensor_unflatten__), and would otherwise try to unflatten this one: hand it the
+        # same data as a TracedAsPlain, which does not announce the subclass protocol.
+        if expected_type is None or expected_type is type(self):
+            return self
+        plain = _make(TracedAsPlain, self.shape, self.stride(), self.storage_offset(), None, self.dtype,
+                      torch.strided, self.device, False, False, None, False, False, None,
+                      (_rt_mod._runtime or runtime()).allocator.max_binding)
+        plain._ws = self._ws
+        return plain
 
     # `param.data = other` swaps the TensorImpl's metadata in C++ but not Python attributes: carry the
     # storage across too, or the parameter would keep pointing at its old data.
@@ -152,6 +174,15 @@ class WgpuTensor(torch.Tensor):
             raise TypeError(f"cannot assign a {new.device} tensor to .data of a wgpu tensor; move it with .to('wgpu')")
         torch._C.TensorBase.data.__set__(self, new)
         self._ws = new._ws
+
+
+class TracedAsPlain(WgpuTensor):
+    """A wgpu tensor handed to torch.compile's runtime where it expects a plain tensor (a compiled
+    backward's incoming gradient): without __tensor_flatten__ it is not taken for a traceable subclass."""
+
+    @property
+    def __tensor_flatten__(self):
+        raise AttributeError("TracedAsPlain is a plain tensor to torch.compile")
 
 
 _make = torch.Tensor._make_wrapper_subclass

@@ -1,0 +1,282 @@
+"""`torch.compile(model, backend="wgpu")`: dynamo and AOTAutograd trace, captured graphs replay.
+
+How a wgpu tensor gets traced: it is a traceable wrapper subclass with no inner tensors (see
+WgpuTensor.__tensor_unflatten__), so its fake is a plain FakeTensor on device wgpu:0 and tracing runs
+aten's meta kernels, as for CUDA. AOTAutograd then hands over forward and backward graphs of
+functional aten ops; each one becomes a `CapturedGraphModule`:
+
+- the first call with a given input signature (shapes, strides, dtypes, the values of the other
+  arguments) runs the FX graph eagerly, through the ordinary handlers (kernels compile, tiles tune);
+- the next call with that signature captures it into a WgpuGraph and every later call replays it:
+  inputs that are the same tensors as on the previous call (parameters, buffers, optimizer state,
+  the forward's saved activations fed to the backward) are read in place; the others are copied into
+  static input tensors first. Outputs are cloned out of the graph's memory, so a later replay never
+  overwrites a tensor the caller holds;
+- a signature never seen before (the last, short batch) is warmed up and captured in turn, up to
+  MAX_CAPTURES per graph; beyond that, and when capture fails (a host read, an op falling back to
+  the CPU), the graph runs eagerly, with a one-time warning. Never a wrong result.
+
+Dynamo itself provides the guards (shapes, dtypes, strides), recompiles (bounded by its cache limit)
+and graph breaks (the pieces between them run eagerly).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+import weakref
+from collections import Counter
+
+import torch
+
+from navitrain.wgpu import dispatch
+from navitrain.wgpu.graphs import WgpuGraph, graph
+from navitrain.wgpu.runtime import WgpuError
+from navitrain.wgpu.tensor import WgpuTensor
+
+log = logging.getLogger("navitrain.wgpu")
+
+BACKEND_NAME = "wgpu"
+MAX_CAPTURES = 4  # captured signatures kept per graph (each holds its own memory)
+
+# What the compiled graphs did, for tests and benchmarks: eager runs, captures, replays, failures.
+stats: Counter = Counter()
+_warned: set[str] = set()
+
+
+def reset_stats() -> None:
+    """Zero the counters and let each warning be given once more."""
+    stats.clear()
+    _warned.clear()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    log.info(message)
+
+
+def _signature(args) -> tuple:
+    return tuple((type(a), tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+                 for a in args)
+
+
+def _same_tensor(a, b) -> bool:
+    """The same data at the same place: a captured graph that read `b` reads `a` too."""
+    return (isinstance(a, WgpuTensor) and isinstance(b, WgpuTensor) and a._ws is b._ws
+            and a.storage_offset() == b.storage_offset())
+
+
+def _where(a):
+    """What `_same_tensor` compares, without keeping the tensor's memory alive."""
+    return (weakref.ref(a._ws), a.storage_offset()) if isinstance(a, WgpuTensor) else None
+
+
+def _still_at(a, where) -> bool:
+    return where is not None and isinstance(a, WgpuTensor) and where[0]() is a._ws and where[1] == a.storage_offset()
+
+
+class _Capture:
+    """One captured signature: the graph, the tensors it reads, the outputs it writes."""
+
+    def __init__(self, wgpu_graph: WgpuGraph, inputs: list, in_place: list[bool], outputs):
+        self.graph = wgpu_graph
+        self.inputs = inputs      # what the graph reads: callers' tensors (in_place) or static copies
+        self.in_place = in_place
+        self.outputs = outputs
+
+    def matches(self, args) -> bool:
+        return all(not keep or _same_tensor(a, s) for a, s, keep in zip(args, self.inputs, self.in_place))
+
+    def run(self, args):
+        with torch.no_grad():
+            for a, static, keep in zip(args, self.inputs, self.in_place):
+                if isinstance(static, WgpuTensor) and not keep:
+                    static.copy_(a)
+            self.graph.replay()
+            return [o.clone(memory_format=torch.preserve_format) if isinstance(o, WgpuTensor) else o
+                    for o in self.outputs]
+
+
+class CapturedGraphModule:
+    """An AOTAutograd graph run eagerly once per input signature, then captured and replayed."""
+
+    _boxed_call = True  # AOTAutograd passes the arguments as one list
+
+    def __init__(self, gm: torch.fx.GraphModule, kind: str):
+        self.gm = gm
+        self.kind = kind
+        self.captures: dict[tuple, _Capture] = {}
+        self.eager_only: set[tuple] = set()
+        self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
+        self.capture_count = 0
+        self.uncapturable_warned = False
+
+    def _eager(self, args, sig=None):
+        stats[f"{self.kind}_eager"] += 1
+        out = self.gm(*args)
+        if sig is not None and sig not in self.eager_only:
+            self.previous[sig] = [_where(a) for a in args]
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def __call__(self, args):
+        args = list(args)
+        if not args or not all(isinstance(a, WgpuTensor) or not isinstance(a, torch.Tensor) for a in args) \
+                or not any(isinstance(a, WgpuTensor) for a in args):
+            # CPU tensors in the graph (a non-capturable optimizer's step count): a capture would
+            # freeze their values, so this graph runs eagerly.
+            if not self.uncapturable_warned:
+                self.uncapturable_warned = True
+                log.info("navitrain wgpu compile: a %s graph takes CPU tensors and runs eagerly (for optimizers: "
+                         "capturable=True keeps their step count on the device)", self.kind)
+            stats[f"{self.kind}_uncapturable"] += 1
+            return self._eager(args)
+        sig = _signature(args)
+        cap = self.captures.get(sig)
+        if cap is not None:
+            if cap.matches(args):
+                stats[f"{self.kind}_replays"] += 1
+                return cap.run(args)
+            # A tensor read in place was replaced (param.data = ..., another optimizer): capture again.
+            cap.graph.reset()
+            del self.captures[sig]
+            self.previous.pop(sig, None)
+        if sig in self.eager_only or sig not in self.previous:
+            return self._eager(args, sig)   # first call of this signature: warm-up
+        if self.capture_count >= MAX_CAPTURES * 2 or len(self.captures) >= MAX_CAPTURES:
+            self.eager_only.add(sig)
+            self.previous.pop(sig, None)
+            _warn_once(f"limit-{id(self)}", f"navitrain wgpu compile: {self.kind} graph seen with more than "
+                       f"{MAX_CAPTURES} input signatures (or captured too often); new ones run eagerly")
+            return self._eager(args, sig)
+        return self._capture(sig, args)
+
+    def _capture(self, sig, args):
+        previous = self.previous.pop(sig)
+        in_place = [_still_at(a, p) for a, p in zip(args, previous)]
+        inputs = []
+        with torch.no_grad():
+            for a, keep in zip(args, in_place):
+                if isinstance(a, WgpuTensor) and not keep:
+                    static = a.clone(memory_format=torch.preserve_format)
+                    if static.stride() != a.stride():  # overlapping or gapped views keep no layout
+                        self.eager_only.add(sig)
+                        return self._eager(args, sig)
+                    inputs.append(static)
+                else:
+                    inputs.append(a)
+        self.capture_count += 1
+        wgpu_graph = WgpuGraph()
+        deferred_before = len(dispatch._deferred)
+        try:
+            with graph(wgpu_graph):
+                out = self.gm(*inputs)
+                # Inside backward, an op's error is deferred rather than raised (dispatch._defer): a
+                # capture that met one is incomplete.
+                if len(dispatch._deferred) > deferred_before:
+                    failure = dispatch._deferred[-1][1]
+                    del dispatch._deferred[deferred_before:]
+                    raise failure
+        except (WgpuError, NotImplementedError, RuntimeError) as exc:
+            stats[f"{self.kind}_capture_failures"] += 1
+            self.eager_only.add(sig)
+            _warn_once(f"capture-{type(exc).__name__}-{exc}",
+                       f"navitrain wgpu compile: a {self.kind} graph could not be captured and runs eagerly "
+                       f"(correct, but with Python per op): {type(exc).__name__}: {exc}")
+            return self._eager(args, sig)
+        stats[f"{self.kind}_captures"] += 1
+        outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+        cap = self.captures[sig] = _Capture(wgpu_graph, inputs, in_place, outputs)
+        stats[f"{self.kind}_replays"] += 1
+        return cap.run(args)
+
+
+def _compiler(kind: str):
+    def compile_graph(gm: torch.fx.GraphModule, example_inputs):
+        return CapturedGraphModule(gm, kind)
+    return compile_graph
+
+
+def backend(gm: torch.fx.GraphModule, example_inputs):
+    """The dynamo backend "wgpu": AOTAutograd's forward and backward graphs, captured and replayed."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._guards import TracingContext, detect_fake_mode
+
+    # Dynamo passes the real tensors. AOTAutograd takes a traceable subclass whose inner tensors are all
+    # fake as already fake; a wgpu tensor has no inner tensors, so it would be traced as itself: hand it
+    # the fakes dynamo made (the fake mode remembers each real tensor's fake).
+    fake_mode = detect_fake_mode(example_inputs)
+    if fake_mode is None:
+        context = TracingContext.try_get()
+        fake_mode = context.fake_mode if context is not None else None
+    gm, lifted = _lift_tensor_attributes(gm)
+    example_inputs = lifted + list(example_inputs)
+    if fake_mode is not None:
+        example_inputs = [fake_mode.from_tensor(x) if isinstance(x, WgpuTensor) else x for x in example_inputs]
+    compiled = aot_module_simplified(gm, example_inputs, fw_compiler=_compiler("forward"),
+                                     bw_compiler=_compiler("backward"), inference_compiler=_compiler("inference"))
+    if not lifted:
+        return compiled
+
+    def run(*args):
+        return compiled(*lifted, *args)
+    return run
+
+
+def _lift_tensor_attributes(gm: torch.fx.GraphModule):
+    """(a graph module, tensors): the wgpu tensors dynamo stored on `gm` (a compiled optimizer's
+    parameters, for one) turned into leading graph inputs of a copy. AOTAutograd would take them for
+    fakes as they are (see `backend`); as inputs they get fakes like any other. Dynamo's own graph is
+    left alone: it reads it again after the backend returns."""
+    targets = [n.target for n in gm.graph.nodes if n.op == "get_attr"
+               and isinstance(_attribute(gm, n.target), WgpuTensor)]
+    if not targets:
+        return gm, []
+    graph = torch.fx.Graph()
+    values, lifted = [], {}
+    for i, target in enumerate(dict.fromkeys(targets)):
+        placeholder = graph.placeholder(f"navitrain_lifted_{i}")
+        # AOTAutograd matches dynamo's graph inputs to their sources (for guards): keep the attribute's.
+        placeholder._dynamo_source = getattr(gm, "_param_name_to_source", {}).get(target)
+        lifted[target] = placeholder
+        values.append(_attribute(gm, target))
+    env = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target in lifted:
+            env[node] = lifted[node.target]
+            lifted[node.target].meta.update(node.meta)
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+        if node.op == "placeholder":
+            env[node]._dynamo_source = getattr(node, "_dynamo_source", None)
+    new = torch.fx.GraphModule(gm, graph)
+    new.meta.update(gm.meta)
+    if hasattr(gm, "_param_name_to_source"):
+        new._param_name_to_source = gm._param_name_to_source
+    return new, values
+
+
+def _attribute(gm, target: str):
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def register() -> None:
+    """Make backend="wgpu" known to torch.compile (imports torch._dynamo: call it lazily)."""
+    from torch._dynamo import trace_rules
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    # navitrain's handlers are the device's kernels, not user code: dynamo must not trace them when an
+    # eager piece of a compiled function (a graph break, loss.backward()) runs ops on wgpu tensors.
+    trace_rules.add("navitrain.wgpu")
+    # Where navitrain is installed with its torch_dynamo_backends entry point, dynamo registers the
+    # backend itself when it loads this module through it (registering here too would be a duplicate).
+    from importlib.metadata import entry_points
+
+    if BACKEND_NAME not in _COMPILER_FNS and BACKEND_NAME not in entry_points(group="torch_dynamo_backends").names:
+        register_backend(compiler_fn=backend, name=BACKEND_NAME)
+
+
+register()

@@ -1,0 +1,202 @@
+"""torch.compile(backend="wgpu") (navitrain.wgpu.compile): compiled training against the same steps
+run eagerly on wgpu and on the CPU, the short last batch, graph breaks, inference, the replayed path
+really being taken, and the eager fallback when a graph cannot be captured."""
+import contextlib
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import navitrain.wgpu as nw
+import navitrain.wgpu.compile as wc
+from navitrain.bench import models
+from navitrain.wgpu.runtime import GraphCaptureError
+from navitrain.wgpu.tensor import WgpuTensor
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile_state():
+    torch._dynamo.reset()
+    wc.reset_stats()
+    nw.reset_fallback_counts()
+    yield
+    torch._dynamo.reset()
+    assert nw.fallback_report()["total_fallback_calls"] == 0  # strict mode raises on any; make sure
+
+
+def small_cnn():
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(32, 5))
+
+
+def _batches(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)) for n in sizes]
+
+
+def _run(model, make_opt, loss_fn, batches, device, compile_what=None):
+    """Losses of one training step per batch; compile_what: None, "model" or "step"."""
+    model = copy.deepcopy(model).to(device)
+    opt = make_opt(model.parameters(), device)
+    net = torch.compile(model, backend="wgpu") if compile_what == "model" else model
+    step = models.train_step(net, opt, loss_fn)
+    if compile_what == "step":
+        step = torch.compile(step, backend="wgpu")
+    return [step(x.to(device), y.to(device)).item() for x, y in batches], model
+
+
+def _compare(base, make_opt, loss_fn, batches, compile_what):
+    cpu_losses, cpu_model = _run(base, make_opt, loss_fn, batches, "cpu")
+    eager_losses, eager_model = _run(base, make_opt, loss_fn, batches, "wgpu")
+    losses, model = _run(base, make_opt, loss_fn, batches, "wgpu", compile_what)
+    # The compiled graphs run the same handlers as eager mode, but a compiled optimizer's arithmetic is
+    # ordered differently (and AdamW's division by sqrt(v) + eps magnifies float32 rounding): float32
+    # tolerances against eager wgpu and the CPU alike.
+    assert losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-6)
+    assert losses == pytest.approx(cpu_losses, rel=1e-4, abs=1e-5)
+    for (name, a), b, c in zip(model.state_dict().items(), eager_model.state_dict().values(),
+                               cpu_model.state_dict().values()):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(a.cpu(), c, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_compiled_cnn_trains_like_eager_with_sgd_momentum_and_a_short_last_batch():
+    torch.manual_seed(0)
+    batches = _batches([6] * 9 + [3])  # ten steps, the last one short: a new shape
+    _compare(small_cnn(), lambda p, device: torch.optim.SGD(p, lr=0.05, momentum=0.9), nn.functional.cross_entropy,
+             batches, "model")
+    # The full-size batches were warmed up once, captured once and replayed from then on; the short one
+    # ran eagerly (its first call with that shape).
+    assert wc.stats["forward_captures"] == 1 and wc.stats["backward_captures"] == 1
+    assert wc.stats["forward_replays"] == 8 and wc.stats["backward_replays"] == 8
+    assert wc.stats["forward_eager"] == 2 and wc.stats["backward_eager"] == 2
+
+
+def test_compiled_gpt_training_step_with_adamw_matches_eager():
+    torch.manual_seed(1)
+    base = models.gpt_decoder(vocab=32, context=8, d_model=16, layers=1, heads=2)
+    batches = [models.gpt_batch(3, context=8, vocab=32, seed=s) for s in range(9)]
+    batches.append(models.gpt_batch(2, context=8, vocab=32, seed=99))
+    # The whole step, optimizer included: dynamo breaks the graph at loss.backward(); the forward,
+    # the backward and the AdamW update are each captured and replayed (capturable=True keeps the
+    # step count on the device, so the update graph has no CPU tensor to freeze).
+    # eps=1e-3: the attention's key bias has no gradient but rounding noise (softmax ignores it), which
+    # AdamW's default eps would scale up to full-size steps of random sign on every device differently.
+    _compare(base, lambda p, device: torch.optim.AdamW(p, lr=1e-2, eps=1e-3, weight_decay=0.1,
+                                                       capturable=device != "cpu"),
+             models.gpt_loss, batches, "step")
+    assert wc.stats["forward_replays"] >= 7 and wc.stats["backward_replays"] >= 7
+    assert wc.stats["inference_replays"] >= 7  # the optimizer step
+    assert not [k for k in wc.stats if k.endswith("capture_failures")]
+
+
+class BreakingNet(nn.Module):
+    """A forward that dynamo breaks in the middle: the host read runs eagerly between the pieces."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.seen = None
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        self.seen = h.detach().cpu()   # a host read
+        torch._dynamo.graph_break()
+        return self.b(h * 1.5)
+
+
+def test_graph_break_pieces_run_correctly_and_a_host_read_keeps_its_piece_eager():
+    torch.manual_seed(2)
+    base = BreakingNet()
+    ref, dev = copy.deepcopy(base), copy.deepcopy(base).to("wgpu")
+    compiled = torch.compile(dev, backend="wgpu")
+    g = torch.Generator().manual_seed(3)
+    with pytest.warns(RuntimeWarning, match="could not be captured and runs eagerly.*reading wgpu data"):
+        for _ in range(4):
+            x = torch.randn(5, 4, generator=g)
+            out_ref, out = ref(x), compiled(x.to("wgpu"))
+            torch.testing.assert_close(out.cpu(), out_ref, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(dev.seen, ref.seen, rtol=1e-5, atol=1e-6)  # what the host read
+            out_ref.square().sum().backward()
+            out.square().sum().backward()
+    for a, b in zip(ref.parameters(), dev.parameters()):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-4, atol=1e-5)
+    # Dynamo traces the .cpu() into the first piece's graph: its capture fails (a read cannot be
+    # recorded) and it runs eagerly from then on. The second piece and both backwards are replayed.
+    assert wc.stats["forward_capture_failures"] == 1
+    assert wc.stats["forward_captures"] == 1 and wc.stats["forward_replays"] == 3
+    assert wc.stats["backward_captures"] == 2 and wc.stats["backward_replays"] == 6
+
+
+def test_compiled_inference_with_special_values_and_held_outputs():
+    torch.manual_seed(4)
+    ref = small_cnn().eval()
+    dev = copy.deepcopy(ref).to("wgpu")
+    compiled = torch.compile(dev, backend="wgpu")
+    g = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(2, 3, 8, 8, generator=g) for _ in range(4)]
+    inputs[2][0, 1, 2, 3] = float("nan")
+    inputs[3][1, 0, 4, 4] = float("inf")
+    inputs[3][1, 2, 0, 0] = float("-inf")
+    with torch.no_grad():
+        outs = [compiled(x.to("wgpu")) for x in inputs]   # held, while later calls replay the graph
+        expected = [ref(x) for x in inputs]
+    for out, exp in zip(outs, expected):
+        torch.testing.assert_close(out.cpu(), exp, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert torch.isnan(expected[2][0]).any() and torch.isnan(outs[2][0].cpu()).any()
+    assert wc.stats["inference_captures"] == 1 and wc.stats["inference_replays"] == 3
+
+
+@contextlib.contextmanager
+def _count_handler_calls():
+    calls = []
+    original = WgpuTensor.__dict__["__torch_dispatch__"]
+
+    def counting(cls, func, types, args=(), kwargs=None):
+        calls.append(func)
+        return original.__func__(cls, func, types, args, kwargs)
+
+    WgpuTensor.__torch_dispatch__ = classmethod(counting)
+    try:
+        yield calls
+    finally:
+        WgpuTensor.__torch_dispatch__ = original
+
+
+def test_replayed_calls_run_no_python_per_op():
+    torch.manual_seed(6)
+    dev = models.gpt_decoder(vocab=32, context=8, d_model=16, layers=2, heads=2).to("wgpu").eval()
+    compiled = torch.compile(dev, backend="wgpu")
+    x = models.gpt_batch(2, context=8, vocab=32, seed=0)[0].to("wgpu")
+    with torch.no_grad():
+        with _count_handler_calls() as eager_calls:
+            compiled(x)                      # warm-up: every op through its Python handler
+        compiled(x)                          # captured
+        with _count_handler_calls() as replay_calls:
+            out = compiled(x)
+        expected = dev(x)
+    torch.testing.assert_close(out.cpu(), expected.cpu(), rtol=1e-5, atol=1e-6)
+    assert len(eager_calls) > 50
+    # A replay: the input copy and the output clone, not the graph's ops.
+    assert len(replay_calls) <= 4, replay_calls
+    assert wc.stats["inference_replays"] == 2
+
+
+def test_graph_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch):
+    @contextlib.contextmanager
+    def failing_capture(g):
+        raise GraphCaptureError("simulated: a host read inside the graph")
+        yield
+
+    monkeypatch.setattr(wc, "graph", failing_capture)
+    torch.manual_seed(7)
+    ref = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 2))
+    compiled = torch.compile(copy.deepcopy(ref).to("wgpu"), backend="wgpu")
+    g = torch.Generator().manual_seed(8)
+    with pytest.warns(RuntimeWarning, match="could not be captured and runs eagerly"):
+        for _ in range(4):
+            x = torch.randn(3, 4, generator=g)
+            torch.testing.assert_close(compiled(x.to("wgpu")).cpu(), ref(x), rtol=1e-5, atol=1e-6)
+    assert wc.stats["forward_capture_failures"] == 1 and wc.stats["forward_replays"] == 0
