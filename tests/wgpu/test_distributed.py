@@ -223,6 +223,18 @@ except RuntimeError as e:
     assert "one adapter per process" in str(e), e
 else:
     raise AssertionError("wgpu:0 accepted in a process that drives wgpu:1")
+import io
+buf = io.BytesIO()
+torch.save({"w": x}, buf)
+buf.seek(0)
+assert torch.equal(torch.load(buf)["w"].cpu(), x.cpu())
+rank0 = torch.arange(4.0)      # a checkpoint that rank 0 saved from wgpu:0 loads on this rank's wgpu:1
+rank0.untyped_storage()._navitrain_location = "wgpu:0"
+buf = io.BytesIO()
+torch.save(rank0, buf)
+buf.seek(0)
+loaded = torch.load(buf)
+assert loaded.device == torch.device("wgpu", 1) and torch.equal(loaded.cpu(), torch.arange(4.0)), loaded.device
 print("OK")
 """
 

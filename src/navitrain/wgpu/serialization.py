@@ -17,7 +17,8 @@ import re
 import torch
 
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.tensor import DEVICE, from_cpu, set_geometry
+from navitrain.wgpu import device as _device
+from navitrain.wgpu.tensor import from_cpu, set_geometry
 
 aten = torch.ops.aten
 _LOCATION = re.compile(r"wgpu(:\d+)?$")
@@ -28,7 +29,7 @@ _PRIORITY = 9
 
 def mark(cpu: torch.Tensor) -> torch.Tensor:
     """Tag the storage of `cpu` (a copy of a wgpu tensor about to be pickled) with the wgpu location."""
-    cpu.untyped_storage()._navitrain_location = str(DEVICE)
+    cpu.untyped_storage()._navitrain_location = str(_device.CURRENT)
     return cpu
 
 
@@ -39,9 +40,11 @@ def _tag(storage) -> str | None:
 def _restore(storage, location: str):
     if not isinstance(location, str) or not _LOCATION.match(location):
         return None
-    from navitrain.wgpu.device import check_index
-
-    check_index(torch.device(location))
+    index = torch.device(location).index
+    if index is not None and index != _device.CURRENT.index and index >= len(_device.adapter_names()):
+        _device.select(index)  # raises: no such adapter on this machine
+    # Any wgpu:N this machine has loads on this process's adapter (one per process): a checkpoint rank 0
+    # saved from wgpu:0 must load on every rank.
     if storage.device.type != "cpu":
         storage = storage.cpu()
     carrier = _Carrier(1)
@@ -57,7 +60,7 @@ class _Carrier(torch.UntypedStorage):
 
     @property
     def device(self):
-        return DEVICE
+        return _device.CURRENT
 
 
 torch.serialization.register_package(_PRIORITY, _tag, _restore)
