@@ -7,12 +7,15 @@ losses agree (relative 1e-3) and that the loss goes down before it reports any t
 TF32 off on CUDA.
 
 Devices: wgpu, cuda, cpu, and wgpu-graph / cuda-graph (the step captured once and replayed:
-navitrain.wgpu.WgpuGraph / torch.cuda.CUDAGraph, optimizers in capturable mode).
+navitrain.wgpu.WgpuGraph / torch.cuda.CUDAGraph, optimizers in capturable mode), and wgpu-compile (the
+unchanged step under torch.compile(backend="wgpu"): its graphs captured and replayed by
+navitrain.wgpu.compile; the first step's time includes compiling).
 
     python benchmarks/bench_wgpu_train.py                           # resnet18, gpt on wgpu, cuda, cpu
     python benchmarks/bench_wgpu_train.py --devices wgpu,wgpu-graph,cuda,cuda-graph,cpu
     python benchmarks/bench_wgpu_train.py --models mlp --devices wgpu,cpu --quick
     python benchmarks/bench_wgpu_train.py --models lstm --devices wgpu,wgpu-graph,cuda,cuda-graph
+    python benchmarks/bench_wgpu_train.py --devices wgpu,wgpu-compile,cuda
 """
 from __future__ import annotations
 
@@ -52,7 +55,8 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     # "wgpu-graph" / "cuda-graph": the same step captured once (navitrain.wgpu.WgpuGraph /
     # torch.cuda.CUDAGraph) and replayed, with the optimizer in capturable mode.
     graphed = device.endswith("-graph")
-    device = device.removesuffix("-graph")
+    compiled = device == "wgpu-compile"
+    device = device.removesuffix("-graph").removesuffix("-compile")
     if device == "wgpu":
         import navitrain.wgpu as nw  # noqa: F401
     if device == "cuda":
@@ -75,7 +79,7 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     loss_fn = getattr(models, loss_name)
     batches = [getattr(models, batch_fn)(batch, **bkw, seed=s) for s in range(warmup + steps)]
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9) if model_name == "resnet18" else \
-        torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=graphed)
+        torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=graphed or compiled)
 
     def sync():
         if device == "cuda":
@@ -86,6 +90,10 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
             nw.synchronize()
 
     step = models.train_step(model, opt, loss_fn)
+    if compiled:
+        import navitrain.wgpu.compile as wc
+
+        step = torch.compile(step, backend="wgpu")
 
     if graphed:
         return graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps, out)
@@ -124,10 +132,12 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
 
         peak = nw.max_memory_allocated()
         fallbacks = nw.fallback_report()
-    result = {"device": device, "model": model_name, "batch": batch, "losses": losses,
-              "step_ms": [t * 1e3 for t in step_times], "median_ms": statistics.median(step_times) * 1e3,
-              "host_ms": statistics.median(host_times) * 1e3,
+    result = {"device": device + ("-compile" if compiled else ""), "model": model_name, "batch": batch,
+              "losses": losses, "step_ms": [t * 1e3 for t in step_times],
+              "median_ms": statistics.median(step_times) * 1e3, "host_ms": statistics.median(host_times) * 1e3,
               "first_step_s": first_step_s, "peak_bytes": peak, "threads": torch.get_num_threads()}
+    if compiled:
+        result["compile_stats"] = dict(wc.stats)  # eager runs, captures and replays of the compiled graphs
     if profile:
         result["profile_top_ms"] = profile[:40]
         kinds = {}
