@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from navitrain.wgpu import codegen, conv1x1
+from navitrain.wgpu import codegen, conv1x1, conv_depthwise
 from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, k_slices, launch
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
@@ -561,12 +561,21 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
     same = x.dtype == w.dtype == out.dtype and (bias is None or bias.dtype == x.dtype)
     if not relu and same and conv1x1.eligible(g) and conv1x1.forward(x, w, bias, g, out):
         return out
+    if not relu and conv_depthwise.eligible(g, x, w, bias, out) and conv_depthwise.use_direct(
+            "fwd", g, lambda: conv_depthwise.forward(x, w, bias, g, out),
+            lambda: _implicit_forward(x, w, bias, g, out)):
+        return conv_depthwise.forward(x, w, bias, g, out)
     return _implicit_forward(x, w, bias, g, out, relu)
 
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
     if dy.dtype == w.dtype == dx.dtype and conv1x1.eligible(g) and conv1x1.grad_input(dy, w, g, dx):
         return dx
+    # Depthwise: stride 1 here, any sub-kernel -- a strided layer comes back through its phases.
+    if (tuple(g.stride) == (1, 1) and conv_depthwise.eligible(g, dy, w, dx, any_kernel=True)
+            and conv_depthwise.use_direct("dgrad", g, lambda: conv_depthwise.grad_input(dy, w, g, dx),
+                                          lambda: _implicit_grad_input(dy, w, g, dx))):
+        return conv_depthwise.grad_input(dy, w, g, dx)
     if tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
         return _grad_input_by_phase(dy, w, g, dx)
     return _implicit_grad_input(dy, w, g, dx)
@@ -576,6 +585,9 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
     if dy.dtype == x.dtype == dw.dtype and conv1x1.eligible(g):
         conv1x1.grad_weight(dy, x, g, dw)
         return dw
+    if conv_depthwise.eligible(g, dy, x, dw) and conv_depthwise.use_direct(
+            "wgrad", g, lambda: conv_depthwise.grad_weight(dy, x, g, dw), lambda: _implicit_grad_weight(dy, x, g, dw)):
+        return conv_depthwise.grad_weight(dy, x, g, dw)
     return _implicit_grad_weight(dy, x, g, dw)
 
 
