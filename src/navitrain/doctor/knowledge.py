@@ -7,11 +7,12 @@ then adds the route recommendation (recommend.py).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from navitrain.doctor import gpus as gpu_table
-from navitrain.doctor.situation import Situation, pick, strings, version_tuple
+from navitrain.doctor.situation import Situation, dicts, pick, strings, version_tuple
 from navitrain.doctor.sources import links
 
 SEVERITIES = ("error", "warning", "info", "ok")
@@ -587,6 +588,51 @@ def vulkan(s: Situation) -> list[Finding]:
     if chosen is None and pick(s.vulkan, "chosen") is None and want:
         out.append(finding("wgpu-adapter-unmatched", "warning", f"NAVITRAIN_WGPU_ADAPTER={want!r} matches no adapter",
                            "navitrain would find no adapter for the `wgpu` route.", "Unset it or fix the name."))
+    return out
+
+
+# The oldest Mesa whose RADV navitrain accepts without a warning. Mesa 20.2 (2020) made ACO RADV's
+# default shader compiler; navitrain's kernels lean on fp16 and subgroup operations that RADV exposes
+# on RDNA1 through ACO. UNVERIFIED: no navitrain kernel has run on RADV yet (CI runs Mesa's lavapipe,
+# 22.3 on the CI image), so this is the lower bound of what could work, not a tested release.
+RADV_MIN_MESA = (20, 2)
+_AMD_VULKAN = {"RADV": "RADV (Mesa)", "AMDVLK": "AMDVLK", "AMD proprietary": "AMD's proprietary Vulkan"}
+
+
+def _mesa_version(driver: str | None) -> tuple[int, int] | None:
+    match = re.search(r"Mesa (\d+)\.(\d+)", driver or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@rule
+def vulkan_amd_driver(s: Situation) -> list[Finding]:
+    """On an AMD card: which Vulkan driver the wgpu route will use, and whether its Mesa is old."""
+    if not s.amd_gpus or s.vulkan_status != "ok":
+        return []
+    installed = sorted({d for i in dicts(s.facts.get("vulkan_icds")) if (d := pick(i, "driver", kind=str)) in _AMD_VULKAN})
+    amd = [a for a in s.hardware_adapters if pick(a, "vendor_id", kind=int) == 0x1002]
+    chosen = s.chosen_adapter
+    used = chosen if chosen in amd else (amd[0] if amd else None)
+    if used is None:
+        which = " and ".join(_AMD_VULKAN[d] for d in installed) or "no AMD Vulkan driver"
+        return [finding("vulkan-amd-driver", "warning", "No Vulkan adapter for the AMD GPU",
+                        f"Installed: {which}; none of them offered an adapter for {s.gpu_label()}, so the `wgpu` "
+                        "route cannot use it.", _VULKAN_INSTALL)]
+    name = pick(used, "driver_name", kind=str) or "unknown driver"
+    driver = pick(used, "driver", kind=str) or "?"
+    both = len(installed) > 1 or len({pick(a, "driver_name", kind=str) for a in amd}) > 1
+    detail = (f"Installed: {', '.join(_AMD_VULKAN[d] for d in installed) or 'not seen in the ICD directories'}. "
+              + (f"Several AMD drivers offer this GPU; the `wgpu` route takes {name} (the adapter it picks); "
+                 "AMD_VULKAN_ICD=RADV or VK_DRIVER_FILES=<its icd.json> chooses, NAVITRAIN_WGPU_ADAPTER=RADV too. "
+                 if both else ""))
+    out = [finding("vulkan-amd-driver", "ok", f"The wgpu route will use {name} ({driver})", detail.strip())]
+    mesa = _mesa_version(driver)
+    if "RADV" in name.upper() and mesa is not None and mesa < RADV_MIN_MESA:
+        out.append(finding(
+            "vulkan-old-mesa", "warning", f"Mesa {mesa[0]}.{mesa[1]} is older than {RADV_MIN_MESA[0]}.{RADV_MIN_MESA[1]}",
+            f"Before Mesa {RADV_MIN_MESA[0]}.{RADV_MIN_MESA[1]} RADV did not compile with ACO by default, which "
+            "the fp16 and subgroup paths of navitrain's kernels rely on for RDNA1 (threshold not yet verified "
+            "on a card).", "Update Mesa (Ubuntu: the kisak-mesa PPA; or a newer distribution release)."))
     return out
 
 
