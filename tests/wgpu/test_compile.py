@@ -200,3 +200,23 @@ def test_graph_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch):
             x = torch.randn(3, 4, generator=g)
             torch.testing.assert_close(compiled(x.to("wgpu")).cpu(), ref(x), rtol=1e-5, atol=1e-6)
     assert wc.stats["forward_capture_failures"] == 1 and wc.stats["forward_replays"] == 0
+
+
+def test_replayed_dropout_draws_fresh_masks_and_its_backward_uses_them():
+    # Also a backward whose incoming gradient is expanded (that of a sum), not dense like the output.
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Dropout(0.5)).to("wgpu")
+    compiled = torch.compile(model, backend="wgpu")
+    x = torch.randn(4, 8).to("wgpu")
+    masks = []
+    for _ in range(4):
+        model.zero_grad(set_to_none=True)
+        y = compiled(x)
+        y.sum().backward()
+        mask = y.detach().cpu() != 0
+        masks.append(mask)
+        assert 0.3 < mask.float().mean().item() < 0.7
+        # d(sum)/d(bias) through dropout: the kept elements, scaled by 1 / (1 - p), summed over the batch
+        torch.testing.assert_close(model[0].bias.grad.cpu(), mask.float().sum(0) * 2.0)
+    assert all(not torch.equal(a, b) for a, b in zip(masks, masks[1:]))
+    assert wc.stats["forward_replays"] == 3 and wc.stats["backward_replays"] == 3

@@ -154,12 +154,16 @@ class WgpuTensor(torch.Tensor):
         # A compiled backward expects its incoming gradients to be what tracing saw, a plain tensor on
         # wgpu:0 (see __tensor_unflatten__), and would otherwise try to unflatten this one: hand it the
         # same data as a TracedAsPlain, which does not announce the subclass protocol.
+        # PyTorch then restrides a gradient whose layout differs from the traced output's by making a new
+        # (plain-looking, hence failing) tensor: give it the layout forward outputs nearly always have, dense
+        # (an expanded gradient, that of a sum or a mean, is not).
         if expected_type is None or expected_type is type(self):
             return self
-        plain = _make(TracedAsPlain, self.shape, self.stride(), self.storage_offset(), None, self.dtype,
-                      torch.strided, self.device, False, False, None, False, False, None,
+        src = self if _dense_non_overlapping(self) else self.contiguous()
+        plain = _make(TracedAsPlain, src.shape, src.stride(), src.storage_offset(), None, src.dtype,
+                      torch.strided, src.device, False, False, None, False, False, None,
                       (_rt_mod._runtime or runtime()).allocator.max_binding)
-        plain._ws = self._ws
+        plain._ws = src._ws
         return plain
 
     # `param.data = other` swaps the TensorImpl's metadata in C++ but not Python attributes: carry the
