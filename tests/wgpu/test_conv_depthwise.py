@@ -1,0 +1,211 @@
+"""Direct depthwise convolution kernels (navitrain.wgpu.conv_depthwise) against float64 autograd on the
+CPU: forward, grad-input, grad-weight and grad-bias over kernel sizes, strides, padding, odd and 1x1
+images, both layouts, strided inputs, NaN/inf and 16-bit storage; which kernel ran; the tuner's two
+candidates; a MobileNetV2 block's training step."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from navitrain.wgpu import conv
+from navitrain.wgpu.runtime import runtime
+
+CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the kernels they reach
+    (3, 3, 7, 9, 3, 1, 1, False, True),      # small plane: direct, threads along W
+    (1, 4, 20, 33, 5, 2, 2, False, True),    # tiled (8x32 tiles) s2; grad-input phases 3x3/3x2/2x3/2x2
+    (2, 5, 14, 14, 3, 1, 1, False, False),   # tiled with 16x16 tiles
+    (1, 3, 40, 6, 7, 1, 3, False, True),     # tiled with 32x8 tiles, 7x7
+    (1, 6, 12, 13, 7, 1, 0, False, True),    # padding 0
+    (3, 6, 16, 16, 7, 1, 3, True, True),     # channels_last
+    (3, 8, 9, 7, 3, 2, 0, True, False),      # channels_last, stride 2, padding 0
+    (1, 5, 11, 10, 5, 1, 0, True, True),
+    (3, 2, 1, 1, 3, 1, 1, False, True),      # 1x1 images: only the centre tap lands
+    (1, 4, 9, 7, 5, 2, 2, False, True),      # stride 2, 5x5, odd sizes
+]
+
+
+def _reference(x, w, b, s, p, round_gy_to=None):
+    """float64 autograd on the CPU with a fresh random grad-output (rounded to a 16-bit dtype when the
+    device gets it in that dtype)."""
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    bs = b.clone().requires_grad_() if b is not None else None
+    y = F.conv2d(xs, ws, bs, s, p, groups=x.shape[1])
+    gy = torch.randn(y.shape, dtype=torch.float64)
+    if round_gy_to is not None:
+        gy = gy.to(round_gy_to).double()
+    y.backward(gy)
+    return y.detach(), gy, xs.grad, ws.grad, (bs.grad if bs is not None else None)
+
+
+def _on_wgpu(x, w, b, s, p, gy, dtype=torch.float32, channels_last=False):
+    xd = x.to(dtype)
+    if channels_last:
+        xd = xd.contiguous(memory_format=torch.channels_last)
+    xd = xd.to("wgpu").requires_grad_()
+    wd = w.to(dtype).to("wgpu").requires_grad_()
+    bd = b.to(dtype).to("wgpu").requires_grad_() if b is not None else None
+    y = F.conv2d(xd, wd, bd, s, p, groups=x.shape[1])
+    y.backward(gy.to(dtype).to("wgpu"))
+    return y.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), (bd.grad.cpu() if bd is not None else None), y
+
+
+def _close(results, refs, tol):
+    for got, want, what in zip(results, refs, ("output", "grad_input", "grad_weight", "grad_bias")):
+        if want is None:
+            continue
+        err = (got.double() - want).abs().max().item() / (want.abs().max().item() + 1e-12)
+        assert err < tol, f"{what}: relative error {err:.2e}"
+
+
+def _dw_kernels():
+    return [k for k in runtime()._kernels if isinstance(k, tuple) and str(k[0]).startswith("dw_")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_depthwise_forward_and_gradients(case):
+    N, C, H, W, k, s, p, cl, bias = case
+    gen = torch.Generator().manual_seed(sum(case[:7]))
+    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64)
+    w = torch.randn(C, 1, k, k, generator=gen, dtype=torch.float64)
+    b = torch.randn(C, generator=gen, dtype=torch.float64) if bias else None
+    y, gy, gx, gw, gb = _reference(x, w, b, s, p)
+    got = _on_wgpu(x, w, b, s, p, gy, channels_last=cl)
+    if cl:
+        assert got[4].is_contiguous(memory_format=torch.channels_last), "channels_last in, channels_last out"
+    _close(got[:4], (y, gx, gw, gb), 2e-5)
+
+
+def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
+    """With tuning off (the default here) every pass of a depthwise layer, a strided one's grad-input
+    phases included, runs the direct kernels: the implicit-GEMM passes would raise."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the implicit GEMM ran for a depthwise layer")
+    for name in ("_implicit_forward", "_implicit_grad_input", "_implicit_grad_weight"):
+        monkeypatch.setattr(conv, name, refuse)
+    runtime()._kernels.clear()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 10, 11, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(4, generator=gen, dtype=torch.float64)
+    y, gy, gx, gw, gb = _reference(x, w, b, 2, 1)
+    _close(_on_wgpu(x, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
+    kinds = {k[0] for k in _dw_kernels()}
+    assert {"dw_wgrad"} <= kinds and kinds & {"dw_tiled", "dw_direct"}, kinds
+    flipped = [k for k in _dw_kernels() if k[0] != "dw_wgrad" and k[5]]
+    assert flipped, "grad-input did not run as a correlation with the rotated kernel"
+
+
+def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):
+    """Where the tuner runs, pick_choice gets both candidates for each pass; each candidate, run on
+    its own, gives the CPU's answer, and the 'gemm' one really runs the implicit GEMM."""
+    from navitrain.wgpu import gemm_tuning
+
+    for choice in ("direct", "gemm"):
+        seen = []
+
+        def pick(key, options, default, seen=seen):
+            seen.append((key, sorted(options), default))
+            return choice
+        monkeypatch.setattr(gemm_tuning, "pick_choice", pick)
+        runtime()._kernels.clear()
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(2, 6, 9, 8, generator=gen, dtype=torch.float64)
+        w = torch.randn(6, 1, 5, 5, generator=gen, dtype=torch.float64)
+        b = torch.randn(6, generator=gen, dtype=torch.float64)
+        y, gy, gx, gw, gb = _reference(x, w, b, 1, 2)
+        _close(_on_wgpu(x, w, b, 1, 2, gy)[:4], (y, gx, gw, gb), 2e-5)
+        passes = {key.split("|")[1].split("-")[0] for key, _, _ in seen if key.startswith("conv_dw|")}
+        assert passes == {"fwd", "dgrad", "wgrad"}, seen
+        assert all(opts == ["direct", "gemm"] and default == "direct" for _, opts, default in seen)
+        assert bool(_dw_kernels()) == (choice == "direct"), (choice, _dw_kernels())
+
+
+def test_strided_inputs_and_weights():
+    """x a strided view (every other column, a channel slice), w a slice of a larger weight."""
+    gen = torch.Generator().manual_seed(11)
+    big = torch.randn(2, 7, 13, 22, generator=gen, dtype=torch.float64)
+    wbig = torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(5, generator=gen, dtype=torch.float64)
+    x, w = big[:, 1:6, :, ::2], wbig[:, 1:2]
+    y, gy, gx, gw, gb = _reference(x, w, b, 1, 1)
+    xd = big.float().to("wgpu")[:, 1:6, :, ::2].requires_grad_()
+    wd = wbig.float().to("wgpu")[:, 1:2].requires_grad_()
+    bd = b.float().to("wgpu").requires_grad_()
+    assert not xd.is_contiguous() and not wd.is_contiguous()
+    out = F.conv2d(xd, wd, bd, 1, 1, groups=5)
+    out.backward(gy.float().to("wgpu"))
+    _close((out.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), bd.grad.cpu()), (y, gx, gw, gb), 2e-5)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
+def test_nan_and_inf_propagate(cl):
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 3, 12, 12, generator=gen, dtype=torch.float64)
+    x[0, 0, 2, 3], x[0, 1, 5, 5], x[1, 2, 0, 0], x[1, 0, 11, 6] = float("nan"), float("inf"), float("-inf"), float("inf")
+    w = torch.randn(3, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, generator=gen, dtype=torch.float64)
+    y, gy, gx, gw, gb = _reference(x, w, b, 1, 1)
+    gy[1, 1, 4, 4] = float("nan")   # reaches grad-input and grad-weight through dy
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    F.conv2d(xs, ws, b, 1, 1, groups=3).backward(gy)
+    got = _on_wgpu(x, w, b, 1, 1, gy, channels_last=cl)
+    for g, want, what in zip(got[:3], (y, xs.grad, ws.grad), ("output", "grad_input", "grad_weight")):
+        g = g.double()
+        assert torch.equal(torch.isnan(g), torch.isnan(want)), f"{what}: NaN pattern differs"
+        assert torch.equal(torch.isinf(g), torch.isinf(want)), f"{what}: inf pattern differs"
+        assert torch.isnan(want).any(), f"{what}: the case does not exercise NaN"
+        finite = torch.isfinite(want)
+        assert torch.allclose(g[finite], want[finite], rtol=1e-4, atol=1e-4), what
+        assert torch.equal(g[torch.isinf(want)], want[torch.isinf(want)]), f"{what}: inf signs differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_storage(dtype):
+    """f16/bf16 tensors: products and sums in f32, compared with the CPU in float64 on the same
+    rounded inputs, to the storage type's precision."""
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randn(2, 4, 11, 10, generator=gen, dtype=torch.float64).to(dtype).double()
+    w = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64).to(dtype).double()
+    b = torch.randn(4, generator=gen, dtype=torch.float64).to(dtype).double()
+    y, gy, gx, gw, gb = _reference(x, w, b, 2, 1, round_gy_to=dtype)
+    got = _on_wgpu(x, w, b, 2, 1, gy, dtype=dtype)
+    assert all(t.dtype == dtype for t in got[:4])
+    _close(got[:4], (y, gx, gw, gb), 1e-2 if dtype == torch.float16 else 2e-2)
+
+
+class _Relu6(torch.nn.Module):
+    def forward(self, x):
+        return F.relu6(x)
+
+
+def _mobilenet_block(c_in=8, expand=4, c_out=12):
+    hidden = c_in * expand
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(c_in, hidden, 1, bias=False), torch.nn.BatchNorm2d(hidden), _Relu6(),
+        torch.nn.Conv2d(hidden, hidden, 3, 2, 1, groups=hidden, bias=False), torch.nn.BatchNorm2d(hidden), _Relu6(),
+        torch.nn.Conv2d(hidden, c_out, 1, bias=False), torch.nn.BatchNorm2d(c_out))
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
+def test_mobilenet_v2_block_training_step(cl):
+    """1x1 expand, depthwise 3x3/s2, 1x1 project with BN and ReLU6: one SGD step (momentum) on wgpu
+    equals the CPU's -- loss, every parameter after the step, BN running stats."""
+    torch.manual_seed(19)
+    cpu = _mobilenet_block()
+    dev = _mobilenet_block()
+    dev.load_state_dict(cpu.state_dict())
+    dev = dev.to("wgpu")
+    x = torch.randn(3, 8, 15, 14)
+    target = torch.randn(3, 12, 8, 7)
+    if cl:
+        cpu, dev = cpu.to(memory_format=torch.channels_last), dev.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    losses = []
+    for model, inp, tgt in ((cpu, x, target), (dev, x.to("wgpu"), target.to("wgpu"))):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss = F.mse_loss(model(inp), tgt)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 1e-4 * abs(losses[0])
+    for (name, a), b in zip(cpu.state_dict().items(), dev.state_dict().values()):
+        assert torch.allclose(a.float(), b.cpu().float(), rtol=1e-3, atol=1e-4), name
