@@ -553,9 +553,10 @@ def _image_vec_out(out: WgpuTensor, nhwc: bool, groups: int, types: list, heaps:
     return f"b{len(types) - 1}"
 
 
-# The three passes pick their formulation here: 1x1 layers as plain products (conv1x1.py), strided
-# grad-input by output phase, everything else the implicit-GEMM kernels below (whose tuner calls
-# them again with each candidate tile).
+# The three passes pick their formulation here: 1x1 layers as plain products (conv1x1.py), depthwise
+# layers by direct kernels (conv_depthwise.py, timed against the implicit GEMM where the tuner runs),
+# strided grad-input by output phase, everything else the implicit-GEMM kernels below (whose tuner
+# calls them again with each candidate tile).
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
             relu: bool = False) -> WgpuTensor:
     same = x.dtype == w.dtype == out.dtype and (bias is None or bias.dtype == x.dtype)
