@@ -220,3 +220,17 @@ def test_replayed_dropout_draws_fresh_masks_and_its_backward_uses_them():
         torch.testing.assert_close(model[0].bias.grad.cpu(), mask.float().sum(0) * 2.0)
     assert all(not torch.equal(a, b) for a, b in zip(masks, masks[1:]))
     assert wc.stats["forward_replays"] == 3 and wc.stats["backward_replays"] == 3
+
+
+def test_backend_is_declared_as_a_dynamo_entry_point():
+    # How torch.compile finds backend="wgpu" without `import navitrain.wgpu.compile` (once installed).
+    import importlib
+    import pathlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((pathlib.Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    target = project["entry-points"]["torch_dynamo_backends"]["wgpu"]
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is wc.backend
+    assert torch._dynamo.lookup_backend("wgpu") is wc.backend
