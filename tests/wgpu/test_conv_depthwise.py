@@ -16,7 +16,8 @@ CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the ke
     (1, 3, 40, 6, 7, 1, 3, False, True),     # tiled with 32x8 tiles, 7x7
     (1, 6, 12, 13, 7, 1, 0, False, True),    # padding 0
     (3, 6, 16, 16, 7, 1, 3, True, True),     # channels_last
-    (3, 8, 9, 7, 3, 2, 0, True, False),      # channels_last, stride 2, padding 0
+    (3, 8, 9, 7, 3, 2, 0, True, False),      # channels_last, 4 channels a vec4, stride 2, padding 0
+    (1, 12, 10, 13, 5, 2, 2, True, True),    # channels_last vec4, bias; grad-input phases as vec4 too
     (1, 5, 11, 10, 5, 1, 0, True, True),
     (3, 2, 1, 1, 3, 1, 1, False, True),      # 1x1 images: only the centre tap lands
     (1, 4, 9, 7, 5, 2, 2, False, True),      # stride 2, 5x5, odd sizes
@@ -89,6 +90,9 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     y, gy, gx, gw, gb = _reference(x, w, b, 2, 1)
     _close(_on_wgpu(x, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
     kinds = {k[0] for k in _dw_kernels()}
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    _close(_on_wgpu(channels_last, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
+    assert {k[0] for k in _dw_kernels()} - kinds == {"dw_vec4"}, "channels_last, C % 4 == 0: not as vec4"
     assert {"dw_wgrad"} <= kinds and kinds & {"dw_tiled", "dw_direct"}, kinds
     flipped = [k for k in _dw_kernels() if k[0] != "dw_wgrad" and k[5]]
     assert flipped, "grad-input did not run as a correlation with the rotated kernel"

@@ -12,7 +12,7 @@ runs at a fraction of the memory bandwidth it is bound by (issue 23: MobileNet/E
   the input tile + halo into workgroup memory once; each thread computes 4 outputs along W with the
   weights in registers. Otherwise (channels_last, or small planes such as 7x7) each thread computes 4
   outputs along W reading the image directly, threads ordered along C (channels_last, coalesced) or
-  along W (NCHW).
+  along W (NCHW); channels_last f32 with C % 4 == 0 reads and writes 4 channels as one vec4.
 - `grad_weight`: dw[c, i, j] = sum over (n, oy, ox) of dy * x at the tap. The positions are split
   into slices so that small C still fills the GPU; NCHW: one 64-thread workgroup per (slice, channel),
   each thread keeping kh*kw sums in registers, combined by a fixed-order sum in workgroup memory;
@@ -187,6 +187,47 @@ def _direct_source(kh, kw, sh, sw, flip, channels_inner, st_o, st_x, st_w, st_b)
     return codegen.module(types, "\n".join(lines), WG)
 
 
+def _vec4_source(kh, kw, sh, sw, flip, st_w, st_b) -> str:
+    """channels_last f32 with C % 4 == 0 and 16-byte aligned pixels: one thread = 4 channels x 4
+    neighbouring outputs along W, x read and out written as vec4 (b0 = out, b1 = x, both vec4 views)."""
+    lines = [_PRE, "  if (gi >= pu(10u)) { return; }",
+             "  let c = (gi % (C / 4u)) * 4u; let r = gi / (C / 4u); let g4 = r % pu(8u); let r2 = r / pu(8u);",
+             "  let oy = r2 % OH; let n = r2 / OH;",
+             "  let xb = x_off + n * x_s0 + c; let ox = g4 * 4u;",
+             f"  let iy0 = i32(oy * {sh}u) - ph; let ix0 = i32(ox * {sw}u) - pw;"]
+    for t in range(3 * sw + kw):
+        lines.append(f"  let cok{t} = ix0 + {t} >= 0 && ix0 + {t} < IW; let cx{t} = u32(ix0 + {t}) * x_s3;")
+    for i in range(kh):
+        lines.append(f"  let rok{i} = iy0 + {i} >= 0 && iy0 + {i} < IH; let rx{i} = xb + u32(iy0 + {i}) * x_s2;")
+    lines.append("  let wb = w_off + c * w_s0;")
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = (kh - 1 - i, kw - 1 - j) if flip else (i, j)
+            taps = ", ".join(st_w.load(f"b2[wb + {q}u * w_s0 + {si}u * w_s2 + {sj}u * w_s3]", "f32") for q in range(4))
+            lines.append(f"  let w{i}_{j} = vec4<f32>({taps});")
+    lines.append("  var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);")
+
+    def value(i, t):
+        ok = f"rok{i} && cok{t}"
+        return f"select(vec4<f32>(0.0), b1[select(xb, rx{i} + cx{t}, {ok}) >> 2u], {ok})"
+    lines += _fma_rows(kh, kw, sw, value)
+    if st_b is not None:
+        taps = ", ".join(st_b.load(f"b3[pu(26u) + c + {q}u]", "f32") for q in range(4))
+        lines.append(f"  let bv = vec4<f32>({taps});")
+    b = " + bv" if st_b is not None else ""
+    lines.append("  let ob = o_off + n * o_s0 + c + oy * o_s2;")
+    lines += [f"  if (ox + {q}u < OW) {{ b0[(ob + (ox + {q}u) * o_s3) >> 2u] = a{q}{b}; }}" for q in range(4)]
+    types = ["vec4<f32>", "vec4<f32>", st_w.wgsl] + ([st_b.wgsl] if st_b is not None else [])
+    return codegen.module(types, "\n".join(lines), WG)
+
+
+def _vec4_ok(x: WgpuTensor, out: WgpuTensor) -> bool:
+    """Whether 4 neighbouring channels of every pixel of x and out are one aligned 16-byte f32 word."""
+    return (x.dtype == out.dtype == torch.float32 and x.shape[1] % 4 == 0
+            and all(t.stride(1) == 1 and t.elem_offset % 4 == 0 and t.stride(0) % 4 == 0
+                    and t.stride(2) % 4 == 0 and t.stride(3) % 4 == 0 for t in (x, out)))
+
+
 def _channels_inner(t: WgpuTensor) -> bool:
     return t.shape[1] > 1 and t.stride(1) < t.stride(3)
 
@@ -222,6 +263,11 @@ def correlate(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, out: WgpuTe
         p.u(col_groups, 0, total)
         key = ("dw_direct", kh, kw, sh, sw, flip, inner, out.dtype, x.dtype, w.dtype, st_b and bias.dtype)
         source = lambda: _direct_source(kh, kw, sh, sw, flip, inner, st_o, st_x, st_w, st_b)  # noqa: E731
+        if inner and _vec4_ok(x, out):
+            total //= 4
+            p.values[-1] = total
+            key = ("dw_vec4", kh, kw, sh, sw, flip, w.dtype, st_b and bias.dtype)
+            source = lambda: _vec4_source(kh, kw, sh, sw, flip, st_w, st_b)  # noqa: E731
         groups = codegen.groups_for(total, WG)
     for t in (x, w, out):
         p.u(t.elem_offset, *t.stride())
