@@ -76,6 +76,26 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+
+
+def _size(text: str) -> int:
+    """A byte count such as 6GiB, 512MiB, 6GB or 1073741824 (GiB = 2**30 bytes, GB = 10**9)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match and match.group(2).lower()
+    if not match or unit not in _SIZE_UNITS or float(match.group(1)) * _SIZE_UNITS[unit] < 1:
+        raise ValueError("expected a size such as 6GiB, 512MiB or 6GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _limits_profile(text: str):
+    from navitrain.wgpu.limits_profile import parse  # lazy: imports nothing heavy
+
+    return parse(text)
+
+
 def _route(text: str) -> str:
     from navitrain.routes import registry  # lazy: the route modules import nothing heavy at load
 
@@ -117,6 +137,13 @@ WGPU_CONV = _declare(
     "NAVITRAIN_WGPU_CONV", "auto",
     "wgpu 3x3 stride-1 convolutions: 'auto' (time implicit GEMM against Winograd F(2x2,3x3) once per shape "
     "on hardware adapters), 'gemm' or 'winograd'.", _choice("auto", "gemm", "winograd"))
+WGPU_LIMITS = _declare(
+    "NAVITRAIN_WGPU_LIMITS", None,
+    "Request the wgpu device with no more than a card's limits and features: 'rx5600xt' (RADV on Navi 10) "
+    "or the path of a JSON file {\"limits\": {...}, \"features\": [...]} (docs/wgpu.md).", _limits_profile)
+WGPU_MEMORY_LIMIT = _declare(
+    "NAVITRAIN_WGPU_MEMORY_LIMIT", None,
+    "Cap the wgpu device's memory (e.g. 6GiB, the RX 5600 XT's): past it, torch.OutOfMemoryError.", _size)
 CONV_WORKSPACE_MB = _declare(
     "NAVITRAIN_CONV_WORKSPACE_MB", "512", "Cap on the im2col workspace of the nomiopen convolution, in MiB.",
     _integer(0))

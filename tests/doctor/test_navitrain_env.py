@@ -25,6 +25,8 @@ CASES = [
     ("NAVITRAIN_CONV_ALGO", ["fastest"], ["tune", "winograd4"]),
     ("NAVITRAIN_PROBE_TIMEOUT", ["abc", "nan", "inf", "0", "-5"], ["1", "2.5"]),
     ("NAVITRAIN_LOG", ["loud"], ["debug", "WARNING"]),
+    ("NAVITRAIN_WGPU_LIMITS", ["rx9999", "/no/such/limits.json"], ["rx5600xt", "RX5600XT"]),
+    ("NAVITRAIN_WGPU_MEMORY_LIMIT", ["lots", "0", "6XB", "-1GiB", "nan"], ["6GiB", "512MiB", "6GB", "1048576"]),
 ]
 
 

@@ -10,6 +10,10 @@ when their tensor dies, so a training loop that allocates the same sizes every s
 state after its first step: `memory_reserved()` stops growing. `empty_cache()` gives back heaps with no
 live block. A tensor larger than a heap gets a dedicated heap of its own, up to the adapter's largest
 storage binding; anything larger is refused with an error naming the sizes.
+
+`cap` (NAVITRAIN_WGPU_MEMORY_LIMIT) bounds the bytes held in heaps, so that a machine with more memory
+tells whether a model and batch fit a smaller card: past it, torch.OutOfMemoryError as on the card. It
+counts heaps (what the GPU really gives out), not tensors, because that is what runs out on the card.
 """
 from __future__ import annotations
 
@@ -86,11 +90,12 @@ def _oom(message: str) -> Exception:
 
 
 class CachingAllocator:
-    def __init__(self, create_buffer, destroy_buffer, heap_size: int, max_binding: int):
+    def __init__(self, create_buffer, destroy_buffer, heap_size: int, max_binding: int, cap: int | None = None):
         self._create = create_buffer      # (nbytes) -> GPUBuffer, raises OutOfMemory
         self._destroy = destroy_buffer    # (GPUBuffer) -> None
         self.heap_size = heap_size
         self.max_binding = max_binding
+        self.cap = cap            # bytes the heaps may hold in all (None: as much as the GPU gives)
         self._heaps: list[Heap] = []
         self._free: dict[int, list[Block]] = {}
         self._next_index = 0
@@ -147,12 +152,14 @@ class CachingAllocator:
                 heap.top += cls
                 heap.live += 1
                 return block
-        heap = self._new_heap(self.heap_size, dedicated=False)
+        heap = self._new_heap(self.heap_size, dedicated=False, need=cls)
         heap.top = cls
         heap.live = 1
         return Block(heap, 0, cls)
 
-    def _new_heap(self, size: int, dedicated: bool) -> Heap:
+    def _new_heap(self, size: int, dedicated: bool, need: int | None = None) -> Heap:
+        if self.cap is not None:
+            size = self._within_cap(size, size if need is None else need)
         try:
             buffer = self._create(size)
         except OutOfMemory:
@@ -170,6 +177,20 @@ class CachingAllocator:
         self._heaps.append(heap)
         self.reserved += size
         return heap
+
+    def _within_cap(self, size: int, need: int) -> int:
+        """The heap size to create under the cap: `size`, or less (down to `need`, the block that must
+        fit) when the cap leaves less room; raises torch.OutOfMemoryError when not even `need` fits."""
+        if self.reserved + need > self.cap:
+            self._release_idle()
+        room = self.cap - self.reserved
+        if need > room:
+            raise _oom(
+                f"NAVITRAIN_WGPU_MEMORY_LIMIT: a new {need / _MiB:.1f} MiB block does not fit under the cap of "
+                f"{self.cap / _MiB:.0f} MiB: {self.allocated / _MiB:.1f} MiB allocated by tensors, "
+                f"{self.reserved / _MiB:.1f} MiB reserved in {len(self._heaps)} heap(s) "
+                f"(peak allocated {self.peak_allocated / _MiB:.1f} MiB)")
+        return min(size, room // ALIGN * ALIGN)
 
     # -- release -------------------------------------------------------------------------------
     def free(self, block: Block) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from navitrain import _env
 from navitrain.adapters import AdapterInfo, choose, device_order, list_adapters
 from navitrain.wgpu.allocator import Block, CachingAllocator, Heap, OutOfMemory
+from navitrain.wgpu import kernel_limits
 from navitrain.wgpu.dtypes import WGSL_HELPERS, build_table
 
 log = logging.getLogger("navitrain.wgpu")
@@ -107,6 +108,13 @@ class Runtime:
             "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
             "max-compute-workgroup-size-y", "max-storage-buffers-per-shader-stage",
         )
+        # NAVITRAIN_WGPU_LIMITS: ask for no more than a given card offers (navitrain.wgpu.limits_profile),
+        # so a kernel that would not fit that card fails here too.
+        self.limits_profile = _env.value(_env.WGPU_LIMITS)
+        if self.limits_profile is not None:
+            want_features = self.limits_profile.allow(want_features)
+            limits = self.limits_profile.cap(limits)
+            keys += tuple(k for k in self.limits_profile.limits if k not in keys)
         required_limits = {k: limits[k] for k in keys if k in limits}
         self.device = self.adapter.request_device_sync(
             label="navitrain", required_features=want_features, required_limits=required_limits)
@@ -118,7 +126,8 @@ class Runtime:
         max_binding = int(self.limits["max-storage-buffer-binding-size"])
         max_binding = min(max_binding, int(self.limits["max-buffer-size"])) // 256 * 256
         heap = min(max_binding, (64 << 20) if self.info.software else (512 << 20))
-        self.allocator = CachingAllocator(self._create_heap_buffer, self._destroy_heap_buffer, heap, max_binding)
+        self.allocator = CachingAllocator(self._create_heap_buffer, self._destroy_heap_buffer, heap, max_binding,
+                                          cap=_env.value(_env.WGPU_MEMORY_LIMIT))
         self.allocator.on_heap_freed = self._forget_heap
 
         self._raw = _raw_api()
@@ -157,6 +166,8 @@ class Runtime:
             "features": sorted(self.features),
             "max_storage_binding_bytes": self.allocator.max_binding,
             "heap_bytes": self.allocator.heap_size,
+            "limits_profile": self.limits_profile.name if self.limits_profile else None,
+            "memory_limit_bytes": self.allocator.cap,
         }
 
     # -- memory -------------------------------------------------------------------------------------
@@ -217,6 +228,8 @@ class Runtime:
 
             # `enable` directives must precede every declaration in a WGSL module.
             code = ("enable f16;\n" if uses_f16(body) else "") + WGSL_HELPERS + body
+            # wgpu-native does not refuse workgroup memory past the requested limit: check it ourselves.
+            kernel_limits.check(name, code, self.limits, self.limits_profile and self.limits_profile.name)
             try:
                 module = self.device.create_shader_module(label=name, code=code)
                 pipeline = self.device.create_compute_pipeline(
