@@ -1,0 +1,93 @@
+"""Special and IEEE functions: erfinv, lgamma, digamma, fmax/fmin, hypot, copysign, nextafter,
+round(decimals=), and the hardshrink/softshrink gradients.
+
+Before these kernels the ops went through PyTorch's reference decompositions to prims (prims.erf_inv,
+prims.fmax, ...) that had no kernel, so each call ran on the CPU. The WGSL lives in wgsl_special.
+Integer and bool inputs follow the CPU: float results where it promotes (erfinv, lgamma, digamma,
+copysign), the CPU's error where it has no kernel (hypot, nextafter, round(decimals=) on integers).
+"""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu import pointwise
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.dtypes import NoKernelForDtype
+from navitrain.wgpu.ops.elementwise import _float_result, _promote, _unary, apply
+
+aten = torch.ops.aten
+
+
+def _type_name(dtype: torch.dtype) -> str:
+    return {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+            torch.uint8: "Byte", torch.bool: "Bool"}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _binary(name, ftemplate, itemplate=None, btemplate=None, float_result=False, float32_only=False):
+    """Register name.default and name.out for a binary op computed by the given WGSL templates."""
+    def plan(a, b):
+        dtype = _promote(a, b)
+        if float_result:
+            dtype = _float_result(dtype)
+        if float32_only and dtype.is_floating_point and dtype != torch.float32:
+            # the bit-level kernel is float32's; other widths have other ulps (counted CPU fallback)
+            raise NoKernelForDtype(f"{name} has a float32 kernel only")
+        compute = pointwise.compute_type(dtype)
+        template = {"f32": ftemplate, "bool": btemplate}.get(compute, itemplate)
+        if template is None:
+            raise NotImplementedError(f'"{name}_cpu" not implemented for \'{_type_name(dtype)}\'')
+        return dtype, compute, template
+
+    def functional(a, b):
+        dtype, compute, template = plan(a, b)
+        return apply(name, template, [a, b], dtype, compute)
+
+    def out_variant(a, b, *, out):
+        _, compute, template = plan(a, b)
+        return apply(name, template, [a, b], out.dtype, compute, out=out)
+
+    packet = getattr(aten, name)
+    implements(packet.default)(functional)
+    implements(packet.out)(out_variant)
+    return functional
+
+
+_binary("fmax", "fmax_f({a}, {b})", "max({a}, {b})", "({a} || {b})")
+_binary("fmin", "fmin_f({a}, {b})", "min({a}, {b})", "({a} && {b})")
+_binary("hypot", "hypot_f({a}, {b})")
+_binary("nextafter", "nextafter_f({a}, {b})", float32_only=True)
+_copysign = _binary("copysign", "copysign_f({a}, {b})", float_result=True)
+implements(aten.copysign.Tensor, aten.copysign.Scalar)(_copysign)
+
+_unary("erfinv", "erfinv_f({a})")
+_unary("lgamma", "lgamma_f({a})")
+_unary("digamma", "digamma_f({a})")
+
+
+@implements(aten.signbit.default)
+def signbit(x):
+    compute = pointwise.compute_type(x.dtype)
+    if compute == "f32":  # on the bits: signbit(-0.0) and of a negative NaN are true
+        return apply("signbit", "((bitcast<u32>({a}) & 0x80000000u) != 0u)", [x], torch.bool, compute)
+    if compute == "bool":
+        return apply("signbit", "false", [x], torch.bool, compute)
+    return apply("signbit", "({a} < 0)", [x], torch.bool, compute)
+
+
+@implements(aten.round.decimals)
+def round_decimals(x, *, decimals=0):
+    if not x.dtype.is_floating_point:
+        raise NotImplementedError(f'"round_cpu" not implemented for \'{_type_name(x.dtype)}\'')
+    compute = pointwise.compute_type(x.dtype)
+    # The CPU's formula: scale by 10^|decimals|, round half to even, scale back.
+    if decimals >= 0:
+        return apply("round_decimals", "(round({a} * {t}) / {t})", [x], x.dtype, compute, {"t": 10.0 ** decimals})
+    return apply("round_decimals", "(round({a} / {t}) * {t})", [x], x.dtype, compute, {"t": 10.0 ** -decimals})
+
+
+@implements(aten.hardshrink_backward.default, aten.softshrink_backward.default)
+def shrink_backward(grad, x, lambd):
+    # Both shrinks have slope 1 outside [-lambd, lambd] and 0 inside; a NaN input gets 0, as on the CPU.
+    dtype = _promote(grad, x)
+    return apply("shrink_backward", "select(0.0, {a}, ({b} < -{l}) || ({b} > {l}))", [grad, x], dtype,
+                 pointwise.compute_type(dtype), {"l": lambd})

@@ -1,0 +1,92 @@
+"""WGSL special functions PyTorch has and WGSL lacks: erfinv, lgamma, digamma, nextafter, hypot.
+
+Appended to every generated kernel's helpers by wgsl_math.helpers (naga drops what a kernel does not
+call). Float32 accuracy is what the CPU tests need (atol = rtol = 1e-4), not correct rounding:
+- erfinv: M. Giles' single-precision polynomials in w = -log(1 - x^2) ("Approximating the erfinv
+  function", GPU Computing Gems, 2010), relative error ~4e-7; |x| = 1 is +-inf, |x| > 1 NaN.
+- lgamma: shift x up to >= 8 (subtracting the log of the product), then Stirling's series to 1/x^5;
+  x < 0.5 by reflection, log(pi / |sin(pi x)|) - lgamma(1 - x), with sin(pi x) from the fractional part
+  so poles (0, -1, -2, ...) are exactly +inf as on the CPU.
+- digamma: recurrence up to x >= 6, then the asymptotic series; x < 0 by reflection with pi / tan(pi x);
+  digamma(+-0) = -+inf and negative integers NaN, as PyTorch's calc_digamma.
+- nextafter: on the bits (float32 only; float16/bfloat16 need their own ulp and fall back).
+- hypot: scaled by the larger magnitude so squares do not overflow; hypot(+-inf, NaN) = inf.
+"""
+from __future__ import annotations
+
+F32 = """
+const SP_PI: f32 = 3.14159265358979;
+fn sp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
+fn sp_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
+fn erfinv_f(x: f32) -> f32 {
+  if (is_nan(x) || abs(x) > 1.0) { return sp_nan(); }
+  if (abs(x) == 1.0) { return x * sp_inf(); }
+  var w = -log((1.0 - x) * (1.0 + x));
+  var p: f32;
+  if (w < 5.0) {
+    w = w - 2.5;
+    p = 2.81022636e-08; p = 3.43273939e-07 + p * w; p = -3.5233877e-06 + p * w; p = -4.39150654e-06 + p * w;
+    p = 0.00021858087 + p * w; p = -0.00125372503 + p * w; p = -0.00417768164 + p * w;
+    p = 0.246640727 + p * w; p = 1.50140941 + p * w;
+  } else {
+    w = sqrt(w) - 3.0;
+    p = -0.000200214257; p = 0.000100950558 + p * w; p = 0.00134934322 + p * w; p = -0.00367342844 + p * w;
+    p = 0.00573950773 + p * w; p = -0.0076224613 + p * w; p = 0.00943887047 + p * w;
+    p = 1.00167406 + p * w; p = 2.83297682 + p * w;
+  }
+  return p * x;
+}
+fn sp_sinpi_abs(x: f32) -> f32 { let f = x - floor(x); return sin(SP_PI * min(f, 1.0 - f)); }
+fn sp_lgamma_pos(x0: f32) -> f32 {
+  var x = x0; var prod = 1.0; var shift = 0.0;
+  loop { if (x >= 8.0) { break; } prod = prod * x; x = x + 1.0;
+         if (prod > 1e30) { shift = shift + log(prod); prod = 1.0; } }
+  let r = 1.0 / x; let r2 = r * r;
+  let series = r * (0.0833333333333 - r2 * (0.00277777777778 - r2 * 0.000793650793651));
+  return (x - 0.5) * log(x) - x + 0.918938533204673 + series - log(prod) - shift;
+}
+fn lgamma_f(x: f32) -> f32 {
+  if (is_nan(x)) { return x; }
+  if (abs(x) == sp_inf()) { return sp_inf(); }
+  if (x >= 0.5) { return sp_lgamma_pos(x); }
+  let s = sp_sinpi_abs(x);
+  if (s == 0.0) { return sp_inf(); }
+  return log(SP_PI / s) - sp_lgamma_pos(1.0 - x);
+}
+fn sp_digamma_pos(x0: f32) -> f32 {
+  var x = x0; var acc = 0.0;
+  loop { if (x >= 6.0) { break; } acc = acc - 1.0 / x; x = x + 1.0; }
+  let r2 = 1.0 / (x * x);
+  return acc + log(x) - 0.5 / x - r2 * (0.0833333333333 - r2 * (0.00833333333333 - r2 * 0.00396825396825));
+}
+fn digamma_f(x: f32) -> f32 {
+  if (is_nan(x)) { return x; }
+  if (x == 0.0) { return select(-sp_inf(), sp_inf(), (bitcast<u32>(x) & 0x80000000u) != 0u); }
+  if (x == sp_inf()) { return x; }
+  if (x > 0.0) { return sp_digamma_pos(x); }
+  if (x == floor(x)) { return sp_nan(); }
+  let r = x - trunc(x);  // in (-1, 0): tan(pi r) of a small argument, not of one near pi
+  return sp_digamma_pos(1.0 - x) - SP_PI / tan(SP_PI * r);
+}
+fn nextafter_f(a: f32, b: f32) -> f32 {
+  if (is_nan(a) || is_nan(b)) { return a + b; }
+  if (a == b) { return b; }
+  if (a == 0.0) { return select(bitcast<f32>(0x80000001u), bitcast<f32>(1u), b > 0.0); }
+  let u = bitcast<u32>(a);
+  return bitcast<f32>(select(u - 1u, u + 1u, (b > a) == (a > 0.0)));
+}
+fn hypot_f(a: f32, b: f32) -> f32 {
+  let x = abs(a); let y = abs(b);
+  if (x == sp_inf() || y == sp_inf()) { return sp_inf(); }
+  if (is_nan(a) || is_nan(b)) { return a + b; }
+  let m = max(x, y);
+  if (m == 0.0) { return 0.0; }
+  let p = x / m; let q = y / m;
+  return m * sqrt(p * p + q * q);
+}
+fn copysign_f(a: f32, b: f32) -> f32 {
+  return bitcast<f32>((bitcast<u32>(a) & 0x7fffffffu) | (bitcast<u32>(b) & 0x80000000u));
+}
+fn fmax_f(a: f32, b: f32) -> f32 { return select(select(max(a, b), a, is_nan(b)), b, is_nan(a)); }
+fn fmin_f(a: f32, b: f32) -> f32 { return select(select(min(a, b), a, is_nan(b)), b, is_nan(a)); }
+"""
