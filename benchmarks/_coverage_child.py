@@ -1,0 +1,182 @@
+"""The child side of benchmarks/opinfo_coverage.py: runs OpInfo items on wgpu against the CPU.
+
+Reads one JSON job from stdin ({"items": [[op_key, dtype, mode], ...], "samples": N}) and writes one JSON
+line per event to stdout: {"adapter": ...} once, then {"start": i} before item i and {"result": ...} after
+it. The parent reads "start" to know which item a crash (abort, segfault, hang) belongs to.
+
+An item's status: "pass" (every compared sample matches and no op ran on the CPU), "fallback" (matches,
+but navitrain's fallback counter went up: it passes only via the CPU), "mismatch" (a value, dtype, shape
+or device differs), "error" (wgpu raised where the CPU did not), "n/a" (the CPU itself rejected every
+sample, so there is nothing to compare).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import traceback
+import warnings
+
+os.environ["NAVITRAIN_WGPU_STRICT"] = "0"  # fallbacks must run (and be counted), not raise
+
+import torch  # noqa: E402
+from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
+
+# (rtol, atol): float32 strict as the issue asks; float16/bfloat16 as torch.testing's defaults for the
+# dtype's rtol, with an atol of the same order (values near 0 otherwise fail on rounding alone).
+TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int64": torch.int64, "bool": torch.bool}
+
+# Ops whose values are random or uninitialised: only shapes, dtypes and devices are compared.
+NONDETERMINISTIC = ("dropout", "bernoulli", "normal", "rand", "multinomial", "uniform", "exponential",
+                    "geometric", "cauchy", "log_normal", "empty", "rrelu", "randint", "randn")
+
+
+def op_key(op) -> str:
+    return op.name + ("." + op.variant_test_name if op.variant_test_name else "")
+
+
+def op_table() -> dict:
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    return {op_key(op): op for op in op_db}
+
+
+class Mismatch(AssertionError):
+    pass
+
+
+def _is_random(key: str) -> bool:
+    return any(word in key for word in NONDETERMINISTIC)
+
+
+def _to_wgpu(x):
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to("wgpu")
+        return t.requires_grad_(True) if x.requires_grad else t
+    return x
+
+
+def _tensors(obj) -> list:
+    return [t for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)]
+
+
+def _compare(got, exp, dtype, what, values=True) -> None:
+    if isinstance(exp, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            raise Mismatch(f"{what}: {type(got).__name__} instead of a tensor")
+        if got.device.type != "wgpu" and exp.device.type == "cpu":
+            raise Mismatch(f"{what}: result on {got.device}, not on wgpu")
+        g, e = got.detach().cpu(), exp.detach()
+        if g.shape != e.shape or g.dtype != e.dtype:
+            raise Mismatch(f"{what}: {g.dtype}{list(g.shape)} instead of {e.dtype}{list(e.shape)}")
+        if not values:
+            return
+        if e.dtype.is_floating_point or e.dtype.is_complex:
+            rtol, atol = TOLERANCE.get(dtype, TOLERANCE[torch.float32])
+            try:
+                torch.testing.assert_close(g, e, rtol=rtol, atol=atol, equal_nan=True)
+            except AssertionError as exc:
+                raise Mismatch(f"{what}: {str(exc).splitlines()[1:4]}") from None
+        elif not torch.equal(g, e):
+            raise Mismatch(f"{what}: values differ in {(g != e).sum().item()} of {e.numel()} elements")
+    elif isinstance(exp, float) and isinstance(got, float):
+        if not (got == exp or (math.isnan(got) and math.isnan(exp)) or math.isclose(got, exp, rel_tol=1e-4)):
+            raise Mismatch(f"{what}: {got} != {exp}")
+    elif values and type(exp) in (int, bool) and got != exp:
+        raise Mismatch(f"{what}: {got!r} != {exp!r}")
+
+
+def run_item(op, key: str, dtype: torch.dtype, mode: str, samples: int) -> dict:
+    from navitrain.wgpu import dispatch
+
+    grad = mode == "grad"
+    torch.manual_seed(0)
+    # set_seed=False: the samples stay random (PyTorch would reseed before each to the same values).
+    inputs = list(itertools.islice(op.sample_inputs("cpu", dtype, requires_grad=grad, set_seed=False), samples))
+    dispatch.reset_fallback_counts()
+    values = not _is_random(key)
+    compared, notes = 0, []
+    for i, s in enumerate(inputs):
+        what = f"sample {i}"
+        try:
+            ref = op(s.input, *s.args, **s.kwargs)
+        except Exception:
+            continue  # the CPU rejects this sample: nothing to compare
+        dev_in, dev_args, dev_kwargs = tree_map(_to_wgpu, (s.input, s.args, s.kwargs))
+        try:
+            out = op(dev_in, *dev_args, **dev_kwargs)
+            dispatch.raise_pending()
+            ref_flat, got_flat = tree_flatten(ref)[0], tree_flatten(out)[0]
+            if len(ref_flat) != len(got_flat):
+                raise Mismatch(f"{what}: {len(got_flat)} outputs instead of {len(ref_flat)}")
+            for j, (g, e) in enumerate(zip(got_flat, ref_flat)):
+                _compare(g, e, dtype, f"{what} output {j}", values)
+            if grad:
+                _compare_grads(s, ref, (dev_in, dev_args, dev_kwargs), out, dtype, what, i)
+        except Mismatch as exc:
+            return {"status": "mismatch", "detail": str(exc)[:300], "fallbacks": dict(dispatch.fallback_counts)}
+        except Exception as exc:
+            dispatch._deferred.clear()
+            return {"status": "error", "detail": f"{what}: {type(exc).__name__}: {str(exc)[:300]}",
+                    "fallbacks": dict(dispatch.fallback_counts)}
+        compared += 1
+    if not values:
+        notes.append("random: shapes and dtypes compared")
+    fallbacks = dict(dispatch.fallback_counts)
+    if compared == 0:
+        return {"status": "n/a", "detail": "the CPU rejected every sample (or there were none)"}
+    status = "fallback" if fallbacks else "pass"
+    return {"status": status, "samples": compared, "fallbacks": fallbacks, "detail": "; ".join(notes)}
+
+
+def _compare_grads(sample, ref, dev, out, dtype, what, i) -> None:
+    cpu_leaves = [t for t in _tensors((sample.input, sample.args, sample.kwargs)) if t.requires_grad]
+    dev_leaves = [t for t in _tensors(dev) if t.requires_grad]
+    pairs = [(r, d) for r, d in zip(_tensors(ref), _tensors(out))
+             if r.requires_grad and r.dtype.is_floating_point]
+    if not cpu_leaves or not pairs:
+        return
+    gen = torch.Generator().manual_seed(1234 + i)
+    seeds = [torch.randn(r.shape, generator=gen, dtype=r.dtype) for r, _ in pairs]
+    try:
+        ref_g = torch.autograd.grad([r for r, _ in pairs], cpu_leaves, seeds, allow_unused=True)
+    except Exception:
+        return  # the CPU cannot differentiate this sample either
+    dev_g = torch.autograd.grad([d for _, d in pairs], dev_leaves, [g.to("wgpu") for g in seeds], allow_unused=True)
+    from navitrain.wgpu import dispatch
+
+    dispatch.raise_pending()
+    for k, (rg, dg) in enumerate(zip(ref_g, dev_g)):
+        if rg is None:
+            if dg is not None and dg.abs().max().item() != 0:
+                raise Mismatch(f"{what} grad {k}: non-zero where the CPU has none")
+            continue
+        if dg is None:
+            raise Mismatch(f"{what} grad {k}: missing")
+        _compare(dg, rg, dtype, f"{what} grad {k}")
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    job = json.loads(sys.stdin.read())
+    import navitrain.wgpu as nw
+
+    info = nw.adapter_info()
+    print(json.dumps({"adapter": {k: info.get(k) for k in ("name", "backend", "driver")}}), flush=True)
+    table = op_table()
+    for i, (key, dtype_name, mode) in enumerate(job["items"]):
+        print(json.dumps({"start": i}), flush=True)
+        try:
+            result = run_item(table[key], key, DTYPES[dtype_name], mode, job["samples"])
+        except Exception as exc:  # sample generation itself failed
+            result = {"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:300],
+                      "trace": traceback.format_exc(limit=2)[-300:]}
+        print(json.dumps({"result": result}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
