@@ -234,3 +234,17 @@ def test_backend_is_declared_as_a_dynamo_entry_point():
     module, _, name = target.partition(":")
     assert getattr(importlib.import_module(module), name) is wc.backend
     assert torch._dynamo.lookup_backend("wgpu") is wc.backend
+
+
+def test_compiled_model_inside_a_graphed_step_is_recorded_into_that_graph():
+    torch.manual_seed(10)
+    ref = nn.Linear(4, 3)
+    dev = copy.deepcopy(ref).to("wgpu")
+    compiled = torch.compile(dev, backend="wgpu")
+    step = nw.graphed(lambda x: compiled(x).sum(), warmup=2)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _ in range(5):
+            x = torch.randn(5, 4, generator=g)
+            assert step(x).item() == pytest.approx(ref(x).sum().item(), rel=1e-5, abs=1e-6)
+    assert step.graph is not None and step.graph.dispatch_count > 0   # calls 3..5: the graphed step's replays

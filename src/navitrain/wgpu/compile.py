@@ -29,7 +29,7 @@ from collections import Counter
 import torch
 
 from navitrain.wgpu import dispatch
-from navitrain.wgpu.graphs import WgpuGraph, graph
+from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
 from navitrain.wgpu.runtime import WgpuError
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -121,6 +121,11 @@ class CapturedGraphModule:
 
     def __call__(self, args):
         args = list(args)
+        if is_capturing():
+            # Inside the caller's own capture (navitrain.wgpu.graphed around a compiled step): record the
+            # graph's ops into that one; captures cannot nest.
+            out = self.gm(*args)
+            return list(out) if isinstance(out, (tuple, list)) else [out]
         if not args or not all(isinstance(a, WgpuTensor) or not isinstance(a, torch.Tensor) for a in args) \
                 or not any(isinstance(a, WgpuTensor) for a in args):
             # CPU tensors in the graph (a non-capturable optimizer's step count): a capture would
