@@ -1,0 +1,385 @@
+"""The torchvision model zoo (issue 23) training on wgpu (eager and captured graph) against native CUDA,
+same machine, same run; plus a per-layer micro benchmark of depthwise convolutions.
+
+Models: the issue's list from torchvision when it is installed (batch sizes of the OpenCL backend's
+table, 224 px, SGD momentum, fp32, TF32 off); without torchvision, faithful definitions of the
+depthwise-heavy ones written here (mobilenet_v2, mobilenet_v3_small, efficientnet_b0, convnext_small:
+same layer shapes, activations, SE blocks and norms as torchvision's; stochastic depth left out).
+Each (device, model) pair runs in its own child process; every child builds the model from the same
+seed on the CPU and trains on the same synthetic batches; dropout is off so the first-step losses must
+agree (relative 1e-3). The table gives each step time / CUDA's and the geometric means.
+
+Layers: the depthwise layers of these models, forward / grad-input / grad-weight, as GB/s moved
+(the bytes each pass must read and write at least) on wgpu's direct kernels (GPU time from timestamp
+queries), wgpu's implicit GEMM (the route before conv_depthwise.py) and cuDNN (CUDA events).
+
+    python benchmarks/bench_wgpu_zoo.py                                 # models + layers, wgpu vs cuda
+    python benchmarks/bench_wgpu_zoo.py --models mobilenet_v2 --devices wgpu,wgpu-graph,cuda,cuda-graph
+    python benchmarks/bench_wgpu_zoo.py --quick --devices wgpu,wgpu-graph   # lavapipe smoke test
+    python benchmarks/bench_wgpu_zoo.py --no-models --json out.json         # layers only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BATCH = {"regnet_y_400mf": 64, "resnext50_32x4d": 32, "densenet161": 16, "vgg16": 16, "resnet18": 64,
+         "alexnet": 64, "mobilenet_v3_small": 64, "convnext_small": 16, "efficientnet_b0": 32, "mobilenet_v2": 32}
+OWN = ("mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "convnext_small")
+
+
+# ---------------------------------------------------------------------------------------------
+# Model definitions used when torchvision is absent (layer for layer as torchvision builds them).
+def _divisible(v, d=8):
+    new = max(d, int(v + d / 2) // d * d)
+    return new + d if new < 0.9 * v else new
+
+
+def _own_model(name):
+    import torch
+    from torch import nn
+
+    def cba(cin, cout, k, s=1, groups=1, act=nn.ReLU6):
+        layers = [nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+    class SE(nn.Module):
+        def __init__(self, c, squeeze, act, gate):
+            super().__init__()
+            self.fc1, self.fc2, self.act, self.gate = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1), act(), gate()
+
+        def forward(self, x):
+            return x * self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+    class Block(nn.Module):   # inverted residual / MBConv
+        def __init__(self, cin, exp, cout, k, s, act, se=None):
+            super().__init__()
+            layers = [cba(cin, exp, 1, act=act)] if exp != cin else []
+            layers.append(cba(exp, exp, k, s, groups=exp, act=act))
+            if se:
+                layers.append(SE(exp, *se))
+            layers.append(cba(exp, cout, 1, act=None))
+            self.body, self.residual = nn.Sequential(*layers), s == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    if name == "mobilenet_v2":
+        layers, cin = [cba(3, 32, 3, 2)], 32
+        for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                           (6, 160, 3, 2), (6, 320, 1, 1)]:
+            for i in range(n):
+                layers.append(Block(cin, cin * t, c, 3, s if i == 0 else 1, nn.ReLU6))
+                cin = c
+        layers.append(cba(cin, 1280, 1))
+        head = [nn.Dropout(0.2), nn.Linear(1280, 1000)]
+    elif name == "mobilenet_v3_small":
+        RE, HS = nn.ReLU, nn.Hardswish
+        layers, cin = [cba(3, 16, 3, 2, act=HS)], 16
+        for k, exp, c, se, act, s in [(3, 16, 16, True, RE, 2), (3, 72, 24, False, RE, 2), (3, 88, 24, False, RE, 1),
+                                      (5, 96, 40, True, HS, 2), (5, 240, 40, True, HS, 1), (5, 240, 40, True, HS, 1),
+                                      (5, 120, 48, True, HS, 1), (5, 144, 48, True, HS, 1), (5, 288, 96, True, HS, 2),
+                                      (5, 576, 96, True, HS, 1), (5, 576, 96, True, HS, 1)]:
+            squeeze = (_divisible(exp // 4), nn.ReLU, nn.Hardsigmoid) if se else None
+            layers.append(Block(cin, exp, c, k, s, act, squeeze))
+            cin = c
+        layers.append(cba(cin, 576, 1, act=HS))
+        head = [nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, 1000)]
+    elif name == "efficientnet_b0":
+        layers, cin = [cba(3, 32, 3, 2, act=nn.SiLU)], 32
+        for t, k, s, c, n in [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]:
+            for i in range(n):
+                layers.append(Block(cin, cin * t, c, k, s if i == 0 else 1, nn.SiLU,
+                                    (max(1, cin // 4), nn.SiLU, nn.Sigmoid)))
+                cin = c
+        layers.append(cba(cin, 1280, 1, act=nn.SiLU))
+        head = [nn.Dropout(0.2), nn.Linear(1280, 1000)]
+    elif name == "convnext_small":
+        class LayerNorm2d(nn.LayerNorm):
+            def forward(self, x):
+                return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+        class CNBlock(nn.Module):
+            def __init__(self, dim):
+                super().__init__()
+                self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+                self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+                self.scale = nn.Parameter(torch.full((dim, 1, 1), 1e-6))
+
+            def forward(self, x):
+                y = self.fc2(nn.functional.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+                return x + self.scale * y.permute(0, 3, 1, 2)
+
+        dims, depths = [96, 192, 384, 768], [3, 3, 27, 3]
+        layers = [nn.Conv2d(3, 96, 4, 4), LayerNorm2d(96, eps=1e-6)]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            if i:
+                layers += [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
+            layers += [CNBlock(dim) for _ in range(depth)]
+        layers += [nn.AdaptiveAvgPool2d(1), LayerNorm2d(768, eps=1e-6)]
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(768, 1000))
+    else:
+        raise SystemExit(f"{name} needs torchvision, which is not installed here (own definitions: {', '.join(OWN)})")
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *head)
+
+
+def build(name):
+    try:
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None)
+    except ImportError:
+        model = _own_model(name)
+    for m in model.modules():   # dropout and stochastic depth off: the first-step losses must agree
+        if hasattr(m, "p") and isinstance(getattr(m, "p"), float):
+            m.p = 0.0
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+def model_worker(device, name, batch, size, steps, warmup, out):
+    import torch
+
+    graphed = device.endswith("-graph")
+    base = device.removesuffix("-graph")
+    if base == "wgpu":
+        import navitrain.wgpu as nw
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = build(name).to(base)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(base)
+    y = torch.randint(0, 1000, (batch,), generator=gen).to(base)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def sync():
+        nw.synchronize() if base == "wgpu" else torch.cuda.synchronize()
+
+    losses = [step().item()]
+    for _ in range(warmup - 1):
+        step()
+    run = step
+    if graphed:
+        if base == "wgpu":
+            g = nw.WgpuGraph()
+            with nw.graph(g):
+                step()
+        else:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step()
+        run = g.replay
+        for _ in range(3):
+            run()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t0)
+    result = {"device": device, "model": name, "batch": batch, "first_loss": losses[0],
+              "median_ms": statistics.median(times) * 1e3}
+    if base == "wgpu":
+        result["fallbacks"] = nw.fallback_report().get("total_fallback_calls", 0)
+        result["adapter"] = nw.adapter_info()["name"]
+    Path(out).write_text(json.dumps(result))
+
+
+# Depthwise layers of the models above at their batch sizes: (name, N, C, H, k, stride, channels_last).
+LAYERS = [("mbv2 96@112 s2", 32, 96, 112, 3, 2, False), ("mbv2 144@56", 32, 144, 56, 3, 1, False),
+          ("mbv2 192@28", 32, 192, 28, 3, 1, False), ("mbv2 576@14", 32, 576, 14, 3, 1, False),
+          ("mbv2 960@7", 32, 960, 7, 3, 1, False), ("effb0 240@28 5x5", 32, 240, 28, 5, 1, False),
+          ("effb0 672@14 5x5 s2", 32, 672, 14, 5, 2, False), ("convnext 96@56 7x7", 16, 96, 56, 7, 1, False),
+          ("convnext 384@14 7x7", 16, 384, 14, 7, 1, False), ("convnext 96@56 7x7 NHWC", 16, 96, 56, 7, 1, True),
+          ("mbv2 144@56 NHWC", 32, 144, 56, 3, 1, True)]
+QUICK_LAYERS = [("3x3", 2, 8, 16, 3, 1, False), ("3x3 s2", 2, 8, 16, 3, 2, False), ("7x7 NHWC", 2, 8, 12, 7, 1, True)]
+
+
+def layer_worker(device, quick, iters, out):
+    import torch
+
+    if device.startswith("wgpu"):
+        import navitrain.wgpu as nw
+        from _common import wgpu_gpu_time
+        from navitrain.wgpu import conv_depthwise
+    else:
+        from _common import cuda_time
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = False
+    dev = "wgpu" if device.startswith("wgpu") else "cuda"
+    F = torch.nn.functional
+    results = []
+    for name, N, C, H, k, s, cl in (QUICK_LAYERS if quick else LAYERS):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(N, C, H, H, generator=gen)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, w = x.to(dev), torch.randn(C, 1, k, k, generator=gen).to(dev)
+        y = F.conv2d(x, w, None, s, k // 2, groups=C)
+        dy = torch.randn(y.shape, generator=gen).to(dev)
+        if cl:
+            dy = dy.contiguous(memory_format=torch.channels_last)
+        conv_bwd = torch.ops.aten.convolution_backward.default
+        passes = {
+            "fwd": (lambda: F.conv2d(x, w, None, s, k // 2, groups=C), x.numel() + y.numel()),
+            "dgrad": (lambda: conv_bwd(dy, x, w, None, [s, s], [k // 2] * 2, [1, 1], False, [0, 0], C,
+                                       [True, False, False]), x.numel() + y.numel()),
+            "wgrad": (lambda: conv_bwd(dy, x, w, None, [s, s], [k // 2] * 2, [1, 1], False, [0, 0], C,
+                                       [False, True, False]), x.numel() + y.numel()),
+        }
+        row = {"layer": name}
+        for pname, (fn, elems) in passes.items():
+            if dev == "wgpu":
+                if device == "wgpu-gemm":
+                    with conv_depthwise.disabled():
+                        seconds, _ = wgpu_gpu_time(fn, iters)
+                else:
+                    seconds, _ = wgpu_gpu_time(fn, iters)
+            else:
+                seconds = cuda_time(fn, iters)
+            row[pname] = {"us": seconds * 1e6, "GBps": elems * 4 / seconds / 1e9}
+        results.append(row)
+    Path(out).write_text(json.dumps({"device": device, "layers": results}))
+
+
+# ---------------------------------------------------------------------------------------------
+def _child(args, extra, out, timeout):
+    cmd = [sys.executable, str(Path(__file__).resolve())] + extra + ["--out", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not Path(out).exists():
+        return {"error": (proc.stderr or proc.stdout)[-1500:]}
+    return json.loads(Path(out).read_text())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=None, help=f"comma-separated (default: torchvision's list, else {','.join(OWN)})")
+    ap.add_argument("--devices", default="wgpu,wgpu-graph,cuda,cuda-graph")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--layer-iters", type=int, default=20)
+    ap.add_argument("--no-models", action="store_true")
+    ap.add_argument("--no-layers", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="32 px, batch 2, tiny layers (lavapipe smoke test)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per child")
+    ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--model-worker", nargs=2, metavar=("DEVICE", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--layer-worker", metavar="DEVICE", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    size, scale = (32, 0) if args.quick else (224, 1)
+    if args.model_worker:
+        device, name = args.model_worker
+        return model_worker(device, name, BATCH[name] if scale else 2, size, args.steps, args.warmup, args.out)
+    if args.layer_worker:
+        return layer_worker(args.layer_worker, args.quick, args.layer_iters, args.out)
+
+    try:
+        import torchvision  # noqa: F401
+        default_models = list(BATCH)
+    except ImportError:
+        default_models = list(OWN)
+        print("torchvision is not installed: the models are this file's own definitions")
+    models = args.models.split(",") if args.models else default_models
+    devices = args.devices.split(",")
+    import torch
+
+    if not torch.cuda.is_available() and any(d.startswith("cuda") for d in devices):
+        print("no CUDA here: the cuda devices are left out")
+        devices = [d for d in devices if not d.startswith("cuda")]
+    flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--layer-iters", str(args.layer_iters)]
+    flags += ["--quick"] if args.quick else []
+    tmp = f"/tmp/bench_zoo_{os.getpid()}"
+    results = {"models": [], "layers": []}
+    if not args.no_models:
+        for name in models:
+            for device in devices:
+                r = _child(args, ["--model-worker", device, name] + flags, f"{tmp}_{device}_{name}.json", args.timeout)
+                r.setdefault("device", device)
+                r.setdefault("model", name)
+                results["models"].append(r)
+                print(f"[{name} on {device}] " + (f"{r['median_ms']:.1f} ms, first loss {r['first_loss']:.5f}"
+                                                   if "error" not in r else "failed:\n" + r["error"]), flush=True)
+        report_models(results["models"], devices)
+    if not args.no_layers:
+        layer_devices = [d for d in ("wgpu", "wgpu-gemm", "cuda") if d.split("-")[0] in {x.split("-")[0] for x in devices}]
+        for device in layer_devices:
+            r = _child(args, ["--layer-worker", device] + flags, f"{tmp}_layers_{device}.json", args.timeout)
+            r.setdefault("device", device)
+            results["layers"].append(r)
+            if "error" in r:
+                print(f"[layers on {device}] failed:\n{r['error']}")
+        report_layers(results["layers"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def report_models(rows, devices):
+    by_model = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["device"]] = r
+    print(f"\n{'model':20} {'batch':>5} " + " ".join(f"{d + ' ms':>15}" for d in devices) + "  ratios vs cuda eager, loss check")
+    ratios = {}
+    for name, devs in by_model.items():
+        cuda = devs.get("cuda", {})
+        cells, notes = [], []
+        for d in devices:
+            r = devs.get(d, {})
+            cells.append(f"{r['median_ms']:>15.1f}" if "median_ms" in r else f"{'failed':>15}")
+            if "median_ms" in r and "median_ms" in cuda and d.startswith("wgpu"):
+                ratio = r["median_ms"] / cuda["median_ms"]
+                ratios.setdefault(d, []).append(ratio)
+                ok = abs(r["first_loss"] - cuda["first_loss"]) <= 1e-3 * max(1.0, abs(cuda["first_loss"]))
+                notes.append(f"{d} {ratio:.2f}x{'' if ok else ' LOSS DIFFERS'}"
+                             f"{' FALLBACKS ' + str(r['fallbacks']) if r.get('fallbacks') else ''}")
+        batch = next((r["batch"] for r in devs.values() if "batch" in r), "")
+        print(f"{name:20} {batch:>5} " + " ".join(cells) + "  " + ", ".join(notes))
+    for d, rs in ratios.items():
+        gm = math.exp(sum(map(math.log, rs)) / len(rs))
+        print(f"geometric mean {d} / cuda: {gm:.2f}x ({100 / gm:.0f}% of CUDA's speed) over {len(rs)} models")
+
+
+def report_layers(rows):
+    ok = [r for r in rows if "layers" in r]
+    if not ok:
+        return
+    print(f"\n{'depthwise layer (us / GB/s)':26} " + " ".join(f"{r['device'] + ' ' + p:>17}" for p in ("fwd", "dgrad", "wgrad") for r in ok))
+    for i, layer in enumerate(ok[0]["layers"]):
+        cells = []
+        for p in ("fwd", "dgrad", "wgrad"):
+            for r in ok:
+                v = r["layers"][i][p]
+                cells.append(f"{v['us']:>10.1f} /{v['GBps']:>5.0f}")
+        print(f"{layer['layer']:26} " + " ".join(cells))
+    print("GB/s: the input and output images each pass must move at least, over its GPU time")
+
+
+if __name__ == "__main__":
+    main()
