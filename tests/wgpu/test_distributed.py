@@ -74,8 +74,15 @@ def test_registered_for_the_wgpu_device():
     assert "wgpu" in dist.Backend.backend_capability[wd.NAME]
 
 
-def test_collectives_on_odd_sized_non_contiguous_and_special_values_between_two_nodes(tmp_path):
-    r0, r1 = _run_ranks("collectives", tmp_path, nodes=True)
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """Collectives, then DDP of the GPT decoder and of the ResNet, in one run of two one-process
+    torchrun "nodes" (starting the processes is most of the time on lavapipe)."""
+    return _run_ranks("all", tmp_path_factory.mktemp("two_nodes"), nodes=True)
+
+
+def test_collectives_on_odd_sized_non_contiguous_and_special_values_between_two_nodes(two_nodes):
+    r0, r1 = (r["collectives"] for r in two_nodes)
     inputs = [ddp_worker.rank_inputs(r) for r in range(2)]
     for key in ("odd", "special", "int32", "half"):
         want = inputs[0][key] + inputs[1][key]
@@ -122,8 +129,8 @@ def _reference(name: str, world: int, per_rank_forward: bool, dtype=torch.float3
     return snapshots
 
 
-def _check_ddp(name: str, tmp_path, per_rank_forward: bool, dtype, tol: float):
-    r0, r1 = _run_ranks(name, tmp_path)
+def _check_ddp(name: str, runs, per_rank_forward: bool, dtype, tol: float):
+    r0, r1 = (r[name] for r in runs)
     assert r0["fallbacks"] == 0 and r1["fallbacks"] == 0
     ref = _reference(name, 2, per_rank_forward, dtype)
     assert len(r0["snapshots"]) == len(ref)
@@ -135,14 +142,13 @@ def _check_ddp(name: str, tmp_path, per_rank_forward: bool, dtype, tol: float):
                                        msg=lambda m, k=key, s=step: f"step {s} parameter {k}: {m}")
 
 
-def test_ddp_gpt_decoder_five_steps_equal_one_process_on_the_whole_batch(tmp_path):
-    _check_ddp("gpt", tmp_path, per_rank_forward=False, dtype=torch.float32, tol=2e-3)
+def test_ddp_gpt_decoder_five_steps_equal_one_process_on_the_whole_batch(two_nodes):
+    _check_ddp("gpt", two_nodes, per_rank_forward=False, dtype=torch.float32, tol=2e-3)
 
 
-@pytest.mark.slow
-def test_ddp_cifar_resnet18_two_steps_equal_one_process_on_the_whole_batch(tmp_path):
+def test_ddp_cifar_resnet18_two_steps_equal_one_process_on_the_whole_batch(two_nodes):
     # float64 reference as in test_training's ResNet parity test (BatchNorm amplifies rounding).
-    _check_ddp("resnet", tmp_path, per_rank_forward=True, dtype=torch.float64, tol=2e-3)
+    _check_ddp("resnet", two_nodes, per_rank_forward=True, dtype=torch.float64, tol=2e-3)
 
 
 def test_a_dead_rank_makes_the_other_fail_clearly_within_the_timeout(tmp_path):
