@@ -61,3 +61,65 @@ def test_shrink_gradients(shrink):
     xd = x.detach().to("wgpu").requires_grad_()
     (got,) = torch.autograd.grad(shrink(xd, 0.5), xd, g.to("wgpu"))
     _close(got, ref, 0)
+
+
+def _same(got, exp):
+    assert got.device.type == "wgpu" and got.dtype == exp.dtype, (got.device, got.dtype, exp.dtype)
+    torch.testing.assert_close(got.cpu(), exp, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("fn", [torch.cummax, torch.cummin])
+def test_cummax_cummin_with_nan_ties_and_gradient(fn):
+    x = torch.randn(5, 7, 3)
+    x[1, 2, 0], x[2, 3, 1], x[3, 1, 2] = NAN, INF, -INF
+    x[0, :, 2] = 1.0  # ties: the later index wins, as on the CPU
+    for dim in (0, 1, -1):
+        for src in (x, x.transpose(0, 2)):
+            ref, got = fn(src, dim), fn(src.to("wgpu"), dim)
+            _same(got.values, ref.values)
+            _same(got.indices, ref.indices)
+    ints = torch.randint(-3, 3, (6, 9))
+    for t in (ints, ints > 0):
+        ref, got = fn(t, 1), fn(t.to("wgpu"), 1)
+        _same(got.values, ref.values)
+        _same(got.indices, ref.indices)
+    leaf = torch.randn(4, 6, requires_grad=True)
+    g = torch.randn(4, 6)
+    (ref,) = torch.autograd.grad(fn(leaf, 1).values, leaf, g)
+    dleaf = leaf.detach().to("wgpu").requires_grad_()
+    (got,) = torch.autograd.grad(fn(dleaf, 1).values, dleaf, g.to("wgpu"))
+    _close(got, ref, 1e-6)
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_searchsorted_and_bucketize(right):
+    b = torch.randn(4, 10).sort(-1).values
+    b[:, -1] = INF
+    v = torch.randn(4, 6)
+    v[0, 0], v[1, 1], v[2, 2] = NAN, b[1, 3], -INF  # NaN goes past the end; an exact hit obeys `right`
+    _same(torch.searchsorted(b.to("wgpu"), v.to("wgpu"), right=right), torch.searchsorted(b, v, right=right))
+    _same(torch.searchsorted(b[0].to("wgpu"), v.to("wgpu"), side="right" if right else "left"),
+          torch.searchsorted(b[0], v, side="right" if right else "left"))
+    _same(torch.bucketize(v.to("wgpu"), b[0].to("wgpu"), right=right), torch.bucketize(v, b[0], right=right))
+    bi, vi = torch.randint(0, 20, (30,)).sort().values, torch.randint(-2, 22, (3, 5))
+    _same(torch.searchsorted(bi.to("wgpu"), vi.to("wgpu"), out_int32=True, right=right),
+          torch.searchsorted(bi, vi, out_int32=True, right=right))
+    u = torch.randn(10)
+    _same(torch.searchsorted(u.to("wgpu"), v.to("wgpu"), sorter=u.argsort().to("wgpu")),
+          torch.searchsorted(u, v, sorter=u.argsort()))
+    _same(torch.searchsorted(b[0].to("wgpu"), 0.25, right=right), torch.searchsorted(b[0], 0.25, right=right))
+    c = torch.randint(0, 50, (300,))
+    _same(torch.isin(c.to("wgpu"), c[:7].to("wgpu")), torch.isin(c, c[:7]))
+
+
+def test_histc_and_bincount():
+    h = torch.randn(2000)
+    h[0], h[1] = NAN, INF  # skipped by an explicit range
+    _same(torch.histc(h.to("wgpu"), 13, -2, 2), torch.histc(h, 13, -2, 2))
+    _same(torch.histc(h[2:].to("wgpu"), 7), torch.histc(h[2:], 7))  # the data's own range
+    c, w = torch.randint(0, 17, (700,)), torch.randn(700)
+    _same(torch.bincount(c.to("wgpu")), torch.bincount(c))
+    _same(torch.bincount(c.to("wgpu"), minlength=30), torch.bincount(c, minlength=30))
+    _close(torch.bincount(c.to("wgpu"), w.to("wgpu")), torch.bincount(c, w), 1e-5)  # atomics: another order
+    with pytest.raises(RuntimeError, match="non-negative"):
+        torch.bincount((c - 5).to("wgpu"))
