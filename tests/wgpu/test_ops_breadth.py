@@ -123,3 +123,34 @@ def test_histc_and_bincount():
     _close(torch.bincount(c.to("wgpu"), w.to("wgpu")), torch.bincount(c, w), 1e-5)  # atomics: another order
     with pytest.raises(RuntimeError, match="non-negative"):
         torch.bincount((c - 5).to("wgpu"))
+
+
+def _forward_and_grads(fn, *args, tol=1e-4):
+    cpu = [a.detach().clone().requires_grad_(a.is_floating_point()) for a in args]
+    dev = [a.detach().to("wgpu").requires_grad_(a.is_floating_point()) for a in args]
+    ref, got = fn(*cpu), fn(*dev)
+    _close(got, ref.detach(), tol)
+    seed = torch.randn(ref.shape)
+    ref_g = torch.autograd.grad(ref, [t for t in cpu if t.requires_grad], seed)
+    got_g = torch.autograd.grad(got, [t for t in dev if t.requires_grad], seed.to("wgpu"))
+    for r, g in zip(ref_g, got_g):
+        _close(g, r, tol)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 2.0, 3.0, INF])
+def test_cdist_forward_and_backward(p):
+    x1, x2 = torch.randn(2, 5, 4), torch.randn(2, 6, 4)
+    x2[0, 0] = x1[0, 0]  # a zero distance: its gradient is 0, as on the CPU
+    _forward_and_grads(lambda a, b: torch.cdist(a, b, p=p), x1, x2)
+
+
+def test_addbmm():
+    _forward_and_grads(lambda i, a, b: torch.addbmm(i, a, b, beta=0.5, alpha=2), torch.randn(5, 7),
+                       torch.randn(3, 5, 4), torch.randn(3, 4, 7))
+    _forward_and_grads(torch.addbmm, torch.randn(7), torch.randn(3, 5, 4), torch.randn(3, 4, 7))  # broadcast
+    ints = [torch.randint(-4, 4, s) for s in ((2, 2), (3, 2, 5), (3, 5, 2))]
+    _same(torch.addbmm(*[t.to("wgpu") for t in ints], beta=2, alpha=3), torch.addbmm(*ints, beta=2, alpha=3))
+    x, b1, b2 = torch.randn(5, 7), torch.randn(3, 5, 4), torch.randn(3, 4, 7)
+    xd = x.to("wgpu")
+    xd.addbmm_(b1.to("wgpu"), b2.to("wgpu"))
+    _close(xd, x.addbmm_(b1, b2))

@@ -90,3 +90,26 @@ def dot(a, b):
         raise RuntimeError("dot: expected two 1-D tensors of the same length")
     prod = pointwise.run("mul", "a * b", [a, b], a.dtype, "f32")
     return reduce(prod, None, False, "sum", a.dtype)
+
+
+def _addbmm_check(batch1, batch2):
+    if batch1.dim() != 3 or batch2.dim() != 3:
+        raise RuntimeError(f"batch1 must be a 3D tensor, batch2 must be a 3D tensor (got {batch1.dim()}-D and "
+                           f"{batch2.dim()}-D)")
+    if batch1.shape[0] != batch2.shape[0] or batch1.shape[2] != batch2.shape[1]:
+        raise RuntimeError(f"addbmm: incompatible batches {tuple(batch1.shape)} and {tuple(batch2.shape)}")
+
+
+@implements(aten.addbmm.default)
+def addbmm(x, batch1, batch2, *, beta=1, alpha=1):
+    # The sum over the batch of batch1[b] @ batch2[b] is one product of [n, B*m] by [B*m, p]: a single GEMM.
+    _addbmm_check(batch1, batch2)
+    b, n, m = batch1.shape
+    a = aten.reshape.default(aten.permute.default(batch1, [1, 0, 2]), [n, b * m])
+    c = aten.reshape.default(batch2, [b * m, batch2.shape[2]])
+    return aten.addmm.default(x, a, c, beta=beta, alpha=alpha)
+
+
+@implements(aten.addbmm_.default)
+def addbmm_(x, batch1, batch2, *, beta=1, alpha=1):
+    return aten.copy_.default(x, addbmm(x, batch1, batch2, beta=beta, alpha=alpha))
