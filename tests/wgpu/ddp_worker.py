@@ -74,6 +74,18 @@ def case_collectives(rank: int, world: int) -> dict:
     piece = torch.empty(9, device=DEV)
     dist.reduce_scatter_single(piece, x["scatter"])
     out["reduce_scatter_tensor"] = piece.cpu()
+    pieces = torch.empty(2 * 9, device=DEV)
+    dist.all_to_all_single(pieces, x["scatter"])
+    out["all_to_all_single"] = pieces.cpu()
+    into = [torch.empty(3, 5, device=DEV) for _ in range(world)] if rank == 0 else None
+    dist.gather(x["gather"], into, dst=0)
+    out["gather"] = [t.cpu() for t in into] if into else None
+    if rank == 0:
+        dist.send(x["bcast"].t(), dst=1)              # non-contiguous source
+    else:
+        got = torch.zeros(4, 3, device=DEV).t()       # non-contiguous target
+        dist.recv(got, src=0)
+        out["recv"] = got.cpu()
     dist.barrier()
     out["device"] = str(x["odd"].device)
     return out

@@ -105,6 +105,10 @@ def test_collectives_on_odd_sized_non_contiguous_and_special_values_between_two_
         total = inputs[0]["scatter"] + inputs[1]["scatter"]
         torch.testing.assert_close(got["reduce_scatter_tensor"], total[r * 9:(r + 1) * 9])
         assert got["device"] == "wgpu:0"
+        torch.testing.assert_close(got["all_to_all_single"], torch.cat(
+            [inputs[0]["scatter"][r * 9:(r + 1) * 9], inputs[1]["scatter"][r * 9:(r + 1) * 9]]))
+    torch.testing.assert_close(r0["gather"], [inputs[0]["gather"], inputs[1]["gather"]])
+    torch.testing.assert_close(r1["recv"], inputs[0]["bcast"].t())
 
 
 def _reference(name: str, world: int, per_rank_forward: bool, dtype=torch.float32) -> list[dict]:
@@ -175,6 +179,17 @@ def test_backend_strings_take_wgpu_and_cpu_tensors(backend):
         dist.barrier()
         torch.testing.assert_close(dev.cpu(), host.t())  # world of one: the sum is the tensor
         torch.testing.assert_close(cpu, host)
+        # The rest of the API in a world of one: each returns its input (through the staging copies).
+        dist.reduce(dev, dst=0)
+        out = torch.empty(5, 2, device="wgpu")
+        dist.reduce_scatter(out, [dev.contiguous()])
+        torch.testing.assert_close(out.cpu(), host.t())
+        out = torch.empty(5, 2, device="wgpu")
+        dist.scatter(out, [dev], src=0)
+        torch.testing.assert_close(out.cpu(), host.t())
+        gathered = [torch.empty(5, 2, device="wgpu")]
+        dist.gather(dev, gathered, dst=0)
+        torch.testing.assert_close(gathered[0].cpu(), host.t())
     finally:
         dist.destroy_process_group()
 
