@@ -11,8 +11,9 @@ bucket costs one download and one upload.
     dist.init_process_group("cpu:gloo,wgpu:navitrain")              # or just "navitrain"
 
 "navitrain" also takes CPU tensors (passed straight to its gloo group), so `init_process_group(
-"navitrain")` serves both devices; with "cpu:gloo,wgpu:navitrain" PyTorch routes by device itself.
-Plain "gloo" cannot take wgpu tensors: PyTorch sends each device to the backend mapped to it.
+"navitrain")` serves both devices. With "cpu:gloo,wgpu:navitrain" the result is the same: PyTorch
+lets a process group written in Python stand for the whole group, whatever the device. Plain "gloo"
+cannot take wgpu tensors: PyTorch sends each device to the backend mapped to it.
 
 Collectives are synchronous: the call returns after the copy back (the Work it returns is already
 complete). The download has to wait for the GPU anyway, and copying back from gloo's threads would
