@@ -21,6 +21,8 @@ CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the ke
     (1, 5, 11, 10, 5, 1, 0, True, True),
     (3, 2, 1, 1, 3, 1, 1, False, True),      # 1x1 images: only the centre tap lands
     (1, 4, 9, 7, 5, 2, 2, False, True),      # stride 2, 5x5, odd sizes
+    (2, 3, 8, 11, 7, 2, 3, False, True),     # stride 2, odd padding: the other taps land on even columns
+    (2, 4, 16, 12, 3, 1, 1, False, True),    # stride 1 grad-input: the rotated-kernel correlation
 ]
 
 
@@ -90,12 +92,15 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     y, gy, gx, gw, gb = _reference(x, w, b, 2, 1)
     _close(_on_wgpu(x, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
     kinds = {k[0] for k in _dw_kernels()}
+    assert {"dw_wgrad"} <= kinds and kinds & {"dw_tiled", "dw_direct"}, kinds
+    assert "dw_dgrad" in kinds, "the stride-2 grad-input was not one gather"
+    assert not any(k[0] in ("dw_tiled", "dw_direct") and k[5] for k in _dw_kernels()), "grad-input went by phases"
     channels_last = x.contiguous(memory_format=torch.channels_last)
     _close(_on_wgpu(channels_last, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
     assert {k[0] for k in _dw_kernels()} - kinds == {"dw_vec4"}, "channels_last, C % 4 == 0: not as vec4"
-    assert {"dw_wgrad"} <= kinds and kinds & {"dw_tiled", "dw_direct"}, kinds
-    flipped = [k for k in _dw_kernels() if k[0] != "dw_wgrad" and k[5]]
-    assert flipped, "grad-input did not run as a correlation with the rotated kernel"
+    y1, gy1, gx1, gw1, gb1 = _reference(x, w, b, 1, 1)
+    _close(_on_wgpu(x, w, b, 1, 1, gy1)[:4], (y1, gx1, gw1, gb1), 2e-5)
+    assert any(k[0] in ("dw_tiled", "dw_direct") and k[5] for k in _dw_kernels()), "stride 1: no rotated kernel"
 
 
 def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):

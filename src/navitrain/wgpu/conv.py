@@ -572,10 +572,10 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
     if dy.dtype == w.dtype == dx.dtype and conv1x1.eligible(g) and conv1x1.grad_input(dy, w, g, dx):
         return dx
-    # Depthwise: stride 1 here, any sub-kernel -- a strided layer comes back through its phases.
-    if (tuple(g.stride) == (1, 1) and conv_depthwise.eligible(g, dy, w, dx, any_kernel=True)
+    # Depthwise: any kernel size at stride 1 (the output phases below come here too), odd square at 2.
+    if (conv_depthwise.eligible(g, dy, w, dx, any_kernel=tuple(g.stride) == (1, 1))
             and conv_depthwise.use_direct("dgrad", g, lambda: conv_depthwise.grad_input(dy, w, g, dx),
-                                          lambda: _implicit_grad_input(dy, w, g, dx))):
+                                          lambda: grad_input(dy, w, g, dx))):
         return conv_depthwise.grad_input(dy, w, g, dx)
     if tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
         return _grad_input_by_phase(dy, w, g, dx)

@@ -6,8 +6,10 @@ runs at a fraction of the memory bandwidth it is bound by (issue 23: MobileNet/E
 3.5-7x slower than CUDA). Here each output is a short sum read straight from the image:
 - `correlate`: out[n, c, oy, ox] = bias[c] + sum_{i,j} x[n, c, oy*sh - ph + i, ox*sw - pw + j] * w[c, i, j]
   (w optionally rotated by 180 degrees). It is the forward, and the stride-1 grad-input (dy with the
-  rotated kernel and padding k-1-p); a strided grad-input goes through conv.py's output phases, which
-  are stride-1 grad-inputs with sub-kernels (2x2, 1x2, ... for 3x3/s2), so any kh x kw is supported.
+  rotated kernel and padding k-1-p), for any kh x kw (the implicit GEMM's output phases of a strided
+  grad-input come here too when the tuner picks that route).
+- `_strided_grad_input` (stride 2): a gather, each thread 4 neighbouring dx along W, the taps that
+  land for each of them decided when the kernel is generated (from the padding's parity).
   NCHW planes with enough outputs: a workgroup computes an output tile of one (n, c) plane, loading
   the input tile + halo into workgroup memory once; each thread computes 4 outputs along W with the
   weights in registers. Otherwise (channels_last, or small planes such as 7x7) each thread computes 4
@@ -285,15 +287,81 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
 
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> WgpuTensor:
-    """Stride 1 only (conv.py splits a strided grad-input into stride-1 phases first): dx is dy
-    correlated with the rotated kernel, padded by k-1-p."""
-    assert tuple(g.stride) == (1, 1)
-    return correlate(dy, w, None, dx, (1, 1), (g.KH - 1 - g.padding[0], g.KW - 1 - g.padding[1]), flip=True)
+    """Stride 1: dx is dy correlated with the rotated kernel, padded by k-1-p. Stride 2: a gather,
+    one dispatch (not conv.py's four output phases, each paying for views and a launch)."""
+    if tuple(g.stride) == (1, 1):
+        return correlate(dy, w, None, dx, (1, 1), (g.KH - 1 - g.padding[0], g.KW - 1 - g.padding[1]), flip=True)
+    return _strided_grad_input(dy, w, g, dx)
+
+
+def _dgrad_source(kh, kw, sh, sw, rw, channels_inner, st_o, st_y, st_w) -> str:
+    """dx[n, c, iy, ix] = sum over taps (i, j) with oy = (iy + ph - i) / sh and ox = (ix + pw - j) / sw
+    exact of dy[n, c, oy, ox] * w[c, i, j]; a thread computes 4 neighbouring ix (ix0 = 4*g, so sw | ix0).
+    Which (q, j) land is decided here, from rw = pw mod sw (compiled in): ix0 + q + pw - j is a
+    multiple of sw exactly when q + rw - j is, and then ox = ix0/sw + pw div sw + (q + rw - j)/sw.
+    Whether tap row i lands depends on iy: one test per row, the same for the thread's 4 outputs."""
+    if channels_inner:
+        split = ["  let c = gi % C; let r = gi / C; let g4 = r % pu(8u); let r2 = r / pu(8u);",
+                 "  let oy = r2 % OH; let n = r2 / OH;"]
+    else:
+        split = ["  let g4 = gi % pu(8u); let r = gi / pu(8u); let oy = r % OH; let r2 = r / OH;",
+                 "  let c = r2 % C; let n = r2 / C;"]
+    # (names from _PRE: x = dy of IH x IW, out = dx of OH x OW; oy, ox index dx)
+    lines = [_PRE, "  if (gi >= pu(10u)) { return; }"] + split + [
+        "  let yb = x_off + n * x_s0 + c * x_s1; let ox = g4 * 4u;",
+        f"  let owb = i32(ox / {sw}u) + pw / {sw};"]
+    taps = {(q, j): (q + rw - j) // sw for q in range(4) for j in range(kw) if (q + rw - j) % sw == 0}
+    offsets = sorted(set(taps.values()))
+    for d in offsets:
+        name = f"{d}".replace("-", "m")
+        lines.append(f"  let cok{name} = owb + {d} >= 0 && owb + {d} < IW; let cx{name} = u32(owb + {d}) * x_s3;")
+    lines += _weights(kh, kw, False, st_w)
+    lines.append("  var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;")
+    for i in range(kh):
+        lines.append(f"  let nh{i} = i32(oy) + ph - {i};")
+        lines.append(f"  if (nh{i} >= 0 && nh{i} % {sh} == 0 && nh{i} / {sh} < IH) {{")
+        lines.append(f"    let rx = yb + u32(nh{i} / {sh}) * x_s2;")
+        for d in offsets:
+            name = f"{d}".replace("-", "m")
+            load = st_y.load(f"b1[select(yb, rx + cx{name}, cok{name})]", "f32")
+            lines.append(f"    let v{name} = select(0.0, {load}, cok{name});")
+        for q in range(4):
+            terms = [f"w{i}_{j} * v{f'{taps[(q, j)]}'.replace('-', 'm')}" for j in range(kw) if (q, j) in taps]
+            if terms:
+                lines.append(f"    a{q} = a{q} + ({' + '.join(terms)});")
+        lines.append("  }")
+    lines += ["  let ob = o_off + n * o_s0 + c * o_s1 + oy * o_s2;", "  {"]
+    lines += _store(st_o, False, None)
+    lines.append("  }")
+    return codegen.module([st_o.wgsl, st_y.wgsl, st_w.wgsl], "\n".join(lines), WG)
+
+
+def _strided_grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> WgpuTensor:
+    rt = runtime()
+    sh, sw = g.stride
+    rw = g.padding[1] % sw
+    inner = _channels_inner(dx)
+    col_groups = -(-g.W // 4)
+    total = g.N * g.C * g.H * col_groups
+    p = codegen.Params()
+    p.u(g.C, g.N, g.OH, g.OW, g.H, g.W)
+    p.i(g.padding[0], g.padding[1])
+    p.u(col_groups, 0, total)
+    for t in (dy, w, dx):
+        p.u(t.elem_offset, *t.stride())
+    p.u(0)
+    st_o, st_y, st_w = rt.stypes[dx.dtype], rt.stypes[dy.dtype], rt.stypes[w.dtype]
+    key = ("dw_dgrad", g.KH, g.KW, sh, sw, rw, inner, dx.dtype, dy.dtype, w.dtype)
+    kernel = rt.kernel(key, "conv2d_depthwise_grad_input", 3,
+                       lambda: _dgrad_source(g.KH, g.KW, sh, sw, rw, inner, st_o, st_y, st_w))
+    rt.dispatch(kernel, (dx._ws.heap, dy._ws.heap, w._ws.heap), p.pack(), codegen.groups_for(total, WG))
+    return dx
 
 
 # ---------------------------------------------------------------------------------------------
 # grad-weight. Parameter words: 0 C, 1 N, 2 IH, 3 IW, 4 OH, 5 OW, 6 ph, 7 pw, 8 positions per slice,
-# 9 slices, 10 positions in all, 11-15 x, 16-20 dy, 21-25 partial/dw (offset, strides of [slices, C, taps]).
+# 9 slices, 10 positions in all, 11-15 x, 16-20 dy, 21-25 partial/dw (offset, strides of [slices, C, taps]),
+# 27-29 the workgroup size (64 positions) in the radix (OW, OH).
 _WPRE = """
   let C = pu(0u); let IH = i32(pu(2u)); let IW = i32(pu(3u)); let OH = pu(4u); let OW = pu(5u);
   let ph = pi(6u); let pw = pi(7u); let chunk = pu(8u); let P = pu(10u);
@@ -342,10 +410,15 @@ def _wgrad_source(kh, kw, sh, sw, channels_inner, st_o, st_x, st_y) -> str:
     # neighbouring threads read neighbouring columns), then sum their partial sums in a fixed order.
     lines = [_WPRE, "  let c = wid.x; let sl = wid.y;",
              "  let p0 = sl * chunk; let p1 = min(p0 + chunk, P);", decl,
-             f"  for (var q = p0 + lid; q < p1; q = q + {WG}u) {{",
-             "    let ox = q % OW; let r = q / OW; let oy = r % OH; let n = r / OH;"]
+             # the position split into (n, oy, ox) once; then 64 positions on is added digit by digit
+             # (words 27-29: 64 in the radix (OW, OH)), no division per position
+             "  let q0 = p0 + lid; var ox = q0 % OW; var oy = (q0 / OW) % OH; var n = q0 / (OW * OH);",
+             f"  for (var q = q0; q < p1; q = q + {WG}u) {{"]
     lines += _wgrad_accumulate(kh, kw, sh, sw, st_x, st_y)
-    lines.append("  }")
+    lines += ["    ox = ox + pu(27u); var cy = 0u; if (ox >= OW) { ox = ox - OW; cy = 1u; }",
+              "    oy = oy + pu(28u) + cy; cy = 0u; if (oy >= OH) { oy = oy - OH; cy = 1u; }",
+              "    n = n + pu(29u) + cy;",
+              "  }"]
     for t0 in range(0, taps, _RED):
         chunk = names[t0:t0 + _RED]
         lines += [f"  red[{k}u * {WG}u + lid] = {s};" for k, s in enumerate(chunk)]
@@ -387,6 +460,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> WgpuTensor:
     p.u(x.elem_offset, *x.stride())
     p.u(dy.elem_offset, *dy.stride())
     p.u(out.elem_offset, 0 if direct else g.C * kh * kw, kh * kw, 1, 0)
+    p.u(0, WG % g.OW, (WG // g.OW) % g.OH, WG // (g.OW * g.OH))
     key = ("dw_wgrad", kh, kw, sh, sw, inner, out.dtype, x.dtype, dy.dtype)
     kernel = rt.kernel(key, "conv2d_depthwise_grad_weight", 3,
                        lambda: _wgrad_source(kh, kw, sh, sw, inner, st_o, st_x, st_y))
