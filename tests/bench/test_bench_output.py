@@ -201,7 +201,7 @@ def _piped(*args, env=None, timeout=300):
 
 
 def test_bench_in_a_pipe_prints_whole_cells():
-    text = _piped("bench", "--quick", "--route", "cpu", "--workload", "mlp,gpt", "--steps", "2", "--warmup", "0",
+    text = _piped("bench", "--quick", "--tiny", "--route", "cpu", "--workload", "mlp,gpt", "--steps", "2", "--warmup", "0",
                   "--no-save")
     assert "…" not in text and "e+0" not in text, text
     for cell in ("samples/s", "memory", "1st step", "loss", "gpt = GPT"):
@@ -246,8 +246,8 @@ def test_a_step_far_from_the_stored_one_is_named():
     from navitrain.probe import store
 
     key = "fp-issue-15-changes"
-    store.save_bench(key, "cpu", "mlp@quick", 8 / 0.216, 216.0)
-    store.save_bench(key, "cpu", "gpt@quick", 50.0, 160.0)
+    store.save_bench(key, "cpu", "mlp@quick/eager", 8 / 0.216, 216.0)
+    store.save_bench(key, "cpu", "gpt@quick/eager", 50.0, 160.0)
     data = dict(copy.deepcopy(REPORT), machine=dict(REPORT["machine"], fingerprint=key))
     data["results"][0].update(median_ms=4260.0)  # cpu / mlp
     data["results"][3].update(median_ms=170.0)   # cpu / gpt: within a factor 2, not worth a word

@@ -20,7 +20,7 @@ def broken_report(tmp_path_factory):
         routes = ["test-wrong", "test-segfault", "test-faulty", "test-hang", "test-unavailable", "cpu"]
         events = []
         try:
-            report = runner.run_bench(routes, ["mlp", "gpt"], size="quick", steps=3, warmup=1, timeout=8,
+            report = runner.run_bench(routes, ["mlp", "gpt"], size="tiny", steps=3, warmup=1, timeout=8,
                                       on_event=events.append, route_modules=("bench_fake_routes",))
         finally:
             sys.path.remove(HERE)

@@ -106,20 +106,86 @@ def reference_loss(workload: Workload, device, seed: int) -> float:
         return float(workload.loss(model(x), y).item())
 
 
-def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed: int = 0,
-                   on_step: StepCallback | None = None) -> dict[str, Any]:
-    """Build the model from `seed` on the CPU, move it to `device`, train `warmup + steps` steps and
-    return the losses, per-step times and peak memory. Raises what the device raises."""
+# A step whose host side (Python, dispatch, recording or encoding the GPU's work) takes this share of
+# its wall time or more left the device waiting on the host: the route is slow here because of Python
+# per op, not because of its GPU.
+HOST_BOUND_SHARE = 0.8
+# Devices whose work is queued: the call returns before the device finishes, so the time to return
+# (host) and the time to the loss read back (host + device) differ. On the CPU every op runs as it is
+# called and the two are the same, so the CPU cannot tell.
+_QUEUED_DEVICES = ("cuda", "wgpu")
+# Halvings of the batch tried when the first step runs out of memory, before the workload is an error.
+MAX_BATCH_HALVINGS = 3
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
     import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def host_bound(device_type: str, host_s: list[float], step_s: list[float]) -> dict[str, Any]:
+    """{"host_ms", "host_share", "host_bound"} from per-step host and wall times; None where the device
+    cannot tell them apart."""
+    if device_type not in _QUEUED_DEVICES or not host_s or not step_s:
+        return {"host_ms": None, "host_share": None, "host_bound": None}
+    host, wall = statistics.median(host_s), statistics.median(step_s)
+    share = min(1.0, host / wall) if wall > 0 else None
+    return {"host_ms": host * 1e3, "host_share": share,
+            "host_bound": None if share is None else share >= HOST_BOUND_SHARE}
+
+
+def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed: int = 0, mode: str = "eager",
+                   budget_s: float | None = None, on_step: StepCallback | None = None,
+                   clock: Callable[[], float] = time.perf_counter, settle: bool = True) -> dict[str, Any]:
+    """Train `workload` on `device` in `mode` and time it (see `_train_and_time`). When the first step
+    runs out of memory, the batch is halved (up to MAX_BATCH_HALVINGS times) and the result says so."""
+    import dataclasses
+    import gc
+
+    asked = workload.batch_size
+    for halvings in range(MAX_BATCH_HALVINGS + 1):
+        try:
+            data = _train_and_time(workload, device, steps=steps, warmup=warmup, seed=seed, mode=mode,
+                                   budget_s=budget_s, on_step=on_step, clock=clock, settle=settle)
+        except Exception as exc:
+            if not (is_out_of_memory(exc) and getattr(exc, "navitrain_first_step", False)) \
+                    or halvings == MAX_BATCH_HALVINGS or workload.batch_size < 2:
+                raise
+            gc.collect()
+            if device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+            workload = dataclasses.replace(workload, batch_size=workload.batch_size // 2)
+            continue
+        data["batch_size"] = workload.batch_size
+        data["batch_note"] = "" if workload.batch_size == asked else (
+            f"batch {workload.batch_size} instead of {asked}: the first step at batch {workload.batch_size * 2} "
+            "ran out of device memory")
+        return data
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed: int, mode: str,
+                    budget_s: float | None, on_step: StepCallback | None,
+                    clock: Callable[[], float], settle: bool = True) -> dict[str, Any]:
+    """Build the model from `seed` on the CPU, move it to `device`, train `warmup` untimed steps (plus
+    what `mode` needs to settle), then time steps until `steps` or the `budget_s` runs out (budget.py).
+    Returns the losses, per-step wall and host times and peak memory. Raises what the device raises;
+    an exception from the first step carries `navitrain_first_step = True`."""
+    import torch
+
+    from navitrain.bench import budget, modes
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    total = warmup + steps
+    warmup += modes.extra_warmup(mode, warmup, settle)
     torch.manual_seed(seed)  # the same initial weights on every route
     model = workload.build()
     check_loss = None
     meter = MemoryMeter(device)
-    started = time.perf_counter()
+    started = clock()
     model = model.to(device)
     batches = [workload.batch(seed + i, device) for i in range(BATCH_POOL)]
     if not workload.deterministic:
@@ -127,35 +193,52 @@ def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed:
         with torch.no_grad():
             check_loss = float(workload.loss(model(batches[0][0]), batches[0][1]).item())
         model.train()
-    optimizer = workload.make_optimizer(model.parameters())
+    optimizer = workload.make_optimizer(model.parameters(), capturable=modes.needs_capturable_optimizer(mode))
     from navitrain.bench.models import train_step  # torch-importing; this module is imported without it
 
-    train = train_step(model, optimizer, workload.loss)
+    train = modes.wrap(mode, train_step(model, optimizer, workload.loss), workload)
 
     losses: list[float] = []
     step_s: list[float] = []
+    host_s: list[float] = []
     time_to_first_step = math.nan
-    for step in range(total):
+    step = 0
+    while step < warmup or budget.keep_timing(step_s, steps, budget_s):
         x, y = batches[step % BATCH_POOL]
-        t0 = time.perf_counter()
-        value = float(train(x, y).item())  # the sync point
-        t1 = time.perf_counter()
+        t0 = clock()
+        try:
+            out = train(x, y)
+            returned = clock()  # queued devices return here, before their work is done
+            value = float(out.item())  # the sync point
+        except Exception as exc:
+            if step == 0:
+                try:  # only a first step's out-of-memory is worth a smaller batch
+                    exc.navitrain_first_step = True
+                except AttributeError:
+                    pass
+            raise
+        t1 = clock()
         if step == 0:
             time_to_first_step = t1 - started
         if step >= warmup:
             step_s.append(t1 - t0)
+            host_s.append(returned - t0)
         losses.append(value)
         meter.sample()
+        step += 1
         if on_step is not None:
-            on_step(step + 1, total, value)
+            on_step(step, warmup + steps, value)  # with a budget, `steps` is the most there can be
 
     median = statistics.median(step_s)
     quartiles = statistics.quantiles(step_s, n=4, method="inclusive") if len(step_s) > 1 else [median] * 3
     return {
+        "mode": mode,
         "losses": losses,
         "first_loss": losses[0],
         "check_loss": losses[0] if check_loss is None else check_loss,
         "step_ms": [s * 1e3 for s in step_s],
+        "timed_steps": len(step_s),
+        "warmup_steps": warmup,
         "median_ms": median * 1e3,
         "iqr_ms": (quartiles[2] - quartiles[0]) * 1e3,
         "min_ms": min(step_s) * 1e3,
@@ -164,4 +247,5 @@ def train_and_time(workload: Workload, device, *, steps: int, warmup: int, seed:
         "time_to_first_step_s": time_to_first_step,
         "peak_memory_bytes": meter.peak_bytes(),
         "memory_kind": meter.kind,
+        **host_bound(device.type, host_s, step_s),
     }

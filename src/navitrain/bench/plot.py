@@ -49,19 +49,21 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     results = report["results"]
-    routes = list(dict.fromkeys(r["route"] for r in results))
+    # one bar per route and mode: "wgpu (eager)" and "wgpu (graph)" share wgpu's colour
+    routes = list(dict.fromkeys(r.get("label") or r["route"] for r in results))
+    route_of = {r.get("label") or r["route"]: r["route"] for r in results}
     workloads = list(dict.fromkeys(r["workload"] for r in results))
     titles = {r["workload"]: r["title"] for r in results}
 
     fig, axes = plt.subplots(1, len(workloads), figsize=(max(4.2 * len(workloads), 6), 4.6), squeeze=False)
     for ax, workload in zip(axes[0], workloads):
-        rows = {r["route"]: r for r in results if r["workload"] == workload}
+        rows = {r.get("label") or r["route"]: r for r in results if r["workload"] == workload}
         heights = [rows[rt]["samples_per_s"] or 0.0 if rt in rows else 0.0 for rt in routes]
         below, above = zip(*(_quartile_rates(rows.get(rt)) for rt in routes))
         # NaN: no error bar (and no stray cap at zero) where a route was not timed
         yerr = [[b if h else math.nan for b, h in zip(below, heights)],
                 [a if h else math.nan for a, h in zip(above, heights)]]
-        bars = ax.bar(routes, heights, color=[_colour(rt, i) for i, rt in enumerate(routes)],
+        bars = ax.bar(routes, heights, color=[_colour(route_of[rt], i) for i, rt in enumerate(routes)],
                       edgecolor="black", linewidth=0.6, yerr=yerr, capsize=4,
                       error_kw={"elinewidth": 1, "ecolor": "black"})
         top = max((h + a for h, a in zip(heights, above)), default=0.0) or 1.0
@@ -71,7 +73,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
             x = bar.get_x() + bar.get_width() / 2
             if row and row["status"] == "ok" and row["samples_per_s"]:
                 label = units.rate(row["samples_per_s"])
-                if row.get("speedup_vs_cpu") and route != "cpu":
+                if row.get("speedup_vs_cpu") and row["route"] != "cpu":
                     label += f"\n{units.ratio(row['speedup_vs_cpu'])} CPU"
                     if row.get("speedup_reliable") is False:
                         label += ", unreliable"
@@ -90,7 +92,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
 
-    mode = report.get("size", "")
+    mode = f"{report.get('size', '')} sizes, {report.get('plan', 'quick')}"
     fig.suptitle(f"navitrain bench ({mode}): training throughput per route\n{title_line(report.get('machine', {}))}",
                  fontsize=11)
     fig.tight_layout()

@@ -34,6 +34,9 @@ class BenchProgress:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
+    def _bar(self, task):
+        return next(t for t in self.progress.tasks if t.id == task)
+
     def on_event(self, event: dict[str, Any]) -> None:
         route = event.get("route")
         task = self._tasks.get(route)
@@ -46,7 +49,12 @@ class BenchProgress:
         elif kind == "start":
             self._done_in_workload[route] = 0
             self._total_in_workload[route] = event["total"]
-            self.progress.update(task, what=f"{event['workload']}: first step")
+            # routes timed in several modes (wgpu eager and graph) run more steps than the first estimate
+            bar = self._bar(task)
+            if bar.completed + event["total"] > (bar.total or 0):
+                self.progress.update(task, total=bar.completed + event["total"])
+            mode = f" ({event['mode']})" if event.get("mode") and event.get("modes", 1) > 1 else ""
+            self.progress.update(task, what=f"{event['workload']}{mode}: first step")
         elif kind == "step":
             self._done_in_workload[route] = event["done"]
             self.progress.update(task, advance=1,
@@ -59,4 +67,4 @@ class BenchProgress:
             self._done_in_workload[route] = self._total_in_workload.get(route, 0)
         elif kind == "done":
             what = "done" if event["status"] == "ok" else f"[red]{event['status']}[/]"
-            self.progress.update(task, completed=self._steps_per_route, what=what)
+            self.progress.update(task, completed=self._bar(task).total, what=what)

@@ -42,18 +42,50 @@ def _speedup(row: dict[str, Any]) -> Text:
     return text
 
 
+def _host(row: dict[str, Any]) -> Text:
+    """Whether Python (dispatch, recording) or the device set the pace of the step."""
+    share = row.get("host_share")
+    if row.get("host_bound") is None or share is None:
+        return Text("-")
+    if row["host_bound"]:
+        return Text(f"host-bound {share:.0%}", style="yellow")
+    return Text(f"device {1 - share:.0%}")
+
+
+def _label(row: dict[str, Any]) -> Text:
+    text = Text(row.get("label") or row["route"])
+    if row.get("best_mode") and (row.get("label") or row["route"]) != row["route"]:
+        text.append(" *", style="bold")
+    return text
+
+
+def plan_title(report: dict[str, Any]) -> str:
+    """'standard sizes, quick: timed steps for 3 s per route and mode (at least 3, at most 50)'."""
+    from navitrain.bench import budget
+
+    plan = budget.describe(report["steps"], report.get("budget_s"))
+    return f"{report['size']} sizes, {report.get('plan', 'quick')}: {report['warmup']} warm-up + {plan}"
+
+
 def results_table(report: dict[str, Any], *, compact: bool = False) -> Table:
     """One row per route and workload. `compact` drops the columns `navitrain run` does not need."""
     titles = dict.fromkeys(f"{r['workload']} = {r['title']}" for r in report["results"])
     kinds = dict.fromkeys(f"{r['route']}: {r['memory_kind']}" for r in report["results"]
                           if r.get("peak_memory_bytes") is not None)
     caption = "; ".join(titles)
+    if any(r.get("best_mode") and r.get("label") not in (None, "", r["route"]) for r in report["results"]):
+        caption += "\n* the route's fastest mode for the workload: its score"
+    if any(r.get("host_bound") is not None for r in report["results"]):
+        caption += ("\nhost: share of the step the device waited on Python (host-bound) or on itself (device); "
+                    "'-' where the device runs each op as it is called")
+    if not report.get("representative", report["size"] == "standard"):
+        caption += ("\ntiny sizes measure Python per op, not the device: navitrain.device() never chooses "
+                    "from them")
     if kinds and not compact:
         caption += "\nmemory: " + "; ".join(kinds)
-    table = Table(title=f"navitrain bench ({report['size']}: {report['warmup']} warm-up + "
-                        f"{report['steps']} timed steps)", title_justify="left",
+    table = Table(title=f"navitrain bench ({plan_title(report)})", title_justify="left",
                   caption=caption, caption_justify="left")
-    columns = ["workload", "route", "status", "step time ±IQR/2", "samples/s", "vs CPU"]
+    columns = ["workload", "route", "status", "step time ±IQR/2", "samples/s", "vs CPU", "host"]
     if not compact:
         columns += ["memory", "1st step", "loss"]
     for index, name in enumerate(columns):
@@ -63,9 +95,10 @@ def results_table(report: dict[str, Any], *, compact: bool = False) -> Table:
                          min_width=len(name) if index < 3 else None, overflow="fold")
     order = {name: i for i, name in enumerate(dict.fromkeys(r["workload"] for r in report["results"]))}
     for row in sorted(report["results"], key=lambda r: (order[r["workload"]], -(r.get("samples_per_s") or 0))):
+        batch = f" b{row['batch_size']}" if row.get("batch_note") else ""
         cells = [
-            row["workload"], row["route"], Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
-            _step(row), units.rate(row.get("samples_per_s")), _speedup(row),
+            row["workload"] + batch, _label(row), Text(row["status"], style=STATUS_STYLE.get(row["status"], "")),
+            _step(row), units.rate(row.get("samples_per_s")), _speedup(row), _host(row),
         ]
         if not compact:
             first = row.get("time_to_first_step_s")
@@ -91,20 +124,40 @@ def problems(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Per route: how it compares with the CPU, as geometric mean over the workloads timed on both."""
+def _scores(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per route other than the CPU, its score rows (best mode per workload) that have a speed-up."""
     by_route: dict[str, list[dict[str, Any]]] = {}
     for row in report["results"]:
-        if row["status"] == "ok" and row.get("speedup_vs_cpu") and row["route"] != "cpu":
+        if row["status"] == "ok" and row.get("speedup_vs_cpu") and row["route"] != "cpu" \
+                and row.get("best_mode", True):
             by_route.setdefault(row["route"], []).append(row)
+    return by_route
+
+
+def _at(row: dict[str, Any]) -> str:
+    """'resnet18 b128 (graph, host-bound)': the workload, its batch and how the step ran."""
+    how = [row["mode"]] if row.get("mode") and row.get("label") not in (None, "", row["route"]) else []
+    if row.get("host_bound"):
+        how.append("host-bound")
+    return f"{row['workload']} b{row['batch_size']}" + (f" ({', '.join(how)})" if how else "")
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """One sentence per route: its measured speed-up over the CPU on each workload at these sizes (its
+    best mode, named), then the geometric mean."""
     lines = []
-    for route, rows in by_route.items():
+    sizes = "standard sizes" if report.get("representative", report["size"] == "standard") else \
+        f"{report['size']} sizes (Python per op, not what a GPU is worth)"
+    for route, rows in _scores(report).items():
         product = 1.0
         for row in rows:
             product *= row["speedup_vs_cpu"]
         mean = product ** (1 / len(rows))
-        count = f"{len(rows)} workload" + ("s" if len(rows) > 1 else "")
-        line = f"{route}: {units.ratio(mean)} the CPU's speed (geometric mean over {count})"
+        each = [f"{units.ratio(row['speedup_vs_cpu'])}" + (" the CPU's speed" if i == 0 else "") + f" on {_at(row)}"
+                for i, row in enumerate(rows)]
+        line = f"{route}: {', '.join(each)}, at {sizes}"
+        if len(rows) > 1:
+            line += f" (geometric mean {units.ratio(mean)})"
         if noise.machine_busy(report.get("other_load")):
             line += "; not reliable: the machine was busy (see below)"
         elif unreliable := [row["workload"] for row in rows if row.get("speedup_reliable") is False]:
@@ -148,3 +201,9 @@ def change_lines(report: dict[str, Any]) -> list[str]:
     lines.append("why: not the software (same fingerprint); other load during one of the runs, or changed CPU "
                  "clock or power settings, are the usual causes: compare ratios only within one run.")
     return lines
+
+
+def batch_lines(report: dict[str, Any]) -> list[str]:
+    """Rows timed at a smaller batch than the workload's because memory forced it (measure.py)."""
+    return [f"smaller batch: {row.get('label') or row['route']} / {row['workload']}: {row['batch_note']}"
+            for row in report["results"] if row.get("batch_note")]

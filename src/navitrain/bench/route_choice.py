@@ -103,7 +103,7 @@ def _benched_routes() -> set[str]:
     try:
         from navitrain.bench import storage
 
-        return set(storage.measured_speeds()[0])
+        return storage.benched_routes()
     except Exception:
         return set()
 

@@ -4,7 +4,12 @@ one route becomes a row in the report instead of the end of the program.
 Parent side: `run_bench(...)` starts one child per route (plus a CPU reference child when the cpu route
 is not asked for), relays progress, enforces a per-step timeout, then checks every result against the
 CPU before any time is reported (`verify.py`). The parent never imports a GPU runtime.
-Child side: `_child_main` prepares the route, then trains and times each workload (`measure.py`).
+Child side: `_child_main` prepares the route, then trains and times each workload in each mode the
+route's device has (`modes.py`: wgpu eager and graph), one row per mode (`measure.py`).
+
+Plans: quick and full runs both train the standard sizes (workloads.py); quick bounds each row's timed
+steps by a time budget (budget.py), full times a fixed count. The tiny sizes (`--tiny`, for CI on
+lavapipe) keep the old fixed quick run: a few steps of toy models.
 """
 from __future__ import annotations
 
@@ -18,19 +23,31 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from navitrain.bench import modes as mode_catalogue
 from navitrain.bench import noise, verify
 from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload, get as get_workload
 
 # Run sizes: warm-up steps are trained but not timed (they absorb shader compilation, autotuning and
 # allocator growth); timed steps give the median and spread.
-QUICK = {"warmup": 2, "steps": 6}
-FULL = {"warmup": 5, "steps": 30}
+# quick: steps after warm-up for QUICK_BUDGET_S seconds per route and mode (at least 3, at most
+# "steps"); a slow route gets fewer steps, not a smaller model.
+QUICK_BUDGET_S = 3.0
+QUICK = {"warmup": 2, "steps": 50, "budget_s": QUICK_BUDGET_S}
+FULL = {"warmup": 5, "steps": 30, "budget_s": None}
+TINY_QUICK = {"warmup": 2, "steps": 6, "budget_s": None}  # what CI on lavapipe has always run
+
+
+def plan_for(quick: bool, size: str) -> dict[str, Any]:
+    if size == "tiny" and quick:
+        return dict(TINY_QUICK)
+    return dict(QUICK if quick else FULL)
+
 # Until a child first reports, it may still be importing torch and opening its device: it gets at least
 # this long (or the step timeout, when that is longer) before it counts as hung.
 STARTUP_GRACE_S = 90.0
 
 _TIMING_FIELDS = ("samples_per_s", "median_ms", "iqr_ms", "min_ms", "max_ms", "time_to_first_step_s",
-                  "peak_memory_bytes")
+                  "peak_memory_bytes", "host_ms", "host_share", "host_bound")
 EventCallback = Callable[[dict[str, Any]], None]
 
 
@@ -43,6 +60,15 @@ class WorkloadResult:
     batch_size: int
     status: str                       # ok | refused | error | crash | hang | unavailable | not run
     detail: str = ""                  # why, for anything but ok
+    mode: str = "eager"               # modes.py: how the step ran (wgpu: eager or graph)
+    label: str = ""                   # "wgpu (graph)" where a route has several modes, else the route
+    best_mode: bool = False           # the route's fastest mode for this workload: its score
+    batch_note: str = ""              # why the batch is smaller than the workload's, when it is
+    timed_steps: int | None = None
+    warmup_steps: int | None = None
+    host_ms: float | None = None      # median time for the step call to return (before the read-back)
+    host_share: float | None = None   # host_ms / median_ms; None where the device cannot tell
+    host_bound: bool | None = None    # host_share >= measure.HOST_BOUND_SHARE: Python, not the GPU, set the pace
     samples_per_s: float | None = None
     median_ms: float | None = None
     iqr_ms: float | None = None
@@ -75,6 +101,7 @@ class RouteInfo:
     device_name: str = ""
     prepare_s: float | None = None
     wall_s: float | None = None
+    modes: list[str] = field(default_factory=lambda: ["eager"])
 
 
 @dataclass
@@ -88,17 +115,23 @@ class BenchReport:
     machine: dict[str, Any]
     wall_s: float
     other_load: dict[str, Any] | None = None  # noise.OtherLoad: what else used the CPU meanwhile
+    plan: str = "quick"                       # quick (time budget) or full (fixed steps)
+    budget_s: float | None = None             # quick: seconds of timed steps per route and mode
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "size": self.size, "steps": self.steps, "warmup": self.warmup, "seed": self.seed,
+            "size": self.size, "plan": self.plan, "budget_s": self.budget_s, "representative": self.size == "standard",
+            "steps": self.steps, "warmup": self.warmup, "seed": self.seed,
             "machine": self.machine, "wall_s": self.wall_s, "other_load": self.other_load,
             "routes": [asdict(r) for r in self.routes],
             "results": [r.to_dict() for r in self.results],
         }
 
-    def result(self, route: str, workload: str) -> WorkloadResult | None:
-        return next((r for r in self.results if r.route == route and r.workload == workload), None)
+    def result(self, route: str, workload: str, mode: str | None = None) -> WorkloadResult | None:
+        """The row of `mode`, or without one the route's score: its best mode (else its first row)."""
+        rows = [r for r in self.results if r.route == route and r.workload == workload
+                and (mode is None or r.mode == mode)]
+        return next((r for r in rows if r.best_mode), rows[0] if rows else None)
 
 
 # ------------------------------------------------------------------------------------------ child
@@ -136,7 +169,8 @@ def _wake(device) -> None:
 
 
 def _child_main(route_name: str, specs: list[tuple[str, str]], steps: int, warmup: int, seed: int,
-                reference_only: bool, events, stderr_path: str, route_modules: tuple[str, ...] = ()) -> None:
+                reference_only: bool, events, stderr_path: str, route_modules: tuple[str, ...] = (),
+                budget_s: float | None = None) -> None:
     """Entry point of a route's child process. Reports through `events`; never returns data by stdout."""
     # Keep the child's stderr (driver messages, fault lines) for the report without mixing it into ours.
     fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -160,8 +194,9 @@ def _child_main(route_name: str, specs: list[tuple[str, str]], steps: int, warmu
         device = route.prepare()
         _wake(device)
         prepare_s = time.perf_counter() - t0
+        modes = ["eager"] if reference_only else list(mode_catalogue.for_device(device.type))
         events.put({"kind": "route", "status": "ok", "detail": available.reason, "device": str(device),
-                    "device_name": _device_name(device), "prepare_s": prepare_s})
+                    "device_name": _device_name(device), "prepare_s": prepare_s, "modes": modes})
     except Exception as exc:
         events.put({"kind": "route", "status": "error", "detail": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc()})
@@ -169,20 +204,24 @@ def _child_main(route_name: str, specs: list[tuple[str, str]], steps: int, warmu
 
     for name, size in specs:
         workload = get_workload(name, size)
-        events.put({"kind": "start", "workload": name, "total": 1 if reference_only else steps + warmup})
-        try:
-            if reference_only:
-                data = {"check_loss": measure.reference_loss(workload, device, seed)}
-            else:
-                def on_step(done: int, total: int, loss: float, _name: str = name) -> None:
-                    events.put({"kind": "step", "workload": _name, "done": done, "total": total, "loss": loss})
+        for mode in modes:
+            settle = size != "tiny"  # graph replays settle on real GPUs; CI's tiny run skips them
+            total = 1 if reference_only else steps + warmup + mode_catalogue.extra_warmup(mode, warmup, settle)
+            events.put({"kind": "start", "workload": name, "mode": mode, "modes": len(modes), "total": total})
+            try:
+                if reference_only:
+                    data = {"check_loss": measure.reference_loss(workload, device, seed)}
+                else:
+                    def on_step(done: int, total: int, loss: float, _name: str = name, _mode: str = mode) -> None:
+                        events.put({"kind": "step", "workload": _name, "mode": _mode, "done": done, "total": total,
+                                    "loss": loss})
 
-                data = measure.train_and_time(workload, device, steps=steps, warmup=warmup, seed=seed,
-                                              on_step=on_step)
-            events.put({"kind": "result", "workload": name, "data": data})
-        except Exception as exc:
-            events.put({"kind": "result", "workload": name, "error": f"{type(exc).__name__}: {exc}",
-                        "traceback": traceback.format_exc()})
+                    data = measure.train_and_time(workload, device, steps=steps, warmup=warmup, seed=seed,
+                                                  mode=mode, budget_s=budget_s, on_step=on_step, settle=settle)
+                events.put({"kind": "result", "workload": name, "mode": mode, "data": data})
+            except Exception as exc:
+                events.put({"kind": "result", "workload": name, "mode": mode, "error": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()})
     try:
         route.release()
     except Exception:
@@ -217,11 +256,16 @@ def _death_detail(exitcode: int | None, stderr_path: str) -> tuple[str, str]:
     return "crash", f"{detail}: {tail}" if tail else detail
 
 
+def _key(workload: str, mode: str | None) -> str:
+    return f"{workload}/{mode or 'eager'}"
+
+
 def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup: int, seed: int,
                timeout: float, reference_only: bool, on_event: EventCallback | None,
-               route_modules: tuple[str, ...] = ()) -> tuple[RouteInfo, dict[str, dict[str, Any]]]:
+               route_modules: tuple[str, ...] = (), budget_s: float | None = None
+               ) -> tuple[RouteInfo, dict[str, dict[str, Any]]]:
     """Run one route's child to the end (or until it dies or stalls). Returns the route's info and the
-    raw per-workload messages."""
+    raw messages per workload and mode (keyed "workload/mode")."""
     ctx = mp.get_context("spawn")  # never fork: a forked child would inherit the parent's state
     events = ctx.Queue()
     handle, stderr_path = tempfile.mkstemp(prefix=f"navitrain-bench-{route_name}-", suffix=".log")
@@ -229,7 +273,7 @@ def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup
     specs = [(w.name, w.size) for w in workloads]
     child = ctx.Process(target=_child_main, name=f"navitrain-bench-{route_name}", daemon=True,
                         args=(route_name, specs, steps, warmup, seed, reference_only, events, stderr_path,
-                              tuple(route_modules)))
+                              tuple(route_modules), budget_s))
     started = time.perf_counter()
     info = RouteInfo(route=route_name, status="crash")
     raw: dict[str, dict[str, Any]] = {}
@@ -271,10 +315,11 @@ def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup
                 info.device = message.get("device", "")
                 info.device_name = message.get("device_name", "")
                 info.prepare_s = message.get("prepare_s")
+                info.modes = list(message.get("modes") or ["eager"])
             elif kind == "start":
-                current = message["workload"]
+                current = _key(message["workload"], message.get("mode"))
             elif kind == "result":
-                raw[message["workload"]] = message
+                raw[_key(message["workload"], message.get("mode"))] = message
                 current = None
             if on_event is not None:
                 on_event(message)
@@ -302,9 +347,11 @@ def _run_child(route_name: str, workloads: list[Workload], *, steps: int, warmup
     return info, raw
 
 
-def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[str, Any] | None) -> WorkloadResult:
+def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[str, Any] | None,
+                 mode: str = "eager") -> WorkloadResult:
     result = WorkloadResult(route=route, workload=workload.name, title=workload.title, size=workload.size,
-                            batch_size=workload.batch_size, status="error")
+                            batch_size=workload.batch_size, status="error", mode=mode,
+                            label=mode_catalogue.label(route, mode, len(info.modes)))
     if info.status != "ok":
         result.status = "unavailable" if info.status == "unavailable" else info.status
         result.detail = info.detail or "the route did not start"
@@ -319,7 +366,9 @@ def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[
         data = message["data"]
         result.status = "ok"
         for key in ("samples_per_s", "median_ms", "iqr_ms", "min_ms", "max_ms", "time_to_first_step_s",
-                    "peak_memory_bytes", "memory_kind", "first_loss", "check_loss", "losses", "step_ms"):
+                    "peak_memory_bytes", "memory_kind", "first_loss", "check_loss", "losses", "step_ms",
+                    "batch_size", "batch_note", "timed_steps", "warmup_steps", "host_ms", "host_share",
+                    "host_bound"):
             if key in data:
                 setattr(result, key, data[key])
         if result.losses:
@@ -327,8 +376,9 @@ def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[
     return result
 
 
-def run_bench(routes: list[str], workload_names: list[str] | None = None, *, size: str = "quick",
-              steps: int | None = None, warmup: int | None = None, seed: int = 0, timeout: float = 300.0,
+def run_bench(routes: list[str], workload_names: list[str] | None = None, *, size: str = "standard",
+              quick: bool = True, steps: int | None = None, warmup: int | None = None,
+              budget_s: float | None = None, seed: int = 0, timeout: float = 300.0,
               on_event: EventCallback | None = None, route_modules: tuple[str, ...] = ()) -> BenchReport:
     """Bench `routes` on the named workloads; every route is checked against the CPU before its speed
     counts. `on_event` receives the children's progress messages (each with a "route" key).
@@ -336,9 +386,12 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
     built in nor installed as entry points (the tests' deliberately broken routes, say)."""
     from navitrain.bench.machine import machine_info
 
-    plan = QUICK if size == "quick" else FULL
+    plan = plan_for(quick, size)
     steps = plan["steps"] if steps is None else steps
     warmup = plan["warmup"] if warmup is None else warmup
+    budget_s = plan["budget_s"] if budget_s is None else budget_s
+    if budget_s is not None and not budget_s > 0:
+        raise ValueError(f"the time budget must be positive (got {budget_s})")
     if steps < 2:
         raise ValueError(f"steps must be at least 2 (got {steps}): a single step shows no loss trend")
     if warmup < 0:
@@ -357,16 +410,18 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
     if "cpu" not in ordered:
         _, raw = _run_child("cpu", workloads, steps=steps, warmup=warmup, seed=seed, timeout=timeout,
                             reference_only=True, on_event=None, route_modules=route_modules)
-        cpu_check = {name: m["data"]["check_loss"] for name, m in raw.items() if "data" in m}
+        cpu_check = {m["workload"]: m["data"]["check_loss"] for m in raw.values() if "data" in m}
     for route in ordered:
         info, raw = _run_child(route, workloads, steps=steps, warmup=warmup, seed=seed, timeout=timeout,
-                               reference_only=False, on_event=on_event, route_modules=route_modules)
+                               reference_only=False, on_event=on_event, route_modules=route_modules,
+                               budget_s=budget_s)
         infos.append(info)
         for workload in workloads:
-            result = _result_from(route, workload, info, raw.get(workload.name))
-            if route == "cpu" and result.status == "ok" and result.check_loss is not None:
-                cpu_check[workload.name] = result.check_loss
-            results.append(result)
+            for mode in info.modes:
+                result = _result_from(route, workload, info, raw.get(_key(workload.name, mode)), mode)
+                if route == "cpu" and result.status == "ok" and result.check_loss is not None:
+                    cpu_check.setdefault(workload.name, result.check_loss)
+                results.append(result)
 
     for result in results:
         if result.status != "ok":
@@ -386,12 +441,28 @@ def run_bench(routes: list[str], workload_names: list[str] | None = None, *, siz
             result.noisy = noise.is_noisy(result.relative_spread)
     other_load = load.stop()
     busy = noise.machine_busy(other_load)
-    cpu_rows = {r.workload: r for r in results if r.route == "cpu" and r.status == "ok"}
+    cpu_rows = {r.workload: r for r in results if r.route == "cpu" and r.status == "ok" and r.mode == "eager"}
     for result in results:
         base = cpu_rows.get(result.workload)
         if result.status == "ok" and base is not None and base.samples_per_s:
             result.speedup_vs_cpu = result.samples_per_s / base.samples_per_s
             result.speedup_reliable = not (result.noisy or base.noisy or busy)
+    mark_best_modes(results)
     return BenchReport(size=size, steps=steps, warmup=warmup, seed=seed, routes=infos, results=results,
                        machine=machine_info(infos), wall_s=time.perf_counter() - started,
-                       other_load=other_load)
+                       other_load=other_load, plan="quick" if quick else "full", budget_s=budget_s)
+
+
+def mark_best_modes(results: list[WorkloadResult]) -> None:
+    """A route's score for a workload is its fastest mode that trained correctly (issue 18: wgpu's
+    captured graph, not its eager mode, is what a user who wants speed runs)."""
+    best: dict[tuple[str, str], WorkloadResult] = {}
+    for result in results:
+        result.best_mode = False
+        if result.status != "ok" or not result.samples_per_s:
+            continue
+        key = (result.route, result.workload)
+        if key not in best or result.samples_per_s > best[key].samples_per_s:
+            best[key] = result
+    for result in best.values():
+        result.best_mode = True

@@ -1,9 +1,12 @@
-"""Named bench workloads: a model, its synthetic data, loss and optimizer, at a quick and a full size.
+"""Named bench workloads: a model, its synthetic data, loss and optimizer, at a tiny and a standard size.
 
-`quick` sizes are tiny so `navitrain bench --quick` finishes in under two minutes on a 2-core CPU for the
-cpu route plus wgpu on lavapipe together; they measure per-op overhead more than arithmetic. `full` sizes
-are the standard models (CIFAR ResNet-18 at width 64 on 32x32 images, batch 128: the size whose H100
-baselines are in the design notes) and are meant for real GPUs.
+`standard` sizes are the models people train and the sizes benchmarks/bench_wgpu_train.py times (CIFAR
+ResNet-18 at width 64 on 32x32 images, batch 128; the GPT decoder 6 x 384 at context 256, vocabulary
+4096, batch 16; an MLP 784-1024-1024-10 at batch 512): only they say what a GPU is worth, because at
+small sizes a step is Python per op, not arithmetic (issue 18: a tiny bench called an H200 0.18x the
+CPU). `navitrain bench --quick` and the full bench both use them; quick bounds time, not size (runner.py).
+`tiny` sizes exist for CI on lavapipe (`--tiny`): they measure per-op overhead, and navitrain.device()
+never chooses from them (storage.representative_speeds).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ if TYPE_CHECKING:  # torch is imported only when a workload is built, so listing
     import torch
     from torch import nn
 
-SIZES = ("quick", "full")
+SIZES = ("tiny", "standard")
+REPRESENTATIVE_SIZE = "standard"  # the only size whose speeds choose a device
 DEFAULT_WORKLOADS = ("mlp", "resnet18", "gpt")
 
 
@@ -38,16 +42,23 @@ class Workload:
     def batch(self, seed: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         return self.make_batch(self.batch_size, seed=seed, device=device)
 
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
+    def make_optimizer(self, params, capturable: bool = False) -> torch.optim.Optimizer:
         import torch
 
         # foreach=False: the plain per-tensor update is what every route must support; the fused
-        # multi-tensor kernels are an optimisation some devices lack.
+        # multi-tensor kernels are an optimisation some devices lack. capturable: a captured graph
+        # replays AdamW's step count, so it must live on the device (SGD keeps none on the host).
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=0.9, foreach=False)
         if self.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=self.lr, foreach=False)
+            return torch.optim.AdamW(params, lr=self.lr, foreach=False, capturable=capturable)
         raise ValueError(f"unknown optimizer {self.optimizer!r}")
+
+    def signature(self) -> dict[str, Any]:
+        """What makes two results of this workload comparable: the model's shape and optimizer (not the
+        batch, which memory may force smaller; samples/s already divides by it). Stored beside every
+        result, so results of another size, old or new, are recognised and ignored."""
+        return {"name": self.name, "size": self.size, "optimizer": self.optimizer, **self.shape}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "title": self.title, "batch_size": self.batch_size,
@@ -57,8 +68,8 @@ class Workload:
 def _mlp(size: str) -> Workload:
     from navitrain.bench import models
 
-    s = {"quick": dict(in_features=256, hidden=(256, 256), batch=64),
-         "full": dict(in_features=784, hidden=(1024, 1024, 1024), batch=256)}[size]
+    s = {"tiny": dict(in_features=256, hidden=(256, 256), batch=64),
+         "standard": dict(in_features=784, hidden=(1024, 1024), batch=512)}[size]
     return Workload(
         name="mlp", size=size, title=f"MLP {s['in_features']}-{'-'.join(map(str, s['hidden']))}-10",
         batch_size=s["batch"], build=partial(models.mlp, s["in_features"], s["hidden"], 10),
@@ -70,7 +81,7 @@ def _mlp(size: str) -> Workload:
 def _resnet18(size: str) -> Workload:
     from navitrain.bench import models
 
-    s = {"quick": dict(width=8, image=16, batch=16), "full": dict(width=64, image=32, batch=128)}[size]
+    s = {"tiny": dict(width=8, image=16, batch=16), "standard": dict(width=64, image=32, batch=128)}[size]
     return Workload(
         name="resnet18", size=size, title=f"ResNet-18 w{s['width']} {s['image']}px",
         batch_size=s["batch"], build=partial(models.cifar_resnet18, num_classes=10, width=s["width"]),
@@ -82,8 +93,8 @@ def _resnet18(size: str) -> Workload:
 def _gpt(size: str) -> Workload:
     from navitrain.bench import models
 
-    s = {"quick": dict(vocab=256, context=32, d_model=64, layers=2, heads=2, batch=8),
-         "full": dict(vocab=8192, context=256, d_model=384, layers=6, heads=6, batch=16)}[size]
+    s = {"tiny": dict(vocab=256, context=32, d_model=64, layers=2, heads=2, batch=8),
+         "standard": dict(vocab=4096, context=256, d_model=384, layers=6, heads=6, batch=16)}[size]
     return Workload(
         name="gpt", size=size, title=f"GPT {s['layers']}x{s['d_model']} ctx{s['context']}",
         batch_size=s["batch"],
@@ -97,7 +108,7 @@ def _gpt(size: str) -> Workload:
 def _unet(size: str) -> Workload:
     from navitrain.bench import models
 
-    s = {"quick": dict(width=4, image=16, batch=4), "full": dict(width=32, image=128, batch=16)}[size]
+    s = {"tiny": dict(width=4, image=16, batch=4), "standard": dict(width=32, image=128, batch=16)}[size]
     return Workload(
         name="unet", size=size, title=f"U-Net w{s['width']} {s['image']}px", batch_size=s["batch"],
         build=partial(models.unet_small, width=s["width"]),
@@ -109,7 +120,7 @@ def _unet(size: str) -> Workload:
 def _mnist(size: str) -> Workload:
     from navitrain.bench import models
 
-    s = {"quick": dict(batch=16), "full": dict(batch=128)}[size]
+    s = {"tiny": dict(batch=16), "standard": dict(batch=128)}[size]
     return Workload(
         name="mnist", size=size, title="MNIST CNN", batch_size=s["batch"], build=models.mnist_net,
         make_batch=models.mnist_batch, loss=models.mnist_loss, optimizer="adamw", lr=1e-3,
@@ -125,7 +136,7 @@ def names() -> list[str]:
     return list(_FACTORIES)
 
 
-def get(name: str, size: str = "quick") -> Workload:
+def get(name: str, size: str = "tiny") -> Workload:
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; sizes: {', '.join(SIZES)}")
     try:

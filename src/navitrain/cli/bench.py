@@ -19,18 +19,18 @@ def _split(values: list[str] | None) -> list[str]:
 
 def run_and_report(*, routes: list[str], workloads: list[str] | None, quick: bool, steps: int | None,
                    warmup: int | None, seed: int, timeout: float, as_json: bool, plot: Path | None,
-                   save: bool, compact: bool = False) -> dict:
+                   save: bool, compact: bool = False, tiny: bool = False, budget: float | None = None) -> dict:
     """Run the bench with a progress bar (not with --json), print the table, store and plot.
     Shared by `navitrain bench` and `navitrain run`. Returns the report dict (with "stored" and "plot")."""
     from navitrain.bench import report as render
     from navitrain.bench import runner, storage
     from navitrain.bench.progress import BenchProgress
 
-    size = "quick" if quick else "full"
-    plan = runner.QUICK if quick else runner.FULL
+    size = "tiny" if tiny else "standard"
+    plan = runner.plan_for(quick, size)
     per_route = len(workloads or runner.DEFAULT_WORKLOADS) * ((steps or plan["steps"]) +
                                                               (plan["warmup"] if warmup is None else warmup))
-    kwargs = dict(size=size, steps=steps, warmup=warmup, seed=seed, timeout=timeout)
+    kwargs = dict(size=size, quick=quick, steps=steps, warmup=warmup, budget_s=budget, seed=seed, timeout=timeout)
     try:
         if as_json:
             result = runner.run_bench(routes, workloads, **kwargs)
@@ -53,7 +53,7 @@ def run_and_report(*, routes: list[str], workloads: list[str] | None, quick: boo
         console.print(render.results_table(data, compact=compact))
         for line in render.summary_lines(data):
             console.print(f"  {escape(line)}")
-        for line in render.noise_lines(data) + render.change_lines(data):
+        for line in render.batch_lines(data) + render.noise_lines(data) + render.change_lines(data):
             console.print(f"  [bold yellow]{escape(line)}[/]")
         for line in render.problems(data):
             console.print(f"  [yellow]not timed[/] {escape(line)}")
@@ -73,8 +73,14 @@ def register(app: typer.Typer) -> None:
         workload: Optional[list[str]] = typer.Option(
             None, "--workload", "-w", help="Workloads to train: mlp, resnet18 and gpt by default; unet and mnist "
             "on request (repeat or comma-separate)."),
-        quick: bool = typer.Option(False, "--quick", help="Tiny models and few steps (about a minute on a CPU)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Timed steps per workload (default 6 quick, 30 full)."),
+        quick: bool = typer.Option(False, "--quick", help="The standard models, timed for a few seconds per route "
+                                   "and mode after warm-up (--budget) instead of a fixed 30 steps."),
+        tiny: bool = typer.Option(False, "--tiny", help="Toy sizes and 6 steps, for CI on a software Vulkan "
+                                  "adapter: they measure Python per op, and navitrain.device() never uses them."),
+        budget: Optional[float] = typer.Option(None, "--budget", help="With --quick: seconds of timed steps per "
+                                               "route and mode (default 3; at least 3 steps are always timed)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Timed steps per workload (at most that many with "
+                                            "--quick; default 50 quick, 30 full, 6 quick --tiny)."),
         warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up steps (default 2 quick, 5 full)."),
         seed: int = typer.Option(0, "--seed", help="Seed for weights and data (the same on every route)."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds a route may go without finishing a step before it is killed."),
@@ -86,15 +92,21 @@ def register(app: typer.Typer) -> None:
         """Train standard models on synthetic data on each route and report what each route is worth.
 
         The workloads are an MLP (mlp), a CIFAR ResNet-18 (resnet18) and a GPT-style decoder (gpt) by
-        default, and a small U-Net (unet) and an MNIST CNN (mnist) with --workload. Each row gives step time,
-        samples/s, peak memory, time to first step and speed-up over the CPU. A route whose loss does not
-        fall, or whose first loss disagrees with the CPU's, is not timed."""
+        default, and a small U-Net (unet) and an MNIST CNN (mnist) with --workload, at the sizes people train
+        (--tiny for CI). Each row gives step time, samples/s, speed-up over the CPU, whether the host or the
+        device set the pace, peak memory and time to first step; wgpu has a row per mode (eager, graph) and
+        its best mode is its score. A route whose loss does not fall, or whose first loss disagrees with the
+        CPU's, is not timed."""
         from navitrain.bench import route_choice, workloads as known
 
         if steps is not None and steps < 2:
             fail(f"--steps must be at least 2 (got {steps}): a single step shows no loss trend")
         if warmup is not None and warmup < 0:
             fail(f"--warmup must not be negative (got {warmup})")
+        if budget is not None and not (budget > 0 and budget < float("inf")):
+            fail(f"--budget must be a positive number of seconds (got {budget})")
+        if budget is not None and not quick:
+            fail("--budget applies to --quick runs; a full run times a fixed number of steps (--steps)")
         from navitrain.probe.runner import check_seed, check_timeout
 
         try:  # nan passed `timeout <= 0`, and then no step ever timed out (the run hung)
@@ -122,7 +134,8 @@ def register(app: typer.Typer) -> None:
 
                 err_console.print(f"[dim]routes: {', '.join(routes)} ({escape(why)})[/]")
         data = run_and_report(routes=routes, workloads=names, quick=quick, steps=steps, warmup=warmup,
-                              seed=seed, timeout=timeout, as_json=as_json, plot=plot, save=save)
+                              seed=seed, timeout=timeout, as_json=as_json, plot=plot, save=save, tiny=tiny,
+                              budget=budget)
         data["routes_why"] = why
         if as_json:
             print_json(data)

@@ -116,7 +116,8 @@ def register(app: typer.Typer) -> None:
     def run(
         steps: int = typer.Option(30, "--steps", help="Training steps of the demo run."),
         budget: float = typer.Option(90.0, "--budget", help="Seconds the demo run may take; it stops early on a slow route."),
-        bench: bool = typer.Option(True, "--bench/--no-bench", help="Finish with `navitrain bench --quick`."),
+        bench: bool = typer.Option(True, "--bench/--no-bench", help="Finish with `navitrain bench --quick` (standard "
+                                   "sizes; tiny ones where the only GPU is a software Vulkan adapter)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the bench chart to FILE.png or "
                                             "FILE.svg; --plot alone writes navitrain-bench.png here."),
         as_json: bool = typer.Option(False, "--json", help="Print everything as one JSON object."),
@@ -138,20 +139,26 @@ def register(app: typer.Typer) -> None:
             if not as_json:
                 err_console.print(f"[bold red]training on {device} failed:[/] {type(exc).__name__}: {exc}")
         if bench:
-            from navitrain.bench import route_choice
+            from navitrain.bench import route_choice, run_size
             from navitrain.cli.bench import run_and_report
 
             # every available route, probed or not: a route that crashes is a row in the table, and
             # this is where a user first sees what each route is worth
-            routes = list(route_choice.available_routes()) or ["cpu"]
+            available = route_choice.available_routes() or {"cpu": ""}
+            routes = list(available)
             why = "every available route"
+            tiny, sizes_why = run_size.choose(available, run_size.wgpu_facts())
             if not as_json:
-                console.rule("[bold]4. what each route is worth here (navitrain bench --quick)")
+                console.rule("[bold]4. what each route is worth here (navitrain bench --quick"
+                             f"{' --tiny' if tiny else ''})")
                 console.print(f"[dim]routes: {', '.join(routes)} ({why})[/]")
+                console.print(f"[dim]{escape(sizes_why)}[/]")
+            # summary_lines then says, one sentence per route, its speed-up over the CPU at these sizes
             out["bench"] = run_and_report(routes=routes, workloads=None, quick=True, steps=None, warmup=None,
                                           seed=0, timeout=300.0, as_json=as_json, plot=plot, save=True,
-                                          compact=True)
+                                          compact=True, tiny=tiny)
             out["bench"]["routes_why"] = why
+            out["bench"]["sizes_why"] = sizes_why
         if as_json:
             print_json(out)
         elif "error" in out["training"]:

@@ -4,7 +4,8 @@ A route is trusted when every essential probe case (the two short training runs 
 they are built from) passed on it for this machine's fingerprint, in the plain environment. Stored
 results are used when there are any; missing ones are probed now, in child processes, route by
 route in speed order, stopping at the first route that works. Speed order comes from `navitrain
-bench` measurements for this fingerprint where there are any (store.route_speeds), else from each
+bench` measurements at standard sizes for this fingerprint where there are any
+(bench.storage.representative_speeds; tiny-size results never count), else from each
 route's default rank (native > nomiopen > wgpu > cpu). The chosen route is prepared in this process
 (overrides installed, device registered) and its device returned; the choice and the reasons are
 logged on the `navitrain.device` logger.
@@ -66,14 +67,19 @@ def route_order(fingerprint) -> tuple[list[str], str]:
         adapter = (facts.get("wgpu") or {}).get("adapter") or "the Vulkan adapter"
         software = (f"; wgpu placed after cpu: its adapter ({adapter}) is a software rasteriser, "
                     "slower than PyTorch on the same CPU")
-    speeds = store.route_speeds(fingerprint)
+    # Only standard-size results order routes (issue 18): at tiny sizes a step is Python per op, and
+    # such a bench called an H200 0.18x the CPU. bench.storage says what it used and what it ignored.
+    from navitrain.bench.storage import representative_speeds
+
+    speeds, measured_why = representative_speeds(fingerprint)
     measured = {n: s for n, s in speeds.items() if n in ranks}
     if not measured:
         order = sorted(names, key=lambda n: (ranks[n], n))
-        return order, f"default order (no `navitrain bench` results here{software})"
+        return order, f"default order ({measured_why}{software})"
     order = sorted(names, key=lambda n: (0, -measured[n], n) if n in measured else (1, ranks[n], n))
     shown = ", ".join(f"{n} {measured[n]:.2f}" for n in order if n in measured)
-    return order, f"measured speed (relative to the fastest: {shown}{software if 'wgpu' not in measured else ''})"
+    return order, (f"measured speed (relative to the fastest: {shown}; {measured_why}"
+                   f"{software if 'wgpu' not in measured else ''})")
 
 
 @contextmanager
