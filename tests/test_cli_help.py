@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from navitrain.cli import app
 from navitrain.cli._command import DEFAULT_PLOT, fill_optional_values
 
-COMMANDS = ("doctor", "explain", "probe", "bench", "advise", "run")
+COMMANDS = ("doctor", "explain", "probe", "bench", "advise", "run", "report")
 WIDTHS = (80, 200)
 _BOX = re.compile(r"[│╭╮╰╯─]")
 

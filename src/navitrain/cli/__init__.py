@@ -11,7 +11,7 @@ import typer
 from navitrain import __version__
 from navitrain.cli._command import NavitrainCommand, NavitrainGroup
 
-COMMAND_MODULES = ("doctor", "explain", "probe", "bench", "advise", "run")
+COMMAND_MODULES = ("doctor", "explain", "probe", "bench", "advise", "run", "report")
 
 app = typer.Typer(
     name="navitrain",
