@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from navitrain.cli import app
 from navitrain.doctor import diagnose
 from navitrain.doctor.report import document
-from navitrain.report import gather, schema
+from navitrain.report import gather, privacy, schema
 
 runner = CliRunner()
+LOCAL_HOST = "otter-laptop"
 
 
 @pytest.fixture
@@ -27,7 +28,8 @@ def stand_ins(monkeypatch):
 
     def probe(essential):
         asked["essential"] = essential
-        return PROBE
+        return PROBE + [{"case": "matmul", "route": "nomiopen", "env": {}, "outcome": "error", "mode": "error",
+                         "detail": f"RuntimeError: lost contact with {LOCAL_HOST}"}]
 
     monkeypatch.setattr(gather, "probe", probe)
 
@@ -50,7 +52,9 @@ def test_bad_input_is_a_clear_error(args, message):
     assert message in result.output
 
 
-def test_a_run_writes_markdown_and_schema_valid_json(stand_ins, tmp_path):
+def test_a_run_writes_markdown_and_schema_valid_json(stand_ins, tmp_path, monkeypatch):
+    # this machine's name, which the facts do not carry, is in a probe child's error text
+    monkeypatch.setattr(privacy.socket, "gethostname", lambda: LOCAL_HOST)
     result = runner.invoke(app, ["report", "--quick", "--size", "tiny", "-o", str(tmp_path / "mine.md"), "--json"])
     assert result.exit_code == 0, result.output
     assert stand_ins == {"essential": True, "bench": (["cpu", "wgpu"], "tiny")}  # the CPU and doctor's route
@@ -60,6 +64,7 @@ def test_a_run_writes_markdown_and_schema_valid_json(stand_ins, tmp_path):
     jsonschema.validate(written, schema())
     text = (tmp_path / "mine.md").read_text()
     assert text.startswith("# navitrain report") and "gpu-fault" in text
+    assert LOCAL_HOST not in text and LOCAL_HOST not in result.stdout and "<private>" in text
 
 
 def test_compare_two_reports_and_refuse_what_is_not_one(stand_ins, tmp_path):

@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         if not md_path.parent.is_dir():
             fail(f"--output: the directory {md_path.parent} does not exist")
         from navitrain import __version__
-        from navitrain.report import build, gather, markdown
+        from navitrain.report import build, gather, markdown, privacy
 
         def say(message: str) -> None:
             if not as_json:
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             bench = gather.bench(routes, size)
         data = build(facts=facts, doctor_doc=doc, probe_results=probe_results,
                      probe_cases="essential" if quick else "full", bench=bench, adapter=adapter, quick=quick,
-                     version=__version__)
+                     version=__version__, secrets=privacy.local_secrets())
         try:
             md_path.write_text(markdown.render(data), encoding="utf-8")
             json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
