@@ -105,6 +105,11 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("table", "--format", "-f", help="Output format: table (a coloured matrix), md (Markdown) or json."),
         as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
         list_cases: bool = typer.Option(False, "--list", help="List the cases and exit."),
+        image: Optional[list[str]] = typer.Option(
+            None, "--image", help="Run the cases inside this container image (repeatable: images side by side), "
+            "e.g. rocm/pytorch:TAG, with the GPU passed in; the image must already be pulled."),
+        runtime: Optional[str] = typer.Option(
+            None, "--runtime", help="Container runtime for --image: docker or podman (default: whichever is installed)."),
     ) -> None:
         """Run each operator case (copies, math, matmul, convolutions, norms, attention, optimisers,
         autocast, short training runs) in its own child process on each route, compare it with the CPU,
@@ -143,6 +148,15 @@ def register(app: typer.Typer) -> None:
 
         from navitrain.probe import fingerprint as fingerprints
         from navitrain.probe import report, session, store
+
+        if image:  # the catalogue inside containers (navitrain.probe.containers)
+            if cases_file or report_only:
+                fail("--image runs the catalogue in containers: it cannot be combined with --cases or --report")
+            from navitrain.cli import _probe_images
+
+            facts = fingerprints.current().facts if env_matrix else {}  # the matrix depends on the host's GPU
+            envs = [e for e, _ in _environments(base_env, env_matrix, facts)]
+            raise typer.Exit(_probe_images.run(image, runtime, selected, routes, envs, fmt, timeout, seed))
 
         fp = fingerprints.current()
         header = f"navitrain probe: {fp.summary()} (fingerprint {fp.id})"
