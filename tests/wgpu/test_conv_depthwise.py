@@ -124,6 +124,7 @@ def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):
         _close(_on_wgpu(x, w, b, 1, 2, gy)[:4], (y, gx, gw, gb), 2e-5)
         passes = {key.split("|")[1].split("-")[0] for key, _, _ in seen if key.startswith("conv_dw|")}
         assert passes == {"fwd", "dgrad", "wgrad"}, seen
+        assert all("-nchw-k5x5-s11" in key for key, _, _ in seen if key.startswith("conv_dw|")), seen
         assert all(opts == ["direct", "gemm"] and default == "direct" for _, opts, default in seen)
         assert bool(_dw_kernels()) == (choice == "direct"), (choice, _dw_kernels())
 

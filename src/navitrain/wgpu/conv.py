@@ -563,7 +563,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
     if not relu and same and conv1x1.eligible(g) and conv1x1.forward(x, w, bias, g, out):
         return out
     if not relu and conv_depthwise.eligible(g, x, w, bias, out) and conv_depthwise.use_direct(
-            "fwd", g, lambda: conv_depthwise.forward(x, w, bias, g, out),
+            "fwd", g, out, lambda: conv_depthwise.forward(x, w, bias, g, out),
             lambda: _implicit_forward(x, w, bias, g, out)):
         return conv_depthwise.forward(x, w, bias, g, out)
     return _implicit_forward(x, w, bias, g, out, relu)
@@ -574,7 +574,7 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> Wg
         return dx
     # Depthwise: any kernel size at stride 1 (the output phases below come here too), odd square at 2.
     if (conv_depthwise.eligible(g, dy, w, dx, any_kernel=tuple(g.stride) == (1, 1))
-            and conv_depthwise.use_direct("dgrad", g, lambda: conv_depthwise.grad_input(dy, w, g, dx),
+            and conv_depthwise.use_direct("dgrad", g, dx, lambda: conv_depthwise.grad_input(dy, w, g, dx),
                                           lambda: grad_input(dy, w, g, dx))):
         return conv_depthwise.grad_input(dy, w, g, dx)
     if tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
@@ -587,7 +587,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
         conv1x1.grad_weight(dy, x, g, dw)
         return dw
     if conv_depthwise.eligible(g, dy, x, dw) and conv_depthwise.use_direct(
-            "wgrad", g, lambda: conv_depthwise.grad_weight(dy, x, g, dw), lambda: _implicit_grad_weight(dy, x, g, dw)):
+            "wgrad", g, x, lambda: conv_depthwise.grad_weight(dy, x, g, dw), lambda: _implicit_grad_weight(dy, x, g, dw)):
         return conv_depthwise.grad_weight(dy, x, g, dw)
     return _implicit_grad_weight(dy, x, g, dw)
 

@@ -65,16 +65,17 @@ def eligible(g, *tensors, any_kernel: bool = False) -> bool:
     return len(dtypes) == 1 and dtypes.pop() in _FLOATS
 
 
-def use_direct(pass_name: str, g, run_direct, run_gemm) -> bool:
-    """Direct kernel or implicit GEMM for this shape: timed once per shape class where the tuner
-    runs (`gemm_tuning.pick_choice`), the direct kernel with tuning off (lavapipe, CI)."""
+def use_direct(pass_name: str, g, image: WgpuTensor, run_direct, run_gemm) -> bool:
+    """Direct kernel or implicit GEMM for this shape and `image`'s layout: timed once per shape class
+    where the tuner runs (`gemm_tuning.pick_choice`), the direct kernel with tuning off (lavapipe, CI)."""
     from navitrain.wgpu.gemm_tuning import pick_choice, shape_class
 
     def gemm():
         with disabled():
             run_gemm()
 
-    key = "conv_dw|" + shape_class(f"{pass_name}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}",
+    layout = "nhwc" if _channels_inner(image) else "nchw"
+    key = "conv_dw|" + shape_class(f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}",
                                    g.C, g.N * g.OH * g.OW, g.H * g.W, 1)
     return pick_choice(key, {"direct": run_direct, "gemm": gemm}, "direct") == "direct"
 
