@@ -154,7 +154,7 @@ def model_worker(device, name, batch, size, steps, warmup, out):
     base = device.removesuffix("-graph")
     if base == "wgpu":
         import navitrain.wgpu as nw
-    else:
+    elif base == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
@@ -173,13 +173,16 @@ def model_worker(device, name, batch, size, steps, warmup, out):
         return loss
 
     def sync():
-        nw.synchronize() if base == "wgpu" else torch.cuda.synchronize()
+        if base != "cpu":
+            nw.synchronize() if base == "wgpu" else torch.cuda.synchronize()
 
     losses = [step().item()]
     for _ in range(warmup - 1):
         step()
     run = step
     if graphed:
+        if base == "cpu":
+            raise SystemExit("cpu has no captured graphs")
         if base == "wgpu":
             g = nw.WgpuGraph()
             with nw.graph(g):
@@ -280,7 +283,8 @@ def _child(args, extra, out, timeout):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=None, help=f"comma-separated (default: torchvision's list, else {','.join(OWN)})")
-    ap.add_argument("--devices", default="wgpu,wgpu-graph,cuda,cuda-graph")
+    ap.add_argument("--devices", default="wgpu,wgpu-graph,cuda,cuda-graph",
+                    help="of wgpu, wgpu-graph, cuda, cuda-graph, cpu (the loss and speed reference where no CUDA)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--layer-iters", type=int, default=20)
@@ -345,10 +349,12 @@ def report_models(rows, devices):
     by_model = {}
     for r in rows:
         by_model.setdefault(r["model"], {})[r["device"]] = r
-    print(f"\n{'model':20} {'batch':>5} " + " ".join(f"{d + ' ms':>15}" for d in devices) + "  ratios vs cuda eager, loss check")
+    ref_name = "cuda" if "cuda" in devices else "cpu"
+    print(f"\n{'model':20} {'batch':>5} " + " ".join(f"{d + ' ms':>15}" for d in devices)
+          + f"  ratios vs {ref_name} eager, loss check")
     ratios = {}
     for name, devs in by_model.items():
-        cuda = devs.get("cuda", {})
+        cuda = devs.get(ref_name, {})
         cells, notes = [], []
         for d in devices:
             r = devs.get(d, {})
@@ -363,7 +369,7 @@ def report_models(rows, devices):
         print(f"{name:20} {batch:>5} " + " ".join(cells) + "  " + ", ".join(notes))
     for d, rs in ratios.items():
         gm = math.exp(sum(map(math.log, rs)) / len(rs))
-        print(f"geometric mean {d} / cuda: {gm:.2f}x ({100 / gm:.0f}% of CUDA's speed) over {len(rs)} models")
+        print(f"geometric mean {d} / {ref_name}: {gm:.2f}x ({100 / gm:.0f}% of its speed) over {len(rs)} models")
 
 
 def report_layers(rows):

@@ -8,13 +8,13 @@ runs at a fraction of the memory bandwidth it is bound by (issue 23: MobileNet/E
   (w optionally rotated by 180 degrees). It is the forward, and the stride-1 grad-input (dy with the
   rotated kernel and padding k-1-p), for any kh x kw (the implicit GEMM's output phases of a strided
   grad-input come here too when the tuner picks that route).
-- `_strided_grad_input` (stride 2): a gather, each thread 4 neighbouring dx along W, the taps that
-  land for each of them decided when the kernel is generated (from the padding's parity).
   NCHW planes with enough outputs: a workgroup computes an output tile of one (n, c) plane, loading
   the input tile + halo into workgroup memory once; each thread computes 4 outputs along W with the
   weights in registers. Otherwise (channels_last, or small planes such as 7x7) each thread computes 4
   outputs along W reading the image directly, threads ordered along C (channels_last, coalesced) or
   along W (NCHW); channels_last f32 with C % 4 == 0 reads and writes 4 channels as one vec4.
+- `_strided_grad_input` (stride 2): a gather in one dispatch, each thread 4 neighbouring dx along W,
+  the taps that land on each of them fixed when the kernel is generated (from the padding's parity).
 - `grad_weight`: dw[c, i, j] = sum over (n, oy, ox) of dy * x at the tap. The positions are split
   into slices so that small C still fills the GPU; NCHW: one 64-thread workgroup per (slice, channel),
   each thread keeping kh*kw sums in registers, combined by a fixed-order sum in workgroup memory;
