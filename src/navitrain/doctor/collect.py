@@ -27,6 +27,7 @@ FILE_FACTS: tuple[tuple[str, Callable], ...] = (
     ("opencl_icds", F.get_opencl_icds),
     ("env", F.get_env),
     ("navitrain", F.get_navitrain),
+    ("containers", F.get_containers),
 )
 PROBE_FACTS = ("torch", "vulkan", "rocminfo")
 FACT_NAMES = tuple(name for name, _ in FILE_FACTS) + PROBE_FACTS

@@ -411,6 +411,24 @@ def _icd_driver(path: str) -> str | None:
     return None
 
 
+# --- container runtimes (navitrain probe --image) -------------------------------------------------
+
+def get_containers(root) -> dict:
+    """docker / podman executables, and whether the Docker socket exists and this user may use it."""
+    tree = _tree(root)
+    runtimes = []
+    for name in ("docker", "podman"):
+        for directory in ("/usr/bin", "/usr/local/bin", "/bin"):
+            if tree.exists(f"{directory}/{name}"):
+                runtimes.append({"name": name, "path": f"{directory}/{name}"})
+                break
+    socket = next((p for p in ("/var/run/docker.sock", "/run/docker.sock") if tree.exists(p)), None)
+    accessible = None
+    if socket is not None and tree.is_live:
+        accessible = os.access(socket, os.R_OK | os.W_OK)
+    return {"runtimes": runtimes, "docker_socket": socket, "docker_socket_accessible": accessible}
+
+
 # --- environment ---------------------------------------------------------------------------------
 
 def get_env(root) -> dict | None:

@@ -636,6 +636,32 @@ def vulkan_amd_driver(s: Situation) -> list[Finding]:
     return out
 
 
+# --- container runtimes (navitrain probe --image) -------------------------------------------------
+
+@rule
+def containers(s: Situation) -> list[Finding]:
+    """On an AMD machine, whether `navitrain probe --image` can run ROCm containers here."""
+    facts = s.facts.get("containers")
+    if not s.amd_gpus or not isinstance(facts, dict):
+        return []
+    names = {pick(r, "name", kind=str) for r in dicts(facts.get("runtimes"))}
+    if not names:
+        return [finding("container-runtime-missing", "info", "No docker or podman",
+                        "`navitrain probe --image rocm/pytorch:TAG` tries ROCm images side by side in containers; "
+                        "it needs one of them.", "Debian/Ubuntu: `sudo apt-get install podman` (rootless).")]
+    if names == {"docker"}:
+        if facts.get("docker_socket") is None:
+            return [finding("docker-daemon-down", "info", "docker is installed but its daemon is not running",
+                            "No /var/run/docker.sock: `navitrain probe --image` cannot start containers.",
+                            "`sudo systemctl start docker`, or install podman.")]
+        if facts.get("docker_socket_accessible") is False:
+            return [finding("docker-socket-permission", "warning", "No permission on the Docker socket",
+                            f"{facts['docker_socket']} is not readable and writable by this user, so docker (and "
+                            "`navitrain probe --image`) fails with 'permission denied'.",
+                            "`sudo usermod -aG docker $USER`, then log in again; or use podman (rootless).")]
+    return []
+
+
 # --- CPU -----------------------------------------------------------------------------------------
 
 @rule
