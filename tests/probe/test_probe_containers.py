@@ -94,3 +94,19 @@ def test_cli_json_matrix_and_clear_errors(fake_runtime, monkeypatch):
     monkeypatch.setenv("FAKE_RUNTIME_MODE", "daemon")
     result = runner.invoke(app, ["probe", "--image", "x", "--runtime", fake_runtime, "-r", "cpu", "-k", "copy-roundtrip"])
     assert result.exit_code == 1 and "daemon is not running" in result.output
+
+
+def test_cli_stores_each_image_under_its_own_fingerprint(fake_runtime, monkeypatch, tmp_path):
+    from navitrain.probe import store
+
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["probe", "--image", "rocm/pytorch:6.2", "--runtime", fake_runtime,
+                                 "-k", "copy-roundtrip", "-r", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)[0]
+    assert (record["image"], record["outcome"]) == ("rocm/pytorch:6.2", "pass")
+    fingerprint = containers.container_fingerprint("rocm/pytorch:6.2", record["digest"])
+    assert store.fingerprint_facts(fingerprint)["container"] == {"image": "rocm/pytorch:6.2", "digest": record["digest"]}
+    assert [(r.case, r.outcome) for r in store.latest_results(fingerprint)] == [("copy-roundtrip", "pass")]
+    other = containers.container_fingerprint("rocm/pytorch:5.7", record["digest"])
+    assert other.id != fingerprint.id and store.latest_results(other) == []

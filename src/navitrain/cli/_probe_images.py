@@ -20,7 +20,8 @@ def run(images: list[str], runtime: str | None, selected, routes: list[str], env
 
     try:
         runs = containers.probe_images(images, [c.name for c in selected], routes, envs, runtime=runtime,
-                                       timeout=timeout or _env.probe_timeout(), seed=seed, on_run=progress)
+                                       timeout=timeout or _env.probe_timeout(), seed=seed, on_run=progress,
+                                       save=True)
     except containers.ContainerError as exc:
         fail(str(exc), code=2 if exc.kind == "runtime-missing" else 1)
     if fmt == "json":

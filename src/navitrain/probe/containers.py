@@ -165,11 +165,34 @@ def run_image(runtime: str, image: str, digest: str, cases: list[str], routes: l
     return run
 
 
+def container_fingerprint(image: str, digest: str):
+    """The store's fingerprint of this host's GPUs and kernel with this image (name and digest): the
+    image's torch and ROCm replace the host's, so its results must not mix with the host's."""
+    import hashlib
+
+    from navitrain.probe.fingerprint import Fingerprint, file_facts
+
+    facts = {**file_facts(), "container": {"image": image, "digest": digest},
+             "torch": {"version": f"from the image {image}"}}
+    return Fingerprint(hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16], facts)
+
+
+def _store(run: ImageRun) -> None:
+    from navitrain.probe import store
+
+    fingerprint = container_fingerprint(run.image, run.digest or "")
+    store.save_fingerprint(fingerprint)
+    for result in run.results:
+        store.save_result(fingerprint, result)
+
+
 def probe_images(images: list[str], cases: list[str], routes: list[str], envs: list[dict[str, str]], *,
                  runtime: str | None = None, timeout: float = 60, seed: int | None = None,
-                 host_has_gpu: bool | None = None, startup_s: float = 120, on_run=None) -> list[ImageRun]:
+                 host_has_gpu: bool | None = None, startup_s: float = 120, on_run=None,
+                 save: bool = False) -> list[ImageRun]:
     """Every image under every environment. A missing image is that image's problem, not the whole
-    matrix's; a missing runtime or a daemon that cannot be reached ends the run (ContainerError)."""
+    matrix's; a missing runtime or a daemon that cannot be reached ends the run (ContainerError).
+    save: keep the results in the probe store under container_fingerprint(image, digest)."""
     executable = find_runtime(runtime)
     runs = []
     for image in images:
@@ -186,6 +209,8 @@ def probe_images(images: list[str], cases: list[str], routes: list[str], envs: l
             if run.problem_kind in ("socket-permission", "daemon-down"):
                 raise ContainerError(run.problem_kind, run.problem)
             runs.append(run)
+            if save and run.results:
+                _store(run)
             if on_run is not None:
                 on_run(run)
     return runs
