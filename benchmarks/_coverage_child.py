@@ -32,7 +32,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 # Ops whose values are random or uninitialised: only shapes, dtypes and devices are compared.
 NONDETERMINISTIC = ("dropout", "bernoulli", "normal", "rand", "multinomial", "uniform", "exponential",
-                    "geometric", "cauchy", "log_normal", "empty", "rrelu", "randint", "randn")
+                    "geometric", "cauchy", "log_normal", "empty", "rrelu", "randint", "randn", "fractional_max_pool")
+
+
+def _random_sample(sample) -> bool:
+    """Attention samples with dropout (scaled_dot_product_attention's dropout_p, multi_head_attention's
+    training=True) draw random masks."""
+    return bool(sample.kwargs.get("dropout_p") or sample.kwargs.get("training") is True)
 
 
 def op_key(op) -> str:
@@ -55,8 +61,18 @@ def _is_random(key: str) -> bool:
 
 def _to_wgpu(x):
     if isinstance(x, torch.Tensor):
-        t = x.detach().to("wgpu")
+        src = x.detach()
+        whole = src.untyped_storage().nbytes() // max(1, src.element_size())
+        if src.layout == torch.strided and (src.storage_offset() or whole != src.numel()):
+            # A view of a larger storage (as_strided's partial_views samples reach past the view): copy the
+            # whole storage and take the same view of it, so ops see the same memory as on the CPU.
+            base = torch.empty(0, dtype=src.dtype).set_(src.untyped_storage()).to("wgpu")
+            t = base.as_strided(src.size(), src.stride(), src.storage_offset())
+        else:
+            t = src.to("wgpu")
         return t.requires_grad_(True) if x.requires_grad else t
+    if isinstance(x, torch.device) and x.type == "cpu":
+        return torch.device("wgpu")
     return x
 
 
@@ -107,6 +123,9 @@ def run_item(op, key: str, dtype: torch.dtype, mode: str, samples: int) -> dict:
         except Exception:
             continue  # the CPU rejects this sample: nothing to compare
         dev_in, dev_args, dev_kwargs = tree_map(_to_wgpu, (s.input, s.args, s.kwargs))
+        if dev_kwargs.get("device") in ("cpu", torch.device("cpu")):  # factories (arange, linspace, ...)
+            dev_kwargs = {**dev_kwargs, "device": "wgpu"}
+        sample_values = values and not _random_sample(s)
         try:
             out = op(dev_in, *dev_args, **dev_kwargs)
             dispatch.raise_pending()
@@ -114,9 +133,9 @@ def run_item(op, key: str, dtype: torch.dtype, mode: str, samples: int) -> dict:
             if len(ref_flat) != len(got_flat):
                 raise Mismatch(f"{what}: {len(got_flat)} outputs instead of {len(ref_flat)}")
             for j, (g, e) in enumerate(zip(got_flat, ref_flat)):
-                _compare(g, e, dtype, f"{what} output {j}", values)
+                _compare(g, e, dtype, f"{what} output {j}", sample_values)
             if grad:
-                _compare_grads(s, ref, (dev_in, dev_args, dev_kwargs), out, dtype, what, i)
+                _compare_grads(s, ref, (dev_in, dev_args, dev_kwargs), out, dtype, what, i, sample_values)
         except Mismatch as exc:
             return {"status": "mismatch", "detail": str(exc)[:300], "fallbacks": dict(dispatch.fallback_counts)}
         except Exception as exc:
@@ -124,7 +143,7 @@ def run_item(op, key: str, dtype: torch.dtype, mode: str, samples: int) -> dict:
             return {"status": "error", "detail": f"{what}: {type(exc).__name__}: {str(exc)[:300]}",
                     "fallbacks": dict(dispatch.fallback_counts)}
         compared += 1
-    if not values:
+    if not values or any(_random_sample(s) for s in inputs):
         notes.append("random: shapes and dtypes compared")
     fallbacks = dict(dispatch.fallback_counts)
     if compared == 0:
@@ -133,7 +152,7 @@ def run_item(op, key: str, dtype: torch.dtype, mode: str, samples: int) -> dict:
     return {"status": status, "samples": compared, "fallbacks": fallbacks, "detail": "; ".join(notes)}
 
 
-def _compare_grads(sample, ref, dev, out, dtype, what, i) -> None:
+def _compare_grads(sample, ref, dev, out, dtype, what, i, values=True) -> None:
     cpu_leaves = [t for t in _tensors((sample.input, sample.args, sample.kwargs)) if t.requires_grad]
     dev_leaves = [t for t in _tensors(dev) if t.requires_grad]
     pairs = [(r, d) for r, d in zip(_tensors(ref), _tensors(out))
@@ -157,7 +176,7 @@ def _compare_grads(sample, ref, dev, out, dtype, what, i) -> None:
             continue
         if dg is None:
             raise Mismatch(f"{what} grad {k}: missing")
-        _compare(dg, rg, dtype, f"{what} grad {k}")
+        _compare(dg, rg, dtype, f"{what} grad {k}", values)
 
 
 def main() -> None:
