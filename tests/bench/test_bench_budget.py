@@ -94,7 +94,7 @@ def test_out_of_memory_later_or_beyond_the_halvings_is_an_error():
 
 def test_plans_quick_standard_is_budgeted_tiny_and_full_are_fixed():
     assert runner.plan_for(True, "standard")["budget_s"] == runner.QUICK_BUDGET_S
-    assert runner.plan_for(True, "tiny") == {"warmup": 2, "steps": 6, "budget_s": None}
+    assert runner.plan_for(True, "tiny") == {"warmup": 2, "steps": 3, "budget_s": None}
     assert runner.plan_for(False, "standard")["budget_s"] is None
     with pytest.raises(ValueError, match="budget"):
         runner.run_bench(["cpu"], ["mlp"], size="tiny", budget_s=0.0)

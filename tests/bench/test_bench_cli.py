@@ -46,7 +46,7 @@ def test_quick_bench_covers_every_available_route(quick_bench):
         assert row["losses"][-1] < row["losses"][0]
         assert row["peak_memory_bytes"] is None or row["peak_memory_bytes"] >= 0
     assert {r["workload"] for r in data["results"]} == {"mlp", "resnet18", "gpt"}
-    assert all(r["timed_steps"] == 6 for r in data["results"])  # tiny: a fixed count, no time budget
+    assert all(r["timed_steps"] == 3 for r in data["results"])  # tiny: a fixed count, no time budget
     cpu_rows = [r for r in data["results"] if r["route"] == "cpu"]
     assert all(r["speedup_vs_cpu"] == pytest.approx(1.0) for r in cpu_rows)
     # the agreement check really ran: every route's first loss sits next to the CPU's
@@ -71,7 +71,7 @@ def test_wgpu_has_an_eager_and_a_graph_row_and_is_scored_by_the_faster(quick_ben
             assert 0 < row["host_share"] <= 1 and row["host_bound"] == (row["host_share"] >= 0.8)
         # the graph row trained on replays: as many losses as steps, the same first loss as eager
         assert rows["graph"]["first_loss"] == pytest.approx(rows["eager"]["first_loss"], rel=1e-5)
-        assert len(rows["graph"]["losses"]) == rows["graph"]["warmup_steps"] + 6
+        assert len(rows["graph"]["losses"]) == rows["graph"]["warmup_steps"] + 3
     cpu = [r for r in data["results"] if r["route"] == "cpu"]
     assert all(r["mode"] == "eager" and r["label"] == "cpu" and r["host_bound"] is None for r in cpu)
 

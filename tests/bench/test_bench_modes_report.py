@@ -73,3 +73,12 @@ def test_run_benches_standard_sizes_wherever_hardware_can_be_timed():
         False, "standard sizes: wgpu can be timed on hardware here")
     assert run_size.choose({"cpu": "", "wgpu": "", "native": ""}, soft) == (
         False, "standard sizes: native can be timed on hardware here")
+
+
+def test_a_failed_mode_is_named_and_the_other_mode_still_scores():
+    failed = _row("wgpu", "resnet18", "graph", 1.0, "wgpu (graph)", status="error",
+                  detail="GraphCaptureError: .item() inside a capture", samples_per_s=None, speedup_vs_cpu=None)
+    data = dict(REPORT, results=[ROWS[0], dict(ROWS[1], best_mode=True), failed])
+    assert report.problems(data) == ["wgpu (graph) / resnet18: error: GraphCaptureError: .item() inside a capture"]
+    assert report.summary_lines(data) == ["wgpu: 16.0x the CPU's speed on resnet18 b128 (eager, host-bound), "
+                                          "at standard sizes"]

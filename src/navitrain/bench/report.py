@@ -120,7 +120,8 @@ def problems(report: dict[str, Any]) -> list[str]:
             lines.append(f"{route['route']}: {route['status']}: {route['detail']}")
     for row in report["results"]:
         if row["status"] != "ok" and row["route"] not in seen_routes:
-            lines.append(f"{row['route']} / {row['workload']}: {row['status']}: {row['detail']}")
+            # the label names the mode where a route has several ("wgpu (graph) / gpt: error: ...")
+            lines.append(f"{row.get('label') or row['route']} / {row['workload']}: {row['status']}: {row['detail']}")
     return lines
 
 

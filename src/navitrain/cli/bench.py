@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         budget: Optional[float] = typer.Option(None, "--budget", help="With --quick: seconds of timed steps per "
                                                "route and mode (default 3; at least 3 steps are always timed)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Timed steps per workload (at most that many with "
-                                            "--quick; default 50 quick, 30 full, 6 quick --tiny)."),
+                                            "--quick; default 50 quick, 30 full, 3 quick --tiny)."),
         warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up steps (default 2 quick, 5 full)."),
         seed: int = typer.Option(0, "--seed", help="Seed for weights and data (the same on every route)."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds a route may go without finishing a step before it is killed."),
