@@ -146,6 +146,24 @@ def test_strided_inputs_and_weights():
     _close((out.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), bd.grad.cpu()), (y, gx, gw, gb), 2e-5)
 
 
+def test_transposed_depthwise():
+    """conv_transpose2d with groups == channels runs its forward as a depthwise grad-input (stride 2,
+    output padding) and its grad-input as a depthwise forward: both through the direct kernels."""
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(2, 5, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 1, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True)
+    ref = F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1, groups=5)
+    gy = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ref.backward(gy)
+    runtime()._kernels.clear()
+    xd, wd, bd = (t.detach().float().to("wgpu").requires_grad_() for t in (x, w, b))
+    y = F.conv_transpose2d(xd, wd, bd, stride=2, padding=1, output_padding=1, groups=5)
+    y.backward(gy.float().to("wgpu"))
+    _close((y.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), bd.grad.cpu()), (ref, x.grad, w.grad, b.grad), 2e-5)
+    assert {"dw_dgrad", "dw_wgrad"} <= {k[0] for k in _dw_kernels()}
+
+
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
 def test_nan_and_inf_propagate(cl):
     gen = torch.Generator().manual_seed(13)
