@@ -171,3 +171,28 @@ def test_conv3d_and_conv_transpose3d(case):
     x, w, b = torch.randn(2, 4, 6, 7, 5), torch.randn(6, 4, 3, 3, 3), torch.randn(6)
     x[0, 1, 2, 3, 4] = NAN  # spreads through its receptive field as on the CPU
     _forward_and_grads(case, x, w, b)
+
+
+@pytest.mark.parametrize("pool", [
+    lambda t: F.avg_pool3d(t, 3),
+    lambda t: F.avg_pool3d(t, (3, 2, 3), (2, 1, 2), (1, 1, 0), ceil_mode=True),
+    lambda t: F.avg_pool3d(t, 3, 2, 1, count_include_pad=False, ceil_mode=True),
+    lambda t: F.avg_pool3d(t[0], 2),
+    lambda t: F.adaptive_avg_pool3d(t, (3, 5, 4)),
+    lambda t: F.adaptive_max_pool3d(t, (3, 5, 4), return_indices=True),
+    lambda t: F.adaptive_max_pool3d(t[1], 2, return_indices=True),
+    lambda t: F.max_pool3d(t, 3, 2, 1, return_indices=True),
+    lambda t: F.max_pool3d(t, 2, 2, 0, dilation=2, ceil_mode=True, return_indices=True),
+], ids=["avg", "avg-strided-ceil", "avg-no-pad-count", "avg-unbatched", "adaptive-avg", "adaptive-max",
+        "adaptive-max-unbatched", "max", "max-dilated-ceil"])
+def test_pool3d_forward_and_backward(pool):
+    x = torch.randn(2, 3, 7, 8, 9)
+    x[0, 0, 1, 1, 1] = NAN
+    x[1, 1, 2, :2, :2] = 5.0  # ties: the first maximum's index, as on the CPU
+    cpu, dev = x.clone().requires_grad_(), x.to("wgpu").requires_grad_()
+    ref, got = pool(cpu), pool(dev)
+    ref, got = (ref, got) if isinstance(ref, tuple) else ((ref,), (got,))
+    for r, g in zip(ref, got):
+        _close(g, r.detach(), 1e-5)
+    seed = torch.randn(ref[0].shape)
+    _close(torch.autograd.grad(got[0], dev, seed.to("wgpu"))[0], torch.autograd.grad(ref[0], cpu, seed)[0], 1e-5)
