@@ -71,9 +71,13 @@ def _to_wgpu(x):
         else:
             t = src.to("wgpu")
         return t.requires_grad_(True) if x.requires_grad else t
-    if isinstance(x, torch.device) and x.type == "cpu":
+    if isinstance(x, torch.device) and x.type == "cpu" or x == "cpu":  # to(device), factories
         return torch.device("wgpu")
     return x
+
+
+# Arguments that must stay CPU tensors on any device (tensor_split's indices_or_sections).
+KEEP_ON_CPU = {"tensor_split"}
 
 
 def _tensors(obj) -> list:
@@ -122,7 +126,11 @@ def run_item(op, key: str, dtype: torch.dtype, mode: str, samples: int) -> dict:
             ref = op(s.input, *s.args, **s.kwargs)
         except Exception:
             continue  # the CPU rejects this sample: nothing to compare
-        dev_in, dev_args, dev_kwargs = tree_map(_to_wgpu, (s.input, s.args, s.kwargs))
+        dev_in = tree_map(_to_wgpu, s.input)
+        if op.name in KEEP_ON_CPU:
+            dev_args, dev_kwargs = s.args, s.kwargs
+        else:
+            dev_args, dev_kwargs = tree_map(_to_wgpu, (s.args, s.kwargs))
         if dev_kwargs.get("device") in ("cpu", torch.device("cpu")):  # factories (arange, linspace, ...)
             dev_kwargs = {**dev_kwargs, "device": "wgpu"}
         sample_values = values and not _random_sample(s)
