@@ -107,3 +107,17 @@ def test_standard_sizes_are_the_ones_bench_wgpu_train_times():
     assert (g.batch_size, g.shape) == (16, {"vocab": 4096, "context": 256, "d_model": 384, "layers": 6, "heads": 6})
     assert (m.batch_size, m.shape["hidden"]) == (512, [1024, 1024])
     assert r.signature() != workloads.get("resnet18", "tiny").signature()
+
+
+def test_the_budget_reaches_the_route_process():
+    """run_bench hands the budget to each route's child: a 0.3 s budget on tiny steps (about 10 ms on
+    this CPU) times more than the minimum and fewer than the cap, and the report says how it was run."""
+    report = runner.run_bench(["cpu"], ["mlp"], size="tiny", quick=True, steps=500, warmup=1, budget_s=0.3).to_dict()
+    (row,) = report["results"]
+    assert row["status"] == "ok", row["detail"]
+    assert budget.MIN_TIMED_STEPS <= row["timed_steps"] < 500
+    # stopped at the first step past the budget (or at the minimum, on a machine loaded enough that
+    # three steps outlast it)
+    assert sum(row["step_ms"]) >= 300
+    assert row["timed_steps"] == budget.MIN_TIMED_STEPS or sum(row["step_ms"][:-1]) < 300
+    assert (report["plan"], report["budget_s"], report["size"], report["representative"]) == ("quick", 0.3, "tiny", False)
