@@ -196,3 +196,28 @@ def test_pool3d_forward_and_backward(pool):
         _close(g, r.detach(), 1e-5)
     seed = torch.randn(ref[0].shape)
     _close(torch.autograd.grad(got[0], dev, seed.to("wgpu"))[0], torch.autograd.grad(ref[0], cpu, seed)[0], 1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("variant", ["plain", "padding_idx", "include_last_offset"])
+def test_embedding_bag_forward_and_backward(mode, variant):
+    weight = torch.randn(10, 4)
+    weight[3, 1] = NAN  # max: a NaN counts only as a bag's first element, as in the CPU's scan
+    indices = torch.tensor([1, 2, 4, 5, 4, 3, 2, 9, 0, 0, 7])
+    offsets = torch.tensor([0, 2, 2, 6, 9])  # bag 1 is empty: 0
+    kwargs = {"mode": mode}
+    if variant == "padding_idx":
+        kwargs["padding_idx"] = 4
+    if variant == "include_last_offset":
+        offsets, kwargs["include_last_offset"] = torch.tensor([0, 2, 2, 6, 11]), True
+    _forward_and_grads(lambda w: F.embedding_bag(indices.to(w.device), w, offsets.to(w.device), **kwargs), weight,
+                       tol=1e-5)
+
+
+def test_embedding_bag_per_sample_weights_and_2d_input():
+    indices, offsets = torch.tensor([1, 2, 4, 5, 4, 3, 2, 9, 0, 0, 7]), torch.tensor([0, 2, 2, 6, 9])
+    _forward_and_grads(lambda w, p: F.embedding_bag(indices.to(w.device), w, offsets.to(w.device),
+                                                    per_sample_weights=p, mode="sum"),
+                       torch.randn(10, 4), torch.randn(11), tol=1e-5)
+    _forward_and_grads(lambda w: F.embedding_bag(indices[:8].reshape(2, 4).to(w.device), w, mode="mean"),
+                       torch.randn(10, 4), tol=1e-5)
