@@ -221,3 +221,23 @@ def test_embedding_bag_per_sample_weights_and_2d_input():
                        torch.randn(10, 4), torch.randn(11), tol=1e-5)
     _forward_and_grads(lambda w: F.embedding_bag(indices[:8].reshape(2, 4).to(w.device), w, mode="mean"),
                        torch.randn(10, 4), tol=1e-5)
+
+
+def test_multinomial_draws_from_the_distribution():
+    import navitrain.wgpu as nw
+
+    nw.manual_seed(0)
+    p = torch.rand(2, 5) + 0.05
+    p[0, 1] = 0.0  # never drawn
+    draws = torch.multinomial(p.to("wgpu"), 20000, replacement=True)
+    assert draws.device.type == "wgpu" and draws.dtype == torch.int64 and draws.shape == (2, 20000)
+    for row in range(2):
+        freq = torch.bincount(draws[row].cpu(), minlength=5) / 20000
+        torch.testing.assert_close(freq, p[row] / p[row].sum(), atol=0.02, rtol=0)
+    picks = torch.multinomial(p.to("wgpu"), 4).cpu()  # without replacement: distinct, no zero category
+    assert all(len(set(r.tolist())) == 4 for r in picks) and 1 not in picks[0].tolist()
+    firsts = torch.stack([torch.multinomial(p[0].to("wgpu"), 1) for _ in range(400)]).cpu().flatten()
+    torch.testing.assert_close(torch.bincount(firsts, minlength=5) / 400., p[0] / p[0].sum(), atol=0.08, rtol=0)
+    for bad in (torch.tensor([0.5, -0.1]), torch.tensor([0.5, NAN]), torch.tensor([0.0, 0.0])):
+        with pytest.raises(RuntimeError, match="multinomial|probability"):
+            torch.multinomial(bad.to("wgpu"), 1)

@@ -2,5 +2,5 @@
 from navitrain.wgpu.ops import (  # noqa: F401
     activations, amp, conv, copy, elementwise, factory, foreach, loss, losses, matmul, norm, pooling, random, reductions, shape, softmax, upsample, views,
     embedding, indexing, scan, sort, tensor_ops, attention, rnn, rnn_layers,
-    special, search, distance, conv3d, pool3d, embedding_bag,
+    special, search, distance, conv3d, pool3d, embedding_bag, multinomial,
 )
