@@ -384,7 +384,7 @@ def report_layers(rows):
         for p in ("fwd", "dgrad", "wgrad"):
             for r in ok:
                 v = r["layers"][i][p]
-                cells.append(f"{v['us']:>10.1f} /{v['GBps']:>5.0f}")
+                cells.append(f"{v['us']:>9.1f} /{v['GBps']:>6.1f}")
         print(f"{layer['layer']:26} " + " ".join(cells))
     print("GB/s: the input and output images each pass must move at least, over its GPU time")
 
