@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=180, help="seconds one item may take before it is a crash")
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_OPS)}")
     p.add_argument("--merge", action="store_true", help="keep stored results of items not rerun")
+    p.add_argument("--rerun-failing", action="store_true",
+                   help="rerun only the stored items that did not pass (implies --merge)")
     p.add_argument("--out-md", type=Path, help="default docs/coverage.md")
     p.add_argument("--out-json", type=Path, help="default docs/coverage.json")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -132,10 +134,15 @@ def run_chunk(items, args, progress) -> tuple[list[dict], dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    subset = bool(args.ops or args.quick)
+    args.merge = args.merge or args.rerun_failing
+    subset = bool(args.ops or args.quick or args.rerun_failing)
     out_md = args.out_md or (None if subset and not args.merge else ROOT / "docs" / "coverage.md")
     out_json = args.out_json or (None if subset and not args.merge else ROOT / "docs" / "coverage.json")
     items = plan(args)
+    if args.rerun_failing:
+        stored = json.loads((out_json or ROOT / "docs" / "coverage.json").read_text())["results"]
+        failing = {(r["op"], r["dtype"], r["mode"]) for r in stored if r["status"] not in ("pass", "n/a")}
+        items = [i for i in items if tuple(i) in failing]
     print(f"{len(items)} items (op, dtype, mode) in chunks of {CHUNK}, {args.jobs} at a time", file=sys.stderr)
     started, done, lock = time.monotonic(), [0], threading.Lock()
 
