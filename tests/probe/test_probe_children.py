@@ -60,7 +60,10 @@ def test_killed_probe_leaves_no_process_and_no_temp_dir(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "navitrain", "probe", "--route", "cpu", "--cases", CASES_FILE,
          "-k", "sleeps-with-escapees", "--timeout", "300", "--json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        # default dispositions whatever this test runs under (nohup ignores SIGHUP, and the probe keeps an
+        # ignored signal ignored, as it should)
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGTERM)])
     try:
         assert _wait_for(pidfile.exists, 120), "the hanging case never started"
         stay, escaped = map(int, pidfile.read_text().split())
@@ -110,3 +113,31 @@ def test_the_wgpu_runtime_dir_goes_with_its_process(tmp_path):
     assert len(_leftovers(tmp_path)) == 1
     tempdirs.remove_abandoned(str(tmp_path))
     assert _leftovers(tmp_path) == []
+
+
+def test_a_probe_started_under_nohup_ignores_sighup_and_still_cleans_up_on_sigterm(tmp_path):
+    mark = uuid.uuid4().hex
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    pidfile = tmp_path / "grandchildren.pid"
+    env = dict(os.environ, CHILDREN_TEST_MARK=mark, TMPDIR=str(tmp), LINGERING_PIDFILE=str(pidfile),
+               NAVITRAIN_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "navitrain", "probe", "--route", "cpu", "--cases", CASES_FILE,
+         "-k", "sleeps-with-escapees", "--timeout", "300", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        preexec_fn=lambda: (signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)))
+    try:
+        assert _wait_for(pidfile.exists, 120), "the hanging case never started"
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None, "SIGHUP ended a probe that was started ignoring it (nohup)"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM, proc.stderr.read().decode()
+    assert _wait_for(lambda: not _marked("CHILDREN_TEST_MARK", mark), 5), _marked("CHILDREN_TEST_MARK", mark)
+    assert _wait_for(lambda: not _leftovers(tmp), 5), _leftovers(tmp)

@@ -38,7 +38,8 @@ def test_death_without_result():
 
 def test_timeouts():
     assert classify(None, None, "", "the device run", True, 30) == (
-        "hang", "no result after 30 s during the device run; killed the child and its process group", None)
+        "hang", "no result 30 s after the case started during the device run; killed the child and its process group",
+        None)
     _, detail, _ = classify(None, None, "", "route.prepare()", True, 30, stuck=True)
     assert "stuck in the kernel" in detail
     outcome, detail, mode = classify(None, None, "amdgpu 0000:03:00.0: ring gfx_0.0.0 timeout", "the device run", True, 30)

@@ -127,7 +127,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(tmp_path, monkeypatch):
     proc = subprocess.Popen(
         [sys.executable, "-m", "navitrain", "probe", "--route", "cpu", "--cases", CASES_FILE, "-k", "good",
          "-k", "sleeps-forever", "--timeout", "120", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # SIGINT as a terminal delivers it, even when this test runs in a background job (where the shell
+        # starts it ignored, and Python then installs no KeyboardInterrupt handler)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not pidfile.exists() and time.monotonic() < deadline:

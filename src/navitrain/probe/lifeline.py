@@ -126,7 +126,9 @@ def stop_on_signals() -> Iterator[list[int]]:
         if len(caught) == 1:  # a second signal must not cut the clean-up the first one started
             raise Terminated(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A signal this process was started ignoring (SIGHUP under nohup) stays ignored: the user asked for that.
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield caught
     finally:
