@@ -49,21 +49,37 @@ def _wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP], ids=lambda s: s.name)
-def test_killed_probe_leaves_no_process_and_no_temp_dir(tmp_path, sig):
+def _start_hanging_probe(tmp_path, ignore_sighup=False):
+    """`navitrain probe` running a case whose child leaves a grandchild in its group and one that called
+    setsid; every process of the tree carries a mark. Returns (proc, mark, its TMPDIR, the pid file)."""
     mark = uuid.uuid4().hex
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     pidfile = tmp_path / "grandchildren.pid"
     env = dict(os.environ, CHILDREN_TEST_MARK=mark, TMPDIR=str(tmp), LINGERING_PIDFILE=str(pidfile),
                NAVITRAIN_CACHE_DIR=str(tmp_path / "cache"))
+    hup = signal.SIG_IGN if ignore_sighup else signal.SIG_DFL
+
+    def dispositions():  # the same whatever this test runs under (nohup ignores SIGHUP)
+        signal.signal(signal.SIGHUP, hup)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "navitrain", "probe", "--route", "cpu", "--cases", CASES_FILE,
          "-k", "sleeps-with-escapees", "--timeout", "300", "--json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-        # default dispositions whatever this test runs under (nohup ignores SIGHUP, and the probe keeps an
-        # ignored signal ignored, as it should)
-        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGTERM)])
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, preexec_fn=dispositions)
+    return proc, mark, tmp, pidfile
+
+
+def _assert_tree_and_dir_gone(mark, tmp):
+    assert _wait_for(lambda: not _marked("CHILDREN_TEST_MARK", mark), 5), \
+        f"survivors: {_marked('CHILDREN_TEST_MARK', mark)}"
+    assert _wait_for(lambda: not _leftovers(tmp), 5), _leftovers(tmp)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGHUP], ids=lambda s: s.name)
+def test_killed_probe_leaves_no_process_and_no_temp_dir(tmp_path, sig):
+    proc, mark, tmp, pidfile = _start_hanging_probe(tmp_path)
     try:
         assert _wait_for(pidfile.exists, 120), "the hanging case never started"
         stay, escaped = map(int, pidfile.read_text().split())
@@ -76,9 +92,7 @@ def test_killed_probe_leaves_no_process_and_no_temp_dir(tmp_path, sig):
             proc.kill()
             proc.wait()
     assert proc.returncode == -sig, proc.stderr.read().decode()  # it ends as the signal intends
-    assert _wait_for(lambda: not _marked("CHILDREN_TEST_MARK", mark), 5), \
-        f"survivors: {_marked('CHILDREN_TEST_MARK', mark)} (grandchildren {stay}, {escaped})"
-    assert _wait_for(lambda: not _leftovers(tmp), 5), _leftovers(tmp)
+    _assert_tree_and_dir_gone(mark, tmp)
 
 
 def test_next_run_removes_a_dead_owners_dir_and_keeps_a_live_ones(tmp_path):
@@ -116,17 +130,7 @@ def test_the_wgpu_runtime_dir_goes_with_its_process(tmp_path):
 
 
 def test_a_probe_started_under_nohup_ignores_sighup_and_still_cleans_up_on_sigterm(tmp_path):
-    mark = uuid.uuid4().hex
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    pidfile = tmp_path / "grandchildren.pid"
-    env = dict(os.environ, CHILDREN_TEST_MARK=mark, TMPDIR=str(tmp), LINGERING_PIDFILE=str(pidfile),
-               NAVITRAIN_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "navitrain", "probe", "--route", "cpu", "--cases", CASES_FILE,
-         "-k", "sleeps-with-escapees", "--timeout", "300", "--json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-        preexec_fn=lambda: (signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)))
+    proc, mark, tmp, pidfile = _start_hanging_probe(tmp_path, ignore_sighup=True)
     try:
         assert _wait_for(pidfile.exists, 120), "the hanging case never started"
         proc.send_signal(signal.SIGHUP)
@@ -139,5 +143,4 @@ def test_a_probe_started_under_nohup_ignores_sighup_and_still_cleans_up_on_sigte
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGTERM, proc.stderr.read().decode()
-    assert _wait_for(lambda: not _marked("CHILDREN_TEST_MARK", mark), 5), _marked("CHILDREN_TEST_MARK", mark)
-    assert _wait_for(lambda: not _leftovers(tmp), 5), _leftovers(tmp)
+    _assert_tree_and_dir_gone(mark, tmp)
