@@ -113,7 +113,8 @@ def _unary_variants(name, make):
 
 for _n in ("exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "sin", "cos", "tan",
            "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "sigmoid", "erf", "erfc",
-           "reciprocal", "neg", "abs", "sign", "floor", "ceil", "trunc", "round", "frac", "relu", "square"):
+           "reciprocal", "neg", "abs", "sign", "floor", "ceil", "trunc", "round", "frac", "relu", "square",
+           "erfinv", "lgamma", "digamma"):
     _unary_variants(_n, rows)
 
 case("isnan", torch.isnan, rows(4))
