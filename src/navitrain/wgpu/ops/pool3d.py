@@ -7,7 +7,8 @@ avg_pool3d is avg_pool2d over (H, W) of [N, C*D, H, W] followed by avg_pool2d wi
 The same holds for adaptive windows, and for max: the (H, W) stage picks each depth slice's first
 maximum (or last NaN), the depth stage the first such slice (or last NaN), which is the CPU's scan
 order d, h, w. A max pool's gradient sends each output gradient to its saved flat index (scatter_add).
-divisor_override is not separable: that case takes the counted CPU fallback.
+divisor_override is not separable, nor are integer averages (each stage truncates): those take the
+counted CPU fallback.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _hw_then_d(x, hw, d):
 @implements(aten.avg_pool3d.default)
 def avg_pool3d(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    if divisor_override is not None:
+    if divisor_override is not None or not x.dtype.is_floating_point:
+        # Integer averages truncate: two truncating stages are not the CPU's one (counted fallback).
         return cpu_fallback(aten.avg_pool3d.default, (x, kernel_size, stride, padding, ceil_mode,
                                                       count_include_pad, divisor_override), {})
     (kd, kh, kw), (pd, ph, pw) = _triple(kernel_size), _triple(padding)
