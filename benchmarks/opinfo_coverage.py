@@ -132,6 +132,13 @@ def run_chunk(items, args, progress) -> tuple[list[dict], dict]:
     return results, adapter
 
 
+def dump(report: dict) -> str:
+    """JSON with one result per line: small, and a rerun's diff shows the items that changed."""
+    head = {k: v for k, v in report.items() if k != "results"}
+    lines = [json.dumps(r, default=str, sort_keys=True) for r in report["results"]]
+    return json.dumps(head, indent=1, default=str)[:-2] + ',\n "results": [\n' + ",\n".join(lines) + "\n ]\n}\n"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.merge = args.merge or args.rerun_failing
@@ -168,7 +175,7 @@ def main(argv=None) -> int:
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "adapter": adapter, "samples": args.samples, "summary": headline(results), "results": results}
     if out_json:
-        out_json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        out_json.write_text(dump(report))
     if out_md:
         write_markdown(out_md, report)
     if args.json:
