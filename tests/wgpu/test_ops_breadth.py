@@ -253,3 +253,22 @@ def test_avg_pool3d_of_integers_truncates_once_as_on_the_cpu(lenient):
     got = F.avg_pool3d(x.to("wgpu"), 3, 2, 1)
     _same(got, F.avg_pool3d(x, 3, 2, 1))  # two truncating 2-D stages gave other values (3 of 24 here)
     assert nw.fallback_report()["cpu_fallbacks"] == {"aten.avg_pool3d.default": 1}
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5])
+def test_polygamma(n):
+    x = _with_edges(torch.randn(3000) * 5, [NAN, INF, -INF, 0.0, -1.0, -2.0002, 0.5, 1e4, 1e-3, 30.0])
+    x[20:520] = torch.randint(-12, 0, (500,)) + (torch.rand(500) - 0.5) * 2e-3  # near the poles
+    _close(torch.polygamma(n, x.to("wgpu")), torch.polygamma(n, x))
+    ints = torch.randint(-3, 20, (100,))
+    _close(torch.special.polygamma(n, ints.to("wgpu")), torch.special.polygamma(n, ints))
+
+
+def test_equal():
+    a = torch.randn(4, 5)
+    b = a.clone()
+    b[2, 3] = NAN
+    da, db = a.to("wgpu"), b.to("wgpu")
+    assert torch.equal(da, a.clone().to("wgpu")) and not torch.equal(da, db) and not torch.equal(db, db)
+    assert not torch.equal(da, da[:3]) and torch.equal(da[:0], db[:0])
+    assert torch.equal(da.long(), a.long().to("wgpu"))

@@ -9,6 +9,9 @@ call). Float32 accuracy is what the CPU tests need (atol = rtol = 1e-4), not cor
   so poles (0, -1, -2, ...) are exactly +inf as on the CPU.
 - digamma: recurrence up to x >= 6, then the asymptotic series; x < 0 by reflection with pi / tan(pi x);
   digamma(+-0) = -+inf and negative integers NaN, as PyTorch's calc_digamma.
+- polygamma(n >= 1, x) = (-1)^(n+1) n! zeta(n+1, x), the Hurwitz zeta summed directly up to x + k >= 10
+  (integer powers by multiplication, so negative x works as in the CPU's Cephes zeta) and finished by
+  Euler-Maclaurin with five Bernoulli terms.
 - nextafter: on the bits (float32 only; float16/bfloat16 need their own ulp and fall back).
 - hypot: scaled by the larger magnitude so squares do not overflow; hypot(+-inf, NaN) = inf.
 """
@@ -101,4 +104,48 @@ fn copysign_f(a: f32, b: f32) -> f32 {
 }
 fn fmax_f(a: f32, b: f32) -> f32 { return select(select(max(a, b), a, is_nan(b)), b, is_nan(a)); }
 fn fmin_f(a: f32, b: f32) -> f32 { return select(select(min(a, b), a, is_nan(b)), b, is_nan(a)); }
+fn sp_inv_pow(b: f32, s: i32) -> f32 { var p = 1.0; for (var i = 0; i < s; i = i + 1) { p = p * b; } return 1.0 / p; }
+fn sp_hurwitz_zeta(s: i32, q: f32) -> f32 {
+  if (q <= 0.0 && q == floor(q)) { return sp_inf(); }
+  var a = q; var acc = 0.0;
+  loop { if (a >= 10.0) { break; } acc = acc + sp_inv_pow(a, s); a = a + 1.0; }
+  let fs = f32(s);
+  let inv_as = sp_inv_pow(a, s);
+  acc = acc + a * inv_as / (fs - 1.0) + 0.5 * inv_as;
+  let inv_a2 = 1.0 / (a * a);
+  var t = fs * inv_as / a;  // s(s+1)...(s+2j-2) / a^(s+2j-1), j = 1
+  acc = acc + t / 12.0;
+  t = t * (fs + 1.0) * (fs + 2.0) * inv_a2; acc = acc - t / 720.0;
+  t = t * (fs + 3.0) * (fs + 4.0) * inv_a2; acc = acc + t / 30240.0;
+  t = t * (fs + 5.0) * (fs + 6.0) * inv_a2; acc = acc - t / 1209600.0;
+  t = t * (fs + 7.0) * (fs + 8.0) * inv_a2; acc = acc + t / 47900160.0;
+  return acc;
+}
+fn polygamma_f(nf: f32, x: f32) -> f32 {
+  let n = i32(nf);
+  if (n == 0) { return digamma_f(x); }
+  if (n == 1) { return trigamma_f(x); }
+  if (is_nan(x) || x == sp_inf()) { return sp_nan(); }  // the CPU's zeta gives NaN at +inf
+  var fact = 1.0; for (var i = 2; i <= n; i = i + 1) { fact = fact * f32(i); }
+  let sign = select(-1.0, 1.0, (n & 1) == 1);
+  return sign * fact * sp_hurwitz_zeta(n + 1, x);
+}
+// sin(p) for the float32 product p = pi * x, as the CPU's sinf sees it: p is reduced by pi in pieces
+// (Cody-Waite; exact for |x| < 4096) so the small remainder near a multiple of pi keeps its digits.
+fn sp_sin_of_pi_times(x: f32) -> f32 {
+  let p = SP_PI * x;
+  let k = round(p / SP_PI);
+  let r = ((p - k * 3.140625) - k * 0.0009670257568359375) - k * 6.2771141529083251953e-07 - k * 1.2154201256553420762e-10;
+  return sp_sin_small(r);  // the sign of (-1)^k does not matter: only sin^2 is used
+}
+// trigamma as PyTorch's CPU computes it in float (reflection below 0.5, six steps, asymptotic series),
+// so values near the poles, where float32 itself is the limit, come out the same.
+fn trigamma_f(x0: f32) -> f32 {
+  var x = x0; var sign = 1.0; var result = 0.0;
+  if (x < 0.5) { sign = -1.0; let s = sp_sin_of_pi_times(x); result = result - (SP_PI * SP_PI) / (s * s); x = 1.0 - x; }
+  for (var i = 0; i < 6; i = i + 1) { result = result + 1.0 / (x * x); x = x + 1.0; }
+  let ixx = 1.0 / (x * x);
+  result = result + (1.0 + 1.0 / (2.0 * x) + ixx * (1.0 / 6.0 - ixx * (1.0 / 30.0 - ixx * (1.0 / 42.0)))) / x;
+  return sign * result;
+}
 """

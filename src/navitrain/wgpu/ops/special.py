@@ -1,5 +1,5 @@
-"""Special and IEEE functions: erfinv, lgamma, digamma, fmax/fmin, hypot, copysign, nextafter,
-round(decimals=), and the hardshrink/softshrink gradients.
+"""Special and IEEE functions: erfinv, lgamma, digamma, polygamma, fmax/fmin, hypot, copysign, nextafter,
+round(decimals=), the hardshrink/softshrink gradients, and torch.equal.
 
 Before these kernels the ops went through PyTorch's reference decompositions to prims (prims.erf_inv,
 prims.fmax, ...) that had no kernel, so each call ran on the CPU. The WGSL lives in wgsl_special.
@@ -14,6 +14,7 @@ from navitrain.wgpu import pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.ops.elementwise import _float_result, _promote, _unary, apply
+from navitrain.wgpu.tensor import to_cpu
 
 aten = torch.ops.aten
 
@@ -62,6 +63,29 @@ implements(aten.copysign.Tensor, aten.copysign.Scalar)(_copysign)
 _unary("erfinv", "erfinv_f({a})")
 _unary("lgamma", "lgamma_f({a})")
 _unary("digamma", "digamma_f({a})")
+
+
+@implements(aten.polygamma.default)
+def polygamma(n, x):
+    if n < 0:
+        raise RuntimeError("polygamma(n, x) does not support negative n.")
+    dtype = _float_result(x.dtype)
+    return apply("polygamma", "polygamma_f({n}, {a})", [x], dtype, pointwise.compute_type(dtype), {"n": n})
+
+
+@implements(aten.polygamma.out)
+def polygamma_out(n, x, *, out):
+    return aten.copy_.default(out, polygamma(n, x))
+
+
+@implements(aten.equal.default)
+def equal(a, b):
+    """torch.equal: same shape and every element equal (NaN is not equal to itself); one read back."""
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    if a.numel() == 0:
+        return True
+    return bool(to_cpu(aten.all.default(aten.eq.Tensor(a, b))).item())
 
 
 @implements(aten.signbit.default)
