@@ -145,7 +145,7 @@ def _defer(func, args, kwargs, exc):
     if not _deferred:
         _deferred.append((func, exc))
     from navitrain.wgpu.ops.copy import fill
-    from navitrain.wgpu.tensor import empty
+    from navitrain.wgpu.tensor import empty, from_cpu
 
     def to_meta(x):
         if isinstance(x, WgpuTensor):
@@ -168,8 +168,10 @@ def _defer(func, args, kwargs, exc):
 
     def placeholder(t):
         if isinstance(t, torch.Tensor) and t.device.type == "meta":
-            out = empty(t.shape, t.dtype, t.stride())
-            return fill(out, float("nan") if t.dtype.is_floating_point else 0)
+            value = float("nan") if (t.dtype.is_floating_point or t.dtype.is_complex) else 0
+            if t.dtype.is_complex:  # no wgpu kernel computes in complex types: upload the placeholder
+                return from_cpu(torch.full(t.shape, value, dtype=t.dtype))
+            return fill(empty(t.shape, t.dtype, t.stride()), value)
         return t
 
     out_flat, out_spec = tree_flatten(meta_out)

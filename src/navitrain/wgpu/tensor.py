@@ -318,11 +318,37 @@ def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:
     start = (dst._ws.base + dst.storage_offset()) * st.itemsize
     nbytes = dst.numel() * st.itemsize
     ends_storage = dst.storage_offset() + dst.numel() == dst._ws.nelem
-    if dst.is_contiguous() and start % 4 == 0 and (nbytes % 4 == 0 or ends_storage):
-        runtime().write(dst._ws.heap, start, _dtypes.to_storage_bytes(src.contiguous(), st))
-        return
+    if start % 4 == 0 and (nbytes % 4 == 0 or ends_storage):
+        if dst.is_contiguous():
+            runtime().write(dst._ws.heap, start, _dtypes.to_storage_bytes(src.contiguous(), st))
+            return
+        if _dense_non_overlapping(dst):
+            # A dense permuted layout (channels_last, a transposed result): write the values in the order
+            # they lie in memory, with no kernel (none exists for some dtypes, e.g. complex64).
+            order = sorted(range(dst.dim()), key=lambda d: -dst.stride(d))
+            runtime().write(dst._ws.heap, start, _dtypes.to_storage_bytes(src.permute(order).contiguous(), st))
+            return
     # A general view: stage the values contiguously on the device, then copy with the strided kernel.
-    staged = from_cpu(src.contiguous(), dst.dtype)
+    from navitrain.wgpu.dtypes import NoKernelForDtype
     from navitrain.wgpu.ops.copy import copy_into
 
-    copy_into(dst, staged)
+    staged = from_cpu(src.contiguous(), dst.dtype)
+    try:
+        copy_into(dst, staged)
+    except NoKernelForDtype:
+        _upload_by_read_modify_write(dst, src)
+
+
+def _upload_by_read_modify_write(dst: WgpuTensor, src: torch.Tensor) -> None:
+    """For a strided view of a dtype no kernel computes in (complex64): read the span the view covers,
+    set the view's elements on the CPU, write the span back. Slow, and only reached where CPU
+    fallbacks write into such views."""
+    st, ws = dst._ws.stype, dst._ws
+    lo, hi = _span(dst)
+    start, nbytes = (ws.base + lo) * st.itemsize, (hi - lo) * st.itemsize
+    if start % 4 or (nbytes % 4 and hi != ws.nelem):
+        raise _dtypes.NoKernelForDtype(f"cannot write a strided view of {dst.dtype} at an unaligned offset")
+    rt = runtime()
+    span = _dtypes.from_storage_bytes(rt.read(ws.heap, start, nbytes), st, hi - lo).clone()
+    span.as_strided(dst.shape, dst.stride(), dst.storage_offset() - lo).copy_(src)
+    rt.write(ws.heap, start, _dtypes.to_storage_bytes(span, st))
