@@ -42,3 +42,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """A clear one-line error naming the problem, then exit (2 = bad input)."""
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def read_json_file(path, what: str) -> Any:
+    """A JSON file the user named (`what`: "report", "overrides file"), or a clear exit-2 error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot read {what} {path}: {exc.strerror or exc}")
+    except ValueError as exc:
+        fail(f"{what} {path} is not valid JSON: {exc}")

@@ -1,23 +1,17 @@
 """`navitrain doctor`: what is wrong with this machine's GPU training stack, and which route to use."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from navitrain.cli._output import console, err_console, fail, print_json
+from navitrain.cli._output import console, err_console, fail, print_json, read_json_file
 
 
 def load_overrides(path: Path) -> dict:
     """A JSON object of facts from a file; a clear exit-2 error for anything else."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"cannot read overrides file {path}: {exc.strerror or exc}")
-    except ValueError as exc:
-        fail(f"overrides file {path} is not valid JSON: {exc}")
+    data = read_json_file(path, "overrides file")
     if not isinstance(data, dict):
         fail(f"overrides file {path} must hold a JSON object of facts (e.g. {{\"torch\": {{...}}}})")
     return data

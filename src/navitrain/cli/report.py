@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import typer
 
-from navitrain.cli._output import console, err_console, fail, print_json
+from navitrain.cli._output import console, err_console, fail, print_json, read_json_file
 
 SIZES = ("tiny", "standard")
 
@@ -25,12 +25,7 @@ def load_report(path: Path) -> dict:
 
     from navitrain.report import schema
 
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"cannot read report {path}: {exc.strerror or exc}")
-    except ValueError as exc:
-        fail(f"report {path} is not valid JSON: {exc}")
+    data = read_json_file(path, "report")
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("navitrain.report/"):
         fail(f"{path} is not a navitrain report (no \"schema\": \"navitrain.report/1\")")
     try:
