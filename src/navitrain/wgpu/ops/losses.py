@@ -65,7 +65,8 @@ def smooth_l1_loss(x, target, reduction=MEAN, beta=1.0):
 @implements(aten.smooth_l1_loss_backward.default)
 def smooth_l1_loss_backward(grad_output, x, target, reduction, beta):
     # s0 = norm, s1 = beta; the branches in PyTorch's order (x - t <= -beta first, so beta = 0 gives sign).
-    expr = "select(select(s0 * (b - c) * a / s1, s0 * a, b - c >= s1), -s0 * a, b - c <= -s1)"
+    # keep_nan2: a NaN input or target gives NaN (some drivers, NVIDIA's among them, take NaN >= s1 as true)
+    expr = "keep_nan2(b, c, select(select(s0 * (b - c) * a / s1, s0 * a, b - c >= s1), -s0 * a, b - c <= -s1))"
     return _backward("smooth_l1_loss_bwd", expr, grad_output, [x, target], x.dtype, [_norm(x, reduction), float(beta)])
 
 
@@ -79,7 +80,8 @@ def huber_loss(x, target, reduction=MEAN, delta=1.0):
 
 @implements(aten.huber_loss_backward.default)
 def huber_loss_backward(grad_output, x, target, reduction, delta):
-    expr = "select(select(s0 * (b - c) * a, s0 * s1 * a, b - c >= s1), -s0 * s1 * a, b - c <= -s1)"
+    # keep_nan2: a NaN input or target gives NaN (the H100's Vulkan driver took NaN >= s1 as true: +-delta)
+    expr = "keep_nan2(b, c, select(select(s0 * (b - c) * a, s0 * s1 * a, b - c >= s1), -s0 * s1 * a, b - c <= -s1))"
     return _backward("huber_loss_bwd", expr, grad_output, [x, target], x.dtype, [_norm(x, reduction), float(delta)])
 
 
