@@ -108,8 +108,11 @@ fn atan2_f(y: f32, x: f32) -> f32 {
   return atan2(y, x);
 }
 fn lerp_f(a: f32, b: f32, w: f32) -> f32 { return select(b - (b - a) * (1.0 - w), a + w * (b - a), abs(w) < 0.5); }
-fn idiv_floor(a: i32, b: i32) -> i32 { let q = a / b; return select(q, q - 1, (a % b != 0) && ((a < 0) != (b < 0))); }
-fn imod_floor(a: i32, b: i32) -> i32 { let r = a % b; return select(r, r + b, (r != 0) && ((r < 0) != (b < 0))); }
+// Integer remainders come from `/`, never from `%`: on the H100's Vulkan driver a signed `%` by a negative
+// divisor gave wrong values while `/` was right (run 11). a / 0 is a in WGSL, so irem(a, 0) is a.
+fn irem(a: i32, b: i32) -> i32 { return a - b * (a / b); }
+fn idiv_floor(a: i32, b: i32) -> i32 { let q = a / b; return select(q, q - 1, (a - b * q != 0) && ((a < 0) != (b < 0))); }
+fn imod_floor(a: i32, b: i32) -> i32 { let r = irem(a, b); return select(r, r + b, (r != 0) && ((r < 0) != (b < 0))); }
 fn pow_i32(a: i32, b: i32) -> i32 { var r = 1; var base = a; var e = b;
   // a negative power of an integer: 1 for 1, +-1 for -1, else 0 (the CPU's powi)
   if (e < 0) { return select(select(0, 1 - 2 * (e & 1), a == -1), 1, a == 1); }
@@ -117,8 +120,9 @@ fn pow_i32(a: i32, b: i32) -> i32 { var r = 1; var base = a; var e = b;
 """
 
 I64 = """
-fn idiv_floor64(a: i64, b: i64) -> i64 { let q = a / b; return select(q, q - 1li, (a % b != 0li) && ((a < 0li) != (b < 0li))); }
-fn imod_floor64(a: i64, b: i64) -> i64 { let r = a % b; return select(r, r + b, (r != 0li) && ((r < 0li) != (b < 0li))); }
+fn irem64(a: i64, b: i64) -> i64 { return a - b * (a / b); }
+fn idiv_floor64(a: i64, b: i64) -> i64 { let q = a / b; return select(q, q - 1li, (a - b * q != 0li) && ((a < 0li) != (b < 0li))); }
+fn imod_floor64(a: i64, b: i64) -> i64 { let r = irem64(a, b); return select(r, r + b, (r != 0li) && ((r < 0li) != (b < 0li))); }
 fn pow_i64(a: i64, b: i64) -> i64 { var r = 1li; var base = a; var e = b;
   if (e < 0li) { return select(select(0li, 1li - 2li * (e & 1li), a == -1li), 1li, a == 1li); }
   loop { if (e == 0li) { break; } if ((e & 1li) == 1li) { r = r * base; } base = base * base; e = e >> 1u; } return r; }
