@@ -84,25 +84,24 @@ class WgpuProcessGroup(dist.ProcessGroup):
         return hosts, list(zip(tensors, hosts))
 
     # -- collectives --------------------------------------------------------------------------------
-    def allreduce(self, tensors, opts):
+    def _in_place(self, name, tensors, run):
+        """A collective that works on its tensors in place: stage them on the host, run gloo's, copy back."""
         hosts, back = self._host_many(tensors)
-        self._run("all_reduce", lambda: self._gloo.allreduce(hosts, opts), tensors, back)
+        self._run(name, lambda: run(hosts), tensors, back)
         return _done(tensors)
+
+    def allreduce(self, tensors, opts):
+        return self._in_place("all_reduce", tensors, lambda hosts: self._gloo.allreduce(hosts, opts))
 
     def allreduce_coalesced(self, tensors, opts):
-        hosts, back = self._host_many(tensors)
-        self._run("all_reduce_coalesced", lambda: self._gloo.allreduce_coalesced(hosts, opts), tensors, back)
-        return _done(tensors)
+        return self._in_place("all_reduce_coalesced", tensors,
+                              lambda hosts: self._gloo.allreduce_coalesced(hosts, opts))
 
     def broadcast(self, tensors, opts):
-        hosts, back = self._host_many(tensors)
-        self._run("broadcast", lambda: self._gloo.broadcast(hosts, opts), tensors, back)
-        return _done(tensors)
+        return self._in_place("broadcast", tensors, lambda hosts: self._gloo.broadcast(hosts, opts))
 
     def reduce(self, tensors, opts):
-        hosts, back = self._host_many(tensors)
-        self._run("reduce", lambda: self._gloo.reduce(hosts, opts), tensors, back)
-        return _done(tensors)
+        return self._in_place("reduce", tensors, lambda hosts: self._gloo.reduce(hosts, opts))
 
     def allgather(self, output_lists, inputs, opts):
         hosts_in, _ = self._host_many(inputs)
