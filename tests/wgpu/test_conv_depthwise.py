@@ -26,6 +26,15 @@ CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the ke
 ]
 
 
+def _layer(seed, N, C, H, W, k, bias=True):
+    """Fresh float64 input, depthwise weight (C, 1, k, k) and bias, drawn in that order from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64)
+    w = torch.randn(C, 1, k, k, generator=gen, dtype=torch.float64)
+    b = torch.randn(C, generator=gen, dtype=torch.float64) if bias else None
+    return x, w, b
+
+
 def _reference(x, w, b, s, p, round_gy_to=None):
     """float64 autograd on the CPU with a fresh random grad-output (rounded to a 16-bit dtype when the
     device gets it in that dtype)."""
@@ -66,10 +75,7 @@ def _dw_kernels():
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
 def test_depthwise_forward_and_gradients(case):
     N, C, H, W, k, s, p, cl, bias = case
-    gen = torch.Generator().manual_seed(sum(case[:7]))
-    x = torch.randn(N, C, H, W, generator=gen, dtype=torch.float64)
-    w = torch.randn(C, 1, k, k, generator=gen, dtype=torch.float64)
-    b = torch.randn(C, generator=gen, dtype=torch.float64) if bias else None
+    x, w, b = _layer(sum(case[:7]), N, C, H, W, k, bias)
     y, gy, gx, gw, gb = _reference(x, w, b, s, p)
     got = _on_wgpu(x, w, b, s, p, gy, channels_last=cl)
     if cl:
@@ -85,10 +91,7 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     for name in ("_implicit_forward", "_implicit_grad_input", "_implicit_grad_weight"):
         monkeypatch.setattr(conv, name, refuse)
     runtime()._kernels.clear()
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 4, 10, 11, generator=gen, dtype=torch.float64)
-    w = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64)
-    b = torch.randn(4, generator=gen, dtype=torch.float64)
+    x, w, b = _layer(3, 2, 4, 10, 11, 3)
     y, gy, gx, gw, gb = _reference(x, w, b, 2, 1)
     _close(_on_wgpu(x, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
     kinds = {k[0] for k in _dw_kernels()}
@@ -116,10 +119,7 @@ def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):
             return choice
         monkeypatch.setattr(gemm_tuning, "pick_choice", pick)
         runtime()._kernels.clear()
-        gen = torch.Generator().manual_seed(5)
-        x = torch.randn(2, 6, 9, 8, generator=gen, dtype=torch.float64)
-        w = torch.randn(6, 1, 5, 5, generator=gen, dtype=torch.float64)
-        b = torch.randn(6, generator=gen, dtype=torch.float64)
+        x, w, b = _layer(5, 2, 6, 9, 8, 5)
         y, gy, gx, gw, gb = _reference(x, w, b, 1, 2)
         _close(_on_wgpu(x, w, b, 1, 2, gy)[:4], (y, gx, gw, gb), 2e-5)
         passes = {key.split("|")[1].split("-")[0] for key, _, _ in seen if key.startswith("conv_dw|")}
