@@ -78,6 +78,7 @@ _MIXED_DEVICES_OK = {
     aten.index_put_.default, aten._index_put_impl_.default, aten._unsafe_index.Tensor,
     aten._unsafe_index_put.default, aten.set_.source_Tensor, aten.set_.source_Storage,
     aten.set_.source_Storage_storage_offset, aten.lift_fresh.default,
+    aten._pack_padded_sequence.default,  # its lengths live on the CPU by PyTorch's design (read on the host)
 }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, dispatch
+from navitrain.wgpu import codegen
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.dtypes import NoKernelForDtype
@@ -251,11 +251,6 @@ def fused_gru_cell_backward(grad_hy, workspace, has_bias):
 # dispatcher offers it to a PrivateUse1 tensor only through __torch_dispatch__. Its backward,
 # _pack_padded_sequence_backward, is CompositeImplicitAutograd and needs nothing here.
 _COMPOSITE_EXPLICIT = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
-# PyTorch requires the lengths on the CPU (it reads them on the host), so this op mixes devices by
-# design: exempt it from dispatch's one-device check, where that check exists.
-dispatch_mixed_ok = getattr(dispatch, "_MIXED_DEVICES_OK", None)
-if dispatch_mixed_ok is not None:
-    dispatch_mixed_ok.add(aten._pack_padded_sequence.default)
 
 
 @implements(aten._pack_padded_sequence.default)
