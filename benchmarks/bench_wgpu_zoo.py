@@ -230,7 +230,7 @@ def layer_worker(device, quick, iters, out):
     if device.startswith("wgpu"):
         import navitrain.wgpu as nw
         from _common import wgpu_gpu_time
-        from navitrain.wgpu import conv_depthwise
+        from navitrain.wgpu.kernels import conv_depthwise
     else:
         from _common import cuda_time
         torch.backends.cudnn.benchmark = True

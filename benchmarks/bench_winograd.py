@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cuda_time, machine, print_table, rel_error, wgpu_gpu_time, write_json  # noqa: E402
 
 import navitrain.wgpu  # noqa: E402,F401  (registers the device)
-from navitrain.wgpu import conv as wconv  # noqa: E402
-from navitrain.wgpu import winograd  # noqa: E402
+from navitrain.wgpu.kernels import conv as wconv  # noqa: E402
+from navitrain.wgpu.kernels import winograd  # noqa: E402
 from navitrain.wgpu.tensor import empty  # noqa: E402
 
 LAYERS = [("layer1", 64, 32), ("layer2", 128, 16), ("layer3", 256, 8), ("layer4", 512, 4)]  # channels, size

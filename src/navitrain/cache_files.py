@@ -6,7 +6,7 @@ results worth reading, or a bug worth reporting) and rebuilt. A location that ca
 read-only directory, a cache directory that cannot be created) means working in memory for this
 process. Either is said once per file per process, naming the file and the fix, on the
 `navitrain.cache` logger. Users: the probe store (navitrain.probe.store, which also holds bench
-results) and the GEMM tuning cache (navitrain.wgpu.gemm_tuning).
+results) and the GEMM tuning cache (navitrain.wgpu.kernels.gemm_tuning).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 from navitrain.probe import session, store
 from navitrain.probe.results import ProbeResult
 from navitrain.probe.runner import RunReport
-from navitrain.wgpu import gemm, gemm_tuning
+from navitrain.wgpu.kernels import gemm, gemm_tuning
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def test_json_profile_and_its_errors(tmp_path):
 
 
 def test_workgroup_memory_is_summed_from_the_wgsl_as_tiles_count_it():
-    from navitrain.wgpu import gemm, gemm_tuning
+    from navitrain.wgpu.kernels import gemm, gemm_tuning
 
     for cfg in gemm_tuning.CANDIDATES:
         words = cfg.shared_bytes // 16 // 2
@@ -123,7 +123,7 @@ def test_a_tile_bigger_than_the_profile_is_refused_and_the_memory_cap_holds(tmp_
                                 "limits": {"max-compute-workgroup-storage-size": 16384}}))
     result = _child("""
         import json, torch
-        from navitrain.wgpu import gemm
+        from navitrain.wgpu.kernels import gemm
         from navitrain.wgpu.kernel_limits import KernelLimitError
         from navitrain.wgpu.runtime import runtime
         from navitrain.wgpu.tensor import empty

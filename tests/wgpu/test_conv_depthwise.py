@@ -1,4 +1,4 @@
-"""Direct depthwise convolution kernels (navitrain.wgpu.conv_depthwise) against float64 autograd on the
+"""Direct depthwise convolution kernels (navitrain.wgpu.kernels.conv_depthwise) against float64 autograd on the
 CPU: forward, grad-input, grad-weight and grad-bias over kernel sizes, strides, padding, odd and 1x1
 images, both layouts, strided inputs, NaN/inf and 16-bit storage; which kernel ran; the tuner's two
 candidates; a MobileNetV2 block's training step."""
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from navitrain.wgpu import conv
+from navitrain.wgpu.kernels import conv
 from navitrain.wgpu.runtime import runtime
 
 CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the kernels they reach
@@ -109,7 +109,7 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
 def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):
     """Where the tuner runs, pick_choice gets both candidates for each pass; each candidate, run on
     its own, gives the CPU's answer, and the 'gemm' one really runs the implicit GEMM."""
-    from navitrain.wgpu import gemm_tuning
+    from navitrain.wgpu.kernels import gemm_tuning
 
     for choice in ("direct", "gemm"):
         seen = []

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from navitrain.wgpu import gemm, gemm_tuning
+from navitrain.wgpu.kernels import gemm, gemm_tuning
 from navitrain.wgpu.tensor import empty
 
 CONFIGS = gemm_tuning.CANDIDATES + [
@@ -97,7 +97,7 @@ def test_forced_tuning_picks_a_candidate_and_caches_it(monkeypatch, tmp_path):
 def test_reduce_into_a_given_output():
     """reduction.reduce(out=...): the weight-gradient path sums split-K slices straight into dw; any
     other output is refused with the reason, never written wrongly."""
-    from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.kernels.reduction import reduce
 
     gen = torch.Generator().manual_seed(7)
     parts = torch.randn(1, 37, 6, 20, generator=gen, dtype=torch.float64)

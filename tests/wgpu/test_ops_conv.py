@@ -115,7 +115,7 @@ def test_winograd_forward_and_grad_input(case, monkeypatch):
 
 
 def _pointwise_tiles():
-    from navitrain.wgpu.gemm import TileConfig
+    from navitrain.wgpu.kernels.gemm import TileConfig
 
     return [TileConfig(32, 32, 8, 4, 4), TileConfig(64, 64, 16, 8, 8, buffers=1), TileConfig(4, 128, 8, 4, 4),
             TileConfig(128, 4, 8, 4, 4)]
@@ -127,7 +127,7 @@ def _pointwise_tiles():
 def test_1x1_nchw_kernels_read_positions_directly(cfg, shape):
     """NCHW 1x1 layers: all N*H*W positions as one product (ImagePositions) and the weight gradient
     reading x like dy (GradOutRows), with each kind of tile; aligned shapes take the 16-byte loads."""
-    from navitrain.wgpu import conv
+    from navitrain.wgpu.kernels import conv
     from navitrain.wgpu.runtime import runtime
     from navitrain.wgpu.tensor import empty
 
@@ -155,7 +155,7 @@ def test_1x1_nchw_kernels_read_positions_directly(cfg, shape):
 
 
 def _stem_tiles():
-    from navitrain.wgpu.gemm import TileConfig
+    from navitrain.wgpu.kernels.gemm import TileConfig
 
     return [_pointwise_tiles()[0], _pointwise_tiles()[2], TileConfig(4, 128, 8, 4, 4, splits=4)]
 
@@ -167,7 +167,7 @@ def test_stem_grad_input_with_a_thin_tile(W, cfg):
     4 ways along K) and a 32-row one; with W a multiple of 4 and whole column tiles, each load slot
     gathers four neighbouring positions (ImageGradInput.four), also under the row guard that the
     3 channels need."""
-    from navitrain.wgpu import conv
+    from navitrain.wgpu.kernels import conv
     from navitrain.wgpu.runtime import runtime
     from navitrain.wgpu.tensor import empty
 
@@ -193,7 +193,7 @@ def test_stem_grad_input_with_a_thin_tile(W, cfg):
 def test_grad_weight_gathers_four_positions_per_load(cfg, stride):
     """3x3 NCHW grad-weight with OW a multiple of 4 and whole tiles: each load slot gathers four
     neighbouring positions (ImageGradWeight.four), padding columns and rows included."""
-    from navitrain.wgpu import conv
+    from navitrain.wgpu.kernels import conv
     from navitrain.wgpu.runtime import runtime
     from navitrain.wgpu.tensor import empty
 
@@ -218,7 +218,7 @@ def test_strided_1x1_reads_x_in_place_or_compact(shape, read, monkeypatch):
     """A stride-2 NCHW shortcut through conv1x1, with the tuner's choice forced each way: in place,
     x[:, :, ::2, ::2] is read through its own strides (ImagePositions(flat=False), GradOutRows of x);
     compact, from a copy. Both against float64 autograd on the CPU."""
-    from navitrain.wgpu import gemm_tuning
+    from navitrain.wgpu.kernels import gemm_tuning
     from navitrain.wgpu.runtime import runtime
 
     monkeypatch.setattr(gemm_tuning, "pick_choice", lambda key, options, default: read)
@@ -247,8 +247,8 @@ def test_strided_1x1_reads_x_in_place_or_compact(shape, read, monkeypatch):
 def test_grad_weight_with_explicit_slices(splits):
     """The tuner's fixed slice counts for weight gradients (gemm_tuning.WGRAD_SPLITS): K cut into
     `splits` slices (fewer when K is short), the partial products summed, for a 1x1 and a 3x3 layer."""
-    from navitrain.wgpu import conv
-    from navitrain.wgpu.gemm import TileConfig
+    from navitrain.wgpu.kernels import conv
+    from navitrain.wgpu.kernels.gemm import TileConfig
     from navitrain.wgpu.tensor import empty
 
     cfg = TileConfig(64, 64, 16, 4, 4, splits=splits)
@@ -274,7 +274,7 @@ def test_grad_weight_with_explicit_slices(splits):
 def test_wgrad_tuning_offers_fixed_slices():
     """Weight gradients with a long K get the fixed-slice candidates; other products never do, and
     every candidate name parses back (the tuning cache stores names)."""
-    from navitrain.wgpu import gemm_tuning
+    from navitrain.wgpu.kernels import gemm_tuning
 
     for cfg in gemm_tuning.CANDIDATES + gemm_tuning.WGRAD_SPLITS + gemm_tuning.THIN_DGRAD_SPLITS:
         assert gemm_tuning._parse(cfg.name) == cfg

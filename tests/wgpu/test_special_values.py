@@ -641,7 +641,7 @@ def test_sweep_uses_special_values():
 def test_fused_relu_epilogue_keeps_nan():
     # The GEMM epilogue's fused ReLU (conv.forward(relu=True)) is no op handler, so the sweep cannot reach
     # it; WGSL's max(NaN, 0) gave 0 there.
-    from navitrain.wgpu import conv
+    from navitrain.wgpu.kernels import conv
 
     x = rows(320).reshape(1, 2, 4, 8)
     w = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(321))
@@ -657,7 +657,7 @@ def test_int_division_inside_a_graph_capture_is_counted_not_silent():
     # A captured graph cannot read the divisor back, so the check cannot run there: it is counted and
     # warned about (once), and a Python-number divisor is still checked on the host.
     import navitrain.wgpu as nw
-    from navitrain.wgpu import int_division
+    from navitrain.wgpu.kernels import int_division
 
     a = torch.randint(-9, 10, (8,), generator=torch.Generator().manual_seed(340)).to(DEV)
     b = torch.tensor([3, -2, 5, 7, 1, -1, 2, 4]).to(DEV)

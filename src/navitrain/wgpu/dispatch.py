@@ -145,7 +145,7 @@ def _raise_deferred():
 def _defer(func, args, kwargs, exc):
     if not _deferred:
         _deferred.append((func, exc))
-    from navitrain.wgpu.ops.copy import fill
+    from navitrain.wgpu.kernels.copy import fill
     from navitrain.wgpu.tensor import empty, from_cpu
 
     def to_meta(x):

@@ -224,7 +224,7 @@ class Runtime:
             if n_buffers > MAX_BUFFERS:
                 raise WgpuError(f"kernel {name} binds {n_buffers} buffers; at most {MAX_BUFFERS} are supported")
             body = source() if callable(source) else source
-            from navitrain.wgpu.codegen import uses_f16
+            from navitrain.wgpu.kernels.codegen import uses_f16
 
             # `enable` directives must precede every declaration in a WGSL module.
             code = ("enable f16;\n" if uses_f16(body) else "") + WGSL_HELPERS + body

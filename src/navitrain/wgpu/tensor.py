@@ -330,7 +330,7 @@ def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:
             return
     # A general view: stage the values contiguously on the device, then copy with the strided kernel.
     from navitrain.wgpu.dtypes import NoKernelForDtype
-    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.kernels.copy import copy_into
 
     staged = from_cpu(src.contiguous(), dst.dtype)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import pointwise
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
 
 aten = torch.ops.aten

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from navitrain.wgpu import gemm, rows
+from navitrain.wgpu.kernels import gemm, rows
 from navitrain.wgpu.ops.softmax import _MAX, _SUMEXP, softmax, softmax_backward
 from navitrain.wgpu.ops.views import view_of
 from navitrain.wgpu.tensor import WgpuTensor, contiguous_strides, empty

@@ -1,5 +1,5 @@
 """aten::convolution and aten::convolution_backward on the wgpu device (1-D and 2-D, groups, stride,
-padding, dilation, transposed), built on the implicit-GEMM kernels of navitrain.wgpu.conv.
+padding, dilation, transposed), built on the implicit-GEMM kernels of navitrain.wgpu.kernels.conv.
 
 A transposed convolution is the adjoint of an ordinary one: its forward is an ordinary convolution's
 grad-input, its grad-input an ordinary forward, and its grad-weight an ordinary grad-weight with the
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from navitrain import _env
-from navitrain.wgpu import conv, winograd
+from navitrain.wgpu.kernels import conv, winograd
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.tensor import empty
 
 aten = torch.ops.aten
@@ -77,7 +77,7 @@ def _use_winograd(kind, x4, w4, stride, padding, dilation, groups, out_numel, ru
         return False
     if mode == "winograd":
         return True
-    from navitrain.wgpu.gemm_tuning import pick_choice, shape_class
+    from navitrain.wgpu.kernels.gemm_tuning import pick_choice, shape_class
 
     key = "conv_algo|" + shape_class(kind, w4.shape[0], N * H * W, C * 9, 1)
     return pick_choice(key, {"gemm": run_gemm, "winograd": run_wino}, "gemm") == "winograd"

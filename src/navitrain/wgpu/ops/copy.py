@@ -3,18 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import pointwise
+from navitrain.wgpu.kernels.copy import copy_into, fill
 from navitrain.wgpu.device import check_index
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, empty_like, from_cpu, to_cpu, upload_into
 
 aten = torch.ops.aten
-
-
-def copy_into(dst: WgpuTensor, src: WgpuTensor) -> WgpuTensor:
-    """dst[...] = src (broadcast, any layouts, converting dtype like torch's copy_)."""
-    compute = pointwise.compute_type(dst.dtype)
-    return pointwise.run("copy", "a", [src], dst.dtype, compute, out=dst, shape=tuple(dst.shape))
 
 
 def _is_device(device) -> bool:
@@ -77,19 +71,6 @@ def lift_fresh_copy(x):
 @implements(aten._local_scalar_dense.default)
 def item(x):
     return to_cpu(x).item()
-
-
-def fill(x: WgpuTensor, value) -> WgpuTensor:
-    compute = pointwise.compute_type(x.dtype)
-    if isinstance(value, torch.Tensor):
-        if isinstance(value, WgpuTensor):
-            return pointwise.run("fill_t", "a", [value], x.dtype, compute, out=x, shape=tuple(x.shape))
-        value = value.item()
-    if compute == "bool":
-        return pointwise.run("fill_b", "s0 != 0", [], x.dtype, "i32", [int(bool(value))], "i", out=x, shape=tuple(x.shape))
-    if compute == "f32":
-        return pointwise.run("fill_f", "s0", [], x.dtype, compute, [float(value)], "f", out=x, shape=tuple(x.shape))
-    return pointwise.run("fill_i", "s0", [], x.dtype, compute, [int(value)], "i", out=x, shape=tuple(x.shape))
 
 
 @implements(aten.fill_.Scalar, aten.fill_.Tensor)

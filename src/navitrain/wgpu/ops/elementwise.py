@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import int_division, pointwise
+from navitrain.wgpu.kernels import int_division, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.promotion import result_type
 from navitrain.wgpu.tensor import WgpuTensor

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import fill
+from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.ops.indexing import INVALID_KEY, _as_device, indexed_copy, segment_reduce, wrapped_keys
 from navitrain.wgpu.ops.sort import sort_int_keys
 from navitrain.wgpu.runtime import runtime
@@ -79,7 +79,7 @@ def _renorm_source(w_st, norm_kind):
       w[base + j * pu(4u)] = {w_st.store(f"{w_st.load('w[base + j * pu(4u)]', 'f32')} * scale")};
     }}
   }}"""
-    from navitrain.wgpu import wgsl_math
+    from navitrain.wgpu.kernels import wgsl_math
 
     return codegen.module([w_st.wgsl, "u32"], body, 64, helpers=wgsl_math.helpers(False), names=["w", "keys"])
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import pointwise
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import fill
+from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.tensor import DEVICE, empty, empty_like
 
 aten = torch.ops.aten

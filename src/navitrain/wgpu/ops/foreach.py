@@ -1,5 +1,5 @@
 """`_foreach_*` ops, which torch.optim uses for SGD/Adam/AdamW on the wgpu device: each list op is one
-multi-tensor dispatch (navitrain.wgpu.multi_tensor), whatever the number of parameters.
+multi-tensor dispatch (navitrain.wgpu.kernels.multi_tensor), whatever the number of parameters.
 
 Ops or arguments the multi-tensor path does not cover (integer lists, non-contiguous tensors, exotic
 overloads) run the single-tensor op per element, still on the GPU.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import multi_tensor
+from navitrain.wgpu.kernels import multi_tensor
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.tensor import WgpuTensor
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, pointwise
+from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import copy_into
+from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.ops.scan import contiguous, scan_into, wrap_dim
 from navitrain.wgpu.ops.sort import sort_int_keys
 from navitrain.wgpu.runtime import runtime
@@ -376,7 +376,7 @@ def _segment_source(op, out_st, src_st, m, q, include_self, by_freq, skip_key):
         n = f"{acc}(cnt + {1 if include_self else 0}u)"
         res = f"acc / {n}" if acc == "f32" else f"idiv_floor{'64' if acc == 'i64' else ''}(acc, {n})"
     lines.append(f"  {dst} = {out_st.store(res)};")
-    from navitrain.wgpu import wgsl_math
+    from navitrain.wgpu.kernels import wgsl_math
 
     helpers = wgsl_math.helpers("shader-int64" in rt.features)
     return codegen.module([out_st.wgsl, src_st.wgsl, "u32", "u32"], "\n".join(lines), WG, helpers=helpers,
@@ -811,7 +811,7 @@ def _compact(x, mask, pos, out, shape, limit):
 @implements(aten.masked_scatter_backward.default)
 def masked_scatter_backward(grad, mask, sizes):
     # The gradient of source: grad where mask is true, in order, then zeros; sized like source, so no sync.
-    from navitrain.wgpu.ops.copy import fill
+    from navitrain.wgpu.kernels.copy import fill
 
     mask = _as_device(mask)
     shape = list(grad.shape)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, pointwise
+from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import fill
-from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.kernels.copy import fill
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 

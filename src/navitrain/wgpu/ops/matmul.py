@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import gemm, pointwise
+from navitrain.wgpu.kernels import gemm, pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.tensor import empty
 
 aten = torch.ops.aten

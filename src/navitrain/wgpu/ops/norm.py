@@ -18,9 +18,9 @@ import math
 
 import torch
 
-from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import copy_into
+from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
@@ -394,7 +394,7 @@ def _batch_norm_backward(grad_out, x, weight, running_mean, running_var, save_me
     gw = empty([C], param_dtype) if output_mask[1] else None
     gb = empty([C], param_dtype) if output_mask[2] else None
     if x.numel() == 0:
-        from navitrain.wgpu.ops.copy import fill
+        from navitrain.wgpu.kernels.copy import fill
 
         for t in (gw, gb):
             if t is not None:
@@ -601,7 +601,7 @@ def _row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=None):
 
 
 def _fill_nan_or_empty(*ts):
-    from navitrain.wgpu.ops.copy import fill
+    from navitrain.wgpu.kernels.copy import fill
 
     for t in ts:
         if t is not None and t.numel():
@@ -665,7 +665,7 @@ def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight
     gb_dtype = bias.dtype if bias is not None else (weight.dtype if weight is not None else x.dtype)
     gb = empty(list(normalized_shape), gb_dtype) if output_mask[2] and bias is not None else None
     if M == 0 or L == 0:
-        from navitrain.wgpu.ops.copy import fill
+        from navitrain.wgpu.kernels.copy import fill
 
         for t in (gw, gb):
             if t is not None:
@@ -734,7 +734,7 @@ def native_group_norm_backward(grad_out, x, mean, rstd, weight, N, C, HxW, group
     gw = empty([C], pdt) if output_mask[1] else None
     gb = empty([C], pdt) if output_mask[2] else None
     if N * C * HxW == 0:
-        from navitrain.wgpu.ops.copy import fill
+        from navitrain.wgpu.kernels.copy import fill
 
         for t in (gw, gb):
             if t is not None:

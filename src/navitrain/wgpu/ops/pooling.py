@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import cpu_fallback, implements
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
@@ -429,7 +429,7 @@ def adaptive_avg_pool2d(x, output_size):
     if out_hw == (1, 1) and not suggests_channels_last(x) and x.numel():
         # Global average pooling of NCHW planes: a mean over H*W, where the reduction engine gives each
         # long plane a workgroup (one thread per plane would read memory with a stride of H*W).
-        from navitrain.wgpu.reduction import reduce
+        from navitrain.wgpu.kernels.reduction import reduce
 
         return reduce(x, [-2, -1], True, "mean", x.dtype)
     return _run_forward("aavg", x, out_hw, {}, "f32")

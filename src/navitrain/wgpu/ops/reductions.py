@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import pointwise
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import copy_into
-from navitrain.wgpu.reduction import normalize_dims, reduce
+from navitrain.wgpu.kernels.copy import copy_into
+from navitrain.wgpu.kernels.reduction import normalize_dims, reduce
 
 aten = torch.ops.aten
 

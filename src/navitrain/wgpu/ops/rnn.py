@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 

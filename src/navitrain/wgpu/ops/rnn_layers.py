@@ -23,10 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from navitrain.wgpu import gemm, pointwise
+from navitrain.wgpu.kernels import gemm, pointwise
 from navitrain.wgpu.ops import rnn as cells
 from navitrain.wgpu.ops.views import view_of
-from navitrain.wgpu.reduction import reduce
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.tensor import WgpuTensor, contiguous_strides, empty
 
 aten = torch.ops.aten

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.pointwise import collapse
+from navitrain.wgpu.kernels.pointwise import collapse
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
@@ -271,14 +271,14 @@ def cumsum(x, dim, *, dtype=None):
 
 @implements(aten.cumsum_.default)
 def cumsum_(x, dim, *, dtype=None):
-    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.kernels.copy import copy_into
 
     return copy_into(x, cumsum(x, dim, dtype=dtype))
 
 
 @implements(aten.cumsum.out)
 def cumsum_out(x, dim, *, dtype=None, out):
-    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.kernels.copy import copy_into
 
     return copy_into(out, cumsum(x, dim, dtype=dtype))
 
@@ -290,7 +290,7 @@ def cumprod(x, dim, *, dtype=None):
 
 @implements(aten.cumprod_.default)
 def cumprod_(x, dim, *, dtype=None):
-    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.kernels.copy import copy_into
 
     return copy_into(x, cumprod(x, dim, dtype=dtype))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.ops.scan import contiguous, row_geometry, wrap_dim

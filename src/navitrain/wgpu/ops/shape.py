@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import copy_into
+from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.ops.views import _wrap_dim, slice_, unsqueeze
 from navitrain.wgpu.promotion import result_type
 from navitrain.wgpu.tensor import WgpuTensor, empty, from_cpu

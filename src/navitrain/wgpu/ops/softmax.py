@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import rows
+from navitrain.wgpu.kernels import rows
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.tensor import empty
 

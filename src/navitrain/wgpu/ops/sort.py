@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops.scan import row_geometry, wrap_dim
 from navitrain.wgpu.runtime import runtime
@@ -323,7 +323,7 @@ def sort_stable(x, *, stable=None, dim=-1, descending=False):
 
 @implements(aten.sort.values_stable)
 def sort_values_stable(x, *, stable=None, dim=-1, descending=False, values, indices):
-    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.kernels.copy import copy_into
 
     v, i = _sort(x, dim, descending)
     _resize_like(values, v), _resize_like(indices, i)
@@ -380,8 +380,8 @@ def kthvalue(x, k, dim=-1, keepdim=False):
 
 def _median(x, d, keepdim):
     """PyTorch's median: the lower median, or the first NaN of a row that has one."""
-    from navitrain.wgpu import pointwise
-    from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.kernels import pointwise
+    from navitrain.wgpu.kernels.reduction import reduce
 
     n = x.shape[d] if x.dim() else 1
     if n == 0:
@@ -400,7 +400,7 @@ def _median(x, d, keepdim):
 
 
 def _nan_like(v):
-    from navitrain.wgpu.ops.copy import fill
+    from navitrain.wgpu.kernels.copy import fill
 
     return fill(empty([], v.dtype), float("nan"))
 
@@ -435,7 +435,7 @@ def _unique_source(v_st, i64_st, with_inverse):
 
 
 def unique_sorted(x: WgpuTensor, return_inverse: bool, return_counts: bool):
-    from navitrain.wgpu import pointwise
+    from navitrain.wgpu.kernels import pointwise
     from navitrain.wgpu.ops.scan import scan_into
     from navitrain.wgpu.tensor import to_cpu
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, pointwise
+from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops.copy import copy_into, fill
+from navitrain.wgpu.kernels.copy import copy_into, fill
 from navitrain.wgpu.ops.indexing import indexed_copy
 from navitrain.wgpu.ops.scan import wrap_dim
 from navitrain.wgpu.runtime import runtime

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import cpu_fallback, implements
 from navitrain.wgpu.ops.pooling import ParamBlock, compute_type, decompose, new_output, suggests_channels_last
 from navitrain.wgpu.runtime import runtime

@@ -280,7 +280,7 @@ def diagonal(x, offset=0, dim1=0, dim2=1):
 
 @implements(aten.resize_.default)
 def resize_(x, size, memory_format=None):
-    from navitrain.wgpu.ops.copy import copy_into
+    from navitrain.wgpu.kernels.copy import copy_into
     from navitrain.wgpu.tensor import new_storage, set_geometry
 
     size = [int(s) for s in size]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -428,7 +428,7 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
         cin = None
     args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides)
     if config is None:
-        from navitrain.wgpu import gemm_tuning
+        from navitrain.wgpu.kernels import gemm_tuning
 
         kind = ("mm", a.stride(-1) == 1, b.stride(-1) == 1, B > 1, cin is not None)
         config = gemm_tuning.pick(kind, M, N, K, B, lambda cfg: _gemm(*args, cfg))
@@ -555,8 +555,8 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     """Split-K: workgroup z = (batch, slice) writes the f32 partial product of its slice of K; one
     pointwise pass then sums the slices and applies alpha/beta. Worth it when M x N alone is too few
     tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
-    from navitrain.wgpu import pointwise
-    from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.kernels import pointwise
+    from navitrain.wgpu.kernels.reduction import reduce
     from navitrain.wgpu.tensor import empty, wrap
 
     batched = out.dim() == 3

@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from navitrain.wgpu import codegen
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
@@ -68,7 +68,7 @@ def eligible(g, *tensors, any_kernel: bool = False) -> bool:
 def use_direct(pass_name: str, g, image: WgpuTensor, run_direct, run_gemm) -> bool:
     """Direct kernel or implicit GEMM for this shape and `image`'s layout: timed once per shape class
     where the tuner runs (`gemm_tuning.pick_choice`), the direct kernel with tuning off (lavapipe, CI)."""
-    from navitrain.wgpu.gemm_tuning import pick_choice, shape_class
+    from navitrain.wgpu.kernels.gemm_tuning import pick_choice, shape_class
 
     def gemm():
         with disabled():
@@ -469,8 +469,8 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> WgpuTensor:
     rt.dispatch(kernel, (out._ws.heap, x._ws.heap, dy._ws.heap), p.pack(), groups)
     if direct:
         return dw
-    from navitrain.wgpu.ops.copy import copy_into
-    from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.kernels.copy import copy_into
+    from navitrain.wgpu.kernels.reduction import reduce
 
     if slices == 1:
         return copy_into(dw, out.view(g.C, 1, kh, kw))

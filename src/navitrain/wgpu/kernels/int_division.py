@@ -37,7 +37,7 @@ def check_divisor(divisor, op_name: str) -> None:
     if graphs.is_capturing():
         if not unchecked_counts:
             warnings.warn(f"navitrain wgpu: {op_name} by an integer tensor inside a captured graph is not checked "
-                          "for zero divisors (counted in navitrain.wgpu.int_division.unchecked_counts)",
+                          "for zero divisors (counted in navitrain.wgpu.kernels.int_division.unchecked_counts)",
                           stacklevel=4)
         unchecked_counts[op_name] += 1
         return

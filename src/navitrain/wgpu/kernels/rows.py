@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.runtime import runtime
 
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from navitrain.wgpu import codegen, pointwise, wgsl_math
+from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty_fast
 

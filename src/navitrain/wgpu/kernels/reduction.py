@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, wgsl_math
-from navitrain.wgpu.pointwise import collapse
+from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.kernels.pointwise import collapse
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
@@ -238,7 +238,7 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
     if L == 0:
         if op in ("max", "min", "argmax", "argmin"):
             raise IndexError(f"{op}(): Expected reduction dim to have non-zero size")
-        from navitrain.wgpu.ops.copy import fill
+        from navitrain.wgpu.kernels.copy import fill
 
         fill(out, {"sum": 0, "mean": float("nan"), "prod": 1, "any": False, "all": True}[op])
         return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import codegen, gemm
+from navitrain.wgpu.kernels import codegen, gemm
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 

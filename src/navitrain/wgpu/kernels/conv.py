@@ -1,7 +1,7 @@
 """2-D convolution as implicit GEMM on the GPU: forward, grad-input and grad-weight.
 
 No im2col buffer is ever written: the GEMM operand that would be im2col is gathered tile by tile into
-workgroup memory (navitrain.wgpu.gemm). Each pass picks the orientation that keeps both the gather and
+workgroup memory (navitrain.wgpu.kernels.gemm). Each pass picks the orientation that keeps both the gather and
 the output writes coalesced for the tensors' memory format:
 - NCHW (spatial dims contiguous): rows = channels, columns = (n, y, x) positions, so consecutive
   threads walk x both when gathering and when writing;
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from navitrain.wgpu import codegen, conv1x1, conv_depthwise
-from navitrain.wgpu.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, k_slices, launch
+from navitrain.wgpu.kernels import codegen, conv1x1, conv_depthwise
+from navitrain.wgpu.kernels.gemm import Epilogue, Operand, Strided, TileConfig, _Store, auto_splits, k_slices, launch
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
 
@@ -508,7 +508,7 @@ class SlicesEpilogue(Epilogue):
 
 # ---------------------------------------------------------------------------------------------
 def _config(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
-    from navitrain.wgpu.gemm_tuning import pick
+    from navitrain.wgpu.kernels.gemm_tuning import pick
 
     return pick(kind, M, N, K, batch, run)
 
@@ -708,8 +708,8 @@ def _implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
            "conv2d_grad_input_split", cfg, A, B, E, tuple(heaps), params, M, N, g.groups, guard,
            split_k=kslice if partial is not None else 0, K=K, preamble=PREAMBLE)
     if partial is not None:
-        from navitrain.wgpu.ops.copy import copy_into
-        from navitrain.wgpu.reduction import reduce
+        from navitrain.wgpu.kernels.copy import copy_into
+        from navitrain.wgpu.kernels.reduction import reduce
         from navitrain.wgpu.tensor import wrap
 
         summed = reduce(partial, [0], False, "sum", torch.float32)      # [C, N*H*W]
@@ -725,7 +725,7 @@ def _grad_input_by_phase(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTen
     sub-kernel w[..., kh0::s] and padding (a + p - kh0)/s, written into dx[..., a::s]. Gathering dy
     directly for every (kh, kw) instead would skip (s^2 - 1)/s^2 of the loads (3/4 at stride 2) after
     paying for them, which held strided layers at 15-16% of cuBLAS on the H200 (run 7)."""
-    from navitrain.wgpu.ops.copy import fill
+    from navitrain.wgpu.kernels.copy import fill
 
     (sh, sw), (ph, pw) = g.stride, g.padding
     for a in range(min(sh, g.H)):
@@ -797,8 +797,8 @@ def _implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTe
     # partial[(group * slices + slice), oc, q] -> sum over slices -> dw in its own layout: straight
     # into dw when that is its plain [OC, Cg*KH*KW] layout, else through a copy. (Views made with
     # tensor.wrap: each torch-level view costs ~20 us of host time.)
-    from navitrain.wgpu.ops.copy import copy_into
-    from navitrain.wgpu.reduction import reduce
+    from navitrain.wgpu.kernels.copy import copy_into
+    from navitrain.wgpu.kernels.reduction import reduce
     from navitrain.wgpu.tensor import wrap
 
     parts = wrap(partial._ws, (g.groups, slices, M, N), (slices * M * N, M * N, N, 1), 0, torch.float32)

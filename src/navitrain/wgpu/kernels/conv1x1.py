@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu import gemm
+from navitrain.wgpu.kernels import gemm
 from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
 
 
@@ -54,7 +54,7 @@ def _weight(w: WgpuTensor) -> WgpuTensor:
 
 def _unit(g):
     """The same layer as a stride-1 convolution of the subsampled image (what the kernels see)."""
-    from navitrain.wgpu.conv import Geometry
+    from navitrain.wgpu.kernels.conv import Geometry
 
     return Geometry(g.N, g.C, g.OH, g.OW, g.OC, g.OH, g.OW, 1, 1, (1, 1), (0, 0), (1, 1), 1)
 
@@ -65,7 +65,7 @@ def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
     if _image_matrix(view, False) is not None:      # already a plain [N, C, H*W] view: nothing to choose
         run(view)
         return
-    from navitrain.wgpu.gemm_tuning import pick_choice
+    from navitrain.wgpu.kernels.gemm_tuning import pick_choice
 
     key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
     choice = pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
@@ -76,7 +76,7 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
     """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix."""
     nhwc = is_channels_last(out)
     if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
-        from navitrain.wgpu import conv
+        from navitrain.wgpu.kernels import conv
 
         _on_subsampled(x, tuple(g.stride), "forward",
                        lambda image: conv._implicit_forward(image, w, bias, _unit(g), out))
@@ -105,11 +105,11 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
             return False
         gemm.gemm(_compact(dy, nhwc, (1, 1)), wm, o)
     else:           # [C, OC] @ [OC, N*P]
-        from navitrain.wgpu import conv
+        from navitrain.wgpu.kernels import conv
 
         conv._implicit_grad_input(dy, w, _unit(g), target)
     if strided:     # only every s-th input position received a gradient
-        from navitrain.wgpu.ops.copy import copy_into, fill
+        from navitrain.wgpu.kernels.copy import copy_into, fill
 
         fill(dx, 0.0)
         copy_into(dx[:, :, ::g.stride[0], ::g.stride[1]], target)
@@ -128,7 +128,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
     # NCHW: K runs over (n, position), not one stride; the grad-weight kernel walks it with carries
     # (conv.GradOutRows) for both operands, so no channel-major copies are needed (run 8: those copies
     # were 15-36 us of 80-146 us).
-    from navitrain.wgpu import conv
+    from navitrain.wgpu.kernels import conv
 
     _on_subsampled(x, tuple(g.stride), "grad_weight",
                    lambda image: conv._implicit_grad_weight(dy, image, _unit(g), dw))

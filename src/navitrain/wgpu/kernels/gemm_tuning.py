@@ -21,7 +21,7 @@ import threading
 import time
 
 from navitrain import _env, cache_files
-from navitrain.wgpu.gemm import TileConfig, auto_splits
+from navitrain.wgpu.kernels.gemm import TileConfig, auto_splits
 
 log = logging.getLogger("navitrain.wgpu")
 

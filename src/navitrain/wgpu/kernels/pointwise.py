@@ -15,7 +15,7 @@ import struct
 
 import torch
 
-from navitrain.wgpu import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, _dense_non_overlapping, empty, empty_fast
 
