@@ -2,7 +2,8 @@
 
 Every kernel has the same shape of interface so that all kernels with N buffers share one pipeline
 layout and one set of cached bind groups:
-- binding 0: the parameter block, 64 32-bit words read with pu(i) / pi(i) / pf(i);
+- binding 0: the parameter block, 64 32-bit words, declared by name with `ParamBlock` (which reads
+  them with pu(i) / pi(i) / pf(i));
 - bindings 1..N: whole heap buffers, as typed arrays; a tensor is (heap, element offset, strides).
 Kernels index work linearly over a 2-D grid of workgroups (65535 per dimension is the portable limit).
 """
@@ -95,6 +96,92 @@ class Params:
         if len(self.values) > PARAM_WORDS:
             raise ValueError(f"kernel needs {len(self.values)} parameter words; the block holds {PARAM_WORDS}")
         return struct.pack("<" + "".join(self.fmt), *self.values)
+
+
+_READ = {"u32": "pu", "i32": "pi", "f32": "pf"}
+_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[([0-9]+)\])?(?:\s*:\s*(u32|i32|f32))?$")
+
+
+class ParamBlock:
+    """A kernel's parameters, declared once by name. `wgsl()` gives the `let` lines that read them
+    (placed at the top of the kernel body), `pack(**values)` the bytes the host uploads; both come from
+    the same field list, so the shader and the launch cannot disagree about which word holds what.
+
+    A field is "name" (u32), "name: i32" or "name: f32"; "name[k]" is k words of that type (sizes or
+    strides per dimension), read in WGSL as name_0 .. name_{k-1} and packed from a sequence of k values.
+    `defaults` gives values a launch may leave out; any other missing or unknown name is an error.
+    """
+
+    def __init__(self, *fields: str, defaults: dict | None = None):
+        self.fields: list[tuple[str, str, int | None, int]] = []  # (name, WGSL type, count or None, first word)
+        fmt, word = ["<"], 0
+        for field_ in fields:
+            m = _FIELD.match(field_.strip())
+            if m is None:
+                raise ValueError(f"kernel parameter {field_!r}: expected 'name', 'name: i32|f32' or 'name[k]'")
+            name, count, wgsl_type = m.group(1), m.group(2), m.group(3) or "u32"
+            count = int(count) if count is not None else None
+            self.fields.append((name, wgsl_type, count, word))
+            n = 1 if count is None else count
+            fmt.append({"u32": "I", "i32": "i", "f32": "f"}[wgsl_type] * n)
+            word += n
+        names = [f[0] for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"kernel parameters named twice: {sorted(n for n in names if names.count(n) > 1)}")
+        if word > PARAM_WORDS:
+            raise ValueError(f"kernel needs {word} parameter words; the block holds {PARAM_WORDS}")
+        self.words = word
+        self.defaults = dict(defaults or {})
+        unknown = set(self.defaults) - set(names)
+        if unknown:
+            raise ValueError(f"defaults for parameters that do not exist: {sorted(unknown)}")
+        self._names = frozenset(names)
+        self._struct = struct.Struct("".join(fmt))
+
+    def ref(self, name: str, k: int | None = None) -> str:
+        """The WGSL expression reading one parameter (word k of an array field), for code outside the
+        kernel body, such as a helper function, where the `let`s of `wgsl()` are not in scope."""
+        for n, wgsl_type, count, word in self.fields:
+            if n == name:
+                if (count is None) != (k is None) or (k is not None and not 0 <= k < count):
+                    raise IndexError(f"kernel parameter {name}: index {k} for a field of {count or 1} word(s)")
+                return f"{_READ[wgsl_type]}({word + (k or 0)}u)"
+        raise KeyError(f"no kernel parameter named {name!r}")
+
+    def wgsl(self, indent: str = "  ") -> str:
+        lines = []
+        for name, wgsl_type, count, word in self.fields:
+            read = _READ[wgsl_type]
+            if count is None:
+                lines.append(f"{indent}let {name} = {read}({word}u);")
+            else:
+                lines.extend(f"{indent}let {name}_{k} = {read}({word + k}u);" for k in range(count))
+        return "\n".join(lines) + "\n"
+
+    def pack(self, **values) -> bytes:
+        if len(values) > len(self._names) or not self._names.issuperset(values):
+            raise TypeError(f"unknown kernel parameters: {sorted(set(values) - self._names)}")
+        flat = []
+        for name, wgsl_type, count, _ in self.fields:
+            if name in values:
+                v = values[name]
+            elif name in self.defaults:
+                v = self.defaults[name]
+            else:
+                raise TypeError(f"kernel parameter {name!r} not given")
+            vs = (v,) if count is None else tuple(v)
+            if count is not None and len(vs) != count:
+                raise ValueError(f"kernel parameter {name}: {len(vs)} values for {count} words")
+            if wgsl_type == "u32":
+                flat.extend(int(x) & 0xFFFFFFFF for x in vs)
+            elif wgsl_type == "i32":
+                flat.extend(int(x) for x in vs)
+            else:
+                flat.extend(float(x) for x in vs)
+        try:
+            return self._struct.pack(*flat)
+        except struct.error as e:
+            raise OverflowError(f"a kernel parameter does not fit in 32 bits: {e}") from None
 
 
 _F16 = re.compile(r"\bf16\b|[0-9]h\b")

@@ -1,0 +1,80 @@
+"""codegen.ParamBlock: kernel parameters declared by name, read in WGSL and packed on the host from one list."""
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+import torch
+
+from navitrain.wgpu.kernels import codegen
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_words_follow_the_declaration_order():
+    blk = codegen.ParamBlock("n", "off: i32", "size[3]", "eps: f32")
+    assert blk.words == 6
+    assert blk.wgsl().split("\n")[:6] == [
+        "  let n = pu(0u);", "  let off = pi(1u);", "  let size_0 = pu(2u);", "  let size_1 = pu(3u);",
+        "  let size_2 = pu(4u);", "  let eps = pf(5u);"]
+    assert blk.ref("eps") == "pf(5u)" and blk.ref("size", 2) == "pu(4u)"
+
+
+def test_pack_matches_the_words():
+    rng = random.Random()
+    n, off, sizes, eps = rng.randrange(2**32), rng.randrange(-2**31, 2**31), [rng.randrange(1, 999) for _ in range(3)], rng.random()
+    blk = codegen.ParamBlock("n", "off: i32", "size[3]", "eps: f32")
+    raw = blk.pack(eps=eps, size=sizes, off=off, n=n)  # keyword order does not matter
+    assert struct.unpack("<Ii3If", raw)[:5] == (n, off, *sizes)
+    assert struct.unpack("<Ii3If", raw)[5] == pytest.approx(eps, rel=1e-7)
+
+
+def test_negative_unsigned_values_wrap_like_params_u():
+    blk = codegen.ParamBlock("a")
+    assert struct.unpack("<I", blk.pack(a=-1))[0] == 0xFFFFFFFF
+
+
+def test_mistakes_are_errors_not_zeros():
+    blk = codegen.ParamBlock("a", "b: i32", defaults={"b": 7})
+    with pytest.raises(TypeError, match="'a' not given"):
+        blk.pack(b=1)
+    with pytest.raises(TypeError, match="unknown kernel parameters"):
+        blk.pack(a=1, c=2)
+    assert struct.unpack("<Ii", blk.pack(a=3)) == (3, 7)
+    with pytest.raises(OverflowError):
+        blk.pack(a=1, b=2**31)
+    with pytest.raises(ValueError, match="named twice"):
+        codegen.ParamBlock("a", "a: f32")
+    with pytest.raises(ValueError, match="parameter words"):
+        codegen.ParamBlock("big[65]")
+    with pytest.raises(ValueError, match="3 values for 2 words"):
+        codegen.ParamBlock("s[2]").pack(s=[1, 2, 3])
+    with pytest.raises(ValueError, match="expected"):
+        codegen.ParamBlock("1bad")
+    with pytest.raises(KeyError):
+        codegen.ParamBlock("a").ref("b")
+    with pytest.raises(IndexError):
+        codegen.ParamBlock("s[2]").ref("s", 2)
+
+
+def test_a_kernel_reads_what_the_host_packed():
+    """On the adapter (lavapipe in CI): a kernel writes each named parameter out; the host compares."""
+    import navitrain.wgpu  # noqa: F401
+    from navitrain.wgpu.runtime import runtime
+    from navitrain.wgpu.tensor import empty, to_cpu
+
+    blk = codegen.ParamBlock("out_off", "k: i32", "dims[2]", "scale: f32")
+    body = blk.wgsl() + """  if (gi == 0u) {
+    b0[out_off] = f32(k); b0[out_off + 1u] = f32(dims_0); b0[out_off + 2u] = f32(dims_1);
+    b0[out_off + 3u] = scale;
+  }"""
+    rt = runtime()
+    kernel = rt.kernel(("test_param_block",), "test_param_block", 1, codegen.module(["f32"], body, 64))
+    out = empty((4,), dtype=torch.float32)
+    k, d0, d1, scale = random.randrange(-1000, 1000), random.randrange(1, 5000), random.randrange(1, 5000), random.uniform(-3, 3)
+    rt.dispatch(kernel, (out._ws.heap,), blk.pack(out_off=out.elem_offset, k=k, dims=(d0, d1), scale=scale),
+                codegen.groups_for(1, 64))
+    got = to_cpu(out)
+    assert got.tolist()[:3] == [float(k), float(d0), float(d1)]
+    assert got[3].item() == pytest.approx(scale, rel=1e-6)
