@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import navitrain.routes.nomiopen as nomiopen
-from navitrain.ops import conv_plan, gemm_conv, policy
+from navitrain.nomiopen_conv import conv_plan, gemm_conv, policy
 
 DEFAULT_IMPLS = "auto,tune,im2col,winograd2,winograd4,auto-nosplit"
 WORKLOADS = ("resnet18", "resnet50", "layers", "host")

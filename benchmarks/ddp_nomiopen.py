@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import navitrain.routes.nomiopen as nomiopen
-from navitrain.ops import policy
+from navitrain.nomiopen_conv import policy
 
 LOSS_RTOL = 1e-4
 WEIGHT_RTOL = 1e-4

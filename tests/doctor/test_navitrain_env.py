@@ -63,7 +63,7 @@ def test_cache_dir_that_is_a_file_is_malformed(tmp_path, monkeypatch):
 
 def test_readers_use_the_table(monkeypatch):
     """A malformed value is never silently taken for a default where it is read."""
-    from navitrain.ops import policy
+    from navitrain.nomiopen_conv import policy
     from navitrain.wgpu.kernels import gemm_tuning
 
     monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "maybe")  # was read as "on"

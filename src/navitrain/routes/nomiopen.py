@@ -1,5 +1,5 @@
 """Route `nomiopen`: the vendor BLAS only. MIOpen/cuDNN are switched off and aten::convolution /
-aten::convolution_backward run navitrain's GEMM convolution (navitrain.ops.gemm_conv).
+aten::convolution_backward run navitrain's GEMM convolution (navitrain.nomiopen_conv.gemm_conv).
 
 On RDNA1, MIOpen's training kernels use instructions the card lacks while rocBLAS can work; with
 `torch.backends.cudnn.enabled = False` alone PyTorch falls back to its own convolution, about 10x
@@ -33,7 +33,7 @@ _saved_cudnn: bool | None = None
 
 
 def _kernels():
-    from navitrain.ops import gemm_conv
+    from navitrain.nomiopen_conv import gemm_conv
 
     return {"convolution": gemm_conv.convolution, "convolution_backward": gemm_conv.convolution_backward}
 
@@ -93,7 +93,7 @@ def enabled(dispatch_key: str = "CUDA") -> Iterator[None]:
 
 def stats() -> dict[str, int]:
     """How often each convolution algorithm ran in this process ({"forward:winograd4": 40, ...})."""
-    from navitrain.ops import conv_plan
+    from navitrain.nomiopen_conv import conv_plan
 
     return dict(conv_plan.stats)
 

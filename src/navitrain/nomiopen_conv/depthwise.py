@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.ops import policy
-from navitrain.ops.conv_params import Geometry
-from navitrain.ops.layout import (batch_slice, channels_last, needed_end_padding, padded_channels_last, prod,
+from navitrain.nomiopen_conv import policy
+from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain.nomiopen_conv.layout import (batch_slice, channels_last, needed_end_padding, padded_channels_last, prod,
                                   tap_slices, taps, windows)
 
 

@@ -10,7 +10,7 @@ import torch
 from gemm_conv_cases import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from navitrain.ops import conv_plan, gemm_conv, plan_cache, policy
+from navitrain.nomiopen_conv import conv_plan, gemm_conv, plan_cache, policy
 
 CL = torch.channels_last
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.ops import gemm, policy
-from navitrain.ops.conv_params import Geometry
-from navitrain.ops.layout import is_channels_last_dense, prod, rows
+from navitrain.nomiopen_conv import gemm, policy
+from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain.nomiopen_conv.layout import is_channels_last_dense, prod, rows
 
 
 def _subsampled(x: torch.Tensor, stride) -> torch.Tensor:

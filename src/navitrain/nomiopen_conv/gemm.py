@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.ops import policy
-from navitrain.ops.layout import channels_last
+from navitrain.nomiopen_conv import policy
+from navitrain.nomiopen_conv.layout import channels_last
 
 
 # Per-image GEMMs write NCHW directly but their N dimension is the image's pixel count; below this

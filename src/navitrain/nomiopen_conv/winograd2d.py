@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from navitrain.ops import policy, winograd
-from navitrain.ops.layout import batch_slice, is_channels_last_dense
+from navitrain.nomiopen_conv import policy, winograd
+from navitrain.nomiopen_conv.layout import batch_slice, is_channels_last_dense
 
 CL = torch.channels_last
 

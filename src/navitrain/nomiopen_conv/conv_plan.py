@@ -26,9 +26,9 @@ from typing import Callable
 
 import torch
 
-from navitrain.ops import depthwise, gemm1x1, im2col, policy, winograd
-from navitrain.ops.conv_params import Geometry
-from navitrain.ops.layout import is_channels_last_dense, prod
+from navitrain.nomiopen_conv import depthwise, gemm1x1, im2col, policy, winograd
+from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain.nomiopen_conv.layout import is_channels_last_dense, prod
 
 # What ran, by problem and algorithm ("forward:winograd4": 12): lets tests and benchmarks check that
 # the intended path was taken.
@@ -44,7 +44,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _FLOPS_PER_BYTE = 17.0
 _LAUNCH_FLOPS = 1.5e8
 _HOST_FLOPS_PER_CALL = 7.5e8
-# aten operations and kernels of each plan (measured on the 2-d plans, tests/ops/test_conv_plans.py)
+# aten operations and kernels of each plan (measured on the 2-d plans, tests/nomiopen_conv/test_conv_plans.py)
 _CALLS = {"im2col": (8, 3), "gemm1x1": (7, 2), "col2im": (6, 2), "winograd2": (16, 7), "winograd4": (16, 7)}
 
 

@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from navitrain.ops import conv_params, conv_plan, im2col2d, winograd2d
-from navitrain.ops.conv_params import Geometry
-from navitrain.ops.conv_plan import stats
+from navitrain.nomiopen_conv import conv_params, conv_plan, im2col2d, winograd2d
+from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain.nomiopen_conv.conv_plan import stats
 
 forward_plans: dict = {}
 backward_plans: dict = {}

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import torch
 
-from navitrain.ops import policy
-from navitrain.ops.layout import channels_last, padded_channels_last, prod
+from navitrain.nomiopen_conv import policy
+from navitrain.nomiopen_conv.layout import channels_last, padded_channels_last, prod
 
 _MATRICES = {
     2: (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.ops import plan_cache, policy
+from navitrain.nomiopen_conv import plan_cache, policy
 
 _forward_plans = plan_cache.forward_plans
 _backward_plans = plan_cache.backward_plans

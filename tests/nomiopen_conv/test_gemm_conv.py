@@ -1,4 +1,4 @@
-"""navitrain.ops.gemm_conv against aten's own convolution on the CPU (float64 references)."""
+"""navitrain.nomiopen_conv.gemm_conv against aten's own convolution on the CPU (float64 references)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ from gemm_conv_cases import arrange, assert_close, conv_cases, reference, tensor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from navitrain.ops import conv_params, conv_plan, gemm_conv, policy
+from navitrain.nomiopen_conv import conv_params, conv_plan, gemm_conv, policy
 
 SWEEP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 POLICIES = ["auto", "im2col", "winograd2", "winograd4"]
@@ -262,7 +262,7 @@ def test_empty_batch_gives_empty_output_and_zero_gradients():
 @pytest.mark.parametrize("m", [2, 4])
 def test_winograd_matrices_compute_a_1d_correlation(m):
     # Y = A^T [(G g) * (B^T d)] must equal y_i = sum_k d_{i+k} g_k for any tile d and kernel g.
-    from navitrain.ops.winograd import matrices_1d
+    from navitrain.nomiopen_conv.winograd import matrices_1d
 
     bt, g_mat, at = matrices_1d(m)
     torch.manual_seed(m)
@@ -276,7 +276,7 @@ def test_winograd_matrices_compute_a_1d_correlation(m):
     (3, 1, 1, False), (3, 2, 1, False), (1, 1, 0, False), (1, 2, 0, False), (4, 2, 1, True), (3, 2, 1, True)])
 def test_nchw_paths_on_both_sides_of_the_per_image_gemm_threshold(monkeypatch, min_pixels, kernel, stride, padding,
                                                                   transposed):
-    from navitrain.ops import gemm
+    from navitrain.nomiopen_conv import gemm
 
     monkeypatch.setattr(gemm, "MIN_PIXELS_PER_IMAGE_GEMM", min_pixels)
     torch.manual_seed(kernel * 10 + stride)

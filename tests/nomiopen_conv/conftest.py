@@ -1,7 +1,7 @@
 """Settings for the operator tests."""
 import pytest
 
-from navitrain.ops import plan_cache
+from navitrain.nomiopen_conv import plan_cache
 
 
 @pytest.fixture(autouse=True)
