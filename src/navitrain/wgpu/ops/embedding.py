@@ -14,7 +14,7 @@ from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.ops.indexing import INVALID_KEY, _as_device, indexed_copy, segment_reduce, wrapped_keys
-from navitrain.wgpu.ops.sort import sort_int_keys
+from navitrain.wgpu.kernels.sort import sort_int_keys
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 

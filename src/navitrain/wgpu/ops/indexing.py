@@ -23,8 +23,9 @@ import torch
 from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.copy import copy_into
-from navitrain.wgpu.ops.scan import contiguous, scan_into, wrap_dim
-from navitrain.wgpu.ops.sort import sort_int_keys
+from navitrain.wgpu.dims import contiguous, wrap_dim
+from navitrain.wgpu.kernels.scan import scan_into
+from navitrain.wgpu.kernels.sort import sort_int_keys
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty, from_cpu, to_cpu
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.dims import contiguous, wrap_dim
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.ops.scan import contiguous, row_geometry, wrap_dim
+from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.kernels.scan import row_geometry
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty, to_cpu
 
@@ -33,6 +34,10 @@ def _compute(dtype: torch.dtype) -> str:
 
 
 # -- cummax / cummin ----------------------------------------------------------------------------------
+# [outer, D, inner] at x_off with strides (so, sd, si); values and indices written contiguous.
+_CUM_P = codegen.ParamBlock("outer", "D", "inner", "x_off", "so", "sd", "si", "values_off", "indices_off")
+
+
 def _cum_source(op, dtype):
     rt = runtime()
     st, ist = rt.stypes[dtype], rt.stypes[torch.int64]
@@ -40,18 +45,17 @@ def _cum_source(op, dtype):
     better = f"v {'>=' if op == 'max' else '<='} best"
     if ct == "f32":
         better = f"is_nan(v) || (!is_nan(best) && {better})"
-    body = f"""
-  let D = pu(1u); let inner = pu(2u);
-  if (gi >= pu(0u) * inner) {{ return; }}
+    body = _CUM_P.wgsl() + f"""
+  if (gi >= outer * inner) {{ return; }}
   let i = gi % inner; let o = gi / inner;
-  let src = pu(3u) + o * pu(4u) + i * pu(6u);
+  let src = x_off + o * so + i * si;
   let dst = o * D * inner + i;
   var best: {ct}; var at = 0u;
   for (var p = 0u; p < D; p = p + 1u) {{
-    let v = {st.load('b2[src + p * pu(5u)]', ct)};
+    let v = {st.load('b2[src + p * sd]', ct)};
     if (p == 0u || {better}) {{ best = v; at = p; }}
-    b0[pu(7u) + dst + p * inner] = {st.store('best')};
-    b1[pu(8u) + dst + p * inner] = {ist.store('at')};
+    b0[values_off + dst + p * inner] = {st.store('best')};
+    b1[indices_off + dst + p * inner] = {ist.store('at')};
   }}"""
     return codegen.module([st.wgsl, ist.wgsl, st.wgsl], body, 64, helpers=_helpers())
 
@@ -64,9 +68,9 @@ def _cum_extreme(op, x, dim):
     src, outer, D, inner, so, sd, si = row_geometry(x, dim)
     rt = runtime()
     kernel = rt.kernel(("cum_extreme", op, x.dtype), f"cum{op}", 3, lambda: _cum_source(op, x.dtype))
-    p = codegen.Params()
-    p.u(outer, D, inner, src.elem_offset, so, sd, si, values.elem_offset, indices.elem_offset)
-    rt.dispatch(kernel, (values._ws.heap, indices._ws.heap, src._ws.heap), p.pack(),
+    params = _CUM_P.pack(outer=outer, D=D, inner=inner, x_off=src.elem_offset, so=so, sd=sd, si=si,
+                         values_off=values.elem_offset, indices_off=indices.elem_offset)
+    rt.dispatch(kernel, (values._ws.heap, indices._ws.heap, src._ws.heap), params,
                 codegen.groups_for(outer * inner, 64))
     return values, indices
 
@@ -82,17 +86,20 @@ def cummin(x, dim):
 
 
 # -- searchsorted ---------------------------------------------------------------------------------------
+# n values (per_row to a row), each searched in its row of `len` boundaries (the one row unless batched).
+_SEARCH_P = codegen.ParamBlock("n", "per_row", "len", "bnd_off", "batched", "values_off", "out_off")
+
+
 def _search_source(bdtype, vdtype, out_dtype, right):
     rt = runtime()
     bst, vst, ost = rt.stypes[bdtype], rt.stypes[vdtype], rt.stypes[out_dtype]
     ct = "f32" if bdtype.is_floating_point or vdtype.is_floating_point else "i64" if "i64" in (
         bst.compute, vst.compute) else "i32"
     goes_right = "!(m > v)" if right else "!(m >= v)"
-    body = f"""
-  let n = pu(0u); let per_row = pu(1u); let len = pu(2u);
+    body = _SEARCH_P.wgsl() + f"""
   if (gi >= n) {{ return; }}
-  let row_start = pu(3u) + select(0u, (gi / per_row) * len, pu(4u) != 0u);
-  let v = {vst.load('b2[pu(5u) + gi]', ct)};
+  let row_start = bnd_off + select(0u, (gi / per_row) * len, batched != 0u);
+  let v = {vst.load('b2[values_off + gi]', ct)};
   var lo = 0u; var hi = len;
   loop {{
     if (lo >= hi) {{ break; }}
@@ -100,7 +107,7 @@ def _search_source(bdtype, vdtype, out_dtype, right):
     let m = {bst.load('b1[row_start + mid]', ct)};
     if ({goes_right}) {{ lo = mid + 1u; }} else {{ hi = mid; }}
   }}
-  b0[pu(6u) + gi] = {ost.store('lo')};"""
+  b0[out_off + gi] = {ost.store('lo')};"""
     return codegen.module([ost.wgsl, bst.wgsl, vst.wgsl], body, 64, helpers=_helpers())
 
 
@@ -131,9 +138,9 @@ def searchsorted(sorted_sequence, values, *, out_int32=False, right=False, side=
     key = ("searchsorted", boundaries.dtype, values.dtype, out_dtype, bool(right))
     kernel = rt.kernel(key, "searchsorted", 3,
                        lambda: _search_source(boundaries.dtype, values.dtype, out_dtype, bool(right)))
-    p = codegen.Params()
-    p.u(n, max(per_row, 1), length, boundaries.elem_offset, int(batched), values.elem_offset, out.elem_offset)
-    rt.dispatch(kernel, (out._ws.heap, boundaries._ws.heap, values._ws.heap), p.pack(), codegen.groups_for(n, 64))
+    params = _SEARCH_P.pack(n=n, per_row=max(per_row, 1), len=length, bnd_off=boundaries.elem_offset,
+                            batched=int(batched), values_off=values.elem_offset, out_off=out.elem_offset)
+    rt.dispatch(kernel, (out._ws.heap, boundaries._ws.heap, values._ws.heap), params, codegen.groups_for(n, 64))
     return out
 
 
@@ -144,6 +151,10 @@ def searchsorted_scalar(sorted_sequence, value, *, out_int32=False, right=False,
 
 
 # -- histc / bincount -------------------------------------------------------------------------------------
+# n elements of x; histc's range [lo, hi] cut into `bins`; float weights at w_off; the bins at acc_off.
+_COUNT_P = codegen.ParamBlock("n", "x_off", "bins", "lo: f32", "hi: f32", "w_off", "acc_off")
+
+
 def _count_source(xdtype, weighted, mode):
     """mode "histc": bin of x in [lo, hi] with `bins` bins (elements outside or NaN are skipped);
     mode "bincount": bin = x. Counts into atomic<i32> b0, or float weights into atomic<u32> b0 (bits)."""
@@ -151,26 +162,25 @@ def _count_source(xdtype, weighted, mode):
     xst = rt.stypes[xdtype]
     if mode == "histc":
         find = f"""
-  let x = {xst.load('b1[pu(1u) + gi]', 'f32')};
-  let lo = pf(3u); let hi = pf(4u); let bins = pu(2u);
+  let x = {xst.load('b1[x_off + gi]', 'f32')};
   if (!(x >= lo && x <= hi)) {{ return; }}
   let k = min(u32((x - lo) / (hi - lo) * f32(bins)), bins - 1u);"""
     else:
         find = f"""
-  let k = u32({xst.load('b1[pu(1u) + gi]', 'i32')});"""
+  let k = u32({xst.load('b1[x_off + gi]', 'i32')});"""
     if weighted:
         add = f"""
-  let w = {rt.stypes[torch.float32].load('b2[pu(5u) + gi]', 'f32')};
+  let w = {rt.stypes[torch.float32].load('b2[w_off + gi]', 'f32')};
   loop {{
-    let old = atomicLoad(&b0[pu(6u) + k]);
-    if (atomicCompareExchangeWeak(&b0[pu(6u) + k], old, bitcast<u32>(bitcast<f32>(old) + w)).exchanged) {{ break; }}
+    let old = atomicLoad(&b0[acc_off + k]);
+    if (atomicCompareExchangeWeak(&b0[acc_off + k], old, bitcast<u32>(bitcast<f32>(old) + w)).exchanged) {{ break; }}
   }}"""
         types = ["atomic<u32>", xst.wgsl, "f32"]
     else:
-        add = "\n  atomicAdd(&b0[pu(6u) + k], 1);"
+        add = "\n  atomicAdd(&b0[acc_off + k], 1);"
         types = ["atomic<i32>", xst.wgsl, "f32"]
-    body = f"""
-  if (gi >= pu(0u)) {{ return; }}{find}{add}"""
+    body = _COUNT_P.wgsl() + f"""
+  if (gi >= n) {{ return; }}{find}{add}"""
     return codegen.module(types, body, 64, helpers=_helpers())
 
 
@@ -186,11 +196,9 @@ def _count(mode, x, bins, lo=0.0, hi=0.0, weights=None):
     rt = runtime()
     kernel = rt.kernel(("count", mode, x.dtype, weighted), f"count_{mode}", 3,
                        lambda: _count_source(x.dtype, weighted, mode))
-    p = codegen.Params()
-    p.u(n, x.elem_offset, bins)
-    p.f(lo, hi)
-    p.u(w.elem_offset if weighted else 0, acc.elem_offset)
-    rt.dispatch(kernel, (acc._ws.heap, x._ws.heap, w._ws.heap), p.pack(), codegen.groups_for(n, 64))
+    params = _COUNT_P.pack(n=n, x_off=x.elem_offset, bins=bins, lo=lo, hi=hi,
+                           w_off=w.elem_offset if weighted else 0, acc_off=acc.elem_offset)
+    rt.dispatch(kernel, (acc._ws.heap, x._ws.heap, w._ws.heap), params, codegen.groups_for(n, 64))
     return acc
 
 

@@ -15,7 +15,7 @@ from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.copy import copy_into, fill
 from navitrain.wgpu.ops.indexing import indexed_copy
-from navitrain.wgpu.ops.scan import wrap_dim
+from navitrain.wgpu.dims import wrap_dim
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty, empty_like
 
@@ -363,7 +363,7 @@ def _repeat_index_source(r_st, i64_st):
 
 @implements(aten.repeat_interleave.Tensor)
 def repeat_interleave(repeats, *, output_size=None):
-    from navitrain.wgpu.ops.scan import scan_into
+    from navitrain.wgpu.kernels.scan import scan_into
     from navitrain.wgpu.tensor import to_cpu
 
     if repeats.dim() != 1:

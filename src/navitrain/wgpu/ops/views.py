@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from navitrain.wgpu.dims import wrap_dim
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.tensor import WgpuTensor, contiguous_strides, wrap
 
@@ -11,13 +12,6 @@ aten = torch.ops.aten
 
 def view_of(x: WgpuTensor, size, stride, offset: int | None = None) -> WgpuTensor:
     return wrap(x._ws, size, stride, x.storage_offset() if offset is None else offset, x.dtype)
-
-
-def _wrap_dim(d: int, ndim: int) -> int:
-    n = max(ndim, 1)
-    if not -n <= d < n:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
-    return d % n
 
 
 def _infer_size(size, numel: int) -> list[int]:
@@ -118,7 +112,7 @@ def transpose(x, dim0, dim1):
     nd = x.dim()
     if nd == 0:
         return detach(x)
-    d0, d1 = _wrap_dim(dim0, nd), _wrap_dim(dim1, nd)
+    d0, d1 = wrap_dim(dim0, nd), wrap_dim(dim1, nd)
     size, stride = list(x.shape), list(x.stride())
     size[d0], size[d1] = size[d1], size[d0]
     stride[d0], stride[d1] = stride[d1], stride[d0]
@@ -128,7 +122,7 @@ def transpose(x, dim0, dim1):
 @implements(aten.permute.default)
 def permute(x, dims):
     nd = x.dim()
-    dims = [_wrap_dim(d, nd) for d in dims]
+    dims = [wrap_dim(d, nd) for d in dims]
     if sorted(dims) != list(range(nd)):
         raise RuntimeError(f"permute(): dims {dims} is not a permutation of {nd} dims")
     return view_of(x, [x.shape[d] for d in dims], [x.stride(d) for d in dims])
@@ -167,7 +161,7 @@ def expand(x, size, *, implicit=False):
 
 @implements(aten.slice.Tensor)
 def slice_(x, dim=0, start=None, end=None, step=1):
-    d = _wrap_dim(dim, x.dim())
+    d = wrap_dim(dim, x.dim())
     n = x.shape[d]
     start = 0 if start is None else start
     end = n if end is None else end
@@ -185,7 +179,7 @@ def slice_(x, dim=0, start=None, end=None, step=1):
 
 @implements(aten.select.int)
 def select(x, dim, index):
-    d = _wrap_dim(dim, x.dim())
+    d = wrap_dim(dim, x.dim())
     n = x.shape[d]
     if not -n <= index < n:
         raise IndexError(f"select(): index {index} out of range for tensor of size {list(x.shape)} at dimension {d}")
@@ -198,7 +192,7 @@ def select(x, dim, index):
 
 @implements(aten.unsqueeze.default)
 def unsqueeze(x, dim):
-    d = _wrap_dim(dim, x.dim() + 1)
+    d = wrap_dim(dim, x.dim() + 1)
     size, stride = list(x.shape), list(x.stride())
     new_stride = size[d] * stride[d] if d < x.dim() else 1
     size.insert(d, 1)
@@ -212,22 +206,22 @@ def squeeze(x, dim=None):
     if dim is None:
         dims = set(range(nd))
     elif isinstance(dim, int):
-        dims = {_wrap_dim(dim, nd)} if nd else set()
+        dims = {wrap_dim(dim, nd)} if nd else set()
     else:
-        dims = {_wrap_dim(d, nd) for d in dim} if nd else set()
+        dims = {wrap_dim(d, nd) for d in dim} if nd else set()
     keep = [i for i in range(nd) if not (i in dims and x.shape[i] == 1)]
     return view_of(x, [x.shape[i] for i in keep], [x.stride(i) for i in keep])
 
 
 @implements(aten.unbind.int)
 def unbind(x, dim=0):
-    d = _wrap_dim(dim, x.dim())
+    d = wrap_dim(dim, x.dim())
     return tuple(select(x, d, i) for i in range(x.shape[d]))
 
 
 @implements(aten.split.Tensor)
 def split(x, split_size, dim=0):
-    d = _wrap_dim(dim, x.dim())
+    d = wrap_dim(dim, x.dim())
     n = x.shape[d]
     if split_size == 0 and n == 0:
         return (detach(x),)
@@ -236,7 +230,7 @@ def split(x, split_size, dim=0):
 
 @implements(aten.split_with_sizes.default)
 def split_with_sizes(x, split_sizes, dim=0):
-    d = _wrap_dim(dim, x.dim())
+    d = wrap_dim(dim, x.dim())
     if sum(split_sizes) != x.shape[d]:
         raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {x.shape[d]}, but got {list(split_sizes)}")
     out, start = [], 0
@@ -248,7 +242,7 @@ def split_with_sizes(x, split_sizes, dim=0):
 
 @implements(aten.unfold.default)
 def unfold(x, dimension, size, step):
-    d = _wrap_dim(dimension, x.dim())
+    d = wrap_dim(dimension, x.dim())
     n = x.shape[d] if x.dim() else 1
     count = (n - size) // step + 1
     sizes, strides = list(x.shape), list(x.stride())
@@ -263,7 +257,7 @@ def unfold(x, dimension, size, step):
 
 @implements(aten.diagonal.default)
 def diagonal(x, offset=0, dim1=0, dim2=1):
-    d1, d2 = _wrap_dim(dim1, x.dim()), _wrap_dim(dim2, x.dim())
+    d1, d2 = wrap_dim(dim1, x.dim()), wrap_dim(dim2, x.dim())
     n1, n2 = x.shape[d1], x.shape[d2]
     start = x.storage_offset()
     if offset >= 0:
