@@ -7,7 +7,8 @@ from gemm_conv_cases import arrange, assert_close, conv_cases, reference, tensor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from navitrain.nomiopen_conv import conv_params, conv_plan, gemm_conv, policy
+from navitrain import memory_format
+from navitrain.nomiopen_conv import conv_plan, gemm_conv, policy
 
 SWEEP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 POLICIES = ["auto", "im2col", "winograd2", "winograd4"]
@@ -134,7 +135,7 @@ def _cpp_suggest_memory_format(t: torch.Tensor) -> tuple:
 def test_suggest_memory_format_matches_cpp(sizes, data):
     order = data.draw(st.permutations(range(len(sizes))))
     t = torch.randn([sizes[i] for i in order]).permute([order.index(i) for i in range(len(sizes))])
-    ours = conv_params.suggest_memory_format(t)
+    ours = memory_format.suggest_memory_format(t)
     assert torch.empty(t.shape, memory_format=ours).stride() == _cpp_suggest_memory_format(t)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.nomiopen_conv import policy
-from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain.conv_args import Geometry
 from navitrain.nomiopen_conv.layout import (batch_slice, channels_last, needed_end_padding, padded_channels_last, prod,
                                   tap_slices, taps, windows)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.nomiopen_conv import gemm, policy
-from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain.conv_args import Geometry
 from navitrain.nomiopen_conv.layout import (batch_slice, channels_last, is_channels_last_dense, needed_end_padding,
                                   padded_channels_last, prod, rows, tap_slices, taps, windows)
 

@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 
-from navitrain.nomiopen_conv import conv_params, conv_plan, im2col2d, winograd2d
-from navitrain.nomiopen_conv.conv_params import Geometry
+from navitrain import conv_args, memory_format
+from navitrain.conv_args import Geometry
+from navitrain.nomiopen_conv import conv_plan, im2col2d, winograd2d
 from navitrain.nomiopen_conv.conv_plan import stats
 
 forward_plans: dict = {}
@@ -137,8 +138,8 @@ def _bias_view(nd: int, out_channels: int) -> tuple:
 
 def build_forward(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups) -> Callable:
     """run(input, weight, bias) -> aten::convolution's result for tensors shaped like these."""
-    args = conv_params.check(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
-    fmt = conv_params.output_memory_format(input, weight)
+    args = conv_args.check(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    fmt = memory_format.output_memory_format(input, weight)
     out_shape, geom, lo = args.output_shape, args.geometry, args.padding
     bias_shape = _bias_view(geom.nd, out_shape[1])
     if 0 in out_shape:
@@ -160,11 +161,11 @@ def build_backward(grad_output, input, weight, stride, padding, dilation, transp
                    output_mask) -> Callable:
     """run(grad_output, input, weight) -> aten::convolution_backward's (grad_input, grad_weight,
     grad_bias) for tensors shaped like these."""
-    args = conv_params.check(input, weight, None, stride, padding, dilation, transposed, output_padding, groups)
+    args = conv_args.check(input, weight, None, stride, padding, dilation, transposed, output_padding, groups)
     if tuple(grad_output.shape) != args.output_shape:
         raise RuntimeError(f"convolution_backward: expected grad_output of size {list(args.output_shape)}, "
                            f"got {list(grad_output.shape)}")
-    fmt = conv_params.output_memory_format(input, weight)
+    fmt = memory_format.output_memory_format(input, weight)
     geom, lo = args.geometry, args.padding
     sum_dims = [0, *range(2, grad_output.dim())]
     empty = grad_output.numel() == 0 or input.numel() == 0 or weight.numel() == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain import _env
+from navitrain import _env, conv_args
 from navitrain.wgpu.kernels import conv, winograd
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.reduction import reduce
@@ -55,12 +55,12 @@ def _out_size(n, k, s, p, d):
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _check(x, w, groups):
+def _check(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """aten's argument checks, in aten's words (shared with the nomiopen route's engine), after the one
+    limit of this device: no 3-D convolution yet."""
     if x.dim() not in (3, 4):
         raise NotImplementedError(f"wgpu convolution supports 1-D and 2-D inputs, got a {x.dim()}-D input")
-    if x.shape[1] != w.shape[1] * groups:
-        raise RuntimeError(f"Given groups={groups}, weight of size {list(w.shape)}, expected input{list(x.shape)} "
-                           f"to have {w.shape[1] * groups} channels, but got {x.shape[1]} channels instead")
+    conv_args.check(x, w, bias, stride, padding, dilation, transposed, output_padding, groups)
 
 
 def _use_winograd(kind, x4, w4, stride, padding, dilation, groups, out_numel, run_gemm, run_wino) -> bool:
@@ -131,12 +131,6 @@ def _ordinary_grad_weight(dy4, x4, w_shape, stride, padding, dilation, groups, f
     return dw
 
 
-def _transposed_weight_as_ordinary(w4, groups):
-    """A transposed conv's weight [Cin, Cout/g, kh, kw] is the ordinary weight [Cout', Cin'/g] of its
-    adjoint when read as [Cin, Cout/g]: for groups == 1 that is just the same tensor."""
-    return w4
-
-
 def _same_device(*tensors):
     from navitrain.wgpu.tensor import WgpuTensor
 
@@ -149,8 +143,7 @@ def _same_device(*tensors):
 @implements(aten.convolution.default)
 def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
     _same_device(x, w, bias)
-    if not transposed:
-        _check(x, w, groups)
+    _check(x, w, bias, stride, padding, dilation, transposed, output_padding, groups)
     one_d = x.dim() == 3
     x4, w4 = _as_2d(x), _as_2d(w)
     n = 1 if one_d else 2

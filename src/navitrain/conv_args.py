@@ -1,15 +1,19 @@
-"""aten::convolution's arguments: normalisation, the checks aten makes, output sizes, memory format.
+"""aten::convolution's arguments: normalisation, the checks aten makes, the output shape.
 
-Everything here is shape arithmetic; no tensor data is touched. Error messages follow aten's wording
-closely enough that a user who knows the native message recognises the problem.
+Shared by the convolutions navitrain implements itself (the nomiopen route's engine in
+navitrain.nomiopen_conv and the wgpu handler in navitrain.wgpu.ops.conv), so both refuse bad arguments
+as PyTorch does. Everything here is shape arithmetic on sizes and dtypes; no tensor data is touched and
+torch is not imported. Error messages follow aten's wording closely enough that a user who knows the
+native message recognises the problem.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -122,43 +126,3 @@ def _check(in_shape, w_shape, b_shape, in_dtype, w_dtype, b_dtype, stride, paddi
                            f"{out_channels} elements, but got bias of size {list(b_shape)} instead")
     return ConvArgs(Geometry(stride, dilation, groups), padding, output_padding, bool(transposed),
                     (n, out_channels, *out_spatial))
-
-
-def _is_channels_last_strides(sizes: Sequence[int], strides: Sequence[int]) -> bool:
-    # c10's is_channels_last_strides_2d_s4 / _3d_s5, including its tie-breaks for size-1 dimensions, so
-    # that ambiguous tensors get the same answer as Tensor::suggest_memory_format() in C++.
-    order = {4: (1, 3, 2, 0), 5: (1, 4, 3, 2, 0)}.get(len(sizes))
-    if order is None or strides[1] == 0:
-        return False
-    smallest = 0
-    for d in order:
-        if sizes[d] == 0 or strides[d] < smallest:
-            return False
-        if d == 0 and smallest == strides[1]:
-            return False
-        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
-    return True
-
-
-def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
-    """Python twin of C++ Tensor::suggest_memory_format()."""
-    return _suggest(t.shape, t.stride()) if t.layout == torch.strided else torch.contiguous_format
-
-
-@functools.lru_cache(maxsize=4096)
-def _suggest(shape, strides) -> torch.memory_format:
-    if _is_channels_last_strides(shape, strides):
-        return torch.channels_last if len(shape) == 4 else torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """The layout cuDNN/MIOpen give the output and gradients (cudnn_conv_suggest_memory_format):
-    channels-last when the input or the weight is channels-last (never for float64), else contiguous."""
-    if input.dtype == torch.float64 or weight.dtype == torch.float64:
-        return torch.contiguous_format
-    for t in (input, weight):
-        fmt = suggest_memory_format(t)
-        if fmt is not torch.contiguous_format:
-            return fmt
-    return torch.contiguous_format
