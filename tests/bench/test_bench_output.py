@@ -163,7 +163,7 @@ def test_bench_routes_give_the_true_reason_and_reuse_earlier_benches(monkeypatch
 def test_software_wgpu_placed_after_cpu_is_said(monkeypatch):
     from types import SimpleNamespace
 
-    from navitrain.probe import select
+    from navitrain import select
 
     monkeypatch.setattr(select.store, "route_speeds", lambda fp: {})
     fp = SimpleNamespace(facts={"wgpu": {"software": True, "adapter": "llvmpipe (LLVM 15.0.6, 256 bits)"}})

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import navitrain
+from navitrain import select
 from navitrain.bench import storage, workloads
-from navitrain.probe import cases, select, store
+from navitrain.probe import cases, store
 from navitrain.probe import fingerprint as fingerprints
 from navitrain.probe.results import ProbeResult
 from navitrain.routes import registry

@@ -10,8 +10,8 @@ import navitrain
 from navitrain.probe import cases, store
 from navitrain.probe import fingerprint as fingerprints
 from navitrain.probe.results import ProbeResult
-from navitrain.probe.select import RouteNotWorking, route_order
 from navitrain.routes import registry
+from navitrain.select import RouteNotWorking, route_order
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_device_returns_a_working_device_and_a_training_step_runs(fresh_cache, c
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
     # Its essential probes were stored; a second call trusts them and probes nothing.
-    route = navitrain.probe.select.active_route().name
+    route = navitrain.select.active_route().name
     stored = store.latest_results(fingerprints.current(), routes=[route], env={})
     assert {r.case for r in stored} >= {c.name for c in cases.essential()}
     assert all(r.outcome == "pass" for r in stored)

@@ -45,7 +45,7 @@ def fingerprint() -> str | None:
 
 def machine_info(routes: list | None = None) -> dict[str, Any]:
     """CPU, devices seen by the routes, and versions. `routes` are runner.RouteInfo objects."""
-    import navitrain
+    from navitrain._version import __version__
 
     try:
         import torch
@@ -64,7 +64,7 @@ def machine_info(routes: list | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch_version,
         "wgpu": _version("wgpu"),
-        "navitrain": navitrain.__version__,
+        "navitrain": __version__,
         "devices": devices,
         "fingerprint": fingerprint(),
         "stack": _stack_summary(),

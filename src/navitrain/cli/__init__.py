@@ -8,7 +8,7 @@ import importlib
 
 import typer
 
-from navitrain import __version__
+from navitrain._version import __version__
 from navitrain.cli._command import NavitrainCommand, NavitrainGroup
 
 COMMAND_MODULES = ("doctor", "explain", "probe", "bench", "advise", "run", "report")

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         md_path, json_path = _outputs(out)
         if not md_path.parent.is_dir():
             fail(f"--output: the directory {md_path.parent} does not exist")
-        from navitrain import __version__
+        from navitrain._version import __version__
         from navitrain.report import build, gather, markdown, privacy
 
         def say(message: str) -> None:

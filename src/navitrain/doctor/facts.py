@@ -447,7 +447,8 @@ def select_env(environ) -> dict[str, str]:
 
 
 def get_navitrain(root) -> dict:
-    from navitrain import __version__, _env
+    from navitrain import _env
+    from navitrain._version import __version__
 
     live = _tree(root).is_live
     return {

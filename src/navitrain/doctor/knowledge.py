@@ -11,12 +11,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from navitrain._version import MIN_TORCH
 from navitrain.doctor import gpus as gpu_table
 from navitrain.doctor.situation import Situation, dicts, pick, strings, version_tuple
 from navitrain.doctor.sources import links
 
 SEVERITIES = ("error", "warning", "info", "ok")
-MIN_TORCH = (2, 11)  # the oldest torch navitrain is tested with
 
 _VULKAN_INSTALL = (
     "Install a Vulkan driver: Debian/Ubuntu `sudo apt-get install mesa-vulkan-drivers libvulkan1` "

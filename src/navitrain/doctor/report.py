@@ -21,7 +21,7 @@ _MARK = {"error": "✗", "warning": "!", "info": "i", "ok": "✓"}
 
 def document(facts: dict, findings: list[Finding]) -> dict:
     """The JSON report: schema id, recommendation, findings (most important first), facts."""
-    from navitrain import __version__
+    from navitrain._version import __version__
 
     route = next((f for f in findings if f.route), None)
     counts = {sev: sum(1 for f in findings if f.severity == sev and not f.route) for sev in SEVERITIES}

@@ -78,7 +78,7 @@ def _kfd_targets() -> list[str]:
 
 def file_facts() -> dict:
     """Facts read from files (no child needed)."""
-    from navitrain import __version__
+    from navitrain._version import __version__
 
     return {
         "gpus": _gpus(),
@@ -127,7 +127,8 @@ def _start_child(what: str, out: Path) -> subprocess.Popen:
 
 
 def _collect(children: dict[str, tuple[subprocess.Popen, Path]], timeout: float) -> dict:
-    from navitrain.probe.runner import kill_group, last_line, reap, signal_name
+    from navitrain._child import how_it_ended, kill_group, last_line
+    from navitrain.probe.runner import reap
 
     deadline = time.monotonic() + timeout
     facts = {}
@@ -143,7 +144,7 @@ def _collect(children: dict[str, tuple[subprocess.Popen, Path]], timeout: float)
             facts[what] = json.loads(out.read_text())
         except (OSError, ValueError):
             code = proc.returncode
-            how = f"killed by {signal_name(code)}" if code < 0 else f"exit code {code}"
+            how = how_it_ended(code, "exit code {code}")
             last = last_line(stderr.decode("utf-8", "replace"))
             facts[what] = {"error": f"crashed ({how})" + (f": {last}" if last else "")}
     return facts
