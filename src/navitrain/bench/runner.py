@@ -16,13 +16,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue as queue_module
-import signal
 import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from navitrain._child import how_it_ended
 from navitrain.bench import modes as mode_catalogue
 from navitrain.bench import noise, verify
 from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload, get as get_workload
@@ -244,14 +244,7 @@ def _stderr_tail(path: str, lines: int = 6) -> str:
 def _death_detail(exitcode: int | None, stderr_path: str) -> tuple[str, str]:
     """(status, detail) for a child that ended without finishing."""
     tail = _stderr_tail(stderr_path)
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        detail = f"killed by {name}"
-    else:
-        detail = f"exited with code {exitcode} without a result"
+    detail = how_it_ended(exitcode, "exited with code {code} without a result")
     mode = verify.failure_mode(tail)
     if mode:
         detail += f" [{mode}]"

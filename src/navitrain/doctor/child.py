@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+
+from navitrain._child import how_it_ended, kill_group, last_line, with_package_on_path
 
 MARKER = "NAVITRAIN-FACT "
 _STDERR_TAIL = 4000
@@ -32,16 +32,9 @@ class ChildResult:
         return self.data is not None and self.status != "ok"
 
 
-def _package_parent() -> str:
-    import navitrain
-
-    return str(Path(navitrain.__file__).resolve().parent.parent)
-
-
 def run_python(code: str, timeout: float, env: dict[str, str] | None = None) -> ChildResult:
     """Run `code` with this interpreter; navitrain is importable in it even from a source checkout."""
-    child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_parent(), child_env.get("PYTHONPATH")) if p)
+    child_env = with_package_on_path(dict(os.environ if env is None else env))
     child_env.setdefault("PYTHONFAULTHANDLER", "1")  # a segfault leaves a Python traceback on stderr
     status, stdout, stderr, returncode, error = run_command([sys.executable, "-c", code], timeout, child_env)
     data = _last_result(stdout)
@@ -66,7 +59,7 @@ def run_command(
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        kill_group(proc)
         out, err = proc.communicate()
     stdout = out.decode("utf-8", "replace")
     stderr = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
@@ -75,17 +68,6 @@ def run_command(
     if proc.returncode != 0:
         return "crashed", stdout, stderr, proc.returncode, _describe_exit(proc.returncode, stderr)
     return "ok", stdout, stderr, 0, None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    # The child leads its own session (start_new_session), so its group id is its pid.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        try:
-            proc.kill()
-        except OSError:
-            pass
 
 
 def _last_result(stdout: str) -> dict | None:
@@ -101,13 +83,6 @@ def _last_result(stdout: str) -> dict | None:
 
 
 def _describe_exit(returncode: int, stderr: str) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        what = f"killed by {name}"
-    else:
-        what = f"exited with status {returncode}"
-    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
-    return f"{what}: {last[:300]}" if last else what
+    what = how_it_ended(returncode, "exited with status {code}")
+    last = last_line(stderr)
+    return f"{what}: {last}" if last else what

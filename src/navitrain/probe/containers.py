@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from navitrain._child import package_parent
 from navitrain.probe.results import CRASH, HANG, ProbeResult
 
 RUNTIMES = ("docker", "podman")
@@ -82,16 +83,9 @@ def image_digest(runtime: str, image: str, timeout: float = 60) -> str:
         "runtime-error", f"`{Path(runtime).name} image inspect {image}` failed ({proc.returncode}): {text.strip()[-300:]}")
 
 
-def source_dir() -> Path:
-    """The directory that holds the navitrain package (mounted read-only into the container)."""
-    import navitrain
-
-    return Path(navitrain.__file__).resolve().parent.parent
-
-
 def run_command(runtime: str, image: str, spec: dict, env: dict[str, str]) -> list[str]:
     """The full `docker run ...` command line for one image and environment."""
-    args = [runtime, "run", "--rm", *GPU_ARGS, "-v", f"{source_dir()}:{MOUNT}:ro", "-e", f"PYTHONPATH={MOUNT}"]
+    args = [runtime, "run", "--rm", *GPU_ARGS, "-v", f"{package_parent()}:{MOUNT}:ro", "-e", f"PYTHONPATH={MOUNT}"]
     for key, value in sorted(env.items()):
         args += ["-e", f"{key}={value}"]
     return args + [image, "python3", "-m", "navitrain.probe.container_child", json.dumps(spec)]

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from navitrain._child import kill_process_group
+
 TREE_VAR = "_NAVITRAIN_PROBE_TREE"          # the mark (a leading underscore: internal, not a setting)
 LIFELINE_VAR = "_NAVITRAIN_PROBE_LIFELINE"  # "<read fd>:<parent temp dir>" for the child's watcher
 _DONE = b"x"
@@ -76,20 +78,13 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
-def _environ_has(pid: str, needle: bytes) -> bool:
+def _environ(pid: str) -> list[bytes]:
+    """A process's environment entries (b"NAME=value"); none when it is gone or not ours to read."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return needle in f.read().split(b"\0")
-    except OSError:  # gone, or not ours to read
-        return False
-
-
-def _environ_has_prefix(pid: str, prefix: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return any(entry.startswith(prefix) for entry in f.read().split(b"\0"))
+            return f.read().split(b"\0")
     except OSError:
-        return False
+        return []
 
 
 def kill_marked(mark: str, *, prefix: bool = False) -> int:
@@ -97,14 +92,15 @@ def kill_marked(mark: str, *, prefix: bool = False) -> int:
     with mark, with prefix=True): a probe child's descendants, also those that left its process group.
     Linux only (/proc); elsewhere it finds nothing. Returns how many it signalled."""
     entry = f"{TREE_VAR}={mark}".encode()
-    test = _environ_has_prefix if prefix else _environ_has
     killed = 0
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
     except OSError:
         return 0
     for pid in pids:
-        if test(pid, entry):
+        entries = _environ(pid)
+        marked = any(e.startswith(entry) for e in entries) if prefix else entry in entries
+        if marked:
             with contextlib.suppress(OSError):
                 os.kill(int(pid), signal.SIGKILL)
                 killed += 1
@@ -167,8 +163,7 @@ def watch_parent() -> None:
         except OSError:
             data = b""
         if data != _DONE:  # end of file: the parent is gone
-            with contextlib.suppress(OSError):
-                os.killpg(group, signal.SIGKILL)
+            kill_process_group(group)
             mark = os.environ.get(TREE_VAR)
             if mark:
                 kill_marked(mark.rsplit("/", 1)[0] + "/", prefix=True)  # every child of that run

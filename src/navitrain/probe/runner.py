@@ -20,7 +20,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from navitrain._child import how_it_ended, kill_group, last_line, with_package_on_path
 from navitrain.probe import lifeline, tempdirs
 from navitrain.probe.results import (CRASH, ERROR, GPU_FAULT, HANG, UNAVAILABLE, ProbeResult, env_label)
 
@@ -92,12 +92,6 @@ def default_jobs() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _package_parent() -> str:
-    import navitrain
-
-    return str(Path(navitrain.__file__).resolve().parent.parent)
-
-
 def child_environment(extra: dict[str, str], threads: int | None = None) -> dict[str, str]:
     """This process's environment plus the task's; an empty value removes the variable. `threads`
     caps each child's CPU threads (unless the user set OMP_NUM_THREADS) so parallel children share
@@ -110,7 +104,7 @@ def child_environment(extra: dict[str, str], threads: int | None = None) -> dict
             env.pop(name, None)
         else:
             env[name] = value
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_parent(), env.get("PYTHONPATH")) if p)
+    with_package_on_path(env)
     env["PYTHONUNBUFFERED"] = "1"  # whatever the child printed before dying is in the log
     return env
 
@@ -129,16 +123,6 @@ def _popen(argv: list[str], env: dict[str, str], log, line: lifeline.Lifeline | 
     finally:
         if line is not None:
             line.started()
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:  # pragma: no cover
-            proc.kill()
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
 
 
 def reap(proc: subprocess.Popen) -> bool:
@@ -166,18 +150,6 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
-
-
-def signal_name(returncode: int) -> str:
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
 
 
 def _modes(text: str, prefer_fault: bool):
@@ -230,8 +202,7 @@ def classify(returncode: int | None, result: dict | None, output: str, phase: st
             return GPU_FAULT, detail or line, mode
         mode, _ = _modes(text, prefer_fault=False)
         return ERROR, detail, mode
-    how = f"killed by {signal_name(returncode)}" if returncode is not None and returncode < 0 else \
-        f"exited with code {returncode} without a result"
+    how = how_it_ended(returncode, "exited with code {code} without a result")
     if _is_gpu_fault(output):
         mode, line = _modes(output, prefer_fault=True)
         return GPU_FAULT, f"{line} ({how}{where})" if line else f"{how}{where}", mode
