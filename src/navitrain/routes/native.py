@@ -7,16 +7,9 @@ torch sees a GPU; whether it computes correctly is for the probes to find out.
 """
 from __future__ import annotations
 
+from navitrain.routes import torch_gpus
 from navitrain.routes.base import Availability, Route
 from navitrain.routes.registry import register
-
-
-def _build(torch) -> str | None:
-    hip = getattr(torch.version, "hip", None)
-    if hip:
-        return f"ROCm/HIP {hip}"
-    cuda = getattr(torch.version, "cuda", None)
-    return f"CUDA {cuda}" if cuda else None
 
 
 @register
@@ -26,19 +19,10 @@ class NativeRoute(Route):
     default_rank = 10
 
     def availability(self) -> Availability:
-        try:
-            import torch
-        except Exception as exc:  # torch missing, or a ROCm build whose libraries do not load
-            return Availability(False, f"torch does not import: {exc}")
-        build = _build(torch)
-        if build is None:
-            return Availability(False, f"torch {torch.__version__} is a CPU-only build (no CUDA or ROCm)")
-        try:
-            count = torch.cuda.device_count()
-        except Exception as exc:
-            return Availability(False, f"torch {torch.__version__} ({build}) cannot count GPUs: {exc}")
-        if count == 0:
-            return Availability(False, f"torch {torch.__version__} ({build}) sees no GPU")
+        gpus = torch_gpus.find()
+        if isinstance(gpus, Availability):
+            return gpus
+        torch, build, count = gpus.torch, gpus.build, gpus.count
         try:
             props = torch.cuda.get_device_properties(0)
             arch = getattr(props, "gcnArchName", None) or "sm_{}{}".format(props.major, props.minor)
@@ -55,8 +39,4 @@ class NativeRoute(Route):
         return Availability(True, f"torch {torch.__version__} ({build}) sees {count} GPU(s): {name}{note}")
 
     def prepare(self):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"torch {torch.__version__} has no usable CUDA/ROCm device here")
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch_gpus.current_device()

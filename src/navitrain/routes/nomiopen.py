@@ -23,6 +23,7 @@ import threading
 import warnings
 from typing import Iterator
 
+from navitrain.routes import torch_gpus
 from navitrain.routes.base import Availability, Route
 from navitrain.routes.registry import register
 
@@ -98,14 +99,6 @@ def stats() -> dict[str, int]:
     return dict(conv_plan.stats)
 
 
-def _build(torch) -> str | None:
-    hip = getattr(torch.version, "hip", None)
-    if hip:
-        return f"ROCm/HIP {hip}"
-    cuda = getattr(torch.version, "cuda", None)
-    return f"CUDA {cuda}" if cuda else None
-
-
 @register
 class NomiopenRoute(Route):
     name = "nomiopen"
@@ -113,19 +106,10 @@ class NomiopenRoute(Route):
     default_rank = 20
 
     def availability(self) -> Availability:
-        try:
-            import torch
-        except Exception as exc:
-            return Availability(False, f"torch does not import: {exc}")
-        build = _build(torch)
-        if build is None:
-            return Availability(False, f"torch {torch.__version__} is a CPU-only build (no CUDA or ROCm)")
-        try:
-            count = torch.cuda.device_count()
-        except Exception as exc:
-            return Availability(False, f"torch {torch.__version__} ({build}) cannot count GPUs: {exc}")
-        if count == 0:
-            return Availability(False, f"torch {torch.__version__} ({build}) sees no GPU")
+        gpus = torch_gpus.find()
+        if isinstance(gpus, Availability):
+            return gpus
+        torch, build, count = gpus.torch, gpus.build, gpus.count
         try:
             name = torch.cuda.get_device_name(0)
         except Exception:
@@ -134,12 +118,9 @@ class NomiopenRoute(Route):
                                   "convolutions via BLAS GEMMs, MIOpen/cuDNN off")
 
     def prepare(self):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"torch {torch.__version__} has no usable CUDA/ROCm device here")
+        device = torch_gpus.current_device()
         enable("CUDA")
-        return torch.device("cuda", torch.cuda.current_device())
+        return device
 
     def release(self) -> None:
         disable()
