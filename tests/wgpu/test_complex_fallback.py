@@ -29,7 +29,7 @@ def test_a_strided_complex_view_is_written_by_read_modify_write():
     base = torch.randn(6, 5, dtype=torch.complex64)
     dev = from_cpu(base)
     values = torch.randn(3, 5, dtype=torch.complex64)
-    from navitrain.wgpu.tensor import upload_into
+    from navitrain.wgpu.kernels.copy import upload_into
 
     upload_into(dev[::2], values)  # every other row: not dense, and no kernel copies complex64
     expected = base.clone()

@@ -19,8 +19,11 @@ from navitrain.wgpu import device as _device
 _device.register()
 
 from navitrain.wgpu import dispatch as _dispatch  # noqa: E402
+from navitrain.wgpu import factories as _factories  # noqa: E402
+from navitrain.wgpu import process_device as _process_device  # noqa: E402
 from navitrain.wgpu import rng as _rng  # noqa: E402
 from navitrain.wgpu import runtime as _runtime_mod  # noqa: E402
+from navitrain.wgpu.kernels import copy as _copy_engine  # noqa: E402
 from navitrain.wgpu.runtime import DeviceLostError, GraphCaptureError, KernelCompileError, WgpuError  # noqa: E402
 from navitrain.wgpu.tensor import DEVICE, WgpuTensor  # noqa: E402
 
@@ -32,9 +35,14 @@ __all__ = [
     "WgpuGraph", "graph", "graphed", "is_current_stream_capturing", "GraphCaptureError",
 ]
 
-_device.register_factories()
-from navitrain.wgpu import ops as _ops  # noqa: E402  (registers every op handler)
-from navitrain.wgpu import serialization as _serialization  # noqa: E402,F401  (torch.save/load locations)
+# Wiring the layers together, bottom up: dispatch runs the copy engine above it (CPU fallbacks write
+# back through it); every op handler registers itself at import; the factory kernels use some of them.
+_dispatch.use_copy_engine(_copy_engine.fill, _copy_engine.upload_into)
+from navitrain.wgpu import ops as _ops  # noqa: E402,F401  (registers every op handler)
+from navitrain.wgpu import serialization as _serialization  # noqa: E402  (torch.save/load, and set_ from a storage)
+
+_factories.register()
+_serialization.register()
 
 
 def _enable_foreach_optimizers() -> None:
@@ -162,7 +170,7 @@ def device_count() -> int:
 
 
 def current_device() -> int:
-    return _device.CURRENT.index
+    return _process_device.CURRENT.index
 
 
 def set_device(device) -> None:

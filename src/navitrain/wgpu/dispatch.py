@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from navitrain import _env
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.tensor import DEVICE, WgpuTensor, from_cpu, to_cpu
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, from_cpu, to_cpu
 
 log = logging.getLogger("navitrain.wgpu")
 aten = torch.ops.aten
@@ -35,6 +35,21 @@ _local = threading.local()
 
 class FallbackForbidden(NotImplementedError):
     """An op had no wgpu kernel while NAVITRAIN_WGPU_STRICT=1."""
+
+
+# -- the kernels this module runs --------------------------------------------------------------
+# The CPU fallback writes results back into device views of any layout, and an op that fails inside
+# backward leaves NaN-filled outputs: both take kernels (navitrain.wgpu.kernels.copy), which sit above
+# this module and import it. The facade hands them over with use_copy_engine() before any op runs.
+_fill: Callable | None = None
+_upload_into: Callable | None = None
+
+
+def use_copy_engine(fill: Callable, upload_into: Callable) -> None:
+    """`fill(x, value)` sets every element of a device tensor; `upload_into(dst, cpu)` writes CPU values
+    into a device view of any layout."""
+    global _fill, _upload_into
+    _fill, _upload_into = fill, upload_into
 
 
 def implements(*ops):
@@ -145,8 +160,6 @@ def _raise_deferred():
 def _defer(func, args, kwargs, exc):
     if not _deferred:
         _deferred.append((func, exc))
-    from navitrain.wgpu.kernels.copy import fill
-    from navitrain.wgpu.tensor import empty, from_cpu
 
     def to_meta(x):
         if isinstance(x, WgpuTensor):
@@ -172,7 +185,7 @@ def _defer(func, args, kwargs, exc):
             value = float("nan") if (t.dtype.is_floating_point or t.dtype.is_complex) else 0
             if t.dtype.is_complex:  # no wgpu kernel computes in complex types: upload the placeholder
                 return from_cpu(torch.full(t.shape, value, dtype=t.dtype))
-            return fill(empty(t.shape, t.dtype, t.stride()), value)
+            return _fill(empty(t.shape, t.dtype, t.stride()), value)
         return t
 
     out_flat, out_spec = tree_flatten(meta_out)
@@ -293,9 +306,7 @@ def cpu_fallback(func, args, kwargs):
         pairs = zip(original, cpu_value) if isinstance(original, (list, tuple)) else [(original, cpu_value)]
         for dev_t, cpu_t in pairs:
             if isinstance(dev_t, WgpuTensor):
-                from navitrain.wgpu.tensor import upload_into
-
-                upload_into(dev_t, cpu_t)
+                _upload_into(dev_t, cpu_t)
         for alias in arg.alias_info.before_set:
             written[alias] = original
 

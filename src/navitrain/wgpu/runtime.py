@@ -13,6 +13,7 @@ Everything here is guarded by one re-entrant lock: autograd runs backward ops on
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ import numpy as np
 
 from navitrain import _env
 from navitrain.adapters import AdapterInfo, choose, device_order, list_adapters
+from navitrain.wgpu import kernel_limits, process_device
 from navitrain.wgpu.allocator import Block, CachingAllocator, Heap, OutOfMemory
-from navitrain.wgpu import kernel_limits
 from navitrain.wgpu.dtypes import WGSL_HELPERS, build_table
 
 log = logging.getLogger("navitrain.wgpu")
@@ -31,6 +32,7 @@ PARAM_BYTES = 256            # uniform parameter block per dispatch (64 32-bit w
 PARAM_WORDS = PARAM_BYTES // 4
 MAX_BUFFERS = 8              # storage buffers a kernel may bind (besides the parameter block)
 _PARAM_ARENA = 1 << 18       # 256 KiB of parameter blocks per submission
+_F16 = re.compile(r"\bf16\b|[0-9]h\b")  # an f16 type or a half literal (1.0h): the module needs `enable f16`
 
 
 class WgpuError(RuntimeError):
@@ -71,6 +73,10 @@ def _raw_api():
         return None
 
 
+def _uses_f16(code: str) -> bool:
+    return bool(_F16.search(code))
+
+
 class Runtime:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -80,10 +86,8 @@ class Runtime:
         pairs = list_adapters()
         infos = [info for _, info in pairs]
         want = _env.wgpu_adapter()
-        from navitrain.wgpu import device as _device  # the wgpu:N this process drives
-
         order = device_order(infos)
-        asked = _device.CURRENT.index
+        asked = process_device.CURRENT.index
         index = choose(infos, want) if want else (order[asked] if asked < len(order) else None)
         if index is None and not want and infos:
             raise WgpuError(f"wgpu:{asked} does not exist: {len(order)} adapter(s) in wgpu:N order: "
@@ -224,10 +228,8 @@ class Runtime:
             if n_buffers > MAX_BUFFERS:
                 raise WgpuError(f"kernel {name} binds {n_buffers} buffers; at most {MAX_BUFFERS} are supported")
             body = source() if callable(source) else source
-            from navitrain.wgpu.kernels.codegen import uses_f16
-
             # `enable` directives must precede every declaration in a WGSL module.
-            code = ("enable f16;\n" if uses_f16(body) else "") + WGSL_HELPERS + body
+            code = ("enable f16;\n" if _uses_f16(body) else "") + WGSL_HELPERS + body
             # wgpu-native does not refuse workgroup memory past the requested limit: check it ourselves.
             kernel_limits.check(name, code, self.limits, self.limits_profile and self.limits_profile.name)
             try:

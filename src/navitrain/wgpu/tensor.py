@@ -15,12 +15,14 @@ from collections import OrderedDict
 
 import torch
 
-from navitrain.wgpu import device as _device
 from navitrain.wgpu import dtypes as _dtypes
+from navitrain.wgpu import process_device
 from navitrain.wgpu import runtime as _rt_mod
 from navitrain.wgpu.runtime import runtime
 
-DEVICE = torch.device("wgpu", 0)  # the default; this process's own wgpu:N is navitrain.wgpu.device.CURRENT
+DEVICE = torch.device("wgpu", 0)  # the default; this process's own wgpu:N is process_device.CURRENT
+# torch.save's location tag on the CPU copy of a wgpu tensor; navitrain.wgpu.serialization reads it back.
+SAVED_LOCATION_ATTR = "_navitrain_location"
 
 
 class WgpuStorage:
@@ -43,10 +45,8 @@ class WgpuStorage:
 
 
 def _free_block(block) -> None:
-    from navitrain.wgpu import runtime as _rt
-
-    if _rt._runtime is not None:
-        _rt._runtime.allocator.free(block)
+    if _rt_mod._runtime is not None:
+        _rt_mod._runtime.allocator.free(block)
 
 
 def contiguous_strides(size) -> tuple[int, ...]:
@@ -106,9 +106,8 @@ class WgpuTensor(torch.Tensor):
     def __reduce_ex__(self, protocol):
         # Saved as a CPU tensor (or Parameter) whose storage is tagged "wgpu:0": torch.load brings it back
         # on wgpu, or wherever map_location says, as for CUDA checkpoints (navitrain.wgpu.serialization).
-        from navitrain.wgpu.serialization import mark
-
-        cpu = mark(to_cpu(self.detach()))
+        cpu = to_cpu(self.detach())
+        setattr(cpu.untyped_storage(), SAVED_LOCATION_ATTR, str(process_device.CURRENT))
         if getattr(self, "_is_param", False):
             return (torch._utils._rebuild_parameter, (cpu, self.requires_grad, OrderedDict()))
         if self.requires_grad:
@@ -199,8 +198,8 @@ def wrap(storage: WgpuStorage, size, stride, offset: int, dtype: torch.dtype) ->
     can have on this device so that in-place metadata changes (resize_, set_) pass its bounds checks.
     (Arguments are positional: keyword parsing is a measurable share of a small op's host time.)
     """
-    t = _make(WgpuTensor, size, stride, offset, None, dtype, torch.strided, _device.CURRENT, False, False, None, False,
-              False, None, (_rt_mod._runtime or runtime()).allocator.max_binding)
+    t = _make(WgpuTensor, size, stride, offset, None, dtype, torch.strided, process_device.CURRENT, False, False,
+              None, False, False, None, (_rt_mod._runtime or runtime()).allocator.max_binding)
     t._ws = storage
     return t
 
@@ -301,18 +300,27 @@ def from_cpu(cpu: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
     dense = _dense_non_overlapping(cpu) and not cpu.is_contiguous()
     out = empty(cpu.shape, dtype, cpu.stride() if dense else None)
     if cpu.numel():
-        upload_into(out, cpu)
+        written = write_directly(out, cpu)
+        assert written, "a new tensor is dense and starts a block (256-byte aligned): always written directly"
     return out
 
 
-def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:
-    """Copy CPU values (already broadcast to dst's shape, any dtype) into the device view `dst`."""
-    if dst.numel() == 0:
-        return
-    st = dst._ws.stype
+def host_values_for(dst: WgpuTensor, cpu: torch.Tensor) -> torch.Tensor:
+    """`cpu` (broadcastable to dst's shape, any dtype) in dst's dtype and shape."""
     src = cpu.to(dst.dtype) if cpu.dtype != dst.dtype else cpu
     if tuple(src.shape) != tuple(dst.shape):
         src = src.expand(dst.shape)
+    return src
+
+
+def write_directly(dst: WgpuTensor, cpu: torch.Tensor) -> bool:
+    """Copy CPU values (already broadcast to dst's shape, any dtype) into the device view `dst` with one
+    buffer write, where its layout allows; False where it does not (a general strided view: the copy
+    engine's upload_into, navitrain.wgpu.kernels.copy, handles every view)."""
+    if dst.numel() == 0:
+        return True
+    st = dst._ws.stype
+    src = host_values_for(dst, cpu)
     # queue.write_buffer moves whole 4-byte words: the span must start on a word, and either end on one
     # or end where its storage ends (the padding then lands in the block's unused tail).
     start = (dst._ws.base + dst.storage_offset()) * st.itemsize
@@ -321,28 +329,20 @@ def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:
     if start % 4 == 0 and (nbytes % 4 == 0 or ends_storage):
         if dst.is_contiguous():
             runtime().write(dst._ws.heap, start, _dtypes.to_storage_bytes(src.contiguous(), st))
-            return
+            return True
         if _dense_non_overlapping(dst):
             # A dense permuted layout (channels_last, a transposed result): write the values in the order
             # they lie in memory, with no kernel (none exists for some dtypes, e.g. complex64).
             order = sorted(range(dst.dim()), key=lambda d: -dst.stride(d))
             runtime().write(dst._ws.heap, start, _dtypes.to_storage_bytes(src.permute(order).contiguous(), st))
-            return
-    # A general view: stage the values contiguously on the device, then copy with the strided kernel.
-    from navitrain.wgpu.dtypes import NoKernelForDtype
-    from navitrain.wgpu.kernels.copy import copy_into
-
-    staged = from_cpu(src.contiguous(), dst.dtype)
-    try:
-        copy_into(dst, staged)
-    except NoKernelForDtype:
-        _upload_by_read_modify_write(dst, src)
+            return True
+    return False
 
 
-def _upload_by_read_modify_write(dst: WgpuTensor, src: torch.Tensor) -> None:
+def write_by_read_modify_write(dst: WgpuTensor, src: torch.Tensor) -> None:
     """For a strided view of a dtype no kernel computes in (complex64): read the span the view covers,
     set the view's elements on the CPU, write the span back. Slow, and only reached where CPU
-    fallbacks write into such views."""
+    fallbacks write into such views. `src`: host values in dst's dtype and shape (host_values_for)."""
     st, ws = dst._ws.stype, dst._ws
     lo, hi = _span(dst)
     start, nbytes = (ws.base + lo) * st.itemsize, (hi - lo) * st.itemsize

@@ -182,10 +182,3 @@ class ParamBlock:
             return self._struct.pack(*flat)
         except struct.error as e:
             raise OverflowError(f"a kernel parameter does not fit in 32 bits: {e}") from None
-
-
-_F16 = re.compile(r"\bf16\b|[0-9]h\b")
-
-
-def uses_f16(code: str) -> bool:
-    return bool(_F16.search(code))

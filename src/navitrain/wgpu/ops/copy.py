@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels.copy import copy_into, fill
 from navitrain.wgpu.device import check_index
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, empty_like, from_cpu, to_cpu, upload_into
+from navitrain.wgpu.kernels.copy import copy_into, fill, upload_into
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, empty_like, from_cpu, to_cpu
 
 aten = torch.ops.aten
 
