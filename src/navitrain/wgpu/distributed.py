@@ -28,7 +28,10 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import ProcessGroupGloo, _create_work_from_future
 
-import navitrain.wgpu  # noqa: F401  (the device must exist before PyTorch maps a backend to it)
+# Importing this module runs navitrain.wgpu's __init__ first: the device exists before PyTorch maps a
+# backend to it.
+from navitrain.wgpu import device as _device
+from navitrain.wgpu import dispatch
 
 NAME = "navitrain"
 
@@ -179,8 +182,6 @@ def _refuse_other_process_groups() -> None:
     """A wgpu tensor handed to another backend's collective (plain "gloo") reaches navitrain's
     __torch_dispatch__ as a c10d op; running it as a counted CPU fallback would do the collective on a
     copy. Say which backend to use instead."""
-    from navitrain.wgpu import dispatch
-
     def refuse(op):
         def handler(*args, **kwargs):
             raise RuntimeError(
@@ -214,8 +215,8 @@ def local_device() -> torch.device:
     """wgpu:LOCAL_RANK made this process's device: one adapter per local rank, in wgpu:N order. With
     fewer adapters than ranks (one GPU, or lavapipe in CI) ranks share them round-robin: correct, and
     still a measure of the collectives' cost, but no faster."""
-    index = local_rank() % navitrain.wgpu.device_count()
-    navitrain.wgpu.set_device(index)
+    index = local_rank() % len(_device.adapter_names())
+    _device.select(index)
     return torch.device("wgpu", index)
 
 
