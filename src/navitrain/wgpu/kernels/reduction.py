@@ -12,6 +12,9 @@ has shader-int64, as PyTorch accumulates.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
 from navitrain.wgpu.kernels import codegen, wgsl_math
@@ -60,135 +63,189 @@ def _load(op: str, st, expr: str, acc: str) -> str:
     return st.load(expr, acc)
 
 
-def _offset_code(var: str, index: str, ndim: int, size_w: int, stride_w: int) -> list[str]:
-    """WGSL adding to `var` the offset of linear `index` over ndim dims with sizes/strides in params."""
+@functools.lru_cache(maxsize=None)
+def _params(nk: int, nr: int) -> codegen.ParamBlock:
+    """The block of a reduction over nk kept and nr reduced (collapsed) dims. M outputs, each of L
+    reduced elements, in G chunks of `chunk`; `divisor` is the mean's count."""
+    return codegen.ParamBlock("M", "L", "x_off", "out_off", "idx_off", "G", "chunk", "divisor: f32",
+                              f"ksize[{nk}]", f"kstride[{nk}]", f"rsize[{nr}]", f"rstride[{nr}]")
+
+
+def _offset_code(var: str, index: str, ndim: int, sizes: str, strides: str) -> list[str]:
+    """WGSL adding to `var` the offset of linear `index` over ndim dims, whose sizes and strides are
+    the parameters sizes_0.. and strides_0.."""
     lines = [f"  var r_{var} = {index};"]
     for d in reversed(range(ndim)):
         if d > 0:
-            lines.append(f"  {var} += (r_{var} % pu({size_w + d}u)) * pu({stride_w + d}u); r_{var} = r_{var} / pu({size_w + d}u);")
+            lines.append(f"  {var} += (r_{var} % {sizes}_{d}) * {strides}_{d}; r_{var} = r_{var} / {sizes}_{d};")
         else:
-            lines.append(f"  {var} += r_{var} * pu({stride_w + d}u);")
+            lines.append(f"  {var} += r_{var} * {strides}_{d};")
     return lines
+
+
+@dataclass(frozen=True)
+class _KernelSpec:
+    """What the WGSL of one reduction kernel depends on."""
+    op: str
+    st_in: object
+    st_out: object
+    acc: str
+    variant: str   # "thread", "thread_split" or "group"
+    nk: int
+    nr: int
+    wg: int
+    finalize: bool     # write the finished result (else raw accumulators for a second pass)
+    partial_in: bool   # the input is a first pass's partials, [M, G] contiguous
+
+    @property
+    def is_arg(self) -> bool:
+        return self.op in ARG_OPS
+
+    @property
+    def better(self) -> str:
+        return ">" if self.op == "argmax" else "<"
+
+    def step(self, acc_v: str, idx_v: str, v: str, l: str) -> str:
+        """WGSL folding value `v` (at reduced index `l`) into the accumulator."""
+        if self.is_arg:
+            nan = f" || (is_nan({v}) && !is_nan({acc_v}))" if self.acc == "f32" else ""
+            return f"if (({v} {self.better} {acc_v}){nan}) {{ {acc_v} = {v}; {idx_v} = {l}; }}"
+        return f"{acc_v} = {_merge(self.op, self.acc, acc_v, v)};"
+
+    def result(self, a: str) -> str:
+        if self.op == "mean" and self.finalize:
+            return f"f32({a}) / divisor"
+        return a
+
+    def load(self, expr: str) -> str:
+        return _load(self.op, self.st_in, expr, self.acc)
+
+    def reduced_offset(self, var: str, index: str) -> list[str]:
+        return _offset_code(var, index, self.nr, "rsize", "rstride")
+
+    def kept_offset(self, var: str, index: str) -> list[str]:
+        return _offset_code(var, index, self.nk, "ksize", "kstride")
+
+
+def _thread_body(k: _KernelSpec) -> list[str]:
+    """One thread per output (or, split, per chunk of one), looping over its reduced elements."""
+    body = []
+    if k.variant == "thread_split":
+        # Thread (m, g) reduces rows [g*chunk, (g+1)*chunk) of output m into partial[g][m]:
+        # a long reduction into few outputs still fills the GPU.
+        body.append("  if (gi >= M * G) { return; }")
+        body.append("  let m = gi % M; let g = gi / M;")
+        body.append("  let l0 = g * chunk; let l1 = min(L, l0 + chunk);")
+    else:
+        body.append("  if (gi >= M) { return; }")
+        body.append("  let m = gi; let l0 = 0u; let l1 = L;")
+    body.append("  var base = x_off;")
+    body += k.kept_offset("base", "m")
+    body.append(f"  var acc: {k.acc} = {_identity(k.op, k.acc)};")
+    if k.is_arg:
+        body.append("  var idx = 0u;")
+    body.append("  var l = l0;")
+    if not k.is_arg:
+        body += _unrolled_by_four(k)
+    body.append("  for (; l < l1; l = l + 1u) {")
+    body.append("    var off = base;")
+    body += ["  " + s for s in k.reduced_offset("off", "l")]
+    body.append(f"    let v = {k.load('b1[off]')};")
+    body.append("    " + k.step("acc", "idx", "v", "l"))
+    body.append("  }")
+    if k.variant == "thread_split":
+        body.append("  b0[out_off + gi] = acc;")   # raw accumulator, combined by a second pass
+    else:
+        body.append(f"  b0[out_off + gi] = {k.st_out.store(k.result('acc'))};")
+    if k.is_arg:
+        body.append(f"  b2[idx_off + gi] = {runtime().stypes[torch.int64].store('idx')};")
+    return body
+
+
+def _unrolled_by_four(k: _KernelSpec) -> list[str]:
+    # Four loads issued before the four adds: in a one-at-a-time loop each thread waits out a
+    # full memory latency per element (summing 32 split-K slices took 12 us on an H200). The
+    # adds stay in element order, so the result is bit-identical to the plain loop.
+    body = ["  for (; l + 4u <= l1; l = l + 4u) {"]
+    for u in range(4):
+        body.append(f"    var off{u} = base;")
+        body += ["  " + s for s in k.reduced_offset(f"off{u}", f"(l + {u}u)")]
+    for u in range(4):
+        body.append(f"    let v{u} = {k.load(f'b1[off{u}]')};")
+    for u in range(4):
+        body.append("    " + k.step("acc", "idx", f"v{u}", f"(l + {u}u)"))
+    body.append("  }")
+    return body
+
+
+def _group_body(k: _KernelSpec) -> list[str]:
+    """One workgroup per output (or per chunk of it): a strided loop, then a tree in workgroup memory."""
+    body = ["  let w = group;",
+            "  if (w >= M * G) { return; }",
+            "  let m = w / G; let g = w % G;",
+            "  var base = x_off;"]
+    if k.partial_in:
+        body.append("  base += m * L;")
+    else:
+        body += k.kept_offset("base", "m")
+    body.append("  let l0 = g * chunk; let l1 = min(L, l0 + chunk);")
+    body.append(f"  var acc: {k.acc} = {_identity(k.op, k.acc)};")
+    if k.is_arg:
+        body.append("  var idx = 0u;")
+    body.append(f"  for (var l = l0 + lid; l < l1; l = l + {k.wg}u) {{")
+    body.append("    var off = base;")
+    if k.partial_in:
+        body.append("    off += l;")
+    else:
+        body += ["  " + s for s in k.reduced_offset("off", "l")]
+    body.append(f"    let v = {k.load('b1[off]')};")
+    body.append("    " + k.step("acc", "idx", "v", "l"))
+    body.append("  }")
+    return body + _tree(k)
+
+
+def _tree(k: _KernelSpec) -> list[str]:
+    """The workgroup's partial results combined in halving steps; thread 0 writes the result."""
+    body = ["  sacc[lid] = acc;"]
+    if k.is_arg:
+        body.append("  sidx[lid] = idx;")
+    body.append("  workgroupBarrier();")
+    body.append(f"  for (var s = {k.wg // 2}u; s > 0u; s = s >> 1u) {{")
+    body.append("    if (lid < s) {")
+    if k.is_arg:
+        o_nan = " || (is_nan(o) && !is_nan(a))" if k.acc == "f32" else ""
+        body.append("      let a = sacc[lid]; let o = sacc[lid + s]; let ai = sidx[lid]; let oi = sidx[lid + s];")
+        body.append(f"      if ((o {k.better} a){o_nan} || (o == a && oi < ai) || (is_nan(o) && is_nan(a) && oi < ai)) {{ sacc[lid] = o; sidx[lid] = oi; }}")
+    else:
+        body.append(f"      sacc[lid] = {_merge(k.op, k.acc, 'sacc[lid]', 'sacc[lid + s]')};")
+    body.append("    }")
+    body.append("    workgroupBarrier();")
+    body.append("  }")
+    body.append("  if (lid == 0u) {")
+    if k.finalize:
+        body.append(f"    b0[out_off + w] = {k.st_out.store(k.result('sacc[0]'))};")
+    else:
+        body.append("    b0[out_off + w] = sacc[0];")
+    if k.is_arg:
+        body.append(f"    b2[idx_off + w] = {runtime().stypes[torch.int64].store('sidx[0]')};")
+    body.append("  }")
+    return body
 
 
 def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: int, wg: int,
             finalize: bool, partial_in: bool) -> str:
-    """Params: 0 M, 1 L, 2 x offset, 3 out offset, 4 idx offset, 5 G, 6 chunk, 7 divisor (f32),
-    8.. kept sizes, kept strides, reduced sizes, reduced strides."""
     rt = runtime()
-    st_in = rt.stypes[in_dtype]
-    st_out = rt.stypes[out_dtype]
-    is_arg = op in ARG_OPS
-    ks, kst = 8, 8 + nk
-    rs, rst = 8 + 2 * nk, 8 + 2 * nk + nr
-    init = _identity(op, acc)
-    better = ">" if op == "argmax" else "<"
-
-    def step(acc_v, idx_v, v, l):
-        if is_arg:
-            nan = f" || (is_nan({v}) && !is_nan({acc_v}))" if acc == "f32" else ""
-            return f"if (({v} {better} {acc_v}){nan}) {{ {acc_v} = {v}; {idx_v} = {l}; }}"
-        return f"{acc_v} = {_merge(op, acc, acc_v, v)};"
-
-    def result(a):
-        if op == "mean" and finalize:
-            return f"f32({a}) / pf(7u)"
-        return a
-
-    body = []
+    k = _KernelSpec(op, rt.stypes[in_dtype], rt.stypes[out_dtype], acc, variant, nk, nr, wg, finalize, partial_in)
     if variant in ("thread", "thread_split"):
-        if variant == "thread_split":
-            # Thread (m, g) reduces rows [g*chunk, (g+1)*chunk) of output m into partial[g][m]:
-            # a long reduction into few outputs still fills the GPU.
-            body.append("  if (gi >= pu(0u) * pu(5u)) { return; }")
-            body.append("  let m = gi % pu(0u); let g = gi / pu(0u);")
-            body.append("  let l0 = g * pu(6u); let l1 = min(pu(1u), l0 + pu(6u));")
-        else:
-            body.append("  if (gi >= pu(0u)) { return; }")
-            body.append("  let m = gi; let l0 = 0u; let l1 = pu(1u);")
-        body.append("  var base = pu(2u);")
-        body += _offset_code("base", "m", nk, ks, kst)
-        body.append(f"  var acc: {acc} = {init};")
-        if is_arg:
-            body.append("  var idx = 0u;")
-        body.append("  var l = l0;")
-        if not is_arg:
-            # Four loads issued before the four adds: in a one-at-a-time loop each thread waits out a
-            # full memory latency per element (summing 32 split-K slices took 12 us on an H200). The
-            # adds stay in element order, so the result is bit-identical to the plain loop.
-            body.append("  for (; l + 4u <= l1; l = l + 4u) {")
-            for u in range(4):
-                body.append(f"    var off{u} = base;")
-                body += ["  " + s for s in _offset_code(f"off{u}", f"(l + {u}u)", nr, rs, rst)]
-            for u in range(4):
-                body.append(f"    let v{u} = {_load(op, st_in, f'b1[off{u}]', acc)};")
-            for u in range(4):
-                body.append("    " + step("acc", "idx", f"v{u}", f"(l + {u}u)"))
-            body.append("  }")
-        body.append("  for (; l < l1; l = l + 1u) {")
-        body.append("    var off = base;")
-        body += ["  " + s for s in _offset_code("off", "l", nr, rs, rst)]
-        body.append(f"    let v = {_load(op, st_in, 'b1[off]', acc)};")
-        body.append("    " + step("acc", "idx", "v", "l"))
-        body.append("  }")
-        if variant == "thread_split":
-            body.append("  b0[pu(3u) + gi] = acc;")   # raw accumulator, combined by a second pass
-        else:
-            body.append(f"  b0[pu(3u) + gi] = {st_out.store(result('acc'))};")
-        if is_arg:
-            body.append(f"  b2[pu(4u) + gi] = {rt.stypes[torch.int64].store('idx')};")
-        shared = ""
+        body, shared = _thread_body(k), ""
     else:
-        shared = f"var<workgroup> sacc: array<{acc}, {wg}>;\n" + (f"var<workgroup> sidx: array<u32, {wg}>;\n" if is_arg else "")
-        body.append("  let w = group;")
-        body.append("  if (w >= pu(0u) * pu(5u)) { return; }")
-        body.append("  let m = w / pu(5u); let g = w % pu(5u);")
-        body.append("  var base = pu(2u);")
-        if partial_in:
-            body.append("  base += m * pu(1u);")
-        else:
-            body += _offset_code("base", "m", nk, ks, kst)
-        body.append("  let l0 = g * pu(6u); let l1 = min(pu(1u), l0 + pu(6u));")
-        body.append(f"  var acc: {acc} = {init};")
-        if is_arg:
-            body.append("  var idx = 0u;")
-        body.append(f"  for (var l = l0 + lid; l < l1; l = l + {wg}u) {{")
-        body.append("    var off = base;")
-        if partial_in:
-            body.append("    off += l;")
-        else:
-            body += ["  " + s for s in _offset_code("off", "l", nr, rs, rst)]
-        body.append(f"    let v = {_load(op, st_in, 'b1[off]', acc)};")
-        body.append("    " + step("acc", "idx", "v", "l"))
-        body.append("  }")
-        body.append("  sacc[lid] = acc;")
-        if is_arg:
-            body.append("  sidx[lid] = idx;")
-        body.append("  workgroupBarrier();")
-        body.append(f"  for (var s = {wg // 2}u; s > 0u; s = s >> 1u) {{")
-        body.append("    if (lid < s) {")
-        if is_arg:
-            o_nan = " || (is_nan(o) && !is_nan(a))" if acc == "f32" else ""
-            body.append("      let a = sacc[lid]; let o = sacc[lid + s]; let ai = sidx[lid]; let oi = sidx[lid + s];")
-            body.append(f"      if ((o {better} a){o_nan} || (o == a && oi < ai) || (is_nan(o) && is_nan(a) && oi < ai)) {{ sacc[lid] = o; sidx[lid] = oi; }}")
-        else:
-            body.append(f"      sacc[lid] = {_merge(op, acc, 'sacc[lid]', 'sacc[lid + s]')};")
-        body.append("    }")
-        body.append("    workgroupBarrier();")
-        body.append("  }")
-        body.append("  if (lid == 0u) {")
-        if finalize:
-            body.append(f"    b0[pu(3u) + w] = {st_out.store(result('sacc[0]'))};")
-        else:
-            body.append("    b0[pu(3u) + w] = sacc[0];")
-        if is_arg:
-            body.append(f"    b2[pu(4u) + w] = {rt.stypes[torch.int64].store('sidx[0]')};")
-        body.append("  }")
-    types = [acc if ((variant == "group" and not finalize) or variant == "thread_split") else st_out.wgsl, st_in.wgsl]
-    if is_arg:
+        body = _group_body(k)
+        shared = f"var<workgroup> sacc: array<{acc}, {wg}>;\n" + (f"var<workgroup> sidx: array<u32, {wg}>;\n" if k.is_arg else "")
+    types = [acc if ((variant == "group" and not finalize) or variant == "thread_split") else k.st_out.wgsl, k.st_in.wgsl]
+    if k.is_arg:
         types.append(rt.stypes[torch.int64].wgsl)
-    return codegen.module(types, "\n".join(body), wg, helpers=wgsl_math.helpers("shader-int64" in rt.features),
-                          shared=shared)
+    return codegen.module(types, _params(nk, nr).wgsl() + "\n".join(body), wg,
+                          helpers=wgsl_math.helpers("shader-int64" in rt.features), shared=shared)
 
 
 def normalize_dims(x: torch.Tensor, dims) -> list[int]:
@@ -288,10 +345,10 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
 def _launch(op, x, out, idx, acc, variant, nk, nr, wg, finalize, partial_in, M, L, G, chunk, divisor,
             ksizes, kstrides, rsizes, rstrides):
     rt = runtime()
-    params = codegen.Params()
-    params.u(M, L, x.elem_offset, out.elem_offset, idx.elem_offset if idx is not None else 0, G, chunk)
-    params.f(float(divisor))
-    params.u(*ksizes, *kstrides, *rsizes, *rstrides)
+    params = _params(nk, nr).pack(M=M, L=L, x_off=x.elem_offset, out_off=out.elem_offset,
+                                  idx_off=idx.elem_offset if idx is not None else 0, G=G, chunk=chunk,
+                                  divisor=float(divisor), ksize=ksizes, kstride=kstrides, rsize=rsizes,
+                                  rstride=rstrides)
     # Partial sums are read back as their own accumulator type.
     in_dtype = x.dtype
     key = ("reduce", op, in_dtype, out.dtype, acc, variant, nk, nr, wg, finalize, partial_in)
@@ -300,4 +357,4 @@ def _launch(op, x, out, idx, acc, variant, nk, nr, wg, finalize, partial_in, M, 
     heaps = (out._ws.heap, x._ws.heap) + ((idx._ws.heap,) if idx is not None else ())
     groups = codegen.groups_for(M, wg) if variant == "thread" else (
         codegen.groups_for(M * G, wg) if variant == "thread_split" else codegen.grid(M * G))
-    rt.dispatch(kernel, heaps, params.pack(), groups)
+    rt.dispatch(kernel, heaps, params, groups)
