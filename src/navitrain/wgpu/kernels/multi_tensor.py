@@ -9,6 +9,7 @@ the rest (or fall back to per-tensor kernels).
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Sequence
 
@@ -16,26 +17,42 @@ import numpy as np
 import torch
 
 from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
-from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.runtime import PARAM_WORDS, runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty_fast
 
 WG = 256
 NAMES = "abcd"
 
 
+@functools.lru_cache(maxsize=None)
+def _params(n_shared: int) -> codegen.ParamBlock:
+    """The block: elements over all tensors, tensors in the table, then the shared scalars s0.."""
+    return codegen.ParamBlock("total", "count", *(f"s{k}: f32" for k in range(n_shared)))
+
+
+@functools.lru_cache(maxsize=None)
+def _pack(n_shared: int):
+    """(total, count, *shared) -> the block's bytes: every optimizer list op launches through this."""
+    return pointwise.positional_pack(_params(n_shared))
+
+
+# Where the table starts (a word index into T): the runtime writes it into the block's last word when
+# it places the table (runtime._place); the host packs only the fields above.
+_TABLE_BASE = codegen.ParamBlock(f"block[{PARAM_WORDS - 1}]", "table_base").ref("table_base")
+
+
 def _source(expr: str, out_st, in_st: list, modes: str, n_shared: int, n_per: int, compute: str) -> str:
     n_in = len(in_st)
     W = 3 + n_in + n_per
     lines = [
-        "  if (gi >= pu(0u)) { return; }",
-        "  let tb = pu(63u); let count = pu(1u);",
+        _params(n_shared).wgsl(),
+        "  if (gi >= total) { return; }",
+        f"  let tb = {_TABLE_BASE};",
         "  var lo = 0u; var hi = count - 1u;",
         f"  loop {{ if (lo >= hi) {{ break; }} let mid = (lo + hi + 1u) / 2u;",
         f"    if (T[tb + mid * {W}u] <= gi) {{ lo = mid; }} else {{ hi = mid - 1u; }} }}",
         f"  let row = tb + lo * {W}u; let j = gi - T[row];",
     ]
-    for k in range(n_shared):
-        lines.append(f"  let s{k} = pf({2 + k}u);")
     for k in range(n_per):
         lines.append(f"  let t{k} = bitcast<f32>(T[row + {3 + n_in + k}u]);")
     for k in range(n_in):
@@ -79,6 +96,7 @@ def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Seq
     if n_per and rt.capture is not None:
         _warn_frozen_scalars(name)
     lists = [out] + list(inputs)
+    pack = _pack(len(shared))
     for idx in _groups(lists, n):
         idx = [i for i in idx if out[i].numel()]
         if not idx:
@@ -107,10 +125,8 @@ def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Seq
             part = table[c:c + chunk]
             part[:, 0] = np.cumsum(counts) - counts  # linear index where each tensor starts
             total = int(counts.sum())
-            params = codegen.Params()
-            params.u(total, len(part))
-            params.f(*shared)
-            rt.dispatch(kernel, heaps, params.pack(), pointwise.groups_for(total), table=part.tobytes())
+            rt.dispatch(kernel, heaps, pack(total, len(part), *shared), pointwise.groups_for(total),
+                        table=part.tobytes())
     return list(out)
 
 

@@ -9,9 +9,9 @@ Scalars travel in the parameter block, so `x + 1.0` and `x + 2.0` share one comp
 """
 from __future__ import annotations
 
-from typing import Sequence
-
+import functools
 import struct
+from typing import Sequence
 
 import torch
 
@@ -69,39 +69,53 @@ def collapse(shape: Sequence[int], strides: list[list[int]]) -> tuple[list[int],
     return sizes, st
 
 
+@functools.lru_cache(maxsize=None)
+def _params(n_in: int, ndim: int, scalar_kinds: str, compute: str) -> codegen.ParamBlock:
+    """The block of a kernel over n_in inputs: element count, offsets (output first), and for the
+    strided class (ndim > 0) the collapsed sizes and each operand's strides; then the scalars."""
+    fields = ["n", f"off[{n_in + 1}]"]
+    if ndim:
+        fields.append(f"size[{ndim}]")
+        fields += [f"stride{k}[{ndim}]" for k in range(n_in + 1)]
+    return codegen.ParamBlock(*fields, *(_scalar_field(k, kind, compute) for k, kind in enumerate(scalar_kinds)))
+
+
+def _scalar_field(k: int, kind: str, compute: str) -> str:
+    if kind == "f":
+        return f"s{k}: f32"
+    return f"s{k}_i32: i32" if compute == "i64" else f"s{k}: i32"  # widened to s{k} in the body
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_names(scalar_kinds: str, compute: str) -> tuple[str, ...]:
+    return tuple(_scalar_field(k, kind, compute).split(":")[0] for k, kind in enumerate(scalar_kinds))
+
+
 def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes: str, ndim: int,
             scalar_kinds: str, compute: str) -> str:
     rt = runtime()
     out_st = rt.stypes[out_dtype_key]
     n_in = len(in_types)
-    lines = ["  if (gi >= pu(0u)) { return; }"]
-    first_size = 2 + n_in
+    block = _params(n_in, ndim if modes == "strided" else 0, scalar_kinds, compute)
+    lines = [block.wgsl(), "  if (gi >= n) { return; }"]
     if modes == "strided":
         lines.append("  var rem = gi;")
         for k in range(n_in + 1):
-            lines.append(f"  var o{k} = pu({1 + k}u);")
+            lines.append(f"  var o{k} = off_{k};")
         for d in reversed(range(ndim)):
-            size_w = first_size + d
             if d > 0:
-                lines.append(f"  let i{d} = rem % pu({size_w}u); rem = rem / pu({size_w}u);")
+                lines.append(f"  let i{d} = rem % size_{d}; rem = rem / size_{d};")
             else:
                 lines.append(f"  let i{d} = rem;")
             for k in range(n_in + 1):
-                stride_w = first_size + ndim + k * ndim + d
-                lines.append(f"  o{k} += i{d} * pu({stride_w}u);")
+                lines.append(f"  o{k} += i{d} * stride{k}_{d};")
     else:
-        lines.append("  let o0 = pu(1u) + gi;")
+        lines.append("  let o0 = off_0 + gi;")
         for k, m in enumerate(modes):
-            lines.append(f"  let o{k + 1} = pu({2 + k}u)" + (" + gi;" if m == "c" else ";"))
-    scalar_base = first_size + (ndim + ndim * (n_in + 1) if modes == "strided" else 0)
+            lines.append(f"  let o{k + 1} = off_{k + 1}" + (" + gi;" if m == "c" else ";"))
     for k, kind in enumerate(scalar_kinds):
-        w = scalar_base + k
-        if kind == "f":
-            lines.append(f"  let s{k} = pf({w}u);")
-        elif compute == "i64":
-            lines.append(f"  let s{k} = i64(pi({w}u));")
-        else:
-            lines.append(f"  let s{k} = pi({w}u);")
+        if kind != "f" and compute == "i64":
+            lines.append(f"  let s{k} = i64(s{k}_i32);")
     for k in range(n_in):
         st = rt.stypes[in_types[k]]
         lines.append(f"  let {NAMES[k]} = {st.load(f'b{k + 1}[o{k + 1}]', load_types[k])};")
@@ -111,6 +125,13 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
 
 
 _FAST: dict = {}
+_FORMAT = {"u32": "I", "i32": "i", "f32": "f"}
+
+
+def positional_pack(block: codegen.ParamBlock):
+    """A packer of `block` taking its words positionally, in declaration order, for the hottest launch
+    paths: struct packing alone, without the keyword pack()'s checks (a few microseconds per launch)."""
+    return struct.Struct("<" + "".join(_FORMAT[t] * (count or 1) for _, t, count, _ in block.fields)).pack
 
 
 class _FastLaunch:
@@ -118,9 +139,11 @@ class _FastLaunch:
 
     __slots__ = ("kernel", "pack")
 
-    def __init__(self, kernel, n_inputs: int, scalar_kinds: str):
+    def __init__(self, kernel, block: codegen.ParamBlock):
         self.kernel = kernel
-        self.pack = struct.Struct("<" + "I" * (2 + n_inputs) + "".join("f" if k == "f" else "i" for k in scalar_kinds)).pack
+        # Positional, in the block's field order: (n, out offset, input offsets..., scalars...). The
+        # keyword pack() costs a few microseconds more, on the path every elementwise op takes.
+        self.pack = positional_pack(block)
 
 
 def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,
@@ -152,7 +175,7 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
                 kernel = runtime().kernel(("pw", name, expr, in_types, lt, out_dtype, modes, 0, kinds, compute),
                                           f"pointwise_{name}", 1 + len(inputs),
                                           lambda: _source(expr, in_types, lt, out_dtype, modes, 0, kinds, compute))
-                fast = _FAST[key] = _FastLaunch(kernel, len(inputs), kinds)
+                fast = _FAST[key] = _FastLaunch(kernel, _params(len(inputs), 0, kinds, compute))
             numel = first.numel()
             out = empty_fast(fshape, first.stride(), out_dtype, numel)
             if numel:
@@ -189,22 +212,15 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
     else:
         modes = "strided"
 
-    params = codegen.Params()
-    params.u(numel, out.elem_offset)
-    params.u(*(t.elem_offset for t in inputs))
-    ndim = 0
+    ndim, layout = 0, {}
     if modes == "strided":
         strides = [list(out.stride())] + [_operand_strides(t, shape) for t in inputs]
         sizes, strides = collapse(shape, strides)
         ndim = len(sizes)
-        params.u(*sizes)
-        for s in strides:
-            params.u(*s)
-    for v, kind in zip(scalars, scalar_kinds):
-        if kind == "f":
-            params.f(v)
-        else:
-            params.i(v)
+        layout = {"size": sizes, **{f"stride{k}": s for k, s in enumerate(strides)}}
+    block = _params(len(inputs), ndim, scalar_kinds, compute)
+    raw = block.pack(n=numel, off=(out.elem_offset, *(t.elem_offset for t in inputs)), **layout,
+                     **dict(zip(_scalar_names(scalar_kinds, compute), scalars)))
 
     in_types = tuple(t.dtype for t in inputs)
     key = ("pw", name, expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute)
@@ -214,7 +230,7 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
         kernel = rt.kernel(key, f"pointwise_{name}", 1 + len(inputs),
                            lambda: _source(expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute))
     heaps = (out._ws.heap,) + tuple(t._ws.heap for t in inputs)
-    rt.dispatch(kernel, heaps, params.pack(), groups_for(numel))
+    rt.dispatch(kernel, heaps, raw, groups_for(numel))
     return out
 
 
