@@ -33,24 +33,28 @@ def _contig(t):
     return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
 
 
+# Thread n of the N*S (sample, position) pairs: sample b = n / S, position s = n % S.
+_FORWARD = codegen.ParamBlock("count", "C", "S", "x_off", "target_off", "ignore_index: i32", "weight_off",
+                              "loss_off", "wt_off")
+
+
 def _forward_source(x_st, t_st, w_st, has_weight):
-    idx = t_st.load("b3[pu(4u) + n]", "i32") if t_st.wgsl != "i64" else "i32(b3[pu(4u) + n])"
-    weight = f"{w_st.load('b4[pu(6u) + u32(t)]', 'f32')}" if has_weight else "1.0"
-    body = f"""
-  if (gi >= pu(0u)) {{ return; }}
-  let C = pu(1u); let S = pu(2u);
+    idx = t_st.load("b3[target_off + n]", "i32") if t_st.wgsl != "i64" else "i32(b3[target_off + n])"
+    weight = f"{w_st.load('b4[weight_off + u32(t)]', 'f32')}" if has_weight else "1.0"
+    body = _FORWARD.wgsl() + f"""
+  if (gi >= count) {{ return; }}
   let n = gi; let b = n / S; let s = n % S;
   let t = {idx};
   var loss = 0.0; var wt = 0.0;
-  if (t != pi(5u)) {{
+  if (t != ignore_index) {{
     if (t < 0 || u32(t) >= C) {{ loss = bitcast<f32>(0x7fc00000u); wt = 0.0; }}
     else {{
       wt = {weight};
-      loss = -wt * {x_st.load("b2[pu(3u) + (b * C + u32(t)) * S + s]", "f32")};
+      loss = -wt * {x_st.load("b2[x_off + (b * C + u32(t)) * S + s]", "f32")};
     }}
   }}
-  b0[pu(7u) + n] = loss;
-  b1[pu(8u) + n] = wt;"""
+  b0[loss_off + n] = loss;
+  b1[wt_off + n] = wt;"""
     types = ["f32", "f32", x_st.wgsl, t_st.wgsl] + ([w_st.wgsl] if has_weight else [])
     return codegen.module(types, body, WG)
 
@@ -67,14 +71,13 @@ def nll_loss_forward(x, target, weight, reduction, ignore_index):
         has_w = weight is not None
         x_st, t_st = rt.stypes[x.dtype], rt.stypes[target.dtype]
         w_st = rt.stypes[weight.dtype] if has_w else None
-        params = codegen.Params()
-        params.u(count, C, S, x.elem_offset, target.elem_offset)
-        params.i(ignore_index)
-        params.u(weight.elem_offset if has_w else 0, losses.elem_offset, weights.elem_offset)
+        params = _FORWARD.pack(count=count, C=C, S=S, x_off=x.elem_offset, target_off=target.elem_offset,
+                               ignore_index=ignore_index, loss_off=losses.elem_offset,
+                               weight_off=weight.elem_offset if has_w else 0, wt_off=weights.elem_offset)
         key = ("nll_fwd", x.dtype, target.dtype, weight.dtype if has_w else None)
         kernel = rt.kernel(key, "nll_loss_forward", 5 if has_w else 4, lambda: _forward_source(x_st, t_st, w_st, has_w))
         heaps = (losses._ws.heap, weights._ws.heap, x._ws.heap, target._ws.heap) + ((weight._ws.heap,) if has_w else ())
-        rt.dispatch(kernel, heaps, params.pack(), codegen.groups_for(count, WG))
+        rt.dispatch(kernel, heaps, params, codegen.groups_for(count, WG))
     total_weight = reduce(weights, None, False, "sum", x.dtype)
     if reduction == 0:  # none
         out = pointwise.run("cast", "a", [losses], x.dtype, "f32")
@@ -86,17 +89,21 @@ def nll_loss_forward(x, target, weight, reduction, ignore_index):
     return pointwise.run("div", "a / b", [total, total_weight], x.dtype, "f32"), total_weight
 
 
+# `scale` multiplies a reduced (single) grad_output; per-sample grad_outputs are read at grad_off + n.
+_BACKWARD = codegen.ParamBlock("count", "C", "S", "grad_in_off", "target_off", "ignore_index: i32", "weight_off",
+                               "grad_off", "scale: f32")
+
+
 def _backward_source(g_st, t_st, w_st, gi_st, has_weight, per_sample):
-    idx = t_st.load("b2[pu(4u) + n]", "i32") if t_st.wgsl != "i64" else "i32(b2[pu(4u) + n])"
-    weight = f"{w_st.load('b3[pu(6u) + u32(t)]', 'f32')}" if has_weight else "1.0"
-    g = g_st.load("b1[pu(7u) + n]", "f32") if per_sample else f"{g_st.load('b1[pu(7u)]', 'f32')} * pf(8u)"
-    body = f"""
-  if (gi >= pu(0u)) {{ return; }}
-  let C = pu(1u); let S = pu(2u);
+    idx = t_st.load("b2[target_off + n]", "i32") if t_st.wgsl != "i64" else "i32(b2[target_off + n])"
+    weight = f"{w_st.load('b3[weight_off + u32(t)]', 'f32')}" if has_weight else "1.0"
+    g = g_st.load("b1[grad_off + n]", "f32") if per_sample else f"{g_st.load('b1[grad_off]', 'f32')} * scale"
+    body = _BACKWARD.wgsl() + f"""
+  if (gi >= count) {{ return; }}
   let n = gi; let b = n / S; let s = n % S;
   let t = {idx};
-  if (t == pi(5u) || t < 0 || u32(t) >= C) {{ return; }}
-  b0[pu(3u) + (b * C + u32(t)) * S + s] = {gi_st.store(f"-({weight}) * {g}")};"""
+  if (t == ignore_index || t < 0 || u32(t) >= C) {{ return; }}
+  b0[grad_in_off + (b * C + u32(t)) * S + s] = {gi_st.store(f"-({weight}) * {g}")};"""
     types = [gi_st.wgsl, g_st.wgsl, t_st.wgsl] + ([w_st.wgsl] if has_weight else [])
     return codegen.module(types, body, WG)
 
@@ -121,14 +128,12 @@ def nll_loss_backward(grad_output, x, target, weight, reduction, ignore_index, t
     g_st, t_st = rt.stypes[grad_output.dtype], rt.stypes[target.dtype]
     w_st = rt.stypes[weight.dtype] if has_w else None
     gi_st = rt.stypes[grad_input.dtype]
-    params = codegen.Params()
-    params.u(count, C, S, grad_input.elem_offset, target.elem_offset)
-    params.i(ignore_index)
-    params.u(weight.elem_offset if has_w else 0, grad_output.elem_offset)
-    params.f(scale)
+    params = _BACKWARD.pack(count=count, C=C, S=S, grad_in_off=grad_input.elem_offset, target_off=target.elem_offset,
+                            ignore_index=ignore_index, weight_off=weight.elem_offset if has_w else 0,
+                            grad_off=grad_output.elem_offset, scale=scale)
     key = ("nll_bwd", grad_output.dtype, target.dtype, weight.dtype if has_w else None, x.dtype, per_sample)
     kernel = rt.kernel(key, "nll_loss_backward", 4 if has_w else 3,
                        lambda: _backward_source(g_st, t_st, w_st, gi_st, has_w, per_sample))
     heaps = (grad_input._ws.heap, grad_output._ws.heap, target._ws.heap) + ((weight._ws.heap,) if has_w else ())
-    rt.dispatch(kernel, heaps, params.pack(), codegen.groups_for(count, WG))
+    rt.dispatch(kernel, heaps, params, codegen.groups_for(count, WG))
     return grad_input

@@ -24,6 +24,20 @@ _DISTRIBUTIONS = {
 }
 
 
+# Philox's key (the seed) and the counter where this launch's stream starts, as two 32-bit words each;
+# then the distribution's scalars (floats, or for integers the low end and the span).
+_COMMON = ("n", "out_off", "seed[2]", "offset[2]")
+_FLOAT_PARAMS = codegen.ParamBlock(*_COMMON, "s0: f32", "s1: f32")
+_INT_PARAMS = codegen.ParamBlock(*_COMMON, "s0: i32", "s1")
+# A captured graph renews the seed and offset words on each replay (runtime.replay's patches).
+_RNG_WORD = next(word for name, _, _, word in _FLOAT_PARAMS.fields if name == "seed")
+assert _RNG_WORD == next(word for name, _, _, word in _INT_PARAMS.fields if name == "seed")
+
+
+def _params(dist: str) -> codegen.ParamBlock:
+    return _INT_PARAMS if _DISTRIBUTIONS[dist][1] == "int" else _FLOAT_PARAMS
+
+
 def _source(dist: str, out_dtype: torch.dtype) -> str:
     rt = runtime()
     st = rt.stypes[out_dtype]
@@ -31,15 +45,15 @@ def _source(dist: str, out_dtype: torch.dtype) -> str:
     if kind == "int":
         # 32 random bits modulo the range: the bias is below range / 2^32, invisible for labels and indices.
         compute = st.compute
-        value = f"{compute}(pi(6u)) + {compute}(r.x % pu(7u))"
+        value = f"{compute}(s0) + {compute}(r.x % s1)"
     else:
-        value = expr.replace("s0", "pf(6u)").replace("s1", "pf(7u)")
-    body = f"""
-  if (gi >= pu(0u)) {{ return; }}
-  let c0 = pu(4u) + gi;
-  let c1 = pu(5u) + select(0u, 1u, c0 < pu(4u));
-  let r = philox(c0, c1, pu(2u), pu(3u));
-  b0[pu(1u) + gi] = {st.store(value)};"""
+        value = expr
+    body = _params(dist).wgsl() + f"""
+  if (gi >= n) {{ return; }}
+  let c0 = offset_0 + gi;
+  let c1 = offset_1 + select(0u, 1u, c0 < offset_0);
+  let r = philox(c0, c1, seed_0, seed_1);
+  b0[out_off + gi] = {st.store(value)};"""
     return codegen.module([st.wgsl], body, WG, helpers=rng.WGSL)
 
 
@@ -49,17 +63,12 @@ def _generate(out: WgpuTensor, dist: str, a, b) -> WgpuTensor:
         return out
     target = out if out.is_contiguous() else empty(out.shape, out.dtype)
     seed, offset = rng.reserve(n)
-    params = codegen.Params()
-    params.u(n, target.elem_offset, seed & 0xFFFFFFFF, seed >> 32, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF)
-    if dist == "randint":
-        params.i(a)
-        params.u(b)
-    else:
-        params.f(a, b)
+    params = _params(dist).pack(n=n, out_off=target.elem_offset, seed=(seed & 0xFFFFFFFF, seed >> 32),
+                                offset=(offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF), s0=a, s1=b)
     rt = runtime()
     key = ("rand", dist, out.dtype)
     kernel = rt.kernel(key, f"random_{dist}", 1, lambda: _source(dist, out.dtype))
-    rt.dispatch(kernel, (target._ws.heap,), params.pack(), codegen.groups_for(n, WG), rng_word=2)
+    rt.dispatch(kernel, (target._ws.heap,), params, codegen.groups_for(n, WG), rng_word=_RNG_WORD)
     if target is not out:
         copy_into(out, target)
     return out

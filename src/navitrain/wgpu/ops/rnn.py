@@ -51,6 +51,11 @@ def _contig(t):
     return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
 
 
+# A cell kernel's parameters: threads, H (hidden units), then each bound tensor's offset, in binding
+# order (which tensors are bound depends on the call: one block per kernel variant).
+_BLOCKS: dict[tuple, codegen.ParamBlock] = {}
+
+
 def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: int) -> None:
     """One cell kernel over `threads` (batch row, hidden unit) pairs. `ins`/`outs` map names to
     tensors (None for an absent optional input, which reads as 0.0); the body reads `ld_<name>(i)` and
@@ -64,25 +69,26 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
         if not rt.stypes[t.dtype].has_kernels or not t.dtype.is_floating_point:
             raise NoKernelForDtype(f"{name}: no wgpu kernel for {t.dtype}")
     key = ("rnn", name, tuple((n, t.dtype) for n, t in present), tuple(absent))
+    block = _BLOCKS.get(key)
+    if block is None:
+        block = _BLOCKS[key] = codegen.ParamBlock("threads", "H", *(f"{n}_off" for n, _ in present))
 
     def source():
         fns = []
         for k, (n, t) in enumerate(present):
             st = rt.stypes[t.dtype]
-            ref = f"b{k}[pu({2 + k}u) + i]"
+            ref = f"b{k}[{block.ref(f'{n}_off')} + i]"
             if n in outs:
                 fns.append(f"fn st_{n}(i: u32, v: f32) {{ {ref} = {st.store('v')}; }}")
             else:
                 fns.append(f"fn ld_{n}(i: u32) -> f32 {{ return {st.load(ref, 'f32')}; }}")
         fns += [f"fn ld_{n}(i: u32) -> f32 {{ return 0.0; }}" for n in absent]
         types = [rt.stypes[t.dtype].wgsl for _, t in present]
-        return codegen.module(types, body, WG, helpers=_ACTIVATIONS + "\n".join(fns) + "\n")
+        return codegen.module(types, block.wgsl() + body, WG, helpers=_ACTIVATIONS + "\n".join(fns) + "\n")
 
     kernel = rt.kernel(key, f"rnn_{name}", len(present), source)
-    p = codegen.Params()
-    p.u(threads, hidden)
-    p.u(*(t.elem_offset for _, t in present))
-    rt.dispatch(kernel, tuple(t._ws.heap for _, t in present), p.pack(), codegen.groups_for(threads, WG))
+    params = block.pack(threads=threads, H=hidden, **{f"{n}_off": t.elem_offset for n, t in present})
+    rt.dispatch(kernel, tuple(t._ws.heap for _, t in present), params, codegen.groups_for(threads, WG))
 
 
 def _has_kernels(dtype: torch.dtype) -> bool:
@@ -99,8 +105,8 @@ def _check_gates(name: str, gates, state, k: int) -> tuple[int, int]:
 
 # Thread (b, j): its gates sit at b*kH + g*H + j, its state at b*H + j, its bias at g*H + j.
 _PROLOGUE = """
-  if (gi >= pu(0u)) { return; }
-  let H = pu(1u); let b = gi / H; let j = gi % H;
+  if (gi >= threads) { return; }
+  let b = gi / H; let j = gi % H;
 """
 
 _LSTM_FORWARD = _PROLOGUE + """
