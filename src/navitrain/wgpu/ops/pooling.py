@@ -87,28 +87,6 @@ def compute_type(dtype: torch.dtype, floats_only: bool = False) -> str | None:
     return None if floats_only else st.compute
 
 
-class ParamBlock:
-    """Named kernel parameters: the same name list gives the WGSL `let`s and packs the values."""
-
-    def __init__(self, unsigned: tuple[str, ...], signed: tuple[str, ...] = (), floats: tuple[str, ...] = ()):
-        self.unsigned, self.signed, self.floats = unsigned, signed, floats
-
-    def wgsl(self) -> str:
-        lines, k = [], 0
-        for names, read in ((self.unsigned, "pu"), (self.signed, "pi"), (self.floats, "pf")):
-            for n in names:
-                lines.append(f"  let {n} = {read}({k}u);")
-                k += 1
-        return "\n".join(lines) + "\n"
-
-    def pack(self, values: dict) -> bytes:
-        p = codegen.Params()
-        p.u(*(values.get(n, 0) for n in self.unsigned))
-        p.i(*(values.get(n, 0) for n in self.signed))
-        p.f(*(values.get(n, 0.0) for n in self.floats))
-        return p.pack()
-
-
 def _geometry(prefix: str, t: torch.Tensor) -> dict:
     s = strides_4d(t)
     return {f"{prefix}_off": t.elem_offset, **{f"{prefix}{d}": st for d, st in zip("NCHW", s)}}
@@ -181,9 +159,14 @@ def _window_values(k, s, p, d) -> dict:
 
 # -- forward kernels ----------------------------------------------------------------------------
 # kinds: "max" / "avg" (fixed windows), "amax" / "aavg" (adaptive windows)
-_FWD = ParamBlock(
-    ("total", "C", "OH", "OW", "IH", "IW", "x_off", "xN", "xC", "xH", "xW", "out_off", "idx_off"),
-    ("kH", "kW", "stH", "stW", "pH", "pW", "dH", "dW", "include_pad", "divisor"))
+_WINDOW_NAMES = ("kH", "kW", "stH", "stW", "pH", "pW", "dH", "dW", "include_pad", "divisor")
+_WINDOW = tuple(f"{name}: i32" for name in _WINDOW_NAMES)
+# Adaptive windows have no fixed window, and only avg pooling has include_pad and a divisor: the
+# kernels that do not read a field launch with it 0.
+_WINDOW_DEFAULTS = dict.fromkeys(_WINDOW_NAMES, 0)
+_FWD = codegen.ParamBlock(
+    "total", "C", "OH", "OW", "IH", "IW", "x_off", "xN", "xC", "xH", "xW", "out_off", "idx_off", *_WINDOW,
+    defaults=_WINDOW_DEFAULTS)
 
 _FIXED_WINDOW = """
   let hs = i32(oh * u32(stH)) - pH; let ws = i32(ow * u32(stW)) - pW;
@@ -269,15 +252,15 @@ def _run_forward(kind: str, x, out_hw, values: dict, compute: str):
     kernel = rt.kernel(key, f"pool_{kind}", 3 if with_idx else 2,
                        lambda: _forward_source(kind, x_st, out_st, idx_st, compute, cl))
     heaps = (out._ws.heap, x._ws.heap) + ((idx._ws.heap,) if with_idx else ())
-    rt.dispatch(kernel, heaps, _FWD.pack(values), codegen.groups_for(total, WG))
+    rt.dispatch(kernel, heaps, _FWD.pack(**values), codegen.groups_for(total, WG))
     return (out, idx) if with_idx else out
 
 
 # -- backward kernels (gathers) -------------------------------------------------------------------
-_BWD = ParamBlock(
-    ("total", "C", "OH", "OW", "IH", "IW", "g_off", "gN", "gC", "gH", "gW", "out_off",
-     "i_off", "iN", "iC", "iH", "iW"),
-    ("kH", "kW", "stH", "stW", "pH", "pW", "dH", "dW", "include_pad", "divisor"))
+_BWD = codegen.ParamBlock(
+    "total", "C", "OH", "OW", "IH", "IW", "g_off", "gN", "gC", "gH", "gW", "out_off",
+    "i_off", "iN", "iC", "iH", "iW", *_WINDOW,
+    defaults=dict(_WINDOW_DEFAULTS, i_off=0, iN=0, iC=0, iH=0, iW=0))  # i_*: the saved indices, max pools only
 
 
 def _backward_source(kind: str, g_st, out_st, idx_st, channels_last: bool) -> str:
@@ -349,7 +332,7 @@ def _run_backward(kind: str, grad_output, x, indices, values: dict):
     kernel = rt.kernel(key, f"pool_{kind}_backward", 3 if with_idx else 2,
                        lambda: _backward_source(kind, g_st, out_st, idx_st, cl))
     heaps = (grad_input._ws.heap, grad_output._ws.heap) + ((indices._ws.heap,) if with_idx else ())
-    rt.dispatch(kernel, heaps, _BWD.pack(values), codegen.groups_for(total, WG))
+    rt.dispatch(kernel, heaps, _BWD.pack(**values), codegen.groups_for(total, WG))
     return grad_input
 
 
