@@ -29,7 +29,9 @@ import contextlib
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, gemm_tuning
+from navitrain.wgpu.kernels.copy import copy_into
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
@@ -68,40 +70,37 @@ def eligible(g, *tensors, any_kernel: bool = False) -> bool:
 def use_direct(pass_name: str, g, image: WgpuTensor, run_direct, run_gemm) -> bool:
     """Direct kernel or implicit GEMM for this shape and `image`'s layout: timed once per shape class
     where the tuner runs (`gemm_tuning.pick_choice`), the direct kernel with tuning off (lavapipe, CI)."""
-    from navitrain.wgpu.kernels.gemm_tuning import pick_choice, shape_class
 
     def gemm():
         with disabled():
             run_gemm()
 
     layout = "nhwc" if _channels_inner(image) else "nchw"
-    key = "conv_dw|" + shape_class(f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}",
-                                   g.C, g.N * g.OH * g.OW, g.H * g.W, 1)
-    return pick_choice(key, {"direct": run_direct, "gemm": gemm}, "direct") == "direct"
+    shape = f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}"
+    key = "conv_dw|" + gemm_tuning.shape_class(shape, g.C, g.N * g.OH * g.OW, g.H * g.W, 1)
+    return gemm_tuning.pick_choice(key, {"direct": run_direct, "gemm": gemm}, "direct") == "direct"
 
 
 # ---------------------------------------------------------------------------------------------
-# correlate: forward and stride-1 grad-input.
-# Parameter words: 0 C, 1 N, 2 IH, 3 IW, 4 OH, 5 OW, 6 ph, 7 pw (i32), 8 tiles or column groups along W,
-# 9 tiles along H, 10 workgroups or threads in all, 11-15 x (offset, 4 strides), 16-20 w, 21-25 out,
-# 26 bias offset.
-_PRE = """
-  let C = pu(0u); let NB = pu(1u); let IH = i32(pu(2u)); let IW = i32(pu(3u)); let OH = pu(4u); let OW = pu(5u);
-  let ph = pi(6u); let pw = pi(7u);
-  let x_off = pu(11u); let x_s0 = pu(12u); let x_s1 = pu(13u); let x_s2 = pu(14u); let x_s3 = pu(15u);
-  let w_off = pu(16u); let w_s0 = pu(17u); let w_s2 = pu(19u); let w_s3 = pu(20u);
-  let o_off = pu(21u); let o_s0 = pu(22u); let o_s1 = pu(23u); let o_s2 = pu(24u); let o_s3 = pu(25u);"""
+# correlate: forward and stride-1 grad-input; the stride-2 grad-input gather shares its parameters
+# (x = dy, out = dx). x is C channels of IH x IW, out OH x OW, padded by (ph, pw) before the image.
+# groups_w: tiles (tiled kernel) or 4-output column groups (the others) along W; tiles_h: tiles along
+# H (tiled only); work: workgroups (tiled) or threads in all. Each tensor: element offset and 4 strides.
+_CORRELATE_P = codegen.ParamBlock(
+    "C", "IH: i32", "IW: i32", "OH", "OW", "ph: i32", "pw: i32", "groups_w", "tiles_h", "work",
+    "x_off", "x_s[4]", "w_off", "w_s[4]", "o_off", "o_s[4]", "b_off", defaults={"tiles_h": 0, "b_off": 0})
+_PRE = "\n" + _CORRELATE_P.wgsl()
 
 # Tiled NCHW kernel shapes: threads along W per row (each 4 outputs) -> tile of (64 / t) rows x 4t columns.
 _TILES = {2: (32, 8), 4: (16, 16), 8: (8, 32)}
 
 
 def _weights(kh: int, kw: int, flip: bool, st_w) -> list[str]:
-    lines = ["  let wb = w_off + c * w_s0;"]
+    lines = ["  let wb = w_off + c * w_s_0;"]
     for i in range(kh):
         for j in range(kw):
             si, sj = (kh - 1 - i, kw - 1 - j) if flip else (i, j)
-            lines.append(f"  let w{i}_{j} = {st_w.load(f'b2[wb + {si}u * w_s2 + {sj}u * w_s3]', 'f32')};")
+            lines.append(f"  let w{i}_{j} = {st_w.load(f'b2[wb + {si}u * w_s_2 + {sj}u * w_s_3]', 'f32')};")
     return lines
 
 
@@ -120,26 +119,26 @@ def _fma_rows(kh: int, kw: int, sw: int, value) -> list[str]:
 
 
 def _store(st_o, bias: bool, st_b) -> list[str]:
-    b = f" + {st_b.load('b3[pu(26u) + c]', 'f32')}" if bias else ""
-    return [f"    if (ox + {q}u < OW) {{ b0[ob + (ox + {q}u) * o_s3] = {st_o.store(f'a{q}{b}')}; }}" for q in range(4)]
+    b = f" + {st_b.load('b3[b_off + c]', 'f32')}" if bias else ""
+    return [f"    if (ox + {q}u < OW) {{ b0[ob + (ox + {q}u) * o_s_3] = {st_o.store(f'a{q}{b}')}; }}" for q in range(4)]
 
 
 def _tiled_source(kh, kw, sh, sw, flip, tw_threads, st_o, st_x, st_w, st_b) -> str:
     rows, cols = _TILES[tw_threads]
     tin_h, tin_w = (rows - 1) * sh + kh, (cols - 1) * sw + kw
     lines = [_PRE,
-             "  if (group >= pu(10u)) { return; }",
-             "  let tiles_w = pu(8u); let per_plane = tiles_w * pu(9u);",
+             "  if (group >= work) { return; }",
+             "  let tiles_w = groups_w; let per_plane = tiles_w * tiles_h;",
              "  let plane = group / per_plane; let tr = group % per_plane;",
              f"  let oy0 = (tr / tiles_w) * {rows}u; let ox0 = (tr % tiles_w) * {cols}u;",
              "  let n = plane / C; let c = plane % C;",
-             "  let xb = x_off + n * x_s0 + c * x_s1;",
+             "  let xb = x_off + n * x_s_0 + c * x_s_1;",
              f"  let iy0 = i32(oy0 * {sh}u) - ph; let ix0 = i32(ox0 * {sw}u) - pw;",
              # the input tile + halo, zero outside the image (padding)
              f"  for (var e = lid; e < {tin_h * tin_w}u; e = e + {WG}u) {{",
              f"    let iy = iy0 + i32(e / {tin_w}u); let ix = ix0 + i32(e % {tin_w}u);",
              "    var v = 0.0;",
-             f"    if (iy >= 0 && iy < IH && ix >= 0 && ix < IW) {{ v = {st_x.load('b1[xb + u32(iy) * x_s2 + u32(ix) * x_s3]', 'f32')}; }}",
+             f"    if (iy >= 0 && iy < IH && ix >= 0 && ix < IW) {{ v = {st_x.load('b1[xb + u32(iy) * x_s_2 + u32(ix) * x_s_3]', 'f32')}; }}",
              "    tile[e] = v;",
              "  }"]
     lines += _weights(kh, kw, flip, st_w)
@@ -150,7 +149,7 @@ def _tiled_source(kh, kw, sh, sw, flip, tw_threads, st_o, st_x, st_w, st_b) -> s
     lines += _fma_rows(kh, kw, sw, lambda i, t: f"tile[tb + {i * tin_w + t}u]")
     lines += ["  let oy = oy0 + ty; let ox = ox0 + tx * 4u;",
               "  if (oy < OH) {",
-              "    let ob = o_off + n * o_s0 + c * o_s1 + oy * o_s2;"]
+              "    let ob = o_off + n * o_s_0 + c * o_s_1 + oy * o_s_2;"]
     lines += _store(st_o, st_b is not None, st_b)
     lines.append("  }")
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([st_b.wgsl] if st_b is not None else [])
@@ -161,19 +160,19 @@ def _tiled_source(kh, kw, sh, sw, flip, tw_threads, st_o, st_x, st_w, st_b) -> s
 def _direct_source(kh, kw, sh, sw, flip, channels_inner, st_o, st_x, st_w, st_b) -> str:
     """One thread = 4 neighbouring outputs along W of one (n, c, oy); no workgroup memory."""
     if channels_inner:   # thread index (n, oy, column group, c): neighbouring threads, neighbouring channels
-        split = ["  let c = gi % C; let r = gi / C; let g4 = r % pu(8u); let r2 = r / pu(8u);",
+        split = ["  let c = gi % C; let r = gi / C; let g4 = r % groups_w; let r2 = r / groups_w;",
                  "  let oy = r2 % OH; let n = r2 / OH;"]
     else:                # (n, c, oy, column group): neighbouring threads, neighbouring columns
-        split = ["  let g4 = gi % pu(8u); let r = gi / pu(8u); let oy = r % OH; let r2 = r / OH;",
+        split = ["  let g4 = gi % groups_w; let r = gi / groups_w; let oy = r % OH; let r2 = r / OH;",
                  "  let c = r2 % C; let n = r2 / C;"]
-    lines = [_PRE, "  if (gi >= pu(10u)) { return; }"] + split + [
-        "  let xb = x_off + n * x_s0 + c * x_s1; let ox = g4 * 4u;",
+    lines = [_PRE, "  if (gi >= work) { return; }"] + split + [
+        "  let xb = x_off + n * x_s_0 + c * x_s_1; let ox = g4 * 4u;",
         f"  let iy0 = i32(oy * {sh}u) - ph; let ix0 = i32(ox * {sw}u) - pw;"]
     span = 3 * sw + kw
     for t in range(span):
-        lines.append(f"  let cok{t} = ix0 + {t} >= 0 && ix0 + {t} < IW; let cx{t} = u32(ix0 + {t}) * x_s3;")
+        lines.append(f"  let cok{t} = ix0 + {t} >= 0 && ix0 + {t} < IW; let cx{t} = u32(ix0 + {t}) * x_s_3;")
     for i in range(kh):
-        lines.append(f"  let rok{i} = iy0 + {i} >= 0 && iy0 + {i} < IH; let rx{i} = xb + u32(iy0 + {i}) * x_s2;")
+        lines.append(f"  let rok{i} = iy0 + {i} >= 0 && iy0 + {i} < IH; let rx{i} = xb + u32(iy0 + {i}) * x_s_2;")
     lines += _weights(kh, kw, flip, st_w)
     lines.append("  var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;")
 
@@ -183,7 +182,7 @@ def _direct_source(kh, kw, sh, sw, flip, channels_inner, st_o, st_x, st_w, st_b)
         load = st_x.load(f"b1[select(xb, rx{i} + cx{t}, rok{i} && cok{t})]", "f32")
         return f"select(0.0, {load}, rok{i} && cok{t})"
     lines += _fma_rows(kh, kw, sw, value)
-    lines += ["  let ob = o_off + n * o_s0 + c * o_s1 + oy * o_s2;", "  {"]
+    lines += ["  let ob = o_off + n * o_s_0 + c * o_s_1 + oy * o_s_2;", "  {"]
     lines += _store(st_o, st_b is not None, st_b)
     lines.append("  }")
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([st_b.wgsl] if st_b is not None else [])
@@ -193,20 +192,21 @@ def _direct_source(kh, kw, sh, sw, flip, channels_inner, st_o, st_x, st_w, st_b)
 def _vec4_source(kh, kw, sh, sw, flip, st_w, st_b) -> str:
     """channels_last f32 with C % 4 == 0 and 16-byte aligned pixels: one thread = 4 channels x 4
     neighbouring outputs along W, x read and out written as vec4 (b0 = out, b1 = x, both vec4 views)."""
-    lines = [_PRE, "  if (gi >= pu(10u)) { return; }",
-             "  let c = (gi % (C / 4u)) * 4u; let r = gi / (C / 4u); let g4 = r % pu(8u); let r2 = r / pu(8u);",
+    lines = [_PRE, "  if (gi >= work) { return; }",
+             "  let c = (gi % (C / 4u)) * 4u; let r = gi / (C / 4u); let g4 = r % groups_w; let r2 = r / groups_w;",
              "  let oy = r2 % OH; let n = r2 / OH;",
-             "  let xb = x_off + n * x_s0 + c; let ox = g4 * 4u;",
+             "  let xb = x_off + n * x_s_0 + c; let ox = g4 * 4u;",
              f"  let iy0 = i32(oy * {sh}u) - ph; let ix0 = i32(ox * {sw}u) - pw;"]
     for t in range(3 * sw + kw):
-        lines.append(f"  let cok{t} = ix0 + {t} >= 0 && ix0 + {t} < IW; let cx{t} = u32(ix0 + {t}) * x_s3;")
+        lines.append(f"  let cok{t} = ix0 + {t} >= 0 && ix0 + {t} < IW; let cx{t} = u32(ix0 + {t}) * x_s_3;")
     for i in range(kh):
-        lines.append(f"  let rok{i} = iy0 + {i} >= 0 && iy0 + {i} < IH; let rx{i} = xb + u32(iy0 + {i}) * x_s2;")
-    lines.append("  let wb = w_off + c * w_s0;")
+        lines.append(f"  let rok{i} = iy0 + {i} >= 0 && iy0 + {i} < IH; let rx{i} = xb + u32(iy0 + {i}) * x_s_2;")
+    lines.append("  let wb = w_off + c * w_s_0;")
     for i in range(kh):
         for j in range(kw):
             si, sj = (kh - 1 - i, kw - 1 - j) if flip else (i, j)
-            taps = ", ".join(st_w.load(f"b2[wb + {q}u * w_s0 + {si}u * w_s2 + {sj}u * w_s3]", "f32") for q in range(4))
+            taps = ", ".join(st_w.load(f"b2[wb + {q}u * w_s_0 + {si}u * w_s_2 + {sj}u * w_s_3]", "f32")
+                             for q in range(4))
             lines.append(f"  let w{i}_{j} = vec4<f32>({taps});")
     lines.append("  var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);")
 
@@ -215,11 +215,11 @@ def _vec4_source(kh, kw, sh, sw, flip, st_w, st_b) -> str:
         return f"select(vec4<f32>(0.0), b1[select(xb, rx{i} + cx{t}, {ok}) >> 2u], {ok})"
     lines += _fma_rows(kh, kw, sw, value)
     if st_b is not None:
-        taps = ", ".join(st_b.load(f"b3[pu(26u) + c + {q}u]", "f32") for q in range(4))
+        taps = ", ".join(st_b.load(f"b3[b_off + c + {q}u]", "f32") for q in range(4))
         lines.append(f"  let bv = vec4<f32>({taps});")
     b = " + bv" if st_b is not None else ""
-    lines.append("  let ob = o_off + n * o_s0 + c + oy * o_s2;")
-    lines += [f"  if (ox + {q}u < OW) {{ b0[(ob + (ox + {q}u) * o_s3) >> 2u] = a{q}{b}; }}" for q in range(4)]
+    lines.append("  let ob = o_off + n * o_s_0 + c + oy * o_s_2;")
+    lines += [f"  if (ox + {q}u < OW) {{ b0[(ob + (ox + {q}u) * o_s_3) >> 2u] = a{q}{b}; }}" for q in range(4)]
     types = ["vec4<f32>", "vec4<f32>", st_w.wgsl] + ([st_b.wgsl] if st_b is not None else [])
     return codegen.module(types, "\n".join(lines), WG)
 
@@ -240,45 +240,47 @@ def correlate(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, out: WgpuTe
     """out[n, c, oy, ox] = bias[c] + sum_{i,j} x[n, c, oy*s0 - p0 + i, ox*s1 - p1 + j] * w'[c, 0, i, j]
     (w' = w rotated by 180 degrees when `flip`); out's size sets the output range."""
     rt = runtime()
-    N, C, IH, IW = x.shape
+    N, C = x.shape[0], x.shape[1]
     _, _, OH, OW = out.shape
     kh, kw = w.shape[2], w.shape[3]
     sh, sw = stride
     st_o, st_x, st_w = rt.stypes[out.dtype], rt.stypes[x.dtype], rt.stypes[w.dtype]
     st_b = rt.stypes[bias.dtype] if bias is not None else None
     inner = _channels_inner(out)
-    tiled = not inner and OH * OW >= 128
-    p = codegen.Params()
-    p.u(C, N, IH, IW, OH, OW)
-    p.i(padding[0], padding[1])
-    if tiled:
+    if not inner and OH * OW >= 128:
         tw_threads = 2 if OW <= 8 else (4 if OW <= 16 else 8)
         rows, cols = _TILES[tw_threads]
-        tiles_w, tiles_h = -(-OW // cols), -(-OH // rows)
-        total = N * C * tiles_w * tiles_h
-        p.u(tiles_w, tiles_h, total)
+        groups_w, tiles_h = -(-OW // cols), -(-OH // rows)
+        work = N * C * groups_w * tiles_h
         key = ("dw_tiled", kh, kw, sh, sw, flip, tw_threads, out.dtype, x.dtype, w.dtype, st_b and bias.dtype)
-        source = lambda: _tiled_source(kh, kw, sh, sw, flip, tw_threads, st_o, st_x, st_w, st_b)  # noqa: E731
-        groups = codegen.grid(total)
+        source = lambda: _tiled_source(kh, kw, sh, sw, flip, tw_threads, st_o, st_x, st_w, st_b)
+        groups = codegen.grid(work)
     else:
-        col_groups = -(-OW // 4)
-        total = N * C * OH * col_groups
-        p.u(col_groups, 0, total)
-        key = ("dw_direct", kh, kw, sh, sw, flip, inner, out.dtype, x.dtype, w.dtype, st_b and bias.dtype)
-        source = lambda: _direct_source(kh, kw, sh, sw, flip, inner, st_o, st_x, st_w, st_b)  # noqa: E731
+        groups_w, tiles_h = -(-OW // 4), 0
+        work = N * C * OH * groups_w
         if inner and _vec4_ok(x, out):
-            total //= 4
-            p.values[-1] = total
+            work //= 4
             key = ("dw_vec4", kh, kw, sh, sw, flip, w.dtype, st_b and bias.dtype)
-            source = lambda: _vec4_source(kh, kw, sh, sw, flip, st_w, st_b)  # noqa: E731
-        groups = codegen.groups_for(total, WG)
-    for t in (x, w, out):
-        p.u(t.elem_offset, *t.stride())
-    p.u(bias.elem_offset if bias is not None else 0)
+            source = lambda: _vec4_source(kh, kw, sh, sw, flip, st_w, st_b)
+        else:
+            key = ("dw_direct", kh, kw, sh, sw, flip, inner, out.dtype, x.dtype, w.dtype, st_b and bias.dtype)
+            source = lambda: _direct_source(kh, kw, sh, sw, flip, inner, st_o, st_x, st_w, st_b)
+        groups = codegen.groups_for(work, WG)
+    params = _correlate_params(x, w, out, bias, padding, groups_w, tiles_h, work)
     heaps = (out._ws.heap, x._ws.heap, w._ws.heap) + ((bias._ws.heap,) if bias is not None else ())
     kernel = rt.kernel(key, "conv2d_depthwise", len(heaps), source)
-    rt.dispatch(kernel, heaps, p.pack(), groups)
+    rt.dispatch(kernel, heaps, params, groups)
     return out
+
+
+def _correlate_params(x: WgpuTensor, w: WgpuTensor, out: WgpuTensor, bias: WgpuTensor | None, padding,
+                      groups_w: int, tiles_h: int, work: int) -> bytes:
+    """The parameter block of `correlate`'s kernels and of the strided grad-input gather (x = dy, out = dx)."""
+    return _CORRELATE_P.pack(
+        C=x.shape[1], IH=x.shape[2], IW=x.shape[3], OH=out.shape[2], OW=out.shape[3], ph=padding[0], pw=padding[1],
+        groups_w=groups_w, tiles_h=tiles_h, work=work, x_off=x.elem_offset, x_s=x.stride(),
+        w_off=w.elem_offset, w_s=w.stride(), o_off=out.elem_offset, o_s=out.stride(),
+        b_off=bias.elem_offset if bias is not None else 0)
 
 
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor) -> WgpuTensor:
@@ -302,26 +304,26 @@ def _dgrad_source(kh, kw, sh, sw, rw, channels_inner, st_o, st_y, st_w) -> str:
     multiple of sw exactly when q + rw - j is, and then ox = ix0/sw + pw div sw + (q + rw - j)/sw.
     Whether tap row i lands depends on iy: one test per row, the same for the thread's 4 outputs."""
     if channels_inner:
-        split = ["  let c = gi % C; let r = gi / C; let g4 = r % pu(8u); let r2 = r / pu(8u);",
+        split = ["  let c = gi % C; let r = gi / C; let g4 = r % groups_w; let r2 = r / groups_w;",
                  "  let oy = r2 % OH; let n = r2 / OH;"]
     else:
-        split = ["  let g4 = gi % pu(8u); let r = gi / pu(8u); let oy = r % OH; let r2 = r / OH;",
+        split = ["  let g4 = gi % groups_w; let r = gi / groups_w; let oy = r % OH; let r2 = r / OH;",
                  "  let c = r2 % C; let n = r2 / C;"]
     # (names from _PRE: x = dy of IH x IW, out = dx of OH x OW; oy, ox index dx)
-    lines = [_PRE, "  if (gi >= pu(10u)) { return; }"] + split + [
-        "  let yb = x_off + n * x_s0 + c * x_s1; let ox = g4 * 4u;",
+    lines = [_PRE, "  if (gi >= work) { return; }"] + split + [
+        "  let yb = x_off + n * x_s_0 + c * x_s_1; let ox = g4 * 4u;",
         f"  let owb = i32(ox / {sw}u) + pw / {sw};"]
     taps = {(q, j): (q + rw - j) // sw for q in range(4) for j in range(kw) if (q + rw - j) % sw == 0}
     offsets = sorted(set(taps.values()))
     for d in offsets:
         name = f"{d}".replace("-", "m")
-        lines.append(f"  let cok{name} = owb + {d} >= 0 && owb + {d} < IW; let cx{name} = u32(owb + {d}) * x_s3;")
+        lines.append(f"  let cok{name} = owb + {d} >= 0 && owb + {d} < IW; let cx{name} = u32(owb + {d}) * x_s_3;")
     lines += _weights(kh, kw, False, st_w)
     lines.append("  var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;")
     for i in range(kh):
         lines.append(f"  let nh{i} = i32(oy) + ph - {i};")
         lines.append(f"  if (nh{i} >= 0 && nh{i} % {sh} == 0 && nh{i} / {sh} < IH) {{")
-        lines.append(f"    let rx = yb + u32(nh{i} / {sh}) * x_s2;")
+        lines.append(f"    let rx = yb + u32(nh{i} / {sh}) * x_s_2;")
         for d in offsets:
             name = f"{d}".replace("-", "m")
             load = st_y.load(f"b1[select(yb, rx + cx{name}, cok{name})]", "f32")
@@ -331,7 +333,7 @@ def _dgrad_source(kh, kw, sh, sw, rw, channels_inner, st_o, st_y, st_w) -> str:
             if terms:
                 lines.append(f"    a{q} = a{q} + ({' + '.join(terms)});")
         lines.append("  }")
-    lines += ["  let ob = o_off + n * o_s0 + c * o_s1 + oy * o_s2;", "  {"]
+    lines += ["  let ob = o_off + n * o_s_0 + c * o_s_1 + oy * o_s_2;", "  {"]
     lines += _store(st_o, False, None)
     lines.append("  }")
     return codegen.module([st_o.wgsl, st_y.wgsl, st_w.wgsl], "\n".join(lines), WG)
@@ -344,44 +346,36 @@ def _strided_grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> Wgp
     inner = _channels_inner(dx)
     col_groups = -(-g.W // 4)
     total = g.N * g.C * g.H * col_groups
-    p = codegen.Params()
-    p.u(g.C, g.N, g.OH, g.OW, g.H, g.W)
-    p.i(g.padding[0], g.padding[1])
-    p.u(col_groups, 0, total)
-    for t in (dy, w, dx):
-        p.u(t.elem_offset, *t.stride())
-    p.u(0)
+    params = _correlate_params(dy, w, dx, None, g.padding, col_groups, 0, total)
     st_o, st_y, st_w = rt.stypes[dx.dtype], rt.stypes[dy.dtype], rt.stypes[w.dtype]
     key = ("dw_dgrad", g.KH, g.KW, sh, sw, rw, inner, dx.dtype, dy.dtype, w.dtype)
     kernel = rt.kernel(key, "conv2d_depthwise_grad_input", 3,
                        lambda: _dgrad_source(g.KH, g.KW, sh, sw, rw, inner, st_o, st_y, st_w))
-    rt.dispatch(kernel, (dx._ws.heap, dy._ws.heap, w._ws.heap), p.pack(), codegen.groups_for(total, WG))
+    rt.dispatch(kernel, (dx._ws.heap, dy._ws.heap, w._ws.heap), params, codegen.groups_for(total, WG))
     return dx
 
 
 # ---------------------------------------------------------------------------------------------
-# grad-weight. Parameter words: 0 C, 1 N, 2 IH, 3 IW, 4 OH, 5 OW, 6 ph, 7 pw, 8 positions per slice,
-# 9 slices, 10 positions in all, 11-15 x, 16-20 dy, 21-25 partial/dw (offset, strides of [slices, C, taps]),
-# 27-29 the workgroup size (64 positions) in the radix (OW, OH).
-_WPRE = """
-  let C = pu(0u); let IH = i32(pu(2u)); let IW = i32(pu(3u)); let OH = pu(4u); let OW = pu(5u);
-  let ph = pi(6u); let pw = pi(7u); let chunk = pu(8u); let P = pu(10u);
-  let x_off = pu(11u); let x_s0 = pu(12u); let x_s1 = pu(13u); let x_s2 = pu(14u); let x_s3 = pu(15u);
-  let y_off = pu(16u); let y_s0 = pu(17u); let y_s1 = pu(18u); let y_s2 = pu(19u); let y_s3 = pu(20u);
-  let o_off = pu(21u); let o_s0 = pu(22u); let o_s1 = pu(23u); let o_s2 = pu(24u);"""
+# grad-weight. x is IH x IW, dy OH x OW; the P = N*OH*OW positions are cut into slices of `chunk`;
+# out (partial sums or dw itself) is [slices, C, taps] by offset and 3 strides; step_ox, step_oy,
+# step_n: the workgroup size (64 positions) written in the radix (OW, OH).
+_WGRAD_P = codegen.ParamBlock(
+    "C", "IH: i32", "IW: i32", "OH", "OW", "ph: i32", "pw: i32", "chunk", "P",
+    "x_off", "x_s[4]", "y_off", "y_s[4]", "o_off", "o_s[3]", "step_ox", "step_oy", "step_n")
+_WPRE = "\n" + _WGRAD_P.wgsl()
 
 _RED = 16   # taps reduced per round in workgroup memory (64 threads x 16 floats = 4 KiB)
 
 
 def _wgrad_accumulate(kh, kw, sh, sw, st_x, st_y) -> list[str]:
     """Body of the loop over positions (n, oy, ox): adds dy * x at each tap to s{i}_{j}."""
-    lines = [f"    let dyv = {st_y.load('b2[y_off + n * y_s0 + c * y_s1 + oy * y_s2 + ox * y_s3]', 'f32')};",
-             "    let xb = x_off + n * x_s0 + c * x_s1;",
+    lines = [f"    let dyv = {st_y.load('b2[y_off + n * y_s_0 + c * y_s_1 + oy * y_s_2 + ox * y_s_3]', 'f32')};",
+             "    let xb = x_off + n * x_s_0 + c * x_s_1;",
              f"    let iy0 = i32(oy * {sh}u) - ph; let ix0 = i32(ox * {sw}u) - pw;"]
     for j in range(kw):
-        lines.append(f"    let cok{j} = ix0 + {j} >= 0 && ix0 + {j} < IW; let cx{j} = u32(ix0 + {j}) * x_s3;")
+        lines.append(f"    let cok{j} = ix0 + {j} >= 0 && ix0 + {j} < IW; let cx{j} = u32(ix0 + {j}) * x_s_3;")
     for i in range(kh):
-        lines.append(f"    if (iy0 + {i} >= 0 && iy0 + {i} < IH) {{ let rx = xb + u32(iy0 + {i}) * x_s2;")
+        lines.append(f"    if (iy0 + {i} >= 0 && iy0 + {i} < IH) {{ let rx = xb + u32(iy0 + {i}) * x_s_2;")
         for j in range(kw):
             v = st_x.load(f"b1[rx + cx{j}]", "f32")
             lines.append(f"      if (cok{j}) {{ s{i}_{j} = s{i}_{j} + dyv * {v}; }}")
@@ -404,7 +398,8 @@ def _wgrad_source(kh, kw, sh, sw, channels_inner, st_o, st_x, st_y) -> str:
         lines += _wgrad_accumulate(kh, kw, sh, sw, st_x, st_y)
         lines += ["    ox = ox + 1u; if (ox == OW) { ox = 0u; oy = oy + 1u; if (oy == OH) { oy = 0u; n = n + 1u; } }",
                   "  }"]
-        lines += [f"  b0[o_off + sl * o_s0 + c * o_s1 + {t}u * o_s2] = {st_o.store(s)};" for t, s in enumerate(names)]
+        lines += [f"  b0[o_off + sl * o_s_0 + c * o_s_1 + {t}u * o_s_2] = {st_o.store(s)};"
+                  for t, s in enumerate(names)]
         lines.append("  }")
         return codegen.module([st_o.wgsl, st_x.wgsl, st_y.wgsl], "\n".join(lines), WG)
     # NCHW: workgroup = (slice, channel); its 64 threads take every 64th position of the slice (so
@@ -412,13 +407,13 @@ def _wgrad_source(kh, kw, sh, sw, channels_inner, st_o, st_x, st_y) -> str:
     lines = [_WPRE, "  let c = wid.x; let sl = wid.y;",
              "  let p0 = sl * chunk; let p1 = min(p0 + chunk, P);", decl,
              # the position split into (n, oy, ox) once; then 64 positions on is added digit by digit
-             # (words 27-29: 64 in the radix (OW, OH)), no division per position
+             # (step_ox, step_oy, step_n: 64 in the radix (OW, OH)), no division per position
              "  let q0 = p0 + lid; var ox = q0 % OW; var oy = (q0 / OW) % OH; var n = q0 / (OW * OH);",
              f"  for (var q = q0; q < p1; q = q + {WG}u) {{"]
     lines += _wgrad_accumulate(kh, kw, sh, sw, st_x, st_y)
-    lines += ["    ox = ox + pu(27u); var cy = 0u; if (ox >= OW) { ox = ox - OW; cy = 1u; }",
-              "    oy = oy + pu(28u) + cy; cy = 0u; if (oy >= OH) { oy = oy - OH; cy = 1u; }",
-              "    n = n + pu(29u) + cy;",
+    lines += ["    ox = ox + step_ox; var cy = 0u; if (ox >= OW) { ox = ox - OW; cy = 1u; }",
+              "    oy = oy + step_oy + cy; cy = 0u; if (oy >= OH) { oy = oy - OH; cy = 1u; }",
+              "    n = n + step_n + cy;",
               "  }"]
     for t0 in range(0, taps, _RED):
         chunk = names[t0:t0 + _RED]
@@ -426,7 +421,7 @@ def _wgrad_source(kh, kw, sh, sw, channels_inner, st_o, st_x, st_y) -> str:
         lines += ["  workgroupBarrier();",
                   f"  if (lid < {len(chunk)}u) {{",
                   f"    var total = 0.0; for (var k = 0u; k < {WG}u; k = k + 1u) {{ total = total + red[lid * {WG}u + k]; }}",
-                  f"    b0[o_off + sl * o_s0 + c * o_s1 + ({t0}u + lid) * o_s2] = {st_o.store('total')};",
+                  f"    b0[o_off + sl * o_s_0 + c * o_s_1 + ({t0}u + lid) * o_s_2] = {st_o.store('total')};",
                   "  }",
                   "  workgroupBarrier();"]
     shared = f"var<workgroup> red: array<f32, {_RED * WG}>;"
@@ -454,24 +449,18 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> WgpuTensor:
     direct = slices == 1 and dw.is_contiguous()
     out = dw if direct else empty([slices, g.C, kh * kw], torch.float32)
     st_o, st_x, st_y = rt.stypes[out.dtype], rt.stypes[x.dtype], rt.stypes[dy.dtype]
-    p = codegen.Params()
-    p.u(g.C, g.N, g.H, g.W, g.OH, g.OW)
-    p.i(g.padding[0], g.padding[1])
-    p.u(chunk, slices, P)
-    p.u(x.elem_offset, *x.stride())
-    p.u(dy.elem_offset, *dy.stride())
-    p.u(out.elem_offset, 0 if direct else g.C * kh * kw, kh * kw, 1, 0)
-    p.u(0, WG % g.OW, (WG // g.OW) % g.OH, WG // (g.OW * g.OH))
+    params = _WGRAD_P.pack(
+        C=g.C, IH=g.H, IW=g.W, OH=g.OH, OW=g.OW, ph=g.padding[0], pw=g.padding[1], chunk=chunk, P=P,
+        x_off=x.elem_offset, x_s=x.stride(), y_off=dy.elem_offset, y_s=dy.stride(),
+        o_off=out.elem_offset, o_s=(0 if direct else g.C * kh * kw, kh * kw, 1),
+        step_ox=WG % g.OW, step_oy=(WG // g.OW) % g.OH, step_n=WG // (g.OW * g.OH))
     key = ("dw_wgrad", kh, kw, sh, sw, inner, out.dtype, x.dtype, dy.dtype)
     kernel = rt.kernel(key, "conv2d_depthwise_grad_weight", 3,
                        lambda: _wgrad_source(kh, kw, sh, sw, inner, st_o, st_x, st_y))
     groups = (-(-g.C // 64), slices, 1) if inner else (g.C, slices, 1)
-    rt.dispatch(kernel, (out._ws.heap, x._ws.heap, dy._ws.heap), p.pack(), groups)
+    rt.dispatch(kernel, (out._ws.heap, x._ws.heap, dy._ws.heap), params, groups)
     if direct:
         return dw
-    from navitrain.wgpu.kernels.copy import copy_into
-    from navitrain.wgpu.kernels.reduction import reduce
-
     if slices == 1:
         return copy_into(dw, out.view(g.C, 1, kh, kw))
     if dw.dtype == torch.float32 and dw.is_contiguous():
