@@ -1,5 +1,6 @@
 """Row kernels: ops that reduce along one dim and then write along it (softmax, log_softmax, their
-backwards, layer norm). The tensor is seen as [outer, D, inner] (contiguous); a "row" is one (outer,
+backwards, attention's causal softmax; the norms have their own kernels, kernels/row_norm.py and
+kernels/batch_norm.py). The tensor is seen as [outer, D, inner] (contiguous); a "row" is one (outer,
 inner) pair. When inner == 1 the rows are contiguous and a workgroup takes each row (tree reductions
 in workgroup memory); otherwise a thread takes each row and walks it with stride `inner`, which keeps
 neighbouring threads on neighbouring addresses.
@@ -9,10 +10,11 @@ neighbouring threads on neighbouring addresses.
   run one after another; each later pass can use the results of earlier ones (named r0, r1, ...);
 - `write`: a statement run for every element once all passes are done.
 Snippets read element j of input k as `X{k}(j)`, write output k as `Y{k}(j, value);` (one per line)
-and read extra scalar parameter n as `pf(EXTRAn)`.
+and read extra scalar parameter n (an f32) as `EXTRAn`.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from navitrain.wgpu.kernels import codegen, wgsl_math
@@ -29,11 +31,14 @@ def geometry(shape, dim: int) -> tuple[int, int, int]:
     return outer, shape[dim], inner
 
 
+@functools.lru_cache(maxsize=None)
+def _block(n_in: int, n_out: int, n_extra: int) -> codegen.ParamBlock:
+    return codegen.ParamBlock("rows", "D", "inner", f"in_off[{n_in}]", f"out_off[{n_out}]", f"extra[{n_extra}]: f32")
+
+
 def row_source(in_st: list, out_st: list, passes: list[tuple[str, str, str]], write: str, variant: str,
                wg: int, extra_params: int = 0) -> str:
-    """Params: 0 rows, 1 D, 2 inner, 3.. input offsets, then output offsets, then extra scalars."""
     n_in, n_out = len(in_st), len(out_st)
-    first_extra = 3 + n_in + n_out
 
     def expand(code: str) -> str:
         for k in range(n_in):
@@ -42,19 +47,20 @@ def row_source(in_st: list, out_st: list, passes: list[tuple[str, str, str]], wr
         for k in range(n_out):
             code = re.sub(rf"Y{k}\(([^,()]*), (.*)\);", lambda m, k=k: f"b{k}[ob{k} + ({m.group(1)}) * inner] = "
                           f"{out_st[k].store(m.group(2))};", code)
-        return re.sub(r"EXTRA(\d+)", lambda m: f"{first_extra + int(m.group(1))}u", code)
+        # The f32 read around EXTRAn is the older spelling of the same parameter, still accepted.
+        code = re.sub(r"pf\(EXTRA(\d+)\)", r"extra_\1", code)
+        return re.sub(r"EXTRA(\d+)", r"extra_\1", code)
 
-    lines = []
+    lines = [_block(n_in, n_out, extra_params).wgsl()]
     w = lines.append
     row = "gi" if variant == "thread" else "group"
     w(f"  let row = {row};")
-    w("  if (row >= pu(0u)) { return; }")
-    w("  let D = pu(1u); let inner = pu(2u);")
+    w("  if (row >= rows) { return; }")
     w("  let o = row / inner; let i = row % inner;")
     for k in range(n_in):
-        w(f"  let ib{k} = pu({3 + k}u) + o * D * inner + i;")
+        w(f"  let ib{k} = in_off_{k} + o * D * inner + i;")
     for k in range(n_out):
-        w(f"  let ob{k} = pu({3 + n_in + k}u) + o * D * inner + i;")
+        w(f"  let ob{k} = out_off_{k} + o * D * inner + i;")
     shared = ""
     for p, (init, update, merge) in enumerate(passes):
         w(f"  var acc{p}: f32 = {init};")
@@ -101,14 +107,12 @@ def launch(name: str, key_extra, inputs: list, outputs: list, passes, write: str
     wg = 256 if variant == "group" and D >= 1024 else 64
     in_st = [rt.stypes[t.dtype] for t in inputs]
     out_st = [rt.stypes[t.dtype] for t in outputs]
-    params = codegen.Params()
-    params.u(rows, D, inner)
-    params.u(*(t.elem_offset for t in inputs))
-    params.u(*(t.elem_offset for t in outputs))
-    params.f(*extras)
+    params = _block(len(inputs), len(outputs), len(extras)).pack(
+        rows=rows, D=D, inner=inner, in_off=[t.elem_offset for t in inputs],
+        out_off=[t.elem_offset for t in outputs], extra=extras)
     key = ("rows", name, key_extra, tuple(t.dtype for t in inputs), tuple(t.dtype for t in outputs), variant, wg)
     kernel = rt.kernel(key, f"rows_{name}", len(inputs) + len(outputs),
                        lambda: row_source(in_st, out_st, passes, write, variant, wg, len(extras)))
     heaps = tuple(t._ws.heap for t in outputs) + tuple(t._ws.heap for t in inputs)
     groups = codegen.groups_for(rows, wg) if variant == "thread" else codegen.grid(rows)
-    rt.dispatch(kernel, heaps, params.pack(), groups)
+    rt.dispatch(kernel, heaps, params, groups)
