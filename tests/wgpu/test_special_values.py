@@ -25,7 +25,7 @@ NAN, INF = float("nan"), float("inf")
 # Handler families the rule covers (module of the handler -> swept).
 SWEPT_MODULES = {
     "navitrain.wgpu.ops.activations", "navitrain.wgpu.ops.elementwise", "navitrain.wgpu.ops.loss_pointwise",
-    "navitrain.wgpu.ops.loss_nll", "navitrain.wgpu.ops.norm", "navitrain.wgpu.ops.reductions",
+    "navitrain.wgpu.ops.loss_nll", "navitrain.wgpu.ops.norm", "navitrain.wgpu.ops.row_norm", "navitrain.wgpu.ops.reductions",
     "navitrain.wgpu.ops.scan", "navitrain.wgpu.ops.softmax", "navitrain.wgpu.ops.foreach",
     "navitrain.wgpu.ops.pooling", "navitrain.wgpu.ops.amp",
 }

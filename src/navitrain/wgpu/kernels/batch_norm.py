@@ -1,0 +1,193 @@
+"""Batch norm kernels over an input seen as [A, C, B] with the channel in the middle ([N, C, spatial]
+for a contiguous input, [N * spatial, C, 1] for a channels-last one, so both layouts are read in
+place). Training: per-channel sums (channel_sums, one pass over the data), a tiny per-channel kernel
+for the statistics, the running-stat update and four coefficients per channel, then an elementwise
+pass writes the result. Variance is accumulated around a shift (the channel's first element), which
+keeps the one-pass sum of squares from cancelling when the mean is large next to the spread. Backward
+has the same shape: sums of dy and dy * (x - mean), per-channel coefficients (and the weight and bias
+gradients), the elementwise pass."""
+from __future__ import annotations
+
+import torch
+
+from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels.channel_sums import PARTIAL_FIELDS, channel_sums, sum_partials
+from navitrain.wgpu.kernels.norm_common import (
+    WG, launch, load, module, store, vec_args, vec_at, vec_defaults, vec_fields)
+from navitrain.wgpu.tensor import empty
+
+NAN = float("nan")
+_NO_PARTIALS = {"G": 0, "Bp": 0, "part_off": 0}
+
+_APPLY = codegen.ParamBlock("n", "C", "B", "y_off", "x_off", "coef_off", "dy_off", defaults={"dy_off": 0})
+_STATS = codegen.ParamBlock(
+    *PARTIAL_FIELDS, "coef_off", "x_off", "B", "mean_off", "invstd_off",
+    "n: f32", "eps: f32", "momentum: f32", "unbias: f32",
+    *vec_fields("weight"), *vec_fields("bias"), *vec_fields("rmean"), *vec_fields("rvar"),
+    defaults={**_NO_PARTIALS, **vec_defaults("weight", "bias", "rmean", "rvar")})
+_BACKWARD_STATS = codegen.ParamBlock(
+    *PARTIAL_FIELDS, "coef_off", "n: f32", "eps: f32",
+    *vec_fields("mean"), *vec_fields("inv"), *vec_fields("weight"), *vec_fields("gw"), *vec_fields("gb"),
+    defaults={**_NO_PARTIALS, **vec_defaults("weight", "gw", "gb")})
+
+
+def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean, save_invstd):
+    """y, with save_mean/save_invstd written (training) and the running statistics updated when given.
+    In evaluation mode the statistics are the running ones."""
+    # The coefficients of the elementwise pass (4 per channel) go after the partial sums, in the same buffer.
+    if training:
+        coefs, G, Bp = channel_sums("bn_fwd", A, C, B, [x], ["X0 - SH", "(X0 - SH) * (X0 - SH)"], shift=True,
+                                    extra=4 * C)
+        coef_offset = coefs.elem_offset + G * C * Bp * 2
+        partials = {"G": G, "Bp": Bp, "part_off": coefs.elem_offset}
+    else:
+        coefs = empty([4 * C], torch.float32)
+        coef_offset = coefs.elem_offset
+        partials = {}
+    _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
+                save_invstd, coefs, coef_offset, partials)
+    return _apply(x, coefs, coef_offset, C, B, x.dtype)
+
+
+def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
+                save_invstd, coefs, coef_offset, partials):
+    """A thread per channel: mean and invstd (from the sums, or the running statistics), the running
+    update, and the coefficients k0..k3 of the forward elementwise pass."""
+    has_running = running_mean is not None and running_var is not None
+    n = A * B
+    named = [(t, name) for t, name in ((weight, "weight"), (bias, "bias")) if t is not None]
+    if has_running:
+        named += [(running_mean, "rmean"), (running_var, "rvar")]
+    tensors = [coefs] + ([x, save_mean, save_invstd] if training else []) + [t for t, _ in named]
+    vecs = {}
+    for t, name in named:
+        vecs.update(vec_args(name, t))
+    params = _STATS.pack(C=C, coef_off=coef_offset, x_off=x.elem_offset, B=B, mean_off=save_mean.elem_offset,
+                         invstd_off=save_invstd.elem_offset, n=float(n), eps=float(eps), momentum=float(momentum),
+                         unbias=n / (n - 1) if n > 1 else NAN, **partials, **vecs)
+
+    def source():
+        first = 4 if training else 1
+        at = {name: (first + k, vec_at(name, "c")) for k, (_, name) in enumerate(named)}
+        lines = [_STATS.wgsl(), "  let c = gi; if (c >= C) { return; }"]
+        if training:
+            lines += _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at)
+        else:
+            lines.append(f"  let mean = {load(running_mean, *at['rmean'])};")
+            lines.append(f"  let invstd = 1.0 / sqrt({load(running_var, *at['rvar'])} + eps);")
+        w = load(weight, *at["weight"]) if weight is not None else "1.0"
+        b = load(bias, *at["bias"]) if bias is not None else "0.0"
+        lines.append("  let k = coef_off + 4u * c;")
+        lines.append(f"  b0[k] = mean; b0[k + 1u] = invstd * {w}; b0[k + 2u] = {b}; b0[k + 3u] = 0.0;")
+        return module(tensors, "\n".join(lines))
+
+    key = ("bn_fin", training, has_running, tuple(t.dtype for t in tensors), weight is not None, bias is not None)
+    launch(key, "batch_norm_stats", tensors, params, source, codegen.groups_for(C, WG))
+
+
+def _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at) -> list[str]:
+    """WGSL: mean, invstd of channel c from its shifted sums, saved, and the running update."""
+    lines = [sum_partials(2, [(0, "t0"), (1, "t1")]),
+             f"  let sh = finite_or_0({load(x, 1, 'x_off + c * B')});",  # as channel_sums' SH
+             "  let d = t0 / n;",
+             "  let mean = sh + d; let var_b = fmax_nan(t1 / n - d * d, 0.0);",  # keeps NaN (inf - inf)
+             "  let invstd = 1.0 / sqrt(var_b + eps);",
+             "  " + store(save_mean, 2, "mean_off + c", "mean"),
+             "  " + store(save_invstd, 3, "invstd_off + c", "invstd")]
+    if has_running:
+        bm, im = at["rmean"]
+        bv, iv = at["rvar"]
+        lines.append(f"  let rm = {load(running_mean, bm, im)}; let rv = {load(running_var, bv, iv)};")
+        lines.append("  " + store(running_mean, bm, im, "(1.0 - momentum) * rm + momentum * mean"))
+        lines.append("  " + store(running_var, bv, iv, "(1.0 - momentum) * rv + momentum * (var_b * unbias)"))
+    return lines
+
+
+def _apply(x, coefs, coef_offset, C, B, out_dtype, grad=None, train=True):
+    """The elementwise pass over [A, C, B], with four coefficients k0..k3 per channel:
+    y = (x - k0) * k1 + k2 (forward), or with `grad`, gi = (dy - k2 - (x - k0) * k1) * k3 (backward;
+    in evaluation mode gi = dy * k3, which does not read x: an infinite x times a zero k1 would be NaN).
+    Subtracting the mean first keeps y accurate when the mean is large next to the spread."""
+    y = empty(x.shape, out_dtype, x.stride())
+    n = x.numel()
+    tensors = [y, x, coefs] + ([grad] if grad is not None else [])
+    params = _APPLY.pack(n=n, C=C, B=B, y_off=y.elem_offset, x_off=x.elem_offset, coef_off=coef_offset,
+                         dy_off=grad.elem_offset if grad is not None else 0)
+
+    def source():
+        lines = [_APPLY.wgsl(),
+                 "  if (gi >= n) { return; }",
+                 "  let c = (gi / B) % C;",
+                 f"  let xv = {load(x, 1, 'x_off + gi')};"]
+        if grad is None:
+            lines.append("  let k = coef_off + 4u * c;")
+            lines.append("  let v = (xv - b2[k]) * b2[k + 1u] + b2[k + 2u];")
+        else:
+            lines.append(f"  let dy = {load(grad, 3, 'dy_off + gi')};")
+            lines.append("  let k = coef_off + 4u * c;")
+            if train:
+                lines.append("  let v = (dy - b2[k + 2u] - (xv - b2[k]) * b2[k + 1u]) * b2[k + 3u];")
+            else:
+                lines.append("  let v = dy * b2[k + 3u];")
+        lines.append("  " + store(y, 0, "y_off + gi", "v"))
+        return module(tensors, "\n".join(lines))
+
+    key = ("bn_apply", train or grad is None, tuple(t.dtype for t in tensors))
+    launch(key, "batch_norm_apply", tensors, params, source, codegen.groups_for(n, WG))
+    return y
+
+
+def backward(grad_out, x, A, C, B, weight, mean_src, inv_src, train, eps, gw, gb, want_input):
+    """The input gradient (None unless `want_input`), writing gw and gb when given. mean_src/inv_src are
+    the saved mean and invstd (train) or the running mean and variance (evaluation)."""
+    need_sums = train or gw is not None or gb is not None
+    coefs = empty([4 * C], torch.float32)
+    partials = None
+    if need_sums:
+        partials, G, Bp = channel_sums("bn_bwd", A, C, B, [grad_out, x], ["X0", "X0 * (X1 - V0)"],
+                                       chan_vecs=[mean_src])
+    sums = {"G": G, "Bp": Bp, "part_off": partials.elem_offset} if need_sums else {}
+    _backward_statistics(coefs, partials, sums, A * B, C, weight, mean_src, inv_src, train, eps, gw, gb)
+    if not want_input:
+        return None
+    return _apply(x, coefs, coefs.elem_offset, C, B, x.dtype, grad=grad_out, train=train)
+
+
+def _backward_statistics(coefs, partials, sums, n, C, weight, mean_src, inv_src, train, eps, gw, gb):
+    """A thread per channel: the coefficients k0..k3 of the backward elementwise pass, gw and gb."""
+    need_sums = partials is not None
+    named = [(mean_src, "mean"), (inv_src, "inv")]
+    named += [(t, name) for t, name in ((weight, "weight"), (gw, "gw"), (gb, "gb")) if t is not None]
+    tensors = [coefs] + ([partials] if need_sums else []) + [t for t, _ in named]
+    vecs = {}
+    for t, name in named:
+        vecs.update(vec_args(name, t))
+    params = _BACKWARD_STATS.pack(C=C, coef_off=coefs.elem_offset, n=float(n), eps=float(eps), **sums, **vecs)
+
+    def source():
+        first = 2 if need_sums else 1
+        at = {name: (first + k, vec_at(name, "c")) for k, (_, name) in enumerate(named)}
+        lines = [_BACKWARD_STATS.wgsl(), "  let c = gi; if (c >= C) { return; }"]
+        if need_sums:
+            lines.append(sum_partials(2, [(0, "t0"), (1, "t1")], binding=1))
+        else:
+            lines.append("  let t0 = 0.0; let t1 = 0.0;")
+        lines.append(f"  let mean = {load(mean_src, *at['mean'])};")
+        if train:
+            lines.append(f"  let invstd = {load(inv_src, *at['inv'])};")
+            lines.append("  let proj = t1 * invstd * invstd / n; let gmean = t0 / n;")
+        else:
+            lines.append(f"  let invstd = 1.0 / sqrt({load(inv_src, *at['inv'])} + eps);")
+            lines.append("  let proj = 0.0; let gmean = 0.0;")
+        w = load(weight, *at["weight"]) if weight is not None else "1.0"
+        lines.append("  let k = coef_off + 4u * c;")
+        lines.append(f"  b0[k] = mean; b0[k + 1u] = proj; b0[k + 2u] = gmean; b0[k + 3u] = invstd * {w};")
+        if gw is not None:
+            lines.append("  " + store(gw, *at["gw"], "t1 * invstd"))
+        if gb is not None:
+            lines.append("  " + store(gb, *at["gb"], "t0"))
+        return module(tensors, "\n".join(lines))
+
+    key = ("bn_bwd_fin", train, need_sums, tuple(t.dtype for t in tensors), weight is not None,
+           gw is not None, gb is not None)
+    launch(key, "batch_norm_backward_stats", tensors, params, source, codegen.groups_for(C, WG))

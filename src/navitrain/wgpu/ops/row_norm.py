@@ -1,0 +1,117 @@
+"""Layer norm and group norm handlers, forward and backward: aten semantics, argument checks, empty
+inputs, the outputs' shapes and dtypes. Both normalize contiguous rows (a sample's normalized slice, or
+a (sample, group) pair): the kernels are in kernels/row_norm.py."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import row_norm as kernels
+from navitrain.wgpu.kernels.copy import fill
+from navitrain.wgpu.ops.norm import stats_dtype
+from navitrain.wgpu.tensor import empty
+
+aten = torch.ops.aten
+NAN = float("nan")
+
+
+def _contig(t):
+    return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
+
+
+def _flat(t, n: int):
+    """`t` (a parameter or statistic) as a 1-D vector of n elements (None stays None)."""
+    return None if t is None else aten.reshape.default(_contig(t), [n])
+
+
+def _fill_nan_or_empty(*ts):
+    for t in ts:
+        if t is not None and t.numel():
+            fill(t, NAN)
+
+
+def _zero(*ts):
+    for t in ts:
+        if t is not None:
+            fill(t, 0)
+
+
+# -- layer norm -------------------------------------------------------------------------------------
+@implements(aten.native_layer_norm.default)
+def native_layer_norm(x, normalized_shape, weight, bias, eps):
+    nd = len(normalized_shape)
+    if tuple(x.shape[x.dim() - nd:]) != tuple(normalized_shape):
+        raise RuntimeError(f"layer_norm: input of shape {tuple(x.shape)} does not end with normalized_shape "
+                           f"{list(normalized_shape)}")
+    axis = x.dim() - nd
+    x = _contig(x)
+    M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
+    weight = _flat(weight, L)
+    bias = _flat(bias, L)
+    stat_shape = list(x.shape[:axis]) + [1] * nd
+    stat_dtype = stats_dtype(x, weight, bias)
+    y = empty(x.shape, x.dtype)
+    mean, rstd = empty(stat_shape, stat_dtype), empty(stat_shape, stat_dtype)
+    if M == 0:
+        return y, mean, rstd
+    if L == 0:
+        _fill_nan_or_empty(mean, rstd)
+        return y, mean, rstd
+    kernels.row_normalize(x, M, L, weight, bias, eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+@implements(aten.native_layer_norm_backward.default)
+def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, bias, output_mask):
+    nd = len(normalized_shape)
+    axis = x.dim() - nd
+    x, grad_out = _contig(x), _contig(grad_out)
+    mean, rstd = _contig(mean), _contig(rstd)
+    M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
+    weight = _flat(weight, L)
+    gi = empty(x.shape, x.dtype) if output_mask[0] else None
+    gw = empty(list(normalized_shape), weight.dtype) if output_mask[1] and weight is not None else None
+    gb_dtype = bias.dtype if bias is not None else (weight.dtype if weight is not None else x.dtype)
+    gb = empty(list(normalized_shape), gb_dtype) if output_mask[2] and bias is not None else None
+    if M == 0 or L == 0:
+        _zero(gw, gb)
+        return gi, gw, gb
+    if gi is not None:
+        kernels.layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L)
+    if gw is not None or gb is not None:
+        kernels.layer_norm_backward_params(grad_out, x, _flat(mean, M), _flat(rstd, M), M, L,
+                                           _flat(gw, L), _flat(gb, L))
+    return gi, gw, gb
+
+
+# -- group norm -------------------------------------------------------------------------------------
+@implements(aten.native_group_norm.default)
+def native_group_norm(x, weight, bias, N, C, HxW, group, eps):
+    x = _contig(x)
+    y = empty(x.shape, x.dtype)
+    mean, rstd = empty([N, group], x.dtype), empty([N, group], x.dtype)
+    M, L = N * group, (C // group) * HxW
+    if M == 0:
+        return y, mean, rstd
+    if L == 0:
+        _fill_nan_or_empty(mean, rstd)
+        return y, mean, rstd
+    kernels.row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=(group, C // group, HxW))
+    return y, mean, rstd
+
+
+@implements(aten.native_group_norm_backward.default)
+def native_group_norm_backward(grad_out, x, mean, rstd, weight, N, C, HxW, group, output_mask):
+    x, grad_out = _contig(x), _contig(grad_out)
+    mean, rstd = _contig(mean), _contig(rstd)
+    pdt = weight.dtype if weight is not None else x.dtype
+    gi = empty(x.shape, x.dtype) if output_mask[0] else None
+    gw = empty([C], pdt) if output_mask[1] else None
+    gb = empty([C], pdt) if output_mask[2] else None
+    if N * C * HxW == 0:
+        _zero(gw, gb)
+        return gi, gw, gb
+    kernels.group_norm_backward(grad_out, x, mean, rstd, weight, N, C, HxW, group, gi, gw, gb)
+    return gi, gw, gb
