@@ -44,14 +44,6 @@ def register() -> None:
     _registered = True
 
 
-def __getattr__(name: str):
-    # `device.CURRENT`, as modules above this one read it: the value lives in process_device (which the
-    # runtime and tensors below this module read), and select() below changes it there.
-    if name == "CURRENT":
-        return process_device.CURRENT
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def adapter_names() -> list[str]:
     """Adapter names in wgpu:N order (the runtime's list once it runs; enumerating them otherwise)."""
     infos = rt_mod.runtime().all_adapters if rt_mod.is_started() else [info for _, info in list_adapters()]

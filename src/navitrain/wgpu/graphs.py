@@ -39,7 +39,7 @@ from navitrain.wgpu import rng
 from navitrain.wgpu import runtime as runtime_mod
 from navitrain.wgpu.allocator import GraphPool
 from navitrain.wgpu.runtime import GraphCaptureError, runtime
-from navitrain.wgpu import device as _device
+from navitrain.wgpu import process_device
 
 
 class WgpuGraph:
@@ -170,7 +170,7 @@ class GraphedStep:
     def _load(self, args) -> list:
         """The static inputs, holding this call's data."""
         if self._static is None:
-            self._static = [a.detach().to(_device.CURRENT, copy=True) if isinstance(a, torch.Tensor) else a
+            self._static = [a.detach().to(process_device.CURRENT, copy=True) if isinstance(a, torch.Tensor) else a
                             for a in args]
         else:
             for static, a in zip(self._static, args):
@@ -189,7 +189,7 @@ class GraphedStep:
         if tensors != self._signature[0]:
             # Another shape (a short last batch, say): run this call eagerly, leave the graph alone.
             self.eager_calls += 1
-            return self.fn(*(a.to(_device.CURRENT) if isinstance(a, torch.Tensor) else a for a in args))
+            return self.fn(*(a.to(process_device.CURRENT) if isinstance(a, torch.Tensor) else a for a in args))
         static = self._load(args)
         self.calls += 1
         if self.calls <= self.warmup:
