@@ -29,7 +29,7 @@ CASES = [  # N, C, H, W, OC, k, stride, pad, dil, groups, channels_last, transpo
     (2, 8, 9, 7, 12, 3, 2, 1, 1, 1, False, True, 1),
     (2, 8, 9, 7, 12, 4, 2, 1, 1, 1, False, True, 0),
     (2, 8, 9, 7, 12, 3, 1, 1, 1, 4, False, True, 0),
-    # 1x1 layers run as plain products (conv1x1.py): strided shortcuts, odd sizes, both layouts
+    # 1x1 layers run as plain products (conv/onebyone.py): strided shortcuts, odd sizes, both layouts
     (3, 12, 9, 7, 20, 1, 2, 0, 1, 1, False, False, 0),
     (3, 12, 9, 7, 20, 1, 2, 0, 1, 1, True, False, 0),
     (2, 16, 8, 8, 32, 1, 1, 0, 1, 1, True, False, 0),
@@ -141,9 +141,9 @@ def test_1x1_nchw_kernels_read_positions_directly(cfg, shape):
     xd, wd, gyd = (t.detach().float().to("wgpu") for t in (x, w, gy))
     g = conv.Geometry(N, C, H, W, OC, H, W, 1, 1, (1, 1), (0, 0), (1, 1), 1)
     assert conv.pointwise_geometry(g)
-    y = conv._implicit_forward(xd, wd, None, g, empty([N, OC, H, W], torch.float32), cfg=cfg)
-    dx = conv._implicit_grad_input(gyd, wd, g, empty([N, C, H, W], torch.float32), cfg=cfg)
-    dw = conv._implicit_grad_weight(gyd, xd, g, empty([OC, C, 1, 1], torch.float32), cfg=cfg)
+    y = conv.implicit_forward(xd, wd, None, g, empty([N, OC, H, W], torch.float32), cfg=cfg)
+    dx = conv.implicit_grad_input(gyd, wd, g, empty([N, C, H, W], torch.float32), cfg=cfg)
+    dw = conv.implicit_grad_weight(gyd, xd, g, empty([OC, C, 1, 1], torch.float32), cfg=cfg)
     for got, want, what in ((y, ref, "output"), (dx, x.grad, "grad_input"), (dw, w.grad, "grad_weight")):
         err = (got.cpu().double() - want.detach()).abs().max().item() / want.abs().max().item()
         assert err < 2e-5, f"{cfg.name} {what}: relative error {err:.2e}"
@@ -177,7 +177,7 @@ def test_stem_grad_input_with_a_thin_tile(W, cfg):
     gy = torch.randn(2, 16, 16, W, generator=gen, dtype=torch.float64)
     want = torch.nn.grad.conv2d_input([2, 3, 16, W], w, gy, padding=1)
     g = conv.Geometry(2, 3, 16, W, 16, 16, W, 3, 3, (1, 1), (1, 1), (1, 1), 1)
-    got = conv._implicit_grad_input(gy.float().to("wgpu"), w.float().to("wgpu"), g,
+    got = conv.implicit_grad_input(gy.float().to("wgpu"), w.float().to("wgpu"), g,
                                     empty([2, 3, 16, W], torch.float32), cfg=cfg)
     err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
     assert err < 2e-5, f"relative error {err:.2e}"
@@ -204,7 +204,7 @@ def test_grad_weight_gathers_four_positions_per_load(cfg, stride):
     gy = torch.randn(N, OC, OH, OH, generator=gen, dtype=torch.float64)
     want = torch.nn.grad.conv2d_weight(x, [OC, C, 3, 3], gy, stride=stride, padding=1)
     g = conv.Geometry(N, C, H, H, OC, OH, OH, 3, 3, (stride, stride), (1, 1), (1, 1), 1)
-    got = conv._implicit_grad_weight(gy.float().to("wgpu"), x.float().to("wgpu"), g,
+    got = conv.implicit_grad_weight(gy.float().to("wgpu"), x.float().to("wgpu"), g,
                                      empty([OC, C, 3, 3], torch.float32), cfg=cfg)
     err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
     assert err < 2e-5, f"relative error {err:.2e}"
@@ -215,7 +215,7 @@ def test_grad_weight_gathers_four_positions_per_load(cfg, stride):
 @pytest.mark.parametrize("read", ["in_place", "compact"])
 @pytest.mark.parametrize("shape", [(4, 16, 8, 8, 32), (3, 12, 7, 10, 20)], ids=["aligned", "unaligned"])
 def test_strided_1x1_reads_x_in_place_or_compact(shape, read, monkeypatch):
-    """A stride-2 NCHW shortcut through conv1x1, with the tuner's choice forced each way: in place,
+    """A stride-2 NCHW shortcut through conv.onebyone, with the tuner's choice forced each way: in place,
     x[:, :, ::2, ::2] is read through its own strides (ImagePositions(flat=False), GradOutRows of x);
     compact, from a copy. Both against float64 autograd on the CPU."""
     from navitrain.wgpu.kernels import gemm_tuning
@@ -261,7 +261,7 @@ def test_grad_weight_with_explicit_slices(splits):
         gy = torch.randn(N, OC, OH, OH, generator=gen, dtype=torch.float64)
         want = torch.nn.grad.conv2d_weight(x, [OC, C, k, k], gy, stride=stride, padding=p)
         g = conv.Geometry(N, C, H, H, OC, OH, OH, k, k, (stride, stride), (p, p), (1, 1), 1)
-        got = conv._implicit_grad_weight(gy.float().to("wgpu"), x.float().to("wgpu"), g,
+        got = conv.implicit_grad_weight(gy.float().to("wgpu"), x.float().to("wgpu"), g,
                                          empty([OC, C, k, k], torch.float32), cfg=cfg)
         err = (got.cpu().double() - want).abs().max().item() / want.abs().max().item()
         assert err < 2e-5, f"{k}x{k} with {splits} slices: relative error {err:.2e}"

@@ -21,7 +21,9 @@ import threading
 import time
 
 from navitrain import _env, cache_files
-from navitrain.wgpu.kernels.gemm import TileConfig, auto_splits
+from navitrain.wgpu.kernels.gemm_config import TileConfig, auto_splits
+from navitrain.wgpu.profiling import profile
+from navitrain.wgpu.runtime import runtime
 
 log = logging.getLogger("navitrain.wgpu")
 
@@ -175,8 +177,6 @@ def _say_unwritable(exc: OSError) -> None:
 def _load() -> dict:
     global _cache, _adapter_key
     if _cache is None:
-        from navitrain.wgpu.runtime import runtime
-
         info = runtime().info
         _adapter_key = f"{info.name} | {info.backend} | {info.driver}"
         _cache = _read_cache()
@@ -211,8 +211,6 @@ def _mode() -> str:
 
 def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     """The tile for this product; tunes (calling run(cfg) on the real operands) on first sight."""
-    from navitrain.wgpu.runtime import runtime
-
     mode = _mode()
     memo_key = (mode, kind, M, N, K, batch)
     known = _picked.get(memo_key)
@@ -268,8 +266,6 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     GEMM or by Winograd), timed once per key and cached like the tiles. `options` maps names to
     zero-argument callables that do the work. Remembered per process like the tiles (_picked): the
     callers ask on every convolution."""
-    from navitrain.wgpu.runtime import runtime
-
     mode = _mode()
     memo_key = ("choice", mode, key)
     known = _picked.get(memo_key)
@@ -343,8 +339,6 @@ def _gpu_seconds(rt, run, reps: int) -> float:
     grad-weight timed 370-590 us from Python (run 10), the tiles' differences lost in the noise, and
     in a captured graph only the GPU time is left. GPU time alone, though, picked a split-K 1024^2
     product 6% faster on the GPU whose sum pass doubled its host time in eager mode (run 10)."""
-    from navitrain.wgpu import profile
-
     with profile() as table:
         for _ in range(reps):
             run()

@@ -1,11 +1,11 @@
 """1x1 convolutions (no padding, one group) as plain matrix products.
 
 A 1x1 convolution is a GEMM over channels: per image y[n] = W @ x[n] with x[n] seen as [C, H*W] (NCHW)
-or, channels_last, Y = X @ W^T with X = [N*H*W, C]. Through the implicit-GEMM kernels of conv.py these
+or, channels_last, Y = X @ W^T with X = [N*H*W, C]. Through the general implicit-GEMM kernels these
 layers ran at 5-19% of cuBLAS on the H200 (run 7: every load of the gathered operand is a bounds-checked
 scalar, K is only C long, and the weight gradient's output is too small to fill the GPU), while as
 plain products they get 16-byte loads, tuned tiles and split-K. In NCHW the "product" runs over all
-N*H*W positions at once through conv.py's kernels with gather-free operands (ImagePositions,
+N*H*W positions at once through the implicit-GEMM passes with gather-free operands (ImagePositions,
 GradOutRows), not one product per image: at 4x4 images a per-image product was 16 columns wide.
 A stride s only subsamples the image: forward and weight gradient read x[:, :, ::s, ::s] either in
 place (scalar loads two elements apart) or from a compact copy (16-byte loads, plus the copy pass),
@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import gemm
+from navitrain.wgpu.kernels import gemm, gemm_tuning
+from navitrain.wgpu.kernels.conv.forward import implicit_forward
+from navitrain.wgpu.kernels.conv.geometry import unit_stride_1x1
+from navitrain.wgpu.kernels.conv.grad_input import implicit_grad_input
+from navitrain.wgpu.kernels.conv.grad_weight import implicit_grad_weight
+from navitrain.wgpu.kernels.copy import copy_into, fill
 from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
 
 
@@ -52,23 +57,14 @@ def _weight(w: WgpuTensor) -> WgpuTensor:
     return w.as_strided([w.shape[0], w.shape[1]], [w.stride(0), w.stride(1)], w.storage_offset())
 
 
-def _unit(g):
-    """The same layer as a stride-1 convolution of the subsampled image (what the kernels see)."""
-    from navitrain.wgpu.kernels.conv import Geometry
-
-    return Geometry(g.N, g.C, g.OH, g.OW, g.OC, g.OH, g.OW, 1, 1, (1, 1), (0, 0), (1, 1), 1)
-
-
 def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
     """run(image) with image = x subsampled by the stride, read in place when that is faster here."""
     view = x[:, :, ::stride[0], ::stride[1]] if stride != (1, 1) else x
     if _image_matrix(view, False) is not None:      # already a plain [N, C, H*W] view: nothing to choose
         run(view)
         return
-    from navitrain.wgpu.kernels.gemm_tuning import pick_choice
-
     key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
-    choice = pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
+    choice = gemm_tuning.pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
     run(view if choice == "in_place" else view.contiguous())
 
 
@@ -76,10 +72,8 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
     """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix."""
     nhwc = is_channels_last(out)
     if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
-        from navitrain.wgpu.kernels import conv
-
         _on_subsampled(x, tuple(g.stride), "forward",
-                       lambda image: conv._implicit_forward(image, w, bias, _unit(g), out))
+                       lambda image: implicit_forward(image, w, bias, unit_stride_1x1(g), out))
         return True
     o = _image_matrix(out, nhwc)
     if o is None:
@@ -105,12 +99,8 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
             return False
         gemm.gemm(_compact(dy, nhwc, (1, 1)), wm, o)
     else:           # [C, OC] @ [OC, N*P]
-        from navitrain.wgpu.kernels import conv
-
-        conv._implicit_grad_input(dy, w, _unit(g), target)
+        implicit_grad_input(dy, w, unit_stride_1x1(g), target)
     if strided:     # only every s-th input position received a gradient
-        from navitrain.wgpu.kernels.copy import copy_into, fill
-
         fill(dx, 0.0)
         copy_into(dx[:, :, ::g.stride[0], ::g.stride[1]], target)
     return True
@@ -126,9 +116,7 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
         gemm.gemm(dym.t(), xm, _weight(dw))
         return
     # NCHW: K runs over (n, position), not one stride; the grad-weight kernel walks it with carries
-    # (conv.GradOutRows) for both operands, so no channel-major copies are needed (run 8: those copies
+    # (operands.GradOutRows) for both operands, so no channel-major copies are needed (run 8: those copies
     # were 15-36 us of 80-146 us).
-    from navitrain.wgpu.kernels import conv
-
     _on_subsampled(x, tuple(g.stride), "grad_weight",
-                   lambda image: conv._implicit_grad_weight(dy, image, _unit(g), dw))
+                   lambda image: implicit_grad_weight(dy, image, unit_stride_1x1(g), dw))

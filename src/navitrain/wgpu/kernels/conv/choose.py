@@ -1,0 +1,78 @@
+"""Which formulation computes a convolution pass -- the one place that decides.
+
+- 1x1 layers (no padding, one group): plain products (onebyone.py);
+- depthwise layers: direct kernels (conv_depthwise.py), timed against the implicit GEMM where the tuner
+  runs;
+- strided grad-input (no dilation): one stride-1 grad-input per output phase (grad_input.py), each
+  phase decided here again;
+- stride-1 3x3 layers: Winograd F(2x2,3x3) where it is faster here (`use_winograd`; the aten handler
+  asks, as the transposed case reuses these passes without it);
+- everything else: the implicit-GEMM kernels (forward.py, grad_input.py, grad_weight.py), whose tuner
+  calls them again with each candidate tile.
+"""
+from __future__ import annotations
+
+from navitrain import _env
+from navitrain.wgpu.kernels import conv_depthwise, gemm_tuning, winograd
+from navitrain.wgpu.kernels.conv import onebyone
+from navitrain.wgpu.kernels.conv.forward import implicit_forward
+from navitrain.wgpu.kernels.conv.geometry import Geometry
+from navitrain.wgpu.kernels.conv.grad_input import (
+    grad_input_by_phase,
+    implicit_grad_input,
+)
+from navitrain.wgpu.kernels.conv.grad_weight import implicit_grad_weight
+from navitrain.wgpu.tensor import WgpuTensor
+
+
+def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
+            relu: bool = False) -> WgpuTensor:
+    same = x.dtype == w.dtype == out.dtype and (bias is None or bias.dtype == x.dtype)
+    if not relu and same and onebyone.eligible(g) and onebyone.forward(x, w, bias, g, out):
+        return out
+    if not relu and conv_depthwise.eligible(g, x, w, bias, out) and conv_depthwise.use_direct(
+            "fwd", g, out, lambda: conv_depthwise.forward(x, w, bias, g, out),
+            lambda: implicit_forward(x, w, bias, g, out)):
+        return conv_depthwise.forward(x, w, bias, g, out)
+    return implicit_forward(x, w, bias, g, out, relu)
+
+
+def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
+    if dy.dtype == w.dtype == dx.dtype and onebyone.eligible(g) and onebyone.grad_input(dy, w, g, dx):
+        return dx
+    # Depthwise: any kernel size at stride 1 (the output phases below come here too), odd square at 2.
+    if (conv_depthwise.eligible(g, dy, w, dx, any_kernel=tuple(g.stride) == (1, 1))
+            and conv_depthwise.use_direct("dgrad", g, dx, lambda: conv_depthwise.grad_input(dy, w, g, dx),
+                                          lambda: grad_input(dy, w, g, dx))):
+        return conv_depthwise.grad_input(dy, w, g, dx)
+    if tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
+        return grad_input_by_phase(dy, w, g, dx, grad_input)
+    return implicit_grad_input(dy, w, g, dx)
+
+
+def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> WgpuTensor:
+    if dy.dtype == x.dtype == dw.dtype and onebyone.eligible(g):
+        onebyone.grad_weight(dy, x, g, dw)
+        return dw
+    if conv_depthwise.eligible(g, dy, x, dw) and conv_depthwise.use_direct(
+            "wgrad", g, x, lambda: conv_depthwise.grad_weight(dy, x, g, dw), lambda: implicit_grad_weight(dy, x, g, dw)):
+        return conv_depthwise.grad_weight(dy, x, g, dw)
+    return implicit_grad_weight(dy, x, g, dw)
+
+
+def use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino) -> bool:
+    """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class,
+    run_gemm and run_wino doing the pass each way), or when NAVITRAIN_WGPU_CONV forces it."""
+    mode = _env.value(_env.WGPU_CONV)
+    if mode == "gemm" or not winograd.eligible(x4, w4, stride, dilation, groups, False):
+        return False
+    if padding[0] != padding[1] or not 0 <= padding[0] <= 2:
+        return False
+    N, C, H, W = x4.shape
+    workspace = 16 * 4 * (C + w4.shape[0]) * N * ((H + 1) // 2) * ((W + 1) // 2)
+    if workspace > (1 << 30):  # the transformed tiles would not be worth the memory
+        return False
+    if mode == "winograd":
+        return True
+    key = "conv_algo|" + gemm_tuning.shape_class(kind, w4.shape[0], N * H * W, C * 9, 1)
+    return gemm_tuning.pick_choice(key, {"gemm": run_gemm, "winograd": run_wino}, "gemm") == "winograd"
