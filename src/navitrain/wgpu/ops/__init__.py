@@ -1,6 +1,6 @@
 """Operator handlers of the wgpu device, one module per family; importing registers them all."""
 from navitrain.wgpu.ops import (  # noqa: F401
     activations, amp, conv, copy, elementwise, factory, foreach, loss_nll, loss_pointwise, matmul, norm, row_norm, pooling, random, reductions, shape, softmax, upsample, views,
-    embedding, indexing, scan, sort, tensor_ops, attention, rnn, rnn_layers,
+    embedding, indexing, masked, scatter_reduce, scan, sort, tensor_ops, attention, rnn, rnn_layers,
     special, search, distance, conv3d, pool3d, embedding_bag, multinomial,
 )

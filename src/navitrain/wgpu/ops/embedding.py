@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
 from navitrain.wgpu.kernels.copy import fill
-from navitrain.wgpu.ops.indexing import INVALID_KEY, _as_device, indexed_copy, segment_reduce, wrapped_keys
+from navitrain.wgpu.kernels.index_keys import INVALID_KEY, wrapped_keys
+from navitrain.wgpu.kernels.indexed_copy import indexed_copy
+from navitrain.wgpu.kernels.segment_reduce import segment_reduce
 from navitrain.wgpu.kernels.sort import sort_int_keys
+from navitrain.wgpu.ops.index_args import as_device
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
@@ -28,7 +31,7 @@ def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=
     if indices.dtype not in (torch.int64, torch.int32):
         raise RuntimeError(f"Expected tensor for argument #1 'indices' to have one of the following scalar types: "
                            f"Long, Int; but got {indices.dtype} instead")
-    indices = _as_device(indices)
+    indices = as_device(indices)
     shape = list(indices.shape) + [weight.shape[1]]
     out = empty(shape, weight.dtype)
     nd = indices.dim()
@@ -39,7 +42,7 @@ def embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=
 
 @implements(aten.embedding_dense_backward.default)
 def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
-    indices = _as_device(indices)
+    indices = as_device(indices)
     dim = grad_output.shape[-1]
     grad_weight = fill(empty([num_weights, dim], grad_output.dtype), 0)
     n = indices.numel()
@@ -53,41 +56,44 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
     return grad_weight
 
 
+# K sorted keys, D columns, the table's offset and strides, the sorted keys' offset, max_norm, p.
+_RENORM = codegen.ParamBlock("K", "D", "w_off", "row_stride", "col_stride", "keys_off", "max_norm: f32",
+                             "norm_p: f32")
+_RENORM_PACK = pointwise.positional_pack(_RENORM)  # in _RENORM's order: the keyword pack() costs microseconds
+
+
 def _renorm_source(w_st, norm_kind):
-    """Params: 0 K, 1 D, 2 weight off, 3 row stride, 4 col stride, 5 keys off, 6 max_norm, 7 p.
-    The first thread of each run of equal (sorted) ids rescales that row once."""
+    """The first thread of each run of equal (sorted) ids rescales that row once."""
     # fmax_nan: a row holding NaN has norm NaN (and is left alone, as on the CPU); WGSL's max may drop it.
     acc = {"inf": "fmax_nan(acc, abs(v))", "1": "acc + abs(v)", "2": "acc + v * v",
-           "p": "acc + pow_f(abs(v), pf(7u))"}[norm_kind]
-    norm = {"inf": "acc", "1": "acc", "2": "sqrt(acc)", "p": "pow_f(acc, 1.0 / pf(7u))"}[norm_kind]
+           "p": "acc + pow_f(abs(v), norm_p)"}[norm_kind]
+    norm = {"inf": "acc", "1": "acc", "2": "sqrt(acc)", "p": "pow_f(acc, 1.0 / norm_p)"}[norm_kind]
     body = f"""
-  if (gi >= pu(0u)) {{ return; }}
-  let key = keys[pu(5u) + gi];
-  if (gi > 0u && keys[pu(5u) + gi - 1u] == key) {{ return; }}
+{_RENORM.wgsl()}  if (gi >= K) {{ return; }}
+  let key = keys[keys_off + gi];
+  if (gi > 0u && keys[keys_off + gi - 1u] == key) {{ return; }}
   let row = bitcast<i32>(key ^ 0x80000000u);
   if (row == {INVALID_KEY}) {{ return; }}
-  let base = pu(2u) + u32(row) * pu(3u);
+  let base = w_off + u32(row) * row_stride;
   var acc = 0.0;
-  for (var j = 0u; j < pu(1u); j = j + 1u) {{
-    let v = {w_st.load('w[base + j * pu(4u)]', 'f32')};
+  for (var j = 0u; j < D; j = j + 1u) {{
+    let v = {w_st.load('w[base + j * col_stride]', 'f32')};
     acc = {acc};
   }}
   let norm = {norm};
-  if (norm > pf(6u)) {{
-    let scale = pf(6u) / (norm + 1e-7);
-    for (var j = 0u; j < pu(1u); j = j + 1u) {{
-      w[base + j * pu(4u)] = {w_st.store(f"{w_st.load('w[base + j * pu(4u)]', 'f32')} * scale")};
+  if (norm > max_norm) {{
+    let scale = max_norm / (norm + 1e-7);
+    for (var j = 0u; j < D; j = j + 1u) {{
+      w[base + j * col_stride] = {w_st.store(f"{w_st.load('w[base + j * col_stride]', 'f32')} * scale")};
     }}
   }}"""
-    from navitrain.wgpu.kernels import wgsl_math
-
     return codegen.module([w_st.wgsl, "u32"], body, 64, helpers=wgsl_math.helpers(False), names=["w", "keys"])
 
 
 @implements(aten.embedding_renorm_.default)
 def embedding_renorm_(weight, indices, max_norm, norm_type):
     # One thread per distinct id rescales its row: a row is read and scaled once however often it occurs.
-    indices = _as_device(indices)
+    indices = as_device(indices)
     n = indices.numel()
     if n == 0:
         return weight
@@ -97,10 +103,9 @@ def embedding_renorm_(weight, indices, max_norm, norm_type):
     p_ = float(norm_type)
     kind = "inf" if p_ == float("inf") else "1" if p_ == 1 else "2" if p_ == 2 else "p"
     w_st = rt.stypes[weight.dtype]
-    p = codegen.Params()
-    p.u(n, weight.shape[1], weight.elem_offset, weight.stride(0), weight.stride(1), skeys.elem_offset)
-    p.f(float(max_norm), p_ if kind == "p" else 0.0)
+    params = _RENORM_PACK(n, weight.shape[1], weight.elem_offset, weight.stride(0), weight.stride(1),
+                          skeys.elem_offset, float(max_norm), p_ if kind == "p" else 0.0)
     kernel = rt.kernel(("embedding_renorm", weight.dtype, kind), "embedding_renorm", 2,
                        lambda: _renorm_source(w_st, kind))
-    rt.dispatch(kernel, (weight._ws.heap, skeys._ws.heap), p.pack(), codegen.groups_for(n, 64))
+    rt.dispatch(kernel, (weight._ws.heap, skeys._ws.heap), params, codegen.groups_for(n, 64))
     return weight

@@ -9,15 +9,19 @@ it), so they need no atomics.
 """
 from __future__ import annotations
 
+import functools
+import struct
+
 import torch
 
-from navitrain.wgpu.kernels import codegen, pointwise
-from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.kernels.copy import copy_into, fill
-from navitrain.wgpu.ops.indexing import indexed_copy
 from navitrain.wgpu.dims import wrap_dim
+from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import codegen, pointwise
+from navitrain.wgpu.kernels.copy import copy_into, fill
+from navitrain.wgpu.kernels.indexed_copy import indexed_copy
+from navitrain.wgpu.kernels.scan import scan_into
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import empty, empty_like
+from navitrain.wgpu.tensor import empty, empty_like, to_cpu
 
 aten = torch.ops.aten
 WG = 256
@@ -98,17 +102,36 @@ def narrow_copy(x, dim, start, length):
 
 
 # -- tril / triu ------------------------------------------------------------------------------------------
+def _positional_pack(block: codegen.ParamBlock):
+    """Packs `block` from its words in declaration order (keyword pack() costs microseconds per call).
+    Not pointwise.positional_pack: that one counts a zero-length array field ("batch[0]", no batch dims)
+    as one word."""
+    letters = {"u32": "I", "i32": "i", "f32": "f"}
+    return struct.Struct("<" + "".join(letters[t] * (1 if n is None else n) for _, t, n, _ in block.fields)).pack
+
+
+@functools.lru_cache(maxsize=None)
+def _triangle_block(nb: int) -> codegen.ParamBlock:
+    """The matrices' rows and columns with their strides in x and out, then the nb batch dims."""
+    return codegen.ParamBlock("numel", "out_off", "x_off", "diagonal: i32", "rows", "cols", "x_row_stride",
+                              "x_col_stride", "out_row_stride", "out_col_stride", f"batch[{nb}]",
+                              f"x_batch_stride[{nb}]", f"out_batch_stride[{nb}]")
+
+
+@functools.lru_cache(maxsize=None)
+def _triangle_packer(nb: int):
+    return _positional_pack(_triangle_block(nb))
+
+
 def _triangle_source(st, lower, nb):
-    """Params: 0 numel, 1 out off, 2 x off, 3 diagonal (i32), 4 rows, 5 cols, 6 x row stride, 7 x col
-    stride, 8 out row stride, 9 out col stride, then batch sizes [nb], x batch strides, out batch strides."""
-    keep = "j - i <= pi(3u)" if lower else "j - i >= pi(3u)"
-    lines = ["  if (gi >= pu(0u)) { return; }",
-             "  let j = i32(gi % pu(5u)); let i = i32((gi / pu(5u)) % pu(4u)); var rem = gi / (pu(4u) * pu(5u));",
-             "  var xo = pu(2u) + u32(i) * pu(6u) + u32(j) * pu(7u);",
-             "  var oo = pu(1u) + u32(i) * pu(8u) + u32(j) * pu(9u);"]
+    keep = "j - i <= diagonal" if lower else "j - i >= diagonal"
+    lines = [_triangle_block(nb).wgsl().rstrip("\n"), "  if (gi >= numel) { return; }",
+             "  let j = i32(gi % cols); let i = i32((gi / cols) % rows); var rem = gi / (rows * cols);",
+             "  var xo = x_off + u32(i) * x_row_stride + u32(j) * x_col_stride;",
+             "  var oo = out_off + u32(i) * out_row_stride + u32(j) * out_col_stride;"]
     for d in reversed(range(nb)):
-        lines.append(f"  {{ let c = rem % pu({10 + d}u); rem = rem / pu({10 + d}u);")
-        lines.append(f"    xo += c * pu({10 + nb + d}u); oo += c * pu({10 + 2 * nb + d}u); }}")
+        lines.append(f"  {{ let c = rem % batch_{d}; rem = rem / batch_{d};")
+        lines.append(f"    xo += c * x_batch_stride_{d}; oo += c * out_batch_stride_{d}; }}")
     zero = st.store("0.0" if st.kind == "float" else "0")
     lines.append(f"  if ({keep}) {{ b0[oo] = b1[xo]; }} else {{ b0[oo] = {zero}; }}")
     return codegen.module([st.wgsl, st.wgsl], "\n".join(lines), WG)
@@ -128,13 +151,11 @@ def _triangle(x, diagonal, lower, out):
     else:
         b_sizes, bx, bo = [], [], []
     nb = len(b_sizes)
-    p = codegen.Params()
-    p.u(numel, out.elem_offset, x.elem_offset)
-    p.i(diagonal)
-    p.u(x.shape[-2], x.shape[-1], x.stride(-2), x.stride(-1), out.stride(-2), out.stride(-1), *b_sizes, *bx, *bo)
+    params = _triangle_packer(nb)(numel, out.elem_offset, x.elem_offset, diagonal, x.shape[-2], x.shape[-1],
+                                  x.stride(-2), x.stride(-1), out.stride(-2), out.stride(-1), *b_sizes, *bx, *bo)
     kernel = rt.kernel(("triangle", x.dtype, lower, nb), "tril" if lower else "triu", 2,
                        lambda: _triangle_source(st, lower, nb))
-    rt.dispatch(kernel, (out._ws.heap, x._ws.heap), p.pack(), codegen.groups_for(numel, WG))
+    rt.dispatch(kernel, (out._ws.heap, x._ws.heap), params, codegen.groups_for(numel, WG))
     return out
 
 
@@ -190,25 +211,38 @@ def constant_pad_nd(x, pad, value=0):
 
 
 # -- reflection / replication padding -------------------------------------------------------------------
+_PAD_DIM_FIELDS = ("padded_size", "plain_size", "before", "padded_stride", "plain_stride")
+
+
+@functools.lru_cache(maxsize=None)
+def _pad_block(k: int, nb: int) -> codegen.ParamBlock:
+    """Per padded dim (the last k): padded size, plain size, pad before, padded stride, plain stride;
+    then the nb batch dims' sizes with their padded and plain strides."""
+    return codegen.ParamBlock("numel", "padded_off", "plain_off", *(f"{f}[{k}]" for f in _PAD_DIM_FIELDS),
+                              f"batch[{nb}]", f"padded_batch_stride[{nb}]", f"plain_batch_stride[{nb}]")
+
+
+@functools.lru_cache(maxsize=None)
+def _pad_packer(k: int, nb: int):
+    return _positional_pack(_pad_block(k, nb))
+
+
 def _pad_source(st, mode, k, nb, backward):
-    """Params: 0 numel, 1 padded off, 2 plain off, then per padded dim (last k): padded size, plain size,
-    pad before, padded stride, plain stride; then batch sizes [nb], padded and plain batch strides.
-    Forward: out element -> the input element it copies. Backward: input element (grad_input) <- sum of
-    grad_output over the output positions that copied it."""
-    base = 3
-    lines = ["  if (gi >= pu(0u)) { return; }", "  var rem = gi;", "  var oo = pu(1u); var io = pu(2u);"]
+    """Forward: out element -> the input element it copies. Backward: input element (grad_input) <- sum
+    of grad_output over the output positions that copied it."""
+    lines = [_pad_block(k, nb).wgsl().rstrip("\n"), "  if (gi >= numel) { return; }", "  var rem = gi;",
+             "  var oo = padded_off; var io = plain_off;"]
 
     def w(d, f):
-        return f"pu({base + 5 * d + f}u)"
+        return f"{_PAD_DIM_FIELDS[f]}_{d}"
 
     # Coordinates of the padded dims (innermost last), then the batch.
     space = 1 if backward else 0  # which size walks the thread space: out (fwd) or in (bwd)
     for d in reversed(range(k)):
         lines.append(f"  let c{d} = i32(rem % {w(d, space)}); rem = rem / {w(d, space)};")
-    bsz = base + 5 * k
     for d in reversed(range(nb)):
-        lines.append(f"  {{ let c = rem % pu({bsz + d}u); rem = rem / pu({bsz + d}u);")
-        lines.append(f"    oo += c * pu({bsz + nb + d}u); io += c * pu({bsz + 2 * nb + d}u); }}")
+        lines.append(f"  {{ let c = rem % batch_{d}; rem = rem / batch_{d};")
+        lines.append(f"    oo += c * padded_batch_stride_{d}; io += c * plain_batch_stride_{d}; }}")
     if not backward:
         for d in range(k):
             n, lo = f"i32({w(d, 1)})", f"i32({w(d, 2)})"
@@ -260,22 +294,22 @@ def _pad_launch(mode, k, padded, plain, pads, backward):
     if numel == 0:
         return
     nd = padded.dim()
-    p = codegen.Params()
-    p.u(numel, padded.elem_offset, plain.elem_offset)
-    for d in range(nd - k, nd):
-        p.u(padded.shape[d], plain.shape[d], pads[nd - 1 - d][0], padded.stride(d), plain.stride(d))
+    dims = range(nd - k, nd)
     batch = list(range(nd - k))
     if batch:
         b_sizes, (bo, bi) = pointwise.collapse([plain.shape[d] for d in batch],
                                                [[padded.stride(d) for d in batch], [plain.stride(d) for d in batch]])
     else:
         b_sizes, bo, bi = [], [], []
-    p.u(*b_sizes, *bo, *bi)
+    params = _pad_packer(k, len(b_sizes))(
+        numel, padded.elem_offset, plain.elem_offset, *(padded.shape[d] for d in dims),
+        *(plain.shape[d] for d in dims), *(pads[nd - 1 - d][0] & 0xFFFFFFFF for d in dims),
+        *(padded.stride(d) for d in dims), *(plain.stride(d) for d in dims), *b_sizes, *bo, *bi)
     key = ("pad", mode, k, len(b_sizes), padded.dtype, backward)
     kernel = rt.kernel(key, f"{mode}_pad{k}d{'_backward' if backward else ''}", 2,
                        lambda: _pad_source(st, mode, k, len(b_sizes), backward))
     heaps = (plain._ws.heap, padded._ws.heap) if backward else (padded._ws.heap, plain._ws.heap)
-    rt.dispatch(kernel, heaps, p.pack(), codegen.groups_for(numel, WG))
+    rt.dispatch(kernel, heaps, params, codegen.groups_for(numel, WG))
 
 
 def _pad_forward(mode, x, padding):
@@ -347,25 +381,26 @@ def as_strided_scatter(x, src, size, stride, storage_offset=None):
 
 
 # -- repeat_interleave: the indices that repeat position i repeats[i] times -------------------------------
+# The output size, the number of repeats, the offsets of their inclusive running sums and of the output.
+_REPEAT_INDEX = codegen.ParamBlock("total", "n", "ends_off", "out_off")
+_REPEAT_INDEX_PACK = _positional_pack(_REPEAT_INDEX)
+
+
 def _repeat_index_source(r_st, i64_st):
-    """Params: 0 total, 1 n (repeats), 2 ends off (inclusive running sums, i64 or i32), 3 out off.
-    Output position j gets the first i whose running sum exceeds j (binary search)."""
+    """Output position j gets the first i whose running sum exceeds j (binary search)."""
     body = f"""
-  if (gi >= pu(0u)) {{ return; }}
-  var lo = 0u; var hi = pu(1u);
+{_REPEAT_INDEX.wgsl()}  if (gi >= total) {{ return; }}
+  var lo = 0u; var hi = n;
   while (lo < hi) {{
     let mid = (lo + hi) >> 1u;
-    if (u32({r_st.load('ends[pu(2u) + mid]', 'i32')}) <= gi) {{ lo = mid + 1u; }} else {{ hi = mid; }}
+    if (u32({r_st.load('ends[ends_off + mid]', 'i32')}) <= gi) {{ lo = mid + 1u; }} else {{ hi = mid; }}
   }}
-  outs[pu(3u) + gi] = {i64_st.store('lo')};"""
+  outs[out_off + gi] = {i64_st.store('lo')};"""
     return codegen.module([r_st.wgsl, i64_st.wgsl], body, WG, names=["ends", "outs"])
 
 
 @implements(aten.repeat_interleave.Tensor)
 def repeat_interleave(repeats, *, output_size=None):
-    from navitrain.wgpu.kernels.scan import scan_into
-    from navitrain.wgpu.tensor import to_cpu
-
     if repeats.dim() != 1:
         raise RuntimeError("repeat_interleave only accept 1D vector as repeat")
     n = repeats.numel()
@@ -379,7 +414,6 @@ def repeat_interleave(repeats, *, output_size=None):
     rt = runtime()
     r_st, i64_st = rt.stypes[torch.int64], rt.stypes[torch.int64]
     kernel = rt.kernel(("repeat_index",), "repeat_interleave", 2, lambda: _repeat_index_source(r_st, i64_st))
-    p = codegen.Params()
-    p.u(output_size, n, ends.elem_offset, out.elem_offset)
-    rt.dispatch(kernel, (ends._ws.heap, out._ws.heap), p.pack(), codegen.groups_for(output_size, WG))
+    params = _REPEAT_INDEX_PACK(output_size, n, ends.elem_offset, out.elem_offset)
+    rt.dispatch(kernel, (ends._ws.heap, out._ws.heap), params, codegen.groups_for(output_size, WG))
     return out
