@@ -9,7 +9,6 @@ and memory statistics live here. Importing it needs torch >= 2.11; the GPU itsel
 """
 from __future__ import annotations
 
-import contextlib as _contextlib
 
 import torch as _torch
 
@@ -99,26 +98,7 @@ def synchronize(device=None) -> None:
         _runtime_mod.runtime().synchronize()
 
 
-@_contextlib.contextmanager
-def profile():
-    """Time every kernel on the GPU:
-
-        with navitrain.wgpu.profile() as table:
-            train_step()
-        # table: kernel name -> [dispatch count, GPU seconds]; matrix products and convolutions are
-        # keyed "name@(grid)" so that shapes stay apart
-
-    With the adapter's timestamp queries each dispatch runs in a compute pass of its own stamped at
-    both ends (GPU time only); without them each dispatch is submitted and waited for alone, and the
-    seconds include the submit round trip."""
-    rt = _runtime_mod.runtime()
-    rt.synchronize()
-    rt.profile = {}
-    try:
-        yield rt.profile
-    finally:
-        rt.synchronize()
-        rt.profile = None
+from navitrain.wgpu.profiling import profile  # noqa: E402
 
 
 def memory_allocated(device=None) -> int:

@@ -29,7 +29,7 @@ aten = torch.ops.aten
 
 # softmax's row passes, with keys a query may not see left out: row r of S is query (r % L), and key
 # j is visible to it when j <= r % L (torch's is_causal: tril(L, S)).
-_VISIBLE = "(j <= row % u32(pf(EXTRA0)))"
+_VISIBLE = "(j <= row % u32(extra_0))"
 _CAUSAL_PASSES = [
     (_MAX[0], f"acc = fmax_nan(acc, select({_MAX[0]}, X0(j), {_VISIBLE}));", _MAX[2]),
     (_SUMEXP[0], f"acc = acc + select(0.0, exp(X0(j) - r0), {_VISIBLE});", _SUMEXP[2]),
