@@ -9,7 +9,6 @@ and memory statistics live here. Importing it needs torch >= 2.11; the GPU itsel
 """
 from __future__ import annotations
 
-
 import torch as _torch
 
 from navitrain.wgpu import device as _device
