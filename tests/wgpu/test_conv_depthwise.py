@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from navitrain.wgpu.kernels import conv
+from navitrain.wgpu.kernels.conv import choose
 from navitrain.wgpu.runtime import runtime
 
 CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the kernels they reach
@@ -88,8 +88,8 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     phases included, runs the direct kernels: the implicit-GEMM passes would raise."""
     def refuse(*args, **kwargs):
         raise AssertionError("the implicit GEMM ran for a depthwise layer")
-    for name in ("_implicit_forward", "_implicit_grad_input", "_implicit_grad_weight"):
-        monkeypatch.setattr(conv, name, refuse)
+    for name in ("implicit_forward", "implicit_grad_input", "implicit_grad_weight"):
+        monkeypatch.setattr(choose, name, refuse)   # where the pass is chosen (kernels/conv/choose.py)
     runtime()._kernels.clear()
     x, w, b = _layer(3, 2, 4, 10, 11, 3)
     y, gy, gx, gw, gb = _reference(x, w, b, 2, 1)
