@@ -10,7 +10,7 @@ neighbouring threads on neighbouring addresses.
   run one after another; each later pass can use the results of earlier ones (named r0, r1, ...);
 - `write`: a statement run for every element once all passes are done.
 Snippets read element j of input k as `X{k}(j)`, write output k as `Y{k}(j, value);` (one per line)
-and read extra scalar parameter n (an f32) as `EXTRAn`.
+and read extra scalar parameter n (an f32) as `extra_n` (a field of the kernel's ParamBlock).
 """
 from __future__ import annotations
 
@@ -47,9 +47,7 @@ def row_source(in_st: list, out_st: list, passes: list[tuple[str, str, str]], wr
         for k in range(n_out):
             code = re.sub(rf"Y{k}\(([^,()]*), (.*)\);", lambda m, k=k: f"b{k}[ob{k} + ({m.group(1)}) * inner] = "
                           f"{out_st[k].store(m.group(2))};", code)
-        # The f32 read around EXTRAn is the older spelling of the same parameter, still accepted.
-        code = re.sub(r"pf\(EXTRA(\d+)\)", r"extra_\1", code)
-        return re.sub(r"EXTRA(\d+)", r"extra_\1", code)
+        return code
 
     lines = [_block(n_in, n_out, extra_params).wgsl()]
     w = lines.append
