@@ -30,6 +30,16 @@ def test_pack_matches_the_words():
     assert struct.unpack("<Ii3If", raw)[5] == pytest.approx(eps, rel=1e-7)
 
 
+def test_pack_words_is_pack_by_position():
+    rng = random.Random()
+    for nb in (0, 1, 3):  # a zero-length array field is no word at all
+        blk = codegen.ParamBlock("n", f"batch[{nb}]", "k: i32", "eps: f32")
+        batch = [rng.randrange(2**32) for _ in range(nb)]
+        n, k, eps = rng.randrange(2**32), rng.randrange(-2**31, 2**31), rng.uniform(-9, 9)
+        assert blk.words == 3 + nb
+        assert blk.pack_words(n, *batch, k, eps) == blk.pack(n=n, batch=batch, k=k, eps=eps)
+
+
 def test_negative_unsigned_values_wrap_like_params_u():
     blk = codegen.ParamBlock("a")
     assert struct.unpack("<I", blk.pack(a=-1))[0] == 0xFFFFFFFF

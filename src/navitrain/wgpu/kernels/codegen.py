@@ -99,6 +99,8 @@ class Params:
 
 
 _READ = {"u32": "pu", "i32": "pi", "f32": "pf"}
+_CONVERT = {"u32": lambda x: int(x) & 0xFFFFFFFF, "i32": int, "f32": float}
+_MISSING = object()
 _FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[([0-9]+)\])?(?:\s*:\s*(u32|i32|f32))?$")
 
 
@@ -137,6 +139,14 @@ class ParamBlock:
             raise ValueError(f"defaults for parameters that do not exist: {sorted(unknown)}")
         self._names = frozenset(names)
         self._struct = struct.Struct("".join(fmt))
+        # For the hottest launch paths (every elementwise op, every matrix product): the same bytes as
+        # pack() from each word's value in declaration order, array fields flattened, without pack()'s
+        # name checks and u32 wrapping, which cost microseconds a launch. tests/wgpu/test_param_block.py
+        # checks the two agree.
+        self.pack_words = self._struct.pack
+        # pack()'s walk over the fields, precomputed: (name, count or None, default or _MISSING)
+        self._plan = tuple((name, count, self.defaults.get(name, _MISSING)) for name, _, count, _ in self.fields)
+        self._kinds = tuple(t for _, t, count, _ in self.fields for _ in range(1 if count is None else count))
 
     def ref(self, name: str, k: int | None = None) -> str:
         """The WGSL expression reading one parameter (word k of an array field), for code outside the
@@ -159,25 +169,26 @@ class ParamBlock:
         return "\n".join(lines) + "\n"
 
     def pack(self, **values) -> bytes:
-        if len(values) > len(self._names) or not self._names.issuperset(values):
+        if not self._names.issuperset(values):
             raise TypeError(f"unknown kernel parameters: {sorted(set(values) - self._names)}")
         flat = []
-        for name, wgsl_type, count, _ in self.fields:
-            if name in values:
-                v = values[name]
-            elif name in self.defaults:
-                v = self.defaults[name]
-            else:
+        for name, count, default in self._plan:
+            v = values.get(name, default)
+            if v is _MISSING:
                 raise TypeError(f"kernel parameter {name!r} not given")
-            vs = (v,) if count is None else tuple(v)
-            if count is not None and len(vs) != count:
-                raise ValueError(f"kernel parameter {name}: {len(vs)} values for {count} words")
-            if wgsl_type == "u32":
-                flat.extend(int(x) & 0xFFFFFFFF for x in vs)
-            elif wgsl_type == "i32":
-                flat.extend(int(x) for x in vs)
+            if count is None:
+                flat.append(v)
             else:
-                flat.extend(float(x) for x in vs)
+                v = tuple(v)
+                if len(v) != count:
+                    raise ValueError(f"kernel parameter {name}: {len(v)} values for {count} words")
+                flat += v
+        try:  # values as given (the common case: no conversion needed, one C call)
+            return self._struct.pack(*flat)
+        except (struct.error, TypeError):
+            pass
+        # Refused: normalize as Params did (u32 wrapped, int(), float()), then range errors are real.
+        flat = [_CONVERT[kind](x) for kind, x in zip(self._kinds, flat)]
         try:
             return self._struct.pack(*flat)
         except struct.error as e:
