@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import navitrain
-from navitrain.probe import cases, fingerprint as fingerprints, select, session, store
+from navitrain import select
+from navitrain.probe import cases, fingerprint as fingerprints, session, store
 from navitrain.probe.results import ProbeResult
 from navitrain.probe.runner import list_cases_in_file
 
