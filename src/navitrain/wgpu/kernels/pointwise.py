@@ -87,8 +87,10 @@ def _scalar_field(k: int, kind: str, compute: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _scalar_names(scalar_kinds: str, compute: str) -> tuple[str, ...]:
-    return tuple(_scalar_field(k, kind, compute).split(":")[0] for k, kind in enumerate(scalar_kinds))
+def _positional(n_in: int, ndim: int, scalar_kinds: str, compute: str):
+    """_params(...) packed in its declaration order (n, offsets, sizes, each operand's strides, scalars):
+    the keyword pack() would add microseconds to every broadcasting op."""
+    return positional_pack(_params(n_in, ndim, scalar_kinds, compute))
 
 
 def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes: str, ndim: int,
@@ -212,15 +214,15 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
     else:
         modes = "strided"
 
-    ndim, layout = 0, {}
+    ndim, layout = 0, ()
     if modes == "strided":
         strides = [list(out.stride())] + [_operand_strides(t, shape) for t in inputs]
         sizes, strides = collapse(shape, strides)
         ndim = len(sizes)
-        layout = {"size": sizes, **{f"stride{k}": s for k, s in enumerate(strides)}}
-    block = _params(len(inputs), ndim, scalar_kinds, compute)
-    raw = block.pack(n=numel, off=(out.elem_offset, *(t.elem_offset for t in inputs)), **layout,
-                     **dict(zip(_scalar_names(scalar_kinds, compute), scalars)))
+        layout = (*sizes, *(s for operand in strides for s in operand))
+    raw = _positional(len(inputs), ndim, scalar_kinds, compute)(
+        numel, out.elem_offset, *(t.elem_offset for t in inputs), *layout,
+        *(float(v) if kind == "f" else int(v) for v, kind in zip(scalars, scalar_kinds)))
 
     in_types = tuple(t.dtype for t in inputs)
     key = ("pw", name, expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
 from navitrain.wgpu.kernels.pointwise import collapse
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
@@ -69,6 +69,13 @@ def _params(nk: int, nr: int) -> codegen.ParamBlock:
     reduced elements, in G chunks of `chunk`; `divisor` is the mean's count."""
     return codegen.ParamBlock("M", "L", "x_off", "out_off", "idx_off", "G", "chunk", "divisor: f32",
                               f"ksize[{nk}]", f"kstride[{nk}]", f"rsize[{nr}]", f"rstride[{nr}]")
+
+
+@functools.lru_cache(maxsize=None)
+def _pack(nk: int, nr: int):
+    """_params(nk, nr) packed positionally, in its declaration order: the keyword pack() would add
+    microseconds to every reduction's host time."""
+    return pointwise.positional_pack(_params(nk, nr))
 
 
 def _offset_code(var: str, index: str, ndim: int, sizes: str, strides: str) -> list[str]:
@@ -345,10 +352,8 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
 def _launch(op, x, out, idx, acc, variant, nk, nr, wg, finalize, partial_in, M, L, G, chunk, divisor,
             ksizes, kstrides, rsizes, rstrides):
     rt = runtime()
-    params = _params(nk, nr).pack(M=M, L=L, x_off=x.elem_offset, out_off=out.elem_offset,
-                                  idx_off=idx.elem_offset if idx is not None else 0, G=G, chunk=chunk,
-                                  divisor=float(divisor), ksize=ksizes, kstride=kstrides, rsize=rsizes,
-                                  rstride=rstrides)
+    params = _pack(nk, nr)(M, L, x.elem_offset, out.elem_offset, idx.elem_offset if idx is not None else 0, G, chunk,
+                           float(divisor), *ksizes, *kstrides, *rsizes, *rstrides)
     # Partial sums are read back as their own accumulator type.
     in_dtype = x.dtype
     key = ("reduce", op, in_dtype, out.dtype, acc, variant, nk, nr, wg, finalize, partial_in)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.dtypes import NoKernelForDtype
@@ -52,8 +52,9 @@ def _contig(t):
 
 
 # A cell kernel's parameters: threads, H (hidden units), then each bound tensor's offset, in binding
-# order (which tensors are bound depends on the call: one block per kernel variant).
-_BLOCKS: dict[tuple, codegen.ParamBlock] = {}
+# order (which tensors are bound depends on the call: one block per kernel variant, with its packer,
+# which takes the words in that order).
+_BLOCKS: dict[tuple, tuple] = {}
 
 
 def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: int) -> None:
@@ -69,9 +70,11 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
         if not rt.stypes[t.dtype].has_kernels or not t.dtype.is_floating_point:
             raise NoKernelForDtype(f"{name}: no wgpu kernel for {t.dtype}")
     key = ("rnn", name, tuple((n, t.dtype) for n, t in present), tuple(absent))
-    block = _BLOCKS.get(key)
-    if block is None:
-        block = _BLOCKS[key] = codegen.ParamBlock("threads", "H", *(f"{n}_off" for n, _ in present))
+    cached = _BLOCKS.get(key)
+    if cached is None:
+        block = codegen.ParamBlock("threads", "H", *(f"{n}_off" for n, _ in present))
+        cached = _BLOCKS[key] = (block, pointwise.positional_pack(block))
+    block, pack = cached
 
     def source():
         fns = []
@@ -87,7 +90,7 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
         return codegen.module(types, block.wgsl() + body, WG, helpers=_ACTIVATIONS + "\n".join(fns) + "\n")
 
     kernel = rt.kernel(key, f"rnn_{name}", len(present), source)
-    params = block.pack(threads=threads, H=hidden, **{f"{n}_off": t.elem_offset for n, t in present})
+    params = pack(threads, hidden, *(t.elem_offset for _, t in present))
     rt.dispatch(kernel, tuple(t._ws.heap for _, t in present), params, codegen.groups_for(threads, WG))
 
 

@@ -19,7 +19,7 @@ import torch
 
 from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import cpu_fallback, implements
-from navitrain.wgpu.ops.pooling import compute_type, decompose, new_output, suggests_channels_last
+from navitrain.wgpu.ops.pooling import compute_type, dict_packer, decompose, new_output, suggests_channels_last
 from navitrain.wgpu.runtime import runtime
 
 aten = torch.ops.aten
@@ -27,6 +27,7 @@ WG = 256
 
 _PARAMS = codegen.ParamBlock("total", "C", "OH", "OW", "IH", "IW", "x_off", "xN", "xC", "xH", "xW", "out_off",
                              "scale_h: f32", "scale_w: f32")
+_PACK = dict_packer(_PARAMS)
 
 # Source index of output `o` (PyTorch's nearest_idx / nearest_exact_idx) and a first guess at the
 # smallest output whose source reaches `t` (only a starting point for the walk in first_output).
@@ -179,7 +180,7 @@ def _launch(mode: str, backward: bool, src, out, in_hw, out_hw, scales, channels
     key = ("upsample", mode, backward, src.dtype, out.dtype, compute, channels_last)
     kernel = rt.kernel(key, f"upsample_{mode}{'_backward' if backward else ''}", 2,
                        lambda: _source(mode, backward, in_st, out_st, compute, channels_last))
-    rt.dispatch(kernel, (out._ws.heap, src._ws.heap), _PARAMS.pack(**values), codegen.groups_for(total, WG))
+    rt.dispatch(kernel, (out._ws.heap, src._ws.heap), _PACK(values), codegen.groups_for(total, WG))
     return out
 
 
