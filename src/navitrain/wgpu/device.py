@@ -11,11 +11,11 @@ import sys
 
 import torch
 
+from navitrain._version import MIN_TORCH
 from navitrain.adapters import device_order, list_adapters
 from navitrain.wgpu import process_device
 from navitrain.wgpu import runtime as rt_mod
 
-MIN_TORCH = (2, 11)
 _registered = False
 
 
