@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain import _env, conv_args
+from navitrain import conv_args
 from navitrain.wgpu.kernels import conv, winograd
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.reduction import reduce
@@ -63,26 +63,6 @@ def _check(x, w, bias, stride, padding, dilation, transposed, output_padding, gr
     conv_args.check(x, w, bias, stride, padding, dilation, transposed, output_padding, groups)
 
 
-def _use_winograd(kind, x4, w4, stride, padding, dilation, groups, out_numel, run_gemm, run_wino) -> bool:
-    """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class),
-    or when NAVITRAIN_WGPU_CONV forces it."""
-    mode = _env.value(_env.WGPU_CONV)
-    if mode == "gemm" or not winograd.eligible(x4, w4, stride, dilation, groups, False):
-        return False
-    if padding[0] != padding[1] or not 0 <= padding[0] <= 2:
-        return False
-    N, C, H, W = x4.shape
-    workspace = 16 * 4 * (C + w4.shape[0]) * N * ((H + 1) // 2) * ((W + 1) // 2)
-    if workspace > (1 << 30):  # the transformed tiles would not be worth the memory
-        return False
-    if mode == "winograd":
-        return True
-    from navitrain.wgpu.kernels.gemm_tuning import pick_choice, shape_class
-
-    key = "conv_algo|" + shape_class(kind, w4.shape[0], N * H * W, C * 9, 1)
-    return pick_choice(key, {"gemm": run_gemm, "winograd": run_wino}, "gemm") == "winograd"
-
-
 def _ordinary_forward(x4, w4, bias, stride, padding, dilation, groups, fmt, out_hw=None):
     OH = _out_size(x4.shape[2], w4.shape[2], stride[0], padding[0], dilation[0])
     OW = _out_size(x4.shape[3], w4.shape[3], stride[1], padding[1], dilation[1])
@@ -93,8 +73,8 @@ def _ordinary_forward(x4, w4, bias, stride, padding, dilation, groups, fmt, out_
     out = _new([x4.shape[0], w4.shape[0], OH, OW], x4.dtype, fmt)
     if out.numel():
         g = _geometry(x4, w4, stride, padding, dilation, groups, (OH, OW))
-        if out_hw is None and _use_winograd(
-                "fwd", x4, w4, stride, padding, dilation, groups, out.numel(),
+        if out_hw is None and conv.use_winograd(
+                "fwd", x4, w4, stride, padding, dilation, groups,
                 lambda: conv.forward(x4, w4, bias, g, out), lambda: winograd.conv3x3(x4, w4, bias, padding[0], out)):
             winograd.conv3x3(x4, w4, bias, padding[0], out)
         else:
@@ -110,9 +90,9 @@ def _ordinary_grad_input(dy4, w4, x_shape, stride, padding, dilation, groups, fm
     if dx.numel():
         # grad-input of a stride-1 3x3 layer = the same convolution of dy with w transposed and rotated.
         if (dy4.shape[2] == H + 2 * padding[0] - 2 and dy4.shape[3] == W + 2 * padding[1] - 2
-                and _use_winograd("dgrad", dy4, w4, stride, padding, dilation, groups, dx.numel(),
-                                  lambda: conv.grad_input(dy4, w4, g, dx),
-                                  lambda: winograd.conv3x3(dy4, w4, None, 2 - padding[0], dx, rotate=True))):
+                and conv.use_winograd("dgrad", dy4, w4, stride, padding, dilation, groups,
+                                       lambda: conv.grad_input(dy4, w4, g, dx),
+                                       lambda: winograd.conv3x3(dy4, w4, None, 2 - padding[0], dx, rotate=True))):
             winograd.conv3x3(dy4, w4, None, 2 - padding[0], dx, rotate=True)
         else:
             conv.grad_input(dy4, w4, g, dx)
