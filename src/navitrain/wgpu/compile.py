@@ -29,6 +29,7 @@ from collections import Counter
 import torch
 
 from navitrain.wgpu import dispatch
+from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
 from navitrain.wgpu.runtime import WgpuError
 from navitrain.wgpu.tensor import WgpuTensor
@@ -276,6 +277,8 @@ def register() -> None:
     # navitrain's handlers are the device's kernels, not user code: dynamo must not trace them when an
     # eager piece of a compiled function (a graph break, loss.backward()) runs ops on wgpu tensors.
     trace_rules.add("navitrain.wgpu")
+    # torch 2.11 asserts on a traceable subclass with no inner tensors, which a wgpu tensor is.
+    patch_fake_tensor_helpers(WgpuTensor)
     # Where navitrain is installed with its torch_dynamo_backends entry point, dynamo registers the
     # backend itself when it loads this module through it (registering here too would be a duplicate).
     from importlib.metadata import entry_points
