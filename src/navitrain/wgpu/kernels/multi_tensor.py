@@ -33,7 +33,7 @@ def _params(n_shared: int) -> codegen.ParamBlock:
 @functools.lru_cache(maxsize=None)
 def _pack(n_shared: int):
     """(total, count, *shared) -> the block's bytes: every optimizer list op launches through this."""
-    return pointwise.positional_pack(_params(n_shared))
+    return _params(n_shared).pack_words
 
 
 # Where the table starts (a word index into T): the runtime writes it into the block's last word when
@@ -49,7 +49,7 @@ def _source(expr: str, out_st, in_st: list, modes: str, n_shared: int, n_per: in
         "  if (gi >= total) { return; }",
         f"  let tb = {_TABLE_BASE};",
         "  var lo = 0u; var hi = count - 1u;",
-        f"  loop {{ if (lo >= hi) {{ break; }} let mid = (lo + hi + 1u) / 2u;",
+        "  loop { if (lo >= hi) { break; } let mid = (lo + hi + 1u) / 2u;",
         f"    if (T[tb + mid * {W}u] <= gi) {{ lo = mid; }} else {{ hi = mid - 1u; }} }}",
         f"  let row = tb + lo * {W}u; let j = gi - T[row];",
     ]

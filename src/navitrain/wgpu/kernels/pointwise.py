@@ -10,7 +10,6 @@ Scalars travel in the parameter block, so `x + 1.0` and `x + 2.0` share one comp
 from __future__ import annotations
 
 import functools
-import struct
 from typing import Sequence
 
 import torch
@@ -90,7 +89,7 @@ def _scalar_field(k: int, kind: str, compute: str) -> str:
 def _positional(n_in: int, ndim: int, scalar_kinds: str, compute: str):
     """_params(...) packed in its declaration order (n, offsets, sizes, each operand's strides, scalars):
     the keyword pack() would add microseconds to every broadcasting op."""
-    return positional_pack(_params(n_in, ndim, scalar_kinds, compute))
+    return _params(n_in, ndim, scalar_kinds, compute).pack_words
 
 
 def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes: str, ndim: int,
@@ -127,13 +126,12 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
 
 
 _FAST: dict = {}
-_FORMAT = {"u32": "I", "i32": "i", "f32": "f"}
 
 
 def positional_pack(block: codegen.ParamBlock):
-    """A packer of `block` taking its words positionally, in declaration order, for the hottest launch
-    paths: struct packing alone, without the keyword pack()'s checks (a few microseconds per launch)."""
-    return struct.Struct("<" + "".join(_FORMAT[t] * (count or 1) for _, t, count, _ in block.fields)).pack
+    """block.pack_words (codegen.ParamBlock's positional packer); kept for the callers in other modules,
+    which may call pack_words directly."""
+    return block.pack_words
 
 
 class _FastLaunch:
@@ -145,7 +143,7 @@ class _FastLaunch:
         self.kernel = kernel
         # Positional, in the block's field order: (n, out offset, input offsets..., scalars...). The
         # keyword pack() costs a few microseconds more, on the path every elementwise op takes.
-        self.pack = positional_pack(block)
+        self.pack = block.pack_words
 
 
 def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,

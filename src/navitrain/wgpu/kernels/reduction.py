@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.kernels.pointwise import collapse
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
@@ -75,7 +75,7 @@ def _params(nk: int, nr: int) -> codegen.ParamBlock:
 def _pack(nk: int, nr: int):
     """_params(nk, nr) packed positionally, in its declaration order: the keyword pack() would add
     microseconds to every reduction's host time."""
-    return pointwise.positional_pack(_params(nk, nr))
+    return _params(nk, nr).pack_words
 
 
 def _offset_code(var: str, index: str, ndim: int, sizes: str, strides: str) -> list[str]:
@@ -337,7 +337,6 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
             chunk = -(-L // G)
             G = -(-L // chunk)
 
-    rt = runtime()
     if variant == "group" and G > 1:
         partial = empty([M * G], {"f32": torch.float32, "i32": torch.int32, "i64": torch.int64}[acc])
         _launch(op, x, partial, None, acc, "group", nk, nr, wg, False, False, M, L, G, chunk, L,

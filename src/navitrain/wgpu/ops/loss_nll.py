@@ -36,7 +36,7 @@ def _contig(t):
 # Thread n of the N*S (sample, position) pairs: sample b = n / S, position s = n % S.
 _FORWARD = codegen.ParamBlock("count", "C", "S", "x_off", "target_off", "ignore_index: i32", "weight_off",
                               "loss_off", "wt_off")
-_FORWARD_PACK = pointwise.positional_pack(_FORWARD)  # in _FORWARD's order: the keyword pack() costs microseconds
+_FORWARD_PACK = _FORWARD.pack_words  # in _FORWARD's order: the keyword pack() costs microseconds
 
 
 def _forward_source(x_st, t_st, w_st, has_weight):
@@ -92,7 +92,7 @@ def nll_loss_forward(x, target, weight, reduction, ignore_index):
 # `scale` multiplies a reduced (single) grad_output; per-sample grad_outputs are read at grad_off + n.
 _BACKWARD = codegen.ParamBlock("count", "C", "S", "grad_in_off", "target_off", "ignore_index: i32", "weight_off",
                                "grad_off", "scale: f32")
-_BACKWARD_PACK = pointwise.positional_pack(_BACKWARD)
+_BACKWARD_PACK = _BACKWARD.pack_words
 
 
 def _backward_source(g_st, t_st, w_st, gi_st, has_weight, per_sample):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, pointwise
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import cpu_fallback, implements
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
@@ -92,7 +92,7 @@ def dict_packer(block: codegen.ParamBlock):
     their values in dicts; the checked keyword pack() adds ~10 us per launch). Single-word fields only."""
     if any(count is not None for _, _, count, _ in block.fields):
         raise ValueError("dict_packer: array fields need the keyword pack()")
-    pack, names, defaults = pointwise.positional_pack(block), tuple(f[0] for f in block.fields), block.defaults
+    pack, names, defaults = block.pack_words, tuple(f[0] for f in block.fields), block.defaults
     return lambda values: pack(*[values[n] if n in values else defaults[n] for n in names])
 
 

@@ -9,7 +9,7 @@ from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import WgpuTensor, empty, empty_like
+from navitrain.wgpu.tensor import WgpuTensor, empty
 
 aten = torch.ops.aten
 WG = 256
@@ -35,7 +35,7 @@ assert _RNG_WORD == next(word for name, _, _, word in _INT_PARAMS.fields if name
 
 
 # In the blocks' order (n, out_off, seed, offset, s0, s1): the keyword pack() costs microseconds.
-_FLOAT_PACK, _INT_PACK = pointwise.positional_pack(_FLOAT_PARAMS), pointwise.positional_pack(_INT_PARAMS)
+_FLOAT_PACK, _INT_PACK = _FLOAT_PARAMS.pack_words, _INT_PARAMS.pack_words
 
 
 def _params(dist: str) -> codegen.ParamBlock:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, pointwise
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.dtypes import NoKernelForDtype
@@ -73,7 +73,7 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
     cached = _BLOCKS.get(key)
     if cached is None:
         block = codegen.ParamBlock("threads", "H", *(f"{n}_off" for n, _ in present))
-        cached = _BLOCKS[key] = (block, pointwise.positional_pack(block))
+        cached = _BLOCKS[key] = (block, block.pack_words)
     block, pack = cached
 
     def source():
