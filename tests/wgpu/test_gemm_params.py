@@ -1,5 +1,5 @@
 """The GEMM and convolution kernels' named parameters (issue 16): the hot paths pack their blocks
-positionally (gemm.positional_packer: keyword packing would double a small product's host time), so
+positionally (MATRIX_PARAMS.pack_words: keyword packing would double a small product's host time), so
 check here that those bytes are exactly what packing by name gives."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_matrix_block_packs_the_same_by_position_and_by_name():
     flat = []
     for name, _, count, _ in gemm.MATRIX_PARAMS.fields:
         flat.extend(values[name] if count else [values[name]])
-    assert gemm.positional_packer(gemm.MATRIX_PARAMS)(*flat) == gemm.MATRIX_PARAMS.pack(**values)
+    assert gemm.MATRIX_PARAMS.pack_words(*flat) == gemm.MATRIX_PARAMS.pack(**values)
 
 
 def test_conv_pack_is_the_block_packed_by_name():

@@ -13,7 +13,6 @@ plain matrix product `gemm()` with its split-K variant.
 """
 from __future__ import annotations
 
-import struct
 
 import torch
 
@@ -34,15 +33,7 @@ MATRIX_PARAMS = codegen.ParamBlock(
     defaults={**GEMM_DEFAULTS, **dict.fromkeys(output_fields("cin"), 0)})
 
 
-def positional_packer(params: codegen.ParamBlock):
-    """pack(*values) -> the same bytes as params.pack(**by name), from every field's values in declaration
-    order (array fields flattened). For hot paths only: packing by keyword costs ~15 us a call, half of a
-    small product's host time; tests/wgpu/test_gemm_params.py checks that both give the same bytes."""
-    letters = {"u32": "I", "i32": "i", "f32": "f"}
-    return struct.Struct("<" + "".join(letters[t] * (count or 1) for _, t, count, _ in params.fields)).pack
-
-
-_PACK_MATRIX = positional_packer(MATRIX_PARAMS)
+_PACK_MATRIX = MATRIX_PARAMS.pack_words
 
 
 def compile_kernel(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, n_heaps: int,

@@ -40,7 +40,7 @@ def _offset_block(m: int, nd: int) -> codegen.ParamBlock:
 @functools.lru_cache(maxsize=None)
 def _offset_packer(m: int, nd: int):
     # Positional, in _offset_block's field order, as the keyword pack() would cost microseconds per call.
-    return pointwise.positional_pack(_offset_block(m, nd))
+    return _offset_block(m, nd).pack_words
 
 
 def _offset_source(idx_sts, nd):

@@ -73,7 +73,7 @@ def _block(m: int, nd: int, scalar_kind: str | None) -> codegen.ParamBlock:
 @functools.lru_cache(maxsize=None)
 def _packer(m: int, nd: int, scalar_kind: str | None):
     # Positional, in _block's field order: the keyword pack() would add microseconds to every gather.
-    return pointwise.positional_pack(_block(m, nd, scalar_kind))
+    return _block(m, nd, scalar_kind).pack_words
 
 
 def _invalid_value(st) -> str:

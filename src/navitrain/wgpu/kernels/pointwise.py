@@ -128,12 +128,6 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
 _FAST: dict = {}
 
 
-def positional_pack(block: codegen.ParamBlock):
-    """block.pack_words (codegen.ParamBlock's positional packer); kept for the callers in other modules,
-    which may call pack_words directly."""
-    return block.pack_words
-
-
 class _FastLaunch:
     """A compiled contiguous-layout kernel and the packer of its parameter block."""
 

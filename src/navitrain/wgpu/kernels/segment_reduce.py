@@ -33,7 +33,7 @@ def _block(m: int, q: int, float_scale: bool) -> codegen.ParamBlock:
 @functools.lru_cache(maxsize=None)
 def _packer(m: int, q: int, float_scale: bool):
     # Positional, in _block's field order: the keyword pack() would add microseconds to every scatter.
-    return pointwise.positional_pack(_block(m, q, float_scale))
+    return _block(m, q, float_scale).pack_words
 
 
 def _decompose(var: str, n: int, name: str) -> list[str]:

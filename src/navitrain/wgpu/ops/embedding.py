@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
+from navitrain.wgpu.kernels import codegen, wgsl_math
 from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.kernels.index_keys import INVALID_KEY, wrapped_keys
 from navitrain.wgpu.kernels.indexed_copy import indexed_copy
@@ -59,7 +59,7 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
 # K sorted keys, D columns, the table's offset and strides, the sorted keys' offset, max_norm, p.
 _RENORM = codegen.ParamBlock("K", "D", "w_off", "row_stride", "col_stride", "keys_off", "max_norm: f32",
                              "norm_p: f32")
-_RENORM_PACK = pointwise.positional_pack(_RENORM)  # in _RENORM's order: the keyword pack() costs microseconds
+_RENORM_PACK = _RENORM.pack_words  # in _RENORM's order: the keyword pack() costs microseconds
 
 
 def _renorm_source(w_st, norm_kind):

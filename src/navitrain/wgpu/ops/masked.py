@@ -46,7 +46,7 @@ def _nonzero_block(nd: int) -> codegen.ParamBlock:
 @functools.lru_cache(maxsize=None)
 def _nonzero_packer(nd: int):
     # Positional, in _nonzero_block's field order (the keyword pack() costs microseconds per call).
-    return pointwise.positional_pack(_nonzero_block(nd))
+    return _nonzero_block(nd).pack_words
 
 
 def _nonzero_source(x_st, i64_st, nd):
@@ -98,7 +98,7 @@ def _masked_block(mode: str, nd: int) -> codegen.ParamBlock:
 @functools.lru_cache(maxsize=None)
 def _masked_packer(mode: str, nd: int):
     # Positional, in _masked_block's field order (the keyword pack() costs microseconds per call).
-    return pointwise.positional_pack(_masked_block(mode, nd))
+    return _masked_block(mode, nd).pack_words
 
 
 def _masked_source(mode, nd, x_st, m_st, o_st, src_st):

@@ -10,7 +10,6 @@ it), so they need no atomics.
 from __future__ import annotations
 
 import functools
-import struct
 
 import torch
 
@@ -102,14 +101,6 @@ def narrow_copy(x, dim, start, length):
 
 
 # -- tril / triu ------------------------------------------------------------------------------------------
-def _positional_pack(block: codegen.ParamBlock):
-    """Packs `block` from its words in declaration order (keyword pack() costs microseconds per call).
-    Not pointwise.positional_pack: that one counts a zero-length array field ("batch[0]", no batch dims)
-    as one word."""
-    letters = {"u32": "I", "i32": "i", "f32": "f"}
-    return struct.Struct("<" + "".join(letters[t] * (1 if n is None else n) for _, t, n, _ in block.fields)).pack
-
-
 @functools.lru_cache(maxsize=None)
 def _triangle_block(nb: int) -> codegen.ParamBlock:
     """The matrices' rows and columns with their strides in x and out, then the nb batch dims."""
@@ -120,7 +111,7 @@ def _triangle_block(nb: int) -> codegen.ParamBlock:
 
 @functools.lru_cache(maxsize=None)
 def _triangle_packer(nb: int):
-    return _positional_pack(_triangle_block(nb))
+    return _triangle_block(nb).pack_words
 
 
 def _triangle_source(st, lower, nb):
@@ -224,7 +215,7 @@ def _pad_block(k: int, nb: int) -> codegen.ParamBlock:
 
 @functools.lru_cache(maxsize=None)
 def _pad_packer(k: int, nb: int):
-    return _positional_pack(_pad_block(k, nb))
+    return _pad_block(k, nb).pack_words
 
 
 def _pad_source(st, mode, k, nb, backward):
@@ -383,7 +374,7 @@ def as_strided_scatter(x, src, size, stride, storage_offset=None):
 # -- repeat_interleave: the indices that repeat position i repeats[i] times -------------------------------
 # The output size, the number of repeats, the offsets of their inclusive running sums and of the output.
 _REPEAT_INDEX = codegen.ParamBlock("total", "n", "ends_off", "out_off")
-_REPEAT_INDEX_PACK = _positional_pack(_REPEAT_INDEX)
+_REPEAT_INDEX_PACK = _REPEAT_INDEX.pack_words
 
 
 def _repeat_index_source(r_st, i64_st):

@@ -14,7 +14,6 @@ from navitrain.wgpu.kernels.gemm import (
     GEMM_DEFAULTS,
     GEMM_FIELDS,
     operand_fields,
-    positional_packer,
 )
 
 GEOMETRY_FIELDS = ("cN", "cCg", "cH", "cW", "cOH", "cOW", "cKH", "cKW", "csh", "csw", "cph: i32", "cpw: i32",
@@ -50,7 +49,7 @@ def radix_steps(g: Geometry, BK: int) -> list[int]:
     return words
 
 
-_PACK = positional_packer(CONV_PARAMS)
+_PACK = CONV_PARAMS.pack_words
 NO_WEIGHT_MATRIX = (0, 0, 0, 0)   # the weight is gathered (operands.Weight), not read as a matrix
 _ABSENT = (0, 0, 0, 0, 0)
 
@@ -64,7 +63,7 @@ def _tensor_words(t) -> tuple:
 
 def pack(g: Geometry, BK: int, M: int, N: int, K: int, x=None, w=None, y=None, o=None, bias=None,
          ksplit: int = 0, weight_matrix: tuple = NO_WEIGHT_MATRIX) -> bytes:
-    """The values of CONV_PARAMS for one launch, in its declaration order (positional_packer: this
+    """The values of CONV_PARAMS for one launch, in its declaration order (CONV_PARAMS.pack_words: this
     runs on every convolution). `weight_matrix`: (offset, row stride, k stride, group stride)."""
     return _PACK(M, N, K, 1.0, 0.0, ksplit, 0, 0,
                  g.N, g.Cg, g.H, g.W, g.OH, g.OW, g.KH, g.KW, g.stride[0], g.stride[1], g.padding[0], g.padding[1],
