@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, pointwise
+from navitrain.wgpu.dims import contiguous
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.runtime import runtime
@@ -27,10 +28,6 @@ def _flatten(x, target):
     for s in x.shape[2:]:
         S *= s
     return N, C, S
-
-
-def _contig(t):
-    return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
 
 
 # Thread n of the N*S (sample, position) pairs: sample b = n / S, position s = n % S.
@@ -64,7 +61,7 @@ def _forward_source(x_st, t_st, w_st, has_weight):
 def nll_loss_forward(x, target, weight, reduction, ignore_index):
     rt = runtime()
     N, C, S = _flatten(x, target)
-    x, target = _contig(x), _contig(target)
+    x, target = contiguous(x), contiguous(target)
     count = N * S
     losses = empty([count], torch.float32)
     weights = empty([count], torch.float32)
@@ -113,13 +110,13 @@ def _backward_source(g_st, t_st, w_st, gi_st, has_weight, per_sample):
 def nll_loss_backward(grad_output, x, target, weight, reduction, ignore_index, total_weight):
     rt = runtime()
     N, C, S = _flatten(x, target)
-    target = _contig(target)
+    target = contiguous(target)
     grad_input = fill(empty(x.shape, x.dtype), 0)
     count = N * S
     if count == 0:
         return grad_input
     per_sample = reduction == 0
-    grad_output = _contig(grad_output)
+    grad_output = contiguous(grad_output)
     scale = 1.0
     if reduction == 1:
         # Divide by the total weight on the device (no read-back, no sync).

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.dims import contiguous
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.dtypes import NoKernelForDtype
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.kernels.reduction import reduce
+from navitrain.wgpu.ops import rnn_by_ops as by_ops
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
@@ -47,10 +48,6 @@ fn rnn_tanh(x: f32) -> f32 {
 """
 
 
-def _contig(t):
-    return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
-
-
 # A cell kernel's parameters: threads, H (hidden units), then each bound tensor's offset, in binding
 # order (which tensors are bound depends on the call: one block per kernel variant, with its packer,
 # which takes the words in that order).
@@ -62,7 +59,7 @@ def _launch(name: str, ins: dict, outs: dict, body: str, threads: int, hidden: i
     tensors (None for an absent optional input, which reads as 0.0); the body reads `ld_<name>(i)` and
     writes `st_<name>(i, v)` with element indices relative to each tensor's start."""
     rt = runtime()
-    present = [(n, _contig(t)) for n, t in ins.items() if t is not None] + list(outs.items())
+    present = [(n, contiguous(t)) for n, t in ins.items() if t is not None] + list(outs.items())
     if not all(t.is_contiguous() for t in outs.values()):
         raise ValueError(f"{name}: outputs must be contiguous")
     absent = [n for n, t in ins.items() if t is None]

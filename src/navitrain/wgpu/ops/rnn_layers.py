@@ -23,10 +23,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from navitrain.wgpu.dims import contiguous
 from navitrain.wgpu.kernels import gemm, pointwise
+from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.ops import rnn as cells
 from navitrain.wgpu.ops.views import view_of
-from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.tensor import WgpuTensor, contiguous_strides, empty
 
 aten = torch.ops.aten
@@ -53,10 +54,6 @@ def _mm(a, b, out, add=None):
     if add is None:
         return gemm.gemm(a, b, out)
     return gemm.gemm(a, b, out, 1.0, 1.0, add, cin_strides=(add.stride(0), add.stride(1), 0))
-
-
-def _contig(t):
-    return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
 
 
 class _Recurrence(torch.autograd.Function):
@@ -110,7 +107,7 @@ class _Recurrence(torch.autograd.Function):
         G = w_hh.shape[0]
         H = G // (4 if lstm else 3)
         dtype = out.dtype
-        d_out = _contig(d_out)
+        d_out = contiguous(d_out)
         dc_at = None   # per-step extra gradient of c (a packed sequence's final c enters at its last step)
         if last is not None:
             # The final states' gradients enter at each sequence's last step, not at the last step.
@@ -128,7 +125,8 @@ class _Recurrence(torch.autograd.Function):
         if d_hT is None:
             aten.copy_.default(_step(dh_all, first), _step(d_out, first))
         else:
-            pointwise.run("add", "a + b", [_step(d_out, first), _contig(d_hT)], dtype, "f32", out=_step(dh_all, first))
+            pointwise.run("add", "a + b", [_step(d_out, first), contiguous(d_hT)], dtype, "f32",
+                          out=_step(dh_all, first))
         dc = d_cT
         for t in order:
             prev = t + 1 if ctx.reverse else t - 1

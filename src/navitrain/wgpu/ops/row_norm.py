@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from navitrain.wgpu.dims import contiguous
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels import row_norm as kernels
 from navitrain.wgpu.kernels.copy import fill
@@ -17,13 +18,9 @@ aten = torch.ops.aten
 NAN = float("nan")
 
 
-def _contig(t):
-    return t if t.is_contiguous() else aten.clone.default(t, memory_format=torch.contiguous_format)
-
-
 def _flat(t, n: int):
     """`t` (a parameter or statistic) as a 1-D vector of n elements (None stays None)."""
-    return None if t is None else aten.reshape.default(_contig(t), [n])
+    return None if t is None else aten.reshape.default(contiguous(t), [n])
 
 
 def _fill_nan_or_empty(*ts):
@@ -46,7 +43,7 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
         raise RuntimeError(f"layer_norm: input of shape {tuple(x.shape)} does not end with normalized_shape "
                            f"{list(normalized_shape)}")
     axis = x.dim() - nd
-    x = _contig(x)
+    x = contiguous(x)
     M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
     weight = _flat(weight, L)
     bias = _flat(bias, L)
@@ -67,8 +64,8 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
 def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, bias, output_mask):
     nd = len(normalized_shape)
     axis = x.dim() - nd
-    x, grad_out = _contig(x), _contig(grad_out)
-    mean, rstd = _contig(mean), _contig(rstd)
+    x, grad_out = contiguous(x), contiguous(grad_out)
+    mean, rstd = contiguous(mean), contiguous(rstd)
     M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
     weight = _flat(weight, L)
     gi = empty(x.shape, x.dtype) if output_mask[0] else None
@@ -89,7 +86,7 @@ def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight
 # -- group norm -------------------------------------------------------------------------------------
 @implements(aten.native_group_norm.default)
 def native_group_norm(x, weight, bias, N, C, HxW, group, eps):
-    x = _contig(x)
+    x = contiguous(x)
     y = empty(x.shape, x.dtype)
     mean, rstd = empty([N, group], x.dtype), empty([N, group], x.dtype)
     M, L = N * group, (C // group) * HxW
@@ -104,8 +101,8 @@ def native_group_norm(x, weight, bias, N, C, HxW, group, eps):
 
 @implements(aten.native_group_norm_backward.default)
 def native_group_norm_backward(grad_out, x, mean, rstd, weight, N, C, HxW, group, output_mask):
-    x, grad_out = _contig(x), _contig(grad_out)
-    mean, rstd = _contig(mean), _contig(rstd)
+    x, grad_out = contiguous(x), contiguous(grad_out)
+    mean, rstd = contiguous(mean), contiguous(rstd)
     pdt = weight.dtype if weight is not None else x.dtype
     gi = empty(x.shape, x.dtype) if output_mask[0] else None
     gw = empty([C], pdt) if output_mask[1] else None

@@ -5,7 +5,7 @@ import torch
 
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.copy import copy_into
-from navitrain.wgpu.dims import wrap_dim as _wrap_dim
+from navitrain.wgpu.dims import wrap_dim
 from navitrain.wgpu.ops.views import slice_, unsqueeze
 from navitrain.wgpu.promotion import result_type
 from navitrain.wgpu.tensor import WgpuTensor, empty, from_cpu
@@ -21,7 +21,7 @@ def cat(tensors, dim=0):
         return empty([0], result_type(*tensors) if tensors else torch.get_default_dtype())
     parts = [t if isinstance(t, WgpuTensor) else from_cpu(t) for t in parts]
     ref = parts[0]
-    d = _wrap_dim(dim, ref.dim())
+    d = wrap_dim(dim, ref.dim())
     for t in parts:
         if t.dim() != ref.dim() or any(t.shape[i] != ref.shape[i] for i in range(ref.dim()) if i != d):
             raise RuntimeError(f"Sizes of tensors must match except in dimension {d}. "
@@ -48,7 +48,7 @@ def cat(tensors, dim=0):
 def stack(tensors, dim=0):
     if not tensors:
         raise RuntimeError("stack expects a non-empty TensorList")
-    d = _wrap_dim(dim, tensors[0].dim() + 1)
+    d = wrap_dim(dim, tensors[0].dim() + 1)
     for t in tensors:
         if t.shape != tensors[0].shape:
             raise RuntimeError(f"stack expects each tensor to be equal size, but got {list(tensors[0].shape)} "
