@@ -65,12 +65,44 @@ def implements(*ops):
     return deco
 
 
+# Handlers for complex64 operands of ops whose OPS handler computes in real dtypes only (add, copy_, sum,
+# ...): consulted first when an argument is complex, so the real hot path pays one set lookup.
+COMPLEX_OPS: dict[object, Callable] = {}
+
+
+def implements_complex(*ops):
+    """Register the decorated function for calls of each aten overload in `ops` with a complex argument
+    (a complex tensor, Python complex or dtype= keyword); it may return NotImplemented (complex128)."""
+    def deco(fn):
+        for op in ops:
+            if op in COMPLEX_OPS and COMPLEX_OPS[op] is not fn:
+                raise RuntimeError(f"{op} has two complex handlers")
+            COMPLEX_OPS[op] = fn
+        return fn
+    return deco
+
+
+def _has_complex(args, kwargs) -> bool:
+    for a in args:
+        if (isinstance(a, torch.Tensor) and a.dtype.is_complex) or type(a) is complex:
+            return True
+    if kwargs:
+        for a in kwargs.values():
+            if (isinstance(a, torch.Tensor) and a.dtype.is_complex) or type(a) is complex or \
+                    (isinstance(a, torch.dtype) and a.is_complex):
+                return True
+    return False
+
+
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
     if _deferred and not _in_backward():
         _raise_deferred()
     try:
         if func not in _MIXED_DEVICES_OK:
             _check_same_device(func, args, kwargs)
+        if func in COMPLEX_OPS and _has_complex(args, kwargs):
+            out = COMPLEX_OPS[func](*args, **kwargs) if kwargs else COMPLEX_OPS[func](*args)
+            return cpu_fallback(func, args, kwargs or {}) if out is NotImplemented else out
         handler = OPS.get(func)
         if handler is not None:
             try:

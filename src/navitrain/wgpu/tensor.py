@@ -44,6 +44,32 @@ class WgpuStorage:
             pass
 
 
+class StorageView(WgpuStorage):
+    """Another storage's block seen as another dtype (view_as_real / view_as_complex: complex64 element i
+    is float32 words 2i, 2i+1): shares the block, keeps its owner alive, never frees the block itself."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: WgpuStorage, stype: _dtypes.StorageType):
+        self.owner = owner
+        self.block = owner.block
+        self.stype = stype
+        self.nelem = owner.nelem * owner.stype.itemsize // stype.itemsize
+        self.heap = owner.heap
+        self.base = owner.block.offset // stype.itemsize
+
+    def __del__(self):
+        pass
+
+
+def storage_as(ws: WgpuStorage, dtype: torch.dtype) -> WgpuStorage:
+    """`ws`'s block as a storage of `dtype` (the owner itself where it already is that dtype)."""
+    owner = ws.owner if isinstance(ws, StorageView) else ws
+    if owner.stype.dtype == dtype:
+        return owner
+    return StorageView(owner, (_rt_mod._runtime or runtime()).stypes[dtype])
+
+
 def _free_block(block) -> None:
     if _rt_mod._runtime is not None:
         _rt_mod._runtime.allocator.free(block)
@@ -287,6 +313,8 @@ def to_cpu(t: WgpuTensor) -> torch.Tensor:
     data = rt.read(ws.heap, (ws.base + lo) * st.itemsize, (hi - lo) * st.itemsize)
     flat = _dtypes.from_storage_bytes(data, st, hi - lo)
     view = flat.as_strided(t.shape, t.stride(), 0)
+    if t.is_conj():  # PyTorch's lazy conjugate (torch.conj): the stored values are the conjugate's
+        return view.conj_physical()
     if view.is_contiguous() and hi - lo == t.numel():
         return view
     return view.clone(memory_format=torch.preserve_format if _dense_non_overlapping(t) else torch.contiguous_format)

@@ -11,7 +11,10 @@ aten = torch.ops.aten
 
 
 def view_of(x: WgpuTensor, size, stride, offset: int | None = None) -> WgpuTensor:
-    return wrap(x._ws, size, stride, x.storage_offset() if offset is None else offset, x.dtype)
+    v = wrap(x._ws, size, stride, x.storage_offset() if offset is None else offset, x.dtype)
+    if x.is_conj():  # a view of a lazily conjugated complex tensor is conjugated too, as in aten
+        torch._C._set_conj(v, True)
+    return v
 
 
 def _infer_size(size, numel: int) -> list[int]:
