@@ -4,3 +4,4 @@ from navitrain.wgpu.ops import (  # noqa: F401
     embedding, indexing, masked, scatter_reduce, scan, sort, tensor_ops, attention, rnn, rnn_layers,
     special, search, distance, conv3d, pool3d, embedding_bag, multinomial,
 )
+from navitrain.wgpu.ops import complex  # noqa: E402,F401  (complex64: views, conj, arithmetic, sums; issue 17)
