@@ -5,3 +5,4 @@ from navitrain.wgpu.ops import (  # noqa: F401
     special, search, distance, conv3d, pool3d, embedding_bag, multinomial,
 )
 from navitrain.wgpu.ops import complex  # noqa: E402,F401  (complex64: views, conj, arithmetic, sums; issue 17)
+from navitrain.wgpu.ops import order_stats, histogram, segments  # noqa: F401,E402  (issue 17: order statistics, bucketing, segment_reduce)
