@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.memory_format import is_channels_last_strides
 from navitrain.wgpu.dispatch import cpu_fallback, implements
+from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
@@ -34,20 +35,8 @@ IS_NAN = "fn pool_is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu
 
 # -- layouts ------------------------------------------------------------------------------------
 def suggests_channels_last(t: torch.Tensor) -> bool:
-    """PyTorch's `t.suggest_memory_format() == torch.channels_last` (c10 is_channels_last_strides_2d)."""
-    if t.dim() != 4:
-        return False
-    sizes, strides = t.shape, t.stride()
-    if strides[1] == 0:
-        return False
-    lowest = 0
-    for d in (1, 3, 2, 0):
-        if sizes[d] == 0 or strides[d] < lowest:
-            return False
-        if d == 0 and lowest == strides[1]:
-            return False
-        lowest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
-    return True
+    """PyTorch's `t.suggest_memory_format() == torch.channels_last` (c10's rule, navitrain.memory_format)."""
+    return t.dim() == 4 and is_channels_last_strides(t.shape, t.stride())
 
 
 def new_output(shape, dtype: torch.dtype, channels_last: bool):
