@@ -1,6 +1,7 @@
-"""complex64 has no wgpu kernels: its ops run on the CPU (counted), their results land on the device by
-plain uploads (dense permuted layouts written in memory order, strided views by read-modify-write), and an
-op that still cannot run inside backward is reported after it, never by aborting the process."""
+"""complex64 ops without a wgpu kernel (FFT, matmul, ...; ops/complex.py has the rest) run on the CPU
+(counted), their results land on the device by plain uploads (dense permuted layouts written in memory order,
+strided views by read-modify-write), and an op that still cannot run inside backward is reported after it,
+never by aborting the process."""
 from __future__ import annotations
 
 import os
