@@ -2,7 +2,6 @@
 
     python ddp_worker.py CASE RANK WORLD PORT OUT_FILE
     torchrun ... ddp_worker.py CASE env env env OUT_FILE     # rank and world from torchrun ({rank} in OUT_FILE)
-    torchrun ... ddp_worker.py CASE env env env OUT_FILE     # rank and world from torchrun ({rank} in OUT_FILE)
 
 Each case saves what it saw (CPU tensors) to OUT_FILE with torch.save; the test compares that with
 PyTorch on the CPU. A subprocess rather than torch.multiprocessing: a hung rank can be killed, so a
@@ -91,7 +90,15 @@ def case_collectives(rank: int, world: int) -> dict:
     return out
 
 
-def _ddp_train(model, batches, loss_fn, make_opt, rank: int, world: int) -> list[dict]:
+def snapshot(model, with_buffers: bool) -> dict:
+    """The parameters (and, where ranks must agree on them, the running statistics) as CPU float32."""
+    named = list(model.named_parameters()) + (list(model.named_buffers()) if with_buffers else [])
+    return {k: t.detach().float().cpu().clone() for k, t in named if t.is_floating_point()}
+
+
+def _ddp_train(model, batches, loss_fn, make_opt, rank: int, world: int, with_buffers: bool) -> list[dict]:
+    if with_buffers:       # SyncBatchNorm: every rank normalizes with the statistics of the whole batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(DEV)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = make_opt(ddp.parameters())
@@ -102,7 +109,7 @@ def _ddp_train(model, batches, loss_fn, make_opt, rank: int, world: int) -> list
         opt.zero_grad(set_to_none=True)
         loss_fn(ddp(x), y).backward()
         opt.step()
-        snapshots.append({k: p.detach().cpu() for k, p in model.named_parameters()})
+        snapshots.append(snapshot(model, with_buffers))
     return snapshots
 
 
@@ -113,8 +120,17 @@ def ddp_setup(name: str):
         model = models.cifar_resnet18(num_classes=10, width=4)
         # 16x16 images: at 8x8 the last stage's BatchNorm sees 4 values per channel and PyTorch's own
         # float32 CPU run leaves float64 by 6.8e-3 at step 2 (at 16x16: 1.2e-7).
-        batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(2)]
+        batches = [models.cifar_batch(8, image_size=16, seed=s) for s in range(5)]
         return model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)
+    if name == "syncbn":
+        # Two BatchNorm layers (the second after a stride-2 conv: 2 x 4 x 4 values per channel and rank),
+        # made SyncBatchNorm on the ranks, plain BatchNorm in the one-process reference.
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+            torch.nn.Conv2d(6, 5, 3, stride=2, padding=1), torch.nn.BatchNorm2d(5), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(5, 10))
+        batches = [models.cifar_batch(4, image_size=8, seed=s) for s in range(2)]
+        return model, batches, models.cifar_loss, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)
     model = models.gpt_decoder(vocab=64, context=16, d_model=32, layers=2, heads=2)
     batches = [models.gpt_batch(4, context=16, vocab=64, seed=s) for s in range(5)]
     return model, batches, models.gpt_loss, lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.05)
@@ -122,7 +138,8 @@ def ddp_setup(name: str):
 
 def case_ddp(name: str, rank: int, world: int) -> dict:
     model, batches, loss_fn, make_opt = ddp_setup(name)
-    return {"snapshots": _ddp_train(copy.deepcopy(model), batches, loss_fn, make_opt, rank, world),
+    return {"snapshots": _ddp_train(copy.deepcopy(model), batches, loss_fn, make_opt, rank, world,
+                                    with_buffers=name == "syncbn"),
             "fallbacks": navitrain.wgpu.fallback_report()["total_fallback_calls"]}
 
 
@@ -155,11 +172,11 @@ def main() -> None:
     out_file = out_file.format(rank=rank)
     if case == "collectives":
         result = case_collectives(rank, world)
-    elif case in ("resnet", "gpt"):
+    elif case in ("resnet", "gpt", "syncbn"):
         result = case_ddp(case, rank, world)
     elif case == "all":               # one start-up (most of a run's time on lavapipe) for the three
         result = {"collectives": case_collectives(rank, world), "gpt": case_ddp("gpt", rank, world),
-                  "resnet": case_ddp("resnet", rank, world)}
+                  "resnet": case_ddp("resnet", rank, world), "syncbn": case_ddp("syncbn", rank, world)}
     elif case == "dead_rank":
         result = case_dead_rank(rank, world)
     else:

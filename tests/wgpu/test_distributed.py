@@ -76,8 +76,8 @@ def test_registered_for_the_wgpu_device():
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    """Collectives, then DDP of the GPT decoder and of the ResNet, in one run of two one-process
-    torchrun "nodes" (starting the processes is most of the time on lavapipe)."""
+    """Collectives, then DDP of the GPT decoder, of the ResNet and of a SyncBatchNorm CNN, in one run of
+    two one-process torchrun "nodes" (starting the processes is most of the time on lavapipe)."""
     return _run_ranks("all", tmp_path_factory.mktemp("two_nodes"), nodes=True)
 
 
@@ -111,7 +111,8 @@ def test_collectives_on_odd_sized_non_contiguous_and_special_values_between_two_
     torch.testing.assert_close(r1["recv"], inputs[0]["bcast"].t())
 
 
-def _reference(name: str, world: int, per_rank_forward: bool, dtype=torch.float32) -> list[dict]:
+def _reference(name: str, world: int, per_rank_forward: bool, dtype=torch.float32,
+               with_buffers: bool = False) -> list[dict]:
     """One process on the CPU training on the concatenated batch. With BatchNorm (`per_rank_forward`)
     each rank's share goes through the model separately, as under DDP (BatchNorm's statistics are
     per process unless SyncBatchNorm), and the loss is the mean of the shares' losses, which is what
@@ -129,14 +130,14 @@ def _reference(name: str, world: int, per_rank_forward: bool, dtype=torch.float3
             loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
-        snapshots.append({k: p.detach().float().clone() for k, p in model.named_parameters()})
+        snapshots.append(ddp_worker.snapshot(model, with_buffers))
     return snapshots
 
 
-def _check_ddp(name: str, runs, per_rank_forward: bool, dtype, tol: float):
+def _check_ddp(name: str, runs, per_rank_forward: bool, dtype, tol: float, with_buffers: bool = False):
     r0, r1 = (r[name] for r in runs)
     assert r0["fallbacks"] == 0 and r1["fallbacks"] == 0
-    ref = _reference(name, 2, per_rank_forward, dtype)
+    ref = _reference(name, 2, per_rank_forward, dtype, with_buffers)
     assert len(r0["snapshots"]) == len(ref)
     for step, (s0, s1, want) in enumerate(zip(r0["snapshots"], r1["snapshots"], ref)):
         for key in want:
@@ -150,9 +151,15 @@ def test_ddp_gpt_decoder_five_steps_equal_one_process_on_the_whole_batch(two_nod
     _check_ddp("gpt", two_nodes, per_rank_forward=False, dtype=torch.float32, tol=2e-3)
 
 
-def test_ddp_cifar_resnet18_two_steps_equal_one_process_on_the_whole_batch(two_nodes):
+def test_ddp_cifar_resnet18_five_steps_equal_one_process_on_the_whole_batch(two_nodes):
     # float64 reference as in test_training's ResNet parity test (BatchNorm amplifies rounding).
     _check_ddp("resnet", two_nodes, per_rank_forward=True, dtype=torch.float64, tol=2e-3)
+
+
+def test_ddp_with_sync_batch_norm_equals_batch_norm_on_the_whole_batch_in_one_process(two_nodes):
+    # SyncBatchNorm's statistics are those of both ranks' shares together, so the reference is plain
+    # BatchNorm over the concatenated batch (one forward), running statistics included.
+    _check_ddp("syncbn", two_nodes, per_rank_forward=False, dtype=torch.float64, tol=2e-3, with_buffers=True)
 
 
 def test_a_dead_rank_makes_the_other_fail_clearly_within_the_timeout(tmp_path):
@@ -297,3 +304,118 @@ def test_navitrain_device_takes_the_index_of_the_wgpu_adapter():
     assert navitrain.device("wgpu", index=0, verify=False) == torch.device("wgpu", 0)
     with pytest.raises(RuntimeError, match="wgpu:7 does not exist"):
         navitrain.device("wgpu", index=7, verify=False)
+
+
+# -- SyncBatchNorm's ops, in one process ---------------------------------------------------------
+def _sync_batch_norm_step(x, weight, bias, running_mean, running_var, dy, on_wgpu: bool):
+    """SyncBatchNorm's autograd function in a world of one (on wgpu: every op and the all_gather /
+    all_reduce between them), or PyTorch's CPU batch norm in float64; outputs, running statistics and
+    gradients as float32."""
+    from torch.nn.modules._functions import SyncBatchNorm
+
+    dev = "wgpu" if on_wgpu else "cpu"
+    dtype = torch.float32 if on_wgpu else torch.float64
+    x, w, b = (t.detach().to(dev, dtype).requires_grad_() for t in (x, weight, bias))
+    rm, rv = running_mean.to(dev, dtype), running_var.to(dev, dtype)
+    if on_wgpu:
+        import torch.distributed as dist
+
+        y = SyncBatchNorm.apply(x, w, b, rm, rv, 1e-5, 0.1, dist.group.WORLD, 1)
+    else:
+        y = torch.nn.functional.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
+    y.backward(dy.to(dev, dtype))
+    return [t.detach().float().cpu() for t in (y, rm, rv, x.grad, w.grad, b.grad)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sync_batch_norm_ops_equal_batch_norm_with_special_values(channels_last):
+    import torch.distributed as dist
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 3, 5, 6, generator=g) * 3 + 5       # a mean large next to the spread
+    x[1, 1, 2, 3] = float("nan")                           # channel 1: NaN everywhere but grad_bias
+    x[0, 2, 0, 0] = float("inf")                           # channel 2: inf -> NaN statistics
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    running_mean, running_var = torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5
+    dy = torch.randn(x.shape, generator=g)
+    dist.init_process_group(wd.NAME, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        before = navitrain_fallbacks()
+        got = _sync_batch_norm_step(x, weight, bias, running_mean, running_var, dy, on_wgpu=True)
+        assert navitrain_fallbacks() == before
+    finally:
+        dist.destroy_process_group()
+    want = _sync_batch_norm_step(x, weight, bias, running_mean, running_var, dy, on_wgpu=False)
+    for name, g_, w_ in zip(("y", "running_mean", "running_var", "grad_input", "grad_weight", "grad_bias"),
+                            got, want):
+        torch.testing.assert_close(g_, w_, rtol=1e-4, atol=1e-4, equal_nan=True, msg=lambda m, n=name: f"{n}: {m}")
+    assert torch.isfinite(got[0][:, 0]).all() and torch.isnan(got[0][:, 1:]).all()
+
+
+def navitrain_fallbacks() -> int:
+    import navitrain.wgpu as nw
+
+    return nw.fallback_report()["total_fallback_calls"]
+
+
+def test_gathering_statistics_of_unequal_shares_equals_the_whole_batch():
+    """Three "ranks" with 1, 4 and 2 samples (and one with none, filtered out as SyncBatchNorm does): the
+    merged mean and invstd, the running update (unbiased variance) and the input gradient of one share
+    equal float64 statistics of the concatenated batch."""
+    g = torch.Generator().manual_seed(5)
+    shares = [torch.randn(n, 4, 3, generator=g) * 2 - 1 for n in (1, 4, 2)]
+    whole = torch.cat(shares).double()
+    eps, momentum = 1e-5, 0.2
+    stats = [torch.batch_norm_stats(s.to("wgpu"), eps) for s in shares]
+    mean_all = torch.stack([m for m, _ in stats])
+    invstd_all = torch.stack([i for _, i in stats])
+    counts = torch.tensor([s.numel() // s.shape[1] for s in shares], dtype=torch.float32).to("wgpu")
+    rm, rv = torch.zeros(4).to("wgpu"), torch.ones(4).to("wgpu")
+    mean, invstd = torch.batch_norm_gather_stats_with_counts(
+        whole.float().to("wgpu"), mean_all, invstd_all, rm, rv, momentum, eps, counts)
+    var_b, mean_w = torch.var_mean(whole, dim=(0, 2), unbiased=False)
+    n = whole.numel() // 4
+    torch.testing.assert_close(mean.cpu().double(), mean_w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(invstd.cpu().double(), (var_b + eps).rsqrt(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rm.cpu().double(), momentum * mean_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rv.cpu().double(), (1 - momentum) + momentum * var_b * n / (n - 1), rtol=1e-5,
+                               atol=1e-6)
+    # The input gradient of share 1 with sums over every share: batch norm's gradient over the whole batch.
+    w = torch.randn(4, generator=g)
+    dy = torch.randn(whole.shape, generator=g, dtype=torch.float64)
+    x64 = whole.clone().requires_grad_()
+    torch.nn.functional.batch_norm(x64, None, None, w.double(), None, True, 0.0, eps).backward(dy)
+    share, dy_share = shares[1].to("wgpu"), dy[1:5].float().to("wgpu")
+    sums = [torch.batch_norm_backward_reduce(dy[a:b].float().to("wgpu"), s.to("wgpu"), mean, invstd,
+                                             w.to("wgpu"), True, True, True)
+            for s, (a, b) in zip(shares, ((0, 1), (1, 5), (5, 7)))]
+    sum_dy = sum(s[0] for s in sums)
+    sum_dy_xmu = sum(s[1] for s in sums)
+    gx = torch.batch_norm_backward_elemt(dy_share, share, mean, invstd, w.to("wgpu"), sum_dy, sum_dy_xmu,
+                                         counts.to(torch.int32))
+    torch.testing.assert_close(gx.cpu().double(), x64.grad[1:5], rtol=1e-4, atol=1e-5)
+    # Outputs not asked for are undefined, as on CUDA.
+    assert torch.batch_norm_backward_reduce(dy_share, share, mean, invstd, None, False, False, False) == (
+        None, None, None, None)
+
+
+def test_async_all_reduce_returns_before_the_result_is_back_and_wait_puts_it_in_the_tensor():
+    """What DDP's reducer relies on: all_reduce returns a Work at once; its future's value is the host
+    result (the reducer copies it into .grad); wait() writes it into the wgpu tensor, through its strides."""
+    import torch.distributed as dist
+
+    dist.init_process_group(wd.NAME, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        host = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+        host[1, 2] = float("nan")
+        dev = host.to("wgpu").t()
+        work = dist.all_reduce(dev, async_op=True)
+        value = work.get_future().wait()[0]
+        assert value.device.type == "cpu"
+        torch.testing.assert_close(value, host.t().contiguous(), equal_nan=True)
+        assert work.wait() and work.is_completed()
+        torch.testing.assert_close(dev.cpu(), host.t(), equal_nan=True)
+    finally:
+        dist.destroy_process_group()

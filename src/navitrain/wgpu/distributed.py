@@ -15,9 +15,14 @@ bucket costs one download and one upload.
 lets a process group written in Python stand for the whole group, whatever the device. Plain "gloo"
 cannot take wgpu tensors: PyTorch sends each device to the backend mapped to it.
 
-Collectives are synchronous: the call returns after the copy back (the Work it returns is already
-complete). The download has to wait for the GPU anyway, and copying back from gloo's threads would
-touch the wgpu runtime off the training thread.
+all_reduce (what DDP's reducer calls per gradient bucket) is asynchronous: the call downloads the
+bucket (the read-back waits for the GPU work queued so far), hands it to gloo, whose threads send and
+sum it, and returns; backward goes on queueing and running the layers before the bucket meanwhile.
+The Work's wait() copies the result back on the calling thread; its future completes on gloo's
+thread with the host tensors as its value, so the reducer (which reads the future's value, not the
+bucket) copies the averaged gradients into the .grad tensors itself, on the training thread, when
+backward ends. Nothing here touches the wgpu runtime off the training thread. The other collectives
+are synchronous: the call returns after the copy back (the Work it returns is already complete).
 """
 from __future__ import annotations
 
@@ -44,6 +49,38 @@ def _on_wgpu(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "wgpu"
 
 
+class _StagedWork(dist.Work):
+    """An all_reduce whose gloo part runs on host copies while the caller goes on. wait() waits for
+    gloo and writes the results into the caller's (wgpu) tensors, once; get_future() is gloo's own
+    future, whose value is the host tensors (DDP's reducer and comm hooks read that value)."""
+
+    def __init__(self, group: "WgpuProcessGroup", what: str, gloo_work, results):
+        super().__init__()
+        self._group, self._what, self._gloo_work, self._results = group, what, gloo_work, results
+        self._copied = False
+
+    def wait(self, timeout=None) -> bool:  # noqa: ARG002 - gloo's own timeout applies
+        if not self._copied:
+            self._group._wait(self._what, self._gloo_work)
+            for device_tensor, host in self._results:
+                if device_tensor is not host:
+                    device_tensor.copy_(host)
+            self._copied = True
+        return True
+
+    def get_future(self):
+        return self._gloo_work.get_future()
+
+    def is_completed(self) -> bool:
+        return self._copied or self._gloo_work.is_completed()
+
+    def is_success(self) -> bool:
+        return self._gloo_work.is_success()
+
+    def exception(self):
+        return self._gloo_work.exception()
+
+
 def _done(result) -> "dist.Work":
     fut = torch.futures.Future()
     fut.set_result(result)
@@ -62,14 +99,24 @@ class WgpuProcessGroup(dist.ProcessGroup):
         return NAME
 
     # -- staging ------------------------------------------------------------------------------------
+    def _wait(self, what: str, gloo_work) -> None:
+        try:
+            gloo_work.wait()
+        except Exception as exc:
+            raise self._error(what, exc) from exc
+
+    def _error(self, what: str, exc: Exception) -> CollectiveError:
+        return CollectiveError(
+            f"navitrain/gloo {what} failed on rank {self._rank} of {self._size}: {exc} (another rank "
+            f"probably died, or did not reach this collective within the process group's timeout)")
+
     def _run(self, what: str, call, staged_in: list, results: list[tuple[torch.Tensor, torch.Tensor]]):
         """Run gloo's `call` on host tensors, wait for it, copy `results` (device, host) back."""
         try:
-            call().wait()
+            work = call()
         except Exception as exc:
-            raise CollectiveError(
-                f"navitrain/gloo {what} failed on rank {self._rank} of {self._size}: {exc} (another rank "
-                f"probably died, or did not reach this collective within the process group's timeout)") from exc
+            raise self._error(what, exc) from exc
+        self._wait(what, work)
         for device_tensor, host in results:
             if device_tensor is not host:
                 device_tensor.copy_(host)
@@ -94,7 +141,12 @@ class WgpuProcessGroup(dist.ProcessGroup):
         return _done(tensors)
 
     def allreduce(self, tensors, opts):
-        return self._in_place("all_reduce", tensors, lambda hosts: self._gloo.allreduce(hosts, opts))
+        hosts, back = self._host_many(tensors)
+        try:
+            gloo_work = self._gloo.allreduce(hosts, opts)
+        except Exception as exc:
+            raise self._error("all_reduce", exc) from exc
+        return _StagedWork(self, "all_reduce", gloo_work, back)
 
     def allreduce_coalesced(self, tensors, opts):
         return self._in_place("all_reduce_coalesced", tensors,
@@ -114,10 +166,12 @@ class WgpuProcessGroup(dist.ProcessGroup):
         return _done([t for lst in output_lists for t in lst])
 
     def all_gather_single(self, output, input, opts):  # dist.all_gather_into_tensor
-        host_in = self._host(input).contiguous()
-        host_out = torch.empty(output.shape, dtype=output.dtype)
+        # Flat on the host: gloo wants the output to be the inputs stacked along dim 0, while PyTorch
+        # accepts any output of world * input.numel() elements (SyncBatchNorm passes [1, world * n]).
+        host_in = self._host(input).contiguous().view(-1)
+        host_out = torch.empty(output.numel(), dtype=output.dtype)
         self._run("all_gather_into_tensor", lambda: self._gloo._allgather_base(host_out, host_in, opts), [output],
-                  [(output, host_out)])
+                  [(output, host_out.view(output.shape))])
         return _done([output])
 
     def reduce_scatter(self, outputs, input_lists, opts):
