@@ -7,8 +7,9 @@ avg_pool3d is avg_pool2d over (H, W) of [N, C*D, H, W] followed by avg_pool2d wi
 The same holds for adaptive windows, and for max: the (H, W) stage picks each depth slice's first
 maximum (or last NaN), the depth stage the first such slice (or last NaN), which is the CPU's scan
 order d, h, w. A max pool's gradient sends each output gradient to its saved flat index (scatter_add).
-divisor_override is not separable, nor are integer averages (each stage truncates): those take the
-counted CPU fallback.
+With divisor_override, or for int64 (each averaging stage would truncate), both stages sum
+(divisor_override=1) and one division follows: by the override, or (int64) truncating by the window's
+divisor, which is a product of per-dimension counts computed on the host from the geometry alone.
 """
 from __future__ import annotations
 
@@ -43,17 +44,58 @@ def _hw_then_d(x, hw, d):
     return aten.reshape.default(z, [n, c, z.shape[2], ho, wo])
 
 
+def _window_divisors(size, out, k, s, p, count_include_pad):
+    """PyTorch's per-output divisor along one dimension (AveragePool3d.cpp): the window clipped to the
+    padded input, or to the input itself when padding does not count."""
+    divisors = []
+    for o in range(out):
+        start = o * s - p
+        end = min(start + k, size + p)
+        pool = end - start
+        start, end = max(start, 0), min(end, size)
+        divisors.append(pool if count_include_pad else end - start)
+    return divisors
+
+
+def _summed(x, kernel_size, stride, padding, ceil_mode, count_include_pad, last_divisor=1):
+    """avg_pool3d's two separable stages, the first one summing; the second divides by last_divisor."""
+    (kd, kh, kw), (pd, ph, pw) = _triple(kernel_size), _triple(padding)
+    sd, sh, sw = _triple(stride, default=(kd, kh, kw))
+    return _hw_then_d(
+        x,
+        lambda t: aten.avg_pool2d.default(t, [kh, kw], [sh, sw], [ph, pw], ceil_mode, count_include_pad, 1),
+        lambda t: aten.avg_pool2d.default(t, [kd, 1], [sd, 1], [pd, 0], ceil_mode, count_include_pad,
+                                          last_divisor))
+
+
 @implements(aten.avg_pool3d.default)
 def avg_pool3d(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    if divisor_override is not None or not x.dtype.is_floating_point:
-        # Integer averages truncate: two truncating stages are not the CPU's one (counted fallback).
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.int64):
+        # float64 has no kernel; the CPU averages no other integer type (it raises the error itself)
         return cpu_fallback(aten.avg_pool3d.default, (x, kernel_size, stride, padding, ceil_mode,
                                                       count_include_pad, divisor_override), {})
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
     (kd, kh, kw), (pd, ph, pw) = _triple(kernel_size), _triple(padding)
     sd, sh, sw = _triple(stride, default=(kd, kh, kw))
+    xb = _batched(x)
+    if x.dtype == torch.int64:
+        sums = _summed(xb, kernel_size, stride, padding, ceil_mode, count_include_pad)
+        if divisor_override is not None:
+            divisor = torch.tensor(int(divisor_override), dtype=torch.int64).to(x.device)
+        else:
+            per_dim = [_window_divisors(size, out, k, st, pad, count_include_pad)
+                       for size, out, k, st, pad in zip(xb.shape[2:], sums.shape[2:], (kd, kh, kw), (sd, sh, sw),
+                                                        (pd, ph, pw))]
+            d_, h_, w_ = (torch.tensor(v, dtype=torch.int64) for v in per_dim)
+            divisor = (d_[:, None, None] * h_[None, :, None] * w_[None, None, :]).to(x.device)
+        return _unbatch_like(aten.div.Tensor_mode(sums, divisor, rounding_mode="trunc"), x)
+    if divisor_override is not None:
+        return _unbatch_like(_summed(xb, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                     int(divisor_override)), x)
     out = _hw_then_d(
-        _batched(x),
+        xb,
         lambda t: aten.avg_pool2d.default(t, [kh, kw], [sh, sw], [ph, pw], ceil_mode, count_include_pad),
         lambda t: aten.avg_pool2d.default(t, [kd, 1], [sd, 1], [pd, 0], ceil_mode, count_include_pad))
     return _unbatch_like(out, x)
@@ -62,22 +104,26 @@ def avg_pool3d(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_incl
 @implements(aten.avg_pool3d_backward.default)
 def avg_pool3d_backward(grad_output, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                         divisor_override):
-    if divisor_override is not None:
+    if not (grad_output.dtype in (torch.float32, torch.float16, torch.bfloat16) and x.dtype == grad_output.dtype):
         return cpu_fallback(aten.avg_pool3d_backward.default, (grad_output, x, kernel_size, stride, padding,
                                                                ceil_mode, count_include_pad, divisor_override), {})
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
+    # With an override the forward summed, then divided once (see avg_pool3d): so does its gradient.
+    first, last = (None, None) if divisor_override is None else (1, int(divisor_override))
     (kd, kh, kw), (pd, ph, pw) = _triple(kernel_size), _triple(padding)
     sd, sh, sw = _triple(stride, default=(kd, kh, kw))
     xb, gb = _batched(x), _batched(grad_output)
     n, c, depth, h, w = xb.shape
     x4 = aten.reshape.default(xb.contiguous(), [n, c * depth, h, w])
-    mid = aten.avg_pool2d.default(x4, [kh, kw], [sh, sw], [ph, pw], ceil_mode, count_include_pad)
+    mid = aten.avg_pool2d.default(x4, [kh, kw], [sh, sw], [ph, pw], ceil_mode, count_include_pad, first)
     ho, wo = mid.shape[-2:]
     mid4 = aten.reshape.default(mid, [n, c, depth, ho * wo])
     g4 = aten.reshape.default(gb.contiguous(), [n, c, gb.shape[2], ho * wo])
-    g_mid = aten.avg_pool2d_backward.default(g4, mid4, [kd, 1], [sd, 1], [pd, 0], ceil_mode, count_include_pad, None)
+    g_mid = aten.avg_pool2d_backward.default(g4, mid4, [kd, 1], [sd, 1], [pd, 0], ceil_mode, count_include_pad, last)
     g_mid = aten.reshape.default(g_mid, [n, c * depth, ho, wo])
     gx = aten.avg_pool2d_backward.default(g_mid, x4, [kh, kw], [sh, sw], [ph, pw], ceil_mode, count_include_pad,
-                                          None)
+                                          first)
     return _unbatch_like(aten.reshape.default(gx, [n, c, depth, h, w]), x)
 
 
