@@ -14,7 +14,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 DEVICE = "wgpu"
 
-_TOL = {torch.float32: (1.3e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2)}
+_TOL = {torch.float32: (1.3e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (1.6e-2, 1e-2),
+        torch.complex64: (1.3e-5, 1e-5)}  # complex64 is two float32 parts: float32's tolerances
 
 
 def _op_db():
@@ -53,7 +54,10 @@ def _compare(dev, ref, rtol, atol, what):
     exp = ref.detach()
     assert got.shape == exp.shape, f"{what}: shape {tuple(got.shape)} != {tuple(exp.shape)}"
     assert got.dtype == exp.dtype, f"{what}: dtype {got.dtype} != {exp.dtype}"
-    if exp.dtype == torch.bool or not exp.dtype.is_floating_point:
+    if rtol is None or atol is None:  # an input dtype without tolerances (int, bool): the output's (int -> fft)
+        out_rtol, out_atol = _TOL.get(exp.dtype, (0, 0))
+        rtol, atol = (out_rtol if rtol is None else rtol), (out_atol if atol is None else atol)
+    if exp.dtype == torch.bool or not (exp.dtype.is_floating_point or exp.dtype.is_complex):
         assert torch.equal(got, exp), f"{what}: values differ\n{got}\n{exp}"
     else:
         torch.testing.assert_close(got, exp, rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{what}: {m}")
@@ -62,7 +66,7 @@ def _compare(dev, ref, rtol, atol, what):
 def check(op, dtype, *, max_samples: int = 12, grad: bool = True, rtol=None, atol=None,
           noncontiguous: bool = True, skip=None) -> int:
     """Run the checks; returns how many samples were compared (so callers can assert it is not 0)."""
-    base_rtol, base_atol = _TOL.get(dtype, (0, 0))
+    base_rtol, base_atol = _TOL.get(dtype, (None, None))
     rtol = base_rtol if rtol is None else rtol
     atol = base_atol if atol is None else atol
     want_grad = grad and op.supports_autograd and dtype == torch.float32
