@@ -143,17 +143,32 @@ def case_ddp(name: str, rank: int, world: int) -> dict:
             "fallbacks": navitrain.wgpu.fallback_report()["total_fallback_calls"]}
 
 
-def case_dead_rank(rank: int, world: int) -> dict:
-    t = torch.randn(5, device=DEV)
-    dist.all_reduce(t)                 # both ranks alive: works
-    if rank == 1:
-        os._exit(3)                    # dies without a word, as a crashed or OOM-killed process does
+def _error_of(call) -> dict:
     t0 = time.monotonic()
     try:
-        dist.all_reduce(t)
+        call()
     except Exception as exc:          # noqa: BLE001 - what matters is the type and message it reports
         return {"error_type": type(exc).__name__, "error": str(exc), "seconds": time.monotonic() - t0}
     return {"error": None}
+
+
+def case_dead_rank(rank: int, world: int) -> dict:
+    """A rank dies between DDP steps. The survivor's next backward (whose bucket all-reduces finish after
+    backward has queued everything) and then a plain all_reduce must fail with a clear error, not hang
+    or abort the process."""
+    model, batches, loss_fn, make_opt = ddp_setup("gpt")
+    # No buffer broadcast before each forward: the first collective to meet the dead rank is a
+    # gradient bucket's all_reduce, inside backward.
+    ddp = torch.nn.parallel.DistributedDataParallel(model.to(DEV), broadcast_buffers=False)
+    x, y = (t.to(DEV) for t in batches[0])
+    for _ in range(2):                 # both ranks alive: works (the second forward rebuilds the buckets:
+        loss_fn(ddp(x), y).backward()  # a broadcast)
+    t = torch.randn(5, device=DEV)
+    dist.all_reduce(t)
+    if rank == 1:
+        os._exit(3)                    # dies without a word, as a crashed or OOM-killed process does
+    return {"ddp": _error_of(lambda: loss_fn(ddp(x), y).backward()),
+            "all_reduce": _error_of(lambda: dist.all_reduce(t))}
 
 
 def main() -> None:

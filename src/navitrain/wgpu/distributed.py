@@ -51,8 +51,8 @@ def _on_wgpu(tensor: torch.Tensor) -> bool:
 
 class _StagedWork(dist.Work):
     """An all_reduce whose gloo part runs on host copies while the caller goes on. wait() waits for
-    gloo and writes the results into the caller's (wgpu) tensors, once; get_future() is gloo's own
-    future, whose value is the host tensors (DDP's reducer and comm hooks read that value)."""
+    gloo and writes the results into the caller's (wgpu) tensors, once; get_future() follows gloo's
+    future, its value the host tensors (DDP's reducer and comm hooks read that value)."""
 
     def __init__(self, group: "WgpuProcessGroup", what: str, gloo_work, results):
         super().__init__()
@@ -69,7 +69,17 @@ class _StagedWork(dist.Work):
         return True
 
     def get_future(self):
-        return self._gloo_work.get_future()
+        group, what = self._group, self._what
+
+        def named_failure(done):
+            # Runs on gloo's thread: host tensors only. A failure reaches DDP's reducer (which waits on
+            # this future when backward ends) as the CollectiveError that wait() would raise.
+            try:
+                return done.value()
+            except Exception as exc:
+                raise group._error(what, exc) from exc
+
+        return self._gloo_work.get_future().then(named_failure)
 
     def is_completed(self) -> bool:
         return self._copied or self._gloo_work.is_completed()
