@@ -157,3 +157,55 @@ def test_upsample_bilinear_aa_geometries_and_special_values(size, align, scales)
     y.backward(g)
     F.interpolate(xd, mode="bilinear", antialias=True, align_corners=align, **kwargs).backward(g.to(DEV))
     same(xd.grad, xc.grad)
+
+
+def small_input(sample) -> bool:
+    return sample.input.numel() > 50_000  # the OpInfo's 2.5M-element volumes take minutes on lavapipe
+
+
+def test_grid_sampler_3d_opinfo():
+    assert opinfo.check(opinfo.find("grid_sampler_3d"), F32, max_samples=30, skip=small_input) > 0
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("align", [False, True])
+def test_grid_sampler_3d_modes_special_values_and_gradients(mode, padding, align):
+    x = special((2, 3, 4, 5, 6), 11)
+    grid = torch.rand(2, 3, 4, 5, 3, generator=torch.Generator().manual_seed(12)) * 2.6 - 1.3  # outside too
+    grid[0, 0, 0, 0] = torch.tensor([-1.0, 1.0, 0.0])  # the edges exactly
+    grid[0, 0, 0, 1] = torch.tensor([INF, 0.2, -0.3])  # an infinite coordinate
+    args = (mode, padding, align)
+    same(torch.grid_sampler_3d(x.to(DEV), grid.to(DEV), *args), torch.grid_sampler_3d(x, grid, *args))
+    xc = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    gc = (grid.clamp(-1.3, 1.3)).requires_grad_()
+    xd, gd = (t.detach().to(DEV).requires_grad_() for t in (xc, gc))
+    g = torch.randn(2, 3, 3, 4, 5)
+    torch.grid_sampler_3d(xc, gc, *args).backward(g)
+    torch.grid_sampler_3d(xd, gd, *args).backward(g.to(DEV))
+    same(xd.grad, xc.grad, rtol=1e-5, atol=1e-4)
+    same(gd.grad, gc.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_ctc_loss_opinfo():
+    assert opinfo.check(opinfo.find("nn.functional.ctc_loss"), F32) > 0
+
+
+@pytest.mark.parametrize("zero_infinity", [False, True])
+def test_ctc_loss_impossible_paths_nan_and_concatenated_targets(zero_infinity):
+    g = torch.Generator().manual_seed(13)
+    T, N, C = 12, 4, 6
+    logits = torch.randn(T, N, C, generator=g)
+    logits[:, 1, 2] = -INF  # item 1 can never emit label 2: its loss is inf (0 with zero_infinity)
+    logits[3, 2, 0] = NAN   # item 2 sees a NaN
+    lp = logits.log_softmax(-1).requires_grad_()
+    targets = torch.tensor([1, 3, 3, 2, 2, 5, 4, 1, 1, 1, 2])  # 1-d, concatenated
+    il, tl = [12, 9, 12, 5], [3, 2, 4, 2]
+    lp_d = lp.detach().to(DEV).requires_grad_()
+    ref = F.ctc_loss(lp, targets, il, tl, reduction="none", zero_infinity=zero_infinity)
+    got = F.ctc_loss(lp_d, targets.to(DEV), il, tl, reduction="none", zero_infinity=zero_infinity)
+    same(got, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(N, generator=g)
+    ref.backward(grad)
+    got.backward(grad.to(DEV))
+    same(lp_d.grad, lp.grad, rtol=1e-4, atol=1e-5)
