@@ -248,3 +248,13 @@ def test_compiled_model_inside_a_graphed_step_is_recorded_into_that_graph():
             x = torch.randn(5, 4, generator=g)
             assert step(x).item() == pytest.approx(ref(x).sum().item(), rel=1e-5, abs=1e-6)
     assert step.graph is not None and step.graph.dispatch_count > 0   # calls 3..5: the graphed step's replays
+
+
+def test_compiled_small_resnet_with_fused_pointwise_chains_trains_like_eager():
+    # Residual add + ReLU fused in the forward, ReLU's backward chains in the backward (fusion.py).
+    torch.manual_seed(12)
+    base = models.cifar_resnet18(num_classes=5, width=4, blocks=(1, 1))
+    _compare(base, lambda p, device: torch.optim.SGD(p, lr=0.05, momentum=0.9), nn.functional.cross_entropy,
+             _batches([4] * 3), "model")
+    assert wc.stats["fused_groups"] >= 3 and wc.stats["fused_dispatches_saved"] >= 3
+    assert wc.stats["forward_replays"] == 2 and wc.stats["backward_replays"] == 2  # captured, replayed

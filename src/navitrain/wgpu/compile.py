@@ -16,6 +16,8 @@ functional aten ops; each one becomes a `CapturedGraphModule`:
   MAX_CAPTURES per graph; beyond that, and when capture fails (a host read, an op falling back to
   the CPU), the graph runs eagerly, with a one-time warning. Never a wrong result.
 
+Before that, chains of pointwise ops in each graph are fused into single kernels (fusion.py).
+
 Dynamo itself provides the guards (shapes, dtypes, strides), recompiles (bounded by its cache limit)
 and graph breaks (the pieces between them run eagerly).
 """
@@ -28,7 +30,7 @@ from collections import Counter
 
 import torch
 
-from navitrain.wgpu import dispatch
+from navitrain.wgpu import dispatch, fusion
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
 from navitrain.wgpu.runtime import WgpuError
@@ -39,7 +41,8 @@ log = logging.getLogger("navitrain.wgpu")
 BACKEND_NAME = "wgpu"
 MAX_CAPTURES = 4  # captured signatures kept per graph (each holds its own memory)
 
-# What the compiled graphs did, for tests and benchmarks: eager runs, captures, replays, failures.
+# What the compiled graphs did, for tests and benchmarks: eager runs, captures, replays, failures; and per
+# graph compiled, the pointwise groups fused (fused_groups, fused_ops, fused_dispatches_saved).
 stats: Counter = Counter()
 _warned: set[str] = set()
 
@@ -106,6 +109,11 @@ class CapturedGraphModule:
 
     def __init__(self, gm: torch.fx.GraphModule, kind: str):
         self.gm = gm
+        # The graph is called from eager code that dynamo may be watching (loss.backward() between the
+        # pieces of a compiled step runs the backward graph): dynamo must not trace it again as user
+        # code (a second compile of the same ops; with fused calls, which it cannot trace, a graph break
+        # at each one).
+        self.run_graph = torch._dynamo.disable(lambda *args: gm(*args))
         self.kind = kind
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
@@ -115,7 +123,7 @@ class CapturedGraphModule:
 
     def _eager(self, args, sig=None):
         stats[f"{self.kind}_eager"] += 1
-        out = self.gm(*args)
+        out = self.run_graph(*args)
         if sig is not None and sig not in self.eager_only:
             self.previous[sig] = [_where(a) for a in args]
         return list(out) if isinstance(out, (tuple, list)) else [out]
@@ -125,7 +133,7 @@ class CapturedGraphModule:
         if is_capturing():
             # Inside the caller's own capture (navitrain.wgpu.graphed around a compiled step): record the
             # graph's ops into that one; captures cannot nest.
-            out = self.gm(*args)
+            out = self.run_graph(*args)
             return list(out) if isinstance(out, (tuple, list)) else [out]
         if not args or not all(isinstance(a, WgpuTensor) or not isinstance(a, torch.Tensor) for a in args) \
                 or not any(isinstance(a, WgpuTensor) for a in args):
@@ -176,7 +184,7 @@ class CapturedGraphModule:
         deferred_before = len(dispatch._deferred)
         try:
             with graph(wgpu_graph):
-                out = self.gm(*inputs)
+                out = self.run_graph(*inputs)
                 # Inside backward, an op's error is deferred rather than raised (dispatch._defer): a
                 # capture that met one is incomplete.
                 if len(dispatch._deferred) > deferred_before:
@@ -199,6 +207,11 @@ class CapturedGraphModule:
 
 def _compiler(kind: str):
     def compile_graph(gm: torch.fx.GraphModule, example_inputs):
+        if fusion.ENABLED:
+            fused = fusion.fuse(gm)
+            stats["fused_groups"] += fused.groups
+            stats["fused_ops"] += fused.ops
+            stats["fused_dispatches_saved"] += fused.dispatches_saved
         return CapturedGraphModule(gm, kind)
     return compile_graph
 

@@ -93,7 +93,7 @@ def _positional(n_in: int, ndim: int, scalar_kinds: str, compute: str):
 
 
 def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes: str, ndim: int,
-            scalar_kinds: str, compute: str) -> str:
+            scalar_kinds: str, compute: str, prelude: str = "") -> str:
     rt = runtime()
     out_st = rt.stypes[out_dtype_key]
     n_in = len(in_types)
@@ -120,6 +120,8 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
     for k in range(n_in):
         st = rt.stypes[in_types[k]]
         lines.append(f"  let {NAMES[k]} = {st.load(f'b{k + 1}[o{k + 1}]', load_types[k])};")
+    if prelude:
+        lines.append(prelude)
     lines.append(f"  b0[o0] = {out_st.store(expr)};")
     types = [out_st.wgsl] + [rt.stypes[t].wgsl for t in in_types]
     return codegen.module(types, "\n".join(lines), WG, helpers=wgsl_math.helpers("shader-int64" in rt.features))
@@ -142,11 +144,12 @@ class _FastLaunch:
 
 def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,
         scalars: Sequence = (), scalar_kinds: str = "", out: WgpuTensor | None = None,
-        load_types: Sequence[str] | None = None, shape: tuple | None = None) -> WgpuTensor:
-    """Compute `expr` elementwise over broadcast `inputs` into `out` (allocated when None)."""
+        load_types: Sequence[str] | None = None, shape: tuple | None = None, prelude: str = "") -> WgpuTensor:
+    """Compute `expr` elementwise over broadcast `inputs` into `out` (allocated when None). `prelude`:
+    WGSL statements placed after the loads that `expr` may use (`let` values of a fused chain)."""
     # Fast path (the common case in training): inputs contiguous with one shape (or single elements
     # of no more dims), a fresh contiguous output. Everything but the offsets is looked up once.
-    if out is None and shape is None and inputs and inputs[0].is_contiguous():
+    if out is None and shape is None and not prelude and inputs and inputs[0].is_contiguous():
         first = inputs[0]
         fshape = first.shape
         modes = ""
@@ -218,11 +221,14 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
 
     in_types = tuple(t.dtype for t in inputs)
     key = ("pw", name, expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute)
+    if prelude:
+        key += (prelude,)  # only then: the fast path's kernels share the key of the same kernel here
     rt = runtime()
     kernel = rt._kernels.get(key)
     if kernel is None:
         kernel = rt.kernel(key, f"pointwise_{name}", 1 + len(inputs),
-                           lambda: _source(expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute))
+                           lambda: _source(expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute,
+                                           prelude))
     heaps = (out._ws.heap,) + tuple(t._ws.heap for t in inputs)
     rt.dispatch(kernel, heaps, raw, groups_for(numel))
     return out
