@@ -65,8 +65,9 @@ def smooth_l1_loss(x, target, reduction=MEAN, beta=1.0):
 @implements(aten.smooth_l1_loss_backward.default)
 def smooth_l1_loss_backward(grad_output, x, target, reduction, beta):
     # s0 = norm, s1 = beta; the branches in PyTorch's order (x - t <= -beta first, so beta = 0 gives sign).
-    # keep_nan2: a NaN input or target gives NaN (some drivers, NVIDIA's among them, take NaN >= s1 as true)
-    expr = "keep_nan2(b, c, select(select(s0 * (b - c) * a / s1, s0 * a, b - c >= s1), -s0 * a, b - c <= -s1))"
+    # keep_nan of the difference: a NaN input or target, or inf - inf, gives NaN (some drivers, NVIDIA's
+    # among them, take NaN >= s1 as true, which would give +-1)
+    expr = "keep_nan(b - c, select(select(s0 * (b - c) * a / s1, s0 * a, b - c >= s1), -s0 * a, b - c <= -s1))"
     return _backward("smooth_l1_loss_bwd", expr, grad_output, [x, target], x.dtype, [_norm(x, reduction), float(beta)])
 
 
@@ -80,8 +81,9 @@ def huber_loss(x, target, reduction=MEAN, delta=1.0):
 
 @implements(aten.huber_loss_backward.default)
 def huber_loss_backward(grad_output, x, target, reduction, delta):
-    # keep_nan2: a NaN input or target gives NaN (the H100's Vulkan driver took NaN >= s1 as true: +-delta)
-    expr = "keep_nan2(b, c, select(select(s0 * (b - c) * a, s0 * s1 * a, b - c >= s1), -s0 * s1 * a, b - c <= -s1))"
+    # keep_nan of the difference: a NaN input or target, or inf - inf (run 12 on the H100), gives NaN; the
+    # H100's Vulkan driver takes NaN >= s1 as true, which would give +-delta
+    expr = "keep_nan(b - c, select(select(s0 * (b - c) * a, s0 * s1 * a, b - c >= s1), -s0 * s1 * a, b - c <= -s1))"
     return _backward("huber_loss_bwd", expr, grad_output, [x, target], x.dtype, [_norm(x, reduction), float(delta)])
 
 
