@@ -45,20 +45,24 @@ class Workload:
     def make_optimizer(self, params, capturable: bool = False) -> torch.optim.Optimizer:
         import torch
 
-        # foreach=False: the plain per-tensor update is what every route must support; the fused
-        # multi-tensor kernels are an optimisation some devices lack. capturable: a captured graph
-        # replays AdamW's step count, so it must live on the device (SGD keeps none on the host).
+        # foreach left to PyTorch, as in a user's script: the multi-tensor update where the device has it
+        # (CUDA, ROCm, wgpu), the per-tensor one elsewhere. Forcing the per-tensor update (as this bench
+        # once did) made the wgpu GPT step twice bench_wgpu_train.py's on an H100 (run 12): ~6 small ops
+        # per parameter is host time no user pays. capturable: a captured graph replays AdamW's step
+        # count, so it must live on the device (SGD keeps none on the host).
         if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=0.9, foreach=False)
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9)
         if self.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=self.lr, foreach=False, capturable=capturable)
+            return torch.optim.AdamW(params, lr=self.lr, capturable=capturable)
         raise ValueError(f"unknown optimizer {self.optimizer!r}")
 
     def signature(self) -> dict[str, Any]:
         """What makes two results of this workload comparable: the model's shape and optimizer (not the
         batch, which memory may force smaller; samples/s already divides by it). Stored beside every
         result, so results of another size, old or new, are recognised and ignored."""
-        return {"name": self.name, "size": self.size, "optimizer": self.optimizer, **self.shape}
+        # "update": results timed with the forced per-tensor update are not comparable (see make_optimizer)
+        return {"name": self.name, "size": self.size, "optimizer": self.optimizer, "update": "torch-default",
+                **self.shape}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, "title": self.title, "batch_size": self.batch_size,
