@@ -19,7 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cuda_time, machine, print_table, rel_error, wgpu_gpu_time, wgpu_time, write_json  # noqa: E402
 
-import navitrain.wgpu as nw  # noqa: E402
 from navitrain.wgpu.kernels import conv as wconv  # noqa: E402
 from navitrain.wgpu.kernels import gemm  # noqa: E402
 from navitrain.wgpu.tensor import empty  # noqa: E402

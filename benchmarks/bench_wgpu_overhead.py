@@ -21,7 +21,6 @@ import torch
 import navitrain.wgpu as nw
 from navitrain.wgpu.runtime import runtime
 
-
 OPS_PER_STEP = 2  # each step of the chain is two aten ops
 
 

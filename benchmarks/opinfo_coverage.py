@@ -18,7 +18,6 @@ import argparse
 import concurrent.futures
 import datetime
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -58,7 +57,6 @@ def parse_args(argv=None):
 def plan(args) -> list[list[str]]:
     """[op_key, dtype, mode] for every item the CPU supports (others are not counted at all)."""
     import torch
-
     from _coverage_child import DTYPES, op_key, op_table
 
     wanted = [w for w in (args.ops or "").split(",") if w]

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+
 # Tests never read or write the user's real cache.
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):

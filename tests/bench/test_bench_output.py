@@ -3,7 +3,6 @@ in a pipe or log, times in ms/s (never 4.26e+03), noisy rows flagged with the me
 reason a route is not benched, the route choice stated once, a demo accuracy that means something."""
 import copy
 import io
-import json
 import os
 import subprocess
 import sys

@@ -12,7 +12,8 @@ import pytest
 
 import navitrain
 from navitrain import select
-from navitrain.probe import cases, fingerprint as fingerprints, session, store
+from navitrain.probe import cases, session, store
+from navitrain.probe import fingerprint as fingerprints
 from navitrain.probe.results import ProbeResult
 from navitrain.probe.runner import list_cases_in_file
 

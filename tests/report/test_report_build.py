@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 from navitrain.doctor import collect, diagnose
 from navitrain.doctor.report import document

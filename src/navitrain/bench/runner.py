@@ -25,7 +25,8 @@ from typing import Any, Callable
 from navitrain._child import how_it_ended
 from navitrain.bench import modes as mode_catalogue
 from navitrain.bench import noise, verify
-from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload, get as get_workload
+from navitrain.bench.workloads import DEFAULT_WORKLOADS, Workload
+from navitrain.bench.workloads import get as get_workload
 
 # Run sizes: warm-up steps are trained but not timed (they absorb shader compilation, autotuning and
 # allocator growth); timed steps give the median and spread.

@@ -1,7 +1,6 @@
 """`navitrain advise`: stay on the CPU, use the best local GPU route, rent a cloud GPU or upgrade?"""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -129,7 +128,8 @@ def register(app: typer.Typer) -> None:
         when an upgrade breaks even, and a recommendation with its assumptions.
 
         Every assumption is an option below, shown with its default; the output lists the values it used."""
-        from navitrain.advise import AdviceInputError, Inputs, advise as compute, parse_speeds
+        from navitrain.advise import AdviceInputError, Inputs, parse_speeds
+        from navitrain.advise import advise as compute
         from navitrain.routes import registry
 
         notes = []

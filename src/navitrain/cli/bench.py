@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
         device set the pace, peak memory and time to first step; wgpu has a row per mode (eager, graph) and
         its best mode is its score. A route whose loss does not fall, or whose first loss disagrees with the
         CPU's, is not timed."""
-        from navitrain.bench import route_choice, workloads as known
+        from navitrain.bench import route_choice
+        from navitrain.bench import workloads as known
 
         if steps is not None and steps < 2:
             fail(f"--steps must be at least 2 (got {steps}): a single step shows no loss trend")

@@ -7,9 +7,9 @@ Torch-free: torch and Vulkan are examined in child processes, so a broken stack 
 """
 from __future__ import annotations
 
+from navitrain.doctor import roads as _roads  # noqa: F401  (registers the other-roads rule)
 from navitrain.doctor.collect import FACT_NAMES, collect
 from navitrain.doctor.knowledge import Finding, internal_error, run_rules
-from navitrain.doctor import roads as _roads  # noqa: F401,E402  (registers the other-roads rule)
 
 __all__ = ["FACT_NAMES", "Finding", "collect", "diagnose", "recommendation"]
 

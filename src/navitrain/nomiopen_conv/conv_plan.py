@@ -26,8 +26,8 @@ from typing import Callable
 
 import torch
 
-from navitrain.nomiopen_conv import depthwise, gemm1x1, im2col, policy, winograd
 from navitrain.conv_args import Geometry
+from navitrain.nomiopen_conv import depthwise, gemm1x1, im2col, policy, winograd
 from navitrain.nomiopen_conv.layout import is_channels_last_dense, prod
 
 # What ran, by problem and algorithm ("forward:winograd4": 12): lets tests and benchmarks check that

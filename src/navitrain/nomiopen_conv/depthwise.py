@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.nomiopen_conv import policy
 from navitrain.conv_args import Geometry
-from navitrain.nomiopen_conv.layout import (batch_slice, channels_last, needed_end_padding, padded_channels_last, prod,
-                                  tap_slices, taps, windows)
+from navitrain.nomiopen_conv import policy
+from navitrain.nomiopen_conv.layout import (
+    batch_slice,
+    channels_last,
+    needed_end_padding,
+    padded_channels_last,
+    prod,
+    tap_slices,
+    taps,
+    windows,
+)
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -11,7 +11,6 @@ import torch
 from navitrain.nomiopen_conv import policy
 from navitrain.nomiopen_conv.layout import channels_last
 
-
 # Per-image GEMMs write NCHW directly but their N dimension is the image's pixel count; below this
 # a GEMM tile is mostly empty, and one big GEMM over all pixels plus a transposing copy is faster.
 MIN_PIXELS_PER_IMAGE_GEMM = 64

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.nomiopen_conv import gemm, policy
 from navitrain.conv_args import Geometry
+from navitrain.nomiopen_conv import gemm, policy
 from navitrain.nomiopen_conv.layout import is_channels_last_dense, prod, rows
 
 

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.nomiopen_conv import gemm, policy
 from navitrain.conv_args import Geometry
-from navitrain.nomiopen_conv.layout import (batch_slice, channels_last, is_channels_last_dense, needed_end_padding,
-                                  padded_channels_last, prod, rows, tap_slices, taps, windows)
+from navitrain.nomiopen_conv import gemm, policy
+from navitrain.nomiopen_conv.layout import (
+    batch_slice,
+    channels_last,
+    is_channels_last_dense,
+    needed_end_padding,
+    padded_channels_last,
+    prod,
+    rows,
+    tap_slices,
+    taps,
+    windows,
+)
 
 
 def weight_rows(w: torch.Tensor, groups: int) -> torch.Tensor:

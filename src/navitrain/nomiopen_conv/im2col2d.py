@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from navitrain.nomiopen_conv import gemm, policy
 from navitrain.conv_args import Geometry
+from navitrain.nomiopen_conv import gemm, policy
 from navitrain.nomiopen_conv.layout import batch_slice, is_channels_last_dense, needed_end_padding
 
 CL = torch.channels_last

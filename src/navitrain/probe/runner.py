@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 from navitrain._child import how_it_ended, kill_group, last_line, with_package_on_path
 from navitrain.probe import lifeline, tempdirs
-from navitrain.probe.results import (CRASH, ERROR, GPU_FAULT, HANG, UNAVAILABLE, ProbeResult, env_label)
+from navitrain.probe.results import CRASH, ERROR, GPU_FAULT, HANG, UNAVAILABLE, ProbeResult, env_label
 
 _OUTPUT_TAIL = 64 * 1024
 _KILL_WAIT_S = 5.0   # how long to wait for a killed child to go (one stuck in the GPU driver may not)

@@ -35,11 +35,10 @@ import contextlib
 
 import torch
 
-from navitrain.wgpu import rng
+from navitrain.wgpu import process_device, rng
 from navitrain.wgpu import runtime as runtime_mod
 from navitrain.wgpu.allocator import GraphPool
 from navitrain.wgpu.runtime import GraphCaptureError, runtime
-from navitrain.wgpu import process_device
 
 
 class WgpuGraph:

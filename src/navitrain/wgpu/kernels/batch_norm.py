@@ -13,7 +13,16 @@ import torch
 from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.kernels.channel_sums import PARTIAL_FIELDS, channel_sums, sum_partials
 from navitrain.wgpu.kernels.norm_common import (
-    WG, launch, load, module, store, vec_args, vec_at, vec_defaults, vec_fields)
+    WG,
+    launch,
+    load,
+    module,
+    store,
+    vec_args,
+    vec_at,
+    vec_defaults,
+    vec_fields,
+)
 from navitrain.wgpu.tensor import empty
 
 NAN = float("nan")

@@ -13,15 +13,28 @@ plain matrix product `gemm()` with its split-K variant.
 """
 from __future__ import annotations
 
-
 import torch
 
 from navitrain.wgpu.kernels import codegen, gemm_tuning
+
 # (Re-exported, so that kernels built on GEMM and the tests need only `gemm`: gemm.TileConfig, gemm.Strided, ...)
 from navitrain.wgpu.kernels.gemm_config import (  # noqa: F401
-    MIN_K_STEPS, TARGET_WORKGROUPS, TileConfig, auto_splits, k_slices)
-from navitrain.wgpu.kernels.gemm_operands import (GEMM_DEFAULTS, GEMM_FIELDS, Epilogue, Operand, Store, Strided,
-                                                  operand_fields, output_fields)
+    MIN_K_STEPS,
+    TARGET_WORKGROUPS,
+    TileConfig,
+    auto_splits,
+    k_slices,
+)
+from navitrain.wgpu.kernels.gemm_operands import (
+    GEMM_DEFAULTS,
+    GEMM_FIELDS,
+    Epilogue,
+    Operand,
+    Store,
+    Strided,
+    operand_fields,
+    output_fields,
+)
 from navitrain.wgpu.kernels.gemm_source import source
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor

@@ -12,7 +12,17 @@ import torch
 from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.kernels.channel_sums import channel_sums, finish_sums
 from navitrain.wgpu.kernels.norm_common import (
-    WG, launch, load, module, next_pow2, store, vec_args, vec_at, vec_defaults, vec_fields)
+    WG,
+    launch,
+    load,
+    module,
+    next_pow2,
+    store,
+    vec_args,
+    vec_at,
+    vec_defaults,
+    vec_fields,
+)
 from navitrain.wgpu.tensor import empty
 
 _NORMALIZE = codegen.ParamBlock(

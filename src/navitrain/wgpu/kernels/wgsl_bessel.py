@@ -22,7 +22,6 @@ its digits (measured against float64 references in tests/wgpu/test_special_funct
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 AIRY_AI0 = 0.355028053887817239260  # Ai(0) = 1 / (3^(2/3) Gamma(2/3))

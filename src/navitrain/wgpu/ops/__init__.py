@@ -1,13 +1,56 @@
 """Operator handlers of the wgpu device, one module per family; importing registers them all."""
+# The order does not matter: dispatch.implements raises on a second handler for an op, and conv3d imports conv
+# itself before replacing its handlers.
 from navitrain.wgpu.ops import (  # noqa: F401
-    activations, amp, conv, copy, elementwise, factory, foreach, loss_nll, loss_pointwise, matmul, norm, row_norm, pooling, random, reductions, shape, softmax, upsample, views,
-    embedding, indexing, masked, scatter_reduce, scan, sort, tensor_ops, attention, rnn, rnn_layers,
-    special, search, distance, conv3d, pool3d, embedding_bag, multinomial,
+    activations,
+    amp,
+    attention,
+    bilinear,  # issue 17: nn ops that fell back (pdist, bilinear, rrelu, fractional pooling, AA upsampling, ...)
+    complex,  # complex64: views, conj, arithmetic, sums (issue 17)
+    conv,
+    conv3d,
+    copy,
+    ctc,
+    distance,
+    elementwise,
+    embedding,
+    embedding_bag,
+    factory,
+    fft,  # issue 17: _fft_c2c/_fft_r2c/_fft_c2r on the GPU
+    foreach,
+    grid_sample3d,
+    histogram,  # issue 17: order statistics, bucketing, segment_reduce (with order_stats, segments)
+    indexing,
+    linalg,  # LU, solve, inv, det, Cholesky, triangular solves (issue 17)
+    loss_nll,
+    loss_pointwise,
+    masked,
+    matmul,
+    multinomial,
+    norm,
+    order_stats,
+    pdist,
+    pool3d,
+    pool_fractional,
+    pooling,
+    random,
+    reductions,
+    rnn,
+    rnn_layers,
+    row_norm,
+    rrelu,
+    scan,
+    scatter_reduce,
+    search,
+    segments,
+    shape,
+    softmax,
+    sort,
+    special,
+    special_functions,  # issue 17: Bessel, Airy, erfcx, ndtri, zeta, igamma, polynomials
+    sync_batch_norm,  # issue 21: the ops nn.SyncBatchNorm calls
+    tensor_ops,
+    upsample,
+    upsample_aa,
+    views,
 )
-from navitrain.wgpu.ops import complex  # noqa: E402,F401  (complex64: views, conj, arithmetic, sums; issue 17)
-from navitrain.wgpu.ops import order_stats, histogram, segments  # noqa: F401,E402  (issue 17: order statistics, bucketing, segment_reduce)
-from navitrain.wgpu.ops import linalg  # noqa: E402,F401  (LU, solve, inv, det, Cholesky, triangular solves; issue 17)
-from navitrain.wgpu.ops import sync_batch_norm  # noqa: F401,E402  (issue 21: the ops nn.SyncBatchNorm calls)
-from navitrain.wgpu.ops import special_functions  # noqa: F401,E402  (issue 17: Bessel, Airy, erfcx, ndtri, zeta, igamma, polynomials)
-from navitrain.wgpu.ops import pdist, bilinear, rrelu, pool_fractional, upsample_aa, grid_sample3d, ctc  # noqa: F401,E402  (issue 17: nn ops that fell back)
-from navitrain.wgpu.ops import fft  # noqa: E402,F401  (issue 17: _fft_c2c/_fft_r2c/_fft_c2r on the GPU)

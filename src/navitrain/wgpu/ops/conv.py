@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from navitrain import conv_args
-from navitrain.wgpu.kernels import conv, winograd
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import conv, winograd
 from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.tensor import empty
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.tensor import DEVICE, empty, empty_like
 

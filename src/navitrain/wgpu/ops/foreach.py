@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import multi_tensor
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import multi_tensor
 from navitrain.wgpu.tensor import WgpuTensor
 
 aten = torch.ops.aten

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
-from navitrain.wgpu.promotion import result_type
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.kernels.reduction import reduce
+from navitrain.wgpu.promotion import result_type
 
 aten = torch.ops.aten
 

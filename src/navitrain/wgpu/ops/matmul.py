@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import gemm, pointwise
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import gemm, pointwise
 from navitrain.wgpu.kernels.reduction import reduce
 from navitrain.wgpu.tensor import empty
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu import rng
-
-from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import codegen, pointwise
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.kernels.reduction import normalize_dims, reduce
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from navitrain.wgpu.dims import wrap_dim
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels.copy import copy_into
-from navitrain.wgpu.dims import wrap_dim
 from navitrain.wgpu.ops.views import slice_, unsqueeze
 from navitrain.wgpu.promotion import result_type
 from navitrain.wgpu.tensor import WgpuTensor, empty, from_cpu

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
+from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.ops.elementwise import _float_result, _promote, _unary, apply
 from navitrain.wgpu.tensor import to_cpu
 

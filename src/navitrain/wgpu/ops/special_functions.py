@@ -17,8 +17,13 @@ import torch
 
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.kernels import (special_launch, wgsl_bessel, wgsl_error_functions, wgsl_gamma_functions,
-                                    wgsl_polynomials)
+from navitrain.wgpu.kernels import (
+    special_launch,
+    wgsl_bessel,
+    wgsl_error_functions,
+    wgsl_gamma_functions,
+    wgsl_polynomials,
+)
 from navitrain.wgpu.ops.elementwise import _check_inplace, _float_result, _promote
 from navitrain.wgpu.tensor import WgpuTensor, to_cpu
 

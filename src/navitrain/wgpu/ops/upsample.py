@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.dispatch import cpu_fallback, implements
-from navitrain.wgpu.ops.pooling import compute_type, dict_packer, decompose, new_output, suggests_channels_last
+from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.ops.pooling import compute_type, decompose, dict_packer, new_output, suggests_channels_last
 from navitrain.wgpu.runtime import runtime
 
 aten = torch.ops.aten
