@@ -376,3 +376,26 @@ def test_float64_rnns_fall_back_op_by_op_with_the_cpus_results(lenient):
         x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
         _check_module(mod, [x])
     assert nw.fallback_report()["total_fallback_calls"] > 0
+
+
+def test_float64_rnns_never_take_pytorchs_python_decomposition(lenient, monkeypatch):
+    """torch 2.11's Python lstm decomposition returned h_n as [L*D, 1, B, H] (hx.squeeze(1) of a [1, B, H]
+    state; H100 run 12): the float64 path must take the C++ composite, whatever torch/_decomp holds.
+    Planted here: Python decompositions of the four RNN ops that fail when called."""
+    import torch._decomp  # noqa: F401  (registers the Python kernels the plant replaces)
+
+    def planted(*args, **kwargs):
+        raise AssertionError("PyTorch's Python RNN decomposition was called")
+
+    for op in (aten.lstm.input, aten.gru.input, aten.lstm.data, aten.gru.data):
+        monkeypatch.setitem(op.py_kernels, torch._C.DispatchKey.CompositeImplicitAutograd, planted)
+    torch.manual_seed(14)
+    for mod in (nn.LSTM(3, 4, num_layers=2, bidirectional=True), nn.GRU(3, 4, bidirectional=True)):
+        mod = mod.double()
+        x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+        _check_module(mod, [x])
+    mod = nn.LSTM(3, 4, bidirectional=True).double()
+    packed = pack_padded_sequence(torch.randn(4, 3, 3, dtype=torch.float64), [4, 3, 1])
+    (out, (h_n, c_n)), (ref_out, (ref_h, ref_c)) = copy.deepcopy(mod).to(DEV)(packed.to(DEV)), mod(packed)
+    for got, ref, what in ((out.data, ref_out.data, "packed output"), (h_n, ref_h, "h_n"), (c_n, ref_c, "c_n")):
+        _close(got, ref, what)

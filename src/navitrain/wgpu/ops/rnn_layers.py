@@ -13,8 +13,11 @@ GEMMs and adds the step's weight gradients into the running sums. Here, per laye
               backward is one GEMM for dX and one for dW_ih.
 
 Packed sequences (aten::lstm.data / gru.data) run the same way over a padded [T, B] grid (_Packing).
-Inputs of mixed dtypes, or of a dtype without kernels (float64), keep PyTorch's decomposition, which
-reaches the cell ops in ops/rnn.py. The recurrence node has no double backward (as cuDNN's RNNs).
+Inputs of mixed dtypes, or of a dtype without kernels (float64), keep PyTorch's C++ composite, which
+reaches the cell ops in ops/rnn.py. Not OpOverload.decompose: that prefers the Python decomposition
+(torch/_decomp) once it is imported, and torch 2.11's one_layer_lstm returns hx.squeeze(1) of a
+[1, B, H] state, so h_n came out [L*D, 1, B, H] for B > 1 (the H100 run 12 with torch 2.11; 2.13 squeezes
+dim 0). The recurrence node has no double backward (as cuDNN's RNNs).
 """
 from __future__ import annotations
 
@@ -261,23 +264,28 @@ def _run_packed(lstm, data, batch_sizes, h0s, c0s, params, has_biases, num_layer
     return out.reshape(T * B, -1).index_select(0, packing.rows), h_n, c_n
 
 
+def _composite(op, *args):
+    """op's C++ CompositeImplicitAutograd kernel (see the module docstring: never the Python one)."""
+    return op._op_dk(torch._C.DispatchKey.CompositeImplicitAutograd, *args)
+
+
 def lstm_input(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     if not _fast(input, [*hx, *params]):
-        return aten.lstm.input.decompose(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+        return _composite(aten.lstm.input, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                                          batch_first)
     return _run(True, input, hx[0], hx[1], params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
 
 
 def gru_input(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     if not _fast(input, [hx, *params]):
-        return aten.gru.input.decompose(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+        return _composite(aten.gru.input, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                                         batch_first)
     return _run(False, input, hx, None, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)[:2]
 
 
 def lstm_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional):
     if not _fast(data, [*hx, *params], dim=2):
-        return aten.lstm.data.decompose(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+        return _composite(aten.lstm.data, data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                                         bidirectional)
     return _run_packed(True, data, batch_sizes, hx[0], hx[1], params, has_biases, num_layers, dropout, train,
                        bidirectional)
@@ -285,7 +293,7 @@ def lstm_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, tr
 
 def gru_data(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional):
     if not _fast(data, [hx, *params], dim=2):
-        return aten.gru.data.decompose(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+        return _composite(aten.gru.data, data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
                                        bidirectional)
     return _run_packed(False, data, batch_sizes, hx, None, params, has_biases, num_layers, dropout, train,
                        bidirectional)[:2]
