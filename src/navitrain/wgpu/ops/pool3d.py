@@ -1,4 +1,4 @@
-"""3-D pooling (avg_pool3d, adaptive avg/max pool 3d, and the max-pool gradients) over the 2-D pools.
+"""3-D pooling (avg/max pool 3d, adaptive avg/max pool 3d, and the max-pool gradients) over the 2-D pools.
 
 A box window is separable: its average is the average over depth of the averages over (H, W), and the
 divisor PyTorch uses is a product of per-dimension counts (clipped or padded, ceil_mode included), so
@@ -163,6 +163,30 @@ def adaptive_max_pool3d(x, output_size):
     hw = aten.gather.default(aten.reshape.default(hw_idx, [n, c, depth, oh * ow]), 2, d)
     idx = aten.add.Tensor(aten.mul.Tensor(d, h * w), hw)
     shape = [n, c, od, oh, ow]
+    return (_unbatch_like(aten.reshape.default(z, shape), x), _unbatch_like(aten.reshape.default(idx, shape), x))
+
+
+@implements(aten.max_pool3d_with_indices.default)
+def max_pool3d_with_indices(x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """max_pool2d over (H, W) of [N, C*D, H, W], then a (kD, 1) window over depth, as adaptive_max_pool3d.
+    Registered here, not left to torch/_decomp: torch 2.13 decomposes this op into ones with kernels,
+    torch 2.11 (the H100 run 12) has no decomposition, so it fell back (forbidden in strict mode)."""
+    if x.dim() not in (4, 5):
+        return cpu_fallback(aten.max_pool3d_with_indices.default,
+                            (x, kernel_size, stride, padding, dilation, ceil_mode), {})
+    (kd, kh, kw), (pd, ph, pw), (dd, dh, dw) = _triple(kernel_size), _triple(padding), _triple(dilation)
+    sd, sh, sw = _triple(stride, default=(kd, kh, kw))
+    xb = _batched(x)
+    n, c, depth, h, w = xb.shape
+    y, hw_idx = aten.max_pool2d_with_indices.default(aten.reshape.default(xb.contiguous(), [n, c * depth, h, w]),
+                                                     [kh, kw], [sh, sw], [ph, pw], [dh, dw], ceil_mode)
+    oh, ow = y.shape[-2:]
+    z, d_idx = aten.max_pool2d_with_indices.default(aten.reshape.default(y, [n, c, depth, oh * ow]),
+                                                    [kd, 1], [sd, 1], [pd, 0], [dd, 1], ceil_mode)
+    d = aten.div.Tensor_mode(d_idx, oh * ow, rounding_mode="floor")  # the chosen depth slice
+    hw = aten.gather.default(aten.reshape.default(hw_idx, [n, c, depth, oh * ow]), 2, d)
+    idx = aten.add.Tensor(aten.mul.Tensor(d, h * w), hw)
+    shape = [n, c, z.shape[2], oh, ow]
     return (_unbatch_like(aten.reshape.default(z, shape), x), _unbatch_like(aten.reshape.default(idx, shape), x))
 
 
