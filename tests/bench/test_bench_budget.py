@@ -120,4 +120,5 @@ def test_the_budget_reaches_the_route_process():
     # three steps outlast it)
     assert sum(row["step_ms"]) >= 300
     assert row["timed_steps"] == budget.MIN_TIMED_STEPS or sum(row["step_ms"][:-1]) < 300
-    assert (report["plan"], report["budget_s"], report["size"], report["representative"]) == ("quick", 0.3, "tiny", False)
+    assert (report["plan"], report["budget_s"], report["size"], report["representative"]) == \
+        ("quick", 0.3, "tiny", False)

@@ -26,7 +26,8 @@ REPORT = {"size": "standard", "plan": "quick", "budget_s": 3.0, "representative"
 
 def test_the_best_mode_is_the_score_and_is_marked():
     results = [runner.WorkloadResult(route="wgpu", workload="gpt", title="", size="standard", batch_size=16,
-                                     status="ok", mode=m, samples_per_s=s) for m, s in (("eager", 40.0), ("graph", 90.0))]
+                                     status="ok", mode=m, samples_per_s=s)
+               for m, s in (("eager", 40.0), ("graph", 90.0))]
     results.append(runner.WorkloadResult(route="wgpu", workload="mlp", title="", size="standard", batch_size=512,
                                          status="refused", mode="graph"))
     runner.mark_best_modes(results)

@@ -151,7 +151,8 @@ def test_bench_routes_give_the_true_reason_and_reuse_earlier_benches(monkeypatch
     store.save_bench(key, "wgpu", "mlp@quick", 2235.0, 28.6)  # what `navitrain run`'s quick bench stored
     routes, why = route_choice.default_routes()
     assert routes == ["wgpu", "cpu"]
-    assert "wgpu: not probed, but trained correctly in an earlier bench here (navitrain probe --route wgpu probes it)" in why
+    assert ("wgpu: not probed, but trained correctly in an earlier bench here "
+            "(navitrain probe --route wgpu probes it)") in why
 
     first = essential()[0].name
     store.save_result(key, ProbeResult(case=first, route="wgpu", env={}, outcome="crash", essential=True))
@@ -200,8 +201,8 @@ def _piped(*args, env=None, timeout=300):
 
 
 def test_bench_in_a_pipe_prints_whole_cells():
-    text = _piped("bench", "--quick", "--tiny", "--route", "cpu", "--workload", "mlp,gpt", "--steps", "2", "--warmup", "0",
-                  "--no-save")
+    text = _piped("bench", "--quick", "--tiny", "--route", "cpu", "--workload", "mlp,gpt", "--steps", "2",
+                  "--warmup", "0", "--no-save")
     assert "…" not in text and "e+0" not in text, text
     for cell in ("samples/s", "memory", "1st step", "loss", "gpt = GPT"):
         assert cell in text, (cell, text)

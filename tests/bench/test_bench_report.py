@@ -50,7 +50,8 @@ def test_problems_name_every_untimed_row_once_per_route():
 
 
 def test_summary_is_the_geometric_mean_speedup():
-    assert report.summary_lines(REPORT) == ["wgpu: 4.00x the CPU's speed on mlp b8, at quick sizes (Python per op, not what a GPU is worth)"]
+    assert report.summary_lines(REPORT) == [
+        "wgpu: 4.00x the CPU's speed on mlp b8, at quick sizes (Python per op, not what a GPU is worth)"]
 
 
 def test_table_lists_every_row_fastest_first():

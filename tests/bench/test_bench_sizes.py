@@ -92,7 +92,8 @@ def test_device_picks_the_route_faster_at_standard_sizes_and_says_why(fresh_cach
     _save(fp.id, [dict(r) for r in TINY + STANDARD])
     prepared = []
     # preparing a route is the route's business (tested elsewhere); here only the choice matters
-    monkeypatch.setattr(select, "_prepare", lambda route, *rest: (prepared.append(route) or torch.device("cpu"), "test"))
+    monkeypatch.setattr(select, "_prepare",
+                        lambda route, *rest: (prepared.append(route) or torch.device("cpu"), "test"))
     caplog.set_level(logging.INFO, logger="navitrain")
     navitrain.device(progress=False)
     assert prepared == ["wgpu"]

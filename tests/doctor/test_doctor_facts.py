@@ -28,8 +28,9 @@ def test_modprobe_options_with_continuations_comments_and_dashes(tmp_path):
 
 
 def test_cpuinfo_and_meminfo(tmp_path):
-    write(tmp_path, "/proc/cpuinfo", "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold\nflags\t\t: sse avx2 avx512f fma\n\n"
-                                     "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Gold\nflags\t\t: sse avx2 avx512f fma\n")
+    write(tmp_path, "/proc/cpuinfo",
+          "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold\nflags\t\t: sse avx2 avx512f fma\n\n"
+          "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Gold\nflags\t\t: sse avx2 avx512f fma\n")
     write(tmp_path, "/proc/meminfo", "MemTotal:        1024 kB\n")
     cpu = facts.get_cpu(tmp_path)
     assert cpu["model"] == "Intel(R) Xeon(R) Gold" and cpu["logical_cores"] == 2
@@ -40,9 +41,11 @@ def test_cpuinfo_and_meminfo(tmp_path):
 def test_kfd_topology_gfx_and_pcie_atomics(tmp_path):
     nodes = "/sys/class/kfd/kfd/topology/nodes"
     write(tmp_path, f"{nodes}/0/properties", "cpu_cores_count 8\ngfx_target_version 0\n")
-    write(tmp_path, f"{nodes}/1/properties", "simd_count 40\ngfx_target_version 100100\nvendor_id 4098\ndevice_id 29471\n")
+    write(tmp_path, f"{nodes}/1/properties",
+          "simd_count 40\ngfx_target_version 100100\nvendor_id 4098\ndevice_id 29471\n")
     write(tmp_path, f"{nodes}/1/io_links/0/properties", "type 2\nflags 15\n")  # bits 2 and 3: no atomics
-    write(tmp_path, f"{nodes}/2/properties", "simd_count 40\ngfx_target_version 110000\nvendor_id 4098\ndevice_id 29772\n")
+    write(tmp_path, f"{nodes}/2/properties",
+          "simd_count 40\ngfx_target_version 110000\nvendor_id 4098\ndevice_id 29772\n")
     write(tmp_path, f"{nodes}/2/io_links/0/properties", "type 2\nflags 3\n")
     result = facts.get_kfd_nodes(tmp_path)
     assert [(n["node"], n["gfx_target"], n["device_id"], n["pcie_atomics"]) for n in result] == [
@@ -58,7 +61,8 @@ def test_gpu_without_drm_card_is_found_on_the_pci_bus(tmp_path):
     write(tmp_path, f"{dev}/device", "0x731f\n")
     write(tmp_path, f"{dev}/revision", "0xc4\n")
     (row,) = facts.gpus(tmp_path)
-    assert (row["name"], row["pci_slot"], row["driver"], row["card"]) == ("AMD Radeon RX 5700", "0000:0a:00.0", None, None)
+    assert (row["name"], row["pci_slot"], row["driver"], row["card"]) == \
+        ("AMD Radeon RX 5700", "0000:0a:00.0", None, None)
 
 
 def test_malformed_ids_are_notes_not_errors(tmp_path):
@@ -85,7 +89,8 @@ def test_rocm_version_from_header_and_debian_rocblas(tmp_path):
 def test_device_nodes_and_icds(tmp_path):
     write(tmp_path, "/dev/kfd", "")
     write(tmp_path, "/dev/dri/renderD128", "")
-    write(tmp_path, "/usr/share/vulkan/icd.d/radeon_icd.x86_64.json", '{"ICD": {"library_path": "libvulkan_radeon.so"}}')
+    write(tmp_path, "/usr/share/vulkan/icd.d/radeon_icd.x86_64.json",
+          '{"ICD": {"library_path": "libvulkan_radeon.so"}}')
     write(tmp_path, "/usr/share/vulkan/icd.d/broken.json", "{not json")
     nodes = facts.get_device_nodes(tmp_path)
     assert nodes["kfd"]["exists"] and nodes["kfd"]["accessible"] == os.access(tmp_path / "dev/kfd", os.R_OK | os.W_OK)
@@ -98,7 +103,8 @@ def test_device_nodes_and_icds(tmp_path):
 
 def test_env_selection_keeps_gpu_variables_only():
     env = facts.select_env({"HSA_OVERRIDE_GFX_VERSION": "10.3.0", "MIOPEN_DEBUG_CONV_GEMM": "1", "HOME": "/root",
-                            "PYTORCH_ROCM_ARCH": "gfx1010", "AWS_SECRET_ACCESS_KEY": "x", "LD_LIBRARY_PATH": "/opt/rocm/lib"})
+                            "PYTORCH_ROCM_ARCH": "gfx1010", "AWS_SECRET_ACCESS_KEY": "x",
+                            "LD_LIBRARY_PATH": "/opt/rocm/lib"})
     assert env == {"HSA_OVERRIDE_GFX_VERSION": "10.3.0", "LD_LIBRARY_PATH": "/opt/rocm/lib",
                    "MIOPEN_DEBUG_CONV_GEMM": "1", "PYTORCH_ROCM_ARCH": "gfx1010"}
 
@@ -107,7 +113,8 @@ def test_tree_reads_are_recorded_and_parsers_tolerate_junk(tmp_path):
     tree = Tree(tmp_path)
     assert tree.read_text("/does/not/exist") is None and "/does/not/exist" in tree.reads
     assert parse_int("0xCA\n", 16) == 0xCA and parse_int("", 16) is None and parse_int(None) is None
-    assert parse_key_values('A=1\nkey value with spaces\n# c\nB="q"') == {"A": "1", "key": "value with spaces", "B": "q"}
+    assert parse_key_values('A=1\nkey value with spaces\n# c\nB="q"') == \
+        {"A": "1", "key": "value with spaces", "B": "q"}
 
 
 def test_rocminfo_parse_of_the_knowledge_excerpt():
@@ -144,7 +151,8 @@ def test_vulkan_driver_names():
     assert driver_name({"name": "AMD Radeon RX 5700", "driver": "AMD open-source driver 2023.Q3.3"}) == "AMDVLK"
     assert driver_name({"name": "llvmpipe (LLVM 15.0.6, 256 bits)", "vendor_id": 65541}) == "llvmpipe"
     assert driver_name({"name": "NVIDIA H100 80GB HBM3", "vendor_id": 0x10DE, "driver": "580.159.04"}) == "NVIDIA"
-    assert driver_name({"name": "Intel(R) UHD Graphics 630 (CFL GT2)", "vendor_id": 0x8086, "driver": "Mesa 23.1"}) == "ANV"
+    intel = {"name": "Intel(R) UHD Graphics 630 (CFL GT2)", "vendor_id": 0x8086, "driver": "Mesa 23.1"}
+    assert driver_name(intel) == "ANV"
     assert driver_name({"name": "mystery", "vendor_id": 7}) is None
 
 

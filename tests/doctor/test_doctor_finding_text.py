@@ -83,7 +83,8 @@ def test_every_finding_says_only_what_the_facts_show(case, variant):
         for text in _texts(finding):
             for pattern, holds, meaning in CLAIMS:
                 for m in re.finditer(pattern, text):
-                    assert holds(s, m), f"{finding.id} says {m.group(0)!r} but the facts do not show {meaning}: {text!r}"
+                    assert holds(s, m), \
+                        f"{finding.id} says {m.group(0)!r} but the facts do not show {meaning}: {text!r}"
             for pattern in BROKEN:
                 assert not re.search(pattern, text), f"{finding.id}: broken sentence {text!r}"
 

@@ -143,8 +143,9 @@ def test_fixture_trees_are_not_probed_and_not_this_machine(tmp_path):
     assert rec.route == "cpu" and "until Vulkan is checked" in rec.title and "not probed" in rec.why
 
 
-@pytest.mark.parametrize("value,expected", [("10.3.0", "hsa-override-rdna1-fault"), ("11.0.0", "hsa-override-rdna1-fault"),
-                                            ("10.1.0", "hsa-override-rdna1-sibling"), ("10.2", "hsa-override-malformed")])
+@pytest.mark.parametrize("value,expected", [
+    ("10.3.0", "hsa-override-rdna1-fault"), ("11.0.0", "hsa-override-rdna1-fault"),
+    ("10.1.0", "hsa-override-rdna1-sibling"), ("10.2", "hsa-override-malformed")])
 def test_override_values_on_rdna1_siblings(value, expected):
     overrides = case_overrides("rx5500xt-gfx1012") | {"env": {"HSA_OVERRIDE_GFX_VERSION": value}}
     findings = diagnose(collect(case_root("rx5500xt-gfx1012"), overrides))
@@ -202,7 +203,8 @@ def test_missing_vulkan_driver_gets_install_advice():
 
 def test_llvmpipe_only_beside_a_real_gpu_is_a_warning():
     overrides = case_overrides("rx5600xt-rocm7-cputorch")
-    overrides["vulkan"] = {"status": "ok", "adapters": [overrides["vulkan"]["adapters"][1]], "chosen": 0, "hardware": False}
+    overrides["vulkan"] = {"status": "ok", "adapters": [overrides["vulkan"]["adapters"][1]], "chosen": 0,
+                           "hardware": False}
     findings = diagnose(collect(case_root("rx5600xt-rocm7-cputorch"), overrides))
     by_id = {f.id: f for f in findings}
     assert by_id["vulkan-software-only"].severity == "warning"

@@ -89,7 +89,8 @@ def test_table_covers_every_family_asked_for_and_cites_sources():
         assert entry["chip"] in table["chips"], device
         assert len(device) == 4 and int(device, 16) >= 0
     for chip in table["chips"].values():  # the prefix rules agree with the table
-        assert family_of(chip["gfx"]) == chip["family"] or (chip["family"] in ("GCN3", "GCN4") and family_of(chip["gfx"]) == "GCN3/4")
+        assert family_of(chip["gfx"]) == chip["family"] or (
+            chip["family"] in ("GCN3", "GCN4") and family_of(chip["gfx"]) == "GCN3/4")
 
 
 @pytest.mark.parametrize("value,gfx", [

@@ -16,7 +16,8 @@ FAKE_TORCH = """
 import os, sys, time, types
 BEHAVIOUR = {behaviour!r}
 if BEHAVIOUR == "abort-on-import":
-    sys.stderr.write("Memory access fault by GPU node-1 (Agent handle: 0x55d1) on address 0x7f00. Reason: Page not present\\n")
+    sys.stderr.write("Memory access fault by GPU node-1 (Agent handle: 0x55d1) on address 0x7f00. "
+                     "Reason: Page not present\\n")
     sys.stderr.flush()
     os.abort()
 if BEHAVIOUR == "raise-on-import":
@@ -30,7 +31,8 @@ __file__ = __file__
 version = types.SimpleNamespace(hip="6.4.43482", cuda=None)
 def _device_count():
     if BEHAVIOUR == "abort-on-devices":
-        sys.stderr.write("HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent attempted to access memory beyond the largest legal address. code: 0x29\\n")
+        sys.stderr.write("HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent attempted to access memory "
+                         "beyond the largest legal address. code: 0x29\\n")
         sys.stderr.flush()
         os.abort()
     return 1
@@ -40,7 +42,8 @@ class _Props:
     total_memory = 8 << 30
 cuda = types.SimpleNamespace(get_arch_list=lambda: ["gfx1010", "gfx1030"], device_count=_device_count,
                              get_device_properties=lambda i: _Props(), get_device_capability=lambda i: (10, 1))
-backends = types.SimpleNamespace(cudnn=types.SimpleNamespace(enabled=True, is_available=lambda: True, version=lambda: 3004000))
+backends = types.SimpleNamespace(
+    cudnn=types.SimpleNamespace(enabled=True, is_available=lambda: True, version=lambda: 3004000))
 """
 
 

@@ -34,7 +34,8 @@ READS = {name: files_read(name) for name in CASES}
 def test_the_doctor_reads_the_files_that_matter():
     reads = READS["rx5700xt-override-mtype"]
     for path in ("/sys/class/drm/card0/device/vendor", "/sys/class/drm/card0/device/revision",
-                 "/sys/class/kfd/kfd/topology/nodes/1/properties", "/sys/class/kfd/kfd/topology/nodes/1/io_links/0/properties",
+                 "/sys/class/kfd/kfd/topology/nodes/1/properties",
+                 "/sys/class/kfd/kfd/topology/nodes/1/io_links/0/properties",
                  "/sys/module/amdgpu/parameters/mtype_local", "/etc/modprobe.d/amdgpu.conf", "/opt/rocm/.info/version",
                  "/proc/cpuinfo", "/proc/meminfo", "/etc/os-release", "/proc/sys/kernel/osrelease", "/proc/cmdline",
                  "/usr/share/vulkan/icd.d/radeon_icd.x86_64.json"):

@@ -90,10 +90,12 @@ def test_failure_mode_table_rows_classify_as_their_own_id():
 def test_a_crash_log_gives_modes_in_order_of_importance():
     log = "\n".join([
         "Loading model...",
-        "UserWarning: The operator 'aten::foo' is not currently supported on the DML backend and will fall back to run on the CPU.",
+        "UserWarning: The operator 'aten::foo' is not currently supported on the DML backend and will fall back "
+        "to run on the CPU.",
         "HSA_OVERRIDE_GFX_VERSION=10.3.0 python train.py",
         ":0:rocdevice.cpp            :2614: 1234 us: Callback: Queue 0x7f aborting with error : "
-        "HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent attempted to access memory beyond the largest legal address. code: 0x29",
+        "HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent attempted to access memory beyond the largest "
+        "legal address. code: 0x29",
         "Segmentation fault (core dumped)",
     ])
     result = classify(log)

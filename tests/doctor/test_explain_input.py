@@ -10,7 +10,8 @@ import pytest
 
 from navitrain.doctor.tail import read_tail
 
-FAULT = b"HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent attempted to access memory beyond the largest legal address.\n"
+FAULT = (b"HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: The agent attempted to access memory beyond the largest "
+         b"legal address.\n")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/zero, FIFOs, RLIMIT_AS")
 
 

@@ -120,7 +120,8 @@ def test_the_wgpu_runtime_dir_goes_with_its_process(tmp_path):
     without exit handlers (os._exit, as probe and bench children end) by the next sweep."""
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
     env["TMPDIR"] = str(tmp_path)
-    code = "from navitrain import adapters; adapters.prepare_instance(); import os; print(os.environ['XDG_RUNTIME_DIR'])"
+    code = ("from navitrain import adapters; adapters.prepare_instance(); "
+            "import os; print(os.environ['XDG_RUNTIME_DIR'])")
     made = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert made.strip().startswith(str(tmp_path)) and _leftovers(tmp_path) == []
     subprocess.run([sys.executable, "-c", code + "; os._exit(0)"], env=env, check=True, capture_output=True)

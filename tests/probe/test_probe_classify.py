@@ -26,10 +26,11 @@ def test_death_without_result():
     segv = -signal.SIGSEGV
     assert classify(segv, None, "Fatal Python error: Segmentation fault", "the device run", False, 60) == \
         ("crash", "killed by SIGSEGV during the device run", None)
-    outcome, detail, _ = classify(1, None, "Traceback ...\nImportError: libamdhip64.so.6: cannot open", "the route import",
-                                  False, 60)
+    outcome, detail, _ = classify(1, None, "Traceback ...\nImportError: libamdhip64.so.6: cannot open",
+                                  "the route import", False, 60)
     assert outcome == "crash"
-    assert detail == "exited with code 1 without a result during the route import: ImportError: libamdhip64.so.6: cannot open"
+    assert detail == ("exited with code 1 without a result during the route import: "
+                      "ImportError: libamdhip64.so.6: cannot open")
     outcome, detail, mode = classify(-signal.SIGABRT, None, "HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION: code: 0x29",
                                      "the device run", False, 60)
     assert (outcome, mode) == ("gpu-fault", "gfx-override-fault")
@@ -42,7 +43,8 @@ def test_timeouts():
         None)
     _, detail, _ = classify(None, None, "", "route.prepare()", True, 30, stuck=True)
     assert "stuck in the kernel" in detail
-    outcome, detail, mode = classify(None, None, "amdgpu 0000:03:00.0: ring gfx_0.0.0 timeout", "the device run", True, 30)
+    outcome, detail, mode = classify(None, None, "amdgpu 0000:03:00.0: ring gfx_0.0.0 timeout", "the device run",
+                                     True, 30)
     assert (outcome, mode) == ("hang", "gpu-hang")
     # An answer written before a hang on exit stands.
     outcome, detail, _ = classify(None, {"outcome": "pass", "detail": "ok"}, "", "comparing", True, 30)

@@ -27,7 +27,8 @@ def fake_runtime(tmp_path) -> str:
 
 
 def test_command_line_passes_the_gpu_and_mounts_navitrain_read_only():
-    args = containers.run_command("docker", "rocm/pytorch:tag", {"cases": ["x"]}, {"HSA_OVERRIDE_GFX_VERSION": "10.3.0"})
+    args = containers.run_command("docker", "rocm/pytorch:tag", {"cases": ["x"]},
+                                  {"HSA_OVERRIDE_GFX_VERSION": "10.3.0"})
     line = " ".join(args)
     for needed in ("--device=/dev/kfd", "--device=/dev/dri", "--group-add video", "--group-add render",
                    "--security-opt seccomp=unconfined", "--ipc=host", f"{containers.MOUNT}:ro",
@@ -73,7 +74,8 @@ def test_a_crash_a_hang_and_a_blind_container_are_results(fake_runtime):
     ("permission", "socket-permission", "sudo usermod -aG docker"),
     ("daemon", "daemon-down", "Docker daemon is not running"),
 ])
-def test_runtime_that_cannot_reach_its_daemon_stops_with_its_own_message(fake_runtime, monkeypatch, mode, kind, message):
+def test_runtime_that_cannot_reach_its_daemon_stops_with_its_own_message(fake_runtime, monkeypatch, mode, kind,
+                                                                         message):
     monkeypatch.setenv("FAKE_RUNTIME_MODE", mode)
     with pytest.raises(containers.ContainerError, match=message) as info:
         containers.probe_images(["rocm/pytorch:6.2"], ["copy-roundtrip"], ["cpu"], [{}], runtime=fake_runtime)
@@ -92,7 +94,8 @@ def test_cli_json_matrix_and_clear_errors(fake_runtime, monkeypatch):
     result = runner.invoke(app, ["probe", "--image", "x", "--cases", str(cases), "-r", "cpu"])
     assert result.exit_code == 2 and "cannot be combined" in result.output
     monkeypatch.setenv("FAKE_RUNTIME_MODE", "daemon")
-    result = runner.invoke(app, ["probe", "--image", "x", "--runtime", fake_runtime, "-r", "cpu", "-k", "copy-roundtrip"])
+    result = runner.invoke(app, ["probe", "--image", "x", "--runtime", fake_runtime, "-r", "cpu",
+                                 "-k", "copy-roundtrip"])
     assert result.exit_code == 1 and "daemon is not running" in result.output
 
 
@@ -106,7 +109,8 @@ def test_cli_stores_each_image_under_its_own_fingerprint(fake_runtime, monkeypat
     record = json.loads(result.stdout)[0]
     assert (record["image"], record["outcome"]) == ("rocm/pytorch:6.2", "pass")
     fingerprint = containers.container_fingerprint("rocm/pytorch:6.2", record["digest"])
-    assert store.fingerprint_facts(fingerprint)["container"] == {"image": "rocm/pytorch:6.2", "digest": record["digest"]}
+    assert store.fingerprint_facts(fingerprint)["container"] == \
+        {"image": "rocm/pytorch:6.2", "digest": record["digest"]}
     assert [(r.case, r.outcome) for r in store.latest_results(fingerprint)] == [("copy-roundtrip", "pass")]
     other = containers.container_fingerprint("rocm/pytorch:5.7", record["digest"])
     assert other.id != fingerprint.id and store.latest_results(other) == []

@@ -8,8 +8,8 @@ from navitrain.probe import report
 from navitrain.probe.results import ProbeResult
 
 RESULTS = [
-    ProbeResult("conv2d-classic", "native", {}, "gpu-fault", "HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION (killed by SIGABRT)",
-                mode="gfx-override-fault"),
+    ProbeResult("conv2d-classic", "native", {}, "gpu-fault",
+                "HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION (killed by SIGABRT)", mode="gfx-override-fault"),
     ProbeResult("matmul-fp32", "native", {}, "error", "RuntimeError: HIP error: invalid device function",
                 mode="no-code-object"),
     ProbeResult("conv2d-classic", "wgpu", {}, "pass", "4 outputs: max abs err 1e-06"),

@@ -81,7 +81,8 @@ def check(op, dtype, *, max_samples: int = 12, grad: bool = True, rtol=None, ato
     for i, sample in enumerate(samples):
         if skip is not None and skip(sample):
             continue
-        what = f"{op.name}{'.' + op.variant_test_name if op.variant_test_name else ''}[{dtype}] sample {i}: {sample.summary() if hasattr(sample, 'summary') else ''}"
+        what = (f"{op.name}{'.' + op.variant_test_name if op.variant_test_name else ''}[{dtype}] sample {i}: "
+                f"{sample.summary() if hasattr(sample, 'summary') else ''}")
         ref = op(sample.input, *sample.args, **sample.kwargs)
         dev_input = tree_map(_to_device, sample.input)
         dev_args = tree_map(_to_device, sample.args)

@@ -25,7 +25,8 @@ def tuning(monkeypatch):
     monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
     monkeypatch.setattr(gemm_tuning, "_cache", None)
     monkeypatch.setattr(gemm_tuning, "_picked", {})
-    monkeypatch.setattr(gemm_tuning, "CANDIDATES", [gemm.TileConfig(32, 32, 8, 4, 4), gemm.TileConfig(64, 64, 16, 4, 4)])
+    monkeypatch.setattr(gemm_tuning, "CANDIDATES",
+                        [gemm.TileConfig(32, 32, 8, 4, 4), gemm.TileConfig(64, 64, 16, 4, 4)])
     timed = []
     real_time = gemm_tuning._time
     monkeypatch.setattr(gemm_tuning, "_time", lambda rt, run: (timed.append(1), real_time(rt, run))[1])

@@ -56,7 +56,8 @@ def test_views_share_storage_and_write_through():
     assert r.shape == (3, 4, 2) and r.stride() == (8, 2, 1)
     cr = torch.view_as_real(x)
     sl = torch.view_as_real(d[1:, 1::2])
-    assert (sl.stride(), sl.storage_offset()) == (torch.view_as_real(x[1:, 1::2]).stride(), torch.view_as_real(x[1:, 1::2]).storage_offset())
+    assert (sl.stride(), sl.storage_offset()) == \
+        (torch.view_as_real(x[1:, 1::2]).stride(), torch.view_as_real(x[1:, 1::2]).storage_offset())
     r[0, 1, 1] = 7.0            # through view_as_real
     cr[0, 1, 1] = 7.0
     d.real[2] = -1.5            # through .real / .imag (select of view_as_real)
@@ -153,7 +154,8 @@ def test_arithmetic(op):
     d = a.to("wgpu")
     getattr(d, op + "_")(0.5 + 1j)
     _same(d, getattr(a.clone(), op + "_")(0.5 + 1j))
-    _same(torch.add(d, d, alpha=2), torch.add(getattr(a.clone(), op + "_")(0.5 + 1j), getattr(a.clone(), op + "_")(0.5 + 1j), alpha=2))
+    _same(torch.add(d, d, alpha=2),
+          torch.add(getattr(a.clone(), op + "_")(0.5 + 1j), getattr(a.clone(), op + "_")(0.5 + 1j), alpha=2))
 
 
 def test_unary_and_constructors():
@@ -205,7 +207,8 @@ def test_no_cpu_fallback_in_a_complex_script():
     ("view_as_real", torch.complex64, {}), ("view_as_complex", torch.float32, {"noncontiguous": False}),
     ("complex", torch.float32, {}), ("real", torch.complex64, {}), ("imag", torch.complex64, {}),
     ("conj", torch.complex64, {}), ("conj_physical", torch.complex64, {}), ("resolve_conj", torch.complex64, {}),
-    ("angle", torch.complex64, {"rtol": 1.3e-6, "atol": 1e-5}), ("abs", torch.complex64, {"rtol": 1.3e-6, "atol": 1e-5}),
+    ("angle", torch.complex64, {"rtol": 1.3e-6, "atol": 1e-5}),
+    ("abs", torch.complex64, {"rtol": 1.3e-6, "atol": 1e-5}),
     ("angle", torch.float32, {}),
 ])
 def test_opinfo(name, dtype, kwargs):

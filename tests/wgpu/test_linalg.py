@@ -108,8 +108,8 @@ def test_cholesky_family_random(n):
         factor = torch.linalg.cholesky(a, upper=upper)
         _close(torch.linalg.cholesky(ad, upper=upper), factor)
         b = torch.randn(2, 1, n, 4, generator=_gen(n))
-        _close(torch.cholesky_solve(b.to(DEV), factor.to(DEV), upper=upper), torch.cholesky_solve(b, factor, upper=upper),
-               rtol=1e-3, atol=1e-4)
+        _close(torch.cholesky_solve(b.to(DEV), factor.to(DEV), upper=upper),
+               torch.cholesky_solve(b, factor, upper=upper), rtol=1e-3, atol=1e-4)
         _close(torch.cholesky_inverse(factor[0].to(DEV), upper=upper), torch.cholesky_inverse(factor[0], upper=upper),
                rtol=1e-3, atol=1e-4)
 

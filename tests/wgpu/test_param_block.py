@@ -23,7 +23,8 @@ def test_words_follow_the_declaration_order():
 
 def test_pack_matches_the_words():
     rng = random.Random()
-    n, off, sizes, eps = rng.randrange(2**32), rng.randrange(-2**31, 2**31), [rng.randrange(1, 999) for _ in range(3)], rng.random()
+    n, off = rng.randrange(2**32), rng.randrange(-2**31, 2**31)
+    sizes, eps = [rng.randrange(1, 999) for _ in range(3)], rng.random()
     blk = codegen.ParamBlock("n", "off: i32", "size[3]", "eps: f32")
     raw = blk.pack(eps=eps, size=sizes, off=off, n=n)  # keyword order does not matter
     assert struct.unpack("<Ii3If", raw)[:5] == (n, off, *sizes)
@@ -82,7 +83,8 @@ def test_a_kernel_reads_what_the_host_packed():
     rt = runtime()
     kernel = rt.kernel(("test_param_block",), "test_param_block", 1, codegen.module(["f32"], body, 64))
     out = empty((4,), dtype=torch.float32)
-    k, d0, d1, scale = random.randrange(-1000, 1000), random.randrange(1, 5000), random.randrange(1, 5000), random.uniform(-3, 3)
+    k, d0, d1 = random.randrange(-1000, 1000), random.randrange(1, 5000), random.randrange(1, 5000)
+    scale = random.uniform(-3, 3)
     rt.dispatch(kernel, (out._ws.heap,), blk.pack(out_off=out.elem_offset, k=k, dims=(d0, d1), scale=scale),
                 codegen.groups_for(1, 64))
     got = to_cpu(out)

@@ -104,25 +104,29 @@ def test_unary_special_values_match_the_cpu(name):
 def test_ndtri_subnormal_probabilities():
     # drivers may flush subnormal operands of log: the tail reads p's bits instead
     x = torch.tensor([1.4e-45, 1e-40, 1e-39, 1.1754942e-38])
-    torch.testing.assert_close(_on_gpu(torch.special.ndtri, x), torch.special.ndtri(x.double()).float(), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(_on_gpu(torch.special.ndtri, x), torch.special.ndtri(x.double()).float(),
+                               rtol=RTOL, atol=ATOL)
 
 
 def test_zeta_wide_range_and_special_cases():
     g = torch.Generator().manual_seed(3)
-    s = torch.cat([1 + 10.0 ** (-3 + 4 * torch.rand(2000, generator=g)), torch.randint(2, 12, (500,), generator=g).double()])
+    s = torch.cat([1 + 10.0 ** (-3 + 4 * torch.rand(2000, generator=g)),
+                   torch.randint(2, 12, (500,), generator=g).double()])
     q = torch.cat([10.0 ** (-2 + 4 * torch.rand(2000, generator=g)), -20 * torch.rand(500, generator=g)])
     s, q = s.float(), q.float()
     got = _on_gpu(torch.special.zeta, s, q)
-    torch.testing.assert_close(got, torch.special.zeta(s.double(), q.double()).float(), rtol=RTOL, atol=ATOL, equal_nan=True)
+    torch.testing.assert_close(got, torch.special.zeta(s.double(), q.double()).float(), rtol=RTOL, atol=ATOL,
+                               equal_nan=True)
     inf, nan = float("inf"), float("nan")
     edge = torch.tensor([1.0, 0.5, 2.0, 2.5, 3.0, inf, inf, inf, nan, 2.0, 2.0, 4.0, 2.0])
     q_edge = torch.tensor([2.0, 2.0, 0.0, -1.5, -1.5, 0.5, 1.0, 2.0, 1.0, inf, nan, -3.0, -inf])
-    torch.testing.assert_close(_on_gpu(torch.special.zeta, edge, q_edge), torch.special.zeta(edge, q_edge), equal_nan=True)
+    torch.testing.assert_close(_on_gpu(torch.special.zeta, edge, q_edge), torch.special.zeta(edge, q_edge),
+                               equal_nan=True)
     # Python scalars on either side (the self_scalar / other_scalar overloads)
-    torch.testing.assert_close(_on_gpu(torch.special.zeta, 3.0, q[:50]), torch.special.zeta(3.0, q[:50].double()).float(),
-                               rtol=RTOL, atol=ATOL, equal_nan=True)
-    torch.testing.assert_close(_on_gpu(torch.special.zeta, s[:50], 2.0), torch.special.zeta(s[:50].double(), 2.0).float(),
-                               rtol=RTOL, atol=ATOL, equal_nan=True)
+    torch.testing.assert_close(_on_gpu(torch.special.zeta, 3.0, q[:50]),
+                               torch.special.zeta(3.0, q[:50].double()).float(), rtol=RTOL, atol=ATOL, equal_nan=True)
+    torch.testing.assert_close(_on_gpu(torch.special.zeta, s[:50], 2.0),
+                               torch.special.zeta(s[:50].double(), 2.0).float(), rtol=RTOL, atol=ATOL, equal_nan=True)
 
 
 @pytest.mark.parametrize("fn", [torch.special.gammainc, torch.special.gammaincc])
