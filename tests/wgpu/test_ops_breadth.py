@@ -148,6 +148,17 @@ def test_cdist_forward_and_backward(p):
     _forward_and_grads(lambda a, b: torch.cdist(a, b, p=p), x1, x2)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 2.0, 3.0, INF])
+def test_cdist_of_nan_and_inf_as_the_cpus_kernel(p):
+    """NaN differences (NaN inputs, inf - inf): p = 0 counts them as NaN (not 1), p = inf's max skips them
+    (std::max from 0), the p = 1 and inf gradients carry NaN through their sign, as on the CPU."""
+    x1, x2 = torch.randn(2, 5, 4), torch.randn(2, 6, 4)
+    x1[0, 1, 2], x1[0, 3, 1], x1[1, 2, 0], x2[1, 3, 0] = NAN, -INF, INF, INF
+    x1[1, 4, :] = NAN  # all NaN: 0 at p = inf
+    x2[0, 0] = x1[0, 0]
+    _forward_and_grads(lambda a, b: torch.cdist(a, b, p=p), x1, x2)
+
+
 def test_addbmm():
     _forward_and_grads(lambda i, a, b: torch.addbmm(i, a, b, beta=0.5, alpha=2), torch.randn(5, 7),
                        torch.randn(3, 5, 4), torch.randn(3, 4, 7))

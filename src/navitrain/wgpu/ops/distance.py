@@ -5,6 +5,10 @@ small inputs; the CPU's matrix-product shortcut for large Euclidean ones rounds 
 results agree to float32 tolerance either way. The gradient follows the CPU's per-p formulas
 (p = 0: zero; 1: sign; 2: diff / dist; inf: sign where |diff| is the max; otherwise
 sign * |diff|^(p-1) / dist^(p-1)), with 0 where dist is 0.
+
+NaN differences (a NaN, or inf - inf) as the CPU's kernel treats them: p = 0 counts min(ceil(|diff|), 1),
+which is NaN; p = inf keeps a running std::max(agg, |diff|) from 0, which never takes a NaN (all-NaN
+rows give 0); the gradients of p = 1 and inf use its vectorized sign, NaN for NaN.
 """
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ def cdist_forward(x1, x2, p, compute_mode=None):
         raise RuntimeError("cdist only supports non-negative p values")
     d = _diff(x1, x2)
     if p == 0:
-        return (d != 0).to(x1.dtype).sum(-1)
+        return torch.where(d.isnan(), d, (d != 0).to(d.dtype)).sum(-1)
     if p == INF:
-        return d.abs().amax(-1) if d.shape[-1] else d.abs().sum(-1)
+        a = d.abs()
+        return torch.where(a.isnan(), 0.0, a).amax(-1) if d.shape[-1] else a.sum(-1)
     if p == 1:
         return d.abs().sum(-1)
     if p == 2:
@@ -44,11 +49,13 @@ def cdist_backward(grad, x1, x2, p, dist):
     if p == 0:
         return torch.zeros_like(x1)
     if p == 1:
-        per = d.sign() * g
+        per = torch.where(d.isnan(), d, d.sign()) * g
     elif p == 2:
         per = torch.where(r == 0, zero, d * g / r)
     elif p == INF:
-        per = d.sign() * (d.abs() == r).to(d.dtype) * g
+        # the CPU's 1 - min(1, ceil(||diff| - dist|)): NaN where |diff| - dist is (inf - inf, a NaN)
+        at_max = 1 - torch.minimum(torch.ones((), dtype=d.dtype, device=d.device), (d.abs() - r).abs().ceil())
+        per = torch.where(d.isnan(), d, d.sign()) * at_max * g
     else:
         per = d.sign() * d.abs().pow(p - 1) * g / r.pow(p - 1)
         per = torch.where((r == 0) | ((d == 0) & (p < 1)), zero, per)
