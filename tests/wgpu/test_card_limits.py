@@ -32,11 +32,14 @@ def _child(code: str, env: dict, timeout: float = 240) -> subprocess.CompletedPr
 
 def test_builtin_profile_caps_the_adapter_and_its_features():
     profile = limits_profile.load("RX5600XT")
-    adapter = {"max-compute-workgroup-storage-size": 1 << 17, "max-buffer-size": 1 << 31,
+    adapter = {"max-compute-workgroup-storage-size": 1 << 17, "max-buffer-size": 1 << 30,
                "max-compute-invocations-per-workgroup": 256, "max-texture-dimension-2d": 16384}
     capped = profile.cap(adapter)
     assert capped["max-compute-workgroup-storage-size"] == 65536          # the card is smaller
-    assert capped["max-buffer-size"] == 1 << 31                            # the adapter is smaller
+    assert capped["max-buffer-size"] == 1 << 30                            # the adapter is smaller
+    # wgpu gives RADV's 4 GiB - 4 as 2 GiB - 1 (buffers) and 2 GiB - 4 (storage bindings) on Linux
+    assert profile.cap({"max-buffer-size": 1 << 32, "max-storage-buffer-binding-size": 1 << 32}) == {
+        "max-buffer-size": (1 << 31) - 1, "max-storage-buffer-binding-size": (1 << 31) - 4}
     assert capped["max-compute-invocations-per-workgroup"] == 256
     assert capped["max-texture-dimension-2d"] == 16384                     # not in the profile: untouched
     assert profile.allow(["shader-f16", "shader-f64", "timestamp-query"]) == ["shader-f16", "timestamp-query"]
