@@ -49,7 +49,8 @@ def write_markdown(path, report: dict) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for key, s in report["summary"].items():
-        lines.append(f"| {key} | " + " | ".join(str(s[k]) for k in STATUSES) + f" | {s['total']} | {s['pass_pct']:.1f}% |")
+        status_cells = " | ".join(str(s[k]) for k in STATUSES)
+        lines.append(f"| {key} | {status_cells} | {s['total']} | {s['pass_pct']:.1f}% |")
     columns = list(report["summary"])
     by_op: dict[str, dict] = defaultdict(dict)
     for r in report["results"]:

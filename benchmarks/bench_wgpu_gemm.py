@@ -265,7 +265,8 @@ def main(argv=None):
 
     result = {"machine": info, "squares": squares(sizes, configs, iters_for)}
     if args.gpt:
-        result["gpt"] = shapes_table(GPT if not args.quick else [("tiny", 64, 64, 32, False, True)], 3 if args.quick else 20)
+        gpt_shapes = GPT if not args.quick else [("tiny", 64, 64, 32, False, True)]
+        result["gpt"] = shapes_table(gpt_shapes, 3 if args.quick else 20)
     if not args.no_conv:
         result["convs"] = convs(batch, 3 if args.quick else 20, shapes)
     write_json(args.json, result)

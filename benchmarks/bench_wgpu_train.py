@@ -170,7 +170,8 @@ def graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for i in range(warmup):
-                sx.copy_(batches[i][0]); sy.copy_(batches[i][1])
+                sx.copy_(batches[i][0])
+                sy.copy_(batches[i][1])
                 losses.append(step(sx, sy).item())
         torch.cuda.current_stream().wait_stream(side)
         g = torch.cuda.CUDAGraph()
@@ -180,7 +181,8 @@ def graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps
         import navitrain.wgpu as nw
 
         for i in range(warmup):
-            sx.copy_(batches[i][0]); sy.copy_(batches[i][1])
+            sx.copy_(batches[i][0])
+            sy.copy_(batches[i][1])
             losses.append(step(sx, sy).item())
         g = nw.WgpuGraph()
         with nw.graph(g):
@@ -196,7 +198,8 @@ def graphed_worker(device, model_name, batch, batches, step, sync, warmup, steps
         torch.cuda.reset_peak_memory_stats()
     step_times, host_times = [], []
     for i in range(warmup, warmup + steps):
-        sx.copy_(batches[i][0]); sy.copy_(batches[i][1])
+        sx.copy_(batches[i][0])
+        sy.copy_(batches[i][1])
         sync()
         t0 = time.perf_counter()
         g.replay()
@@ -263,11 +266,13 @@ def main(argv=None):
             r["wall_s"] = time.perf_counter() - t0
             results.append(r)
             print(f"[{model} on {device}] median step {r['median_ms']:.1f} ms (host recording {r['host_ms']:.1f} ms), "
-                  f"first step {r['first_step_s']:.1f} s, losses {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}", flush=True)
+                  f"first step {r['first_step_s']:.1f} s, losses {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}",
+                  flush=True)
             if "profile_kinds_ms" in r:
                 total = sum(v[0] for v in r["profile_kinds_ms"].values())
+                by_time = sorted(r["profile_kinds_ms"].items(), key=lambda kv: -kv[1][0])
                 print(f"    GPU time by kernel kind, {total:.1f} ms in all: " + ", ".join(
-                    f"{k} {v[0]:.1f} ms/{v[1]}x" for k, v in sorted(r["profile_kinds_ms"].items(), key=lambda kv: -kv[1][0])))
+                    f"{k} {v[0]:.1f} ms/{v[1]}x" for k, v in by_time))
             for ms, count, name in r.get("profile_top_ms", [])[:25]:
                 print(f"    {ms:8.2f} ms {count:4d}x {name}")
     report(results)
@@ -294,7 +299,8 @@ def report(results):
                 valid = valid and abs(r["losses"][0] - ref["losses"][0]) <= 1e-3 * max(1.0, abs(ref["losses"][0]))
             if device.startswith("wgpu") and r.get("fallbacks", {}).get("total_fallback_calls"):
                 valid = False
-            vs_cuda = r["median_ms"] / devs["cuda"]["median_ms"] if "cuda" in devs and "median_ms" in devs["cuda"] else None
+            vs_cuda = (r["median_ms"] / devs["cuda"]["median_ms"]
+                       if "cuda" in devs and "median_ms" in devs["cuda"] else None)
             vs_cpu = devs["cpu"]["median_ms"] / r["median_ms"] if "cpu" in devs and "median_ms" in devs["cpu"] else None
             peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "-"
             print(f"{model:9} {device:10} {r['batch']:>5} {r['median_ms']:>9.1f} "

@@ -68,8 +68,8 @@ def main(argv=None):
         if torch.cuda.is_available():
             torch.backends.cudnn.allow_tf32 = False
             cx, cw = x_cpu.cuda(), w_cpu.cuda()
-            cudnn = cuda_time(lambda: torch.ops.aten.convolution(cx, cw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1),
-                              args.iters)
+            cudnn = cuda_time(
+                lambda: torch.ops.aten.convolution(cx, cw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1), args.iters)
         gemm_t = times["implicit GEMM"][0]
         rows.append([name, f"{wino * 1e3:.3f}", f"{t_in * 1e6:.0f} ({gbs_in:.0f} GB/s)",
                      f"{t_out * 1e6:.0f} ({gbs_out:.0f} GB/s)", f"{gemm_t * 1e3:.3f}",

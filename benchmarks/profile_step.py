@@ -78,7 +78,8 @@ def main():
                 totals.append(time.perf_counter() - t0)
             print(f"{name} batch/heavy {policy:>8}: step {statistics.median(totals) * 1e3:6.1f} ms, "
                   f"recording {statistics.median(hosts) * 1e3:6.1f} ms, "
-                  f"{(rt.dispatch_count - d0) // args.steps} dispatches, {(rt.submit_count - s0) // args.steps} submits")
+                  f"{(rt.dispatch_count - d0) // args.steps} dispatches, "
+                  f"{(rt.submit_count - s0) // args.steps} submits")
         rt._batch_limit, rt._heavy_batch = 64, 4
         nw.synchronize()
         prof = cProfile.Profile()

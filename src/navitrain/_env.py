@@ -125,8 +125,8 @@ WGPU_ADAPTER = _declare(
     "NAVITRAIN_WGPU_ADAPTER", None,
     "Pick the wgpu adapter whose name contains this text (case-insensitive); 'llvmpipe' or 'lavapipe' "
     "asks for the software adapter explicitly.")
-WGPU_STRICT = _declare("NAVITRAIN_WGPU_STRICT", "0", "1: an op without a wgpu kernel raises instead of running on the CPU.",
-                       _flag)
+WGPU_STRICT = _declare("NAVITRAIN_WGPU_STRICT", "0",
+                       "1: an op without a wgpu kernel raises instead of running on the CPU.", _flag)
 WGPU_BATCH = _declare(
     "NAVITRAIN_WGPU_BATCH", "64",
     "Dispatches recorded before the wgpu device submits its command buffer (matrix products and "

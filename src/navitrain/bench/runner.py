@@ -352,7 +352,8 @@ def _result_from(route: str, workload: Workload, info: RouteInfo, message: dict[
         result.status = "unavailable" if info.status == "unavailable" else info.status
         result.detail = info.detail or "the route did not start"
     elif message is None:
-        result.status, result.detail = "not run", "the route's process ended before this workload ran (see the one before it)"
+        result.status = "not run"
+        result.detail = "the route's process ended before this workload ran (see the one before it)"
     elif "error" in message:
         mode = verify.failure_mode(message["error"] + "\n" + message.get("traceback", ""))
         result.detail = message["error"] + (f" [{mode}]" if mode else "")

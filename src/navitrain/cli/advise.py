@@ -100,24 +100,36 @@ def register(app: typer.Typer) -> None:
         speed: Optional[list[str]] = typer.Option(
             None, "--speed", help="ROUTE=SAMPLES_PER_S or ROUTE=Nx (N times the CPU), repeatable. "
             "Default: the latest `navitrain bench` on this machine."),
-        hours: float = typer.Option(d.hours_per_month, "--hours", help="Hours of training a month on your best local route."),
+        hours: float = typer.Option(
+            d.hours_per_month, "--hours", help="Hours of training a month on your best local route."),
         cloud_price: float = typer.Option(d.cloud_price, "--cloud-price", help="Cloud GPU price per hour."),
-        cloud_speed: Optional[float] = typer.Option(None, "--cloud-speed", help="Cloud GPU speed as a multiple of your best local route."),
-        cloud_vs_cpu: float = typer.Option(d.cloud_vs_cpu, "--cloud-speed-vs-cpu", help="Cloud GPU speed as a multiple of your CPU (used without --cloud-speed)."),
+        cloud_speed: Optional[float] = typer.Option(
+            None, "--cloud-speed", help="Cloud GPU speed as a multiple of your best local route."),
+        cloud_vs_cpu: float = typer.Option(
+            d.cloud_vs_cpu, "--cloud-speed-vs-cpu",
+            help="Cloud GPU speed as a multiple of your CPU (used without --cloud-speed)."),
         upgrade_price: float = typer.Option(d.upgrade_price, "--upgrade-price", help="Price of the new card."),
         resale: Optional[float] = typer.Option(
             None, "--resale", help=f"What your current card sells for. Default: {d.resale:g} when this machine has "
             "a graphics card, 0 when it has none."),
-        upgrade_speed: Optional[float] = typer.Option(None, "--upgrade-speed", help="New card's speed as a multiple of your best local route."),
-        upgrade_vs_cpu: float = typer.Option(d.upgrade_vs_cpu, "--upgrade-speed-vs-cpu", help="New card's speed as a multiple of your CPU (used without --upgrade-speed)."),
-        electricity_price: float = typer.Option(d.electricity_price, "--electricity-price", help="Electricity price per kWh."),
-        power_cpu: float = typer.Option(d.power_cpu, "--power-cpu", help="Watts the machine draws training on the CPU."),
+        upgrade_speed: Optional[float] = typer.Option(
+            None, "--upgrade-speed", help="New card's speed as a multiple of your best local route."),
+        upgrade_vs_cpu: float = typer.Option(
+            d.upgrade_vs_cpu, "--upgrade-speed-vs-cpu",
+            help="New card's speed as a multiple of your CPU (used without --upgrade-speed)."),
+        electricity_price: float = typer.Option(
+            d.electricity_price, "--electricity-price", help="Electricity price per kWh."),
+        power_cpu: float = typer.Option(
+            d.power_cpu, "--power-cpu", help="Watts the machine draws training on the CPU."),
         power_gpu: Optional[float] = typer.Option(
             None, "--power-gpu", help="Watts the machine draws training on your current GPU. Default: the card's "
             "typical board power plus 100 W for the rest of the machine where navitrain knows the card, else "
             f"{d.power_gpu:g} W (said to be assumed); the CPU's power on a machine without a GPU."),
-        power_upgrade: float = typer.Option(d.power_upgrade, "--power-upgrade", help="Watts the machine would draw on the new card."),
-        hour_value: float = typer.Option(d.hour_value, "--hour-value", help="What an hour of waiting for results is worth to you (0: count money only)."),
+        power_upgrade: float = typer.Option(
+            d.power_upgrade, "--power-upgrade", help="Watts the machine would draw on the new card."),
+        hour_value: float = typer.Option(
+            d.hour_value, "--hour-value",
+            help="What an hour of waiting for results is worth to you (0: count money only)."),
         months: int = typer.Option(d.months, "--months", help="Horizon for totals and the recommendation."),
         currency: str = typer.Option(d.currency, "--currency", help="Currency symbol for the output."),
         root: Path = typer.Option(Path("/"), "--root", help="Read machine files under this directory instead of / "

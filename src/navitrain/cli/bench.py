@@ -83,10 +83,12 @@ def register(app: typer.Typer) -> None:
                                             "--quick; default 50 quick, 30 full, 3 quick --tiny)."),
         warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed warm-up steps (default 2 quick, 5 full)."),
         seed: int = typer.Option(0, "--seed", help="Seed for weights and data (the same on every route)."),
-        timeout: float = typer.Option(300.0, "--timeout", help="Seconds a route may go without finishing a step before it is killed."),
+        timeout: float = typer.Option(
+            300.0, "--timeout", help="Seconds a route may go without finishing a step before it is killed."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart of samples/s to FILE.png or "
                                             "FILE.svg; --plot alone writes navitrain-bench.png here."),
-        save: bool = typer.Option(True, "--save/--no-save", help="Store the results with this machine's probe fingerprint."),
+        save: bool = typer.Option(
+            True, "--save/--no-save", help="Store the results with this machine's probe fingerprint."),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     ) -> None:
         """Train standard models on synthetic data on each route and report what each route is worth.

@@ -40,12 +40,15 @@ def _read_log(source: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def explain(
-        log: str = typer.Argument("-", metavar="FILE", help="The log to classify; '-' or no FILE reads standard input."),
+        log: str = typer.Argument(
+            "-", metavar="FILE", help="The log to classify; '-' or no FILE reads standard input."),
         json_out: bool = typer.Option(False, "--json", help='Print {"modes": [...]} as JSON.'),
-        root: Path = typer.Option(Path("/"), "--root", help="Read this machine's files under this directory to combine with the log."),
+        root: Path = typer.Option(
+            Path("/"), "--root", help="Read this machine's files under this directory to combine with the log."),
         overrides: Optional[Path] = typer.Option(None, "--overrides", help="JSON file of facts to use instead of "
                                                  "examining them (as for `navitrain doctor`)."),
-        no_facts: bool = typer.Option(False, "--no-facts", help="Classify the log alone, without this machine's facts."),
+        no_facts: bool = typer.Option(
+            False, "--no-facts", help="Classify the log alone, without this machine's facts."),
     ) -> None:
         """Classify a crash log (stderr, dmesg, a traceback) into known failure modes, with the fix."""
         if not no_facts and not root.is_dir():

@@ -100,16 +100,20 @@ def register(app: typer.Typer) -> None:
             None, "--case", "-k", help="Only cases whose name matches this shell pattern (repeatable), e.g. 'conv*'."),
         essential: bool = typer.Option(False, "--essential", help="Only the essential cases navitrain.device() uses."),
         jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Children run at once (default min(2, cores))."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Input seed (default: fresh each run; shown in --json)."),
-        report_only: bool = typer.Option(False, "--report", help="Print the stored results for this machine; run nothing."),
-        fmt: str = typer.Option("table", "--format", "-f", help="Output format: table (a coloured matrix), md (Markdown) or json."),
+        seed: Optional[int] = typer.Option(
+            None, "--seed", help="Input seed (default: fresh each run; shown in --json)."),
+        report_only: bool = typer.Option(
+            False, "--report", help="Print the stored results for this machine; run nothing."),
+        fmt: str = typer.Option(
+            "table", "--format", "-f", help="Output format: table (a coloured matrix), md (Markdown) or json."),
         as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
         list_cases: bool = typer.Option(False, "--list", help="List the cases and exit."),
         image: Optional[list[str]] = typer.Option(
             None, "--image", help="Run the cases inside this container image (repeatable: images side by side), "
             "e.g. rocm/pytorch:TAG, with the GPU passed in; the image must already be pulled."),
         runtime: Optional[str] = typer.Option(
-            None, "--runtime", help="Container runtime for --image: docker or podman (default: whichever is installed)."),
+            None, "--runtime",
+            help="Container runtime for --image: docker or podman (default: whichever is installed)."),
     ) -> None:
         """Run each operator case (copies, math, matmul, convolutions, norms, attention, optimisers,
         autocast, short training runs) in its own child process on each route, compare it with the CPU,

@@ -115,7 +115,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         steps: int = typer.Option(30, "--steps", help="Training steps of the demo run."),
-        budget: float = typer.Option(90.0, "--budget", help="Seconds the demo run may take; it stops early on a slow route."),
+        budget: float = typer.Option(
+            90.0, "--budget", help="Seconds the demo run may take; it stops early on a slow route."),
         bench: bool = typer.Option(True, "--bench/--no-bench", help="Finish with `navitrain bench --quick` (standard "
                                    "sizes; tiny ones where the only GPU is a software Vulkan adapter)."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the bench chart to FILE.png or "

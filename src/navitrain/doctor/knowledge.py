@@ -2,8 +2,8 @@
 
 A finding has a stable id, a severity (error / warning / info / ok), a one-line title, why (the
 mechanism), what to do, and sources. The knowledge behind each rule is in the issues and documents
-its findings cite (`sources`; docs/doctor.md lists the findings). Each rule is a small function of a `Situation`; `diagnose` runs them all and
-then adds the route recommendation (recommend.py).
+its findings cite (`sources`; docs/doctor.md lists the findings). Each rule is a small function of a
+`Situation`; `diagnose` runs them all and then adds the route recommendation (recommend.py).
 """
 from __future__ import annotations
 
@@ -266,14 +266,17 @@ def _override_suggestion(s: Situation) -> list[Finding]:
         return []
     if s.family == "RDNA2" and "gfx1030" in s.arch_list:
         return [finding(
-            "hsa-override-suggested", "warning", f"torch has no {real} code; HSA_OVERRIDE_GFX_VERSION=10.3.0 lets it run gfx1030 code",
+            "hsa-override-suggested", "warning",
+            f"torch has no {real} code; HSA_OVERRIDE_GFX_VERSION=10.3.0 lets it run gfx1030 code",
             "RDNA2 cards without their own code objects run gfx1030 code correctly.",
             "`export HSA_OVERRIDE_GFX_VERSION=10.3.0` before starting Python.", ("ROCm/ROCm#2061",))]
     if real in ("gfx1011", "gfx1012") and "gfx1010" in s.arch_list:
         return [finding(
-            "hsa-override-suggested", "warning", f"torch has gfx1010 code but not {real}: HSA_OVERRIDE_GFX_VERSION=10.1.0 reuses it",
+            "hsa-override-suggested", "warning",
+            f"torch has gfx1010 code but not {real}: HSA_OVERRIDE_GFX_VERSION=10.1.0 reuses it",
             "gfx1011 and gfx1012 run gfx1010 code objects.",
-            "`export HSA_OVERRIDE_GFX_VERSION=10.1.0` (never 10.3.0 on RDNA1).", ("ROCm/rocBLAS#1331", "ROCm/ROCm#887"))]
+            "`export HSA_OVERRIDE_GFX_VERSION=10.1.0` (never 10.3.0 on RDNA1).",
+            ("ROCm/rocBLAS#1331", "ROCm/ROCm#887"))]
     return []
 
 
@@ -438,10 +441,11 @@ def torch_build_vs_gpu(s: Situation) -> list[Finding]:
     build = s.torch_build
     if build is None or s.torch_status != "ok":
         return []
-    vendors = {pick(g, "vendor", kind=str) for g in s.gpus} | {"AMD" if pick(a, "vendor_id", kind=int) == 0x1002 else
-                                                              "NVIDIA" if pick(a, "vendor_id", kind=int) == 0x10DE else
-                                                              "Intel" if pick(a, "vendor_id", kind=int) == 0x8086 else None
-                                                              for a in s.hardware_adapters}
+    vendors = {pick(g, "vendor", kind=str) for g in s.gpus} | {
+        "AMD" if pick(a, "vendor_id", kind=int) == 0x1002 else
+        "NVIDIA" if pick(a, "vendor_id", kind=int) == 0x10DE else
+        "Intel" if pick(a, "vendor_id", kind=int) == 0x8086 else None
+        for a in s.hardware_adapters}
     vendors.discard(None)
     label = f"PyTorch {s.torch_version}"
     if build == "cpu" and vendors:
@@ -609,7 +613,8 @@ def vulkan_amd_driver(s: Situation) -> list[Finding]:
     """On an AMD card: which Vulkan driver the wgpu route will use, and whether its Mesa is old."""
     if not s.amd_gpus or s.vulkan_status != "ok":
         return []
-    installed = sorted({d for i in dicts(s.facts.get("vulkan_icds")) if (d := pick(i, "driver", kind=str)) in _AMD_VULKAN})
+    installed = sorted({d for i in dicts(s.facts.get("vulkan_icds"))
+                        if (d := pick(i, "driver", kind=str)) in _AMD_VULKAN})
     amd = [a for a in s.hardware_adapters if pick(a, "vendor_id", kind=int) == 0x1002]
     chosen = s.chosen_adapter
     used = chosen if chosen in amd else (amd[0] if amd else None)
@@ -629,7 +634,8 @@ def vulkan_amd_driver(s: Situation) -> list[Finding]:
     mesa = _mesa_version(driver)
     if "RADV" in name.upper() and mesa is not None and mesa < RADV_MIN_MESA:
         out.append(finding(
-            "vulkan-old-mesa", "warning", f"Mesa {mesa[0]}.{mesa[1]} is older than {RADV_MIN_MESA[0]}.{RADV_MIN_MESA[1]}",
+            "vulkan-old-mesa", "warning",
+            f"Mesa {mesa[0]}.{mesa[1]} is older than {RADV_MIN_MESA[0]}.{RADV_MIN_MESA[1]}",
             f"Before Mesa {RADV_MIN_MESA[0]}.{RADV_MIN_MESA[1]} RADV did not compile with ACO by default, which "
             "the fp16 and subgroup paths of navitrain's kernels rely on for RDNA1 (threshold not yet verified "
             "on a card).", "Update Mesa (Ubuntu: the kisak-mesa PPA; or a newer distribution release)."))

@@ -91,8 +91,9 @@ def _machine_table(facts: dict) -> Table:
     if isinstance(cpu, dict) and cpu:
         ram = cpu.get("ram_bytes")
         flags = [name for name in ("avx2", "avx512") if cpu.get(name)]
-        t.add_row("cpu", escape(f"{cpu.get('model') or '?'} · {cpu.get('usable_cores') or cpu.get('logical_cores') or '?'} "
-                                f"cores{' · ' + '/'.join(flags).upper() if flags else ''}"
+        t.add_row("cpu", escape(f"{cpu.get('model') or '?'} · "
+                                f"{cpu.get('usable_cores') or cpu.get('logical_cores') or '?'} cores"
+                                f"{' · ' + '/'.join(flags).upper() if flags else ''}"
                                 f"{f' · {ram / 2**30:.1f} GiB RAM' if isinstance(ram, int) else ''}"))
     amdgpu = facts.get("amdgpu") if isinstance(facts.get("amdgpu"), dict) else {}
     if amdgpu:
@@ -121,7 +122,8 @@ def _machine_table(facts: dict) -> Table:
             f"{', no PCIe atomics' if n.get('pcie_atomics') is False else ''})" for n in kfd_nodes)))
     rocm = facts.get("rocm") if isinstance(facts.get("rocm"), dict) else {}
     if rocm:
-        text = f"{rocm.get('version') or 'unknown version'} at {rocm.get('path')}" if rocm.get("installed") else "not installed"
+        text = (f"{rocm.get('version') or 'unknown version'} at {rocm.get('path')}" if rocm.get("installed")
+                else "not installed")
         if rocm.get("rocblas_arches"):
             text += f" · rocBLAS for {', '.join(strings(rocm['rocblas_arches'])[:10])}"
         t.add_row("ROCm", escape(text))
@@ -132,7 +134,8 @@ def _machine_table(facts: dict) -> Table:
     torch = facts.get("torch") if isinstance(facts.get("torch"), dict) else {}
     if torch:
         ok = f"{torch.get('version')} ({torch.get('build')}"
-        ok += f", HIP {torch.get('hip')}" if torch.get("hip") else (f", CUDA {torch.get('cuda')}" if torch.get("cuda") else "")
+        ok += (f", HIP {torch.get('hip')}" if torch.get("hip")
+               else (f", CUDA {torch.get('cuda')}" if torch.get("cuda") else ""))
         ok += ")"
         if strings(torch.get("arch_list")):
             ok += " · built for " + " ".join(strings(torch["arch_list"])[:12])
@@ -142,8 +145,8 @@ def _machine_table(facts: dict) -> Table:
     vulkan = facts.get("vulkan") if isinstance(facts.get("vulkan"), dict) else {}
     if vulkan:
         n = len(dicts(vulkan.get("adapters")))
-        t.add_row("Vulkan", escape(_status_text(vulkan, f"{n} adapter(s)"
-                                                + (", hardware" if vulkan.get("hardware") else ", no hardware adapter"))))
+        hardware = ", hardware" if vulkan.get("hardware") else ", no hardware adapter"
+        t.add_row("Vulkan", escape(_status_text(vulkan, f"{n} adapter(s)" + hardware)))
     return t
 
 

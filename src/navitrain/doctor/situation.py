@@ -98,7 +98,9 @@ class Situation:
     @cached_property
     def env(self) -> dict[str, str]:
         env = self.facts.get("env")
-        return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(env, dict) else {}
+        if not isinstance(env, dict):
+            return {}
+        return {k: v for k, v in env.items() if isinstance(k, str) and isinstance(v, str)}
 
     @property
     def override(self) -> str | None:

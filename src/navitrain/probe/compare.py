@@ -70,7 +70,8 @@ def _compare_tensor(dev, ref, case_dtype, rtol, atol) -> _One:
         return _One(False, float("inf"), float("inf"), f"shape {tuple(dev.shape)}, expected {tuple(ref.shape)}")
     if not ref.is_floating_point() and not ref.is_complex():
         if dev.is_floating_point():
-            return _One(False, float("inf"), float("inf"), f"dtype {_dtype_name(dev.dtype)}, expected {_dtype_name(ref.dtype)}")
+            return _One(False, float("inf"), float("inf"),
+                        f"dtype {_dtype_name(dev.dtype)}, expected {_dtype_name(ref.dtype)}")
         wrong = int((dev.to(torch.int64) != ref.to(torch.int64)).sum()) if dev.numel() else 0
         if wrong:
             return _One(False, float(wrong), 1.0, f"{wrong} of {ref.numel()} values differ (exact match expected)")
@@ -140,7 +141,8 @@ def compare(device_outputs, reference_outputs, case_dtype: str | None = None, rt
     count = len(dev_pairs)
     if not failures:
         return Comparison(True, worst_abs, worst_rel,
-                          f"{count} output{'s' if count != 1 else ''}: max abs err {worst_abs:.3g}, max rel err {worst_rel:.3g}")
+                          f"{count} output{'s' if count != 1 else ''}: "
+                          f"max abs err {worst_abs:.3g}, max rel err {worst_rel:.3g}")
     label, first = failures[0]
     more = f" (and {len(failures) - 1} more output{'s' if len(failures) > 2 else ''})" if len(failures) > 1 else ""
     mode = "fp16-corruption" if any(one.corrupt_low_precision for _, one in failures) else None

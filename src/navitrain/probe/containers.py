@@ -80,7 +80,8 @@ def image_digest(runtime: str, image: str, timeout: float = 60) -> str:
         return proc.stdout.strip().splitlines()[0]
     text = proc.stderr + proc.stdout
     raise classify_runtime_failure(text, runtime, image) or ContainerError(
-        "runtime-error", f"`{Path(runtime).name} image inspect {image}` failed ({proc.returncode}): {text.strip()[-300:]}")
+        "runtime-error",
+        f"`{Path(runtime).name} image inspect {image}` failed ({proc.returncode}): {text.strip()[-300:]}")
 
 
 def run_command(runtime: str, image: str, spec: dict, env: dict[str, str]) -> list[str]:

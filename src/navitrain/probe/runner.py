@@ -273,7 +273,8 @@ def run_tasks(tasks: Iterable[Task], *, jobs: int | None = None, timeout: float 
                "ready": str(directory / "ready")}
         (directory / "job.json").write_text(json.dumps(job))
         log = open(directory / "output.log", "wb")
-        argv = [sys.executable, "-X", "faulthandler", "-m", "navitrain.probe.worker", "run", str(directory / "job.json")]
+        argv = [sys.executable, "-X", "faulthandler", "-m", "navitrain.probe.worker", "run",
+                str(directory / "job.json")]
         mark = f"{token}/{counter}"
         env = {**child_environment(dict(task.env), threads), lifeline.TREE_VAR: mark}
         if not env.get("XDG_RUNTIME_DIR"):  # else the wgpu route makes one in /tmp per child (adapters.py)
@@ -372,8 +373,9 @@ def list_cases_in_file(path: str, timeout: float = 120.0) -> list[CaseRef]:
         line = lifeline.Lifeline(tmp)
         try:
             with open(tmp / "output.log", "wb") as log:
-                proc = _popen([sys.executable, "-m", "navitrain.probe.worker", "list", str(file), str(tmp / "cases.json")],
-                              {**child_environment({}), lifeline.TREE_VAR: mark}, log, line)
+                proc = _popen(
+                    [sys.executable, "-m", "navitrain.probe.worker", "list", str(file), str(tmp / "cases.json")],
+                    {**child_environment({}), lifeline.TREE_VAR: mark}, log, line)
                 try:
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:

@@ -247,7 +247,8 @@ def _use(work, *, write: bool):
             file = path()
         except OSError as exc:
             stand_in = _stand_in(f"dir:{getattr(exc, 'filename', '')}", None,
-                                 f"cannot be kept on disk: the cache directory cannot be created ({exc})", cache_files.FIX)
+                                 f"cannot be kept on disk: the cache directory cannot be created ({exc})",
+                                 cache_files.FIX)
         else:
             stand_in = _stand_ins.get(str(file))
             if stand_in is None:

@@ -32,15 +32,19 @@ def render(report: dict) -> str:
     rows = [[g["name"], g["pci_id"], g.get("gfx_target"), g.get("family"),
              _num(g["vram_bytes"] / 2**30 if g.get("vram_bytes") else None, ".1f"), g.get("driver")]
             for g in report["gpus"]]
-    out += _table(["GPU", "PCI id", "gfx target", "family", "VRAM GiB", "kernel driver"], rows or [["none", "", "", "", "", ""]])
-    out += ["", f"- OS: {system.get('os')}, kernel {system.get('kernel')}, {system.get('machine')}, Python {system.get('python')}",
+    out += _table(["GPU", "PCI id", "gfx target", "family", "VRAM GiB", "kernel driver"],
+                  rows or [["none", "", "", "", "", ""]])
+    out += ["",
+            f"- OS: {system.get('os')}, kernel {system.get('kernel')}, {system.get('machine')}, "
+            f"Python {system.get('python')}",
             f"- amdgpu: {'loaded' if drivers.get('amdgpu_loaded') else 'not loaded'}"
             + (f" (version {drivers['amdgpu_version']})" if drivers.get("amdgpu_version") else ""),
             f"- Mesa: {drivers.get('mesa') or 'no hardware Mesa Vulkan driver'}; Vulkan drivers installed: "
             f"{', '.join(drivers.get('vulkan_icds') or []) or 'none'}",
             f"- ROCm: {drivers.get('rocm') or 'not installed'}",
             f"- torch: {torch.get('version')} ({torch.get('build')}"
-            + (f", HIP {torch['hip']}" if torch.get("hip") else "") + (f", CUDA {torch['cuda']}" if torch.get("cuda") else "") + ")"]
+            + (f", HIP {torch['hip']}" if torch.get("hip") else "")
+            + (f", CUDA {torch['cuda']}" if torch.get("cuda") else "") + ")"]
     if report.get("gpu_env"):
         out.append("- GPU environment: " + ", ".join(f"`{k}={v}`" for k, v in report["gpu_env"].items()))
     out += ["", "### Vulkan adapters", ""]
@@ -79,7 +83,8 @@ def render(report: dict) -> str:
     else:
         out += [f"{bench.get('size')} workloads, {bench.get('plan')} plan", ""]
         out += _table(["workload", "route", "status", "batch", "step ms", "samples/s", "x CPU", "peak MiB"],
-                      [[r.get("title") or r["workload"], r["route"] + ("" if r.get("mode") in (None, "eager") else f" ({r['mode']})"),
+                      [[r.get("title") or r["workload"],
+                        r["route"] + ("" if r.get("mode") in (None, "eager") else f" ({r['mode']})"),
                         r["status"] if r["status"] == "ok" else f"{r['status']}: {(r.get('detail') or '')[:80]}",
                         r.get("batch_size"), _num(r.get("median_ms"), ".1f"), _num(r.get("samples_per_s"), ".0f"),
                         _num(r.get("speedup_vs_cpu"), ".2f"),

@@ -207,7 +207,8 @@ class Runtime:
             stage = self._wgpu.ShaderStage.COMPUTE
             entries = [{"binding": 0, "visibility": stage,
                         "buffer": {"type": "uniform", "has_dynamic_offset": True, "min_binding_size": PARAM_BYTES}}]
-            entries += [{"binding": i + 1, "visibility": stage, "buffer": {"type": "storage"}} for i in range(n_buffers)]
+            entries += [{"binding": i + 1, "visibility": stage, "buffer": {"type": "storage"}}
+                        for i in range(n_buffers)]
             if table:  # read-only: the same buffer is bound as the uniform parameter block
                 entries.append({"binding": n_buffers + 1, "visibility": stage, "buffer": {"type": "read-only-storage"}})
             bgl = self.device.create_bind_group_layout(label=f"navitrain-{n_buffers}buf{'-table' if table else ''}",
@@ -235,7 +236,8 @@ class Runtime:
             try:
                 module = self.device.create_shader_module(label=name, code=code)
                 pipeline = self.device.create_compute_pipeline(
-                    label=name, layout=self._layout(n_buffers, table)[1], compute={"module": module, "entry_point": "main"})
+                    label=name, layout=self._layout(n_buffers, table)[1],
+                    compute={"module": module, "entry_point": "main"})
             except Exception as exc:
                 numbered = "\n".join(f"{i + 1:4d} {line}" for i, line in enumerate(code.splitlines()))
                 log.debug("WGSL of kernel %s:\n%s", name, numbered)

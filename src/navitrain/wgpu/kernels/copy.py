@@ -23,7 +23,8 @@ def fill(x: WgpuTensor, value) -> WgpuTensor:
             return pointwise.run("fill_t", "a", [value], x.dtype, compute, out=x, shape=tuple(x.shape))
         value = value.item()
     if compute == "bool":
-        return pointwise.run("fill_b", "s0 != 0", [], x.dtype, "i32", [int(bool(value))], "i", out=x, shape=tuple(x.shape))
+        return pointwise.run("fill_b", "s0 != 0", [], x.dtype, "i32", [int(bool(value))], "i", out=x,
+                             shape=tuple(x.shape))
     if compute == "f32":
         return pointwise.run("fill_f", "s0", [], x.dtype, compute, [float(value)], "f", out=x, shape=tuple(x.shape))
     return pointwise.run("fill_i", "s0", [], x.dtype, compute, [int(value)], "i", out=x, shape=tuple(x.shape))

@@ -114,7 +114,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for e in range(slots):
                 w(f"  let {p}_idx{e} = lid + {e * self.threads}u;")
                 if op.fastest == "row":
-                    w(f"  let {p}_kl{e} = {p}_idx{e} / {rows // v}u; let {p}_rl{e} = ({p}_idx{e} % {rows // v}u) * {v}u;")
+                    w(f"  let {p}_kl{e} = {p}_idx{e} / {rows // v}u; "
+                      f"let {p}_rl{e} = ({p}_idx{e} % {rows // v}u) * {v}u;")
                 else:
                     w(f"  let {p}_rl{e} = {p}_idx{e} / {BK // v}u; let {p}_kl{e} = ({p}_idx{e} % {BK // v}u) * {v}u;")
                 w(f"  let {p}_row{e} = {origin} + {p}_rl{e};")
@@ -166,7 +167,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                         w(f"{indent}{smem}[{base} + ({p}_kl{e} + {q}u) * {row_words[smem]}u + ({p}_rl{e} >> 2u)]"
                           f"[{p}_rl{e} & 3u] = r{p}{e}[{q}];")
                 else:
-                    w(f"{indent}{smem}[{base} + {p}_kl{e} * {row_words[smem]}u + ({p}_rl{e} >> 2u)][{p}_rl{e} & 3u] = r{p}{e};")
+                    w(f"{indent}{smem}[{base} + {p}_kl{e} * {row_words[smem]}u + ({p}_rl{e} >> 2u)]"
+                      f"[{p}_rl{e} & 3u] = r{p}{e};")
 
     def compute(self, indent: str, buf: str) -> None:
         """The FMAs of one BK step, from workgroup memory buffer `buf`."""
@@ -240,11 +242,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     gn = f"gn{j}_0"
                     cond = f"{gn} < N" if guard else "true"
                     vals = ", ".join(E.value(f"c{i}_{j}[{q}]", "gm", f"gn{j}_{q}") for q in range(4))
-                    w(f"    if ({cond}) {{ {E.vec_out}[({E.address('gm', gn, f'{j}_0')}) >> 2u] = vec4<f32>({vals}); }}")
+                    w(f"    if ({cond}) {{ {E.vec_out}[({E.address('gm', gn, f'{j}_0')}) >> 2u]"
+                      f" = vec4<f32>({vals}); }}")
                     continue
                 for q in range(4):
                     gn = f"gn{j}_{q}"
                     cond = f"{gn} < N" if guard else "true"
                     addr = E.address("gm", gn, f"{j}_{q}")
-                    w(f"    if ({cond}) {{ {E.out_binding}[{addr}] = {E.store(E.value(f'c{i}_{j}[{q}]', 'gm', gn))}; }}")
+                    w(f"    if ({cond}) {{ {E.out_binding}[{addr}]"
+                      f" = {E.store(E.value(f'c{i}_{j}[{q}]', 'gm', gn))}; }}")
             w("  } }")

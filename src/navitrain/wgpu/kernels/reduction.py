@@ -222,7 +222,8 @@ def _tree(k: _KernelSpec) -> list[str]:
     if k.is_arg:
         o_nan = " || (is_nan(o) && !is_nan(a))" if k.acc == "f32" else ""
         body.append("      let a = sacc[lid]; let o = sacc[lid + s]; let ai = sidx[lid]; let oi = sidx[lid + s];")
-        body.append(f"      if ((o {k.better} a){o_nan} || (o == a && oi < ai) || (is_nan(o) && is_nan(a) && oi < ai)) {{ sacc[lid] = o; sidx[lid] = oi; }}")
+        body.append(f"      if ((o {k.better} a){o_nan} || (o == a && oi < ai) || (is_nan(o) && is_nan(a) && oi < ai))"
+                    " { sacc[lid] = o; sidx[lid] = oi; }")
     else:
         body.append(f"      sacc[lid] = {_merge(k.op, k.acc, 'sacc[lid]', 'sacc[lid + s]')};")
     body.append("    }")
@@ -247,8 +248,10 @@ def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: i
         body, shared = _thread_body(k), ""
     else:
         body = _group_body(k)
-        shared = f"var<workgroup> sacc: array<{acc}, {wg}>;\n" + (f"var<workgroup> sidx: array<u32, {wg}>;\n" if k.is_arg else "")
-    types = [acc if ((variant == "group" and not finalize) or variant == "thread_split") else k.st_out.wgsl, k.st_in.wgsl]
+        shared = (f"var<workgroup> sacc: array<{acc}, {wg}>;\n"
+                  + (f"var<workgroup> sidx: array<u32, {wg}>;\n" if k.is_arg else ""))
+    types = [acc if ((variant == "group" and not finalize) or variant == "thread_split") else k.st_out.wgsl,
+             k.st_in.wgsl]
     if k.is_arg:
         types.append(rt.stypes[torch.int64].wgsl)
     return codegen.module(types, _params(nk, nr).wgsl() + "\n".join(body), wg,
@@ -344,7 +347,8 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
         _launch(op, partial, out, None, acc, "group", 1, 1, 256 if G >= 1024 else 64, True, True, M, G, 1, G, L,
                 [1], [0], [1], [1])
         return out
-    _launch(op, x, out, idx, acc, variant, nk, nr, wg, True, False, M, L, G, chunk, L, ksizes, kstrides, rsizes, rstrides)
+    _launch(op, x, out, idx, acc, variant, nk, nr, wg, True, False, M, L, G, chunk, L,
+            ksizes, kstrides, rsizes, rstrides)
     return (out, idx) if is_arg else out
 
 

@@ -25,7 +25,8 @@ _BLOCKS: dict = {}
 def _block(n_inputs: int) -> codegen.ParamBlock:
     block = _BLOCKS.get(n_inputs)
     if block is None:
-        block = _BLOCKS[n_inputs] = codegen.ParamBlock("n", "off_out", *(f"off_{OPERAND_NAMES[k]}" for k in range(n_inputs)))
+        operand_offsets = (f"off_{OPERAND_NAMES[k]}" for k in range(n_inputs))
+        block = _BLOCKS[n_inputs] = codegen.ParamBlock("n", "off_out", *operand_offsets)
     return block
 
 
@@ -48,7 +49,8 @@ def run(name: str, expr: str, helpers: Callable[[], str], inputs: Sequence[WgpuT
     """out[i] = expr(a[i], b[i], ...) for contiguous `inputs` of one shape; `helpers()` gives the WGSL
     functions `expr` calls (called once, when the kernel is first built)."""
     shape = tuple(inputs[0].shape)
-    assert all(tuple(t.shape) == shape and t.is_contiguous() for t in inputs), "operands must be broadcast and contiguous"
+    assert all(tuple(t.shape) == shape and t.is_contiguous() for t in inputs), \
+        "operands must be broadcast and contiguous"
     out = empty(shape, out_dtype)
     n = out.numel()
     if n == 0:

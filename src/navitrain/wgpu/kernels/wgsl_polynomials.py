@@ -26,7 +26,8 @@ fn pl_order(nf: f32) -> f32 {
 // series (argument <= 0.23); elsewhere one Newton step on cos(t) = y from atan2's estimate.
 fn pl_asin_small(s: f32) -> f32 {
   let s2 = s * s;
-  return s * (1.0 + s2 * (1.0 / 6.0 + s2 * (3.0 / 40.0 + s2 * (15.0 / 336.0 + s2 * (105.0 / 3456.0 + s2 * (945.0 / 42240.0))))));
+  return s * (1.0 + s2 * (1.0 / 6.0 + s2 * (3.0 / 40.0 + s2 * (15.0 / 336.0
+               + s2 * (105.0 / 3456.0 + s2 * (945.0 / 42240.0))))));
 }
 fn pl_acos(y: f32) -> f32 {
   if (y > 0.9) { return 2.0 * pl_asin_small(sqrt(0.5 * (1.0 - y))); }

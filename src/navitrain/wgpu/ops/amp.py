@@ -13,7 +13,8 @@ aten = torch.ops.aten
 def amp_unscale_(grads, found_inf, inv_scale):
     for g in grads:
         bad = aten.any.default(aten.logical_not.default(aten.isfinite.default(g)))
-        aten.copy_.default(found_inf, aten.maximum.default(found_inf, aten._to_copy.default(bad, dtype=found_inf.dtype)))
+        aten.copy_.default(found_inf,
+                           aten.maximum.default(found_inf, aten._to_copy.default(bad, dtype=found_inf.dtype)))
         aten.mul_.Tensor(g, inv_scale)
 
 

@@ -97,7 +97,8 @@ class _Attention(torch.autograd.Function):
 
 
 def _takes_fast_path(q, k, v, attn_mask, dropout_p, enable_gqa) -> bool:
-    return (attn_mask is None and dropout_p == 0.0 and not enable_gqa and all(isinstance(t, WgpuTensor) and t.dtype == torch.float32 for t in (q, k, v))
+    return (attn_mask is None and dropout_p == 0.0 and not enable_gqa
+            and all(isinstance(t, WgpuTensor) and t.dtype == torch.float32 for t in (q, k, v))
             and q.dim() >= 3 and q.dim() == k.dim() == v.dim()
             and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.shape[-1] == k.shape[-1]
             and k.shape[-2] == v.shape[-2] and min(q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]) > 0)

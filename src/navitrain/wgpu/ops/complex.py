@@ -387,7 +387,8 @@ def copy_(dst, src, non_blocking=False):
         if any(t._ws.block is dst._ws.block for t in tensors):
             src = _launch("copy", p.re, p.im, tensors, scalars, tuple(src.shape))
             return copy_(dst, src)
-        pointwise.run("c_copy_re", p.re, tensors, torch.float32, "f32", scalars, "f" * len(scalars), out=re, shape=shape)
+        pointwise.run("c_copy_re", p.re, tensors, torch.float32, "f32", scalars, "f" * len(scalars), out=re,
+                      shape=shape)
         pointwise.run("c_copy_im", im_expr, tensors, torch.float32, "f32", scalars, "f" * len(scalars), out=im,
                       shape=shape)
     return dst

@@ -163,7 +163,8 @@ def convolution_backward(grad_output, x, w, bias_sizes, stride, padding, dilatio
         if output_mask[0]:
             grad_input = _ordinary_grad_input(dy4, w4, tuple(x4.shape), stride, padding, dilation, groups, fmt, x.dtype)
         if output_mask[1]:
-            grad_weight = _ordinary_grad_weight(dy4, x4, tuple(w4.shape), stride, padding, dilation, groups, fmt, w.dtype)
+            grad_weight = _ordinary_grad_weight(dy4, x4, tuple(w4.shape), stride, padding, dilation, groups, fmt,
+                                                w.dtype)
     else:
         # y = T(x): dx = ordinary forward of dy; dw = ordinary grad-weight with dy as the image and x
         # as the gradient of the adjoint's output.
@@ -171,7 +172,8 @@ def convolution_backward(grad_output, x, w, bias_sizes, stride, padding, dilatio
             grad_input = _ordinary_forward(dy4, w4, None, stride, padding, dilation, groups, fmt,
                                            out_hw=(x4.shape[2], x4.shape[3]))
         if output_mask[1]:
-            grad_weight = _ordinary_grad_weight(x4, dy4, tuple(w4.shape), stride, padding, dilation, groups, fmt, w.dtype)
+            grad_weight = _ordinary_grad_weight(x4, dy4, tuple(w4.shape), stride, padding, dilation, groups, fmt,
+                                                w.dtype)
     if output_mask[2]:
         dims = [0, 2] if one_d else [0, 2, 3]
         grad_bias = reduce(grad_output, dims, False, "sum", grad_output.dtype)

@@ -75,7 +75,8 @@ def baddbmm(x, a, b, *, beta=1, alpha=1):
     out = empty([B, M, N], gemm.result_dtype(a, b))
     beta, alpha = _scales(out.dtype, beta, alpha)
     cin = x.expand(B, M, N)
-    return gemm.gemm(a, b, out, float(alpha), float(beta), cin, cin_strides=(cin.stride(1), cin.stride(2), cin.stride(0)))
+    return gemm.gemm(a, b, out, float(alpha), float(beta), cin,
+                     cin_strides=(cin.stride(1), cin.stride(2), cin.stride(0)))
 
 
 @implements(aten.mv.default)

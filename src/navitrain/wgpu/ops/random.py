@@ -117,7 +117,8 @@ def random_to(x, to, *, generator=None):
 
 @implements(aten.random_.default)
 def random_default(x, *, generator=None):
-    top = 2**24 if x.dtype.is_floating_point else 2 if x.dtype == torch.bool else min(torch.iinfo(x.dtype).max, 2**31 - 1)
+    top = (2**24 if x.dtype.is_floating_point else 2 if x.dtype == torch.bool
+           else min(torch.iinfo(x.dtype).max, 2**31 - 1))
     return random_from(x, 0, top)
 
 

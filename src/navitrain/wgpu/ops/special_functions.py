@@ -127,7 +127,8 @@ def _register_binary(wgsl_fn, helpers, aten_name, prim, dtypes, inplace=None, sc
         return _write_out(out, functional(a, b))
 
     packet = getattr(aten, aten_name)
-    implements(packet.default, getattr(prims, prim).default, *(getattr(packet, o) for o in scalar_overloads))(functional)
+    implements(packet.default, getattr(prims, prim).default,
+               *(getattr(packet, o) for o in scalar_overloads))(functional)
     implements(packet.out, *(getattr(packet, o + "_out") for o in scalar_overloads))(out_variant)
     if inplace:
         def inplace_variant(a, b):
@@ -171,8 +172,10 @@ def _register_polynomial(wgsl_fn, aten_name, loops_n_times):
 # Laguerre, Legendre and the shifted Chebyshev kinds (at x ~ 0, where 2x - 1 rounds to -1) can recur n
 # times without overflowing; the others stop on overflow or have closed forms.
 for _fn, _aten, _loops in (
-    ("chebyshev_t_f", "special_chebyshev_polynomial_t", False), ("chebyshev_u_f", "special_chebyshev_polynomial_u", False),
-    ("chebyshev_v_f", "special_chebyshev_polynomial_v", False), ("chebyshev_w_f", "special_chebyshev_polynomial_w", False),
+    ("chebyshev_t_f", "special_chebyshev_polynomial_t", False),
+    ("chebyshev_u_f", "special_chebyshev_polynomial_u", False),
+    ("chebyshev_v_f", "special_chebyshev_polynomial_v", False),
+    ("chebyshev_w_f", "special_chebyshev_polynomial_w", False),
     ("shifted_chebyshev_t_f", "special_shifted_chebyshev_polynomial_t", True),
     ("shifted_chebyshev_u_f", "special_shifted_chebyshev_polynomial_u", True),
     ("shifted_chebyshev_v_f", "special_shifted_chebyshev_polynomial_v", True),

@@ -235,7 +235,8 @@ def split(x, split_size, dim=0):
 def split_with_sizes(x, split_sizes, dim=0):
     d = wrap_dim(dim, x.dim())
     if sum(split_sizes) != x.shape[d]:
-        raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {x.shape[d]}, but got {list(split_sizes)}")
+        raise RuntimeError(
+            f"split_with_sizes expects split_sizes to sum exactly to {x.shape[d]}, but got {list(split_sizes)}")
     out, start = [], 0
     for s in split_sizes:
         out.append(slice_(x, d, start, start + s))

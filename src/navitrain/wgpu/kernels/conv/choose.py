@@ -55,7 +55,8 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
         onebyone.grad_weight(dy, x, g, dw)
         return dw
     if conv_depthwise.eligible(g, dy, x, dw) and conv_depthwise.use_direct(
-            "wgrad", g, x, lambda: conv_depthwise.grad_weight(dy, x, g, dw), lambda: implicit_grad_weight(dy, x, g, dw)):
+            "wgrad", g, x, lambda: conv_depthwise.grad_weight(dy, x, g, dw),
+            lambda: implicit_grad_weight(dy, x, g, dw)):
         return conv_depthwise.grad_weight(dy, x, g, dw)
     return implicit_grad_weight(dy, x, g, dw)
 

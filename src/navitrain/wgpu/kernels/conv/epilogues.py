@@ -62,8 +62,10 @@ class WeightEpilogue(Epilogue):
 
     def col_setup(self, gn, tag):
         if self.q_order == "ckk":
-            return [f"let qo{tag} = (({gn}) / (cKH * cKW)) * o_s1 + ((({gn}) % (cKH * cKW)) / cKW) * o_s2 + (({gn}) % cKW) * o_s3;"]
-        return [f"let qo{tag} = (({gn}) / (cKW * cCg)) * o_s2 + ((({gn}) % (cKW * cCg)) / cCg) * o_s3 + (({gn}) % cCg) * o_s1;"]
+            return [f"let qo{tag} = (({gn}) / (cKH * cKW)) * o_s1 + ((({gn}) % (cKH * cKW)) / cKW) * o_s2"
+                    f" + (({gn}) % cKW) * o_s3;"]
+        return [f"let qo{tag} = (({gn}) / (cKW * cCg)) * o_s2 + ((({gn}) % (cKW * cCg)) / cCg) * o_s3"
+                f" + (({gn}) % cCg) * o_s1;"]
 
     def address(self, gm, gn, tag):
         return f"c_row + qo{tag}"

@@ -64,7 +64,8 @@ def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
         run(view)
         return
     key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
-    choice = gemm_tuning.pick_choice(key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
+    choice = gemm_tuning.pick_choice(
+        key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
     run(view if choice == "in_place" else view.contiguous())
 
 

@@ -54,7 +54,8 @@ class ImageForward(Operand):
 
     def hoist(self, p, e, row):
         return [f"let {p}_n{e} = ({row}) / (cOH * cOW); let {p}_r{e} = ({row}) % (cOH * cOW);",
-                f"let {p}_ih{e} = i32(({p}_r{e} / cOW) * csh) - cph; let {p}_iw{e} = i32(({p}_r{e} % cOW) * csw) - cpw;",
+                f"let {p}_ih{e} = i32(({p}_r{e} / cOW) * csh) - cph; "
+                f"let {p}_iw{e} = i32(({p}_r{e} % cOW) * csw) - cpw;",
                 f"let {p}_xb{e} = x_off + {p}_n{e} * x_s0 + bz * cCg * x_s1;"] + _digits_init(p, e, self.radix)
 
     def advance(self, p, e):
