@@ -44,7 +44,10 @@ def gelu(x, *, approximate="none"):
     if approximate == "tanh":
         expr = "0.5 * a * (1.0 + tanh_f(%r * (a + 0.044715 * a * a * a)))" % SQRT_2_OVER_PI
     else:
-        expr = "0.5 * a * (1.0 + erf_f(a * %r))" % INV_SQRT_2
+        # gelu(+inf) is NaN in the CPU's float32 (vectorized) kernel, its erf meeting inf * 0; the tanh form
+        # keeps inf there. (Its x > ~1.7e38 overflow to inf is left: drivers reassociate the products.)
+        expr = ("select(0.5 * a * (1.0 + erf_f(a * %r)), bitcast<f32>(0x7fc00000u), a == bitcast<f32>(0x7f800000u))"
+                % INV_SQRT_2)
     return _pw(f"gelu_{approximate}", expr, [x])
 
 
