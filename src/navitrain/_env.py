@@ -137,6 +137,9 @@ WGPU_CONV = _declare(
     "NAVITRAIN_WGPU_CONV", "auto",
     "wgpu 3x3 stride-1 convolutions: 'auto' (time implicit GEMM against Winograd F(2x2,3x3) once per shape "
     "on hardware adapters), 'gemm' or 'winograd'.", _choice("auto", "gemm", "winograd"))
+WGPU_FUSION = _declare("NAVITRAIN_WGPU_FUSION", "1",
+                       "0: torch.compile(backend='wgpu') runs each pointwise op of its graphs as its own kernel "
+                       "instead of fusing chains (to compare, or to rule fusion out).", _flag)
 WGPU_LIMITS = _declare(
     "NAVITRAIN_WGPU_LIMITS", None,
     "Request the wgpu device with no more than a card's limits and features: 'rx5600xt' (RADV on Navi 10) "

@@ -22,18 +22,18 @@ NAVITRAIN_WGPU_FUSION=0 turns fusion off (to compare, or to rule it out).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 from torch.fx import GraphModule, Node
 
+from navitrain import _env
 from navitrain.wgpu.fusion_ops import Rule, f32_literal, rule_for
 from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import DEVICE, empty
 
-ENABLED = os.environ.get("NAVITRAIN_WGPU_FUSION", "1") != "0"
+ENABLED = bool(_env.value(_env.WGPU_FUSION))
 MAX_INPUTS = len(pointwise.NAMES)
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 

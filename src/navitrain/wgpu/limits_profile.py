@@ -15,12 +15,12 @@ Each is two steps, both checked (issue 20):
 1. RADV's Vulkan value, read in Mesa's source (Navi 10 takes the GFX7+/GFX9+/GFX10 branches; that Navi
    10 is chip_class 12 = GFX10 and PCI id 0x731f is shown by a public `RADV_DEBUG=info vulkaninfo` of
    an RX 5700 XT: https://gist.github.com/gardotd426/88f7195f59eb93853f94af91954738bd):
-   [radv] src/amd/vulkan/radv_physical_device.c at Mesa commit 001fa1cf11092d3d731ae083f430a26d8e88528f,
+   [radv] mesa:src/amd/vulkan/radv_physical_device.c at Mesa commit 001fa1cf11092d3d731ae083f430a26d8e88528f,
           https://github.com/bminor/mesa-mesa/blob/001fa1cf11092d3d731ae083f430a26d8e88528f/src/amd/vulkan/
           radv_physical_device.c (a mirror of Mesa's own history), the initialisers in
           radv_get_physical_device_properties and radv_physical_device_get_features, and
           `pdev->max_shared_size = pdev->info.gfx_level >= GFX7 ? 65536 : 32768`;
-   [const] src/amd/vulkan/radv_constants.h at Mesa commit 0ac7f1888f901f69592d176a7b9260d2bd40da90
+   [const] mesa:src/amd/vulkan/radv_constants.h at Mesa commit 0ac7f1888f901f69592d176a7b9260d2bd40da90
           (MAX_SETS 32, RADV_MAX_MEMORY_ALLOCATION_SIZE 0xFFFFFFFC, RADV_SUBGROUP_SIZE 64).
 2. wgpu's translation to WebGPU names. navitrain runs wgpu-py 0.32.0, which bundles wgpu-native
    29.0.1.1 (wgpu/backends/wgpu_native/__init__.py) built on wgpu-core/wgpu-hal 29.0.3 (the crate names
@@ -89,7 +89,7 @@ RX5600XT_LIMITS = {
     "max-storage-buffers-per-shader-stage": 2097150,
 }
 # navitrain requests only these four (wgpu/runtime.py); the card has all of them.
-#   shader-f16: [radv] shaderFloat16 = has_packed_math_16bit (gfx_level >= GFX9, src/amd/common/ac_gpu_info.c),
+#   shader-f16: [radv] shaderFloat16 = has_packed_math_16bit (gfx_level >= GFX9, mesa:src/amd/common/ac_gpu_info.c),
 #     storageBuffer16BitAccess and uniformAndStorageBuffer16BitAccess = true: wgpu's three conditions.
 #   shader-int64: [radv] shaderInt64 = true.
 #   subgroup: [radv] subgroupSupportedOperations has basic/vote/arithmetic/ballot/shuffle/shuffle-relative,
