@@ -3,9 +3,8 @@ and together cover every non-Python file of the package (so a wheel has them all
 comments, docs and scripts cite (docs/..., tests/..., ../shared/...) exist."""
 import re
 import subprocess
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "navitrain"
