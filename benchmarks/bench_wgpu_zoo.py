@@ -17,6 +17,8 @@ queries), wgpu's implicit GEMM (the route before conv_depthwise.py) and cuDNN (C
     python benchmarks/bench_wgpu_zoo.py --models mobilenet_v2 --devices wgpu,wgpu-graph,cuda,cuda-graph
     python benchmarks/bench_wgpu_zoo.py --quick --devices wgpu,wgpu-graph   # lavapipe smoke test
     python benchmarks/bench_wgpu_zoo.py --no-models --json out.json         # layers only
+    python benchmarks/bench_wgpu_zoo.py --no-models --devices wgpu --layer-batch 2 --layer-match NHWC
+        # the layers' shapes at batch 2 (they fit lavapipe's 128 MiB bindings), only the channels-last ones
 """
 from __future__ import annotations
 
@@ -224,7 +226,7 @@ LAYERS = [("mbv2 96@112 s2", 32, 96, 112, 3, 2, False), ("mbv2 144@56", 32, 144,
 QUICK_LAYERS = [("3x3", 2, 8, 16, 3, 1, False), ("3x3 s2", 2, 8, 16, 3, 2, False), ("7x7 NHWC", 2, 8, 12, 7, 1, True)]
 
 
-def layer_worker(device, quick, iters, out):
+def layer_worker(device, quick, iters, out, batch=None, match=None):
     import torch
 
     if device.startswith("wgpu"):
@@ -239,6 +241,9 @@ def layer_worker(device, quick, iters, out):
     F = torch.nn.functional
     results = []
     for name, N, C, H, k, s, cl in (QUICK_LAYERS if quick else LAYERS):
+        if match and match not in name:
+            continue
+        N = batch or N
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(N, C, H, H, generator=gen)
         if cl:
@@ -291,6 +296,8 @@ def main(argv=None):
     ap.add_argument("--no-models", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--quick", action="store_true", help="64 px, batch 4, tiny layers (lavapipe smoke test)")
+    ap.add_argument("--layer-batch", type=int, help="batch of every layer (default: its model's batch size)")
+    ap.add_argument("--layer-match", help="only the layers whose name contains this")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per child")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--model-worker", nargs=2, metavar=("DEVICE", "MODEL"), help=argparse.SUPPRESS)
@@ -304,7 +311,8 @@ def main(argv=None):
         device, name = args.model_worker
         return model_worker(device, name, 4 if args.quick else BATCH[name], size, args.steps, args.warmup, args.out)
     if args.layer_worker:
-        return layer_worker(args.layer_worker, args.quick, args.layer_iters, args.out)
+        return layer_worker(args.layer_worker, args.quick, args.layer_iters, args.out,
+                            args.layer_batch, args.layer_match)
 
     try:
         import torchvision  # noqa: F401
@@ -321,6 +329,8 @@ def main(argv=None):
         devices = [d for d in devices if not d.startswith("cuda")]
     flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--layer-iters", str(args.layer_iters)]
     flags += ["--quick"] if args.quick else []
+    flags += ["--layer-batch", str(args.layer_batch)] if args.layer_batch else []
+    flags += ["--layer-match", args.layer_match] if args.layer_match else []
     tmp = f"/tmp/bench_zoo_{os.getpid()}"
     results = {"models": [], "layers": []}
     if not args.no_models:

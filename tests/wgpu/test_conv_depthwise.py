@@ -1,6 +1,7 @@
 """Direct depthwise convolution kernels (navitrain.wgpu.kernels.conv_depthwise) against float64 autograd on the
 CPU: forward, grad-input, grad-weight and grad-bias over kernel sizes, strides, padding, odd and 1x1
-images, both layouts, strided inputs, NaN/inf and 16-bit storage; which kernel ran; the tuner's two
+images, both layouts (channels_last: odd C, C % 4 == 0, kernels 3 to 13, strides 1 and 2, channel-slice
+views, a repeatable grad-weight), strided inputs, NaN/inf and 16-bit storage; which kernel ran; the tuner's two
 candidates; a MobileNetV2 block's training step."""
 import pytest
 import torch
@@ -56,7 +57,10 @@ def _on_wgpu(x, w, b, s, p, gy, dtype=torch.float32, channels_last=False):
     wd = w.to(dtype).to("wgpu").requires_grad_()
     bd = b.to(dtype).to("wgpu").requires_grad_() if b is not None else None
     y = F.conv2d(xd, wd, bd, s, p, groups=x.shape[1])
-    y.backward(gy.to(dtype).to("wgpu"))
+    gy = gy.to(dtype)
+    if channels_last:   # as a channels_last model's backward hands it over
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    y.backward(gy.to("wgpu"))
     return y.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), (bd.grad.cpu() if bd is not None else None), y
 
 
@@ -83,6 +87,59 @@ def test_depthwise_forward_and_gradients(case):
     _close(got[:4], (y, gx, gw, gb), 2e-5)
 
 
+CL_CASES = [  # channels_last: N, C, H, W, k, stride, pad, bias, outputs per thread of the tiled forward
+    (2, 5, 13, 11, 3, 1, 1, True, 8),      # odd C: one partial 16-channel block; scalar grad-weight
+    (2, 20, 9, 14, 3, 2, 1, False, 8),     # C % 4 == 0 over two blocks (16 + 4), stride 2: vec4 grad-weight
+    (1, 17, 12, 9, 5, 1, 2, True, 8),      # 5x5, 17 channels
+    (2, 8, 11, 13, 5, 2, 2, True, 8),      # 5x5 stride 2
+    (1, 12, 15, 10, 7, 1, 3, False, 8),    # 7x7 (scalar grad-weight: 4 x 49 sums would spill)
+    (2, 4, 10, 17, 7, 2, 3, True, 4),      # 7x7 stride 2: a tile 4 outputs wide fits workgroup memory
+    (1, 3, 9, 11, 13, 1, 6, True, None),   # 13x13: no tile fits, the direct kernel
+]
+
+
+@pytest.mark.parametrize("case", CL_CASES, ids=[str(i) for i in range(len(CL_CASES))])
+def test_channels_last_kernels(case):
+    """channels_last forward, grad-input and grad-weight against float64 on the CPU, and which kernels
+    ran: the tiled forward (or the direct one where no tile fits), the grad-weight by slices of 4-wide
+    position runs, as vec4 for f32 3x3 with C % 4 == 0."""
+    N, C, H, W, k, s, p, bias, tw = case
+    x, w, b = _layer(sum(case[:7]) + 100, N, C, H, W, k, bias)
+    y, gy, gx, gw, gb = _reference(x, w, b, s, p)
+    runtime()._kernels.clear()
+    got = _on_wgpu(x, w, b, s, p, gy, channels_last=True)
+    assert got[4].is_contiguous(memory_format=torch.channels_last)
+    _close(got[:4], (y, gx, gw, gb), 2e-5)
+    keys = _dw_kernels()
+    fwd = [key for key in keys if key[0] in ("dw_nhwc", "dw_direct") and not key[5]]
+    assert fwd and all(key[0] == ("dw_direct" if tw is None else "dw_nhwc") for key in fwd), keys
+    assert tw is None or fwd[0][6] == tw, keys
+    wgrad = [key for key in keys if key[0] == "dw_wgrad_nhwc"]
+    assert len(wgrad) == 1 and wgrad[0][5] == (C % 4 == 0 and k == 3), keys
+
+
+def test_channels_last_views_and_repeatable_grad_weight():
+    """A channel slice of a channels_last tensor (offset 2: not 16-byte aligned, so no vec4) with an NCHW
+    grad-output, and the grad-weight bit for bit the same when run again (its slices are summed in a
+    fixed order)."""
+    gen = torch.Generator().manual_seed(29)
+    big = torch.randn(3, 12, 14, 15, generator=gen, dtype=torch.float64)
+    w = torch.randn(8, 1, 3, 3, generator=gen, dtype=torch.float64)
+    x = big[:, 2:10]
+    y, gy, gx, gw, _ = _reference(x, w, None, 1, 1)
+    xd = big.float().contiguous(memory_format=torch.channels_last).to("wgpu")[:, 2:10].requires_grad_()
+    assert xd.stride(1) == 1 and not xd.is_contiguous(memory_format=torch.channels_last)
+    grads = []
+    for _ in range(2):
+        wd = w.float().to("wgpu").requires_grad_()
+        out = F.conv2d(xd, wd, None, 1, 1, groups=8)
+        out.backward(gy.float().to("wgpu"))
+        _close((out.detach().cpu(), xd.grad.cpu(), wd.grad.cpu()), (y, gx, gw), 2e-5)
+        grads.append(wd.grad.cpu())
+        xd.grad = None
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     """With tuning off (the default here) every pass of a depthwise layer, a strided one's grad-input
     phases included, runs the direct kernels: the implicit-GEMM passes would raise."""
@@ -99,8 +156,10 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     assert "dw_dgrad" in kinds, "the stride-2 grad-input was not one gather"
     assert not any(k[0] in ("dw_tiled", "dw_direct") and k[5] for k in _dw_kernels()), "grad-input went by phases"
     channels_last = x.contiguous(memory_format=torch.channels_last)
-    _close(_on_wgpu(channels_last, w, b, 2, 1, gy)[:4], (y, gx, gw, gb), 2e-5)
-    assert {k[0] for k in _dw_kernels()} - kinds == {"dw_vec4"}, "channels_last, C % 4 == 0: not as vec4"
+    _close(_on_wgpu(channels_last, w, b, 2, 1, gy, channels_last=True)[:4], (y, gx, gw, gb), 2e-5)
+    new = {k for k in _dw_kernels() if k[0] not in kinds}
+    assert {k[0] for k in new} == {"dw_nhwc", "dw_wgrad_nhwc"}, "channels_last: not the tiled kernel"
+    assert all(k[5] for k in new if k[0] == "dw_wgrad_nhwc"), "channels_last grad-weight, C % 4 == 0: not as vec4"
     y1, gy1, gx1, gw1, gb1 = _reference(x, w, b, 1, 1)
     _close(_on_wgpu(x, w, b, 1, 1, gy1)[:4], (y1, gx1, gw1, gb1), 2e-5)
     assert any(k[0] in ("dw_tiled", "dw_direct") and k[5] for k in _dw_kernels()), "stride 1: no rotated kernel"
@@ -164,17 +223,22 @@ def test_transposed_depthwise():
     assert {"dw_dgrad", "dw_wgrad"} <= {k[0] for k in _dw_kernels()}
 
 
-@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
-def test_nan_and_inf_propagate(cl):
+@pytest.mark.parametrize("cl,C", [(False, 3), (True, 3), (True, 4)],
+                         ids=["nchw", "channels_last", "channels_last-vec4"])
+def test_nan_and_inf_propagate(cl, C):
+    """NaN and inf inside the image and on its edges (the last row and the last column of an odd width,
+    where a thread's 4-wide position run hangs past the image): the CPU's NaN and inf patterns."""
     gen = torch.Generator().manual_seed(13)
-    x = torch.randn(2, 3, 12, 12, generator=gen, dtype=torch.float64)
-    x[0, 0, 2, 3], x[0, 1, 5, 5], x[1, 2, 0, 0], x[1, 0, 11, 6] = float("nan"), float("inf"), float("-inf"), float("inf")
-    w = torch.randn(3, 1, 3, 3, generator=gen, dtype=torch.float64)
-    b = torch.randn(3, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, C, 12, 13, generator=gen, dtype=torch.float64)
+    x[0, 0, 2, 3], x[0, 1, 5, 5], x[1, 2, 0, 0] = float("nan"), float("inf"), float("-inf")
+    x[1, 0, 11, 6], x[0, 2, 7, 12] = float("inf"), float("-inf")
+    w = torch.randn(C, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(C, generator=gen, dtype=torch.float64)
     y, gy, gx, gw, gb = _reference(x, w, b, 1, 1)
     gy[1, 1, 4, 4] = float("nan")   # reaches grad-input and grad-weight through dy
+    gy[0, C - 1, 3, 11] = float("inf")   # its taps all inside the image (float32 on the CPU skips padding taps)
     xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
-    F.conv2d(xs, ws, b, 1, 1, groups=3).backward(gy)
+    F.conv2d(xs, ws, b, 1, 1, groups=C).backward(gy)
     got = _on_wgpu(x, w, b, 1, 1, gy, channels_last=cl)
     for g, want, what in zip(got[:3], (y, xs.grad, ws.grad), ("output", "grad_input", "grad_weight")):
         g = g.double()
@@ -186,8 +250,9 @@ def test_nan_and_inf_propagate(cl):
         assert torch.equal(g[torch.isinf(want)], want[torch.isinf(want)]), f"{what}: inf signs differ"
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_16_bit_storage(dtype):
+def test_16_bit_storage(dtype, cl):
     """f16/bf16 tensors: products and sums in f32, compared with the CPU in float64 on the same
     rounded inputs, to the storage type's precision."""
     gen = torch.Generator().manual_seed(17)
@@ -195,8 +260,11 @@ def test_16_bit_storage(dtype):
     w = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64).to(dtype).double()
     b = torch.randn(4, generator=gen, dtype=torch.float64).to(dtype).double()
     y, gy, gx, gw, gb = _reference(x, w, b, 2, 1, round_gy_to=dtype)
-    got = _on_wgpu(x, w, b, 2, 1, gy, dtype=dtype)
+    got = _on_wgpu(x, w, b, 2, 1, gy, dtype=dtype, channels_last=cl)
     assert all(t.dtype == dtype for t in got[:4])
+    y1, gy1, gx1, gw1, gb1 = _reference(x, w, b, 1, 1, round_gy_to=dtype)   # stride 1: the tiled grad-input
+    _close(_on_wgpu(x, w, b, 1, 1, gy1, dtype=dtype, channels_last=cl)[:4], (y1, gx1, gw1, gb1),
+           1e-2 if dtype == torch.float16 else 2e-2)
     _close(got[:4], (y, gx, gw, gb), 1e-2 if dtype == torch.float16 else 2e-2)
 
 
