@@ -10,14 +10,14 @@ part=${1:-1}
 if [ "$part" = 1 ]; then
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
 python3 -c "import torch,wgpu;print(torch.__version__, wgpu.__version__)" >> "$OUT/gpu.txt"
-timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout 120 \
+timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 \
   tests/wgpu/test_special_values.py tests/wgpu/test_ops_breadth.py tests/wgpu/test_rnn.py \
   tests/wgpu/test_linalg.py tests/wgpu/test_fft.py tests/wgpu/test_special_functions.py tests/wgpu/test_order_stats.py \
   tests/wgpu/test_nn_more.py tests/wgpu/test_complex.py tests/wgpu/test_fusion.py tests/wgpu/test_conv_depthwise.py \
   > "$OUT/tests_nvidia.log" 2>&1; echo "rc=$?" >> "$OUT/tests_nvidia.log"
-timeout 150 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu,wgpu-graph,wgpu-compile,cuda \
+timeout 120 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu,wgpu-graph,wgpu-compile,cuda \
   --timeout 60 --json "$OUT/train.json" > "$OUT/train.log" 2>&1
-timeout 130 python3 -m navitrain run --json > "$OUT/run.json" 2> "$OUT/run.log"; echo "run rc=$?" >> "$OUT/run.log"
+timeout 120 python3 -m navitrain run --json > "$OUT/run.json" 2> "$OUT/run.log"; echo "run rc=$?" >> "$OUT/run.log"
 tail -n 4 "$OUT/tests_nvidia.log"; tail -n 8 "$OUT/train.log"; tail -n 2 "$OUT/run.log"
 else
 timeout 60 python3 benchmarks/bench_wgpu_zoo.py --no-models --timeout 50 --json "$OUT/zoo_new.json" > "$OUT/zoo_new.log" 2>&1
@@ -26,7 +26,7 @@ if [ -d .old/src ]; then
     --timeout 50 --json "$OUT/zoo_old.json" > "$OUT/zoo_old.log" 2>&1)
 fi
 # issue 21: two processes on the one GPU, all_reduce overlapping backward or waiting
-timeout 60 python3 benchmarks/ddp_wgpu.py --models resnet18 --steps 5 --warmup 2 > "$OUT/ddp.log" 2>&1
-timeout 60 python3 benchmarks/ddp_wgpu.py --models resnet18 --steps 5 --warmup 2 --allreduce-waits > "$OUT/ddp_waits.log" 2>&1
+timeout 55 python3 benchmarks/ddp_wgpu.py --models resnet18 --steps 5 --warmup 2 > "$OUT/ddp.log" 2>&1
+timeout 55 python3 benchmarks/ddp_wgpu.py --models resnet18 --steps 5 --warmup 2 --allreduce-waits > "$OUT/ddp_waits.log" 2>&1
 tail -n 14 "$OUT/zoo_new.log"; tail -n 14 "$OUT/zoo_old.log"; tail -n 6 "$OUT/ddp.log"; tail -n 6 "$OUT/ddp_waits.log"
 fi
