@@ -55,6 +55,54 @@ def test_round_decimals(decimals):
     _close(torch.round(x.to("wgpu"), decimals=decimals), torch.round(x, decimals=decimals), 0)
 
 
+def _div_operands(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+    b = torch.randn(n, generator=g) * torch.exp2(torch.randint(-40, 40, (n,), generator=g).float())
+    b[:500] = 10.0 ** torch.randint(-10, 11, (500,), generator=g).float()  # round(decimals=)'s divisors
+    b[500:1000] = torch.exp2(torch.randint(-60, 60, (500,), generator=g).float())
+    # exact quotients k: b of at most 16 significant bits, so a = k b (|k| < 64) is exact in float32
+    b[1000:1500] = torch.randint(1, 1 << 16, (500,), generator=g).float() * torch.exp2(
+        torch.randint(-30, 30, (500,), generator=g).float()) * (torch.randint(0, 2, (500,), generator=g) * 2 - 1)
+    a[1000:1500] = b[1000:1500] * torch.randint(-63, 64, (500,), generator=g).float()
+    return a, b
+
+
+@pytest.mark.parametrize("ulps", [0, 1, 2, 3, 4])
+def test_div_rn_is_correctly_rounded_from_a_quotient_some_ulps_off(ulps):
+    """kernels/wgsl_math.py div_rn against float64 division rounded once to float32 (exact: 53 >= 2*24+2
+    bits). Vulkan allows '/' 2.5 ulp (NVIDIA: 1 ulp off for 26% of round(decimals=2)); lavapipe's is exact,
+    so the driver's quotient is perturbed here by up to `ulps` ulps before div_rn corrects it."""
+    from navitrain.wgpu.ops.elementwise import apply
+
+    n = 1 << 15
+    a, b = _div_operands(n, ulps)
+    a[1500:1510], b[1510:1520] = torch.tensor([NAN, INF, -INF, 0.0, -0.0] * 2), torch.tensor([NAN, INF, -0.0, 0.0, 1e-40] * 2)
+    off = torch.randint(-ulps, ulps + 1, (n,)).float()
+    # div_rn keeps the driver's quotient for zeros, infinities, NaN, subnormal divisors and quotients near
+    # the ends of the range: no perturbation there
+    off[(a == 0) | ~torch.isfinite(a / b) | ((a / b).abs() < 1e-37) | (b.abs() < 2.0 ** -126)] = 0
+    got = apply("div_rn_test", "div_rn_from({a}, {b}, bitcast<f32>(bitcast<i32>({a} / {b}) + i32({c})))",
+                [a.to("wgpu"), b.to("wgpu"), off.to("wgpu")], torch.float32, "f32")
+    _close(got, (a.double() / b.double()).float(), 0)
+
+
+@pytest.mark.parametrize("op", ["trunc", "floor", "fmod", "remainder"])
+def test_division_modes_of_exact_quotients(op):
+    """a = k b: '/' 1 ulp low gives trunc(k - ulp) = k - 1 and a - b trunc(a / b) gives b instead of 0: the
+    modes divide with div_rn, fmod is exact (as C's). Random operands too, all exact (quotients up to 2^80,
+    subnormals)."""
+    a, b = _div_operands(4000, 7)
+    fn = {"trunc": lambda x, y: torch.div(x, y, rounding_mode="trunc"),
+          "floor": lambda x, y: torch.div(x, y, rounding_mode="floor"), "fmod": torch.fmod,
+          "remainder": torch.remainder}[op]
+    exact = slice(1000, 1500)
+    _close(fn(a[exact].to("wgpu"), b[exact].to("wgpu")), fn(a[exact], b[exact]), 0)
+    a[:20] = torch.tensor([1e-40, -3e-42, 1e-45, 5e-39, 1e-30] * 4)  # (7 / 1e-39 overflows: the CPU gives NaN)
+    b[10:20] = torch.tensor([3e-42, 1e-45, 2.5e-40, -1e-44, 1e-39] * 2)
+    _close(fn(a.to("wgpu"), b.to("wgpu")), fn(a, b), 0)
+
+
 @pytest.mark.parametrize("shrink", [F.hardshrink, F.softshrink])
 def test_shrink_gradients(shrink):
     x = _with_edges(torch.randn(500), [NAN, 0.5, -0.5, INF, -INF]).requires_grad_()

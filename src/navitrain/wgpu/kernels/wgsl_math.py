@@ -7,12 +7,14 @@
   `x != x` to false and evaluates `a != b` as ordered (false for NaN).
 - tanh/sigmoid: evaluated through exp, they overflow to NaN for large |x| on some drivers: clamp first
   (tanh(15) is 1 to within f32 rounding), but let NaN through (a clamp would turn it into a bound).
-- remainder/fmod/floor division of floats follow the CPU's formulas (fmod first), so infinities give
-  what the CPU gives (inf // 2 is NaN, 5 // inf is 0, remainder(-1, inf) is inf).
+- remainder/fmod/floor division of floats follow the CPU's formulas (fmod first, exact as C's), so
+  infinities give what the CPU gives (inf // 2 is NaN, 5 // inf is 0, remainder(-1, inf) is inf).
 - pow: WGSL's pow is undefined for negative bases; PyTorch defines integer exponents there.
 - erf: not in WGSL. A Taylor series near 0 (relative error < 1e-8 for |x| < 0.5) and Abramowitz &
   Stegun 7.1.26 beyond (absolute error < 1.5e-7), which is within float32 tolerance of torch.erf.
 - log1p/expm1: the classic compensated forms, accurate near 0.
+- div_rn: a / b correctly rounded, for results the CPU computes by one division and tests demand
+  exactly (round(decimals=), floor division); see its comment.
 - Integer floor division and Python-style remainder.
 """
 from __future__ import annotations
@@ -38,7 +40,36 @@ fn log1p_f(x: f32) -> f32 {
 fn fmod_f(a: f32, b: f32) -> f32 {
   if (is_nan(a) || is_nan(b) || is_inf(a) || b == 0.0) { return bitcast<f32>(0x7fc00000u); }
   if (is_inf(b)) { return a; }
-  return a - b * trunc(a / b);
+  return fmod_exact(a, b);
+}
+// C's fmod, exact (musl's fmodf: shift-and-subtract on the significands, one step per exponent of the
+// quotient, at most 277): a - b * trunc(a / b) in floats is off by the rounding of the product for large
+// quotients, and by b where the 2.5-ulp '/' gives 2.9999998 for a = 3 b. a, b finite, b != 0.
+fn fmod_exact(a: f32, b: f32) -> f32 {
+  let ua = bitcast<u32>(a); let ub = bitcast<u32>(b) & 0x7fffffffu;
+  let sx = ua & 0x80000000u;
+  if ((ua & 0x7fffffffu) <= ub) { return select(a, bitcast<f32>(sx), (ua & 0x7fffffffu) == ub); }
+  var ex = i32((ua >> 23u) & 0xffu); var ey = i32(ub >> 23u);
+  var mx = ua; var my = ub;
+  if (ex == 0) {
+    var i = ua << 9u;
+    loop { if ((i >> 31u) != 0u) { break; } ex = ex - 1; i = i << 1u; }
+    mx = ua << u32(1 - ex);
+  } else { mx = (ua & 0x7fffffu) | 0x800000u; }
+  if (ey == 0) {
+    var i = ub << 9u;
+    loop { if ((i >> 31u) != 0u) { break; } ey = ey - 1; i = i << 1u; }
+    my = ub << u32(1 - ey);
+  } else { my = (ub & 0x7fffffu) | 0x800000u; }
+  loop {
+    if (ex <= ey) { break; }
+    if (mx >= my) { mx = mx - my; if (mx == 0u) { return bitcast<f32>(sx); } }
+    mx = mx << 1u; ex = ex - 1;
+  }
+  if (mx >= my) { mx = mx - my; if (mx == 0u) { return bitcast<f32>(sx); } }
+  loop { if ((mx >> 23u) != 0u) { break; } mx = mx << 1u; ex = ex - 1; }
+  if (ex > 0) { mx = (mx - 0x800000u) | (u32(ex) << 23u); } else { mx = mx >> u32(1 - ex); }
+  return bitcast<f32>(mx | sx);
 }
 fn remainder_f(a: f32, b: f32) -> f32 {
   let m = fmod_f(a, b);
@@ -47,7 +78,7 @@ fn remainder_f(a: f32, b: f32) -> f32 {
 fn floordiv_f(a: f32, b: f32) -> f32 {
   if (b == 0.0 || is_nan(a) || is_nan(b)) { return a / b; }
   let m = fmod_f(a, b);
-  var d = (a - m) / b;
+  var d = div_rn(a - m, b);  // the CPU's (a - fmod) / b, correctly rounded
   if ((m != 0.0) && ((b < 0.0) != (m < 0.0))) { d = d - 1.0; }
   if (d == 0.0) { return select(0.0, -0.0, (a < 0.0) != (b < 0.0)); }
   let f = floor(d);
@@ -91,6 +122,44 @@ fn pow_f(x: f32, y: f32) -> f32 {
     return select(r, -r, odd);
   }
   return bitcast<f32>(0x7fc00000u);
+}
+// a / b correctly rounded (the CPU's division): Vulkan bounds WGSL's '/' only to 2.5 ulp (NVIDIA's is
+// off by 1 ulp for ~1/4 of quotients), and fma need not be fused, so the quotient is corrected in integers:
+// with a = ma 2^ea, b = mb 2^eb, q = mq 2^eq (24-bit significands), a / b lies beyond the midpoint
+// (2 mq + 1) 2^(eq-1) iff ma 2^s > (2 mq + 1) mb, s = ea - eb - eq + 1 (in [23, 26] near the quotient):
+// 50-bit products, exact in two u32 words. Each step moves q one ulp towards a / b (up to 4 steps); a / b
+// is never exactly a midpoint (an odd 25-bit significand times mb has more than 24 bits). Zeros,
+// infinities, NaN, subnormal operands and quotients near the ends of the range keep the driver's '/'.
+fn dr_mul64(x: u32, y: u32) -> vec2<u32> {
+  let xl = x & 0xffffu; let xh = x >> 16u; let yl = y & 0xffffu; let yh = y >> 16u;
+  let ll = xl * yl; let lh = xl * yh; let hl = xh * yl;
+  let mid = (ll >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+  return vec2<u32>(xh * yh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u), (ll & 0xffffu) | (mid << 16u));
+}
+fn dr_shl64(x: u32, s: u32) -> vec2<u32> {  // x << s, 0 < s < 32
+  return vec2<u32>(x >> (32u - s), x << s);
+}
+fn dr_gt64(x: vec2<u32>, y: vec2<u32>) -> bool { return x.x > y.x || (x.x == y.x && x.y > y.y); }
+fn div_rn(a: f32, b: f32) -> f32 { return div_rn_from(a, b, a / b); }
+fn div_rn_from(a: f32, b: f32, q0: f32) -> f32 {  // q0: a / b to within 4 ulp (tests pass a perturbed one)
+  let ua = bitcast<u32>(a) & 0x7fffffffu; let ub = bitcast<u32>(b) & 0x7fffffffu;
+  let ea = i32(ua >> 23u); let eb = i32(ub >> 23u);
+  if (ea == 0 || ea == 255 || eb == 0 || eb == 255) { return q0; }
+  let ma = (ua & 0x7fffffu) | 0x800000u; let mb = (ub & 0x7fffffu) | 0x800000u;
+  var uq = bitcast<u32>(q0) & 0x7fffffffu;
+  for (var step = 0; step < 4; step = step + 1) {
+    let eq = i32(uq >> 23u);
+    if (eq <= 1 || eq >= 254) { return q0; }
+    let s = ea - eb - eq + 151;
+    if (s < 2 || s > 30) { return q0; }
+    let mq = (uq & 0x7fffffu) | 0x800000u;
+    if (dr_gt64(dr_shl64(ma, u32(s)), dr_mul64(2u * mq + 1u, mb))) { uq = uq + 1u; continue; }
+    // below the lower midpoint: (2 mq - 1) 2^(eq-1), or (4 mq - 1) 2^(eq-2) at a power of two
+    let low = select(dr_mul64(2u * mq - 1u, mb), dr_mul64(4u * mq - 1u, mb), mq == 0x800000u);
+    if (dr_gt64(low, dr_shl64(ma, u32(select(s, s + 1, mq == 0x800000u))))) { uq = uq - 1u; continue; }
+    break;
+  }
+  return bitcast<f32>(uq | ((bitcast<u32>(a) ^ bitcast<u32>(b)) & 0x80000000u));
 }
 fn gelu_tanh_grad(g: f32, x: f32) -> f32 {
   let inner = 0.7978845608028654 * (x + 0.044715 * x * x * x);

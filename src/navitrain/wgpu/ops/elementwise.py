@@ -211,7 +211,8 @@ def _div(a, b, rounding_mode=None, out=None):
     if rounding_mode is None:
         template = "{a} / {b}"
     elif rounding_mode == "trunc":
-        template = "trunc({a} / {b})" if compute == "f32" else "({a} / {b})"
+        # div_rn: trunc of a 2.5-ulp quotient drops an exact integer (3 b / b = 2.9999998 -> 2)
+        template = "trunc(div_rn({a}, {b}))" if compute == "f32" else "({a} / {b})"
     elif rounding_mode == "floor":
         template = "floordiv_f({a}, {b})" if compute == "f32" else "idiv_floor" + ("64" if compute == "i64" else "") + "({a}, {b})"
     else:

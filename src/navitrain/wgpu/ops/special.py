@@ -103,10 +103,12 @@ def round_decimals(x, *, decimals=0):
     if not x.dtype.is_floating_point:
         raise NotImplementedError(f'"round_cpu" not implemented for \'{_type_name(x.dtype)}\'')
     compute = pointwise.compute_type(x.dtype)
-    # The CPU's formula: scale by 10^|decimals|, round half to even, scale back.
+    # The CPU's formula: scale by 10^|decimals|, round half to even, scale back; its division is correctly
+    # rounded, WGSL's '/' only to 2.5 ulp (1 ulp off for 26% of values on NVIDIA): div_rn.
     if decimals >= 0:
-        return apply("round_decimals", "(round({a} * {t}) / {t})", [x], x.dtype, compute, {"t": 10.0 ** decimals})
-    return apply("round_decimals", "(round({a} / {t}) * {t})", [x], x.dtype, compute, {"t": 10.0 ** -decimals})
+        return apply("round_decimals", "div_rn(round({a} * {t}), {t})", [x], x.dtype, compute,
+                     {"t": 10.0 ** decimals})
+    return apply("round_decimals", "(round(div_rn({a}, {t})) * {t})", [x], x.dtype, compute, {"t": 10.0 ** -decimals})
 
 
 @implements(aten.hardshrink_backward.default, aten.softshrink_backward.default)
