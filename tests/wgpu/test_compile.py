@@ -12,6 +12,7 @@ import navitrain.wgpu as nw
 import navitrain.wgpu.compile as wc
 from navitrain.bench import models
 from navitrain.wgpu.runtime import GraphCaptureError
+from navitrain.wgpu.runtime import runtime as nw_runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 
@@ -258,3 +259,167 @@ def test_compiled_small_resnet_with_fused_pointwise_chains_trains_like_eager():
              _batches([4] * 3), "model")
     assert wc.stats["fused_groups"] >= 3 and wc.stats["fused_dispatches_saved"] >= 3
     assert wc.stats["forward_replays"] == 2 and wc.stats["backward_replays"] == 2  # captured, replayed
+
+
+# -- outputs lent by replays, not cloned (navitrain.wgpu.borrowed, issue 19) --------------------------------
+def test_losses_kept_from_every_step_stay_as_computed_and_match_eager():
+    # Ten steps, the last one short (a new signature); the caller keeps each step's loss tensor and reads
+    # them all at the end, after later replays overwrote the graph's memory.
+    torch.manual_seed(13)
+    base = small_cnn()
+    batches = _batches([6] * 9 + [3], seed=14)
+
+    def run(compiled):
+        model = copy.deepcopy(base).to("wgpu")
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = models.train_step(model, opt, nn.functional.cross_entropy)
+        if compiled:
+            step = torch.compile(step, backend="wgpu")   # the loss is a forward graph's output
+        losses = [step(x.to("wgpu"), y.to("wgpu")) for x, y in batches]
+        return [loss.item() for loss in losses], model
+
+    eager_losses, eager_model = run(False)
+    losses, model = run(True)
+    assert losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-6)
+    assert len(set(losses)) == len(losses)
+    for a, b in zip(model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5)
+    assert wc.stats["forward_replays"] == 8 and wc.stats["backward_replays"] == 8
+    # Each held loss got a copy of its own at the next replay of its signature (7 of the 8; the short
+    # batch has a capture of its own); nothing else the graphs lent was alive then: the backward had
+    # consumed the activations, the optimizer the gradients.
+    assert wc.stats["borrowed_copies"] == 7
+
+
+def test_backward_reads_the_forwards_outputs_in_place_and_replays_copy_no_outputs(monkeypatch):
+    torch.manual_seed(15)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 2)).to("wgpu")
+    compiled = torch.compile(model, backend="wgpu")
+    replayed = []
+    original_replay = nw.WgpuGraph.replay
+
+    def counting_replay(graph):
+        replayed.append(graph.dispatch_count)
+        return original_replay(graph)
+
+    monkeypatch.setattr(nw.WgpuGraph, "replay", counting_replay)
+    g = torch.Generator().manual_seed(16)
+    runtime = nw_runtime()
+    for i in range(5):
+        x = torch.randn(4, 8, generator=g).to("wgpu")
+        model.zero_grad(set_to_none=True)   # the gradients are then the backward's borrowed outputs
+        nw.synchronize()
+        if i == 4:
+            wc.stats["input_copies"] = 0
+            replayed.clear()
+            before = runtime.dispatch_count
+        compiled(x).square().sum().backward()
+    nw.synchronize()
+    # Step 5: the forward copies x into its static input, the backward its incoming gradient (an eager
+    # tensor); the saved activations are read where the forward left them, and no output is copied.
+    assert wc.stats["input_copies"] == 2 and len(replayed) == 2
+    eager = runtime.dispatch_count - before - sum(replayed) - 2
+    assert eager <= 6, eager   # square, sum, the ones of the gradient, its expansion, the square's backward
+
+
+def test_held_views_and_in_place_changes_of_outputs_survive_later_replays():
+    torch.manual_seed(17)
+    ref = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    compiled = torch.compile(copy.deepcopy(ref).to("wgpu"), backend="wgpu")
+    g = torch.Generator().manual_seed(18)
+    xs = [torch.randn(5, 6, generator=g) for _ in range(5)]
+    xs[3][2, 1] = float("nan")
+    xs[4][0, 0] = float("inf")
+    held = []
+    with torch.no_grad():
+        for i, x in enumerate(xs):
+            out = compiled(x.to("wgpu"))
+            view = out[1:, ::2]            # a view the caller made: shares the borrowed storage
+            pair = torch.view_as_complex(out.view(5, 2, 2))   # another dtype over the same memory
+            if i % 2:
+                out.mul_(-3.0)             # changed in place before the next replay
+            held.append((out, view, pair))
+    for i, (x, (out, view, pair)) in enumerate(zip(xs, held)):
+        expected = ref(x).detach() * (-3.0 if i % 2 else 1.0)
+        torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(view.cpu(), expected[1:, ::2], rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(pair.cpu(), torch.view_as_complex(expected.view(5, 2, 2).contiguous()),
+                                   rtol=1e-5, atol=1e-6, equal_nan=True)
+    # Calls 2..5 replay; before each of the last three, the previous call's output got a copy of its own.
+    assert wc.stats["inference_replays"] == 4 and wc.stats["borrowed_copies"] == 3
+
+
+def test_outputs_that_alias_inputs_and_mutated_inputs_stay_correct():
+    def f(x, w, buf):
+        buf.add_(x.sum(0))                  # a mutated input: AOTAutograd copies the new value back
+        return x[1:], w.t(), x * w[0], buf.view(2, 2)
+
+    g = torch.Generator().manual_seed(19)
+    w = torch.randn(3, 4, generator=g)
+    buf = torch.randn(4, generator=g)
+    dw, dbuf = w.to("wgpu"), buf.to("wgpu")
+    compiled = torch.compile(f, backend="wgpu")
+    held = []
+    with torch.no_grad():
+        for _ in range(5):
+            x = torch.randn(3, 4, generator=g)
+            expected = [t.clone() for t in f(x, w, buf)]
+            dx = x.to("wgpu")
+            outs = compiled(dx, dw, dbuf)
+            for out, exp in zip(outs, expected):
+                torch.testing.assert_close(out.cpu(), exp, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(dbuf.cpu(), buf, rtol=1e-5, atol=1e-6)
+            # Views of the inputs alias them, as in eager mode.
+            outs[0].add_(1.0)
+            torch.testing.assert_close(dx[1:].cpu(), x[1:] + 1.0)
+            held.append((outs[2], x * w[0]))
+    for out, exp in held:
+        torch.testing.assert_close(out.cpu(), exp, rtol=1e-5, atol=1e-6)
+    assert wc.stats["inference_replays"] >= 3
+
+
+def test_two_forwards_before_one_backward_train_like_eager():
+    # The first forward's activations are still held (by autograd) when the second replay writes the
+    # forward's memory: they get copies of their own; the backward of the first then copies them in.
+    torch.manual_seed(20)
+    base = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    g = torch.Generator().manual_seed(21)
+    data = [(torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)) for _ in range(5)]
+
+    def run(compiled):
+        model = copy.deepcopy(base).to("wgpu")
+        net = torch.compile(model, backend="wgpu") if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for a, b in data:
+            opt.zero_grad(set_to_none=True)
+            loss = net(a.to("wgpu")).square().mean() + 0.5 * net(b.to("wgpu")).abs().mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss)
+        return [loss.item() for loss in losses], model
+
+    eager_losses, eager_model = run(False)
+    losses, model = run(True)
+    assert losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-6)
+    for a, b in zip(model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-6)
+    assert wc.stats["forward_replays"] >= 6 and wc.stats["backward_replays"] >= 6
+
+
+def test_an_output_fed_back_into_its_own_graph_keeps_each_steps_value():
+    # h = cell(h): each call's input is the last replay's borrowed output, which the replay about to run
+    # overwrites: it gets a copy of its own first, then is copied into the static input.
+    torch.manual_seed(22)
+    cell = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+    compiled = torch.compile(copy.deepcopy(cell).to("wgpu"), backend="wgpu")
+    h_ref = torch.randn(3, 6)
+    h = h_ref.to("wgpu")
+    history = []
+    with torch.no_grad():
+        for _ in range(6):
+            h_ref, h = cell(h_ref), compiled(h)
+            history.append((h, h_ref))
+    for got, expected in history:
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-6)
+    assert wc.stats["inference_replays"] == 5

@@ -7,11 +7,13 @@ functional aten ops; each one becomes a `CapturedGraphModule`:
 
 - the first call with a given input signature (shapes, strides, dtypes, the values of the other
   arguments) runs the FX graph eagerly, through the ordinary handlers (kernels compile, tiles tune);
-- the next call with that signature captures it into a WgpuGraph and every later call replays it:
-  inputs that are the same tensors as on the previous call (parameters, buffers, optimizer state,
-  the forward's saved activations fed to the backward) are read in place; the others are copied into
-  static input tensors first. Outputs are cloned out of the graph's memory, so a later replay never
-  overwrites a tensor the caller holds;
+- the next call with that signature captures it into a WgpuGraph and every later call replays it.
+  Inputs are compared by memory: the caller's tensors that are where they were on the previous call
+  (parameters, buffers, optimizer state) and other replays' outputs (the forward's saved activations
+  fed to the backward, gradients fed to the optimizer) are read in place; the others are copied into
+  static input tensors first. Outputs are lent, not copied (borrowed.py): each replay hands out new
+  storages borrowing the graph's output memory, and before the graph writes it again every one still
+  alive gets a copy of its own, so a later replay never changes a tensor the caller holds;
 - a signature never seen before (the last, short batch) is warmed up and captured in turn, up to
   MAX_CAPTURES per graph; beyond that, and when capture fails (a host read, an op falling back to
   the CPU), the graph runs eagerly, with a one-time warning. Never a wrong result.
@@ -31,10 +33,11 @@ from collections import Counter
 import torch
 
 from navitrain.wgpu import dispatch, fusion
+from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
 from navitrain.wgpu.runtime import WgpuError
-from navitrain.wgpu.tensor import WgpuTensor
+from navitrain.wgpu.tensor import WgpuTensor, wrap
 
 log = logging.getLogger("navitrain.wgpu")
 
@@ -65,14 +68,8 @@ def _signature(args) -> tuple:
                  for a in args)
 
 
-def _same_tensor(a, b) -> bool:
-    """The same data at the same place: a captured graph that read `b` reads `a` too."""
-    return (isinstance(a, WgpuTensor) and isinstance(b, WgpuTensor) and a._ws is b._ws
-            and a.storage_offset() == b.storage_offset())
-
-
 def _where(a):
-    """What `_same_tensor` compares, without keeping the tensor's memory alive."""
+    """Where an eager call's tensor was, without keeping its memory alive."""
     return (weakref.ref(a._ws), a.storage_offset()) if isinstance(a, WgpuTensor) else None
 
 
@@ -80,26 +77,91 @@ def _still_at(a, where) -> bool:
     return where is not None and isinstance(a, WgpuTensor) and where[0]() is a._ws and where[1] == a.storage_offset()
 
 
-class _Capture:
-    """One captured signature: the graph, the tensors it reads, the outputs it writes."""
+def _same_memory(a, b) -> bool:
+    """`a` starts where `b` does (signatures already matched shapes, strides and dtypes): a graph that reads
+    `b` reads `a`'s data, whichever storage object either has."""
+    wa, wb = a._ws, b._ws
+    return wa.heap is wb.heap and wa.base + a.storage_offset() == wb.base + b.storage_offset()
 
-    def __init__(self, wgpu_graph: WgpuGraph, inputs: list, in_place: list[bool], outputs):
+
+# How a captured graph reads each tensor input:
+CALLERS = "callers"  # the caller's own tensor (a parameter, optimizer state), read in place; elsewhere: capture again
+PINNED = "pinned"    # another graph's output memory (borrowed when captured), read in place; elsewhere: copied in
+COPIED = "copied"    # a static copy of this graph's own; each call's data is copied in unless already there
+
+
+class _Capture:
+    """One captured signature: the graph, the tensors it reads, the outputs it writes and lends."""
+
+    def __init__(self, wgpu_graph: WgpuGraph, inputs: list, how: list, outputs: list):
         self.graph = wgpu_graph
-        self.inputs = inputs      # what the graph reads: callers' tensors (in_place) or static copies
-        self.in_place = in_place
+        self.inputs = inputs      # what the graph reads: callers' tensors, pins or static copies
+        self.how = how            # CALLERS, PINNED, COPIED or None (not a wgpu tensor), per input
         self.outputs = outputs
+        self.loans = Loans((outputs, inputs))
+        self.hand_out = [self._output_source(o, position) for position, o in enumerate(outputs)]
+
+    def _output_source(self, o, position):
+        """("input", i) for an output in memory the graph reads in place (a view of a parameter: handed out
+        as a view of the caller's input), ("lend", k) for the graph's own memory (k: the first output
+        sharing its storage, so that outputs sharing memory share one borrowed storage), None for the rest."""
+        if not isinstance(o, WgpuTensor):
+            return None
+        for i, (static, how) in enumerate(zip(self.inputs, self.how)):
+            if how in (CALLERS, PINNED) and static._ws is o._ws:
+                return ("input", i)
+        first = next(k for k, other in enumerate(self.outputs[:position + 1])
+                     if isinstance(other, WgpuTensor) and other._ws is o._ws)
+        return ("lend", first)
 
     def matches(self, args) -> bool:
-        return all(not keep or _same_tensor(a, s) for a, s, keep in zip(args, self.inputs, self.in_place))
+        for a, static, how in zip(args, self.inputs, self.how):
+            if how is CALLERS and not _same_memory(a, static):
+                return False
+            if how is PINNED:
+                # Borrowed from another graph than the one captured (that one was captured again): capture
+                # again too, rather than copying into memory only the old graph kept alive.
+                lender = lender_of(a._ws)
+                if lender is not None and lender is not static._ws.lender:
+                    return False
+        return True
 
     def run(self, args):
+        # Whatever the last replay lent is still someone's: copies of their own first, then the graph may write.
+        stats["borrowed_copies"] += self.loans.call_back()
         with torch.no_grad():
-            for a, static, keep in zip(args, self.inputs, self.in_place):
-                if isinstance(static, WgpuTensor) and not keep:
-                    static.copy_(a)
+            moves = [(static, a, how) for a, static, how in zip(args, self.inputs, self.how)
+                     if how in (PINNED, COPIED) and not _same_memory(a, static)]
+            for lender in {id(s._ws.lender): s._ws.lender for s, _, how in moves if how is PINNED}.values():
+                stats["borrowed_copies"] += lender.call_back()   # that graph's memory is about to be written
+            for static, a, _ in moves:
+                static.copy_(a)
+            stats["input_copies"] += len(moves)
             self.graph.replay()
-            return [o.clone(memory_format=torch.preserve_format) if isinstance(o, WgpuTensor) else o
-                    for o in self.outputs]
+            return self._outputs(args)
+
+    def _outputs(self, args) -> list:
+        lent = {}
+        out = []
+        for o, source in zip(self.outputs, self.hand_out):
+            if source is None:
+                out.append(o)
+                continue
+            kind, k = source
+            if kind == "input":
+                a, static = args[k], self.inputs[k]
+                offset = o.storage_offset() - static.storage_offset() + a.storage_offset()
+                if offset >= 0 and (self.how[k] is CALLERS or _same_memory(a, static)):
+                    out.append(wrap(a._ws, o.shape, o.stride(), offset, o.dtype))
+                    continue
+                # Another graph's memory, this call's data copied in: borrow it from that graph.
+                storage = static._ws.lender.lend(static._ws)
+            else:
+                storage = lent.get(k)
+                if storage is None:
+                    storage = lent[k] = self.loans.lend(o._ws)
+            out.append(wrap(storage, o.shape, o.stride(), o.storage_offset(), o.dtype))
+        return out
 
 
 class CapturedGraphModule:
@@ -151,8 +213,8 @@ class CapturedGraphModule:
             if cap.matches(args):
                 stats[f"{self.kind}_replays"] += 1
                 return cap.run(args)
-            # A tensor read in place was replaced (param.data = ..., another optimizer): capture again.
-            cap.graph.reset()
+            # A tensor read in place was replaced (param.data = ..., another optimizer): capture again. The old
+            # graph's memory goes back once nothing borrows it (Loans keeps only what was lent alive).
             del self.captures[sig]
             self.previous.pop(sig, None)
         if sig in self.eager_only or sig not in self.previous:
@@ -167,18 +229,27 @@ class CapturedGraphModule:
 
     def _capture(self, sig, args):
         previous = self.previous.pop(sig)
-        in_place = [_still_at(a, p) for a, p in zip(args, previous)]
-        inputs = []
+        inputs, how = [], []
         with torch.no_grad():
-            for a, keep in zip(args, in_place):
-                if isinstance(a, WgpuTensor) and not keep:
+            for a, where in zip(args, previous):
+                if not isinstance(a, WgpuTensor):
+                    inputs.append(a)
+                    how.append(None)
+                elif lender_of(a._ws) is not None:
+                    # Another replay's output (the forward's saved activations reaching the backward, gradients
+                    # reaching the optimizer): read where that graph keeps it, with no copy per call.
+                    inputs.append(wrap(lender_of(a._ws).pin(a._ws), a.shape, a.stride(), a.storage_offset(), a.dtype))
+                    how.append(PINNED)
+                elif _still_at(a, where):
+                    inputs.append(a)
+                    how.append(CALLERS)
+                else:
                     static = a.clone(memory_format=torch.preserve_format)
                     if static.stride() != a.stride():  # overlapping or gapped views keep no layout
                         self.eager_only.add(sig)
                         return self._eager(args, sig)
                     inputs.append(static)
-                else:
-                    inputs.append(a)
+                    how.append(COPIED)
         self.capture_count += 1
         wgpu_graph = WgpuGraph()
         deferred_before = len(dispatch._deferred)
@@ -200,7 +271,7 @@ class CapturedGraphModule:
             return self._eager(args, sig)
         stats[f"{self.kind}_captures"] += 1
         outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-        cap = self.captures[sig] = _Capture(wgpu_graph, inputs, in_place, outputs)
+        cap = self.captures[sig] = _Capture(wgpu_graph, inputs, how, outputs)
         stats[f"{self.kind}_replays"] += 1
         return cap.run(args)
 

@@ -52,14 +52,47 @@ class StorageView(WgpuStorage):
 
     def __init__(self, owner: WgpuStorage, stype: _dtypes.StorageType):
         self.owner = owner
-        self.block = owner.block
         self.stype = stype
         self.nelem = owner.nelem * owner.stype.itemsize // stype.itemsize
-        self.heap = owner.heap
-        self.base = owner.block.offset // stype.itemsize
+
+    # Read from the owner each time: a BorrowedStorage owner moves to a block of its own (`own`).
+    block = property(lambda self: self.owner.block)
+    heap = property(lambda self: self.owner.heap)
+    base = property(lambda self: self.owner.block.offset // self.stype.itemsize)
 
     def __del__(self):
         pass
+
+
+class BorrowedStorage(WgpuStorage):
+    """A captured graph's output memory handed to the caller without a copy (navitrain.wgpu.borrowed):
+    frees nothing while `lender` (the graph's loans, which keep that memory alive) is set; before the
+    graph writes the memory again, `own` moves it to a copy of its own, which it then frees. Every view
+    of it shares this object, so all of them move together."""
+
+    __slots__ = ("lender",)
+
+    def __init__(self, memory: WgpuStorage, lender):
+        self.block = memory.block
+        self.stype = memory.stype
+        self.nelem = memory.nelem
+        self.heap = memory.heap
+        self.base = memory.base
+        self.lender = lender
+
+    def own(self, block) -> None:
+        """Point at `block` (holding a copy of the borrowed memory) and own it from now on."""
+        self.block = block
+        self.heap = block.heap
+        self.base = block.offset // self.stype.itemsize
+        self.lender = None
+
+    def __del__(self):
+        if self.lender is None:
+            try:
+                _free_block(self.block)
+            except Exception:  # interpreter shutdown
+                pass
 
 
 def storage_as(ws: WgpuStorage, dtype: torch.dtype) -> WgpuStorage:
