@@ -115,7 +115,8 @@ def _own_model(name):
             def __init__(self, dim):
                 super().__init__()
                 self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
-                self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+                self.norm = nn.LayerNorm(dim, eps=1e-6)
+                self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
                 self.scale = nn.Parameter(torch.full((dim, 1, 1), 1e-6))
 
             def forward(self, x):
@@ -230,8 +231,8 @@ def layer_worker(device, quick, iters, out, batch=None, match=None):
     import torch
 
     if device.startswith("wgpu"):
-        import navitrain.wgpu as nw
         from _common import wgpu_gpu_time
+
         from navitrain.wgpu.kernels import conv_depthwise
     else:
         from _common import cuda_time
@@ -287,7 +288,8 @@ def _child(args, extra, out, timeout):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=None, help=f"comma-separated (default: torchvision's list, else {','.join(OWN)})")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated (default: torchvision's list, else {','.join(OWN)})")
     ap.add_argument("--devices", default="wgpu,wgpu-graph,cuda,cuda-graph",
                     help="of wgpu, wgpu-graph, cuda, cuda-graph, cpu (the loss and speed reference where no CUDA)")
     ap.add_argument("--steps", type=int, default=10)
@@ -344,7 +346,8 @@ def main(argv=None):
                                                    if "error" not in r else "failed:\n" + r["error"]), flush=True)
         report_models(results["models"], devices)
     if not args.no_layers:
-        layer_devices = [d for d in ("wgpu", "wgpu-gemm", "cuda") if d.split("-")[0] in {x.split("-")[0] for x in devices}]
+        kinds = {x.split("-")[0] for x in devices}
+        layer_devices = [d for d in ("wgpu", "wgpu-gemm", "cuda") if d.split("-")[0] in kinds]
         for device in layer_devices:
             r = _child(args, ["--layer-worker", device] + flags, f"{tmp}_layers_{device}.json", args.timeout)
             r.setdefault("device", device)
@@ -388,7 +391,8 @@ def report_layers(rows):
     ok = [r for r in rows if "layers" in r]
     if not ok:
         return
-    print(f"\n{'depthwise layer (us / GB/s)':26} " + " ".join(f"{r['device'] + ' ' + p:>17}" for p in ("fwd", "dgrad", "wgrad") for r in ok))
+    columns = (f"{r['device'] + ' ' + p:>17}" for p in ("fwd", "dgrad", "wgrad") for r in ok)
+    print(f"\n{'depthwise layer (us / GB/s)':26} " + " ".join(columns))
     for i, layer in enumerate(ok[0]["layers"]):
         cells = []
         for p in ("fwd", "dgrad", "wgrad"):

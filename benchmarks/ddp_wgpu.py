@@ -30,10 +30,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import _ddp_scaling  # noqa: E402
-
+import torch  # noqa: E402
 
 _WAITS = "NAVITRAIN_BENCH_ALLREDUCE_WAITS"   # set by --allreduce-waits, read in each spawned rank
 
@@ -67,7 +65,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.allreduce_waits:
         os.environ[_WAITS] = "1"
-    from navitrain.wgpu.device import adapter_names   # lists them without opening one here
+    from navitrain.wgpu.device import adapter_names  # lists them without opening one here
 
     names = adapter_names()
     count = len(names)

@@ -29,7 +29,8 @@ def source(kh, kw, sh, sw, flip, tw_threads, st_o, st_x, st_w, st_b) -> str:
              f"  for (var e = lid; e < {tin_h * tin_w}u; e = e + {WG}u) {{",
              f"    let iy = iy0 + i32(e / {tin_w}u); let ix = ix0 + i32(e % {tin_w}u);",
              "    var v = 0.0;",
-             f"    if (iy >= 0 && iy < IH && ix >= 0 && ix < IW) {{ v = {st_x.load('b1[xb + u32(iy) * x_s_2 + u32(ix) * x_s_3]', 'f32')}; }}",
+             f"    if (iy >= 0 && iy < IH && ix >= 0 && ix < IW) {{ "
+             f"v = {st_x.load('b1[xb + u32(iy) * x_s_2 + u32(ix) * x_s_3]', 'f32')}; }}",
              "    tile[e] = v;",
              "  }"]
     lines += weights(kh, kw, flip, st_w)
