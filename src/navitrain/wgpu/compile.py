@@ -93,8 +93,9 @@ COPIED = "copied"    # a static copy of this graph's own; each call's data is co
 class _Capture:
     """One captured signature: the graph, the tensors it reads, the outputs it writes and lends."""
 
-    def __init__(self, wgpu_graph: WgpuGraph, inputs: list, how: list, outputs: list):
+    def __init__(self, wgpu_graph: WgpuGraph, inputs: list, how: list, outputs: list, mutated=()):
         self.graph = wgpu_graph
+        self.mutated = [i for i in mutated if how[i] is not None]   # inputs the graph writes (copy_ into them)
         self.inputs = inputs      # what the graph reads: callers' tensors, pins or static copies
         self.how = how            # CALLERS, PINNED, COPIED or None (not a wgpu tensor), per input
         self.outputs = outputs
@@ -138,6 +139,10 @@ class _Capture:
                 static.copy_(a)
             stats["input_copies"] += len(moves)
             self.graph.replay()
+            for i in self.mutated:
+                # The graph wrote its static copy: the caller's tensor gets the new values.
+                if not _same_memory(args[i], self.inputs[i]):
+                    args[i].copy_(self.inputs[i])
             return self._outputs(args)
 
     def _outputs(self, args) -> list:
@@ -177,6 +182,7 @@ class CapturedGraphModule:
         # at each one).
         self.run_graph = torch._dynamo.disable(lambda *args: gm(*args))
         self.kind = kind
+        self.mutated = _mutated_inputs(gm)
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
         self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
@@ -271,9 +277,18 @@ class CapturedGraphModule:
             return self._eager(args, sig)
         stats[f"{self.kind}_captures"] += 1
         outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-        cap = self.captures[sig] = _Capture(wgpu_graph, inputs, how, outputs)
+        cap = self.captures[sig] = _Capture(wgpu_graph, inputs, how, outputs, self.mutated)
         stats[f"{self.kind}_replays"] += 1
         return cap.run(args)
+
+
+def _mutated_inputs(gm: torch.fx.GraphModule) -> tuple[int, ...]:
+    """Positions of the inputs the graph writes: with keep_inference_input_mutations, AOTAutograd ends an
+    inference graph (an optimizer step) with copy_ of each new value into its input."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    written = {n.args[0] for n in gm.graph.nodes if n.op == "call_function"
+               and n.target is torch.ops.aten.copy_.default and n.args and n.args[0].op == "placeholder"}
+    return tuple(i for i, n in enumerate(placeholders) if n in written)
 
 
 def _compiler(kind: str):
@@ -304,7 +319,10 @@ def backend(gm: torch.fx.GraphModule, example_inputs):
     if fake_mode is not None:
         example_inputs = [fake_mode.from_tensor(x) if isinstance(x, WgpuTensor) else x for x in example_inputs]
     compiled = aot_module_simplified(gm, example_inputs, fw_compiler=_compiler("forward"),
-                                     bw_compiler=_compiler("backward"), inference_compiler=_compiler("inference"))
+                                     bw_compiler=_compiler("backward"), inference_compiler=_compiler("inference"),
+                                     # An optimizer step's new parameters and state are written by the graph
+                                     # itself (captured), not copied back one eager copy_ at a time after it.
+                                     keep_inference_input_mutations=True)
     if not lifted:
         return compiled
 
