@@ -5,10 +5,12 @@ call). Float32 accuracy is what the CPU tests need (atol = rtol = 1e-4), not cor
 - erfinv: M. Giles' single-precision polynomials in w = -log(1 - x^2) ("Approximating the erfinv
   function", GPU Computing Gems, 2010), relative error ~4e-7; |x| = 1 is +-inf, |x| > 1 NaN.
 - lgamma: shift x up to >= 8 (subtracting the log of the product), then Stirling's series to 1/x^5;
-  x < 0.5 by reflection, log(pi / |sin(pi x)|) - lgamma(1 - x), with sin(pi x) from the fractional part
-  so poles (0, -1, -2, ...) are exactly +inf as on the CPU.
-- digamma: recurrence up to x >= 6, then the asymptotic series; x < 0 by reflection with pi / tan(pi x);
-  digamma(+-0) = -+inf and negative integers NaN, as PyTorch's calc_digamma.
+  x < 0.5 by reflection, log(pi / |sin(pi x)|) - lgamma(1 - x), with sin(pi x) = sinpi_f(x) (wgsl_trig:
+  reduced exactly by the nearest integer, no driver sin) so poles (0, -1, -2, ...) are exactly +inf as
+  on the CPU and values near them keep their relative accuracy.
+- digamma: recurrence up to x >= 6, then the asymptotic series; x < 0 by reflection with pi / tan(pi x)
+  = pi cospi(x) / sinpi(x) (wgsl_trig); digamma(+-0) = -+inf and negative integers NaN, as PyTorch's
+  calc_digamma.
 - polygamma(n >= 1, x) = (-1)^(n+1) n! zeta(n+1, x), the Hurwitz zeta summed directly up to x + k >= 10
   (integer powers by multiplication, so negative x works as in the CPU's Cephes zeta) and finished by
   Euler-Maclaurin with five Bernoulli terms.
@@ -39,18 +41,6 @@ fn erfinv_f(x: f32) -> f32 {
   }
   return p * x;
 }
-// sin and tan of small arguments by their series: drivers' sin/tan have an absolute error (~1e-7 on
-// lavapipe), a large relative one near 0, and lgamma/digamma near their poles divide by these values.
-fn sp_sin_small(a: f32) -> f32 {
-  if (abs(a) >= 0.3) { return sin(a); }
-  let a2 = a * a; return a * (1.0 - a2 / 6.0 * (1.0 - a2 / 20.0 * (1.0 - a2 / 42.0)));
-}
-fn sp_tan_small(a: f32) -> f32 {
-  if (abs(a) >= 0.3) { return tan(a); }
-  let a2 = a * a;
-  return a * (1.0 + a2 * (0.333333333333 + a2 * (0.133333333333 + a2 * (0.0539682539683 + a2 * 0.0218694885362))));
-}
-fn sp_sinpi_abs(x: f32) -> f32 { let f = x - floor(x); return sp_sin_small(SP_PI * min(f, 1.0 - f)); }
 fn sp_lgamma_pos(x0: f32) -> f32 {
   var x = x0; var prod = 1.0; var shift = 0.0;
   loop { if (x >= 8.0) { break; } prod = prod * x; x = x + 1.0;
@@ -63,7 +53,7 @@ fn lgamma_f(x: f32) -> f32 {
   if (is_nan(x)) { return x; }
   if (abs(x) == sp_inf()) { return sp_inf(); }
   if (x >= 0.5) { return sp_lgamma_pos(x); }
-  let s = sp_sinpi_abs(x);
+  let s = abs(sinpi_f(x));  // wgsl_trig: relative accuracy near the poles, whatever the driver's sin
   if (s == 0.0) { return sp_inf(); }
   return log(SP_PI / s) - sp_lgamma_pos(1.0 - x);
 }
@@ -79,9 +69,7 @@ fn digamma_f(x: f32) -> f32 {
   if (x == sp_inf()) { return x; }
   if (x > 0.0) { return sp_digamma_pos(x); }
   if (x == floor(x)) { return sp_nan(); }
-  var r = x - trunc(x);  // in (-1, 0), then (-0.5, 0.5] (tan has period pi): an argument near 0, not pi
-  if (r < -0.5) { r = r + 1.0; }
-  return sp_digamma_pos(1.0 - x) - SP_PI / sp_tan_small(SP_PI * r);
+  return sp_digamma_pos(1.0 - x) - pi_cotpi_f(x);
 }
 fn nextafter_f(a: f32, b: f32) -> f32 {
   if (is_nan(a) || is_nan(b)) { return a + b; }
@@ -130,19 +118,13 @@ fn polygamma_f(nf: f32, x: f32) -> f32 {
   let sign = select(-1.0, 1.0, (n & 1) == 1);
   return sign * fact * sp_hurwitz_zeta(n + 1, x);
 }
-// sin(p) for the float32 product p = pi * x, as the CPU's sinf sees it: p is reduced by pi in pieces
-// (Cody-Waite; exact for |x| < 4096) so the small remainder near a multiple of pi keeps its digits.
-fn sp_sin_of_pi_times(x: f32) -> f32 {
-  let p = SP_PI * x;
-  let k = round(p / SP_PI);
-  let r = ((p - k * 3.140625) - k * 0.0009670257568359375) - k * 6.2771141529083251953e-07 - k * 1.2154201256553420762e-10;
-  return sp_sin_small(r);  // the sign of (-1)^k does not matter: only sin^2 is used
-}
-// trigamma as PyTorch's CPU computes it in float (reflection below 0.5, six steps, asymptotic series),
-// so values near the poles, where float32 itself is the limit, come out the same.
+// trigamma by PyTorch's CPU formula (reflection below 0.5, six steps, asymptotic series), but with
+// sin(pi x) from sinpi_f: the CPU's float32 kernel takes sin of the rounded product pi * x, whose error
+// (|x| 2^-24 absolute) is all of sin near an integer -- up to 100% off near the poles against float64,
+// and a rounding that drivers contract into an fma differently (9% apart on the H100, run 12).
 fn trigamma_f(x0: f32) -> f32 {
   var x = x0; var sign = 1.0; var result = 0.0;
-  if (x < 0.5) { sign = -1.0; let s = sp_sin_of_pi_times(x); result = result - (SP_PI * SP_PI) / (s * s); x = 1.0 - x; }
+  if (x < 0.5) { sign = -1.0; let s = sinpi_f(x); result = result - (SP_PI * SP_PI) / (s * s); x = 1.0 - x; }
   for (var i = 0; i < 6; i = i + 1) { result = result + 1.0 / (x * x); x = x + 1.0; }
   let ixx = 1.0 / (x * x);
   result = result + (1.0 + 1.0 / (2.0 * x) + ixx * (1.0 / 6.0 - ixx * (1.0 / 30.0 - ixx * (1.0 / 42.0)))) / x;
