@@ -47,9 +47,9 @@ class Loans:
         if not self.out:
             return 0
         live = [s for s in (ref() for ref in self.out) if s is not None and s.lender is self]
-        self.out = []
         for storage in live:
             give_own_copy(storage)
+        self.out = []   # only now: after a failure (out of memory) the rest are still called back next time
         return len(live)
 
 

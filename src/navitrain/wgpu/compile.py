@@ -159,6 +159,9 @@ class _Capture:
                 if offset >= 0 and (self.how[k] is CALLERS or _same_memory(a, static)):
                     out.append(wrap(a._ws, o.shape, o.stride(), offset, o.dtype))
                     continue
+                if self.how[k] is CALLERS:   # reaches before the caller's view: the captured storage itself
+                    out.append(wrap(static._ws, o.shape, o.stride(), o.storage_offset(), o.dtype))
+                    continue
                 # Another graph's memory, this call's data copied in: borrow it from that graph.
                 storage = static._ws.lender.lend(static._ws)
             else:
