@@ -199,7 +199,7 @@ fn pow_i64(a: i64, b: i64) -> i64 { var r = 1li; var base = a; var e = b;
 
 
 def helpers(has_i64: bool) -> str:
-    from navitrain.wgpu.kernels import wgsl_special  # erfinv, lgamma, digamma, nextafter, hypot, fmax/fmin
-    from navitrain.wgpu.kernels import wgsl_trig  # tan, sinpi, cospi, tanpi
+    # wgsl_special: erfinv, lgamma, digamma, nextafter, hypot, fmax/fmin; wgsl_trig: tan, sinpi, cospi, tanpi
+    from navitrain.wgpu.kernels import wgsl_special, wgsl_trig
 
     return F32 + wgsl_special.F32 + wgsl_trig.F32 + (I64 if has_i64 else "")
