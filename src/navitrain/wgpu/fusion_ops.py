@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from navitrain.wgpu.kernels.activation_exprs import GELU_ERF, GELU_TANH, INV_SQRT_2
+
 aten = torch.ops.aten
 prims = torch.ops.prims
 
-SQRT_2_OVER_PI = 0.7978845608028654
-INV_SQRT_2 = 0.7071067811865476
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -91,11 +91,8 @@ def _keep_nan(call: str):
 
 def _gelu(args, kwargs):
     approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
-    if approximate == "tanh":
-        return Rule(f"0.5 * {{a}} * (1.0 + tanh_f({SQRT_2_OVER_PI!r} * ({{a}} + 0.044715 * {{a}} * {{a}} * {{a}})))",
-                    (args[0],), "f")
-    if approximate == "none":
-        return Rule(f"0.5 * {{a}} * (1.0 + erf_f({{a}} * {INV_SQRT_2!r}))", (args[0],), "f")
+    if approximate in ("tanh", "none"):  # the unfused handler's own expression (kernels/activation_exprs.py)
+        return Rule(GELU_TANH if approximate == "tanh" else GELU_ERF, (args[0],), "f")
     return None
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import pointwise
+from navitrain.wgpu.kernels.activation_exprs import GELU_ERF, GELU_TANH, INV_SQRT_2
 
 aten = torch.ops.aten
-SQRT_2_OVER_PI = 0.7978845608028654
-INV_SQRT_2 = 0.7071067811865476
 
 
 # The only activations the CPU computes on integer tensors; none takes bools.
@@ -41,13 +40,7 @@ def threshold(x, threshold, value):
 
 @implements(aten.gelu.default)
 def gelu(x, *, approximate="none"):
-    if approximate == "tanh":
-        expr = "0.5 * a * (1.0 + tanh_f(%r * (a + 0.044715 * a * a * a)))" % SQRT_2_OVER_PI
-    else:
-        # gelu(+inf) is NaN in the CPU's float32 (vectorized) kernel, its erf meeting inf * 0; the tanh form
-        # keeps inf there. (Its x > ~1.7e38 overflow to inf is left: drivers reassociate the products.)
-        expr = ("select(0.5 * a * (1.0 + erf_f(a * %r)), bitcast<f32>(0x7fc00000u), a == bitcast<f32>(0x7f800000u))"
-                % INV_SQRT_2)
+    expr = (GELU_TANH if approximate == "tanh" else GELU_ERF).format(a="a")
     return _pw(f"gelu_{approximate}", expr, [x])
 
 
@@ -146,7 +139,9 @@ def hardswish(x):
 
 @implements(aten.hardswish_backward.default)
 def hardswish_backward(grad, x):
-    return _pw("hardswish_bwd", "select(select(a * (b / 3.0 + 0.5), a, b >= 3.0 && !is_nan(b)), 0.0, b < -3.0 && !is_nan(b))", [grad, x])
+    return _pw("hardswish_bwd",
+               "select(select(a * (b / 3.0 + 0.5), a, b >= 3.0 && !is_nan(b)), 0.0, b < -3.0 && !is_nan(b))",
+               [grad, x])
 
 
 @implements(aten.hardsigmoid.default)
