@@ -339,7 +339,8 @@ def test_whole_layer_path_dispatches_no_per_step_ops(cls):
             x = torch.randn(T, 3, 4).to(DEV).requires_grad_()
             with Count() as mode:
                 if packed:  # PyTorch's own packed path also dispatches per step
-                    mod(pack_padded_sequence(x, torch.tensor([T - 1, T, 1]), enforce_sorted=False))[0].data.sum().backward()
+                    seq = pack_padded_sequence(x, torch.tensor([T - 1, T, 1]), enforce_sorted=False)
+                    mod(seq)[0].data.sum().backward()
                 else:
                     mod(x)[0].sum().backward()
             counts.append(mode.ops)

@@ -25,7 +25,8 @@ NAN, INF = float("nan"), float("inf")
 # Handler families the rule covers (module of the handler -> swept).
 SWEPT_MODULES = {
     "navitrain.wgpu.ops.activations", "navitrain.wgpu.ops.elementwise", "navitrain.wgpu.ops.loss_pointwise",
-    "navitrain.wgpu.ops.loss_nll", "navitrain.wgpu.ops.norm", "navitrain.wgpu.ops.row_norm", "navitrain.wgpu.ops.reductions",
+    "navitrain.wgpu.ops.loss_nll", "navitrain.wgpu.ops.norm", "navitrain.wgpu.ops.row_norm",
+    "navitrain.wgpu.ops.reductions",
     "navitrain.wgpu.ops.scan", "navitrain.wgpu.ops.softmax", "navitrain.wgpu.ops.foreach",
     "navitrain.wgpu.ops.pooling", "navitrain.wgpu.ops.amp",
 }
@@ -252,7 +253,8 @@ for _name, _f in {
     "argmin": lambda x: x.argmin(1), "var": lambda x: x.var(1), "std": lambda x: x.std(1),
 "norm": lambda x: torch.linalg.vector_norm(x, dim=1),
     "norm(inf)": lambda x: torch.linalg.vector_norm(x, INF, dim=1), "norm(1)": lambda x: x.norm(1, dim=1),
-    "norm(0)": lambda x: torch.linalg.vector_norm(x, 0, dim=1), "norm(-inf)": lambda x: torch.linalg.vector_norm(x, -INF, dim=1),
+    "norm(0)": lambda x: torch.linalg.vector_norm(x, 0, dim=1),
+    "norm(-inf)": lambda x: torch.linalg.vector_norm(x, -INF, dim=1),
     "norm(3)": lambda x: torch.linalg.vector_norm(x, 3.0, dim=1),
     "logsumexp": lambda x: torch.logsumexp(x, 1), "any": lambda x: x.any(1), "all": lambda x: x.all(1),
     "any(all)": lambda x: x.any(), "all(all)": lambda x: x.all(), "any(dims)": lambda x: x.any((0, 1)),
@@ -427,7 +429,8 @@ case("unique(all nan)", lambda x: torch.unique(x, return_counts=True), torch.ful
 for _name, _f in {"sort": lambda x: torch.sort(x, 1), "sort(descending)": lambda x: torch.sort(x, 1, descending=True),
                   "argsort(stable)": lambda x: torch.argsort(x, 1, stable=True), "median": lambda x: x.median(1),
                   "median(all)": lambda x: x.median(), "msort": torch.msort,
-                  "topk(values)": lambda x: torch.topk(x, 3, 1)[0], "kthvalue(values)": lambda x: x.kthvalue(3, 1)[0]}.items():
+                  "topk(values)": lambda x: torch.topk(x, 3, 1)[0],
+                  "kthvalue(values)": lambda x: x.kthvalue(3, 1)[0]}.items():
     case(f"sort {_name}", _f, rows(337))
 
 # -- half precision: the same specials through the f16/bf16 loads and stores -------------------------------
@@ -530,9 +533,11 @@ for _dt in (torch.int64, torch.int32):
     case(f"int {_k} % 0", lambda a: a % 0, _ints(241).to(_dt))
     case(f"int {_k} fmod 0", lambda a: torch.fmod(a, 0), _ints(242).to(_dt))
     case(f"int {_k} div(trunc) 0", lambda a: torch.div(a, 0, rounding_mode="trunc"), _ints(243).to(_dt))
-    case(f"int {_k} // T(0)", lambda a, b: a // b, _ints(244).to(_dt), torch.tensor([3, 0, -2, 5, 1, 1, 1, 1], dtype=_dt))
+    case(f"int {_k} // T(0)", lambda a, b: a // b, _ints(244).to(_dt),
+         torch.tensor([3, 0, -2, 5, 1, 1, 1, 1], dtype=_dt))
     case(f"int {_k} % T(0)", lambda a, b: a % b, _ints(245).to(_dt), torch.tensor([3, 1, -2, 0, 1, 1, 1, 1], dtype=_dt))
-    case(f"int {_k} fmod T(0)", lambda a, b: torch.fmod(a, b), _ints(246).to(_dt), torch.tensor([0] + [2] * 7, dtype=_dt))
+    case(f"int {_k} fmod T(0)", lambda a, b: torch.fmod(a, b), _ints(246).to(_dt),
+         torch.tensor([0] + [2] * 7, dtype=_dt))
     case(f"int {_k} //= 0", lambda a: a.clone().floor_divide_(0), _ints(247).to(_dt))
     case(f"int {_k} %= T(0)", lambda a, b: a.clone().remainder_(b), _ints(248).to(_dt), torch.zeros(8, dtype=_dt))
     case(f"int {_k} // T(nonzero)", lambda a, b: (a // b, a % b, torch.fmod(a, b)), _ints(249).to(_dt),

@@ -92,7 +92,8 @@ fn erf_f(x: f32) -> f32 {
   let ax = abs(x);
   if (ax < 0.5) {
     let x2 = x * x;
-    return 1.1283791670955126 * x * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.1 + x2 * (-0.023809523809523808 + x2 * 0.004629629629629629))));
+    return 1.1283791670955126 * x
+      * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.1 + x2 * (-0.023809523809523808 + x2 * 0.004629629629629629))));
   }
   let t = 1.0 / (1.0 + 0.3275911 * ax);
   let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
@@ -180,7 +181,9 @@ fn lerp_f(a: f32, b: f32, w: f32) -> f32 { return select(b - (b - a) * (1.0 - w)
 // Integer remainders come from `/`, never from `%`: on the H100's Vulkan driver a signed `%` by a negative
 // divisor gave wrong values while `/` was right (run 11). a / 0 is a in WGSL, so irem(a, 0) is a.
 fn irem(a: i32, b: i32) -> i32 { return a - b * (a / b); }
-fn idiv_floor(a: i32, b: i32) -> i32 { let q = a / b; return select(q, q - 1, (a - b * q != 0) && ((a < 0) != (b < 0))); }
+fn idiv_floor(a: i32, b: i32) -> i32 {
+  let q = a / b; return select(q, q - 1, (a - b * q != 0) && ((a < 0) != (b < 0)));
+}
 fn imod_floor(a: i32, b: i32) -> i32 { let r = irem(a, b); return select(r, r + b, (r != 0) && ((r < 0) != (b < 0))); }
 fn pow_i32(a: i32, b: i32) -> i32 { var r = 1; var base = a; var e = b;
   // a negative power of an integer: 1 for 1, +-1 for -1, else 0 (the CPU's powi)
@@ -190,8 +193,12 @@ fn pow_i32(a: i32, b: i32) -> i32 { var r = 1; var base = a; var e = b;
 
 I64 = """
 fn irem64(a: i64, b: i64) -> i64 { return a - b * (a / b); }
-fn idiv_floor64(a: i64, b: i64) -> i64 { let q = a / b; return select(q, q - 1li, (a - b * q != 0li) && ((a < 0li) != (b < 0li))); }
-fn imod_floor64(a: i64, b: i64) -> i64 { let r = irem64(a, b); return select(r, r + b, (r != 0li) && ((r < 0li) != (b < 0li))); }
+fn idiv_floor64(a: i64, b: i64) -> i64 {
+  let q = a / b; return select(q, q - 1li, (a - b * q != 0li) && ((a < 0li) != (b < 0li)));
+}
+fn imod_floor64(a: i64, b: i64) -> i64 {
+  let r = irem64(a, b); return select(r, r + b, (r != 0li) && ((r < 0li) != (b < 0li)));
+}
 fn pow_i64(a: i64, b: i64) -> i64 { var r = 1li; var base = a; var e = b;
   if (e < 0li) { return select(select(0li, 1li - 2li * (e & 1li), a == -1li), 1li, a == 1li); }
   loop { if (e == 0li) { break; } if ((e & 1li) == 1li) { r = r * base; } base = base * base; e = e >> 1u; } return r; }

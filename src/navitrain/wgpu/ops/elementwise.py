@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import int_division, pointwise
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import int_division, pointwise
 from navitrain.wgpu.promotion import result_type
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -214,9 +214,11 @@ def _div(a, b, rounding_mode=None, out=None):
         # div_rn: trunc of a 2.5-ulp quotient drops an exact integer (3 b / b = 2.9999998 -> 2)
         template = "trunc(div_rn({a}, {b}))" if compute == "f32" else "({a} / {b})"
     elif rounding_mode == "floor":
-        template = "floordiv_f({a}, {b})" if compute == "f32" else "idiv_floor" + ("64" if compute == "i64" else "") + "({a}, {b})"
+        template = ("floordiv_f({a}, {b})" if compute == "f32"
+                    else "idiv_floor" + ("64" if compute == "i64" else "") + "({a}, {b})")
     else:
-        raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{rounding_mode}'")
+        raise ValueError("div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                         f"but found '{rounding_mode}'")
     if out is not None:
         return apply("div", template, [a, b], out.dtype, compute, out=out,
                      shape=tuple(out.shape) if out is a else None)
@@ -554,7 +556,8 @@ def addcmul(x, t1, t2, *, value=1):
 @implements(aten.addcmul_.default)
 def addcmul_(x, t1, t2, *, value=1):
     compute = pointwise.compute_type(x.dtype)
-    return apply("addcmul", "{a} + {v} * {b} * {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x, shape=tuple(x.shape))
+    return apply("addcmul", "{a} + {v} * {b} * {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x,
+                 shape=tuple(x.shape))
 
 
 @implements(aten.addcdiv.default)
@@ -575,7 +578,8 @@ def _check_addcdiv(t1, t2):
 def addcdiv_(x, t1, t2, *, value=1):
     _check_addcdiv(t1, t2)
     compute = pointwise.compute_type(x.dtype)
-    return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x, shape=tuple(x.shape))
+    return apply("addcdiv", "{a} + {v} * {b} / {c}", [x, t1, t2], x.dtype, compute, {"v": value}, out=x,
+                 shape=tuple(x.shape))
 
 
 @implements(aten.lerp.Scalar, aten.lerp.Tensor)
