@@ -48,6 +48,9 @@ def pdist_forward(x, p=2.0):
         # would count a NaN as 1.
         ones = aten.clamp_max.default(aten.ceil.default(aten.abs.default(aten.sub.Tensor(rows_i, rows_j))), 1)
         return aten.sum.dim_IntList(ones, [-1]).reshape(-1)
+    if p == INF and x.shape[1]:
+        # The CPU's pdist keeps a NaN difference in its max (cdist's max skips it).
+        return aten.amax.default(aten.abs.default(aten.sub.Tensor(rows_i, rows_j)), [-1]).reshape(-1)
     return cdist_forward(rows_i, rows_j, p).reshape(-1)
 
 
