@@ -76,21 +76,8 @@ fn erfcx_f(x: f32) -> f32 {
 // ndtri(p) for 0 < p <= 0.5
 fn ef_ndtri_lower(p: f32) -> f32 {
   if (p >= 0.05) {
-    // erfinv(2p - 1) by Giles' polynomials in w = -log(1 - (2p-1)^2) = -log(4 p (1 - p))
-    var w = -log(4.0 * p * (1.0 - p));
-    var r: f32;
-    if (w < 5.0) {
-      w = w - 2.5;
-      r = 2.81022636e-08; r = 3.43273939e-07 + r * w; r = -3.5233877e-06 + r * w; r = -4.39150654e-06 + r * w;
-      r = 0.00021858087 + r * w; r = -0.00125372503 + r * w; r = -0.00417768164 + r * w;
-      r = 0.246640727 + r * w; r = 1.50140941 + r * w;
-    } else {
-      w = sqrt(w) - 3.0;
-      r = -0.000200214257; r = 0.000100950558 + r * w; r = 0.00134934322 + r * w; r = -0.00367342844 + r * w;
-      r = 0.00573950773 + r * w; r = -0.0076224613 + r * w; r = 0.00943887047 + r * w;
-      r = 1.00167406 + r * w; r = 2.83297682 + r * w;
-    }
-    return 1.4142135623730951 * r * (2.0 * p - 1.0);
+    // erfinv(2p - 1) by Giles' polynomials (kernels/wgsl_special.py) in w = -log(1 - (2p-1)^2) = -log(4 p (1 - p))
+    return 1.4142135623730951 * giles_erfinv_poly(-log(4.0 * p * (1.0 - p))) * (2.0 * p - 1.0);
   }
   // a subnormal p from its bits (p = m 2^-149): drivers may flush subnormal operands of log to zero
   let bits = bitcast<u32>(p);

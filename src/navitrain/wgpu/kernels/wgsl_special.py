@@ -23,10 +23,10 @@ F32 = """
 const SP_PI: f32 = 3.14159265358979;
 fn sp_nan() -> f32 { return bitcast<f32>(0x7fc00000u); }
 fn sp_inf() -> f32 { return bitcast<f32>(0x7f800000u); }
-fn erfinv_f(x: f32) -> f32 {
-  if (is_nan(x) || abs(x) > 1.0) { return sp_nan(); }
-  if (abs(x) == 1.0) { return x * sp_inf(); }
-  var w = -log((1.0 - x) * (1.0 + x));
+// Giles' single-precision erfinv polynomials: erfinv(x) = x * giles_erfinv_poly(w), w = -log((1 - x)(1 + x)).
+// Also ndtri's (kernels/wgsl_error_functions.py), which computes w from p without forming 2p - 1.
+fn giles_erfinv_poly(w_in: f32) -> f32 {
+  var w = w_in;
   var p: f32;
   if (w < 5.0) {
     w = w - 2.5;
@@ -39,7 +39,12 @@ fn erfinv_f(x: f32) -> f32 {
     p = 0.00573950773 + p * w; p = -0.0076224613 + p * w; p = 0.00943887047 + p * w;
     p = 1.00167406 + p * w; p = 2.83297682 + p * w;
   }
-  return p * x;
+  return p;
+}
+fn erfinv_f(x: f32) -> f32 {
+  if (is_nan(x) || abs(x) > 1.0) { return sp_nan(); }
+  if (abs(x) == 1.0) { return x * sp_inf(); }
+  return giles_erfinv_poly(-log((1.0 - x) * (1.0 + x))) * x;
 }
 fn sp_lgamma_pos(x0: f32) -> f32 {
   var x = x0; var prod = 1.0; var shift = 0.0;
