@@ -43,5 +43,9 @@ fi
 # issue 21: two processes on the one GPU, all_reduce overlapping backward or waiting
 timeout 55 python3 benchmarks/ddp_wgpu.py --models resnet18 --steps 5 --warmup 2 > "$OUT/ddp.log" 2>&1
 timeout 55 python3 benchmarks/ddp_wgpu.py --models resnet18 --steps 5 --warmup 2 --allreduce-waits > "$OUT/ddp_waits.log" 2>&1
+# issue 20: the largest batch under a 6 GiB cap (six searches at once: each child holds at most 6 GiB)
+timeout 200 python3 benchmarks/max_batch.py --limit 6GiB --start 16 --max 2048 --parallel 6 \
+  --out "$OUT/max_batch.json" > "$OUT/max_batch.log" 2>&1
 tail -n 14 "$OUT/zoo_new.log"; tail -n 14 "$OUT/zoo_old.log"; tail -n 6 "$OUT/ddp.log"; tail -n 6 "$OUT/ddp_waits.log"
+cat "$OUT/max_batch.log"
 fi

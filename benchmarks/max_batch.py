@@ -15,6 +15,7 @@ the GPT decoder 6x384 at context 256); resnet50 is torchvision's at 224x224 (nee
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -77,10 +78,10 @@ def _child(model, size, batch, precision, limit) -> dict:
     return {"fits": False, "error": f"child exited {proc.returncode}: {proc.stderr.strip()[-500:]}"}
 
 
-def largest_batch(fits, most: int) -> tuple[int, dict]:
-    """The largest n <= most with fits(n)["fits"] (0 when even 1 does not), by doubling then bisection."""
+def largest_batch(fits, most: int, start: int = 1) -> tuple[int, dict]:
+    """The largest n <= most with fits(n)["fits"] (0 when even 1 does not), by doubling from start then bisection."""
     good, good_result, bad = 0, {}, None
-    n = 1
+    n = max(1, min(start, most))
     while n <= most:
         result = fits(n)
         if not result["fits"]:
@@ -113,19 +114,30 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="fp32,fp16")
     parser.add_argument("--size", default="standard", choices=("tiny", "standard"))
     parser.add_argument("--max", type=int, default=4096, help="largest batch tried")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--start", type=int, default=1, help="first batch tried (doubling goes on from there)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="searches run at once (each child holds at most --limit; a big GPU fits several)")
+    parser.add_argument("--out", help="write the results as JSON here (rewritten after every search)")
     args = parser.parse_args(argv)
+    combos = [(m, p) for m in args.models.split(",") for p in args.precisions.split(",")]
     rows = []
-    for model in args.models.split(","):
-        for precision in args.precisions.split(","):
-            batch, result = largest_batch(lambda n: _child(model, args.size, n, precision, args.limit), args.max)
-            peak = result.get("peak_bytes")
-            rows.append({"model": model, "precision": precision, "size": args.size, "limit": args.limit,
-                         "largest_batch": batch, "peak_bytes": peak})
-            print(f"{model:9s} {precision}: largest batch {batch}"
+
+    def search(combo):
+        model, precision = combo
+        batch, result = largest_batch(lambda n: _child(model, args.size, n, precision, args.limit),
+                                      args.max, args.start)
+        return {"model": model, "precision": precision, "size": args.size, "limit": args.limit,
+                "largest_batch": batch, "peak_bytes": result.get("peak_bytes")}
+
+    # the searches are independent processes, so several can share one large GPU; results print as they finish
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as pool:
+        for row in pool.map(search, combos):
+            rows.append(row)
+            peak = row["peak_bytes"]
+            print(f"{row['model']:9s} {row['precision']}: largest batch {row['largest_batch']}"
                   + (f" (peak {peak / 2**20:.0f} MiB)" if peak else ""), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"results": rows}, indent=1) + "\n")
+            if args.out:
+                Path(args.out).write_text(json.dumps({"results": rows}, indent=1) + "\n")
     return 0
 
 

@@ -22,3 +22,16 @@ def test_largest_batch_finds_the_edge(limit, most):
     assert batch == min(limit, most)
     assert result.get("peak_bytes") == (batch or None)
     assert len(tried) <= 2 * most.bit_length() + 1 and len(set(tried)) == len(tried)
+
+
+@pytest.mark.parametrize("limit,start", [(0, 8), (3, 8), (8, 8), (9, 8), (500, 16), (1000, 2000)])
+def test_largest_batch_from_a_later_start(limit, start):
+    tried = []
+
+    def fits(n):
+        tried.append(n)
+        return {"fits": n <= limit}
+
+    batch, _ = max_batch.largest_batch(fits, 600, start)
+    assert batch == min(limit, 600)
+    assert len(set(tried)) == len(tried)
