@@ -25,6 +25,7 @@ if [ "$part" = all ]; then
 elif [ "$part" = 1 ]; then
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
 python3 -c "import torch,wgpu;print(torch.__version__, wgpu.__version__)" >> "$OUT/gpu.txt"
+python3 -c "import torchvision;print('torchvision', torchvision.__version__)" >> "$OUT/gpu.txt" 2>&1
 timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 \
   tests/wgpu/test_special_values.py tests/wgpu/test_ops_breadth.py tests/wgpu/test_rnn.py \
   tests/wgpu/test_linalg.py tests/wgpu/test_fft.py tests/wgpu/test_special_functions.py tests/wgpu/test_order_stats.py \
