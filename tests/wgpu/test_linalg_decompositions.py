@@ -1,0 +1,140 @@
+"""Eigen- and singular value decompositions on the wgpu device (issue 17) against PyTorch on the CPU.
+
+Eigenvector signs are not defined (LAPACK's and Jacobi's differ per column), so eigenvectors are checked
+through what is defined: A V = V diag(w), V^T V = I, and |V| where the eigenvalues are distinct (the
+OpInfo samples' own output_process_fn_grad, also for the gradients, which are then sign-invariant).
+Eigenvalues are compared with float64 on the CPU. Tolerances: Jacobi in float32 is backward stable, so
+errors are a small multiple of n * 2^-24 * max|A|; the bounds below are 1e-5 * n * max|A| (about 80x that)."""
+import itertools
+
+import pytest
+import torch
+
+import navitrain.wgpu as nw
+from navitrain.wgpu.kernels import linalg_eigh as eigh_engine
+from tests.wgpu import opinfo
+
+DEV = "wgpu"
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _sym(shape, seed):
+    a = torch.randn(shape, generator=_gen(seed))
+    return a + a.mT
+
+
+def _check_eigh(a, w, v, uplo="L"):
+    """w, v (device) against float64 of the triangle `uplo` of a (CPU)."""
+    a64 = (a.tril() + a.tril(-1).mT if uplo == "L" else a.triu() + a.triu(1).mT).double()
+    w, v = w.cpu().double(), v.cpu().double()
+    n = a.shape[-1]
+    scale = max(a64.abs().max().item(), 1e-30)
+    tol = 1e-5 * max(n, 1) * scale
+    torch.testing.assert_close(w, torch.linalg.eigvalsh(a64), rtol=0, atol=tol)
+    assert (w[..., 1:] >= w[..., :-1]).all(), "eigenvalues not ascending"
+    assert (a64 @ v - v * w.unsqueeze(-2)).abs().max().item() <= tol
+    assert (v.mT @ v - torch.eye(n, dtype=torch.float64)).abs().max().item() <= 1e-5 * max(n, 1)
+
+
+def _sign_invariant_opinfo(name, max_samples=8):
+    """The OpInfo samples of an eigenvector op, outputs and gradients through the samples'
+    output_process_fn_grad (|V|); returns how many were compared."""
+    op = opinfo.find(name)
+    torch.manual_seed(0)
+    samples = list(itertools.islice(op.sample_inputs("cpu", torch.float32, requires_grad=True, set_seed=False),
+                                    max_samples))
+    for i, s in enumerate(samples):
+        ref = s.output_process_fn_grad(op(s.input, *s.args, **s.kwargs))
+        x = s.input.detach().to(DEV).requires_grad_(True)
+        out = s.output_process_fn_grad(op(x, *s.args, **s.kwargs))
+        ref, out = torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(out)
+        for r, d in zip(ref, out):
+            assert d.device.type == DEV
+            torch.testing.assert_close(d.detach().cpu(), r.detach(), rtol=1e-4, atol=1e-4)
+        gen = _gen(1234 + i)
+        seeds = [torch.randn(r.shape, generator=gen) for r in ref]
+        (g_ref,) = torch.autograd.grad(ref, [s.input], seeds)
+        (g_dev,) = torch.autograd.grad(out, [x], [g.to(DEV) for g in seeds])
+        torch.testing.assert_close(g_dev.cpu(), g_ref, rtol=1e-3, atol=1e-3)
+    return len(samples)
+
+
+def test_eigh_opinfo_sign_invariant():
+    assert _sign_invariant_opinfo("linalg.eigh") > 0
+
+
+@pytest.mark.parametrize("name,variant", [("linalg.eigvalsh", "")])
+def test_opinfo_matches_cpu(name, variant):
+    assert opinfo.check(opinfo.find(name, variant), torch.float32, max_samples=6) > 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 62])
+def test_eigh_random_batches(n, strict):
+    a = _sym((3, 2, n, n), n)
+    for uplo in ("L", "U"):
+        w, v = torch.linalg.eigh(a.to(DEV), UPLO=uplo)
+        _check_eigh(a, w, v, uplo)
+        torch.testing.assert_close(torch.linalg.eigvalsh(a.to(DEV), UPLO=uplo).cpu(), w.cpu(), rtol=0, atol=0)
+
+
+def test_eigh_only_reads_one_triangle_and_any_layout(strict):
+    a = torch.randn(2, 9, 9, generator=_gen(3))  # not symmetric: only the named triangle counts
+    a[:, 0, 5] = float("nan")                      # in the upper triangle, which UPLO="L" never reads
+    w, v = torch.linalg.eigh(a.to(DEV), UPLO="L")
+    _check_eigh(a, w, v, "L")
+    b = torch.randn(9, 2, 9, generator=_gen(4)).transpose(0, 1)  # a non-contiguous batch
+    b = b + b.mT
+    w, v = torch.linalg.eigh(b.to(DEV))
+    _check_eigh(b, w, v)
+    wb, vb = torch.linalg.eigh(_sym((4, 4), 5).to(DEV).expand(3, 4, 4))  # stride-0 batch
+    _check_eigh(_sym((4, 4), 5).expand(3, 4, 4), wb, vb)
+
+
+def test_eigh_repeated_eigenvalues_and_rank_deficiency(strict):
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=_gen(6), dtype=torch.float64))
+    repeated = (q * torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 5.0], dtype=torch.float64)) @ q.mT
+    low_rank = torch.randn(7, 2, generator=_gen(7))
+    cases = [repeated.float(), torch.eye(5), torch.zeros(4, 4), low_rank @ low_rank.mT,
+             torch.diag(torch.tensor([3.0, -1.0, 2.0, -1.0])), torch.ones(5, 5)]
+    for a in cases:
+        w, v = torch.linalg.eigh(a.to(DEV))
+        _check_eigh(a, w, v)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30, 1e37])
+def test_eigh_extreme_scales_do_not_overflow(scale, strict):
+    a = _sym((2, 6, 6), 8) / 4
+    w, v = torch.linalg.eigh((a * scale).to(DEV))
+    assert torch.isfinite(w.cpu()).all() and torch.isfinite(v.cpu()).all()
+    _check_eigh(a, w.cpu() / scale, v)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_eigh_non_finite_input_gives_nan(value, strict):
+    a = _sym((3, 5, 5), 9)
+    a[1, 3, 1] = value  # lower triangle, matrix 1 only
+    w, v = torch.linalg.eigh(a.to(DEV))
+    w, v = w.cpu(), v.cpu()
+    assert w[1].isnan().all() and v[1].isnan().all()
+    _check_eigh(a[::2], w[::2], v[::2])  # the others are unaffected
+
+
+def test_eigh_empty_shapes(strict):
+    for shape in [(0, 3, 3), (2, 0, 0)]:
+        w, v = torch.linalg.eigh(torch.zeros(shape).to(DEV))
+        ref = torch.linalg.eigh(torch.zeros(shape))
+        assert w.shape == ref[0].shape and v.shape == ref[1].shape
+
+
+def test_eigh_too_large_or_float64_takes_the_counted_fallback(lenient):
+    big = eigh_engine.MAX_N + 1
+    a = _sym((big, big), 10)
+    nw.reset_fallback_counts()
+    with pytest.warns(UserWarning):
+        w = torch.linalg.eigvalsh(a.to(DEV)).cpu()
+    torch.testing.assert_close(w, torch.linalg.eigvalsh(a))
+    torch.linalg.eigvalsh(a[:4, :4].double().to(DEV)).cpu()  # warned once per op already
+    assert nw.fallback_report()["cpu_fallbacks"].get("aten._linalg_eigh.default", 0) == 2
