@@ -6,13 +6,11 @@ from navitrain.wgpu.ops import (  # noqa: F401
     amp,
     attention,
     bilinear,  # issue 17: nn ops that fell back (pdist, bilinear, rrelu, fractional pooling, AA upsampling, ...)
-    bit_ops,  # issue 17: bitwise shifts (int64 too) and frexp
     complex,  # complex64: views, conj, arithmetic, sums (issue 17)
     conv,
     conv3d,
     copy,
     ctc,
-    decomposed_backward,  # issue 17: grid_sampler_2d, bicubic, trilinear and margin-loss backwards
     distance,
     elementwise,
     embedding,
@@ -20,7 +18,6 @@ from navitrain.wgpu.ops import (  # noqa: F401
     factory,
     fft,  # issue 17: _fft_c2c/_fft_r2c/_fft_c2r on the GPU
     foreach,
-    global_avg_pool,  # issue 23: adaptive_avg_pool2d(x, 1) as one autograd node (squeeze-excitation)
     grid_sample3d,
     histogram,  # issue 17: order statistics, bucketing, segment_reduce (with order_stats, segments)
     indexing,
