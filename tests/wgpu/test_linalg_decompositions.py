@@ -138,3 +138,63 @@ def test_eigh_too_large_or_float64_takes_the_counted_fallback(lenient):
     torch.testing.assert_close(w, torch.linalg.eigvalsh(a))
     torch.linalg.eigvalsh(a[:4, :4].double().to(DEV)).cpu()  # warned once per op already
     assert nw.fallback_report()["cpu_fallbacks"].get("aten._linalg_eigh.default", 0) == 2
+
+
+# -- SVD -------------------------------------------------------------------------------------------------
+def _check_svd(a, u, s, vh, full):
+    a64 = a.double()
+    u, s, vh = u.cpu().double(), s.cpu().double(), vh.cpu().double()
+    m, n = a.shape[-2], a.shape[-1]
+    k = min(m, n)
+    tol = 1e-5 * max(m, n, 1) * max(a64.abs().max().item(), 1e-30)
+    torch.testing.assert_close(s, torch.linalg.svdvals(a64), rtol=0, atol=tol)
+    assert (s[..., :-1] >= s[..., 1:]).all(), "singular values not descending"
+    assert u.shape[-1] == (m if full else k) and vh.shape[-2] == (n if full else k)
+    assert ((u[..., :k] * s.unsqueeze(-2)) @ vh[..., :k, :] - a64).abs().max().item() <= tol
+    assert (u.mT @ u - torch.eye(u.shape[-1], dtype=torch.float64)).abs().max().item() <= 1e-5 * max(m, n, 1)
+    assert (vh @ vh.mT - torch.eye(vh.shape[-2], dtype=torch.float64)).abs().max().item() <= 1e-5 * max(m, n, 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (6, 4), (4, 6), (2, 40, 17), (17, 40), (31, 31)])
+def test_svd_random(shape, strict):
+    a = torch.randn(shape, generator=_gen(sum(shape)))
+    full = shape[-1] == shape[-2]
+    u, s, vh = torch.linalg.svd(a.to(DEV), full_matrices=full)
+    _check_svd(a, u, s, vh, full)
+    torch.testing.assert_close(torch.linalg.svdvals(a.to(DEV)).cpu(), s.cpu(), rtol=0, atol=0)
+
+
+def test_svd_rank_deficient_and_repeated(strict):
+    b = torch.randn(7, 2, generator=_gen(11))
+    cases = [b @ torch.randn(2, 5, generator=_gen(12)), torch.eye(5), torch.zeros(4, 3), torch.ones(5, 5),
+             torch.diag(torch.tensor([3.0, -3.0, 0.0, 1.0]))]
+    for a in cases:
+        u, s, vh = torch.linalg.svd(a.to(DEV), full_matrices=False)
+        _check_svd(a, u, s, vh, False)
+
+
+def test_svd_opinfo_sign_invariant():
+    assert _sign_invariant_opinfo("svd", max_samples=4) > 0
+
+
+@pytest.mark.parametrize("name", ["linalg.svdvals", "linalg.matrix_norm"])
+def test_svd_values_opinfo_matches_cpu(name):
+    assert opinfo.check(opinfo.find(name), torch.float32, max_samples=4) > 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_svd_non_finite_input_gives_nan(value, strict):
+    a = torch.randn(3, 5, 4, generator=_gen(13))
+    a[1, 2, 3] = value
+    u, s, vh = torch.linalg.svd(a.to(DEV), full_matrices=False)
+    assert s[1].cpu().isnan().all() and u[1].cpu().isnan().all() and vh[1].cpu().isnan().all()
+    _check_svd(a[::2], u[::2], s[::2], vh[::2], False)
+
+
+def test_svd_fallbacks_are_counted(lenient):
+    nw.reset_fallback_counts()
+    a = torch.randn(6, 3, generator=_gen(14))
+    with pytest.warns(UserWarning):
+        u, s, vh = torch.linalg.svd(a.to(DEV), full_matrices=True)  # a complete basis of a tall matrix
+    _check_svd(a, u, s, vh, True)
+    assert nw.fallback_report()["cpu_fallbacks"].get("aten._linalg_svd.default", 0) == 1

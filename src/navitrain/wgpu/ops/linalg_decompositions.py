@@ -1,13 +1,14 @@
 """Eigen- and singular value decompositions on the wgpu device (issue 17): aten._linalg_eigh (linalg.eigh,
-eigvalsh, and through PyTorch's decompositions matrix_rank(hermitian=True), pinv(hermitian=True)),
-float32, batched small matrices.
+eigvalsh) and aten._linalg_svd (svd, linalg.svd, svdvals and what PyTorch builds on them), float32,
+batched small matrices.
 
-The engine is kernels/linalg_eigh.py (cyclic Jacobi, one workgroup per matrix, the matrix in workgroup
-memory). Orders whose matrices do not fit the device's workgroup memory (on 32 KiB, eigenvectors up to
-n = 62; at most n = 64 anywhere) and other dtypes raise NoKernelForDtype: the counted CPU fallback.
-Eigenvector signs are not defined (PyTorch's docs); ours are whatever Jacobi's rotations give, so they may
-differ from LAPACK's per column. Gradients come from PyTorch's autograd formula for eigh, which calls this
-forward.
+The engines are kernels/linalg_eigh.py (cyclic Jacobi) and kernels/linalg_svd.py (one-sided Jacobi), one
+workgroup per matrix, the matrix in workgroup memory. Sizes that do not fit the device's workgroup memory
+(eigenvectors up to n = 62 on 32 KiB; at most 64 rows or columns anywhere), full_matrices=True of a
+non-square matrix, and other dtypes raise NoKernelForDtype: the counted CPU fallback.
+Singular / eigenvector signs are not defined (PyTorch's docs); ours are whatever Jacobi's rotations give,
+so they may differ from LAPACK's per column. Gradients come from PyTorch's autograd formulas, which call
+these forwards.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.kernels import linalg_eigh as eigh_engine
-from navitrain.wgpu.ops.linalg import _batch_stride, _batched, _count, _float32_only, _like, _meta
+from navitrain.wgpu.kernels import linalg_svd as svd_engine
+from navitrain.wgpu.ops.linalg import _batch_stride, _batched, _count, _float32_only, _identity_into, _like, _meta
 
 aten = torch.ops.aten
 
@@ -37,3 +39,36 @@ def linalg_eigh(A, UPLO="L", compute_v=True):
     eigh_engine.eigh(a, batch, a_bs, UPLO.upper() == "L", w, v if compute_v else None,
                      _batch_stride(v) if compute_v else 0)
     return w, v
+
+
+@implements(aten._linalg_svd.default)
+def linalg_svd(A, full_matrices=False, compute_uv=True, driver=None):
+    u_meta, s_meta, vh_meta = _meta(aten._linalg_svd.default, A, full_matrices, compute_uv, driver=driver)
+    _float32_only(A)
+    m, n = A.shape[-2], A.shape[-1]
+    if not svd_engine.fits(m, n):
+        raise NoKernelForDtype(f"linalg.svd: a {m} x {n} matrix does not fit one workgroup's memory")
+    if compute_uv and full_matrices and m != n:
+        # completing U (or Vh) to a square basis is the engine's one-thread Gram-Schmidt, which on lavapipe
+        # stops finding vectors after about ten columns (cause not found yet): the counted CPU fallback
+        raise NoKernelForDtype("linalg.svd: full_matrices of a non-square matrix runs on the CPU")
+    u, s, vh = _like(u_meta), _like(s_meta), _like(vh_meta)
+    batch_shape = A.shape[:-2]
+    batch = _count(batch_shape)
+    if batch == 0 or min(m, n) == 0:
+        if compute_uv and full_matrices:  # no singular vectors to find: any orthonormal basis, as the identity
+            for t in (u, vh):
+                if t.numel():
+                    _identity_into(t)
+        return u, s, vh
+    a, a_bs = _batched(A, batch_shape)
+    wide = m < n  # the engine works on the tall one of A and A^T: A^T = V S U^T swaps the roles of U and V
+    left, right = None, None
+    if compute_uv:
+        u_bs, vh_bs = _batch_stride(u), _batch_stride(vh)
+        u_geom = (u, u_bs, u.stride(-2), u.stride(-1))
+        v_geom = (vh, vh_bs, vh.stride(-1), vh.stride(-2))  # V = Vh^T: the same memory, strides swapped
+        left, right = (v_geom, u_geom) if wide else (u_geom, v_geom)
+        left = (*left, (vh.shape[-2] if wide else u.shape[-1]))
+    svd_engine.svd(a, batch, a_bs, wide, s, left, right)
+    return u, s, vh

@@ -1,0 +1,275 @@
+"""The SVD engine: singular values (descending) and singular vectors of a batch of float32 matrices by
+one-sided (Hestenes) Jacobi, one workgroup per matrix (issue 17).
+
+The work matrix W (r x k, r >= k: A itself, or A^T for a wide A, which the handler passes as strides)
+has its columns rotated in pairs until every pair is orthogonal; V accumulates the rotations. Then
+sigma_j = |W_j|, the left vectors are W_j / sigma_j and the right ones V's columns. Pairs are visited in
+round-robin order as in kernels/linalg_eigh.py (k/2 disjoint pairs per round, one thread each computing
+|W_p|^2, |W_q|^2 and W_p . W_q over the rows, then the columns rotated by the whole workgroup). A pair
+with |W_p . W_q| <= 2^-24 |W_p| |W_q| is skipped; a sweep without a rotation ends the loop. Since every
+pair ends orthogonal to working precision relative to its own norms, the left vectors are orthonormal
+for small singular values too. W is scaled by a power of two (largest |entry| in [1, 2)) so the sums of
+squares cannot overflow; the singular values are scaled back.
+
+Left vectors that Jacobi does not give -- a column that became exactly zero (rank deficiency), and the
+columns k..r-1 of a complete basis (full_matrices with r > k) -- are completed by one thread: unit
+vectors e_t with the columns already there projected out twice (Gram-Schmidt), the first whose
+remaining norm^2 is at least 0.9 / r (one always has >= 1 / r). Known problem: on lavapipe this stops
+finding vectors after about ten completed columns (a 20 x 20 zero matrix completes 19 of 20; cause not found
+yet), so a column it cannot fill is written NaN, never left as a silent zero, and the handler sends
+full_matrices of non-square matrices to the CPU. Outputs are written through strides, so U / Vh's layouts
+and the wide case's transposes are the handler's choice.
+
+W and V live in workgroup memory (`fits`); a non-finite entry makes every output of that matrix NaN.
+"""
+from __future__ import annotations
+
+from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.tensor import WgpuTensor
+
+MAX_N = 64          # rows and columns (after the wide case's transpose); larger take the CPU
+MAX_SWEEPS = 30
+_EXTRA_BYTES = 1024
+
+
+def _padded(k: int) -> int:
+    return max(2, k + (k & 1))
+
+
+def fits(rows: int, cols: int) -> bool:
+    """Whether an r x k work matrix (r = the larger side) fits one workgroup's memory (and MAX_N)."""
+    r, k = max(rows, cols), min(rows, cols)
+    if r > MAX_N:
+        return False
+    kb = _padded(k)
+    room = int(runtime().limits.get("max-compute-workgroup-storage-size", 16384))
+    return (r * kb + kb * kb) * 4 + _EXTRA_BYTES <= room
+
+
+_SVD_P = codegen.ParamBlock("batch", "r", "k", "a_off", "a_bs", "w_rs", "w_cs", "s_off",
+                            "x_off", "x_bs", "x_rs", "x_cs", "x_cols", "y_off", "y_bs", "y_rs", "y_cs",
+                            "with_uv", "max_sweeps")
+
+_SVD_BODY = """
+  if (group >= batch) { return; }
+  let base = a_off + group * a_bs;
+  let m = k + (k & 1u);
+  let half = m / 2u;
+  if (lid == 0u) { atomicStore(&flag_bad, 0u); atomicStore(&flag_max, 0u); atomicStore(&flag_rot, 0u); }
+  workgroupBarrier();
+  var local_bad = 0u;
+  var local_max = 0u;
+  for (var e = lid; e < r * k; e = e + WGu) {
+    let i = e / k;
+    let j = e % k;
+    let x = b0[base + i * w_rs + j * w_cs];
+    W[i * KBu + j] = x;
+    let bits = bitcast<u32>(x) & 0x7fffffffu;
+    if (bits >= 0x7f800000u) { local_bad = 1u; }
+    local_max = max(local_max, bits);
+  }
+  for (var e = lid; e < k * k; e = e + WGu) {
+    V[(e / k) * KBu + e % k] = select(0.0, 1.0, e / k == e % k);
+  }
+  if (local_bad != 0u) { atomicOr(&flag_bad, 1u); }
+  atomicMax(&flag_max, local_max);
+  workgroupBarrier();
+  if (lid == 0u) {
+    status_bad = atomicLoad(&flag_bad);
+    exponent = i32((atomicLoad(&flag_max) >> 23u) & 0xffu) - 127;
+    if (exponent == -127) { exponent = 0; }
+  }
+  let bad = workgroupUniformLoad(&status_bad) != 0u;
+  let shift = workgroupUniformLoad(&exponent);
+  for (var e = lid; e < r * k; e = e + WGu) {
+    let at = (e / k) * KBu + e % k;
+    W[at] = ldexp(W[at], -shift);
+  }
+  workgroupBarrier();
+  var sweeps = max_sweeps;
+  if (bad) { sweeps = 0u; }
+  for (var sweep = 0u; sweep < sweeps; sweep = sweep + 1u) {
+    for (var rd = 0u; rd + 1u < m; rd = rd + 1u) {
+      if (lid < half) {
+        var p = rd;
+        var q = m - 1u;
+        if (lid != 0u) {
+          p = (rd + lid) % (m - 1u);
+          q = (rd + m - 1u - lid) % (m - 1u);
+        }
+        let lo = min(p, q);
+        let hi = max(p, q);
+        var c = 1.0;
+        var s = 0.0;
+        if (hi < k) {
+          var alpha = 0.0;
+          var beta = 0.0;
+          var gamma = 0.0;
+          for (var i = 0u; i < r; i = i + 1u) {
+            let x = W[i * KBu + lo];
+            let y = W[i * KBu + hi];
+            alpha = alpha + x * x;
+            beta = beta + y * y;
+            gamma = gamma + x * y;
+          }
+          if (abs(gamma) > 5.9604645e-8 * sqrt(alpha) * sqrt(beta)) {
+            let zeta = (beta - alpha) / (2.0 * gamma);
+            var t = 0.5 / zeta;  // zeta^2 would overflow: tan of the angle is 1/(2 zeta) to float32
+            if (abs(zeta) < 1e18) {
+              t = select(1.0, -1.0, zeta < 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
+            }
+            c = inverseSqrt(1.0 + t * t);
+            s = t * c;
+            atomicOr(&flag_rot, 1u);
+          }
+        }
+        rot_p[lid] = lo;
+        rot_q[lid] = hi;
+        rot_c[lid] = c;
+        rot_s[lid] = s;
+      }
+      workgroupBarrier();
+      // columns p and q of W (rows 0..r) and of V (rows 0..k)
+      for (var e = lid; e < half * (r + k); e = e + WGu) {
+        let pair = e / (r + k);
+        let row = e % (r + k);
+        let s = rot_s[pair];
+        if (s != 0.0) {
+          let c = rot_c[pair];
+          let p = rot_p[pair];
+          let q = rot_q[pair];
+          if (row < r) {
+            let x = W[row * KBu + p];
+            let y = W[row * KBu + q];
+            W[row * KBu + p] = c * x - s * y;
+            W[row * KBu + q] = s * x + c * y;
+          } else {
+            let i = row - r;
+            let x = V[i * KBu + p];
+            let y = V[i * KBu + q];
+            V[i * KBu + p] = c * x - s * y;
+            V[i * KBu + q] = s * x + c * y;
+          }
+        }
+      }
+      workgroupBarrier();
+    }
+    if (lid == 0u) {
+      status_rot = atomicLoad(&flag_rot);
+      atomicStore(&flag_rot, 0u);
+    }
+    if (workgroupUniformLoad(&status_rot) == 0u) { break; }
+  }
+  let nan = bitcast<f32>(0x7fc00000u);
+  for (var j = lid; j < k; j = j + WGu) {
+    var ss = 0.0;
+    for (var i = 0u; i < r; i = i + 1u) { ss = ss + W[i * KBu + j] * W[i * KBu + j]; }
+    sigma[j] = select(sqrt(ss), nan, bad);
+  }
+  workgroupBarrier();
+  // descending order, ties by index; each value's rank is its output position
+  for (var j = lid; j < k; j = j + WGu) {
+    let d = sigma[j];
+    var rank = 0u;
+    for (var o = 0u; o < k; o = o + 1u) {
+      let x = sigma[o];
+      if (x > d || (x == d && o < j)) { rank = rank + 1u; }
+    }
+    if (bad) { rank = j; }
+    b1[s_off + group * k + rank] = ldexp(d, shift);
+    perm[rank] = j;
+  }
+  if (with_uv == 0u) { return; }
+  workgroupBarrier();
+  let xb = x_off + group * x_bs;
+  let yb = y_off + group * y_bs;
+  for (var e = lid; e < r * x_cols; e = e + WGu) {
+    let i = e % r;
+    let c = e / r;
+    var value = 0.0;  // columns without a Jacobi vector are completed below
+    if (c < k) {
+      let j = perm[c];
+      if (sigma[j] > 0.0 || bad) { value = select(W[i * KBu + j] / sigma[j], nan, bad); }
+    }
+    b2[xb + i * x_rs + c * x_cs] = value;
+  }
+  for (var e = lid; e < k * k; e = e + WGu) {
+    let i = e % k;
+    let c = e / k;
+    b3[yb + i * y_rs + c * y_cs] = select(V[i * KBu + perm[c]], nan, bad);
+  }
+  storageBarrier();
+  workgroupBarrier();
+  if (lid != 0u || bad) { return; }
+  for (var c = 0u; c < x_cols; c = c + 1u) {
+    let needed = c >= k || !(sigma[perm[c]] > 0.0);
+    var done = !needed;
+    for (var t = 0u; t < r; t = t + 1u) {
+      if (done) { continue; }
+      var v: array<f32, MAXRu>;
+      for (var i = 0u; i < r; i = i + 1u) { v[i] = select(0.0, 1.0, i == t); }
+      for (var sweep_gs = 0u; sweep_gs < 2u; sweep_gs = sweep_gs + 1u) {
+        for (var o = 0u; o < x_cols; o = o + 1u) {
+          let filled = o < c || (o < k && sigma[perm[o]] > 0.0);
+          if (o != c && filled) {
+            var dot = 0.0;
+            for (var i = 0u; i < r; i = i + 1u) { dot = dot + v[i] * b2[xb + i * x_rs + o * x_cs]; }
+            for (var i = 0u; i < r; i = i + 1u) { v[i] = v[i] - dot * b2[xb + i * x_rs + o * x_cs]; }
+          }
+        }
+      }
+      var nn = 0.0;
+      for (var i = 0u; i < r; i = i + 1u) { nn = nn + v[i] * v[i]; }
+      if (nn >= 0.9 / f32(r)) {
+        let inv = inverseSqrt(nn);
+        for (var i = 0u; i < r; i = i + 1u) { b2[xb + i * x_rs + c * x_cs] = v[i] * inv; }
+        done = true;
+      }
+    }
+    if (!done) {  // no basis vector found (see the module's note): NaN, never a silently wrong basis
+      for (var i = 0u; i < r; i = i + 1u) { b2[xb + i * x_rs + c * x_cs] = nan; }
+    }
+  }
+"""
+
+
+def _source(rb: int, kb: int, wg: int) -> str:
+    half = kb // 2
+    shared = (f"var<workgroup> W: array<f32, {rb * kb}>;\nvar<workgroup> V: array<f32, {kb * kb}>;\n"
+              f"var<workgroup> rot_p: array<u32, {half}>;\nvar<workgroup> rot_q: array<u32, {half}>;\n"
+              f"var<workgroup> rot_c: array<f32, {half}>;\nvar<workgroup> rot_s: array<f32, {half}>;\n"
+              f"var<workgroup> sigma: array<f32, {kb}>;\nvar<workgroup> perm: array<u32, {kb}>;\n"
+              "var<workgroup> flag_bad: atomic<u32>;\nvar<workgroup> flag_max: atomic<u32>;\n"
+              "var<workgroup> flag_rot: atomic<u32>;\nvar<workgroup> status_bad: u32;\n"
+              "var<workgroup> status_rot: u32;\nvar<workgroup> exponent: i32;\n")
+    body = (_SVD_P.wgsl() + _SVD_BODY.replace("WGu", f"{wg}u").replace("KBu", f"{kb}u")
+            .replace("MAXRu", f"{rb}"))
+    return codegen.module(["f32", "f32", "f32", "f32"], body, wg, shared=shared)
+
+
+def svd(a: WgpuTensor, batch: int, a_bs: int, transpose: bool, s: WgpuTensor, x=None, y=None) -> None:
+    """Singular values of the `batch` matrices of `a` (last two dims, batch stride a_bs; transposed first
+    when `transpose`, so the work matrix is r x k with r >= k) into s (contiguous [batch, k], descending).
+    x, y: None (values only) or (tensor, batch stride, row stride, col stride, columns) for the left
+    vectors of the work matrix (r rows, `columns` in k..r: more than k are completed to an orthonormal
+    set) and (tensor, batch stride, row stride, col stride) for its k x k right vectors."""
+    rows, cols = a.shape[-2], a.shape[-1]
+    a_rs, a_cs = a.stride(-2), a.stride(-1)
+    if transpose:
+        rows, cols, a_rs, a_cs = cols, rows, a_cs, a_rs
+    r, k = rows, cols
+    if batch == 0 or k == 0:
+        return
+    kb = _padded(k)
+    wg = 64 if max(r, kb) <= 16 else 256
+    rt = runtime()
+    kernel = rt.kernel(("linalg_svd_jacobi", r, kb, wg), "linalg_svd_jacobi", 4, lambda: _source(r, kb, wg))
+    with_uv = x is not None
+    xt, x_bs, x_rs, x_cs, x_cols = x if with_uv else (s, 0, 0, 0, 0)
+    yt, y_bs, y_rs, y_cs = y if with_uv else (s, 0, 0, 0)
+    params = _SVD_P.pack(batch=batch, r=r, k=k, a_off=a.elem_offset, a_bs=a_bs, w_rs=a_rs, w_cs=a_cs,
+                         s_off=s.elem_offset, x_off=xt.elem_offset, x_bs=x_bs, x_rs=x_rs, x_cs=x_cs,
+                         x_cols=x_cols, y_off=yt.elem_offset, y_bs=y_bs, y_rs=y_rs, y_cs=y_cs,
+                         with_uv=int(with_uv), max_sweeps=MAX_SWEEPS)
+    rt.dispatch(kernel, (a._ws.heap, s._ws.heap, xt._ws.heap, yt._ws.heap), params, codegen.grid(batch))
