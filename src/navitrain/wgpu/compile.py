@@ -18,7 +18,8 @@ functional aten ops; each one becomes a `CapturedGraphModule`:
   MAX_CAPTURES per graph; beyond that, and when capture fails (a host read, an op falling back to
   the CPU), the graph runs eagerly, with a one-time warning. Never a wrong result.
 
-Before that, chains of pointwise ops in each graph are fused into single kernels (fusion.py).
+Before that, chains of pointwise ops in each graph are fused into single kernels (fusion.py), those
+around a batch norm into the batch norm's own passes (fusion_norm.py).
 
 Dynamo itself provides the guards (shapes, dtypes, strides), recompiles (bounded by its cache limit)
 and graph breaks (the pieces between them run eagerly).
@@ -32,7 +33,7 @@ from collections import Counter
 
 import torch
 
-from navitrain.wgpu import dispatch, fusion
+from navitrain.wgpu import dispatch, fusion, fusion_norm
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
@@ -297,7 +298,8 @@ def _mutated_inputs(gm: torch.fx.GraphModule) -> tuple[int, ...]:
 def _compiler(kind: str):
     def compile_graph(gm: torch.fx.GraphModule, example_inputs):
         if fusion.ENABLED:
-            fused = fusion.fuse(gm)
+            fused = fusion_norm.fuse(gm)
+            stats["fused_batch_norms"] += fused.batch_norms
             stats["fused_groups"] += fused.groups
             stats["fused_ops"] += fused.ops
             stats["fused_dispatches_saved"] += fused.dispatches_saved

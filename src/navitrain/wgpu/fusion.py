@@ -43,6 +43,8 @@ class FusionResult:
     groups: int = 0            # fused calls put into the graph
     ops: int = 0               # aten ops they replace
     dispatches_saved: int = 0  # ops - groups: one kernel each instead of one per op
+    batch_norms: int = 0       # of the groups, those run inside a batch norm's passes (fusion_norm.py)
+    graph_changed: bool = False
 
 
 class FusedPointwise(torch.nn.Module):
@@ -64,9 +66,10 @@ class FusedPointwise(torch.nn.Module):
         return f"{' -> '.join(self.ops)}: {self.prelude.strip()} result {self.expr}"
 
 
-def fuse(gm: GraphModule) -> FusionResult:
-    """Replace the fusable pointwise groups of `gm` (in place) by FusedPointwise calls."""
-    result = FusionResult()
+def fuse(gm: GraphModule, result: FusionResult | None = None) -> FusionResult:
+    """Replace the fusable pointwise groups of `gm` (in place) by FusedPointwise calls (counted into
+    `result` when given: fusion_norm.fuse has put batch norms' groups there first)."""
+    result = result if result is not None else FusionResult()
     rules = {n: r for n in gm.graph.nodes if (r := _fusable(n)) is not None}
     for members, inputs in _groups(gm.graph, rules):
         root = members[-1]
@@ -82,7 +85,7 @@ def fuse(gm: GraphModule) -> FusionResult:
         result.groups += 1
         result.ops += len(members)
     result.dispatches_saved = result.ops - result.groups
-    if result.groups:
+    if result.groups or result.graph_changed:
         gm.graph.lint()
         gm.recompile()
     return result
@@ -160,14 +163,14 @@ def _reads_as_float(rule: Rule, operand: Node) -> bool:
     return all(kind == "f" for o, kind in zip(rule.operands, rule.kinds) if o is operand)
 
 
-def _build(members: list[Node], inputs: list[Node], rules: dict) -> FusedPointwise:
-    """The kernel of one group: inputs as a, b, c, d; each member but the last a `let`, rounded to its
-    dtype where that is narrower than f32; the last member the stored expression."""
+def _build(members: list[Node], inputs: list[Node], rules: dict, names=pointwise.NAMES) -> FusedPointwise:
+    """The kernel of one group: inputs as `names` (a, b, c, d); each member but the last a `let`, rounded
+    to its dtype where that is narrower than f32; the last member the stored expression."""
     stypes = runtime().stypes
     env, load_types = {}, []
     for k, node in enumerate(inputs):
         is_bool = _value(node).dtype == torch.bool
-        env[node] = (pointwise.NAMES[k], "b" if is_bool else "f")
+        env[node] = (names[k], "b" if is_bool else "f")
         load_types.append("bool" if is_bool else "f32")
     lets, expr = [], ""
     for i, node in enumerate(members):

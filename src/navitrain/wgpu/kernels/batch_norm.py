@@ -5,8 +5,16 @@ for the statistics, the running-stat update and four coefficients per channel, t
 pass writes the result. Variance is accumulated around a shift (the channel's first element), which
 keeps the one-pass sum of squares from cancelling when the mean is large next to the spread. Backward
 has the same shape: sums of dy and dy * (x - mean), per-channel coefficients (and the weight and bias
-gradients), the elementwise pass."""
+gradients), the elementwise pass.
+
+Compiled graphs (fusion_norm.py) hand the forward an `Epilogue`: the elementwise ops that follow the
+normalization (ReLU, a residual add) run in its elementwise pass instead of passes of their own; and
+the backward a `Prologue`: the elementwise ops that make dy (ReLU's gradient, the sum of a residual's
+gradients) run where dy is read, in both backward passes, instead of writing dy once and reading it
+twice."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -23,12 +31,39 @@ from navitrain.wgpu.kernels.norm_common import (
     vec_defaults,
     vec_fields,
 )
+from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
 NAN = float("nan")
 _NO_PARTIALS = {"G": 0, "Bp": 0, "part_off": 0}
 
 _APPLY = codegen.ParamBlock("n", "C", "B", "y_off", "x_off", "coef_off", "dy_off", defaults={"dy_off": 0})
+MAX_EXTRA = 3  # tensors an Epilogue or Prologue may read besides x (the bindings: y, x, coefficients, 3, dy)
+_FUSED_APPLY = codegen.ParamBlock("n", "C", "B", "y_off", "x_off", "coef_off", f"in_off[{MAX_EXTRA}]")
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise work on the normalized value before it is stored: WGSL `prelude` lines and the stored
+    `expr`, over names[0] (the normalized value, rounded to x's dtype as the unfused op stores it) and
+    names[1:] (tensors with x's shape and strides, loaded as load_types[1:]), computed in f32 and stored
+    as `out_dtype`."""
+    prelude: str
+    expr: str
+    names: tuple
+    load_types: tuple
+    out_dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class Prologue:
+    """How dy is made from tensors with x's shape and strides (loaded as `names`, `load_types`): WGSL
+    `prelude` lines and `expr`, rounded to `dtype` as the unfused op would store it."""
+    prelude: str
+    expr: str
+    names: tuple
+    load_types: tuple
+    dtype: torch.dtype
 _STATS = codegen.ParamBlock(
     *PARTIAL_FIELDS, "coef_off", "x_off", "B", "mean_off", "invstd_off",
     "n: f32", "eps: f32", "momentum: f32", "unbias: f32",
@@ -40,9 +75,11 @@ _BACKWARD_STATS = codegen.ParamBlock(
     defaults={**_NO_PARTIALS, **vec_defaults("weight", "gw", "gb")})
 
 
-def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean, save_invstd):
+def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean, save_invstd,
+            epilogue: Epilogue | None = None, epilogue_inputs=()):
     """y, with save_mean/save_invstd written (training) and the running statistics updated when given.
-    In evaluation mode the statistics are the running ones."""
+    In evaluation mode the statistics are the running ones. With an `epilogue`, its result instead of y
+    (`epilogue_inputs` laid out as x)."""
     # The coefficients of the elementwise pass (4 per channel) go after the partial sums, in the same buffer.
     if training:
         coefs, G, Bp = channel_sums("bn_fwd", A, C, B, [x], ["X0 - SH", "(X0 - SH) * (X0 - SH)"], shift=True,
@@ -55,7 +92,55 @@ def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momen
         partials = {}
     _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
                 save_invstd, coefs, coef_offset, partials)
+    if epilogue is not None:
+        return _apply_fused(x, coefs, coef_offset, C, B, epilogue, list(epilogue_inputs))
     return _apply(x, coefs, coef_offset, C, B, x.dtype)
+
+
+def _rounded(dtype, value: str) -> str:
+    """`value` as an unfused op stores it in `dtype` and the next one loads it back."""
+    if dtype == torch.float32:
+        return value
+    st = runtime().stypes[dtype]
+    return st.load(st.store(value), "f32")
+
+
+def _apply_fused(x, coefs, coef_offset, C, B, epilogue: Epilogue, inputs, grad: Prologue | None = None):
+    """The forward elementwise pass with `epilogue` (grad None), or the backward training one with dy
+    made by prologue `grad` from `inputs`; one thread per element, every tensor read at x's index."""
+    n = x.numel()
+    out_dtype = epilogue.out_dtype if grad is None else x.dtype
+    y = empty(x.shape, out_dtype, x.stride())
+    tensors = [y, x, coefs, *inputs]
+    offsets = [t.elem_offset for t in inputs] + [0] * (MAX_EXTRA - len(inputs))
+    params = _FUSED_APPLY.pack(n=n, C=C, B=B, y_off=y.elem_offset, x_off=x.elem_offset, coef_off=coef_offset,
+                               in_off=offsets)
+    fused = grad if grad is not None else epilogue
+
+    def source():
+        lines = [_FUSED_APPLY.wgsl(),
+                 "  if (gi >= n) { return; }",
+                 "  let c = (gi / B) % C;",
+                 f"  let xv = {load(x, 1, 'x_off + gi')};",
+                 "  let k = coef_off + 4u * c;"]
+        named = list(zip(fused.names, fused.load_types))
+        if grad is None:
+            lines.append(f"  let {named[0][0]} = {_rounded(x.dtype, '((xv - b2[k]) * b2[k + 1u] + b2[k + 2u])')};")
+            named = named[1:]
+        for j, ((name, load_type), t) in enumerate(zip(named, inputs)):
+            lines.append(f"  let {name} = {runtime().stypes[t.dtype].load(f'b{3 + j}[in_off_{j} + gi]', load_type)};")
+        lines.append(fused.prelude)
+        if grad is None:
+            lines.append("  " + store(y, 0, "y_off + gi", epilogue.expr))
+        else:
+            lines.append(f"  let dy = {_rounded(grad.dtype, grad.expr)};")
+            lines.append("  let v = (dy - b2[k + 2u] - (xv - b2[k]) * b2[k + 1u]) * b2[k + 3u];")
+            lines.append("  " + store(y, 0, "y_off + gi", "v"))
+        return module(tensors, "\n".join(lines))
+
+    key = ("bn_apply_fused", grad is None, fused, tuple(t.dtype for t in tensors))
+    launch(key, "batch_norm_apply_fused", tensors, params, source, codegen.groups_for(n, WG))
+    return y
 
 
 def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
@@ -146,19 +231,32 @@ def _apply(x, coefs, coef_offset, C, B, out_dtype, grad=None, train=True):
     return y
 
 
-def backward(grad_out, x, A, C, B, weight, mean_src, inv_src, train, eps, gw, gb, want_input):
+def backward(grad_out, x, A, C, B, weight, mean_src, inv_src, train, eps, gw, gb, want_input,
+             prologue: Prologue | None = None, prologue_inputs=()):
     """The input gradient (None unless `want_input`), writing gw and gb when given. mean_src/inv_src are
-    the saved mean and invstd (train) or the running mean and variance (evaluation)."""
+    the saved mean and invstd (train) or the running mean and variance (evaluation). With a `prologue`
+    (training only), dy is made from `prologue_inputs` (laid out as x) where it is read; grad_out is
+    then None."""
     need_sums = train or gw is not None or gb is not None
     coefs = empty([4 * C], torch.float32)
     partials = None
-    if need_sums:
+    if prologue is not None:
+        if not train:
+            raise ValueError("batch_norm backward: a prologue is for training mode")
+        inputs = [*prologue_inputs, x]
+        binds = "".join(f"      let {name} = X{j};\n" for j, name in enumerate(prologue.names))
+        prelude = binds + prologue.prelude + f"\n      let DY = {_rounded(prologue.dtype, prologue.expr)};"
+        partials, G, Bp = channel_sums("bn_bwd_fused", A, C, B, inputs, ["DY", f"DY * (X{len(inputs) - 1} - V0)"],
+                                       chan_vecs=[mean_src], prelude=prelude)
+    elif need_sums:
         partials, G, Bp = channel_sums("bn_bwd", A, C, B, [grad_out, x], ["X0", "X0 * (X1 - V0)"],
                                        chan_vecs=[mean_src])
     sums = {"G": G, "Bp": Bp, "part_off": partials.elem_offset} if need_sums else {}
     _backward_statistics(coefs, partials, sums, A * B, C, weight, mean_src, inv_src, train, eps, gw, gb)
     if not want_input:
         return None
+    if prologue is not None:
+        return _apply_fused(x, coefs, coefs.elem_offset, C, B, None, list(prologue_inputs), grad=prologue)
     return _apply(x, coefs, coefs.elem_offset, C, B, x.dtype, grad=grad_out, train=train)
 
 

@@ -57,10 +57,11 @@ def _block(n_inputs: int, n_vecs: int) -> codegen.ParamBlock:
                               f"in_off[{n_inputs}]", f"vec_off[{n_vecs}]", f"vec_stride[{n_vecs}]")
 
 
-def channel_sums(name, A, C, B, inputs, terms, chan_vecs=(), row_vecs=(), shift=False, extra=0):
+def channel_sums(name, A, C, B, inputs, terms, chan_vecs=(), row_vecs=(), shift=False, extra=0, prelude=""):
     """Partial sums of `terms` (WGSL over X0.. = inputs at the element, V0.. = chan_vecs[c],
-    R0.. = row_vecs[a], SH = the channel's first element of input 0 when `shift`) for every channel c,
-    over all (a, b). Returns (partials, G, Bp): f32 partials laid out [G, C, Bp, K] (then `extra`
+    R0.. = row_vecs[a], SH = the channel's first element of input 0 when `shift`, and the `let` values
+    of `prelude`, statements run at each element after its loads) for every channel c, over all (a, b).
+    Returns (partials, G, Bp): f32 partials laid out [G, C, Bp, K] (then `extra`
     spare elements); a channel's total is the sum over G and Bp."""
     geo = _geometry(A, C, B)
     partials = empty([geo.G * C * geo.Bp * len(terms) + extra], torch.float32)
@@ -73,15 +74,15 @@ def channel_sums(name, A, C, B, inputs, terms, chan_vecs=(), row_vecs=(), shift=
                       vec_stride=[vec_stride(t) for t in vecs])
 
     def source():
-        return _sums_source(blk, geo.variant, terms, tensors, len(inputs), len(chan_vecs), shift)
+        return _sums_source(blk, geo.variant, terms, tensors, len(inputs), len(chan_vecs), shift, prelude)
 
     key = ("norm_sums", name, geo.variant, tuple(terms), tuple(t.dtype for t in tensors), len(inputs),
-           len(chan_vecs), shift)
+           len(chan_vecs), shift, prelude)
     launch(key, f"norm_sums_{name}", tensors, params, source, geo.groups)
     return partials, geo.G, geo.Bp
 
 
-def _sums_source(blk, variant, terms, tensors, n_in, n_chan, shift) -> str:
+def _sums_source(blk, variant, terms, tensors, n_in, n_chan, shift, prelude="") -> str:
     inputs = tensors[1:1 + n_in]
     chan_vecs = tensors[1 + n_in:1 + n_in + n_chan]
     row_vecs = tensors[1 + n_in + n_chan:]
@@ -103,12 +104,12 @@ def _sums_source(blk, variant, terms, tensors, n_in, n_chan, shift) -> str:
     if shift:
         # A non-finite shift would make every shifted value NaN (inf - inf): shift by 0 then.
         a(f"  let SH = finite_or_0({load(inputs[0], 1, 'in_off_0 + c * B')});")
-    lines += _accumulate(variant, terms, inputs, row_vecs, n_in, n_chan)
+    lines += _accumulate(variant, terms, inputs, row_vecs, n_in, n_chan, prelude)
     lines += _reduce_and_write(variant, len(terms))
     return module(tensors, "\n".join(lines), f"var<workgroup> red: array<f32, {len(terms) * WG}>;\n")
 
 
-def _accumulate(variant, terms, inputs, row_vecs, n_in, n_chan) -> list[str]:
+def _accumulate(variant, terms, inputs, row_vecs, n_in, n_chan, prelude="") -> list[str]:
     """Each thread's own sums of the terms over its share of (a, b)."""
     lines = [f"  var acc{k} = 0.0;" for k in range(len(terms))]
     if variant == "cols":
@@ -123,6 +124,8 @@ def _accumulate(variant, terms, inputs, row_vecs, n_in, n_chan) -> list[str]:
     for k, t in enumerate(row_vecs):
         v = n_chan + k
         lines.append(f"      let R{k} = {load(t, 1 + n_in + n_chan + k, f'vec_off_{v} + ai * vec_stride_{v}')};")
+    if prelude:
+        lines.append(prelude)
     lines += [f"      acc{k} = acc{k} + ({term});" for k, term in enumerate(terms)]
     lines += ["    }", "  }"]
     return lines

@@ -2,82 +2,24 @@
 aten semantics, argument checks, the layout the kernels read and the outputs' dtypes. The kernels are
 in kernels/batch_norm.py; layer norm and group norm are in ops/row_norm.py.
 
-The input is read as [A, C, B] with the channel in the middle: [N, C, spatial] for a contiguous input,
-[N * spatial, C, 1] for a channels-last one (channels are the fastest dim there); any other layout is
-copied into the contiguous one first.
+The layout the kernels read (the channel in the middle of [A, C, B]) is kernels/batch_norm_layout.py's.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels import batch_norm as kernels
-from navitrain.wgpu.kernels.copy import copy_into, fill
+from navitrain.wgpu.kernels.batch_norm_layout import geometry as _bn_geometry
+from navitrain.wgpu.kernels.batch_norm_layout import in_layout as _in_layout
+from navitrain.wgpu.kernels.batch_norm_layout import stats_dtype
+from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.tensor import empty
 
 aten = torch.ops.aten
 
 
-# -- the layout the kernels read ------------------------------------------------------------------
-def _order_strides(shape, order) -> list[int]:
-    """Strides of a dense tensor whose dims, slowest first, are `order`."""
-    strides = [0] * len(shape)
-    acc = 1
-    for d in reversed(order):
-        strides[d] = acc
-        acc *= max(int(shape[d]), 1)
-    return strides
-
-
-def _has_order(t, order) -> bool:
-    want = _order_strides(t.shape, order)
-    return all(s == 1 or st == w for s, st, w in zip(t.shape, t.stride(), want))
-
-
-def _cl_order(nd: int) -> list[int]:
-    return [0] + list(range(2, nd)) + [1]
-
-
-def _layout(t) -> str | None:
-    """'ncs' (contiguous), 'cl' (channels fastest, the rest contiguous) or None (anything else)."""
-    if _has_order(t, list(range(t.dim()))):
-        return "ncs"
-    if t.dim() >= 3 and _has_order(t, _cl_order(t.dim())):
-        return "cl"
-    return None
-
-
-def _in_layout(t, mode: str):
-    """`t` itself when it is laid out as `mode`, else a copy that is."""
-    if _layout(t) == mode:
-        return t
-    order = list(range(t.dim())) if mode == "ncs" else _cl_order(t.dim())
-    return copy_into(empty(t.shape, t.dtype, _order_strides(t.shape, order)), t)
-
-
-def stats_dtype(x, *params):
-    """PyTorch's rule for statistics outputs: float32 when a reduced-precision input comes with float32
-    parameters (autocast's mixed case), else the input's dtype. Layer norm follows it too."""
-    for p in params:
-        if p is not None and x.dtype in (torch.float16, torch.bfloat16) and p.dtype == torch.float32:
-            return torch.float32
-    return x.dtype
-
-
 # -- forward and backward -------------------------------------------------------------------------
-def _bn_geometry(x):
-    if x.dim() < 2:
-        raise RuntimeError(f"batch_norm: expected an input with at least 2 dims (N, C, ...), got {tuple(x.shape)}")
-    mode = _layout(x) or "ncs"
-    x = _in_layout(x, mode)
-    N, C = x.shape[0], x.shape[1]
-    S = math.prod(x.shape[2:])
-    A, B = (N, S) if mode == "ncs" else (N * S, 1)
-    return x, mode, A, C, B
-
-
 def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
     x, mode, A, C, B = _bn_geometry(x)
     has_running = running_mean is not None and running_var is not None
