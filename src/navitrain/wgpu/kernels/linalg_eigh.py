@@ -13,8 +13,10 @@ entries are written exactly (a_pq = 0), as the classical method does. A pair who
 (below 2^-24 sqrt|a_pp a_qq|, or 1e-12 of the largest |entry|) is skipped; a sweep without a rotation ends
 the loop (MAX_SWEEPS bounds it; float32 needs under ten for n <= 64).
 
-A and V live in workgroup memory: the kernel exists for orders whose two n x n arrays fit the device's
-workgroup memory (`fits`); larger matrices take the counted CPU fallback in the handler. The matrix is
+A and V live in workgroup memory: the kernel exists for orders whose arrays fit the device's workgroup
+memory (`fits` sizes the generated source); larger matrices take the counted CPU fallback in the handler.
+Every loop stays far below llvmpipe's silent cap of 65535 iterations per loop and invocation (see
+kernels/linalg_svd.py): at n = 64 the busiest runs about 15k times in 30 sweeps. The matrix is
 scaled by a power of two (exact) so its largest entry lies in [1, 2): no overflow in the rotation formulas
 for entries near float32's range, and the eigenvalues are scaled back. Only one triangle is read (UPLO).
 
@@ -23,13 +25,13 @@ raises or returns NaN for such inputs; a finite answer would be silently wrong).
 """
 from __future__ import annotations
 
+from navitrain.wgpu import kernel_limits
 from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 MAX_N = 64          # larger orders: the CPU (one workgroup per matrix stops paying off, and memory runs out)
 MAX_SWEEPS = 30
-_EXTRA_BYTES = 1024  # rotation tables, permutation and flags beside the two matrices
 
 
 def padded(n: int) -> int:
@@ -43,7 +45,11 @@ def fits(n: int, with_vectors: bool = True) -> bool:
         return False
     nb = padded(n)
     room = int(runtime().limits.get("max-compute-workgroup-storage-size", 16384))
-    return (2 if with_vectors else 1) * nb * nb * 4 + _EXTRA_BYTES <= room
+    return kernel_limits.workgroup_bytes(_source(nb, _workgroup(nb), with_vectors)) <= room
+
+
+def _workgroup(nb: int) -> int:
+    return 64 if nb <= 16 else 256
 
 
 _EIGH_P = codegen.ParamBlock("batch", "n", "lower", "a_off", "a_bs", "a_rs", "a_cs", "w_off",
@@ -235,7 +241,7 @@ def eigh(a: WgpuTensor, batch: int, a_bs: int, lower: bool, w: WgpuTensor, v: Wg
     if batch == 0 or n == 0:
         return
     nb = padded(n)
-    wg = 64 if nb <= 16 else 256
+    wg = _workgroup(nb)
     with_v = v is not None
     rt = runtime()
     kernel = rt.kernel(("linalg_eigh_jacobi", nb, wg, with_v), "linalg_eigh_jacobi", 3,

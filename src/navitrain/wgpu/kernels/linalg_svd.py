@@ -12,25 +12,30 @@ for small singular values too. W is scaled by a power of two (largest |entry| in
 squares cannot overflow; the singular values are scaled back.
 
 Left vectors that Jacobi does not give -- a column that became exactly zero (rank deficiency), and the
-columns k..r-1 of a complete basis (full_matrices with r > k) -- are completed by one thread: unit
-vectors e_t with the columns already there projected out twice (Gram-Schmidt), the first whose
-remaining norm^2 is at least 0.9 / r (one always has >= 1 / r). Known problem: on lavapipe this stops
-finding vectors after about ten completed columns (a 20 x 20 zero matrix completes 19 of 20; cause not found
-yet), so a column it cannot fill is written NaN, never left as a silent zero, and the handler sends
-full_matrices of non-square matrices to the CPU. Outputs are written through strides, so U / Vh's layouts
+columns k..r-1 of a complete basis (full_matrices with r > k) -- are completed by the workgroup: unit
+vectors e_t with the columns already there projected out twice (classical Gram-Schmidt, dot products one
+thread per column, the update one thread per row), taking the next e_t whose remaining norm^2 is at least
+0.5 / r. The e_t are scanned once, in order: one rejected stays rejected as the span grows, the rejected
+ones hold less than r * 0.5 / r of the missing dimensions' total (>= 1), so one of the rest reaches 0.5 / r.
+A column that still found no vector (rounding) is NaN, never a silent zero.
+
+llvmpipe (lavapipe) ends any single loop after 65535 iterations per invocation, all its executions
+summed, silently; the loops here are bounded well below that for r, k <= 64 (the pair's dot products run
+four rows a step; each e_t is tried once), which tests/wgpu/test_linalg_decompositions.py checks on the
+largest sizes. Outputs are written through strides, so U / Vh's layouts
 and the wide case's transposes are the handler's choice.
 
 W and V live in workgroup memory (`fits`); a non-finite entry makes every output of that matrix NaN.
 """
 from __future__ import annotations
 
+from navitrain.wgpu import kernel_limits
 from navitrain.wgpu.kernels import codegen
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 MAX_N = 64          # rows and columns (after the wide case's transpose); larger take the CPU
 MAX_SWEEPS = 30
-_EXTRA_BYTES = 1024
 
 
 def _padded(k: int) -> int:
@@ -44,7 +49,11 @@ def fits(rows: int, cols: int) -> bool:
         return False
     kb = _padded(k)
     room = int(runtime().limits.get("max-compute-workgroup-storage-size", 16384))
-    return (r * kb + kb * kb) * 4 + _EXTRA_BYTES <= room
+    return kernel_limits.workgroup_bytes(_source(r, kb, _workgroup(r, kb))) <= room
+
+
+def _workgroup(r: int, kb: int) -> int:
+    return 64 if max(r, kb) <= 16 else 256
 
 
 _SVD_P = codegen.ParamBlock("batch", "r", "k", "a_off", "a_bs", "w_rs", "w_cs", "s_off",
@@ -106,7 +115,23 @@ _SVD_BODY = """
           var alpha = 0.0;
           var beta = 0.0;
           var gamma = 0.0;
-          for (var i = 0u; i < r; i = i + 1u) {
+          // four rows a step: llvmpipe ends any one loop after 65535 iterations per invocation in total
+          // (all its executions summed), and this one runs once per round of every sweep
+          var i = 0u;
+          for (; i + 3u < r; i = i + 4u) {
+            let x0 = W[i * KBu + lo];
+            let y0 = W[i * KBu + hi];
+            let x1 = W[(i + 1u) * KBu + lo];
+            let y1 = W[(i + 1u) * KBu + hi];
+            let x2 = W[(i + 2u) * KBu + lo];
+            let y2 = W[(i + 2u) * KBu + hi];
+            let x3 = W[(i + 3u) * KBu + lo];
+            let y3 = W[(i + 3u) * KBu + hi];
+            alpha = alpha + (x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3);
+            beta = beta + (y0 * y0 + y1 * y1) + (y2 * y2 + y3 * y3);
+            gamma = gamma + (x0 * y0 + x1 * y1) + (x2 * y2 + x3 * y3);
+          }
+          for (; i < r; i = i + 1u) {
             let x = W[i * KBu + lo];
             let y = W[i * KBu + hi];
             alpha = alpha + x * x;
@@ -201,35 +226,50 @@ _SVD_BODY = """
   }
   storageBarrier();
   workgroupBarrier();
-  if (lid != 0u || bad) { return; }
+  if (bad) { return; }
+  var t_next = 0u;  // a candidate once rejected stays rejected (the span only grows): scan each e_t once
   for (var c = 0u; c < x_cols; c = c + 1u) {
-    let needed = c >= k || !(sigma[perm[c]] > 0.0);
-    var done = !needed;
-    for (var t = 0u; t < r; t = t + 1u) {
-      if (done) { continue; }
-      var v: array<f32, MAXRu>;
-      for (var i = 0u; i < r; i = i + 1u) { v[i] = select(0.0, 1.0, i == t); }
+    if (lid == 0u) { status_rot = select(0u, 1u, c >= k || !(sigma[perm[c]] > 0.0)); }
+    if (workgroupUniformLoad(&status_rot) == 0u) { continue; }
+    var found = false;
+    for (var t = t_next; t < r; t = t + 1u) {
+      for (var i = lid; i < r; i = i + WGu) { gs_v[i] = select(0.0, 1.0, i == t); }
+      workgroupBarrier();
       for (var sweep_gs = 0u; sweep_gs < 2u; sweep_gs = sweep_gs + 1u) {
-        for (var o = 0u; o < x_cols; o = o + 1u) {
-          let filled = o < c || (o < k && sigma[perm[o]] > 0.0);
-          if (o != c && filled) {
-            var dot = 0.0;
-            for (var i = 0u; i < r; i = i + 1u) { dot = dot + v[i] * b2[xb + i * x_rs + o * x_cs]; }
-            for (var i = 0u; i < r; i = i + 1u) { v[i] = v[i] - dot * b2[xb + i * x_rs + o * x_cs]; }
+        for (var o = lid; o < x_cols; o = o + WGu) {
+          var dot = 0.0;
+          if (o != c && (o < c || (o < k && sigma[perm[o]] > 0.0))) {
+            for (var i = 0u; i < r; i = i + 1u) { dot = dot + gs_v[i] * b2[xb + i * x_rs + o * x_cs]; }
           }
+          gs_dot[o] = dot;
         }
+        workgroupBarrier();
+        for (var i = lid; i < r; i = i + WGu) {
+          var acc = gs_v[i];
+          for (var o = 0u; o < x_cols; o = o + 1u) { acc = acc - gs_dot[o] * b2[xb + i * x_rs + o * x_cs]; }
+          gs_v[i] = acc;
+        }
+        workgroupBarrier();
       }
-      var nn = 0.0;
-      for (var i = 0u; i < r; i = i + 1u) { nn = nn + v[i] * v[i]; }
-      if (nn >= 0.9 / f32(r)) {
+      if (lid == 0u) {
+        var nn = 0.0;
+        for (var i = 0u; i < r; i = i + 1u) { nn = nn + gs_v[i] * gs_v[i]; }
+        gs_norm = nn;
+      }
+      let nn = workgroupUniformLoad(&gs_norm);
+      t_next = t + 1u;
+      if (nn >= 0.5 / f32(r)) {
         let inv = inverseSqrt(nn);
-        for (var i = 0u; i < r; i = i + 1u) { b2[xb + i * x_rs + c * x_cs] = v[i] * inv; }
-        done = true;
+        for (var i = lid; i < r; i = i + WGu) { b2[xb + i * x_rs + c * x_cs] = gs_v[i] * inv; }
+        found = true;
+        break;
       }
     }
-    if (!done) {  // no basis vector found (see the module's note): NaN, never a silently wrong basis
-      for (var i = 0u; i < r; i = i + 1u) { b2[xb + i * x_rs + c * x_cs] = nan; }
+    if (!found) {  // cannot happen in exact arithmetic (see above); NaN rather than a silently wrong basis
+      for (var i = lid; i < r; i = i + WGu) { b2[xb + i * x_rs + c * x_cs] = nan; }
     }
+    storageBarrier();
+    workgroupBarrier();
   }
 """
 
@@ -240,11 +280,13 @@ def _source(rb: int, kb: int, wg: int) -> str:
               f"var<workgroup> rot_p: array<u32, {half}>;\nvar<workgroup> rot_q: array<u32, {half}>;\n"
               f"var<workgroup> rot_c: array<f32, {half}>;\nvar<workgroup> rot_s: array<f32, {half}>;\n"
               f"var<workgroup> sigma: array<f32, {kb}>;\nvar<workgroup> perm: array<u32, {kb}>;\n"
+              f"var<workgroup> gs_v: array<f32, {rb}>;\nvar<workgroup> gs_dot: array<f32, {rb}>;\n"
+              "var<workgroup> gs_norm: f32;\n"
               "var<workgroup> flag_bad: atomic<u32>;\nvar<workgroup> flag_max: atomic<u32>;\n"
               "var<workgroup> flag_rot: atomic<u32>;\nvar<workgroup> status_bad: u32;\n"
               "var<workgroup> status_rot: u32;\nvar<workgroup> exponent: i32;\n")
     body = (_SVD_P.wgsl() + _SVD_BODY.replace("WGu", f"{wg}u").replace("KBu", f"{kb}u")
-            .replace("MAXRu", f"{rb}"))
+            )
     return codegen.module(["f32", "f32", "f32", "f32"], body, wg, shared=shared)
 
 
@@ -262,7 +304,7 @@ def svd(a: WgpuTensor, batch: int, a_bs: int, transpose: bool, s: WgpuTensor, x=
     if batch == 0 or k == 0:
         return
     kb = _padded(k)
-    wg = 64 if max(r, kb) <= 16 else 256
+    wg = _workgroup(r, kb)
     rt = runtime()
     kernel = rt.kernel(("linalg_svd_jacobi", r, kb, wg), "linalg_svd_jacobi", 4, lambda: _source(r, kb, wg))
     with_uv = x is not None

@@ -4,8 +4,8 @@ batched small matrices.
 
 The engines are kernels/linalg_eigh.py (cyclic Jacobi) and kernels/linalg_svd.py (one-sided Jacobi), one
 workgroup per matrix, the matrix in workgroup memory. Sizes that do not fit the device's workgroup memory
-(eigenvectors up to n = 62 on 32 KiB; at most 64 rows or columns anywhere), full_matrices=True of a
-non-square matrix, and other dtypes raise NoKernelForDtype: the counted CPU fallback.
+(eigenvectors up to n = 62 on 32 KiB; at most 64 rows or columns anywhere) and other dtypes raise
+NoKernelForDtype: the counted CPU fallback.
 Singular / eigenvector signs are not defined (PyTorch's docs); ours are whatever Jacobi's rotations give,
 so they may differ from LAPACK's per column. Gradients come from PyTorch's autograd formulas, which call
 these forwards.
@@ -48,10 +48,6 @@ def linalg_svd(A, full_matrices=False, compute_uv=True, driver=None):
     m, n = A.shape[-2], A.shape[-1]
     if not svd_engine.fits(m, n):
         raise NoKernelForDtype(f"linalg.svd: a {m} x {n} matrix does not fit one workgroup's memory")
-    if compute_uv and full_matrices and m != n:
-        # completing U (or Vh) to a square basis is the engine's one-thread Gram-Schmidt, which on lavapipe
-        # stops finding vectors after about ten columns (cause not found yet): the counted CPU fallback
-        raise NoKernelForDtype("linalg.svd: full_matrices of a non-square matrix runs on the CPU")
     u, s, vh = _like(u_meta), _like(s_meta), _like(vh_meta)
     batch_shape = A.shape[:-2]
     batch = _count(batch_shape)
