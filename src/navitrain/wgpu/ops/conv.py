@@ -17,6 +17,8 @@ from navitrain.wgpu.tensor import empty
 
 aten = torch.ops.aten
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 
 def _pair(v, n=2):
     v = list(v)
@@ -141,9 +143,14 @@ def convolution(x, w, bias, stride, padding, dilation, transposed, output_paddin
         OH = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (w4.shape[2] - 1) + output_padding[0] + 1
         OW = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (w4.shape[3] - 1) + output_padding[1] + 1
         # The adjoint ordinary conv maps [N, Cout, OH, OW] -> [N, Cin, H, W] with weight w (Cin = its OC).
-        out = _ordinary_grad_input(x4, w4, (N, Cout, OH, OW), stride, padding, dilation, groups, fmt, x.dtype)
+        # A half result with a bias is kept in float32 until the bias is in: rounding the sum and then the
+        # sum plus bias could be a whole unit in the last place off (the CPU rounds once).
+        acc = torch.float32 if bias is not None and x.dtype in HALF_DTYPES else x.dtype
+        out = _ordinary_grad_input(x4, w4, (N, Cout, OH, OW), stride, padding, dilation, groups, fmt, acc)
         if bias is not None:
             out = aten.add_.Tensor(out, aten.view.default(bias, [1, -1, 1, 1]))
+        if acc != x.dtype:
+            out = aten._to_copy.default(out, dtype=x.dtype)
     return aten.squeeze.dim(out, 2) if one_d else out
 
 

@@ -6,6 +6,9 @@ input's strided depth slices for one kd become the batch of one 2-D convolution 
 kD results are summed. Gradients go the same way through the 2-D convolution_backward; the transposed
 convolution is the adjoint: each 2-D transposed result lands on output depths i*sD + kd*dD - pD.
 
+Half inputs run in float32 and are rounded once at the end, as the CPU's results are (summing the taps in
+the half dtype rounded every partial sum; issue 17).
+
 aten.convolution / convolution_backward are registered by ops/conv.py (1-D and 2-D); this module routes
 5-D calls here and passes every other call on to those handlers unchanged.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu import dispatch
-from navitrain.wgpu.ops import conv as _conv  # noqa: F401  (registers the 2-D handlers first)
+from navitrain.wgpu.ops import conv as _conv  # registers the 2-D handlers first
 
 aten = torch.ops.aten
 
@@ -87,9 +90,23 @@ def _transposed(x, w, bias, stride, padding, dilation, output_padding, groups):
     return _add_bias(aten.slice.Tensor(out, 2, pd, full - pd).contiguous(), bias)
 
 
+def _float32(t):
+    return None if t is None else aten._to_copy.default(t, dtype=torch.float32)
+
+
+def _rounded(t, like):
+    return None if t is None or like is None else aten._to_copy.default(t, dtype=like.dtype)
+
+
 def convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
     if x.dim() != 5:
         return _conv2d(x, w, bias, stride, padding, dilation, transposed, output_padding, groups)
+    if x.dtype in _conv.HALF_DTYPES:
+        # The depth taps are 2-D convolutions summed afterwards: summed in a half dtype, every partial sum would
+        # round and drift by units in the last place where the CPU rounds once, so they are summed in float32.
+        out = convolution(_float32(x), _float32(w), _float32(bias), stride, padding, dilation, transposed,
+                          output_padding, groups)
+        return _rounded(out, x)
     stride, padding, dilation = _triple(stride), _triple(padding), _triple(dilation)
     if transposed:
         return _transposed(x, w, bias, stride, padding, dilation, _triple(output_padding or [0]), groups)
@@ -101,6 +118,10 @@ def convolution_backward(grad_output, x, w, bias_sizes, stride, padding, dilatio
     if x.dim() != 5:
         return _conv2d_backward(grad_output, x, w, bias_sizes, stride, padding, dilation, transposed,
                                 output_padding, groups, output_mask)
+    if x.dtype in _conv.HALF_DTYPES:  # in float32, as the forward (see convolution)
+        gx, gw, gb = convolution_backward(_float32(grad_output), _float32(x), _float32(w), bias_sizes, stride,
+                                          padding, dilation, transposed, output_padding, groups, output_mask)
+        return _rounded(gx, x), _rounded(gw, w), _rounded(gb, grad_output)
     (sd, sh, sw), (pd, ph, pw), (dd, dh, dw) = _triple(stride), _triple(padding), _triple(dilation)
     output_padding = _triple(output_padding or [0])
     n, kd = x.shape[0], w.shape[2]
