@@ -11,6 +11,17 @@ time, so an abort ("terminate called without an active exception"), a segfault o
 "crash" for the item that caused it and the rest of the chunk continues in a fresh child. navitrain's
 CPU-fallback counter tells "pass" from "fallback". Writes docs/coverage.md and docs/coverage.json
 (only with --merge or --out-* when --ops/--quick select a subset).
+
+float16 and bfloat16 are judged by the float64 rule where they differ from the CPU: PyTorch's CPU half
+kernels often round intermediates to the dtype (or overflow in it), while wgpu computes in float32 and rounds
+once, so the CPU's result is not always the better one. An output that differs from the CPU's beyond the
+dtype's tolerance still passes if it is within that tolerance of the float64 result computed from the same
+inputs upcast (rounded to the dtype) AND its largest error against that is no larger than the CPU's
+(gradients: against float64 gradients of the same inputs and output gradients). Such
+items keep status "pass" (or "fallback") but carry "float64_rule": {"wgpu_err", "cpu_err"} and the detail
+"closer to float64 than the CPU: wgpu err X, CPU err Y"; the Markdown lists them in a table of their own and
+counts them in the headline. Anything further from float64 stays a mismatch, with both errors in its detail
+(benchmarks/_coverage_precision.py).
 """
 from __future__ import annotations
 
@@ -155,8 +166,8 @@ def main(argv=None) -> int:
         with lock:
             done[0] += 1
             print(f"[{done[0]}/{len(items)} {time.monotonic() - started:6.0f}s] {r['op']} {r['dtype']} {r['mode']}: "
-                  f"{r['status']}" + (f" ({r['detail'][:120]})" if r["status"] not in ("pass",) and r.get("detail")
-                                      else ""), file=sys.stderr, flush=True)
+                  f"{r['status']}" + (f" ({r['detail'][:120]})" if (r["status"] != "pass" or r.get("float64_rule"))
+                                      and r.get("detail") else ""), file=sys.stderr, flush=True)
 
     chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     results, adapter = [], {}
@@ -180,7 +191,8 @@ def main(argv=None) -> int:
         print(json.dumps({k: report[k] for k in ("date", "adapter", "summary")}, indent=1))
     else:
         for mode_dtype, s in report["summary"].items():
-            print(f"{mode_dtype:18s} " + " ".join(f"{k} {s[k]}" for k in STATUSES) + f"  pass {s['pass_pct']:.1f}%")
+            print(f"{mode_dtype:18s} " + " ".join(f"{k} {s[k]}" for k in STATUSES) + f"  pass {s['pass_pct']:.1f}%"
+                  + (f" ({s['float64_rule']} by the float64 rule)" if s.get("float64_rule") else ""))
     return 0
 
 
