@@ -247,6 +247,14 @@ def raise_pending() -> None:
 WgpuTensor.__torch_dispatch__ = classmethod(torch_dispatch)
 
 
+def trace_ops(tracer: Callable | None) -> None:
+    """Route every aten op on a wgpu tensor through `tracer(cls, func, types, args, kwargs)`, which calls
+    `torch_dispatch` itself (navitrain.wgpu.traffic, while profiling or capturing); None: straight to
+    `torch_dispatch` again. The class's entry point is swapped rather than a flag tested in
+    torch_dispatch, so the untraced path, every op's, stays as it is."""
+    WgpuTensor.__torch_dispatch__ = classmethod(torch_dispatch if tracer is None else tracer)
+
+
 # -- decomposition ------------------------------------------------------------------------------
 def _decomposition(func):
     from torch._decomp import decomposition_table

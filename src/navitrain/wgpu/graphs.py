@@ -35,7 +35,7 @@ import contextlib
 
 import torch
 
-from navitrain.wgpu import process_device, rng
+from navitrain.wgpu import process_device, rng, traffic
 from navitrain.wgpu import runtime as runtime_mod
 from navitrain.wgpu.allocator import GraphPool
 from navitrain.wgpu.runtime import GraphCaptureError, runtime
@@ -46,6 +46,7 @@ class WgpuGraph:
 
     def __init__(self) -> None:
         self._records: list = []
+        self.traffic = traffic.DispatchLog(self._records)  # bytes and FLOPs of each record, for profile()
         self._chunks: list | None = None
         self._pool: GraphPool | None = None
         self._pinned: list = []
@@ -63,6 +64,7 @@ class WgpuGraph:
         self._rng_start = rng.position()
         rt.allocator.capturing = self._pool
         rt.capture = self
+        traffic.update_tracing()  # each op's traffic goes with its records (a capture is done once)
 
     def record(self, kernel, heaps, params, table, groups, rng_word=None) -> None:
         """Called by the runtime, under its lock, for each dispatch while capturing."""
@@ -75,6 +77,7 @@ class WgpuGraph:
             raise GraphCaptureError("capture_end() without a matching capture_begin()")
         rt.capture = None
         rt.allocator.capturing = None
+        traffic.update_tracing()
         # Random ops reserved counters while being recorded; nothing ran, so give them back: the first
         # replay then draws what an eager step would have drawn here.
         seed, start = self._rng_start
@@ -93,6 +96,7 @@ class WgpuGraph:
         rt = runtime()
         if rt.capture is self:
             rt.capture = None
+            traffic.update_tracing()
         self.reset()
 
     # -- use ----------------------------------------------------------------------------------
@@ -107,7 +111,26 @@ class WgpuGraph:
         if self._rng_span:
             seed, base = rng.reserve(self._rng_span)  # fresh counters for this replay's random ops
             renew = (seed, base - self._rng_start[1])
-        runtime().replay(self._chunks, renew)
+        rt = runtime()
+        if rt.profile is not None and rt.capture is None:
+            self._replay_profiled(rt, renew)
+        else:
+            rt.replay(self._chunks, renew)
+
+    def _replay_profiled(self, rt, renew: tuple[int, int] | None) -> None:
+        """Inside navitrain.wgpu.profile(): the records dispatched one by one as eager work is, so each is
+        timed, with the traffic captured with it."""
+        dlog = traffic.profile_log
+        for i, (kernel, heaps, params, table, groups, rng_word) in enumerate(self._records):
+            if renew is not None and rng_word is not None:
+                seed, shift = renew  # as Runtime.replay patches the packed blocks
+                at = 4 * rng_word
+                captured = int.from_bytes(params[at + 8:at + 16], "little")
+                params = params[:at] + (seed | ((captured + shift) << 64)).to_bytes(16, "little") + params[at + 16:]
+            rt.dispatch(kernel, heaps, params, groups, table)
+            recorded = self.traffic[i]
+            if recorded is not None and dlog is not None:
+                dlog.give([len(dlog.issued) - 1], *recorded)
 
     def reset(self) -> None:
         """Forget the captured work and give its memory back."""
@@ -119,6 +142,7 @@ class WgpuGraph:
         self._pinned = []
         self._pool = None
         self._records = []
+        self.traffic = traffic.DispatchLog(self._records)
         self._chunks = None
 
     def __del__(self):

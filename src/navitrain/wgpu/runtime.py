@@ -158,7 +158,8 @@ class Runtime:
         self._offsets = self._raw[0].new("uint32_t[1]") if self._raw else None
         self.dispatch_count = 0
         self.submit_count = 0
-        self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling
+        self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling (profiling.py)
+        self.profile_keys: list[str] = []  # while profiling: each dispatch's key in `profile`, in order
         self._timer = _GpuTimer(self) if "timestamp-query" in self.features else None
         self.lost_reason: str | None = None
         self.capture = None  # the navitrain.wgpu.graphs.WgpuGraph being captured, if any
@@ -298,7 +299,7 @@ class Runtime:
                 if self._pass is not None:
                     self._pass.end()
                     self._pass = None
-                self._begin(self._timer.writes(kernel.name if not kernel.heavy else f"{kernel.name}@{groups}"))
+                self._begin(self._timer.writes(self._profile_key(kernel, groups)))
             elif self._pass is None:
                 self._begin()
             if table is None:
@@ -329,12 +330,19 @@ class Runtime:
                 if self._timer.full() or self._pending >= self._batch_limit:
                     self.flush()
             elif self.profile is not None:
-                self._profile_last(kernel.name)
+                self._profile_last(self._profile_key(kernel, groups))
             elif self._pending >= self._batch_limit or (kernel.heavy and self._pending >= self._heavy_batch):
                 # Submit early and often enough that the GPU works while Python records the rest
                 # of the step: a step recorded whole before its first submit costs host time plus
                 # GPU time instead of the larger of the two.
                 self.flush()
+
+    def _profile_key(self, kernel: Kernel, groups: tuple[int, int, int]) -> str:
+        """Profiling: the table key of a dispatch (matrix products and convolutions keyed by grid too, so
+        that shapes stay apart), also noted in `profile_keys`, in issue order, for the traffic log."""
+        key = kernel.name if not kernel.heavy else f"{kernel.name}@{groups}"
+        self.profile_keys.append(key)
+        return key
 
     def _profile_last(self, name: str) -> None:
         """Profiling mode: submit each dispatch alone and wait for it (slow; for finding hot kernels)."""
@@ -343,7 +351,7 @@ class Runtime:
         poll_wait = getattr(self.device, "_poll_wait", None)
         if poll_wait is not None:
             poll_wait()
-        entry = self.profile.setdefault(name, [0, 0.0])
+        entry = self.profile.entry(name)
         entry[0] += 1
         entry[1] += time.perf_counter() - t0
 
@@ -572,7 +580,7 @@ class _GpuTimer:
         n = len(self.names)
         ticks = np.frombuffer(self.rt.queue.read_buffer(self.buffer, 0, 16 * n), dtype=np.uint64).reshape(n, 2)
         for name, (start, end) in zip(self.names, ticks):
-            entry = table.setdefault(name, [0, 0.0])
+            entry = table.entry(name)
             entry[0] += 1
             entry[1] += float(int(end) - int(start)) * self.seconds_per_tick if end >= start else 0.0
         self.names.clear()
