@@ -1,4 +1,4 @@
-"""Eigen- and singular value decompositions on the wgpu device (issue 17) against PyTorch on the CPU.
+"""Eigen-, singular value and QR decompositions on the wgpu device (issue 17) against PyTorch on the CPU.
 
 Eigenvector signs are not defined (LAPACK's and Jacobi's differ per column), so eigenvectors are checked
 through what is defined: A V = V diag(w), V^T V = I, and |V| where the eigenvalues are distinct (the
@@ -63,7 +63,7 @@ def _sign_invariant_opinfo(name, max_samples=8):
 
 
 def test_eigh_opinfo_sign_invariant():
-    assert _sign_invariant_opinfo("linalg.eigh") > 0
+    assert _sign_invariant_opinfo("linalg.eigh", max_samples=5) > 0
 
 
 @pytest.mark.parametrize("name,variant", [("linalg.eigvalsh", "")])
@@ -209,3 +209,56 @@ def test_svd_fallbacks_are_counted(lenient):
         u, s, vh = torch.linalg.svd(a.to(DEV), full_matrices=False)
     _check_svd(a, u, s, vh, False)
     assert nw.fallback_report()["cpu_fallbacks"].get("aten._linalg_svd.default", 0) == 1
+
+
+# -- QR -----------------------------------------------------------------------------------------------------
+# Householder QR with LAPACK's conventions is unique (R's diagonal signs included), so Q and R are compared
+# with the CPU's directly; OpInfo's check covers forward and gradients.
+@pytest.mark.filterwarnings("ignore:.*(deprecated|replaced).*")
+@pytest.mark.parametrize("name", ["linalg.qr", "qr", "geqrf", "linalg.householder_product", "ormqr"])
+def test_qr_opinfo_matches_cpu(name):
+    assert opinfo.check(opinfo.find(name), torch.float32, max_samples=3) > 0
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (2, 40, 17), (17, 40), (128, 96)])
+def test_qr_modes_match_cpu(shape, strict):
+    a = torch.randn(shape, generator=_gen(sum(shape)))
+    tol = 1e-5 * max(shape[-2:])
+    for mode in ("reduced", "complete", "r"):
+        for got, exp in zip(torch.linalg.qr(a.to(DEV), mode=mode), torch.linalg.qr(a, mode=mode)):
+            assert got.shape == exp.shape and got.stride() == exp.stride()
+            torch.testing.assert_close(got.cpu(), exp, rtol=0, atol=tol)
+
+
+def test_qr_rank_deficient_and_zero_columns(strict):
+    a = torch.randn(6, 4, generator=_gen(17))
+    a[:, 1] = 0.0                 # a zero column: tau = 0, H = I, as LAPACK
+    a[:, 3] = 2 * a[:, 2]         # dependent columns
+    (got_a, got_tau), (exp_a, exp_tau) = torch.geqrf(a.to(DEV)), torch.geqrf(a)
+    # the last reflector is built from rounding noise (any unit vector is right): compared through Q R
+    torch.testing.assert_close(got_a.cpu()[:, :3], exp_a[:, :3], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_tau.cpu()[:3], exp_tau[:3], rtol=0, atol=1e-5)
+    assert got_tau[1].item() == 0.0
+    q, r = torch.linalg.qr(a.to(DEV))
+    torch.testing.assert_close((q @ r).cpu(), a, rtol=0, atol=1e-5)
+    torch.testing.assert_close((q.mT @ q).cpu(), torch.eye(4), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_qr_non_finite_is_never_silently_finite(value, strict):
+    a = torch.randn(3, 5, 4, generator=_gen(18))
+    a[0, 3, 0] = value    # in the first reflector's tail
+    a[1, 0, 2] = value    # in a later column's head
+    for got, exp in zip(torch.linalg.qr(a.to(DEV)), torch.linalg.qr(a)):
+        got = got.cpu()
+        assert not (torch.isfinite(got) & ~torch.isfinite(exp)).any()
+        torch.testing.assert_close(got[2], exp[2], rtol=0, atol=1e-5)
+
+
+def test_qr_too_large_takes_the_counted_fallback(lenient):
+    a = torch.randn(130, 3, generator=_gen(19))
+    nw.reset_fallback_counts()
+    with pytest.warns(UserWarning):
+        q, r = torch.linalg.qr(a.to(DEV))
+    torch.testing.assert_close(r.cpu(), torch.linalg.qr(a)[1])
+    assert nw.fallback_report()["cpu_fallbacks"].get("aten.linalg_qr.default", 0) == 1

@@ -1,11 +1,12 @@
-"""Eigen- and singular value decompositions on the wgpu device (issue 17): aten._linalg_eigh (linalg.eigh,
-eigvalsh) and aten._linalg_svd (svd, linalg.svd, svdvals and what PyTorch builds on them), float32,
-batched small matrices.
+"""Eigen-, singular value and QR decompositions on the wgpu device (issue 17): aten._linalg_eigh (linalg.eigh,
+eigvalsh), aten._linalg_svd (svd, linalg.svd, svdvals and what PyTorch builds on them: cond, matrix_norm
+'nuc'/2, ...), linalg_qr, geqrf, linalg_householder_product and ormqr; float32, batched small matrices.
 
 The engines are kernels/linalg_eigh.py (cyclic Jacobi) and kernels/linalg_svd.py (one-sided Jacobi), one
-workgroup per matrix, the matrix in workgroup memory. Sizes that do not fit the device's workgroup memory
-(eigenvectors up to n = 62 on 32 KiB; at most 64 rows or columns anywhere) and other dtypes raise
-NoKernelForDtype: the counted CPU fallback.
+workgroup per matrix, the matrix in workgroup memory, and kernels/linalg_qr.py (Householder, LAPACK's
+conventions, so Q and R match the CPU's). Sizes that do not fit the device's workgroup memory (eigenvectors
+up to n = 62 on 32 KiB; at most 64 rows or columns anywhere), QR above 128 rows or columns and other dtypes
+raise NoKernelForDtype: the counted CPU fallback.
 Singular / eigenvector signs are not defined (PyTorch's docs); ours are whatever Jacobi's rotations give,
 so they may differ from LAPACK's per column. Gradients come from PyTorch's autograd formulas, which call
 these forwards.
@@ -17,8 +18,11 @@ import torch
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.kernels import linalg_eigh as eigh_engine
+from navitrain.wgpu.kernels import linalg_qr as qr_engine
 from navitrain.wgpu.kernels import linalg_svd as svd_engine
+from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.ops.linalg import _batch_stride, _batched, _count, _float32_only, _identity_into, _like, _meta
+from navitrain.wgpu.tensor import WgpuTensor, empty
 
 aten = torch.ops.aten
 
@@ -68,3 +72,84 @@ def linalg_svd(A, full_matrices=False, compute_uv=True, driver=None):
         left = (*left, (vh.shape[-2] if wide else u.shape[-1]))
     svd_engine.svd(a, batch, a_bs, wide, s, left, right)
     return u, s, vh
+
+
+# -- QR (Householder, LAPACK's geqrf conventions: the CPU's Q and R up to rounding) ---------------------------
+def _qr_fits(*sizes) -> None:
+    _float32_only(*[s for s in sizes if isinstance(s, torch.Tensor)])
+    if any(d > qr_engine.MAX_N for t in sizes for d in t.shape[-2:]):
+        raise NoKernelForDtype(f"QR: matrices above {qr_engine.MAX_N} rows or columns run on the CPU")
+
+
+def _geqrf(A):
+    """(a, tau) as geqrf returns them: a column-major per matrix, tau contiguous [..., min(m, n)]."""
+    m, n = A.shape[-2], A.shape[-1]
+    batch_shape = list(A.shape[:-2])
+    a = empty([*batch_shape, m, n], torch.float32, _column_major_strides(batch_shape, m, n))
+    tau = empty([*batch_shape, min(m, n)], torch.float32)
+    batch = _count(batch_shape)
+    if batch and a.numel():
+        copy_into(a, A)
+        qr_engine.geqrf_in_place(a, batch, m * n, tau)
+    return a, tau
+
+
+def _column_major_strides(batch_shape, m, n):
+    strides, step = [], m * n
+    for size in reversed(batch_shape):
+        strides.insert(0, step)
+        step *= size
+    return [*strides, 1, max(m, 1)]
+
+
+def _apply_q(v, tau, x, *, left: bool, transpose: bool) -> WgpuTensor:
+    """x (in place, whole batch) <- op(Q) x (left) or x op(Q), Q = H_0 .. H_{k-1} from (v, tau)."""
+    target = x if left else x.mT  # X Q = (Q^T X^T)^T
+    backward = (not transpose) if left else transpose
+    batch_shape = target.shape[:-2]
+    batch = _count(batch_shape)
+    if batch == 0 or target.numel() == 0:
+        return x
+    v, v_bs = _batched(v, batch_shape)
+    tau, tau_bs = _batched(tau, batch_shape, tail=1)
+    qr_engine.apply_reflectors(v, v_bs, tau, tau_bs, tau.shape[-1], target, _batch_stride(target), batch,
+                               backward)
+    return x
+
+
+@implements(aten.geqrf.default)
+def geqrf(A):
+    if A.dim() < 2:
+        raise RuntimeError("torch.geqrf: The input tensor A must have at least 2 dimensions.")
+    _qr_fits(A)
+    return _geqrf(A)
+
+
+@implements(aten.linalg_qr.default)
+def linalg_qr(A, mode="reduced"):
+    q_meta, r_meta = _meta(aten.linalg_qr.default, A, mode)
+    _qr_fits(A)
+    q, r = _like(q_meta), _like(r_meta)
+    a, tau = _geqrf(A)
+    if r.numel():
+        copy_into(r, aten.triu.default(aten.slice.Tensor(a, -2, 0, r.shape[-2])))
+    if mode != "r" and q.numel():
+        _apply_q(a, tau, _identity_into(q), left=True, transpose=False)
+    return q, r
+
+
+@implements(aten.linalg_householder_product.default)
+def linalg_householder_product(A, tau):
+    q = _like(_meta(aten.linalg_householder_product.default, A, tau))
+    _qr_fits(A, tau)
+    if q.numel():
+        _apply_q(A, tau, _identity_into(q), left=True, transpose=False)
+    return q
+
+
+@implements(aten.ormqr.default)
+def ormqr(A, tau, other, left=True, transpose=False):
+    out = _like(_meta(aten.ormqr.default, A, tau, other, left, transpose))
+    _qr_fits(A, tau, other)
+    copy_into(out, other)
+    return _apply_q(A, tau, out, left=left, transpose=transpose)
