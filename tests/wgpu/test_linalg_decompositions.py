@@ -262,3 +262,31 @@ def test_qr_too_large_takes_the_counted_fallback(lenient):
         q, r = torch.linalg.qr(a.to(DEV))
     torch.testing.assert_close(r.cpu(), torch.linalg.qr(a)[1])
     assert nw.fallback_report()["cpu_fallbacks"].get("aten.linalg_qr.default", 0) == 1
+
+
+# -- pseudo-inverse -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["hermitian", "singular"])
+def test_pinv_opinfo_matches_cpu(variant):
+    assert opinfo.check(opinfo.find("linalg.pinv", variant), torch.float32, max_samples=3) > 0
+
+
+def test_pinv_tolerances_and_rank_deficiency(lenient):
+    """Default tolerances on well-conditioned matrices; explicit ones (far from any singular value, so
+    float32 and float64 keep the same ones) on an exactly rank-deficient matrix. Lenient: PyTorch's
+    wrapper builds its float64 tolerance tensors on the device (fill_ of float64 falls back); pinv and the
+    decompositions themselves must not."""
+    nw.reset_fallback_counts()
+    full = torch.randn(2, 6, 4, generator=_gen(20))
+    deficient = full.clone()
+    deficient[..., 3] = deficient[..., 0]
+    cases = [(full, False, {}), (full.mT, False, {}), (full[..., :4, :] + full[..., :4, :].mT, True, {})]
+    for kwargs in [{"rtol": 1e-3}, {"atol": 1e-2}, {"atol": 1e-2, "rtol": 1e-3},
+                   {"rtol": torch.tensor([1e-3, 0.9], dtype=torch.float64)}]:  # one tolerance per matrix
+        cases += [(deficient, False, kwargs), (deficient[..., :4, :] + deficient[..., :4, :].mT, True, kwargs)]
+    for x, herm, kwargs in cases:
+        exp = torch.linalg.pinv(x.double(), hermitian=herm, **kwargs).float()
+        dev_kwargs = {k: v.to(DEV) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        got = torch.linalg.pinv(x.to(DEV), hermitian=herm, **dev_kwargs).cpu()
+        torch.testing.assert_close(got, exp, rtol=0, atol=1e-4 * max(exp.abs().max().item(), 1.0))
+    fallbacks = nw.fallback_report()["cpu_fallbacks"]
+    assert not [op for op in fallbacks if "pinv" in op or "linalg_svd" in op or "linalg_eigh" in op], fallbacks

@@ -22,7 +22,7 @@ from navitrain.wgpu.kernels import linalg_qr as qr_engine
 from navitrain.wgpu.kernels import linalg_svd as svd_engine
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.ops.linalg import _batch_stride, _batched, _count, _float32_only, _identity_into, _like, _meta
-from navitrain.wgpu.tensor import WgpuTensor, empty
+from navitrain.wgpu.tensor import WgpuTensor, empty, from_cpu, to_cpu
 
 aten = torch.ops.aten
 
@@ -153,3 +153,51 @@ def ormqr(A, tau, other, left=True, transpose=False):
     _qr_fits(A, tau, other)
     copy_into(out, other)
     return _apply_q(A, tau, out, left=left, transpose=transpose)
+
+
+# -- pseudo-inverse (as PyTorch's linalg_pinv composes it, on the decompositions above) ------------------------
+def _host_tolerance(t) -> torch.Tensor | None:
+    if t is None:
+        return None
+    return (to_cpu(t) if isinstance(t, WgpuTensor) else t).to(torch.float64)
+
+
+def _tolerances(A, atol, rtol):
+    """(atol, rtol) as float64 CPU tensors with PyTorch's defaults: atol 0; rtol eps * max(m, n), or 0 where
+    an atol > 0 was given."""
+    atol, rtol = _host_tolerance(atol), _host_tolerance(rtol)
+    if rtol is None:
+        default = torch.tensor(torch.finfo(A.dtype).eps * max(A.shape[-1], A.shape[-2]), dtype=torch.float64)
+        rtol = default if atol is None else torch.where(atol > 0, torch.zeros((), dtype=torch.float64), default)
+    if atol is None:
+        atol = torch.zeros((), dtype=torch.float64)
+    return atol, rtol
+
+
+def _threshold(values, reference, atol, rtol):
+    """Where |values| exceed max(atol, rtol * reference) (reference: [..., 1]), their reciprocals, else 0."""
+    if atol.numel() == 1 and rtol.numel() == 1:
+        tol = aten.clamp_min.default(aten.mul.Tensor(reference, rtol.item()), atol.item())
+    else:  # batched tolerances: broadcast over the batch on the device
+        tol = aten.maximum.default(from_cpu(atol.float().unsqueeze(-1)),
+                                   aten.mul.Tensor(from_cpu(rtol.float().unsqueeze(-1)), reference))
+    keep = aten.gt.Tensor(aten.abs.default(values), tol)
+    return aten.where.self(keep, aten.reciprocal.default(values), aten.zeros_like.default(values))
+
+
+@implements(aten.linalg_pinv.atol_rtol_tensor)
+def linalg_pinv(A, *, atol=None, rtol=None, hermitian=False):
+    _float32_only(A)
+    m, n = A.shape[-2], A.shape[-1]
+    if not (eigh_engine.fits(n) if hermitian else svd_engine.fits(m, n)) or A.dim() < 2:
+        raise NoKernelForDtype("linalg.pinv: this size runs on the CPU")  # counted fallback (and its errors)
+    atol, rtol = _tolerances(A, atol, rtol)
+    if A.numel() == 0:
+        return empty([*A.shape[:-2], n, m], torch.float32)
+    if not hermitian:
+        u, s, vh = linalg_svd(A, False, True)
+        s_inv = _threshold(s, aten.slice.Tensor(s, -1, 0, 1), atol, rtol)  # s is descending
+        return aten.matmul.default(aten.mul.Tensor(vh.mT, aten.unsqueeze.default(s_inv, -2)), u.mT)
+    w, v = linalg_eigh(A, "L", True)
+    w_inv = _threshold(w, aten.amax.default(aten.abs.default(w), [-1], True), atol, rtol)
+    return aten.matmul.default(aten.mul.Tensor(v, aten.unsqueeze.default(w_inv, -2)), v.mT)
