@@ -290,3 +290,32 @@ def test_pinv_tolerances_and_rank_deficiency(lenient):
         torch.testing.assert_close(got, exp, rtol=0, atol=1e-4 * max(exp.abs().max().item(), 1.0))
     fallbacks = nw.fallback_report()["cpu_fallbacks"]
     assert not [op for op in fallbacks if "pinv" in op or "linalg_svd" in op or "linalg_eigh" in op], fallbacks
+
+
+# -- least squares ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["", "grad_oriented"])
+def test_lstsq_opinfo_matches_cpu(variant):
+    assert opinfo.check(opinfo.find("linalg.lstsq", variant), torch.float32, max_samples=3) > 0
+
+
+@pytest.mark.parametrize("driver", [None, "gels", "gelsd", "gelss"])
+def test_lstsq_drivers_shapes_and_rank(driver, strict):
+    a = torch.randn(2, 7, 4, generator=_gen(21))
+    b = torch.randn(1, 7, 3, generator=_gen(22))          # broadcast batch
+    deficient = a.clone()
+    deficient[1, :, 3] = deficient[1, :, 0]                # rank 3 in the second matrix
+    cases = [(a, b), (a, b[0, :, :2].mT), (a.mT[..., :3], b[..., :4, :])]   # tall, vector rhs, wide
+    if driver != "gels":
+        cases.append((deficient, b))
+    for x, y in cases:
+        got, exp = torch.linalg.lstsq(x.to(DEV), y.to(DEV), driver=driver), torch.linalg.lstsq(x, y, driver=driver)
+        for g, e in zip(got, exp):
+            assert g.shape == e.shape and g.dtype == e.dtype and g.device.type == DEV
+            torch.testing.assert_close(g.cpu(), e, rtol=1e-4, atol=1e-4)
+
+
+def test_lstsq_non_finite_is_never_silently_finite(strict):
+    a = torch.randn(2, 6, 3, generator=_gen(23))
+    a[0, 2, 1] = float("nan")
+    got = torch.linalg.lstsq(a.to(DEV), torch.randn(6, 2, generator=_gen(24)).to(DEV)).solution.cpu()
+    assert got[0].isnan().all() and torch.isfinite(got[1]).all()

@@ -1,6 +1,7 @@
 """Eigen-, singular value and QR decompositions on the wgpu device (issue 17): aten._linalg_eigh (linalg.eigh,
 eigvalsh), aten._linalg_svd (svd, linalg.svd, svdvals and what PyTorch builds on them: cond, matrix_norm
-'nuc'/2, ...), linalg_qr, geqrf, linalg_householder_product and ormqr; float32, batched small matrices.
+'nuc'/2, ...), linalg_qr, geqrf, linalg_householder_product and ormqr, and on them linalg_pinv (atol_rtol_tensor) and
+linalg_lstsq; float32, batched small matrices.
 
 The engines are kernels/linalg_eigh.py (cyclic Jacobi) and kernels/linalg_svd.py (one-sided Jacobi), one
 workgroup per matrix, the matrix in workgroup memory, and kernels/linalg_qr.py (Householder, LAPACK's
@@ -21,7 +22,16 @@ from navitrain.wgpu.kernels import linalg_eigh as eigh_engine
 from navitrain.wgpu.kernels import linalg_qr as qr_engine
 from navitrain.wgpu.kernels import linalg_svd as svd_engine
 from navitrain.wgpu.kernels.copy import copy_into
-from navitrain.wgpu.ops.linalg import _batch_stride, _batched, _count, _float32_only, _identity_into, _like, _meta
+from navitrain.wgpu.ops.linalg import (
+    _batch_stride,
+    _batched,
+    _count,
+    _float32_only,
+    _identity_into,
+    _is_vector_rhs,
+    _like,
+    _meta,
+)
 from navitrain.wgpu.tensor import WgpuTensor, empty, from_cpu, to_cpu
 
 aten = torch.ops.aten
@@ -201,3 +211,50 @@ def linalg_pinv(A, *, atol=None, rtol=None, hermitian=False):
     w, v = linalg_eigh(A, "L", True)
     w_inv = _threshold(w, aten.amax.default(aten.abs.default(w), [-1], True), atol, rtol)
     return aten.matmul.default(aten.mul.Tensor(v, aten.unsqueeze.default(w_inv, -2)), v.mT)
+
+
+# -- least squares (through the SVD: the minimum-norm solution) ----------------------------------------------
+_LSTSQ_DRIVERS = (None, "gels", "gelsy", "gelsd", "gelss")
+
+
+@implements(aten.linalg_lstsq.default)
+def linalg_lstsq(A, B, rcond=None, *, driver=None):
+    """As the CPU's drivers return it: solution; residuals |A x - b|^2 where m > n and the driver is not
+    gelsy (gelsd / gelss: only when every matrix has full rank, which, as on the CPU, costs a read-back);
+    rank (not for gels); singular values (gelsd / gelss). The solution is the minimum-norm one from the
+    SVD, which is what gelsy / gelsd / gelss compute and what gels computes for full-rank A."""
+    if (driver not in _LSTSQ_DRIVERS or A.dim() < 2 or B.dim() < 1 or A.numel() == 0 or B.numel() == 0
+            or not svd_engine.fits(A.shape[-2], A.shape[-1])):
+        raise NoKernelForDtype("linalg.lstsq: this call runs on the CPU (and raises its errors there)")
+    _float32_only(A, B)
+    driver = driver or "gelsy"
+    m, n = A.shape[-2], A.shape[-1]
+    vector = _is_vector_rhs(A, B)
+    b = aten.unsqueeze.default(B, -1) if vector else B
+    if b.shape[-2] != m:
+        raise NoKernelForDtype("linalg.lstsq: mismatched shapes, the CPU raises the error")
+    batch_shape = list(torch.broadcast_shapes(A.shape[:-2], b.shape[:-2]))
+    a = aten.expand.default(A, [*batch_shape, m, n])
+    b = aten.expand.default(b, [*batch_shape, m, b.shape[-1]])
+    eps = torch.finfo(torch.float32).eps
+    rcond = eps * max(m, n) if rcond is None or rcond < 0 else rcond  # LAPACK: a negative rcond = eps
+    u, s, vh = linalg_svd(a, False, True)
+    s_max = aten.slice.Tensor(s, -1, 0, 1)
+    no_atol = torch.zeros((), dtype=torch.float64)
+    s_inv = _threshold(s, s_max, no_atol, torch.tensor(rcond, dtype=torch.float64))
+    coefficients = aten.mul.Tensor(aten.matmul.default(u.mT, b), aten.unsqueeze.default(s_inv, -1))
+    solution = aten.matmul.default(vh.mT, coefficients)
+    rank = empty([0], torch.int64)
+    if driver != "gels":
+        kept = aten.gt.Tensor(s, aten.mul.Tensor(s_max, rcond))
+        rank = aten.sum.dim_IntList(kept, [-1], False, dtype=torch.int64)
+    residuals = empty([0], torch.float32)
+    if m > n and driver != "gelsy":
+        full_rank = driver == "gels" or bool(to_cpu(rank).eq(n).all())
+        if full_rank:
+            error = aten.sub.Tensor(aten.matmul.default(a, solution), b)
+            residuals = aten.sum.dim_IntList(aten.mul.Tensor(error, error), [-2])
+    singular_values = s if driver in ("gelsd", "gelss") else empty([0], torch.float32)
+    if vector:
+        solution = aten.squeeze.dim(solution, -1)
+    return solution, residuals, rank, singular_values
