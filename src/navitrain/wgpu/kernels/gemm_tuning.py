@@ -84,6 +84,13 @@ WGRAD_SPLITS = [TileConfig(64, 64, 16, 4, 4, splits=s) for s in (32, 128, 512)] 
 THIN_DGRAD_SPLITS = [TileConfig(4, 128, 8, 4, 4, splits=s) for s in (4, 8)] + [TileConfig(8, 64, 16, 4, 4, splits=4)]
 
 
+# Every convolution pass (issue 23): a 16-wide side for grouped layers of 9-16 channels a group, which
+# a 32-wide tile half wastes and 8-wide ones cut in two (RegNet's and ResNeXt's middle stages, when
+# the tuner sends them to the implicit GEMM rather than kernels/conv_grouped), and a 64x128 tile for
+# stems (64 output channels against 12544-50176 positions a 224 px image, K = 147-363).
+CONV_TILES = [TileConfig(16, 128, 8, 4, 4), TileConfig(128, 16, 8, 4, 4), TileConfig(64, 128, 16, 8, 8, buffers=1)]
+
+
 def _extra_candidates(kind) -> list[TileConfig]:
     """Candidates only some products may use: fixed slice counts for convolution passes that split K."""
     if kind[0] == "conv_wgrad":
@@ -91,6 +98,12 @@ def _extra_candidates(kind) -> list[TileConfig]:
     if kind[0] == "conv_dgrad" and kind[1:] == (False,):
         return THIN_DGRAD_SPLITS
     return []
+
+
+def _conv_candidates(kind) -> list[TileConfig]:
+    """CONV_TILES, for every convolution pass."""
+    return CONV_TILES if str(kind[0]).startswith("conv_") else []
+
 
 _lock = threading.Lock()
 _cache: dict | None = None
@@ -197,7 +210,7 @@ def _save() -> None:
 
 def _parse(text: str) -> TileConfig | None:
     try:
-        for cfg in CANDIDATES + WGRAD_SPLITS + THIN_DGRAD_SPLITS + [LARGE, MEDIUM, SMALL]:
+        for cfg in CANDIDATES + WGRAD_SPLITS + THIN_DGRAD_SPLITS + CONV_TILES + [LARGE, MEDIUM, SMALL]:
             if cfg.name == text:
                 return cfg
     except Exception:
@@ -230,7 +243,8 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
     _announce(rt)
-    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm", extra=_extra_candidates(kind))
+    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm",
+                 extra=_extra_candidates(kind) + _conv_candidates(kind))
     with _lock:
         table[key] = best.name
         _save()

@@ -3,6 +3,9 @@
 - 1x1 layers (no padding, one group): plain products (onebyone.py);
 - depthwise layers: direct kernels (conv_depthwise.py), timed against the implicit GEMM where the tuner
   runs;
+- other grouped layers (ResNeXt, RegNet): direct kernels (conv_grouped/), timed against the implicit
+  GEMM where the tuner runs, by conv_grouped.prefer_direct's rule where it does not; the grad-input
+  takes strides in one dispatch, before the output phases below;
 - strided grad-input (no dilation): one stride-1 grad-input per output phase (grad_input.py), each
   phase decided here again;
 - stride-1 3x3 layers: Winograd F(2x2,3x3) where it is faster here (`use_winograd`; the aten handler
@@ -13,7 +16,7 @@
 from __future__ import annotations
 
 from navitrain import _env
-from navitrain.wgpu.kernels import conv_depthwise, gemm_tuning, winograd
+from navitrain.wgpu.kernels import conv_depthwise, conv_grouped, gemm_tuning, winograd
 from navitrain.wgpu.kernels.conv import onebyone
 from navitrain.wgpu.kernels.conv.forward import implicit_forward
 from navitrain.wgpu.kernels.conv.geometry import Geometry
@@ -34,6 +37,10 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
             "fwd", g, out, lambda: conv_depthwise.forward(x, w, bias, g, out),
             lambda: implicit_forward(x, w, bias, g, out)):
         return conv_depthwise.forward(x, w, bias, g, out)
+    if not relu and conv_grouped.eligible("fwd", g, x, w, bias, out) and conv_grouped.use_direct(
+            "fwd", g, out, lambda: conv_grouped.forward(x, w, bias, g, out),
+            lambda: implicit_forward(x, w, bias, g, out)):
+        return conv_grouped.forward(x, w, bias, g, out)
     return implicit_forward(x, w, bias, g, out, relu)
 
 
@@ -45,6 +52,9 @@ def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> Wg
             and conv_depthwise.use_direct("dgrad", g, dx, lambda: conv_depthwise.grad_input(dy, w, g, dx),
                                           lambda: grad_input(dy, w, g, dx))):
         return conv_depthwise.grad_input(dy, w, g, dx)
+    if conv_grouped.eligible("dgrad", g, dy, w, dx) and conv_grouped.use_direct(
+            "dgrad", g, dx, lambda: conv_grouped.grad_input(dy, w, g, dx), lambda: grad_input(dy, w, g, dx)):
+        return conv_grouped.grad_input(dy, w, g, dx)
     if tuple(g.stride) != (1, 1) and tuple(g.dilation) == (1, 1):
         return grad_input_by_phase(dy, w, g, dx, grad_input)
     return implicit_grad_input(dy, w, g, dx)
@@ -58,6 +68,10 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
             "wgrad", g, x, lambda: conv_depthwise.grad_weight(dy, x, g, dw),
             lambda: implicit_grad_weight(dy, x, g, dw)):
         return conv_depthwise.grad_weight(dy, x, g, dw)
+    if conv_grouped.eligible("wgrad", g, dy, x, dw) and conv_grouped.use_direct(
+            "wgrad", g, x, lambda: conv_grouped.grad_weight(dy, x, g, dw),
+            lambda: implicit_grad_weight(dy, x, g, dw)):
+        return conv_grouped.grad_weight(dy, x, g, dw)
     return implicit_grad_weight(dy, x, g, dw)
 
 
