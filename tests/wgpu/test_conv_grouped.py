@@ -2,8 +2,9 @@
 CPU: forward, grad-input, grad-weight and grad-bias over groups 2/4/8/32, 1 to 32 channels a group in and
 out (counts that are not a multiple of the 8 channels a thread computes too), strides 1 and 2,
 dilation, padding, 3x3/5x5 and non-square kernels, NCHW and channels_last, strided views, 16-bit
-storage; NaN and inf as the CPU propagates them; a repeatable grad-weight; which kernels the chooser
-runs (with tuning off, and both tuner candidates); the conv-only GEMM tiles the tuner may pick."""
+storage, transposed and 1-D layers; NaN and inf as the CPU propagates them; a repeatable
+grad-weight; which kernels the chooser runs (with tuning off, and both tuner candidates); the
+conv-only GEMM tiles the tuner may pick."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,28 @@ def test_strided_views_16bit_storage_and_repeatable_grad_weight(always_direct):
         gy = torch.randn(1, 8, 6, 7, dtype=torch.float64).to(dtype).double()
         y, gy, gx, gw, gb = _reference(x, w, b, 1, 1, 1, 2, gy)
         _close(_on_wgpu(x, w, b, 1, 1, 1, 2, gy, dtype=dtype)[:4], (y, gx, gw, gb), tol)
+
+
+def test_transposed_and_1d_grouped_layers(always_direct):
+    """A transposed grouped convolution (stride 2, output padding: its forward is the direct grad-input,
+    rows no tap reaches included) and a 1-D one, every pass against the CPU, through the direct kernels."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 8, 5, 6, generator=gen, dtype=torch.float64)
+    w = torch.randn(8, 3, 3, 3, generator=gen, dtype=torch.float64)
+    x1 = torch.randn(2, 12, 40, generator=gen, dtype=torch.float64)
+    w1 = torch.randn(12, 3, 5, generator=gen, dtype=torch.float64)
+    runtime()._kernels.clear()
+    for op, a, b in ((lambda a, b: F.conv_transpose2d(a, b, None, 2, 1, 1, 4), x, w),
+                     (lambda a, b: F.conv1d(a, b, None, 2, 2, 1, 4), x1, w1)):
+        xs, ws = a.clone().requires_grad_(), b.clone().requires_grad_()
+        y = op(xs, ws)
+        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        y.backward(gy)
+        xd, wd = a.float().to("wgpu").requires_grad_(), b.float().to("wgpu").requires_grad_()
+        yd = op(xd, wd)
+        yd.backward(gy.float().to("wgpu"))
+        _close((yd.detach().cpu(), xd.grad.cpu(), wd.grad.cpu()), (y.detach(), xs.grad, ws.grad), 2e-5)
+    assert _grouped_kernels() == {"grouped_fwd", "grouped_dgrad", "grouped_wgrad"}
 
 
 def _same_specials(got, want, what):
