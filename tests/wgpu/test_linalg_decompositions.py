@@ -319,3 +319,30 @@ def test_lstsq_non_finite_is_never_silently_finite(strict):
     a[0, 2, 1] = float("nan")
     got = torch.linalg.lstsq(a.to(DEV), torch.randn(6, 2, generator=_gen(24)).to(DEV)).solution.cpu()
     assert got[0].isnan().all() and torch.isfinite(got[1]).all()
+
+
+# -- matrix exponential ---------------------------------------------------------------------------------------
+def test_matrix_exp_opinfo_matches_cpu():
+    # rtol 1e-4: on the sample with |A|_1 ~ 30 the CPU's float32 result and ours are both within 1.6e-6 of
+    # float64 relative to the largest entry, but differ from each other by 2e-5 on single entries (squarings
+    # amplify rounding); the float64 comparison below bounds ours on its own
+    assert opinfo.check(opinfo.find("matrix_exp"), torch.float32, max_samples=4, rtol=1e-4, atol=1e-4) > 0
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 10.0])
+def test_matrix_exp_against_float64(scale, strict):
+    a = torch.randn(3, 9, 9, generator=_gen(25)) * scale
+    a[1] *= 0.01                                   # matrices of one batch scaled by different powers of two
+    exp = torch.linalg.matrix_exp(a.double())
+    got = torch.linalg.matrix_exp(a.to(DEV)).cpu().double()
+    # float32 rounding grows with the squarings (about log2 |A| of them) and the condition of exp(A)
+    assert ((got - exp).abs().amax((-2, -1)) / exp.abs().amax((-2, -1))).max().item() < 1e-5 * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_matrix_exp_non_finite_is_never_silently_finite(value, strict):
+    a = torch.randn(2, 4, 4, generator=_gen(26))
+    a[0, 1, 2] = value
+    got, exp = torch.linalg.matrix_exp(a.to(DEV)).cpu(), torch.linalg.matrix_exp(a)
+    assert not (torch.isfinite(got) & ~torch.isfinite(exp)).any()
+    torch.testing.assert_close(got[1], exp[1], rtol=1e-5, atol=1e-5)

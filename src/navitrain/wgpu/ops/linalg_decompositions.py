@@ -1,7 +1,7 @@
 """Eigen-, singular value and QR decompositions on the wgpu device (issue 17): aten._linalg_eigh (linalg.eigh,
 eigvalsh), aten._linalg_svd (svd, linalg.svd, svdvals and what PyTorch builds on them: cond, matrix_norm
-'nuc'/2, ...), linalg_qr, geqrf, linalg_householder_product and ormqr, and on them linalg_pinv (atol_rtol_tensor) and
-linalg_lstsq; float32, batched small matrices.
+'nuc'/2, ...), linalg_qr, geqrf, linalg_householder_product and ormqr, and on them linalg_pinv (atol_rtol_tensor),
+linalg_lstsq and linalg_matrix_exp (on the matrix products); float32, batched small matrices.
 
 The engines are kernels/linalg_eigh.py (cyclic Jacobi) and kernels/linalg_svd.py (one-sided Jacobi), one
 workgroup per matrix, the matrix in workgroup memory, and kernels/linalg_qr.py (Householder, LAPACK's
@@ -258,3 +258,42 @@ def linalg_lstsq(A, B, rcond=None, *, driver=None):
     if vector:
         solution = aten.squeeze.dim(solution, -1)
     return solution, residuals, rank, singular_values
+
+
+# -- matrix exponential (scaling and squaring of a Taylor polynomial, on the matrix products) ---------------
+_EXP_TAYLOR_DEGREE = 12  # after scaling |X|_1 <= 1/2: the remainder is below 0.5^13 / 13! ~ 2e-14, far under float32
+
+
+@implements(aten.linalg_matrix_exp.default)
+def linalg_matrix_exp(A):
+    """exp(A) = exp(A / 2^s)^(2^s) per matrix, s the smallest with |A / 2^s|_1 <= 1/2 (exact power-of-two
+    scaling), exp of the scaled matrix by Horner's rule. The 1-norms are read back (one small transfer, as
+    the CPU's and CUDA's kernels also choose per matrix on the host); a matrix with a non-finite entry is
+    not scaled, so the NaN / inf reach every entry they touch as on the CPU."""
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
+        raise NoKernelForDtype("linalg.matrix_exp: not a batch of square matrices: the CPU raises the error")
+    _float32_only(A)
+    n = A.shape[-1]
+    if A.numel() == 0:
+        return _like(torch.empty_like(A, device="meta"))
+    if n == 1:
+        return aten.exp.default(A)
+    batch_shape = list(A.shape[:-2])
+    x = aten.reshape.default(A, [-1, n, n])
+    norms = to_cpu(aten.amax.default(aten.sum.dim_IntList(aten.abs.default(x), [-2]), [-1])).double()
+    finite = torch.isfinite(norms)
+    steps = torch.where(finite & (norms > 0.5), torch.ceil(torch.log2(norms / 0.5)), torch.zeros_like(norms))
+    steps = steps.clamp_max(126).to(torch.int64)  # 2^-126 keeps the scale a normal float32
+    x = aten.mul.Tensor(x, from_cpu(torch.pow(2.0, -steps.double()).float().view(-1, 1, 1)))
+    identity = _identity_into(empty([n, n], torch.float32))
+    result = aten.add.Tensor(identity, aten.mul.Tensor(x, 1.0 / _EXP_TAYLOR_DEGREE))
+    for k in range(_EXP_TAYLOR_DEGREE - 1, 0, -1):
+        result = aten.add.Tensor(identity, aten.mul.Tensor(aten.matmul.default(x, result), 1.0 / k))
+    most = int(steps.max().item()) if steps.numel() else 0
+    for k in range(most):
+        squared = aten.matmul.default(result, result)
+        if bool((steps > k).all()):
+            result = squared
+        else:
+            result = aten.where.self(from_cpu((steps > k).view(-1, 1, 1)), squared, result)
+    return aten.reshape.default(result, [*batch_shape, n, n])
