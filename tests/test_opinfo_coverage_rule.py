@@ -121,3 +121,17 @@ def test_markdown_lists_float64_passes_apart(tmp_path):
     assert "| soft_margin_loss | forward float16 | pass | 0 | inf |" in rule_table
     assert "| addbmm | pass (float64 rule) |" in text
     assert "| forward bfloat16 | 2 | 0 | 1 | 0 | 0 | 3 | 66.7% | 1 |" in text
+
+
+def test_eigenvectors_are_compared_up_to_column_signs_only():
+    """linalg.eigh's eigenvectors: a column times -1 is the same eigenvector; any other change is not."""
+    import _coverage_child as child
+
+    gen = torch.Generator().manual_seed(7)
+    ref = torch.linalg.qr(torch.randn(2, 5, 5, generator=gen))[0]
+    flipped = ref * torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0])
+    assert child._equal_up_to_column_signs(flipped, ref, torch.float32)
+    wrong = flipped.clone()
+    wrong[1, 3, 2] += 1e-2
+    assert not child._equal_up_to_column_signs(wrong, ref, torch.float32)
+    assert not child._equal_up_to_column_signs(ref[..., :4], ref, torch.float32)
