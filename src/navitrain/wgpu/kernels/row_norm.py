@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import row_norm_strided as strided
 from navitrain.wgpu.kernels.channel_sums import channel_sums, finish_sums
 from navitrain.wgpu.kernels.norm_common import (
     WG,
@@ -27,11 +28,11 @@ from navitrain.wgpu.tensor import empty
 
 _NORMALIZE = codegen.ParamBlock(
     "M", "L", "y_off", "mean_off", "rstd_off", "x_off", "eps: f32", "G", "D", "HW",
-    *vec_fields("weight"), *vec_fields("bias"),
-    defaults={"G": 1, "D": 1, "HW": 1, **vec_defaults("weight", "bias")})
+    *vec_fields("weight"), *vec_fields("bias"), *strided.fields("x"),
+    defaults={"G": 1, "D": 1, "HW": 1, **vec_defaults("weight", "bias"), **strided.defaults("x")})
 _LN_BACKWARD = codegen.ParamBlock(
-    "M", "L", "gi_off", "dy_off", "x_off", "mean_off", "rstd_off", *vec_fields("weight"),
-    defaults=vec_defaults("weight"))
+    "M", "L", "gi_off", "dy_off", "x_off", "mean_off", "rstd_off", *vec_fields("weight"), *strided.fields("dy", "x"),
+    defaults={**vec_defaults("weight"), **strided.defaults("dy", "x")})
 _GN_SUMS = codegen.ParamBlock("M", "L", "out_off", "dy_off", "x_off")
 _GN_COEFS = codegen.ParamBlock(
     "NG", "groups", "D", "scratch_off", "coef_at", "mean_off", "rstd_off", "inv_count: f32",
@@ -45,8 +46,13 @@ _GN_PARAMS = codegen.ParamBlock(
 
 
 # -- the row frame: rows of L contiguous elements, TPR lanes each (blocks with fields M and L) ---------
-def threads_per_row(L: int) -> int:
-    """A power of two near L / 4 (a few elements per thread), from a short list to keep variants few."""
+def threads_per_row(L: int, geo=None) -> int:
+    """A power of two near L / 4 (a few elements per thread), from a short list to keep variants few.
+    Rows read through strides (`geo`) take one thread each: a row's elements are far apart there while
+    neighbouring rows are neighbours in memory (a permuted NCHW plane), so threads walking rows side by
+    side read contiguously (16 lanes per row ran 2x slower than copy + contiguous rows on lavapipe)."""
+    if geo is not None:
+        return 1
     want = next_pow2(max(1, -(-L // 4)))
     return next(t for t in (256, 64, 16, 4, 1) if t <= want)
 
@@ -83,40 +89,48 @@ def _row_groups(M: int, tpr: int):
 
 
 # -- forward ----------------------------------------------------------------------------------------
-def row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=None):
+def row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=None, geo=None):
     """y = (x - mean_row) * rstd_row * w[k] + b[k] over M contiguous rows of length L, writing each
     row's mean and rstd. k is the position in the row (layer norm) or the channel (group norm, given
-    gn_shape = (groups, channels per group, HxW))."""
-    tpr = threads_per_row(L)
+    gn_shape = (groups, channels per group, HxW)). With `geo` (layer norm only) x's rows are read
+    through its strides (row_norm_strided.py); y is contiguous either way."""
+    tpr = threads_per_row(L, geo)
     opt = [t for t in (weight, bias) if t is not None]
     tensors = [y, mean, rstd, x] + opt
     G, D, HW = gn_shape or (1, 1, 1)
     params = _NORMALIZE.pack(M=M, L=L, y_off=y.elem_offset, mean_off=mean.elem_offset, rstd_off=rstd.elem_offset,
                              x_off=x.elem_offset, eps=float(eps), G=G, D=D, HW=HW,
-                             **vec_args("weight", weight), **vec_args("bias", bias))
+                             **vec_args("weight", weight), **vec_args("bias", bias),
+                             **(strided.args(geo, x=x) if geo else {}))
 
     def source():
-        return _normalize_source(tpr, x, y, mean, rstd, weight, bias, tensors, gn_shape is not None)
+        return _normalize_source(tpr, x, y, mean, rstd, weight, bias, tensors, gn_shape is not None, geo)
 
-    key = ("row_norm", tpr, gn_shape is not None, weight is not None, bias is not None,
+    key = ("row_norm", tpr, gn_shape is not None, weight is not None, bias is not None, geo and geo.used,
            tuple(t.dtype for t in tensors))
     launch(key, "row_normalize", tensors, params, source, _row_groups(M, tpr))
 
 
-def _normalize_source(tpr, x, y, mean, rstd, weight, bias, tensors, group_norm: bool) -> str:
+def _normalize_source(tpr, x, y, mean, rstd, weight, bias, tensors, group_norm: bool, geo) -> str:
     k = "(row % G) * D + j / HW" if group_norm else "j"
     binding = iter(range(4, 4 + len(tensors)))
     w = load(weight, next(binding), vec_at("weight", f"({k})")) if weight is not None else None
     b = load(bias, next(binding), vec_at("bias", f"({k})")) if bias is not None else None
-    xv = load(x, 3, "base + j")
-    lines = [_NORMALIZE.wgsl(), _row_frame(tpr), "  let base = x_off + row * L;"]
+    xv = load(x, 3, "base + j * x_ls" if geo else "base + j")
+    lines = [_NORMALIZE.wgsl(), _row_frame(tpr)]
+    if geo:
+        lines += [strided.row_index_wgsl("row", geo.used), f"  let base = {strided.row_start('x', geo.used)};"]
+    else:
+        lines.append("  let base = x_off + row * L;")
     lines.append(_row_sums(tpr, ["xv"], f"let xv = {xv};", ["total"]))
     lines.append("  let mean = total / f32(L);")
     lines.append(_row_sums(tpr, ["(xv - mean) * (xv - mean)"], f"let xv = {xv};", ["sq"]))
     # A row holding inf has sq = NaN: rstd must stay NaN (as on the CPU), which WGSL's max may drop.
     lines.append("  let rstd = 1.0 / sqrt(fmax_nan(sq / f32(L), 0.0) + eps);")
     lines.append("  if (!live) { return; }")
-    lines.append("  if (lane == 0u) { " + store(mean, 1, "mean_off + row", "mean") + " "
+    # The CPU's Welford mean of a row holding inf is NaN (inf - inf) unless the inf comes last: store NaN
+    # as it does, wherever the variance is NaN.
+    lines.append("  if (lane == 0u) { " + store(mean, 1, "mean_off + row", "keep_nan(sq, mean)") + " "
                  + store(rstd, 2, "rstd_off + row", "rstd") + " }")
     lines.append(f"  for (var j = lane; j < L; j = j + {tpr}u) {{")
     val = "(" + xv + " - mean) * rstd"
@@ -130,18 +144,26 @@ def _normalize_source(tpr, x, y, mean, rstd, weight, bias, tensors, group_norm: 
 
 
 # -- layer norm backward ----------------------------------------------------------------------------
-def layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L) -> None:
-    """gi over M contiguous rows of length L, from the rows' mean and rstd (a row kernel)."""
-    tpr = threads_per_row(L)
+def layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L, geo=None) -> None:
+    """gi over M contiguous rows of length L, from the rows' mean and rstd (a row kernel). With `geo`,
+    grad_out and x are read through their strides (row_norm_strided.py); gi is contiguous."""
+    tpr = threads_per_row(L, geo)
     tensors = [gi, grad_out, x, mean, rstd] + ([weight] if weight is not None else [])
     params = _LN_BACKWARD.pack(M=M, L=L, gi_off=gi.elem_offset, dy_off=grad_out.elem_offset, x_off=x.elem_offset,
-                               mean_off=mean.elem_offset, rstd_off=rstd.elem_offset, **vec_args("weight", weight))
+                               mean_off=mean.elem_offset, rstd_off=rstd.elem_offset, **vec_args("weight", weight),
+                               **(strided.args(geo, dy=grad_out, x=x) if geo else {}))
 
     def source():
         w = load(weight, 5, vec_at("weight", "j")) if weight is not None else "1.0"
-        loads = (f"let gv = {load(grad_out, 1, 'dy_off + row * L + j')} * {w}; "
-                 f"let xh = ({load(x, 2, 'x_off + row * L + j')} - mu) * rs;")
-        lines = [_LN_BACKWARD.wgsl(), _row_frame(tpr),
+        dy_at, x_at = ("dy_base + j * dy_ls", "x_base + j * x_ls") if geo else ("dy_base + j", "x_base + j")
+        loads = (f"let gv = {load(grad_out, 1, dy_at)} * {w}; "
+                 f"let xh = ({load(x, 2, x_at)} - mu) * rs;")
+        if geo:
+            bases = (strided.row_index_wgsl("row", geo.used) + f"  let dy_base = {strided.row_start('dy', geo.used)}; "
+                     f"let x_base = {strided.row_start('x', geo.used)};")
+        else:
+            bases = "  let dy_base = dy_off + row * L; let x_base = x_off + row * L;"
+        lines = [_LN_BACKWARD.wgsl(), _row_frame(tpr), bases,
                  "  var mu = 0.0; var rs = 0.0;",
                  f"  if (live) {{ mu = {load(mean, 3, 'mean_off + row')}; rs = {load(rstd, 4, 'rstd_off + row')}; }}",
                  _row_sums(tpr, ["gv", "gv * xh"], loads, ["sg", "sgx"]),
@@ -153,7 +175,7 @@ def layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L) -> None
                  "  }"]
         return module(tensors, "\n".join(lines), f"var<workgroup> red: array<f32, {2 * WG}>;\n")
 
-    key = ("ln_bwd", tpr, weight is not None, tuple(t.dtype for t in tensors))
+    key = ("ln_bwd", tpr, weight is not None, geo and geo.used, tuple(t.dtype for t in tensors))
     launch(key, "layer_norm_backward", tensors, params, source, _row_groups(M, tpr))
 
 

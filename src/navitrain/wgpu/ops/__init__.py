@@ -18,6 +18,7 @@ from navitrain.wgpu.ops import (  # noqa: F401
     factory,
     fft,  # issue 17: _fft_c2c/_fft_r2c/_fft_c2r on the GPU
     foreach,
+    global_avg_pool,  # issue 23: adaptive_avg_pool2d(x, 1) as one autograd node (squeeze-excitation)
     grid_sample3d,
     histogram,  # issue 17: order statistics, bucketing, segment_reduce (with order_stats, segments)
     indexing,

@@ -68,6 +68,23 @@ def silu_backward(grad, x):
     return _pw("silu_bwd", "a * sigmoid_f(b) * (1.0 + b * (1.0 - sigmoid_f(b)))", [grad, x])
 
 
+def _silu_backward_autograd(grad, x):
+    """aten::silu_backward is CompositeImplicitAutograd: without this, autograd of a wgpu tensor runs its
+    decomposition (sigmoid, a fill, sub, three muls, add: 8 kernels and 6 temporaries per SiLU of
+    EfficientNet) and never reaches the one-kernel handler above. Registered at AutogradPrivateUse1, it
+    sends a backward that is not itself differentiated to that handler; a double backward keeps the
+    composite, whose pieces autograd records."""
+    if torch.is_grad_enabled() and (grad.requires_grad or x.requires_grad):
+        sig = torch.sigmoid(x)
+        return grad * sig * (1 + x * (1 - sig))
+    with torch._C._AutoDispatchBelowAutograd():
+        return aten.silu_backward.default(grad, x)
+
+
+_lib = torch.library.Library("aten", "IMPL")
+_lib.impl("silu_backward", _silu_backward_autograd, "AutogradPrivateUse1")
+
+
 @implements(aten.sigmoid_backward.default)
 def sigmoid_backward(grad, y):
     return _pw("sigmoid_bwd", "a * (1.0 - b) * b", [grad, y])
@@ -139,8 +156,9 @@ def hardswish(x):
 
 @implements(aten.hardswish_backward.default)
 def hardswish_backward(grad, x):
+    # As the CPU's kernels since PyTorch 2.1: x <= -3 gives 0 (x = -3 itself too), x >= 3 the gradient.
     return _pw("hardswish_bwd",
-               "select(select(a * (b / 3.0 + 0.5), a, b >= 3.0 && !is_nan(b)), 0.0, b < -3.0 && !is_nan(b))",
+               "select(select(a * (b / 3.0 + 0.5), a, b >= 3.0 && !is_nan(b)), 0.0, b <= -3.0 && !is_nan(b))",
                [grad, x])
 
 
@@ -151,7 +169,7 @@ def hardsigmoid(x):
 
 @implements(aten.hardsigmoid_backward.default)
 def hardsigmoid_backward(grad, x):
-    return _pw("hardsigmoid_bwd", "select(0.0, a / 6.0, b > -3.0 && b < 3.0)", [grad, x])
+    return _pw("hardsigmoid_bwd", "select(0.0, a / 6.0, b > -3.0 && b < 3.0 && !is_nan(b))", [grad, x])
 
 
 @implements(aten.mish.default)

@@ -10,6 +10,7 @@ import torch
 from navitrain.wgpu.dims import contiguous
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels import row_norm as kernels
+from navitrain.wgpu.kernels import row_norm_strided
 from navitrain.wgpu.kernels.copy import fill
 from navitrain.wgpu.ops.norm import stats_dtype
 from navitrain.wgpu.tensor import empty
@@ -36,6 +37,15 @@ def _zero(*ts):
 
 
 # -- layer norm -------------------------------------------------------------------------------------
+def _rows_in_place(nd: int, *ts):
+    """The strided-row geometry when a layer norm over one dim can read `ts` where they are (a permuted
+    view, such as ConvNeXt's channels-last LayerNorm over an NCHW activation), else None (contiguous
+    tensors keep the contiguous kernels; other layouts are copied)."""
+    if nd != 1 or all(t.is_contiguous() for t in ts):
+        return None
+    return row_norm_strided.RowGeometry.of(*ts)
+
+
 @implements(aten.native_layer_norm.default)
 def native_layer_norm(x, normalized_shape, weight, bias, eps):
     nd = len(normalized_shape)
@@ -43,7 +53,8 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
         raise RuntimeError(f"layer_norm: input of shape {tuple(x.shape)} does not end with normalized_shape "
                            f"{list(normalized_shape)}")
     axis = x.dim() - nd
-    x = contiguous(x)
+    geo = _rows_in_place(nd, x)
+    x = x if geo else contiguous(x)
     M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
     weight = _flat(weight, L)
     bias = _flat(bias, L)
@@ -56,7 +67,7 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
     if L == 0:
         _fill_nan_or_empty(mean, rstd)
         return y, mean, rstd
-    kernels.row_normalize(x, M, L, weight, bias, eps, y, mean, rstd)
+    kernels.row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, geo=geo)
     return y, mean, rstd
 
 
@@ -64,7 +75,9 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
 def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, bias, output_mask):
     nd = len(normalized_shape)
     axis = x.dim() - nd
-    x, grad_out = contiguous(x), contiguous(grad_out)
+    geo = _rows_in_place(nd, x, grad_out)
+    if geo is None:
+        x, grad_out = contiguous(x), contiguous(grad_out)
     mean, rstd = contiguous(mean), contiguous(rstd)
     M, L = math.prod(x.shape[:axis]), math.prod(normalized_shape)
     weight = _flat(weight, L)
@@ -76,8 +89,11 @@ def native_layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight
         _zero(gw, gb)
         return gi, gw, gb
     if gi is not None:
-        kernels.layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L)
-    if gw is not None or gb is not None:
+        kernels.layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L, geo=geo)
+    if geo is not None and (gw is not None or gb is not None):
+        row_norm_strided.layer_norm_backward_params(grad_out, x, _flat(mean, M), _flat(rstd, M), M, L,
+                                                    _flat(gw, L), _flat(gb, L))
+    elif gw is not None or gb is not None:
         kernels.layer_norm_backward_params(grad_out, x, _flat(mean, M), _flat(rstd, M), M, L,
                                            _flat(gw, L), _flat(gb, L))
     return gi, gw, gb

@@ -1,10 +1,12 @@
-"""Ops that assemble tensors from pieces: cat and stack (one strided copy per piece)."""
+"""Ops that assemble tensors from pieces: cat and stack (kernels/concat.py copies up to six pieces per
+launch; dtype conversions and ranks above 4 take one strided copy per piece)."""
 from __future__ import annotations
 
 import torch
 
 from navitrain.wgpu.dims import wrap_dim
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.kernels import concat
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.ops.views import slice_, unsqueeze
 from navitrain.wgpu.promotion import result_type
@@ -35,12 +37,16 @@ def cat(tensors, dim=0):
     fmt = torch.channels_last if ref.dim() == 4 and all(
         t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in parts) else None
     out = empty(shape, dtype, torch.empty(shape, device="meta").to(memory_format=fmt).stride() if fmt else None)
-    start = 0
+    starts, start = [], 0
     for t in parts:
-        n = t.shape[d]
-        if n:
-            copy_into(slice_(out, d, start, start + n), t)
-        start += n
+        starts.append(start)
+        start += t.shape[d]
+    filled = [(t, at) for t, at in zip(parts, starts) if t.numel()]
+    if filled and concat.supports(out, parts):
+        concat.concat_into(out, [t for t, _ in filled], [at for _, at in filled], d)
+        return out
+    for t, at in filled:
+        copy_into(slice_(out, d, at, at + t.shape[d]), t)
     return out
 
 
