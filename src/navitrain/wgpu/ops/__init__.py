@@ -6,11 +6,13 @@ from navitrain.wgpu.ops import (  # noqa: F401
     amp,
     attention,
     bilinear,  # issue 17: nn ops that fell back (pdist, bilinear, rrelu, fractional pooling, AA upsampling, ...)
+    bit_ops,  # issue 17: bitwise shifts (int64 too) and frexp
     complex,  # complex64: views, conj, arithmetic, sums (issue 17)
     conv,
     conv3d,
     copy,
     ctc,
+    decomposed_backward,  # issue 17: grid_sampler_2d, bicubic, trilinear and margin-loss backwards
     distance,
     elementwise,
     embedding,
@@ -24,6 +26,8 @@ from navitrain.wgpu.ops import (  # noqa: F401
     indexing,
     linalg,  # LU, solve, inv, det, Cholesky, triangular solves (issue 17)
     linalg_decompositions,  # eigh (Jacobi), SVD (issue 17)
+    linear_cross_entropy,  # issue 17: F.linear_cross_entropy's chunked custom ops run their body on the device
+    logspace,  # issue 17: logspace in float32 / float16 / bfloat16 (the decomposition needs float64)
     loss_nll,
     loss_pointwise,
     masked,
@@ -31,12 +35,15 @@ from navitrain.wgpu.ops import (  # noqa: F401
     multinomial,
     norm,
     order_stats,
+    out_forms,  # issue 17: amax/amin/addmm/index_select out= (linear_cross_entropy's chunks)
     pdist,
     pool3d,
     pool_fractional,
     pooling,
     random,
     reductions,
+    renorm,  # issue 17: renorm as one autograd node (float16 / bfloat16 forward, float32 gradient)
+    resize_as,  # issue 17: resize_as_ on the device
     rnn,
     rnn_layers,
     row_norm,

@@ -27,9 +27,10 @@ from navitrain.wgpu.tensor import empty
 
 aten = torch.ops.aten
 WG = 64
-# float16 / bfloat16: the CPU computes coordinates and weights in the reduced type, rounding every step,
-# which float32 math here does not reproduce (differences of whole taps): those take the counted fallback.
-_FLOATS = (torch.float32,)
+# float16 / bfloat16 are computed in float32 and rounded once on store. The CPU rounds coordinates and
+# weights to the reduced type at every step, so the two differ by whole taps at times; the float32 result
+# is the nearer one to exact arithmetic (as for grid_sampler_2d's float16 decomposition).
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _GEOMETRY = ("total", "C", "OD", "OH", "OW", "ID", "IH", "IW", "x_off", "xN", "xC", "xD", "xH", "xW",
              "g_off", "gN", "gD", "gH", "gW", "gK")
 _FWD = codegen.ParamBlock(*_GEOMETRY, "out_off")

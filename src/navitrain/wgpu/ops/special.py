@@ -24,17 +24,20 @@ def _type_name(dtype: torch.dtype) -> str:
             torch.uint8: "Byte", torch.bool: "Bool"}.get(dtype, str(dtype).replace("torch.", ""))
 
 
-def _binary(name, ftemplate, itemplate=None, btemplate=None, float_result=False, float32_only=False):
-    """Register name.default and name.out for a binary op computed by the given WGSL templates."""
+def _binary(name, ftemplate, itemplate=None, btemplate=None, float_result=False, float32_only=False,
+            narrow_templates=None):
+    """Register name.default and name.out for a binary op computed by the given WGSL templates.
+    `narrow_templates`: float16 / bfloat16 templates of a float32_only op."""
     def plan(a, b):
         dtype = _promote(a, b)
         if float_result:
             dtype = _float_result(dtype)
-        if float32_only and dtype.is_floating_point and dtype != torch.float32:
+        narrow = (narrow_templates or {}).get(dtype)
+        if float32_only and dtype.is_floating_point and dtype != torch.float32 and narrow is None:
             # the bit-level kernel is float32's; other widths have other ulps (counted CPU fallback)
             raise NoKernelForDtype(f"{name} has a float32 kernel only")
         compute = pointwise.compute_type(dtype)
-        template = {"f32": ftemplate, "bool": btemplate}.get(compute, itemplate)
+        template = narrow or {"f32": ftemplate, "bool": btemplate}.get(compute, itemplate)
         if template is None:
             raise NotImplementedError(f'"{name}_cpu" not implemented for \'{_type_name(dtype)}\'')
         return dtype, compute, template
@@ -56,7 +59,23 @@ def _binary(name, ftemplate, itemplate=None, btemplate=None, float_result=False,
 _binary("fmax", "fmax_f({a}, {b})", "max({a}, {b})", "({a} || {b})")
 _binary("fmin", "fmin_f({a}, {b})", "min({a}, {b})", "({a} && {b})")
 _binary("hypot", "hypot_f({a}, {b})")
-_binary("nextafter", "nextafter_f({a}, {b})", float32_only=True)
+# nextafter in float16 / bfloat16 (values exact in float32): bfloat16 is float32's upper half, so its
+# neighbour is one step of 1 << 16 in the float32 bits (a zero steps to the smallest subnormal, +-inf to
+# the largest finite value). float16 adds its ulp, 2^(exponent - 10) with the exponent at least -14,
+# halved when stepping toward zero from a power of two; +-inf steps to +-65504 and 65504 up to inf (the
+# float16 store rounds 65536 to inf). NaN in, NaN out; equal operands give b.
+_BF16_NEXTAFTER = ("select(select(select(bitcast<f32>(select(bitcast<u32>({a}) - 65536u, bitcast<u32>({a}) + 65536u, "
+                   "({b} > {a}) == ({a} > 0.0))), bitcast<f32>(select(0x80010000u, 0x00010000u, {b} > 0.0)), "
+                   "{a} == 0.0), {b}, {a} == {b}), {a} + {b}, is_nan({a}) || is_nan({b}))")
+_F16_EXPONENT = "(i32((bitcast<u32>({a}) >> 23u) & 255u) - 127)"
+_F16_ULP = (f"ldexp(1.0, max({_F16_EXPONENT}, -14) - 10 - select(0, 1, (({{b}} > {{a}}) != ({{a}} > 0.0)) && "
+            f"(bitcast<u32>({{a}}) & 8388607u) == 0u && {_F16_EXPONENT} > -14))")
+_F16_NEXTAFTER = (f"select(select(select(select({{a}} + select(-1.0, 1.0, {{b}} > {{a}}) * {_F16_ULP}, "
+                  "select(-65504.0, 65504.0, {a} > 0.0), is_inf({a})), select(-5.960464477539063e-08, "
+                  "5.960464477539063e-08, {b} > 0.0), {a} == 0.0), {b}, {a} == {b}), {a} + {b}, "
+                  "is_nan({a}) || is_nan({b}))")
+_binary("nextafter", "nextafter_f({a}, {b})", float32_only=True,
+        narrow_templates={torch.float16: _F16_NEXTAFTER, torch.bfloat16: _BF16_NEXTAFTER})
 _copysign = _binary("copysign", "copysign_f({a}, {b})", float_result=True)
 implements(aten.copysign.Tensor, aten.copysign.Scalar)(_copysign)
 

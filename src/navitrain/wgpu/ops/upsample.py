@@ -84,7 +84,9 @@ fn first_output(t: u32, isz: u32, osz: u32, scale: f32) -> u32 {
 """
 
 
-def _source(mode: str, backward: bool, in_st, out_st, compute: str, channels_last: bool) -> str:
+def _source(mode: str, backward: bool, in_st, out_st, compute: str, channels_last: bool, one_d: bool) -> str:
+    # one_d: a 1-d op on its [N, C, 1, L] view. Its H taps are (0, 0, weights 1, 0); the weight-0 row is
+    # left out, as the CPU's 1-d kernel has none (0 * inf would make NaN of an infinite value).
     helpers = {"nearest": _NEAREST, "nearest-exact": _NEAREST_EXACT}.get(mode) or _linear_helpers(mode == "align")
     linear = mode in ("align", "half")
     lines = ["  if (gi >= total) { return; }"]
@@ -97,7 +99,7 @@ def _source(mode: str, backward: bool, in_st, out_st, compute: str, channels_las
   let th = taps(h, IH, OH, scale_h); let tw = taps(w, IW, OW, scale_w);
   let top = {x('i0', 'i0')} * tw.l0 + {x('i0', 'i1')} * tw.l1;
   let bottom = {x('i1', 'i0')} * tw.l0 + {x('i1', 'i1')} * tw.l1;
-  b0[out_off + gi] = {out_st.store("top * th.l0 + bottom * th.l1")};""")
+  b0[out_off + gi] = {out_st.store("top" if one_d else "top * th.l0 + bottom * th.l1")};""")
         else:
             value = in_st.load("b1[xb + src_index(h, IH, OH, scale_h) * xH + src_index(w, IW, OW, scale_w) * xW]",
                                compute)
@@ -123,7 +125,7 @@ def _source(mode: str, backward: bool, in_st, out_st, compute: str, channels_las
         if (tw.i0 == w) {{ acc = acc + th.l0 * tw.l0 * g; }}
         if (tw.i1 == w) {{ acc = acc + th.l0 * tw.l1 * g; }}
       }}
-      if (th.i1 == h) {{
+      if (th.i1 == h && {"false" if one_d else "true"}) {{
         if (tw.i0 == w) {{ acc = acc + th.l1 * tw.l0 * g; }}
         if (tw.i1 == w) {{ acc = acc + th.l1 * tw.l1 * g; }}
       }}
@@ -177,9 +179,10 @@ def _launch(mode: str, backward: bool, src, out, in_hw, out_hw, scales, channels
               "x_off": src.elem_offset, "xN": strides[0], "xC": strides[1], "xH": strides[2], "xW": strides[3],
               "out_off": out.elem_offset, "scale_h": scales[0], "scale_w": scales[1]}
     in_st, out_st = rt.stypes[src.dtype], rt.stypes[out.dtype]
-    key = ("upsample", mode, backward, src.dtype, out.dtype, compute, channels_last)
+    one_d = src.dim() == 3
+    key = ("upsample", mode, backward, src.dtype, out.dtype, compute, channels_last, one_d)
     kernel = rt.kernel(key, f"upsample_{mode}{'_backward' if backward else ''}", 2,
-                       lambda: _source(mode, backward, in_st, out_st, compute, channels_last))
+                       lambda: _source(mode, backward, in_st, out_st, compute, channels_last, one_d))
     rt.dispatch(kernel, (out._ws.heap, src._ws.heap), _PACK(values), codegen.groups_for(total, WG))
     return out
 
