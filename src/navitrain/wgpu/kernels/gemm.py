@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, gemm_tuning
+from navitrain.wgpu.kernels import codegen, gemm_tuning, loop_budget
 
 # (Re-exported, so that kernels built on GEMM and the tests need only `gemm`: gemm.TileConfig, gemm.Strided, ...)
 from navitrain.wgpu.kernels.gemm_config import (  # noqa: F401
@@ -108,6 +108,9 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
     B = out.shape[0] if out.dim() == 3 else 1
     K = a.shape[-1]
     splits = cfg.splits or auto_splits(cfg, out.shape[-2], out.shape[-1], K, B)
+    # A thread walks its K slice one BK step per loop pass; llvmpipe stops a kernel's loops after 65535
+    # passes (kernels/loop_budget.py), so a K longer than that many steps is always split.
+    splits = max(splits, -(-K // (cfg.BK * loop_budget.PASS_BUDGET)))
     if splits > 1 and K >= 2 * cfg.BK * splits:
         return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits)
     return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0)

@@ -5,7 +5,9 @@ end, as PyTorch's tril_ does after potrf).
 One workgroup owns one matrix (element (b, i, j) at l_off + b * l_bs + i * l_rs + j * l_cs) and walks its
 columns right-looking: the diagonal's square root, the column below divided by it, the trailing lower
 triangle updated, each step spread over the workgroup and separated by storage barriers. The matrix
-stays in global memory, so any n works.
+stays in global memory, so any n works. Large matrices are walked in column ranges, one dispatch each
+(see `kernels/loop_budget.py`: llvmpipe stops a kernel's loops after 65535 passes in all); info carries a
+failure from one range to the next, and the last range zeroes the upper triangle.
 
 A diagonal that is not > 0 when its turn comes -- NaN included, tested on the bits since drivers may
 fold comparisons with NaN -- stops the factorization with info = its 1-based index, as potrf reports a
@@ -13,7 +15,7 @@ leading minor that is not positive-definite; the columns after it are left as th
 """
 from __future__ import annotations
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -21,14 +23,16 @@ WG = 256
 SMALL_WG = 32      # matrices up to SMALL_N: a wider workgroup would mostly idle
 SMALL_N = 16
 
-_CHOL_P = codegen.ParamBlock("batch", "n", "l_off", "l_bs", "l_rs", "l_cs", "info_off")
+_CHOL_P = codegen.ParamBlock("batch", "n", "l_off", "l_bs", "l_rs", "l_cs", "info_off", "k_begin", "k_end",
+                             "last_range")
 
 _CHOL_BODY = """
   if (group >= batch) { return; }
   let base = l_off + group * l_bs;
-  if (lid == 0u) { failed_at = 0u; }
-  for (var k = 0u; k < n; k = k + 1u) {
-    if (lid == 0u) {
+  // columns k_begin..k_end-1 (one range per dispatch); a later range resumes from the failure info holds
+  if (lid == 0u) { failed_at = select(0u, u32(b1[info_off + group]), k_begin > 0u); }
+  for (var k = k_begin; k < k_end; k = k + 1u) {
+    if (lid == 0u && failed_at == 0u) {
       let d = b0[base + k * l_rs + k * l_cs];
       if (is_nan(d) || !(d > 0.0)) { failed_at = k + 1u; } else { b0[base + k * l_rs + k * l_cs] = sqrt(d); }
     }
@@ -54,7 +58,7 @@ _CHOL_BODY = """
     storageBarrier();
     workgroupBarrier();
   }
-  for (var e = lid; e < n * n; e = e + WGu) {
+  for (var e = lid; e < select(0u, n * n, last_range != 0u); e = e + WGu) {
     let i = e % n;
     let j = e / n;
     if (j > i) { b0[base + i * l_rs + j * l_cs] = 0.0; }
@@ -74,6 +78,13 @@ def factor_in_place(lower: WgpuTensor, batch: int, l_bs: int, info: WgpuTensor) 
     kernel = rt.kernel(("linalg_cholesky", wg), "linalg_cholesky", 2,
                        lambda: codegen.module(["f32", "i32"], _CHOL_P.wgsl() + _CHOL_BODY.replace("WGu", f"{wg}u"),
                                               wg, shared="var<workgroup> failed_at: u32;\n"))
-    params = _CHOL_P.pack(batch=batch, n=n, l_off=lower.elem_offset, l_bs=l_bs, l_rs=lower.stride(-2),
-                          l_cs=lower.stride(-1), info_off=info.elem_offset)
-    rt.dispatch(kernel, (lower._ws.heap, info._ws.heap), params, codegen.grid(batch))
+    strided = loop_budget.strided
+    # per column: the column loop, the division below the diagonal, the trailing update; the zeroing loop
+    # of the last range is the `fixed` part every range is planned with
+    ranges = loop_budget.spans(n, lambda k: 1 + strided(n - k - 1, wg) + strided((n - k - 1) ** 2, wg),
+                               fixed=2 + strided(n * n, wg))
+    for k_begin, k_end in ranges:
+        params = _CHOL_P.pack(batch=batch, n=n, l_off=lower.elem_offset, l_bs=l_bs, l_rs=lower.stride(-2),
+                              l_cs=lower.stride(-1), info_off=info.elem_offset, k_begin=k_begin, k_end=k_end,
+                              last_range=int(k_end == n))
+        rt.dispatch(kernel, (lower._ws.heap, info._ws.heap), params, codegen.grid(batch))

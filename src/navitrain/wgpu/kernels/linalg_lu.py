@@ -7,7 +7,9 @@ LU included). One workgroup owns one matrix and walks its columns: a pivot searc
 workgroup), the row interchange, the column scaled by the pivot, and the rank-1 update of the trailing
 block, each spread over the workgroup's threads and separated by storage barriers. The matrix stays in
 global memory, so there is no size limit; for large n this is one workgroup per matrix (slow but exact),
-the batched small matrices of user scripts being the case it is built for.
+the batched small matrices of user scripts being the case it is built for. Large matrices are walked
+in column ranges, one dispatch each (see `kernels/loop_budget.py`: llvmpipe stops a kernel's loops after
+65535 passes in all); info carries the first zero pivot from one range to the next.
 
 Pivots follow LAPACK: the largest |value| of the column, the first row on ties, stored 1-based as int32;
 a zero pivot sets info to its 1-based column (the first one only) and the column is left unscaled, as
@@ -16,7 +18,7 @@ sgetf2 does. NaN is never skipped: |value| is compared as the bits of abs(x), wh
 """
 from __future__ import annotations
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -25,15 +27,15 @@ SMALL_WG = 32      # matrices up to SMALL_N rows and columns: a wider workgroup 
 SMALL_N = 16
 
 _FACTOR_P = codegen.ParamBlock("batch", "m", "n", "lu_off", "lu_bs", "lu_rs", "lu_cs",
-                               "piv_off", "piv_bs", "info_off")
+                               "piv_off", "piv_bs", "info_off", "k_begin", "k_end")
 
 # Keys are abs(x)'s bits: ordered as the floats they are for x >= 0, with NaN above +inf.
 _FACTOR_BODY = """
   if (group >= batch) { return; }
   let base = lu_off + group * lu_bs;
-  let kmax = min(m, n);
-  if (lid == 0u) { first_zero = 0u; }
-  for (var k = 0u; k < kmax; k = k + 1u) {
+  // columns k_begin..k_end-1 (one range per dispatch); a later range resumes info where the last one left it
+  if (lid == 0u) { first_zero = select(0u, u32(b2[info_off + group]), k_begin > 0u); }
+  for (var k = k_begin; k < k_end; k = k + 1u) {
     // the pivot: largest |A[i, k]| over i >= k, first on ties
     var key = 0u;
     var row = m;
@@ -112,10 +114,19 @@ def factor_in_place(lu: WgpuTensor, batch: int, lu_bs: int, pivots: WgpuTensor, 
     rt = runtime()
     wg = SMALL_WG if max(m, n) <= SMALL_N else WG
     kernel = rt.kernel(("linalg_lu_factor", wg), "linalg_lu_factor", 3, lambda: _factor_source(wg))
-    params = _FACTOR_P.pack(batch=batch, m=m, n=n, lu_off=lu.elem_offset, lu_bs=lu_bs, lu_rs=lu.stride(-2),
-                            lu_cs=lu.stride(-1), piv_off=pivots.elem_offset, piv_bs=min(m, n),
-                            info_off=info.elem_offset)
-    rt.dispatch(kernel, (lu._ws.heap, pivots._ws.heap, info._ws.heap), params, codegen.grid(batch))
+    for k_begin, k_end in loop_budget.spans(min(m, n), lambda k: _column_passes(m, n, k, wg)):
+        params = _FACTOR_P.pack(batch=batch, m=m, n=n, lu_off=lu.elem_offset, lu_bs=lu_bs, lu_rs=lu.stride(-2),
+                                lu_cs=lu.stride(-1), piv_off=pivots.elem_offset, piv_bs=min(m, n),
+                                info_off=info.elem_offset, k_begin=k_begin, k_end=k_end)
+        rt.dispatch(kernel, (lu._ws.heap, pivots._ws.heap, info._ws.heap), params, codegen.grid(batch))
+
+
+def _column_passes(m: int, n: int, k: int, wg: int) -> int:
+    """Loop passes one thread spends on column k (an upper bound): the column loop itself, pivot search,
+    reduction tree, interchange, scaling, trailing update."""
+    strided = loop_budget.strided
+    return (1 + strided(m - k, wg) + wg.bit_length() + strided(n, wg) + strided(m - k - 1, wg)
+            + strided((m - k - 1) * (n - k - 1), wg))
 
 
 # -- row interchanges ----------------------------------------------------------------------------------

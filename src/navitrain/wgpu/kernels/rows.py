@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 
-from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, loop_budget, wgsl_math
 from navitrain.wgpu.runtime import runtime
 
 
@@ -102,7 +102,14 @@ def launch(name: str, key_extra, inputs: list, outputs: list, passes, write: str
     if rows == 0 or D == 0:
         return
     variant = "group" if inner == 1 and D > 32 else "thread"
+    # A thread walks its row once per pass and once to write; llvmpipe stops a kernel's loops after 65535
+    # passes in all (kernels/loop_budget.py), so a long strided row is shared by a workgroup instead.
+    if variant == "thread" and (len(passes) + 1) * (D + 1) > loop_budget.PASS_BUDGET:
+        variant = "group"
     wg = 256 if variant == "group" and D >= 1024 else 64
+    if variant == "group":
+        loop_budget.require((len(passes) + 1) * loop_budget.strided(D, wg) + len(passes) * wg.bit_length(),
+                            f"a row kernel over {D} elements")
     in_st = [rt.stypes[t.dtype] for t in inputs]
     out_st = [rt.stypes[t.dtype] for t in outputs]
     params = _block(len(inputs), len(outputs), len(extras)).pack(

@@ -3,13 +3,17 @@ and put_ with accumulate=True, embedding backward).
 
 The destination keys are sorted (stable, see sort_int_keys), and the first thread of each run of equal
 keys combines the run's sources in their original order and writes the destination once.
-Deterministic, and for sums the same order the CPU adds in.
+Deterministic, and for sums the same order the CPU adds in. A row of more than `RUN_WINDOW` keys is
+combined in windows of that many positions, one dispatch each (llvmpipe stops a kernel's loops after 65535
+passes in all, see `kernels/loop_budget.py`; one padding token can repeat a million times): a run that
+goes on past a window leaves its raw partial in the destination, and the next window's dispatch
+continues from it in the same order, so every window count gives the same bits.
 """
 from __future__ import annotations
 
 import functools
 
-from navitrain.wgpu.kernels import codegen, pointwise, wgsl_math
+from navitrain.wgpu.kernels import codegen, loop_budget, pointwise, wgsl_math
 from navitrain.wgpu.kernels.index_keys import INVALID_KEY
 from navitrain.wgpu.kernels.sort import sort_int_keys
 from navitrain.wgpu.runtime import runtime
@@ -17,16 +21,18 @@ from navitrain.wgpu.tensor import WgpuTensor
 
 WG = 256
 SEGMENT_OPS = ("sum", "prod", "mean", "amax", "amin")
+RUN_WINDOW = loop_budget.PASS_BUDGET  # sources of one run combined per dispatch
 
 
 @functools.lru_cache(maxsize=None)
 def _block(m: int, q: int, float_scale: bool) -> codegen.ParamBlock:
     """R rows of K keys each, S slice elements; offsets; the key's stride in out, a source position's
     stride in src; the sum's scale (f32, or i32 for integer outputs) and the skipped key; then the row
-    coordinates' sizes [m] with their out and src strides, and the slice's [q] likewise."""
+    coordinates' sizes [m] with their out and src strides, and the slice's [q] likewise; a dispatch combines
+    the sources run_begin..run_end-1 of each run (counted from the run's first)."""
     return codegen.ParamBlock(
         "R", "K", "S", "out_off", "src_off", "keys_off", "perm_off", "key_stride", "pos_stride",
-        "scale: f32" if float_scale else "scale: i32", "skip_key: i32",
+        "scale: f32" if float_scale else "scale: i32", "skip_key: i32", "run_begin", "run_end",
         f"r_size[{m}]", f"r_out[{m}]", f"r_src[{m}]", f"s_size[{q}]", f"s_out[{q}]", f"s_src[{q}]")
 
 
@@ -101,12 +107,22 @@ def _source(op, out_st, src_st, m, q, include_self, by_freq, skip_key, float_sca
     if op == "sum":
         value = f"{load_src} * scale" if acc == "f32" else f"{load_src} * {acc}(scale)"
     lines += [
-        f"  var acc: {acc} = {cur if include_self else ident}; var cnt = 0u;",
-        "  for (var jj = j; jj < K; jj = jj + 1u) {",
+        # A later window: only runs reaching into it continue, from the raw partial the last one stored.
+        "  let first = j + run_begin;",
+        "  if (run_begin > 0u && (first >= K || keys[kb + first] != key)) { return; }",
+        f"  var acc: {acc} = {cur if include_self else ident};",
+        f"  if (run_begin > 0u) {{ acc = {cur}; }}",
+        "  let stop = min(K, j + run_end);",
+        "  var jj = first;",
+        "  for (; jj < stop; jj = jj + 1u) {",
         "    if (keys[kb + jj] != key) { break; }",
         "    let k = perm[perm_off - keys_off + kb + jj];",
         f"    acc = {comb.format(a='acc', b=value)};",
-        "    cnt = cnt + 1u;",
+        "  }",
+        "  let cnt = jj - j;",
+        "  if (jj == stop && stop < K && keys[kb + stop] == key) {",
+        f"    {dst} = {out_st.store('acc')};",
+        "    return;",
         "  }",
     ]
     res = "acc"
@@ -142,14 +158,16 @@ def segment_reduce(op: str, out: WgpuTensor, src: WgpuTensor, keys: WgpuTensor, 
     s_sizes, (s_o, s_s) = pointwise.collapse(list(s_shape) or [1], [list(s_out) or [0], list(s_src) or [0]])
     m, q = len(r_sizes), len(s_sizes)
     float_scale = out.dtype.is_floating_point
-    params = _packer(m, q, float_scale)(
-        R, K, S, out.elem_offset, src.elem_offset, skeys.elem_offset, perm.elem_offset, key_stride, src_pos_stride,
-        float(scale) if float_scale else int(scale), skip_key if skip_key is not None else 0,
-        *r_sizes, *r_o, *r_s, *s_sizes, *s_o, *s_s)
+    pack = _packer(m, q, float_scale)
+    head = (R, K, S, out.elem_offset, src.elem_offset, skeys.elem_offset, perm.elem_offset, key_stride,
+            src_pos_stride, float(scale) if float_scale else int(scale), skip_key if skip_key is not None else 0)
+    tail = (*r_sizes, *r_o, *r_s, *s_sizes, *s_o, *s_s)
     out_st, src_st = rt.stypes[out.dtype], rt.stypes[src.dtype]
     key = ("segment", op, out.dtype, src.dtype, m, q, include_self, by_freq, skip_key is not None)
     kernel = rt.kernel(key, f"segment_{op}", 4,
                        lambda: _source(op, out_st, src_st, m, q, include_self, by_freq, skip_key is not None,
                                        float_scale))
-    rt.dispatch(kernel, (out._ws.heap, src._ws.heap, skeys._ws.heap, perm._ws.heap), params,
-                codegen.groups_for(R * K * S, WG))
+    windows = [(0, K)] if K <= RUN_WINDOW else [(b, b + RUN_WINDOW) for b in range(0, K, RUN_WINDOW)]
+    for run_begin, run_end in windows:
+        rt.dispatch(kernel, (out._ws.heap, src._ws.heap, skeys._ws.heap, perm._ws.heap),
+                    pack(*head, run_begin, run_end, *tail), codegen.groups_for(R * K * S, WG))
