@@ -33,7 +33,7 @@ from collections import Counter
 
 import torch
 
-from navitrain.wgpu import dispatch, fusion, fusion_norm
+from navitrain.wgpu import dispatch, fusion, fusion_foreach, fusion_inplace, fusion_norm
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
@@ -178,7 +178,7 @@ class CapturedGraphModule:
 
     _boxed_call = True  # AOTAutograd passes the arguments as one list
 
-    def __init__(self, gm: torch.fx.GraphModule, kind: str):
+    def __init__(self, gm: torch.fx.GraphModule, kind: str, mutated: tuple[int, ...] | None = None):
         self.gm = gm
         # The graph is called from eager code that dynamo may be watching (loss.backward() between the
         # pieces of a compiled step runs the backward graph): dynamo must not trace it again as user
@@ -186,7 +186,9 @@ class CapturedGraphModule:
         # at each one).
         self.run_graph = torch._dynamo.disable(lambda *args: gm(*args))
         self.kind = kind
-        self.mutated = _mutated_inputs(gm)
+        # Fusion may have folded the copy_ epilogue into kernels that write the inputs themselves: the
+        # positions are taken before it (compile_graph passes them).
+        self.mutated = _mutated_inputs(gm) if mutated is None else mutated
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
         self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
@@ -297,13 +299,19 @@ def _mutated_inputs(gm: torch.fx.GraphModule) -> tuple[int, ...]:
 
 def _compiler(kind: str):
     def compile_graph(gm: torch.fx.GraphModule, example_inputs):
+        mutated = _mutated_inputs(gm)
         if fusion.ENABLED:
+            # An optimizer's list-op chain first (its copy_ epilogue into parameters and state), then batch
+            # norms and pointwise chains, then the remaining copy_ of new values into inputs folded into
+            # the kernels that compute them.
+            stats["fused_foreach_ops"] += fusion_foreach.fuse(gm)
             fused = fusion_norm.fuse(gm)
             stats["fused_batch_norms"] += fused.batch_norms
             stats["fused_groups"] += fused.groups
             stats["fused_ops"] += fused.ops
             stats["fused_dispatches_saved"] += fused.dispatches_saved
-        return CapturedGraphModule(gm, kind)
+            stats["copies_folded"] += fusion_inplace.fold_copies(gm)
+        return CapturedGraphModule(gm, kind, mutated)
     return compile_graph
 
 

@@ -31,7 +31,7 @@ from navitrain import _env
 from navitrain.wgpu.fusion_ops import Rule, f32_literal, rule_for
 from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import DEVICE, empty
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty
 
 ENABLED = bool(_env.value(_env.WGPU_FUSION))
 MAX_INPUTS = len(pointwise.NAMES)
@@ -56,9 +56,19 @@ class FusedPointwise(torch.nn.Module):
         super().__init__()
         self.name, self.expr, self.prelude, self.load_types = name, expr, prelude, load_types
         self.dtype, self.shape, self.stride, self.ops = dtype, shape, stride, ops
+        # Set by fusion_inplace.py: the last argument is a graph input the result is stored into (its
+        # copy_ folded away); the kernel reads every input at the index it writes, so it may be read too.
+        self.into_last_input = False
 
     def forward(self, *inputs):
-        out = empty(self.shape, self.dtype, self.stride)
+        if self.into_last_input:
+            *inputs, dest = inputs
+            if isinstance(dest, WgpuTensor) and tuple(dest.stride()) == self.stride and dest.dtype == self.dtype:
+                return self._run(inputs, dest)
+            return dest.copy_(self._run(inputs, empty(self.shape, self.dtype, self.stride)))
+        return self._run(inputs, empty(self.shape, self.dtype, self.stride))
+
+    def _run(self, inputs, out):
         return pointwise.run(self.name, self.expr, inputs, self.dtype, "f32", out=out, load_types=self.load_types,
                              shape=self.shape, prelude=self.prelude)
 

@@ -51,9 +51,17 @@ class FusedBatchNorm(torch.nn.Module):
         super().__init__()
         self.epilogue, self.shape, self.stride = epilogue, shape, stride
         self.momentum, self.eps, self.ops = momentum, eps, ops
+        # Set by fusion_inplace.py where the new statistics were only copied back into the running ones:
+        # the kernels update those in place (no clones, no copies back).
+        self.stats_in_place = False
 
     def forward(self, x, weight, bias, running_mean, running_var, *inputs):
-        new_mean, new_var = aten.clone.default(running_mean), aten.clone.default(running_var)
+        if self.stats_in_place:
+            # Returned as aliases, not as the inputs themselves: AOTAutograd does not take a graph input
+            # object back as a saved tensor (the backward saves them; in training it does not read them).
+            new_mean, new_var = aten.alias.default(running_mean), aten.alias.default(running_var)
+        else:
+            new_mean, new_var = aten.clone.default(running_mean), aten.clone.default(running_var)
         xs, _, A, C, B = geometry(x)
         if xs is x and x.numel() > 0 and tuple(x.stride()) == self.stride and _laid_out_as(x, inputs):
             stat = stats_dtype(x, weight, bias, new_mean, new_var)

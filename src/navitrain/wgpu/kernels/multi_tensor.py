@@ -159,3 +159,65 @@ def _groups(lists, n: int) -> list[list[int]]:
 
 def scalar_of(v) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _lists_source(prelude: str, stores: tuple, sts: list, modes: str, compute: str) -> str:
+    """One thread per element of the tensor its index falls in: list k (binding b{k}) is loaded as x{k}
+    ("c": the thread's element, "s": the tensor's only element, "w": not read), `prelude` computes,
+    then each (k, expr) of `stores` is written to the thread's element of list k's tensor. Every load
+    comes before every store: a list read and written in place is read as it was."""
+    width = 2 + len(sts)
+    lines = [
+        _params(0).wgsl(),
+        "  if (gi >= total) { return; }",
+        f"  let tb = {_TABLE_BASE};",
+        "  var lo = 0u; var hi = count - 1u;",
+        "  loop { if (lo >= hi) { break; } let mid = (lo + hi + 1u) / 2u;",
+        f"    if (T[tb + mid * {width}u] <= gi) {{ lo = mid; }} else {{ hi = mid - 1u; }} }}",
+        f"  let row = tb + lo * {width}u; let j = gi - T[row];",
+    ]
+    for k, (st, mode) in enumerate(zip(sts, modes)):
+        if mode != "w":
+            idx = f"T[row + {2 + k}u]" + (" + j" if mode == "c" else "")
+            lines.append(f"  let x{k} = {st.load(f'b{k}[{idx}]', compute)};")
+    lines.append(prelude)
+    for k, expr in stores:
+        lines.append(f"  b{k}[T[row + {2 + k}u] + j] = {sts[k].store(expr)};")
+    rt = runtime()
+    decl = f"@group(0) @binding({len(sts) + 1}) var<storage, read> T: array<u32>;\n"
+    return codegen.PARAM_DECL + codegen.bindings([st.wgsl for st in sts]) + decl + wgsl_math.helpers(
+        "shader-int64" in rt.features) + codegen.entry(WG, "\n".join(lines))
+
+
+def apply_lists(name: str, prelude: str, stores: Sequence[tuple[int, str]], lists: Sequence[Sequence[WgpuTensor]],
+                modes: str, size_list: int, compute: str = "f32") -> None:
+    """For every i at once: load element j of lists[k][i] as x{k} (mode "c"; "s": its element 0; "w": not
+    loaded), run `prelude`, store each (k, expr) into lists[k][i] at j, for j < lists[size_list][i].numel().
+    Several outputs, each of which may also be an input (in place), in one dispatch per heap/dtype group:
+    a fused optimizer update writes parameters and their state where they are."""
+    rt = runtime()
+    n = len(lists[0])
+    stores = tuple(stores)
+    pack = _pack(0)
+    for idx in _groups(lists, n):
+        idx = [i for i in idx if lists[size_list][i].numel()]
+        if not idx:
+            continue
+        i0 = idx[0]
+        sts = [rt.stypes[lst[i0].dtype] for lst in lists]
+        key = ("multi_lists", name, prelude, stores, tuple(st.dtype for st in sts), modes, compute)
+        kernel = rt.kernel(key, f"multi_{name}", len(lists),
+                           lambda: _lists_source(prelude, stores, sts, modes, compute), table=True)
+        numel = np.fromiter((lists[size_list][i].numel() for i in idx), np.int64, len(idx))
+        table = np.empty((len(idx), 2 + len(lists)), np.uint32)
+        table[:, 1] = numel
+        for col, lst in enumerate(lists):
+            table[:, 2 + col] = np.fromiter((lst[i].elem_offset for i in idx), np.int64, len(idx))
+        heaps = tuple(lst[i0]._ws.heap for lst in lists)
+        chunk = max(1, 16384 // (4 * table.shape[1]))
+        for c in range(0, len(idx), chunk):
+            counts = numel[c:c + chunk]
+            part = table[c:c + chunk]
+            part[:, 0] = np.cumsum(counts) - counts
+            total = int(counts.sum())
+            rt.dispatch(kernel, heaps, pack(total, len(part)), pointwise.groups_for(total), table=part.tobytes())
