@@ -217,12 +217,7 @@ class WgpuTensor(torch.Tensor):
         # (an expanded gradient, that of a sum or a mean, is not).
         if expected_type is None or expected_type is type(self):
             return self
-        src = self if _dense_non_overlapping(self) else self.contiguous()
-        plain = _make(TracedAsPlain, src.shape, src.stride(), src.storage_offset(), None, src.dtype,
-                      torch.strided, src.device, False, False, None, False, False, None,
-                      (_rt_mod._runtime or runtime()).allocator.max_binding)
-        plain._ws = src._ws
-        return plain
+        return as_traced_plain(self if _dense_non_overlapping(self) else self.contiguous())
 
     # `param.data = other` swaps the TensorImpl's metadata in C++ but not Python attributes: carry the
     # storage across too, or the parameter would keep pointing at its old data.
@@ -248,6 +243,15 @@ class TracedAsPlain(WgpuTensor):
 
 
 _make = torch.Tensor._make_wrapper_subclass
+
+
+def as_traced_plain(src: WgpuTensor) -> TracedAsPlain:
+    """The same data and geometry as `src`, as a TracedAsPlain (a compiled backward's incoming gradient)."""
+    plain = _make(TracedAsPlain, src.shape, src.stride(), src.storage_offset(), None, src.dtype,
+                  torch.strided, src.device, False, False, None, False, False, None,
+                  (_rt_mod._runtime or runtime()).allocator.max_binding)
+    plain._ws = src._ws
+    return plain
 
 
 def wrap(storage: WgpuStorage, size, stride, offset: int, dtype: torch.dtype) -> WgpuTensor:
