@@ -26,6 +26,7 @@ import torch
 from torch._decomp import decomposition_table
 
 from navitrain.wgpu.dispatch import cpu_fallback, implements
+from navitrain.wgpu.ops import grid_sample3d
 from navitrain.wgpu.tensor import to_cpu
 
 aten = torch.ops.aten
@@ -62,7 +63,7 @@ def _all_finite(*tensors) -> bool:
 @implements(aten.grid_sampler_2d_backward.default)
 def grid_sampler_2d_backward(grad_output, x, grid, interpolation_mode, padding_mode, align_corners, output_mask):
     args = (grad_output, x, grid, interpolation_mode, padding_mode, align_corners, output_mask)
-    if interpolation_mode in (0, 1) and x.dtype == torch.float32 and grid.dtype == torch.float32:
+    if interpolation_mode in (0, 1) and x.dtype == grid.dtype == grad_output.dtype == torch.float32:
         if not _all_finite(grid, grad_output):
             # the CPU's 2-d kernel (unlike its 3-d one) differences neighbouring taps before multiplying by
             # the output gradient, and gives a NaN coordinate a NaN gradient: non-finite grids and output
@@ -70,9 +71,9 @@ def grid_sampler_2d_backward(grad_output, x, grid, interpolation_mode, padding_m
             return cpu_fallback(aten.grid_sampler_2d_backward.default, args, {})
         grid3 = aten.zeros.default([grid.shape[0], 1, *grid.shape[1:3], 3], dtype=grid.dtype, device=grid.device)
         aten.copy_.default(aten.slice.Tensor(aten.select.int(grid3, 1, 0), -1, 0, 2), grid)
-        gi, gg = aten.grid_sampler_3d_backward.default(
-            aten.unsqueeze.default(grad_output, 2), aten.unsqueeze.default(x, 2), grid3, interpolation_mode,
-            padding_mode, align_corners, output_mask)
+        gi, gg = grid_sample3d.backward(aten.unsqueeze.default(grad_output, 2), aten.unsqueeze.default(x, 2), grid3,
+                                        interpolation_mode, padding_mode, align_corners, output_mask,
+                                        flat_depth=True)
         return (aten.squeeze.dim(gi, 2) if gi is not None else None,
                 aten.squeeze.dim(gg, 1)[..., :2].contiguous() if gg is not None else None)
     wanted = {i: t for i, t, m in ((0, x, output_mask[0]), (1, grid, output_mask[1])) if m}

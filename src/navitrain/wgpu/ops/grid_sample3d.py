@@ -128,14 +128,17 @@ def _forward_source(mode: int, padding: int, align: bool, x_st, grid_st, out_st)
     return codegen.module([out_st.wgsl, x_st.wgsl, grid_st.wgsl], body, WG, helpers=_helpers(padding, align))
 
 
-def _backward_source(mode: int, padding: int, align: bool, go_st, x_st, grid_st, gg_st, idx_st, val_st) -> str:
+def _backward_source(mode: int, padding: int, align: bool, go_st, x_st, grid_st, gg_st, idx_st, val_st,
+                     depth_taps: int = 2) -> str:
+    """depth_taps 1: a depth-1 view of a 2-d sampling (z = 0 exactly), whose far depth corners have weight 0
+    and lie outside the input: leaving them out halves the terms index_add sorts."""
     value = x_st.load("b1[xc + u32(z) * xD + u32(y) * xH + u32(x) * xW]", "f32")
     target = "i32(((n * C + c) * ID + u32(z)) * IH * IW + u32(y) * IW + u32(x))"
-    corners = 8 if mode == 0 else 1
+    corners = 4 * depth_taps if mode == 0 else 1
     if mode == 0:
         per_channel = f"""
     var k = 0u;
-    for (var dz = 0; dz < 2; dz = dz + 1) {{
+    for (var dz = 0; dz < {depth_taps}; dz = dz + 1) {{
     for (var dy = 0; dy < 2; dy = dy + 1) {{
     for (var dx = 0; dx < 2; dx = dx + 1) {{
       let z = z0 + dz; let y = y0 + dy; let x = x0 + dx;
@@ -219,11 +222,19 @@ def grid_sampler_3d_backward(grad_output, x, grid, interpolation_mode, padding_m
     args = (grad_output, x, grid, interpolation_mode, padding_mode, align_corners, output_mask)
     if not (_supported(x, grid, interpolation_mode, padding_mode) and grad_output.dtype == x.dtype):
         return cpu_fallback(aten.grid_sampler_3d_backward.default, args, {})
+    return backward(*args)
+
+
+def backward(grad_output, x, grid, interpolation_mode, padding_mode, align_corners, output_mask,
+             flat_depth: bool = False):
+    """grid_sampler_3d_backward for supported arguments; flat_depth: x has depth 1 and every grid z is 0
+    (grid_sampler_2d's backward on a depth-1 view), so only the near depth corners are visited."""
+    depth_taps = 1 if flat_depth else 2
     _check(x, grid)
     geometry = _geometry(x, grid)
     n, c = x.shape[:2]
     per_item = geometry["total"] // max(n, 1)  # output positions of one batch item
-    corners = 8 if interpolation_mode == 0 else 1
+    corners = 4 * depth_taps if interpolation_mode == 0 else 1
     grad_grid = empty(list(grid.shape), torch.float32)
     spare = x.numel()  # the slot past the end that collects corners outside the input
     flat = aten.zeros.default([spare + 1], dtype=torch.float32, device=x.device)
@@ -233,14 +244,15 @@ def grid_sampler_3d_backward(grad_output, x, grid, interpolation_mode, padding_m
     items = max(1, _TERMS_PER_LAUNCH // max(1, c * per_item * corners))
     rt = runtime()
     sts = [rt.stypes[d] for d in (grad_output.dtype, x.dtype, grid.dtype, torch.float32, torch.int64, torch.float32)]
-    key = ("grid_sampler_3d_backward", interpolation_mode, padding_mode, bool(align_corners), x.dtype)
+    key = ("grid_sampler_3d_backward", interpolation_mode, padding_mode, bool(align_corners), x.dtype, depth_taps)
     go = grad_output
     for n0 in range(0, n if per_item and c else 0, items):
         count = min(items, n - n0)
         targets = empty([count * c * per_item * corners], torch.int64)
         terms = empty([targets.numel()], torch.float32)
         kernel = rt.kernel(key, "grid_sampler_3d_backward", 6,
-                           lambda: _backward_source(interpolation_mode, padding_mode, bool(align_corners), *sts))
+                           lambda: _backward_source(interpolation_mode, padding_mode, bool(align_corners), *sts,
+                                                    depth_taps=depth_taps))
         params = _BWD.pack(**dict(geometry, total=count * per_item), go_off=go.elem_offset, goN=go.stride(0),
                            goC=go.stride(1), goD=go.stride(2), goH=go.stride(3), goW=go.stride(4),
                            gg_off=grad_grid.elem_offset, ci_off=targets.elem_offset, cv_off=terms.elem_offset,
