@@ -14,7 +14,7 @@ call). Float32 accuracy is what the CPU tests need (atol = rtol = 1e-4), not cor
 - polygamma(n >= 1, x) = (-1)^(n+1) n! zeta(n+1, x), the Hurwitz zeta summed directly up to x + k >= 10
   (integer powers by multiplication, so negative x works as in the CPU's Cephes zeta) and finished by
   Euler-Maclaurin with five Bernoulli terms.
-- nextafter: on the bits (float32 only; float16/bfloat16 need their own ulp and fall back).
+- nextafter: on the bits (float32 here; float16/bfloat16 step their own ulp in ops/special.py).
 - hypot: scaled by the larger magnitude so squares do not overflow; hypot(+-inf, NaN) = inf.
 """
 from __future__ import annotations
