@@ -86,6 +86,7 @@ def test_compiled_gpt_adamw_ten_steps_equal_eager_including_step_counts_and_mome
         return torch.optim.AdamW(p, lr=1e-2, eps=1e-3, weight_decay=0.1, capturable=True)
     _assert_same_training(base, make_opt, models.gpt_loss, batches, rtol=1e-5, atol=1e-6)
     assert wc.stats["fused_foreach_ops"] >= 10
+    assert wc.stats["constants_folded"] >= 1          # the decomposed attention's causal mask
     assert wc.stats["inference_replays"] >= 7
 
 
@@ -231,3 +232,29 @@ def test_pointwise_and_counter_updates_of_buffers_are_written_in_place_like_eage
     torch.testing.assert_close(trace, eager_trace, equal_nan=True)
     assert calls.item() == eager_calls.item() == 5
     assert wc.stats["copies_folded"] >= 2
+
+
+def test_constants_are_computed_once_but_random_values_and_returned_constants_are_not():
+    def f(x):
+        mask = torch.ones(4, 4, dtype=torch.bool, device=x.device).tril()
+        bias = torch.where(mask, 0.0, float("-inf"))
+        noise = torch.rand(4, device=x.device)
+        return (x + bias).softmax(-1) + noise, torch.arange(4, device=x.device)
+
+    compiled = torch.compile(f, backend="wgpu")
+    x = torch.randn(4, 4)
+    x[1, 0] = float("nan")
+    outs = []
+    for _ in range(4):
+        got, index = compiled(x.to("wgpu"))
+        index.add_(10)   # a returned constant is the caller's to change: the next call must not see it
+        outs.append(got.cpu())
+    bias = torch.where(torch.ones(4, 4, dtype=torch.bool).tril(), 0.0, float("-inf"))
+    want = (x + bias).softmax(-1)   # plus noise in [0, 1), drawn on the device
+    for got in outs:
+        assert torch.equal(got.isnan(), want.isnan())
+        diff = (got - want)[~want.isnan()]
+        assert bool(((diff >= -1e-6) & (diff < 1 + 1e-6)).all())
+    assert not torch.equal(outs[-1], outs[-2])   # fresh random numbers on every replay
+    assert compiled(x.to("wgpu"))[1].tolist() == [0, 1, 2, 3]
+    assert wc.stats["constants_folded"] >= 1 and wc.stats["inference_replays"] >= 2

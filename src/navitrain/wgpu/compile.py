@@ -19,7 +19,10 @@ functional aten ops; each one becomes a `CapturedGraphModule`:
   the CPU), the graph runs eagerly, with a one-time warning. Never a wrong result.
 
 Before that, chains of pointwise ops in each graph are fused into single kernels (fusion.py), those
-around a batch norm into the batch norm's own passes (fusion_norm.py).
+around a batch norm into the batch norm's own passes (fusion_norm.py); an optimizer's list ops become
+in-place multi-tensor kernels (fusion_foreach.py), values that depend on no input are computed once
+(fusion_constants.py), and new values of inputs are written where the inputs are instead of copied
+there (fusion_inplace.py).
 
 Dynamo itself provides the guards (shapes, dtypes, strides), recompiles (bounded by its cache limit)
 and graph breaks (the pieces between them run eagerly).
@@ -33,7 +36,7 @@ from collections import Counter
 
 import torch
 
-from navitrain.wgpu import dispatch, fusion, fusion_foreach, fusion_inplace, fusion_norm
+from navitrain.wgpu import dispatch, fusion, fusion_constants, fusion_foreach, fusion_inplace, fusion_norm
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
@@ -301,10 +304,11 @@ def _compiler(kind: str):
     def compile_graph(gm: torch.fx.GraphModule, example_inputs):
         mutated = _mutated_inputs(gm)
         if fusion.ENABLED:
-            # An optimizer's list-op chain first (its copy_ epilogue into parameters and state), then batch
-            # norms and pointwise chains, then the remaining copy_ of new values into inputs folded into
-            # the kernels that compute them.
+            # An optimizer's list-op chain first (its copy_ epilogue into parameters and state), values that
+            # depend on no input computed once, then batch norms and pointwise chains, then the remaining
+            # copy_ of new values into inputs folded into the kernels that compute them.
             stats["fused_foreach_ops"] += fusion_foreach.fuse(gm)
+            stats["constants_folded"] += fusion_constants.fold(gm)
             fused = fusion_norm.fuse(gm)
             stats["fused_batch_norms"] += fused.batch_norms
             stats["fused_groups"] += fused.groups

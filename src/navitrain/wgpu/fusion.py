@@ -28,6 +28,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from navitrain import _env
+from navitrain.wgpu import traffic
 from navitrain.wgpu.fusion_ops import Rule, f32_literal, rule_for
 from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.runtime import runtime
@@ -69,8 +70,11 @@ class FusedPointwise(torch.nn.Module):
         return self._run(inputs, empty(self.shape, self.dtype, self.stride))
 
     def _run(self, inputs, out):
-        return pointwise.run(self.name, self.expr, inputs, self.dtype, "f32", out=out, load_types=self.load_types,
-                             shape=self.shape, prelude=self.prelude)
+        start = traffic.mark()
+        out = pointwise.run(self.name, self.expr, inputs, self.dtype, "f32", out=out, load_types=self.load_types,
+                            shape=self.shape, prelude=self.prelude)
+        traffic.note_traffic(inputs, (out,), flops=out.numel() * len(self.ops), since=start)
+        return out
 
     def extra_repr(self) -> str:
         return f"{' -> '.join(self.ops)}: {self.prelude.strip()} result {self.expr}"

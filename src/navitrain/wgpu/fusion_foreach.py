@@ -31,6 +31,7 @@ import operator
 import torch
 from torch.fx import Graph, GraphModule, Node
 
+from navitrain.wgpu import traffic
 from navitrain.wgpu.fusion_ops import f32_literal, is_number
 from navitrain.wgpu.kernels import multi_tensor
 from navitrain.wgpu.tensor import WgpuTensor, empty
@@ -201,8 +202,15 @@ class FusedForeach(torch.nn.Module):
             for i, t in enumerate(lst):
                 if t is None:
                     lst[i] = empty(list(self.shapes[cls][i]), torch.float32)
+        start = traffic.mark()
         for name, prelude, stores, bindings, modes, size in self.kernels:
             multi_tensor.apply_lists(name, prelude, stores, [lists[b] for b in bindings], modes, size)
+        if start is not None:   # profiling or capturing: bytes and FLOPs (one per element and op)
+            written = [lists[b] for b, _ in self.outputs]
+            read = [lst for lst, (mode, _) in zip(lists, self.modes) if mode != "w"]
+            flops = sum(t.numel() for t in written[0]) * len(self.ops)
+            traffic.note_traffic([t for lst in read for t in lst], [t for lst in written for t in lst], flops,
+                                 since=start)
         return tuple(lists[binding] for binding, _ in self.outputs)
 
     def _indexable(self, lists) -> bool:

@@ -22,7 +22,7 @@ import operator
 import torch
 from torch.fx import GraphModule, Node
 
-from navitrain.wgpu import fusion
+from navitrain.wgpu import fusion, traffic
 from navitrain.wgpu.kernels import batch_norm as kernels
 from navitrain.wgpu.kernels import pointwise
 from navitrain.wgpu.kernels.batch_norm_layout import geometry, stats_dtype
@@ -66,8 +66,12 @@ class FusedBatchNorm(torch.nn.Module):
         if xs is x and x.numel() > 0 and tuple(x.stride()) == self.stride and _laid_out_as(x, inputs):
             stat = stats_dtype(x, weight, bias, new_mean, new_var)
             save_mean, save_invstd = empty([C], stat), empty([C], stat)
+            start = traffic.mark()
             out = kernels.forward(x, A, C, B, weight, bias, new_mean, new_var, True, self.momentum, self.eps,
                                   save_mean, save_invstd, self.epilogue, inputs)
+            traffic.note_traffic((x, weight, bias, new_mean, new_var, *inputs),
+                                 (out, save_mean, save_invstd, new_mean, new_var),
+                                 flops=out.numel() * (len(self.ops) + 1), since=start)
             return out, save_mean, save_invstd, new_mean, new_var
         y, save_mean, save_invstd = aten._native_batch_norm_legit.default(x, weight, bias, new_mean, new_var, True,
                                                                         self.momentum, self.eps)
@@ -96,8 +100,11 @@ class FusedBatchNormBackward(torch.nn.Module):
             param_dtype = weight.dtype if weight is not None else x.dtype
             gw = empty([C], param_dtype) if mask[1] else None
             gb = empty([C], param_dtype) if mask[2] else None
+            start = traffic.mark()
             gi = kernels.backward(None, x, A, C, B, weight, save_mean, save_invstd, True, self.eps, gw, gb, mask[0],
                                   self.prologue, inputs)
+            traffic.note_traffic((x, weight, save_mean, save_invstd, *inputs), (gi, gw, gb),
+                                 flops=x.numel() * (len(self.ops) + 1), since=start)
             return gi, gw, gb
         p = self.prologue
         dy = pointwise.run("fused_bn_prologue", p.expr, list(inputs), p.dtype, "f32",
