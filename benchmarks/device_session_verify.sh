@@ -7,7 +7,18 @@
 source benchmarks/device_setup.sh
 export NAVITRAIN_WGPU_TUNE=0
 part=${1:-1}
-if [ "$part" = all ]; then
+if [ "$part" = min ]; then
+  # the least that answers issue 18 (run vs bench_wgpu_train) and issue 19 (compiled steps), when device time is short
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
+  python3 -c "import torch,wgpu;print(torch.__version__, wgpu.__version__)" >> "$OUT/gpu.txt"
+  python3 -c "import torchvision;print('torchvision', torchvision.__version__)" >> "$OUT/gpu.txt" 2>&1
+  timeout 100 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu,wgpu-graph,wgpu-compile,cuda \
+    --steps 5 --warmup 2 --timeout 45 --json "$OUT/train.json" > "$OUT/train.log" 2>&1
+  timeout 100 python3 -m navitrain run --json > "$OUT/run.json" 2> "$OUT/run.log"; echo "run rc=$?" >> "$OUT/run.log"
+  timeout 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 tests/wgpu/test_special_values.py \
+    tests/wgpu/test_rnn.py > "$OUT/tests_nvidia.log" 2>&1; echo "rc=$?" >> "$OUT/tests_nvidia.log"
+  cat "$OUT/gpu.txt"; tail -n 9 "$OUT/train.log"; tail -n 2 "$OUT/run.log"; tail -n 3 "$OUT/tests_nvidia.log"
+elif [ "$part" = all ]; then
   # everything in one call when device time is short (each part trimmed)
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
   python3 -c "import torch,wgpu;print(torch.__version__, wgpu.__version__)" >> "$OUT/gpu.txt"
