@@ -70,6 +70,8 @@ CASES = {
     "dropout_backward": lambda x, y, r, m: aten.native_dropout_backward(x * y, m, 2.0),
     "bool_as_number": lambda x, y, r, m: x * m + 1,
     "broadcast_row": lambda x, y, r, m: torch.relu(x * r + y),
+    # A decomposed attention's operand: scaled, expanded to its own shape, copied contiguous.
+    "expand_clone": lambda x, y, r, m: (x * 0.5).expand(SHAPE).clone(memory_format=torch.contiguous_format) * y,
 }
 
 

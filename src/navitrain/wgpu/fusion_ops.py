@@ -169,6 +169,28 @@ def _this_device(x) -> tuple:
     return (val.device,) if isinstance(val, torch.Tensor) else ()
 
 
+def _clone(args, kwargs):
+    """A copy into the node's own layout (a contiguous one for a matmul's operand): the value itself;
+    fusion.py stores a group's result in its root's layout."""
+    if set(kwargs) - {"memory_format"} or kwargs.get("memory_format") not in (
+            None, torch.preserve_format, torch.contiguous_format):
+        return None
+    return Rule("{a}", (args[0],), "f")
+
+
+def _expand_to_own_shape(args, kwargs):
+    """expand to the shape the value already has (a decomposed attention's operands): the value itself.
+    Only where the value overlaps nowhere, so that a group ending here may store it in that layout."""
+    x, size = args[0], args[1]
+    v = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    if not isinstance(v, torch.Tensor) or kwargs.get("implicit") or len(size) != v.dim():
+        return None
+    if any(s not in (-1, d) for s, d in zip(size, v.shape)) or any(st == 0 and d > 1 for st, d in zip(
+            v.stride(), v.shape)):
+        return None
+    return Rule("{a}", (x,), "f")
+
+
 def _dropout_backward(args, kwargs):
     grad, mask, scale = args
     if not is_number(scale):
@@ -221,6 +243,8 @@ RULES = {
     aten._to_copy.default: _float_conversion,
     prims.convert_element_type.default: lambda args, kwargs: Rule("{a}", (args[0],), "f"),
     aten.native_dropout_backward.default: _dropout_backward,
+    aten.clone.default: _clone,
+    aten.expand.default: _expand_to_own_shape,
 }
 
 
