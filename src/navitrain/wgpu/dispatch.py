@@ -26,7 +26,36 @@ from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, from_cpu, to_cpu
 log = logging.getLogger("navitrain.wgpu")
 aten = torch.ops.aten
 
-OPS: dict[object, Callable] = {}
+class _OpTable(dict):
+    """A dict of aten overload -> function that drops the dispatcher's cached routes whenever it changes
+    (registration, and tests or modules that swap a handler in place: `OPS[op] = fn`)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        _ROUTES.clear()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        _ROUTES.clear()
+
+    def _changed(method):
+        def changing(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                _ROUTES.clear()
+        changing.__name__ = method.__name__
+        return changing
+
+    update = _changed(dict.update)
+    pop = _changed(dict.pop)
+    popitem = _changed(dict.popitem)
+    clear = _changed(dict.clear)
+    setdefault = _changed(dict.setdefault)
+    del _changed
+
+
+OPS: dict[object, Callable] = _OpTable()
 fallback_counts: Counter = Counter()
 decomposed_counts: Counter = Counter()
 _warned: set[str] = set()
@@ -67,7 +96,7 @@ def implements(*ops):
 
 # Handlers for complex64 operands of ops whose OPS handler computes in real dtypes only (add, copy_, sum,
 # ...): consulted first when an argument is complex, so the real hot path pays one set lookup.
-COMPLEX_OPS: dict[object, Callable] = {}
+COMPLEX_OPS: dict[object, Callable] = _OpTable()
 
 
 def implements_complex(*ops):
@@ -94,16 +123,32 @@ def _has_complex(args, kwargs) -> bool:
     return False
 
 
+# Per overload, what torch_dispatch needs to know about it: (handler or None, whether it may mix devices,
+# complex handler or None, the overload itself). Keyed by id(func): an OpOverload's __hash__ is a Python
+# function, and three lookups by the overload cost a microsecond an op. The entry holds the overload, so
+# its id cannot be reused while the entry lives. Cleared whenever OPS, COMPLEX_OPS or
+# _MIXED_DEVICES_OK change (_OpTable, _MixedDevicesOk).
+_ROUTES: dict[int, tuple] = {}
+
+
+def _route(func) -> tuple:
+    route = (OPS.get(func), func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func)
+    _ROUTES[id(func)] = route
+    return route
+
+
 def torch_dispatch(cls, func, types, args=(), kwargs=None):
     if _deferred and not _in_backward():
         _raise_deferred()
     try:
-        if func not in _MIXED_DEVICES_OK:
+        route = _ROUTES.get(id(func)) or _route(func)
+        if not route[1]:
             _check_same_device(func, args, kwargs)
-        if func in COMPLEX_OPS and _has_complex(args, kwargs):
-            out = COMPLEX_OPS[func](*args, **kwargs) if kwargs else COMPLEX_OPS[func](*args)
+        complex_handler = route[2]
+        if complex_handler is not None and _has_complex(args, kwargs):
+            out = complex_handler(*args, **kwargs) if kwargs else complex_handler(*args)
             return cpu_fallback(func, args, kwargs or {}) if out is NotImplemented else out
-        handler = OPS.get(func)
+        handler = route[0]
         if handler is not None:
             try:
                 return handler(*args, **kwargs) if kwargs else handler(*args)
@@ -120,13 +165,33 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
 # As on CUDA, an op takes tensors of one device, except 0-d CPU tensors (used as scalars), copies
 # between devices, and CPU index tensors in advanced indexing. Checked here once for every op, so no
 # handler meets a CPU tensor it would misread (as a scalar, or through a missing elem_offset).
-_MIXED_DEVICES_OK = {
+class _MixedDevicesOk(set):
+    """A set whose changes drop the dispatcher's cached routes."""
+
+    def add(self, op):
+        super().add(op)
+        _ROUTES.clear()
+
+    def discard(self, op):
+        super().discard(op)
+        _ROUTES.clear()
+
+    def remove(self, op):
+        super().remove(op)
+        _ROUTES.clear()
+
+    def update(self, *ops):
+        super().update(*ops)
+        _ROUTES.clear()
+
+
+_MIXED_DEVICES_OK = _MixedDevicesOk({
     aten.copy_.default, aten.copy.default, aten._to_copy.default, aten.index.Tensor, aten.index_put.default,
     aten.index_put_.default, aten._index_put_impl_.default, aten._unsafe_index.Tensor,
     aten._unsafe_index_put.default, aten.set_.source_Tensor, aten.set_.source_Storage,
     aten.set_.source_Storage_storage_offset, aten.lift_fresh.default,
     aten._pack_padded_sequence.default,  # its lengths live on the CPU by PyTorch's design (read on the host)
-}
+})
 
 
 # Argument types that cannot be a tensor of another device: skipped with one set lookup each (this check
@@ -262,6 +327,20 @@ def _decomposition(func):
     return decomposition_table.get(func)
 
 
+# Whether an overload has a CompositeImplicitAutograd kernel (its own decomposition), per overload: the
+# dispatcher lookup by name costs tens of microseconds, and ops such as contiguous() take this path in
+# every step. (Kernels are registered when an operator library loads, before its ops can be called.)
+_COMPOSITE_IMPLICIT: dict = {}
+
+
+def _composite_implicit(func) -> bool:
+    known = _COMPOSITE_IMPLICIT.get(func)
+    if known is None:
+        known = _COMPOSITE_IMPLICIT[func] = torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), "CompositeImplicitAutograd")
+    return known
+
+
 # Ops whose PyTorch decomposition also runs on integer tensors (computing truncated values) while the
 # CPU has no integer kernel for them: refused here as the CPU refuses them.
 _FLOAT_ONLY_DECOMPOSED = {aten.logaddexp.default, aten.logaddexp2.default, aten.log_sigmoid_forward.default}
@@ -277,7 +356,7 @@ def _unhandled(func, args, kwargs):
         active = _local.decomposing = set()
     if func not in active:
         decomp = _decomposition(func)
-        if decomp is None and torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+        if decomp is None and _composite_implicit(func):
             decomp = func.decompose
         if decomp is not None:
             active.add(func)

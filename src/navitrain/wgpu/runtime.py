@@ -25,6 +25,7 @@ from navitrain.adapters import AdapterInfo, choose, device_order, list_adapters
 from navitrain.wgpu import kernel_limits, process_device
 from navitrain.wgpu.allocator import Block, CachingAllocator, Heap, OutOfMemory
 from navitrain.wgpu.dtypes import WGSL_HELPERS, build_table
+from navitrain.wgpu.native_submit import NativeSubmitter, native_api
 
 log = logging.getLogger("navitrain.wgpu")
 
@@ -148,9 +149,13 @@ class Runtime:
         self._layouts: dict[int, tuple[object, object]] = {}
         self._kernels: dict[object, Kernel] = {}
         self._bind_groups: dict[tuple, tuple[object, object]] = {}
-        self._encoder = None
+        self._encoder = None       # a wgpu-py encoder (timed profiling passes, builds without the C API)
+        self._encoder_raw = None   # or a native encoder handle (every other batch: see native_submit)
         self._pass = None
         self._pass_raw = None
+        api = native_api() if self._raw else None
+        self._native = NativeSubmitter(api, self.device, self.queue, self._param_buffer, self._param_arena) \
+            if api is not None else None
         self._last_kernel = None
         self._pending = 0
         self._batch_limit = _env.integer(_env.WGPU_BATCH)
@@ -268,6 +273,18 @@ class Runtime:
 
     # -- recording ------------------------------------------------------------------------------
     def _begin(self, timestamp_writes: dict | None = None) -> None:
+        native = self._native
+        if native is not None and timestamp_writes is None and self._encoder is None:
+            if self._encoder_raw is None:
+                self._encoder_raw = native.create_encoder()
+            self._pass = native.begin_pass(self._encoder_raw)
+            self._pass_raw = self._pass.raw
+            self._last_kernel = None
+            return
+        if self._encoder_raw is not None:
+            # A timed pass needs a wgpu-py encoder. profile() starts from a synchronized runtime, so no
+            # native batch is open then; should one be, it is submitted first.
+            self._submit()
         if self._encoder is None:
             self._encoder = self.device.create_command_encoder(label="navitrain-batch")
         self._pass = self._encoder.begin_compute_pass(label="navitrain-pass", timestamp_writes=timestamp_writes)
@@ -358,28 +375,40 @@ class Runtime:
     def flush(self) -> None:
         """Submit everything recorded so far (does not wait for it)."""
         with self.lock:
-            if self._encoder is None:
+            if self._encoder is None and self._encoder_raw is None:
                 return
             if self._pass is not None:
                 self._pass.end()
             timer = self._timer if self.profile is not None else None
-            if timer is not None:
+            if timer is not None and self._encoder is not None:
                 timer.resolve(self._encoder)
-            if self._param_used:
-                self.queue.write_buffer(self._param_buffer, 0, self._param_arena, 0, self._param_used)
-            commands = self._encoder.finish()
-            self._pass = self._pass_raw = self._encoder = None
-            self._last_kernel = None
-            self._pending = 0
-            self._param_used = 0
-            try:
-                self.queue.submit([commands])
-            except Exception as exc:
-                self._check_lost(exc)
-                raise
-            self.submit_count += 1
+            self._submit()
             if timer is not None:
                 timer.collect(self.profile)
+
+    def _submit(self) -> None:
+        """Submit the open encoder (its pass ended) after uploading the parameter blocks it uses."""
+        native = self._native
+        if self._param_used:
+            if native is not None:
+                native.upload_params(self._param_used)
+            else:
+                self.queue.write_buffer(self._param_buffer, 0, self._param_arena, 0, self._param_used)
+        encoder, raw = self._encoder, self._encoder_raw
+        self._pass = self._pass_raw = self._encoder = self._encoder_raw = None
+        self._last_kernel = None
+        self._pending = 0
+        self._param_used = 0
+        commands = encoder.finish() if encoder is not None else native.finish(raw)
+        try:
+            if encoder is not None:
+                self.queue.submit([commands])
+            else:
+                native.submit(commands)
+        except Exception as exc:
+            self._check_lost(exc)
+            raise
+        self.submit_count += 1
 
     # -- the parameter arena (shared by recording and by captured graphs) ------------------------
     def _arena_need(self, kernel: Kernel, table: bytes | None) -> int:

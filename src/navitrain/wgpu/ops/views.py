@@ -68,10 +68,27 @@ def _view_strides(old_size, old_stride, new_size) -> list[int] | None:
     return new_stride
 
 
+# A training step views the same shapes the same way every time (each Linear layer flattens and
+# unflattens its input): the resulting geometry, keyed by (shape, strides, asked size), is worked out
+# once. Errors are not kept; None strides (no view possible) are.
+_VIEW_GEOMETRY: dict = {}
+
+
+def _view_geometry(x, size) -> tuple[list[int], list[int] | None]:
+    key = (x.shape, x.stride(), tuple(size))
+    geometry = _VIEW_GEOMETRY.get(key)
+    if geometry is None:
+        new_size = _infer_size(size, x.numel())
+        geometry = (new_size, _view_strides(list(x.shape), list(x.stride()), new_size))
+        if len(_VIEW_GEOMETRY) > 4096:
+            _VIEW_GEOMETRY.clear()
+        _VIEW_GEOMETRY[key] = geometry
+    return geometry
+
+
 @implements(aten.view.default)
 def view(x, size):
-    size = _infer_size(size, x.numel())
-    stride = _view_strides(list(x.shape), list(x.stride()), size)
+    size, stride = _view_geometry(x, size)
     if stride is None:
         raise RuntimeError(
             "view size is not compatible with input tensor's size and stride (at least one dimension spans "
@@ -86,8 +103,7 @@ def _reshape_alias(x, size, stride):
 
 @implements(aten.reshape.default, aten._unsafe_view.default)
 def reshape(x, size):
-    size = _infer_size(size, x.numel())
-    stride = _view_strides(list(x.shape), list(x.stride()), size)
+    size, stride = _view_geometry(x, size)
     if stride is not None:
         return view_of(x, size, stride)
     return view(aten.clone.default(x, memory_format=torch.contiguous_format), size)

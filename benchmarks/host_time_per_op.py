@@ -1,0 +1,202 @@
+"""Host CPU time per aten op of eager wgpu work, in thread CPU time (the measure that a shared, busy machine
+leaves meaningful: wall time there is mostly other people's work).
+
+Three measurements:
+  chain   a chain of small elementwise ops (mul/add/relu/sub): us of thread CPU per op.
+  step    one eager training step of a bench workload (tiny size by default): the CPU time of every thread
+          that ran an op (the main thread, and autograd's device thread, which runs backward), per step and
+          per aten op.
+  by op   the step's ops grouped by aten overload: count and exclusive thread CPU time inside
+          __torch_dispatch__ (time of nested ops, e.g. a decomposition's, is charged to them), and the share
+          of the step spent outside dispatch (autograd, nn.Module code, the optimizer's Python).
+
+    python benchmarks/host_time_per_op.py --models gpt,resnet18 --size tiny [--top 25] [--cprofile]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import threading
+import time
+from collections import defaultdict
+
+import torch
+
+import navitrain.wgpu as nw
+from navitrain.bench import models, workloads
+from navitrain.wgpu import dispatch
+from navitrain.wgpu import runtime as runtime_mod
+
+
+def chain_us_per_op(n: int = 400, repeats: int = 20) -> float:
+    x = torch.randn(1024).to("wgpu")
+
+    def chain(y, steps):
+        for i in range(steps):
+            y = y * 1.0001 + 0.0001 if i % 2 == 0 else torch.relu(y) - 0.0001
+        return y
+
+    chain(x, 200)
+    nw.synchronize()
+    timer = OpTimer()
+    rt = runtime_mod.runtime()
+    rt.flush = timer.timed_flush(type(rt).flush.__get__(rt))
+    samples, totals = [], []
+    try:
+        for _ in range(repeats):
+            timer.flush_seconds = 0.0
+            t0 = time.thread_time()
+            y = chain(x, n // 2)
+            samples.append((time.thread_time() - t0 - timer.flush_seconds) / n * 1e6)
+            totals.append((time.thread_time() - t0) / n * 1e6)
+            nw.synchronize()
+            del y
+    finally:
+        del rt.flush
+    return min(samples), statistics.median(samples), min(totals)
+
+
+class OpTimer:
+    """A dispatch tracer: per aten overload, calls and exclusive thread CPU seconds; the threads seen.
+    Submissions (Runtime.flush) are timed apart: on lavapipe a submit runs the software driver's command
+    processing on the calling thread, work that a real GPU's driver does not do on the host, so it
+    would swamp the per-op Python costs this is meant to find."""
+
+    def __init__(self):
+        self.calls = defaultdict(int)
+        self.seconds = defaultdict(float)
+        self.flush_seconds = 0.0
+        self.threads: set[int] = set()
+        self._local = threading.local()
+
+    def timed_flush(self, flush):
+        def run():
+            t0 = time.thread_time()
+            try:
+                return flush()
+            finally:
+                spent = time.thread_time() - t0
+                self.flush_seconds += spent
+                stack = getattr(self._local, "stack", None)
+                if stack:
+                    stack[-1] += spent  # not the op's own time
+        return run
+
+    def __call__(self, cls, func, types, args=(), kwargs=None):
+        local = self._local
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = []
+            self.threads.add(threading.get_ident())
+        stack.append(0.0)
+        t0 = time.thread_time()
+        try:
+            return dispatch.torch_dispatch(cls, func, types, args, kwargs)
+        finally:
+            spent = time.thread_time() - t0
+            children = stack.pop()
+            if stack:
+                stack[-1] += spent
+            self.calls[func] += 1
+            self.seconds[func] += spent - children
+
+
+def _thread_clocks(idents) -> dict[int, float]:
+    clocks = {}
+    for ident in idents:
+        try:
+            clocks[ident] = time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except OSError:  # the thread has ended
+            pass
+    return clocks
+
+
+def build_step(workload):
+    torch.manual_seed(0)
+    model = workload.build().to("wgpu")
+    opt = workload.make_optimizer(model.parameters())
+    x, y = workload.batch(0, device="wgpu")
+    train = models.train_step(model, opt, workload.loss)
+    return lambda: train(x, y)
+
+
+def measure_step(workload, steps: int, top: int, profile: bool) -> dict:
+    step = build_step(workload)
+    for _ in range(3):
+        step().item()
+    nw.synchronize()
+    timer = OpTimer()
+    rt = runtime_mod.runtime()
+    rt.flush = timer.timed_flush(type(rt).flush.__get__(rt))
+    dispatch.trace_ops(timer)
+    try:
+        step().item()  # learns which threads run ops
+        nw.synchronize()
+        timer.calls.clear()
+        timer.seconds.clear()
+        threads = timer.threads | {threading.get_ident()}
+        # Untraced steps: the CPU time of every op-running thread, per step.
+        dispatch.trace_ops(None)
+        per_step, with_submits = [], []
+        for _ in range(steps):
+            nw.synchronize()
+            timer.flush_seconds = 0.0
+            before = _thread_clocks(threads)
+            step()
+            after = _thread_clocks(threads)
+            with_submits.append(sum(after[k] - before[k] for k in after if k in before))
+            per_step.append(with_submits[-1] - timer.flush_seconds)
+            nw.synchronize()
+        dispatch.trace_ops(timer)
+        step()
+        nw.synchronize()
+    finally:
+        dispatch.trace_ops(None)
+        del rt.flush
+    n_ops = sum(timer.calls.values())
+    step_ms = statistics.median(per_step) * 1e3
+    in_dispatch = sum(timer.seconds.values())
+    print(f"\n{workload.title} ({workload.size}) eager step, thread CPU less submissions: median {step_ms:.2f} ms, "
+          f"min {min(per_step) * 1e3:.2f} ms of {steps}; {n_ops} aten ops, {step_ms * 1e3 / n_ops:.1f} us/op; "
+          f"with submissions: median {statistics.median(with_submits) * 1e3:.2f} ms, "
+          f"min {min(with_submits) * 1e3:.2f} ms; inside dispatch (traced) {in_dispatch * 1e3:.2f} ms")
+    rows = sorted(timer.seconds.items(), key=lambda kv: -kv[1])
+    print(f"  {'aten op':<52} {'calls':>6} {'ms':>7} {'us/call':>8}")
+    for func, seconds in rows[:top]:
+        print(f"  {str(func)[:52]:<52} {timer.calls[func]:>6} {seconds * 1e3:>7.2f} "
+              f"{seconds / timer.calls[func] * 1e6:>8.1f}")
+    if profile:
+        nw.synchronize()
+        prof = cProfile.Profile(time.thread_time)
+        prof.enable()
+        step()
+        prof.disable()
+        nw.synchronize()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+        print(out.getvalue()[-7000:])
+    return {"step_ms": step_ms, "ops": n_ops, "us_per_op": step_ms * 1e3 / n_ops}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="gpt,resnet18")
+    ap.add_argument("--size", default="tiny", choices=workloads.SIZES)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--cprofile", action="store_true", help="also a cProfile (thread CPU) of one untraced step")
+    ap.add_argument("--no-chain", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.no_chain:
+        print("chain, us thread CPU per op: less submissions min {:.1f} median {:.1f}; with submissions min {:.1f}"
+              .format(*chain_us_per_op()))
+    for name in args.models.split(","):
+        if name:
+            measure_step(workloads.get(name, args.size), args.steps, args.top, args.cprofile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The host-side shortcuts of eager ops (issues 19, 23): the dispatcher's cached per-op routes, the cached
+decomposition decision, batches opened and submitted through wgpu-native's C API, and addmm reading a
+broadcast bias without an expanded view. Each must give exactly what the long way gives."""
+import warnings
+
+import pytest
+import torch
+
+import navitrain.wgpu as nw
+from navitrain.wgpu import dispatch
+from navitrain.wgpu.runtime import runtime
+
+aten = torch.ops.aten
+DEV = "wgpu"
+
+
+def rnd(*shape, seed, dtype=torch.float32):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# -- cached routes ---------------------------------------------------------------------------------
+def test_a_handler_swapped_in_after_the_op_ran_is_the_one_used(monkeypatch):
+    op = aten.frac.default
+    x = rnd(7, seed=1) * 4
+    x[0], x[1] = float("nan"), float("inf")
+    d = x.to(DEV)
+    torch.testing.assert_close(torch.frac(d).cpu(), torch.frac(x), equal_nan=True)  # route cached now
+    calls = []
+
+    def recording(t):
+        calls.append(t.shape)
+        return dispatch.OPS[aten.neg.default](t)
+
+    monkeypatch.setitem(dispatch.OPS, op, recording)
+    torch.testing.assert_close(torch.frac(d).cpu(), -x, equal_nan=True)
+    assert calls == [torch.Size([7])]
+    monkeypatch.undo()  # the original handler comes back (a set of the key, a route dropped again)
+    torch.testing.assert_close(torch.frac(d).cpu(), torch.frac(x), equal_nan=True)
+    assert len(calls) == 1
+
+
+def test_a_removed_handler_takes_the_counted_fallback_and_strict_mode_is_read_each_time(monkeypatch):
+    op = aten.max.default  # no decomposition: without its handler it can only fall back
+    for x in (rnd(9, seed=2) * 5, torch.tensor([1.0, float("nan"), -float("inf")])):
+        d = x.to(DEV)
+        torch.testing.assert_close(torch.max(d).cpu(), torch.max(x), equal_nan=True)
+        with monkeypatch.context() as patch:
+            patch.delitem(dispatch.OPS, op)
+            with pytest.raises(dispatch.FallbackForbidden):  # strict (the suite's default)
+                torch.max(d)
+            patch.setenv("NAVITRAIN_WGPU_STRICT", "0")
+            before = dispatch.fallback_counts["aten.max.default"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the once-per-op fallback warning
+                got = torch.max(d).cpu()
+            torch.testing.assert_close(got, torch.max(x), equal_nan=True)
+            assert dispatch.fallback_counts["aten.max.default"] == before + 1
+            patch.setenv("NAVITRAIN_WGPU_STRICT", "1")
+            with pytest.raises(dispatch.FallbackForbidden):
+                torch.max(d)
+        torch.testing.assert_close(torch.max(d).cpu(), torch.max(x), equal_nan=True)  # the handler is back
+
+
+def test_every_way_of_changing_the_tables_drops_the_cached_routes():
+    op = aten.frac.default
+    x = rnd(4, seed=3).to(DEV)
+    torch.frac(x)
+    assert id(op) in dispatch._ROUTES
+    handler = dispatch.OPS[op]
+    for change in (lambda: dispatch.OPS.update({op: handler}), lambda: dispatch.OPS.setdefault(op, handler),
+                   lambda: dispatch.OPS.__setitem__(op, handler), lambda: dispatch.COMPLEX_OPS.pop(op, None),
+                   lambda: dispatch._MIXED_DEVICES_OK.discard(op)):
+        torch.frac(x)
+        assert id(op) in dispatch._ROUTES
+        change()
+        assert id(op) not in dispatch._ROUTES
+
+
+def test_mixed_devices_rule_follows_its_set(monkeypatch):
+    op = aten.add.Tensor
+    a, b = rnd(3, seed=4), rnd(3, seed=5)
+    d = a.to(DEV)
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.add(d, b)
+    # Allowing the op after its route was cached must be seen (the handler then meets a CPU tensor and
+    # fails in its own way, but not with the device error).
+    dispatch._MIXED_DEVICES_OK.add(op)
+    try:
+        with pytest.raises(Exception) as info:
+            torch.add(d, b)
+        assert "same device" not in str(info.value)
+    finally:
+        dispatch._MIXED_DEVICES_OK.discard(op)
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.add(d, b)
+    # dtype and shape changes reuse the route and still compute the right values
+    for dtype, shape in ((torch.float32, (5,)), (torch.float16, (2, 3)), (torch.int32, (4, 1))):
+        p = (rnd(*shape, seed=6) * 10).to(dtype)
+        q = (rnd(*shape, seed=7) * 10).to(dtype)
+        torch.testing.assert_close(torch.add(p.to(DEV), q.to(DEV)).cpu(), p + q)
+
+
+def test_a_complex_handler_registered_later_is_consulted(monkeypatch):
+    op = aten.neg.default
+    z = torch.complex(rnd(5, seed=8), rnd(5, seed=9))
+    zd = z.to(DEV)
+    torch.testing.assert_close(torch.neg(zd).cpu(), -z)
+    seen = []
+    original = dispatch.COMPLEX_OPS.get(op)
+
+    def complex_neg(t):
+        seen.append(t.dtype)
+        return original(t) if original is not None else NotImplemented
+
+    monkeypatch.setitem(dispatch.COMPLEX_OPS, op, complex_neg)
+    monkeypatch.setenv("NAVITRAIN_WGPU_STRICT", "0")
+    torch.testing.assert_close(torch.neg(zd).cpu(), -z)
+    assert seen == [torch.complex64]
+
+
+def test_contiguous_decomposes_the_same_with_its_decision_cached():
+    x = rnd(4, 6, seed=10)
+    x[0, 0], x[1, 2] = float("nan"), float("inf")
+    d = x.to(DEV).t()
+    for _ in range(2):  # the second call uses the cached CompositeImplicitAutograd decision
+        # (called as PyTorch calls it from inside other ops' handlers, where it reaches the dispatcher)
+        got = dispatch.torch_dispatch(type(d), aten.contiguous.default, (), (d,), {})
+        assert got.is_contiguous()
+        torch.testing.assert_close(got.cpu(), x.t().contiguous(), equal_nan=True)
+    assert dispatch._COMPOSITE_IMPLICIT[aten.contiguous.default] is True
+
+
+# -- batches through the C API ---------------------------------------------------------------------
+def test_many_batches_through_the_native_submitter_give_the_cpu_values():
+    rt = runtime()
+    assert rt._native is not None, "wgpu-py's wgpu-native backend exposes the C functions"
+    x = rnd(1000, seed=11)
+    x[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    d, ref = x.to(DEV), x.clone()
+    submits = rt.submit_count
+    for i in range(150):  # past the batch limit several times, so batches close and open natively
+        d = d * 1.001 + 0.5 if i % 2 else torch.relu(d) - 0.25
+        ref = ref * 1.001 + 0.5 if i % 2 else torch.relu(ref) - 0.25
+    torch.testing.assert_close(d.cpu(), ref, equal_nan=True, rtol=1e-4, atol=1e-4)
+    assert rt.submit_count - submits >= 150 * 2 // rt._batch_limit
+
+
+def test_profiling_after_native_batches_and_a_timed_pass_meeting_an_open_one():
+    rt = runtime()
+    x = rnd(300, seed=12)
+    d = x.to(DEV)
+    y = d * 2.0  # recorded in an open native batch
+    with nw.profile() as table:  # profile() synchronizes, then times each dispatch in a pass of its own
+        z = y + 1.0
+    assert table.totals()["dispatches"] >= 1
+    torch.testing.assert_close(z.cpu(), x * 2 + 1)
+    if rt._timer is None:
+        pytest.skip("no timestamp queries: no timed passes")
+    # The safety net: a timed pass while a native batch is open submits that batch first.
+    w = d - 3.0
+    assert rt._encoder_raw is not None
+    with rt.lock:
+        saved = rt.profile
+        rt.profile = type(table)()  # as profile() sets it, but without its synchronize()
+        try:
+            v = w * 4.0
+        finally:
+            rt.synchronize()
+            rt.profile = saved
+    torch.testing.assert_close(v.cpu(), (x - 3) * 4)
+
+
+# -- addmm's bias -------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias_shape", [(6,), (1, 6), (5, 1), (5, 6), (), (1,), "transposed"])
+def test_addmm_bias_broadcasts_as_on_the_cpu(bias_shape):
+    a, b = rnd(5, 7, seed=13, dtype=torch.float64), rnd(7, 6, seed=14, dtype=torch.float64)
+    base = rnd(*((6, 5) if bias_shape == "transposed" else bias_shape), seed=15, dtype=torch.float64)
+    if base.numel() > 1:
+        base.view(-1)[0], base.view(-1)[-1] = float("nan"), float("inf")
+    bias = base.t() if bias_shape == "transposed" else base
+    for beta, alpha in ((1, 1), (0.5, -2.0), (0, 1)):
+        want = torch.addmm(bias, a, b, beta=beta, alpha=alpha).float()
+        got = torch.addmm(bias.float().to(DEV), a.float().to(DEV), b.float().to(DEV), beta=beta, alpha=alpha)
+        torch.testing.assert_close(got.cpu(), want, equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+def test_addmm_refuses_the_bias_shapes_the_cpu_refuses():
+    a, b = rnd(5, 7, seed=16), rnd(7, 6, seed=17)
+    for shape in ((4,), (5, 5), (2, 5, 6), (1, 1, 6)):
+        bias = rnd(*shape, seed=18)
+        with pytest.raises(RuntimeError):
+            torch.addmm(bias, a, b)
+        with pytest.raises(RuntimeError):
+            torch.addmm(bias.to(DEV), a.to(DEV), b.to(DEV))
+
+
+def test_addmm_with_no_inner_dimension_scales_the_bias():
+    a, b, bias = torch.empty(5, 0), torch.empty(0, 6), rnd(6, seed=19)
+    got = torch.addmm(bias.to(DEV), a.to(DEV), b.to(DEV), beta=0.5)
+    torch.testing.assert_close(got.cpu(), torch.addmm(bias, a, b, beta=0.5))
+
+
+def test_linear_gradients_through_addmm():
+    x, w, bias = rnd(8, 5, seed=20, dtype=torch.float64), rnd(3, 5, seed=21, dtype=torch.float64), \
+        rnd(3, seed=22, dtype=torch.float64)
+    leaves_cpu = [t.clone().requires_grad_() for t in (x, w, bias)]
+    leaves_dev = [t.float().to(DEV).requires_grad_() for t in (x, w, bias)]
+    torch.nn.functional.linear(*leaves_cpu).square().sum().backward()
+    out = torch.nn.functional.linear(*leaves_dev)
+    out.square().sum().backward()
+    for c, d in zip(leaves_cpu, leaves_dev):
+        torch.testing.assert_close(d.grad.cpu(), c.grad.float(), rtol=1e-4, atol=1e-4)
