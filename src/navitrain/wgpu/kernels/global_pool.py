@@ -8,7 +8,7 @@ plane: a plane's elements are C apart); with NCHW memory a plane is contiguous a
 it (then a tree in workgroup memory), so neighbouring lanes read neighbouring addresses."""
 from __future__ import annotations
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.norm_common import WG, launch, load, module, next_pow2, store
 
 _BLOCK = codegen.ParamBlock("planes", "C", "HW", "W", "out_off", "o_n", "o_c", "x_off", "x_n", "x_c", "x_h", "x_w")
@@ -17,17 +17,30 @@ _BLOCK = codegen.ParamBlock("planes", "C", "HW", "W", "out_off", "o_n", "o_c", "
 def lanes_per_plane(hw: int, plane_contiguous: bool) -> int:
     """Threads per plane: 1 for channels-last (threads take neighbouring channels instead), else a power
     of two near HW / 4, at most 16: a 28x28 plane took 66 ms on lavapipe with 256 lanes (eight barriers
-    of a tree per plane), 9 ms with 64, 2.6 ms with 16; 16 lanes still read 64 contiguous bytes at once."""
+    of a tree per plane), 9 ms with 64, 2.6 ms with 16; 16 lanes still read 64 contiguous bytes at once.
+    More only where llvmpipe's loop budget needs them (below)."""
     if not plane_contiguous:
-        return 1
-    want = next_pow2(max(1, -(-hw // 4)))
-    return next(t for t in (16, 4, 1) if t <= want)
+        lanes = 1
+    else:
+        want = next_pow2(max(1, -(-hw // 4)))
+        lanes = next(t for t in (16, 4, 1) if t <= want)
+    # llvmpipe stops a kernel's loops after 65535 passes (kernels/loop_budget.py): a plane too large for
+    # its lanes gets more (channels-last planes of over 60k positions, NCHW ones of over 960k).
+    while _passes(hw, lanes) > loop_budget.PASS_BUDGET and lanes < WG:
+        lanes *= 4
+    return lanes
+
+
+def _passes(hw: int, lanes: int) -> int:
+    """Loop passes of a plane's busiest thread: its share of the plane, then the tree."""
+    return loop_budget.strided(hw, lanes) + lanes.bit_length()
 
 
 def global_mean(x, out, N: int, C: int, H: int, W: int, strides: tuple, out_strides: tuple) -> None:
     """out[n, c] = mean of x[n, c, :, :]; `strides` (n, c, h, w) of x, `out_strides` (n, c) of out."""
     HW = H * W
     lanes = lanes_per_plane(HW, strides[3] == 1 and strides[2] == W)
+    loop_budget.require(_passes(HW, lanes), f"a global average pool over planes of {HW} positions")
     tensors = [out, x]
     params = _BLOCK.pack(planes=N * C, C=C, HW=HW, W=W, out_off=out.elem_offset, o_n=out_strides[0],
                          o_c=out_strides[1], x_off=x.elem_offset, x_n=strides[0], x_c=strides[1], x_h=strides[2],

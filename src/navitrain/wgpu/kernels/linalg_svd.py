@@ -19,23 +19,31 @@ thread per column, the update one thread per row), taking the next e_t whose rem
 ones hold less than r * 0.5 / r of the missing dimensions' total (>= 1), so one of the rest reaches 0.5 / r.
 A column that still found no vector (rounding) is NaN, never a silent zero.
 
-llvmpipe (lavapipe) ends any single loop after 65535 iterations per invocation, all its executions
-summed, silently; the loops here are bounded well below that for r, k <= 64 (the pair's dot products run
-four rows a step; each e_t is tried once), which tests/wgpu/test_linalg_decompositions.py checks on the
-largest sizes. Outputs are written through strides, so U / Vh's layouts
-and the wide case's transposes are the handler's choice.
+llvmpipe (lavapipe) gives all loops of a kernel one budget of 65535 passes per group of 8 threads and
+silently cuts them after it (kernels/loop_budget.py): a sweep of a 62 x 62 matrix costs ~2,300 passes, and
+rounding noise keeps rotating until MAX_SWEEPS, so on a software adapter the sweeps are capped at what
+the budget leaves after the basis completion (`_max_sweeps`; the pair's dot products run four rows a step,
+each e_t is tried once), and a matrix that would get fewer than MIN_SWEEPS takes the counted CPU fallback.
+Outputs are written through strides, so U / Vh's layouts and the wide case's transposes are the
+handler's choice.
 
 W and V live in workgroup memory (`fits`); a non-finite entry makes every output of that matrix NaN.
 """
 from __future__ import annotations
 
 from navitrain.wgpu import kernel_limits
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 MAX_N = 64          # rows and columns (after the wide case's transpose); larger take the CPU
 MAX_SWEEPS = 30
+
+
+# Sweeps to allow at least where llvmpipe's loop budget limits them (fewer: the CPU computes it). Full-rank
+# 62 x 62 matrices (condition numbers to 1e12) were exact to 1e-6 after 10, but a rank-20 40 x 40 one
+# needed 15 for an orthonormal U (its noise columns converge last).
+MIN_SWEEPS = 16
 
 
 def _padded(k: int) -> int:
@@ -290,6 +298,35 @@ def _source(rb: int, kb: int, wg: int) -> str:
     return codegen.module(["f32", "f32", "f32", "f32"], body, wg, shared=shared)
 
 
+def _passes(r: int, k: int, kb: int, wg: int, x_cols: int) -> tuple[int, int]:
+    """Upper bounds of the busiest thread's loop passes: (all but the sweeps, one sweep). llvmpipe stops a
+    kernel's loops after 65535 passes in all (kernels/loop_budget.py)."""
+    def spread(n: int, inner: int = 0) -> int:  # for (e = lid; e < n; e += wg) { `inner` trips }
+        trips = -(-n // wg)
+        return trips + 1 + trips * (inner + 1 if inner else 0)
+
+    half = kb // 2
+    per_round = (r // 4 + 1) + (r % 4 + 1) + spread(half * (r + k)) + 1
+    per_sweep = (kb - 1) * per_round + 2
+    setup = 2 * spread(r * k) + spread(k * k)
+    finish = spread(k, r) + spread(k, k) + spread(r * x_cols) + spread(k * k)
+    # completing the basis: each candidate e_t is tried once, two Gram-Schmidt passes each; per column the
+    # candidates' exit test and the NaN column of a failed search
+    per_candidate = 1 + spread(r) + 3 + 2 * (spread(x_cols, r) + spread(r, x_cols)) + (r + 1) + spread(r)
+    complete = (x_cols + 1 + r * per_candidate + x_cols * (1 + spread(r))) if x_cols else 0
+    return setup + finish + complete + 2, per_sweep
+
+
+def _max_sweeps(r: int, k: int, kb: int, wg: int, x_cols: int) -> int:
+    """MAX_SWEEPS, or on a software adapter as many as llvmpipe's loop budget allows (a 62 x 62 matrix
+    rotated by rounding noise ran all 30 sweeps, which cut its loops: wrong U, S and V)."""
+    if not runtime().info.software:
+        return MAX_SWEEPS
+    fixed, per_sweep = _passes(r, k, kb, wg, x_cols)
+    loop_budget.require(fixed + MIN_SWEEPS * per_sweep, f"an SVD of an {r} x {k} matrix")
+    return min(MAX_SWEEPS, (loop_budget.PASS_BUDGET - fixed) // per_sweep)
+
+
 def svd(a: WgpuTensor, batch: int, a_bs: int, transpose: bool, s: WgpuTensor, x=None, y=None) -> None:
     """Singular values of the `batch` matrices of `a` (last two dims, batch stride a_bs; transposed first
     when `transpose`, so the work matrix is r x k with r >= k) into s (contiguous [batch, k], descending).
@@ -313,5 +350,5 @@ def svd(a: WgpuTensor, batch: int, a_bs: int, transpose: bool, s: WgpuTensor, x=
     params = _SVD_P.pack(batch=batch, r=r, k=k, a_off=a.elem_offset, a_bs=a_bs, w_rs=a_rs, w_cs=a_cs,
                          s_off=s.elem_offset, x_off=xt.elem_offset, x_bs=x_bs, x_rs=x_rs, x_cs=x_cs,
                          x_cols=x_cols, y_off=yt.elem_offset, y_bs=y_bs, y_rs=y_rs, y_cs=y_cs,
-                         with_uv=int(with_uv), max_sweeps=MAX_SWEEPS)
+                         with_uv=int(with_uv), max_sweeps=_max_sweeps(r, k, kb, wg, x_cols))
     rt.dispatch(kernel, (a._ws.heap, s._ws.heap, xt._ws.heap, yt._ws.heap), params, codegen.grid(batch))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels import row_norm_strided as strided
 from navitrain.wgpu.kernels.channel_sums import channel_sums, finish_sums
 from navitrain.wgpu.kernels.norm_common import (
@@ -52,9 +52,25 @@ def threads_per_row(L: int, geo=None) -> int:
     neighbouring rows are neighbours in memory (a permuted NCHW plane), so threads walking rows side by
     side read contiguously (16 lanes per row ran 2x slower than copy + contiguous rows on lavapipe)."""
     if geo is not None:
-        return 1
+        # ... unless the row is too long for llvmpipe's loop budget (kernels/loop_budget.py): then the
+        # fewest lanes that fit it
+        return next((t for t in _LANES[::-1] if row_passes(L, t) <= loop_budget.PASS_BUDGET), _LANES[0])
     want = next_pow2(max(1, -(-L // 4)))
-    return next(t for t in (256, 64, 16, 4, 1) if t <= want)
+    return next(t for t in _LANES if t <= want)
+
+
+_LANES = (256, 64, 16, 4, 1)
+
+
+def row_passes(L: int, tpr: int) -> int:
+    """Loop passes of the busiest thread of a row kernel (the forward's: two sums and the write, each
+    with its tree), which llvmpipe caps (kernels/loop_budget.py)."""
+    return 3 * loop_budget.strided(L, tpr) + 2 * tpr.bit_length()
+
+
+def _require_row_budget(L: int, tpr: int) -> None:
+    # A row longer than 256 lanes can walk within llvmpipe's budget (~5M elements) runs on the CPU there.
+    loop_budget.require(row_passes(L, tpr), f"a normalized row of {L} elements")
 
 
 def _row_sums(tpr: int, terms: list[str], loads: str, names: list[str]) -> str:
@@ -95,6 +111,7 @@ def row_normalize(x, M, L, weight, bias, eps, y, mean, rstd, gn_shape=None, geo=
     gn_shape = (groups, channels per group, HxW)). With `geo` (layer norm only) x's rows are read
     through its strides (row_norm_strided.py); y is contiguous either way."""
     tpr = threads_per_row(L, geo)
+    _require_row_budget(L, tpr)
     opt = [t for t in (weight, bias) if t is not None]
     tensors = [y, mean, rstd, x] + opt
     G, D, HW = gn_shape or (1, 1, 1)
@@ -148,6 +165,7 @@ def layer_norm_backward_input(gi, grad_out, x, mean, rstd, weight, M, L, geo=Non
     """gi over M contiguous rows of length L, from the rows' mean and rstd (a row kernel). With `geo`,
     grad_out and x are read through their strides (row_norm_strided.py); gi is contiguous."""
     tpr = threads_per_row(L, geo)
+    _require_row_budget(L, tpr)
     tensors = [gi, grad_out, x, mean, rstd] + ([weight] if weight is not None else [])
     params = _LN_BACKWARD.pack(M=M, L=L, gi_off=gi.elem_offset, dy_off=grad_out.elem_offset, x_off=x.elem_offset,
                                mean_off=mean.elem_offset, rstd_off=rstd.elem_offset, **vec_args("weight", weight),
@@ -192,6 +210,15 @@ def layer_norm_backward_params(grad_out, x, mean, rstd, M, L, gw, gb) -> None:
 def group_norm_backward(grad_out, x, mean, rstd, weight, N, C, HxW, group, gi, gw, gb) -> None:
     """Writes gi, gw and gb (any may be None) for contiguous x and grad_out of N * C * HxW elements."""
     # ds[n, c] = sum(dy * x), db[n, c] = sum(dy) over the HxW positions; then two floats per (n, group).
+    # A thread per (sample, group) walks the group's C / group channels, a thread per channel the N
+    # samples; past llvmpipe's loop budget (kernels/loop_budget.py) the CPU computes it. The sums' rows
+    # are HxW long (row_passes bounds them).
+    _require_row_budget(HxW, threads_per_row(HxW))
+    if gi is not None:
+        loop_budget.require(loop_budget.strided(C // group, 1) + 2, f"a group norm backward over {C // group} "
+                            "channels a group")
+    if gw is not None or gb is not None:
+        loop_budget.require(loop_budget.strided(N, 1) + 2, f"a group norm's weight gradient over {N} samples")
     scratch = empty([2 * N * C + 2 * N * group], torch.float32)
     _gn_sums(scratch, grad_out, x, N * C, HxW)
     if gi is not None:

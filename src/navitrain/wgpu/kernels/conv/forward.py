@@ -8,7 +8,7 @@ Groups are the GEMM batch (grid z).
 """
 from __future__ import annotations
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import ImageEpilogue
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
@@ -42,6 +42,9 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
     flat = positions and positions_ok(x)
     kind = ("conv_fwd", nhwc) + ((("1x1",) if flat else ("1x1-strided",)) if positions else ())
     cfg = cfg or tile_for(kind, M, N, K, g.groups, lambda c: implicit_forward(x, w, bias, g, out, relu, c))
+    # A thread walks all of K = C*KH*KW, one BK step a loop pass: past llvmpipe's loop budget
+    # (kernels/loop_budget.py; over 480k input channel taps, no real layer) the CPU computes it.
+    loop_budget.require(loop_budget.strided(K, cfg.BK) + 2, f"a convolution over {K} input taps")
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
     heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import ImageEpilogue, SlicesEpilogue
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
@@ -43,6 +43,10 @@ def implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTens
     slices = 1
     if cfg.splits > 1 and not nhwc and not positions and g.groups == 1:
         kslice, slices = k_slices(K, cfg.splits, cfg.BK)
+    # A thread walks its K (= OC*KH*KW, or a slice of it) one BK step a loop pass: past llvmpipe's loop
+    # budget (kernels/loop_budget.py; over 480k output channel taps, no real layer) the CPU computes it.
+    loop_budget.require(loop_budget.strided(kslice if slices > 1 else K, cfg.BK) + 2,
+                        f"a convolution's input gradient over {K} output taps")
     partial = empty([slices, M, N], torch.float32) if slices > 1 else None
     out = partial if partial is not None else dx
     types = [rt.stypes[out.dtype].wgsl, st_y.wgsl, st_w.wgsl]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import SlicesEpilogue, WeightEpilogue
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
@@ -54,6 +54,9 @@ def implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTen
     # into the tile's own number of slices, a tuner candidate for small outputs with a long K (a 1x1
     # shortcut's 128x64 grad-weight over 32768 positions filled 64 of the H200's 132 SMs, run 9).
     slices = cfg.splits if cfg.splits > 1 else auto_splits(cfg, M, N, K, g.groups)
+    # A thread walks its slice one BK step a loop pass; llvmpipe stops a kernel's loops after 65535 passes
+    # (kernels/loop_budget.py), so a slice is never longer than that many steps (as in gemm._gemm).
+    slices = max(slices, -(-K // (cfg.BK * loop_budget.PASS_BUDGET)))
     kslice, slices = k_slices(K, min(slices, K // cfg.BK), cfg.BK)
     if slices == 1:
         bindings = codegen.bindings([st_o.wgsl, st_y.wgsl, st_x.wgsl] + vec_types)
