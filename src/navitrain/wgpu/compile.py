@@ -39,6 +39,7 @@ import torch
 from navitrain.wgpu import dispatch, fusion, fusion_constants, fusion_foreach, fusion_inplace, fusion_norm
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
+from navitrain.wgpu.compile_tangents import patch_tangent_restride
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
 from navitrain.wgpu.runtime import WgpuError
 from navitrain.wgpu.tensor import WgpuTensor, wrap
@@ -398,6 +399,8 @@ def register() -> None:
     trace_rules.add("navitrain.wgpu")
     # torch 2.11 asserts on a traceable subclass with no inner tensors, which a wgpu tensor is.
     patch_fake_tensor_helpers(WgpuTensor)
+    # a compiled backward's incoming gradient that AOTAutograd restrides must stay plain-looking
+    patch_tangent_restride()
     # Where navitrain is installed with its torch_dynamo_backends entry point, dynamo registers the
     # backend itself when it loads this module through it (registering here too would be a duplicate).
     from importlib.metadata import entry_points
