@@ -210,3 +210,39 @@ def test_linear_gradients_through_addmm():
     out.square().sum().backward()
     for c, d in zip(leaves_cpu, leaves_dev):
         torch.testing.assert_close(d.grad.cpu(), c.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+# -- output construction ------------------------------------------------------------------------
+def test_empty_gives_the_same_geometry_however_the_size_is_spelled():
+    import numpy as np
+
+    from navitrain.wgpu.tensor import empty
+
+    for size in ((3, 4, 5), [3, 4, 5], torch.Size([3, 4, 5]), (np.int64(3), 4, np.int32(5)),
+                 (torch.tensor(3), 4, 5), (3, 0, 5), (), (7,)):
+        for dtype in (torch.float32, torch.float16, torch.int64):
+            for _ in range(2):  # the second time from the cached geometry
+                t = empty(size, dtype)
+                want = torch.empty(tuple(int(s) for s in size), dtype=dtype)
+                assert t.shape == want.shape and t.stride() == want.stride() and t.dtype == dtype
+                assert t._ws.nelem == want.numel() and t.is_contiguous()
+    assert all(all(type(s) is int for s in key) for key in __import__(
+        "navitrain.wgpu.tensor", fromlist=["_CONTIGUOUS"])._CONTIGUOUS)
+
+
+def test_views_and_reshapes_of_cached_geometry_match_the_cpu():
+    x = rnd(4, 6, 5, seed=23)
+    x[0, 0, 0], x[3, 5, 4] = float("nan"), -float("inf")
+    d = x.to(DEV)
+    for _ in range(2):
+        for size in ((24, 5), (-1,), (4, -1), (2, 2, 30), (120, 1)):
+            torch.testing.assert_close(d.view(size).cpu(), x.view(size), equal_nan=True)
+            torch.testing.assert_close(d.reshape(size).cpu(), x.reshape(size), equal_nan=True)
+        # a transposed tensor cannot be viewed flat (an error every time, never cached as a view) but
+        # can be reshaped (a copy)
+        with pytest.raises(RuntimeError):
+            d.transpose(0, 1).view(-1)
+        torch.testing.assert_close(d.transpose(0, 1).reshape(-1).cpu(), x.transpose(0, 1).reshape(-1),
+                                   equal_nan=True)
+    with pytest.raises(RuntimeError):
+        d.view(7, -1)

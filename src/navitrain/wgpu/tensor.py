@@ -288,15 +288,34 @@ def set_geometry(t: WgpuTensor, storage: WgpuStorage, size, stride, offset: int)
         torch.ops.aten.as_strided_.default(t, size, stride, offset)
 
 
+# Contiguous geometry (sizes as ints, strides, element count) per size asked for: handlers make their
+# outputs with empty() hundreds of times a step, over the same few dozen shapes. Only all-int sizes are
+# kept (a size of 0-d tensors or SymInts is worked out each time).
+_CONTIGUOUS: dict[tuple, tuple[tuple[int, ...], tuple[int, ...], int]] = {}
+
+
+def _contiguous_geometry(size) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    key = size if isinstance(size, tuple) else tuple(size)
+    geometry = _CONTIGUOUS.get(key)
+    if geometry is None:
+        shape = tuple(int(s) for s in key)
+        nelem = 1
+        for s in shape:
+            nelem *= s
+        geometry = (shape, contiguous_strides(shape), nelem)
+        if all(type(s) is int for s in key):
+            if len(_CONTIGUOUS) > 4096:
+                _CONTIGUOUS.clear()
+            _CONTIGUOUS[key] = geometry
+    return geometry
+
+
 def empty(size, dtype: torch.dtype, stride=None) -> WgpuTensor:
     """A new tensor (contiguous unless `stride` is given) with uninitialised contents."""
-    size = tuple(int(s) for s in size)
     if stride is None:
-        stride = contiguous_strides(size)
-        nelem = 1
-        for s in size:
-            nelem *= s
+        size, stride, nelem = _contiguous_geometry(size)
     else:
+        size = tuple(int(s) for s in size)
         stride = tuple(int(s) for s in stride)
         nelem = 1 + sum((s - 1) * st for s, st in zip(size, stride)) if all(s > 0 for s in size) else 0
     return wrap(new_storage(nelem, dtype), size, stride, 0, dtype)
