@@ -246,3 +246,41 @@ def test_views_and_reshapes_of_cached_geometry_match_the_cpu():
                                    equal_nan=True)
     with pytest.raises(RuntimeError):
         d.view(7, -1)
+
+
+# -- broadcasting elementwise ops ---------------------------------------------------------------
+def test_broadcasting_ops_with_cached_shapes_and_layouts_match_the_cpu():
+    base = rnd(6, 5, 4, seed=24)
+    base[0, 0, 0], base[1, 2, 3], base[5, 4, 0] = float("nan"), float("inf"), -float("inf")
+    other = rnd(5, 4, seed=25)
+    other[0, 1] = float("nan")
+    col = rnd(6, 1, 1, seed=26)
+    d, o, c = base.to(DEV), other.to(DEV), col.to(DEV)
+    cases = [
+        (lambda x, y, z: x + y, "bias over a batch"),
+        (lambda x, y, z: x * z - y, "column and bias"),
+        (lambda x, y, z: x.transpose(1, 2) + y.t(), "transposed operands"),
+        (lambda x, y, z: x[:, 1:, ::2] * y[1:, ::2], "sliced operands"),
+        (lambda x, y, z: torch.maximum(x, y), "NaN-propagating maximum"),
+        (lambda x, y, z: torch.where(x > 0, y, z), "where over three shapes"),
+    ]
+    for _ in range(2):  # the second round from the cached broadcast shapes and layouts
+        for fn, what in cases:
+            torch.testing.assert_close(fn(d, o, c).cpu(), fn(base, other, col), equal_nan=True, msg=what)
+    # the same shapes with other strides, and another dtype, take layouts of their own
+    dc = d.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    torch.testing.assert_close((dc + o).cpu(), base + other, equal_nan=True)
+    torch.testing.assert_close((d.half() + o.half()).cpu(), base.half() + other.half(), equal_nan=True)
+    for _ in range(2):  # shapes that do not broadcast raise every time (errors are not cached)
+        with pytest.raises(RuntimeError):
+            d + rnd(3, 4, seed=27).to(DEV)
+
+
+def test_broadcast_gradients_reduce_to_the_operand_shapes():
+    x, b = rnd(4, 3, 5, seed=28, dtype=torch.float64), rnd(5, seed=29, dtype=torch.float64)
+    xc, bc = x.clone().requires_grad_(), b.clone().requires_grad_()
+    xd, bd = x.float().to(DEV).requires_grad_(), b.float().to(DEV).requires_grad_()
+    ((xc * bc + bc) ** 2).sum().backward()
+    ((xd * bd + bd) ** 2).sum().backward()
+    torch.testing.assert_close(xd.grad.cpu(), xc.grad.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bd.grad.cpu(), bc.grad.float(), rtol=1e-4, atol=1e-4)

@@ -32,8 +32,24 @@ def groups_for(numel: int) -> tuple[int, int, int]:
     return g
 
 
+# Broadcast results per tuple of operand shapes. torch.broadcast_shapes is Python written for symbolic
+# shapes (a guard per dimension pair): tens of microseconds, on every broadcasting op (a bias add).
+# Only all-int shapes are kept; errors are raised by torch each time.
+_BROADCAST: dict = {}
+
+
 def broadcast_shape(*shapes) -> tuple[int, ...]:
-    return tuple(torch.broadcast_shapes(*shapes))
+    try:
+        result = _BROADCAST.get(shapes)
+    except TypeError:  # a list among the shapes
+        return tuple(torch.broadcast_shapes(*shapes))
+    if result is None:
+        result = tuple(torch.broadcast_shapes(*shapes))
+        if all(type(d) is int for s in shapes for d in (s if isinstance(s, tuple) else (s,))):
+            if len(_BROADCAST) > 4096:
+                _BROADCAST.clear()
+            _BROADCAST[shapes] = result
+    return result
 
 
 def _operand_strides(t: torch.Tensor, shape: tuple[int, ...]) -> list[int]:
@@ -211,10 +227,7 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
 
     ndim, layout = 0, ()
     if modes == "strided":
-        strides = [list(out.stride())] + [_operand_strides(t, shape) for t in inputs]
-        sizes, strides = collapse(shape, strides)
-        ndim = len(sizes)
-        layout = (*sizes, *(s for operand in strides for s in operand))
+        ndim, layout = _strided_layout(shape, out, inputs)
     raw = _positional(len(inputs), ndim, scalar_kinds, compute)(
         numel, out.elem_offset, *(t.elem_offset for t in inputs), *layout,
         *(float(v) if kind == "f" else int(v) for v, kind in zip(scalars, scalar_kinds)))
@@ -232,6 +245,25 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
     heaps = (out._ws.heap,) + tuple(t._ws.heap for t in inputs)
     rt.dispatch(kernel, heaps, raw, groups_for(numel))
     return out
+
+
+# The collapsed walk of a strided op per (shape, output strides, each input's shape and strides): the
+# same few layouts (a bias broadcast over a batch, a transposed operand) recur every step.
+_LAYOUTS: dict = {}
+
+
+def _strided_layout(shape: tuple, out: WgpuTensor, inputs: Sequence[WgpuTensor]) -> tuple[int, tuple]:
+    """(collapsed dims, their sizes then each operand's strides, output first)."""
+    key = (tuple(shape), out.stride(), *((t.shape, t.stride()) for t in inputs))
+    found = _LAYOUTS.get(key)
+    if found is None:
+        strides = [list(out.stride())] + [_operand_strides(t, shape) for t in inputs]
+        sizes, strides = collapse(shape, strides)
+        found = (len(sizes), (*sizes, *(s for operand in strides for s in operand)))
+        if len(_LAYOUTS) > 4096:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = found
+    return found
 
 
 def _new_output(inputs: Sequence[WgpuTensor], shape: tuple, dtype: torch.dtype) -> WgpuTensor:
