@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import pstats
@@ -104,7 +105,7 @@ def profile_mode(workload, mode: str, top: int) -> dict:
     loss.item()
     totals = table.totals()
     rows = kernel_rows(table)
-    print_table(f"{workload.title} ({workload.size}), {mode} step:", rows, totals, top)
+    print_table(f"{workload.title} ({workload.size}, batch {workload.batch_size}), {mode} step:", rows, totals, top)
     return {"totals": totals, "kernels": rows}
 
 
@@ -146,6 +147,8 @@ def main(argv=None):
     ap.add_argument("--models", default="gpt,resnet18", help=f"workloads ({', '.join(workloads.names())})")
     ap.add_argument("--size", default="standard", choices=workloads.SIZES)
     ap.add_argument("--modes", default="eager", help=f"steps to profile per kernel: {', '.join(MODES)}")
+    ap.add_argument("--batch", type=int, help="batch size instead of the workload's (the standard ResNet-18 at 8-16 "
+                    "fits a software adapter)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--policies", default="64/4,64/64,256/256,16/16", help="batch/heavy-batch pairs to time")
     ap.add_argument("--no-host", action="store_true", help="only the kernel tables (no host-time breakdown)")
@@ -161,9 +164,12 @@ def main(argv=None):
     if not args.no_host:
         rec, fl = submit_cost(rt)
         print(f"one tiny op: recording {rec * 1e6:.1f} us, flush (submit) {fl * 1e6:.1f} us")
-    result = {"adapter": nw.adapter_info(), "torch": torch.__version__, "size": args.size, "models": {}}
+    result = {"adapter": nw.adapter_info(), "torch": torch.__version__, "size": args.size, "batch": args.batch,
+              "models": {}}
     for name in args.models.split(","):
         workload = workloads.get(name, args.size)
+        if args.batch:
+            workload = dataclasses.replace(workload, batch_size=args.batch)
         if not args.no_host:
             host_breakdown(workload, args.policies, args.steps)
         result["models"][name] = {"title": workload.title,

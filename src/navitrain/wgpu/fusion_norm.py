@@ -14,6 +14,11 @@ The chains are fusion.py's: the same rules and templates (fusion_ops.py), the sa
 intermediates. Other tensors the chains read (the shortcut, the ReLU's saved output) must have the
 batch norm input's shape and strides, so every tensor is read at the same index; at run time anything
 else (a layout the kernels do not read in place, an empty batch) takes the unfused ops instead.
+
+When the chain's result has other readers too (a residual block's output gradient, read by its last
+batch norm and passed on along the shortcut), the first batch norm backward that reads it still runs
+the chain in its passes and also stores dy for the others (kernels/shared_dy_batch_norm.py): written
+once, as the unfused chain wrote it, and not read back by that batch norm.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from torch.fx import GraphModule, Node
 
 from navitrain.wgpu import fusion, traffic
 from navitrain.wgpu.kernels import batch_norm as kernels
-from navitrain.wgpu.kernels import pointwise
+from navitrain.wgpu.kernels import pointwise, shared_dy_batch_norm
 from navitrain.wgpu.kernels.batch_norm_layout import geometry, stats_dtype
 from navitrain.wgpu.tensor import empty
 
@@ -89,14 +94,21 @@ class FusedBatchNormBackward(torch.nn.Module):
     """native_batch_norm_backward (training) whose dy is made by an elementwise chain from `inputs`
     where it is read. Returns (grad_input, grad_weight, grad_bias) as the aten op does."""
 
-    def __init__(self, prologue: kernels.Prologue, eps: float, output_mask: tuple, ops: tuple):
+    def __init__(self, prologue: kernels.Prologue, eps: float, output_mask: tuple, ops: tuple, keep_dy: bool = False):
         super().__init__()
         self.prologue, self.eps, self.output_mask, self.ops = prologue, eps, output_mask, ops
+        # dy has other readers: returned as a fourth output (the input gradient must be wanted, and the
+        # parameters float32: see kernels/shared_dy_batch_norm.py).
+        self.keep_dy = keep_dy
 
     def forward(self, x, weight, running_mean, running_var, save_mean, save_invstd, *inputs):
         xs, _, A, C, B = geometry(x)
         mask = self.output_mask
-        if xs is x and x.numel() > 0 and _laid_out_as(x, inputs):
+        in_place = xs is x and x.numel() > 0 and _laid_out_as(x, inputs)
+        if self.keep_dy:
+            return self._keeping_dy(x, weight, running_mean, running_var, save_mean, save_invstd, inputs, in_place,
+                                    A, C, B)
+        if in_place:
             param_dtype = weight.dtype if weight is not None else x.dtype
             gw = empty([C], param_dtype) if mask[1] else None
             gb = empty([C], param_dtype) if mask[2] else None
@@ -106,12 +118,30 @@ class FusedBatchNormBackward(torch.nn.Module):
             traffic.note_traffic((x, weight, save_mean, save_invstd, *inputs), (gi, gw, gb),
                                  flops=x.numel() * (len(self.ops) + 1), since=start)
             return gi, gw, gb
+        return self._unfused(x, weight, running_mean, running_var, save_mean, save_invstd, inputs)[:3]
+
+    def _unfused(self, x, weight, running_mean, running_var, save_mean, save_invstd, inputs):
         p = self.prologue
         dy = pointwise.run("fused_bn_prologue", p.expr, list(inputs), p.dtype, "f32",
                            out=empty(x.shape, p.dtype, x.stride()), load_types=p.load_types, shape=tuple(x.shape),
                            prelude=_binds(p.names) + "\n" + p.prelude)
-        return BN_BACKWARD(dy, x, weight, running_mean, running_var, save_mean, save_invstd, True, self.eps,
-                           list(mask))
+        return (*BN_BACKWARD(dy, x, weight, running_mean, running_var, save_mean, save_invstd, True, self.eps,
+                             list(self.output_mask)), dy)
+
+    def _keeping_dy(self, x, weight, running_mean, running_var, save_mean, save_invstd, inputs, in_place, A, C, B):
+        """(grad_input, grad_weight, grad_bias, dy)."""
+        mask = self.output_mask
+        params_f32 = (weight.dtype if weight is not None else x.dtype) == torch.float32
+        if not (in_place and params_f32):
+            return self._unfused(x, weight, running_mean, running_var, save_mean, save_invstd, inputs)
+        gw, gb = empty([C], torch.float32), empty([C], torch.float32)
+        start = traffic.mark()
+        gi, dy = shared_dy_batch_norm.backward_keeping_dy(x, A, C, B, weight, save_mean, save_invstd, self.eps, gw,
+                                                          gb, self.prologue, inputs)
+        gw, gb = (gw if mask[1] else None), (gb if mask[2] else None)
+        traffic.note_traffic((x, weight, save_mean, save_invstd, *inputs), (gi, gw, gb, dy),
+                             flops=x.numel() * (len(self.ops) + 1), since=start)
+        return gi, gw, gb, dy
 
     def extra_repr(self) -> str:
         p = self.prologue
@@ -204,7 +234,11 @@ def _fuse_backward(gm: GraphModule, bn: Node, result) -> None:
     grad, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps, mask = bn.args
     xv = fusion._value(x)
     rule = fusion._fusable(grad) if isinstance(grad, Node) else None
-    if train is not True or xv is None or rule is None or len(grad.users) != 1 or not _same_layout(grad, xv):
+    if train is not True or xv is None or rule is None or not _same_layout(grad, xv):
+        return
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    keep_dy = len(grad.users) > 1
+    if keep_dy and not _can_keep_dy(bn, grad, weight, mask, xv, order):
         return
     # Up from dy: a producer joins when the chain is its only reader (fusion.py's rule for groups).
     members, inputs, rules = {grad}, fusion._tensor_operands(rule), {grad: rule}
@@ -228,22 +262,40 @@ def _fuse_backward(gm: GraphModule, bn: Node, result) -> None:
         return
     if any(fusion._value(i).dtype == torch.bool for i in inputs):   # the sums pass loads every input as f32
         return
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     ordered = sorted(members, key=order.__getitem__)
     built = fusion._build(ordered, inputs, rules, names=PROLOGUE_NAMES)
     prologue = kernels.Prologue(built.prelude, built.expr, PROLOGUE_NAMES[:len(inputs)], built.load_types,
                                 built.dtype)
-    module = FusedBatchNormBackward(prologue, float(eps), tuple(bool(m) for m in mask), built.ops)
+    module = FusedBatchNormBackward(prologue, float(eps), tuple(bool(m) for m in mask), built.ops, keep_dy)
     name = f"navitrain_bn_{result.batch_norms}"
     gm.add_submodule(name, module)
-    with gm.graph.inserting_before(bn):
+    # Before dy's first reader when others read it (they read the call's fourth output instead).
+    first = min((u for u in grad.users), key=order.__getitem__)
+    with gm.graph.inserting_before(first):
         call = gm.graph.call_module(name, (x, weight, running_mean, running_var, save_mean, save_invstd, *inputs))
+        kept = gm.graph.call_function(operator.getitem, (call, 3)) if keep_dy else None
     call.meta.update(bn.meta)
+    if keep_dy:
+        call.meta["val"] = (*bn.meta["val"], grad.meta["val"])
+        kept.meta.update(grad.meta)
+        grad.replace_all_uses_with(kept, delete_user_cb=lambda user: user is not bn)
     bn.replace_all_uses_with(call)
     gm.graph.erase_node(bn)
     for node in reversed(ordered):
         gm.graph.erase_node(node)
     _count(result, len(members))
+
+
+def _can_keep_dy(bn: Node, grad: Node, weight, mask, xv, order: dict) -> bool:
+    """Whether bn may run grad's chain and store dy for grad's other readers: the input gradient is
+    wanted (dy is stored by its pass), parameters are float32, and every operand of bn is there before
+    grad's first reader (where the call goes)."""
+    wv = fusion._value(weight) if isinstance(weight, Node) else None
+    params_f32 = (wv.dtype if wv is not None else xv.dtype) == torch.float32
+    if not mask[0] or not params_f32 or (weight is not None and wv is None) or "val" not in bn.meta:
+        return False
+    first = min(order[u] for u in grad.users)
+    return all(order[a] < first for a in bn.all_input_nodes if a is not grad)
 
 
 def _count(result, members: int) -> None:
