@@ -21,8 +21,8 @@ functional aten ops; each one becomes a `CapturedGraphModule`:
 Before that, chains of pointwise ops in each graph are fused into single kernels (fusion.py), those
 around a batch norm into the batch norm's own passes (fusion_norm.py); an optimizer's list ops become
 in-place multi-tensor kernels (fusion_foreach.py), values that depend on no input are computed once
-(fusion_constants.py), and new values of inputs are written where the inputs are instead of copied
-there (fusion_inplace.py).
+(fusion_constants.py), new values of inputs are written where the inputs are instead of copied
+there (fusion_inplace.py), and the batch norms' counter increments run as one kernel (fusion_counters.py).
 
 Dynamo itself provides the guards (shapes, dtypes, strides), recompiles (bounded by its cache limit)
 and graph breaks (the pieces between them run eagerly).
@@ -36,7 +36,15 @@ from collections import Counter
 
 import torch
 
-from navitrain.wgpu import dispatch, fusion, fusion_constants, fusion_foreach, fusion_inplace, fusion_norm
+from navitrain.wgpu import (
+    dispatch,
+    fusion,
+    fusion_constants,
+    fusion_counters,
+    fusion_foreach,
+    fusion_inplace,
+    fusion_norm,
+)
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
 from navitrain.wgpu.compile_tangents import patch_tangent_restride
@@ -307,7 +315,8 @@ def _compiler(kind: str):
         if fusion.ENABLED:
             # An optimizer's list-op chain first (its copy_ epilogue into parameters and state), values that
             # depend on no input computed once, then batch norms and pointwise chains, then the remaining
-            # copy_ of new values into inputs folded into the kernels that compute them.
+            # copy_ of new values into inputs folded into the kernels that compute them, and the batch
+            # norms' counter increments made one kernel.
             stats["fused_foreach_ops"] += fusion_foreach.fuse(gm)
             stats["constants_folded"] += fusion_constants.fold(gm)
             fused = fusion_norm.fuse(gm)
@@ -316,6 +325,7 @@ def _compiler(kind: str):
             stats["fused_ops"] += fused.ops
             stats["fused_dispatches_saved"] += fused.dispatches_saved
             stats["copies_folded"] += fusion_inplace.fold_copies(gm)
+            stats["counters_batched"] += fusion_counters.batch(gm)
         return CapturedGraphModule(gm, kind, mutated)
     return compile_graph
 
