@@ -1,10 +1,22 @@
 """wgpu tests run on a real adapter (lavapipe in CI) with NAVITRAIN_WGPU_STRICT=1: no silent CPU fallback,
 and no silent skip when the adapter is missing -- the session fails instead."""
 import os
+import warnings
 
 import pytest
 
-os.environ.setdefault("NAVITRAIN_WGPU_STRICT", "1")
+SUITE_STRICT = os.environ.setdefault("NAVITRAIN_WGPU_STRICT", "1")
+
+
+@pytest.fixture(autouse=True)
+def suite_strictness(monkeypatch):
+    """Every test starts with the suite's strictness, whatever an earlier test left in os.environ (a CI
+    run once found it off by the time tests/wgpu/test_host_fast_paths.py ran); `lenient` and `strict`
+    below override it for one test."""
+    left = os.environ.get("NAVITRAIN_WGPU_STRICT")
+    if left != SUITE_STRICT:  # say so: whatever changed it outside monkeypatch should be found
+        warnings.warn(f"NAVITRAIN_WGPU_STRICT was {left!r} at the start of this test (suite: {SUITE_STRICT!r})")
+    monkeypatch.setenv("NAVITRAIN_WGPU_STRICT", SUITE_STRICT)
 
 
 @pytest.fixture(scope="session", autouse=True)
