@@ -107,7 +107,7 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def build_table(has_f16: bool, has_i64: bool) -> dict[torch.dtype, StorageType]:
+def build_table(has_f16: bool, has_i64: bool, has_f64: bool = False) -> dict[torch.dtype, StorageType]:
     """The storage type of every supported dtype, given the adapter's features."""
     t: dict[torch.dtype, StorageType] = {}
 

@@ -88,14 +88,15 @@ RX5600XT_LIMITS = {
     # (8388606 today); wgpu divides maxPerStageResources among the per-stage limits: 2097150 read off.
     "max-storage-buffers-per-shader-stage": 2097150,
 }
-# navitrain requests only these four (wgpu/runtime.py); the card has all of them.
+# navitrain requests only these five (wgpu/runtime.py); the card has all of them.
 #   shader-f16: [radv] shaderFloat16 = has_packed_math_16bit (gfx_level >= GFX9, mesa:src/amd/common/ac_gpu_info.c),
 #     storageBuffer16BitAccess and uniformAndStorageBuffer16BitAccess = true: wgpu's three conditions.
 #   shader-int64: [radv] shaderInt64 = true.
+#   shader-f64: [radv] shaderFloat64 = true (every GCN/RDNA chip has native doubles); wgpu's one condition.
 #   subgroup: [radv] subgroupSupportedOperations has basic/vote/arithmetic/ballot/shuffle/shuffle-relative,
 #     in all graphics stages and compute, and VK_EXT_subgroup_size_control is advertised: wgpu's conditions.
 #   timestamp-query: [radv] timestampComputeAndGraphics = true; wgpu offers it on every Vulkan adapter.
-RX5600XT_FEATURES = ("shader-f16", "shader-int64", "subgroup", "timestamp-query")
+RX5600XT_FEATURES = ("shader-f16", "shader-f64", "shader-int64", "subgroup", "timestamp-query")
 
 BUILTIN = {"rx5600xt": ("RX 5600 XT / 5700 XT (RADV, Navi 10)", RX5600XT_LIMITS, RX5600XT_FEATURES)}
 

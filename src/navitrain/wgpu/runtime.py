@@ -106,7 +106,8 @@ class Runtime:
             log.warning("wgpu is running on a software adapter (%s): correct but slow", self.info.name)
 
         feats = set(self.adapter.features)
-        want_features = [f for f in ("shader-f16", "shader-int64", "subgroup", "timestamp-query") if f in feats]
+        want_features = [f for f in ("shader-f16", "shader-f64", "shader-int64", "subgroup", "timestamp-query")
+                         if f in feats]
         limits = dict(self.adapter.limits)
         keys = (
             "max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
@@ -126,7 +127,8 @@ class Runtime:
         self.queue = self.device.queue
         self.features = frozenset(want_features)
         self.limits = dict(self.device.limits)
-        self.stypes = build_table("shader-f16" in self.features, "shader-int64" in self.features)
+        self.stypes = build_table("shader-f16" in self.features, "shader-int64" in self.features,
+                                  has_f64="shader-f64" in self.features)
 
         max_binding = int(self.limits["max-storage-buffer-binding-size"])
         max_binding = min(max_binding, int(self.limits["max-buffer-size"])) // 256 * 256
