@@ -10,11 +10,16 @@ match what the CPU computes in that dtype:
 - bool, uint8, int8, int16 are i32 holding the value (bool as 0/1), wrapped to their range on store;
 - int64 is native i64 where the adapter has shader-int64, else i32 with a loud range check on upload
   (labels and indices must be exact; values beyond int32 are refused rather than wrapped);
-- float64 and complex types have no kernels: their tensors live as raw bytes and every op on them runs
-  through the counted CPU fallback.
+- float64 is native f64 where the adapter has shader-f64, but only engines that compute it exactly opt in
+  (`native_f64=True` on load/store: copies, conversions and fills); everywhere else it takes the counted
+  CPU fallback, never an f32 approximation. Vulkan's transcendentals take 16/32-bit floats only. Without
+  shader-f64 its tensors are raw bytes, and the first one on the device warns once (`.float()` is the fix);
+- complex types have no kernels: their tensors live as raw bytes and every op on them runs through the
+  counted CPU fallback.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,20 +39,23 @@ class StorageType:
     np_dtype: np.dtype  # numpy dtype with the buffer's byte layout
     compute: str       # WGSL type values are computed in (f32, i32, i64)
     kind: str          # "float", "int", "bool"
-    has_kernels: bool = True  # False: raw bytes only, every op falls back to the CPU
+    has_kernels: bool = True  # False: raw bytes only, every op falls back to the CPU (f64: see native_f64)
 
-    def store(self, expr: str) -> str:
-        """WGSL that turns a value of the compute type into what is written to the buffer."""
-        if not self.has_kernels:
+    def _check(self, native_f64: bool) -> None:
+        if not self.has_kernels and not (native_f64 and self.wgsl == "f64"):
             raise NoKernelForDtype(f"no wgpu kernels compute in {self.dtype}")
+
+    def store(self, expr: str, native_f64: bool = False) -> str:
+        """WGSL that turns a value of the compute type into what is written to the buffer. `native_f64`:
+        the caller computes float64 exactly (an f64 buffer is then allowed)."""
+        self._check(native_f64)
         return _STORE[(self.dtype, self.wgsl)](expr)
 
-    def load(self, expr: str, to: str) -> str:
-        """WGSL that reads a buffer element `expr` as compute type `to` (f32, i32, i64, bool)."""
-        if not self.has_kernels:
-            raise NoKernelForDtype(f"no wgpu kernels compute in {self.dtype}")
+    def load(self, expr: str, to: str, native_f64: bool = False) -> str:
+        """WGSL that reads a buffer element `expr` as compute type `to` (f32, f64, i32, i64, bool)."""
+        self._check(native_f64)
         if to == "bool":
-            zero = {"f32": "0.0", "f16": "0.0h", "i32": "0", "i64": "0li", "u32": "0u"}[self.wgsl]
+            zero = {"f32": "0.0", "f16": "0.0h", "f64": "0.0lf", "i32": "0", "i64": "0li", "u32": "0u"}[self.wgsl]
             if self.kind == "float":
                 # NaN is true (as on the CPU); `!=` alone is evaluated as ordered by lavapipe (false for NaN).
                 return f"(({expr} != {zero}) || is_nan(f32({expr})))"
@@ -77,6 +85,7 @@ def _wrap_int(bits: int, signed: bool):
 _STORE = {
     (torch.float32, "f32"): lambda e: f"f32({e})",
     (torch.float16, "f16"): lambda e: f"f16({e})",
+    (torch.float64, "f64"): lambda e: f"f64({e})",
     (torch.float16, "f32"): _f16_round,
     (torch.bfloat16, "f32"): _bf16_round,
     (torch.int32, "i32"): lambda e: f"i32({e})",
@@ -129,10 +138,37 @@ def build_table(has_f16: bool, has_i64: bool, has_f64: bool = False) -> dict[tor
     for d in (torch.int16, torch.int8, torch.uint8):
         add(d, "i32", np.int32, "i32", "int")
     add(torch.bool, "i32", np.int32, "i32", "bool")
-    # Raw storage only: every op on these runs on the CPU (counted).
-    add(torch.float64, "f64raw", np.float64, "f64raw", "float", has_kernels=False)
+    # Raw storage only: every op on these runs on the CPU (counted), but for float64's opt-in engines.
+    if has_f64:
+        add(torch.float64, "f64", np.float64, "f64", "float", has_kernels=False)
+    else:
+        add(torch.float64, "f64raw", np.float64, "f64raw", "float", has_kernels=False)
     add(torch.complex64, "c64raw", np.complex64, "c64raw", "complex", has_kernels=False)
-    return t
+    return t if has_f64 else _WarnOnFloat64(t)
+
+
+NO_F64_MESSAGE = (
+    "this adapter's shaders have no 64-bit floats (no shader-f64): float64 tensors on the wgpu device are "
+    "kept as bytes and every op on them runs on the CPU (counted in torch.wgpu.fallback_report()); "
+    "convert them with .float() (numpy arrays become float64 tensors) to compute on the GPU")
+_warned_no_f64 = False
+
+
+class _WarnOnFloat64(dict):
+    """The table of an adapter without shader-f64: allocating the first float64 storage (tensor.new_storage
+    looks its type up with .get) warns once per process. Only .get is overridden: kernels' [] stays C-fast."""
+
+    def get(self, key, default=None):
+        if key is torch.float64:
+            warn_no_f64_once()
+        return dict.get(self, key, default)
+
+
+def warn_no_f64_once() -> None:
+    global _warned_no_f64
+    if not _warned_no_f64:
+        _warned_no_f64 = True
+        warnings.warn(NO_F64_MESSAGE, RuntimeWarning, stacklevel=4)
 
 
 def to_storage_bytes(cpu: torch.Tensor, st: StorageType) -> np.ndarray:

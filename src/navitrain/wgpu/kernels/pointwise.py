@@ -109,7 +109,7 @@ def _positional(n_in: int, ndim: int, scalar_kinds: str, compute: str):
 
 
 def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes: str, ndim: int,
-            scalar_kinds: str, compute: str, prelude: str = "") -> str:
+            scalar_kinds: str, compute: str, prelude: str = "", native_f64: bool = False) -> str:
     rt = runtime()
     out_st = rt.stypes[out_dtype_key]
     n_in = len(in_types)
@@ -135,10 +135,10 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
             lines.append(f"  let s{k} = i64(s{k}_i32);")
     for k in range(n_in):
         st = rt.stypes[in_types[k]]
-        lines.append(f"  let {NAMES[k]} = {st.load(f'b{k + 1}[o{k + 1}]', load_types[k])};")
+        lines.append(f"  let {NAMES[k]} = {st.load(f'b{k + 1}[o{k + 1}]', load_types[k], native_f64)};")
     if prelude:
         lines.append(prelude)
-    lines.append(f"  b0[o0] = {out_st.store(expr)};")
+    lines.append(f"  b0[o0] = {out_st.store(expr, native_f64)};")
     types = [out_st.wgsl] + [rt.stypes[t].wgsl for t in in_types]
     return codegen.module(types, "\n".join(lines), WG, helpers=wgsl_math.helpers("shader-int64" in rt.features))
 
@@ -160,9 +160,12 @@ class _FastLaunch:
 
 def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,
         scalars: Sequence = (), scalar_kinds: str = "", out: WgpuTensor | None = None,
-        load_types: Sequence[str] | None = None, shape: tuple | None = None, prelude: str = "") -> WgpuTensor:
+        load_types: Sequence[str] | None = None, shape: tuple | None = None, prelude: str = "",
+        native_f64: bool = False) -> WgpuTensor:
     """Compute `expr` elementwise over broadcast `inputs` into `out` (allocated when None). `prelude`:
-    WGSL statements placed after the loads that `expr` may use (`let` values of a fused chain)."""
+    WGSL statements placed after the loads that `expr` may use (`let` values of a fused chain).
+    `native_f64`: `expr` computes float64 operands exactly (f64 buffers allowed; names stay apart from
+    the kernels of callers that do not opt in, which raise NoKernelForDtype before compiling)."""
     # Fast path (the common case in training): inputs contiguous with one shape (or single elements
     # of no more dims), a fresh contiguous output. Everything but the offsets is looked up once.
     if out is None and shape is None and not prelude and inputs and inputs[0].is_contiguous():
@@ -187,7 +190,8 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
                 in_types = tuple(t.dtype for t in inputs)
                 kernel = runtime().kernel(("pw", name, expr, in_types, lt, out_dtype, modes, 0, kinds, compute),
                                           f"pointwise_{name}", 1 + len(inputs),
-                                          lambda: _source(expr, in_types, lt, out_dtype, modes, 0, kinds, compute))
+                                          lambda: _source(expr, in_types, lt, out_dtype, modes, 0, kinds, compute,
+                                                          native_f64=native_f64))
                 fast = _FAST[key] = _FastLaunch(kernel, _params(len(inputs), 0, kinds, compute))
             numel = first.numel()
             out = empty_fast(fshape, first.stride(), out_dtype, numel)
@@ -241,7 +245,7 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
     if kernel is None:
         kernel = rt.kernel(key, f"pointwise_{name}", 1 + len(inputs),
                            lambda: _source(expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute,
-                                           prelude))
+                                           prelude, native_f64))
     heaps = (out._ws.heap,) + tuple(t._ws.heap for t in inputs)
     rt.dispatch(kernel, heaps, raw, groups_for(numel))
     return out
@@ -277,11 +281,14 @@ def _new_output(inputs: Sequence[WgpuTensor], shape: tuple, dtype: torch.dtype) 
     return empty(shape, dtype)
 
 
-def compute_type(dtype: torch.dtype) -> str:
-    """The WGSL type values of `dtype` are computed in ("bool" for bool: loads become comparisons)."""
+def compute_type(dtype: torch.dtype, native_f64: bool = False) -> str:
+    """The WGSL type values of `dtype` are computed in ("bool" for bool: loads become comparisons).
+    `native_f64`: the caller computes float64 exactly, so "f64" is an answer where the adapter has it."""
     if dtype == torch.bool:
         return "bool"
     st = runtime().stypes[dtype]
+    if native_f64 and st.wgsl == "f64":
+        return "f64"
     if not st.has_kernels:
         from navitrain.wgpu.dtypes import NoKernelForDtype
 
