@@ -118,16 +118,79 @@ def test_a_complex_handler_registered_later_is_consulted(monkeypatch):
     assert seen == [torch.complex64]
 
 
-def test_contiguous_decomposes_the_same_with_its_decision_cached():
-    x = rnd(4, 6, seed=10)
-    x[0, 0], x[1, 2] = float("nan"), float("inf")
-    d = x.to(DEV).t()
+def test_a_composite_op_decomposes_the_same_with_its_decision_cached():
+    a, b = rnd(4, 6, seed=10), rnd(5, 4, seed=12)
+    a[0, 0], a[1, 2] = float("nan"), float("inf")
+    da, db = a.to(DEV).t(), b.to(DEV).t()
+    op = aten.matmul.default
+    assert op not in dispatch.OPS  # else this test would not reach the decomposition
     for _ in range(2):  # the second call uses the cached CompositeImplicitAutograd decision
         # (called as PyTorch calls it from inside other ops' handlers, where it reaches the dispatcher)
-        got = dispatch.torch_dispatch(type(d), aten.contiguous.default, (), (d,), {})
-        assert got.is_contiguous()
-        torch.testing.assert_close(got.cpu(), x.t().contiguous(), equal_nan=True)
-    assert dispatch._COMPOSITE_IMPLICIT[aten.contiguous.default] is True
+        got = dispatch.torch_dispatch(type(da), op, (), (da, db), {})
+        torch.testing.assert_close(got.cpu(), a.t().double().matmul(b.t().double()).float(), equal_nan=True)
+    assert dispatch._COMPOSITE_IMPLICIT[op] is True
+
+
+# -- contiguous() as a handler -----------------------------------------------------------------------
+def _contiguous_inside_a_handler(d, **kwargs):
+    """contiguous() as engines call it inside other ops' handlers (below autograd, so it reaches the
+    dispatcher instead of being decomposed by PyTorch first)."""
+    with torch._C._AutoDispatchBelowADInplaceOrView():
+        return d.contiguous(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.bool])
+def test_contiguous_copies_views_as_the_cpu_does(dtype):
+    x = (rnd(6, 5, 4, seed=13) * 3).to(dtype)
+    if dtype.is_floating_point:
+        x[0, 0, 0], x[1, 2, 3], x[2, 1, 0] = float("nan"), float("inf"), -float("inf")
+    d = x.to(DEV)
+    decomposed_before = dispatch.decomposed_counts["aten.contiguous.default"]
+    for view in (lambda t: t.transpose(0, 2), lambda t: t[1:5:2, :, 1:], lambda t: t.permute(1, 2, 0)[:, :, 2]):
+        for _ in range(2):
+            got = _contiguous_inside_a_handler(view(d))
+            assert got.is_contiguous() and got.dtype == dtype
+            assert torch.equal(got.cpu().isnan(), view(x).isnan()) if dtype.is_floating_point else True
+            torch.testing.assert_close(got.cpu(), view(x).contiguous(), equal_nan=True, rtol=0, atol=0)
+    assert dispatch.decomposed_counts["aten.contiguous.default"] == decomposed_before
+
+
+def test_contiguous_of_a_contiguous_tensor_is_that_tensor_and_layouts_follow_memory_format():
+    x = rnd(2, 3, 4, 5, seed=14)
+    x[0, 1, 2, 3] = float("nan")
+    d = x.to(DEV)
+    assert _contiguous_inside_a_handler(d) is d
+    assert _contiguous_inside_a_handler(d, memory_format=torch.preserve_format) is d
+    cl = _contiguous_inside_a_handler(d, memory_format=torch.channels_last)
+    assert cl.stride() == x.contiguous(memory_format=torch.channels_last).stride()
+    torch.testing.assert_close(cl.cpu(), x, equal_nan=True, rtol=0, atol=0)
+    assert _contiguous_inside_a_handler(cl, memory_format=torch.channels_last) is cl
+    back = _contiguous_inside_a_handler(cl)
+    assert back.stride() == x.stride()
+    torch.testing.assert_close(back.cpu(), x, equal_nan=True, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="preserve memory format is unsupported"):
+        x.transpose(0, 1).contiguous(memory_format=torch.preserve_format)  # the CPU refuses it, and so do we
+    with pytest.raises(RuntimeError, match="preserve memory format is unsupported"):
+        _contiguous_inside_a_handler(d.transpose(0, 1), memory_format=torch.preserve_format)
+
+
+def test_contiguous_of_complex_views_goes_through_the_complex_clone():
+    z = torch.complex(rnd(4, 6, seed=15), rnd(4, 6, seed=16))
+    z[0, 1] = complex(float("nan"), 1.0)
+    got = _contiguous_inside_a_handler(z.to(DEV).t())
+    assert got.is_contiguous() and got.dtype == torch.complex64
+    torch.testing.assert_close(got.cpu(), z.t().contiguous(), equal_nan=True, rtol=0, atol=0)
+
+
+def test_contiguous_inside_a_conv_backward_gives_the_cpu_gradients():
+    # conv's grad-input engine makes the transposed weight contiguous through this handler
+    x, w = rnd(2, 3, 6, 6, seed=17), rnd(4, 3, 3, 3, seed=18)
+    xd, wd = x.to(DEV).requires_grad_(), w.to(DEV).requires_grad_()
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    torch.nn.functional.conv2d(xd, wd, padding=1).square().sum().backward()
+    torch.nn.functional.conv2d(xr, wr, padding=1).square().sum().backward()
+    torch.testing.assert_close(xd.grad.cpu(), xr.grad.float(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(wd.grad.cpu(), wr.grad.float(), rtol=1e-4, atol=1e-3)
 
 
 # -- batches through the C API ---------------------------------------------------------------------
