@@ -347,3 +347,36 @@ def test_broadcast_gradients_reduce_to_the_operand_shapes():
     ((xd * bd + bd) ** 2).sum().backward()
     torch.testing.assert_close(xd.grad.cpu(), xc.grad.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(bd.grad.cpu(), bc.grad.float(), rtol=1e-4, atol=1e-4)
+
+
+# -- layer norm's parameter vectors viewed without the dispatcher -----------------------------------------
+@pytest.mark.parametrize("strided_params", [False, True])
+def test_layer_norm_forward_and_backward_match_float64(strided_params):
+    x = rnd(3, 5, 16, seed=19) * 2
+    x[0, 1, 3], x[1, 2, 0], x[2, 4, 5] = float("nan"), float("inf"), -float("inf")
+    w, b = rnd(16, seed=20), rnd(16, seed=21)
+    if strided_params:  # every other element of a longer vector: copied contiguous, then viewed
+        w, b = rnd(32, seed=20)[::2], rnd(32, seed=21)[::2]
+    gy = rnd(3, 5, 16, seed=22)
+    refs = [t.double().requires_grad_() for t in (x, w, b)]
+    devs = [t.to(DEV).requires_grad_() if t.is_contiguous() else t.to(DEV) for t in (x, w, b)]
+    if strided_params:
+        base_w, base_b = rnd(32, seed=20).to(DEV).requires_grad_(), rnd(32, seed=21).to(DEV).requires_grad_()
+        devs[1], devs[2] = base_w[::2], base_b[::2]
+    for _ in range(2):  # the second pass runs with everything cached
+        y = torch.nn.functional.layer_norm(devs[0], (16,), devs[1], devs[2])
+        ref = torch.nn.functional.layer_norm(refs[0], (16,), refs[1], refs[2])
+        torch.testing.assert_close(y.cpu(), ref.float(), equal_nan=True, rtol=1e-4, atol=1e-4)
+        grads = torch.autograd.grad(y, [devs[0], base_w, base_b] if strided_params else devs, gy.to(DEV))
+        ref_grads = torch.autograd.grad(ref, refs, gy.double())
+        if strided_params:  # the elements between the viewed ones get no gradient
+            assert not grads[1][1::2].cpu().any() and not grads[2][1::2].cpu().any()
+            grads = [grads[0], grads[1][::2], grads[2][::2]]
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got.cpu(), want.float(), equal_nan=True, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_with_a_weight_of_the_wrong_size_raises():
+    x = rnd(4, 8, seed=23).to(DEV)
+    with pytest.raises(RuntimeError):
+        aten.native_layer_norm.default(x, [8], rnd(6, seed=24).to(DEV), None, 1e-5)
