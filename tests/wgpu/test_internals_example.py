@@ -94,7 +94,8 @@ def _navitrain_imports(path: pathlib.Path) -> set[str]:
 # facade, is not among them: it runs whole graphs).
 PLUMBING = ("dispatch", "factories", "serialization", "distributed", "tensor", "dims", "device", "graphs",
             "profiling", "runtime", "allocator", "dtypes", "process_device", "rng", "promotion", "kernel_limits",
-            "limits_profile", "autocast", "compile_compat", "traffic")
+            "limits_profile", "autocast", "compile_compat", "traffic", "device_setup", "kernel_cache",
+            "param_arena", "graph_replay", "transfers", "gpu_timer", "errors")
 
 
 def test_plumbing_sits_below_engines_and_handlers():

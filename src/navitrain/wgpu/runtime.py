@@ -9,58 +9,35 @@ wgpu-py's cffi handle where available: wgpu-py's Python wrappers cost ~12 us for
 `set_bind_group` alone, a third of our whole per-op budget.
 
 Everything here is guarded by one re-entrant lock: autograd runs backward ops on its own thread.
+
+This file holds the Runtime class, its recording and submission path, and `runtime()`; the rest of the
+runtime sits in plumbing modules of one job each: device_setup.py (adapter, features, limits),
+kernel_cache.py, param_arena.py, graph_replay.py, transfers.py, gpu_timer.py and errors.py. The names
+importers take from here (the errors, PARAM_WORDS, MAX_BUFFERS) are re-exported.
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-from dataclasses import dataclass
-
-import numpy as np
 
 from navitrain import _env
-from navitrain.adapters import AdapterInfo, choose, device_order, list_adapters
-from navitrain.wgpu import kernel_limits, process_device
 from navitrain.wgpu.allocator import Block, CachingAllocator, Heap, OutOfMemory
-from navitrain.wgpu.dtypes import WGSL_HELPERS, build_table
+from navitrain.wgpu.device_setup import choose_adapter, request_device
+from navitrain.wgpu.dtypes import build_table
+from navitrain.wgpu.errors import DeviceLostError, WgpuError
+from navitrain.wgpu.errors import GraphCaptureError as GraphCaptureError  # re-exported
+from navitrain.wgpu.errors import KernelCompileError as KernelCompileError  # re-exported
+from navitrain.wgpu.gpu_timer import GpuTimer
+from navitrain.wgpu.graph_replay import GraphReplay
+from navitrain.wgpu.kernel_cache import Kernel, KernelCache
 from navitrain.wgpu.native_submit import NativeSubmitter, native_api
+from navitrain.wgpu.param_arena import MAX_BUFFERS as MAX_BUFFERS  # re-exported
+from navitrain.wgpu.param_arena import PARAM_ARENA_BYTES, PARAM_BYTES, ParamArena
+from navitrain.wgpu.param_arena import PARAM_WORDS as PARAM_WORDS  # re-exported
+from navitrain.wgpu.transfers import Transfers
 
 log = logging.getLogger("navitrain.wgpu")
-
-PARAM_BYTES = 256            # uniform parameter block per dispatch (64 32-bit words)
-PARAM_WORDS = PARAM_BYTES // 4
-MAX_BUFFERS = 8              # storage buffers a kernel may bind (besides the parameter block)
-_PARAM_ARENA = 1 << 18       # 256 KiB of parameter blocks per submission
-_F16 = re.compile(r"\bf16\b|[0-9]h\b")  # an f16 type or a half literal (1.0h): the module needs `enable f16`
-
-
-class WgpuError(RuntimeError):
-    """A failure of the wgpu device (compilation, validation, lost device)."""
-
-
-class KernelCompileError(WgpuError):
-    pass
-
-
-class DeviceLostError(WgpuError):
-    pass
-
-
-class GraphCaptureError(WgpuError):
-    """Something a captured graph cannot hold was asked for while capturing."""
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A compiled compute pipeline and what launching it needs."""
-    name: str
-    pipeline: object
-    n_buffers: int
-    raw: object  # the native pipeline handle (None when the raw API is unavailable)
-    table: bool = False  # binds the parameter arena as `T: array<u32>` after its buffers
-    heavy: bool = False  # a matrix product or convolution: worth submitting right away
 
 
 def _raw_api():
@@ -74,58 +51,18 @@ def _raw_api():
         return None
 
 
-def _uses_f16(code: str) -> bool:
-    return bool(_F16.search(code))
+class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
+    """The device, its queue and the recording of dispatches. The kernel and bind group caches, the
+    arena layout, graph replay and host transfers are methods of the mixins named above (one file each)."""
 
-
-class Runtime:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         import wgpu
 
         self._wgpu = wgpu
-        pairs = list_adapters()
-        infos = [info for _, info in pairs]
-        want = _env.wgpu_adapter()
-        order = device_order(infos)
-        asked = process_device.CURRENT.index
-        index = choose(infos, want) if want else (order[asked] if asked < len(order) else None)
-        if index is None and not want and infos:
-            raise WgpuError(f"wgpu:{asked} does not exist: {len(order)} adapter(s) in wgpu:N order: "
-                            + ", ".join(infos[i].name for i in order))
-        if index is None:
-            if want:
-                names = ", ".join(i.name for i in infos) or "none"
-                raise WgpuError(f"{_env.WGPU_ADAPTER}={want!r} matches no adapter (adapters: {names})")
-            raise WgpuError(
-                "no Vulkan/Metal/DX12 adapter found; install a Vulkan driver "
-                "(Debian/Ubuntu: sudo apt-get install mesa-vulkan-drivers libvulkan1)")
-        self.adapter, self.info = pairs[index]
-        self.all_adapters: list[AdapterInfo] = infos
-        if self.info.software:
-            log.warning("wgpu is running on a software adapter (%s): correct but slow", self.info.name)
-
-        feats = set(self.adapter.features)
-        want_features = [f for f in ("shader-f16", "shader-f64", "shader-int64", "subgroup", "timestamp-query")
-                         if f in feats]
-        limits = dict(self.adapter.limits)
-        keys = (
-            "max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
-            "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
-            "max-compute-workgroup-size-y", "max-storage-buffers-per-shader-stage",
-        )
-        # NAVITRAIN_WGPU_LIMITS: ask for no more than a given card offers (navitrain.wgpu.limits_profile),
-        # so a kernel that would not fit that card fails here too.
-        self.limits_profile = _env.value(_env.WGPU_LIMITS)
-        if self.limits_profile is not None:
-            want_features = self.limits_profile.allow(want_features)
-            limits = self.limits_profile.cap(limits)
-            keys += tuple(k for k in self.limits_profile.limits if k not in keys)
-        required_limits = {k: limits[k] for k in keys if k in limits}
-        self.device = self.adapter.request_device_sync(
-            label="navitrain", required_features=want_features, required_limits=required_limits)
+        self.adapter, self.info, self.all_adapters = choose_adapter()
+        self.device, self.features, self.limits_profile = request_device(self.adapter)
         self.queue = self.device.queue
-        self.features = frozenset(want_features)
         self.limits = dict(self.device.limits)
         self.stypes = build_table("shader-f16" in self.features, "shader-int64" in self.features,
                                   has_f64="shader-f64" in self.features)
@@ -144,8 +81,8 @@ class Runtime:
         # The arena also serves as a read-only storage "table" for kernels whose parameters outgrow 64
         # words (multi-tensor ops list every tensor's offset there).
         self._param_buffer = self.device.create_buffer(
-            label="navitrain-params", size=_PARAM_ARENA, usage=usage.UNIFORM | usage.STORAGE | usage.COPY_DST)
-        self._param_arena = bytearray(_PARAM_ARENA)
+            label="navitrain-params", size=PARAM_ARENA_BYTES, usage=usage.UNIFORM | usage.STORAGE | usage.COPY_DST)
+        self._param_arena = bytearray(PARAM_ARENA_BYTES)
         self._fence = self.device.create_buffer(label="navitrain-fence", size=4, usage=usage.COPY_SRC | usage.STORAGE)
         self._param_used = 0
         self._layouts: dict[int, tuple[object, object]] = {}
@@ -167,7 +104,7 @@ class Runtime:
         self.submit_count = 0
         self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling (profiling.py)
         self.profile_keys: list[str] = []  # while profiling: each dispatch's key in `profile`, in order
-        self._timer = _GpuTimer(self) if "timestamp-query" in self.features else None
+        self._timer = GpuTimer(self) if "timestamp-query" in self.features else None
         self.lost_reason: str | None = None
         self.capture = None  # the navitrain.wgpu.graphs.WgpuGraph being captured, if any
 
@@ -199,79 +136,8 @@ class Runtime:
         self.synchronize()
         buffer.destroy()
 
-    def _forget_heap(self, heap: Heap) -> None:
-        for key in list(self._bind_groups):
-            heaps = key[0] if key and key[-1] == "table" else key
-            if any(h is heap for h in heaps):
-                del self._bind_groups[key]
-
     def malloc(self, nbytes: int) -> Block:
         return self.allocator.malloc(nbytes)  # the allocator has its own lock
-
-    # -- kernels --------------------------------------------------------------------------------
-    def _layout(self, n_buffers: int, table: bool = False):
-        layout = self._layouts.get((n_buffers, table))
-        if layout is None:
-            stage = self._wgpu.ShaderStage.COMPUTE
-            entries = [{"binding": 0, "visibility": stage,
-                        "buffer": {"type": "uniform", "has_dynamic_offset": True, "min_binding_size": PARAM_BYTES}}]
-            entries += [{"binding": i + 1, "visibility": stage, "buffer": {"type": "storage"}}
-                        for i in range(n_buffers)]
-            if table:  # read-only: the same buffer is bound as the uniform parameter block
-                entries.append({"binding": n_buffers + 1, "visibility": stage, "buffer": {"type": "read-only-storage"}})
-            bgl = self.device.create_bind_group_layout(label=f"navitrain-{n_buffers}buf{'-table' if table else ''}",
-                                                       entries=entries)
-            layout = (bgl, self.device.create_pipeline_layout(bind_group_layouts=[bgl]))
-            self._layouts[(n_buffers, table)] = layout
-        return layout
-
-    def kernel(self, key, name: str, n_buffers: int, source, table: bool = False) -> Kernel:
-        """The compiled kernel for `key`, building WGSL with `source()` on first use."""
-        kernel = self._kernels.get(key)
-        if kernel is not None:
-            return kernel
-        with self.lock:
-            kernel = self._kernels.get(key)
-            if kernel is not None:
-                return kernel
-            if n_buffers > MAX_BUFFERS:
-                raise WgpuError(f"kernel {name} binds {n_buffers} buffers; at most {MAX_BUFFERS} are supported")
-            body = source() if callable(source) else source
-            # `enable` directives must precede every declaration in a WGSL module.
-            code = ("enable f16;\n" if _uses_f16(body) else "") + WGSL_HELPERS + body
-            # wgpu-native does not refuse workgroup memory past the requested limit: check it ourselves.
-            kernel_limits.check(name, code, self.limits, self.limits_profile and self.limits_profile.name)
-            try:
-                module = self.device.create_shader_module(label=name, code=code)
-                pipeline = self.device.create_compute_pipeline(
-                    label=name, layout=self._layout(n_buffers, table)[1],
-                    compute={"module": module, "entry_point": "main"})
-            except Exception as exc:
-                numbered = "\n".join(f"{i + 1:4d} {line}" for i, line in enumerate(code.splitlines()))
-                log.debug("WGSL of kernel %s:\n%s", name, numbered)
-                raise KernelCompileError(f"WGSL kernel '{name}' failed to compile: {exc}") from None
-            heavy = name.startswith(("gemm", "conv"))
-            kernel = Kernel(name, pipeline, n_buffers, pipeline._internal if self._raw else None, table, heavy)
-            self._kernels[key] = kernel
-            return kernel
-
-    def _bind_group(self, heaps: tuple[Heap, ...], table: bool = False):
-        key = (heaps, "table") if table else heaps
-        entry = self._bind_groups.get(key)
-        if entry is not None:
-            return entry
-        if entry is None:
-            bgl = self._layout(len(heaps), table)[0]
-            entries = [{"binding": 0, "resource": {"buffer": self._param_buffer, "offset": 0, "size": PARAM_BYTES}}]
-            entries += [{"binding": i + 1, "resource": {"buffer": h.buffer, "offset": 0, "size": h.size}}
-                        for i, h in enumerate(heaps)]
-            if table:
-                entries.append({"binding": len(heaps) + 1,
-                                "resource": {"buffer": self._param_buffer, "offset": 0, "size": _PARAM_ARENA}})
-            group = self.device.create_bind_group(layout=bgl, entries=entries)
-            entry = (group, group._internal if self._raw else None)
-            self._bind_groups[key] = entry
-        return entry
 
     # -- recording ------------------------------------------------------------------------------
     def _begin(self, timestamp_writes: dict | None = None) -> None:
@@ -309,7 +175,7 @@ class Runtime:
             # (The common case, no table, is spelled out inline: this is every op's hot path.)
             need = self._param_align if table is None else self._arena_need(kernel, table)
             offset = self._param_used
-            if offset + need > _PARAM_ARENA:
+            if offset + need > PARAM_ARENA_BYTES:
                 self.flush()
                 offset = 0
             timed = self.profile is not None and self._timer is not None
@@ -412,95 +278,9 @@ class Runtime:
             raise
         self.submit_count += 1
 
-    # -- the parameter arena (shared by recording and by captured graphs) ------------------------
-    def _arena_need(self, kernel: Kernel, table: bytes | None) -> int:
-        """Arena bytes a dispatch takes: its parameter block, and its table rounded up."""
-        align = self._param_align
-        if table is None:
-            return align
-        need = align + (len(table) + align - 1) // align * align
-        if need > _PARAM_ARENA:
-            raise WgpuError(f"kernel {kernel.name}: a {len(table)}-byte table exceeds the parameter arena")
-        return need
-
-    def _place(self, arena: bytearray, offset: int, params: bytes, table: bytes | None) -> None:
-        """Write a parameter block at `offset`, and its table right after it with the block's last
-        word telling the kernel where (as a word index into T)."""
-        arena[offset:offset + len(params)] = params
-        if table is not None:
-            start = offset + self._param_align
-            arena[start:start + len(table)] = table
-            arena[offset + PARAM_BYTES - 4:offset + PARAM_BYTES] = (start // 4).to_bytes(4, "little")
-
     def _group_for(self, kernel: Kernel, heaps: tuple[Heap, ...]):
         return self._bind_group(heaps, True) if kernel.table else \
             (self._bind_groups.get(heaps) or self._bind_group(heaps))
-
-    def pack_replay(self, records: list) -> list:
-        """Lay captured dispatches out for replay: chunks of (parameter-arena bytes, [(kernel, bind
-        group, arena offset, grid)], [(byte position of an RNG seed/offset pair, captured offset)]),
-        each chunk's parameters fitting the arena."""
-        chunks, entries, patches = [], [], []
-        blob = bytearray(_PARAM_ARENA)
-        used = 0
-        for kernel, heaps, params, table, groups, rng_word in records:
-            need = self._arena_need(kernel, table)
-            if used + need > _PARAM_ARENA:
-                chunks.append((blob[:used], entries, patches))
-                blob, entries, patches, used = bytearray(_PARAM_ARENA), [], [], 0
-            offset = used
-            self._place(blob, offset, params, table)
-            if rng_word is not None:
-                at = offset + 4 * rng_word
-                patches.append((at, int.from_bytes(params[4 * rng_word + 8:4 * rng_word + 16], "little")))
-            used += need
-            entries.append((kernel, self._group_for(kernel, heaps), offset, groups))
-        if entries:
-            chunks.append((blob[:used], entries, patches))
-        return chunks
-
-    def replay(self, chunks: list, rng: tuple[int, int] | None = None) -> None:
-        """Submit captured dispatches (from pack_replay) after whatever was recorded before. `rng`:
-        (seed, shift) for the random ops: each gets the current seed and its captured counter offset
-        moved by `shift`, so every replay draws fresh numbers."""
-        with self.lock:
-            if self.lost_reason is not None:
-                raise DeviceLostError(self.lost_reason)
-            if self.capture is not None:
-                raise GraphCaptureError("replay() while a graph is being captured")
-            self.flush()
-            lib = self._lib
-            for blob, entries, patches in chunks:
-                if rng is not None and patches:
-                    seed, shift = rng
-                    for at, captured in patches:
-                        blob[at:at + 16] = (seed | ((captured + shift) << 64)).to_bytes(16, "little")
-                # Ordered on the queue: this write lands after earlier submissions, before this one.
-                self.queue.write_buffer(self._param_buffer, 0, blob)
-                encoder = self.device.create_command_encoder(label="navitrain-replay")
-                cpass = encoder.begin_compute_pass(label="navitrain-replay")
-                if lib is not None:
-                    raw, offsets, last = cpass._internal, self._offsets, None
-                    for kernel, group, offset, (x, y, z) in entries:
-                        if kernel is not last:
-                            lib.wgpuComputePassEncoderSetPipeline(raw, kernel.raw)
-                            last = kernel
-                        offsets[0] = offset
-                        lib.wgpuComputePassEncoderSetBindGroup(raw, 0, group[1], 1, offsets)
-                        lib.wgpuComputePassEncoderDispatchWorkgroups(raw, x, y, z)
-                else:
-                    for kernel, group, offset, grid in entries:
-                        cpass.set_pipeline(kernel.pipeline)
-                        cpass.set_bind_group(0, group[0], [offset])
-                        cpass.dispatch_workgroups(*grid)
-                cpass.end()
-                try:
-                    self.queue.submit([encoder.finish()])
-                except Exception as exc:
-                    self._check_lost(exc)
-                    raise
-                self.submit_count += 1
-                self.dispatch_count += len(entries)
 
     def synchronize(self) -> None:
         """Submit pending work and wait until the GPU has finished it."""
@@ -526,95 +306,10 @@ class Runtime:
                 "Restart the process; `navitrain doctor` and `dmesg` may say why.")
             raise DeviceLostError(self.lost_reason) from exc
 
-    # -- transfers ------------------------------------------------------------------------------
-    def read(self, heap: Heap, offset: int, nbytes: int) -> memoryview:
-        """Bytes [offset, offset+nbytes) of a heap, after all recorded work."""
-        start = offset & ~3
-        end = (offset + nbytes + 3) & ~3
-        with self.lock:
-            if self.capture is not None:
-                raise GraphCaptureError(
-                    "reading wgpu data (.item(), .cpu(), .tolist(), printing, or an op that falls back to "
-                    "the CPU) is not possible while a graph is being captured: the captured work has not "
-                    "run yet. Read results after replay()")
-            self.flush()
-            try:
-                data = self.queue.read_buffer(heap.buffer, start, end - start)
-            except Exception as exc:
-                self._check_lost(exc)
-                raise
-        return memoryview(data)[offset - start: offset - start + nbytes]
-
-    def write(self, heap: Heap, offset: int, data: np.ndarray) -> None:
-        """Write bytes at a 4-byte aligned offset; the length is padded to 4 bytes."""
-        raw = memoryview(np.ascontiguousarray(data)).cast("B")
-        if len(raw) % 4:
-            raw = memoryview(bytes(raw) + bytes(4 - len(raw) % 4))
-        if offset % 4:
-            raise WgpuError("unaligned write")  # callers route unaligned writes through a copy kernel
-        with self.lock:
-            if self.capture is not None:
-                raise GraphCaptureError(
-                    "copying host data to the wgpu device is not possible inside a captured graph (a "
-                    "replay would not repeat it): copy new inputs into the graph's static input tensors "
-                    "before each replay()")
-            # Queue writes run before commands that are recorded but not yet submitted: submit them
-            # first so a block reused since then is not overwritten under a pending kernel.
-            self.flush()
-            self.queue.write_buffer(heap.buffer, offset, raw)
-
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 _runtime_error: Exception | None = None
-
-
-class _GpuTimer:
-    """Per-dispatch GPU time for `navitrain.wgpu.profile()`, from timestamp queries written at the
-    start and end of a one-dispatch compute pass. Unlike timing each submission from the host, this
-    leaves out the ~50 us submit round trip that would swamp every small kernel."""
-
-    SLOTS = 1024  # dispatches timed per submission
-
-    def __init__(self, rt: Runtime) -> None:
-        import wgpu
-
-        self.rt = rt
-        self.query_set = rt.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * self.SLOTS)
-        self.buffer = rt.device.create_buffer(
-            size=16 * self.SLOTS, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-        self.names: list[str] = []
-        period = 1.0
-        if rt._raw is not None:
-            try:
-                period = float(rt._raw[1].wgpuQueueGetTimestampPeriod(rt.queue._internal)) or 1.0
-            except Exception:  # pragma: no cover - older wgpu-native: ticks are nanoseconds
-                period = 1.0
-        self.seconds_per_tick = period * 1e-9
-
-    def writes(self, name: str) -> dict:
-        i = len(self.names)
-        self.names.append(name)
-        return {"query_set": self.query_set, "beginning_of_pass_write_index": 2 * i,
-                "end_of_pass_write_index": 2 * i + 1}
-
-    def full(self) -> bool:
-        return len(self.names) >= self.SLOTS
-
-    def resolve(self, encoder) -> None:
-        if self.names:
-            encoder.resolve_query_set(self.query_set, 0, 2 * len(self.names), self.buffer, 0)
-
-    def collect(self, table: dict) -> None:
-        if not self.names:
-            return
-        n = len(self.names)
-        ticks = np.frombuffer(self.rt.queue.read_buffer(self.buffer, 0, 16 * n), dtype=np.uint64).reshape(n, 2)
-        for name, (start, end) in zip(self.names, ticks):
-            entry = table.entry(name)
-            entry[0] += 1
-            entry[1] += float(int(end) - int(start)) * self.seconds_per_tick if end >= start else 0.0
-        self.names.clear()
 
 
 def runtime() -> Runtime:
