@@ -39,3 +39,26 @@ def strict(monkeypatch):
 @pytest.fixture
 def lenient(monkeypatch):
     monkeypatch.setenv("NAVITRAIN_WGPU_STRICT", "0")
+
+
+@pytest.fixture
+def fresh_compile_state():
+    """A clean slate for tests of compiled graphs: no graph left from an earlier test in dynamo's cache,
+    compile statistics and fallback counts at zero. Afterwards the fusion switch is as it was (tests flip
+    it to compare fused against unfused graphs), and the test must not have taken a CPU fallback (strict
+    mode raises on one; this makes sure). Modules that need it everywhere say
+    `pytestmark = pytest.mark.usefixtures("fresh_compile_state")`."""
+    import torch
+
+    import navitrain.wgpu as nw
+    import navitrain.wgpu.compile as wc
+    from navitrain.wgpu import fusion
+
+    fusion_enabled = fusion.ENABLED
+    torch._dynamo.reset()
+    wc.reset_stats()
+    nw.reset_fallback_counts()
+    yield
+    fusion.ENABLED = fusion_enabled
+    torch._dynamo.reset()
+    assert nw.fallback_report()["total_fallback_calls"] == 0

@@ -15,15 +15,7 @@ from navitrain.wgpu.runtime import GraphCaptureError
 from navitrain.wgpu.runtime import runtime as nw_runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
-
-@pytest.fixture(autouse=True)
-def fresh_compile_state():
-    torch._dynamo.reset()
-    wc.reset_stats()
-    nw.reset_fallback_counts()
-    yield
-    torch._dynamo.reset()
-    assert nw.fallback_report()["total_fallback_calls"] == 0  # strict mode raises on any; make sure
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 def small_cnn():

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-import navitrain.wgpu as nw
 import navitrain.wgpu.compile as wc
 from navitrain.wgpu import fusion, fusion_ops
 from navitrain.wgpu.runtime import runtime
@@ -166,16 +165,6 @@ def test_a_group_keeps_at_most_four_inputs():
 
 
 # -- whole models through torch.compile ---------------------------------------------------------------
-@pytest.fixture
-def fresh_compile_state():
-    torch._dynamo.reset()
-    wc.reset_stats()
-    nw.reset_fallback_counts()
-    yield
-    torch._dynamo.reset()
-    assert nw.fallback_report()["total_fallback_calls"] == 0
-
-
 class GeluResidualMLP(nn.Module):
     def __init__(self):
         super().__init__()

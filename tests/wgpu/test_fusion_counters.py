@@ -7,21 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-import navitrain.wgpu as nw
 import navitrain.wgpu.compile as wc
 from navitrain.wgpu import fusion, fusion_counters
 from navitrain.wgpu.runtime import runtime
 
-
-@pytest.fixture(autouse=True)
-def fresh_compile_state():
-    torch._dynamo.reset()
-    wc.reset_stats()
-    nw.reset_fallback_counts()
-    yield
-    fusion.ENABLED = True
-    torch._dynamo.reset()
-    assert nw.fallback_report()["total_fallback_calls"] == 0
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 class ReadsCounter(nn.Module):

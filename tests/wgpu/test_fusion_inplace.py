@@ -8,22 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-import navitrain.wgpu as nw
 import navitrain.wgpu.compile as wc
 from navitrain.bench import models
 from navitrain.wgpu import fusion, fusion_foreach
 from navitrain.wgpu.runtime import runtime
 
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
+
 
 @pytest.fixture(autouse=True)
-def fresh_compile_state(monkeypatch):
+def fusion_on(monkeypatch):
     monkeypatch.setattr(fusion, "ENABLED", True)   # whatever NAVITRAIN_WGPU_FUSION says: these test it
-    torch._dynamo.reset()
-    wc.reset_stats()
-    nw.reset_fallback_counts()
-    yield
-    torch._dynamo.reset()
-    assert nw.fallback_report()["total_fallback_calls"] == 0
 
 
 def _train(base, make_opt, loss_fn, batches, compiled: bool):

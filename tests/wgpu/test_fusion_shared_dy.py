@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import navitrain.wgpu as nw
 import navitrain.wgpu.compile as wc
 from navitrain.wgpu import fusion, fusion_norm
 from navitrain.wgpu.kernels import batch_norm as bn_kernels
@@ -18,15 +17,7 @@ from navitrain.wgpu.kernels import batch_norm as bn_kernels
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True)
-def fresh_compile_state():
-    torch._dynamo.reset()
-    wc.reset_stats()
-    nw.reset_fallback_counts()
-    yield
-    fusion.ENABLED = True
-    torch._dynamo.reset()
-    assert nw.fallback_report()["total_fallback_calls"] == 0
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 class TwoBlocks(nn.Module):
