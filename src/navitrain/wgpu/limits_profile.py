@@ -88,7 +88,7 @@ RX5600XT_LIMITS = {
     # (8388606 today); wgpu divides maxPerStageResources among the per-stage limits: 2097150 read off.
     "max-storage-buffers-per-shader-stage": 2097150,
 }
-# navitrain requests only these five (wgpu/runtime.py); the card has all of them.
+# navitrain requests only these five (wgpu/device_setup.py); the card has all of them.
 #   shader-f16: [radv] shaderFloat16 = has_packed_math_16bit (gfx_level >= GFX9, mesa:src/amd/common/ac_gpu_info.c),
 #     storageBuffer16BitAccess and uniformAndStorageBuffer16BitAccess = true: wgpu's three conditions.
 #   shader-int64: [radv] shaderInt64 = true.
