@@ -3,12 +3,10 @@ as pointwise kernels, and uploads from the CPU into views of any layout. The ate
 _to_copy, fill_, zero_) are in `ops/copy.py`."""
 from __future__ import annotations
 
-import struct
-
 import torch
 
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.kernels import pointwise
+from navitrain.wgpu.kernels import float64_exprs, pointwise
 from navitrain.wgpu.tensor import WgpuTensor, from_cpu, host_values_for, write_by_read_modify_write, write_directly
 
 
@@ -20,23 +18,6 @@ def copy_into(dst: WgpuTensor, src: WgpuTensor) -> WgpuTensor:
     return pointwise.run("copy", "a", [src], dst.dtype, compute, out=dst, shape=tuple(dst.shape), native_f64=True)
 
 
-# A double travels as its two 32-bit halves (the parameter block holds 32-bit words and naga has no
-# bitcast to f64): rebuilt from sign, exponent and the 52-bit mantissa, which f64 holds exactly.
-_F64_FROM_BITS = """  let lo = bitcast<u32>(s0);
-  let hi = bitcast<u32>(s1);
-  let expo = i32((hi >> 20u) & 0x7ffu);
-  let mant = f64(hi & 0xfffffu) * 4294967296.0lf + f64(lo);
-  var mag = ldexp(mant, -1074);  // zero and subnormals
-  if (expo > 0) { mag = ldexp(mant + 4503599627370496.0lf, expo - 1075); }
-  if (expo == 0x7ff) { mag = f64(bitcast<f32>(select(0x7fc00000u, 0x7f800000u, mant == 0.0lf))); }
-  let v = select(mag, -mag, (hi >> 31u) != 0u);"""
-
-
-def _f64_words(value: float) -> list[int]:
-    lo, hi = struct.unpack("<ii", struct.pack("<d", float(value)))
-    return [lo, hi]
-
-
 def fill(x: WgpuTensor, value) -> WgpuTensor:
     compute = pointwise.compute_type(x.dtype, native_f64=True)
     if isinstance(value, torch.Tensor):
@@ -45,8 +26,8 @@ def fill(x: WgpuTensor, value) -> WgpuTensor:
                                  native_f64=True)
         value = value.item()
     if compute == "f64":
-        return pointwise.run("fill_f64", "v", [], x.dtype, compute, _f64_words(value), "ii", out=x,
-                             shape=tuple(x.shape), prelude=_F64_FROM_BITS, native_f64=True)
+        return pointwise.run("fill_f64", "f64_from_bits(s0, s1)", [], x.dtype, compute,
+                             float64_exprs.double_words(value), "ii", out=x, shape=tuple(x.shape), native_f64=True)
     if compute == "bool":
         return pointwise.run("fill_b", "s0 != 0", [], x.dtype, "i32", [int(bool(value))], "i", out=x,
                              shape=tuple(x.shape))

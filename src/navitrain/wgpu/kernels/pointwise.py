@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.kernels import codegen, float64_exprs, wgsl_math
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, _dense_non_overlapping, empty, empty_fast
 
@@ -140,7 +140,10 @@ def _source(expr: str, in_types: tuple, load_types: tuple, out_dtype_key, modes:
         lines.append(prelude)
     lines.append(f"  b0[o0] = {out_st.store(expr, native_f64)};")
     types = [out_st.wgsl] + [rt.stypes[t].wgsl for t in in_types]
-    return codegen.module(types, "\n".join(lines), WG, helpers=wgsl_math.helpers("shader-int64" in rt.features))
+    helpers = wgsl_math.helpers("shader-int64" in rt.features)
+    if compute == "f64":
+        helpers += float64_exprs.HELPERS
+    return codegen.module(types, "\n".join(lines), WG, helpers=helpers)
 
 
 _FAST: dict = {}
@@ -151,11 +154,31 @@ class _FastLaunch:
 
     __slots__ = ("kernel", "pack")
 
-    def __init__(self, kernel, block: codegen.ParamBlock):
+    def __init__(self, kernel, block: codegen.ParamBlock, f32_kinds: str | None = None):
         self.kernel = kernel
         # Positional, in the block's field order: (n, out offset, input offsets..., scalars...). The
         # keyword pack() costs a few microseconds more, on the path every elementwise op takes.
         self.pack = block.pack_words
+        if f32_kinds is not None:  # a float64 kernel: float scalars go as their two 32-bit halves
+            n_fixed = block.words - len(float64_exprs.scalar_words([0.0] * len(f32_kinds), f32_kinds))
+            words = block.pack_words
+            self.pack = lambda *v: words(*v[:n_fixed], *float64_exprs.scalar_words(v[n_fixed:], f32_kinds))
+
+
+_F64 = torch.float64
+
+
+def _f64_plan(expr: str, in_types: tuple, out_dtype, compute: str, kinds: str, load_types: tuple, prelude: str,
+              native_f64: bool):
+    """None for kernels that are not float64 in an f32 template; else (expr, kinds, load types, prelude)
+    of the f64 kernel, or NoKernelForDtype where the template is not exact in f64."""
+    if native_f64 or compute != "f32" or (out_dtype is not _F64 and _F64 not in in_types):
+        return None
+    if runtime().stypes[_F64].wgsl != "f64" or prelude:
+        from navitrain.wgpu.dtypes import NoKernelForDtype
+
+        raise NoKernelForDtype("no float64 kernel for this expression on this adapter")
+    return float64_exprs.translate(expr, kinds, load_types)
 
 
 def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dtype, compute: str,
@@ -188,11 +211,18 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
             if fast is None:
                 lt = tuple(load_types) if load_types is not None else (compute,) * len(inputs)
                 in_types = tuple(t.dtype for t in inputs)
-                kernel = runtime().kernel(("pw", name, expr, in_types, lt, out_dtype, modes, 0, kinds, compute),
-                                          f"pointwise_{name}", 1 + len(inputs),
-                                          lambda: _source(expr, in_types, lt, out_dtype, modes, 0, kinds, compute,
-                                                          native_f64=native_f64))
-                fast = _FAST[key] = _FastLaunch(kernel, _params(len(inputs), 0, kinds, compute))
+                f64 = _f64_plan(expr, in_types, out_dtype, compute, kinds, lt, "", native_f64)
+                if f64 is None:
+                    kexpr, kkinds, klt, kprelude, kcompute, f32_kinds = expr, kinds, lt, "", compute, None
+                else:
+                    (kexpr, kkinds, klt, kprelude), kcompute, f32_kinds = f64, "f64", kinds
+                kkey = ("pw", name, kexpr, in_types, klt, out_dtype, modes, 0, kkinds, kcompute)
+                kernel = runtime().kernel(
+                    kkey + (kprelude,) if kprelude else kkey,
+                    f"pointwise_{name}", 1 + len(inputs),
+                    lambda: _source(kexpr, in_types, klt, out_dtype, modes, 0, kkinds, kcompute, kprelude,
+                                    native_f64 or f64 is not None))
+                fast = _FAST[key] = _FastLaunch(kernel, _params(len(inputs), 0, kkinds, kcompute), f32_kinds)
             numel = first.numel()
             out = empty_fast(fshape, first.stride(), out_dtype, numel)
             if numel:
@@ -229,6 +259,12 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
     else:
         modes = "strided"
 
+    in_types = tuple(t.dtype for t in inputs)
+    f64 = _f64_plan(expr, in_types, out.dtype, compute, scalar_kinds, load_types, prelude, native_f64)
+    if f64 is not None:
+        scalars = float64_exprs.scalar_words(scalars, scalar_kinds)
+        (expr, scalar_kinds, load_types, prelude), compute, native_f64 = f64, "f64", True
+
     ndim, layout = 0, ()
     if modes == "strided":
         ndim, layout = _strided_layout(shape, out, inputs)
@@ -236,7 +272,6 @@ def run(name: str, expr: str, inputs: Sequence[WgpuTensor], out_dtype: torch.dty
         numel, out.elem_offset, *(t.elem_offset for t in inputs), *layout,
         *(float(v) if kind == "f" else int(v) for v, kind in zip(scalars, scalar_kinds)))
 
-    in_types = tuple(t.dtype for t in inputs)
     key = ("pw", name, expr, in_types, load_types, out.dtype, modes, ndim, scalar_kinds, compute)
     if prelude:
         key += (prelude,)  # only then: the fast path's kernels share the key of the same kernel here
@@ -287,8 +322,9 @@ def compute_type(dtype: torch.dtype, native_f64: bool = False) -> str:
     if dtype == torch.bool:
         return "bool"
     st = runtime().stypes[dtype]
-    if native_f64 and st.wgsl == "f64":
-        return "f64"
+    if st.wgsl == "f64":
+        # f32 for handlers: their float templates run in f64 where exact (float64_exprs), else fall back
+        return "f64" if native_f64 else "f32"
     if not st.has_kernels:
         from navitrain.wgpu.dtypes import NoKernelForDtype
 
