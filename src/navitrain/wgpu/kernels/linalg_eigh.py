@@ -25,8 +25,8 @@ raises or returns NaN for such inputs; a finite answer would be silently wrong).
 """
 from __future__ import annotations
 
-from navitrain.wgpu import kernel_limits
 from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import linalg_jacobi as jacobi
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -34,9 +34,7 @@ MAX_N = 64          # larger orders: the CPU (one workgroup per matrix stops pay
 MAX_SWEEPS = 30
 
 
-def padded(n: int) -> int:
-    """The order the kernel is compiled for: n rounded up to even (the round-robin needs pairs)."""
-    return max(2, n + (n & 1))
+padded = jacobi.padded
 
 
 def fits(n: int, with_vectors: bool = True) -> bool:
@@ -44,12 +42,7 @@ def fits(n: int, with_vectors: bool = True) -> bool:
     if n > MAX_N:
         return False
     nb = padded(n)
-    room = int(runtime().limits.get("max-compute-workgroup-storage-size", 16384))
-    return kernel_limits.workgroup_bytes(_source(nb, _workgroup(nb), with_vectors)) <= room
-
-
-def _workgroup(nb: int) -> int:
-    return 64 if nb <= 16 else 256
+    return jacobi.fits_workgroup_memory(_source(nb, jacobi.workgroup(nb), with_vectors))
 
 
 _EIGH_P = codegen.ParamBlock("batch", "n", "lower", "a_off", "a_bs", "a_rs", "a_cs", "w_off",
@@ -60,8 +53,7 @@ _EIGH_BODY = """
   let base = a_off + group * a_bs;
   let m = n + (n & 1u);
   let half = m / 2u;
-  if (lid == 0u) { atomicStore(&flag_bad, 0u); atomicStore(&flag_max, 0u); atomicStore(&flag_rot, 0u); }
-  workgroupBarrier();
+CLEAR_FLAGS
   // load the triangle named by UPLO, mirrored; V = I
   var local_bad = 0u;
   var local_max = 0u;
@@ -77,17 +69,7 @@ _EIGH_BODY = """
     if (bits >= 0x7f800000u) { local_bad = 1u; }
     local_max = max(local_max, bits);
   }
-  if (local_bad != 0u) { atomicOr(&flag_bad, 1u); }
-  atomicMax(&flag_max, local_max);
-  workgroupBarrier();
-  if (lid == 0u) {
-    status_bad = atomicLoad(&flag_bad);
-    // the power of two bringing the largest |entry| into [1, 2); 0 for a zero or subnormal-only matrix
-    exponent = i32((atomicLoad(&flag_max) >> 23u) & 0xffu) - 127;
-    if (exponent == -127) { exponent = 0; }
-  }
-  let bad = workgroupUniformLoad(&status_bad) != 0u;
-  let shift = workgroupUniformLoad(&exponent);
+SCALE_EXPONENT
   for (var e = lid; e < n * n; e = e + WGu) {
     let at = (e / n) * NBu + e % n;
     A[at] = ldexp(A[at], -shift);
@@ -98,14 +80,9 @@ _EIGH_BODY = """
   for (var sweep = 0u; sweep < sweeps; sweep = sweep + 1u) {
     for (var r = 0u; r + 1u < m; r = r + 1u) {
       if (lid < half) {
-        var p = r;
-        var q = m - 1u;
-        if (lid != 0u) {
-          p = (r + lid) % (m - 1u);
-          q = (r + m - 1u - lid) % (m - 1u);
-        }
-        let lo = min(p, q);
-        let hi = max(p, q);
+        let pair = jacobi_pair(r, lid, m);
+        let lo = pair.x;
+        let hi = pair.y;
         var c = 1.0;
         var s = 0.0;
         var dpp = 0.0;
@@ -116,11 +93,7 @@ _EIGH_BODY = """
           let apq = A[lo * NBu + hi];
           let negligible = max(5.9604645e-8 * sqrt(abs(app)) * sqrt(abs(aqq)), 1e-12);
           if (abs(apq) > negligible) {
-            let theta = (aqq - app) / (2.0 * apq);
-            var t = 0.5 / theta;  // theta^2 would overflow: tan of the angle is 1/(2 theta) to float32
-            if (abs(theta) < 1e18) {
-              t = select(1.0, -1.0, theta < 0.0) / (abs(theta) + sqrt(1.0 + theta * theta));
-            }
+            let t = jacobi_tangent((aqq - app) / (2.0 * apq));
             c = inverseSqrt(1.0 + t * t);
             s = t * c;
             dpp = app - t * apq;
@@ -183,11 +156,7 @@ _EIGH_BODY = """
       }
       workgroupBarrier();
     }
-    if (lid == 0u) {
-      status_rot = atomicLoad(&flag_rot);
-      atomicStore(&flag_rot, 0u);
-    }
-    if (workgroupUniformLoad(&status_rot) == 0u) { break; }
+END_OF_SWEEP
   }
   // ascending order, NaN last, ties by index: each eigenvalue's rank is its output position
   let nan = bitcast<f32>(0x7fc00000u);
@@ -219,16 +188,13 @@ def _source(nb: int, wg: int, with_v: bool) -> str:
     shared = (f"var<workgroup> A: array<f32, {nb * nb}>;\n"
               # without vectors V is never touched (WITH_V is the literal false); declared so the code compiles
               + f"var<workgroup> V: array<f32, {nb * nb if with_v else 4}>;\n"
-              + f"var<workgroup> rot_p: array<u32, {half}>;\nvar<workgroup> rot_q: array<u32, {half}>;\n"
-              f"var<workgroup> rot_c: array<f32, {half}>;\nvar<workgroup> rot_s: array<f32, {half}>;\n"
-              f"var<workgroup> rot_dpp: array<f32, {half}>;\nvar<workgroup> rot_dqq: array<f32, {half}>;\n"
-              f"var<workgroup> perm: array<u32, {nb}>;\n"
-              "var<workgroup> flag_bad: atomic<u32>;\nvar<workgroup> flag_max: atomic<u32>;\n"
-              "var<workgroup> flag_rot: atomic<u32>;\nvar<workgroup> status_bad: u32;\n"
-              "var<workgroup> status_rot: u32;\nvar<workgroup> exponent: i32;\n")
-    body = (_EIGH_P.wgsl() + _EIGH_BODY.replace("WGu", f"{wg}u").replace("NBu", f"{nb}u")
-            .replace("WITH_V", "true" if with_v else "false"))
-    return codegen.module(["f32", "f32", "f32"], body, wg, shared=shared)
+              + jacobi.workgroup_vars(half)
+              + f"var<workgroup> rot_dpp: array<f32, {half}>;\nvar<workgroup> rot_dqq: array<f32, {half}>;\n"
+              f"var<workgroup> perm: array<u32, {nb}>;\n")
+    body = (_EIGH_P.wgsl() + _EIGH_BODY.replace("CLEAR_FLAGS\n", jacobi.CLEAR_FLAGS)
+            .replace("SCALE_EXPONENT\n", jacobi.SCALE_EXPONENT).replace("END_OF_SWEEP\n", jacobi.END_OF_SWEEP)
+            .replace("WGu", f"{wg}u").replace("NBu", f"{nb}u").replace("WITH_V", "true" if with_v else "false"))
+    return codegen.module(["f32", "f32", "f32"], body, wg, helpers=jacobi.HELPERS, shared=shared)
 
 
 def eigh(a: WgpuTensor, batch: int, a_bs: int, lower: bool, w: WgpuTensor, v: WgpuTensor | None = None,
@@ -241,7 +207,7 @@ def eigh(a: WgpuTensor, batch: int, a_bs: int, lower: bool, w: WgpuTensor, v: Wg
     if batch == 0 or n == 0:
         return
     nb = padded(n)
-    wg = _workgroup(nb)
+    wg = jacobi.workgroup(nb)
     with_v = v is not None
     rt = runtime()
     kernel = rt.kernel(("linalg_eigh_jacobi", nb, wg, with_v), "linalg_eigh_jacobi", 3,

@@ -31,8 +31,8 @@ W and V live in workgroup memory (`fits`); a non-finite entry makes every output
 """
 from __future__ import annotations
 
-from navitrain.wgpu import kernel_limits
 from navitrain.wgpu.kernels import codegen, loop_budget
+from navitrain.wgpu.kernels import linalg_jacobi as jacobi
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
@@ -46,22 +46,17 @@ MAX_SWEEPS = 30
 MIN_SWEEPS = 16
 
 
-def _padded(k: int) -> int:
-    return max(2, k + (k & 1))
-
-
 def fits(rows: int, cols: int) -> bool:
     """Whether an r x k work matrix (r = the larger side) fits one workgroup's memory (and MAX_N)."""
     r, k = max(rows, cols), min(rows, cols)
     if r > MAX_N:
         return False
-    kb = _padded(k)
-    room = int(runtime().limits.get("max-compute-workgroup-storage-size", 16384))
-    return kernel_limits.workgroup_bytes(_source(r, kb, _workgroup(r, kb))) <= room
+    kb = jacobi.padded(k)
+    return jacobi.fits_workgroup_memory(_source(r, kb, _workgroup(r, kb)))
 
 
 def _workgroup(r: int, kb: int) -> int:
-    return 64 if max(r, kb) <= 16 else 256
+    return jacobi.workgroup(max(r, kb))
 
 
 _SVD_P = codegen.ParamBlock("batch", "r", "k", "a_off", "a_bs", "w_rs", "w_cs", "s_off",
@@ -73,8 +68,7 @@ _SVD_BODY = """
   let base = a_off + group * a_bs;
   let m = k + (k & 1u);
   let half = m / 2u;
-  if (lid == 0u) { atomicStore(&flag_bad, 0u); atomicStore(&flag_max, 0u); atomicStore(&flag_rot, 0u); }
-  workgroupBarrier();
+CLEAR_FLAGS
   var local_bad = 0u;
   var local_max = 0u;
   for (var e = lid; e < r * k; e = e + WGu) {
@@ -89,16 +83,7 @@ _SVD_BODY = """
   for (var e = lid; e < k * k; e = e + WGu) {
     V[(e / k) * KBu + e % k] = select(0.0, 1.0, e / k == e % k);
   }
-  if (local_bad != 0u) { atomicOr(&flag_bad, 1u); }
-  atomicMax(&flag_max, local_max);
-  workgroupBarrier();
-  if (lid == 0u) {
-    status_bad = atomicLoad(&flag_bad);
-    exponent = i32((atomicLoad(&flag_max) >> 23u) & 0xffu) - 127;
-    if (exponent == -127) { exponent = 0; }
-  }
-  let bad = workgroupUniformLoad(&status_bad) != 0u;
-  let shift = workgroupUniformLoad(&exponent);
+SCALE_EXPONENT
   for (var e = lid; e < r * k; e = e + WGu) {
     let at = (e / k) * KBu + e % k;
     W[at] = ldexp(W[at], -shift);
@@ -109,14 +94,9 @@ _SVD_BODY = """
   for (var sweep = 0u; sweep < sweeps; sweep = sweep + 1u) {
     for (var rd = 0u; rd + 1u < m; rd = rd + 1u) {
       if (lid < half) {
-        var p = rd;
-        var q = m - 1u;
-        if (lid != 0u) {
-          p = (rd + lid) % (m - 1u);
-          q = (rd + m - 1u - lid) % (m - 1u);
-        }
-        let lo = min(p, q);
-        let hi = max(p, q);
+        let pair = jacobi_pair(rd, lid, m);
+        let lo = pair.x;
+        let hi = pair.y;
         var c = 1.0;
         var s = 0.0;
         if (hi < k) {
@@ -147,11 +127,7 @@ _SVD_BODY = """
             gamma = gamma + x * y;
           }
           if (abs(gamma) > 5.9604645e-8 * sqrt(alpha) * sqrt(beta)) {
-            let zeta = (beta - alpha) / (2.0 * gamma);
-            var t = 0.5 / zeta;  // zeta^2 would overflow: tan of the angle is 1/(2 zeta) to float32
-            if (abs(zeta) < 1e18) {
-              t = select(1.0, -1.0, zeta < 0.0) / (abs(zeta) + sqrt(1.0 + zeta * zeta));
-            }
+            let t = jacobi_tangent((beta - alpha) / (2.0 * gamma));
             c = inverseSqrt(1.0 + t * t);
             s = t * c;
             atomicOr(&flag_rot, 1u);
@@ -188,11 +164,7 @@ _SVD_BODY = """
       }
       workgroupBarrier();
     }
-    if (lid == 0u) {
-      status_rot = atomicLoad(&flag_rot);
-      atomicStore(&flag_rot, 0u);
-    }
-    if (workgroupUniformLoad(&status_rot) == 0u) { break; }
+END_OF_SWEEP
   }
   let nan = bitcast<f32>(0x7fc00000u);
   for (var j = lid; j < k; j = j + WGu) {
@@ -285,17 +257,14 @@ _SVD_BODY = """
 def _source(rb: int, kb: int, wg: int) -> str:
     half = kb // 2
     shared = (f"var<workgroup> W: array<f32, {rb * kb}>;\nvar<workgroup> V: array<f32, {kb * kb}>;\n"
-              f"var<workgroup> rot_p: array<u32, {half}>;\nvar<workgroup> rot_q: array<u32, {half}>;\n"
-              f"var<workgroup> rot_c: array<f32, {half}>;\nvar<workgroup> rot_s: array<f32, {half}>;\n"
-              f"var<workgroup> sigma: array<f32, {kb}>;\nvar<workgroup> perm: array<u32, {kb}>;\n"
+              + jacobi.workgroup_vars(half)
+              + f"var<workgroup> sigma: array<f32, {kb}>;\nvar<workgroup> perm: array<u32, {kb}>;\n"
               f"var<workgroup> gs_v: array<f32, {rb}>;\nvar<workgroup> gs_dot: array<f32, {rb}>;\n"
-              "var<workgroup> gs_norm: f32;\n"
-              "var<workgroup> flag_bad: atomic<u32>;\nvar<workgroup> flag_max: atomic<u32>;\n"
-              "var<workgroup> flag_rot: atomic<u32>;\nvar<workgroup> status_bad: u32;\n"
-              "var<workgroup> status_rot: u32;\nvar<workgroup> exponent: i32;\n")
-    body = (_SVD_P.wgsl() + _SVD_BODY.replace("WGu", f"{wg}u").replace("KBu", f"{kb}u")
-            )
-    return codegen.module(["f32", "f32", "f32", "f32"], body, wg, shared=shared)
+              "var<workgroup> gs_norm: f32;\n")
+    body = (_SVD_P.wgsl() + _SVD_BODY.replace("CLEAR_FLAGS\n", jacobi.CLEAR_FLAGS)
+            .replace("SCALE_EXPONENT\n", jacobi.SCALE_EXPONENT).replace("END_OF_SWEEP\n", jacobi.END_OF_SWEEP)
+            .replace("WGu", f"{wg}u").replace("KBu", f"{kb}u"))
+    return codegen.module(["f32", "f32", "f32", "f32"], body, wg, helpers=jacobi.HELPERS, shared=shared)
 
 
 def _passes(r: int, k: int, kb: int, wg: int, x_cols: int) -> tuple[int, int]:
@@ -340,7 +309,7 @@ def svd(a: WgpuTensor, batch: int, a_bs: int, transpose: bool, s: WgpuTensor, x=
     r, k = rows, cols
     if batch == 0 or k == 0:
         return
-    kb = _padded(k)
+    kb = jacobi.padded(k)
     wg = _workgroup(r, kb)
     rt = runtime()
     kernel = rt.kernel(("linalg_svd_jacobi", r, kb, wg), "linalg_svd_jacobi", 4, lambda: _source(r, kb, wg))
