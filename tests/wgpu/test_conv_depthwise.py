@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from navitrain.wgpu.kernels.conv import choose
 from navitrain.wgpu.runtime import runtime
+from tests.wgpu.conv_checks import assert_close_to_reference as _close
 
 CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the kernels they reach
     (3, 3, 7, 9, 3, 1, 1, False, True),      # small plane: direct, threads along W
@@ -62,14 +63,6 @@ def _on_wgpu(x, w, b, s, p, gy, dtype=torch.float32, channels_last=False):
         gy = gy.contiguous(memory_format=torch.channels_last)
     y.backward(gy.to("wgpu"))
     return y.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), (bd.grad.cpu() if bd is not None else None), y
-
-
-def _close(results, refs, tol):
-    for got, want, what in zip(results, refs, ("output", "grad_input", "grad_weight", "grad_bias")):
-        if want is None:
-            continue
-        err = (got.double() - want).abs().max().item() / (want.abs().max().item() + 1e-12)
-        assert err < tol, f"{what}: relative error {err:.2e}"
 
 
 def _dw_kernels():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from navitrain.wgpu.kernels import conv_grouped, gemm_tuning
 from navitrain.wgpu.kernels.conv import choose
 from navitrain.wgpu.runtime import runtime
+from tests.wgpu.conv_checks import assert_close_to_reference as _close
 
 CASES = [  # N, C, OC, H, W, kernel, stride, padding, dilation, groups, channels_last, bias
     (2, 4, 6, 9, 10, 3, 1, 1, 1, 2, False, True),       # 2 in / 3 out a group: a partly used channel block
@@ -62,14 +63,6 @@ def _on_wgpu(x, w, b, s, p, d, g, gy, channels_last=False, dtype=torch.float32):
     y = F.conv2d(xd, wd, bd, s, p, d, g)
     y.backward(gyd.to("wgpu"))
     return y.detach().cpu(), xd.grad.cpu(), wd.grad.cpu(), (bd.grad.cpu() if bd is not None else None), y
-
-
-def _close(results, refs, tol):
-    for got, want, what in zip(results, refs, ("output", "grad_input", "grad_weight", "grad_bias")):
-        if want is None:
-            continue
-        err = (got.double() - want).abs().max().item() / (want.abs().max().item() + 1e-12)
-        assert err < tol, f"{what}: relative error {err:.2e}"
 
 
 def _grouped_kernels():

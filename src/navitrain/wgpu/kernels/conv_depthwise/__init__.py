@@ -20,11 +20,9 @@ storage dtypes through rt.stypes (f32, f16, bf16). Every tensor is read through 
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from navitrain.wgpu.kernels import codegen, gemm_tuning
+from navitrain.wgpu.kernels import codegen, gemm_tuning, route_switch
 from navitrain.wgpu.kernels.conv_depthwise import direct, tiled_nchw, tiled_nhwc
 from navitrain.wgpu.kernels.conv_depthwise.common import MAX_TAPS, WG, channels_inner, correlate_params
 from navitrain.wgpu.kernels.conv_depthwise.grad_weight import grad_weight
@@ -34,18 +32,9 @@ from navitrain.wgpu.tensor import WgpuTensor
 __all__ = ["disabled", "eligible", "use_direct", "correlate", "forward", "grad_input", "grad_weight"]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-_enabled = True        # off while the tuner times the implicit GEMM against these kernels
-
-
-@contextlib.contextmanager
-def disabled():
-    """Route depthwise layers to the implicit GEMM meanwhile (the tuner's other candidate)."""
-    global _enabled
-    was, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = was
+_direct = route_switch.RouteSwitch()  # off while the tuner times the implicit GEMM against these kernels
+# disabled(): route depthwise layers to the implicit GEMM meanwhile (the tuner's other candidate)
+disabled = _direct.disabled
 
 
 def eligible(g, *tensors, any_kernel: bool = False) -> bool:
@@ -53,7 +42,7 @@ def eligible(g, *tensors, any_kernel: bool = False) -> bool:
     with multiplier 1, dilation 1, stride 1 or 2, one float storage dtype. Forward and grad-weight
     want an odd square kernel; a stride-1 grad-input (`any_kernel`, the strided grad-input's phases
     have sub-kernels such as 2x1) takes any kh x kw."""
-    if not _enabled or not (g.groups == g.C == g.OC <= 65535) or tuple(g.dilation) != (1, 1):
+    if not _direct.on or not (g.groups == g.C == g.OC <= 65535) or tuple(g.dilation) != (1, 1):
         return False
     if not all(s in (1, 2) for s in g.stride) or not (1 <= g.KH <= MAX_TAPS and 1 <= g.KW <= MAX_TAPS):
         return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import workgroup_tap_sums as tap_sums
 from navitrain.wgpu.kernels.conv_depthwise.common import WG, channels_inner
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.kernels.reduction import reduce
@@ -35,7 +36,6 @@ _NHWC_P = codegen.ParamBlock(
     "C", "IH: i32", "IW: i32", "OH", "OW", "ph: i32", "pw: i32", "groups_w", "chunk", "units", "lanes",
     "x_off", "x_s[4]", "y_off", "y_s[4]", "o_off", "o_s[3]")
 
-_RED = 16                    # taps reduced per round in workgroup memory (64 threads x 16 floats = 4 KiB)
 _NHWC_THREADS = 1 << 17      # channel-threads to aim for: fills a large GPU (132 SMs x 1024)
 _PARTIAL_FLOATS = 1 << 22    # at most 16 MiB of partial sums (7x7 taps x many slices)
 
@@ -57,7 +57,6 @@ def _nchw_accumulate(kh, kw, sh, sw, st_x, st_y) -> list[str]:
 
 
 def _nchw_source(kh, kw, sh, sw, st_o, st_x, st_y) -> str:
-    taps = kh * kw
     names = [f"s{i}_{j}" for i in range(kh) for j in range(kw)]
     lines = ["\n" + _NCHW_P.wgsl(), "  let c = wid.x; let sl = wid.y;",
              "  let p0 = sl * chunk; let p1 = min(p0 + chunk, P);",
@@ -71,17 +70,9 @@ def _nchw_source(kh, kw, sh, sw, st_o, st_x, st_y) -> str:
               "    oy = oy + step_oy + cy; cy = 0u; if (oy >= OH) { oy = oy - OH; cy = 1u; }",
               "    n = n + step_n + cy;",
               "  }"]
-    for t0 in range(0, taps, _RED):
-        chunk = names[t0:t0 + _RED]
-        lines += [f"  red[{k}u * {WG}u + lid] = {s};" for k, s in enumerate(chunk)]
-        lines += ["  workgroupBarrier();",
-                  f"  if (lid < {len(chunk)}u) {{",
-                  "    var total = 0.0;",
-                  f"    for (var k = 0u; k < {WG}u; k = k + 1u) {{ total = total + red[lid * {WG}u + k]; }}",
-                  f"    b0[o_off + sl * o_s_0 + c * o_s_1 + ({t0}u + lid) * o_s_2] = {st_o.store('total')};",
-                  "  }",
-                  "  workgroupBarrier();"]
-    shared = f"var<workgroup> red: array<f32, {_RED * WG}>;"
+    lines += tap_sums.sum_and_store(names, WG, lambda t0: [
+        f"    b0[o_off + sl * o_s_0 + c * o_s_1 + ({t0}u + lid) * o_s_2] = {st_o.store('total')};"])
+    shared = tap_sums.shared(WG)
     return codegen.module([st_o.wgsl, st_x.wgsl, st_y.wgsl], "\n".join(lines), WG, shared=shared)
 
 

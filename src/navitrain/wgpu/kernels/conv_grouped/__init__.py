@@ -15,11 +15,9 @@ Chosen in kernels/conv/choose.py: timed against the implicit GEMM per shape clas
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from navitrain.wgpu.kernels import codegen, gemm_tuning
+from navitrain.wgpu.kernels import codegen, gemm_tuning, route_switch
 from navitrain.wgpu.kernels.conv_grouped import direct
 from navitrain.wgpu.kernels.conv_grouped.common import GROUPED_P, MAX_TAPS, WG, geometry_words, tensor_words
 from navitrain.wgpu.kernels.conv_grouped.grad_weight import MAX_TAPS as MAX_WGRAD_TAPS
@@ -38,25 +36,17 @@ MAX_CB = 8             # channels a thread computes
 # grad-weight with 16-32 (or over a 7x7 image at batch 1), where the GEMM's tiles are full.
 RULE_CHANNELS = {"fwd": 16, "dgrad": 16, "dgrad-strided": 8, "wgrad": 8}
 RULE_MIN_WGRAD_POSITIONS = 256      # N*OH*OW: 4 positions for each of a workgroup's 64 threads
-_enabled = True        # off while the tuner times the implicit GEMM against these kernels (and in benchmarks)
-
-
-@contextlib.contextmanager
-def disabled():
-    """Route grouped layers to the implicit GEMM meanwhile (the tuner's other candidate)."""
-    global _enabled
-    was, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = was
+# off while the tuner times the implicit GEMM against these kernels (and in benchmarks)
+_direct = route_switch.RouteSwitch()
+# disabled(): route grouped layers to the implicit GEMM meanwhile (the tuner's other candidate)
+disabled = _direct.disabled
 
 
 def eligible(pass_name: str, g, *tensors) -> bool:
     """Whether the direct kernels handle geometry `g` (conv.Geometry) for this pass: more than one
     group, not one channel in and out per group (the depthwise kernels' case), at most 7x7 taps (5x5
     for the grad-weight's sums in registers), one float storage dtype."""
-    if not _enabled or g.groups <= 1 or (g.Cg == 1 and g.OCg == 1):
+    if not _direct.on or g.groups <= 1 or (g.Cg == 1 and g.OCg == 1):
         return False
     taps = g.KH * g.KW
     if taps > (MAX_WGRAD_TAPS if pass_name == "wgrad" else MAX_TAPS) or g.OC * g.Cg > 65535:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu.kernels import codegen
+from navitrain.wgpu.kernels import workgroup_tap_sums as tap_sums
 from navitrain.wgpu.kernels.conv_grouped.common import GROUPED_P, PRE, WG, geometry_words, tensor_words
 from navitrain.wgpu.kernels.copy import copy_into
 from navitrain.wgpu.kernels.reduction import reduce
@@ -21,7 +22,6 @@ from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
 MAX_TAPS = 25      # kh*kw sums per thread in registers (5x5)
-_RED = 16          # taps reduced per round in workgroup memory (64 threads x 16 floats = 4 KiB)
 _TARGET_GROUPS = 2048
 _MIN_CHUNK = 256   # positions per slice: at least 4 per thread
 
@@ -54,21 +54,13 @@ def _source(kh, kw, co, st_o, st_x, st_y) -> str:
             lines.append(f"    {{ let v = select(0.0, {load}, {ok}); "
                          + " ".join(f"s{o}_{i}_{j} = s{o}_{i}_{j} + d{o} * v;" for o in range(co)) + " }")
     lines.append("  }")
-    for t0 in range(0, len(names), _RED):
-        chunk = names[t0:t0 + _RED]
-        lines += [f"  red[{k}u * {WG}u + lid] = {s};" for k, s in enumerate(chunk)]
-        lines += ["  workgroupBarrier();",
-                  f"  if (lid < {len(chunk)}u) {{",
-                  "    var total = 0.0;",
-                  f"    for (var k = 0u; k < {WG}u; k = k + 1u) {{ total = total + red[lid * {WG}u + k]; }}",
-                  f"    let sum = {t0}u + lid; let o = sum / {taps}u; let tap = sum % {taps}u;",
-                  f"    if (ob * {co}u + o < OCg) {{",
-                  f"      let pair_out = (g * OCg + ob * {co}u + o) * Cg + c;",
-                  f"      b0[o_off + sl * o_s_0 + pair_out * o_s_1 + tap * o_s_2] = {st_o.store('total')};",
-                  "    }",
-                  "  }",
-                  "  workgroupBarrier();"]
-    shared = f"var<workgroup> red: array<f32, {_RED * WG}>;"
+    lines += tap_sums.sum_and_store(names, WG, lambda t0: [
+        f"    let sum = {t0}u + lid; let o = sum / {taps}u; let tap = sum % {taps}u;",
+        f"    if (ob * {co}u + o < OCg) {{",
+        f"      let pair_out = (g * OCg + ob * {co}u + o) * Cg + c;",
+        f"      b0[o_off + sl * o_s_0 + pair_out * o_s_1 + tap * o_s_2] = {st_o.store('total')};",
+        "    }"])
+    shared = tap_sums.shared(WG)
     return codegen.module([st_o.wgsl, st_x.wgsl, st_y.wgsl], "\n".join(lines), WG, shared=shared)
 
 
