@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from navitrain.wgpu.kernels.conv import choose
 from navitrain.wgpu.runtime import runtime
 from tests.wgpu.conv_checks import assert_close_to_reference as _close
+from tests.wgpu.conv_checks import force_tuner_choice
 
 CASES = [  # N, C, H, W, k, stride, pad, channels_last, bias -- comments: the kernels they reach
     (3, 3, 7, 9, 3, 1, 1, False, True),      # small plane: direct, threads along W
@@ -161,15 +162,8 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
 def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):
     """Where the tuner runs, pick_choice gets both candidates for each pass; each candidate, run on
     its own, gives the CPU's answer, and the 'gemm' one really runs the implicit GEMM."""
-    from navitrain.wgpu.kernels import gemm_tuning
-
     for choice in ("direct", "gemm"):
-        seen = []
-
-        def pick(key, options, default, seen=seen):
-            seen.append((key, sorted(options), default))
-            return choice
-        monkeypatch.setattr(gemm_tuning, "pick_choice", pick)
+        seen = force_tuner_choice(monkeypatch, choice)
         runtime()._kernels.clear()
         x, w, b = _layer(5, 2, 6, 9, 8, 5)
         y, gy, gx, gw, gb = _reference(x, w, b, 1, 2)

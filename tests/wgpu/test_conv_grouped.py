@@ -13,6 +13,7 @@ from navitrain.wgpu.kernels import conv_grouped, gemm_tuning
 from navitrain.wgpu.kernels.conv import choose
 from navitrain.wgpu.runtime import runtime
 from tests.wgpu.conv_checks import assert_close_to_reference as _close
+from tests.wgpu.conv_checks import force_tuner_choice
 
 CASES = [  # N, C, OC, H, W, kernel, stride, padding, dilation, groups, channels_last, bias
     (2, 4, 6, 9, 10, 3, 1, 1, 1, 2, False, True),       # 2 in / 3 out a group: a partly used channel block
@@ -203,12 +204,7 @@ def test_tuner_times_direct_against_gemm_and_both_are_right(monkeypatch):
     kernel, stride, dilation and channels a group) and prefer_direct's default; each candidate, run on
     its own, gives the CPU's answer."""
     for choice in ("direct", "gemm"):
-        seen = []
-
-        def pick(key, options, default, seen=seen):
-            seen.append((key, sorted(options), default))
-            return choice
-        monkeypatch.setattr(gemm_tuning, "pick_choice", pick)
+        seen = force_tuner_choice(monkeypatch, choice)
         runtime()._kernels.clear()
         x, w, b = _layer(5, 2, 16, 16, 7, 6, 3, 4)
         y, gy, gx, gw, gb = _reference(x, w, b, 1, 1, 1, 4)
