@@ -196,3 +196,54 @@ def test_transcendentals_on_float64_fall_back_with_exact_values(op, lenient):
     got = op(x.to(DEV)).cpu()
     assert nw.fallback_report()["total_fallback_calls"] == before + 1  # never an f32 approximation on the GPU
     assert _same_bits(got, op(x))
+
+
+# -- reductions in f64 --------------------------------------------------------------------------------
+def _matrix():
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    x = torch.randn(37, 300, dtype=torch.float64, generator=g) * 1e3
+    x[3, 5], x[4, 7], x[5, 9], x[6, 11] = float("nan"), float("inf"), -float("inf"), 1e-310
+    return x
+
+
+@pytest.mark.parametrize("dim", [None, 0, 1])
+def test_sum_mean_and_prod_in_double(dim, strict):
+    # summation order differs from the CPU's: |error| <= n * 2^-52 * sum|x| (the textbook bound)
+    x = _matrix()
+    d = x.to(DEV)
+    n = x.numel() if dim is None else x.shape[dim]
+    for op, scale in ((torch.sum, 1.0), (torch.mean, 1.0 / n)):
+        got = (op(d) if dim is None else op(d, dim)).cpu()
+        want = op(x) if dim is None else op(x, dim)
+        bound = n * 2.0**-52 * ((x.abs().sum() if dim is None else x.abs().sum(dim)) * scale)
+        assert got.dtype == torch.float64 and torch.equal(torch.isnan(got), torch.isnan(want))
+        finite = torch.isfinite(want)
+        assert torch.equal(got[~finite].nan_to_num(), want[~finite].nan_to_num())
+        assert ((got - want).abs()[finite] <= bound.expand_as(want)[finite]).all()
+    small = x[:, :20] * 1e-3
+    got = small.to(DEV).prod(1).cpu()
+    want = small.prod(1)
+    assert torch.allclose(got, want, rtol=20 * 2.0**-52, atol=0, equal_nan=True)
+
+
+def test_extremes_and_their_indices_match_exactly(strict):
+    x = _matrix()
+    d = x.to(DEV)
+    for dim in (0, 1):
+        assert _same_bits(d.amax(dim).cpu(), x.amax(dim))
+        assert _same_bits(d.amin(dim).cpu(), x.amin(dim))
+        assert torch.equal(d.argmax(dim).cpu(), x.argmax(dim))
+        assert torch.equal(d.argmin(dim).cpu(), x.argmin(dim))
+    f32 = x.float()  # sum(dtype=float64) adds in double, as the CPU does
+    got, want = f32.to(DEV).sum(1, dtype=torch.float64).cpu(), f32.sum(1, dtype=torch.float64)
+    assert torch.allclose(got, want, rtol=300 * 2.0**-52, atol=1e-9, equal_nan=True)
+
+
+def test_float64_into_a_narrower_intermediate_falls_back(lenient):
+    # var builds its squares in a float32 intermediate (for float16 inputs): for doubles that would lose
+    # precision silently, so it runs on the CPU, counted
+    x = _matrix()[6:]
+    before = nw.fallback_report()["total_fallback_calls"]
+    got = x.to(DEV).var(1).cpu()
+    assert nw.fallback_report()["total_fallback_calls"] > before
+    assert _same_bits(got, x.var(1))

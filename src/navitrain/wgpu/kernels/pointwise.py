@@ -174,7 +174,9 @@ def _f64_plan(expr: str, in_types: tuple, out_dtype, compute: str, kinds: str, l
     of the f64 kernel, or NoKernelForDtype where the template is not exact in f64."""
     if native_f64 or compute != "f32" or (out_dtype is not _F64 and _F64 not in in_types):
         return None
-    if runtime().stypes[_F64].wgsl != "f64" or prelude:
+    # A float64 operand written to a narrower float is a handler's own f32 intermediate (var's squares,
+    # built for float16 inputs): in f64 that would drop precision silently, so such an op runs on the CPU.
+    if runtime().stypes[_F64].wgsl != "f64" or prelude or (out_dtype is not _F64 and out_dtype.is_floating_point):
         from navitrain.wgpu.dtypes import NoKernelForDtype
 
         raise NoKernelForDtype("no float64 kernel for this expression on this adapter")

@@ -17,18 +17,25 @@ from dataclasses import dataclass
 
 import torch
 
-from navitrain.wgpu.kernels import codegen, wgsl_math
+from navitrain.wgpu.dtypes import NoKernelForDtype
+from navitrain.wgpu.kernels import codegen, float64_exprs, wgsl_math
 from navitrain.wgpu.kernels.pointwise import collapse
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor, empty
 
 ARG_OPS = ("argmax", "argmin")
+_ACC_DTYPES = {"f32": torch.float32, "f64": torch.float64, "i32": torch.int32, "i64": torch.int64}  # partials
 
 
-def _acc_type(op: str, in_dtype: torch.dtype) -> str:
+def _acc_type(op: str, in_dtype: torch.dtype, out_dtype: torch.dtype | None = None) -> str:
     rt = runtime()
     if op in ("any", "all"):
         return "i32"
+    # float64 in or out (sum(x, dtype=torch.float64) adds in double on the CPU) accumulates in f64
+    if rt.stypes[torch.float64].wgsl == "f64" and torch.float64 in (in_dtype, out_dtype) and op not in ARG_OPS:
+        return "f64"
+    if in_dtype == torch.float64 and rt.stypes[in_dtype].wgsl == "f64":  # argmax/argmin of doubles
+        return "f64"
     if in_dtype.is_floating_point:
         return "f32"
     if op in ("sum", "prod", "mean"):
@@ -38,29 +45,31 @@ def _acc_type(op: str, in_dtype: torch.dtype) -> str:
 
 def _identity(op: str, acc: str) -> str:
     if op in ("sum", "mean", "any"):
-        return {"f32": "0.0", "i32": "0", "i64": "0li"}[acc]
+        return {"f32": "0.0", "f64": "0.0lf", "i32": "0", "i64": "0li"}[acc]
     if op in ("prod", "all"):
-        return {"f32": "1.0", "i32": "1", "i64": "1li"}[acc]
-    lowest = {"f32": "bitcast<f32>(0xff800000u)", "i32": "(-2147483647 - 1)", "i64": "(-9223372036854775807li - 1li)"}
-    highest = {"f32": "bitcast<f32>(0x7f800000u)", "i32": "2147483647", "i64": "9223372036854775807li"}
+        return {"f32": "1.0", "f64": "1.0lf", "i32": "1", "i64": "1li"}[acc]
+    lowest = {"f32": "bitcast<f32>(0xff800000u)", "f64": "f64(bitcast<f32>(0xff800000u))", "i32": "(-2147483647 - 1)",
+              "i64": "(-9223372036854775807li - 1li)"}
+    highest = {"f32": "bitcast<f32>(0x7f800000u)", "f64": "f64(bitcast<f32>(0x7f800000u))", "i32": "2147483647",
+               "i64": "9223372036854775807li"}
     return lowest[acc] if op in ("max", "argmax") else highest[acc]
 
 
 def _merge(op: str, acc: str, a: str, b: str) -> str:
     """WGSL expression combining two accumulators of a value op."""
-    f = acc == "f32"
+    f = {"f32": "", "f64": "64"}.get(acc)
     return {
         "sum": f"{a} + {b}", "mean": f"{a} + {b}", "prod": f"{a} * {b}",
-        "max": f"fmax_nan({a}, {b})" if f else f"max({a}, {b})",
-        "min": f"fmin_nan({a}, {b})" if f else f"min({a}, {b})",
+        "max": f"fmax_nan{f}({a}, {b})" if f is not None else f"max({a}, {b})",
+        "min": f"fmin_nan{f}({a}, {b})" if f is not None else f"min({a}, {b})",
         "any": f"({a} | {b})", "all": f"({a} & {b})",
     }[op]
 
 
 def _load(op: str, st, expr: str, acc: str) -> str:
     if op in ("any", "all"):
-        return f"select(0, 1, {st.load(expr, 'bool')})"
-    return st.load(expr, acc)
+        return f"select(0, 1, {st.load(expr, 'bool', native_f64=True)})"
+    return st.load(expr, acc, native_f64=True)  # f64 loads only into the f64 accumulator (_acc_type)
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,13 +124,18 @@ class _KernelSpec:
     def step(self, acc_v: str, idx_v: str, v: str, l: str) -> str:
         """WGSL folding value `v` (at reduced index `l`) into the accumulator."""
         if self.is_arg:
-            nan = f" || (is_nan({v}) && !is_nan({acc_v}))" if self.acc == "f32" else ""
+            nan = f" || ({self.is_nan}({v}) && !{self.is_nan}({acc_v}))" if self.acc in ("f32", "f64") else ""
             return f"if (({v} {self.better} {acc_v}){nan}) {{ {acc_v} = {v}; {idx_v} = {l}; }}"
         return f"{acc_v} = {_merge(self.op, self.acc, acc_v, v)};"
 
+    @property
+    def is_nan(self) -> str:
+        return "is_nan64" if self.acc == "f64" else "is_nan"
+
     def result(self, a: str) -> str:
         if self.op == "mean" and self.finalize:
-            return f"f32({a}) / divisor"
+            # f64: the count is exact as the f32 divisor up to 2^24 (reduce() sends longer means to the CPU)
+            return f"{a} / f64(divisor)" if self.acc == "f64" else f"f32({a}) / divisor"
         return a
 
     def load(self, expr: str) -> str:
@@ -163,7 +177,7 @@ def _thread_body(k: _KernelSpec) -> list[str]:
     if k.variant == "thread_split":
         body.append("  b0[out_off + gi] = acc;")   # raw accumulator, combined by a second pass
     else:
-        body.append(f"  b0[out_off + gi] = {k.st_out.store(k.result('acc'))};")
+        body.append(f"  b0[out_off + gi] = {k.st_out.store(k.result('acc'), native_f64=True)};")
     if k.is_arg:
         body.append(f"  b2[idx_off + gi] = {runtime().stypes[torch.int64].store('idx')};")
     return body
@@ -220,9 +234,10 @@ def _tree(k: _KernelSpec) -> list[str]:
     body.append(f"  for (var s = {k.wg // 2}u; s > 0u; s = s >> 1u) {{")
     body.append("    if (lid < s) {")
     if k.is_arg:
-        o_nan = " || (is_nan(o) && !is_nan(a))" if k.acc == "f32" else ""
+        o_nan = f" || ({k.is_nan}(o) && !{k.is_nan}(a))" if k.acc in ("f32", "f64") else ""
         body.append("      let a = sacc[lid]; let o = sacc[lid + s]; let ai = sidx[lid]; let oi = sidx[lid + s];")
-        body.append(f"      if ((o {k.better} a){o_nan} || (o == a && oi < ai) || (is_nan(o) && is_nan(a) && oi < ai))"
+        both_nan = f"({k.is_nan}(o) && {k.is_nan}(a) && oi < ai)"
+        body.append(f"      if ((o {k.better} a){o_nan} || (o == a && oi < ai) || {both_nan})"
                     " { sacc[lid] = o; sidx[lid] = oi; }")
     else:
         body.append(f"      sacc[lid] = {_merge(k.op, k.acc, 'sacc[lid]', 'sacc[lid + s]')};")
@@ -231,7 +246,7 @@ def _tree(k: _KernelSpec) -> list[str]:
     body.append("  }")
     body.append("  if (lid == 0u) {")
     if k.finalize:
-        body.append(f"    b0[out_off + w] = {k.st_out.store(k.result('sacc[0]'))};")
+        body.append(f"    b0[out_off + w] = {k.st_out.store(k.result('sacc[0]'), native_f64=True)};")
     else:
         body.append("    b0[out_off + w] = sacc[0];")
     if k.is_arg:
@@ -254,8 +269,8 @@ def _source(op: str, in_dtype, out_dtype, acc: str, variant: str, nk: int, nr: i
              k.st_in.wgsl]
     if k.is_arg:
         types.append(rt.stypes[torch.int64].wgsl)
-    return codegen.module(types, _params(nk, nr).wgsl() + "\n".join(body), wg,
-                          helpers=wgsl_math.helpers("shader-int64" in rt.features), shared=shared)
+    helpers = wgsl_math.helpers("shader-int64" in rt.features) + (float64_exprs.HELPERS if acc == "f64" else "")
+    return codegen.module(types, _params(nk, nr).wgsl() + "\n".join(body), wg, helpers=helpers, shared=shared)
 
 
 def normalize_dims(x: torch.Tensor, dims) -> list[int]:
@@ -310,7 +325,12 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
         fill(out, {"sum": 0, "mean": float("nan"), "prod": 1, "any": False, "all": True}[op])
         return out
 
-    acc = _acc_type(op, x.dtype)
+    acc = _acc_type(op, x.dtype, out_dtype)
+    if acc == "f64" and out_dtype != torch.float64 and out_dtype.is_floating_point:
+        # a handler's f32 intermediate (built for float16 inputs) would drop a double's precision silently
+        raise NoKernelForDtype("a float64 reduction into a narrower float")
+    if acc == "f64" and op == "mean" and L > 1 << 24:
+        raise NoKernelForDtype("a float64 mean over more than 2^24 elements (its count is passed as f32)")
     ksizes, (kstrides,) = collapse([x.shape[d] for d in kdims] or [1], [[x.stride(d) for d in kdims] or [0]])
     rsizes, (rstrides,) = collapse([x.shape[d] for d in rdims], [[x.stride(d) for d in rdims]])
     nk, nr = len(ksizes), len(rsizes)
@@ -326,7 +346,7 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
             if G > 1:
                 chunk = -(-L // G)
                 G = -(-L // chunk)
-                partial = empty([G * M], {"f32": torch.float32, "i32": torch.int32, "i64": torch.int64}[acc])
+                partial = empty([G * M], _ACC_DTYPES[acc])
                 _launch(op, x, partial, None, acc, "thread_split", nk, nr, 64, False, False, M, L, G, chunk, L,
                         ksizes, kstrides, rsizes, rstrides)
                 _launch(op, partial, out, None, acc, "thread", 1, 1, 64, True, False, M, G, 1, G, L,
@@ -341,7 +361,7 @@ def reduce(x: WgpuTensor, dims, keepdim: bool, op: str, out_dtype: torch.dtype, 
             G = -(-L // chunk)
 
     if variant == "group" and G > 1:
-        partial = empty([M * G], {"f32": torch.float32, "i32": torch.int32, "i64": torch.int64}[acc])
+        partial = empty([M * G], _ACC_DTYPES[acc])
         _launch(op, x, partial, None, acc, "group", nk, nr, wg, False, False, M, L, G, chunk, L,
                 ksizes, kstrides, rsizes, rstrides)
         _launch(op, partial, out, None, acc, "group", 1, 1, 256 if G >= 1024 else 64, True, True, M, G, 1, G, L,
