@@ -380,3 +380,88 @@ def test_layer_norm_with_a_weight_of_the_wrong_size_raises():
     x = rnd(4, 8, seed=23).to(DEV)
     with pytest.raises(RuntimeError):
         aten.native_layer_norm.default(x, [8], rnd(6, seed=24).to(DEV), None, 1e-5)
+
+
+# -- in-place arithmetic straight to the engine --------------------------------------------------------
+def _special(x):
+    x = x.clone()
+    flat = x.view(-1)
+    flat[0], flat[1], flat[2] = float("nan"), float("inf"), -float("inf")
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["add_", "sub_", "mul_"])
+def test_in_place_float_arithmetic_matches_the_cpu(op, dtype):
+    a = _special(rnd(8, 8, seed=25)).to(dtype)
+    cases = [rnd(8, 8, seed=26).to(dtype), _special(rnd(8, seed=27)).to(dtype), rnd(8, 8, seed=28).to(dtype).t(),
+             rnd(8, 1, seed=29).to(dtype), 0.375, -2.5, float("nan")]
+    for other in cases:
+        for a_view in (lambda t: t, lambda t: t.t()):  # a itself contiguous, and a transposed view
+            want, got = a_view(a.clone()), a_view(a.to(DEV))
+            o = other.to(DEV) if isinstance(other, torch.Tensor) else other
+            for _ in range(2):  # the second time with everything cached
+                getattr(want, op)(other)
+                getattr(got, op)(o)
+                torch.testing.assert_close(got.cpu(), want, equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_in_place_integer_arithmetic_by_python_ints_matches_the_cpu(dtype):
+    info = torch.iinfo(dtype)
+    a = torch.tensor([0, 1, -7, info.max, info.min, 123456], dtype=dtype)
+    for op in ("add_", "sub_", "mul_"):
+        for other in (1, -3, 2**31 - 1, -2**31):  # the i32 word's range (wider ints do not pack yet)
+            want, got = a.clone(), a.to(DEV)
+            getattr(want, op)(other)
+            getattr(got, op)(other)
+            assert torch.equal(got.cpu(), want), (op, other)
+    counter, ref = torch.tensor(0, dtype=dtype).to(DEV), torch.tensor(0, dtype=dtype)
+    for _ in range(3):  # BatchNorm's num_batches_tracked
+        counter.add_(1)
+        ref.add_(1)
+    assert torch.equal(counter.cpu(), ref)
+
+
+def test_in_place_arithmetic_keeps_its_checks():
+    x = rnd(4, seed=30)
+    d = x.to(DEV)
+    d.add_(rnd(4, seed=31).to(DEV), alpha=2.5)  # alpha: the general path
+    torch.testing.assert_close(d.cpu(), x + 2.5 * rnd(4, seed=31))
+    i = torch.arange(4).to(DEV)
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        i.add_(0.5)  # as on the CPU: a float result cannot go into an integer tensor
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        i.mul_(torch.ones(4).to(DEV))
+    h = torch.ones(4, dtype=torch.float16).to(DEV)
+    h.add_(torch.full((4,), 0.5).to(DEV))  # float32 operand into float16: promoted, cast back
+    assert torch.equal(h.cpu(), torch.full((4,), 1.5, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("op", [
+    lambda a, b: a.add_(b), lambda a, b: a.sub_(b, alpha=2), lambda a, b: a.mul_(b), lambda a, b: a.div_(b),
+    lambda a, b: a.masked_fill_(b > 0, 1.0), lambda a, b: a.lerp_(b, 0.5), lambda a, b: a.addcmul_(b, b),
+    lambda a, b: a.clamp_(b), lambda a, b: a.lt_(b), lambda a, b: a.pow_(b)])
+def test_in_place_ops_refuse_an_operand_larger_than_the_output(op):
+    # Told the output's shape, the engine would read a larger operand with made-up strides.
+    a, b = rnd(5, seed=32), rnd(4, 5, seed=33)
+    with pytest.raises(RuntimeError, match=r"output with shape \[5\] doesn't match the broadcast shape \[4, 5\]"):
+        op(a.clone(), b)
+    with pytest.raises(RuntimeError, match=r"output with shape \[5\] doesn't match the broadcast shape \[4, 5\]"):
+        op(a.to(DEV), b.to(DEV))
+
+
+def test_in_place_arithmetic_gradients_match_float64():
+    x, y = rnd(3, 4, seed=34), rnd(4, seed=35)
+    grads = []
+    for dev, dtype in ((DEV, torch.float32), ("cpu", torch.float64)):
+        xl, yl = x.to(dtype).to(dev).requires_grad_(), y.to(dtype).to(dev).requires_grad_()
+        z = xl * 1.0
+        z.mul_(2.5)
+        z.add_(yl)
+        z.sub_(0.25)
+        z.mul_(yl)
+        (z * z).sum().backward()
+        grads.append((xl.grad.cpu().float(), yl.grad.cpu().float()))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

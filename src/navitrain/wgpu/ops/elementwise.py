@@ -18,6 +18,7 @@ aten = torch.ops.aten
 
 
 _FAST_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+_FAST_INTS = (torch.int64, torch.int32)
 
 
 def _scalar_value(v):
@@ -82,8 +83,20 @@ def apply(name: str, template: str, operands: list, out_dtype: torch.dtype, comp
         shape = ()
     if shape is None and out is not None and len(inputs) < len(operands):
         shape = pointwise.broadcast_shape(out.shape, *(t.shape for t in inputs))
+    elif out is not None and shape is not None:
+        _check_broadcasts_to(shape, inputs)
     return pointwise.run(name, expr, inputs, out_dtype, compute, scalars, kinds, out=out,
                          load_types=lts if lts != [compute] * len(inputs) else None, shape=shape)
+
+
+def _check_broadcasts_to(shape, inputs) -> None:
+    """An in-place op's operands must broadcast to its output's shape: the engine, told that shape,
+    would otherwise read a larger operand with made-up strides (x.add_(y) of a [5] x and a [4, 5] y)."""
+    for t in inputs:
+        if t.shape != shape:
+            full = pointwise.broadcast_shape(tuple(shape), tuple(t.shape))  # raises where they do not broadcast
+            if full != tuple(shape):
+                raise RuntimeError(f"output with shape {list(shape)} doesn't match the broadcast shape {list(full)}")
 
 
 def _promote(*operands) -> torch.dtype:
@@ -136,6 +149,10 @@ def _arith(name, ftemplate, itemplate, btemplate=None, float_result=False):
     fast_tt = ftemplate.replace(" {alpha} *", "").format(a="a", b="b") if ftemplate else None
     fast_ts = ftemplate.replace(" {alpha} *", "").format(a="a", b="s0") if ftemplate else None
 
+    # In place on an int32/int64 tensor by a Python int (BatchNorm's num_batches_tracked += 1, every layer
+    # every step): the same arithmetic, without the template machinery.
+    fast_int = itemplate.replace(" {alpha} *", "").format(a="a", b="s0") if name in ("add", "sub", "mul") else None
+
     checks_divisor = name in ("remainder", "fmod")
 
     def check(b, compute):
@@ -161,6 +178,19 @@ def _arith(name, ftemplate, itemplate, btemplate=None, float_result=False):
         return apply(name, template_for(compute), [a, b], dtype, compute, named if "{alpha}" in ftemplate else None)
 
     def inplace(a, b, *, alpha=None):
+        # The functional fast path's cases, written into `a`: no promotion (the result dtype is a's), so
+        # no cast check, and the same expressions (x + 1.0 * y is x + y in floating point).
+        if alpha is None and fast_tt is not None and type(a) is WgpuTensor and a.dtype in _FAST_FLOATS:
+            if type(b) is WgpuTensor and b.dtype is a.dtype:
+                if b.shape != a.shape:
+                    _check_broadcasts_to(a.shape, (b,))
+                return pointwise.run(name, fast_tt, [a, b], a.dtype, "f32", out=a, shape=tuple(a.shape))
+            if type(b) is float:
+                return pointwise.run(name, fast_ts, [a], a.dtype, "f32", [b], "f", out=a, shape=tuple(a.shape))
+        elif (alpha is None and fast_int is not None and type(b) is int and type(a) is WgpuTensor
+              and a.dtype in _FAST_INTS and -2**31 <= b < 2**31):  # the scalar travels as an i32 word
+            return pointwise.run(name, fast_int, [a], a.dtype, pointwise.compute_type(a.dtype), [b], "i", out=a,
+                                 shape=tuple(a.shape))
         dtype = promote(a, b)
         _check_inplace(a, dtype, name)
         compute = compute_of(dtype)
