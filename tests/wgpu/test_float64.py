@@ -223,7 +223,8 @@ def test_sum_mean_and_prod_in_double(dim, strict):
     small = x[:, :20] * 1e-3
     got = small.to(DEV).prod(1).cpu()
     want = small.prod(1)
-    assert torch.allclose(got, want, rtol=20 * 2.0**-52, atol=0, equal_nan=True)
+    # 20 roundings in another order; the row holding a subnormal has lost relative precision: absolute there
+    assert torch.allclose(got, want, rtol=20 * 2.0**-52, atol=1e-305, equal_nan=True)
 
 
 def test_extremes_and_their_indices_match_exactly(strict):
