@@ -33,7 +33,13 @@ def fill(x: WgpuTensor, value) -> WgpuTensor:
                              shape=tuple(x.shape))
     if compute == "f32":
         return pointwise.run("fill_f", "s0", [], x.dtype, compute, [float(value)], "f", out=x, shape=tuple(x.shape))
-    return pointwise.run("fill_i", "s0", [], x.dtype, compute, [int(value)], "i", out=x, shape=tuple(x.shape))
+    value = int(value)
+    if not -2**31 <= value < 2**31:
+        # scalars are 32-bit words: a wider int64 value (torch.iinfo(torch.int64).max as a sentinel) is
+        # uploaded as a 0-d tensor and broadcast instead
+        one = from_cpu(torch.tensor(value, dtype=x.dtype))
+        return pointwise.run("fill_t", "a", [one], x.dtype, compute, out=x, shape=tuple(x.shape))
+    return pointwise.run("fill_i", "s0", [], x.dtype, compute, [value], "i", out=x, shape=tuple(x.shape))
 
 
 def upload_into(dst: WgpuTensor, cpu: torch.Tensor) -> None:

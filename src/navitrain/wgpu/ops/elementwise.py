@@ -12,7 +12,7 @@ import torch
 from navitrain.wgpu.dispatch import implements
 from navitrain.wgpu.kernels import int_division, pointwise
 from navitrain.wgpu.promotion import result_type
-from navitrain.wgpu.tensor import WgpuTensor
+from navitrain.wgpu.tensor import WgpuTensor, from_cpu
 
 aten = torch.ops.aten
 
@@ -23,6 +23,13 @@ _FAST_INTS = (torch.int64, torch.int32)
 
 def _scalar_value(v):
     return v.item() if isinstance(v, torch.Tensor) else v
+
+
+def _wider_than_i32(v) -> bool:
+    if isinstance(v, WgpuTensor):
+        return False
+    v = _scalar_value(v)
+    return type(v) is int and not -2**31 <= v < 2**31
 
 
 def _kind(compute: str) -> str:
@@ -66,6 +73,11 @@ def apply(name: str, template: str, operands: list, out_dtype: torch.dtype, comp
           named: dict | None = None, out: WgpuTensor | None = None, load_types: list | None = None,
           shape: tuple | None = None):
     """Run `template` with operands bound to {a}, {b}, {c} and named scalars bound to their names."""
+    if compute == "i64" and any(_wider_than_i32(v) for v in operands):
+        # Scalars reach the kernel as 32-bit words; an int64 scalar beyond them becomes a 0-d device
+        # tensor operand instead, read as i64 (t + 2**40 raised struct.error before).
+        operands = [from_cpu(torch.tensor(_scalar_value(v), dtype=torch.int64)) if _wider_than_i32(v) else v
+                    for v in operands]
     pattern = tuple(isinstance(v, WgpuTensor) for v in operands)
     lt_key = tuple(load_types) if load_types is not None else (compute,) * len(operands)
     named_keys = tuple(named) if named else ()
