@@ -25,8 +25,6 @@ import sys
 import traceback
 import warnings
 
-os.environ["NAVITRAIN_WGPU_STRICT"] = "0"  # fallbacks must run (and be counted), not raise
-
 import torch  # noqa: E402
 from torch.utils._pytree import tree_flatten, tree_map  # noqa: E402
 
@@ -302,6 +300,9 @@ def _compare_grads(op, sample, ref, dev, out, dtype, what, i, values, judged, pr
 
 
 def main() -> None:
+    # fallbacks must run (and be counted), not raise; set here, in the child process, not at import: a test
+    # importing this module for its helpers would otherwise turn strict mode off for the rest of its session
+    os.environ["NAVITRAIN_WGPU_STRICT"] = "0"
     warnings.simplefilter("ignore")
     job = json.loads(sys.stdin.read())
     import navitrain.wgpu as nw

@@ -17,7 +17,7 @@ def child():
     before = os.environ.get("NAVITRAIN_WGPU_STRICT")
     try:
         return importlib.import_module("_coverage_child")
-    finally:  # the module turns strict mode off for its own process; this one keeps it
+    finally:  # (the module turns strict mode off only in its main(), the child process; kept as a guard)
         if before is None:
             os.environ.pop("NAVITRAIN_WGPU_STRICT", None)
         else:
