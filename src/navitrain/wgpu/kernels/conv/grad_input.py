@@ -15,6 +15,7 @@ from navitrain.wgpu.kernels.conv.layouts import (
     positions_vec_ok,
     strided_weight,
     tile_for,
+    weight_vec_ok,
 )
 from navitrain.wgpu.kernels.conv.operands import ImageGradInput, ImagePositions, Weight
 from navitrain.wgpu.kernels.conv.params import CONV_PARAMS, NO_WEIGHT_MATRIX, PREAMBLE
@@ -50,26 +51,13 @@ def implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTens
     partial = empty([slices, M, N], torch.float32) if slices > 1 else None
     out = partial if partial is not None else dx
     types = [rt.stypes[out.dtype].wgsl, st_y.wgsl, st_w.wgsl]
-    heaps = [out._ws.heap, dy._ws.heap, None]
+    heaps = [out._ws.heap, dy._ws.heap, w._ws.heap]
     y_vec = None
     if flat and not guard and positions_vec_ok(dy, g):
         y_vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(dy._ws.heap)
-    wparams = None
-    # The weight read as [c][ko, kh, kw] (NCHW) or [c][kh, kw, ko] (NHWC, one group): a transposed copy
-    # (weights are small) turns the gather into a plain, vectorisable matrix.
-    if not nhwc:
-        wt = w.transpose(0, 1).contiguous()                    # [Cg, OC, KH, KW]
-        heaps[2] = wt._ws.heap
-        W, wparams = strided_weight(rt, wt, wt.stride(0), g.OCg * g.KH * g.KW, types, heaps, vec_ok=not guard)
-    elif g.groups == 1:
-        wt = w.permute(1, 2, 3, 0).contiguous()                # [C, KH, KW, OC]
-        heaps[2] = wt._ws.heap
-        W, wparams = strided_weight(rt, wt, wt.stride(0), 0, types, heaps, vec_ok=not guard)
-    else:
-        heaps[2] = w._ws.heap
-        W = Weight("b2", st_w.wgsl, "dgrad", "kkc", "k")
+    W, wparams = _weight_in_place(rt, w, g, "kkc" if nhwc else "ckk", types, heaps, vec_ok=not guard)
     vec_out = image_vec_out(dx, nhwc, g.groups, types, heaps) if partial is None else None
     bindings = codegen.bindings(types)
     unit = tuple(g.stride) == (1, 1)
@@ -94,6 +82,29 @@ def implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTens
         summed = reduce(partial, [0], False, "sum", torch.float32)      # [C, N*H*W]
         copy_into(dx, wrap(summed._ws, (g.N, g.C, g.H, g.W), (g.H * g.W, P, g.W, 1), 0, torch.float32))
     return dx
+
+
+def _weight_in_place(rt, w: WgpuTensor, g: Geometry, k_order: str, types: list, heaps: list, vec_ok: bool):
+    """The weight as the grad-input's channel side (row = c, k = (oc, kh, kw) or (kh, kw, oc)), read where
+    it lies through its strides: (operand, WEIGHT_MATRIX values). A transposed copy made every backward
+    moved the whole weight twice per step (ResNet-18: ~90 MB, more than the rest of a small batch).
+    A 1x1 weight is a plain [c, oc] matrix (16-byte loads along c where c is contiguous); a larger
+    kernel is gathered by (oc, kh, kw) digits -- 16-byte loads of four channels where c is contiguous
+    (channels_last), scalar loads where it is not (NCHW 3x3: four neighbouring k straddle output
+    channels). Those scalar loads are the weight tile's only, a BM x BK tile per BK step against
+    BM x BN x BK FMAs, so the gather costs less than the copy it replaces."""
+    s0, s1, s2, s3 = w.stride()
+    if g.KH == 1 and g.KW == 1:
+        fastest = "row" if s1 < s0 else "k"    # consecutive threads along the smaller stride
+        return strided_weight(rt, w, s1, g.OCg * s0, types, heaps, fastest=fastest, vec_ok=vec_ok, k_stride=s0)
+    k_step = s3 if k_order == "ckk" else s0      # the stride of K's fastest digit (kw, or oc)
+    fastest = "row" if s1 < k_step else "k"
+    vec = None
+    if fastest == "row" and weight_vec_ok(rt, w, vec_ok):
+        vec = f"b{len(types)}"
+        types.append("vec4<f32>")
+        heaps.append(w._ws.heap)
+    return Weight("b2", rt.stypes[w.dtype].wgsl, "dgrad", k_order, fastest, vec), None
 
 
 def grad_input_by_phase(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor, each_phase) -> WgpuTensor:

@@ -40,17 +40,28 @@ def k_contiguous(w: WgpuTensor, g: Geometry, order: str) -> bool:
     return s1 == 1 and s3 == g.Cg and s2 == g.KW * g.Cg
 
 
-def strided_weight(rt, w, rows_stride, batch_stride, types: list, heaps: list, fastest="k", vec_ok=True):
+def strided_weight(rt, w, rows_stride, batch_stride, types: list, heaps: list, fastest="k", vec_ok=True,
+                   k_stride=1):
     """(A Strided operand over a weight matrix (binding b2), with a vec4 view appended when aligned;
-    the values of its WEIGHT_MATRIX fields: offset, row stride, k stride, group stride)."""
+    the values of its WEIGHT_MATRIX fields: offset, row stride, k stride, group stride). The vec4 view
+    reads four neighbouring elements along `fastest`, which must then be the contiguous direction."""
+    contiguous, other = (k_stride, rows_stride) if fastest == "k" else (rows_stride, k_stride)
     vec = None
-    if vec_ok and rt.stypes[w.dtype].wgsl == "f32" and w.elem_offset % 4 == 0 and rows_stride % 4 == 0 \
-            and batch_stride % 4 == 0:
+    if vec_ok and rt.stypes[w.dtype].wgsl == "f32" and w.elem_offset % 4 == 0 and contiguous == 1 \
+            and other % 4 == 0 and batch_stride % 4 == 0:
         vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(w._ws.heap)
     return (Strided(CONV_PARAMS, WEIGHT_MATRIX, "b2", rt.stypes[w.dtype].wgsl, fastest, vec),
-            (w.elem_offset, rows_stride, 1, batch_stride))
+            (w.elem_offset, rows_stride, k_stride, batch_stride))
+
+
+def weight_vec_ok(rt, w: WgpuTensor, vec_ok: bool) -> bool:
+    """Whether a grad-input may read four neighbouring input channels of `w` in place as one 16-byte load
+    (operands.Weight's vec_binding): channels contiguous, every other step and the offset 16-byte aligned."""
+    s0, s1, s2, s3 = w.stride()
+    return (vec_ok and rt.stypes[w.dtype].wgsl == "f32" and s1 == 1 and w.elem_offset % 4 == 0
+            and s0 % 4 == 0 and s2 % 4 == 0 and s3 % 4 == 0)
 
 
 def image_vec_out(out: WgpuTensor, nhwc: bool, groups: int, types: list, heaps: list) -> str | None:

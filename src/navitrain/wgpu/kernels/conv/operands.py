@@ -73,16 +73,24 @@ class ImageForward(Operand):
 @dataclass(frozen=True)
 class Weight(Operand):
     """The weight [OC, Cg, KH, KW] seen as rows x K for forward (row = oc, k in the image's k order)
-    or for grad-input (row = c, k = (oc, kh, kw) or (kh, kw, oc))."""
+    or for grad-input (row = c, k = (oc, kh, kw) or (kh, kw, oc)), read in place through its strides.
+    With `vec_binding` (grad-input, fastest "row": a weight whose channels are contiguous, w_s1 == 1,
+    such as a channels_last one, with every other stride and offset a multiple of 4 and whole tiles),
+    the four channels row .. row+3 at one k are one 16-byte load."""
     binding: str
     wgsl: str
     role: str         # "fwd" or "dgrad"
     k_order: str
     fastest: str = "k"
+    vec_binding: str | None = None
+
+    @property
+    def vec(self) -> int:
+        return 4 if self.vec_binding else 1
 
     @property
     def key(self):
-        return ("weight", self.binding, self.wgsl, self.role, self.k_order, self.fastest)
+        return ("weight", self.binding, self.wgsl, self.role, self.k_order, self.fastest, self.vec_binding)
 
     @property
     def radix(self):
@@ -100,12 +108,17 @@ class Weight(Operand):
     def advance(self, p, e):
         return _digits_advance(p, e, self.radix)
 
-    def load(self, p, e, row, k):
+    def _offset(self, p, e):
         d0, d1, d2 = f"{p}_d0_{e}", f"{p}_d1_{e}", f"{p}_d2_{e}"
         top, kh, kw = (d2, d1, d0) if self.k_order == "ckk" else (d0, d2, d1)
         stride = "w_s1" if self.role == "fwd" else "w_s0"   # the K-side channel: c (fwd) or oc (dgrad)
-        off = f"{top} * {stride} + {kh} * w_s2 + {kw} * w_s3"
-        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{p}_wb{e} + {off}])"
+        return f"{p}_wb{e} + {top} * {stride} + {kh} * w_s2 + {kw} * w_s3"
+
+    def load_vec(self, p, e, row, k):
+        return f"{self.vec_binding}[({self._offset(p, e)}) >> 2u]"
+
+    def load(self, p, e, row, k):
+        return f"{row} < {p}_rows && {k} < K", f"f32({self.binding}[{self._offset(p, e)}])"
 
 
 @dataclass(frozen=True)
