@@ -58,6 +58,8 @@ def build_step(workload, mode: str):
     x, y = workload.batch(0, device="wgpu")
     train = models.train_step(model, opt, workload.loss)
     if mode == "compile":
+        import navitrain.wgpu.compile  # noqa: F401  (registers backend "wgpu" where no entry point is installed)
+
         train = torch.compile(train, backend="wgpu")
     elif mode == "graph":
         train = nw.graphed(train, warmup=WARMUP - 1)
