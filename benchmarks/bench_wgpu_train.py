@@ -59,7 +59,7 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     device = device.removesuffix("-graph").removesuffix("-compile")
     if device == "wgpu":
         import navitrain.wgpu as nw  # noqa: F401
-    if device == "cuda":
+    if device == "cuda" and not os.environ.get("NAVITRAIN_BENCH_TF32"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     if device == "cpu" and int(os.environ.get("NAVITRAIN_BENCH_CPU_THREADS", "0")):
@@ -236,6 +236,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny models (smoke test)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per child")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--tf32", action="store_true",
+                    help="CUDA with PyTorch's defaults (cuDNN TF32 convolutions on), as `navitrain bench` measures it, "
+                         "instead of fp32 throughout")
     ap.add_argument("--worker", nargs=3, metavar=("DEVICE", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -248,6 +251,8 @@ def main(argv=None):
     env = dict(os.environ)
     if args.cpu_threads:
         env["NAVITRAIN_BENCH_CPU_THREADS"] = str(args.cpu_threads)
+    if args.tf32:
+        env["NAVITRAIN_BENCH_TF32"] = "1"
     for model in args.models.split(","):
         for device in args.devices.split(","):
             out = f"/tmp/bench_train_{device}_{model}_{os.getpid()}.json"
