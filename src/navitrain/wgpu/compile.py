@@ -40,6 +40,7 @@ from navitrain.wgpu import (
     dispatch,
     fusion,
     fusion_constants,
+    fusion_conv_stats,
     fusion_counters,
     fusion_foreach,
     fusion_inplace,
@@ -324,6 +325,7 @@ def _compiler(kind: str):
             stats["fused_groups"] += fused.groups
             stats["fused_ops"] += fused.ops
             stats["fused_dispatches_saved"] += fused.dispatches_saved
+            stats["conv_bn_stats"] += fusion_conv_stats.fuse(gm)   # batch norms' sums from their convolutions
             stats["copies_folded"] += fusion_inplace.fold_copies(gm)
             stats["counters_batched"] += fusion_counters.batch(gm)
         return CapturedGraphModule(gm, kind, mutated)

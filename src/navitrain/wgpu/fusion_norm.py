@@ -48,10 +48,12 @@ def _binds(names, k: int = 0) -> str:
 
 class FusedBatchNorm(torch.nn.Module):
     """A training batch norm (functional form: new running statistics returned) whose normalized value
-    goes through an elementwise chain before it is stored. Returns (chain result, save_mean,
-    save_invstd, new running mean, new running var)."""
+    goes through an elementwise chain before it is stored (`epilogue`; None: y itself is stored).
+    Returns (chain result, save_mean, save_invstd, new running mean, new running var). Where x is a
+    convolution's output, the call may get `moments` (fusion_conv_stats.py): x's statistics written by
+    the convolution, used instead of a sums pass over x (None: the convolution could not write them)."""
 
-    def __init__(self, epilogue: kernels.Epilogue, shape: tuple, stride: tuple, momentum: float, eps: float,
+    def __init__(self, epilogue: kernels.Epilogue | None, shape: tuple, stride: tuple, momentum: float, eps: float,
                  ops: tuple):
         super().__init__()
         self.epilogue, self.shape, self.stride = epilogue, shape, stride
@@ -60,7 +62,7 @@ class FusedBatchNorm(torch.nn.Module):
         # the kernels update those in place (no clones, no copies back).
         self.stats_in_place = False
 
-    def forward(self, x, weight, bias, running_mean, running_var, *inputs):
+    def forward(self, x, weight, bias, running_mean, running_var, *inputs, moments=None):
         if self.stats_in_place:
             # Returned as aliases, not as the inputs themselves: AOTAutograd does not take a graph input
             # object back as a saved tensor (the backward saves them; in training it does not read them).
@@ -73,20 +75,25 @@ class FusedBatchNorm(torch.nn.Module):
             save_mean, save_invstd = empty([C], stat), empty([C], stat)
             start = traffic.mark()
             out = kernels.forward(x, A, C, B, weight, bias, new_mean, new_var, True, self.momentum, self.eps,
-                                  save_mean, save_invstd, self.epilogue, inputs)
-            traffic.note_traffic((x, weight, bias, new_mean, new_var, *inputs),
+                                  save_mean, save_invstd, self.epilogue, inputs, moments)
+            read = (moments.partials,) if moments is not None else ()
+            traffic.note_traffic((x, weight, bias, new_mean, new_var, *inputs, *read),
                                  (out, save_mean, save_invstd, new_mean, new_var),
                                  flops=out.numel() * (len(self.ops) + 1), since=start)
             return out, save_mean, save_invstd, new_mean, new_var
         y, save_mean, save_invstd = aten._native_batch_norm_legit.default(x, weight, bias, new_mean, new_var, True,
                                                                         self.momentum, self.eps)
         e = self.epilogue
+        if e is None:
+            return y, save_mean, save_invstd, new_mean, new_var
         out = pointwise.run("fused_bn_epilogue", e.expr, [y, *inputs], e.out_dtype, "f32",
                             out=empty(self.shape, e.out_dtype, self.stride), load_types=e.load_types,
                             shape=self.shape, prelude=_binds(e.names) + "\n" + e.prelude)
         return out, save_mean, save_invstd, new_mean, new_var
 
     def extra_repr(self) -> str:
+        if self.epilogue is None:
+            return "batch_norm"
         return f"batch_norm -> {' -> '.join(self.ops)}: {self.epilogue.prelude.strip()} result {self.epilogue.expr}"
 
 

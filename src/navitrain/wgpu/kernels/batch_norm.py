@@ -76,12 +76,17 @@ _BACKWARD_STATS = codegen.ParamBlock(
 
 
 def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean, save_invstd,
-            epilogue: Epilogue | None = None, epilogue_inputs=()):
+            epilogue: Epilogue | None = None, epilogue_inputs=(), moments=None):
     """y, with save_mean/save_invstd written (training) and the running statistics updated when given.
     In evaluation mode the statistics are the running ones. With an `epilogue`, its result instead of y
-    (`epilogue_inputs` laid out as x)."""
+    (`epilogue_inputs` laid out as x). `moments` (training): x's per-tile statistics, written by the
+    convolution that made x (conv/channel_stats.ConvMoments), instead of a sums pass over x."""
     # The coefficients of the elementwise pass (4 per channel) go after the partial sums, in the same buffer.
-    if training:
+    if training and moments is not None:
+        coefs = moments.partials
+        coef_offset = moments.spare_offset
+        partials = {"G": moments.tiles, "Bp": moments.tile_cols, "part_off": moments.partials.elem_offset}
+    elif training:
         coefs, G, Bp = channel_sums("bn_fwd", A, C, B, [x], ["X0 - SH", "(X0 - SH) * (X0 - SH)"], shift=True,
                                     extra=4 * C)
         coef_offset = coefs.elem_offset + G * C * Bp * 2
@@ -91,7 +96,7 @@ def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momen
         coef_offset = coefs.elem_offset
         partials = {}
     _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
-                save_invstd, coefs, coef_offset, partials)
+                save_invstd, coefs, coef_offset, partials, moments is not None)
     if epilogue is not None:
         return _apply_fused(x, coefs, coef_offset, C, B, epilogue, list(epilogue_inputs))
     return _apply(x, coefs, coef_offset, C, B, x.dtype)
@@ -144,9 +149,9 @@ def _apply_fused(x, coefs, coef_offset, C, B, epilogue: Epilogue, inputs, grad: 
 
 
 def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
-                save_invstd, coefs, coef_offset, partials):
-    """A thread per channel: mean and invstd (from the sums, or the running statistics), the running
-    update, and the coefficients k0..k3 of the forward elementwise pass."""
+                save_invstd, coefs, coef_offset, partials, from_moments=False):
+    """A thread per channel: mean and invstd (from the sums, per-tile moments, or the running statistics),
+    the running update, and the coefficients k0..k3 of the forward elementwise pass."""
     has_running = running_mean is not None and running_var is not None
     n = A * B
     named = [(t, name) for t, name in ((weight, "weight"), (bias, "bias")) if t is not None]
@@ -165,7 +170,8 @@ def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, m
         at = {name: (first + k, vec_at(name, "c")) for k, (_, name) in enumerate(named)}
         lines = [_STATS.wgsl(), "  let c = gi; if (c >= C) { return; }"]
         if training:
-            lines += _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at)
+            lines += _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at,
+                                       from_moments)
         else:
             lines.append(f"  let mean = {load(running_mean, *at['rmean'])};")
             lines.append(f"  let invstd = 1.0 / sqrt({load(running_var, *at['rvar'])} + eps);")
@@ -175,19 +181,25 @@ def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, m
         lines.append(f"  b0[k] = mean; b0[k + 1u] = invstd * {w}; b0[k + 2u] = {b}; b0[k + 3u] = 0.0;")
         return module(tensors, "\n".join(lines))
 
-    key = ("bn_fin", training, has_running, tuple(t.dtype for t in tensors), weight is not None, bias is not None)
+    key = ("bn_fin", training, from_moments, has_running, tuple(t.dtype for t in tensors), weight is not None,
+           bias is not None)
     launch(key, "batch_norm_stats", tensors, params, source, codegen.groups_for(C, WG))
 
 
-def _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at) -> list[str]:
-    """WGSL: mean, invstd of channel c from its shifted sums, saved, and the running update."""
-    lines = [sum_partials(2, [(0, "t0"), (1, "t1")]),
-             f"  let sh = finite_or_0({load(x, 1, 'x_off + c * B')});",  # as channel_sums' SH
-             "  let d = t0 / n;",
-             "  let mean = sh + d; let var_b = fmax_nan(t1 / n - d * d, 0.0);",  # keeps NaN (inf - inf)
-             "  let invstd = 1.0 / sqrt(var_b + eps);",
-             "  " + store(save_mean, 2, "mean_off + c", "mean"),
-             "  " + store(save_invstd, 3, "invstd_off + c", "invstd")]
+def _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at,
+                      from_moments=False) -> list[str]:
+    """WGSL: mean, invstd of channel c from its shifted sums (or per-tile moments), saved, and the running
+    update."""
+    if from_moments:
+        lines = _combined_moments()
+    else:
+        lines = [sum_partials(2, [(0, "t0"), (1, "t1")]),
+                 f"  let sh = finite_or_0({load(x, 1, 'x_off + c * B')});",  # as channel_sums' SH
+                 "  let d = t0 / n;",
+                 "  let mean = sh + d; let var_b = fmax_nan(t1 / n - d * d, 0.0);"]  # keeps NaN (inf - inf)
+    lines += ["  let invstd = 1.0 / sqrt(var_b + eps);",
+              "  " + store(save_mean, 2, "mean_off + c", "mean"),
+              "  " + store(save_invstd, 3, "invstd_off + c", "invstd")]
     if has_running:
         bm, im = at["rmean"]
         bv, iv = at["rvar"]
@@ -195,6 +207,31 @@ def _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_
         lines.append("  " + store(running_mean, bm, im, "(1.0 - momentum) * rm + momentum * mean"))
         lines.append("  " + store(running_var, bv, iv, "(1.0 - momentum) * rv + momentum * (var_b * unbias)"))
     return lines
+
+
+def _combined_moments() -> list[str]:
+    """WGSL: mean and var_b of channel c from G tiles of (hi, S1, S2) laid out [G, C, 3] at part_off
+    (conv/channel_stats.py; tile t holds nb = min(Bp, n - t * Bp) values, its mean is hi + S1 / nb and
+    its M2 is S2 - S1^2 / nb). Each tile's mean is taken relative to a shift (the first tile's hi, 0 if
+    not finite), so it is a small number known to f32 precision; the M2s are combined in tile order by
+    Chan's formula, the mean is the shift plus the relative means' total over n. A NaN or an infinity
+    in a tile makes its S2, and so var_b, NaN as the CPU's variance; an infinite hi (S1 then NaN) stays
+    infinite in the mean, as on the CPU."""
+    tile = ("let nb = min(f32(Bp), n - f32(t) * f32(Bp)); let at = part_off + (t * C + c) * 3u;",
+            "let hi = b0[at]; let s1 = select(b0[at + 1u], 0.0, is_nan(hi) || is_inf(hi));",
+            "let d = (hi - sh) + s1 / nb; let q = b0[at + 2u] - s1 * (s1 / nb);")
+    return ["  let sh = finite_or_0(b0[part_off + 3u * c]);",
+            "  var cnt = 0.0; var cm = 0.0; var m2 = 0.0; var total = 0.0;",
+            "  for (var t = 0u; t < G; t = t + 1u) {",
+            *("    " + line for line in tile),
+            "    let tot = cnt + nb; let delta = d - cm;",
+            "    cm = cm + delta * (nb / tot);",
+            "    m2 = m2 + q + delta * delta * (cnt * nb / tot);",
+            "    total = total + nb * d;",
+            "    cnt = tot;",
+            "  }",
+            "  let mean = sh + total / n;",
+            "  let var_b = fmax_nan(m2 / n, 0.0);"]
 
 
 def _apply(x, coefs, coef_offset, C, B, out_dtype, grad=None, train=True):

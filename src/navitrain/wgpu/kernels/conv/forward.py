@@ -5,12 +5,16 @@
 - NHWC (channels_last): rows = (n, y, x) positions, columns = channels, and K is ordered (kh, kw, c)
   so the gather walks channels, which are contiguous.
 Groups are the GEMM batch (grid z).
+
+With `stats` (NCHW orientation only), the kernel also writes each output channel's per-tile statistics
+(epilogues.StatsImageEpilogue) into the buffer `stats.allocate(tiles, tile_columns, channels)`
+returns: a training batch norm reading this output takes its statistics from them (channel_stats.py).
 """
 from __future__ import annotations
 
 from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.conv import params
-from navitrain.wgpu.kernels.conv.epilogues import ImageEpilogue
+from navitrain.wgpu.kernels.conv.epilogues import ImageEpilogue, StatsImageEpilogue, stat_words
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
 from navitrain.wgpu.kernels.conv.layouts import (
     image_vec_out,
@@ -23,12 +27,12 @@ from navitrain.wgpu.kernels.conv.layouts import (
 from navitrain.wgpu.kernels.conv.operands import ImageForward, ImagePositions, Weight
 from navitrain.wgpu.kernels.conv.params import CONV_PARAMS, NO_WEIGHT_MATRIX, PREAMBLE
 from navitrain.wgpu.kernels.gemm import Store, TileConfig, launch
-from navitrain.wgpu.runtime import runtime
+from navitrain.wgpu.runtime import MAX_BUFFERS, runtime
 from navitrain.wgpu.tensor import WgpuTensor, is_channels_last
 
 
 def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
-                      relu: bool = False, cfg: TileConfig | None = None) -> WgpuTensor:
+                      relu: bool = False, cfg: TileConfig | None = None, stats=None) -> WgpuTensor:
     rt = runtime()
     nhwc = is_channels_last(out)
     st_x, st_w, st_o = rt.stypes[x.dtype], rt.stypes[w.dtype], rt.stypes[out.dtype]
@@ -60,6 +64,12 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
     else:
         W = Weight("b2", st_w.wgsl, "fwd", order, "k")
     vec_out = image_vec_out(out, nhwc, g.groups, types, heaps)
+    partials = None
+    if stats is not None and not nhwc and not relu and len(types) < MAX_BUFFERS and _stats_fit(rt, cfg):
+        partials = stats.allocate(-(-N // cfg.BN), cfg.BN, g.OCg * g.groups)
+        stats_binding = f"b{len(types)}"
+        types.append("f32")
+        heaps.append(partials._ws.heap)
     bindings = codegen.bindings(types)
     if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
         A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
@@ -70,8 +80,18 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
         A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")
         E = ImageEpilogue(st_o.wgsl, Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
-    packed = params.pack(g, cfg.BK, M, N, K, x=x, w=w, o=out, bias=bias, weight_matrix=wparams or NO_WEIGHT_MATRIX)
+    if partials is not None:
+        E = StatsImageEpilogue(st_o.wgsl, Store(st_o), bias is not None, bindings, stats_binding,
+                               lambda v: st_o.load(st_o.store(v), "f32"), cfg, vec_out)
+    # (The forward reads no dy: y's fields carry the statistics partials' place.)
+    packed = params.pack(g, cfg.BK, M, N, K, x=x, w=w, y=partials, o=out, bias=bias,
+                         weight_matrix=wparams or NO_WEIGHT_MATRIX)
     # Keys carry dtypes, not just WGSL element types: bfloat16 is stored as f32 but rounded on store.
     launch(("conv_fwd", nhwc, x.dtype, w.dtype, out.dtype, bias.dtype if bias is not None else None), "conv2d_forward",
            cfg, A, B, E, tuple(heaps), packed, M, N, g.groups, guard, preamble=PREAMBLE, params=CONV_PARAMS)
     return out
+
+
+def _stats_fit(rt, cfg: TileConfig) -> bool:
+    """Whether the tiles and the statistics' reduction array fit the adapter's workgroup memory."""
+    return cfg.shared_bytes + 4 * stat_words(cfg) <= int(rt.limits.get("max-compute-workgroup-storage-size", 16384))

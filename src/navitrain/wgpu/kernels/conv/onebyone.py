@@ -69,12 +69,13 @@ def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
     run(view if choice == "in_place" else view.contiguous())
 
 
-def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor) -> bool:
-    """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix."""
+def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor, stats=None) -> bool:
+    """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix.
+    `stats`: as implicit_forward's (NCHW only; channels_last ignores it)."""
     nhwc = is_channels_last(out)
     if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
         _on_subsampled(x, tuple(g.stride), "forward",
-                       lambda image: implicit_forward(image, w, bias, unit_stride_1x1(g), out))
+                       lambda image: implicit_forward(image, w, bias, unit_stride_1x1(g), out, stats=stats))
         return True
     o = _image_matrix(out, nhwc)
     if o is None:
