@@ -168,7 +168,10 @@ def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, m
     def source():
         first = 4 if training else 1
         at = {name: (first + k, vec_at(name, "c")) for k, (_, name) in enumerate(named)}
-        lines = [_STATS.wgsl(), "  let c = gi; if (c >= C) { return; }"]
+        if from_moments:   # a workgroup per channel combines its tiles; its first thread goes on
+            lines = [_STATS.wgsl(), "  let c = group; if (c >= C) { return; }"]
+        else:
+            lines = [_STATS.wgsl(), "  let c = gi; if (c >= C) { return; }"]
         if training:
             lines += _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at,
                                        from_moments)
@@ -179,11 +182,12 @@ def _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, m
         b = load(bias, *at["bias"]) if bias is not None else "0.0"
         lines.append("  let k = coef_off + 4u * c;")
         lines.append(f"  b0[k] = mean; b0[k + 1u] = invstd * {w}; b0[k + 2u] = {b}; b0[k + 3u] = 0.0;")
-        return module(tensors, "\n".join(lines))
+        return module(tensors, "\n".join(lines), _MOMENTS_SHARED if from_moments else "")
 
     key = ("bn_fin", training, from_moments, has_running, tuple(t.dtype for t in tensors), weight is not None,
            bias is not None)
-    launch(key, "batch_norm_stats", tensors, params, source, codegen.groups_for(C, WG))
+    launch(key, "batch_norm_stats", tensors, params, source, codegen.grid(C) if from_moments
+           else codegen.groups_for(C, WG))
 
 
 def _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_running, at,
@@ -209,29 +213,52 @@ def _batch_statistics(x, save_mean, save_invstd, running_mean, running_var, has_
     return lines
 
 
+_MOMENTS_SHARED = f"var<workgroup> moments: array<f32, {4 * WG}>;\n"   # (count, mean, M2, total) per thread
+
+
 def _combined_moments() -> list[str]:
-    """WGSL: mean and var_b of channel c from G tiles of (hi, S1, S2) laid out [G, C, 3] at part_off
-    (conv/channel_stats.py; tile t holds nb = min(Bp, n - t * Bp) values, its mean is hi + S1 / nb and
-    its M2 is S2 - S1^2 / nb). Each tile's mean is taken relative to a shift (the first tile's hi, 0 if
-    not finite), so it is a small number known to f32 precision; the M2s are combined in tile order by
-    Chan's formula, the mean is the shift plus the relative means' total over n. A NaN or an infinity
-    in a tile makes its S2, and so var_b, NaN as the CPU's variance; an infinite hi (S1 then NaN) stays
-    infinite in the mean, as on the CPU."""
-    tile = ("let nb = min(f32(Bp), n - f32(t) * f32(Bp)); let at = part_off + (t * C + c) * 3u;",
-            "let hi = b0[at]; let s1 = select(b0[at + 1u], 0.0, is_nan(hi) || is_inf(hi));",
-            "let d = (hi - sh) + s1 / nb; let q = b0[at + 2u] - s1 * (s1 / nb);")
-    return ["  let sh = finite_or_0(b0[part_off + 3u * c]);",
-            "  var cnt = 0.0; var cm = 0.0; var m2 = 0.0; var total = 0.0;",
-            "  for (var t = 0u; t < G; t = t + 1u) {",
-            *("    " + line for line in tile),
-            "    let tot = cnt + nb; let delta = d - cm;",
-            "    cm = cm + delta * (nb / tot);",
-            "    m2 = m2 + q + delta * delta * (cnt * nb / tot);",
-            "    total = total + nb * d;",
-            "    cnt = tot;",
-            "  }",
-            "  let mean = sh + total / n;",
-            "  let var_b = fmax_nan(m2 / n, 0.0);"]
+    """WGSL (a workgroup per channel c; its first thread alone goes on after it): mean and var_b of
+    channel c from G tiles of (hi, S1, S2) laid out [G, C, 3] at part_off (conv/channel_stats.py; tile t
+    holds nb = min(Bp, n - t * Bp) values, its mean is hi + S1 / nb and its M2 is S2 - S1^2 / nb). Each
+    tile's mean is taken relative to a shift (the first tile's hi, 0 if not finite), so it is a small
+    number known to f32 precision. Thread j combines tiles j, j + WG, ... in order, then the threads'
+    states are merged in a fixed tree: M2s by Chan's formula, the mean as the shift plus the relative
+    means' total over n. A NaN or an infinity in a tile makes its S2, and so var_b, NaN as the CPU's
+    variance; an infinite hi (S1 then NaN) stays infinite in the mean, as on the CPU."""
+    def merge(ind, nb, mb, qb, tb):
+        """Statements folding a state (count nb, relative mean mb, M2 qb, total tb) into this thread's."""
+        return [f"{ind}if ({nb} > 0.0) {{",
+                f"{ind}  if (cnt == 0.0) {{ cnt = {nb}; cm = {mb}; m2 = {qb}; total = {tb}; }} else {{",
+                f"{ind}    let tot = cnt + {nb}; let delta = {mb} - cm;",
+                f"{ind}    cm = cm + delta * ({nb} / tot);",
+                f"{ind}    m2 = m2 + {qb} + delta * delta * (cnt * {nb} / tot);",
+                f"{ind}    total = total + {tb}; cnt = tot;",
+                f"{ind}  }}",
+                f"{ind}}}"]
+
+    lines = ["  let sh = finite_or_0(b0[part_off + 3u * c]);",
+             "  var cnt = 0.0; var cm = 0.0; var m2 = 0.0; var total = 0.0;",
+             f"  for (var t = lid; t < G; t = t + {WG}u) {{",
+             "    let nb = min(f32(Bp), n - f32(t) * f32(Bp)); let at = part_off + (t * C + c) * 3u;",
+             "    let hi = b0[at]; let s1 = select(b0[at + 1u], 0.0, is_nan(hi) || is_inf(hi));",
+             "    let d = (hi - sh) + s1 / nb; let q = b0[at + 2u] - s1 * (s1 / nb);",
+             *merge("    ", "nb", "d", "q", "nb * d"),
+             "  }",
+             "  let me = 4u * lid;",
+             "  moments[me] = cnt; moments[me + 1u] = cm; moments[me + 2u] = m2; moments[me + 3u] = total;",
+             "  workgroupBarrier();",
+             f"  for (var s = {WG // 2}u; s > 0u; s = s >> 1u) {{",
+             "    if (lid < s) {",
+             "      let o = 4u * (lid + s);",
+             *merge("      ", "moments[o]", "moments[o + 1u]", "moments[o + 2u]", "moments[o + 3u]"),
+             "      moments[me] = cnt; moments[me + 1u] = cm; moments[me + 2u] = m2; moments[me + 3u] = total;",
+             "    }",
+             "    workgroupBarrier();",
+             "  }",
+             "  if (lid != 0u) { return; }",
+             "  let mean = sh + total / n;",
+             "  let var_b = fmax_nan(m2 / n, 0.0);"]
+    return lines
 
 
 def _apply(x, coefs, coef_offset, C, B, out_dtype, grad=None, train=True):
