@@ -1,6 +1,6 @@
 """Direct depthwise convolution kernels (navitrain.wgpu.kernels.conv_depthwise) against float64 autograd on the
 CPU: forward, grad-input, grad-weight and grad-bias over kernel sizes, strides, padding, odd and 1x1
-images, both layouts (channels_last: odd C, C % 4 == 0, kernels 3 to 13, strides 1 and 2, channel-slice
+images, both layouts (channels_last: odd C, C % 4 == 0 (vec4), kernels 3 to 13, strides 1 and 2, channel-slice
 views, a repeatable grad-weight), strided inputs, NaN/inf and 16-bit storage; which kernel ran; the tuner's two
 candidates; a MobileNetV2 block's training step."""
 import pytest
@@ -81,23 +81,25 @@ def test_depthwise_forward_and_gradients(case):
     _close(got[:4], (y, gx, gw, gb), 2e-5)
 
 
-CL_CASES = [  # channels_last: N, C, H, W, k, stride, pad, bias, outputs per thread of the tiled forward
-    (2, 5, 13, 11, 3, 1, 1, True, 8),      # odd C: one partial 16-channel block; scalar grad-weight
-    (2, 20, 9, 14, 3, 2, 1, False, 8),     # C % 4 == 0 over two blocks (16 + 4), stride 2: vec4 grad-weight
-    (1, 17, 12, 9, 5, 1, 2, True, 8),      # 5x5, 17 channels
-    (2, 8, 11, 13, 5, 2, 2, True, 8),      # 5x5 stride 2
-    (1, 12, 15, 10, 7, 1, 3, False, 8),    # 7x7 (scalar grad-weight: 4 x 49 sums would spill)
-    (2, 4, 10, 17, 7, 2, 3, True, 4),      # 7x7 stride 2: a tile 4 outputs wide fits workgroup memory
-    (1, 3, 9, 11, 13, 1, 6, True, None),   # 13x13: no tile fits, the direct kernel
+CL_CASES = [  # channels_last: N, C, H, W, k, stride, pad, bias, forward kernel: "vec4" (f32, C % 4 == 0),
+    # else the tiled one's outputs per thread (8 or 4), None for the direct kernel
+    (2, 5, 13, 11, 3, 1, 1, True, 8),         # odd C: one partial 16-channel block; scalar grad-weight
+    (2, 20, 9, 14, 3, 2, 1, False, "vec4"),   # C % 4 == 0, stride 2: vec4 forward and grad-weight
+    (1, 17, 12, 9, 5, 1, 2, True, 8),         # 5x5, 17 channels
+    (2, 8, 11, 13, 5, 2, 2, True, "vec4"),    # 5x5 stride 2
+    (1, 12, 15, 10, 7, 1, 3, False, "vec4"),  # 7x7 (scalar grad-weight: 4 x 49 sums would spill)
+    (2, 6, 10, 17, 7, 2, 3, True, 4),         # 7x7 stride 2: a tile 4 outputs wide fits workgroup memory
+    (2, 10, 11, 9, 5, 2, 2, False, 8),        # 5x5 stride 2, C % 4 != 0: the tiled kernel
+    (1, 3, 9, 11, 13, 1, 6, True, None),      # 13x13: no tile fits, the direct kernel
 ]
 
 
 @pytest.mark.parametrize("case", CL_CASES, ids=[str(i) for i in range(len(CL_CASES))])
 def test_channels_last_kernels(case):
     """channels_last forward, grad-input and grad-weight against float64 on the CPU, and which kernels
-    ran: the tiled forward (or the direct one where no tile fits), the grad-weight by slices of 4-wide
-    position runs, as vec4 for f32 3x3 with C % 4 == 0."""
-    N, C, H, W, k, s, p, bias, tw = case
+    ran: the vec4 forward for f32 with C % 4 == 0, else the tiled one (or the direct one where no tile
+    fits), the grad-weight by slices of 4-wide position runs, as vec4 for f32 3x3 with C % 4 == 0."""
+    N, C, H, W, k, s, p, bias, kind = case
     x, w, b = _layer(sum(case[:7]) + 100, N, C, H, W, k, bias)
     y, gy, gx, gw, gb = _reference(x, w, b, s, p)
     runtime()._kernels.clear()
@@ -105,9 +107,10 @@ def test_channels_last_kernels(case):
     assert got[4].is_contiguous(memory_format=torch.channels_last)
     _close(got[:4], (y, gx, gw, gb), 2e-5)
     keys = _dw_kernels()
-    fwd = [key for key in keys if key[0] in ("dw_nhwc", "dw_direct") and not key[5]]
-    assert fwd and all(key[0] == ("dw_direct" if tw is None else "dw_nhwc") for key in fwd), keys
-    assert tw is None or fwd[0][6] == tw, keys
+    fwd = [key for key in keys if key[0] in ("dw_vec4", "dw_nhwc", "dw_direct") and not key[5]]
+    want = {"vec4": "dw_vec4", None: "dw_direct"}.get(kind, "dw_nhwc")
+    assert fwd and all(key[0] == want for key in fwd), keys
+    assert want != "dw_nhwc" or fwd[0][6] == kind, keys
     wgrad = [key for key in keys if key[0] == "dw_wgrad_nhwc"]
     assert len(wgrad) == 1 and wgrad[0][5] == (C % 4 == 0 and k == 3), keys
 
@@ -152,7 +155,7 @@ def test_the_direct_kernels_run_and_not_the_implicit_gemm(monkeypatch):
     channels_last = x.contiguous(memory_format=torch.channels_last)
     _close(_on_wgpu(channels_last, w, b, 2, 1, gy, channels_last=True)[:4], (y, gx, gw, gb), 2e-5)
     new = {k for k in _dw_kernels() if k[0] not in kinds}
-    assert {k[0] for k in new} == {"dw_nhwc", "dw_wgrad_nhwc"}, "channels_last: not the tiled kernel"
+    assert {k[0] for k in new} == {"dw_vec4", "dw_wgrad_nhwc"}, "channels_last f32, C % 4 == 0: not the vec4 kernel"
     assert all(k[5] for k in new if k[0] == "dw_wgrad_nhwc"), "channels_last grad-weight, C % 4 == 0: not as vec4"
     y1, gy1, gx1, gw1, gb1 = _reference(x, w, b, 1, 1)
     _close(_on_wgpu(x, w, b, 1, 1, gy1)[:4], (y1, gx1, gw1, gb1), 2e-5)

@@ -7,11 +7,14 @@ runs at a fraction of the memory bandwidth it is bound by (issue 23: MobileNet/E
 - `correlate`: out[n, c, oy, ox] = bias[c] + sum_{i,j} x[n, c, oy*sh - ph + i, ox*sw - pw + j] * w[c, i, j]
   (w optionally rotated by 180 degrees). It is the forward, and the stride-1 grad-input (dy with the
   rotated kernel and padding k-1-p), for any kh x kw (the implicit GEMM's output phases of a strided
-  grad-input come here too when the tuner picks that route). Three kernels:
-  tiled_nchw (NCHW planes with enough outputs: an output tile of one (n, c) plane per workgroup),
-  tiled_nhwc (channels_last: a tile of rows x columns x 16 channels per workgroup), both with the
-  input tile + halo in workgroup memory; direct (small NCHW planes, and channels_last kernels whose
-  tile would not fit: each thread reads its 4 outputs' taps from memory).
+  grad-input come here too when the tuner picks that route). Four kernels:
+  tiled_nchw (NCHW planes with enough outputs: an output tile of one (n, c) plane per workgroup,
+  the input tile + halo in workgroup memory); vec4_nhwc (channels_last f32 with C % 4 == 0, aligned:
+  4 channels x 4 outputs a thread as vec4, straight from memory; faster than the tiled channels_last
+  kernel on lavapipe and in the one H100 run that timed both, issue 23); tiled_nhwc (the other
+  channels_last layers: a tile of rows x columns x 16 channels per workgroup in workgroup memory);
+  direct (small NCHW planes, and channels_last kernels whose tile would not fit: each thread reads
+  its 4 outputs' taps from memory).
 - stride-2 grad-input: a gather in one dispatch (direct.strided_grad_input).
 - grad-weight (grad_weight.py): the positions split into slices so that the whole GPU works, per-thread
   tap sums, the slices summed in a fixed order.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from navitrain.wgpu.kernels import codegen, gemm_tuning, route_switch
-from navitrain.wgpu.kernels.conv_depthwise import direct, tiled_nchw, tiled_nhwc
+from navitrain.wgpu.kernels.conv_depthwise import direct, tiled_nchw, tiled_nhwc, vec4_nhwc
 from navitrain.wgpu.kernels.conv_depthwise.common import MAX_TAPS, WG, channels_inner, correlate_params
 from navitrain.wgpu.kernels.conv_depthwise.grad_weight import grad_weight
 from navitrain.wgpu.runtime import runtime
@@ -79,8 +82,15 @@ def correlate(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, out: WgpuTe
     st_b = rt.stypes[bias.dtype] if bias is not None else None
     dtypes = (out.dtype, x.dtype, w.dtype, st_b and bias.dtype)
     inner = channels_inner(out)
-    tw = tiled_nhwc.tile_width(kh, kw, sh, sw) if inner else None
-    if tw is not None:
+    vec4 = inner and vec4_nhwc.fits(x, out)
+    tw = tiled_nhwc.tile_width(kh, kw, sh, sw) if inner and not vec4 else None
+    if vec4:
+        groups_w, work = vec4_nhwc.launch_shape(N, C, OH, OW)
+        tiles_h = 0
+        key = ("dw_vec4", kh, kw, sh, sw, flip) + dtypes
+        source = lambda: vec4_nhwc.source(kh, kw, sh, sw, flip, st_w, st_b)
+        groups = codegen.groups_for(work, WG)
+    elif tw is not None:
         groups_w, tiles_h, work = tiled_nhwc.launch_shape(N, C, OH, OW, tw)
         key = ("dw_nhwc", kh, kw, sh, sw, flip, tw) + dtypes
         source = lambda: tiled_nhwc.source(kh, kw, sh, sw, flip, tw, st_o, st_x, st_w, st_b)

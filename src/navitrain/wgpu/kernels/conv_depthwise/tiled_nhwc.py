@@ -5,7 +5,9 @@ tile + halo (rows x columns x LANES channels, channels innermost so that the loa
 loaded into workgroup memory once and reused by every tap; each thread computes `tw` neighbouring
 outputs along W of one row and one channel, the channel's weights in registers. A scalar per thread
 (not vec4 over channels) keeps a 7x7 kernel's 49 weights in registers without spilling, and serves
-f16/bf16 storage and any C alike (lanes past C load zeros and store nothing)."""
+f16/bf16 storage and any C alike (lanes past C load zeros and store nothing).
+f32 layers with C % 4 == 0 take vec4_nhwc.py instead (faster there, see its docstring); this kernel
+keeps the channels_last layers vec4_nhwc cannot take."""
 from __future__ import annotations
 
 from navitrain.wgpu.kernels import codegen
