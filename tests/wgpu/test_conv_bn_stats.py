@@ -17,7 +17,9 @@ import navitrain.wgpu as nw
 import navitrain.wgpu.compile as wc
 from navitrain.bench import models
 from navitrain.wgpu.kernels import batch_norm as bn_kernels
-from navitrain.wgpu.kernels.conv import Geometry, channel_stats
+from navitrain.wgpu.kernels.conv import Geometry, channel_stats, implicit_forward
+from navitrain.wgpu.kernels.gemm import TileConfig
+from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
 
 pytestmark = pytest.mark.usefixtures("fresh_compile_state")
@@ -76,6 +78,38 @@ def test_tile_moments_match_float64_statistics_of_the_stored_output(layer):
         torch.testing.assert_close(hi + parts[t, :, 1] / tile.shape[1], tile.mean(1), rtol=1e-9, atol=1e-6)
         torch.testing.assert_close(parts[t, :, 1], dev.sum(1), rtol=1e-3, atol=1e-5)
         torch.testing.assert_close(parts[t, :, 2], (dev ** 2).sum(1), rtol=1e-5, atol=1e-5)
+
+
+# Tiles the tuner may pick on other adapters (lavapipe's default is covered above): 8x8 thread blocks with
+# single buffering, one thread column, the blocked (not interleaved) thread layout.
+TILES = [TileConfig(64, 64, 16, 8, 8, buffers=1), TileConfig(128, 4, 8, 4, 4),
+         TileConfig(64, 64, 8, 4, 4, interleave=False)]
+
+
+@pytest.mark.parametrize("cfg", TILES, ids=lambda c: c.name)
+def test_every_tile_layout_writes_the_same_statistics(cfg):
+    N, C, H, W, OC, k, stride, padding = LAYERS["3x3_stride2"]
+    x, w, bias = _inputs(7, N, C, H, W, OC, k, [2.0, -1.0, 0.0, 4.0, 1.0])
+    OH, OW = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    g = Geometry(N, C, H, W, OC, OH, OW, k, k, (stride, stride), (padding, padding), (1, 1), 1)
+    out = empty([N, OC, OH, OW], torch.float32)
+    request = channel_stats.StatsRequest()
+    implicit_forward(x.to("wgpu"), w.to("wgpu"), bias.to("wgpu"), g, out, cfg=cfg, stats=request)
+    torch.testing.assert_close(out.cpu().double(), F.conv2d(x.double(), w.double(), bias.double(), stride, padding),
+                               rtol=1e-5, atol=1e-5)
+    m = request.moments
+    if m is None:    # the tile and its reduction array do not fit this adapter's workgroup memory
+        assert cfg.shared_bytes + 4 * cfg.BM * (cfg.BN // cfg.TN) > runtime().limits[
+            "max-compute-workgroup-storage-size"]
+        return
+    values = out.cpu().double().transpose(0, 1).reshape(OC, -1)
+    parts = m.partials.cpu().double()
+    assert m.tile_cols == cfg.BN and m.tiles == -(-values.shape[1] // cfg.BN)
+    for t in range(m.tiles):
+        tile = values[:, t * m.tile_cols:(t + 1) * m.tile_cols]
+        hi, s1, s2 = parts[t, :, 0], parts[t, :, 1], parts[t, :, 2]
+        torch.testing.assert_close(hi + s1 / tile.shape[1], tile.mean(1), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(s2, ((tile - hi[:, None]) ** 2).sum(1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
