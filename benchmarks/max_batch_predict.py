@@ -8,14 +8,17 @@ are the built-in defaults on every adapter). So a small try on lavapipe records 
 the trace at a large batch follows from traces at small ones: each request is `a + b * batch` bytes
 (`extrapolate` says how the traces of two batches are lined up where a few requests differ).
 
-Two estimates come out of it:
-- scalar fits, `peak = a + b * batch`, of the peak bytes in live blocks (what max_memory_allocated says: a
-  lower bound on the heaps the cap counts), of the bytes carved into heaps (per size class, the most blocks
-  of that class ever live at once: what the heaps hold when no idle heap is given back), and of the
-  largest single block (which must fit one storage binding);
-- a replay: the trace extrapolated to a batch is run through the allocator class itself with the target's
-  heap size, binding limit and cap and with buffers that are only numbers, which answers fits / fails with
-  the allocator's own rules (size classes, heap tails, giving back idle heaps when the cap is reached).
+What comes out of it:
+- scalar fits over the measured batches, `peak = a + b * batch`, of the peak bytes in live blocks (what
+  max_memory_allocated says), of the bytes carved into heaps (per size class, the most blocks of that class
+  ever live at once: what the heaps hold when no idle heap is given back) and of the largest block, with
+  their residuals. Only a check: size classes round blocks below 1 MiB up to a power of two, so at batches
+  between the measured ones the waste is larger than any line through them says;
+- the prediction, a replay: the trace extrapolated to a batch is run through the allocator class itself
+  with the target's heap size, binding limit and cap and with buffers that are only numbers, which answers
+  fits / fails by the allocator's own rules (size classes, heap tails, giving back idle heaps at the cap);
+- bounds from the extrapolated trace: past `upper_from_allocated` the live blocks alone exceed the cap;
+  up to `from_carved` every block ever carved fits; past `binding` one block exceeds a storage binding.
 
 Everything here is pure Python on recorded traces; the tests run it on synthetic ones.
 A trace is a list of ints: n > 0 allocates n bytes (the k-th such entry is block k), -(k + 1) frees block k.
@@ -198,31 +201,36 @@ def extrapolate(traces: dict[int, list[int]], sites: dict[int, list[str]] | None
 
 
 def predict(measurements: list[dict], limit: int, target: dict, most: int, search) -> dict:
-    """One (model, precision): the fits, the replayed prediction and its scalar bounds for `target`.
-    `measurements` are {"batch", "trace"} of uncapped tries; `search(fits, most)` is max_batch.largest_batch."""
+    """One (model, precision) for `target`: the scalar fits over the measured batches, the batch the replay
+    predicts, and three bounds from the extrapolated trace. `measurements` are {"batch", "trace", "sites"?}
+    of uncapped tries; `search(fits, most)` is max_batch.largest_batch."""
     traces = {m["batch"]: m["trace"] for m in measurements}
     stats = {batch: trace_stats(trace) for batch, trace in traces.items()}
     fits = {key: fit_line([(batch, s[key]) for batch, s in sorted(stats.items())])
             for key in ("peak_allocated", "carved", "largest_block")}
-    bounds = {
-        # the heaps the cap counts hold at least the live blocks: past this batch it cannot fit
-        "upper_from_allocated": largest_under(fits["peak_allocated"], limit, most),
-        # without giving back idle heaps, the heaps hold every carved block
-        "from_carved": largest_under(fits["carved"], limit, most),
-        # one tensor larger than a storage binding is refused whatever the cap
-        "binding": largest_under(fits["largest_block"], target["max_binding_bytes"], most),
-    }
     trace_at, check = extrapolate(traces, {m["batch"]: m["sites"] for m in measurements if m.get("sites")})
-    result = {"fits": fits, "bounds": bounds, "trace_check": check,
-              "measured": {str(batch): s for batch, s in sorted(stats.items())}}
+
+    def under(key, bound):
+        return search(lambda n: {"fits": trace_stats(trace_at(n))[key] <= bound}, most)[0]
+
+    bounds = {
+        # the heaps the cap counts hold at least the live blocks: past this batch nothing fits
+        "upper_from_allocated": under("peak_allocated", limit),
+        # every carved block in heaps, none given back: up to here it fits unless heap tails waste room
+        "from_carved": under("carved", limit),
+        # one tensor larger than a storage binding is refused whatever the cap
+        "binding": under("largest_block", target["max_binding_bytes"]),
+    }
 
     def replay_at(batch):
         return replay(trace_at(batch), target["heap_bytes"], target["max_binding_bytes"], limit)
 
     batch, last = search(replay_at, most)
-    result.update(predicted=batch, peak_reserved_at_prediction=last.get("peak_reserved"))
+    result = {"fits": fits, "bounds": bounds, "trace_check": check, "predicted": batch,
+              "peak_reserved_at_prediction": last.get("peak_reserved"),
+              "measured": {str(n): s for n, s in sorted(stats.items())}}
     if batch < most:
-        result["fails_next_because"] = replay_at(batch + 1).get("error", "")[:160]
+        result["fails_next_because"] = replay_at(batch + 1).get("error", "")[:200]
     return result
 
 
