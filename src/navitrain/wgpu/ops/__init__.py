@@ -22,6 +22,7 @@ from navitrain.wgpu.ops import (  # noqa: F401
     foreach,
     global_avg_pool,  # issue 23: adaptive_avg_pool2d(x, 1) as one autograd node (squeeze-excitation)
     grid_sample3d,
+    grouped_mm,  # issue 17 (T4): aten._grouped_mm (transformers' mixture-of-experts layers)
     histogram,  # issue 17: order statistics, bucketing, segment_reduce (with order_stats, segments)
     indexing,
     linalg,  # LU, solve, inv, det, Cholesky, triangular solves (issue 17)
@@ -62,4 +63,5 @@ from navitrain.wgpu.ops import (  # noqa: F401
     upsample,
     upsample_aa,
     views,
+    weight_norm,  # issue 17 (T4): _weight_norm_interface_backward (wav2vec2's weight-normed conv)
 )

@@ -6,6 +6,7 @@
   comparisons (`!(mid >= v)` for left, `!(mid > v)` for right), so NaN values land past the end.
 - histc/bincount: one thread per element adding into a bin with an atomic add (integer counts; float
   weights through a compare-exchange loop, so weighted sums are in another order than the CPU's).
+  Integer histc, which the CPU refuses, follows CUDA (transformers' MoE routing calls it off the CPU).
 """
 from __future__ import annotations
 
@@ -202,12 +203,36 @@ def _count(mode, x, bins, lo=0.0, hi=0.0, weights=None):
     return acc
 
 
+def _histc_integer(x, bins, lo, hi):
+    """histc of an integer tensor as CUDA computes it (the CPU has no integer kernel; transformers' MoE
+    layers count tokens per expert with it on every device but the CPU and MPS): integer bounds, the bin
+    (x - lo) * bins // (hi - lo) in int64 arithmetic, x == hi in the last bin, counts in x's dtype.
+    Elements outside [lo, hi] are sent to an extra bin that is dropped."""
+    wide = aten._to_copy.default(x, dtype=torch.int64)
+    offset = aten.sub.Tensor(wide, lo)
+    k = aten.div.Tensor_mode(aten.mul.Tensor(offset, bins), hi - lo, rounding_mode="floor")
+    k = aten.clamp_max.default(k, bins - 1)
+    inside = aten.logical_and.default(aten.ge.Scalar(wide, lo), aten.le.Scalar(wide, hi))
+    k = aten.where.ScalarOther(inside, k, bins)
+    counts = _count("bincount", aten._to_copy.default(k, dtype=torch.int32), bins + 1)
+    return aten._to_copy.default(aten.slice.Tensor(counts, 0, 0, bins), dtype=x.dtype)
+
+
 @implements(aten.histc.default)
 def histc(x, bins=100, min=0, max=0):
-    if not x.dtype.is_floating_point:
+    if x.dtype == torch.bool or x.dtype.is_complex:
         raise NotImplementedError(f"\"histogram_cpu\" not implemented for '{str(x.dtype).replace('torch.', '')}'")
     if bins <= 0:
         raise RuntimeError("torch.histc: bins must be > 0, but got %d for dimension 0" % bins)
+    if not x.dtype.is_floating_point:
+        lo, hi = int(min), int(max)
+        if lo == hi and x.numel() > 0:
+            lo, hi = (to_cpu(v).item() for v in aten.aminmax.default(x))
+        if lo == hi:
+            lo, hi = lo - 1, hi + 1
+        if lo >= hi:
+            raise RuntimeError("torch.histc: max must be larger than min")
+        return _histc_integer(x, bins, lo, hi)
     lo, hi = float(min), float(max)
     if lo == hi and x.numel() > 0:
         lo, hi = (to_cpu(v).item() for v in aten.aminmax.default(x))  # one sync, as the CPU reads its data

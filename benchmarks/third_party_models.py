@@ -1,0 +1,459 @@
+"""Model code nobody here wrote, on the wgpu device against the CPU: transformers models from tiny configs,
+torchvision models at small image sizes, and small versions of PyTorch's example scripts (word LM LSTM,
+VAE, DCGAN). Random weights, fixed seeds, no downloads.
+
+For each model: build it on the CPU, copy it to wgpu, run forward + backward + one optimizer step with
+NAVITRAIN_WGPU_STRICT=0 while counting CPU fallbacks, and compare the loss, the outputs, every gradient and
+every updated parameter with the same step on the CPU. Errors are max|a - b| / max|b| per tensor against a
+float64 CPU run (max|b| taken as at least 1e-3 of the largest value of the tensor's group); a tensor is a
+mismatch when wgpu's error is above both `TOL` and 20x the error of the float32 CPU run (two float32 runs
+already differ by their summation order, more so in deep models).
+
+The third-party packages are not project dependencies: install them into a separate target and put it on
+PYTHONPATH, e.g.
+
+    .venv/bin/python -m pip install --no-deps --target /tmp/site17 transformers tokenizers safetensors \\
+        huggingface_hub regex pyyaml tqdm httpx2 httpcore2 anyio idna truststore h11 hf-xet torchvision==0.28.0
+    PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py               # every model
+    PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py bert gpt2     # some of them
+    PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py --list
+
+A model whose package is missing is reported as `skipped`. torchvision's compiled ops (nms, roi_align) are
+not needed by the classification models, so a torchvision wheel built for another torch variant (CUDA) is
+imported without its operator registrations.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("NAVITRAIN_WGPU_STRICT", "0")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+DEV = "wgpu"
+TOL = 2e-3           # max |wgpu - f64| / max |f64| allowed per tensor ...
+CPU_NOISE_FACTOR = 20  # ... unless float32 on the CPU is already within 1/20 of that
+BATCH, SEQ = 2, 12
+VERBOSE = bool(os.environ.get("VERBOSE"))  # print every tensor over its limit
+
+
+# ---------------------------------------------------------------------------------------------
+# A case: a CPU model, inputs for it, and how to get (loss, outputs to compare) from its result.
+@dataclass
+class Case:
+    model: nn.Module
+    inputs: dict                                  # keyword arguments of forward (tensors on the CPU)
+    loss: Callable                                # (model output) -> (loss, dict of tensors to compare)
+    optimizer: str = "adamw"
+
+
+def _hf_loss(out):
+    outputs = {}
+    for key in ("logits", "logits_per_image", "last_hidden_state"):
+        value = getattr(out, key, None)
+        if isinstance(value, torch.Tensor):
+            outputs[key] = value
+    return out.loss, outputs
+
+
+def _classifier_loss(labels):
+    def loss(out):
+        return nn.functional.cross_entropy(out, labels.to(out.device)), {"logits": out}
+    return loss
+
+
+def _tokens(vocab, n=SEQ, batch=BATCH):
+    return torch.randint(4, vocab, (batch, n))
+
+
+def _no_dropout(config):
+    for key in ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "hidden_dropout_prob",
+                "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate",
+                "feat_proj_dropout", "final_dropout", "layerdrop", "mask_time_prob", "classifier_dropout",
+                "seq_classif_dropout", "qa_dropout", "encoder_layerdrop", "decoder_layerdrop", "summary_first_dropout",
+                "router_jitter_noise", "projection_dropout", "mask_feature_prob"):
+        if hasattr(config, key):
+            setattr(config, key, 0.0)
+    return config
+
+
+# transformers: the smallest configs (hidden 32-64, 2 layers, vocab <= 1000, seq 12, batch 2)
+def bert():
+    from transformers import BertConfig, BertForMaskedLM
+    cfg = _no_dropout(BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=64))
+    ids = _tokens(500)
+    labels = torch.where(torch.rand(ids.shape) < 0.3, ids, torch.full_like(ids, -100))
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    return Case(BertForMaskedLM(cfg), dict(input_ids=ids, attention_mask=mask, labels=labels), _hf_loss)
+
+
+def distilbert():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    cfg = _no_dropout(DistilBertConfig(vocab_size=500, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                       max_position_embeddings=64, num_labels=3))
+    ids = _tokens(500)
+    mask = torch.ones_like(ids)
+    mask[0, -4:] = 0
+    return Case(DistilBertForSequenceClassification(cfg),
+                dict(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2])), _hf_loss)
+
+
+def gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = _no_dropout(GPT2Config(vocab_size=500, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    ids = _tokens(500)
+    return Case(GPT2LMHeadModel(cfg), dict(input_ids=ids, labels=ids), _hf_loss)
+
+
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = _no_dropout(LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    ids = _tokens(500)
+    return Case(LlamaForCausalLM(cfg), dict(input_ids=ids, labels=ids), _hf_loss)
+
+
+def mixtral():
+    from transformers import MixtralConfig, MixtralForCausalLM
+    cfg = _no_dropout(MixtralConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                    num_experts_per_tok=2, max_position_embeddings=64,
+                                    output_router_logits=True))
+    ids = _tokens(500)
+    return Case(MixtralForCausalLM(cfg), dict(input_ids=ids, labels=ids), _hf_loss)
+
+
+def t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+    cfg = _no_dropout(T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                               decoder_start_token_id=0, pad_token_id=0))
+    return Case(T5ForConditionalGeneration(cfg), dict(input_ids=_tokens(500), labels=_tokens(500, 8)), _hf_loss)
+
+
+def bart():
+    from transformers import BartConfig, BartForConditionalGeneration
+    cfg = _no_dropout(BartConfig(vocab_size=500, d_model=32, encoder_layers=2, decoder_layers=2,
+                                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                 decoder_ffn_dim=64, max_position_embeddings=64))
+    return Case(BartForConditionalGeneration(cfg), dict(input_ids=_tokens(500), labels=_tokens(500, 8)), _hf_loss)
+
+
+def vit():
+    from transformers import ViTConfig, ViTForImageClassification
+    cfg = _no_dropout(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=64, num_labels=10))
+    return Case(ViTForImageClassification(cfg),
+                dict(pixel_values=torch.randn(BATCH, 3, 32, 32), labels=torch.tensor([1, 7])), _hf_loss)
+
+
+def clip():
+    from transformers import CLIPConfig, CLIPModel
+    text = dict(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=64, projection_dim=32)
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, projection_dim=32)
+    cfg = _no_dropout(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+    return Case(CLIPModel(cfg), dict(input_ids=_tokens(500), pixel_values=torch.randn(BATCH, 3, 32, 32),
+                                     return_loss=True), _hf_loss)
+
+
+def wav2vec2():
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+    cfg = _no_dropout(Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, conv_dim=(16, 16, 16), conv_stride=(5, 2, 2),
+                                     conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+                                     num_conv_pos_embedding_groups=4, do_stable_layer_norm=False,
+                                     feat_extract_norm="group", ctc_loss_reduction="mean", pad_token_id=0))
+    labels = torch.randint(1, 32, (BATCH, 6))
+    return Case(Wav2Vec2ForCTC(cfg), dict(input_values=torch.randn(BATCH, 1600), labels=labels), _hf_loss)
+
+
+def whisper():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    cfg = _no_dropout(WhisperConfig(vocab_size=500, num_mel_bins=16, d_model=32, encoder_layers=2,
+                                    decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                                    encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
+                                    max_target_positions=32, decoder_start_token_id=1, pad_token_id=0,
+                                    bos_token_id=1, eos_token_id=2, suppress_tokens=None, begin_suppress_tokens=None))
+    return Case(WhisperForConditionalGeneration(cfg),
+                dict(input_features=torch.randn(BATCH, 16, 32), labels=_tokens(500, 8)), _hf_loss)
+
+
+# torchvision: classification models at small image sizes (BatchNorm in training mode), SGD with momentum
+def _torchvision(name, size=64, factory=None, **kwargs):
+    def build():
+        _import_torchvision()
+        import torchvision
+        model = getattr(torchvision.models, factory or name)(num_classes=10, **kwargs)
+        labels = torch.tensor([3, 8])
+        return Case(model, dict(x=torch.randn(BATCH, 3, size, size)), _classifier_loss(labels), "sgd")
+    build.__name__ = name
+    return build
+
+
+def _import_torchvision():
+    """torchvision's classification models are plain Python; its compiled ops (nms, roi_align, ...) are
+    not needed by them. A wheel built for CUDA torch cannot load its library against the CPU torch, and
+    then registering meta kernels for those ops fails at import: skip those registrations."""
+    if "torchvision" in sys.modules:
+        return
+    import importlib.util
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError("torchvision is not installed")
+    try:
+        import torchvision  # noqa: F401
+    except (RuntimeError, OSError):
+        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[key]
+        for stub in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+            sys.modules[stub] = types.ModuleType(stub)
+        import torchvision  # noqa: F401
+
+
+# PyTorch's examples, written small here: word language model (LSTM), VAE, DCGAN
+class WordLM(nn.Module):
+    def __init__(self, vocab=200, emb=32, hidden=32, layers=2):
+        super().__init__()
+        self.encoder, self.decoder = nn.Embedding(vocab, emb), nn.Linear(hidden, vocab)
+        self.rnn = nn.LSTM(emb, hidden, layers, dropout=0.0)
+        self.decoder.weight = self.encoder.weight  # tied weights, as the example's --tied
+
+    def forward(self, x, targets):
+        h0 = torch.zeros(self.rnn.num_layers, x.shape[1], self.rnn.hidden_size, device=x.device,
+                         dtype=self.encoder.weight.dtype)
+        out, _ = self.rnn(self.encoder(x), (h0, h0.clone()))
+        logits = self.decoder(out).view(-1, self.decoder.out_features)
+        return nn.functional.log_softmax(logits, dim=1), targets
+
+
+def word_lm():
+    data = torch.randint(0, 200, (SEQ + 1, 4))
+    loss = lambda out: (nn.functional.nll_loss(out[0], out[1].reshape(-1)), {"log_probs": out[0]})  # noqa: E731
+    return Case(WordLM(), dict(x=data[:-1], targets=data[1:]), loss, "sgd")
+
+
+class VAE(nn.Module):
+    def __init__(self, d=784, h=64, z=8):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(d, h), nn.Linear(h, z), nn.Linear(h, z)
+        self.fc3, self.fc4 = nn.Linear(z, h), nn.Linear(h, d)
+
+    def forward(self, x, noise):
+        h = nn.functional.relu(self.fc1(x.view(-1, 784)))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + noise * torch.exp(0.5 * logvar)
+        recon = torch.sigmoid(self.fc4(nn.functional.relu(self.fc3(z))))
+        bce = nn.functional.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return bce + kld, recon
+
+
+def vae():
+    return Case(VAE(), dict(x=torch.rand(4, 1, 28, 28), noise=torch.randn(4, 8)),
+                lambda out: (out[0], {"recon": out[1]}), "adamw")
+
+
+class DCGAN(nn.Module):
+    """Generator and discriminator of the DCGAN example at 32 px, scored together: the discriminator's
+    BCE on a real batch and on the generator's images."""
+    def __init__(self, nz=16, ngf=16, ndf=16):
+        super().__init__()
+        self.g = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 4, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh())
+        self.d = nn.Sequential(
+            nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 4, 1, 4, 1, 0, bias=False), nn.Sigmoid())
+
+    def forward(self, real, noise):
+        fake = self.g(noise)
+        p_real, p_fake = self.d(real).view(-1), self.d(fake).view(-1)
+        bce = nn.functional.binary_cross_entropy
+        return bce(p_real, torch.ones_like(p_real)) + bce(p_fake, torch.zeros_like(p_fake)), fake
+
+
+def dcgan():
+    return Case(DCGAN(), dict(real=torch.rand(4, 3, 32, 32) * 2 - 1, noise=torch.randn(4, 16, 1, 1)),
+                lambda out: (out[0], {"fake": out[1]}), "adamw")
+
+
+MODELS: dict[str, Callable[[], Case]] = {
+    "bert": bert, "distilbert": distilbert, "gpt2": gpt2, "llama": llama, "mixtral": mixtral, "t5": t5,
+    "bart": bart, "vit": vit, "clip": clip, "wav2vec2": wav2vec2, "whisper": whisper,
+    "resnet18": _torchvision("resnet18"), "mobilenet_v3_small": _torchvision("mobilenet_v3_small"),
+    "efficientnet_b0": _torchvision("efficientnet_b0"), "convnext_tiny": _torchvision("convnext_tiny"),
+    # vit_b_16's architecture (VisionTransformer, 16 px patches) at 2 layers and width 64 instead of 12 and 768
+    "vit_b_16": _torchvision("vit_b_16", size=32, factory="VisionTransformer", image_size=32, patch_size=16,
+                             num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128),
+    "regnet_y_400mf": _torchvision("regnet_y_400mf"), "densenet121": _torchvision("densenet121", size=32),
+    "squeezenet1_1": _torchvision("squeezenet1_1"), "shufflenet_v2_x0_5": _torchvision("shufflenet_v2_x0_5"),
+    "swin_t": _torchvision("swin_t"),
+    "word_lm": word_lm, "vae": vae, "dcgan": dcgan,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+def _no_random_layers(model):
+    """Dropout and stochastic depth off, so the CPU and wgpu runs compute the same function."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+        for key in ("p", "drop_prob"):  # torchvision's StochasticDepth, timm's DropPath
+            if type(m).__name__ in ("StochasticDepth", "DropPath") and hasattr(m, key):
+                setattr(m, key, 0.0)
+    return model
+
+
+def _make_optimizer(kind, params):
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+
+def _step(case, model, device, dtype):
+    """One training step; returns loss, outputs, gradients and updated parameters on the CPU (float64)."""
+    model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    model.train()
+    inputs = {k: (v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                  if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
+    opt = _make_optimizer(case.optimizer, model.parameters())
+    opt.zero_grad()
+    loss, outputs = case.loss(model(**inputs))
+    loss.backward()
+    grads = {n: p.grad.detach().cpu().double() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    fetch = lambda t: t.detach().cpu().double()  # noqa: E731
+    return dict(loss={"loss": fetch(loss)}, outputs={k: fetch(v) for k, v in outputs.items()}, grads=grads,
+                params={n: fetch(p) for n, p in model.named_parameters()})
+
+
+def _rel_err(a, b, floor=0.0):
+    if a.shape != b.shape:
+        return float("inf")
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    if not torch.equal(nan_a, nan_b):
+        return float("inf")
+    a, b = a[~nan_a], b[~nan_b]
+    if a.numel() == 0:
+        return 0.0
+    scale = max(b.abs().max().item(), floor, 1e-12)
+    return (a - b).abs().max().item() / scale
+
+
+@dataclass
+class Result:
+    name: str
+    status: str = "ok"
+    worst: str = ""
+    fallbacks: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def run_model(name, build) -> Result:
+    import navitrain.wgpu as nw
+
+    result = Result(name)
+    try:
+        torch.manual_seed(0)
+        case = build()
+        model = _no_random_layers(case.model)
+    except ImportError as e:
+        result.status, result.detail = "skipped", f"{type(e).__name__}: {e}"
+        return result
+    try:
+        ref = _step(case, model, "cpu", torch.float64)
+    except Exception as e:  # some models pin float32 somewhere: then float32 is the reference
+        ref, result.detail = None, f"float64 reference failed ({type(e).__name__}); float32 reference"
+    cpu = _step(case, model, "cpu", torch.float32)
+    ref = ref or cpu
+    nw.reset_fallback_counts()
+    t0 = time.perf_counter()
+    try:
+        dev = _step(case, model, DEV, torch.float32)
+        nw.synchronize()
+    except Exception as e:
+        result.seconds = time.perf_counter() - t0
+        result.status = "error"
+        result.detail = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        result.fallbacks = dict(nw.fallback_report()["cpu_fallbacks"])
+        if os.environ.get("TRACE"):
+            traceback.print_exc()
+        return result
+    result.seconds = time.perf_counter() - t0
+    result.fallbacks = dict(nw.fallback_report()["cpu_fallbacks"])
+    worst, worst_ratio = None, -1.0
+    for group in ("loss", "outputs", "grads", "params"):
+        # A gradient that is zero in exact arithmetic (a key bias under softmax) is rounding noise: each
+        # tensor is measured against at least 1e-3 of the group's largest value.
+        floor = 1e-3 * max((t.abs().max().item() for t in ref[group].values() if t.numel()), default=0.0)
+        for key, want in ref[group].items():
+            err_dev = _rel_err(dev[group][key], want, floor)
+            err_cpu = _rel_err(cpu[group][key], want, floor)
+            limit = max(TOL, CPU_NOISE_FACTOR * err_cpu)
+            ratio = err_dev / limit
+            if VERBOSE and ratio > 1:
+                print(f"    {group}:{key} {err_dev:.1e} (cpu f32 {err_cpu:.1e}; {ratio:.2f} of limit)")
+            if ratio > worst_ratio:
+                worst, worst_ratio = f"{group}:{key} {err_dev:.1e} (cpu f32 {err_cpu:.1e}; {ratio:.2f} of limit)", ratio
+    result.worst = worst or ""
+    if worst_ratio > 1:
+        result.status = "mismatch"
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", help="models to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(MODELS))
+        return 0
+    names = args.models or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; --list shows them")
+    import warnings
+
+    import navitrain.wgpu  # noqa: F401  (registers the device)
+    try:  # transformers imports torchvision where it is installed
+        _import_torchvision()
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", message="navitrain wgpu: .* runs on the CPU")
+    results = []
+    print(f"{'model':<20} {'status':<9} {'time s':>7}  fallbacks / worst error", flush=True)
+    for name in names:
+        r = run_model(name, MODELS[name])
+        results.append(r)
+        falls = ", ".join(f"{op} x{n}" for op, n in sorted(r.fallbacks.items())) or "-"
+        print(f"{name:<20} {r.status:<9} {r.seconds:7.1f}  fallbacks: {falls}", flush=True)
+        for line in (r.worst and f"worst: {r.worst}", r.detail):
+            if line:
+                print(f"{'':<39}{line}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in results], f, indent=1)
+    return 0 if all(r.status in ("ok", "skipped") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
