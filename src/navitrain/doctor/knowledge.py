@@ -595,6 +595,21 @@ def vulkan(s: Situation) -> list[Finding]:
     return out
 
 
+@rule
+def vulkan_float_modes(s: Situation) -> list[Finding]:
+    """Whether the adapter the wgpu route opens keeps float32 subnormals in arithmetic (the Vulkan child
+    runs navitrain.float_modes' probe kernel on it); NVIDIA's driver flushes them."""
+    if s.vulkan_status != "ok" or pick(s.vulkan, "flushes_subnormals", kind=bool) is not True:
+        return []
+    name = pick(s.chosen_adapter or {}, "name", kind=str) or "The adapter"
+    return [finding(
+        "wgpu-flushes-subnormals", "info", f"{name} flushes float32 subnormals to zero",
+        "This adapter flushes float32 subnormals to zero, like torch.set_flush_denormal(True): values below "
+        "1.2e-38 become 0 in arithmetic on the `wgpu` route (copies keep them), and dividing by one gives inf. "
+        "WGSL has no way to ask the driver to keep them. Training rarely notices; a result that needs them "
+        "differs from the CPU's unless the CPU runs under torch.set_flush_denormal(True) too.")]
+
+
 # The oldest Mesa whose RADV navitrain accepts without a warning. Mesa 20.2 (2020) made ACO RADV's
 # default shader compiler; navitrain's kernels lean on fp16 and subgroup operations that RADV exposes
 # on RDNA1 through ACO. UNVERIFIED: no navitrain kernel has run on RADV yet (CI runs Mesa's lavapipe,

@@ -76,16 +76,28 @@ emit(out)
 _VULKAN_CODE = r"""
 import json, sys
 M = %(marker)r
-from navitrain import adapters
+from navitrain import _env, adapters
 try:
     import wgpu
 except ModuleNotFoundError as e:
     if e.name == "wgpu":
         sys.stdout.write(M + json.dumps({"status": "missing", "error": str(e)}) + "\n"); sys.exit(0)
     raise
-infos, chosen = adapters.chosen_adapter_info()
-sys.stdout.write(M + json.dumps({"status": "ok", "wgpu_version": getattr(wgpu, "__version__", None),
-    "adapters": [i.to_dict() for i in infos], "chosen": chosen}) + "\n")
+pairs = adapters.list_adapters()
+infos = [info for _, info in pairs]
+chosen = adapters.choose(infos, _env.wgpu_adapter())  # adapters.chosen_adapter_info(), keeping the adapters
+out = {"status": "ok", "wgpu_version": getattr(wgpu, "__version__", None),
+       "adapters": [i.to_dict() for i in infos], "chosen": chosen}
+sys.stdout.write(M + json.dumps(out) + "\n"); sys.stdout.flush()
+# The list is out first: opening a device on a broken driver may crash, which must not lose it.
+if chosen is not None:
+    from navitrain import float_modes
+    try:
+        out["flushes_subnormals"] = float_modes.probe(pairs[chosen][0].request_device_sync())
+    except Exception as e:
+        out["flushes_subnormals"] = None
+        out["float_probe_error"] = f"{type(e).__name__}: {e}"[:300]
+    sys.stdout.write(M + json.dumps(out) + "\n")
 """ % {"marker": MARKER}
 
 
@@ -120,6 +132,10 @@ def probe_torch(timeout: float = TORCH_TIMEOUT, env: dict[str, str] | None = Non
 def probe_vulkan(timeout: float = VULKAN_TIMEOUT, env: dict[str, str] | None = None) -> dict:
     """wgpu's adapters, the driver of each and the one navitrain would choose, from a child process."""
     result = run_python(_VULKAN_CODE, timeout, env)
+    if result.partial and result.data.get("status") == "ok":
+        # listed the adapters, then died probing the chosen one's float modes: keep the list
+        result = ChildResult("ok", {**result.data, "flushes_subnormals": None,
+                                    "float_probe_error": result.error}, result.returncode, result.stderr)
     if result.status == "ok" and result.data is not None:
         data = dict(result.data)
         if data.get("status") == "ok":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch as _torch
 
+from navitrain import float_modes as _float_modes
 from navitrain.wgpu import device as _device
 
 # The device name must exist before any module below builds torch.device("wgpu", 0).
@@ -86,8 +87,11 @@ set_rng_state = _rng.set_rng_state
 
 
 def adapter_info() -> dict:
-    """The adapter in use: name, driver, type, backend, whether it is a software rasteriser, features."""
-    return _runtime_mod.runtime().describe()
+    """The adapter in use: name, driver, type, backend, whether it is a software rasteriser, features, and
+    `flushes_subnormals`: whether its arithmetic turns float32 subnormals into zero (NVIDIA's Vulkan driver
+    does, as torch.set_flush_denormal(True) does on the CPU; probed by one tiny kernel on the first call)."""
+    rt = _runtime_mod.runtime()
+    return {**rt.describe(), "flushes_subnormals": _float_modes.flushes_subnormals(rt.device)}
 
 
 def synchronize(device=None) -> None:

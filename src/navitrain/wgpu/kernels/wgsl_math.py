@@ -125,12 +125,18 @@ fn pow_f(x: f32, y: f32) -> f32 {
   return bitcast<f32>(0x7fc00000u);
 }
 // a / b correctly rounded (the CPU's division): Vulkan bounds WGSL's '/' only to 2.5 ulp (NVIDIA's is
-// off by 1 ulp for ~1/4 of quotients), and fma need not be fused, so the quotient is corrected in integers:
-// with a = ma 2^ea, b = mb 2^eb, q = mq 2^eq (24-bit significands), a / b lies beyond the midpoint
-// (2 mq + 1) 2^(eq-1) iff ma 2^s > (2 mq + 1) mb, s = ea - eb - eq + 1 (in [23, 26] near the quotient):
-// 50-bit products, exact in two u32 words. Each step moves q one ulp towards a / b (up to 4 steps); a / b
-// is never exactly a midpoint (an odd 25-bit significand times mb has more than 24 bits). Zeros,
-// infinities, NaN, subnormal operands and quotients near the ends of the range keep the driver's '/'.
+// off by 1 ulp for ~1/4 of quotients), and fma need not be fused, so the quotient is corrected in integers.
+// With a = ma 2^ea, b = mb 2^eb and a candidate q = mq 2^eq (24-bit significands), X = ma 2^s / mb,
+// s = ea - eb - eq + 1 (in [23, 26] near the quotient), is a / b in half-ulps of q's binade. With
+// D = ma 2^s - 2 mq mb (50-bit products, exact in two u32 words), a / b lies beyond q's upper midpoint
+// (2 mq + 1) mb iff D > mb, and below its lower one iff D < -mb ((4 mq - 1) mb against ma 2^(s+1), so
+// D < -mb / 2, at a power of two, whose lower neighbour is half an ulp away). a / b is never exactly a
+// midpoint (an odd 25-bit significand times mb has more than 24 bits). Otherwise the rounded significand
+// is round(X / 2) = mq + floor((D + mb) / (2 mb)): one jump, however many ulps q0 is off (the driver's
+// 2.5 and more). A jump that would leave q's binade stops at its edge and the next round goes on with the
+// neighbouring binade's ulp; every round re-checks the midpoints, so the answer is exact when the loop
+// stops. Zeros, infinities, NaN, subnormal operands and quotients near the ends of the range keep the
+// driver's '/'.
 fn dr_mul64(x: u32, y: u32) -> vec2<u32> {
   let xl = x & 0xffffu; let xh = x >> 16u; let yl = y & 0xffffu; let yh = y >> 16u;
   let ll = xl * yl; let lh = xl * yh; let hl = xh * yl;
@@ -140,27 +146,53 @@ fn dr_mul64(x: u32, y: u32) -> vec2<u32> {
 fn dr_shl64(x: u32, s: u32) -> vec2<u32> {  // x << s, 0 < s < 32
   return vec2<u32>(x >> (32u - s), x << s);
 }
-fn dr_gt64(x: vec2<u32>, y: vec2<u32>) -> bool { return x.x > y.x || (x.x == y.x && x.y > y.y); }
+fn dr_sub64(x: vec2<u32>, y: vec2<u32>) -> vec2<u32> {  // x - y, two's complement
+  return vec2<u32>(x.x - y.x - select(0u, 1u, x.y < y.y), x.y - y.y);
+}
+// How many ulps of q's binade to move, floor((D + mb) / (2 mb)), in floats (integer division is slow on
+// lavapipe, which scalarises it): |D| < 2^30 (q within 32 ulps, as from any driver's '/') converts within
+// 64 of D, so the floor is right unless (D + mb) / (2 mb) is within 1e-5 of an integer, where it is one
+// off and the next round's check moves the last ulp; farther off (only tests get there) the high word
+// gives an estimate that the next round refines. At least one ulp, towards a / b. (Every value is finite:
+// no NaN reaches the clamp.)
+fn dr_jump(d: vec2<u32>, mb: u32, up: bool) -> i32 {
+  let near = (d.x == 0u && d.y < 0x40000000u) || (d.x == 0xffffffffu && d.y >= 0xc0000000u);
+  let dn = select(f32(bitcast<i32>(d.x)) * 4294967296.0 + f32(d.y), f32(bitcast<i32>(d.y)), near);
+  let k = i32(clamp(floor((dn + f32(mb)) / f32(2u * mb)), -16777216.0, 16777216.0));
+  return select(min(k, -1), max(k, 1), up);
+}
 fn div_rn(a: f32, b: f32) -> f32 { return div_rn_from(a, b, a / b); }
-fn div_rn_from(a: f32, b: f32, q0: f32) -> f32 {  // q0: a / b to within 4 ulp (tests pass a perturbed one)
+fn div_rn_from(a: f32, b: f32, q0: f32) -> f32 {  // q0: a / b to within a few ulps (tests pass a perturbed one)
   let ua = bitcast<u32>(a) & 0x7fffffffu; let ub = bitcast<u32>(b) & 0x7fffffffu;
   let ea = i32(ua >> 23u); let eb = i32(ub >> 23u);
   if (ea == 0 || ea == 255 || eb == 0 || eb == 255) { return q0; }
   let ma = (ua & 0x7fffffu) | 0x800000u; let mb = (ub & 0x7fffffu) | 0x800000u;
   var uq = bitcast<u32>(q0) & 0x7fffffffu;
-  for (var step = 0; step < 4; step = step + 1) {
+  // rounds: a jump, a binade edge, a jump in the next binade, a last ulp, the power-of-two step down,
+  // the check (a lane that is right at once leaves in the first)
+  for (var tries = 0; tries < 8; tries = tries + 1) {
     let eq = i32(uq >> 23u);
     if (eq <= 1 || eq >= 254) { return q0; }
     let s = ea - eb - eq + 151;
     if (s < 2 || s > 30) { return q0; }
     let mq = (uq & 0x7fffffu) | 0x800000u;
-    if (dr_gt64(dr_shl64(ma, u32(s)), dr_mul64(2u * mq + 1u, mb))) { uq = uq + 1u; continue; }
-    // below the lower midpoint: (2 mq - 1) 2^(eq-1), or (4 mq - 1) 2^(eq-2) at a power of two
-    let low = select(dr_mul64(2u * mq - 1u, mb), dr_mul64(4u * mq - 1u, mb), mq == 0x800000u);
-    if (dr_gt64(low, dr_shl64(ma, u32(select(s, s + 1, mq == 0x800000u))))) { uq = uq - 1u; continue; }
-    break;
+    let d = dr_sub64(dr_shl64(ma, u32(s)), dr_mul64(2u * mq, mb));
+    let up = d.x < 0x80000000u && (d.x != 0u || d.y > mb);
+    let below = select(mb, mb >> 1u, mq == 0x800000u);  // D < -below: under the lower midpoint
+    let down = d.x >= 0x80000000u && (d.x != 0xffffffffu || d.y < 0u - below);
+    if (!up && !down) {
+      return bitcast<f32>(uq | ((bitcast<u32>(a) ^ bitcast<u32>(b)) & 0x80000000u));
+    }
+    let next = i32(mq) + dr_jump(d, mb, up);
+    if (next > 0xffffff) {
+      uq = (uq | 0x7fffffu) + 1u;             // the binade above starts here
+    } else if (next < 0x800000) {
+      uq = (uq & 0x7f800000u) - 1u;           // the binade below ends here
+    } else {
+      uq = (uq & 0x7f800000u) | (u32(next) & 0x7fffffu);
+    }
   }
-  return bitcast<f32>(uq | ((bitcast<u32>(a) ^ bitcast<u32>(b)) & 0x80000000u));
+  return q0;  // not reached for a q0 within a binade of a / b
 }
 fn gelu_tanh_grad(g: f32, x: f32) -> f32 {
   let inner = 0.7978845608028654 * (x + 0.044715 * x * x * x);
