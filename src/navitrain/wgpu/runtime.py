@@ -192,7 +192,9 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
             else:
                 self._place(self._param_arena, offset, params, table)
             self._param_used = offset + need
-            entry = self._group_for(kernel, heaps)
+            # (_group_for, inlined: this is every dispatch)
+            entry = self._bind_group(heaps, True) if kernel.table else \
+                (self._bind_groups.get(heaps) or self._bind_group(heaps))
             lib = self._lib
             if lib is not None:
                 if self._last_kernel is not kernel:

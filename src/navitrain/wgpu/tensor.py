@@ -122,7 +122,7 @@ def new_storage(nelem: int, dtype: torch.dtype) -> WgpuStorage:
     st = rt.stypes.get(dtype)
     if st is None:
         raise TypeError(f"dtype {dtype} is not supported on the wgpu device")
-    block = rt.malloc(max(1, nelem) * st.itemsize)
+    block = rt.allocator.malloc(max(1, nelem) * st.itemsize)  # (rt.malloc's own frame skipped: every op's output)
     return WgpuStorage(block, st, nelem)
 
 

@@ -218,8 +218,23 @@ def _parse(text: str) -> TileConfig | None:
     return None
 
 
+# (the variable's text, its parsed mode): _mode() runs on every matrix product and convolution, and
+# parsing the variable each time cost about as much as the rest of a remembered pick (issue 19).
+_mode_memo: tuple[str | None, str] | None = None
+
+
 def _mode() -> str:
-    return _env.value(_env.WGPU_TUNE)  # "on", "off" or "force"; a malformed value raises naming the variable
+    """The tuning mode, "on", "off" or "force"; a malformed value raises naming the variable. The
+    environment is read on every call (a test or a user may change NAVITRAIN_WGPU_TUNE at run time);
+    it is parsed again only when its text has changed."""
+    global _mode_memo
+    text = os.environ.get(_env.WGPU_TUNE)
+    memo = _mode_memo
+    if memo is not None and memo[0] == text:
+        return memo[1]
+    mode = _env.value(_env.WGPU_TUNE)
+    _mode_memo = (text, mode)
+    return mode
 
 
 def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:

@@ -10,7 +10,9 @@ the rest (or fall back to per-tensor kernels).
 from __future__ import annotations
 
 import functools
+import operator
 import warnings
+from itertools import repeat
 from typing import Sequence
 
 import numpy as np
@@ -66,15 +68,89 @@ def _source(expr: str, out_st, in_st: list, modes: str, n_shared: int, n_per: in
         "shader-int64" in rt.features) + codegen.entry(WG, "\n".join(lines))
 
 
+# Per-tensor metadata is gathered list by list through C-level getters (map over method descriptors and
+# attrgetters) rather than Python loops: an optimizer step passes lists of every parameter to ~8 list
+# ops, and a Python frame per tensor per property cost ~10 us per tensor per list op (issue 19).
+_numel = torch.Tensor.numel
+_storage_offset = torch.Tensor.storage_offset
+_is_contiguous = torch.Tensor.is_contiguous
+_stride = torch.Tensor.stride
+_shape_of = operator.attrgetter("shape")
+_dtype_of = operator.attrgetter("dtype")
+_storage_of = operator.attrgetter("_ws")
+_base_of = operator.attrgetter("base")
+_heap_in = operator.attrgetter("heap")
+
+
+def _same_tensors(a: Sequence, b: Sequence) -> bool:
+    """Whether two lists hold the very same tensor objects (compared by identity: == would be elementwise)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
 def supported(lists: Sequence[Sequence]) -> bool:
     """Whether every tensor can take the multi-tensor path (wgpu, contiguous, float, kernels exist)."""
-    rt = runtime()
+    stypes = runtime().stypes
+    checked: list[Sequence] = []
     for lst in lists:
-        for t in lst:
-            if not isinstance(t, WgpuTensor) or not t.is_contiguous() or not t.dtype.is_floating_point \
-                    or not rt.stypes[t.dtype].has_kernels:
+        if any(_same_tensors(earlier, lst) for earlier in checked):
+            continue
+        if not all(map(isinstance, lst, repeat(WgpuTensor))) or not all(map(_is_contiguous, lst)):
+            return False
+        for dtype in set(map(_dtype_of, lst)):
+            if not dtype.is_floating_point or not stypes[dtype].has_kernels:
                 return False
+        checked.append(lst)
     return True
+
+
+def _gather(lists: Sequence[Sequence[WgpuTensor]]) -> tuple[list[np.ndarray], bool]:
+    """Each list's element offsets (WgpuTensor.elem_offset), and whether every list keeps its tensors in
+    one heap with one dtype (one dispatch binds one heap per list). A list holding the same tensors as an
+    earlier one (an in-place op's output and first input) is not gathered again."""
+    columns: list[np.ndarray] = []
+    uniform = True
+    seen: list[tuple[Sequence, np.ndarray]] = []
+    for lst in lists:
+        for earlier, column in seen:
+            if _same_tensors(earlier, lst):
+                break
+        else:
+            storages = list(map(_storage_of, lst))
+            column = np.array(list(map(operator.add, map(_base_of, storages), map(_storage_offset, lst))), np.int64)
+            if uniform and (len(set(map(_heap_in, storages))) != 1 or len(set(map(_dtype_of, lst))) != 1):
+                uniform = False
+            seen.append((lst, column))
+        columns.append(column)
+    return columns, uniform
+
+
+def _table(offsets: list[np.ndarray], idx: list[int] | None, numel: np.ndarray, extra: int) -> np.ndarray:
+    """The table's rows for tensors `idx` (None: all): [first linear index (filled per chunk), numel,
+    each list's element offset..., then `extra` columns for the caller (per-tensor scalars)]."""
+    table = np.empty((len(numel), 2 + len(offsets) + extra), np.uint32)
+    table[:, 1] = numel
+    for col, column in enumerate(offsets):
+        table[:, 2 + col] = column if idx is None else column[idx]
+    return table
+
+
+def _dispatch_chunks(rt, kernel, heaps, table: np.ndarray, numel: np.ndarray, pack, shared=()) -> None:
+    """Dispatch the table in chunks that fit comfortably in the arena (long lists are cut)."""
+    chunk = max(1, 16384 // (4 * table.shape[1]))
+    for c in range(0, len(table), chunk):
+        counts = numel[c:c + chunk]
+        part = table[c:c + chunk]
+        part[:, 0] = np.cumsum(counts) - counts  # linear index where each tensor starts
+        total = int(counts.sum())
+        rt.dispatch(kernel, heaps, pack(total, len(part), *shared), pointwise.groups_for(total), table=part.tobytes())
+
+
+def _nonempty(numel: np.ndarray, idx: list[int]) -> tuple[list[int] | None, np.ndarray]:
+    """(`idx` less the empty tensors, or None where that is every tensor; their element counts)."""
+    if len(idx) == len(numel) and numel.all():
+        return None, numel
+    keep = [i for i in idx if numel[i]]
+    return keep, numel[keep]
 
 
 def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Sequence[WgpuTensor] | None,
@@ -90,43 +166,34 @@ def apply(name: str, expr: str, inputs: Sequence[Sequence[WgpuTensor]], out: Seq
     n = len(first)
     modes = modes or "c" * len(inputs)
     if out is None:
-        out = [empty_fast(t.shape, t.stride(), t.dtype, t.numel()) for t in first]
+        out = list(map(empty_fast, map(_shape_of, first), map(_stride, first), map(_dtype_of, first),
+                       map(_numel, first)))
     rt = runtime()
     n_in, n_per = len(inputs), len(per_tensor)
     if n_per and rt.capture is not None:
         _warn_frozen_scalars(name)
     lists = [out] + list(inputs)
     pack = _pack(len(shared))
-    for idx in _groups(lists, n):
-        idx = [i for i in idx if out[i].numel()]
-        if not idx:
+    all_numel = np.array(list(map(_numel, out)), np.int64)
+    offsets, uniform = _gather(lists)
+    for group in _groups(lists, n, uniform):
+        idx, numel = _nonempty(all_numel, group)
+        if not len(numel):
             continue
-        i0 = idx[0]
+        i0 = group[0] if idx is None else idx[0]
         out_st = rt.stypes[out[i0].dtype]
         in_st = [rt.stypes[lst[i0].dtype] for lst in inputs]
         kkey = ("multi", name, expr, out_st.dtype, tuple(st.dtype for st in in_st), modes, len(shared), n_per, compute)
         kernel = rt.kernel(kkey, f"multi_{name}", 1 + n_in,
                            lambda: _source(expr, out_st, in_st, modes, len(shared), n_per, compute), table=True)
         # The table, one row per tensor: [first linear index, numel, out offset, input offsets...,
-        # per-tensor scalars as f32 bits], built column by column (a Python loop per row cost ~0.5 ms
-        # per list op for a model's ~80 parameters).
-        numel = np.fromiter((out[i].numel() for i in idx), np.int64, len(idx))
-        table = np.empty((len(idx), 3 + n_in + n_per), np.uint32)
-        table[:, 1] = numel
-        for col, lst in enumerate(lists):
-            table[:, 2 + col] = np.fromiter((lst[i].elem_offset for i in idx), np.int64, len(idx))
+        # per-tensor scalars as f32 bits], built column by column.
+        table = _table(offsets, idx, numel, n_per)
         for k, values in enumerate(per_tensor):
-            table[:, 3 + n_in + k] = np.asarray([values[i] for i in idx], np.float32).view(np.uint32)
+            column = np.asarray(values, np.float32)
+            table[:, 3 + n_in + k] = (column if idx is None else column[idx]).view(np.uint32)
         heaps = tuple(lst[i0]._ws.heap for lst in lists)
-        # Long lists are cut so each table fits comfortably in the arena.
-        chunk = max(1, 16384 // (4 * table.shape[1]))
-        for c in range(0, len(idx), chunk):
-            counts = numel[c:c + chunk]
-            part = table[c:c + chunk]
-            part[:, 0] = np.cumsum(counts) - counts  # linear index where each tensor starts
-            total = int(counts.sum())
-            rt.dispatch(kernel, heaps, pack(total, len(part), *shared), pointwise.groups_for(total),
-                        table=part.tobytes())
+        _dispatch_chunks(rt, kernel, heaps, table, numel, pack, shared)
     return list(out)
 
 
@@ -139,15 +206,9 @@ def _warn_frozen_scalars(name: str) -> None:
         "with capturable=True: use capturable=True for captured steps.", stacklevel=3)
 
 
-def _groups(lists, n: int) -> list[list[int]]:
-    """Indices grouped so that within a group every list's tensors share one heap and one dtype (one
-    dispatch binds one heap per list). Normally that is everything, checked without building keys."""
-    uniform = True
-    for lst in lists:
-        heap, dtype = lst[0]._ws.heap, lst[0].dtype
-        if not all(t._ws.heap is heap and t.dtype is dtype for t in lst):
-            uniform = False
-            break
+def _groups(lists, n: int, uniform: bool) -> list[list[int]]:
+    """Indices grouped so that within a group every list's tensors share one heap and one dtype.
+    Normally (`uniform`, from _gather) that is everything."""
     if uniform:
         return [list(range(n))]
     groups: dict[tuple, list[int]] = {}
@@ -199,25 +260,17 @@ def apply_lists(name: str, prelude: str, stores: Sequence[tuple[int, str]], list
     n = len(lists[0])
     stores = tuple(stores)
     pack = _pack(0)
-    for idx in _groups(lists, n):
-        idx = [i for i in idx if lists[size_list][i].numel()]
-        if not idx:
+    all_numel = np.array(list(map(_numel, lists[size_list])), np.int64)
+    offsets, uniform = _gather(lists)
+    for group in _groups(lists, n, uniform):
+        idx, numel = _nonempty(all_numel, group)
+        if not len(numel):
             continue
-        i0 = idx[0]
+        i0 = group[0] if idx is None else idx[0]
         sts = [rt.stypes[lst[i0].dtype] for lst in lists]
         key = ("multi_lists", name, prelude, stores, tuple(st.dtype for st in sts), modes, compute)
         kernel = rt.kernel(key, f"multi_{name}", len(lists),
                            lambda: _lists_source(prelude, stores, sts, modes, compute), table=True)
-        numel = np.fromiter((lists[size_list][i].numel() for i in idx), np.int64, len(idx))
-        table = np.empty((len(idx), 2 + len(lists)), np.uint32)
-        table[:, 1] = numel
-        for col, lst in enumerate(lists):
-            table[:, 2 + col] = np.fromiter((lst[i].elem_offset for i in idx), np.int64, len(idx))
+        table = _table(offsets, idx, numel, 0)
         heaps = tuple(lst[i0]._ws.heap for lst in lists)
-        chunk = max(1, 16384 // (4 * table.shape[1]))
-        for c in range(0, len(idx), chunk):
-            counts = numel[c:c + chunk]
-            part = table[c:c + chunk]
-            part[:, 0] = np.cumsum(counts) - counts
-            total = int(counts.sum())
-            rt.dispatch(kernel, heaps, pack(total, len(part)), pointwise.groups_for(total), table=part.tobytes())
+        _dispatch_chunks(rt, kernel, heaps, table, numel, pack)

@@ -6,6 +6,8 @@ overloads) run the single-tensor op per element, still on the GPU.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from navitrain.wgpu.dispatch import implements
@@ -63,7 +65,7 @@ def _other_operand(other, n, selves=None):
                     return list(other), "s", [], [], "b"
                 return None, "", None, [], ""  # other broadcasts: the per-element path does it
             return list(other), "c", [], [], "b"
-        return None, "", [], [[float(v) for v in other]], "t0"
+        return None, "", [], [list(map(float, other))], "t0"
     if isinstance(other, torch.Tensor):
         if isinstance(other, WgpuTensor) and other.numel() == 1:
             return [other] * n, "s", [], [], "b"
@@ -130,11 +132,14 @@ def _ternary(name, inplace):
     return run
 
 
+_shape_of = operator.attrgetter("shape")
+
+
 def _same_shapes(lists) -> bool:
     """Element i of every list has one shape (the multi-tensor kernel indexes them alike; anything
     that broadcasts takes the per-element path)."""
-    shapes = [t.shape for t in lists[0]]  # compared list against list: a generator per element cost ~1 us each
-    return all([t.shape for t in lst] == shapes for lst in lists[1:])
+    shapes = list(map(_shape_of, lists[0]))  # list against list, gathered in C: no Python frame per tensor
+    return all(list(map(_shape_of, lst)) == shapes for lst in lists[1:])
 
 
 def _values(value, n):
@@ -142,7 +147,7 @@ def _values(value, n):
         return [float(v) for v in value.detach().cpu().reshape(-1).tolist()] if value.numel() > 1 else \
             [float(value.item())] * n
     if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
+        return list(map(float, value))
     return [float(value)] * n
 
 
@@ -154,7 +159,7 @@ def _lerp(inplace):
             lists.append(list(weight))
             expr, shared, per = "lerp_f(a, b, c)", [], []
         elif isinstance(weight, (list, tuple)):
-            expr, shared, per = "lerp_f(a, b, t0)", [], [[float(w) for w in weight]]
+            expr, shared, per = "lerp_f(a, b, t0)", [], [list(map(float, weight))]
         else:
             expr, shared, per = "lerp_f(a, b, s0)", [multi_tensor.scalar_of(weight)], []
         if not _same_shapes(lists) or not multi_tensor.supported(lists):
