@@ -166,7 +166,7 @@ fn bs_jy(x: f32) -> vec4<f32> {
     // Hankel: J_nu = sqrt(2/(pi x)) (P cos(chi) - Q sin(chi)), Y_nu = sqrt(2/(pi x)) (P sin(chi) + Q cos(chi)),
     // chi = x - (nu/2 + 1/4) pi; cos/sin of x itself (exact) rotated by the constant phase.
     let amp = sqrt(2.0 / (BS_PI * x));
-    let cx = cos(x); let sx = sin(x);
+    let sc = sincos_f(x); let cx = sc.y; let sx = sc.x;  // wgsl_trig: a driver's are far off at large x
     var r = vec4<f32>(0.0);
     for (var nu = 0; nu < 2; nu = nu + 1) {
       let mu = 4.0 * f32(nu * nu);
@@ -253,7 +253,7 @@ fn spherical_bessel_j0_f(x: f32) -> f32 {
     return 1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 + x2 * (-1.0 / 5040.0
                  + x2 * (1.0 / 362880.0 + x2 * (-1.0 / 39916800.0)))));
   }
-  return sin(x) / x;
+  return sin_f(x) / x;
 }
 
 const AIRY_CENTER_VALUES = array<f32, AIRY_N>(AIRY_TABLE);
@@ -313,8 +313,9 @@ fn airy_ai_f(x: f32) -> f32 {
   }
   let c4 = 0.7071067811865476;
   // cos and sin of zeta + zeta_lo (zeta_lo reaches ~1 for z ~ 1e5, past a linear correction)
-  let cl = cos(zeta_lo); let sl = sin(zeta_lo);
-  let cz = cos(zeta) * cl - sin(zeta) * sl; let sz = sin(zeta) * cl + cos(zeta) * sl;
+  let cl = cos_f(zeta_lo); let sl = sin_f(zeta_lo);
+  let scz = sincos_f(zeta);  // wgsl_trig: full-range reduction, a driver's is far off at large zeta
+  let cz = scz.y * cl - scz.x * sl; let sz = scz.x * cl + scz.y * sl;
   let cm = c4 * (cz + sz);   // cos(zeta - pi/4)
   let sm = c4 * (sz - cz);   // sin(zeta - pi/4)
   return (cm * even + sm * odd) / (sqrt(BS_PI) * sqrt(sqrt(z)));

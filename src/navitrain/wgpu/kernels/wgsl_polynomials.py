@@ -58,17 +58,17 @@ fn pl_chebyshev(kind: i32, shifted: bool, x: f32, nf: f32) -> f32 {
   if (shifted) { threshold = select(6.0, 4.0, kind == 3); }
   if (n > threshold && abs(y) < 1.0) {
     let t = pl_acos(y);
-    if (kind == 0) { return cos(n * t); }
+    if (kind == 0) { return cos_f(n * t); }
     if (kind == 1) {
-      let s = sin(t);
-      if (s != 0.0) { return sin((n + 1.0) * t) / s; }
-      return (n + 1.0) * cos((n + 1.0) * t) / y;
+      let s = sin_f(t);
+      if (s != 0.0) { return sin_f((n + 1.0) * t) / s; }
+      return (n + 1.0) * cos_f((n + 1.0) * t) / y;
     }
     if (kind == 2) {
-      if (sin(t / 2.0) != 1.0) { return cos((n + 0.5) * t) / cos(t / 2.0); }
+      if (sin_f(t / 2.0) != 1.0) { return cos_f((n + 0.5) * t) / cos_f(t / 2.0); }
       return odd_sign * (n + n + 1.0);
     }
-    if (cos(t / 2.0) != 1.0) { return sin((n + 0.5) * t) / sin(t / 2.0); }
+    if (cos_f(t / 2.0) != 1.0) { return sin_f((n + 0.5) * t) / sin_f(t / 2.0); }
     if (x > 0.0 && !shifted) { return n + n + 1.0; }
     return odd_sign;
   }

@@ -350,9 +350,9 @@ def complex_(real, imag):
 def polar(abs, angle):
     if abs.dtype != torch.float32 or angle.dtype != torch.float32:
         return _cpu(aten.polar.default, abs, angle)
-    # cos/sin of NaN and inf are left to the driver in WGSL: C gives NaN for both.
-    cos = f"select(cos(b), {NAN}, is_nan(b) || is_inf(b))"
-    sin = f"select(sin(b), {NAN}, is_nan(b) || is_inf(b))"
+    # cos_f/sin_f (kernels/wgsl_trig.py): full-range reduction (a driver's is far off), NaN for NaN and inf as C
+    cos = "cos_f(b)"
+    sin = "sin_f(b)"
     return _launch("polar", f"a * {cos}", f"a * {sin}", [abs, angle], [], _shape_of(abs, angle))
 
 

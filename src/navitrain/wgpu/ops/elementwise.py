@@ -480,8 +480,8 @@ def _unary(name, ftemplate, itemplate=None, float_result=True, bool_template=Non
 for _name, _f in {
     "exp": "exp({a})", "exp2": "exp2({a})", "expm1": "expm1_f({a})", "log": "log({a})", "log2": "log2({a})",
     "log10": "(log({a}) * 0.4342944819032518)", "log1p": "log1p_f({a})", "sqrt": "sqrt({a})",
-    # tan_f (kernels/wgsl_trig.py): its own range reduction, a driver's tan is far off near the poles
-    "rsqrt": "inverseSqrt({a})", "sin": "sin({a})", "cos": "cos({a})", "tan": "tan_f({a})",
+    # sin_f/cos_f/tan_f (kernels/wgsl_trig.py): their own range reduction, a driver's is far off (NVIDIA)
+    "rsqrt": "inverseSqrt({a})", "sin": "sin_f({a})", "cos": "cos_f({a})", "tan": "tan_f({a})",
     # WGSL's asin/acos lose 4e-4 near |x| -> 1 on lavapipe: through atan2 they are as exact as atan (3e-6).
     "asin": "select(atan2_f({a}, sqrt((1.0 - {a}) * (1.0 + {a}))), {a}, {a} == 0.0)",  # asin(-0) = -0
     "acos": "atan2_f(sqrt((1.0 - {a}) * (1.0 + {a})), {a})",

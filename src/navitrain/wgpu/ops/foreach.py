@@ -26,7 +26,7 @@ _UNARY = {
     "sqrt": "sqrt(a)", "neg": "-a", "exp": "exp(a)", "abs": "abs(a)", "reciprocal": "1.0 / a",
     "sign": "sign(a)", "sigmoid": "sigmoid_f(a)", "log": "log(a)", "tanh": "tanh_f(a)", "rsqrt": "inverseSqrt(a)",
     "expm1": "expm1_f(a)", "log1p": "log1p_f(a)", "floor": "floor(a)", "ceil": "ceil(a)", "round": "round(a)",
-    "trunc": "trunc(a)", "frac": "(a - trunc(a))", "sin": "sin(a)", "cos": "cos(a)", "erf": "erf_f(a)",
+    "trunc": "trunc(a)", "frac": "(a - trunc(a))", "sin": "sin_f(a)", "cos": "cos_f(a)", "erf": "erf_f(a)",
 }
 # Ternary ops: a + value * b (op) c, with the value shared, per tensor, or from a CPU tensor.
 _TERNARY = {"addcmul": "a + {v} * b * c", "addcdiv": "a + {v} * b / c"}
