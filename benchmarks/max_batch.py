@@ -112,7 +112,7 @@ def _record_allocations(allocator) -> tuple[list[int], list[str]]:
         live[id(block)] = (len(sites), block)
         frame, callers = sys._getframe(1), []
         while frame is not None and len(callers) < 6:
-            callers.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}")
+            callers.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}:{frame.f_lineno}")
             frame = frame.f_back
         sites.append(" ".join(callers))
         trace.append(nbytes)

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections import Counter
 
 from navitrain.wgpu.allocator import ALIGN, CachingAllocator, size_class
 
 _MiB = 1 << 20
+_LINE = re.compile(r":\d+\b")
 SOFTWARE_HEAP = 64 << 20    # runtime.py: the heap size on software adapters ...
 HARDWARE_HEAP = 512 << 20   # ... and on the others, both capped at the largest binding
 
@@ -130,7 +132,10 @@ def largest_under(line: dict, limit: int, most: int) -> int:
 
 
 def _tokens(trace: list[int], sites: list[str] | None) -> list[str]:
-    """What lines up between batches: each malloc's site, each free as the site of the block it frees."""
+    """What lines up between batches: each malloc's site, each free as the site of the block it frees.
+    Line numbers are left out: an edit elsewhere in a file moves them, not the order of the requests."""
+    if sites:
+        sites = [_LINE.sub("", site) for site in sites]
     tokens, count = [], 0
     for entry in trace:
         if entry > 0:

@@ -204,3 +204,10 @@ def test_tiny_prediction_holds_under_a_real_cap(tmp_path):
     assert verified["predicted_here"] == row["predicted"] > 8
     assert verified["as_predicted"], verified
     assert "| resnet18 | fp32 |" in (tmp_path / "predicted.md").read_text()
+
+
+def test_sites_line_up_when_an_edit_moved_their_lines():
+    step = SyntheticStep(12, extra=lambda batch: batch < 4)
+    sites = {n: [f"kernels.py:run:{40 + 27 * (n == 8)} {site}" for site in step.sites(n)] for n in (2, 4, 8)}
+    _, check = mbp.extrapolate({n: step.trace(n) for n in (2, 4, 8)}, sites)
+    assert check["per_batch"]["4"]["only_at_largest"] == 0 and check["per_batch"]["2"]["only_here"] == 2
