@@ -15,8 +15,12 @@ on that trace extrapolated to larger batches with the target card's heaps and bi
 largest batch under the cap. `--verify` then runs real capped tries here at the batch predicted for this
 adapter and 10% above it.
 
-    python benchmarks/max_batch.py --predict --limit 6GiB --out predicted.json --markdown predicted.md
-    python benchmarks/max_batch.py --predict --verify --limit 1GiB --models resnet18 --precisions fp32
+    python benchmarks/max_batch.py --predict --limit 6GiB --traces t/ --out predicted.json --markdown predicted.md
+    python benchmarks/max_batch.py --predict --verify --limit 384MiB --models resnet18 --precisions fp16 --traces t/
+
+(on lavapipe a standard-size try takes minutes: keep the traces and the second command measures nothing
+new, it only runs the two real tries; the predictions are for an RX 5600 XT's limits, --profile none for
+this adapter's.)
 
 Models: resnet18 and gpt are navitrain bench's workloads (`--size standard`: CIFAR ResNet-18 at 32x32,
 the GPT decoder 6x384 at context 256); resnet50 is torchvision's at 224x224 (bench_conv.py's definition of
