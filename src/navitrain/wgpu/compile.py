@@ -45,6 +45,7 @@ from navitrain.wgpu import (
     fusion_foreach,
     fusion_inplace,
     fusion_norm,
+    fusion_norm_pair,
 )
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
@@ -327,6 +328,7 @@ def _compiler(kind: str):
             stats["fused_dispatches_saved"] += fused.dispatches_saved
             stats["conv_bn_stats"] += fusion_conv_stats.fuse(gm)   # batch norms' sums from their convolutions
             stats["copies_folded"] += fusion_inplace.fold_copies(gm)
+            stats["batch_norm_pairs"] += fusion_norm_pair.fuse(gm)   # a downsample block's two in one pass
             stats["counters_batched"] += fusion_counters.batch(gm)
         return CapturedGraphModule(gm, kind, mutated)
     return compile_graph

@@ -81,6 +81,18 @@ def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momen
     In evaluation mode the statistics are the running ones. With an `epilogue`, its result instead of y
     (`epilogue_inputs` laid out as x). `moments` (training): x's per-tile statistics, written by the
     convolution that made x (conv/channel_stats.ConvMoments), instead of a sums pass over x."""
+    coefs, coef_offset = coefficients(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps,
+                                      save_mean, save_invstd, moments)
+    if epilogue is not None:
+        return _apply_fused(x, coefs, coef_offset, C, B, epilogue, list(epilogue_inputs))
+    return _apply(x, coefs, coef_offset, C, B, x.dtype)
+
+
+def coefficients(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
+                 save_invstd, moments=None):
+    """(buffer, element offset) of the forward elementwise pass's four coefficients per channel, with the
+    statistics saved and the running ones updated as forward() does (kernels/batch_norm_pair.py applies
+    two batch norms' coefficients in one pass)."""
     # The coefficients of the elementwise pass (4 per channel) go after the partial sums, in the same buffer.
     if training and moments is not None:
         coefs = moments.partials
@@ -97,9 +109,7 @@ def forward(x, A, C, B, weight, bias, running_mean, running_var, training, momen
         partials = {}
     _statistics(x, A, C, B, weight, bias, running_mean, running_var, training, momentum, eps, save_mean,
                 save_invstd, coefs, coef_offset, partials, moments is not None)
-    if epilogue is not None:
-        return _apply_fused(x, coefs, coef_offset, C, B, epilogue, list(epilogue_inputs))
-    return _apply(x, coefs, coef_offset, C, B, x.dtype)
+    return coefs, coef_offset
 
 
 def _rounded(dtype, value: str) -> str:
@@ -324,8 +334,12 @@ def backward(grad_out, x, A, C, B, weight, mean_src, inv_src, train, eps, gw, gb
     return _apply(x, coefs, coefs.elem_offset, C, B, x.dtype, grad=grad_out, train=train)
 
 
-def _backward_statistics(coefs, partials, sums, n, C, weight, mean_src, inv_src, train, eps, gw, gb):
-    """A thread per channel: the coefficients k0..k3 of the backward elementwise pass, gw and gb."""
+def _backward_statistics(coefs, partials, sums, n, C, weight, mean_src, inv_src, train, eps, gw, gb,
+                         coef_offset=None, K=2, t1_term=1):
+    """A thread per channel: the coefficients k0..k3 of the backward elementwise pass (at `coef_offset`,
+    default the start of `coefs`), gw and gb. The partials hold K terms: the sum of dy first, the sum of
+    dy * (x - mean) at `t1_term` (kernels/batch_norm_pair.py sums two batch norms' terms in one pass)."""
+    coef_offset = coefs.elem_offset if coef_offset is None else coef_offset
     need_sums = partials is not None
     named = [(mean_src, "mean"), (inv_src, "inv")]
     named += [(t, name) for t, name in ((weight, "weight"), (gw, "gw"), (gb, "gb")) if t is not None]
@@ -333,14 +347,14 @@ def _backward_statistics(coefs, partials, sums, n, C, weight, mean_src, inv_src,
     vecs = {}
     for t, name in named:
         vecs.update(vec_args(name, t))
-    params = _BACKWARD_STATS.pack(C=C, coef_off=coefs.elem_offset, n=float(n), eps=float(eps), **sums, **vecs)
+    params = _BACKWARD_STATS.pack(C=C, coef_off=coef_offset, n=float(n), eps=float(eps), **sums, **vecs)
 
     def source():
         first = 2 if need_sums else 1
         at = {name: (first + k, vec_at(name, "c")) for k, (_, name) in enumerate(named)}
         lines = [_BACKWARD_STATS.wgsl(), "  let c = gi; if (c >= C) { return; }"]
         if need_sums:
-            lines.append(sum_partials(2, [(0, "t0"), (1, "t1")], binding=1))
+            lines.append(sum_partials(K, [(0, "t0"), (t1_term, "t1")], binding=1))
         else:
             lines.append("  let t0 = 0.0; let t1 = 0.0;")
         lines.append(f"  let mean = {load(mean_src, *at['mean'])};")
@@ -360,5 +374,5 @@ def _backward_statistics(coefs, partials, sums, n, C, weight, mean_src, inv_src,
         return module(tensors, "\n".join(lines))
 
     key = ("bn_bwd_fin", train, need_sums, tuple(t.dtype for t in tensors), weight is not None,
-           gw is not None, gb is not None)
+           gw is not None, gb is not None, K, t1_term)
     launch(key, "batch_norm_backward_stats", tensors, params, source, codegen.groups_for(C, WG))
