@@ -19,6 +19,7 @@ from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
 from navitrain.wgpu.kernels.conv.layouts import (
     image_vec_out,
     k_contiguous,
+    pair_vec_ok,
     positions_ok,
     positions_vec_ok,
     strided_weight,
@@ -53,7 +54,8 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
     heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])
     x_vec = None
-    if flat and not guard and positions_vec_ok(x, g):
+    pair = positions and not flat and pair_vec_ok(x)    # a stride-2 1x1 reading x[:, :, ::2, ::2] in place
+    if positions and not guard and (pair or (flat and positions_vec_ok(x, g))):
         x_vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(x._ws.heap)
@@ -75,7 +77,7 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
         A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
         E = ImageEpilogue(st_o.wgsl, Store(st_o), "cols", "out", bias is not None, bindings, relu, vec_out)
     elif positions:   # rows = out channels, cols = positions, k = c, no gather
-        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec, flat=flat)
+        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec, flat=flat, every_other=pair)
         E = ImageEpilogue(st_o.wgsl, Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
         A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")

@@ -10,7 +10,7 @@ from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import SlicesEpilogue, WeightEpilogue
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
-from navitrain.wgpu.kernels.conv.layouts import positions_ok, positions_vec_ok, tile_for
+from navitrain.wgpu.kernels.conv.layouts import pair_vec_ok, positions_ok, positions_vec_ok, tile_for
 from navitrain.wgpu.kernels.conv.operands import GradOutRows, ImageGradWeight
 from navitrain.wgpu.kernels.conv.params import CONV_PARAMS, PREAMBLE
 from navitrain.wgpu.kernels.copy import copy_into
@@ -43,11 +43,12 @@ def implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTen
     vec_heaps = (dy._ws.heap,) if vec_dy else ()
     if x_rows:
         x_vec = None
-        if not guard and positions_vec_ok(x, g):
+        pair = not positions_ok(x) and pair_vec_ok(x)    # a stride-2 1x1 reading x[:, :, ::2, ::2] in place
+        if not guard and (pair or positions_vec_ok(x, g)):
             x_vec = f"b{3 + len(vec_types)}"
             vec_types = vec_types + ["vec4<f32>"]
             vec_heaps = vec_heaps + (x._ws.heap,)
-        B = GradOutRows("b2", st_x.wgsl, "k", x_vec, tensor="x")
+        B = GradOutRows("b2", st_x.wgsl, "k", x_vec, tensor="x", every_other=pair)
     else:
         B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k", four=not nhwc and g.OW % 4 == 0)
     # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K -- or

@@ -25,6 +25,18 @@ def positions_vec_ok(t: WgpuTensor, g: Geometry) -> bool:
             and s0 % 4 == 0 and s1 % 4 == 0 and t.elem_offset % 4 == 0)
 
 
+def pair_vec_ok(t: WgpuTensor) -> bool:
+    """Whether ImagePositions / GradOutRows may read `t`, a view x[:, :, ::2, ::2] of an NCHW image
+    (stride-2 columns), four positions at a time as two aligned 16-byte loads keeping every other
+    element (operands._every_other): the four stay in one row (OW a multiple of 4) and the eight
+    elements read, up to column 2*OW - 1 of x, stay inside x's row span (x's row stride, half the view's,
+    is at least 2*OW: an odd-width x, whose last read would step past the row, keeps scalar loads)."""
+    s0, s1, s2, s3 = t.stride()
+    ow = t.shape[3]
+    return (t.dtype == torch.float32 and s3 == 2 and ow % 4 == 0 and s2 >= 4 * ow and s0 % 4 == 0
+            and s1 % 4 == 0 and s2 % 4 == 0 and t.elem_offset % 4 == 0)
+
+
 def positions_ok(t: WgpuTensor) -> bool:
     """Whether the H*W block of `t` is contiguous (ImagePositions' addressing)."""
     s0, s1, s2, s3 = t.stride()

@@ -7,16 +7,19 @@ scalar, K is only C long, and the weight gradient's output is too small to fill 
 plain products they get 16-byte loads, tuned tiles and split-K. In NCHW the "product" runs over all
 N*H*W positions at once through the implicit-GEMM passes with gather-free operands (ImagePositions,
 GradOutRows), not one product per image: at 4x4 images a per-image product was 16 columns wide.
-A stride s only subsamples the image: forward and weight gradient read x[:, :, ::s, ::s] either in
-place (scalar loads two elements apart) or from a compact copy (16-byte loads, plus the copy pass),
-whichever the tuner timed faster on this adapter for the shape; the input gradient is the product
-written into a compact buffer and scattered into a zeroed dx.
+A stride s only subsamples the image. In NCHW, forward and weight gradient read x[:, :, ::s, ::s] in
+place through its strides (at stride 2, aligned and OW a multiple of 4: two 16-byte loads per four
+positions, keeping every other element -- the odd columns share the even ones' memory sectors, so this
+moves no more DRAM traffic than 16-byte loads of a compact copy, and saves the copy's pass and buffer);
+the input gradient's product is written straight into dx[:, :, ::s, ::s] and the positions no tap
+reaches are zero-filled, so dx is written once. Channels_last strided layers still read a compact copy
+of x and write a compact input gradient that is then scattered (see `forward`).
 """
 from __future__ import annotations
 
 import torch
 
-from navitrain.wgpu.kernels import gemm, gemm_tuning
+from navitrain.wgpu.kernels import gemm
 from navitrain.wgpu.kernels.conv.forward import implicit_forward
 from navitrain.wgpu.kernels.conv.geometry import unit_stride_1x1
 from navitrain.wgpu.kernels.conv.grad_input import implicit_grad_input
@@ -57,16 +60,23 @@ def _weight(w: WgpuTensor) -> WgpuTensor:
     return w.as_strided([w.shape[0], w.shape[1]], [w.stride(0), w.stride(1)], w.storage_offset())
 
 
-def _on_subsampled(x: WgpuTensor, stride: tuple, pass_name: str, run) -> None:
-    """run(image) with image = x subsampled by the stride, read in place when that is faster here."""
-    view = x[:, :, ::stride[0], ::stride[1]] if stride != (1, 1) else x
-    if _image_matrix(view, False) is not None:      # already a plain [N, C, H*W] view: nothing to choose
-        run(view)
-        return
-    key = f"conv1x1_read|{pass_name}|{tuple(x.shape)}|{tuple(x.stride())}|{stride}"
-    choice = gemm_tuning.pick_choice(
-        key, {"in_place": lambda: run(view), "compact": lambda: run(view.contiguous())}, "compact")
-    run(view if choice == "in_place" else view.contiguous())
+def _subsampled(x: WgpuTensor, stride: tuple) -> WgpuTensor:
+    """x[:, :, ::sh, ::sw] as a view (the kernels read it in place through its strides)."""
+    if stride == (1, 1):
+        return x
+    return x.as_strided([x.shape[0], x.shape[1], -(-x.shape[2] // stride[0]), -(-x.shape[3] // stride[1])],
+                        [x.stride(0), x.stride(1), x.stride(2) * stride[0], x.stride(3) * stride[1]],
+                        x.storage_offset())
+
+
+def _zero_untouched(dx: WgpuTensor, stride: tuple) -> None:
+    """Zeros into the positions of dx a strided 1x1 layer never reads (rows or columns off the stride):
+    with the product written into dx[:, :, ::sh, ::sw], every element of dx is written exactly once."""
+    sh, sw = stride
+    for a in range(1, min(sh, dx.shape[2])):        # whole rows between the strided ones
+        fill(dx[:, :, a::sh, :], 0.0)
+    for b in range(1, min(sw, dx.shape[3])):        # the other columns of the strided rows
+        fill(dx[:, :, ::sh, b::sw], 0.0)
 
 
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuTensor, stats=None) -> bool:
@@ -74,12 +84,15 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
     `stats`: as implicit_forward's (NCHW only; channels_last ignores it)."""
     nhwc = is_channels_last(out)
     if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
-        _on_subsampled(x, tuple(g.stride), "forward",
-                       lambda image: implicit_forward(image, w, bias, unit_stride_1x1(g), out, stats=stats))
+        implicit_forward(_subsampled(x, tuple(g.stride)), w, bias, unit_stride_1x1(g), out, stats=stats)
         return True
     o = _image_matrix(out, nhwc)
     if o is None:
         return False
+    # Channels_last at stride 2: the positions of x[:, :, ::2, ::2] are no longer one stride apart, so the
+    # plain GEMM needs the compact copy. Reading in place would take the implicit-GEMM gather kernel
+    # (bounds-checked scalar loads: 1x1 layers ran at 5-19% of cuBLAS that way on the H200, run 7),
+    # clearly slower than the copy plus 16-byte loads; the copy stays here and in the weight gradient.
     xm, wm = _compact(x, nhwc, g.stride), _weight(w)
     # [P, C] @ [C, OC]; a bias is one value per column
     gemm.gemm(xm, wm.t(), o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(0, 1, 0))
@@ -89,22 +102,22 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
     nhwc = is_channels_last(dx)
     wm = _weight(w)
-    strided = tuple(g.stride) != (1, 1)
+    stride = tuple(g.stride)
+    if not nhwc:    # [C, OC] @ [OC, N*P], written in place into the strided positions of dx
+        implicit_grad_input(dy, w, unit_stride_1x1(g), _subsampled(dx, stride))
+        if stride != (1, 1):
+            _zero_untouched(dx, stride)
+        return True
     target = dx
-    if strided:     # the product goes to a compact buffer first
-        shape = [g.N, g.C, g.OH, g.OW]
-        strides = [g.OH * g.OW * g.C, 1, g.OW * g.C, g.C] if nhwc else None
-        target = empty(shape, dx.dtype, strides)
-    if nhwc:        # [P, OC] @ [OC, C]
-        o = _image_matrix(target, nhwc)
-        if o is None:
-            return False
-        gemm.gemm(_compact(dy, nhwc, (1, 1)), wm, o)
-    else:           # [C, OC] @ [OC, N*P]
-        implicit_grad_input(dy, w, unit_stride_1x1(g), target)
-    if strided:     # only every s-th input position received a gradient
-        fill(dx, 0.0)
-        copy_into(dx[:, :, ::g.stride[0], ::g.stride[1]], target)
+    if stride != (1, 1):    # the product goes to a compact buffer first
+        target = empty([g.N, g.C, g.OH, g.OW], dx.dtype, [g.OH * g.OW * g.C, 1, g.OW * g.C, g.C])
+    o = _image_matrix(target, nhwc)     # [P, OC] @ [OC, C]
+    if o is None:
+        return False
+    gemm.gemm(_compact(dy, nhwc, (1, 1)), wm, o)
+    if stride != (1, 1):    # only every s-th input position received a gradient
+        copy_into(_subsampled(dx, stride), target)
+        _zero_untouched(dx, stride)
     return True
 
 
@@ -120,5 +133,4 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
     # NCHW: K runs over (n, position), not one stride; the grad-weight kernel walks it with carries
     # (operands.GradOutRows) for both operands, so no channel-major copies are needed (run 8: those copies
     # were 15-36 us of 80-146 us).
-    _on_subsampled(x, tuple(g.stride), "grad_weight",
-                   lambda image: implicit_grad_weight(dy, image, unit_stride_1x1(g), dw))
+    implicit_grad_weight(dy, _subsampled(x, tuple(g.stride)), unit_stride_1x1(g), dw)

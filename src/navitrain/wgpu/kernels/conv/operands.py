@@ -197,6 +197,9 @@ class GradOutRows(Operand):
     fastest: str
     vec_binding: str | None = None
     tensor: str = "y"
+    # x[:, :, ::2, ::2] read in place (a stride-2 shortcut, layouts.pair_vec_ok): the four positions of
+    # a vec4 slot lie two elements apart, fetched as two 16-byte loads keeping every other element.
+    every_other: bool = False
 
     @property
     def vec(self) -> int:
@@ -204,7 +207,7 @@ class GradOutRows(Operand):
 
     @property
     def key(self):
-        return ("chan_rows", self.binding, self.wgsl, self.fastest, self.vec_binding, self.tensor)
+        return ("chan_rows", self.binding, self.wgsl, self.fastest, self.vec_binding, self.every_other, self.tensor)
 
     def hoist(self, p, e, row):
         t, groups = self.tensor, "cOCg" if self.tensor == "y" else "cCg"
@@ -218,6 +221,8 @@ class GradOutRows(Operand):
         return f"{p}_yb{e} + {kn} * {t}_s0 + {oh} * {t}_s2 + {ow} * {t}_s3"
 
     def load_vec(self, p, e, row, k):
+        if self.every_other:
+            return _every_other(self.vec_binding, self._address(p, e))
         return f"{self.vec_binding}[({self._address(p, e)}) >> 2u]"
 
     def load(self, p, e, row, k):
@@ -239,6 +244,9 @@ class ImagePositions(Operand):
     # False: the H*W block is not contiguous (a stride-2 shortcut reading x[:, :, ::2, ::2] in place),
     # so the position splits into (n, y, x) with their own strides.
     flat: bool = True
+    # With flat False and vec_binding: the four neighbouring positions lie two elements apart
+    # (layouts.pair_vec_ok), fetched as two 16-byte loads keeping every other element.
+    every_other: bool = False
 
     @property
     def vec(self) -> int:
@@ -246,7 +254,7 @@ class ImagePositions(Operand):
 
     @property
     def key(self):
-        return ("positions", self.binding, self.wgsl, self.tensor, self.vec_binding, self.flat)
+        return ("positions", self.binding, self.wgsl, self.tensor, self.every_other, self.vec_binding, self.flat)
 
     def hoist(self, p, e, row):
         t = self.tensor
@@ -259,6 +267,8 @@ class ImagePositions(Operand):
                 f"let {p}_pb{e} = {base} + ({p}_r{e} / {w}) * {t}_s2 + ({p}_r{e} % {w}) * {t}_s3;"]
 
     def load_vec(self, p, e, row, k):
+        if self.every_other:
+            return _every_other(self.vec_binding, f"{p}_pb{e} + ({k}) * {self.tensor}_s1")
         return f"{self.vec_binding}[({p}_pb{e} + ({k}) * {self.tensor}_s1) >> 2u]"
 
     def load(self, p, e, row, k):
@@ -327,3 +337,10 @@ def _four_in_a_row(binding, lets, row, rows, base, row_stride, col, step, cols, 
         cq = f"({col} + {q}{step})" if q else col
         pre += f"if ({cq} >= 0 && {cq} < i32({cols})) {{ v[{q}] = f32({binding}[rb + u32({cq}) * {col_stride}]); }} "
     return pre + "} ", "v"
+
+
+def _every_other(vec_binding: str, address: str) -> tuple[str, str]:
+    """Elements address, +2, +4, +6 (address 16-byte aligned) as two 16-byte loads: (statements, value).
+    The odd elements share the even ones' memory sectors, so reading them costs no extra DRAM traffic."""
+    pre = f"let pa = ({address}) >> 2u; let lo = {vec_binding}[pa]; let hi = {vec_binding}[pa + 1u]; "
+    return pre, "vec4<f32>(lo.x, lo.z, hi.x, hi.z)"
