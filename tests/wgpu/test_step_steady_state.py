@@ -1,0 +1,59 @@
+"""An eager training step does the same host work every step once warm (issue 19: eager GPT steps on an
+H100 switched between ~39 and ~65 ms of host time within one run). Whatever varies on a machine, no
+navitrain-side state may: no heap buffers created, the same submissions and dispatches, host caches that
+neither grow nor get cleared, no objects accumulating for Python's cyclic GC to scan. benchmarks/step_modes.py
+prints the same per-step series with timings for the machine where the modes show."""
+import gc
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import step_modes  # noqa: E402
+
+STEADY = ("new_buffers", "submits", "dispatches", "routes", "groups", "layouts", "views", "plans", "kernels",
+          "bindgroups")
+
+
+def test_eager_gpt_steps_repeat_the_same_host_work():
+    rows = step_modes.run("gpt", "tiny", steps=4, warmup=2, fresh_batches=True)
+    assert len(rows) == 4
+    for column in STEADY:
+        assert len({r[column] for r in rows}) == 1, (column, [r[column] for r in rows])
+    assert rows[0]["new_buffers"] == 0
+    assert rows[0]["dispatches"] > 100 and rows[0]["submits"] > 1
+    assert all(r["cpu_ms"] > 0 and r["wall_ms"] >= r["submit_wall_ms"] for r in rows)
+
+
+def test_eager_gpt_steps_leave_nothing_for_the_cyclic_gc():
+    """Every object a step makes dies by reference count: no cycles for the GC to break, and nothing
+    accumulating. Either would feed the older GC generations, whose collections scan all of a torch
+    process's ~300k tracked objects (~0.1 s on lavapipe's CPU): a slow step wherever one lands."""
+    import navitrain.wgpu as nw
+    from navitrain.bench import models, workloads
+
+    workload = workloads.get("gpt", "tiny")
+    torch.manual_seed(0)
+    net = workload.build().to("wgpu")
+    train = models.train_step(net, workload.make_optimizer(net.parameters()), workload.loss)
+    batches = [workload.batch(seed) for seed in range(5)]
+    for x, y in batches[:2]:
+        train(x.to("wgpu"), y.to("wgpu")).item()
+    gc.collect()
+    tracked = len(gc.get_objects())
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept in gc.garbage, not freed
+    try:
+        # Fresh batches uploaded, as a training loop does; no read-back inside: wgpu-py's
+        # queue.read_buffer makes a ctypes array type per call (`(c_uint8 * n).from_address`), a cycle
+        # of a few objects per .item() that only the GC frees -- wgpu-py's, and young, so cheap.
+        for x, y in batches[2:]:
+            train(x.to("wgpu"), y.to("wgpu"))
+        nw.synchronize()
+        gc.collect()
+        cycles = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not cycles, sorted({type(o).__name__ for o in cycles})
+    assert len(gc.get_objects()) - tracked <= 20, (tracked, len(gc.get_objects()))
