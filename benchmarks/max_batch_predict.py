@@ -33,7 +33,7 @@ from collections import Counter
 from navitrain.wgpu.allocator import ALIGN, CachingAllocator, size_class
 
 _MiB = 1 << 20
-_LINE = re.compile(r":\d+\b")
+_FRAME_DETAIL = re.compile(r":[^ ]*")  # ":function:line" after each caller's file name
 SOFTWARE_HEAP = 64 << 20    # runtime.py: the heap size on software adapters ...
 HARDWARE_HEAP = 512 << 20   # ... and on the others, both capped at the largest binding
 
@@ -133,9 +133,10 @@ def largest_under(line: dict, limit: int, most: int) -> int:
 
 def _tokens(trace: list[int], sites: list[str] | None) -> list[str]:
     """What lines up between batches: each malloc's site, each free as the site of the block it frees.
-    Line numbers are left out: an edit elsewhere in a file moves them, not the order of the requests."""
+    Only the files of the callers count: an edit elsewhere in a file moves line numbers, and a refactor
+    renames functions, without changing the order of the requests."""
     if sites:
-        sites = [_LINE.sub("", site) for site in sites]
+        sites = [_FRAME_DETAIL.sub("", site) for site in sites]
     tokens, count = [], 0
     for entry in trace:
         if entry > 0:
@@ -156,15 +157,17 @@ def _match(base: list[int], base_sites, other: list[int], other_sites) -> dict[i
                 positions[at] = count
                 count += 1
         numbers.append(positions)
+    def pairs_by(base_tokens, other_tokens):
+        matcher = difflib.SequenceMatcher(None, base_tokens, other_tokens, autojunk=False)
+        return {numbers[0][i + d]: numbers[1][j + d] for i, j, size in matcher.get_matching_blocks()
+                for d in range(size) if i + d in numbers[0]}
+
+    by_order = pairs_by(_tokens(base, None), _tokens(other, None))
     if not (base_sites and other_sites):  # sites on one side only would match nothing
-        base_sites = other_sites = None
-    matcher = difflib.SequenceMatcher(None, _tokens(base, base_sites), _tokens(other, other_sites), autojunk=False)
-    pairs = {}
-    for i, j, size in matcher.get_matching_blocks():
-        for d in range(size):
-            if i + d in numbers[0]:
-                pairs[numbers[0][i + d]] = numbers[1][j + d]
-    return pairs
+        return by_order
+    by_site = pairs_by(_tokens(base, base_sites), _tokens(other, other_sites))
+    # sites recorded differently (another version of this script or of the call stack) match little
+    return by_site if len(by_site) >= len(by_order) // 2 else by_order
 
 
 def _sizes(trace: list[int]) -> list[int]:

@@ -211,3 +211,11 @@ def test_sites_line_up_when_an_edit_moved_their_lines():
     sites = {n: [f"kernels.py:run:{40 + 27 * (n == 8)} {site}" for site in step.sites(n)] for n in (2, 4, 8)}
     _, check = mbp.extrapolate({n: step.trace(n) for n in (2, 4, 8)}, sites)
     assert check["per_batch"]["4"]["only_at_largest"] == 0 and check["per_batch"]["2"]["only_here"] == 2
+
+
+def test_sites_recorded_another_way_fall_back_to_the_order():
+    step = SyntheticStep(13)
+    sites = {2: step.sites(2), 4: step.sites(4), 8: [f"v2_{site}" for site in step.sites(8)]}
+    trace_at, check = mbp.extrapolate({n: step.trace(n) for n in (2, 4, 8)}, sites)
+    assert check["per_batch"]["4"] == {"off_the_line": 0, "worst_error_bytes": 0, "only_at_largest": 0, "only_here": 0}
+    assert trace_at(50) == step.trace(50)
