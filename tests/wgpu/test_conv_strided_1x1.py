@@ -1,9 +1,9 @@
-"""Strided 1x1 convolutions (ResNet shortcuts) without compaction copies (issue 19): in NCHW the forward and
-the weight gradient read x[:, :, ::2, ::2] in place (two 16-byte loads per four positions where aligned),
-and the input gradient is written straight into dx with the untouched positions zero-filled. Against a
-float64 CPU reference in both memory formats (channels_last still compacts: onebyone.forward says why),
-odd sizes and odd H/W (the last row and column are read), N > 1, NaN and +-inf; and profiles of an eager
-and a compiled strided 1x1 layer showing no pointwise_copy."""
+"""Strided 1x1 convolutions (ResNet shortcuts) without compaction copies (issue 19): the forward and the
+weight gradient read x[:, :, ::2, ::2] in place (NCHW: two 16-byte loads per four positions where aligned;
+channels_last: four channels per 16-byte load), and the input gradient is written straight into dx with
+the untouched positions zero-filled. Against a float64 CPU reference in both memory formats, odd sizes
+and odd H/W (the last row and column are read), N > 1, NaN and +-inf; and profiles of an eager and a
+compiled strided 1x1 layer showing no pointwise_copy."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,18 +91,27 @@ def test_nan_and_inf_reach_what_they_touch_and_skipped_inputs_stay_out(case, cha
         _assert_close(g, want, name)
 
 
-def test_aligned_nchw_reads_every_other_element_with_16_byte_loads():
-    """The aligned ResNet shortcut's forward and weight gradient compile operands that read x in place
-    two 16-byte loads at a time (operands._every_other), and their result is right."""
-    x, w, b, gy, stride = _inputs(SHAPES[0], 3)
-    got = _on_wgpu(x, w, b, gy, stride, False)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_aligned_layers_read_x_in_place_with_16_byte_loads(channels_last):
+    """The aligned ResNet shortcut compiles operands that read x (and, channels_last, dy) in place with
+    16-byte loads -- NCHW: two at a time keeping every other element (operands._every_other) -- and its
+    result is right."""
+    runtime()._kernels.clear()
+    x, w, b, gy, stride = _inputs((2, 32, 8, 8, 32, 2), 3)     # whole tiles in every pass
+    got = _on_wgpu(x, w, b, gy, stride, channels_last)
     for name, g, want in zip(("y", "dx", "dw", "db"), got, _on_cpu(x, w, b, gy, stride)):
         _assert_close(g, want, name)
     keys = [k for k in runtime()._kernels if isinstance(k, tuple) and k[:1] == ("gemm",)]
     operands = [op for k in keys for op in (k[3], k[4]) if isinstance(op, tuple)]
-    # (keys: operands.ImagePositions.key, GradOutRows.key; every_other at 4 and 5)
-    assert any(op[0] == "positions" and op[4] is True for op in operands), operands      # forward
-    assert any(op[0] == "chan_rows" and op[5] is True for op in operands), operands      # weight gradient
+    # (keys: operands.ImagePositions.key = (.., tensor, every_other, vec_binding, flat),
+    #  GradOutRows.key = (.., fastest, vec_binding, every_other, tensor))
+    if channels_last:
+        for tensor in ("x", "y"):       # forward, grad-input
+            assert any(op[0] == "positions" and op[3] == tensor and op[5] for op in operands), operands
+        assert any(op[0] == "chan_rows" and op[-1] == "x" and op[3] == "row" and op[4] for op in operands), operands
+    else:
+        assert any(op[0] == "positions" and op[4] is True and op[5] for op in operands), operands  # forward
+        assert any(op[0] == "chan_rows" and op[5] is True and op[4] for op in operands), operands  # weight grad
 
 
 def _shortcut_pass(x, w, gy):
@@ -114,11 +123,13 @@ def _shortcut_pass(x, w, gy):
     return y, dx, dw
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.usefixtures("fresh_compile_state")
-def test_strided_1x1_forward_and_backward_dispatch_no_copy(compiled):
+def test_strided_1x1_forward_and_backward_dispatch_no_copy(compiled, channels_last):
     x, w, _, gy, _ = _inputs(SHAPES[1], 9)      # odd H/W: dx's last row and column get gradients
-    xd, wd, gyd = (t.float().to("wgpu") for t in (x, w, gy))
+    fmt = _fmt(channels_last)
+    xd, wd, gyd = (t.float().to("wgpu").contiguous(memory_format=fmt) for t in (x, w, gy))
     run = torch.compile(_shortcut_pass, backend="wgpu") if compiled else _shortcut_pass
     run(xd, wd, gyd)            # compiles the kernels (and the graph) outside the profile
     nw.synchronize()

@@ -212,7 +212,7 @@ def test_grad_weight_gathers_four_positions_per_load(cfg, stride):
                for k in runtime()._kernels), "the four-position gather was not used"
 
 
-@pytest.mark.parametrize("shape", [(4, 16, 8, 8, 32), (3, 12, 7, 10, 20)], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("shape", [(4, 32, 8, 8, 32), (3, 12, 7, 10, 20)], ids=["aligned", "unaligned"])
 def test_strided_1x1_reads_x_in_place(shape):
     """A stride-2 NCHW shortcut through conv.onebyone reads x[:, :, ::2, ::2] through its own strides
     (ImagePositions(flat=False), GradOutRows of x) -- aligned, as two 16-byte loads keeping every other

@@ -3,7 +3,8 @@
   threads walk x both when gathering and when writing; a 1x1 unit-stride unpadded layer reads x as a
   plain [C, positions] matrix (ImagePositions, no gather);
 - NHWC (channels_last): rows = (n, y, x) positions, columns = channels, and K is ordered (kh, kw, c)
-  so the gather walks channels, which are contiguous.
+  so the gather walks channels, which are contiguous; a 1x1 unit-stride unpadded layer reads x by
+  position and channel (ImagePositions, fastest along channels, no gather).
 Groups are the GEMM batch (grid z).
 
 With `stats` (NCHW orientation only), the kernel also writes each output channel's per-tile statistics
@@ -17,6 +18,7 @@ from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import ImageEpilogue, StatsImageEpilogue, stat_words
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
 from navitrain.wgpu.kernels.conv.layouts import (
+    channels_vec_ok,
     image_vec_out,
     k_contiguous,
     pair_vec_ok,
@@ -43,8 +45,8 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
         M, N = P, g.OCg
     else:
         M, N = g.OCg, P
-    positions = not nhwc and pointwise_geometry(g)
-    flat = positions and positions_ok(x)
+    positions = pointwise_geometry(g)
+    flat = positions and not nhwc and positions_ok(x)
     kind = ("conv_fwd", nhwc) + ((("1x1",) if flat else ("1x1-strided",)) if positions else ())
     cfg = cfg or tile_for(kind, M, N, K, g.groups, lambda c: implicit_forward(x, w, bias, g, out, relu, c))
     # A thread walks all of K = C*KH*KW, one BK step a loop pass: past llvmpipe's loop budget
@@ -54,14 +56,17 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
     types = [st_o.wgsl, st_x.wgsl, st_w.wgsl] + ([rt.stypes[bias.dtype].wgsl] if bias is not None else [])
     heaps = [out._ws.heap, x._ws.heap, w._ws.heap] + ([bias._ws.heap] if bias is not None else [])
     x_vec = None
-    pair = positions and not flat and pair_vec_ok(x)    # a stride-2 1x1 reading x[:, :, ::2, ::2] in place
-    if positions and not guard and (pair or (flat and positions_vec_ok(x, g))):
+    # a stride-2 1x1 reading x[:, :, ::2, ::2] in place
+    pair = positions and not nhwc and not flat and pair_vec_ok(x)
+    # (channels_last: four neighbouring channels of a position)
+    vec_ok = (channels_vec_ok(x) if nhwc else pair or (flat and positions_vec_ok(x, g)))
+    if positions and not guard and vec_ok:
         x_vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(x._ws.heap)
     wparams = None
     order = "kkc" if nhwc else "ckk"
-    if k_contiguous(w, g, order):
+    if k_contiguous(w, g, order) or (positions and k_contiguous(w, g, "ckk")):   # (1x1: one K order)
         W, wparams = strided_weight(rt, w, w.stride(0), g.OCg * w.stride(0), types, heaps, vec_ok=not guard)
     else:
         W = Weight("b2", st_w.wgsl, "fwd", order, "k")
@@ -73,11 +78,13 @@ def implicit_forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: G
         types.append("f32")
         heaps.append(partials._ws.heap)
     bindings = codegen.bindings(types)
-    if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c)
-        A, B = ImageForward("b1", st_x.wgsl, "kkc", "k"), W
+    if nhwc:  # rows = positions, cols = out channels, k = (kh, kw, c); 1x1: k = c, no gather
+        A = (ImagePositions("b1", st_x.wgsl, "x", x_vec, fastest="k", flat=False) if positions
+             else ImageForward("b1", st_x.wgsl, "kkc", "k"))
+        B = W
         E = ImageEpilogue(st_o.wgsl, Store(st_o), "cols", "out", bias is not None, bindings, relu, vec_out)
     elif positions:   # rows = out channels, cols = positions, k = c, no gather
-        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec, flat=flat, every_other=pair)
+        A, B = W, ImagePositions("b1", st_x.wgsl, "x", x_vec, flat=flat, every_other=pair and x_vec is not None)
         E = ImageEpilogue(st_o.wgsl, Store(st_o), "rows", "out", bias is not None, bindings, relu, vec_out)
     else:     # rows = out channels, cols = positions, k = (c, kh, kw)
         A, B = W, ImageForward("b1", st_x.wgsl, "ckk", "row")

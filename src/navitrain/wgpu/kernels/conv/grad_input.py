@@ -10,6 +10,7 @@ from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import ImageEpilogue, SlicesEpilogue
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
 from navitrain.wgpu.kernels.conv.layouts import (
+    channels_vec_ok,
     image_vec_out,
     positions_ok,
     positions_vec_ok,
@@ -34,8 +35,8 @@ def implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTens
     K = g.OCg * g.KH * g.KW
     P = g.N * g.H * g.W
     M, N = (P, g.Cg) if nhwc else (g.Cg, P)
-    positions = not nhwc and pointwise_geometry(g)
-    flat = positions and positions_ok(dy)
+    positions = pointwise_geometry(g)
+    flat = positions and not nhwc and positions_ok(dy)
     kind = ("conv_dgrad", nhwc) + ((("1x1",) if flat else ("1x1-strided",)) if positions else ())
     cfg = cfg or tile_for(kind, M, N, K, g.groups, lambda c: implicit_grad_input(dy, w, g, dx, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
@@ -53,7 +54,7 @@ def implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTens
     types = [rt.stypes[out.dtype].wgsl, st_y.wgsl, st_w.wgsl]
     heaps = [out._ws.heap, dy._ws.heap, w._ws.heap]
     y_vec = None
-    if flat and not guard and positions_vec_ok(dy, g):
+    if positions and not guard and (channels_vec_ok(dy) if nhwc else flat and positions_vec_ok(dy, g)):
         y_vec = f"b{len(types)}"
         types.append("vec4<f32>")
         heaps.append(dy._ws.heap)
@@ -61,8 +62,10 @@ def implicit_grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTens
     vec_out = image_vec_out(dx, nhwc, g.groups, types, heaps) if partial is None else None
     bindings = codegen.bindings(types)
     unit = tuple(g.stride) == (1, 1)
-    if nhwc:
-        A, B = ImageGradInput("b1", st_y.wgsl, "kkc", "k", unit), W
+    if nhwc:    # 1x1: rows = positions of dy, k = output channel, no gather
+        A = (ImagePositions("b1", st_y.wgsl, "y", y_vec, fastest="k", flat=False) if positions
+             else ImageGradInput("b1", st_y.wgsl, "kkc", "k", unit))
+        B = W
         E = ImageEpilogue(st_o.wgsl, Store(st_o), "cols", "in", False, bindings, vec_out=vec_out)
     else:
         A = W

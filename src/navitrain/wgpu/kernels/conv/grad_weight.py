@@ -10,7 +10,13 @@ from navitrain.wgpu.kernels import codegen, loop_budget
 from navitrain.wgpu.kernels.conv import params
 from navitrain.wgpu.kernels.conv.epilogues import SlicesEpilogue, WeightEpilogue
 from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
-from navitrain.wgpu.kernels.conv.layouts import pair_vec_ok, positions_ok, positions_vec_ok, tile_for
+from navitrain.wgpu.kernels.conv.layouts import (
+    channels_vec_ok,
+    pair_vec_ok,
+    positions_ok,
+    positions_vec_ok,
+    tile_for,
+)
 from navitrain.wgpu.kernels.conv.operands import GradOutRows, ImageGradWeight
 from navitrain.wgpu.kernels.conv.params import CONV_PARAMS, PREAMBLE
 from navitrain.wgpu.kernels.copy import copy_into
@@ -28,9 +34,9 @@ def implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTen
     M, N = g.OCg, g.Cg * g.KH * g.KW
     K = g.N * g.OH * g.OW
     q_order = "kkc" if nhwc else "ckk"
-    # 1x1 unit-stride layers in NCHW: x is read like dy (row = channel, k = position), no gather --
-    # whatever x's strides, so a stride-2 shortcut passes x[:, :, ::2, ::2] itself.
-    x_rows = not nhwc and pointwise_geometry(g)
+    # 1x1 unit-stride layers: x is read like dy (row = channel, k = position), no gather -- whatever x's
+    # strides, so a stride-2 shortcut passes x[:, :, ::2, ::2] itself (NCHW or channels_last).
+    x_rows = pointwise_geometry(g)
     kind = ("conv_wgrad", nhwc) + ((("1x1",) if positions_ok(x) else ("1x1-strided",)) if x_rows else ())
     cfg = cfg or tile_for(kind, M, N, K, g.groups, lambda c: implicit_grad_weight(dy, x, g, dw, c))
     guard = M % cfg.BM != 0 or N % cfg.BN != 0 or K % cfg.BK != 0
@@ -38,17 +44,22 @@ def implicit_grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTen
     y0, y1, y2, y3 = dy.stride()
     vec_dy = (not guard and dy_nchw and st_y.wgsl == "f32" and y3 == 1 and y2 == g.OW and (g.OH * g.OW) % 4 == 0
               and y0 % 4 == 0 and y1 % 4 == 0 and dy.elem_offset % 4 == 0)
+    # channels_last 1x1: four neighbouring output channels (rows) at one position are one 16-byte load
+    vec_dy = vec_dy or (not guard and x_rows and not dy_nchw and channels_vec_ok(dy))
     A = GradOutRows("b1", st_y.wgsl, "k" if dy_nchw else "row", "b3" if vec_dy else None)
     vec_types = ["vec4<f32>"] if vec_dy else []
     vec_heaps = (dy._ws.heap,) if vec_dy else ()
     if x_rows:
         x_vec = None
-        pair = not positions_ok(x) and pair_vec_ok(x)    # a stride-2 1x1 reading x[:, :, ::2, ::2] in place
-        if not guard and (pair or positions_vec_ok(x, g)):
+        # NCHW: a stride-2 1x1 reading x[:, :, ::2, ::2] in place; channels_last: four channels (rows)
+        pair = not nhwc and not positions_ok(x) and pair_vec_ok(x)
+        vec_ok = channels_vec_ok(x) if nhwc else pair or positions_vec_ok(x, g)
+        if not guard and vec_ok:
             x_vec = f"b{3 + len(vec_types)}"
             vec_types = vec_types + ["vec4<f32>"]
             vec_heaps = vec_heaps + (x._ws.heap,)
-        B = GradOutRows("b2", st_x.wgsl, "k", x_vec, tensor="x", every_other=pair)
+        B = GradOutRows("b2", st_x.wgsl, "row" if nhwc else "k", x_vec, tensor="x",
+                        every_other=pair and x_vec is not None)
     else:
         B = ImageGradWeight("b2", st_x.wgsl, q_order, "row" if nhwc else "k", four=not nhwc and g.OW % 4 == 0)
     # Split K so that the grid has a few hundred workgroups, each walking at least 16 tiles of K -- or

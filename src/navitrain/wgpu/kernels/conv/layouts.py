@@ -37,6 +37,14 @@ def pair_vec_ok(t: WgpuTensor) -> bool:
             and s1 % 4 == 0 and s2 % 4 == 0 and t.elem_offset % 4 == 0)
 
 
+def channels_vec_ok(t: WgpuTensor) -> bool:
+    """Whether four neighbouring channels of `t` (at any position) are one aligned 16-byte load: channels
+    contiguous (channels_last, also a view x[:, :, ::2, ::2] of it), every other stride a multiple of 4."""
+    s0, s1, s2, s3 = t.stride()
+    return (t.dtype == torch.float32 and s1 == 1 and t.shape[1] % 4 == 0 and s0 % 4 == 0 and s2 % 4 == 0
+            and s3 % 4 == 0 and t.elem_offset % 4 == 0)
+
+
 def positions_ok(t: WgpuTensor) -> bool:
     """Whether the H*W block of `t` is contiguous (ImagePositions' addressing)."""
     s0, s1, s2, s3 = t.stride()

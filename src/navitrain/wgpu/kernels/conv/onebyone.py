@@ -7,13 +7,14 @@ scalar, K is only C long, and the weight gradient's output is too small to fill 
 plain products they get 16-byte loads, tuned tiles and split-K. In NCHW the "product" runs over all
 N*H*W positions at once through the implicit-GEMM passes with gather-free operands (ImagePositions,
 GradOutRows), not one product per image: at 4x4 images a per-image product was 16 columns wide.
-A stride s only subsamples the image. In NCHW, forward and weight gradient read x[:, :, ::s, ::s] in
-place through its strides (at stride 2, aligned and OW a multiple of 4: two 16-byte loads per four
-positions, keeping every other element -- the odd columns share the even ones' memory sectors, so this
-moves no more DRAM traffic than 16-byte loads of a compact copy, and saves the copy's pass and buffer);
-the input gradient's product is written straight into dx[:, :, ::s, ::s] and the positions no tap
-reaches are zero-filled, so dx is written once. Channels_last strided layers still read a compact copy
-of x and write a compact input gradient that is then scattered (see `forward`).
+A stride s only subsamples the image: forward and weight gradient read x[:, :, ::s, ::s] in place
+through its strides, and the input gradient's product is written straight into dx[:, :, ::s, ::s] with
+the positions no tap reaches zero-filled, so dx is written once (a compact copy of x, or a compact
+gradient scattered into a zeroed dx, moved the activation again). In NCHW at stride 2, aligned with
+OW a multiple of 4, four positions are two 16-byte loads keeping every other element: the odd columns
+share the even ones' memory sectors, so this moves no more DRAM traffic than 16-byte loads of a copy.
+Channels_last strided layers take the same implicit-GEMM passes with positions read through their
+strides and four channels per 16-byte load (a strided view is no plain matrix for gemm.gemm).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from navitrain.wgpu.kernels.conv.forward import implicit_forward
 from navitrain.wgpu.kernels.conv.geometry import unit_stride_1x1
 from navitrain.wgpu.kernels.conv.grad_input import implicit_grad_input
 from navitrain.wgpu.kernels.conv.grad_weight import implicit_grad_weight
-from navitrain.wgpu.kernels.copy import copy_into, fill
-from navitrain.wgpu.tensor import WgpuTensor, empty, is_channels_last
+from navitrain.wgpu.kernels.copy import fill
+from navitrain.wgpu.tensor import WgpuTensor, is_channels_last
 
 
 def eligible(g) -> bool:
@@ -44,10 +45,8 @@ def _image_matrix(t: WgpuTensor, nhwc: bool):
     return None
 
 
-def _compact(t: WgpuTensor, nhwc: bool, stride: tuple) -> WgpuTensor:
-    """t subsampled by the stride, as a plain matrix view (copying only when needed)."""
-    if stride != (1, 1):
-        t = t[:, :, ::stride[0], ::stride[1]]
+def _compact(t: WgpuTensor, nhwc: bool) -> WgpuTensor:
+    """t as a plain matrix view (copying only when its layout allows none)."""
     m = _image_matrix(t, nhwc)
     if m is None:
         t = t.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
@@ -83,17 +82,14 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
     """out = conv1x1(x, w) + bias; False (nothing done) when `out` cannot be written as a plain matrix.
     `stats`: as implicit_forward's (NCHW only; channels_last ignores it)."""
     nhwc = is_channels_last(out)
-    if not nhwc:    # [OC, C] @ [C, N*P], the positions of all images as one set of columns
-        implicit_forward(_subsampled(x, tuple(g.stride)), w, bias, unit_stride_1x1(g), out, stats=stats)
+    stride = tuple(g.stride)
+    if not nhwc or stride != (1, 1):   # NCHW: [OC, C] @ [C, N*P]; channels_last: [N*P, C] @ [C, OC]
+        implicit_forward(_subsampled(x, stride), w, bias, unit_stride_1x1(g), out, stats=stats)
         return True
     o = _image_matrix(out, nhwc)
     if o is None:
         return False
-    # Channels_last at stride 2: the positions of x[:, :, ::2, ::2] are no longer one stride apart, so the
-    # plain GEMM needs the compact copy. Reading in place would take the implicit-GEMM gather kernel
-    # (bounds-checked scalar loads: 1x1 layers ran at 5-19% of cuBLAS that way on the H200, run 7),
-    # clearly slower than the copy plus 16-byte loads; the copy stays here and in the weight gradient.
-    xm, wm = _compact(x, nhwc, g.stride), _weight(w)
+    xm, wm = _compact(x, nhwc), _weight(w)
     # [P, C] @ [C, OC]; a bias is one value per column
     gemm.gemm(xm, wm.t(), o, beta=1.0 if bias is not None else 0.0, cin=bias, cin_strides=(0, 1, 0))
     return True
@@ -101,23 +97,16 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g, out: WgpuT
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g, dx: WgpuTensor) -> bool:
     nhwc = is_channels_last(dx)
-    wm = _weight(w)
     stride = tuple(g.stride)
-    if not nhwc:    # [C, OC] @ [OC, N*P], written in place into the strided positions of dx
+    if not nhwc or stride != (1, 1):   # written in place into the strided positions of dx
         implicit_grad_input(dy, w, unit_stride_1x1(g), _subsampled(dx, stride))
         if stride != (1, 1):
             _zero_untouched(dx, stride)
         return True
-    target = dx
-    if stride != (1, 1):    # the product goes to a compact buffer first
-        target = empty([g.N, g.C, g.OH, g.OW], dx.dtype, [g.OH * g.OW * g.C, 1, g.OW * g.C, g.C])
-    o = _image_matrix(target, nhwc)     # [P, OC] @ [OC, C]
+    o = _image_matrix(dx, nhwc)     # [P, OC] @ [OC, C]
     if o is None:
         return False
-    gemm.gemm(_compact(dy, nhwc, (1, 1)), wm, o)
-    if stride != (1, 1):    # only every s-th input position received a gradient
-        copy_into(_subsampled(dx, stride), target)
-        _zero_untouched(dx, stride)
+    gemm.gemm(_compact(dy, nhwc), _weight(w), o)
     return True
 
 
@@ -125,12 +114,11 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g, dw: WgpuTensor) -> None:
     """dW[oc, c] = sum over images and positions of dy[n, oc, p] * x[n, c, p]: one product with
     K = N*OH*OW, long and thin, so it is split along K."""
     nhwc = is_channels_last(x)
-    if nhwc:        # dy^T [OC, P] @ x [P, C]
-        dym = _compact(dy, True, (1, 1))
-        xm = _compact(x, True, g.stride)
-        gemm.gemm(dym.t(), xm, _weight(dw))
+    stride = tuple(g.stride)
+    if nhwc and stride == (1, 1):   # dy^T [OC, P] @ x [P, C]
+        gemm.gemm(_compact(dy, True).t(), _compact(x, True), _weight(dw))
         return
-    # NCHW: K runs over (n, position), not one stride; the grad-weight kernel walks it with carries
-    # (operands.GradOutRows) for both operands, so no channel-major copies are needed (run 8: those copies
-    # were 15-36 us of 80-146 us).
-    implicit_grad_weight(dy, _subsampled(x, tuple(g.stride)), unit_stride_1x1(g), dw)
+    # NCHW, or a strided view: K runs over (n, position), not one stride; the grad-weight kernel walks it
+    # with carries (operands.GradOutRows) for both operands, so no channel-major copies are needed (run 8:
+    # those copies were 15-36 us of 80-146 us).
+    implicit_grad_weight(dy, _subsampled(x, stride), unit_stride_1x1(g), dw)

@@ -190,8 +190,9 @@ class ImageGradInput(Operand):
 class GradOutRows(Operand):
     """grad-weight operand with row = channel and k = (n, oh, ow): dy (A, row = oc), or -- for 1x1,
     unit-stride, unpadded layers, where x has dy's spatial size -- x itself (B, row = c, `tensor="x"`).
-    Only the tile edges need bounds checks (no padding). With `vec_binding` (NCHW, OH*OW a multiple of
-    4, aligned), four consecutive k -- four neighbouring positions of one image -- are one 16-byte load."""
+    Only the tile edges need bounds checks (no padding). With `vec_binding`, one 16-byte load fetches four
+    consecutive k -- four neighbouring positions of one image (NCHW, OH*OW a multiple of 4, aligned) --
+    or, fastest "row", four neighbouring channels at one position (channels_last, layouts.channels_vec_ok)."""
     binding: str
     wgsl: str
     fastest: str
@@ -231,8 +232,10 @@ class GradOutRows(Operand):
 
 @dataclass(frozen=True)
 class ImagePositions(Operand):
-    """1x1, unit-stride, unpadded layers in NCHW: row = position (n, p) of an image whose H*W block is
+    """1x1, unit-stride, unpadded layers: row = position (n, p) of an image whose H*W block is
     contiguous, k = channel, element at t_off + n*t_s0 + p + k*t_s1 -- x for forward, dy for grad-input.
+    (Channels_last: fastest "k", flat False, and with `vec_binding` four neighbouring channels are one
+    16-byte load, layouts.channels_vec_ok.)
     One product over all N*H*W positions instead of one per image: with 4x4 images a per-image
     product is 16 columns wide, a quarter of a tile. Consecutive threads walk positions; with
     `vec_binding` (H*W a multiple of 4, aligned), four neighbouring positions are one 16-byte load."""
