@@ -156,3 +156,27 @@ def test_grouped_mm_refusals():
         torch._grouped_mm(a, b, torch.tensor([2, 4]).to(DEV))
     with pytest.raises(RuntimeError, match="non-decreasing"):
         torch._grouped_mm(a, b, _offsets(3, 2).to(DEV))
+
+
+def test_cat_of_pieces_interleaved_across_heaps():
+    # DenseNet's torch.cat once the allocator had grown a second heap: pieces of one heap around a piece of
+    # another were launched together, and the first took the gap as its extent (wrong, unwritten slices).
+    import navitrain.wgpu as nw
+
+    g = torch.Generator().manual_seed(19)
+    host = [torch.randn(2, c, 5, 5, generator=g) for c in (6, 4, 6, 3)]
+    a = host[0].to(DEV)
+    slot = torch.empty(host[2].shape, device=DEV)  # a block in a's heap, handed to the third piece below
+    fillers, reserved = [], nw.memory_reserved()
+    while nw.memory_reserved() == reserved and len(fillers) < 1024:  # until the allocator adds a heap
+        fillers.append(torch.empty(1 << 20, device=DEV))
+    b = host[1].to(DEV)  # carved from the new heap
+    del slot
+    c = host[2].to(DEV)  # the freed block, in a's heap
+    d = host[3].to(DEV)
+    heaps = [t._ws.heap for t in (a, b, c)]
+    assert heaps[0] is heaps[2] and heaps[1] is not heaps[0], "the test needs pieces interleaved across heaps"
+    got = torch.cat([a, b, c, d], 1).cpu()
+    del fillers, a, b, c, d
+    nw.empty_cache()  # give the extra heap back: later tests count launches that assume one heap
+    torch.testing.assert_close(got, torch.cat(host, 1), rtol=0, atol=0)

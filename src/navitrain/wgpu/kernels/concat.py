@@ -34,14 +34,19 @@ def supports(out: torch.Tensor, pieces) -> bool:
 def concat_into(out: torch.Tensor, pieces, starts, dim: int) -> None:
     """out[..., starts[k]:starts[k] + pieces[k].shape[dim], ...] = pieces[k] along `dim`, for non-empty
     pieces (supports() must hold)."""
-    # A launch reads one heap (pieces in others go to launches of their own): two bindings, no branch.
-    by_heap: dict[int, list] = {}
+    # A launch reads one heap: two bindings, no branch. Its pieces must also be neighbours along `dim`,
+    # because the kernel takes a piece's extent from the next piece's start: grouping the pieces of one
+    # heap across a piece from another heap gave the earlier piece the gap as extent (DenseNet's features
+    # spread over several heaps once the allocator had grown: wrong and unwritten output slices).
+    runs: list[list] = []
     for p, at in zip(pieces, starts):
-        by_heap.setdefault(id(p._ws.heap), []).append((p, at))
-    for group in by_heap.values():
-        for at in range(0, len(group), PIECES):
-            chunk = group[at:at + PIECES]
-            _launch(out, *_collapse(out, [p for p, _ in chunk], [a for _, a in chunk], dim))
+        last = runs[-1] if runs else None
+        if last and len(last) < PIECES and last[-1][0]._ws.heap is p._ws.heap:
+            last.append((p, at))
+        else:
+            runs.append([(p, at)])
+    for run in runs:
+        _launch(out, *_collapse(out, [p for p, _ in run], [a for _, a in run], dim))
 
 
 def _collapse(out, pieces, starts, dim):
