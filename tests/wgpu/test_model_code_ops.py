@@ -165,17 +165,18 @@ def test_cat_of_pieces_interleaved_across_heaps():
 
     g = torch.Generator().manual_seed(19)
     host = [torch.randn(2, c, 5, 5, generator=g) for c in (6, 4, 6, 3)]
-    a = host[0].to(DEV)
-    slot = torch.empty(host[2].shape, device=DEV)  # a block in a's heap, handed to the third piece below
-    fillers, reserved = [], nw.memory_reserved()
+    fillers, reserved = [torch.empty(1 << 20, device=DEV)], nw.memory_reserved()
     while nw.memory_reserved() == reserved and len(fillers) < 1024:  # until the allocator adds a heap
         fillers.append(torch.empty(1 << 20, device=DEV))
-    b = host[1].to(DEV)  # carved from the new heap
-    del slot
-    c = host[2].to(DEV)  # the freed block, in a's heap
-    d = host[3].to(DEV)
-    heaps = [t._ws.heap for t in (a, b, c)]
-    assert heaps[0] is heaps[2] and heaps[1] is not heaps[0], "the test needs pieces interleaved across heaps"
+
+    def piece(base, values, at):  # a view into `base`, so in its heap
+        view = base[at:at + values.numel()].view(values.shape)
+        view.copy_(values.to(DEV))
+        return view
+
+    a, c = piece(fillers[0], host[0], 0), piece(fillers[0], host[2], 4096)
+    b, d = piece(fillers[-1], host[1], 0), host[3].to(DEV)  # fillers[-1] was carved from the new heap
+    assert a._ws.heap is c._ws.heap and b._ws.heap is not a._ws.heap
     got = torch.cat([a, b, c, d], 1).cpu()
     del fillers, a, b, c, d
     nw.empty_cache()  # give the extra heap back: later tests count launches that assume one heap
