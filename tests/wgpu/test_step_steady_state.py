@@ -4,24 +4,31 @@ navitrain-side state may: no heap buffers created, the same submissions and disp
 neither grow nor get cleared, no objects accumulating for Python's cyclic GC to scan. benchmarks/step_modes.py
 prints the same per-step series with timings for the machine where the modes show."""
 import gc
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import step_modes  # noqa: E402
-
 STEADY = ("new_buffers", "routes", "groups", "layouts", "views", "plans", "kernels", "bindgroups")
 
 
 def test_eager_gpt_steps_repeat_the_same_host_work():
-    rows = step_modes.run("gpt", "tiny", steps=5, warmup=2, fresh_batches=True)
+    # In a fresh process: after the whole suite the host caches hold other tests' entries and still grow for a
+    # step or two (CI: bind groups 75, 76, 77, 77, 77), which says nothing about a training run's steady state.
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import step_modes\n"
+            "rows = step_modes.run('gpt', 'tiny', steps=5, warmup=2, fresh_batches=True)\n"
+            "print(json.dumps(rows))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2] / "benchmarks")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(rows) == 5
     for column in STEADY:
         assert len({r[column] for r in rows}) == 1, (column, [r[column] for r in rows])
-    # Dispatches and submits: steady when the test runs alone, but after the whole suite CI saw 151, 152, 152, 152,
-    # 150 dispatches (cause not found yet; a step's few-dispatch difference is not the H100's 1.7x mode switch).
+    # Dispatches and submits: steady in the runs seen alone, but after the whole suite CI saw 151, 152, 152, 152, 150
+    # dispatches (cause not found yet; a few dispatches are not the H100's 1.7x mode switch).
     for column in ("dispatches", "submits"):
         counts = [r[column] for r in rows]
         assert max(counts) - min(counts) <= max(3, min(counts) // 50), (column, counts)
