@@ -11,22 +11,19 @@ autograd level, which already ran on the device.
 from __future__ import annotations
 
 import torch
+from torch.nn.modules import linear_cross_entropy as _lce  # PyTorch >= 2.12; older ones: ops.SKIPPED says so
 
 from navitrain.wgpu.dispatch import implements
 
-try:
-    from torch.nn.modules import linear_cross_entropy as _lce
-except ImportError:  # PyTorch before F.linear_cross_entropy (2.11 and older): no such ops to serve
-    _lce = None
+_REDUCED = _lce._linear_cross_entropy_batch_chunked
+_UNREDUCED = _lce._linear_cross_entropy_batch_chunked_no_reduction
 
-if _lce is not None:
-    _REDUCED = _lce._linear_cross_entropy_batch_chunked
-    _UNREDUCED = _lce._linear_cross_entropy_batch_chunked_no_reduction
 
-    @implements(torch.ops.torch_nn._linear_cross_entropy_batch_chunked.default)
-    def linear_cross_entropy_batch_chunked(*args):
-        return _REDUCED._init_fn(*args)
+@implements(torch.ops.torch_nn._linear_cross_entropy_batch_chunked.default)
+def linear_cross_entropy_batch_chunked(*args):
+    return _REDUCED._init_fn(*args)
 
-    @implements(torch.ops.torch_nn._linear_cross_entropy_batch_chunked_no_reduction.default)
-    def linear_cross_entropy_batch_chunked_no_reduction(*args):
-        return _UNREDUCED._init_fn(*args)
+
+@implements(torch.ops.torch_nn._linear_cross_entropy_batch_chunked_no_reduction.default)
+def linear_cross_entropy_batch_chunked_no_reduction(*args):
+    return _UNREDUCED._init_fn(*args)
