@@ -39,13 +39,13 @@ def wgpu_gpu_time(fn, iters: int, samples: int = 3) -> tuple[float, dict]:
     for _ in range(max(3, iters // 4)):
         fn()
     nw.synchronize()
+    calls = max(1, iters // samples)
     runs = []
     for _ in range(samples):
         with nw.profile() as table:
-            for _ in range(max(1, iters // samples)):
+            for _ in range(calls):
                 fn()
-        n = max(1, iters // samples)
-        runs.append({name: seconds / n for name, (_, seconds) in table.items()})
+        runs.append({name: seconds / calls for name, (_, seconds) in table.items()})
     per_kernel = sorted(runs, key=lambda r: sum(r.values()))[len(runs) // 2]  # the median run, whole
     return sum(per_kernel.values()), per_kernel
 
