@@ -1,11 +1,14 @@
 """Shared helpers for the GPU benchmarks: timing, validation, device descriptions, tables."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
 import statistics
+import sys
 import time
+import types
 
 import torch
 
@@ -108,3 +111,21 @@ def write_json(path: str | None, data: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(data, f, indent=2, default=str)
+
+
+def import_torchvision():
+    """torchvision's classification models are plain Python; its compiled ops (nms, roi_align, ...) are
+    not needed by them. A wheel built for CUDA torch cannot load its library against the CPU torch, and
+    then registering meta kernels for those ops fails at import: skip those registrations."""
+    if "torchvision" in sys.modules:
+        return
+    if importlib.util.find_spec("torchvision") is None:
+        raise ImportError("torchvision is not installed")
+    try:
+        import torchvision  # noqa: F401
+    except (RuntimeError, OSError):
+        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[key]
+        for stub in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+            sys.modules[stub] = types.ModuleType(stub)
+        import torchvision  # noqa: F401

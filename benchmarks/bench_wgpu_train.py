@@ -44,6 +44,10 @@ MODELS = {
     "lstm": ("lstm_lm", {"vocab": 10000, "d_model": 650, "layers": 2}, "gpt_batch", {"context": 35, "vocab": 10000},
              20, "gpt_loss", {"model": {"vocab": 64, "d_model": 16, "layers": 2}, "data": {"context": 8, "vocab": 64},
                               "batch": 4}),
+    # PyTorch's word_language_model Transformer at base size (6 x 512, 8 heads, ff 2048), context 128, b16.
+    "tlm": ("transformer_lm", {"vocab": 10000, "context": 128}, "gpt_batch", {"context": 128, "vocab": 10000},
+            16, "gpt_loss", {"model": {"vocab": 64, "d_model": 32, "heads": 2, "feedforward": 64, "layers": 2,
+                                       "context": 16}, "data": {"context": 16, "vocab": 64}, "batch": 4}),
     "unet": ("unet_small", {"width": 32}, "unet_batch", {"image_size": 128}, 16, "unet_loss",
              {"width": 8, "image_size": 16, "batch": 2}),
 }

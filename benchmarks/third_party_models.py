@@ -33,7 +33,6 @@ import os
 import sys
 import time
 import traceback
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +40,9 @@ os.environ.setdefault("NAVITRAIN_WGPU_STRICT", "0")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import import_torchvision  # noqa: E402
 
 DEV = "wgpu"
 TOL = 2e-3           # ||wgpu - f64|| / ||f64|| allowed per tensor ...
@@ -196,32 +198,13 @@ def whisper():
 # torchvision: classification models at small image sizes (BatchNorm in training mode), SGD with momentum
 def _torchvision(name, size=64, factory=None, **kwargs):
     def build():
-        _import_torchvision()
+        import_torchvision()
         import torchvision
         model = getattr(torchvision.models, factory or name)(num_classes=10, **kwargs)
         labels = torch.tensor([3, 8])
         return Case(model, dict(x=torch.randn(BATCH, 3, size, size)), _classifier_loss(labels), "sgd")
     build.__name__ = name
     return build
-
-
-def _import_torchvision():
-    """torchvision's classification models are plain Python; its compiled ops (nms, roi_align, ...) are
-    not needed by them. A wheel built for CUDA torch cannot load its library against the CPU torch, and
-    then registering meta kernels for those ops fails at import: skip those registrations."""
-    if "torchvision" in sys.modules:
-        return
-    import importlib.util
-    if importlib.util.find_spec("torchvision") is None:
-        raise ImportError("torchvision is not installed")
-    try:
-        import torchvision  # noqa: F401
-    except (RuntimeError, OSError):
-        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[key]
-        for stub in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-            sys.modules[stub] = types.ModuleType(stub)
-        import torchvision  # noqa: F401
 
 
 # timm: a few architectures beyond torchvision's (keyword arguments shrink them where timm allows)
@@ -456,7 +439,7 @@ def main(argv=None):
 
     import navitrain.wgpu  # noqa: F401  (registers the device)
     try:  # transformers imports torchvision where it is installed
-        _import_torchvision()
+        import_torchvision()
     except ImportError:
         pass
     warnings.filterwarnings("ignore", message="navitrain wgpu: .* runs on the CPU")

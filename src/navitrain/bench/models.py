@@ -247,6 +247,38 @@ def lstm_lm(vocab: int = 10000, d_model: int = 650, layers: int = 2, dropout: fl
     return LSTMLanguageModel(vocab=vocab, d_model=d_model, layers=layers, dropout=dropout)
 
 
+class TransformerLanguageModel(nn.Module):
+    """The shape of PyTorch's word_language_model Transformer: scaled embedding, sinusoidal positions,
+    nn.TransformerEncoder (post-LayerNorm layers, ReLU feed-forward) under a causal mask, linear decoder.
+    batch_first, so it trains on gpt_batch data with gpt_loss."""
+
+    def __init__(self, vocab: int, d_model: int, heads: int, feedforward: int, layers: int, context: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.d_model = d_model
+        self.embedding = nn.Embedding(vocab, d_model)
+        position = torch.arange(context, dtype=torch.float32).unsqueeze(1)
+        frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(context, d_model)
+        table[:, 0::2], table[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency)
+        self.register_buffer("positions", table)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(context))
+        layer = nn.TransformerEncoderLayer(d_model, heads, feedforward, dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.decoder = nn.Linear(d_model, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        x = self.embedding(tokens) * math.sqrt(self.d_model) + self.positions[:length]
+        return self.decoder(self.encoder(x, mask=self.causal[:length, :length], is_causal=True))
+
+
+def transformer_lm(vocab: int = 10000, d_model: int = 512, heads: int = 8, feedforward: int = 2048,
+                   layers: int = 6, context: int = 128, dropout: float = 0.0) -> TransformerLanguageModel:
+    """nn.TransformerEncoder language model; dropout 0 so every device computes the same first-step loss."""
+    return TransformerLanguageModel(vocab, d_model, heads, feedforward, layers, context, dropout)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn):
     """step(x, y) -> loss: one plain training step (zero grads, forward, backward, optimizer step),
     the unit that benchmarks time and captured graphs record."""
