@@ -153,3 +153,27 @@ def test_pick_choice_times_once_and_remembers(monkeypatch, tmp_path):
     monkeypatch.setattr(gemm_tuning, "_picked", {})
     assert gemm_tuning.pick_choice("test|choice", options, "two") == "one"
     assert calls == timed                              # from the cache file
+
+
+def test_long_tuning_says_how_far_it_got(monkeypatch, tmp_path, caplog):
+    """Minutes of tuning in a first step must not look like a hang: past PROGRESS_SECONDS of tuning, a
+    warning counts the shapes tuned and the seconds spent (here every shape, with the interval at 0)."""
+    monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemm_tuning, "_cache", None)
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    monkeypatch.setattr(gemm_tuning, "_progress", {"shapes": 0, "seconds": 0.0, "said": 0.0})
+    monkeypatch.setattr(gemm_tuning, "CANDIDATES", [gemm.TileConfig(32, 32, 8, 4, 4)])
+    monkeypatch.setattr(gemm_tuning, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level("WARNING", logger="navitrain.wgpu"):
+        _check(None, 40, 24, 72, seed=7)
+        _check(None, 300, 24, 72, seed=8)          # another shape class
+        _check(None, 300, 24, 72, seed=9)          # the same one again: nothing tuned, nothing said
+    said = [r.getMessage() for r in caplog.records if "still timing tiles" in r.getMessage()]
+    assert [m.split(" tuned")[0] for m in said] == ["navitrain: still timing tiles: 1 shape",
+                                                    "navitrain: still timing tiles: 2 shapes"]
+    monkeypatch.setattr(gemm_tuning, "PROGRESS_SECONDS", 1e9)   # the default interval: silent for short tuning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="navitrain.wgpu"):
+        _check(None, 40, 24, 1000, seed=10)
+    assert not [r for r in caplog.records if "still timing tiles" in r.getMessage()]

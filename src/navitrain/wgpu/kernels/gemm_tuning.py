@@ -258,8 +258,10 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
     _announce(rt)
+    started = time.perf_counter()
     best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm",
                  extra=_extra_candidates(kind) + _conv_candidates(kind))
+    _report_progress(time.perf_counter() - started)
     with _lock:
         table[key] = best.name
         _save()
@@ -283,6 +285,24 @@ def _announce(rt) -> None:
         log.warning("navitrain: timing GEMM tiles for %s (first use of these shapes on this adapter; "
                     "the first steps are slower, the choices are %s). NAVITRAIN_WGPU_TUNE=0 skips this.",
                     rt.info.name, where)
+
+
+# Tuning a new adapter can take minutes of a first training step (run 14: ~2 min per torchvision model at
+# 224 px on an H100, ~100 shape classes): past the first warning, say every PROGRESS_SECONDS of tuning how
+# far it got, so that a long first step reads as work and not as a hang.
+PROGRESS_SECONDS = 15.0
+_progress = {"shapes": 0, "seconds": 0.0, "said": 0.0}
+
+
+def _report_progress(seconds: float) -> None:
+    p = _progress
+    p["shapes"] += 1
+    p["seconds"] += seconds
+    if p["seconds"] - p["said"] >= PROGRESS_SECONDS:
+        p["said"] = p["seconds"]
+        log.warning("navitrain: still timing tiles: %d shape%s tuned in %.0f s so far (once per shape on this "
+                    "adapter; later steps and runs use the cache)", p["shapes"], "" if p["shapes"] == 1 else "s",
+                    p["seconds"])
 
 
 # Choices already made in this process, by exact shape: a training step asks for the same products
@@ -312,12 +332,14 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     if rt.capture is not None:   # the default stands in, untimed and not remembered
         return default
     _announce(rt)
+    started = time.perf_counter()
     timings = []
     for name, run in options.items():
         try:
             timings.append((_time(rt, run), name))
         except Exception as exc:
             log.debug("option %s for %s failed: %s", name, key, exc)
+    _report_progress(time.perf_counter() - started)
     for seconds, name in sorted(timings):
         log.debug("  %s: %-10s %9.1f us", key, name, seconds * 1e6)
     best = min(timings)[1] if timings else default
