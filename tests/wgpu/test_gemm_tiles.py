@@ -177,3 +177,48 @@ def test_long_tuning_says_how_far_it_got(monkeypatch, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="navitrain.wgpu"):
         _check(None, 40, 24, 1000, seed=10)
     assert not [r for r in caplog.records if "still timing tiles" in r.getMessage()]
+
+
+@pytest.mark.parametrize("keep, screen, timed_expected", [
+    (1, [2.0, 1.0, 1.2, 5.0, 9.0], ["32x32", "64x32"]),            # within 25% of the fastest single call
+    (3, [2.0, 1.0, 1.2, 5.0, 9.0], ["32x32", "64x32", "64x64"]),   # and at least SCREEN_KEEP of them
+    (1, [None] * 5, ["64x64", "32x32", "64x32", "32x64", "128x64"]),  # no timestamps: everything timed
+])
+def test_screening_times_only_the_candidates_that_can_win(monkeypatch, tmp_path, keep, screen, timed_expected):
+    """Tuning screens every candidate with one timed call and times only the close ones in full (most
+    of ~25 tiles lose by far more than 25%); without a screening time, every candidate is timed."""
+    monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemm_tuning, "_cache", None)
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    tiles = [gemm.TileConfig(64, 64, 16, 4, 4), gemm.TileConfig(32, 32, 8, 4, 4), gemm.TileConfig(64, 32, 16, 4, 4),
+             gemm.TileConfig(32, 64, 16, 4, 4), gemm.TileConfig(128, 64, 16, 8, 4)]
+    monkeypatch.setattr(gemm_tuning, "CANDIDATES", tiles)
+    monkeypatch.setattr(gemm_tuning, "SCREEN_KEEP", keep)
+    shape_of = {id(t): f"{t.BM}x{t.BN}" for t in tiles}
+    seen, timed = [], []
+
+    def fake_screen(rt, run):
+        run()   # the real kernel still runs (and must be right: _check compares the last product)
+        seen.append(1)
+        return screen[len(seen) - 1]
+
+    def fake_time(rt, run):
+        run()
+        timed.append(1)
+        return float(len(timed))          # the first timed (the screen's fastest) wins
+
+    real_tune = gemm_tuning._tune
+    picked = []
+
+    def tune(*args, **kwargs):
+        picked.append(real_tune(*args, **kwargs))
+        return picked[-1]
+
+    monkeypatch.setattr(gemm_tuning, "_screen", fake_screen)
+    monkeypatch.setattr(gemm_tuning, "_time", fake_time)
+    monkeypatch.setattr(gemm_tuning, "_tune", tune)
+    _check(None, 200, 200, 64, seed=11)
+    assert len(seen) == 5
+    assert len(timed) == len(timed_expected)
+    assert shape_of[id(picked[0])] == timed_expected[0]

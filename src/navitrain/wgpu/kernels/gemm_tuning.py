@@ -350,6 +350,35 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     return best
 
 
+# Screening before timing: every candidate runs once to compile and once more under timestamp queries;
+# only those within SCREEN_MARGIN of the fastest single call (and at least SCREEN_KEEP of them) get the full
+# best-of-three timing. At 224 px a candidate's runs, not its compile, dominate tuning (run 14: ~2 min of
+# a first step per torchvision model on an H100), and most of ~25 candidates lose by far more than 25%.
+SCREEN_MARGIN = 1.25
+SCREEN_KEEP = 3
+
+
+def _screen(rt, run) -> float | None:
+    """GPU seconds of one call after a warm-up call; None without timestamp queries (one call's wall time
+    is too noisy to drop anything on: then every candidate is timed in full)."""
+    run()
+    rt.synchronize()
+    if getattr(rt, "_timer", None) is None or rt.profile is not None:
+        return None
+    return _gpu_seconds(rt, run, 1)
+
+
+def _survivors(screened: list) -> list:
+    """The candidates worth timing in full, fastest first: screened is [(seconds or None, candidate)]."""
+    if any(seconds is None for seconds, _ in screened):
+        return [c for _, c in screened]
+    ranked = sorted(screened, key=lambda t: t[0])
+    if not ranked:
+        return []
+    limit = ranked[0][0] * SCREEN_MARGIN
+    return [c for k, (seconds, c) in enumerate(ranked) if seconds <= limit or k < SCREEN_KEEP]
+
+
 def _time(rt, run) -> float:
     """Seconds per call of run(): GPU time from timestamp queries where the adapter has them (best of
     three samples of three calls, see _gpu_seconds), else wall time of repeated calls between
@@ -409,11 +438,17 @@ def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, extra: list = ()) -> 
     # (Convolutions split K themselves: weight gradients by auto_splits, or the extra candidates' counts.)
     candidates = [c for c in candidates if c.splits == 1 or (c in extra) or (
         splits_ok and (K >= 4 * c.BK * c.splits if c.splits else auto_splits(c, M, N, K, batch) > 1))]
-    timings = []
+    screened = []
     for cfg in candidates:
         try:
-            timings.append((_time(rt, lambda: run(cfg)), cfg))
+            screened.append((_screen(rt, lambda: run(cfg)), cfg))
         except Exception as exc:  # a tile the driver rejects is simply not a candidate
+            log.debug("GEMM tile %s failed on %dx%dx%d: %s", cfg.name, M, N, K, exc)
+    timings = []
+    for cfg in _survivors(screened):
+        try:
+            timings.append((_time(rt, lambda: run(cfg)), cfg))
+        except Exception as exc:
             log.debug("GEMM tile %s failed on %dx%dx%d: %s", cfg.name, M, N, K, exc)
     if not timings:
         return config_for(M, N, K, batch)
