@@ -140,6 +140,23 @@ WGPU_CONV = _declare(
 WGPU_FUSION = _declare("NAVITRAIN_WGPU_FUSION", "1",
                        "0: torch.compile(backend='wgpu') runs each pointwise op of its graphs as its own kernel "
                        "instead of fusing chains (to compare, or to rule fusion out).", _flag)
+# The graph passes of torch.compile(backend="wgpu"), in the order they run (wgpu/compile.py).
+FUSION_PASSES = ("foreach", "constants", "norm", "conv_stats", "inplace", "norm_pair", "counters")
+
+
+def _fusion_passes(text: str) -> frozenset:
+    names = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = sorted(names - set(FUSION_PASSES))
+    if unknown:
+        raise ValueError(f"expected a comma-separated list of {', '.join(FUSION_PASSES)} "
+                         f"(unknown: {', '.join(unknown)})")
+    return frozenset(names)
+
+
+WGPU_FUSION_OFF = _declare("NAVITRAIN_WGPU_FUSION_OFF", "",
+                           "Comma-separated passes of torch.compile(backend='wgpu') to leave out, of "
+                           + ", ".join(FUSION_PASSES) + " (to time or rule out one pass; norm_pair builds on norm's "
+                           "fused batch norms; NAVITRAIN_WGPU_FUSION=0 leaves out all).", _fusion_passes)
 WGPU_LIMITS = _declare(
     "NAVITRAIN_WGPU_LIMITS", None,
     "Request the wgpu device with no more than a card's limits and features: 'rx5600xt' (RADV on Navi 10) "

@@ -19,6 +19,7 @@ CASES = [
     ("NAVITRAIN_ROUTE", ["bogus", "cpu,wgpu"], ["cpu", "WGPU"]),
     ("NAVITRAIN_WGPU_STRICT", ["maybe", "2"], ["1", "off"]),
     ("NAVITRAIN_WGPU_FUSION", ["maybe", "2"], ["0", "on"]),
+    ("NAVITRAIN_WGPU_FUSION_OFF", ["bogus", "norm,bogus"], ["conv_stats", "Norm, norm_pair", ",counters,"]),
     ("NAVITRAIN_WGPU_BATCH", ["0", "-3", "lots", "1e3", "nan"], ["1", "64"]),
     ("NAVITRAIN_WGPU_TUNE", ["maybe", "2"], ["0", "force"]),
     ("NAVITRAIN_WGPU_CONV", ["fast"], ["gemm", "Winograd"]),

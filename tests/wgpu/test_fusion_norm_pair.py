@@ -214,3 +214,27 @@ def test_pair_modules_match_the_aten_ops(layout):
         if e is not None:
             torch.testing.assert_close(a.cpu(), e.cpu(), rtol=1e-5, atol=1e-5, equal_nan=True, msg=str(k))
     assert got[0].isfinite().all() and got[3].isnan().any()
+
+
+# What each pass of the compiled graphs reports in wc.stats when it changed something (Downsample above).
+PASS_STATS = {"norm": "fused_batch_norms", "conv_stats": "conv_bn_stats", "norm_pair": "batch_norm_pairs"}
+
+
+@pytest.mark.parametrize("left_out", sorted(PASS_STATS))
+def test_one_pass_left_out_by_the_environment(monkeypatch, left_out):
+    """NAVITRAIN_WGPU_FUSION_OFF leaves one pass out (to time or rule it out on a GPU): its counter stays at
+    0, the other passes still run, and the results equal the graphs with every pass."""
+    torch.manual_seed(5)
+    model = Downsample()
+    h, x = _inputs(6)
+    wc.reset_stats()
+    every = _train(model, h, x, "wgpu", True, steps=2)
+    assert all(wc.stats[counter] > 0 for counter in PASS_STATS.values())
+    torch._dynamo.reset()
+    wc.reset_stats()
+    monkeypatch.setenv("NAVITRAIN_WGPU_FUSION_OFF", left_out)
+    without = _train(model, h, x, "wgpu", True, steps=2)
+    assert wc.stats[PASS_STATS[left_out]] == 0
+    builds_on = {"norm_pair": "norm"}   # pairs are made of the norm pass's fused batch norms
+    assert all(wc.stats[c] > 0 for p, c in PASS_STATS.items() if left_out not in (p, builds_on.get(p)))
+    _close(without, every)

@@ -36,6 +36,7 @@ from collections import Counter
 
 import torch
 
+from navitrain import _env
 from navitrain.wgpu import (
     dispatch,
     fusion,
@@ -318,18 +319,26 @@ def _compiler(kind: str):
             # An optimizer's list-op chain first (its copy_ epilogue into parameters and state), values that
             # depend on no input computed once, then batch norms and pointwise chains, then the remaining
             # copy_ of new values into inputs folded into the kernels that compute them, and the batch
-            # norms' counter increments made one kernel.
-            stats["fused_foreach_ops"] += fusion_foreach.fuse(gm)
-            stats["constants_folded"] += fusion_constants.fold(gm)
-            fused = fusion_norm.fuse(gm)
-            stats["fused_batch_norms"] += fused.batch_norms
-            stats["fused_groups"] += fused.groups
-            stats["fused_ops"] += fused.ops
-            stats["fused_dispatches_saved"] += fused.dispatches_saved
-            stats["conv_bn_stats"] += fusion_conv_stats.fuse(gm)   # batch norms' sums from their convolutions
-            stats["copies_folded"] += fusion_inplace.fold_copies(gm)
-            stats["batch_norm_pairs"] += fusion_norm_pair.fuse(gm)   # a downsample block's two in one pass
-            stats["counters_batched"] += fusion_counters.batch(gm)
+            # norms' counter increments made one kernel. NAVITRAIN_WGPU_FUSION_OFF leaves passes out.
+            off = _env.value(_env.WGPU_FUSION_OFF)
+            if "foreach" not in off:
+                stats["fused_foreach_ops"] += fusion_foreach.fuse(gm)
+            if "constants" not in off:
+                stats["constants_folded"] += fusion_constants.fold(gm)
+            if "norm" not in off:
+                fused = fusion_norm.fuse(gm)
+                stats["fused_batch_norms"] += fused.batch_norms
+                stats["fused_groups"] += fused.groups
+                stats["fused_ops"] += fused.ops
+                stats["fused_dispatches_saved"] += fused.dispatches_saved
+            if "conv_stats" not in off:   # batch norms' sums from their convolutions
+                stats["conv_bn_stats"] += fusion_conv_stats.fuse(gm)
+            if "inplace" not in off:
+                stats["copies_folded"] += fusion_inplace.fold_copies(gm)
+            if "norm_pair" not in off:   # a downsample block's two batch norms in one pass
+                stats["batch_norm_pairs"] += fusion_norm_pair.fuse(gm)
+            if "counters" not in off:
+                stats["counters_batched"] += fusion_counters.batch(gm)
         return CapturedGraphModule(gm, kind, mutated)
     return compile_graph
 
