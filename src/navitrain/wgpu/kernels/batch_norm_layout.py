@@ -31,13 +31,27 @@ def _cl_order(nd: int) -> list[int]:
     return [0] + list(range(2, nd)) + [1]
 
 
+# layout() by (shape, strides): every batch norm of a step asks, forward and backward, for the same few
+# geometries, and the stride walks cost more host time than the lookup.
+_LAYOUTS: dict = {}
+
+
 def layout(t) -> str | None:
     """'ncs' (contiguous), 'cl' (channels fastest, the rest contiguous) or None (anything else)."""
+    key = (t.shape, t.stride())
+    known = _LAYOUTS.get(key, _LAYOUTS)
+    if known is not _LAYOUTS:
+        return known
     if _has_order(t, list(range(t.dim()))):
-        return "ncs"
-    if t.dim() >= 3 and _has_order(t, _cl_order(t.dim())):
-        return "cl"
-    return None
+        mode = "ncs"
+    elif t.dim() >= 3 and _has_order(t, _cl_order(t.dim())):
+        mode = "cl"
+    else:
+        mode = None
+    if len(_LAYOUTS) > 4096:   # a run that keeps changing shapes: start over rather than grow
+        _LAYOUTS.clear()
+    _LAYOUTS[key] = mode
+    return mode
 
 
 def in_layout(t, mode: str):
