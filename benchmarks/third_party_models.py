@@ -289,6 +289,36 @@ def dcgan():
                 lambda out: (out[0], {"fake": out[1]}), "adamw")
 
 
+
+def _causal_lm(config_name, model_name, **kwargs):
+    """A decoder-only transformers model (config class, model class, small config) as a causal-LM case."""
+    def build():
+        import transformers
+        cfg = _no_dropout(getattr(transformers, config_name)(**kwargs))
+        ids = _tokens(500)
+        return Case(getattr(transformers, model_name)(cfg), dict(input_ids=ids, labels=ids), _hf_loss)
+    return build
+
+
+def _masked_lm(config_name, model_name, **kwargs):
+    """An encoder transformers model as a masked-LM case: a padded second sequence, 30% of tokens scored."""
+    def build():
+        import transformers
+        cfg = _no_dropout(getattr(transformers, config_name)(**kwargs))
+        ids = _tokens(500)
+        labels = torch.where(torch.rand(ids.shape) < 0.3, ids, torch.full_like(ids, -100))
+        mask = torch.ones_like(ids)
+        mask[1, -3:] = 0
+        return Case(getattr(transformers, model_name)(cfg), dict(input_ids=ids, attention_mask=mask, labels=labels),
+                    _hf_loss)
+    return build
+
+
+_SMALL_DECODER = dict(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=64)
+_SMALL_ENCODER = dict(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64)
+
 MODELS: dict[str, Callable[[], Case]] = {
     "bert": bert, "distilbert": distilbert, "gpt2": gpt2, "llama": llama, "mixtral": mixtral, "t5": t5,
     "bart": bart, "vit": vit, "clip": clip, "wav2vec2": wav2vec2, "whisper": whisper,
@@ -307,6 +337,32 @@ MODELS: dict[str, Callable[[], Case]] = {
     "timm_vit_tiny": _timm("vit_tiny_patch16_224", size=32, img_size=32, depth=2),
     "timm_convnext_atto": _timm("convnext_atto"), "timm_mobilevitv2_050": _timm("mobilevitv2_050"),
     "word_lm": word_lm, "vae": vae, "dcgan": dcgan,
+    # Session 18: more architectures a user may bring (same checks).
+    "roberta": _masked_lm("RobertaConfig", "RobertaForMaskedLM", **_SMALL_ENCODER, pad_token_id=1),
+    "electra": _masked_lm("ElectraConfig", "ElectraForMaskedLM", **_SMALL_ENCODER, embedding_size=32),
+    "deberta_v2": _masked_lm("DebertaV2Config", "DebertaV2ForMaskedLM", **_SMALL_ENCODER),
+    "mistral": _causal_lm("MistralConfig", "MistralForCausalLM", **_SMALL_DECODER, num_key_value_heads=2,
+                          sliding_window=8),
+    "qwen2": _causal_lm("Qwen2Config", "Qwen2ForCausalLM", **_SMALL_DECODER, num_key_value_heads=2),
+    "phi": _causal_lm("PhiConfig", "PhiForCausalLM", **_SMALL_DECODER),
+    "gemma": _causal_lm("GemmaConfig", "GemmaForCausalLM", **_SMALL_DECODER, num_key_value_heads=2, head_dim=8),
+    "gpt_neox": _causal_lm("GPTNeoXConfig", "GPTNeoXForCausalLM", **_SMALL_DECODER),
+    "opt": _causal_lm("OPTConfig", "OPTForCausalLM", vocab_size=500, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32),
+    "bloom": _causal_lm("BloomConfig", "BloomForCausalLM", vocab_size=500, hidden_size=32, n_layer=2, n_head=4),
+    "falcon": _causal_lm("FalconConfig", "FalconForCausalLM", vocab_size=500, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4),
+    "mamba": _causal_lm("MambaConfig", "MambaForCausalLM", vocab_size=500, hidden_size=32, state_size=8,
+                        num_hidden_layers=2, expand=2, conv_kernel=4),
+    "resnet50": _torchvision("resnet50"), "resnext50_32x4d": _torchvision("resnext50_32x4d"),
+    "wide_resnet50_2": _torchvision("wide_resnet50_2"), "mobilenet_v2": _torchvision("mobilenet_v2"),
+    "mobilenet_v3_large": _torchvision("mobilenet_v3_large"), "mnasnet0_5": _torchvision("mnasnet0_5", size=96),
+    "googlenet": _torchvision("googlenet", size=96, aux_logits=False, init_weights=True),
+    "inception_v3": _torchvision("inception_v3", size=96, aux_logits=False, init_weights=True),
+    # (AlexNet is not here: its 9216 x 4096 classifier weight is 144 MiB, over lavapipe's 128 MiB storage binding;
+    # GPUs bind 2 GiB and more, and it trained at 224 px on an H100 in run 14.)
+    "regnet_x_400mf": _torchvision("regnet_x_400mf", size=96),
+    "efficientnet_v2_s": _torchvision("efficientnet_v2_s"), "swin_v2_t": _torchvision("swin_v2_t"),
 }
 
 
