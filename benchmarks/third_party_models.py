@@ -289,6 +289,77 @@ def dcgan():
                 lambda out: (out[0], {"fake": out[1]}), "adamw")
 
 
+class StyleNet(nn.Module):
+    """fast_neural_style's TransformerNet at 1/4 width: reflection-padded convolutions, affine InstanceNorm,
+    residual blocks, nearest upsampling; trained here against a target image with MSE (the example's content
+    loss without its VGG)."""
+    def __init__(self, w=8):
+        super().__init__()
+
+        def conv(cin, cout, k, stride=1, up=None):
+            layers = [nn.Upsample(scale_factor=up, mode="nearest")] if up else []
+            return nn.Sequential(*layers, nn.ReflectionPad2d(k // 2), nn.Conv2d(cin, cout, k, stride))
+
+        def norm_relu(c):
+            return nn.Sequential(nn.InstanceNorm2d(c, affine=True), nn.ReLU())
+
+        self.down = nn.Sequential(conv(3, w, 9), norm_relu(w), conv(w, 2 * w, 3, 2), norm_relu(2 * w),
+                                  conv(2 * w, 4 * w, 3, 2), norm_relu(4 * w))
+        self.res = nn.ModuleList(nn.Sequential(conv(4 * w, 4 * w, 3), nn.InstanceNorm2d(4 * w, affine=True),
+                                               nn.ReLU(), conv(4 * w, 4 * w, 3),
+                                               nn.InstanceNorm2d(4 * w, affine=True)) for _ in range(2))
+        self.up = nn.Sequential(conv(4 * w, 2 * w, 3, up=2), norm_relu(2 * w), conv(2 * w, w, 3, up=2),
+                                norm_relu(w), conv(w, 3, 9))
+
+    def forward(self, x, target):
+        h = self.down(x)
+        for block in self.res:
+            h = h + block(h)
+        y = self.up(h)
+        return nn.functional.mse_loss(y, target), y
+
+
+def fast_neural_style():
+    return Case(StyleNet(), dict(x=torch.rand(2, 3, 32, 32) * 255, target=torch.rand(2, 3, 32, 32) * 255),
+                lambda out: (out[0], {"styled": out[1]}), "adamw")
+
+
+class SuperResolution(nn.Module):
+    """super_resolution's sub-pixel network (ESPCN): convolutions, then PixelShuffle by 3."""
+    def __init__(self, factor=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                                  nn.ReLU(), nn.Conv2d(32, 16, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, factor ** 2, 3, padding=1), nn.PixelShuffle(factor))
+
+    def forward(self, x, target):
+        y = self.body(x)
+        return nn.functional.mse_loss(y, target), y
+
+
+def super_resolution():
+    return Case(SuperResolution(), dict(x=torch.rand(2, 1, 16, 16), target=torch.rand(2, 1, 48, 48)),
+                lambda out: (out[0], {"upscaled": out[1]}), "adamw")
+
+
+class MnistNet(nn.Module):
+    """The mnist example's network (dropout off): two convolutions, max pooling, log_softmax, nll_loss."""
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1)
+        self.fc1, self.fc2 = nn.Linear(9216, 128), nn.Linear(128, 10)
+
+    def forward(self, x, labels):
+        h = nn.functional.max_pool2d(nn.functional.relu(self.conv2(nn.functional.relu(self.conv1(x)))), 2)
+        out = nn.functional.log_softmax(self.fc2(nn.functional.relu(self.fc1(torch.flatten(h, 1)))), dim=1)
+        return nn.functional.nll_loss(out, labels), out
+
+
+def mnist():
+    return Case(MnistNet(), dict(x=torch.randn(4, 1, 28, 28), labels=torch.tensor([3, 1, 4, 1])),
+                lambda out: (out[0], {"log_probs": out[1]}), "sgd")
+
+
 
 def _causal_lm(config_name, model_name, **kwargs):
     """A decoder-only transformers model (config class, model class, small config) as a causal-LM case."""
@@ -336,7 +407,8 @@ MODELS: dict[str, Callable[[], Case]] = {
     "swin_t": _torchvision("swin_t"),
     "timm_vit_tiny": _timm("vit_tiny_patch16_224", size=32, img_size=32, depth=2),
     "timm_convnext_atto": _timm("convnext_atto"), "timm_mobilevitv2_050": _timm("mobilevitv2_050"),
-    "word_lm": word_lm, "vae": vae, "dcgan": dcgan,
+    "word_lm": word_lm, "vae": vae, "dcgan": dcgan, "fast_neural_style": fast_neural_style,
+    "super_resolution": super_resolution, "mnist": mnist,
     # Session 18: more architectures a user may bring (same checks).
     "roberta": _masked_lm("RobertaConfig", "RobertaForMaskedLM", **_SMALL_ENCODER, pad_token_id=1),
     "electra": _masked_lm("ElectraConfig", "ElectraForMaskedLM", **_SMALL_ENCODER, embedding_size=32),
