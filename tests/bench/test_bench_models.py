@@ -41,6 +41,23 @@ def test_gpt_decoder_is_causal_and_ties_its_head():
         model(torch.randint(0, 50, (1, 13)))
 
 
+def test_transformer_lm_is_causal_and_matches_on_wgpu():
+    """The nn.TransformerEncoder LM (bench_wgpu_train.py's tlm): causal, and the same logits on wgpu."""
+    import navitrain.wgpu  # noqa: F401
+
+    torch.manual_seed(2)
+    model = m.transformer_lm(vocab=40, d_model=16, heads=2, feedforward=32, layers=2, context=10).eval()
+    tokens = torch.randint(0, 40, (2, 10))
+    changed = tokens.clone()
+    changed[:, 6:] = (changed[:, 6:] + 5) % 40
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+        on_wgpu = model.to("wgpu")(tokens.to("wgpu")).cpu()
+    torch.testing.assert_close(a[:, :6], b[:, :6])   # the past never sees the future
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+    torch.testing.assert_close(on_wgpu, a, rtol=1e-4, atol=1e-4)
+
+
 def test_gpt_batch_targets_are_inputs_shifted_by_one():
     x, y = m.gpt_batch(3, context=10, vocab=40, seed=5)
     assert x.shape == y.shape == (3, 10) and x.dtype == torch.long
