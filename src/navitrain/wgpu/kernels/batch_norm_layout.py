@@ -39,7 +39,10 @@ _LAYOUTS: dict = {}
 def layout(t) -> str | None:
     """'ncs' (contiguous), 'cl' (channels fastest, the rest contiguous) or None (anything else)."""
     key = (t.shape, t.stride())
-    known = _LAYOUTS.get(key, _LAYOUTS)
+    try:
+        known = _LAYOUTS.get(key, _LAYOUTS)
+    except TypeError:   # symbolic sizes (a traced tensor): worked out, not kept
+        key, known = None, _LAYOUTS
     if known is not _LAYOUTS:
         return known
     if _has_order(t, list(range(t.dim()))):
@@ -48,9 +51,10 @@ def layout(t) -> str | None:
         mode = "cl"
     else:
         mode = None
-    if len(_LAYOUTS) > 4096:   # a run that keeps changing shapes: start over rather than grow
-        _LAYOUTS.clear()
-    _LAYOUTS[key] = mode
+    if key is not None:
+        if len(_LAYOUTS) > 4096:   # a run that keeps changing shapes: start over rather than grow
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = mode
     return mode
 
 
