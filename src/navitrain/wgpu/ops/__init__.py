@@ -70,6 +70,7 @@ FAMILIES = (
     "special_functions",  # issue 17: Bessel, Airy, erfcx, ndtri, zeta, igamma, polynomials
     "sync_batch_norm",  # issue 21: the ops nn.SyncBatchNorm calls
     "tensor_ops",
+    "transformer_fastpath",  # nn.TransformerEncoder / MultiheadAttention inference fast paths
     "upsample",
     "upsample_aa",
     "views",

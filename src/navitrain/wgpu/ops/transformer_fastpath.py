@@ -1,0 +1,106 @@
+"""PyTorch's inference fast paths of nn.TransformerEncoderLayer / nn.TransformerEncoder and
+nn.MultiheadAttention, on the wgpu device.
+
+In eval mode without gradients, PyTorch sends a whole encoder layer to aten._transformer_encoder_layer_fwd
+and an attention block to aten._native_multi_head_attention for any PrivateUse1 device
+(torch/nn/modules/transformer.py, activation.py). Neither op has a decomposition, so every such call ran on
+the CPU. An encoder given a key padding mask first packs its input into a nested tensor, which this device
+cannot hold, and the call failed.
+
+Here both ops are composed from the device's own ops, following ATen's CPU kernels
+(native/transformers/transformer.cpp, attention.cpp):
+- the projections are the weights' row blocks;
+- q is scaled by 1/sqrt(head dim) after its bias;
+- the mask is read as ATen reads it: converted to bool, True = masked out. mask_type 0 is (L, S), 1 is a
+  (B, S) key padding mask, 2 is (B, H, L, S) or broadcastable to it;
+- a fully masked row's weights are NaN, as the CPU's are.
+
+The encoder's nested packing is declined through aten._nested_tensor_from_mask_left_aligned. That op is
+PyTorch's own gate for the packing, and answering False sends the padded batch through the layers' fast
+path with the key padding mask instead: the same result without the packing.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from navitrain.wgpu.dispatch import implements
+
+aten = torch.ops.aten
+F = torch.nn.functional
+
+
+def _masked_softmax(scores, mask, mask_type):
+    """softmax over the last dim of (B, H, L, S) scores with ATen's mask rules (see the module doc)."""
+    if mask is None:
+        return torch.softmax(scores, -1)
+    masked = mask if mask.dtype == torch.bool else mask != 0
+    B, H, L, S = scores.shape
+    if mask_type == 1:
+        masked = masked.view(B, 1, 1, S)
+    elif masked.dim() == 2:
+        masked = masked.view(1, 1, L, S)
+    elif masked.dim() == 3:
+        masked = masked.view(B, -1, L, S)
+    return torch.softmax(scores.masked_fill(masked, float("-inf")), -1)   # a fully masked row: NaN, as ATen's
+
+
+@implements(aten._native_multi_head_attention.default)
+def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight,
+                                proj_bias, mask=None, need_weights=True, average_attn_weights=True,
+                                mask_type=None):
+    B, L, E = query.shape
+    S = key.shape[1]
+    D = embed_dim // num_head
+    wq, wk, wv = qkv_weight.split(embed_dim)
+    bq, bk, bv = qkv_bias.split(embed_dim)
+    if query is key and key is value:
+        q, k, v = F.linear(query, qkv_weight, qkv_bias).split(embed_dim, -1)
+    else:
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+    q = q.reshape(B, L, num_head, D).transpose(1, 2) / math.sqrt(D)
+    k = k.reshape(B, S, num_head, D).transpose(1, 2)
+    v = v.reshape(B, S, num_head, D).transpose(1, 2)
+    weights = _masked_softmax(torch.matmul(q, k.transpose(-2, -1)), mask, mask_type)
+    context = torch.matmul(weights, v).transpose(1, 2).reshape(B, L, E)
+    out = F.linear(context, proj_weight, proj_bias)
+    if not need_weights:
+        return out, query.new_empty(0)
+    return out, weights.sum(1) / num_head if average_attn_weights else weights
+
+
+@implements(aten._transformer_encoder_layer_fwd.default)
+def transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                                  use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
+                                  norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None,
+                                  mask_type=None):
+    def norm(x, weight, bias):
+        return F.layer_norm(x, (embed_dim,), weight, bias, eps)
+
+    x = norm(src, norm_weight_1, norm_bias_1) if norm_first else src
+    x = native_multi_head_attention(x, x, x, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                                    mask, False, True, mask_type)[0] + src
+    if not norm_first:
+        x = norm(x, norm_weight_1, norm_bias_1)
+    residual = x
+    if norm_first:
+        x = norm(x, norm_weight_2, norm_bias_2)
+    hidden = F.linear(x, ffn_weight_1, ffn_bias_1)
+    x = F.linear(F.gelu(hidden) if use_gelu else F.relu(hidden), ffn_weight_2, ffn_bias_2) + residual
+    return x if norm_first else norm(x, norm_weight_2, norm_bias_2)
+
+
+@implements(aten._nested_tensor_from_mask_left_aligned.default)
+def nested_tensor_from_mask_left_aligned(t, mask):
+    # PyTorch asks before packing an encoder's padded batch into a nested tensor; False keeps it padded
+    # (the layers then take the key padding mask), since nested tensors have no storage on this device.
+    return False
+
+
+@implements(aten._nested_tensor_from_mask.default)
+def nested_tensor_from_mask(t, mask, mask_check=True):
+    raise NotImplementedError(
+        "nested tensors have no storage on the wgpu device: build nn.TransformerEncoder with "
+        "enable_nested_tensor=False (or keep its mask_check on) and the padded batch runs with its key "
+        "padding mask")
