@@ -181,3 +181,24 @@ def test_cat_of_pieces_interleaved_across_heaps():
     del fillers, a, b, c, d
     nw.empty_cache()  # give the extra heap back: later tests count launches that assume one heap
     torch.testing.assert_close(got, torch.cat(host, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (3, 5)])
+def test_is_all_true_and_is_any_true(shape):
+    """torch.distributions validates every value with torch._is_all_true (validate_args is on by default)."""
+    for density in (0.0, 0.5, 1.0):
+        x = torch.rand(shape) < density
+        w = x.to("wgpu")
+        assert torch._is_all_true(w).cpu().item() == torch._is_all_true(x).item()
+        assert torch._is_any_true(w).cpu().item() == torch._is_any_true(x).item()
+
+
+def test_distributions_validate_on_the_device():
+    normal = torch.distributions.Normal(torch.zeros(4, device="wgpu"), torch.ones(4, device="wgpu"))
+    x = torch.randn(4)
+    torch.testing.assert_close(normal.log_prob(x.to("wgpu")).cpu(), torch.distributions.Normal(0.0, 1.0).log_prob(x))
+    with pytest.raises(ValueError, match="scale"):
+        torch.distributions.Normal(torch.zeros(2, device="wgpu"), -torch.ones(2, device="wgpu"))
+    categorical = torch.distributions.Categorical(logits=torch.randn(3, 5, device="wgpu"))
+    with pytest.raises(ValueError, match="value"):
+        categorical.log_prob(torch.tensor([0, 9, 1], device="wgpu"))

@@ -127,6 +127,17 @@ def all_all(x):
     return reduce(x, None, False, "all", torch.bool)
 
 
+# torch.distributions checks every sample and parameter with these (validate_args, on by default)
+@implements(aten._is_all_true.default)
+def is_all_true(x):
+    return reduce(x, None, False, "all", torch.bool)
+
+
+@implements(aten._is_any_true.default)
+def is_any_true(x):
+    return reduce(x, None, False, "any", torch.bool)
+
+
 @implements(aten.all.dim, aten.all.dims)
 def all_dim(x, dim=None, keepdim=False):
     return reduce(x, dim, keepdim, "all", torch.bool)
