@@ -2,8 +2,8 @@
 (ops/transformer_fastpath.py): aten._native_multi_head_attention and aten._transformer_encoder_layer_fwd
 against the CPU's own kernels for the same arguments (self- and cross-attention, every mask type, bool and
 float masks, a fully masked row, NaN and inf inputs, pre- and post-norm, ReLU and GELU), and the modules in
-eval mode with no CPU fallback (the suite runs strict); an encoder given a key padding mask keeps its batch
-padded instead of packing it into a nested tensor."""
+eval mode with no CPU fallback (the suite runs strict), including an encoder's packed (nested on the CPU) batch
+of a key padding mask."""
 import pytest
 import torch
 from torch import nn
@@ -84,14 +84,22 @@ def test_encoder_layer_matches_the_cpu(mask_kind, norm_first, use_gelu):
 
 
 @pytest.mark.parametrize("nested", [True, False])
-def test_encoder_modules_in_eval_mode(nested):
+@pytest.mark.parametrize("left_aligned", [True, False])
+def test_encoder_modules_in_eval_mode(nested, left_aligned):
+    """The modules in eval mode: an encoder with a key padding mask packs a left-aligned batch (the CPU's
+    nested route: 0 at padded positions, then the final norm) and runs any other with the mask; on wgpu the
+    same values come back, padded positions included."""
     torch.manual_seed(3)
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, 32, 0.0, batch_first=True), 2,
-                                enable_nested_tensor=nested).eval()
+                                norm=nn.LayerNorm(E), enable_nested_tensor=nested).eval()
+    with torch.no_grad():
+        enc.norm.bias.uniform_(-1, 1)   # padded positions then come out of the final norm non-zero
     mha = nn.MultiheadAttention(E, H, batch_first=True).eval()
     x = torch.randn(B, S, E)
     pad = torch.zeros(B, S, dtype=torch.bool)
     pad[1, 4:], pad[2, 2:] = True, True
+    if not left_aligned:
+        pad[0, 0] = True   # a gap before the tokens: PyTorch does not pack this batch
     with torch.no_grad():
         want_plain, want_padded = enc(x), enc(x, src_key_padding_mask=pad)
         want_mha = mha(x, x, x, key_padding_mask=pad)
@@ -100,11 +108,17 @@ def test_encoder_modules_in_eval_mode(nested):
         got_plain, got_padded = enc(xw), enc(xw, src_key_padding_mask=padw)
         got_mha = mha(xw, xw, xw, key_padding_mask=padw)
     _close(got_plain, want_plain)
-    # The CPU's nested route gives 0 at padded positions, its padded route (and ours) the layers' values
-    # there: both leave the positions the mask keeps equal.
-    keep = ~pad
-    _close(got_padded.cpu()[keep], want_padded[keep])
-    if not nested:
-        _close(got_padded, want_padded)
+    _close(got_padded, want_padded)
     _close(got_mha[0], want_mha[0])
     _close(got_mha[1], want_mha[1])
+
+
+def test_packed_batch_ops_refuse_what_the_cpu_refuses():
+    x = torch.randn(2, 4, E).to("wgpu")
+    with pytest.raises(RuntimeError, match="nested tensor"):
+        torch.ops.aten.to_padded_tensor.default(x, 0.0)
+    gap = torch.tensor([[True, False, True, True], [True, True, False, False]]).to("wgpu")
+    assert not torch._nested_tensor_from_mask_left_aligned(x, gap)
+    assert torch._nested_tensor_from_mask_left_aligned(x, gap.sort(dim=1, descending=True).values)
+    with pytest.raises(RuntimeError, match="left-aligned"):
+        torch._nested_tensor_from_mask(x, gap)

@@ -15,9 +15,12 @@ Here both ops are composed from the device's own ops, following ATen's CPU kerne
   (B, S) key padding mask, 2 is (B, H, L, S) or broadcastable to it;
 - a fully masked row's weights are NaN, as the CPU's are.
 
-The encoder's nested packing is declined through aten._nested_tensor_from_mask_left_aligned. That op is
-PyTorch's own gate for the packing, and answering False sends the padded batch through the layers' fast
-path with the key padding mask instead: the same result without the packing.
+An encoder given a key padding mask packs its batch into a nested tensor (aten._nested_tensor_from_mask),
+runs the layers on the valid tokens only, and unpacks with zeros (to_padded_tensor). Nested tensors have
+no storage on this device, so the packing is kept padded: the batch with its padded positions zeroed,
+carrying its valid-token mask as an attribute. Each layer reads that mask as its key padding mask and
+zeroes the padded positions of its output (a nested layer computes nothing there), and to_padded_tensor
+fills them with the padding value. The result is the CPU's, padded positions included.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import math
 import torch
 
 from navitrain.wgpu.dispatch import implements
+from navitrain.wgpu.tensor import to_cpu
 
 aten = torch.ops.aten
 F = torch.nn.functional
@@ -70,11 +74,30 @@ def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weig
     return out, weights.sum(1) / num_head if average_attn_weights else weights
 
 
+# The attribute of a "packed" batch (see the module doc): its valid-token mask, (B, S) bool, True = a token.
+_VALID = "_navitrain_valid_tokens"
+
+
+def _packed(x, valid):
+    """x with its padded positions zeroed, carrying `valid` (what a nested tensor's unpacking would give)."""
+    out = x.masked_fill(valid.logical_not().unsqueeze(-1), 0.0)
+    setattr(out, _VALID, valid)
+    return out
+
+
 @implements(aten._transformer_encoder_layer_fwd.default)
 def transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
                                   use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
                                   norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None,
                                   mask_type=None):
+    valid = getattr(src, _VALID, None)
+    if valid is not None and mask is None:   # a packed batch: its padding is the key padding mask
+        out = transformer_encoder_layer_fwd(
+            src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu, norm_first, eps,
+            norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2,
+            ffn_bias_2, valid.logical_not(), 1)
+        return _packed(out, valid)
+
     def norm(x, weight, bias):
         return F.layer_norm(x, (embed_dim,), weight, bias, eps)
 
@@ -93,14 +116,24 @@ def transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bia
 
 @implements(aten._nested_tensor_from_mask_left_aligned.default)
 def nested_tensor_from_mask_left_aligned(t, mask):
-    # PyTorch asks before packing an encoder's padded batch into a nested tensor; False keeps it padded
-    # (the layers then take the key padding mask), since nested tensors have no storage on this device.
-    return False
+    """Whether every row of `mask` (True = a token) is a run of tokens and then padding only."""
+    if mask.shape[-1] < 2:
+        return True
+    return not bool(to_cpu((mask[..., 1:] & mask[..., :-1].logical_not()).any()).item())
 
 
 @implements(aten._nested_tensor_from_mask.default)
 def nested_tensor_from_mask(t, mask, mask_check=True):
-    raise NotImplementedError(
-        "nested tensors have no storage on the wgpu device: build nn.TransformerEncoder with "
-        "enable_nested_tensor=False (or keep its mask_check on) and the padded batch runs with its key "
-        "padding mask")
+    if mask_check and not nested_tensor_from_mask_left_aligned(t, mask):
+        raise RuntimeError("Mask must be left-aligned without gaps")   # ATen's words
+    return _packed(t, mask)
+
+
+@implements(aten.to_padded_tensor.default)
+def to_padded_tensor(t, padding, output_size=None):
+    valid = getattr(t, _VALID, None)
+    if valid is None:
+        raise RuntimeError("to_padded_tensor: expected a nested tensor (only an encoder's packed batch is one here)")
+    if output_size is not None and list(output_size) != list(t.shape):
+        raise NotImplementedError("to_padded_tensor with an output size other than the packed batch's on wgpu")
+    return t.masked_fill(valid.logical_not().unsqueeze(-1), padding)
