@@ -194,11 +194,12 @@ def test_is_all_true_and_is_any_true(shape):
 
 
 def test_distributions_validate_on_the_device():
-    normal = torch.distributions.Normal(torch.zeros(4, device="wgpu"), torch.ones(4, device="wgpu"))
+    # validate_args given: the default is process-wide state another test may have turned off
+    normal = torch.distributions.Normal(torch.zeros(4, device="wgpu"), torch.ones(4, device="wgpu"), validate_args=True)
     x = torch.randn(4)
     torch.testing.assert_close(normal.log_prob(x.to("wgpu")).cpu(), torch.distributions.Normal(0.0, 1.0).log_prob(x))
     with pytest.raises(ValueError, match="scale"):
-        torch.distributions.Normal(torch.zeros(2, device="wgpu"), -torch.ones(2, device="wgpu"))
-    categorical = torch.distributions.Categorical(logits=torch.randn(3, 5, device="wgpu"))
+        torch.distributions.Normal(torch.zeros(2, device="wgpu"), -torch.ones(2, device="wgpu"), validate_args=True)
+    categorical = torch.distributions.Categorical(logits=torch.randn(3, 5, device="wgpu"), validate_args=True)
     with pytest.raises(ValueError, match="value"):
         categorical.log_prob(torch.tensor([0, 9, 1], device="wgpu"))

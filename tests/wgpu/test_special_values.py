@@ -36,6 +36,8 @@ SWEPT_MODULES = {
 NOT_SWEPT: dict[str, str] = {
     "aten._foreach_lgamma.default": "decomposes to prims.lgamma, which has no kernel: the counted CPU fallback",
     "aten._foreach_lgamma_.default": "decomposes to prims.lgamma, which has no kernel: the counted CPU fallback",
+    "aten._is_all_true.default": "bool tensors only (no float special values); test_model_code_ops.py compares it",
+    "aten._is_any_true.default": "bool tensors only (no float special values); test_model_code_ops.py compares it",
 }
 
 
