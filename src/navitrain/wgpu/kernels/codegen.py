@@ -102,11 +102,11 @@ class Params:
 _READ = {"u32": "pu", "i32": "pi", "f32": "pf"}
 _CONVERT = {"u32": lambda x: int(x) & 0xFFFFFFFF, "i32": int, "f32": float}
 _MISSING = object()
+_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[([0-9]+)\])?(?:\s*:\s*(u32|i32|f32))?$")
 
 
 class _SlowPack(Exception):
     """A generated pack's way to the checked one (see ParamBlock._compiled_pack)."""
-_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[([0-9]+)\])?(?:\s*:\s*(u32|i32|f32))?$")
 
 
 class ParamBlock:

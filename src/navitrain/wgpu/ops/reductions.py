@@ -112,7 +112,9 @@ def argmin(x, dim=None, keepdim=False):
     return _arg(x, dim, keepdim, "argmin")
 
 
-@implements(aten.any.default)
+# (torch.distributions validates every sample and parameter with _is_all_true / _is_any_true: validate_args,
+# on by default)
+@implements(aten.any.default, aten._is_any_true.default)
 def any_all(x):
     return reduce(x, None, False, "any", torch.bool)
 
@@ -122,20 +124,9 @@ def any_dim(x, dim=None, keepdim=False):
     return reduce(x, dim, keepdim, "any", torch.bool)
 
 
-@implements(aten.all.default)
+@implements(aten.all.default, aten._is_all_true.default)
 def all_all(x):
     return reduce(x, None, False, "all", torch.bool)
-
-
-# torch.distributions checks every sample and parameter with these (validate_args, on by default)
-@implements(aten._is_all_true.default)
-def is_all_true(x):
-    return reduce(x, None, False, "all", torch.bool)
-
-
-@implements(aten._is_any_true.default)
-def is_any_true(x):
-    return reduce(x, None, False, "any", torch.bool)
 
 
 @implements(aten.all.dim, aten.all.dims)

@@ -57,12 +57,11 @@ def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weig
     B, L, E = query.shape
     S = key.shape[1]
     D = embed_dim // num_head
-    wq, wk, wv = qkv_weight.split(embed_dim)
-    bq, bk, bv = qkv_bias.split(embed_dim)
-    if query is key and key is value:
+    if query is key and key is value:   # self-attention: one product for q, k and v
         q, k, v = F.linear(query, qkv_weight, qkv_bias).split(embed_dim, -1)
     else:
-        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        weights, biases = qkv_weight.split(embed_dim), qkv_bias.split(embed_dim)
+        q, k, v = (F.linear(t, w, b) for t, w, b in zip((query, key, value), weights, biases))
     q = q.reshape(B, L, num_head, D).transpose(1, 2) / math.sqrt(D)
     k = k.reshape(B, S, num_head, D).transpose(1, 2)
     v = v.reshape(B, S, num_head, D).transpose(1, 2)
