@@ -189,15 +189,28 @@ def model_worker(device, name, batch, size, steps, warmup, out):
         if base != "cpu":
             nw.synchronize() if base == "wgpu" else torch.cuda.synchronize()
 
+    def counts():
+        if base != "wgpu":
+            return 0, 0
+        from navitrain.wgpu.runtime import runtime
+        return runtime().dispatch_count, runtime().submit_count
+
     def timed(run):
+        """Median step and median host recording time (until run() returns, the GPU maybe still busy:
+        a host time close to the step time means the step is host-bound), ms; dispatches and submits
+        per step (wgpu)."""
         sync()
-        times = []
+        times, host = [], []
+        d0, s0 = counts()
         for _ in range(steps):
             t0 = time.perf_counter()
             run()
+            host.append(time.perf_counter() - t0)
             sync()
             times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e3
+        d1, s1 = counts()
+        return {"median_ms": statistics.median(times) * 1e3, "host_ms": statistics.median(host) * 1e3,
+                "dispatches_per_step": (d1 - d0) / steps, "submits_per_step": (s1 - s0) / steps}
 
     if device.endswith("-compile"):
         import navitrain.wgpu.compile  # noqa: F401  (registers the backend)
@@ -232,9 +245,15 @@ def model_worker(device, name, batch, size, steps, warmup, out):
                 run()
         name_of = base if mode == "eager" else f"{base}-{mode}"
         results.append({"device": name_of, "model": name, "batch": batch, "first_loss": first_loss,
-                        "first_step_s": first_step_s, "median_ms": timed(run)})
+                        "first_step_s": first_step_s, **timed(run)})
     if base == "wgpu":
+        from navitrain.wgpu.kernels import gemm_tuning
+        from navitrain.wgpu.runtime import runtime
+        # what the first step's seconds went to: tuning (and its kernel compiles), all compiles
+        tuning = {**gemm_tuning.tuning_summary(), "all_compiles": runtime().compile_count,
+                  "all_compile_seconds": runtime().compile_seconds}
         for r in results:
+            r["tuning"] = tuning
             r["fallbacks"] = nw.fallback_report().get("total_fallback_calls", 0)
             r["adapter"] = nw.adapter_info()["name"]
     Path(out).write_text(json.dumps(results))
@@ -382,8 +401,13 @@ def main(argv=None):
                     r.setdefault("model", name)
                     results["models"].append(r)
                     print(f"[{name} on {r['device']}] " + (
-                        f"{r['median_ms']:.1f} ms, first loss {r['first_loss']:.5f}, "
-                        f"first step {r['first_step_s']:.1f} s"
+                        f"{r['median_ms']:.1f} ms (host recording {r['host_ms']:.1f} ms"
+                        + (f", {r['dispatches_per_step']:.0f} dispatches, {r['submits_per_step']:.0f} submits"
+                           if r.get("dispatches_per_step") else "")
+                        + f"), first loss {r['first_loss']:.5f}, first step {r['first_step_s']:.1f} s"
+                        + (" (tuning {seconds:.1f} s for {shapes} shapes, {compile_seconds:.1f} s of it compiling "
+                           "{compiles} kernels; {all_compiles} kernels compiled in {all_compile_seconds:.1f} s)"
+                           .format(**r["tuning"]) if r.get("tuning") else "")
                         if "error" not in r else "failed:\n" + r["error"]), flush=True)
         report_models(results["models"], devices)
     if not args.no_layers:

@@ -131,6 +131,10 @@ WGPU_BATCH = _declare(
     "NAVITRAIN_WGPU_BATCH", "64",
     "Dispatches recorded before the wgpu device submits its command buffer (matrix products and "
     "convolutions are submitted sooner, so the GPU starts while Python records the rest).", _integer(1))
+WGPU_COMPILE_THREADS = _declare(
+    "NAVITRAIN_WGPU_COMPILE_THREADS", "0",
+    "Threads that compile the candidate kernels of one tuned shape together (0: one per CPU core, up to "
+    "16; 1: one after another, as they are first run).", _integer(0))
 WGPU_TUNE = _declare("NAVITRAIN_WGPU_TUNE", "1", "0: never autotune wgpu GEMM tiles; use the built-in defaults. "
                      "force: tune even on software adapters.", _tune_mode)
 WGPU_CONV = _declare(

@@ -5,6 +5,7 @@ dilation, padding, 3x3/5x5 and non-square kernels, NCHW and channels_last, strid
 storage, transposed and 1-D layers; NaN and inf as the CPU propagates them; a repeatable
 grad-weight; which kernels the chooser runs (with tuning off, and both tuner candidates); the
 conv-only GEMM tiles the tuner may pick."""
+import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
@@ -249,6 +250,9 @@ def test_the_tuner_offers_the_conv_tiles_to_grouped_and_stem_shapes():
 
         def synchronize(self):
             pass
+
+        def collecting_kernels(self, pending):   # nothing to compile: the runs only note their tile
+            return contextlib.nullcontext()
 
     def tried(kind, M, N, K, batch):
         seen = []

@@ -162,9 +162,14 @@ def test_long_tuning_says_how_far_it_got(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(gemm_tuning, "_cache", None)
     monkeypatch.setattr(gemm_tuning, "_picked", {})
-    monkeypatch.setattr(gemm_tuning, "_progress", {"shapes": 0, "seconds": 0.0, "said": 0.0})
+    monkeypatch.setattr(gemm_tuning, "_progress", {"shapes": 0, "seconds": 0.0, "said": 0.0, "compiles": 0,
+                                                   "compile_seconds": 0.0})
     monkeypatch.setattr(gemm_tuning, "CANDIDATES", [gemm.TileConfig(32, 32, 8, 4, 4)])
     monkeypatch.setattr(gemm_tuning, "PROGRESS_SECONDS", 0.0)
+    from navitrain.wgpu.runtime import runtime
+
+    rt = runtime()
+    monkeypatch.setattr(rt, "_kernels", {})          # every kernel compiles anew: the compiles are counted
     with caplog.at_level("WARNING", logger="navitrain.wgpu"):
         _check(None, 40, 24, 72, seed=7)
         _check(None, 300, 24, 72, seed=8)          # another shape class
@@ -172,6 +177,10 @@ def test_long_tuning_says_how_far_it_got(monkeypatch, tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if "still timing tiles" in r.getMessage()]
     assert [m.split(" tuned")[0] for m in said] == ["navitrain: still timing tiles: 1 shape",
                                                     "navitrain: still timing tiles: 2 shapes"]
+    assert all("s of it compiling" in m for m in said)
+    summary = gemm_tuning.tuning_summary()
+    assert summary["shapes"] == 2 and summary["compiles"] >= 1
+    assert 0.0 < summary["compile_seconds"] <= summary["seconds"]
     monkeypatch.setattr(gemm_tuning, "PROGRESS_SECONDS", 1e9)   # the default interval: silent for short tuning
     caplog.clear()
     with caplog.at_level("WARNING", logger="navitrain.wgpu"):

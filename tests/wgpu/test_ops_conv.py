@@ -1,6 +1,7 @@
 """Convolution (implicit GEMM) against the CPU: OpInfo samples for conv1d/conv2d/conv_transpose2d, and
 targeted float64-referenced cases for strides, padding, dilation, groups, depthwise, transposed with
 output padding, channels_last, 'same' padding and split-K weight gradients."""
+import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
@@ -284,6 +285,9 @@ def test_wgrad_tuning_offers_fixed_slices():
 
         def synchronize(self):
             pass
+
+        def collecting_kernels(self, pending):   # nothing to compile: the runs only note their tile
+            return contextlib.nullcontext()
 
     for kind in (("conv_wgrad", False, "1x1"), ("conv_fwd", False)):
         tried = []

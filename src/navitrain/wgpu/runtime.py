@@ -102,6 +102,9 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
         self._offsets = self._raw[0].new("uint32_t[1]") if self._raw else None
         self.dispatch_count = 0
         self.submit_count = 0
+        self.compile_count = 0      # pipelines compiled, and the wall seconds spent compiling them (tuning's
+        self.compile_seconds = 0.0  # share of a first step is read from these)
+        self._collecting = None     # (thread id, {key: how to build it}) while kernels are collected
         self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling (profiling.py)
         self.profile_keys: list[str] = []  # while profiling: each dispatch's key in `profile`, in order
         self._timer = GpuTimer(self) if "timestamp-query" in self.features else None

@@ -258,10 +258,13 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
     _announce(rt)
-    started = time.perf_counter()
-    best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm",
-                 extra=_extra_candidates(kind) + _conv_candidates(kind))
-    _report_progress(time.perf_counter() - started)
+    tuning = _Tuning(rt)
+    try:
+        with rt.not_collecting():   # a product tuned inside another's collecting run is tuned in full
+            best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm",
+                         extra=_extra_candidates(kind) + _conv_candidates(kind))
+    finally:
+        tuning.done()
     with _lock:
         table[key] = best.name
         _save()
@@ -291,18 +294,44 @@ def _announce(rt) -> None:
 # 224 px on an H100, ~100 shape classes): past the first warning, say every PROGRESS_SECONDS of tuning how
 # far it got, so that a long first step reads as work and not as a hang.
 PROGRESS_SECONDS = 15.0
-_progress = {"shapes": 0, "seconds": 0.0, "said": 0.0}
+_progress = {"shapes": 0, "seconds": 0.0, "said": 0.0, "compiles": 0, "compile_seconds": 0.0}
 
 
-def _report_progress(seconds: float) -> None:
-    p = _progress
-    p["shapes"] += 1
-    p["seconds"] += seconds
-    if p["seconds"] - p["said"] >= PROGRESS_SECONDS:
-        p["said"] = p["seconds"]
-        log.warning("navitrain: still timing tiles: %d shape%s tuned in %.0f s so far (once per shape on this "
-                    "adapter; later steps and runs use the cache)", p["shapes"], "" if p["shapes"] == 1 else "s",
-                    p["seconds"])
+class _Tuning:
+    """Times one shape's tuning, and the pipeline compiles inside it (the runtime counts them), for the
+    progress messages and tuning_summary(). A tuning inside another (a choice between formulations
+    whose runs tune their products) counts as a shape, its time being the outer one's."""
+    depth = 0
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.started = time.perf_counter()
+        self.compiles = rt.compile_count
+        self.compile_seconds = rt.compile_seconds
+        self.outer = _Tuning.depth == 0
+        _Tuning.depth += 1
+
+    def done(self) -> None:
+        _Tuning.depth -= 1
+        p = _progress
+        p["shapes"] += 1
+        if not self.outer:
+            return
+        p["seconds"] += time.perf_counter() - self.started
+        p["compiles"] += self.rt.compile_count - self.compiles
+        p["compile_seconds"] += self.rt.compile_seconds - self.compile_seconds
+        if p["seconds"] - p["said"] >= PROGRESS_SECONDS:
+            p["said"] = p["seconds"]
+            log.warning("navitrain: still timing tiles: %d shape%s tuned in %.0f s so far, %.0f s of it compiling "
+                        "%d kernels (once per shape on this adapter; later steps and runs use the cache)",
+                        p["shapes"], "" if p["shapes"] == 1 else "s", p["seconds"], p["compile_seconds"],
+                        p["compiles"])
+
+
+def tuning_summary() -> dict:
+    """What tuning cost this process so far: shape classes tuned, seconds, and the kernels compiled for
+    it with their seconds (the rest is the candidates' timed runs)."""
+    return {k: _progress[k] for k in ("shapes", "seconds", "compiles", "compile_seconds")}
 
 
 # Choices already made in this process, by exact shape: a training step asks for the same products
@@ -332,14 +361,18 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     if rt.capture is not None:   # the default stands in, untimed and not remembered
         return default
     _announce(rt)
-    started = time.perf_counter()
+    tuning = _Tuning(rt)
     timings = []
-    for name, run in options.items():
-        try:
-            timings.append((_time(rt, run), name))
-        except Exception as exc:
-            log.debug("option %s for %s failed: %s", name, key, exc)
-    _report_progress(time.perf_counter() - started)
+    try:
+        with rt.not_collecting():
+            _compile_together(rt, list(options.values()), lambda run: run())
+        for name, run in options.items():
+            try:
+                timings.append((_time(rt, run), name))
+            except Exception as exc:
+                log.debug("option %s for %s failed: %s", name, key, exc)
+    finally:
+        tuning.done()
     for seconds, name in sorted(timings):
         log.debug("  %s: %-10s %9.1f us", key, name, seconds * 1e6)
     best = min(timings)[1] if timings else default
@@ -427,6 +460,39 @@ def _gpu_seconds(rt, run, reps: int) -> float:
     return gpu + max(0.0, dispatches - 1) * HOST_SECONDS_PER_EXTRA_DISPATCH
 
 
+# A run may need several kernels (a split-K product and its sum pass, a convolution's phases): each round
+# of collecting reaches one more of them.
+COLLECT_ROUNDS = 4
+
+
+def _compile_together(rt, candidates: list, run) -> None:
+    """Compile the kernels every candidate's run needs before any is timed, on several threads
+    (NAVITRAIN_WGPU_COMPILE_THREADS): a driver compiles a pipeline in ~0.4 s (run 15, H100), ~25
+    candidates one after another were 90% of tuning. Each round runs the candidates with kernel
+    collection on: a run stops at its first kernel not compiled yet; runs that get through did real
+    work on the operands, as screening would, and are not run again here."""
+    threads = _env.integer(_env.WGPU_COMPILE_THREADS) or min(16, os.cpu_count() or 1)
+    if threads <= 1:
+        return
+    from navitrain.wgpu.kernel_cache import KernelNotCompiled
+
+    left = list(candidates)
+    for _ in range(COLLECT_ROUNDS):
+        pending: dict = {}
+        stopped = []
+        with rt.collecting_kernels(pending):
+            for candidate in left:
+                try:
+                    run(candidate)
+                except KernelNotCompiled:
+                    stopped.append(candidate)
+                except Exception:   # screening meets it again, and drops the candidate
+                    pass
+        if not pending or not rt.compile_together(pending, threads):
+            return
+        left = stopped
+
+
 def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, extra: list = ()) -> TileConfig:
     candidates = [c for c in CANDIDATES if c.fits(rt.limits)]
     # explicit slice counts (convolutions), where each slice still walks at least 4 tiles of K
@@ -438,6 +504,7 @@ def _tune(rt, M, N, K, batch, run, splits_ok: bool = True, extra: list = ()) -> 
     # (Convolutions split K themselves: weight gradients by auto_splits, or the extra candidates' counts.)
     candidates = [c for c in candidates if c.splits == 1 or (c in extra) or (
         splits_ok and (K >= 4 * c.BK * c.splits if c.splits else auto_splits(c, M, N, K, batch) > 1))]
+    _compile_together(rt, candidates, run)
     screened = []
     for cfg in candidates:
         try:
