@@ -83,7 +83,7 @@ def worker(device: str, model_name: str, steps: int, warmup: int, quick: bool, o
     loss_fn = getattr(models, loss_name)
     batches = [getattr(models, batch_fn)(batch, **bkw, seed=s) for s in range(warmup + steps)]
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9) if model_name == "resnet18" else \
-        torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=graphed or compiled)
+        torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=graphed)  # compiled: as a script makes it
 
     def sync():
         if device == "cuda":

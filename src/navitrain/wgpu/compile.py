@@ -50,6 +50,7 @@ from navitrain.wgpu import (
 )
 from navitrain.wgpu.borrowed import Loans, lender_of
 from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
+from navitrain.wgpu.compile_optimizer import patch_dynamo_capturable
 from navitrain.wgpu.compile_tangents import patch_tangent_restride
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
 from navitrain.wgpu.runtime import WgpuError
@@ -424,6 +425,8 @@ def register() -> None:
     patch_fake_tensor_helpers(WgpuTensor)
     # a compiled backward's incoming gradient that AOTAutograd restrides must stay plain-looking
     patch_tangent_restride()
+    # a compiled optimizer step keeps its step counts on the device, as dynamo arranges for CUDA
+    patch_dynamo_capturable()
     # Where navitrain is installed with its torch_dynamo_backends entry point, dynamo registers the
     # backend itself when it loads this module through it (registering here too would be a duplicate).
     from importlib.metadata import entry_points
