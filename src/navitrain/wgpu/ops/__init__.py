@@ -73,6 +73,7 @@ FAMILIES = (
     "transformer_fastpath",  # nn.TransformerEncoder / MultiheadAttention inference fast paths
     "upsample",
     "upsample_aa",
+    "upsample_autograd",
     "views",
     "weight_norm",  # issue 17 (T4): _weight_norm_interface_backward (wav2vec2's weight-normed conv)
 )
