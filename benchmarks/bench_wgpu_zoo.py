@@ -17,6 +17,7 @@ cuDNN (CUDA events).
     python benchmarks/bench_wgpu_zoo.py                                 # models + layers, wgpu vs cuda
     python benchmarks/bench_wgpu_zoo.py --models mobilenet_v2 --devices wgpu,wgpu-graph,cuda,cuda-graph
     python benchmarks/bench_wgpu_zoo.py --quick --devices wgpu,wgpu-graph   # lavapipe smoke test
+    python benchmarks/bench_wgpu_zoo.py --models alexnet --devices wgpu --profile 25   # + GPU time per kernel
     python benchmarks/bench_wgpu_zoo.py --no-models --json out.json         # layers only
     python benchmarks/bench_wgpu_zoo.py --no-models --devices wgpu --layer-batch 2 --layer-match NHWC
         # the layers' shapes at batch 2 (they fit lavapipe's 128 MiB bindings), only the channels-last ones
@@ -157,7 +158,7 @@ def build(name):
 
 
 # ---------------------------------------------------------------------------------------------
-def model_worker(device, name, batch, size, steps, warmup, out):
+def model_worker(device, name, batch, size, steps, warmup, out, profile_top=0):
     """Time one model's training step on one device. "wgpu" with "wgpu-graph" requested together run in
     one child ("wgpu+graph"): the eager steps first, then the same step captured and replayed, so a
     shape's tile tuning (tuning on) and the model build are paid once. "wgpu-compile" is the unchanged
@@ -178,8 +179,10 @@ def model_worker(device, name, batch, size, steps, warmup, out):
     x = torch.randn(batch, 3, size, size, generator=gen).to(base)
     y = torch.randint(0, 1000, (batch,), generator=gen).to(base)
 
-    def step():
-        opt.zero_grad(set_to_none=False)
+    def step(set_to_none=True):
+        # Eager steps zero the gradients as a script does by default (set_to_none=True: backward assigns
+        # them, no fill and no accumulating add per parameter); a captured step keeps them in place.
+        opt.zero_grad(set_to_none=set_to_none)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
@@ -225,27 +228,37 @@ def model_worker(device, name, batch, size, steps, warmup, out):
     for mode in modes:
         run = step
         if mode == "graph":
+            step_in_place = lambda: step(set_to_none=False)  # noqa: E731
             if base == "cpu":
                 raise SystemExit("cpu has no captured graphs")
             if base == "wgpu":
+                step_in_place()   # the gradients exist before the capture
                 g = nw.WgpuGraph()
                 with nw.graph(g):
-                    step()
+                    step_in_place()
             else:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    step()
+                    step_in_place()
                 torch.cuda.current_stream().wait_stream(side)
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g):
-                    step()
+                    step_in_place()
             run = g.replay
             for _ in range(3):
                 run()
         name_of = base if mode == "eager" else f"{base}-{mode}"
         results.append({"device": name_of, "model": name, "batch": batch, "first_loss": first_loss,
                         "first_step_s": first_step_s, **timed(run)})
+    if base == "wgpu" and profile_top:
+        # one more eager step, each kernel timed alone (timestamp queries): where the GPU time goes
+        from profile_step import kernel_rows
+
+        nw.synchronize()
+        with nw.profile() as table:
+            step().item()
+        results[0]["kernels"], results[0]["kernel_totals"] = kernel_rows(table), table.totals()
     if base == "wgpu":
         from navitrain.wgpu.kernels import gemm_tuning
         from navitrain.wgpu.runtime import runtime
@@ -357,6 +370,8 @@ def main(argv=None):
     ap.add_argument("--layer-match", help="only the layers whose name contains this")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per child")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--profile", type=int, default=0, metavar="TOP",
+                    help="after timing, profile one eager wgpu step per kernel and print its TOP kernels")
     ap.add_argument("--model-worker", nargs=2, metavar=("DEVICE", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--layer-worker", metavar="DEVICE", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -366,7 +381,8 @@ def main(argv=None):
     size = 64 if args.quick else 224
     if args.model_worker:
         device, name = args.model_worker
-        return model_worker(device, name, 4 if args.quick else BATCH[name], size, args.steps, args.warmup, args.out)
+        return model_worker(device, name, 4 if args.quick else BATCH[name], size, args.steps, args.warmup, args.out,
+                            args.profile)
     if args.layer_worker:
         return layer_worker(args.layer_worker, args.quick, args.layer_iters, args.out,
                             args.layer_batch, args.layer_match)
@@ -387,6 +403,7 @@ def main(argv=None):
         devices = [d for d in devices if not d.startswith("cuda")]
     flags = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--layer-iters", str(args.layer_iters)]
     flags += ["--quick"] if args.quick else []
+    flags += ["--profile", str(args.profile)] if args.profile else []
     flags += ["--layer-batch", str(args.layer_batch)] if args.layer_batch else []
     flags += ["--layer-match", args.layer_match] if args.layer_match else []
     tmp = f"/tmp/bench_zoo_{os.getpid()}"
@@ -409,6 +426,11 @@ def main(argv=None):
                            "{compiles} kernels; {all_compiles} kernels compiled in {all_compile_seconds:.1f} s)"
                            .format(**r["tuning"]) if r.get("tuning") else "")
                         if "error" not in r else "failed:\n" + r["error"]), flush=True)
+                    if r.get("kernels"):
+                        from profile_step import print_table
+
+                        print_table(f"{name} (batch {r['batch']}), one eager step, kernels by GPU time:",
+                                    r["kernels"], r["kernel_totals"], args.profile)
         report_models(results["models"], devices)
     if not args.no_layers:
         kinds = {x.split("-")[0] for x in devices}

@@ -6,6 +6,7 @@ storage, transposed and 1-D layers; NaN and inf as the CPU propagates them; a re
 grad-weight; which kernels the chooser runs (with tuning off, and both tuner candidates); the
 conv-only GEMM tiles the tuner may pick."""
 import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -2,6 +2,7 @@
 targeted float64-referenced cases for strides, padding, dilation, groups, depthwise, transposed with
 output padding, channels_last, 'same' padding and split-K weight gradients."""
 import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
