@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements planned after run 14 (docs/benchmarks.md), in priority order. They take longer than one
+# The measurements planned after run 15 (docs/benchmarks.md), in priority order. They take longer than one
 # device call, so they run in the background from a copy outside the carried tree: every call re-copies the
 # carried paths, which would pull files from under a job started in them (run 14 lost its zoo that way).
 #   first call:  bash benchmarks/device_session_next.sh start    copies the tree to /tmp/nt, starts, waits ~9 min
@@ -12,6 +12,7 @@ RUN=/tmp/nt OUTDIR=/tmp/nt-out
 if [ "${1:-}" = start ]; then
   rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
   cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
+  mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
   (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh run > "$OUTDIR/main.log" 2>&1 < /dev/null &)
   wait_s=540
 elif [ "${1:-}" = poll ]; then
@@ -21,30 +22,36 @@ elif [ "${1:-}" = run ]; then
   O=$OUTDIR
   stage() { echo "$(date +%T) $*" >> "$O/stages.txt"; }
   keep_cache() { mkdir -p "$O/tune"; cp "$NAVITRAIN_CACHE_DIR"/gemm_tiles*.json "$O/tune/" 2>/dev/null; }
-  # Tile choices of earlier sessions (a carried .tune/, from this script's $OUT/tune) spare their tuning time.
-  mkdir -p "$NAVITRAIN_CACHE_DIR"; cp .tune/gemm_tiles*.json "$NAVITRAIN_CACHE_DIR"/ 2>/dev/null
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$O/gpu.txt"
   python3 -c "import torch,wgpu,torchvision;print(torch.__version__, wgpu.__version__, torchvision.__version__)" >> "$O/gpu.txt"
-  stage "1 the zoo with tuning on (issue 23), dense models first"
-  python3 benchmarks/bench_wgpu_zoo.py --models vgg16,resnet50,wide_resnet50_2,densenet161,alexnet,convnext_small,resnet18,efficientnet_b0,mobilenet_v2,mnasnet1_0,mobilenet_v3_small,mobilenet_v3_large,regnet_y_400mf,resnext50_32x4d \
-    --devices wgpu,wgpu-graph,cuda --no-layers --timeout 360 --json "$O/zoo_tuned.json" > "$O/zoo_tuned.log" 2>&1
+  stage "1 tuning from an empty cache, candidates compiled together (run 15: VGG-16 126 s, ResNet-50 209 s)"
+  rm -rf "$NAVITRAIN_CACHE_DIR"; mkdir -p "$NAVITRAIN_CACHE_DIR"
+  python3 benchmarks/bench_wgpu_zoo.py --models vgg16,resnet50 --devices wgpu,wgpu-graph,cuda --no-layers --timeout 300 \
+    --json "$O/zoo_tuning.json" > "$O/zoo_tuning.log" 2>&1
+  # Then the tile choices of run 15 (carried .tune/, else the logged ones) for every shape this run has not tuned.
+  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run15-h100/gemm_tiles.v3.json
+  python3 - "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json" <<'PY'
+import json, sys, pathlib
+old = json.loads(pathlib.Path(sys.argv[1]).read_text()) if pathlib.Path(sys.argv[1]).exists() else {}
+path = pathlib.Path(sys.argv[2]); new = json.loads(path.read_text()) if path.exists() else {}
+for adapter, table in old.items():
+    new[adapter] = {**table, **new.get(adapter, {})}
+path.write_text(json.dumps(new, indent=1, sort_keys=True))
+PY
   keep_cache
-  stage "2 compiled steps, tuning off (issue 19): U-Net with one pass left out, the LM, ResNet-50"
+  stage "2 the zoo, tuned, eager steps zeroing gradients as scripts do (set_to_none=True)"
+  python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16,resnet18,resnet50,wide_resnet50_2,densenet161,convnext_small,efficientnet_b0,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,mnasnet1_0,regnet_y_400mf,resnext50_32x4d \
+    --devices wgpu,wgpu-graph,cuda --no-layers --timeout 300 --json "$O/zoo.json" > "$O/zoo.log" 2>&1
+  keep_cache
+  stage "3 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel)"
+  timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu --no-layers --profile 30 \
+    --steps 3 --warmup 2 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
+  stage "4 compiled steps, tuning off (issue 19): plain AdamW now capturable, upsampling kept whole"
   export NAVITRAIN_WGPU_TUNE=0
-  for off in none conv_stats norm; do
-    NAVITRAIN_WGPU_FUSION_OFF=$([ $off = none ] && echo "" || echo $off) timeout 150 python3 \
-      benchmarks/bench_wgpu_train.py --models unet --devices wgpu-compile --steps 10 --warmup 5 \
-      --timeout 90 --json "$O/ablation_$off.json" > "$O/ablation_$off.log" 2>&1
-  done
-  timeout 200 python3 benchmarks/bench_wgpu_train.py --models unet,tlm --devices wgpu-graph,wgpu-compile,cuda --steps 10 \
-    --warmup 5 --timeout 90 --json "$O/compile_ref.json" > "$O/compile_ref.log" 2>&1
+  timeout 400 python3 benchmarks/bench_wgpu_train.py --models unet,tlm,gpt,resnet18 --devices wgpu-graph,wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 120 --json "$O/compile.json" > "$O/compile.log" 2>&1
   timeout 250 python3 benchmarks/bench_wgpu_zoo.py --models resnet50 --devices wgpu-compile,cuda --no-layers --timeout 200 \
     --json "$O/zoo_resnet50_compile.json" > "$O/zoo_resnet50_compile.log" 2>&1
-  stage "3 eager step modes (the eager step's two speeds)"
-  timeout 120 python3 benchmarks/step_modes.py --model gpt --size standard --fresh-batches --steps 40 --warmup 5 \
-    > "$O/step_modes.log" 2>&1
-  timeout 120 python3 benchmarks/step_modes.py --model gpt --size standard --fresh-batches --steps 40 --warmup 5 \
-    --pin 3 > "$O/step_modes_pin3.log" 2>&1
   stage done
   touch "$O/DONE"
   exit 0
@@ -54,4 +61,4 @@ fi
 for _ in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; done
 cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null
 cp /tmp/navitrain-cache/gemm_tiles*.json "$OUT"/ 2>/dev/null  # the tile choices so far (mid-tuning too)
-cat "$OUTDIR/stages.txt" 2>/dev/null; grep -hE "^\[|geometric|tuning" "$OUTDIR"/zoo_tuned.log 2>/dev/null | tail -n 45; tail -n 3 "$OUTDIR"/*.log 2>/dev/null | tail -n 40
+cat "$OUTDIR/stages.txt" 2>/dev/null; grep -hE "^\[|geometric" "$OUTDIR"/zoo_tuning.log "$OUTDIR"/zoo.log 2>/dev/null | tail -n 45; tail -n 3 "$OUTDIR"/*.log 2>/dev/null | tail -n 40
