@@ -301,3 +301,18 @@ def test_wgrad_tuning_offers_fixed_slices():
                       extra=gemm_tuning._extra_candidates(("conv_dgrad", False)))
     assert {(4, 4), (4, 8)} <= {(c.BM, c.splits) for c in tried}
     assert gemm_tuning._extra_candidates(("conv_dgrad", True)) == []
+
+
+def test_the_remembered_winograd_choice_follows_the_setting(monkeypatch):
+    """conv.use_winograd remembers its answer per shape (every eager convolution asks), keyed by the
+    settings too: changing NAVITRAIN_WGPU_CONV at run time still changes the formulation."""
+    from navitrain.wgpu.kernels import conv
+
+    x, w = torch.randn(2, 4, 9, 9).to("wgpu"), torch.randn(5, 4, 3, 3).to("wgpu")
+
+    def asks():
+        return conv.use_winograd("fwd", x, w, (1, 1), (1, 1), (1, 1), 1, lambda: None, lambda: None)
+
+    for setting, expected in (("gemm", False), ("winograd", True), ("gemm", False), ("winograd", True)):
+        monkeypatch.setenv("NAVITRAIN_WGPU_CONV", setting)
+        assert asks() is expected and asks() is expected

@@ -7,6 +7,8 @@ roles of input and output swapped.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from navitrain import conv_args
@@ -42,9 +44,13 @@ def _memory_format(x, w):
 
 def _new(shape, dtype, fmt):
     if fmt == torch.channels_last and len(shape) == 4:
-        strides = torch.empty(shape, device="meta").to(memory_format=fmt).stride()
-        return empty(shape, dtype, strides)
+        return empty(shape, dtype, _channels_last_strides(tuple(shape)))
     return empty(shape, dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _channels_last_strides(shape: tuple) -> tuple:
+    return torch.empty(shape, device="meta").to(memory_format=torch.channels_last).stride()
 
 
 def _geometry(x, w, stride, padding, dilation, groups, out_hw):

@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import os
+
 from navitrain import _env
 from navitrain.wgpu.kernels import conv_depthwise, conv_grouped, gemm_tuning, winograd
 from navitrain.wgpu.kernels.conv import onebyone
@@ -25,6 +27,7 @@ from navitrain.wgpu.kernels.conv.grad_input import (
     implicit_grad_input,
 )
 from navitrain.wgpu.kernels.conv.grad_weight import implicit_grad_weight
+from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 
@@ -75,9 +78,27 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
     return implicit_grad_weight(dy, x, g, dw)
 
 
+# use_winograd's answers by exact shape and the settings it reads: every convolution of an eager step asks,
+# and working it out (the setting parsed, the shape class built, the choice looked up) was ~15% of a small
+# convolution's host time.
+_ANSWERS: dict = {}
+
+
 def use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino) -> bool:
     """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class,
     run_gemm and run_wino doing the pass each way), or when NAVITRAIN_WGPU_CONV forces it."""
+    key = (kind, tuple(x4.shape), tuple(w4.shape), x4.dtype, w4.dtype, tuple(stride), tuple(padding),
+           tuple(dilation), groups, os.environ.get(_env.WGPU_CONV), os.environ.get(_env.WGPU_TUNE))
+    known = _ANSWERS.get(key)
+    if known is not None:
+        return known
+    answer = _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino)
+    if runtime().capture is None:   # inside a capture an untuned shape takes the default, unremembered
+        _ANSWERS[key] = answer
+    return answer
+
+
+def _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino) -> bool:
     mode = _env.value(_env.WGPU_CONV)
     if mode == "gemm" or not winograd.eligible(x4, w4, stride, dilation, groups, False):
         return False
