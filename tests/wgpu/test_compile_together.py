@@ -119,3 +119,27 @@ def test_tuning_with_threads_tunes_the_same_shapes_with_the_same_values(monkeypa
     assert any(k.startswith("('mm'") for k in alone) and any("conv_wgrad" in k for k in alone)
     assert threaded == alone
     assert none_together == [] and together and min(together) >= 1
+
+
+def test_a_choice_met_inside_a_collecting_run_is_timed_with_collection_off(monkeypatch, tmp_path):
+    """pick_choice nested in another tuning's collecting run (a convolution's formulation chosen while the
+    tiles of an enclosing product are collected): its options are timed with collection off, else they
+    would stop at their first new kernel and be dropped as failures."""
+    monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
+    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemm_tuning, "_cache", None)
+    monkeypatch.setattr(gemm_tuning, "_picked", {})
+    rt = runtime()
+    monkeypatch.setattr(rt, "_kernels", {})
+    seen = []
+    real_time = gemm_tuning._time
+    monkeypatch.setattr(gemm_tuning, "_time", lambda r, run: seen.append(r._collecting) or real_time(r, run))
+    a, b, aw, bw = _operands(20, 24, 28, seed=9)
+    outs = {name: empty([20, 24], torch.float32) for name in ("one", "two")}
+    options = {"one": lambda: gemm.gemm(aw, bw, outs["one"], config=gemm.TileConfig(32, 32, 8, 4, 4)),
+               "two": lambda: gemm.gemm(aw, bw, outs["two"], config=gemm.TileConfig(64, 32, 16, 4, 4))}
+    with rt.collecting_kernels({}):
+        choice = gemm_tuning.pick_choice("test|nested-choice", options, "two")
+    assert choice in options and seen == [None, None]
+    for out in outs.values():
+        assert _relative_error(out.cpu(), a @ b) < 1e-5

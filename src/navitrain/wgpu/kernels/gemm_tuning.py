@@ -364,13 +364,15 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     tuning = _Tuning(rt)
     timings = []
     try:
+        # A choice met inside another tuning's collecting run is timed in full: under collection its
+        # options would stop at kernels not compiled yet and be dropped as failures.
         with rt.not_collecting():
             _compile_together(rt, list(options.values()), lambda run: run())
-        for name, run in options.items():
-            try:
-                timings.append((_time(rt, run), name))
-            except Exception as exc:
-                log.debug("option %s for %s failed: %s", name, key, exc)
+            for name, run in options.items():
+                try:
+                    timings.append((_time(rt, run), name))
+                except Exception as exc:
+                    log.debug("option %s for %s failed: %s", name, key, exc)
     finally:
         tuning.done()
     for seconds, name in sorted(timings):
