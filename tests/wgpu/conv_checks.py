@@ -23,4 +23,5 @@ def force_tuner_choice(monkeypatch, choice):
         seen.append((key, sorted(options), default))
         return choice
     monkeypatch.setattr(gemm_tuning, "pick_choice", pick)
+    monkeypatch.setattr(gemm_tuning, "_picked", {})   # answers remembered earlier would not ask it
     return seen

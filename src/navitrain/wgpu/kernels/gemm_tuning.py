@@ -385,6 +385,21 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     return best
 
 
+def choice_by_shape(exact, key, options: dict, default: str) -> str:
+    """pick_choice for callers that ask on every op (a convolution's formulation): remembered in this
+    process by `exact`, a hashable of everything the choice depends on that is cheaper to build than the
+    shape-class key, which `key()` builds only when the answer is not remembered yet. Building that key
+    on every call was ~5% of a depthwise convolution's eager host time."""
+    memo_key = ("by_shape", exact, os.environ.get(_env.WGPU_TUNE))
+    known = _picked.get(memo_key)
+    if known is not None:
+        return known
+    choice = pick_choice(key(), options, default)
+    if runtime().capture is None:   # inside a capture an untuned shape takes the default, unremembered
+        _picked[memo_key] = choice
+    return choice
+
+
 # Screening before timing: every candidate runs once to compile and once more under timestamp queries;
 # only those within SCREEN_MARGIN of the fastest single call (and at least SCREEN_KEEP of them) get the full
 # best-of-three timing. At 224 px a candidate's runs, not its compile, dominate tuning (run 14: ~2 min of

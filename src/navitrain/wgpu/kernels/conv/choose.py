@@ -78,23 +78,20 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
     return implicit_grad_weight(dy, x, g, dw)
 
 
-# use_winograd's answers by exact shape and the settings it reads: every convolution of an eager step asks,
-# and working it out (the setting parsed, the shape class built, the choice looked up) was ~15% of a small
-# convolution's host time.
-_ANSWERS: dict = {}
-
-
 def use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino) -> bool:
     """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class,
     run_gemm and run_wino doing the pass each way), or when NAVITRAIN_WGPU_CONV forces it."""
-    key = (kind, tuple(x4.shape), tuple(w4.shape), x4.dtype, w4.dtype, tuple(stride), tuple(padding),
+    # Remembered by exact shape and the settings read (with the tuner's choices, gemm_tuning._picked): every
+    # convolution of an eager step asks, and working it out (the setting parsed, the shape class built, the
+    # choice looked up) was ~15% of a small convolution's host time.
+    key = ("winograd", kind, tuple(x4.shape), tuple(w4.shape), x4.dtype, w4.dtype, tuple(stride), tuple(padding),
            tuple(dilation), groups, os.environ.get(_env.WGPU_CONV), os.environ.get(_env.WGPU_TUNE))
-    known = _ANSWERS.get(key)
+    known = gemm_tuning._picked.get(key)
     if known is not None:
         return known
     answer = _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino)
     if runtime().capture is None:   # inside a capture an untuned shape takes the default, unremembered
-        _ANSWERS[key] = answer
+        gemm_tuning._picked[key] = answer
     return answer
 
 

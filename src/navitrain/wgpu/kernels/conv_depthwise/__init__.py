@@ -64,9 +64,12 @@ def use_direct(pass_name: str, g, image: WgpuTensor, run_direct, run_gemm) -> bo
             run_gemm()
 
     layout = "nhwc" if channels_inner(image) else "nchw"
-    shape = f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}"
-    key = "conv_dw|" + gemm_tuning.shape_class(shape, g.C, g.N * g.OH * g.OW, g.H * g.W, 1)
-    return gemm_tuning.pick_choice(key, {"direct": run_direct, "gemm": gemm}, "direct") == "direct"
+
+    def key():
+        shape = f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}"
+        return "conv_dw|" + gemm_tuning.shape_class(shape, g.C, g.N * g.OH * g.OW, g.H * g.W, 1)
+    return gemm_tuning.choice_by_shape(("conv_dw", pass_name, layout, g), key, {"direct": run_direct, "gemm": gemm},
+                                       "direct") == "direct"
 
 
 def correlate(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, out: WgpuTensor, stride, padding,

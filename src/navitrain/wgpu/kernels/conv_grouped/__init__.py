@@ -74,10 +74,13 @@ def use_direct(pass_name: str, g, image: WgpuTensor, run_direct, run_gemm) -> bo
 
     layout = "nhwc" if _channels_inner(image) else "nchw"
     default = "direct" if prefer_direct(pass_name, g) else "gemm"
-    shape = (f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}-d{g.dilation[0]}{g.dilation[1]}"
-             f"-c{g.Cg}x{g.OCg}")
-    key = "conv_grouped|" + gemm_tuning.shape_class(shape, g.groups, g.N * g.OH * g.OW, g.H * g.W, 1)
-    return gemm_tuning.pick_choice(key, {"direct": run_direct, "gemm": gemm}, default) == "direct"
+
+    def key():
+        shape = (f"{pass_name}-{layout}-k{g.KH}x{g.KW}-s{g.stride[0]}{g.stride[1]}-d{g.dilation[0]}{g.dilation[1]}"
+                 f"-c{g.Cg}x{g.OCg}")
+        return "conv_grouped|" + gemm_tuning.shape_class(shape, g.groups, g.N * g.OH * g.OW, g.H * g.W, 1)
+    return gemm_tuning.choice_by_shape(("conv_grouped", pass_name, layout, g), key,
+                                       {"direct": run_direct, "gemm": gemm}, default) == "direct"
 
 
 def _positions_per_thread(kw: int) -> int:
