@@ -21,6 +21,7 @@ CASES = [
     ("NAVITRAIN_WGPU_FUSION", ["maybe", "2"], ["0", "on"]),
     ("NAVITRAIN_WGPU_FUSION_OFF", ["bogus", "norm,bogus"], ["conv_stats", "Norm, norm_pair", ",counters,"]),
     ("NAVITRAIN_WGPU_BATCH", ["0", "-3", "lots", "1e3", "nan"], ["1", "64"]),
+    ("NAVITRAIN_WGPU_COMPILE_THREADS", ["-1", "many", "2.5"], ["0", "1", "16"]),
     ("NAVITRAIN_WGPU_TUNE", ["maybe", "2"], ["0", "force"]),
     ("NAVITRAIN_WGPU_CONV", ["fast"], ["gemm", "Winograd"]),
     ("NAVITRAIN_CONV_WORKSPACE_MB", ["-1", "lots", "inf"], ["0", "512"]),

@@ -3,13 +3,10 @@ H100 switched between ~39 and ~65 ms of host time within one run). Whatever vari
 navitrain-side state may: no heap buffers created, the same submissions and dispatches, host caches that
 neither grow nor get cleared, no objects accumulating for Python's cyclic GC to scan. benchmarks/step_modes.py
 prints the same per-step series with timings for the machine where the modes show."""
-import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
-
-import torch
 
 STEADY = ("new_buffers", "routes", "groups", "layouts", "views", "plans", "kernels", "bindgroups")
 
@@ -37,34 +34,45 @@ def test_eager_gpt_steps_repeat_the_same_host_work():
     assert all(r["cpu_ms"] > 0 and r["wall_ms"] >= r["submit_wall_ms"] for r in rows)
 
 
+_GC_CHECK = """
+import gc, json, torch
+import navitrain.wgpu as nw
+from navitrain.bench import models, workloads
+
+workload = workloads.get("gpt", "tiny")
+torch.manual_seed(0)
+net = workload.build().to("wgpu")
+train = models.train_step(net, workload.make_optimizer(net.parameters()), workload.loss)
+batches = [workload.batch(seed) for seed in range(5)]
+for x, y in batches[:2]:
+    train(x.to("wgpu"), y.to("wgpu")).item()
+gc.collect()
+tracked = len(gc.get_objects())
+gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept in gc.garbage, not freed
+# Fresh batches uploaded, as a training loop does; no read-back inside: wgpu-py's queue.read_buffer makes
+# a ctypes array type per call (`(c_uint8 * n).from_address`), a cycle of a few objects per .item() that
+# only the GC frees -- wgpu-py's, and young, so cheap.
+for x, y in batches[2:]:
+    train(x.to("wgpu"), y.to("wgpu"))
+nw.synchronize()
+gc.collect()
+cycles = sorted({type(o).__name__ for o in gc.garbage})
+gc.set_debug(0)
+gc.garbage.clear()
+print(json.dumps({"cycles": cycles, "tracked": tracked, "now": len(gc.get_objects())}))
+"""
+
+
 def test_eager_gpt_steps_leave_nothing_for_the_cyclic_gc():
     """Every object a step makes dies by reference count: no cycles for the GC to break, and nothing
     accumulating. Either would feed the older GC generations, whose collections scan all of a torch
-    process's ~300k tracked objects (~0.1 s on lavapipe's CPU): a slow step wherever one lands."""
-    import navitrain.wgpu as nw
-    from navitrain.bench import models, workloads
-
-    workload = workloads.get("gpt", "tiny")
-    torch.manual_seed(0)
-    net = workload.build().to("wgpu")
-    train = models.train_step(net, workload.make_optimizer(net.parameters()), workload.loss)
-    batches = [workload.batch(seed) for seed in range(5)]
-    for x, y in batches[:2]:
-        train(x.to("wgpu"), y.to("wgpu")).item()
-    gc.collect()
-    tracked = len(gc.get_objects())
-    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept in gc.garbage, not freed
-    try:
-        # Fresh batches uploaded, as a training loop does; no read-back inside: wgpu-py's
-        # queue.read_buffer makes a ctypes array type per call (`(c_uint8 * n).from_address`), a cycle
-        # of a few objects per .item() that only the GC frees -- wgpu-py's, and young, so cheap.
-        for x, y in batches[2:]:
-            train(x.to("wgpu"), y.to("wgpu"))
-        nw.synchronize()
-        gc.collect()
-        cycles = list(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert not cycles, sorted({type(o).__name__ for o in cycles})
-    assert len(gc.get_objects()) - tracked <= 20, (tracked, len(gc.get_objects()))
+    process's ~300k tracked objects (~0.1 s on lavapipe's CPU): a slow step wherever one lands.
+    In a fresh process, like the test above: after test_compile.py's tests, objects they left (the fake
+    tensors of their compiled graphs) become garbage during these steps, which says nothing about a
+    training run's steps. What keeps them alive until then is not pinned down yet; it predates the
+    session that moved this test (493bd9b fails the same way when the two files run together)."""
+    done = subprocess.run([sys.executable, "-c", _GC_CHECK], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not found["cycles"], found["cycles"]
+    assert found["now"] - found["tracked"] <= 20, found
