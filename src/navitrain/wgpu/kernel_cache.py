@@ -7,7 +7,6 @@ import concurrent.futures
 import contextlib
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 
@@ -69,9 +68,9 @@ class KernelCache:
         kernel = self._kernels.get(key)
         if kernel is not None:
             return kernel
-        collecting = self._collecting
-        if collecting is not None and collecting[0] == threading.get_ident():
-            collecting[1].setdefault(key, (name, n_buffers, source, table))
+        pending = getattr(self._collecting, "pending", None)
+        if pending is not None:
+            pending.setdefault(key, (name, n_buffers, source, table))
             raise KernelNotCompiled(name)
         with self.lock:
             kernel = self._kernels.get(key)
@@ -115,21 +114,22 @@ class KernelCache:
     def collecting_kernels(self, pending: dict):
         """Within: this thread's runs stop at their first kernel not compiled yet (KernelNotCompiled),
         noting in `pending` how to build it, for compile_together. Runs whose kernels all exist run."""
-        outer = self._collecting
-        self._collecting = (threading.get_ident(), pending)
+        state = self._collecting
+        outer, state.pending = getattr(state, "pending", None), pending
         try:
             yield pending
         finally:
-            self._collecting = outer
+            state.pending = outer
 
     @contextlib.contextmanager
     def not_collecting(self):
         """Within: kernels compile on first use again (a tuning nested inside a collecting run)."""
-        outer, self._collecting = self._collecting, None
+        state = self._collecting
+        outer, state.pending = getattr(state, "pending", None), None
         try:
             yield
         finally:
-            self._collecting = outer
+            state.pending = outer
 
     def compile_together(self, pending: dict, threads: int) -> int:
         """Compile the kernels noted by collecting_kernels on up to `threads` threads; returns how many

@@ -104,7 +104,7 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
         self.submit_count = 0
         self.compile_count = 0      # pipelines compiled, and the wall seconds spent compiling them (tuning's
         self.compile_seconds = 0.0  # share of a first step is read from these)
-        self._collecting = None     # (thread id, {key: how to build it}) while kernels are collected
+        self._collecting = threading.local()  # .pending: {key: how to build it} while this thread collects
         self.profile: dict | None = None  # kernel name -> [count, seconds] while profiling (profiling.py)
         self.profile_keys: list[str] = []  # while profiling: each dispatch's key in `profile`, in order
         self._timer = GpuTimer(self) if "timestamp-query" in self.features else None
