@@ -400,10 +400,10 @@ def choice_by_shape(exact, key, options: dict, default: str) -> str:
     return choice
 
 
-# Screening before timing: every candidate runs once to compile and once more under timestamp queries;
-# only those within SCREEN_MARGIN of the fastest single call (and at least SCREEN_KEEP of them) get the full
-# best-of-three timing. At 224 px a candidate's runs, not its compile, dominate tuning (run 14: ~2 min of
-# a first step per torchvision model on an H100), and most of ~25 candidates lose by far more than 25%.
+# Screening before timing: every candidate runs once (its kernels compiled together before, see
+# _compile_together) and once more under timestamp queries; only those within SCREEN_MARGIN of the fastest
+# single call (and at least SCREEN_KEEP of them) get the full best-of-three timing: most of ~25 candidates
+# lose by far more than 25%. (Run 15 found compiling, not timing, to be 78-94% of tuning at 224 px.)
 SCREEN_MARGIN = 1.25
 SCREEN_KEEP = 3
 
