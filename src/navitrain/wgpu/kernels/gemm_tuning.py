@@ -403,7 +403,7 @@ def choice_by_shape(exact, key, options: dict, default: str) -> str:
 # Screening before timing: every candidate runs once (its kernels compiled together before, see
 # _compile_together) and once more under timestamp queries; only those within SCREEN_MARGIN of the fastest
 # single call (and at least SCREEN_KEEP of them) get the full best-of-three timing: most of ~25 candidates
-# lose by far more than 25%. (Run 15 found compiling, not timing, to be 78-94% of tuning at 224 px.)
+# lose by far more than 25%. (Run 15: compiling, not timing, was 78-94% of a long tuning at 224 px.)
 SCREEN_MARGIN = 1.25
 SCREEN_KEEP = 3
 
