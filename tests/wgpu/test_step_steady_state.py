@@ -69,8 +69,10 @@ def test_eager_gpt_steps_leave_nothing_for_the_cyclic_gc():
     process's ~300k tracked objects (~0.1 s on lavapipe's CPU): a slow step wherever one lands.
     In a fresh process, like the test above: after test_compile.py's tests, objects they left (the fake
     tensors of their compiled graphs) become garbage during these steps, which says nothing about a
-    training run's steps. What keeps them alive until then is not pinned down yet; it predates the
-    session that moved this test (493bd9b fails the same way when the two files run together)."""
+    training run's steps. Dynamo keeps each compiled function as a global of the compiled code's module
+    (here navitrain.bench.models, whose train_step those tests compile), and through it the traced graph
+    module with its fake tensors, past torch._dynamo.reset(); they seem to be let go when that code runs again
+    (493bd9b, before this test moved, fails the same way when the two files run together)."""
     done = subprocess.run([sys.executable, "-c", _GC_CHECK], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
