@@ -13,6 +13,7 @@ adapters (used by the tests).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -258,13 +259,9 @@ def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
     if rt.capture is not None:  # timing would run (and record) work inside a graph capture
         return config_for(M, N, K, batch)
     _announce(rt)
-    tuning = _Tuning(rt)
-    try:
-        with rt.not_collecting():   # a product tuned inside another's collecting run is tuned in full
-            best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm",
-                         extra=_extra_candidates(kind) + _conv_candidates(kind))
-    finally:
-        tuning.done()
+    with _tuning(rt):
+        best = _tune(rt, M, N, K, batch, run, splits_ok=kind[0] == "mm",
+                     extra=_extra_candidates(kind) + _conv_candidates(kind))
     with _lock:
         table[key] = best.name
         _save()
@@ -297,35 +294,37 @@ PROGRESS_SECONDS = 15.0
 _progress = {"shapes": 0, "seconds": 0.0, "said": 0.0, "compiles": 0, "compile_seconds": 0.0}
 
 
-class _Tuning:
-    """Times one shape's tuning, and the pipeline compiles inside it (the runtime counts them), for the
-    progress messages and tuning_summary(). A tuning inside another (a choice between formulations
-    whose runs tune their products) counts as a shape, its time being the outer one's."""
-    depth = 0
+_depth = [0]   # tunings under way in this process, nested ones included
 
-    def __init__(self, rt):
-        self.rt = rt
-        self.started = time.perf_counter()
-        self.compiles = rt.compile_count
-        self.compile_seconds = rt.compile_seconds
-        self.outer = _Tuning.depth == 0
-        _Tuning.depth += 1
 
-    def done(self) -> None:
-        _Tuning.depth -= 1
+@contextlib.contextmanager
+def _tuning(rt):
+    """Around one shape's tuning. Times it, and the pipeline compiles inside it (the runtime counts
+    them), for the progress messages and tuning_summary(); a tuning inside another (a choice between
+    formulations whose runs tune their products) counts as a shape, its time being the outer one's. And
+    runs it with kernel collection off: a tuning met inside another's collecting run (_compile_together)
+    is timed in full, where its candidates would otherwise stop at kernels not compiled yet and be
+    dropped as failures."""
+    started, compiles, compile_seconds = time.perf_counter(), rt.compile_count, rt.compile_seconds
+    outer = _depth[0] == 0
+    _depth[0] += 1
+    try:
+        with rt.not_collecting():
+            yield
+    finally:
+        _depth[0] -= 1
         p = _progress
         p["shapes"] += 1
-        if not self.outer:
-            return
-        p["seconds"] += time.perf_counter() - self.started
-        p["compiles"] += self.rt.compile_count - self.compiles
-        p["compile_seconds"] += self.rt.compile_seconds - self.compile_seconds
-        if p["seconds"] - p["said"] >= PROGRESS_SECONDS:
-            p["said"] = p["seconds"]
-            log.warning("navitrain: still timing tiles: %d shape%s tuned in %.0f s so far, %.0f s of it compiling "
-                        "%d kernels (once per shape on this adapter; later steps and runs use the cache)",
-                        p["shapes"], "" if p["shapes"] == 1 else "s", p["seconds"], p["compile_seconds"],
-                        p["compiles"])
+        if outer:
+            p["seconds"] += time.perf_counter() - started
+            p["compiles"] += rt.compile_count - compiles
+            p["compile_seconds"] += rt.compile_seconds - compile_seconds
+            if p["seconds"] - p["said"] >= PROGRESS_SECONDS:
+                p["said"] = p["seconds"]
+                log.warning("navitrain: still timing tiles: %d shape%s tuned in %.0f s so far, %.0f s of it "
+                            "compiling %d kernels (once per shape on this adapter; later steps and runs use the "
+                            "cache)", p["shapes"], "" if p["shapes"] == 1 else "s", p["seconds"],
+                            p["compile_seconds"], p["compiles"])
 
 
 def tuning_summary() -> dict:
@@ -361,20 +360,14 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     if rt.capture is not None:   # the default stands in, untimed and not remembered
         return default
     _announce(rt)
-    tuning = _Tuning(rt)
     timings = []
-    try:
-        # A choice met inside another tuning's collecting run is timed in full: under collection its
-        # options would stop at kernels not compiled yet and be dropped as failures.
-        with rt.not_collecting():
-            _compile_together(rt, list(options.values()), lambda run: run())
-            for name, run in options.items():
-                try:
-                    timings.append((_time(rt, run), name))
-                except Exception as exc:
-                    log.debug("option %s for %s failed: %s", name, key, exc)
-    finally:
-        tuning.done()
+    with _tuning(rt):
+        _compile_together(rt, list(options.values()), lambda run: run())
+        for name, run in options.items():
+            try:
+                timings.append((_time(rt, run), name))
+            except Exception as exc:
+                log.debug("option %s for %s failed: %s", name, key, exc)
     for seconds, name in sorted(timings):
         log.debug("  %s: %-10s %9.1f us", key, name, seconds * 1e6)
     best = min(timings)[1] if timings else default
@@ -385,19 +378,26 @@ def pick_choice(key: str, options: dict, default: str) -> str:
     return best
 
 
-def choice_by_shape(exact, key, options: dict, default: str) -> str:
-    """pick_choice for callers that ask on every op (a convolution's formulation): remembered in this
-    process by `exact`, a hashable of everything the choice depends on that is cheaper to build than the
-    shape-class key, which `key()` builds only when the answer is not remembered yet. Building that key
-    on every call was ~5% of a depthwise convolution's eager host time."""
-    memo_key = ("by_shape", exact, os.environ.get(_env.WGPU_TUNE))
-    known = _picked.get(memo_key)
+def remembered(exact, decide):
+    """decide()'s answer, remembered in this process by `exact` (a hashable of everything the answer
+    depends on, the settings read included) beside the tuner's own choices, and forgotten with them. For
+    callers that ask on every op (a convolution's formulation): working the answer out each time (the
+    shape-class key built, the setting parsed) was 5-15% of a small convolution's eager host time. Inside
+    a capture an untuned shape takes its default, which is not remembered."""
+    known = _picked.get(exact)
     if known is not None:
         return known
-    choice = pick_choice(key(), options, default)
-    if runtime().capture is None:   # inside a capture an untuned shape takes the default, unremembered
-        _picked[memo_key] = choice
-    return choice
+    answer = decide()
+    if runtime().capture is None:
+        _picked[exact] = answer
+    return answer
+
+
+def choice_by_shape(exact, key, options: dict, default: str) -> str:
+    """pick_choice remembered by `exact` (see remembered); `key()` builds the shape-class key only when
+    the answer is not remembered yet."""
+    return remembered(("by_shape", exact, os.environ.get(_env.WGPU_TUNE)),
+                      lambda: pick_choice(key(), options, default))
 
 
 # Screening before timing: every candidate runs once (its kernels compiled together before, see

@@ -27,7 +27,6 @@ from navitrain.wgpu.kernels.conv.grad_input import (
     implicit_grad_input,
 )
 from navitrain.wgpu.kernels.conv.grad_weight import implicit_grad_weight
-from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 
@@ -81,18 +80,10 @@ def grad_weight(dy: WgpuTensor, x: WgpuTensor, g: Geometry, dw: WgpuTensor) -> W
 def use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino) -> bool:
     """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class,
     run_gemm and run_wino doing the pass each way), or when NAVITRAIN_WGPU_CONV forces it."""
-    # Remembered by exact shape and the settings read (with the tuner's choices, gemm_tuning._picked): every
-    # convolution of an eager step asks, and working it out (the setting parsed, the shape class built, the
-    # choice looked up) was ~15% of a small convolution's host time.
-    key = ("winograd", kind, tuple(x4.shape), tuple(w4.shape), x4.dtype, w4.dtype, tuple(stride), tuple(padding),
-           tuple(dilation), groups, os.environ.get(_env.WGPU_CONV), os.environ.get(_env.WGPU_TUNE))
-    known = gemm_tuning._picked.get(key)
-    if known is not None:
-        return known
-    answer = _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino)
-    if runtime().capture is None:   # inside a capture an untuned shape takes the default, unremembered
-        gemm_tuning._picked[key] = answer
-    return answer
+    exact = ("winograd", kind, tuple(x4.shape), tuple(w4.shape), x4.dtype, w4.dtype, tuple(stride),
+             tuple(padding), tuple(dilation), groups, os.environ.get(_env.WGPU_CONV), os.environ.get(_env.WGPU_TUNE))
+    return gemm_tuning.remembered(
+        exact, lambda: _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino))
 
 
 def _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino) -> bool:
