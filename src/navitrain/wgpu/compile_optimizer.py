@@ -24,17 +24,14 @@ from navitrain.wgpu.tensor import WgpuTensor
 log = logging.getLogger("navitrain.wgpu")
 
 
-def _wgpu_group_without_state(optimizer, group: dict) -> bool:
-    params = group.get("params", [])
-    return (bool(params) and "capturable" in group and all(isinstance(p, WgpuTensor) for p in params)
-            and not any(p in optimizer.state for p in params))
-
-
 def make_capturable(optimizer) -> int:
-    """Set capturable=True on the optimizer's wgpu param groups without state; returns how many."""
+    """Set capturable=True on the optimizer's param groups that have the flag off, parameters all on wgpu
+    and no state yet (dynamo's condition for CUDA); returns how many."""
     changed = 0
     for group in optimizer.param_groups:
-        if group.get("capturable") is False and _wgpu_group_without_state(optimizer, group):
+        params = group.get("params", [])
+        if (group.get("capturable") is False and params and all(isinstance(p, WgpuTensor) for p in params)
+                and not any(p in optimizer.state for p in params)):
             group["capturable"] = True
             changed += 1
     return changed

@@ -77,9 +77,14 @@ def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weig
 _VALID = "_navitrain_valid_tokens"
 
 
+def _fill_padding(x, valid, value):
+    """x with the positions `valid` marks as padding set to `value`."""
+    return x.masked_fill(valid.logical_not().unsqueeze(-1), value)
+
+
 def _packed(x, valid):
     """x with its padded positions zeroed, carrying `valid` (what a nested tensor's unpacking would give)."""
-    out = x.masked_fill(valid.logical_not().unsqueeze(-1), 0.0)
+    out = _fill_padding(x, valid, 0.0)
     setattr(out, _VALID, valid)
     return out
 
@@ -135,4 +140,4 @@ def to_padded_tensor(t, padding, output_size=None):
         raise RuntimeError("to_padded_tensor: expected a nested tensor (only an encoder's packed batch is one here)")
     if output_size is not None and list(output_size) != list(t.shape):
         raise NotImplementedError("to_padded_tensor with an output size other than the packed batch's on wgpu")
-    return t.masked_fill(valid.logical_not().unsqueeze(-1), padding)
+    return _fill_padding(t, valid, padding)
