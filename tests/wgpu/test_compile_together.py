@@ -77,17 +77,24 @@ def test_a_kernel_that_fails_together_fails_again_where_it_is_used(monkeypatch):
         rt.kernel(("test", "broken"), "test_broken", 1, broken)
 
 
-def _tune_from_empty(monkeypatch, cache_dir, threads: str):
-    """Tune a product and a strided convolution (forward and both gradients) from an empty cache; check
-    the values against float64; return the shape classes tuned and the sizes of the batches compiled
-    together."""
+def _tuning_from_scratch(monkeypatch, cache_dir):
+    """Tuning forced on this adapter with an empty cache in `cache_dir`, nothing remembered and no kernel
+    compiled yet; returns the runtime."""
     monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
-    monkeypatch.setenv("NAVITRAIN_WGPU_COMPILE_THREADS", threads)
     monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(cache_dir))
     monkeypatch.setattr(gemm_tuning, "_cache", None)
     monkeypatch.setattr(gemm_tuning, "_picked", {})
     rt = runtime()
     monkeypatch.setattr(rt, "_kernels", {})
+    return rt
+
+
+def _tune_from_empty(monkeypatch, cache_dir, threads: str):
+    """Tune a product and a strided convolution (forward and both gradients) from an empty cache; check
+    the values against float64; return the shape classes tuned and the sizes of the batches compiled
+    together."""
+    monkeypatch.setenv("NAVITRAIN_WGPU_COMPILE_THREADS", threads)
+    rt = _tuning_from_scratch(monkeypatch, cache_dir)
     together = []
     real = KernelCache.compile_together
     monkeypatch.setattr(type(rt), "compile_together",
@@ -125,12 +132,7 @@ def test_a_choice_met_inside_a_collecting_run_is_timed_with_collection_off(monke
     """pick_choice nested in another tuning's collecting run (a convolution's formulation chosen while the
     tiles of an enclosing product are collected): its options are timed with collection off, else they
     would stop at their first new kernel and be dropped as failures."""
-    monkeypatch.setenv("NAVITRAIN_WGPU_TUNE", "force")
-    monkeypatch.setenv("NAVITRAIN_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(gemm_tuning, "_cache", None)
-    monkeypatch.setattr(gemm_tuning, "_picked", {})
-    rt = runtime()
-    monkeypatch.setattr(rt, "_kernels", {})
+    rt = _tuning_from_scratch(monkeypatch, tmp_path)
     seen = []
     real_time = gemm_tuning._time
     monkeypatch.setattr(gemm_tuning, "_time", lambda r, run: seen.append(getattr(r._collecting, "pending", None))
