@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements planned after run 15 (docs/benchmarks.md), in priority order. They take longer than one
+# The measurements planned after run 15 (docs/benchmarks.md), in priority order (run 16). They take longer than one
 # device call, so they run in the background from a copy outside the carried tree: every call re-copies the
 # carried paths, which would pull files from under a job started in them (run 14 lost its zoo that way).
 #   first call:  bash benchmarks/device_session_next.sh start    copies the tree to /tmp/nt, starts, waits ~9 min
@@ -39,19 +39,25 @@ for adapter, table in old.items():
 path.write_text(json.dumps(new, indent=1, sort_keys=True))
 PY
   keep_cache
-  stage "2 the zoo, tuned, eager steps zeroing gradients as scripts do (set_to_none=True)"
+  stage "2 compiled steps, tuning off (issue 19): plain AdamW now capturable, upsampling kept whole"
+  NAVITRAIN_WGPU_TUNE=0 timeout 400 python3 benchmarks/bench_wgpu_train.py --models unet,tlm,gpt,resnet18 --devices wgpu-graph,wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 120 --json "$O/compile.json" > "$O/compile.log" 2>&1
+  NAVITRAIN_WGPU_TUNE=0 timeout 250 python3 benchmarks/bench_wgpu_zoo.py --models resnet50 --devices wgpu-compile,cuda --no-layers --timeout 200 \
+    --json "$O/zoo_resnet50_compile.json" > "$O/zoo_resnet50_compile.log" 2>&1
+  stage "2b where the compiled LM's and U-Net's GPU time goes (per kernel, tuning off)"
+  NAVITRAIN_WGPU_TUNE=0 NAVITRAIN_BENCH_PROFILE=1 timeout 240 python3 benchmarks/bench_wgpu_train.py --models tlm,unet \
+    --devices wgpu-compile --steps 3 --warmup 3 --timeout 150 --json "$O/compile_profile.json" > "$O/compile_profile.log" 2>&1
+  stage "3 the zoo, tuned, eager steps zeroing gradients as scripts do (set_to_none=True)"
   python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16,resnet18,resnet50,wide_resnet50_2,densenet161,convnext_small,efficientnet_b0,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,mnasnet1_0,regnet_y_400mf,resnext50_32x4d \
     --devices wgpu,wgpu-graph,cuda --no-layers --timeout 300 --json "$O/zoo.json" > "$O/zoo.log" 2>&1
   keep_cache
-  stage "3 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel)"
+  stage "4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel)"
   timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu --no-layers --profile 30 \
     --steps 3 --warmup 2 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
-  stage "4 compiled steps, tuning off (issue 19): plain AdamW now capturable, upsampling kept whole"
-  export NAVITRAIN_WGPU_TUNE=0
-  timeout 400 python3 benchmarks/bench_wgpu_train.py --models unet,tlm,gpt,resnet18 --devices wgpu-graph,wgpu-compile,cuda \
-    --steps 10 --warmup 5 --timeout 120 --json "$O/compile.json" > "$O/compile.log" 2>&1
-  timeout 250 python3 benchmarks/bench_wgpu_zoo.py --models resnet50 --devices wgpu-compile,cuda --no-layers --timeout 200 \
-    --json "$O/zoo_resnet50_compile.json" > "$O/zoo_resnet50_compile.log" 2>&1
+  stage "5 compiled CIFAR ResNet-18 and GPT with tuning on (issue 19: at most 1.0x and 1.3x of CUDA eager)"
+  timeout 420 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu-graph,wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 200 --json "$O/compile_tuned.json" > "$O/compile_tuned.log" 2>&1
+  keep_cache
   stage done
   touch "$O/DONE"
   exit 0
