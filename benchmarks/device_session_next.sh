@@ -15,6 +15,38 @@ if [ "${1:-}" = start ]; then
   mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
   (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh run > "$OUTDIR/main.log" 2>&1 < /dev/null &)
   wait_s=540
+elif [ "${1:-}" = start-short ]; then
+  # Little device time left (failed starts cost it): one call, the short plan below, ~7.5 minutes.
+  rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
+  cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
+  mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
+  (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh run-short > "$OUTDIR/main.log" 2>&1 < /dev/null &)
+  wait_s=${WAIT_S:-480}
+elif [ "${1:-}" = run-short ]; then
+  source benchmarks/device_setup.sh
+  O=$OUTDIR
+  stage() { echo "$(date +%T) $*" >> "$O/stages.txt"; }
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$O/gpu.txt"
+  python3 -c "import torch,wgpu,torchvision;print(torch.__version__, wgpu.__version__, torchvision.__version__)" >> "$O/gpu.txt"
+  stage "s1 VGG-16 captured step tuning from an empty cache, candidates compiled together (run 15: 126 s)"
+  rm -rf "$NAVITRAIN_CACHE_DIR"; mkdir -p "$NAVITRAIN_CACHE_DIR"
+  timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models vgg16 --devices wgpu-graph --no-layers --timeout 140 \
+    --steps 3 --warmup 2 --json "$O/zoo_tuning.json" > "$O/zoo_tuning.log" 2>&1
+  mkdir -p "$O/tune"; cp "$NAVITRAIN_CACHE_DIR"/gemm_tiles*.json "$O/tune/" 2>/dev/null
+  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run15-h100/gemm_tiles.v3.json
+  cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
+  stage "s2 compiled U-Net and LM, tuning off (issue 19): plain AdamW now capturable, upsampling kept whole"
+  NAVITRAIN_WGPU_TUNE=0 timeout 120 python3 benchmarks/bench_wgpu_train.py --models unet,tlm --devices wgpu-compile,cuda \
+    --steps 8 --warmup 4 --timeout 60 --json "$O/compile.json" > "$O/compile.log" 2>&1
+  stage "s3 eager steps zeroing gradients as scripts do (set_to_none=True), host-bound models, tuned"
+  timeout 130 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,densenet161 \
+    --devices wgpu,cuda --no-layers --steps 5 --warmup 3 --timeout 60 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
+  stage "s4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned)"
+  timeout 100 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu --no-layers --profile 30 \
+    --steps 2 --warmup 2 --timeout 50 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
+  stage done
+  touch "$O/DONE"
+  exit 0
 elif [ "${1:-}" = poll ]; then
   wait_s=570
 elif [ "${1:-}" = run ]; then
@@ -62,7 +94,7 @@ PY
   touch "$O/DONE"
   exit 0
 else
-  echo "usage: $0 start|poll|run"; exit 2
+  echo "usage: $0 start|start-short|poll|run|run-short"; exit 2
 fi
 for _ in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; done
 cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null
