@@ -467,3 +467,33 @@ def test_an_output_fed_back_into_its_own_graph_keeps_each_steps_value():
     for got, expected in history:
         torch.testing.assert_close(got.cpu(), expected, rtol=1e-5, atol=1e-6)
     assert wc.stats["inference_replays"] == 5
+
+
+def test_a_parameter_whose_data_is_replaced_is_read_and_updated_where_it_now_is():
+    # `param.data = ...` keeps the Python object and moves its memory. The captured graphs are bound to the
+    # old memory, so a replay must see the move (comparing the objects would not) and capture again: else the
+    # forward reads the old values and the optimizer writes memory the parameter no longer owns.
+    torch.manual_seed(23)
+    base = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    g = torch.Generator().manual_seed(24)
+    data = [(torch.randn(3, 5, generator=g), torch.randn(3, 2, generator=g)) for _ in range(8)]
+    new_weight = torch.randn(4, 5, generator=g)
+
+    def run(device, compiled):
+        model = copy.deepcopy(base).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = models.train_step(model, opt, nn.functional.mse_loss)
+        step = torch.compile(step, backend="wgpu") if compiled else step
+        losses = []
+        for i, (x, y) in enumerate(data):
+            if i == 5:   # after the graphs were captured and replayed
+                model[0].weight.data = new_weight.clone().to(device)   # (the CPU run updates it in place)
+            losses.append(step(x.to(device), y.to(device)).item())
+        return losses, model
+
+    cpu_losses, cpu_model = run("cpu", False)
+    losses, model = run("wgpu", True)
+    assert losses == pytest.approx(cpu_losses, rel=1e-5, abs=1e-6)
+    for a, b in zip(model.parameters(), cpu_model.parameters()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
+    assert wc.stats["forward_replays"] >= 3 and wc.stats["forward_captures"] >= 2

@@ -81,8 +81,7 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def _signature(args) -> tuple:
-    return tuple((type(a), tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
-                 for a in args)
+    return tuple((type(a), a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _where(a):
@@ -92,6 +91,12 @@ def _where(a):
 
 def _still_at(a, where) -> bool:
     return where is not None and isinstance(a, WgpuTensor) and where[0]() is a._ws and where[1] == a.storage_offset()
+
+
+def _address(t) -> tuple:
+    """(heap, element address) of a tensor's first element."""
+    ws = t._ws
+    return ws.heap, ws.base + t.storage_offset()
 
 
 def _same_memory(a, b) -> bool:
@@ -108,7 +113,11 @@ COPIED = "copied"    # a static copy of this graph's own; each call's data is co
 
 
 class _Capture:
-    """One captured signature: the graph, the tensors it reads, the outputs it writes and lends."""
+    """One captured signature: the graph, the tensors it reads, the outputs it writes and lends.
+
+    Everything a replay checks or hands out is worked out here once, per input and output position: a
+    step's graphs take hundreds of tensors (an optimizer graph reads every parameter, gradient and state),
+    and per-call work over all of them was half of a compiled step's host time."""
 
     def __init__(self, wgpu_graph: WgpuGraph, inputs: list, how: list, outputs: list, mutated=()):
         self.graph = wgpu_graph
@@ -117,49 +126,65 @@ class _Capture:
         self.how = how            # CALLERS, PINNED, COPIED or None (not a wgpu tensor), per input
         self.outputs = outputs
         self.loans = Loans((outputs, inputs))
+        # The graph's dispatches are bound to the memory each caller's tensor had when captured. The tensor
+        # object may stay and its memory move (`param.data = ...`), so a replay compares where the memory is,
+        # not which object holds it.
+        self.callers = [(i, *_address(s)) for i, (s, h) in enumerate(zip(inputs, how)) if h is CALLERS]
+        self.pinned = [i for i, h in enumerate(how) if h is PINNED]
+        self.copied_in = [i for i, h in enumerate(how) if h is PINNED or h is COPIED]
+        # A caller's tensor is where the graph wrote it (matches checked); the others get the new values.
+        self.written_back = [i for i in self.mutated if how[i] is not CALLERS]
         self.hand_out = [self._output_source(o, position) for position, o in enumerate(outputs)]
 
     def _output_source(self, o, position):
-        """("input", i) for an output in memory the graph reads in place (a view of a parameter: handed out
-        as a view of the caller's input), ("lend", k) for the graph's own memory (k: the first output
-        sharing its storage, so that outputs sharing memory share one borrowed storage), None for the rest."""
+        """How to hand out output `o`, with its fixed geometry: ("input", i, ...) for an output in memory the
+        graph reads in place (a view of a parameter: handed out as a view of the caller's input), ("lend",
+        k, ...) for the graph's own memory (k: the first output sharing its storage, so that outputs sharing
+        memory share one borrowed storage), None for the rest."""
         if not isinstance(o, WgpuTensor):
             return None
+        geometry = (o.shape, o.stride(), o.dtype)
         for i, (static, how) in enumerate(zip(self.inputs, self.how)):
             if how in (CALLERS, PINNED) and static._ws is o._ws:
-                return ("input", i)
+                return ("input", i, o.storage_offset() - static.storage_offset(), o.storage_offset(), *geometry)
         first = next(k for k, other in enumerate(self.outputs[:position + 1])
                      if isinstance(other, WgpuTensor) and other._ws is o._ws)
-        return ("lend", first)
+        return ("lend", first, 0, o.storage_offset(), *geometry)
 
     def matches(self, args) -> bool:
-        for a, static, how in zip(args, self.inputs, self.how):
-            if how is CALLERS and not _same_memory(a, static):
+        for i, heap, address in self.callers:
+            a = args[i]
+            ws = a._ws
+            if ws.heap is not heap or ws.base + a.storage_offset() != address:
                 return False
-            if how is PINNED:
-                # Borrowed from another graph than the one captured (that one was captured again): capture
-                # again too, rather than copying into memory only the old graph kept alive.
-                lender = lender_of(a._ws)
-                if lender is not None and lender is not static._ws.lender:
-                    return False
+        inputs = self.inputs
+        for i in self.pinned:
+            # Borrowed from another graph than the one captured (that one was captured again): capture
+            # again too, rather than copying into memory only the old graph kept alive.
+            lender = lender_of(args[i]._ws)
+            if lender is not None and lender is not inputs[i]._ws.lender:
+                return False
         return True
 
     def run(self, args):
         # Whatever the last replay lent is still someone's: copies of their own first, then the graph may write.
         stats["borrowed_copies"] += self.loans.call_back()
+        inputs = self.inputs
         with torch.no_grad():
-            moves = [(static, a, how) for a, static, how in zip(args, self.inputs, self.how)
-                     if how in (PINNED, COPIED) and not _same_memory(a, static)]
-            for lender in {id(s._ws.lender): s._ws.lender for s, _, how in moves if how is PINNED}.values():
-                stats["borrowed_copies"] += lender.call_back()   # that graph's memory is about to be written
-            for static, a, _ in moves:
-                static.copy_(a)
-            stats["input_copies"] += len(moves)
+            moves = [i for i in self.copied_in if not _same_memory(args[i], inputs[i])]
+            if moves:
+                how = self.how
+                lenders = {id(inputs[i]._ws.lender): inputs[i]._ws.lender for i in moves if how[i] is PINNED}
+                for lender in lenders.values():
+                    stats["borrowed_copies"] += lender.call_back()   # that graph's memory is about to be written
+                for i in moves:
+                    inputs[i].copy_(args[i])
+                stats["input_copies"] += len(moves)
             self.graph.replay()
-            for i in self.mutated:
+            for i in self.written_back:
                 # The graph wrote its static copy: the caller's tensor gets the new values.
-                if not _same_memory(args[i], self.inputs[i]):
-                    args[i].copy_(self.inputs[i])
+                if not _same_memory(args[i], inputs[i]):
+                    args[i].copy_(inputs[i])
             return self._outputs(args)
 
     def _outputs(self, args) -> list:
@@ -169,15 +194,16 @@ class _Capture:
             if source is None:
                 out.append(o)
                 continue
-            kind, k = source
+            kind, k, delta, offset, shape, stride, dtype = source
             if kind == "input":
-                a, static = args[k], self.inputs[k]
-                offset = o.storage_offset() - static.storage_offset() + a.storage_offset()
-                if offset >= 0 and (self.how[k] is CALLERS or _same_memory(a, static)):
-                    out.append(wrap(a._ws, o.shape, o.stride(), offset, o.dtype))
+                a = args[k]
+                moved = delta + a.storage_offset()
+                if moved >= 0 and (self.how[k] is CALLERS or _same_memory(a, self.inputs[k])):
+                    out.append(wrap(a._ws, shape, stride, moved, dtype))
                     continue
+                static = self.inputs[k]
                 if self.how[k] is CALLERS:   # reaches before the caller's view: the captured storage itself
-                    out.append(wrap(static._ws, o.shape, o.stride(), o.storage_offset(), o.dtype))
+                    out.append(wrap(static._ws, shape, stride, offset, dtype))
                     continue
                 # Another graph's memory, this call's data copied in: borrow it from that graph.
                 storage = static._ws.lender.lend(static._ws)
@@ -185,7 +211,7 @@ class _Capture:
                 storage = lent.get(k)
                 if storage is None:
                     storage = lent[k] = self.loans.lend(o._ws)
-            out.append(wrap(storage, o.shape, o.stride(), o.storage_offset(), o.dtype))
+            out.append(wrap(storage, shape, stride, offset, dtype))
         return out
 
 
