@@ -28,16 +28,16 @@ elif [ "${1:-}" = run-short ]; then
   stage() { echo "$(date +%T) $*" >> "$O/stages.txt"; }
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$O/gpu.txt"
   python3 -c "import torch,wgpu,torchvision;print(torch.__version__, wgpu.__version__, torchvision.__version__)" >> "$O/gpu.txt"
-  stage "s1 VGG-16 captured step tuning from an empty cache, candidates compiled together (run 15: 126 s)"
-  rm -rf "$NAVITRAIN_CACHE_DIR"; mkdir -p "$NAVITRAIN_CACHE_DIR"
-  timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models vgg16 --devices wgpu-graph --no-layers --timeout 140 \
-    --steps 3 --warmup 2 --json "$O/zoo_tuning.json" > "$O/zoo_tuning.log" 2>&1
-  mkdir -p "$O/tune"; cp "$NAVITRAIN_CACHE_DIR"/gemm_tiles*.json "$O/tune/" 2>/dev/null
   seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run15-h100/gemm_tiles.v3.json
-  cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
   stage "s2 compiled U-Net and LM, tuning off (issue 19): plain AdamW now capturable, upsampling kept whole"
   NAVITRAIN_WGPU_TUNE=0 timeout 120 python3 benchmarks/bench_wgpu_train.py --models unet,tlm --devices wgpu-compile,cuda \
     --steps 8 --warmup 4 --timeout 60 --json "$O/compile.json" > "$O/compile.log" 2>&1
+  stage "s1 VGG-16 captured step tuning from an empty cache, candidates compiled together (run 15: 126 s)"
+  EMPTY=/tmp/nt-empty-cache; rm -rf "$EMPTY"; mkdir -p "$EMPTY"
+  NAVITRAIN_CACHE_DIR=$EMPTY timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models vgg16 --devices wgpu-graph --no-layers --timeout 140 \
+    --steps 3 --warmup 2 --json "$O/zoo_tuning.json" > "$O/zoo_tuning.log" 2>&1
+  mkdir -p "$O/tune"; cp "$EMPTY"/gemm_tiles*.json "$O/tune/" 2>/dev/null
+  mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
   stage "s3 eager steps zeroing gradients as scripts do (set_to_none=True), host-bound models, tuned"
   timeout 130 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,densenet161 \
     --devices wgpu,cuda --no-layers --steps 5 --warmup 3 --timeout 60 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
@@ -96,7 +96,7 @@ PY
 else
   echo "usage: $0 start|start-short|poll|run|run-short"; exit 2
 fi
-for _ in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; done
+for i in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; [ $((i % 30)) = 0 ] && cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null; done  # (partial results survive a cut-off call)
 cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null
 cp /tmp/navitrain-cache/gemm_tiles*.json "$OUT"/ 2>/dev/null  # the tile choices so far (mid-tuning too)
 cat "$OUTDIR/stages.txt" 2>/dev/null; grep -hE "^\[|geometric" "$OUTDIR"/zoo_tuning.log "$OUTDIR"/zoo.log 2>/dev/null | tail -n 45; tail -n 3 "$OUTDIR"/*.log 2>/dev/null | tail -n 40
