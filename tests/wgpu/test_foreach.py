@@ -146,3 +146,47 @@ def test_capturable_adamw_matches_the_cpu(amsgrad):
         odev.step()
     for p, d in zip(params, dparams):
         torch.testing.assert_close(d.detach().cpu(), p.detach(), rtol=1e-5, atol=1e-6)
+
+
+# Bases and exponents that exercise pow's special cases: negative bases with integer and fractional
+# exponents (NaN), zeros of both signs, infinities and NaN on either side.
+POW_BASES = torch.tensor([2.5, -1.5, -2.0, 0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1.0, 0.3])
+POW_EXPONENTS = torch.tensor([1.7, 3.0, 2.0, -1.0, -3.0, 0.5, 3.0, 0.0, float("nan"), float("inf")])
+
+
+@pytest.mark.parametrize("overload", ["List", "Scalar", "ScalarList", "ScalarAndTensor", "List_"])
+def test_foreach_pow_matches_cpu_in_one_dispatch(overload):
+    g = torch.Generator().manual_seed(13)
+    a = [torch.randn(s, generator=g) for s in SIZES] + [POW_BASES.clone()]
+    b = [torch.randn(s, generator=g).round() for s in SIZES] + [POW_EXPONENTS.clone()]
+    calls = {
+        "List": lambda x, y: torch._foreach_pow(x, y),
+        "Scalar": lambda x, y: torch._foreach_pow(x, 3.0),
+        "ScalarList": lambda x, y: torch._foreach_pow(x, [0.5 * i - 1.0 for i in range(len(x))]),
+        # capturable Adam's bias corrections: beta ** step, one step count per parameter
+        "ScalarAndTensor": lambda x, y: torch._foreach_pow(0.9, y),
+        "List_": lambda x, y: torch._foreach_pow_(x, y) or x,
+    }
+    want = calls[overload]([t.clone() for t in a], [t.clone() for t in b])
+    da, db = dev(a), dev(b)
+    rt = runtime()
+    before = rt.dispatch_count
+    got = calls[overload](da, db)
+    assert rt.dispatch_count - before == 1
+    assert len(got) == len(want)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x.cpu(), y, rtol=2e-6, atol=1e-6, equal_nan=True)
+
+
+def test_capturable_adamw_computes_its_bias_corrections_as_list_ops():
+    params = [torch.randn(s).to("wgpu").requires_grad_() for s in SIZES * 8]
+    opt = torch.optim.AdamW(params, lr=1e-2, foreach=True, capturable=True)
+    for p in params:
+        p.grad = torch.randn(p.shape).to("wgpu")
+    opt.step()
+    rt = runtime()
+    before = rt.dispatch_count
+    opt.step()
+    # Every list op is one dispatch: without a list pow, each parameter's beta1 ** step and beta2 ** step
+    # were two dispatches more.
+    assert rt.dispatch_count - before < len(params)

@@ -20,7 +20,7 @@ aten = torch.ops.aten
 _BINARY = {
     "add": "a + {alpha} * {b}", "sub": "a - {alpha} * {b}", "mul": "a * {b}", "div": "a / {b}",
     "maximum": "fmax_nan(a, {b})", "minimum": "fmin_nan(a, {b})", "clamp_min": "fmax_nan(a, {b})",
-    "clamp_max": "fmin_nan(a, {b})",
+    "clamp_max": "fmin_nan(a, {b})", "pow": "pow_f(a, {b})",
 }
 _UNARY = {
     "sqrt": "sqrt(a)", "neg": "-a", "exp": "exp(a)", "abs": "abs(a)", "reciprocal": "1.0 / a",
@@ -97,6 +97,15 @@ def _binary(name, inplace):
                                  scalars, per, modes)
         return None if inplace else out
     return run
+
+
+def _scalar_pow(scalar, exponents):
+    """_foreach_pow.ScalarAndTensor, scalar ** t for each t: capturable Adam's bias corrections, beta ** step
+    per parameter (two list ops a step instead of two dispatches per parameter)."""
+    exponents = list(exponents)
+    if isinstance(scalar, complex) or not multi_tensor.supported([exponents]):
+        return [aten.pow.Scalar(scalar, t) for t in exponents]
+    return multi_tensor.apply("pow_scalar_base", "pow_f(s0, a)", [exponents], None, [float(scalar)])
 
 
 def _unary(name, inplace):
@@ -193,8 +202,9 @@ def _register_all() -> None:
         else:
             handler = _per_element(_single(single, inplace), inplace)
         for ov in packet.overloads():
-            if not ov.endswith("out"):
+            if not ov.endswith("out") and not (op_name == "_foreach_pow" and ov == "ScalarAndTensor"):
                 implements(getattr(packet, ov))(handler)
+    implements(aten._foreach_pow.ScalarAndTensor)(_scalar_pow)   # (the scalar is the base)
     for packet, inplace in ((aten._foreach_lerp, False), (aten._foreach_lerp_, True)):
         for ov in packet.overloads():
             if not ov.endswith("out"):
