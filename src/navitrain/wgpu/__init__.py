@@ -42,6 +42,9 @@ from navitrain.wgpu import serialization as _serialization  # noqa: E402  (torch
 
 _factories.register()
 _serialization.register()
+from navitrain.wgpu import module_moves as _module_moves  # noqa: E402  (model.cpu() keeps the Parameter objects)
+
+_module_moves.register()
 
 
 def _enable_foreach_optimizers() -> None:
