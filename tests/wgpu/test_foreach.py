@@ -162,7 +162,8 @@ def test_foreach_pow_matches_cpu_in_one_dispatch(overload):
     calls = {
         "List": lambda x, y: torch._foreach_pow(x, y),
         "Scalar": lambda x, y: torch._foreach_pow(x, 3.0),
-        "ScalarList": lambda x, y: torch._foreach_pow(x, [0.5 * i - 1.0 for i in range(len(x))]),
+        # (-0.5 on the special values: PyTorch's rsqrt there, not C's pow)
+        "ScalarList": lambda x, y: torch._foreach_pow(x, [0.5 * i - 1.0 for i in range(len(x) - 1)] + [-0.5]),
         # capturable Adam's bias corrections: beta ** step, one step count per parameter
         "ScalarAndTensor": lambda x, y: torch._foreach_pow(0.9, y),
         "List_": lambda x, y: torch._foreach_pow_(x, y) or x,

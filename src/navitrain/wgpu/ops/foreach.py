@@ -91,7 +91,12 @@ def _binary(name, inplace):
         if b_expr == "s{}":
             b_expr = f"s{len(scalars)}"
             scalars += shared
-        expr = template.format(alpha=alpha_expr, b=b_expr)
+        form = template
+        if name == "pow" and extra is None:
+            # A scalar exponent of 0.5 or -0.5 is sqrt / rsqrt in PyTorch (as in the single-tensor op,
+            # ops/elementwise.py): -inf ** 0.5 is nan there, not C's inf.
+            form = "select(select(pow_f(a, {b}), 1.0 / sqrt(a), {b} == -0.5), sqrt(a), {b} == 0.5)"
+        expr = form.format(alpha=alpha_expr, b=b_expr)
         modes = "c" + (mode if extra is not None else "")
         out = multi_tensor.apply(f"{name}_{mode or 'scalar'}", expr, lists, list(self) if inplace else None,
                                  scalars, per, modes)
