@@ -69,3 +69,13 @@ def test_moves_that_keep_the_parameters_anyway_do_not_warn(monkeypatch, recwarn)
     assert [id(p) for p in cpu_model.parameters()] == ids and [id(p) for p in model.parameters()] == wgpu_ids
     assert not [w for w in recwarn if "create its optimizer again" in str(w.message)]
     assert not torch.__future__.get_swap_module_params_on_conversion()
+
+
+def test_a_move_between_forward_and_backward_warns_rather_than_failing(monkeypatch):
+    monkeypatch.setattr(module_moves, "_warned", False)
+    model = _net().to("wgpu")
+    out = model(torch.randn(4, 6).to("wgpu"))   # the linear layers' weights are saved for the backward
+    with pytest.warns(RuntimeWarning, match="create its optimizer again"):
+        model.cpu()
+    assert model[0].weight.device.type == "cpu"
+    out.sum().backward()    # the pending backward still runs, into the tensors it saved

@@ -10,11 +10,13 @@ model silently stopped learning.
 
 So for a module holding wgpu parameters `_apply` runs with PyTorch's own switch for swapping
 (`torch.__future__.set_swap_module_params_on_conversion`) turned on for that call. swap_tensors refuses
-tensors that weak references point to (dynamo's guards hold some on a compiled model's parameters); there
-PyTorch's default is kept and a warning says that optimizers must be made again after the move.
+tensors that weak references point to (dynamo's guards hold some on a compiled model's parameters) and
+breaks a backward still pending on them; there the whole move keeps PyTorch's default and a warning says
+that optimizers must be made again after it.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 
@@ -25,16 +27,26 @@ from navitrain.wgpu.tensor import WgpuTensor
 
 _original_apply = nn.Module._apply
 _warned = False
+_decided = threading.local()   # an outer module's _apply decided for its submodules (they recurse into this)
 
 
 def _apply(self, fn, recurse=True):
-    if torch.__future__.get_swap_module_params_on_conversion():
-        return _original_apply(self, fn, recurse)   # already swapping (the user's setting, or an outer call)
+    if torch.__future__.get_swap_module_params_on_conversion() or getattr(_decided, "active", False):
+        return _original_apply(self, fn, recurse)   # the user's setting, or an outer call's decision
     params = list(self.parameters(recurse=recurse))
     if not any(isinstance(p, WgpuTensor) for p in params):
         return _original_apply(self, fn, recurse)
-    if any(weakref.getweakrefs(p) for p in params):
-        out = _original_apply(self, fn, recurse)
+    # swap_tensors refuses a tensor with weak references, or one held by more than its Parameter and its
+    # gradient accumulator (which the graph of the last step, still referenced by its loss, keeps). A
+    # pending backward's saved tensors hold its weights too: then the whole move (every submodule) keeps
+    # PyTorch's default, rather than swapping a bias whose accumulator the swap would make fail in that
+    # backward, an error that would end the process there (dispatch.py, "errors inside backward").
+    if any(weakref.getweakrefs(p) or p._use_count() > 2 for p in params):
+        _decided.active = True
+        try:
+            out = _original_apply(self, fn, recurse)
+        finally:
+            _decided.active = False
         if any(old is not new for old, new in zip(params, self.parameters(recurse=recurse))):
             _warn_replaced()
         return out
@@ -49,9 +61,10 @@ def _warn_replaced() -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn("navitrain wgpu: a module's parameters are moved with new Parameter objects (weak references "
-                      "to them, such as a compiled model's, prevent keeping the old ones): create its optimizer "
-                      "again after the move, or it updates the old tensors", RuntimeWarning, stacklevel=4)
+        warnings.warn("navitrain wgpu: a module's parameters are moved with new Parameter objects (references to "
+                      "them, such as a compiled model's or a pending backward's, prevent keeping the old ones): "
+                      "create its optimizer again after the move, or it updates the old tensors",
+                      RuntimeWarning, stacklevel=4)
 
 
 def register() -> None:
