@@ -203,6 +203,24 @@ def swa(d):
 check("AveragedModel EMA", swa)
 
 
+def cpu_round_trip(d):
+    """Save or evaluate on the CPU mid-training, move back, keep the same optimizer."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).to(d)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(6, 4), torch.randn(6, 2)
+    for i in range(4):
+        if i == 2:
+            net.cpu()
+            net.to(d)
+        opt.zero_grad()
+        F.mse_loss(net(x.to(d)), y.to(d)).backward()
+        opt.step()
+    return [p for p in net.parameters()]
+
+
+check("model.cpu() and back", cpu_round_trip)
+
+
 def spectral(d):
     torch.manual_seed(2)
     lin = nn.utils.parametrizations.spectral_norm(nn.Linear(5, 4)).to(d)
