@@ -148,6 +148,7 @@ case("pow(scalar,T)", lambda a: torch.pow(2.0, a), rows(24))
 case("pow(T,2)", lambda a: a ** 2, rows(25))
 case("pow(T,0.5)", lambda a: a ** 0.5, rows(26))
 case("pow(T,-1)", lambda a: a ** -1.0, rows(26))
+case("pow(T,-0.5)", lambda a: a ** -0.5, rows(26))   # rsqrt in PyTorch: -0.0 gives -inf, -inf nan
 case("pow(-inf,odd)", lambda a, b: torch.pow(a, b), rows(27),
      torch.tensor([3.0, 2.0, -3.0, 0.5, INF, -INF, NAN, 0.0]).expand(8, 8).contiguous())
 for _mode in ("trunc", "floor"):

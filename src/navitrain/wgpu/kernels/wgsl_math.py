@@ -124,6 +124,13 @@ fn pow_f(x: f32, y: f32) -> f32 {
   }
   return bitcast<f32>(0x7fc00000u);
 }
+fn pow_scalar_f(x: f32, y: f32) -> f32 {
+  // torch.pow with a scalar exponent: 0.5 and -0.5 are sqrt and rsqrt there (-inf ** 0.5 is nan,
+  // -0.0 ** -0.5 is -inf, where C's pow gives inf and 0); other exponents as pow_f.
+  if (y == 0.5) { return sqrt(x); }
+  if (y == -0.5) { return 1.0 / sqrt(x); }
+  return pow_f(x, y);
+}
 // a / b correctly rounded (the CPU's division): Vulkan bounds WGSL's '/' only to 2.5 ulp (NVIDIA's is
 // off by 1 ulp for ~1/4 of quotients), and fma need not be fused, so the quotient is corrected in integers.
 // With a = ma 2^ea, b = mb 2^eb and a candidate q = mq 2^eq (24-bit significands), X = ma 2^s / mb,

@@ -318,8 +318,8 @@ def _pow(a, b, out=None):
     if compute == "f32":
         if not isinstance(b, torch.Tensor) and b == 2:
             template = "{a} * {a}"
-        elif not isinstance(b, torch.Tensor) and b == 0.5:
-            template = "sqrt({a})"
+        elif not isinstance(b, torch.Tensor):
+            template = "pow_scalar_f({a}, {b})"   # (0.5 and -0.5 are sqrt and rsqrt in PyTorch)
         else:
             template = "pow_f({a}, {b})"
     else:

@@ -22,6 +22,9 @@ _BINARY = {
     "maximum": "fmax_nan(a, {b})", "minimum": "fmin_nan(a, {b})", "clamp_min": "fmax_nan(a, {b})",
     "clamp_max": "fmin_nan(a, {b})", "pow": "pow_f(a, {b})",
 }
+# Where a scalar operand computes otherwise than a list of tensors: PyTorch's pow with a scalar exponent is
+# sqrt for 0.5 (as in the single-tensor op, ops/elementwise.py).
+_SCALAR_FORM = {"pow": "pow_scalar_f(a, {b})"}
 _UNARY = {
     "sqrt": "sqrt(a)", "neg": "-a", "exp": "exp(a)", "abs": "abs(a)", "reciprocal": "1.0 / a",
     "sign": "sign(a)", "sigmoid": "sigmoid_f(a)", "log": "log(a)", "tanh": "tanh_f(a)", "rsqrt": "inverseSqrt(a)",
@@ -75,6 +78,7 @@ def _other_operand(other, n, selves=None):
 
 def _binary(name, inplace):
     template = _BINARY[name]
+    scalar_template = _SCALAR_FORM.get(name, template)
 
     def run(self, other, *, alpha=1):
         n = len(self)
@@ -91,12 +95,7 @@ def _binary(name, inplace):
         if b_expr == "s{}":
             b_expr = f"s{len(scalars)}"
             scalars += shared
-        form = template
-        if name == "pow" and extra is None:
-            # A scalar exponent of 0.5 or -0.5 is sqrt / rsqrt in PyTorch (as in the single-tensor op,
-            # ops/elementwise.py): -inf ** 0.5 is nan there, not C's inf.
-            form = "select(select(pow_f(a, {b}), 1.0 / sqrt(a), {b} == -0.5), sqrt(a), {b} == 0.5)"
-        expr = form.format(alpha=alpha_expr, b=b_expr)
+        expr = (template if extra is not None else scalar_template).format(alpha=alpha_expr, b=b_expr)
         modes = "c" + (mode if extra is not None else "")
         out = multi_tensor.apply(f"{name}_{mode or 'scalar'}", expr, lists, list(self) if inplace else None,
                                  scalars, per, modes)
