@@ -112,6 +112,10 @@ def _scalar_pow(scalar, exponents):
     return multi_tensor.apply("pow_scalar_base", "pow_f(s0, a)", [exponents], None, [float(scalar)])
 
 
+# Overloads whose arguments their packet's list-op handler does not take (the scalar is the base).
+_OVERLOAD_HANDLERS = {"_foreach_pow.ScalarAndTensor": _scalar_pow}
+
+
 def _unary(name, inplace):
     expr = _UNARY[name]
 
@@ -206,9 +210,8 @@ def _register_all() -> None:
         else:
             handler = _per_element(_single(single, inplace), inplace)
         for ov in packet.overloads():
-            if not ov.endswith("out") and not (op_name == "_foreach_pow" and ov == "ScalarAndTensor"):
-                implements(getattr(packet, ov))(handler)
-    implements(aten._foreach_pow.ScalarAndTensor)(_scalar_pow)   # (the scalar is the base)
+            if not ov.endswith("out"):
+                implements(getattr(packet, ov))(_OVERLOAD_HANDLERS.get(f"{op_name}.{ov}", handler))
     for packet, inplace in ((aten._foreach_lerp, False), (aten._foreach_lerp_, True)):
         for ov in packet.overloads():
             if not ov.endswith("out"):
