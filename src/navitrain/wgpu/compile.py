@@ -102,8 +102,8 @@ def _address(t) -> tuple:
 def _same_memory(a, b) -> bool:
     """`a` starts where `b` does (signatures already matched shapes, strides and dtypes): a graph that reads
     `b` reads `a`'s data, whichever storage object either has."""
-    wa, wb = a._ws, b._ws
-    return wa.heap is wb.heap and wa.base + a.storage_offset() == wb.base + b.storage_offset()
+    (heap_a, at_a), (heap_b, at_b) = _address(a), _address(b)
+    return heap_a is heap_b and at_a == at_b
 
 
 # How a captured graph reads each tensor input:
@@ -153,9 +153,8 @@ class _Capture:
 
     def matches(self, args) -> bool:
         for i, heap, address in self.callers:
-            a = args[i]
-            ws = a._ws
-            if ws.heap is not heap or ws.base + a.storage_offset() != address:
+            now_heap, now = _address(args[i])
+            if now_heap is not heap or now != address:
                 return False
         inputs = self.inputs
         for i in self.pinned:
