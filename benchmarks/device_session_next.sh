@@ -4,30 +4,30 @@
 # carried paths, which would pull files from under a job started in them (run 14 lost its zoo that way).
 #   first call:  bash benchmarks/device_session_next.sh start    copies the tree to /tmp/nt, starts, waits ~9 min
 #   next calls:  bash benchmarks/device_session_next.sh poll     waits up to ~9.5 min or until done
+#   or, with little device time left: start-short (one call; WAIT_S seconds, default 480)
 # Each call copies what is done so far from /tmp/nt-out to $OUT. Carry [".gl", ".whl"]; calls must follow each
 # other within the machine's 30 s idle release. Carry .tune too where it exists: $OUT/gemm_tiles*.json of an
 # earlier session, the tile choices that spare the tuning (the tuner keys them by adapter and driver).
 set -u
 RUN=/tmp/nt OUTDIR=/tmp/nt-out
-if [ "${1:-}" = start ]; then
-  rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
-  cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
-  mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
-  (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh run > "$OUTDIR/main.log" 2>&1 < /dev/null &)
-  wait_s=540
-elif [ "${1:-}" = start-short ]; then
-  # Little device time left (failed starts cost it): one call, the short plan below, ~7.5 minutes.
-  rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
-  cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
-  mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
-  (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh run-short > "$OUTDIR/main.log" 2>&1 < /dev/null &)
-  wait_s=${WAIT_S:-480}
-elif [ "${1:-}" = run-short ]; then
+# The setup both plans share: the device's Vulkan loader, the log folder, the card and versions.
+begin() {
   source benchmarks/device_setup.sh
   O=$OUTDIR
   stage() { echo "$(date +%T) $*" >> "$O/stages.txt"; }
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$O/gpu.txt"
   python3 -c "import torch,wgpu,torchvision;print(torch.__version__, wgpu.__version__, torchvision.__version__)" >> "$O/gpu.txt"
+}
+if [ "${1:-}" = start ] || [ "${1:-}" = start-short ]; then
+  # start-short: little device time left (failed starts cost it): one call, the short plan, ~7.5 minutes.
+  plan=run wait_s=540
+  [ "$1" = start-short ] && plan=run-short wait_s=${WAIT_S:-480}
+  rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
+  cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
+  mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
+  (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh "$plan" > "$OUTDIR/main.log" 2>&1 < /dev/null &)
+elif [ "${1:-}" = run-short ]; then
+  begin
   seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run15-h100/gemm_tiles.v3.json
   stage "s2 compiled U-Net and LM, tuning off (issue 19): plain AdamW now capturable, upsampling kept whole"
   NAVITRAIN_WGPU_TUNE=0 timeout 120 python3 benchmarks/bench_wgpu_train.py --models unet,tlm --devices wgpu-compile,cuda \
@@ -50,12 +50,8 @@ elif [ "${1:-}" = run-short ]; then
 elif [ "${1:-}" = poll ]; then
   wait_s=570
 elif [ "${1:-}" = run ]; then
-  source benchmarks/device_setup.sh
-  O=$OUTDIR
-  stage() { echo "$(date +%T) $*" >> "$O/stages.txt"; }
+  begin
   keep_cache() { mkdir -p "$O/tune"; cp "$NAVITRAIN_CACHE_DIR"/gemm_tiles*.json "$O/tune/" 2>/dev/null; }
-  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$O/gpu.txt"
-  python3 -c "import torch,wgpu,torchvision;print(torch.__version__, wgpu.__version__, torchvision.__version__)" >> "$O/gpu.txt"
   stage "1 tuning from an empty cache, candidates compiled together (run 15: VGG-16 126 s, ResNet-50 209 s)"
   rm -rf "$NAVITRAIN_CACHE_DIR"; mkdir -p "$NAVITRAIN_CACHE_DIR"
   python3 benchmarks/bench_wgpu_zoo.py --models vgg16,resnet50 --devices wgpu,wgpu-graph,cuda --no-layers --timeout 300 \
