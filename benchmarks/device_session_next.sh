@@ -18,10 +18,12 @@ begin() {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader > "$O/gpu.txt"
   python3 -c "import torch,wgpu,torchvision;print(torch.__version__, wgpu.__version__, torchvision.__version__)" >> "$O/gpu.txt"
 }
-if [ "${1:-}" = start ] || [ "${1:-}" = start-short ]; then
+if [ "${1:-}" = start ] || [ "${1:-}" = start-short ] || [ "${1:-}" = start-mid ]; then
   # start-short: little device time left (failed starts cost it): one call, the short plan, ~7.5 minutes.
+  # start-mid: one session's budget after a start (~25 minutes): what is still unmeasured, most wanted first.
   plan=run wait_s=540
   [ "$1" = start-short ] && plan=run-short wait_s=${WAIT_S:-480}
+  [ "$1" = start-mid ] && plan=run-mid
   rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
   cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
   mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
@@ -44,6 +46,36 @@ elif [ "${1:-}" = run-short ]; then
   stage "s4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned)"
   timeout 100 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu --no-layers --profile 30 \
     --steps 2 --warmup 2 --timeout 50 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
+  stage done
+  touch "$O/DONE"
+  exit 0
+elif [ "${1:-}" = run-mid ]; then
+  begin
+  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run15-h100/gemm_tiles.v3.json
+  stage "m1 compiled steps, tuning off (issue 19: LM, U-Net at most 1.3x; first look at GPT and CIFAR ResNet-18)"
+  NAVITRAIN_WGPU_TUNE=0 timeout 330 python3 benchmarks/bench_wgpu_train.py --models tlm,unet,gpt,resnet18 --devices wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 150 --json "$O/compile.json" > "$O/compile.log" 2>&1
+  stage "m2 compiled ResNet-50, tuning off (issue 19: at most 1.3x)"
+  NAVITRAIN_WGPU_TUNE=0 timeout 200 python3 benchmarks/bench_wgpu_zoo.py --models resnet50 --devices wgpu-compile,cuda --no-layers --timeout 180 \
+    --json "$O/zoo_resnet50_compile.json" > "$O/zoo_resnet50_compile.log" 2>&1
+  stage "m3 compiled CIFAR ResNet-18 and GPT, tuning on, run 15's tiles as the seed (issue 19: 1.0x and 1.3x)"
+  mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
+  timeout 300 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu-compile,wgpu,cuda \
+    --steps 10 --warmup 5 --timeout 140 --json "$O/compile_tuned.json" > "$O/compile_tuned.log" 2>&1
+  stage "m4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned)"
+  timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu,wgpu-graph,cuda --no-layers --profile 30 \
+    --steps 3 --warmup 2 --timeout 70 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
+  stage "m5 eager steps zeroing gradients as scripts do (set_to_none=True), host-bound models, tuned"
+  timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,densenet161,resnet50 \
+    --devices wgpu,cuda --no-layers --steps 5 --warmup 3 --timeout 60 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
+  stage "m6 VGG-16 captured step tuning from an empty cache, candidates compiled together (run 15: 126 s)"
+  EMPTY=/tmp/nt-empty-cache; rm -rf "$EMPTY"; mkdir -p "$EMPTY"
+  NAVITRAIN_CACHE_DIR=$EMPTY timeout 170 python3 benchmarks/bench_wgpu_zoo.py --models vgg16 --devices wgpu-graph --no-layers --timeout 160 \
+    --steps 3 --warmup 2 --json "$O/zoo_tuning.json" > "$O/zoo_tuning.log" 2>&1
+  mkdir -p "$O/tune"; cp "$EMPTY"/gemm_tiles*.json "$O/tune/" 2>/dev/null
+  stage "m7 where the compiled LM's and U-Net's GPU time goes (per kernel, tuning off)"
+  NAVITRAIN_WGPU_TUNE=0 NAVITRAIN_BENCH_PROFILE=1 timeout 200 python3 benchmarks/bench_wgpu_train.py --models tlm,unet \
+    --devices wgpu-compile --steps 3 --warmup 3 --timeout 90 --json "$O/compile_profile.json" > "$O/compile_profile.log" 2>&1
   stage done
   touch "$O/DONE"
   exit 0
@@ -90,7 +122,7 @@ PY
   touch "$O/DONE"
   exit 0
 else
-  echo "usage: $0 start|start-short|poll|run|run-short"; exit 2
+  echo "usage: $0 start|start-mid|start-short|poll|run|run-mid|run-short"; exit 2
 fi
 for i in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; [ $((i % 30)) = 0 ] && cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null; done  # (partial results survive a cut-off call)
 cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null
