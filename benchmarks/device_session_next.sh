@@ -63,6 +63,9 @@ elif [ "${1:-}" = run-mid ]; then
   stage "m3 compiled CIFAR ResNet-18 and GPT, tuning on (issue 19: 1.0x and 1.3x)"
   timeout 300 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu-compile,wgpu,cuda \
     --steps 10 --warmup 5 --timeout 140 --json "$O/compile_tuned.json" > "$O/compile_tuned.log" 2>&1
+  stage "m3b compiled LM and U-Net with the tuner on, as a user runs them (m1 has them without)"
+  timeout 300 python3 benchmarks/bench_wgpu_train.py --models tlm,unet --devices wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 140 --json "$O/compile_tuned_b.json" > "$O/compile_tuned_b.log" 2>&1
   stage "m4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned)"
   timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu,wgpu-graph,cuda --no-layers --profile 30 \
     --steps 3 --warmup 2 --timeout 70 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
