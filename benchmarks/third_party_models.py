@@ -19,6 +19,7 @@ PYTHONPATH, e.g.
     PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py               # every model
     PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py bert gpt2     # some of them
     PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py --list
+    PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py --compile resnet18 gpt2   # compiled, 3 steps
 
 A model whose package is missing is reported as `skipped`. torchvision's compiled ops (nms, roi_align) are
 not needed by the classification models, so a torchvision wheel built for another torch variant (CUDA) is
@@ -456,18 +457,29 @@ def _make_optimizer(kind, params):
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
 
 
-def _step(case, model, device, dtype):
-    """One training step; returns loss, outputs, gradients and updated parameters on the CPU (float64)."""
+def _step(case, model, device, dtype, steps=1, compiled=False):
+    """`steps` training steps (the whole step under torch.compile(backend="wgpu") if `compiled`); returns the
+    last step's loss, outputs and gradients and the updated parameters on the CPU (float64)."""
     model = copy.deepcopy(model).to(device=device, dtype=dtype)
     model.train()
     inputs = {k: (v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
                   if isinstance(v, torch.Tensor) else v) for k, v in case.inputs.items()}
     opt = _make_optimizer(case.optimizer, model.parameters())
-    opt.zero_grad()
-    loss, outputs = case.loss(model(**inputs))
-    loss.backward()
+
+    def train_step(inputs):
+        opt.zero_grad()
+        loss, outputs = case.loss(model(**inputs))
+        loss.backward()
+        opt.step()
+        return loss, outputs
+
+    if compiled:
+        # A compiled graph runs eagerly on its first call, is captured on its second and replayed after: three
+        # steps reach the replays.
+        train_step = torch.compile(train_step, backend="wgpu")
+    for _ in range(steps):
+        loss, outputs = train_step(inputs)
     grads = {n: p.grad.detach().cpu().double() for n, p in model.named_parameters() if p.grad is not None}
-    opt.step()
     fetch = lambda t: t.detach().cpu().double()  # noqa: E731
     return dict(loss={"loss": fetch(loss)}, outputs={k: fetch(v) for k, v in outputs.items()}, grads=grads,
                 params={n: fetch(p) for n, p in model.named_parameters()})
@@ -496,10 +508,12 @@ class Result:
     fallbacks: dict = field(default_factory=dict)
     seconds: float = 0.0
     detail: str = ""
+    compile: dict = field(default_factory=dict)   # --compile: the compiled graphs' eager runs and replays
 
 
-def run_model(name, build) -> Result:
+def run_model(name, build, steps=1, compiled=False) -> Result:
     import navitrain.wgpu as nw
+    import navitrain.wgpu.compile as wc
 
     result = Result(name)
     try:
@@ -510,15 +524,18 @@ def run_model(name, build) -> Result:
         result.status, result.detail = "skipped", f"{type(e).__name__}: {e}"
         return result
     try:
-        ref = _step(case, model, "cpu", torch.float64)
+        ref = _step(case, model, "cpu", torch.float64, steps)
     except Exception as e:  # some models pin float32 somewhere: then float32 is the reference
         ref, result.detail = None, f"float64 reference failed ({type(e).__name__}); float32 reference"
-    cpu = _step(case, model, "cpu", torch.float32)
+    cpu = _step(case, model, "cpu", torch.float32, steps)
     ref = ref or cpu
     nw.reset_fallback_counts()
     t0 = time.perf_counter()
     try:
-        dev = _step(case, model, DEV, torch.float32)
+        if compiled:
+            torch._dynamo.reset()
+            wc.reset_stats()
+        dev = _step(case, model, DEV, torch.float32, steps, compiled)
         nw.synchronize()
     except Exception as e:
         result.seconds = time.perf_counter() - t0
@@ -530,6 +547,8 @@ def run_model(name, build) -> Result:
         return result
     result.seconds = time.perf_counter() - t0
     result.fallbacks = dict(nw.fallback_report()["cpu_fallbacks"])
+    if compiled:
+        result.compile = {k: v for k, v in sorted(wc.stats.items()) if k.endswith(("_replays", "_eager", "_uncapturable"))}
     worst, worst_ratio = None, -1.0
     for group in ("loss", "outputs", "grads", "params"):
         # A gradient that is zero in exact arithmetic (a key bias under softmax) is rounding noise: each
@@ -555,7 +574,12 @@ def main(argv=None):
     parser.add_argument("models", nargs="*", help="models to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the models and exit")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--compile", action="store_true",
+                        help='run the training step under torch.compile(backend="wgpu") (CPU reference: eager)')
+    parser.add_argument("--steps", type=int, help="training steps compared (default 1; with --compile 3, which "
+                        "reaches the captured graphs' replays)")
     args = parser.parse_args(argv)
+    steps = args.steps or (3 if args.compile else 1)
     if args.list:
         print("\n".join(MODELS))
         return 0
@@ -574,10 +598,11 @@ def main(argv=None):
     results = []
     print(f"{'model':<20} {'status':<9} {'time s':>7}  fallbacks / worst error", flush=True)
     for name in names:
-        r = run_model(name, MODELS[name])
+        r = run_model(name, MODELS[name], steps, args.compile)
         results.append(r)
         falls = ", ".join(f"{op} x{n}" for op, n in sorted(r.fallbacks.items())) or "-"
-        print(f"{name:<20} {r.status:<9} {r.seconds:7.1f}  fallbacks: {falls}", flush=True)
+        graphs = f"; graphs: {', '.join(f'{k} {v}' for k, v in r.compile.items())}" if args.compile else ""
+        print(f"{name:<20} {r.status:<9} {r.seconds:7.1f}  fallbacks: {falls}{graphs}", flush=True)
         for line in (r.worst and f"worst: {r.worst}", r.detail):
             if line:
                 print(f"{'':<39}{line}", flush=True)

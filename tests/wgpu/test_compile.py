@@ -497,3 +497,35 @@ def test_a_parameter_whose_data_is_replaced_is_read_and_updated_where_it_now_is(
     for a, b in zip(model.parameters(), cpu_model.parameters()):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
     assert wc.stats["forward_replays"] >= 3 and wc.stats["forward_captures"] >= 2
+
+
+def test_a_step_that_moves_its_cpu_batch_to_the_device_itself_is_replayed():
+    """The habit `def step(x, y): x, y = x.to(device), y.to(device)` under torch.compile: the CPU batch
+    becomes a graph input that the graph copies to the device. A capture would freeze a CPU tensor's values,
+    so such graphs ran eagerly every step (silently slow); the batch is now uploaded before the graph runs,
+    and the graph is captured and replayed like any other. Ten steps with fresh batches match the CPU's."""
+    torch.manual_seed(7)
+    batches = _batches([6] * 10, seed=8)
+    base = small_cnn()
+    results = {}
+    for device in ("cpu", "wgpu"):
+        model = copy.deepcopy(base).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+        def step(x, y, model=model, opt=opt, device=device):
+            opt.zero_grad()
+            out = model(x.to(device))   # the batch arrives on the CPU, as from a DataLoader
+            loss = nn.functional.cross_entropy(out, y.to(out.device))
+            loss.backward()
+            opt.step()
+            return loss
+
+        if device == "wgpu":
+            step = torch.compile(step, backend="wgpu")
+        results[device] = ([step(x, y).item() for x, y in batches], model)
+    (cpu_losses, cpu_model), (losses, model) = results["cpu"], results["wgpu"]
+    assert losses == pytest.approx(cpu_losses, rel=1e-4, abs=1e-5)
+    for (name, a), b in zip(model.state_dict().items(), cpu_model.state_dict().values()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert wc.stats["forward_replays"] >= 8 and wc.stats["backward_replays"] >= 8
+    assert not [k for k in wc.stats if k.endswith("uncapturable")]

@@ -79,3 +79,16 @@ def test_a_move_between_forward_and_backward_warns_rather_than_failing(monkeypat
         model.cpu()
     assert model[0].weight.device.type == "cpu"
     out.sum().backward()    # the pending backward still runs, into the tensors it saved
+
+
+def test_a_lazy_module_moved_before_its_first_forward_gets_a_clear_error_and_works_after_one():
+    """nn.LazyLinear makes its weight in place at the first forward, which a wgpu tensor (another Python
+    class) cannot be; the move says what to do instead of failing on the uninitialized shape."""
+    model = nn.Sequential(nn.LazyLinear(5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.raises(RuntimeError, match="lazy module .* run one forward on the CPU first"):
+        model.to("wgpu")
+    x = torch.randn(4, 7)
+    with torch.no_grad():   # (a graph still holding the CPU weights would stop PyTorch's move to a subclass)
+        want = model(x)
+    model.to("wgpu")
+    torch.testing.assert_close(model(x.to("wgpu")).cpu(), want)

@@ -230,6 +230,7 @@ class CapturedGraphModule:
         # Fusion may have folded the copy_ epilogue into kernels that write the inputs themselves: the
         # positions are taken before it (compile_graph passes them).
         self.mutated = _mutated_inputs(gm) if mutated is None else mutated
+        self.uploads = _uploaded_inputs(gm)
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
         self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
@@ -250,6 +251,13 @@ class CapturedGraphModule:
             # graph's ops into that one; captures cannot nest.
             out = self.run_graph(*args)
             return list(out) if isinstance(out, (tuple, list)) else [out]
+        for i, device in self.uploads:
+            a = args[i]
+            if isinstance(a, torch.Tensor) and not isinstance(a, WgpuTensor) and a.device.type == "cpu":
+                # A CPU tensor the graph only copies to the device (a batch moved inside the compiled step):
+                # uploaded first, it is an input like any other, and the graph's copy of it is captured.
+                args[i] = a.to(device)
+                stats["inputs_uploaded"] += 1
         if not args or not all(isinstance(a, WgpuTensor) or not isinstance(a, torch.Tensor) for a in args) \
                 or not any(isinstance(a, WgpuTensor) for a in args):
             # CPU tensors in the graph (a non-capturable optimizer's step count): a capture would
@@ -336,6 +344,24 @@ def _mutated_inputs(gm: torch.fx.GraphModule) -> tuple[int, ...]:
     written = {n.args[0] for n in gm.graph.nodes if n.op == "call_function"
                and n.target is torch.ops.aten.copy_.default and n.args and n.args[0].op == "placeholder"}
     return tuple(i for i, n in enumerate(placeholders) if n in written)
+
+
+def _uploaded_inputs(gm: torch.fx.GraphModule) -> tuple[tuple[int, torch.device], ...]:
+    """(position, device) of the inputs that are CPU tensors when traced and that the graph only copies to the wgpu
+    device (`x.to(device)` inside a compiled step). Given the wgpu tensor instead, each copy still has a
+    meaning (a copy on the device), so the caller's CPU tensor can be uploaded before the graph runs."""
+    positions = []
+    for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.device.type != "cpu" or not node.users:
+            continue
+        devices = {user.kwargs.get("device") if user.op == "call_function"
+                   and user.target is torch.ops.aten._to_copy.default and user.args[0] is node
+                   and len(user.args) == 1 else None for user in node.users}
+        device = devices.pop() if len(devices) == 1 else None
+        if isinstance(device, torch.device) and device.type == "wgpu":
+            positions.append((i, device))
+    return tuple(positions)
 
 
 def _compiler(kind: str):
