@@ -529,3 +529,23 @@ def test_a_step_that_moves_its_cpu_batch_to_the_device_itself_is_replayed():
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     assert wc.stats["forward_replays"] >= 8 and wc.stats["backward_replays"] >= 8
     assert not [k for k in wc.stats if k.endswith("uncapturable")]
+
+
+def test_a_tensor_made_from_data_on_the_device_inside_a_compiled_function_is_traced():
+    """torch.tensor(data, device=...) inside the compiled code (Hugging Face's KV cache starts as
+    torch.tensor([]) on the input's device, then grows by cat): tracing failed with "found at least two
+    devices, wgpu:0 and wgpu:0", a real tensor among the fakes. Values against the CPU, replays included."""
+    def f(x):
+        cache = torch.tensor([], dtype=x.dtype, device=x.device)
+        scale = torch.tensor([0.5, -2.0, float("inf")], device=x.device)
+        return torch.cat([cache, x.flatten()], dim=-1), x[:, :3] * scale
+
+    compiled = torch.compile(f, backend="wgpu")
+    for seed in range(4):
+        x = torch.randn(4, 5, generator=torch.Generator().manual_seed(seed))
+        x[0, 1] = float("nan")
+        for got, want in zip(compiled(x.to("wgpu")), f(x)):
+            torch.testing.assert_close(got.cpu(), want, equal_nan=True)
+    # The constants reach the device once (a captured graph cannot upload): captured and replayed.
+    assert wc.stats["inference_replays"] >= 2 and wc.stats["constants_folded"] >= 1
+    assert not [k for k in wc.stats if k.endswith("capture_failures")]

@@ -253,3 +253,23 @@ def test_random_like_factories_stay_on_the_device():
     assert abs(n.mean().item()) < 0.1 and abs(n.std().item() - 1.0) < 0.1
     assert i.dtype == torch.float32 and set(i.unique().tolist()) == {5.0, 6.0, 7.0, 8.0}
     assert j.dtype == torch.int64 and set(j.unique().tolist()) == set(range(7))
+
+
+@pytest.mark.parametrize("dst_dtype,src_dtype,src_shape", [
+    (torch.float32, torch.float64, (4,)), (torch.int64, torch.float32, (3, 4)), (torch.float16, torch.int32, ()),
+    (torch.bool, torch.float32, (3, 1))])
+def test_functional_copy_of_functionalized_graphs_matches_the_cpu(dst_dtype, src_dtype, src_shape):
+    """aten.copy (x.copy_(y) once torch.compile functionalizes it): x's shape, dtype and layout, y's values
+    broadcast and converted, NaN and infinities included; on the device, with no CPU fallback."""
+    x = rnd(4, 3, seed=2).t().to(dst_dtype)          # a transposed layout, kept
+    src = (rnd(*src_shape, seed=3) if src_shape else rnd(1, seed=3)[0]).mul(50).to(src_dtype)
+    if src_dtype.is_floating_point and dst_dtype.is_floating_point and src.numel() > 2:   # (to int: undefined)
+        src.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=src_dtype)
+    if dst_dtype == torch.float16:
+        src = src.clamp(-60000, 60000)
+    want = torch.ops.aten.copy.default(x, src)
+    nw.reset_fallback_counts()
+    got = torch.ops.aten.copy.default(x.to(DEV), src.to(DEV))
+    assert got.dtype == want.dtype and got.stride() == want.stride()
+    torch.testing.assert_close(got.cpu(), want, equal_nan=True, rtol=0, atol=0)
+    assert not nw.fallback_report()["cpu_fallbacks"]

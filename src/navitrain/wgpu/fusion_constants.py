@@ -8,6 +8,8 @@ each is a dispatch per step, and eager attention needs none of them (its kernel 
 after that. Only what is safe to keep:
 - ops with no tensor inputs or only constant ones, neither random (PyTorch's nondeterministic_seeded
   tag) nor mutating, with one static-shaped tensor result on the wgpu device, at most MAX_ELEMENTS;
+  CPU tensors the trace keeps as attributes, and such ops on them with CPU results, lead to them
+  (`torch.tensor(data, device="wgpu")` traced: a CPU constant copied to the device);
 - not a graph output (a caller could hold and modify it); nothing in these functional graphs writes
   a non-input tensor in place, so the kept tensor stays as computed.
 """
@@ -43,6 +45,11 @@ class ConstantValue(torch.nn.Module):
 
 def _constant_op(node: Node, constants: set) -> bool:
     target = node.target
+    if node.op == "get_attr":
+        # A CPU tensor the trace kept as a constant (torch.tensor(data, device="wgpu") in the traced code: it
+        # reaches the device through a copy, which a captured graph cannot make, and need not remake).
+        value = _attribute(node.graph.owning_module, target)
+        return type(value) is torch.Tensor and value.device.type == "cpu" and value.numel() <= MAX_ELEMENTS
     if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
         return False
     if target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags:
@@ -50,8 +57,19 @@ def _constant_op(node: Node, constants: set) -> bool:
     if not all(a in constants for a in node.all_input_nodes):
         return False
     val = node.meta.get("val")
-    return isinstance(val, torch.Tensor) and val.device.type == DEVICE.type \
+    return isinstance(val, torch.Tensor) and val.device.type in (DEVICE.type, "cpu") \
         and all(type(s) is int for s in val.shape) and val.numel() <= MAX_ELEMENTS
+
+
+def _on_device(node: Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.device.type == DEVICE.type
+
+
+def _attribute(module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part, None)
+    return module
 
 
 def fold(gm: GraphModule) -> int:
@@ -61,8 +79,9 @@ def fold(gm: GraphModule) -> int:
     for node in graph.nodes:
         if _constant_op(node, constants):
             constants.add(node)
+    # (Only values on the device are kept: a CPU value read by a device op stays as the trace made it.)
     boundary = [n for n in graph.nodes if n in constants and any(u not in constants for u in n.users)
-                and not _escapes(n)]
+                and _on_device(n) and not _escapes(n)]
     for k, node in enumerate(boundary):
         name = f"navitrain_constant_{k}"
         while hasattr(gm, name):
@@ -102,4 +121,5 @@ def _subgraph(root: Node) -> tuple[GraphModule, tuple]:
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.output(env[root])
     ops = tuple(str(n.target).split("::")[-1] for n in ordered)
-    return GraphModule(torch.nn.Module(), graph), ops
+    # (The graph module as the root: get_attr constants are copied from it.)
+    return GraphModule(root.graph.owning_module, graph), ops

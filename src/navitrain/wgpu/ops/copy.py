@@ -28,6 +28,15 @@ def copy_(dst, src, non_blocking=False):
     return dst
 
 
+@implements(aten.copy.default)
+def copy(x, src, non_blocking=False):
+    """The functional form of copy_, which only functionalized graphs hold (torch.compile of code writing into
+    a view, `y[..., :k] = v`): a new tensor with x's shape, dtype and layout and src's values (broadcast,
+    converted). It fell back to the CPU, and a capture cannot read back, so such graphs ran eagerly."""
+    out = empty_like(x) if isinstance(x, WgpuTensor) else torch.empty_like(x)
+    return copy_(out, src, non_blocking)
+
+
 @implements(aten._to_copy.default)
 def _to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
     dtype = dtype or x.dtype
@@ -85,12 +94,26 @@ def contiguous(x, *, memory_format=torch.contiguous_format):
 
 @implements(aten.lift_fresh.default)
 def lift_fresh(x):
-    return x
+    return _fake_if_tracing(x)
 
 
 @implements(aten.lift_fresh_copy.default)
 def lift_fresh_copy(x):
-    return clone(x) if isinstance(x, WgpuTensor) else from_cpu(x)
+    return _fake_if_tracing(clone(x) if isinstance(x, WgpuTensor) else from_cpu(x))
+
+
+def _fake_if_tracing(x):
+    """`torch.tensor(data, device="wgpu")` makes a real tensor and lifts it. While torch.compile traces, the
+    fake and proxy modes turn CUDA's into a constant of the graph; a wgpu tensor is a subclass those modes leave
+    to this handler, and a real tensor among the traced fakes failed the next op ("found at least two devices,
+    wgpu:0 and wgpu:0": Hugging Face's KV cache starts as torch.tensor([]) on the device). The modes get a CPU
+    tensor instead, which they take as a constant, and its copy to the device (fusion_constants keeps the
+    copied value, so a replay does not upload it again)."""
+    from torch._guards import active_fake_mode
+
+    if active_fake_mode() is None or not isinstance(x, WgpuTensor):
+        return x
+    return aten._to_copy.default(to_cpu(x), dtype=x.dtype, device=x.device)
 
 
 @implements(aten._local_scalar_dense.default)
