@@ -19,7 +19,7 @@ PYTHONPATH, e.g.
     PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py               # every model
     PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py bert gpt2     # some of them
     PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py --list
-    PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py --compile resnet18 gpt2   # compiled, 3 steps
+    PYTHONPATH=/tmp/site17 .venv/bin/python benchmarks/third_party_models.py --compile resnet18 gpt2   # 3 steps
 
 A model whose package is missing is reported as `skipped`. torchvision's compiled ops (nms, roi_align) are
 not needed by the classification models, so a torchvision wheel built for another torch variant (CUDA) is
@@ -548,7 +548,8 @@ def run_model(name, build, steps=1, compiled=False) -> Result:
     result.seconds = time.perf_counter() - t0
     result.fallbacks = dict(nw.fallback_report()["cpu_fallbacks"])
     if compiled:
-        result.compile = {k: v for k, v in sorted(wc.stats.items()) if k.endswith(("_replays", "_eager", "_uncapturable"))}
+        result.compile = {k: v for k, v in sorted(wc.stats.items())
+                          if k.endswith(("_replays", "_eager", "_uncapturable", "_capture_failures"))}
     worst, worst_ratio = None, -1.0
     for group in ("loss", "outputs", "grads", "params"):
         # A gradient that is zero in exact arithmetic (a key bias under softmax) is rounding noise: each

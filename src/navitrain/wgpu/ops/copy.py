@@ -48,7 +48,8 @@ def _to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, non_bl
             # tensor is another Python class, which that in-place change cannot give the CPU object.
             raise RuntimeError("wgpu: a lazy module (nn.LazyLinear, nn.LazyConv2d, ...) cannot be moved to the wgpu "
                                "device before its parameters exist: run one forward on the CPU first "
-                               "(with torch.no_grad(): model(example_batch)), then move the model with .to('wgpu') and make the optimizer")
+                               "(with torch.no_grad(): model(example_batch)), then move the model with .to('wgpu') "
+                               "and make the optimizer")
         if memory_format not in (None, torch.preserve_format):
             x = x.contiguous(memory_format=memory_format)
         return from_cpu(x, dtype)
