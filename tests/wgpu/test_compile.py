@@ -549,3 +549,28 @@ def test_a_tensor_made_from_data_on_the_device_inside_a_compiled_function_is_tra
     # The constants reach the device once (a captured graph cannot upload): captured and replayed.
     assert wc.stats["inference_replays"] >= 2 and wc.stats["constants_folded"] >= 1
     assert not [k for k in wc.stats if k.endswith("capture_failures")]
+
+
+def test_torch_compile_with_no_backend_named_uses_the_wgpu_backend(monkeypatch):
+    """A script's unchanged `model = torch.compile(model)` (Inductor, PyTorch's default, which has no code
+    generation for this device, failed with "expected FakeTensor for arg"): its graphs go to backend="wgpu"
+    with a one-time warning, and train like the CPU; a CPU model still gets Inductor's wrapper untouched."""
+    from navitrain.wgpu import compile_default
+
+    monkeypatch.setattr(compile_default, "_said", False)
+    torch.manual_seed(11)
+    batches = _batches([6] * 6, seed=12)
+    base = small_cnn()
+    cpu_losses, cpu_model = _run(base, lambda p, d: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+                                 nn.functional.cross_entropy, batches, "cpu")
+    model = copy.deepcopy(base).to("wgpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = models.train_step(torch.compile(model), opt, nn.functional.cross_entropy)
+    with pytest.warns(UserWarning, match='uses backend="wgpu" instead'):
+        losses = [step(x.to("wgpu"), y.to("wgpu")).item() for x, y in batches]
+    assert losses == pytest.approx(cpu_losses, rel=1e-4, abs=1e-5)
+    for (name, a), b in zip(model.state_dict().items(), cpu_model.state_dict().values()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert wc.stats["forward_replays"] >= 4 and wc.stats["backward_replays"] >= 4
+    assert compile_default._holds_wgpu(None, [torch.ones(2).to("wgpu")])
+    assert not compile_default._holds_wgpu(torch.fx.symbolic_trace(nn.Linear(2, 2)), [torch.ones(2)])

@@ -72,6 +72,9 @@ _autocast.register()
 # torch_dynamo_backends entry point in pyproject.toml when a compile asks for it.
 if "torch._dynamo" in __import__("sys").modules:
     from navitrain.wgpu import compile as _compile  # noqa: E402,F401
+from navitrain.wgpu import compile_default as _compile_default  # noqa: E402  (torch.compile(model) on wgpu)
+
+_compile_default.register()
 
 # Backward on the calling thread rather than on autograd's per-device worker: a device registered
 # after the process's first backward (a CPU warm-up before navitrain.device(), say) has no worker
