@@ -367,7 +367,24 @@ def _unhandled(func, args, kwargs):
             if result is not NotImplemented:
                 decomposed_counts[str(func)] += 1
                 return result
+    kernel = _custom_op_kernel(func)
+    if kernel is not None:
+        return kernel(*args, **kwargs)
     return cpu_fallback(func, args, kwargs)
+
+
+def _custom_op_kernel(func):
+    """The function a library's custom op (torch.library.custom_op) registered for the "wgpu" device or for every
+    device (no device_types; Hugging Face's MoE grouped matmul for compiled code is one). The dispatcher holds it
+    under a backend key, below the Python key that brings every op here, so these ops ran on the CPU. Run here,
+    its own ops on wgpu tensors come back through this dispatcher. None for other ops (looked up each time: the
+    CPU fallback it saves is far slower, and a kernel may be registered after the op's first call)."""
+    if func.namespace in ("aten", "prim", "prims"):
+        return None
+    from torch._library import custom_ops
+
+    fns = getattr(custom_ops.OPDEFS.get(func._schema.name), "_backend_fns", None) or {}
+    return fns.get(DEVICE.type) or fns.get(None)
 
 
 # -- the CPU fallback ---------------------------------------------------------------------------
