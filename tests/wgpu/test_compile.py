@@ -574,3 +574,27 @@ def test_torch_compile_with_no_backend_named_uses_the_wgpu_backend(monkeypatch):
     assert wc.stats["forward_replays"] >= 4 and wc.stats["backward_replays"] >= 4
     assert compile_default._holds_wgpu(None, [torch.ones(2).to("wgpu")])
     assert not compile_default._holds_wgpu(torch.fx.symbolic_trace(nn.Linear(2, 2)), [torch.ones(2)])
+
+
+def test_a_view_reaching_the_code_after_a_graph_break_is_traced():
+    """Code resumed after a graph break that takes a view of a wgpu tensor (`h = x[:, None]`, then a break, as
+    wav2vec2's feature encoder under gradient checkpointing): fakeifying the view failed in PyTorch's
+    meta_utils ("'FakeTensor' object has no attribute '__tensor_flatten__'"). Values and gradients vs the CPU."""
+    torch.manual_seed(13)
+    conv = nn.Conv1d(1, 4, 3)
+    wconv = copy.deepcopy(conv).to("wgpu")
+
+    def f(x, layer):
+        h = x[:, None]
+        torch._dynamo.graph_break()
+        return layer(h).tanh().sum()
+
+    compiled = torch.compile(f, backend="wgpu")
+    for seed in range(3):
+        x = torch.randn(2, 16, generator=torch.Generator().manual_seed(seed))
+        want = f(x, conv)
+        want.backward()
+        got = compiled(x.to("wgpu"), wconv)
+        got.backward()
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wconv.weight.grad.cpu(), conv.weight.grad, rtol=1e-5, atol=1e-5)

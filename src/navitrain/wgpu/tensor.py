@@ -206,7 +206,12 @@ class WgpuTensor(torch.Tensor):
             raise NotImplementedError("a wgpu tensor can only be rebuilt from its flattened form by torch.compile "
                                       "tracing (under a fake tensor mode)")
         with mode:
-            return torch.empty_strided(outer_size, outer_stride, dtype=ctx[0], device=ctx[1])
+            fake = torch.empty_strided(outer_size, outer_stride, dtype=ctx[0], device=ctx[1])
+        # Fakeifying a view of a wgpu tensor (a graph break's resumed code taking `x[:, None]`) rebuilds its base
+        # through this and asks the result for its inner tensors: it has none. (Only the flatten half of the
+        # protocol: the fake must not be taken for a subclass, which needs both.)
+        fake.__tensor_flatten__ = _no_inner_tensors(ctx)
+        return fake
 
     def __coerce_same_metadata_as_tangent__(self, expected_metadata, expected_type=None):
         # A compiled backward expects its incoming gradients to be what tracing saw, a plain tensor on
@@ -240,6 +245,10 @@ class TracedAsPlain(WgpuTensor):
     @property
     def __tensor_flatten__(self):
         raise AttributeError("TracedAsPlain is a plain tensor to torch.compile")
+
+
+def _no_inner_tensors(ctx):
+    return lambda: ([], ctx)
 
 
 _make = torch.Tensor._make_wrapper_subclass
