@@ -31,6 +31,9 @@ _decided = threading.local()   # an outer module's _apply decided for its submod
 
 
 def _apply(self, fn, recurse=True):
+    lazy = [t for t in (*self._parameters.values(), *self._buffers.values()) if isinstance(t, _Uninitialized)]
+    if lazy and _moves_to_wgpu(fn):
+        return _apply_lazy(self, fn, recurse)
     if torch.__future__.get_swap_module_params_on_conversion() or getattr(_decided, "active", False):
         return _original_apply(self, fn, recurse)   # the user's setting, or an outer call's decision
     params = list(self.parameters(recurse=recurse))
@@ -55,6 +58,45 @@ def _apply(self, fn, recurse=True):
         return _original_apply(self, fn, recurse)
     finally:
         torch.__future__.set_swap_module_params_on_conversion(False)
+
+
+# -- lazy modules ---------------------------------------------------------------------------------------
+# nn.LazyLinear and its kin make their parameters at the first forward, in place: the UninitializedParameter
+# object becomes a Parameter (so an optimizer made before that forward holds the right objects). A wgpu tensor
+# is another Python class, which that in-place change cannot give. So a move to wgpu leaves the uninitialized
+# tensors where they are and moves them right after the module makes them (on the CPU, with the CPU's
+# initialization), before that first forward runs: PyTorch's move to a tensor subclass swaps contents, so the
+# objects stay, as they do for CUDA.
+_Uninitialized = torch.nn.parameter.UninitializedTensorMixin
+
+
+def _moves_to_wgpu(fn) -> bool:
+    try:
+        return isinstance(fn(torch.zeros(())), WgpuTensor)
+    except Exception:   # a conversion that a scalar cannot take is not a device move
+        return False
+
+
+def _apply_lazy(module, fn, recurse):
+    def keep_uninitialized(t):
+        return t if isinstance(t, _Uninitialized) else fn(t)
+
+    out = _original_apply(module, keep_uninitialized, recurse=False)
+    if recurse:
+        for child in module.children():
+            child._apply(fn)
+    handle = None
+
+    def move_once_made(mod, args, kwargs):
+        if any(isinstance(t, _Uninitialized) for t in (*mod._parameters.values(), *mod._buffers.values())):
+            return None   # (not made yet: the module's own hook had nothing to infer from)
+        handle.remove()
+        mod._apply(fn, recurse=False)
+        return None
+
+    # Registered after the module's own initializing hook, so it runs right after it.
+    handle = module.register_forward_pre_hook(move_once_made, with_kwargs=True)
+    return out
 
 
 def _warn_replaced() -> None:

@@ -45,7 +45,8 @@ def _to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, non_bl
     if not isinstance(x, WgpuTensor):  # CPU -> device (reached through the PrivateUse1 key)
         if isinstance(x, torch.nn.parameter.UninitializedTensorMixin):
             # A lazy module's parameter is made in place when its first forward sees the input's shape; a wgpu
-            # tensor is another Python class, which that in-place change cannot give the CPU object.
+            # tensor is another Python class, which that in-place change cannot give the CPU object. (A module
+            # moved whole moves them once made: module_moves.py. This is one moved alone.)
             raise RuntimeError("wgpu: a lazy module (nn.LazyLinear, nn.LazyConv2d, ...) cannot be moved to the wgpu "
                                "device before its parameters exist: run one forward on the CPU first "
                                "(with torch.no_grad(): model(example_batch)), then move the model with .to('wgpu') "
