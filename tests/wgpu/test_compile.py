@@ -598,3 +598,20 @@ def test_a_view_reaching_the_code_after_a_graph_break_is_traced():
         got.backward()
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(wconv.weight.grad.cpu(), conv.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cpu_constant_moved_to_the_device_in_traced_code_is_traced_and_replayed():
+    """`torch.tensor(3).to(x.device)` in the compiled code (Mistral's sliding window): the fake tensor mode folds
+    an op on constants by running it and asserted on the wgpu result ("fake_tensor must be a FakeTensor with a
+    constant"). Values against the CPU over replays, NaN included; no capture failure."""
+    def f(x):
+        n = torch.tensor(3)
+        return x * n.to(x.device) + torch.tensor(0.5).to(x.device)
+
+    compiled = torch.compile(f, backend="wgpu")
+    for seed in range(4):
+        x = torch.randn(6, generator=torch.Generator().manual_seed(seed))
+        x[2] = float("nan")
+        torch.testing.assert_close(compiled(x.to("wgpu")).cpu(), f(x), equal_nan=True)
+    assert wc.stats["inference_replays"] >= 2
+    assert not [k for k in wc.stats if k.endswith(("capture_failures", "uncapturable"))]

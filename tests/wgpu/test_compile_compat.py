@@ -75,3 +75,16 @@ def test_a_torch_that_handles_it_is_left_alone():
     before = (fake_tensor.is_fake, fake_tensor.maybe_get_fake_mode)
     assert compile_compat.patch_fake_tensor_helpers(compile_compat._NoInnerTensors) == []
     assert (fake_tensor.is_fake, fake_tensor.maybe_get_fake_mode) == before
+
+
+def test_constant_folding_leaves_wgpu_results_unfolded_and_other_tensors_to_torch():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import navitrain.wgpu.compile  # noqa: F401  (installs the patch)
+    from navitrain.wgpu.compile_compat import patch_constant_folding
+    from navitrain.wgpu.tensor import WgpuTensor
+
+    assert not patch_constant_folding(WgpuTensor)   # once
+    mode = FakeTensorMode()
+    assert FakeTensorMode.may_turn_const(mode, torch.tensor(2.0))           # a CPU scalar: torch folds it
+    assert not FakeTensorMode.may_turn_const(mode, torch.tensor(2.0).to("wgpu"))

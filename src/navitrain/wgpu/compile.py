@@ -49,7 +49,7 @@ from navitrain.wgpu import (
     fusion_norm_pair,
 )
 from navitrain.wgpu.borrowed import Loans, lender_of
-from navitrain.wgpu.compile_compat import patch_fake_tensor_helpers
+from navitrain.wgpu.compile_compat import patch_constant_folding, patch_fake_tensor_helpers
 from navitrain.wgpu.compile_optimizer import patch_dynamo_capturable
 from navitrain.wgpu.compile_tangents import patch_tangent_restride
 from navitrain.wgpu.graphs import WgpuGraph, graph, is_capturing
@@ -474,6 +474,8 @@ def register() -> None:
     trace_rules.add("navitrain.wgpu")
     # torch 2.11 asserts on a traceable subclass with no inner tensors, which a wgpu tensor is.
     patch_fake_tensor_helpers(WgpuTensor)
+    # an op on constants whose result is a wgpu tensor is traced, not folded into a constant
+    patch_constant_folding(WgpuTensor)
     # a compiled backward's incoming gradient that AOTAutograd restrides must stay plain-looking
     patch_tangent_restride()
     # a compiled optimizer step keeps its step counts on the device, as dynamo arranges for CUDA

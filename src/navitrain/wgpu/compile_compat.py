@@ -72,3 +72,25 @@ def patch_fake_tensor_helpers(subclass: type) -> list[str]:
                 setattr(module, name, replacement)
         patched.append(name)
     return patched
+
+
+def patch_constant_folding(subclass: type) -> bool:
+    """Fake tensor mode folds an op whose inputs are all constants (a CPU scalar made in the traced code, moved
+    with `.to("wgpu")`) by running it for real and turning the result into a constant fake. The fake of a real
+    wgpu tensor is built through the subclass protocol, which records no constant, and torch asserts ("fake_tensor
+    must be a FakeTensor with a constant": Mistral's sliding-window size failed to compile). Results that are
+    wgpu tensors are not folded: they get an ordinary fake, as an op on traced inputs does. Returns whether it
+    patched (once)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    may_turn_const = FakeTensorMode.may_turn_const
+    if getattr(may_turn_const, "navitrain_compat", False):
+        return False
+
+    def not_for_subclass(self, t):
+        return not isinstance(t, subclass) and may_turn_const(self, t)
+
+    not_for_subclass.__wrapped__ = may_turn_const
+    not_for_subclass.navitrain_compat = True
+    FakeTensorMode.may_turn_const = not_for_subclass
+    return True
