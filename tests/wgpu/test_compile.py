@@ -615,3 +615,36 @@ def test_a_cpu_constant_moved_to_the_device_in_traced_code_is_traced_and_replaye
         torch.testing.assert_close(compiled(x.to("wgpu")).cpu(), f(x), equal_nan=True)
     assert wc.stats["inference_replays"] >= 2
     assert not [k for k in wc.stats if k.endswith(("capture_failures", "uncapturable"))]
+
+
+def test_graphs_taking_cpu_scalars_are_captured_per_value_and_replay_only_that_value():
+    """A 0-d CPU tensor that a graph takes (DeBERTa's attention scale is computed on the CPU and saved for the
+    backward): ops read it on the host, so a capture keeps its value. Such graphs ran eagerly every step; they
+    are now captured for each value seen twice and replayed only for that value (a new value runs eagerly
+    first). Training against the CPU, then a scalar argument whose value changes between calls."""
+    torch.manual_seed(17)
+    lin = nn.Linear(6, 6)
+    wlin = copy.deepcopy(lin).to("wgpu")
+
+    def attention(x, layer):
+        scale = torch.sqrt(torch.tensor(x.size(-1), dtype=torch.float) * 2.0)   # a CPU scalar
+        return (layer(x) / scale).softmax(-1)[:, 0].sum()
+
+    compiled = torch.compile(attention, backend="wgpu")
+    for seed in range(5):
+        x = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed))
+        want = attention(x, lin)
+        want.backward()
+        got = compiled(x.to("wgpu"), wlin)
+        got.backward()
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(wlin.weight.grad.cpu(), lin.weight.grad, rtol=1e-5, atol=1e-6)
+    assert wc.stats["backward_replays"] >= 2 and not wc.stats["backward_uncapturable"]
+
+    wc.reset_stats()
+    scaled = torch.compile(lambda x, s: (x * s).sum(), backend="wgpu")
+    x = torch.randn(8, generator=torch.Generator().manual_seed(9))
+    for value in (2.0, 2.0, 2.0, -3.5, -3.5, 2.0, float("nan"), float("nan"), float("nan")):
+        got = scaled(x.to("wgpu"), torch.tensor(value)).cpu()
+        torch.testing.assert_close(got, (x * value).sum(), equal_nan=True)
+    assert wc.stats["inference_replays"] >= 4 and not wc.stats["inference_uncapturable"]

@@ -60,6 +60,7 @@ log = logging.getLogger("navitrain.wgpu")
 
 BACKEND_NAME = "wgpu"
 MAX_CAPTURES = 4  # captured signatures kept per graph (each holds its own memory)
+MAX_WARMED = 64   # signatures remembered from their eager first call, per graph, awaiting a second
 
 # What the compiled graphs did, for tests and benchmarks: eager runs, captures, replays, failures; and per
 # graph compiled, the pointwise groups fused (fused_groups, fused_ops, fused_dispatches_saved).
@@ -231,6 +232,7 @@ class CapturedGraphModule:
         # positions are taken before it (compile_graph passes them).
         self.mutated = _mutated_inputs(gm) if mutated is None else mutated
         self.uploads = _uploaded_inputs(gm)
+        self.host_scalars = frozenset(_host_scalar_inputs(gm)) - frozenset(self.mutated)
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
         self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
@@ -241,6 +243,8 @@ class CapturedGraphModule:
         stats[f"{self.kind}_eager"] += 1
         out = self.run_graph(*args)
         if sig is not None and sig not in self.eager_only:
+            if len(self.previous) >= MAX_WARMED:   # (a host scalar whose value changes every call)
+                self.previous.pop(next(iter(self.previous)))
             self.previous[sig] = [_where(a) for a in args]
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
@@ -258,8 +262,7 @@ class CapturedGraphModule:
                 # uploaded first, it is an input like any other, and the graph's copy of it is captured.
                 args[i] = a.to(device)
                 stats["inputs_uploaded"] += 1
-        if not args or not all(isinstance(a, WgpuTensor) or not isinstance(a, torch.Tensor) for a in args) \
-                or not any(isinstance(a, WgpuTensor) for a in args):
+        if not self._capturable(args):
             # CPU tensors in the graph (a non-capturable optimizer's step count): a capture would
             # freeze their values, so this graph runs eagerly.
             if not self.uncapturable_warned:
@@ -269,6 +272,9 @@ class CapturedGraphModule:
             stats[f"{self.kind}_uncapturable"] += 1
             return self._eager(args)
         sig = _signature(args)
+        if self.host_scalars:
+            # A capture keeps the value a CPU scalar had (ops read it on the host): replayed only for that value.
+            sig += tuple(repr(args[i].item()) for i in sorted(self.host_scalars) if isinstance(args[i], torch.Tensor))
         cap = self.captures.get(sig)
         if cap is not None:
             if cap.matches(args):
@@ -287,6 +293,18 @@ class CapturedGraphModule:
                        f"{MAX_CAPTURES} input signatures (or captured too often); new ones run eagerly")
             return self._eager(args, sig)
         return self._capture(sig, args)
+
+    def _capturable(self, args) -> bool:
+        """Whether a capture can stand for this call: wgpu tensors, and CPU tensors only where the graph takes a
+        0-d one it does not write (a scalar; its value joins the signature)."""
+        wgpu = False
+        scalars = self.host_scalars
+        for i, a in enumerate(args):
+            if isinstance(a, WgpuTensor):
+                wgpu = True
+            elif isinstance(a, torch.Tensor) and not (i in scalars and a.device.type == "cpu" and a.dim() == 0):
+                return False
+        return wgpu
 
     def _capture(self, sig, args):
         previous = self.previous.pop(sig)
@@ -344,6 +362,14 @@ def _mutated_inputs(gm: torch.fx.GraphModule) -> tuple[int, ...]:
     written = {n.args[0] for n in gm.graph.nodes if n.op == "call_function"
                and n.target is torch.ops.aten.copy_.default and n.args and n.args[0].op == "placeholder"}
     return tuple(i for i, n in enumerate(placeholders) if n in written)
+
+
+def _host_scalar_inputs(gm: torch.fx.GraphModule) -> list[int]:
+    """Positions of the inputs traced as 0-d CPU tensors (DeBERTa's attention scale, computed on the CPU and
+    saved for the backward): ops take them as scalars, read on the host."""
+    return [i for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+            if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].device.type == "cpu"
+            and node.meta["val"].dim() == 0]
 
 
 def _uploaded_inputs(gm: torch.fx.GraphModule) -> tuple[tuple[int, torch.device], ...]:
