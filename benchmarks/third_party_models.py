@@ -431,7 +431,7 @@ MODELS: dict[str, Callable[[], Case]] = {
     "wide_resnet50_2": _torchvision("wide_resnet50_2"), "mobilenet_v2": _torchvision("mobilenet_v2"),
     "mobilenet_v3_large": _torchvision("mobilenet_v3_large"), "mnasnet0_5": _torchvision("mnasnet0_5", size=96),
     "googlenet": _torchvision("googlenet", size=96, aux_logits=False, init_weights=True),
-    "inception_v3": _torchvision("inception_v3", size=96, aux_logits=False, init_weights=True),
+    "inception_v3": _torchvision("inception_v3", size=160, aux_logits=False, init_weights=True),
     # (AlexNet is not here: its 9216 x 4096 classifier weight is 144 MiB, over lavapipe's 128 MiB storage binding;
     # GPUs bind 2 GiB and more, and it trained at 224 px on an H100 in run 14.)
     "regnet_x_400mf": _torchvision("regnet_x_400mf", size=96),

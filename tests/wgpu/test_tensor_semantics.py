@@ -273,3 +273,31 @@ def test_functional_copy_of_functionalized_graphs_matches_the_cpu(dst_dtype, src
     assert got.dtype == want.dtype and got.stride() == want.stride()
     torch.testing.assert_close(got.cpu(), want, equal_nan=True, rtol=0, atol=0)
     assert not nw.fallback_report()["cpu_fallbacks"]
+
+
+def test_inference_mode_views_of_normal_tensors_and_compiled_inference_match_the_cpu():
+    """Inside torch.inference_mode() (Lightning validates and predicts in it), a view of a tensor made outside
+    it (a weight's .t(), an input's .view()) failed with "Cannot set version_counter for inference tensor".
+    Views are normal tensors sharing the base's version counter, as on the CPU; new results are inference
+    tensors; an in-place change through such a view bumps the base's version; a compiled eval model runs."""
+    w_cpu = rnd(3, 4, seed=5)
+    w = w_cpu.to(DEV)
+    with torch.inference_mode():
+        for f in (lambda t: t.t(), lambda t: t.view(12), lambda t: t[1], lambda t: t.transpose(0, 1),
+                  lambda t: t.unbind(0), lambda t: t.split(3, dim=1), lambda t: t * 2):
+            got, want = f(w), f(w_cpu)
+            for g, c in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                assert g.is_inference() == c.is_inference()
+                torch.testing.assert_close(g.cpu(), c)
+        before = w._version
+        w[0].add_(1.5)
+        w_cpu[0].add_(1.5)
+    assert w._version > before
+    torch.testing.assert_close(w.cpu(), w_cpu)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.GELU(), torch.nn.Linear(5, 2)).eval()
+    compiled = torch.compile(copy.deepcopy(model).to(DEV), backend="wgpu")
+    for seed in range(3):
+        x = rnd(3, 4, seed=10 + seed)
+        with torch.inference_mode():
+            torch.testing.assert_close(compiled(x.to(DEV)).cpu(), model(x), rtol=1e-5, atol=1e-6)

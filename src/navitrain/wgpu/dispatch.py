@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from navitrain import _env
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, from_cpu, to_cpu
+from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, from_cpu, to_cpu, wrap
 
 log = logging.getLogger("navitrain.wgpu")
 aten = torch.ops.aten
@@ -132,7 +132,8 @@ _ROUTES: dict[int, tuple] = {}
 
 
 def _route(func) -> tuple:
-    route = (OPS.get(func), func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func)
+    is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+    route = (OPS.get(func), func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func, is_view)
     _ROUTES[id(func)] = route
     return route
 
@@ -151,14 +152,41 @@ def torch_dispatch(cls, func, types, args=(), kwargs=None):
         handler = route[0]
         if handler is not None:
             try:
-                return handler(*args, **kwargs) if kwargs else handler(*args)
+                out = handler(*args, **kwargs) if kwargs else handler(*args)
             except NoKernelForDtype:
                 return cpu_fallback(func, args, kwargs or {})
+            if route[4] and torch.is_inference_mode_enabled():
+                return _normal_views_of_normal_tensors(out, args)
+            return out
         return _unhandled(func, args, kwargs or {})
     except Exception as exc:
         if _in_backward():
             return _defer(func, args, kwargs or {}, exc)
         raise
+
+
+def _normal_views_of_normal_tensors(out, args):
+    """Views made inside torch.inference_mode() of a tensor made outside it (a parameter's `.t()`, an input's
+    `.view()`): PyTorch makes them normal tensors and shares the base's version counter with them, which an
+    inference tensor refuses ("Cannot set version_counter for inference tensor": every such view failed, and
+    compiled graphs run under inference mode with them). The handler's views were made inside the mode, so
+    they are made again outside it, over the same memory."""
+    base = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if base is None or base.is_inference():
+        return out
+
+    def normal(v):
+        if not isinstance(v, WgpuTensor) or not v.is_inference():
+            return v
+        with torch.inference_mode(False):
+            again = wrap(v._ws, v.shape, v.stride(), v.storage_offset(), v.dtype)
+        if v.is_conj():
+            torch._C._set_conj(again, True)
+        return again
+
+    if isinstance(out, (tuple, list)):
+        return type(out)(normal(v) for v in out)
+    return normal(out)
 
 
 # -- one device per op ----------------------------------------------------------------------------
