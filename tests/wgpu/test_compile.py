@@ -581,23 +581,28 @@ def test_a_view_reaching_the_code_after_a_graph_break_is_traced():
     wav2vec2's feature encoder under gradient checkpointing): fakeifying the view failed in PyTorch's
     meta_utils ("'FakeTensor' object has no attribute '__tensor_flatten__'"). Values and gradients vs the CPU."""
     torch.manual_seed(13)
-    conv = nn.Conv1d(1, 4, 3)
-    wconv = copy.deepcopy(conv).to("wgpu")
 
     def f(x, layer):
         h = x[:, None]
         torch._dynamo.graph_break()
         return layer(h).tanh().sum()
 
-    compiled = torch.compile(f, backend="wgpu")
-    for seed in range(3):
-        x = torch.randn(2, 16, generator=torch.Generator().manual_seed(seed))
-        want = f(x, conv)
+    _compiled_with_backward_matches_cpu(f, nn.Conv1d(1, 4, 3), (2, 16), calls=3, atol=1e-5)
+
+
+def _compiled_with_backward_matches_cpu(fn, layer, shape, calls, atol):
+    """fn(x, layer) -> a scalar, compiled on wgpu against the CPU: the value and its backward on each call with a
+    fresh x, then the layer's accumulated weight gradient."""
+    wlayer = copy.deepcopy(layer).to("wgpu")
+    compiled = torch.compile(fn, backend="wgpu")
+    for seed in range(calls):
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+        want = fn(x, layer)
         want.backward()
-        got = compiled(x.to("wgpu"), wconv)
+        got = compiled(x.to("wgpu"), wlayer)
         got.backward()
-        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(wconv.weight.grad.cpu(), conv.weight.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(wlayer.weight.grad.cpu(), layer.weight.grad, rtol=1e-5, atol=atol)
 
 
 def test_a_cpu_constant_moved_to_the_device_in_traced_code_is_traced_and_replayed():
@@ -623,22 +628,12 @@ def test_graphs_taking_cpu_scalars_are_captured_per_value_and_replay_only_that_v
     are now captured for each value seen twice and replayed only for that value (a new value runs eagerly
     first). Training against the CPU, then a scalar argument whose value changes between calls."""
     torch.manual_seed(17)
-    lin = nn.Linear(6, 6)
-    wlin = copy.deepcopy(lin).to("wgpu")
 
     def attention(x, layer):
         scale = torch.sqrt(torch.tensor(x.size(-1), dtype=torch.float) * 2.0)   # a CPU scalar
         return (layer(x) / scale).softmax(-1)[:, 0].sum()
 
-    compiled = torch.compile(attention, backend="wgpu")
-    for seed in range(5):
-        x = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed))
-        want = attention(x, lin)
-        want.backward()
-        got = compiled(x.to("wgpu"), wlin)
-        got.backward()
-        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(wlin.weight.grad.cpu(), lin.weight.grad, rtol=1e-5, atol=1e-6)
+    _compiled_with_backward_matches_cpu(attention, nn.Linear(6, 6), (3, 6), calls=5, atol=1e-6)
     assert wc.stats["backward_replays"] >= 2 and not wc.stats["backward_uncapturable"]
 
     wc.reset_stats()
