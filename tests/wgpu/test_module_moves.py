@@ -112,3 +112,6 @@ def test_a_lazy_module_moved_before_its_first_forward_trains_like_the_cpu():
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     with pytest.raises(RuntimeError, match="lazy module .* run one forward on the CPU first"):
         nn.parameter.UninitializedParameter().to("wgpu")   # a lazy tensor moved alone is still refused, clearly
+    back = net().to("wgpu").cpu()   # moved back before the first forward: the last move is the one that holds
+    back(batches[0][0])
+    assert all(p.device.type == "cpu" for p in back.parameters())

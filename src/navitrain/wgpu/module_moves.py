@@ -32,8 +32,12 @@ _decided = threading.local()   # an outer module's _apply decided for its submod
 
 def _apply(self, fn, recurse=True):
     lazy = [t for t in (*self._parameters.values(), *self._buffers.values()) if isinstance(t, _Uninitialized)]
-    if lazy and _moves_to_wgpu(fn):
-        return _apply_lazy(self, fn, recurse)
+    if lazy:
+        pending = self.__dict__.pop("_navitrain_lazy_move", None)
+        if pending is not None:   # a later move replaces an earlier one still waiting for the first forward
+            pending.remove()
+        if _moves_to_wgpu(fn):
+            return _apply_lazy(self, fn, recurse)
     if torch.__future__.get_swap_module_params_on_conversion() or getattr(_decided, "active", False):
         return _original_apply(self, fn, recurse)   # the user's setting, or an outer call's decision
     params = list(self.parameters(recurse=recurse))
@@ -90,12 +94,14 @@ def _apply_lazy(module, fn, recurse):
     def move_once_made(mod, args, kwargs):
         if any(isinstance(t, _Uninitialized) for t in (*mod._parameters.values(), *mod._buffers.values())):
             return None   # (not made yet: the module's own hook had nothing to infer from)
+        mod.__dict__.pop("_navitrain_lazy_move", None)
         handle.remove()
         mod._apply(fn, recurse=False)
         return None
 
     # Registered after the module's own initializing hook, so it runs right after it.
-    handle = module.register_forward_pre_hook(move_once_made, with_kwargs=True)
+    handle = module.__dict__["_navitrain_lazy_move"] = module.register_forward_pre_hook(move_once_made,
+                                                                                        with_kwargs=True)
     return out
 
 
