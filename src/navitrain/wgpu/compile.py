@@ -232,7 +232,7 @@ class CapturedGraphModule:
         # positions are taken before it (compile_graph passes them).
         self.mutated = _mutated_inputs(gm) if mutated is None else mutated
         self.uploads = _uploaded_inputs(gm)
-        self.host_scalars = frozenset(_host_scalar_inputs(gm)) - frozenset(self.mutated)
+        self.host_scalars = tuple(i for i in _host_scalar_inputs(gm) if i not in self.mutated)
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
         self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
@@ -274,7 +274,7 @@ class CapturedGraphModule:
         sig = _signature(args)
         if self.host_scalars:
             # A capture keeps the value a CPU scalar had (ops read it on the host): replayed only for that value.
-            sig += tuple(repr(args[i].item()) for i in sorted(self.host_scalars) if isinstance(args[i], torch.Tensor))
+            sig += tuple(repr(args[i].item()) for i in self.host_scalars if isinstance(args[i], torch.Tensor))
         cap = self.captures.get(sig)
         if cap is not None:
             if cap.matches(args):
