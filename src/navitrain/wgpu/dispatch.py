@@ -411,7 +411,7 @@ def _custom_op_kernel(func):
         return None
     from torch._library import custom_ops
 
-    fns = getattr(custom_ops.OPDEFS.get(func._schema.name), "_backend_fns", None) or {}
+    fns = getattr(getattr(custom_ops, "OPDEFS", {}).get(func._schema.name), "_backend_fns", None) or {}
     return fns.get(DEVICE.type) or fns.get(None)
 
 

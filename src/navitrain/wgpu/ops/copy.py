@@ -104,6 +104,15 @@ def lift_fresh_copy(x):
     return _fake_if_tracing(clone(x) if isinstance(x, WgpuTensor) else from_cpu(x))
 
 
+def _fake_mode_active() -> bool:
+    """Whether a fake tensor mode is on the dispatch mode stack (torch.compile tracing). (Spelled out: the
+    helper torch._guards.active_fake_mode is newer than some torch versions this runs on.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any(isinstance(mode, FakeTensorMode) for mode in _get_current_dispatch_mode_stack())
+
+
 def _fake_if_tracing(x):
     """`torch.tensor(data, device="wgpu")` makes a real tensor and lifts it. While torch.compile traces, the
     fake and proxy modes turn CUDA's into a constant of the graph; a wgpu tensor is a subclass those modes leave
@@ -111,9 +120,7 @@ def _fake_if_tracing(x):
     wgpu:0 and wgpu:0": Hugging Face's KV cache starts as torch.tensor([]) on the device). The modes get a CPU
     tensor instead, which they take as a constant, and its copy to the device (fusion_constants keeps the
     copied value, so a replay does not upload it again)."""
-    from torch._guards import active_fake_mode
-
-    if active_fake_mode() is None or not isinstance(x, WgpuTensor):
+    if not isinstance(x, WgpuTensor) or not _fake_mode_active():
         return x
     return aten._to_copy.default(to_cpu(x), dtype=x.dtype, device=x.device)
 
