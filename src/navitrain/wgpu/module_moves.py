@@ -36,6 +36,7 @@ def _apply(self, fn, recurse=True):
         pending = self.__dict__.pop("_navitrain_lazy_move", None)
         if pending is not None:   # a later move replaces an earlier one still waiting for the first forward
             pending.remove()
+            self.__dict__.pop("_infer_parameters", None)
         if _moves_to_wgpu(fn):
             return _apply_lazy(self, fn, recurse)
     if torch.__future__.get_swap_module_params_on_conversion() or getattr(_decided, "active", False):
@@ -89,19 +90,31 @@ def _apply_lazy(module, fn, recurse):
     if recurse:
         for child in module.children():
             child._apply(fn)
-    handle = None
 
-    def move_once_made(mod, args, kwargs):
+    def move_once_made(mod) -> None:
         if any(isinstance(t, _Uninitialized) for t in (*mod._parameters.values(), *mod._buffers.values())):
-            return None   # (not made yet: the module's own hook had nothing to infer from)
-        mod.__dict__.pop("_navitrain_lazy_move", None)
+            return   # (not made yet: the module's own hook had nothing to infer from)
+        handle = mod.__dict__.pop("_navitrain_lazy_move", None)
+        if handle is None:
+            return
         handle.remove()
+        mod.__dict__.pop("_infer_parameters", None)
         mod._apply(fn, recurse=False)
-        return None
 
-    # Registered after the module's own initializing hook, so it runs right after it.
-    handle = module.__dict__["_navitrain_lazy_move"] = module.register_forward_pre_hook(move_once_made,
-                                                                                        with_kwargs=True)
+    # Eager: the module's initializing forward pre-hook runs, then this one (registered after it).
+    module.__dict__["_navitrain_lazy_move"] = module.register_forward_pre_hook(
+        lambda mod, args, kwargs: move_once_made(mod), with_kwargs=True)
+    # torch.compile: dynamo calls the module's _infer_parameters itself before tracing it, and a hook left on the
+    # module would break the graph there (and dynamo rewinds the RNG after each traced piece, so later lazy
+    # modules were initialized from the same draws again). The move follows the initialization directly.
+    infer = module._infer_parameters
+
+    def infer_then_move(mod, args, kwargs=None):
+        result = infer(mod, args, kwargs)
+        move_once_made(mod)
+        return result
+
+    module.__dict__["_infer_parameters"] = infer_then_move
     return out
 
 
