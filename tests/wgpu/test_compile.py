@@ -622,11 +622,11 @@ def test_a_cpu_constant_moved_to_the_device_in_traced_code_is_traced_and_replaye
     assert not [k for k in wc.stats if k.endswith(("capture_failures", "uncapturable"))]
 
 
-def test_graphs_taking_cpu_scalars_are_captured_per_value_and_replay_only_that_value():
-    """A 0-d CPU tensor that a graph takes (DeBERTa's attention scale is computed on the CPU and saved for the
-    backward): ops read it on the host, so a capture keeps its value. Such graphs ran eagerly every step; they
-    are now captured for each value seen twice and replayed only for that value (a new value runs eagerly
-    first). Training against the CPU, then a scalar argument whose value changes between calls."""
+def test_graphs_taking_cpu_scalars_replay_with_each_calls_value():
+    """A 0-d CPU tensor that a graph takes: DeBERTa's attention scale (computed on the CPU and saved for the
+    backward), a compiled optimizer's tensor learning rate changed by a scheduler (PyTorch's advice for compiled
+    optimizers). Ops read a CPU scalar on the host, so such graphs ran eagerly every step. The scalar is now
+    uploaded before the graph runs: the graph is captured once and every replay reads that call's value."""
     torch.manual_seed(17)
 
     def attention(x, layer):
@@ -639,7 +639,45 @@ def test_graphs_taking_cpu_scalars_are_captured_per_value_and_replay_only_that_v
     wc.reset_stats()
     scaled = torch.compile(lambda x, s: (x * s).sum(), backend="wgpu")
     x = torch.randn(8, generator=torch.Generator().manual_seed(9))
-    for value in (2.0, 2.0, 2.0, -3.5, -3.5, 2.0, float("nan"), float("nan"), float("nan")):
+    values = (2.0, 2.0, -3.5, 7.25, float("nan"), 0.0, -0.0, float("inf"), 1e-30)
+    for value in values:
         got = scaled(x.to("wgpu"), torch.tensor(value)).cpu()
         torch.testing.assert_close(got, (x * value).sum(), equal_nan=True)
-    assert wc.stats["inference_replays"] >= 4 and not wc.stats["inference_uncapturable"]
+    assert wc.stats["inference_replays"] == len(values) - 1 and not wc.stats["inference_uncapturable"]
+
+    # A compiled optimizer step with a tensor learning rate that a scheduler changes every step.
+    results = {}
+    for device in ("cpu", "wgpu"):
+        torch.manual_seed(18)
+        model = nn.Linear(5, 3).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.05), weight_decay=0.01)
+        sched = torch.optim.lr_scheduler.LinearLR(opt, total_iters=5)
+        step = torch.compile(opt.step, backend="wgpu") if device == "wgpu" else opt.step
+        g = torch.Generator().manual_seed(19)
+        for _ in range(6):
+            model(torch.randn(4, 5, generator=g).to(device)).square().mean().backward()
+            step()
+            opt.zero_grad()
+            sched.step()
+        results[device] = model
+    for a, b in zip(results["wgpu"].parameters(), results["cpu"].parameters()):
+        # (float32 tolerances as _compare's: a compiled Adam orders its arithmetic differently)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+    assert wc.stats["inference_replays"] >= len(values) - 1 + 4
+
+
+def test_a_cpu_scalar_the_graph_returns_is_captured_per_value():
+    """(The rarer case: a graph returning its CPU scalar input keeps it on the CPU, so it is not uploaded; a
+    capture then holds for the value it was made with, and a new value runs eagerly first.)"""
+    graph = torch.fx.Graph()
+    x, s = graph.placeholder("x"), graph.placeholder("s")
+    x.meta["val"], s.meta["val"] = torch.empty(4, device="meta"), torch.tensor(0.0)
+    graph.output((graph.call_function(torch.ops.aten.mul.Tensor, (x, s)), s))
+    module = wc.CapturedGraphModule(torch.fx.GraphModule(torch.nn.Module(), graph), "inference")
+    assert module.host_scalars == (1,) and not module.scalar_uploads
+    data = torch.randn(4, generator=torch.Generator().manual_seed(20))
+    for value in (3.0, 3.0, 3.0, -1.5, -1.5, -1.5, 3.0):
+        product, same = module([data.to("wgpu"), torch.tensor(value)])
+        torch.testing.assert_close(product.cpu(), data * value)
+        assert same.device.type == "cpu" and same.item() == value
+    assert wc.stats["inference_replays"] == 5 and wc.stats["inference_captures"] == 2

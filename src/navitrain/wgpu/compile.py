@@ -232,7 +232,14 @@ class CapturedGraphModule:
         # positions are taken before it (compile_graph passes them).
         self.mutated = _mutated_inputs(gm) if mutated is None else mutated
         self.uploads = _uploaded_inputs(gm)
-        self.host_scalars = tuple(i for i in _host_scalar_inputs(gm) if i not in self.mutated)
+        # 0-d CPU inputs the graph does not write (a scalar: an optimizer's tensor learning rate, DeBERTa's attention
+        # scale): uploaded before the graph runs, so a replay reads each call's value, unless the graph returns
+        # one (the caller would get it back on the device); those are captured per value instead.
+        scalars = [i for i in _host_scalar_inputs(gm) if i not in self.mutated]
+        returned = _returned_inputs(gm)
+        self.scalar_uploads = tuple(i for i in scalars if i not in returned)
+        self.host_scalars = tuple(i for i in scalars if i in returned)
+        self.scalar_positions = frozenset(scalars)
         self.captures: dict[tuple, _Capture] = {}
         self.eager_only: set[tuple] = set()
         self.previous: dict[tuple, list] = {}   # where the last eager call's tensors were, per signature
@@ -271,6 +278,12 @@ class CapturedGraphModule:
                          "capturable=True keeps their step count on the device)", self.kind)
             stats[f"{self.kind}_uncapturable"] += 1
             return self._eager(args)
+        if self.scalar_uploads:
+            device = next(a.device for a in args if isinstance(a, WgpuTensor))
+            for i in self.scalar_uploads:
+                a = args[i]
+                if isinstance(a, torch.Tensor) and not isinstance(a, WgpuTensor):
+                    args[i] = a.to(device)
         sig = _signature(args)
         if self.host_scalars:
             # A capture keeps the value a CPU scalar had (ops read it on the host): replayed only for that value.
@@ -298,7 +311,7 @@ class CapturedGraphModule:
         """Whether a capture can stand for this call: wgpu tensors, and CPU tensors only where the graph takes a
         0-d one it does not write (a scalar; its value joins the signature)."""
         wgpu = False
-        scalars = self.host_scalars
+        scalars = self.scalar_positions
         for i, a in enumerate(args):
             if isinstance(a, WgpuTensor):
                 wgpu = True
@@ -370,6 +383,14 @@ def _host_scalar_inputs(gm: torch.fx.GraphModule) -> list[int]:
     return [i for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
             if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].device.type == "cpu"
             and node.meta["val"].dim() == 0]
+
+
+def _returned_inputs(gm: torch.fx.GraphModule) -> set[int]:
+    """Positions of the inputs the graph returns, as they are or through views."""
+    def escapes(node) -> bool:
+        return any(u.op == "output" or (getattr(u.target, "is_view", False) and escapes(u)) for u in node.users)
+
+    return {i for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder") if escapes(node)}
 
 
 def _uploaded_inputs(gm: torch.fx.GraphModule) -> tuple[tuple[int, torch.device], ...]:
