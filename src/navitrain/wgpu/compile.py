@@ -30,6 +30,7 @@ and graph breaks (the pieces between them run eagerly).
 from __future__ import annotations
 
 import logging
+import operator
 import warnings
 import weakref
 from collections import Counter
@@ -387,10 +388,8 @@ def _host_scalar_inputs(gm: torch.fx.GraphModule) -> list[int]:
 
 def _returned_inputs(gm: torch.fx.GraphModule) -> set[int]:
     """Positions of the inputs the graph returns, as they are or through views."""
-    def escapes(node) -> bool:
-        return any(u.op == "output" or (getattr(u.target, "is_view", False) and escapes(u)) for u in node.users)
-
-    return {i for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder") if escapes(node)}
+    return {i for i, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")
+            if fusion_constants.escapes(node)}
 
 
 def _uploaded_inputs(gm: torch.fx.GraphModule) -> tuple[tuple[int, torch.device], ...]:
@@ -477,7 +476,7 @@ def _lift_tensor_attributes(gm: torch.fx.GraphModule):
     fakes as they are (see `backend`); as inputs they get fakes like any other. Dynamo's own graph is
     left alone: it reads it again after the backend returns."""
     targets = [n.target for n in gm.graph.nodes if n.op == "get_attr"
-               and isinstance(_attribute(gm, n.target), WgpuTensor)]
+               and isinstance(operator.attrgetter(n.target)(gm), WgpuTensor)]
     if not targets:
         return gm, []
     graph = torch.fx.Graph()
@@ -487,7 +486,7 @@ def _lift_tensor_attributes(gm: torch.fx.GraphModule):
         # AOTAutograd matches dynamo's graph inputs to their sources (for guards): keep the attribute's.
         placeholder._dynamo_source = getattr(gm, "_param_name_to_source", {}).get(target)
         lifted[target] = placeholder
-        values.append(_attribute(gm, target))
+        values.append(operator.attrgetter(target)(gm))
     env = {}
     for node in gm.graph.nodes:
         if node.op == "get_attr" and node.target in lifted:
@@ -502,13 +501,6 @@ def _lift_tensor_attributes(gm: torch.fx.GraphModule):
     if hasattr(gm, "_param_name_to_source"):
         new._param_name_to_source = gm._param_name_to_source
     return new, values
-
-
-def _attribute(gm, target: str):
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part, None)
-    return value
 
 
 def register() -> None:

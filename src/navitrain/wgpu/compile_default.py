@@ -9,12 +9,11 @@ here that wrapper passes a graph with wgpu tensors among its inputs or attribute
 """
 from __future__ import annotations
 
-import logging
+import operator
 import warnings
 
 import torch
 
-log = logging.getLogger(__name__)
 _said = False
 
 
@@ -27,14 +26,7 @@ def _holds_wgpu(gm, inputs) -> bool:
     graph = getattr(gm, "graph", None)
     if graph is None:
         return False
-    for node in graph.nodes:
-        if node.op == "get_attr":
-            value = gm
-            for part in node.target.split("."):
-                value = getattr(value, part, None)
-            if on_wgpu(value):
-                return True
-    return False
+    return any(node.op == "get_attr" and on_wgpu(operator.attrgetter(node.target)(gm)) for node in graph.nodes)
 
 
 def register() -> None:

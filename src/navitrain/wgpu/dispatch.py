@@ -131,9 +131,12 @@ def _has_complex(args, kwargs) -> bool:
 _ROUTES: dict[int, tuple] = {}
 
 
+def _returns_view(func) -> bool:
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+
+
 def _route(func) -> tuple:
-    is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-    route = (OPS.get(func), func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func, is_view)
+    route = (OPS.get(func), func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func, _returns_view(func))
     _ROUTES[id(func)] = route
     return route
 
@@ -430,7 +433,7 @@ def _describe_args(args, kwargs) -> str:
 def cpu_fallback(func, args, kwargs):
     name = str(func)
     schema = func._schema
-    if any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns):
+    if _returns_view(func):
         raise NotImplementedError(
             f"navitrain wgpu: view op {name} has no wgpu implementation (a CPU fallback cannot return a view); "
             f"arguments: {_describe_args(args, kwargs)}")

@@ -15,6 +15,8 @@ after that. Only what is safe to keep:
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch.fx import Graph, GraphModule, Node
 
@@ -48,7 +50,7 @@ def _constant_op(node: Node, constants: set) -> bool:
     if node.op == "get_attr":
         # A CPU tensor the trace kept as a constant (torch.tensor(data, device="wgpu") in the traced code: it
         # reaches the device through a copy, which a captured graph cannot make, and need not remake).
-        value = _attribute(node.graph.owning_module, target)
+        value = operator.attrgetter(target)(node.graph.owning_module)
         return type(value) is torch.Tensor and value.device.type == "cpu" and value.numel() <= MAX_ELEMENTS
     if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
         return False
@@ -66,12 +68,6 @@ def _on_device(node: Node) -> bool:
     return isinstance(val, torch.Tensor) and val.device.type == DEVICE.type
 
 
-def _attribute(module, target: str):
-    for part in target.split("."):
-        module = getattr(module, part, None)
-    return module
-
-
 def fold(gm: GraphModule) -> int:
     """Replace the graph's constants read by other nodes with ConstantValue calls; returns how many."""
     graph = gm.graph
@@ -81,7 +77,7 @@ def fold(gm: GraphModule) -> int:
             constants.add(node)
     # (Only values on the device are kept: a CPU value read by a device op stays as the trace made it.)
     boundary = [n for n in graph.nodes if n in constants and any(u not in constants for u in n.users)
-                and _on_device(n) and not _escapes(n)]
+                and _on_device(n) and not escapes(n)]
     for k, node in enumerate(boundary):
         name = f"navitrain_constant_{k}"
         while hasattr(gm, name):
@@ -101,9 +97,9 @@ def fold(gm: GraphModule) -> int:
     return len(boundary)
 
 
-def _escapes(node: Node) -> bool:
+def escapes(node: Node) -> bool:
     """Whether the graph returns `node` or a view of it."""
-    return any(u.op == "output" or (getattr(u.target, "is_view", False) and _escapes(u)) for u in node.users)
+    return any(u.op == "output" or (getattr(u.target, "is_view", False) and escapes(u)) for u in node.users)
 
 
 def _subgraph(root: Node) -> tuple[GraphModule, tuple]:

@@ -31,8 +31,7 @@ _decided = threading.local()   # an outer module's _apply decided for its submod
 
 
 def _apply(self, fn, recurse=True):
-    lazy = [t for t in (*self._parameters.values(), *self._buffers.values()) if isinstance(t, _Uninitialized)]
-    if lazy:
+    if _has_uninitialized(self):
         pending = self.__dict__.pop("_navitrain_lazy_move", None)
         if pending is not None:   # a later move replaces an earlier one still waiting for the first forward
             pending.remove()
@@ -75,6 +74,11 @@ def _apply(self, fn, recurse=True):
 _Uninitialized = torch.nn.parameter.UninitializedTensorMixin
 
 
+def _has_uninitialized(module) -> bool:
+    """Whether the module's own parameters or buffers include ones a lazy module has not made yet."""
+    return any(isinstance(t, _Uninitialized) for t in (*module._parameters.values(), *module._buffers.values()))
+
+
 def _moves_to_wgpu(fn) -> bool:
     try:
         return isinstance(fn(torch.zeros(())), WgpuTensor)
@@ -92,7 +96,7 @@ def _apply_lazy(module, fn, recurse):
             child._apply(fn)
 
     def move_once_made(mod) -> None:
-        if any(isinstance(t, _Uninitialized) for t in (*mod._parameters.values(), *mod._buffers.values())):
+        if _has_uninitialized(mod):
             return   # (not made yet: the module's own hook had nothing to infer from)
         handle = mod.__dict__.pop("_navitrain_lazy_move", None)
         if handle is None:

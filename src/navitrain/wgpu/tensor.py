@@ -210,7 +210,7 @@ class WgpuTensor(torch.Tensor):
         # Fakeifying a view of a wgpu tensor (a graph break's resumed code taking `x[:, None]`) rebuilds its base
         # through this and asks the result for its inner tensors: it has none. (Only the flatten half of the
         # protocol: the fake must not be taken for a subclass, which needs both.)
-        fake.__tensor_flatten__ = _no_inner_tensors(ctx)
+        fake.__tensor_flatten__ = lambda: ([], ctx)
         return fake
 
     def __coerce_same_metadata_as_tangent__(self, expected_metadata, expected_type=None):
@@ -245,10 +245,6 @@ class TracedAsPlain(WgpuTensor):
     @property
     def __tensor_flatten__(self):
         raise AttributeError("TracedAsPlain is a plain tensor to torch.compile")
-
-
-def _no_inner_tensors(ctx):
-    return lambda: ([], ctx)
 
 
 _make = torch.Tensor._make_wrapper_subclass

@@ -101,16 +101,10 @@ def lift_fresh(x):
 
 @implements(aten.lift_fresh_copy.default)
 def lift_fresh_copy(x):
-    return _fake_if_tracing(clone(x) if isinstance(x, WgpuTensor) else from_cpu(x))
-
-
-def _fake_mode_active() -> bool:
-    """Whether a fake tensor mode is on the dispatch mode stack (torch.compile tracing). (Spelled out: the
-    helper torch._guards.active_fake_mode is newer than some torch versions this runs on.)"""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    return any(isinstance(mode, FakeTensorMode) for mode in _get_current_dispatch_mode_stack())
+    if not isinstance(x, WgpuTensor):
+        return _fake_if_tracing(from_cpu(x))
+    traced = _fake_if_tracing(x)
+    return clone(x) if traced is x else traced   # (traced: a new tensor already)
 
 
 def _fake_if_tracing(x):
@@ -120,7 +114,9 @@ def _fake_if_tracing(x):
     wgpu:0 and wgpu:0": Hugging Face's KV cache starts as torch.tensor([]) on the device). The modes get a CPU
     tensor instead, which they take as a constant, and its copy to the device (fusion_constants keeps the
     copied value, so a replay does not upload it again)."""
-    if not isinstance(x, WgpuTensor) or not _fake_mode_active():
+    from torch._guards import detect_fake_mode
+
+    if not isinstance(x, WgpuTensor) or detect_fake_mode() is None:
         return x
     return aten._to_copy.default(to_cpu(x), dtype=x.dtype, device=x.device)
 
