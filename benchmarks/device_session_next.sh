@@ -55,6 +55,9 @@ elif [ "${1:-}" = run-mid ]; then
   stage "m1 compiled steps, tuning off (issue 19: LM, U-Net at most 1.3x; first look at GPT and CIFAR ResNet-18)"
   NAVITRAIN_WGPU_TUNE=0 timeout 330 python3 benchmarks/bench_wgpu_train.py --models tlm,unet,gpt,resnet18 --devices wgpu-compile,cuda \
     --steps 10 --warmup 5 --timeout 150 --json "$O/compile.json" > "$O/compile.log" 2>&1
+  stage "m1b the same compiled LM and GPT with the GEMM epilogue pass left out (session 22's fusion_gemm.py, A/B)"
+  NAVITRAIN_WGPU_TUNE=0 NAVITRAIN_WGPU_FUSION_OFF=gemm timeout 200 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt \
+    --devices wgpu-compile --steps 10 --warmup 5 --timeout 90 --json "$O/compile_nogemm.json" > "$O/compile_nogemm.log" 2>&1
   # Run 15's tile choices seed the tuner: they hold on an H100 with its driver (the tuner keys them by adapter).
   mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
   stage "m2 compiled ResNet-50, tuning on as a user has it (issue 19: at most 1.3x; run 15 untuned 2.06x, graph tuned 1.23x)"

@@ -225,7 +225,9 @@ def test_compiled_fused_model_matches_eager_and_cpu_with_fewer_dispatches(fresh_
     out_cpu, grads_cpu, _ = _train(model, x, "cpu", compiled=False)
     out_eager, grads_eager, _ = _train(model, x, "wgpu", compiled=False)
     out, grads, fused_dispatches = _train(model, x, "wgpu", compiled=True, steps=3)
-    assert wc.stats["fused_groups"] >= 2 and wc.stats["forward_replays"] >= 1 and wc.stats["backward_replays"] >= 1
+    # (The MLP's chains after its products run in the products' stores: fusion_gemm.py.)
+    assert wc.stats["fused_groups"] + wc.stats["gemm_epilogues"] >= 2
+    assert wc.stats["forward_replays"] >= 1 and wc.stats["backward_replays"] >= 1
     torch.testing.assert_close(out, out_eager, rtol=1e-6, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(out, out_cpu, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.isnan(out).any()

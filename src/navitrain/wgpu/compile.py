@@ -45,6 +45,7 @@ from navitrain.wgpu import (
     fusion_conv_stats,
     fusion_counters,
     fusion_foreach,
+    fusion_gemm,
     fusion_inplace,
     fusion_norm,
     fusion_norm_pair,
@@ -423,6 +424,8 @@ def _compiler(kind: str):
                 stats["fused_foreach_ops"] += fusion_foreach.fuse(gm)
             if "constants" not in off:
                 stats["constants_folded"] += fusion_constants.fold(gm)
+            if "gemm" not in off:   # elementwise chains after matrix products, in the products' stores
+                stats["gemm_epilogues"] += fusion_gemm.fuse(gm)
             if "norm" not in off:
                 fused = fusion_norm.fuse(gm)
                 stats["fused_batch_norms"] += fused.batch_norms

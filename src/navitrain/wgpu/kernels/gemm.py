@@ -32,21 +32,44 @@ from navitrain.wgpu.kernels.gemm_operands import (
     Operand,
     Store,
     Strided,
+    Tail,
     operand_fields,
     output_fields,
+    tail_fields,
 )
 from navitrain.wgpu.kernels.gemm_source import source
+from navitrain.wgpu.param_arena import MAX_BUFFERS
 from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import WgpuTensor
 
 # A plain product's parameters: A and B as strided operands, C and an optional Cin as strided results.
 # B's "rows" are its columns n (the operand is read as B^T: element (n, k)).
-MATRIX_PARAMS = codegen.ParamBlock(
-    *GEMM_FIELDS, *operand_fields("a"), *operand_fields("b"), *output_fields("c"), *output_fields("cin"),
-    defaults={**GEMM_DEFAULTS, **dict.fromkeys(output_fields("cin"), 0)})
+_MATRIX_FIELDS = (*GEMM_FIELDS, *operand_fields("a"), *operand_fields("b"), *output_fields("c"), *output_fields("cin"))
+_MATRIX_DEFAULTS = {**GEMM_DEFAULTS, **dict.fromkeys(output_fields("cin"), 0)}
+MATRIX_PARAMS = codegen.ParamBlock(*_MATRIX_FIELDS, defaults=_MATRIX_DEFAULTS)
 
 
-_PACK_MATRIX = MATRIX_PARAMS.pack_words
+MAX_TAIL_INPUTS = 3
+# A product with a tail reading k other tensors (and keeping the product or not): MATRIX_PARAMS, then
+# tail_fields(0..k-1), then output_fields("kept").
+_TAIL_PARAMS = {(k, keep): codegen.ParamBlock(*_MATRIX_FIELDS, *(f for j in range(k) for f in tail_fields(j)),
+                                              *(output_fields("kept") if keep else ()), defaults=_MATRIX_DEFAULTS)
+                for k in range(MAX_TAIL_INPUTS + 1) for keep in (False, True)}
+
+
+def strides_broadcast_to(t, M: int, N: int) -> tuple[int, int] | None:
+    """Strides of `t` (0 to 2 dims) read as an M x N matrix under broadcasting, or None where it does not
+    broadcast. The GEMM epilogue only needs these: making the expanded view itself (t.expand(M, N)) is
+    a whole trip through the dispatcher for every Linear layer's bias."""
+    shape, stride = t.shape, t.stride()
+    nd = len(shape)
+    if nd > 2:
+        return None
+    rows = 1 if nd < 2 else shape[0]
+    cols = 1 if nd < 1 else shape[-1]
+    if (rows != M and rows != 1) or (cols != N and cols != 1):
+        return None
+    return (stride[0] if nd == 2 and rows != 1 else 0, stride[-1] if nd >= 1 and cols != 1 else 0)
 
 
 def compile_kernel(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue, n_heaps: int,
@@ -80,8 +103,12 @@ def launch(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue,
 
 def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta: float = 0.0,
          cin: WgpuTensor | None = None, a_batch_stride: int = 0, b_batch_stride: int = 0,
-         cin_strides: tuple[int, int, int] | None = None, config: TileConfig | None = None) -> WgpuTensor:
-    """out[b] = alpha * a[b] @ b[b] + beta * cin[b]; a is [B?, M, K], b [B?, K, N], out [B?, M, N]."""
+         cin_strides: tuple[int, int, int] | None = None, config: TileConfig | None = None,
+         tail: Tail | None = None, tail_inputs: tuple = (), kept: WgpuTensor | None = None) -> WgpuTensor:
+    """out[b] = alpha * a[b] @ b[b] + beta * cin[b]; a is [B?, M, K], b [B?, K, N], out [B?, M, N]. With
+    `tail`, out[b] is the tail's chain of that value; `tail_inputs` are the tensors it reads, each with
+    its (row, col, batch) strides over the product (at most MAX_TAIL_INPUTS); `kept` (a tail that keeps
+    its product; shaped as `out`) receives the product itself."""
     B = out.shape[0] if out.dim() == 3 else 1
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
@@ -89,8 +116,17 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
         return out
     if cin is not None and beta == 0.0:
         cin = None
-    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides)
+    if tail is not None and len(tail_inputs) > MAX_TAIL_INPUTS:
+        raise ValueError(f"a GEMM tail reads at most {MAX_TAIL_INPUTS} tensors, not {len(tail_inputs)}")
+    if tail is not None and tail.keep_product != (kept is not None):
+        raise ValueError("a GEMM tail that keeps its product needs `kept`, and only such a tail takes it")
+    tail_inputs = tuple(tail_inputs)
+    if kept is not None:   # laid out over the product's [B?, M, N] as out is, with strides of its own
+        sk = kept.stride()
+        tail_inputs += ((kept, (sk[-2], sk[-1], sk[0] if kept.dim() == 3 else 0)),)
+    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs)
     if config is None:
+        # A tail leaves the tile choice to the plain product's (the same key: its cost is in the loop over K).
         kind = ("mm", a.stride(-1) == 1, b.stride(-1) == 1, B > 1, cin is not None)
         config = gemm_tuning.pick(kind, M, N, K, B, lambda cfg: _gemm(*args, cfg))
     return _gemm(*args, config)
@@ -104,7 +140,8 @@ _PLANS: dict = {}
 
 
 
-def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig):
+def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs,
+          cfg: TileConfig):
     B = out.shape[0] if out.dim() == 3 else 1
     K = a.shape[-1]
     splits = cfg.splits or auto_splits(cfg, out.shape[-2], out.shape[-1], K, B)
@@ -112,12 +149,14 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
     # passes (kernels/loop_budget.py), so a K longer than that many steps is always split.
     splits = max(splits, -(-K // (cfg.BK * loop_budget.PASS_BUDGET)))
     if splits > 1 and K >= 2 * cfg.BK * splits:
-        return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits)
-    return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0)
+        return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits,
+                           tail, tail_inputs)
+    return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0,
+                     tail, tail_inputs)
 
 
 def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig,
-              B: int, kslice: int):
+              B: int, kslice: int, tail=None, tail_inputs=()):
     """One GEMM launch. With kslice, `out` is a split-K partial buffer [B * slices, M, N]."""
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
@@ -125,32 +164,39 @@ def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_s
     sa, sb, so = a.stride(), b.stride(), out.stride()
     key = (cfg, M, N, K, B, kslice, sa, sb, so, a_batch_stride, b_batch_stride, a.dtype, b.dtype, out.dtype,
            None if cin is None else cin.dtype, cin_strides, a_off % 4 == 0, b_off % 4 == 0, o_off % 4 == 0)
+    if tail is not None:
+        key += (tail, tuple(t.dtype for t, _ in tail_inputs))
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg, B, kslice)
-    kernel, groups, vec_views, sab, sbb = plan
+        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg, B, kslice, tail,
+                                   tail_inputs)
+    kernel, groups, vec_views, sab, sbb, pack = plan
     heaps = [out._ws.heap, a._ws.heap, b._ws.heap]
     if cin is not None:
         heaps.append(cin._ws.heap)
+    heaps.extend(t._ws.heap for t, _ in tail_inputs)
     for name in vec_views:  # the same heaps again, bound as vec4 arrays
         heaps.append({"a": a, "b": b, "out": out}[name]._ws.heap)
-    # MATRIX_PARAMS in declaration order: GEMM_FIELDS, then a, b, c and cin (offset, row, k/col, batch).
+    # The parameter block in declaration order: GEMM_FIELDS, then a, b, c and cin (offset, row, k/col,
+    # batch), then each tail input's (offset, row, col, batch).
     if cin is None:
         cin_words = (0, 0, 0, 0)
     else:
         sim, sin, sib = cin_strides
         cin_words = (cin.elem_offset, sim, sin, sib)
-    params = _PACK_MATRIX(M, N, K, alpha, beta, kslice, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
-                          o_off, so[-2], so[-1], so[0] if out.dim() == 3 else 0, *cin_words)
+    tail_words = [w for t, (srow, scol, sbatch) in tail_inputs for w in (t.elem_offset, srow, scol, sbatch)]
+    params = pack(M, N, K, alpha, beta, kslice, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
+                  o_off, so[-2], so[-1], so[0] if out.dim() == 3 else 0, *cin_words, *tail_words)
     runtime().dispatch(kernel, tuple(heaps), params, groups)
     return out
 
 
-def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: int, kslice: int):
+def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: int, kslice: int, tail=None,
+          tail_inputs=()):
     """(kernel, grid, which of a/b/out are also bound as vec4 arrays (in binding order), a batch stride,
-    b batch stride)."""
+    b batch stride, the packer of its parameter block)."""
     batched = out.dim() == 3
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
@@ -167,36 +213,53 @@ def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: in
     b_fast = "k" if (sbk == 1 and sbn != 1) else "row"
     cin_wgsl = rt.stypes[cin.dtype].wgsl if cin is not None else None
     types = [st_c.wgsl, st_a.wgsl, st_b.wgsl] + ([cin_wgsl] if cin_wgsl else [])
+    params = MATRIX_PARAMS
+    tail_parts = {}
+    if tail is not None:
+        params = _TAIL_PARAMS[(len(tail.inputs), tail.keep_product)]
+        loads, keep = [], ""
+        for (t, _), load_type in zip(tail_inputs, tail.load_types):
+            st = rt.stypes[t.dtype]
+            loads.append(st.load(f"b{len(types)}[{{i}}]", load_type))
+            types.append(st.wgsl)
+        if tail.keep_product:   # the last of tail_inputs
+            st = rt.stypes[tail_inputs[-1][0].dtype]
+            keep = f"b{len(types)}[{{i}}] = {st.store('{v}')};"
+            types.append(st.wgsl)
+        tail_parts = dict(tail=tail, tail_loads=tuple(loads), tail_round=_rounded("{v}", tail.product_dtype),
+                          tail_keep=keep)
     vec_names = {}
     for name, t, st, fast, (s_row, s_k), s_batch in (("a", a, st_a, a_fast, (sam, sak), sab),
                                                       ("b", b, st_b, b_fast, (sbn, sbk), sbb)):
         contiguous_step = s_k if fast == "k" else s_row
         other = s_row if fast == "k" else s_k
         rows = cfg.BM if name == "a" else cfg.BN
-        if (not guard and st.wgsl == "f32" and contiguous_step == 1 and t.elem_offset % 4 == 0
+        if (len(types) < MAX_BUFFERS and not guard and st.wgsl == "f32" and contiguous_step == 1
+                and t.elem_offset % 4 == 0
                 and other % 4 == 0 and s_batch % 4 == 0 and (rows * cfg.BK) % (cfg.threads * 4) == 0):
             vec_names[name] = f"b{len(types)}"
             types.append("vec4<f32>")
-    A = Strided(MATRIX_PARAMS, "a", "b1", st_a.wgsl, a_fast, vec_names.get("a"))
-    Bop = Strided(MATRIX_PARAMS, "b", "b2", st_b.wgsl, b_fast, vec_names.get("b"))
+    A = Strided(params, "a", "b1", st_a.wgsl, a_fast, vec_names.get("a"))
+    Bop = Strided(params, "b", "b2", st_b.wgsl, b_fast, vec_names.get("b"))
     so = out.stride()
-    if (st_c.wgsl == "f32" and out.dtype == torch.float32 and so[-1] == 1 and so[-2] % 4 == 0 and N % 4 == 0
+    if (len(types) < MAX_BUFFERS and st_c.wgsl == "f32" and out.dtype == torch.float32 and so[-1] == 1
+            and so[-2] % 4 == 0 and N % 4 == 0
             and out.elem_offset % 4 == 0 and (not batched or so[0] % 4 == 0)):
         vec_names["out"] = f"b{len(types)}"
         types.append("vec4<f32>")
-    E = Epilogue(MATRIX_PARAMS, st_c.wgsl, Store(st_c), "c", cin=cin_wgsl, bindings=codegen.bindings(types),
-                 vec_out=vec_names.get("out"), batch_var="wid.z" if kslice else "bz")
-    name = f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}" + ("_split" if kslice else "")
+    E = Epilogue(params, st_c.wgsl, Store(st_c), "c", cin=cin_wgsl, bindings=codegen.bindings(types),
+                 vec_out=vec_names.get("out"), batch_var="wid.z" if kslice else "bz", **tail_parts)
+    name = f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}" + ("_split" if kslice else "") + ("_tail" if tail is not None else "")
     kernel, groups = compile_kernel(("mm", out.dtype), name, cfg, A, Bop, E, len(types), M, N, B, guard,
-                                    split_k=kslice, K=K, params=MATRIX_PARAMS)
-    return kernel, groups, tuple(vec_names), sab, sbb
+                                    split_k=kslice, K=K, params=params)
+    return kernel, groups, tuple(vec_names), sab, sbb, params.pack_words
 
 
 def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig, B: int,
-                splits: int):
+                splits: int, tail=None, tail_inputs=()):
     """Split-K: workgroup z = (batch, slice) writes the f32 partial product of its slice of K; one
-    pointwise pass then sums the slices and applies alpha/beta. Worth it when M x N alone is too few
-    tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
+    pointwise pass then sums the slices and applies alpha/beta (and the tail). Worth it when M x N alone
+    is too few tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
     from navitrain.wgpu.kernels import pointwise
     from navitrain.wgpu.kernels.reduction import reduce
     from navitrain.wgpu.tensor import empty, wrap
@@ -204,27 +267,70 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     batched = out.dim() == 3
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
+    names = pointwise.NAMES
+    if tail is not None and (tail.keep_product or 1 + (cin is not None) + len(tail_inputs) > len(names)):
+        # The product kept, or too many tensors for one summing pass: the product first, then the tail over it.
+        if tail.keep_product:
+            tail_inputs, (product, _) = tail_inputs[:-1], tail_inputs[-1]
+        else:
+            product = empty(list(out.shape), tail.product_dtype)
+        _gemm_split(a, b, product, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits)
+        return _tail_pass(tail, "a", [product], tail_inputs, out)
     kslice, slices = k_slices(K, splits, cfg.BK)
     partial = empty([B * slices, M, N], torch.float32)
     _dispatch(a, b, partial, 1.0, 0.0, None, a_batch_stride, b_batch_stride, None, cfg, B, kslice)
     # Views of the partial buffer made directly (tensor.wrap): indexing through torch costs ~20 us of
     # host time per view, which made a 1024^2 split product host-bound at 4x its GPU time (run 10).
     ws, f32 = partial._ws, torch.float32
-    if slices + (cin is not None) <= len(pointwise.NAMES):   # the sum fused into the epilogue pass
+    if slices + (cin is not None) + len(tail_inputs) <= len(names):   # the sum fused into the epilogue pass
         terms = [wrap(ws, (B, M, N), (slices * M * N, N, 1), s * M * N, f32) if batched
                  else wrap(ws, (M, N), (N, 1), s * M * N, f32) for s in range(slices)]
     else:
         summed = reduce(wrap(ws, (B, slices, M, N), (slices * M * N, M * N, N, 1), 0, f32), [1], False, "sum", f32)
         terms = [summed if batched else wrap(summed._ws, (M, N), (N, 1), 0, f32)]
-    total = " + ".join(pointwise.NAMES[:len(terms)])
-    if cin is None:
-        return pointwise.run(f"gemm_split{len(terms)}", f"({total}) * s0", terms, out.dtype, "f32", [alpha], out=out)
-    sim, sin, sib = cin_strides
-    cstr = [sib, sim, sin] if batched else [sim, sin]
-    cview = cin.as_strided(list(out.shape), cstr, cin.storage_offset())
-    c = pointwise.NAMES[len(terms)]
-    return pointwise.run(f"gemm_split{len(terms)}_beta", f"({total}) * s0 + {c} * s1", terms + [cview], out.dtype,
-                         "f32", [alpha, beta], out=out)
+    n_terms = len(terms)
+    total = f"({' + '.join(names[:n_terms])}) * s0"
+    scalars = [alpha]
+    if cin is not None:
+        sim, sin, sib = cin_strides
+        cstr = [sib, sim, sin] if batched else [sim, sin]
+        terms.append(cin.as_strided(list(out.shape), cstr, cin.storage_offset()))
+        total += f" + {names[len(terms) - 1]} * s1"
+        scalars.append(beta)
+    if tail is not None:
+        return _tail_pass(tail, total, terms, tail_inputs, out, scalars)
+    return pointwise.run(f"gemm_split{n_terms}" + ("_beta" if cin is not None else ""), total, terms, out.dtype, "f32",
+                         scalars, out=out)
+
+
+def _rounded(expr: str, dtype: torch.dtype) -> str:
+    """WGSL of f32 value `expr` rounded to `dtype` and read back as f32: what a stored product holds."""
+    if dtype == torch.float32:
+        return expr
+    st = runtime().stypes[dtype]
+    return st.load(st.store(expr), "f32")
+
+
+def _tail_pass(tail: Tail, product: str, inputs: list, tail_inputs, out, scalars=()):
+    """One pointwise pass: `product` (WGSL over the first inputs and the scalars) through the tail, reading
+    the tail's inputs at each element of `out` through their (row, col, batch) strides."""
+    from navitrain.wgpu.kernels import pointwise
+    from navitrain.wgpu.tensor import wrap
+
+    names = pointwise.NAMES
+    batched = out.dim() == 3
+    views = []
+    for t, (srow, scol, sbatch) in tail_inputs:
+        views.append(wrap(t._ws, tuple(out.shape), (sbatch, srow, scol) if batched else (srow, scol),
+                          t.storage_offset(), t.dtype))
+    first = len(inputs)
+    lets = [f"  let {tail.product} = {_rounded(product, tail.product_dtype)};"]
+    lets += [f"  let {name} = {names[first + k]};" for k, name in enumerate(tail.inputs)]
+    if tail.prelude:
+        lets.append(tail.prelude)
+    load_types = ["f32"] * first + list(tail.load_types)
+    return pointwise.run("gemm_tail", tail.expr, inputs + views, out.dtype, "f32", list(scalars), out=out,
+                         load_types=load_types, prelude="\n".join(lets))
 
 
 def result_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:

@@ -5,12 +5,18 @@ where C[row, col] goes and what is added to it.
 Parameters are named (codegen.ParamBlock): a kernel's block is GEMM_FIELDS followed by the fields of
 its operands and epilogue, e.g. `operand_fields("a")` for a strided matrix. Operands and epilogues are
 given that block and read their fields with `params.ref(name)`.
+
+A `Tail` is a pointwise chain of a compiled graph (fusion_gemm.py) run on each product value before it
+is stored: `gelu(x @ w.t() + b)`, `residual + x @ w.t()`, `gelu_backward(dy @ w, h)`. The value then never
+goes to memory and back.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from navitrain.wgpu.kernels import codegen
+import torch
+
+from navitrain.wgpu.kernels import codegen, wgsl_math
 
 # Every GEMM kernel's first fields: the product's size, C = alpha * A @ B + beta * Cin, and the length of
 # a split-K slice. "reserved" (words 6 and 7, never read) keeps operand fields where the kernels read
@@ -90,6 +96,29 @@ class Strided(Operand):
         return f"({row}) < {p}_rows && ({k}) < K", f"f32({self.binding}[{p}_r{e} + ({k}) * {p}_sk])"
 
 
+def tail_fields(k: int) -> tuple[str, ...]:
+    """Fields of a tail's k-th input: element (row, col) of batch b at off + b*sbatch + row*srow + col*scol
+    (zero strides broadcast it: a bias over columns, a mask shared by every batch)."""
+    return output_fields(f"t{k}")
+
+
+@dataclass(frozen=True)
+class Tail:
+    """A pointwise chain applied to each product value before it is stored: WGSL `prelude` (`let`
+    lines) and `expr` over `product` (the value alpha * A @ B + beta * Cin + bias, rounded to
+    `product_dtype` as the unfused product would be stored) and `inputs` (the names of other tensors
+    the chain reads, each at the element being stored, loaded as `load_types`: "f32" or "bool")."""
+    product: str
+    inputs: tuple[str, ...]
+    load_types: tuple[str, ...]
+    prelude: str
+    expr: str
+    product_dtype: torch.dtype = torch.float32
+    # The product is stored too (a second output, read through output_fields("kept")): the chain's input
+    # is also kept for later (GELU's input, which its backward reads).
+    keep_product: bool = False
+
+
 @dataclass
 class Epilogue:
     """Where C[row, col] goes. This base class: a strided matrix, `output_fields(out)` of `params`;
@@ -111,11 +140,40 @@ class Epilogue:
     # are then written with one 16-byte store. The caller guarantees that four columns starting at a
     # multiple of 4 are contiguous and 16-byte aligned, and that N is a multiple of 4.
     vec_out: str | None = None
+    # A pointwise chain run on each value before it is stored (plain products only, not split-K partials):
+    # `tail_loads` reads each of its inputs, WGSL with "{i}" where the element index goes (their bindings
+    # and storage types worked in), `tail_round` rounds the product ("{v}": its value) to its dtype.
+    tail: Tail | None = None
+    tail_loads: tuple[str, ...] = ()
+    tail_round: str = "{v}"
+    tail_keep: str = ""           # with keep_product: WGSL storing the rounded product "{v}" at index "{i}"
 
     @property
     def key(self):
         return ("plain", self.params, self.out, self.out_wgsl, self.cin, self.bias, self.relu, self.extra_key,
-                self.batch_var, self.vec_out)
+                self.batch_var, self.vec_out, self.tail, self.tail_loads, self.tail_round, self.tail_keep)
+
+    def helpers(self) -> str:
+        """WGSL functions the stores call: the tail as `gemm_tail(value, row, col, batch)`, with the math
+        helpers its templates may use."""
+        tail = self.tail
+        if tail is None:
+            return ""
+        ref = self.params.ref
+        lines = [f"  let {tail.product} = {self.tail_round.replace('{v}', 'v')};"]
+        if tail.keep_product:
+            off, srow, scol, sbatch = (ref(f) for f in output_fields("kept"))
+            index = f"{off} + bz * {sbatch} + gm * {srow} + gn * {scol}"
+            lines.append("  " + self.tail_keep.replace("{i}", index).replace("{v}", tail.product))
+        for k, (name, load) in enumerate(zip(tail.inputs, self.tail_loads)):
+            off, srow, scol, sbatch = (ref(f) for f in tail_fields(k))
+            index = f"{off} + bz * {sbatch} + gm * {srow} + gn * {scol}"
+            lines.append(f"  let {name} = {load.replace('{i}', index)};")
+        if tail.prelude:
+            lines.append(tail.prelude)
+        body = "\n".join(lines)
+        return (wgsl_math.helpers(False) + "fn gemm_tail(v: f32, gm: u32, gn: u32, bz: u32) -> f32 {\n"
+                f"{body}\n  return {tail.expr};\n}}\n")
 
     def setup(self) -> list[str]:
         off, srow, scol, sbatch = (self.params.ref(f) for f in output_fields(self.out))
@@ -144,6 +202,8 @@ class Epilogue:
             v = f"{v} + f32(b3[bias_base + ({gn})])"
         if self.relu:
             v = f"relu_nan({v})"  # WGSL's max may turn NaN into 0
+        if self.tail is not None:
+            v = f"gemm_tail({v}, {gm}, {gn}, {self.batch_var})"
         return v
 
 

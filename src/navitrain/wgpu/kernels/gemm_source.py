@@ -79,7 +79,7 @@ class _Writer:
         shared = (f"var<workgroup> As: array<vec4<f32>, {cfg.buffers * self.tile_words['As']}>;\n"
                   f"var<workgroup> Bs: array<vec4<f32>, {cfg.buffers * self.tile_words['Bs']}>;\n")
         body = "\n".join(self.lines)
-        return codegen.PARAM_DECL + self.E.bindings + f"""{shared}
+        return codegen.PARAM_DECL + self.E.bindings + self.E.helpers() + f"""{shared}
 @compute @workgroup_size({self.threads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
 {body}

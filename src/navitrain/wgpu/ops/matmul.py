@@ -41,28 +41,13 @@ def _scales(dtype, beta, alpha):
     return float(int(beta)), float(int(alpha))
 
 
-def _strides_broadcast_to(t, M: int, N: int) -> tuple[int, int] | None:
-    """Strides of `t` (0 to 2 dims) read as an M x N matrix under broadcasting, or None where it does not
-    broadcast. The GEMM epilogue only needs these: making the expanded view itself (t.expand(M, N)) is
-    a whole trip through the dispatcher for every Linear layer's bias."""
-    shape, stride = t.shape, t.stride()
-    nd = len(shape)
-    if nd > 2:
-        return None
-    rows = 1 if nd < 2 else shape[0]
-    cols = 1 if nd < 1 else shape[-1]
-    if (rows != M and rows != 1) or (cols != N and cols != 1):
-        return None
-    return (stride[0] if nd == 2 and rows != 1 else 0, stride[-1] if nd >= 1 and cols != 1 else 0)
-
-
 @implements(aten.addmm.default)
 def addmm(bias, a, b, *, beta=1, alpha=1):
     _check_2d("addmm", a, b)
     M, N = a.shape[0], b.shape[1]
     out = empty([M, N], gemm.result_dtype(a, b))
     beta, alpha = _scales(out.dtype, beta, alpha)
-    cin, strides = bias, (_strides_broadcast_to(bias, M, N) if a.shape[1] else None)
+    cin, strides = bias, (gemm.strides_broadcast_to(bias, M, N) if a.shape[1] else None)
     if strides is None:  # no inner dimension (bias scaled alone), or PyTorch's error for a bad bias shape
         cin = bias.expand(M, N) if tuple(bias.shape) != (M, N) else bias
         if a.shape[1] == 0:
