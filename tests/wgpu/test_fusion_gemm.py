@@ -118,6 +118,12 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
+def _encoder():
+    """nn.TransformerEncoderLayer, sequence first: its projections are viewed as [tokens, batch, features]
+    and transposed before the residual adds; its attention's output is permuted and copied contiguous."""
+    return nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0), 2, enable_nested_tensor=False)
+
+
 def _train(model, x, device, compiled, fuse=True, steps=3):
     fusion.ENABLED = fuse
     net = copy.deepcopy(model).to(device)
@@ -139,10 +145,10 @@ def _train(model, x, device, compiled, fuse=True, steps=3):
 
 
 @pytest.mark.usefixtures("fresh_compile_state")
-@pytest.mark.parametrize("special", [False, True])
-def test_compiled_transformer_block_with_fused_products_matches_unfused_eager_and_cpu(special):
+@pytest.mark.parametrize("make_model, special", [(Block, False), (Block, True), (_encoder, False)])
+def test_compiled_transformer_block_with_fused_products_matches_unfused_eager_and_cpu(make_model, special):
     torch.manual_seed(12)
-    model = Block()
+    model = make_model()
     x = _randn(2, 6, 16, seed=13)
     if special:   # in the first sequence only: attention spreads them over its rows, the second stays finite
         x[0, 5, 3] = float("nan")
@@ -192,7 +198,7 @@ def test_fused_gemm_takes_the_unfused_ops_for_a_layout_other_than_the_traced_one
                                   ("add",))
     tail = gemm.Tail("gemm_v", ("in_b",), ("f32",), "", "gemm_v + in_b")
     module = fusion_gemm.FusedGemm(aten.addmm.default, 1.0, 1.0, tail, (6, 5), (5, 1),
-                                   (((2, 3, 5), (15, 5, 1), (5, 1, 0)),), chain)
+                                   (((2, 3, 5), (15, 5, 1), (5, 1, 0)),), chain, ((2, 3, 5), (15, 5, 1)))
     expected = (a.cpu() @ w.cpu().t() + bias.cpu()).view(2, 3, 5) + res
     fused = module(a, w.t(), bias, res.to("wgpu"))
     strided = res.transpose(0, 1).contiguous().transpose(0, 1)       # same values, another layout

@@ -11,10 +11,11 @@ what two did.
 
 The chains are fusion.py's: the same rules and templates (fusion_ops.py), the same rounding of narrow
 intermediates, and the product rounded to its dtype first, as the unfused product is stored. A chain may
-follow one view of the product (`addmm` -> `view` to [batch, tokens, features]); every other tensor it
-reads must be indexable at the product's (row, col, batch), which is what viewing it as the product's
-shape decides (broadcast ones included: a mask shared by every head, a bias over columns). At run time a
-layout other than the traced one takes the unfused ops instead.
+follow views of the product that walk all of it in some order (`addmm` -> `view` to [tokens, batch,
+features] -> `transpose` to batch first, as nn.TransformerEncoderLayer does); every other tensor it reads
+must be indexable at the product's (row, col, batch), which is what viewing it, in that order, as the
+product's shape decides (broadcast ones included: a mask shared by every head, a bias over columns). At
+run time a layout other than the traced one takes the unfused ops instead.
 
 Runs before fusion_norm.py (which fuses the remaining pointwise groups at its end).
 """
@@ -32,7 +33,8 @@ from navitrain.wgpu.tensor import empty, wrap
 
 aten = torch.ops.aten
 PRODUCTS = (aten.mm.default, aten.addmm.default, aten.bmm.default)
-VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.transpose.int, aten.permute.default,
+         aten.t.default)
 # WGSL names of a chain's values: the product first, then the tensors read.
 TAIL_NAMES = ("gemm_v", "in_b", "in_c", "in_d")
 
@@ -43,16 +45,16 @@ class FusedGemm(torch.nn.Module):
     traced shape, strides and dtype."""
 
     def __init__(self, op, alpha: float, beta: float, tail: gemm.Tail, product_shape: tuple, out_strides: tuple,
-                 inputs: tuple, chain: fusion.FusedPointwise, kept: tuple | None = None):
+                 inputs: tuple, chain: fusion.FusedPointwise, start: tuple):
         super().__init__()
         self.op, self.alpha, self.beta, self.tail = op, alpha, beta, tail
         self.product_shape = product_shape    # the product's [B?, M, N]
         self.out_strides = out_strides        # the result's strides over that shape
         self.inputs = inputs                  # per tensor the chain reads: (shape, strides, (row, col, batch) strides)
         self.chain = chain                    # the chain alone, for layouts the fused kernel does not read
-        # With tail.keep_product, the product as the graph reads it elsewhere: (shape, strides, its strides
-        # over the product's shape); the call then returns (chain result, product).
-        self.kept = kept
+        # (shape, strides) of the view of the product the chain reads. With tail.keep_product the call
+        # returns (chain result, that view), for the graph's other readers of it.
+        self.start = start
 
     def forward(self, a, b, *rest):
         bias, extras = (rest[0], rest[1:]) if self.op is aten.addmm.default else (None, rest)
@@ -67,10 +69,11 @@ class FusedGemm(torch.nn.Module):
         product = wrap(out._ws, self.product_shape, self.out_strides, out.storage_offset(), chain.dtype)
         tail_inputs = tuple((t, over) for t, (_, _, over) in zip(extras, self.inputs))
         kept = kept_view = None
-        if self.kept is not None:
-            shape, strides, over = self.kept
-            kept = empty(shape, self.tail.product_dtype, strides)
-            kept_view = wrap(kept._ws, self.product_shape, over, kept.storage_offset(), self.tail.product_dtype)
+        if self.tail.keep_product:   # laid out as the view of a contiguous product is: contiguous over it
+            dtype, (shape, strides) = self.tail.product_dtype, self.start
+            kept = empty(shape, dtype, strides)
+            kept_view = wrap(kept._ws, self.product_shape, _contiguous(self.product_shape), kept.storage_offset(),
+                             dtype)
         if bias is None:
             gemm.gemm(a, b, product, self.alpha, tail=self.tail, tail_inputs=tail_inputs, kept=kept_view)
         else:
@@ -87,9 +90,10 @@ class FusedGemm(torch.nn.Module):
             product = self.op(a, b)
         else:
             product = self.op(bias, a, b, beta=self.beta, alpha=self.alpha)
-        viewed = aten.reshape.default(product, list(self.chain.shape))
+        shape, strides = self.start
+        viewed = aten.as_strided.default(product, list(shape), list(strides), product.storage_offset())
         out = self.chain(viewed, *extras)
-        return out if self.kept is None else (out, viewed)
+        return (out, viewed) if self.tail.keep_product else out
 
     def extra_repr(self) -> str:
         return f"{self.op.__name__.split('.')[0]} -> {' -> '.join(self.chain.ops)}: {self.chain.extra_repr()}"
@@ -112,25 +116,32 @@ def fuse(gm: GraphModule) -> int:
 def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
     """Fuse the chain after `product` into it (FusedGemm call number `index`); whether it did."""
     pv = fusion._value(product)
-    if pv is None or pv.dtype not in fusion.FLOATS or not fusion._static(pv) or len(product.users) != 1:
+    if pv is None or pv.dtype not in fusion.FLOATS or not fusion._static(pv) or not pv.is_contiguous():
         return False
     alpha, beta = _scales(product)
     if alpha is None:
         return False
-    # The chain starts at the product or at its one view.
-    start, view = product, None
-    user = next(iter(product.users))
-    if user.op == "call_function" and user.target in VIEWS and fusion._value(user) is not None:
-        if not fusion._static(fusion._value(user)):
-            return False
-        start = view = user
-    shape = tuple(fusion._value(start).shape)
+    # The chain starts at the product or at the last of the views that read it in turn (addmm -> view to
+    # [tokens, batch, features] -> transpose to batch first), which must walk the product in some order.
+    start, views = product, []
+    while len(start.users) == 1:
+        user = next(iter(start.users))
+        uv = fusion._value(user)
+        if user.op != "call_function" or user.target not in VIEWS or uv is None or not fusion._static(uv):
+            break
+        start = user
+        views.append(user)
+    sv = fusion._value(start)
+    walk = _walk_order(sv, pv)
+    if walk is None:
+        return False
+    shape = tuple(sv.shape)
     # Down from the product: each next op joins while it is the only reader of the chain so far. Where the
     # product (or its view) has other readers (GELU's input, saved for its backward), one elementwise
     # reader may still start a chain, and the product is kept (stored as well) for the others.
     members, inputs, rules, current = [], [start], {}, start
     users = list(start.users)
-    readers = [u for u in users if _joins(u, current, shape, pv.shape, inputs, members)]
+    readers = [u for u in users if _joins(u, current, shape, pv.shape, walk, inputs, members)]
     keep = len(users) > 1
     while readers and (len(users) == 1 or (keep and not members and len(readers) == 1)):
         user = readers[0]
@@ -139,14 +150,14 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
         rules[user] = rule
         inputs = inputs + [o for o in fusion._tensor_operands(rule) if o not in inputs and o not in members]
         current, users = user, list(user.users)
-        readers = [u for u in users if _joins(u, current, shape, pv.shape, inputs, members)]
+        readers = [u for u in users if _joins(u, current, shape, pv.shape, walk, inputs, members)]
     if not members:
         return False
     root = members[-1]
     if keep and any(order[u] < order[root] for u in start.users if u is not members[0]):
         return False   # another reader of the product comes before the fused call: it could not read the kept one
     rv = fusion._value(root)
-    out_over = _over_product(rv, shape, pv.shape)
+    out_over = _over_product(rv, shape, pv.shape, walk)
     if out_over is None:
         return False
     built = fusion._build(members, inputs, rules, names=TAIL_NAMES)
@@ -154,14 +165,11 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
                      pv.dtype)
     chain = fusion._build(members, inputs, rules)
     extras = tuple((tuple(fusion._value(o).shape), tuple(fusion._value(o).stride()),
-                    _over_product(fusion._value(o), shape, pv.shape)) for o in inputs[1:])
-    kept = None
+                    _over_product(fusion._value(o), shape, pv.shape, walk)) for o in inputs[1:])
     if keep:
-        sv = fusion._value(start)
         tail = dataclasses.replace(tail, keep_product=True)
-        kept = (tuple(sv.shape), tuple(sv.stride()), _product_order(_over_product(sv, shape, pv.shape), pv.dim()))
     module = FusedGemm(product.target, alpha, beta, tail, tuple(pv.shape), _product_order(out_over, pv.dim()),
-                       extras, chain, kept)
+                       extras, chain, (tuple(sv.shape), tuple(sv.stride())))
     name = f"navitrain_gemm_{index}"
     gm.add_submodule(name, module)
     graph = gm.graph
@@ -182,13 +190,13 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
     root.replace_all_uses_with(result)
     for node in reversed(members):
         graph.erase_node(node)
-    if view is not None:
-        graph.erase_node(view)
+    for node in reversed(views):
+        graph.erase_node(node)
     graph.erase_node(product)
     return True
 
 
-def _joins(user: Node, current: Node, shape: tuple, product_shape, inputs: list, members: list) -> bool:
+def _joins(user: Node, current: Node, shape: tuple, product_shape, walk: tuple, inputs: list, members: list) -> bool:
     """Whether `user` may join the chain that has made `current`: an elementwise op of the chain's
     shape that reads it as a float, leaving at most len(TAIL_NAMES) tensors read, each indexable at the
     product's elements."""
@@ -196,8 +204,23 @@ def _joins(user: Node, current: Node, shape: tuple, product_shape, inputs: list,
     if rule is None or tuple(fusion._value(user).shape) != shape or not fusion._reads_as_float(rule, current):
         return False
     grown = inputs + [o for o in fusion._tensor_operands(rule) if o not in inputs and o not in members]
-    return len(grown) <= len(TAIL_NAMES) and all(_over_product(fusion._value(o), shape, product_shape) is not None
-                                                 for o in grown[1:])
+    return len(grown) <= len(TAIL_NAMES) and all(
+        _over_product(fusion._value(o), shape, product_shape, walk) is not None for o in grown[1:])
+
+
+def _walk_order(view: torch.Tensor, product: torch.Tensor) -> tuple | None:
+    """The order of `view`'s dimensions in which it walks the (contiguous) product it views element by
+    element, outermost first; None where it is not such a view (a slice, a broadcast)."""
+    if view.numel() != product.numel() or view.storage_offset() != product.storage_offset():
+        return None
+    dims = sorted(range(view.dim()), key=lambda d: (view.shape[d] == 1, -view.stride()[d]))
+    step = 1
+    for d in reversed(dims):
+        if view.shape[d] != 1:
+            if view.stride()[d] != step:
+                return None
+            step *= view.shape[d]
+    return tuple(dims)
 
 
 def _scales(product: Node) -> tuple:
@@ -210,9 +233,10 @@ def _scales(product: Node) -> tuple:
     return float(alpha), float(beta)
 
 
-def _over_product(val: torch.Tensor | None, shape: tuple, product_shape) -> tuple | None:
+def _over_product(val: torch.Tensor | None, shape: tuple, product_shape, walk: tuple) -> tuple | None:
     """The (row, col, batch) strides at which `val`, broadcast to the chain's `shape`, holds the element
-    of the product at (row, col, batch); None where no strides do (or `val` is not a static tensor)."""
+    of the product at (row, col, batch), the chain's dimensions taken in the order `walk` in which its
+    start walks the product; None where no strides do (or `val` is not a static tensor)."""
     if val is None or not fusion._static(val) or len(val.shape) > len(shape):
         return None
     pad = len(shape) - len(val.shape)
@@ -223,11 +247,19 @@ def _over_product(val: torch.Tensor | None, shape: tuple, product_shape) -> tupl
                 return None
             strides[pad + d] = stride
     try:
-        viewed = torch.empty_strided(shape, strides, device="meta").view(tuple(product_shape))
-    except RuntimeError:   # the layout does not fold into the product's dimensions
+        viewed = torch.empty_strided(shape, strides, device="meta").permute(walk).view(tuple(product_shape))
+    except (RuntimeError, ValueError):   # the layout does not fold into the product's dimensions
         return None
     s = viewed.stride()
     return (s[-2], s[-1], s[0] if len(s) == 3 else 0)
+
+
+def _contiguous(shape: tuple) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def _product_order(over: tuple, dims: int) -> tuple:
