@@ -145,7 +145,7 @@ WGPU_FUSION = _declare("NAVITRAIN_WGPU_FUSION", "1",
                        "0: torch.compile(backend='wgpu') runs each pointwise op of its graphs as its own kernel "
                        "instead of fusing chains (to compare, or to rule fusion out).", _flag)
 # The graph passes of torch.compile(backend="wgpu"), in the order they run (wgpu/compile.py).
-FUSION_PASSES = ("foreach", "gemm", "constants", "norm", "conv_stats", "inplace", "norm_pair", "counters")
+FUSION_PASSES = ("foreach", "gemm", "constants", "norm", "conv_stats", "conv_relu", "inplace", "norm_pair", "counters")
 
 
 def _fusion_passes(text: str) -> frozenset:

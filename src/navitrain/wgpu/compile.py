@@ -42,6 +42,7 @@ from navitrain.wgpu import (
     dispatch,
     fusion,
     fusion_constants,
+    fusion_conv_relu,
     fusion_conv_stats,
     fusion_counters,
     fusion_foreach,
@@ -434,6 +435,8 @@ def _compiler(kind: str):
                 stats["fused_dispatches_saved"] += fused.dispatches_saved
             if "conv_stats" not in off:   # batch norms' sums from their convolutions
                 stats["conv_bn_stats"] += fusion_conv_stats.fuse(gm)
+            if "conv_relu" not in off:   # a ReLU right after a convolution, in its store
+                stats["conv_relus"] += fusion_conv_relu.fuse(gm)
             if "inplace" not in off:
                 stats["copies_folded"] += fusion_inplace.fold_copies(gm)
             if "norm_pair" not in off:   # a downsample block's two batch norms in one pass

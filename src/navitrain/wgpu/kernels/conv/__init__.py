@@ -15,6 +15,7 @@ Where things are:
 """
 from navitrain.wgpu.kernels.conv.choose import (
            forward,
+           forward_relu,
            grad_input,
            grad_weight,
            use_winograd,
@@ -24,5 +25,5 @@ from navitrain.wgpu.kernels.conv.geometry import Geometry, pointwise_geometry
 from navitrain.wgpu.kernels.conv.grad_input import implicit_grad_input
 from navitrain.wgpu.kernels.conv.grad_weight import implicit_grad_weight
 
-__all__ = ["Geometry", "forward", "grad_input", "grad_weight", "implicit_forward", "implicit_grad_input",
-           "implicit_grad_weight", "pointwise_geometry", "use_winograd"]
+__all__ = ["Geometry", "forward", "forward_relu", "grad_input", "grad_weight", "implicit_forward",
+           "implicit_grad_input", "implicit_grad_weight", "pointwise_geometry", "use_winograd"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from navitrain import _env
-from navitrain.wgpu.kernels import conv_depthwise, conv_grouped, gemm_tuning, winograd
+from navitrain.wgpu.kernels import conv_depthwise, conv_grouped, gemm_tuning, pointwise, winograd
 from navitrain.wgpu.kernels.conv import onebyone
 from navitrain.wgpu.kernels.conv.forward import implicit_forward
 from navitrain.wgpu.kernels.conv.geometry import Geometry
@@ -44,6 +44,23 @@ def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, 
             lambda: implicit_forward(x, w, bias, g, out)):
         return conv_grouped.forward(x, w, bias, g, out)
     return implicit_forward(x, w, bias, g, out, relu)
+
+
+def forward_relu(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry,
+                 out: WgpuTensor) -> WgpuTensor:
+    """out = relu(conv(x, w) + bias) for compiled graphs (fusion_conv_relu.py), the formulation chosen as
+    ops/conv.py chooses it: the ReLU runs in the implicit GEMM's store where that is what runs, else in one
+    pass over the result (as the unfused ReLU would)."""
+    stride, padding, dilation = tuple(g.stride), tuple(g.padding), tuple(g.dilation)
+    if use_winograd("fwd", x, w, stride, padding, dilation, g.groups, lambda: forward(x, w, bias, g, out),
+                    lambda: winograd.conv3x3(x, w, bias, padding[0], out)):
+        winograd.conv3x3(x, w, bias, padding[0], out)
+    elif (onebyone.eligible(g) or conv_depthwise.eligible(g, x, w, bias, out)
+          or conv_grouped.eligible("fwd", g, x, w, bias, out)):
+        forward(x, w, bias, g, out)
+    else:   # what forward() runs for the rest
+        return implicit_forward(x, w, bias, g, out, relu=True)
+    return pointwise.run("relu", "relu_nan(a)", [out], out.dtype, "f32", out=out)
 
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
