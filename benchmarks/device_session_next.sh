@@ -69,9 +69,9 @@ elif [ "${1:-}" = run-mid ]; then
   stage "m3b compiled LM and U-Net with the tuner on, as a user runs them (m1 has them without)"
   timeout 300 python3 benchmarks/bench_wgpu_train.py --models tlm,unet --devices wgpu-compile,cuda \
     --steps 10 --warmup 5 --timeout 140 --json "$O/compile_tuned_b.json" > "$O/compile_tuned_b.log" 2>&1
-  stage "m4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned)"
-  timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu,wgpu-graph,cuda --no-layers --profile 30 \
-    --steps 3 --warmup 2 --timeout 70 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
+  stage "m4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned); compiled with the ReLUs fused"
+  timeout 190 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu,wgpu-graph,wgpu-compile,cuda --no-layers \
+    --profile 30 --steps 3 --warmup 2 --timeout 90 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
   stage "m5 eager steps zeroing gradients as scripts do (set_to_none=True), host-bound models, tuned"
   timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,densenet161,resnet50 \
     --devices wgpu,cuda --no-layers --steps 5 --warmup 3 --timeout 60 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
