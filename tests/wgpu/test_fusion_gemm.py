@@ -77,6 +77,22 @@ def test_tail_with_a_bias_three_inputs_a_bool_and_a_kept_product(config):
     torch.testing.assert_close(out.cpu(), expected.float(), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("config", [None, gemm.TileConfig(32, 32, 8, 4, 4, splits=4)])
+def test_tail_stores_a_batch_split_in_two(config):
+    # attn @ v of [batch * heads, tokens, features] stored as [batch, tokens, heads, features] (the head merge).
+    batch, heads, T, K, D = 3, 2, 9, 520, 8
+    a, b = _randn(batch * heads, T, K, seed=20), _randn(batch * heads, K, D, seed=21)
+    merged = torch.full((batch, T, heads, D), float("nan"))
+    out = merged.to("wgpu")
+    product = out.as_strided((batch * heads, T, D), (T * heads * D, heads * D, 1))   # outer batch stride only
+    tail = gemm.Tail("gemm_v", (), (), "", "gemm_v * 2.0")
+    gemm.gemm(a.to("wgpu"), b.to("wgpu"), product, config=config, tail=tail, out_batch_lo=(heads, D))
+    expected = ((a.double() @ b.double()) * 2).view(batch, heads, T, D).transpose(1, 2).float()
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="tail"):
+        gemm.gemm(a.to("wgpu"), b.to("wgpu"), product, out_batch_lo=(heads, D))
+
+
 def test_tail_rounds_a_narrow_product_as_the_unfused_store_would():
     a, b = _randn(20, 30, seed=11).to(torch.bfloat16), _randn(30, 12, seed=12).to(torch.bfloat16)
     tail = gemm.Tail("gemm_v", (), (), "", "gemm_v * 3.0", torch.bfloat16)

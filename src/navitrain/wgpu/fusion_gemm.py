@@ -45,11 +45,12 @@ class FusedGemm(torch.nn.Module):
     traced shape, strides and dtype."""
 
     def __init__(self, op, alpha: float, beta: float, tail: gemm.Tail, product_shape: tuple, out_strides: tuple,
-                 inputs: tuple, chain: fusion.FusedPointwise, start: tuple):
+                 inputs: tuple, chain: fusion.FusedPointwise, start: tuple, out_batch_lo: tuple = (1, 0)):
         super().__init__()
         self.op, self.alpha, self.beta, self.tail = op, alpha, beta, tail
         self.product_shape = product_shape    # the product's [B?, M, N]
         self.out_strides = out_strides        # the result's strides over that shape
+        self.out_batch_lo = out_batch_lo      # (1, 0), or its batch split in two (gemm.gemm's out_batch_lo)
         self.inputs = inputs                  # per tensor the chain reads: (shape, strides, (row, col, batch) strides)
         self.chain = chain                    # the chain alone, for layouts the fused kernel does not read
         # (shape, strides) of the view of the product the chain reads. With tail.keep_product the call
@@ -75,10 +76,11 @@ class FusedGemm(torch.nn.Module):
             kept_view = wrap(kept._ws, self.product_shape, _contiguous(self.product_shape), kept.storage_offset(),
                              dtype)
         if bias is None:
-            gemm.gemm(a, b, product, self.alpha, tail=self.tail, tail_inputs=tail_inputs, kept=kept_view)
+            gemm.gemm(a, b, product, self.alpha, tail=self.tail, tail_inputs=tail_inputs, kept=kept_view,
+                      out_batch_lo=self.out_batch_lo)
         else:
             gemm.gemm(a, b, product, self.alpha, self.beta, bias, cin_strides=(*cin_strides, 0), tail=self.tail,
-                      tail_inputs=tail_inputs, kept=kept_view)
+                      tail_inputs=tail_inputs, kept=kept_view, out_batch_lo=self.out_batch_lo)
         flops = 2 * product.numel() * a.shape[-1] + out.numel() * len(chain.ops)
         written = (out,) if kept is None else (out, kept)
         traffic.note_traffic((a, b, *rest), written, flops=flops, since=start)
@@ -157,7 +159,7 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
     if keep and any(order[u] < order[root] for u in start.users if u is not members[0]):
         return False   # another reader of the product comes before the fused call: it could not read the kept one
     rv = fusion._value(root)
-    out_over = _over_product(rv, shape, pv.shape, walk)
+    out_over = _over_product(rv, shape, pv.shape, walk, split=True)
     if out_over is None:
         return False
     built = fusion._build(members, inputs, rules, names=TAIL_NAMES)
@@ -165,11 +167,11 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
                      pv.dtype)
     chain = fusion._build(members, inputs, rules)
     extras = tuple((tuple(fusion._value(o).shape), tuple(fusion._value(o).stride()),
-                    _over_product(fusion._value(o), shape, pv.shape, walk)) for o in inputs[1:])
+                    _over_product(fusion._value(o), shape, pv.shape, walk)[:3]) for o in inputs[1:])
     if keep:
         tail = dataclasses.replace(tail, keep_product=True)
     module = FusedGemm(product.target, alpha, beta, tail, tuple(pv.shape), _product_order(out_over, pv.dim()),
-                       extras, chain, (tuple(sv.shape), tuple(sv.stride())))
+                       extras, chain, (tuple(sv.shape), tuple(sv.stride())), out_over[3:])
     name = f"navitrain_gemm_{index}"
     gm.add_submodule(name, module)
     graph = gm.graph
@@ -233,10 +235,13 @@ def _scales(product: Node) -> tuple:
     return float(alpha), float(beta)
 
 
-def _over_product(val: torch.Tensor | None, shape: tuple, product_shape, walk: tuple) -> tuple | None:
+def _over_product(val: torch.Tensor | None, shape: tuple, product_shape, walk: tuple,
+                  split: bool = False) -> tuple | None:
     """The (row, col, batch) strides at which `val`, broadcast to the chain's `shape`, holds the element
     of the product at (row, col, batch), the chain's dimensions taken in the order `walk` in which its
-    start walks the product; None where no strides do (or `val` is not a static tensor)."""
+    start walks the product; None where no strides do (or `val` is not a static tensor). With `split`,
+    a batch that needs two strides (heads inside sequences) is allowed too: (row, col, outer batch stride,
+    inner batch count, inner batch stride); otherwise the last two are (1, 0)."""
     if val is None or not fusion._static(val) or len(val.shape) > len(shape):
         return None
     pad = len(shape) - len(val.shape)
@@ -246,12 +251,21 @@ def _over_product(val: torch.Tensor | None, shape: tuple, product_shape, walk: t
             if size != shape[pad + d]:
                 return None
             strides[pad + d] = stride
+    walked = torch.empty_strided(shape, strides, device="meta").permute(walk)
     try:
-        viewed = torch.empty_strided(shape, strides, device="meta").permute(walk).view(tuple(product_shape))
+        s = walked.view(tuple(product_shape)).stride()
+        return (s[-2], s[-1], s[0] if len(s) == 3 else 0, 1, 0)
     except (RuntimeError, ValueError):   # the layout does not fold into the product's dimensions
+        pass
+    outer = walked.shape[0]
+    if not split or len(product_shape) != 3 or product_shape[0] % outer or outer in (1, product_shape[0]):
         return None
-    s = viewed.stride()
-    return (s[-2], s[-1], s[0] if len(s) == 3 else 0)
+    B, M, N = product_shape
+    try:
+        s = walked.view(outer, B // outer, M, N).stride()
+    except (RuntimeError, ValueError):
+        return None
+    return (s[2], s[3], s[0], B // outer, s[1])
 
 
 def _contiguous(shape: tuple) -> tuple:
@@ -264,5 +278,5 @@ def _contiguous(shape: tuple) -> tuple:
 
 def _product_order(over: tuple, dims: int) -> tuple:
     """(row, col, batch) strides as a tensor's strides over the product's [B?, M, N]."""
-    row, col, batch = over
+    row, col, batch = over[:3]
     return (batch, row, col) if dims == 3 else (row, col)

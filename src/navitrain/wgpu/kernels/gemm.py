@@ -28,6 +28,7 @@ from navitrain.wgpu.kernels.gemm_config import (  # noqa: F401
 from navitrain.wgpu.kernels.gemm_operands import (
     GEMM_DEFAULTS,
     GEMM_FIELDS,
+    TAIL_BATCH_FIELDS,
     Epilogue,
     Operand,
     Store,
@@ -40,7 +41,7 @@ from navitrain.wgpu.kernels.gemm_operands import (
 from navitrain.wgpu.kernels.gemm_source import source
 from navitrain.wgpu.param_arena import MAX_BUFFERS
 from navitrain.wgpu.runtime import runtime
-from navitrain.wgpu.tensor import WgpuTensor
+from navitrain.wgpu.tensor import WgpuTensor, empty, wrap
 
 # A plain product's parameters: A and B as strided operands, C and an optional Cin as strided results.
 # B's "rows" are its columns n (the operand is read as B^T: element (n, k)).
@@ -53,7 +54,8 @@ MAX_TAIL_INPUTS = 3
 # A product with a tail reading k other tensors (and keeping the product or not): MATRIX_PARAMS, then
 # tail_fields(0..k-1), then output_fields("kept").
 _TAIL_PARAMS = {(k, keep): codegen.ParamBlock(*_MATRIX_FIELDS, *(f for j in range(k) for f in tail_fields(j)),
-                                              *(output_fields("kept") if keep else ()), defaults=_MATRIX_DEFAULTS)
+                                              *(output_fields("kept") if keep else ()), *TAIL_BATCH_FIELDS,
+                                              defaults=_MATRIX_DEFAULTS)
                 for k in range(MAX_TAIL_INPUTS + 1) for keep in (False, True)}
 
 
@@ -104,11 +106,13 @@ def launch(key, name: str, cfg: TileConfig, A: Operand, B: Operand, E: Epilogue,
 def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta: float = 0.0,
          cin: WgpuTensor | None = None, a_batch_stride: int = 0, b_batch_stride: int = 0,
          cin_strides: tuple[int, int, int] | None = None, config: TileConfig | None = None,
-         tail: Tail | None = None, tail_inputs: tuple = (), kept: WgpuTensor | None = None) -> WgpuTensor:
+         tail: Tail | None = None, tail_inputs: tuple = (), kept: WgpuTensor | None = None,
+         out_batch_lo: tuple[int, int] = (1, 0)) -> WgpuTensor:
     """out[b] = alpha * a[b] @ b[b] + beta * cin[b]; a is [B?, M, K], b [B?, K, N], out [B?, M, N]. With
     `tail`, out[b] is the tail's chain of that value; `tail_inputs` are the tensors it reads, each with
     its (row, col, batch) strides over the product (at most MAX_TAIL_INPUTS); `kept` (a tail that keeps
-    its product; shaped as `out`) receives the product itself."""
+    its product; shaped as `out`) receives the product itself. With a tail, `out_batch_lo` (lo, stride)
+    splits out's batch in two: batch b is stored at (b // lo) * out.stride(0) + (b % lo) * stride."""
     B = out.shape[0] if out.dim() == 3 else 1
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
@@ -124,7 +128,9 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
     if kept is not None:   # laid out over the product's [B?, M, N] as out is, with strides of its own
         sk = kept.stride()
         tail_inputs += ((kept, (sk[-2], sk[-1], sk[0] if kept.dim() == 3 else 0)),)
-    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs)
+    if out_batch_lo != (1, 0) and tail is None:
+        raise ValueError("only a GEMM with a tail stores its batch in two dimensions")
+    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs, out_batch_lo)
     if config is None:
         # A tail leaves the tile choice to the plain product's (the same key: its cost is in the loop over K).
         kind = ("mm", a.stride(-1) == 1, b.stride(-1) == 1, B > 1, cin is not None)
@@ -141,7 +147,7 @@ _PLANS: dict = {}
 
 
 def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs,
-          cfg: TileConfig):
+          out_batch_lo, cfg: TileConfig):
     B = out.shape[0] if out.dim() == 3 else 1
     K = a.shape[-1]
     splits = cfg.splits or auto_splits(cfg, out.shape[-2], out.shape[-1], K, B)
@@ -149,14 +155,31 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
     # passes (kernels/loop_budget.py), so a K longer than that many steps is always split.
     splits = max(splits, -(-K // (cfg.BK * loop_budget.PASS_BUDGET)))
     if splits > 1 and K >= 2 * cfg.BK * splits:
+        if out_batch_lo != (1, 0):   # the summing pass writes plain strides: a contiguous result, then a copy
+            return _copy_batch_split(_gemm_split(a, b, empty(list(out.shape), out.dtype), alpha, beta, cin,
+                                                 a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits, tail,
+                                                 tail_inputs), out, out_batch_lo)
         return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits,
                            tail, tail_inputs)
     return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0,
-                     tail, tail_inputs)
+                     tail, tail_inputs, out_batch_lo)
+
+
+def _copy_batch_split(result, out, out_batch_lo):
+    """`result` [B, M, N] copied into out's memory, whose batch is split as gemm()'s out_batch_lo says."""
+    from navitrain.wgpu.kernels import pointwise
+
+    lo, slo = out_batch_lo
+    B, M, N = result.shape
+    so = out.stride()
+    target = wrap(out._ws, (B // lo, lo, M, N), (so[0], slo, so[1], so[2]), out.storage_offset(), out.dtype)
+    pointwise.run("copy", "a", [wrap(result._ws, (B // lo, lo, M, N), (lo * M * N, M * N, N, 1),
+                                      result.storage_offset(), result.dtype)], out.dtype, "f32", out=target)
+    return out
 
 
 def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig,
-              B: int, kslice: int, tail=None, tail_inputs=()):
+              B: int, kslice: int, tail=None, tail_inputs=(), out_batch_lo=(1, 0)):
     """One GEMM launch. With kslice, `out` is a split-K partial buffer [B * slices, M, N]."""
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
@@ -165,13 +188,13 @@ def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_s
     key = (cfg, M, N, K, B, kslice, sa, sb, so, a_batch_stride, b_batch_stride, a.dtype, b.dtype, out.dtype,
            None if cin is None else cin.dtype, cin_strides, a_off % 4 == 0, b_off % 4 == 0, o_off % 4 == 0)
     if tail is not None:
-        key += (tail, tuple(t.dtype for t, _ in tail_inputs))
+        key += (tail, tuple(t.dtype for t, _ in tail_inputs), out_batch_lo[1] % 4 == 0)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
         plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg, B, kslice, tail,
-                                   tail_inputs)
+                                   tail_inputs, out_batch_lo)
     kernel, groups, vec_views, sab, sbb, pack = plan
     heaps = [out._ws.heap, a._ws.heap, b._ws.heap]
     if cin is not None:
@@ -187,6 +210,8 @@ def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_s
         sim, sin, sib = cin_strides
         cin_words = (cin.elem_offset, sim, sin, sib)
     tail_words = [w for t, (srow, scol, sbatch) in tail_inputs for w in (t.elem_offset, srow, scol, sbatch)]
+    if tail is not None:
+        tail_words += out_batch_lo
     params = pack(M, N, K, alpha, beta, kslice, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
                   o_off, so[-2], so[-1], so[0] if out.dim() == 3 else 0, *cin_words, *tail_words)
     runtime().dispatch(kernel, tuple(heaps), params, groups)
@@ -194,7 +219,7 @@ def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_s
 
 
 def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: int, kslice: int, tail=None,
-          tail_inputs=()):
+          tail_inputs=(), out_batch_lo=(1, 0)):
     """(kernel, grid, which of a/b/out are also bound as vec4 arrays (in binding order), a batch stride,
     b batch stride, the packer of its parameter block)."""
     batched = out.dim() == 3
@@ -244,7 +269,7 @@ def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: in
     so = out.stride()
     if (len(types) < MAX_BUFFERS and st_c.wgsl == "f32" and out.dtype == torch.float32 and so[-1] == 1
             and so[-2] % 4 == 0 and N % 4 == 0
-            and out.elem_offset % 4 == 0 and (not batched or so[0] % 4 == 0)):
+            and out.elem_offset % 4 == 0 and (not batched or so[0] % 4 == 0) and out_batch_lo[1] % 4 == 0):
         vec_names["out"] = f"b{len(types)}"
         types.append("vec4<f32>")
     E = Epilogue(params, st_c.wgsl, Store(st_c), "c", cin=cin_wgsl, bindings=codegen.bindings(types),
@@ -262,7 +287,6 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     is too few tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
     from navitrain.wgpu.kernels import pointwise
     from navitrain.wgpu.kernels.reduction import reduce
-    from navitrain.wgpu.tensor import empty, wrap
 
     batched = out.dim() == 3
     M, N = out.shape[-2], out.shape[-1]
@@ -315,7 +339,6 @@ def _tail_pass(tail: Tail, product: str, inputs: list, tail_inputs, out, scalars
     """One pointwise pass: `product` (WGSL over the first inputs and the scalars) through the tail, reading
     the tail's inputs at each element of `out` through their (row, col, batch) strides."""
     from navitrain.wgpu.kernels import pointwise
-    from navitrain.wgpu.tensor import wrap
 
     names = pointwise.NAMES
     batched = out.dim() == 3

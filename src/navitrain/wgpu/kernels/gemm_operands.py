@@ -96,6 +96,12 @@ class Strided(Operand):
         return f"({row}) < {p}_rows && ({k}) < K", f"f32({self.binding}[{p}_r{e} + ({k}) * {p}_sk])"
 
 
+# A tail kernel's result may take its batch as two dimensions (heads inside sequences: `attn @ v` stored
+# as [batch, tokens, heads, features] for the head merge, not as [batch * heads, tokens, features]):
+# batch b is at (b / batch_lo) * sbatch + (b % batch_lo) * sbatch_lo. (batch_lo 1: one batch stride.)
+TAIL_BATCH_FIELDS = ("c_batch_lo", "c_sbatch_lo")
+
+
 def tail_fields(k: int) -> tuple[str, ...]:
     """Fields of a tail's k-th input: element (row, col) of batch b at off + b*sbatch + row*srow + col*scol
     (zero strides broadcast it: a bias over columns, a mask shared by every batch)."""
@@ -177,7 +183,11 @@ class Epilogue:
 
     def setup(self) -> list[str]:
         off, srow, scol, sbatch = (self.params.ref(f) for f in output_fields(self.out))
-        lines = [f"let c_base = {off} + {self.batch_var} * {sbatch}; let scm = {srow}; let scn = {scol};"]
+        batch = f"{self.batch_var} * {sbatch}"
+        if self.tail is not None:   # the batch as (outer, inner) pairs, TAIL_BATCH_FIELDS: see Tail
+            lo, slo = (self.params.ref(f) for f in TAIL_BATCH_FIELDS)
+            batch = f"({self.batch_var} / {lo}) * {sbatch} + ({self.batch_var} % {lo}) * {slo}"
+        lines = [f"let c_base = {off} + {batch}; let scm = {srow}; let scn = {scol};"]
         if self.cin is not None:
             off, srow, scol, sbatch = (self.params.ref(f) for f in output_fields("cin"))
             lines.append(f"let i_base = {off} + bz * {sbatch}; let sim = {srow}; let sin = {scol};")
