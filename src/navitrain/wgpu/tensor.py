@@ -332,11 +332,31 @@ def empty_fast(size, stride, dtype: torch.dtype, numel: int) -> WgpuTensor:
 
 
 def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
-    """Same shape, and the same layout where `t` is dense and non-overlapping (channels_last stays)."""
+    """Same shape, laid out as PyTorch's empty_like lays it out (`preserved_strides`)."""
     dtype = dtype or t.dtype
-    if t.is_contiguous() or not _dense_non_overlapping(t):
+    if t.is_contiguous():
         return empty(t.shape, dtype)
-    return empty(t.shape, dtype, t.stride())
+    return empty(t.shape, dtype, preserved_strides(t))
+
+
+_PRESERVED: dict = {}
+
+
+def preserved_strides(t: torch.Tensor) -> tuple:
+    """The strides PyTorch gives a new tensor made like `t` with memory_format=torch.preserve_format
+    (empty_like, clone, .to() of another device or dtype): t's own where it is dense and non-overlapping
+    (channels_last stays channels_last), else dense in the order of t's strides (a slice of a transposed
+    tensor stays transposed), as on the CPU and CUDA."""
+    if _dense_non_overlapping(t):
+        return tuple(t.stride())
+    key = (tuple(t.shape), tuple(t.stride()))
+    found = _PRESERVED.get(key)
+    if found is None:
+        found = tuple(torch.empty_like(torch.empty_strided(key[0], key[1], device="meta")).stride())
+        if len(_PRESERVED) > 4096:
+            _PRESERVED.clear()
+        _PRESERVED[key] = found
+    return found
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -378,16 +398,16 @@ def to_cpu(t: WgpuTensor) -> torch.Tensor:
         return view.conj_physical()
     if view.is_contiguous() and hi - lo == t.numel():
         return view
-    return view.clone(memory_format=torch.preserve_format if _dense_non_overlapping(t) else torch.contiguous_format)
+    return view.clone(memory_format=torch.preserve_format)   # PyTorch's layout for .cpu() (preserved_strides)
 
 
 def from_cpu(cpu: torch.Tensor, dtype: torch.dtype | None = None) -> WgpuTensor:
-    """A new device tensor holding `cpu`'s values (layout kept when dense, else contiguous)."""
+    """A new device tensor holding `cpu`'s values, laid out as PyTorch lays out a copy to another device
+    (`preserved_strides`: dense layouts kept, others dense in their stride order)."""
     dtype = dtype or cpu.dtype
     if cpu.dtype != dtype:
         cpu = cpu.to(dtype)
-    dense = _dense_non_overlapping(cpu) and not cpu.is_contiguous()
-    out = empty(cpu.shape, dtype, cpu.stride() if dense else None)
+    out = empty(cpu.shape, dtype, None if cpu.is_contiguous() else preserved_strides(cpu))
     if cpu.numel():
         written = write_directly(out, cpu)
         assert written, "a new tensor is dense and starts a block (256-byte aligned): always written directly"
