@@ -5,7 +5,7 @@
 #   first call:  bash benchmarks/device_session_next.sh start    copies the tree to /tmp/nt, starts, waits ~9 min
 #   next calls:  bash benchmarks/device_session_next.sh poll     waits up to ~9.5 min or until done
 #   or, with little device time left: start-short (one call; WAIT_S seconds, default 480)
-# Each call copies what is done so far from /tmp/nt-out to $OUT. Carry [".gl", ".whl"]; calls must follow each
+# Each call packs what is done so far from /tmp/nt-out into $OUT/all.tgz. Carry [".gl", ".whl"]; calls must follow each
 # other within the machine's 30 s idle release. Carry .tune too where it exists: $OUT/gemm_tiles*.json of an
 # earlier session, the tile choices that spare the tuning (the tuner keys them by adapter and driver).
 set -u
@@ -26,7 +26,9 @@ if [ "${1:-}" = start ] || [ "${1:-}" = start-short ] || [ "${1:-}" = start-mid 
   [ "$1" = start-mid ] && plan=run-mid
   rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
   cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
-  mkdir -p "$RUN"/docs/benchmark-logs/run15-h100 && cp docs/benchmark-logs/run15-h100/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/run15-h100/
+  for r in run15-h100 run16-h100; do
+    mkdir -p "$RUN"/docs/benchmark-logs/$r && cp docs/benchmark-logs/$r/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/$r/
+  done
   (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh "$plan" > "$OUTDIR/main.log" 2>&1 < /dev/null &)
 elif [ "${1:-}" = run-short ]; then
   begin
@@ -50,39 +52,35 @@ elif [ "${1:-}" = run-short ]; then
   touch "$O/DONE"
   exit 0
 elif [ "${1:-}" = run-mid ]; then
+  # Run 17: what run 16 (docs/benchmarks.md) left open, most wanted first. Run 16's tile choices seed the tuner
+  # (an H100 with its driver: name kind nvidia-h100-x1 to use them).
   begin
-  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run15-h100/gemm_tiles.v3.json
-  stage "m1 compiled steps, tuning off (issue 19: LM, U-Net at most 1.3x; first look at GPT and CIFAR ResNet-18)"
-  NAVITRAIN_WGPU_TUNE=0 timeout 330 python3 benchmarks/bench_wgpu_train.py --models tlm,unet,gpt,resnet18 --devices wgpu-compile,cuda \
-    --steps 10 --warmup 5 --timeout 150 --json "$O/compile.json" > "$O/compile.log" 2>&1
-  stage "m1b the same compiled LM and GPT with the GEMM epilogue pass left out (session 22's fusion_gemm.py, A/B)"
-  NAVITRAIN_WGPU_TUNE=0 NAVITRAIN_WGPU_FUSION_OFF=gemm timeout 200 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt \
-    --devices wgpu-compile --steps 10 --warmup 5 --timeout 90 --json "$O/compile_nogemm.json" > "$O/compile_nogemm.log" 2>&1
-  # Run 15's tile choices seed the tuner: they hold on an H100 with its driver (the tuner keys them by adapter).
+  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run16-h100/gemm_tiles.v3.json
   mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
-  stage "m2 compiled ResNet-50, tuning on as a user has it (issue 19: at most 1.3x; run 15 untuned 2.06x, graph tuned 1.23x)"
-  timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models resnet50 --devices wgpu-compile,cuda --no-layers --timeout 220 \
-    --json "$O/zoo_resnet50_compile.json" > "$O/zoo_resnet50_compile.log" 2>&1
-  stage "m3 compiled CIFAR ResNet-18 and GPT, tuning on (issue 19: 1.0x and 1.3x)"
-  timeout 300 python3 benchmarks/bench_wgpu_train.py --models resnet18,gpt --devices wgpu-compile,wgpu,cuda \
-    --steps 10 --warmup 5 --timeout 140 --json "$O/compile_tuned.json" > "$O/compile_tuned.log" 2>&1
-  stage "m3b compiled LM and U-Net with the tuner on, as a user runs them (m1 has them without)"
-  timeout 300 python3 benchmarks/bench_wgpu_train.py --models tlm,unet --devices wgpu-compile,cuda \
-    --steps 10 --warmup 5 --timeout 140 --json "$O/compile_tuned_b.json" > "$O/compile_tuned_b.log" 2>&1
-  stage "m4 where AlexNet's and VGG-16's GPU time goes (one eager step per kernel, tuned); compiled with the ReLUs fused"
-  timeout 190 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu,wgpu-graph,wgpu-compile,cuda --no-layers \
-    --profile 30 --steps 3 --warmup 2 --timeout 90 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
-  stage "m5 eager steps zeroing gradients as scripts do (set_to_none=True), host-bound models, tuned"
-  timeout 150 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,densenet161,resnet50 \
-    --devices wgpu,cuda --no-layers --steps 5 --warmup 3 --timeout 60 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
-  stage "m6 VGG-16 captured step tuning from an empty cache, candidates compiled together (run 15: 126 s)"
-  EMPTY=/tmp/nt-empty-cache; rm -rf "$EMPTY"; mkdir -p "$EMPTY"
-  NAVITRAIN_CACHE_DIR=$EMPTY timeout 170 python3 benchmarks/bench_wgpu_zoo.py --models vgg16 --devices wgpu-graph --no-layers --timeout 160 \
-    --steps 3 --warmup 2 --json "$O/zoo_tuning.json" > "$O/zoo_tuning.log" 2>&1
-  mkdir -p "$O/tune"; cp "$EMPTY"/gemm_tiles*.json "$O/tune/" 2>/dev/null
-  stage "m7 where the compiled LM's and U-Net's GPU time goes (per kernel, tuning off)"
-  NAVITRAIN_WGPU_TUNE=0 NAVITRAIN_BENCH_PROFILE=1 timeout 200 python3 benchmarks/bench_wgpu_train.py --models tlm,unet \
-    --devices wgpu-compile --steps 3 --warmup 3 --timeout 90 --json "$O/compile_profile.json" > "$O/compile_profile.log" 2>&1
+  clocks() { nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader >> "$O/clocks.txt"; }
+  stage "m1 compiled LM and GPT, tuner on, GEMM epilogues on and off in one call (run 16: LM 17% slower fused, before the layout fix)"
+  clocks
+  timeout 260 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt --devices wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 120 --json "$O/compile.json" > "$O/compile.log" 2>&1
+  NAVITRAIN_WGPU_FUSION_OFF=gemm timeout 200 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt \
+    --devices wgpu-compile --steps 10 --warmup 5 --timeout 90 --json "$O/compile_nogemm.json" > "$O/compile_nogemm.log" 2>&1
+  clocks
+  stage "m2 compiled AlexNet and VGG-16 against their captured graphs, 10 steps after 5, conv+ReLU on and off (run 16: compiled 2.5-3.7x slower, unexplained)"
+  ( while sleep 5; do clocks; done ) & CLOCKS=$!
+  timeout 300 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu-graph,wgpu-compile,cuda --no-layers \
+    --steps 10 --warmup 5 --timeout 130 --json "$O/zoo_compile.json" > "$O/zoo_compile.log" 2>&1
+  NAVITRAIN_WGPU_FUSION_OFF=conv_relu timeout 200 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu-compile \
+    --no-layers --steps 10 --warmup 5 --timeout 90 --json "$O/zoo_compile_norelu.json" > "$O/zoo_compile_norelu.log" 2>&1
+  kill $CLOCKS 2>/dev/null
+  stage "m3 where the compiled LM's GPU time goes now (per kernel; run 16: layer norms 7.2 of 25.9 ms on strided rows)"
+  NAVITRAIN_BENCH_PROFILE=1 timeout 150 python3 benchmarks/bench_wgpu_train.py --models tlm --devices wgpu-compile \
+    --steps 3 --warmup 3 --timeout 120 --json "$O/compile_profile.json" > "$O/compile_profile.log" 2>&1
+  stage "m4 compiled CIFAR ResNet-18 and U-Net, tuner on (run 16: 1.20x, 1.32x)"
+  timeout 260 python3 benchmarks/bench_wgpu_train.py --models resnet18,unet --devices wgpu-compile,cuda \
+    --steps 10 --warmup 5 --timeout 120 --json "$O/compile_b.json" > "$O/compile_b.log" 2>&1
+  stage "m5 the eager zoo's host-bound models, tuned (run 16 had no time for DenseNet-161 and ResNet-50)"
+  timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models densenet161,resnet50,mobilenet_v2,convnext_small \
+    --devices wgpu,wgpu-graph,wgpu-compile,cuda --no-layers --steps 5 --warmup 3 --timeout 100 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
   stage done
   touch "$O/DONE"
   exit 0
@@ -131,7 +129,9 @@ PY
 else
   echo "usage: $0 start|start-mid|start-short|poll|run|run-mid|run-short"; exit 2
 fi
-for i in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; [ $((i % 30)) = 0 ] && cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null; done  # (partial results survive a cut-off call)
-cp -r "$OUTDIR"/. "$OUT"/ 2>/dev/null
-cp /tmp/navitrain-cache/gemm_tiles*.json "$OUT"/ 2>/dev/null  # the tile choices so far (mid-tuning too)
+# What comes back is one archive (the device tool returns only a few files per call; run 16 lost most of its logs
+# that way until a last call packed them): everything so far, every 30 s, so a cut-off call still has it.
+pack() { cp /tmp/navitrain-cache/gemm_tiles*.json "$OUTDIR"/ 2>/dev/null; tar czf "$OUT/all.tgz" -C "$OUTDIR" . 2>/dev/null; }
+for i in $(seq 1 "$wait_s"); do [ -f "$OUTDIR/DONE" ] && break; sleep 1; [ $((i % 30)) = 0 ] && pack; done
+pack
 cat "$OUTDIR/stages.txt" 2>/dev/null; grep -hE "^\[|geometric" "$OUTDIR"/zoo_tuning.log "$OUTDIR"/zoo.log 2>/dev/null | tail -n 45; tail -n 3 "$OUTDIR"/*.log 2>/dev/null | tail -n 40
