@@ -156,6 +156,8 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
     if not members:
         return False
     root = members[-1]
+    if any(u.op == "call_function" and u.target is aten.copy_.default for u in root.users):
+        return False   # written back into a graph input (a buffer update): fusion_inplace.py's, in place
     if keep and any(order[u] < order[root] for u in start.users if u is not members[0]):
         return False   # another reader of the product comes before the fused call: it could not read the kept one
     rv = fusion._value(root)
