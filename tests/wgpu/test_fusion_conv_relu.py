@@ -2,8 +2,6 @@
 entry (kernels/conv/choose.forward_relu) for each formulation against the CPU with NaN and +-inf, a
 compiled VGG-like network against the same graphs unfused, eager wgpu and the CPU, and the unfused ops
 the fused module takes for operands it does not read."""
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +9,9 @@ from torch import nn
 
 import navitrain.wgpu.compile as wc
 from navitrain import _env
-from navitrain.wgpu import fusion, fusion_conv_relu
+from navitrain.wgpu import fusion_conv_relu
 from navitrain.wgpu.kernels import conv
-from navitrain.wgpu.runtime import runtime
+from tests.wgpu.fusion_checks import assert_matches_unfused_eager_and_cpu, train_steps
 
 
 def _special(shape, seed):
@@ -62,45 +60,21 @@ class Vgg(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def _train(model, x, device, compiled, fuse=True, steps=3):
-    fusion.ENABLED = fuse
-    net = copy.deepcopy(model).to(device)
-    run = torch.compile(net, backend="wgpu") if compiled else net
-    dispatches = 0
-    for _ in range(steps):
-        net.zero_grad(set_to_none=True)
-        if device == "wgpu":
-            runtime().synchronize()
-            before = runtime().dispatch_count
-        out = run(x.to(device))
-        (out * torch.linspace(-1, 2, out.numel(), device=device).view(out.shape)).sum().backward()
-        if device == "wgpu":
-            dispatches = runtime().dispatch_count - before
-    fusion.ENABLED = True
-    return out.detach().cpu(), {k: p.grad.cpu() for k, p in net.named_parameters()}, dispatches
-
-
 @pytest.mark.usefixtures("fresh_compile_state")
 def test_compiled_convolutions_with_their_relus_match_unfused_eager_and_cpu():
     torch.manual_seed(4)
     model = Vgg()
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     x[0, 1, 4, 4] = float("nan")     # the first sample only: the others stay finite
-    out_cpu, grads_cpu, _ = _train(model, x, "cpu", compiled=False)
-    out_eager, grads_eager, _ = _train(model, x, "wgpu", compiled=False)
-    out, grads, fused = _train(model, x, "wgpu", compiled=True)
+    cpu = train_steps(model, x, "cpu", compiled=False)
+    eager = train_steps(model, x, "wgpu", compiled=False)
+    fused = train_steps(model, x, "wgpu", compiled=True)
     assert wc.stats["conv_relus"] == 3 and wc.stats["backward_replays"] >= 1
     torch._dynamo.reset()
-    out_unfused, grads_unfused, unfused = _train(model, x, "wgpu", compiled=True, fuse=False)
-    assert fused < unfused
-    assert torch.isnan(out[0]).all() and not torch.isnan(out[1:]).any()
-    torch.testing.assert_close(out, out_unfused, rtol=1e-5, atol=1e-5, equal_nan=True)
-    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5, equal_nan=True)
-    torch.testing.assert_close(out, out_cpu, rtol=1e-4, atol=1e-4, equal_nan=True)
-    for name in grads:
-        torch.testing.assert_close(grads[name], grads_unfused[name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
-        torch.testing.assert_close(grads[name], grads_eager[name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
-        torch.testing.assert_close(grads[name], grads_cpu[name], rtol=1e-3, atol=1e-4, equal_nan=True, msg=name)
+    unfused = train_steps(model, x, "wgpu", compiled=True, fuse=False)
+    assert fused[3] < unfused[3]
+    assert torch.isnan(fused[0][0]).all() and not torch.isnan(fused[0][1:]).any()
+    assert_matches_unfused_eager_and_cpu(fused, unfused, eager, cpu)
 
 
 def test_conv_relu_takes_the_aten_ops_for_operands_it_does_not_read():

@@ -3,7 +3,6 @@ GEMM kernel's tail (kernels/gemm_operands.Tail) against the CPU, in one pass and
 with a bias, broadcast and bool inputs, NaN and +-inf, a kept product; and compiled transformer blocks
 (residual add, GELU and its gradient, attention mask and scale) against the same graphs unfused, eager
 wgpu and the CPU; the unfused path the fused module takes for a layout other than the traced one."""
-import copy
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ import navitrain.wgpu.compile as wc
 from navitrain.wgpu import fusion, fusion_gemm
 from navitrain.wgpu.kernels import gemm
 from navitrain.wgpu.kernels.activation_exprs import GELU_ERF
-from navitrain.wgpu.runtime import runtime
 from navitrain.wgpu.tensor import empty
+from tests.wgpu.fusion_checks import assert_matches_unfused_eager_and_cpu, train_steps
 
 aten = torch.ops.aten
 
@@ -140,26 +139,6 @@ def _encoder():
     return nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0), 2, enable_nested_tensor=False)
 
 
-def _train(model, x, device, compiled, fuse=True, steps=3):
-    fusion.ENABLED = fuse
-    net = copy.deepcopy(model).to(device)
-    run = torch.compile(net, backend="wgpu") if compiled else net
-    xd = x.to(device)
-    weights = torch.linspace(-1, 2, x.numel()).view(x.shape).to(device)
-    dispatches = 0
-    for _ in range(steps):
-        net.zero_grad(set_to_none=True)
-        if device == "wgpu":
-            runtime().synchronize()
-            before = runtime().dispatch_count
-        out = run(xd)
-        (out * weights).sum().backward()
-        if device == "wgpu":
-            dispatches = runtime().dispatch_count - before
-    fusion.ENABLED = True
-    return out.detach().cpu(), {k: p.grad.cpu() for k, p in net.named_parameters()}, dispatches
-
-
 @pytest.mark.usefixtures("fresh_compile_state")
 @pytest.mark.parametrize("make_model, special", [(Block, False), (Block, True), (_encoder, False)])
 def test_compiled_transformer_block_with_fused_products_matches_unfused_eager_and_cpu(make_model, special):
@@ -169,38 +148,33 @@ def test_compiled_transformer_block_with_fused_products_matches_unfused_eager_an
     if special:   # in the first sequence only: attention spreads them over its rows, the second stays finite
         x[0, 5, 3] = float("nan")
         x[0, 2, 0] = float("inf")
-    out_cpu, grads_cpu, _ = _train(model, x, "cpu", compiled=False)
-    out_eager, grads_eager, _ = _train(model, x, "wgpu", compiled=False)
-    out, grads, fused = _train(model, x, "wgpu", compiled=True)
+    cpu = train_steps(model, x, "cpu", compiled=False)
+    eager = train_steps(model, x, "wgpu", compiled=False)
+    fused = train_steps(model, x, "wgpu", compiled=True)
     # forward: scores + mask, two residual adds, GELU keeping its input; backward: GELU's gradient and
     # at least the scale of a score gradient
     assert wc.stats["gemm_epilogues"] >= 5 and wc.stats["backward_replays"] >= 1
     torch._dynamo.reset()
-    out_unfused, grads_unfused, unfused = _train(model, x, "wgpu", compiled=True, fuse=False)
-    assert fused < unfused
+    unfused = train_steps(model, x, "wgpu", compiled=True, fuse=False)
+    assert fused[3] < unfused[3]
     if special:
+        out = fused[0]
         assert torch.isnan(out).any() and not torch.isnan(out).all()
-        assert torch.equal(torch.isnan(out), torch.isnan(out_cpu))
-    torch.testing.assert_close(out, out_unfused, rtol=1e-5, atol=1e-5, equal_nan=True)
-    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5, equal_nan=True)
-    torch.testing.assert_close(out, out_cpu, rtol=1e-4, atol=1e-4, equal_nan=True)
-    for name in grads:
-        torch.testing.assert_close(grads[name], grads_unfused[name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
-        torch.testing.assert_close(grads[name], grads_eager[name], rtol=1e-4, atol=1e-5, equal_nan=True, msg=name)
-        torch.testing.assert_close(grads[name], grads_cpu[name], rtol=1e-3, atol=1e-4, equal_nan=True, msg=name)
+        assert torch.equal(torch.isnan(out), torch.isnan(cpu[0]))
+    assert_matches_unfused_eager_and_cpu(fused, unfused, eager, cpu)
 
 
 @pytest.mark.usefixtures("fresh_compile_state")
 def test_only_the_gemm_pass_left_out_gives_the_same_values_with_more_dispatches(monkeypatch):
     torch.manual_seed(14)
     model, x = Block(), _randn(2, 5, 16, seed=15)
-    out, grads, fused = _train(model, x, "wgpu", compiled=True)
+    out, grads, _, fused = train_steps(model, x, "wgpu", compiled=True)
     assert wc.stats["gemm_epilogues"] >= 5
     torch._dynamo.reset()
     wc.reset_stats()
     monkeypatch.setattr(wc._env, "value", lambda var, _orig=wc._env.value:
                         frozenset({"gemm"}) if var is wc._env.WGPU_FUSION_OFF else _orig(var))
-    out_off, grads_off, unfused = _train(model, x, "wgpu", compiled=True)
+    out_off, grads_off, _, unfused = train_steps(model, x, "wgpu", compiled=True)
     assert wc.stats["gemm_epilogues"] == 0 and fused < unfused
     torch.testing.assert_close(out, out_off, rtol=1e-5, atol=1e-5)
     for name in grads:

@@ -13,9 +13,9 @@ from torch import nn
 
 import navitrain.wgpu.compile as wc
 from navitrain.bench import models
-from navitrain.wgpu import fusion, fusion_norm
+from navitrain.wgpu import fusion_norm
 from navitrain.wgpu.kernels import batch_norm as bn_kernels
-from navitrain.wgpu.runtime import runtime
+from tests.wgpu.fusion_checks import train_steps
 
 aten = torch.ops.aten
 
@@ -52,45 +52,18 @@ def _special(shape, seed):
     return x
 
 
-def _train(model, x, device, compiled, fuse=True, steps=3, channels_last=False):
-    """Output, parameter gradients and running statistics after `steps` forward/backward calls, and the
-    dispatches of the last."""
-    fusion.ENABLED = fuse
-    net = copy.deepcopy(model).to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    run = torch.compile(net, backend="wgpu") if compiled else net
-    xd = x.to(device)
-    if channels_last:
-        xd = xd.contiguous(memory_format=torch.channels_last)
-    dispatches = 0
-    for _ in range(steps):
-        net.zero_grad(set_to_none=True)
-        if device == "wgpu":
-            runtime().synchronize()
-            before = runtime().dispatch_count
-        out = run(xd)
-        (out * torch.linspace(-1, 2, out.numel(), device=device).view(out.shape)).sum().backward()
-        if device == "wgpu":
-            dispatches = runtime().dispatch_count - before
-    fusion.ENABLED = True
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    grads = {k: p.grad.cpu() for k, p in net.named_parameters()}
-    return out.detach().cpu(), grads, state, dispatches
-
-
 @pytest.mark.parametrize("make_model, channels_last", [(BatchNormReLU, False), (Residual, False), (Residual, True)])
 def test_fused_batch_norm_chains_match_unfused_eager_and_cpu(make_model, channels_last):
     torch.manual_seed(3)
     model = make_model()
     x = _special((2, 3, 5, 5), 7)
-    out_cpu, grads_cpu, state_cpu, _ = _train(model, x, "cpu", compiled=False)
-    out_eager, grads_eager, state_eager, _ = _train(model, x, "wgpu", compiled=False, channels_last=channels_last)
-    out, grads, state, fused = _train(model, x, "wgpu", compiled=True, channels_last=channels_last)
+    out_cpu, grads_cpu, state_cpu, _ = train_steps(model, x, "cpu", compiled=False)
+    out_eager, grads_eager, state_eager, _ = train_steps(model, x, "wgpu", compiled=False, channels_last=channels_last)
+    out, grads, state, fused = train_steps(model, x, "wgpu", compiled=True, channels_last=channels_last)
     expected_bn = 1 if make_model is BatchNormReLU else 3    # Residual: two forward chains, b1's dy chain
     assert wc.stats["fused_batch_norms"] >= expected_bn and wc.stats["backward_replays"] >= 1
     torch._dynamo.reset()
-    out_unfused, grads_unfused, _, unfused = _train(model, x, "wgpu", compiled=True, fuse=False,
+    out_unfused, grads_unfused, _, unfused = train_steps(model, x, "wgpu", compiled=True, fuse=False,
                                                     channels_last=channels_last)
     assert fused < unfused
     torch.testing.assert_close(out, out_unfused, rtol=1e-5, atol=1e-5)
@@ -112,9 +85,9 @@ def test_nan_and_inf_propagate_through_the_fused_passes_as_eagerly():
     x[0, 1, 2, 2] = float("nan")      # channel 1 of every BN downstream: NaN
     x[1, 0, 0, 0] = float("inf")
     x[1, 2, 3, 1] = float("-inf")
-    out_eager, grads_eager, state_eager, _ = _train(model, x, "wgpu", compiled=False, steps=3)
-    out_cpu, grads_cpu, _, _ = _train(model, x, "cpu", compiled=False, steps=3)
-    out, grads, state, _ = _train(model, x, "wgpu", compiled=True, steps=3)
+    out_eager, grads_eager, state_eager, _ = train_steps(model, x, "wgpu", compiled=False, steps=3)
+    out_cpu, grads_cpu, _, _ = train_steps(model, x, "cpu", compiled=False, steps=3)
+    out, grads, state, _ = train_steps(model, x, "wgpu", compiled=True, steps=3)
     assert wc.stats["fused_batch_norms"] >= 3
     assert torch.isnan(out).any() and torch.isnan(out_eager).any()
     torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5, equal_nan=True)

@@ -17,9 +17,8 @@ from torch.fx import GraphModule
 
 from navitrain.wgpu import fusion, traffic
 from navitrain.wgpu.dtypes import NoKernelForDtype
-from navitrain.wgpu.fusion_conv_stats import CONVOLUTION, ConvWithStats, _convolution, _out_size
-from navitrain.wgpu.kernels.conv import Geometry, forward_relu
-from navitrain.wgpu.tensor import empty
+from navitrain.wgpu.fusion_conv_stats import CONVOLUTION, ConvWithStats, _convolution
+from navitrain.wgpu.kernels.conv import forward_relu
 
 aten = torch.ops.aten
 
@@ -31,19 +30,14 @@ class ConvReLU(ConvWithStats):
     def forward(self, x, w, bias):
         if not self._fits(x, w, bias):
             return aten.relu.default(self._plain(x, w, bias))
-        N, C, H, W = x.shape
-        OC, _, KH, KW = w.shape
-        OH = _out_size(H, KH, self.stride[0], self.padding[0], self.dilation[0])
-        OW = _out_size(W, KW, self.stride[1], self.padding[1], self.dilation[1])
-        out = empty([N, OC, OH, OW], x.dtype)
-        g = Geometry(N, C, H, W, OC, OH, OW, KH, KW, self.stride, self.padding, self.dilation, 1)
+        out, g = self._output(x, w)
         start = traffic.mark()
         try:
             forward_relu(x, w, bias, g, out)
         except NoKernelForDtype:    # (nothing was launched) the aten ops take their counted CPU fallback
             return aten.relu.default(self._plain(x, w, bias))
         traffic.note_traffic((x, w) + ((bias,) if bias is not None else ()), (out,),
-                             flops=2 * out.numel() * C * KH * KW + out.numel(), since=start)
+                             flops=2 * out.numel() * g.C * g.KH * g.KW + out.numel(), since=start)
         return out
 
 

@@ -48,12 +48,7 @@ class ConvWithStats(torch.nn.Module):
     def forward(self, x, w, bias):
         if not self._fits(x, w, bias):
             return self._plain(x, w, bias), None
-        N, C, H, W = x.shape
-        OC, _, KH, KW = w.shape
-        OH = _out_size(H, KH, self.stride[0], self.padding[0], self.dilation[0])
-        OW = _out_size(W, KW, self.stride[1], self.padding[1], self.dilation[1])
-        out = empty([N, OC, OH, OW], x.dtype)
-        g = Geometry(N, C, H, W, OC, OH, OW, KH, KW, self.stride, self.padding, self.dilation, 1)
+        out, g = self._output(x, w)
         start = traffic.mark()
         try:
             moments = forward_with_stats(x, w, bias, g, out)
@@ -61,8 +56,17 @@ class ConvWithStats(torch.nn.Module):
             return self._plain(x, w, bias), None
         written = (out, moments.partials) if moments is not None else (out,)
         traffic.note_traffic((x, w) + ((bias,) if bias is not None else ()), written,
-                             flops=2 * out.numel() * C * KH * KW, since=start)
+                             flops=2 * out.numel() * g.C * g.KH * g.KW, since=start)
         return out, moments
+
+    def _output(self, x, w) -> tuple:
+        """(a new NCHW output, the layer's Geometry) for 4-D operands x and w."""
+        N, C, H, W = x.shape
+        OC, _, KH, KW = w.shape
+        OH = _out_size(H, KH, self.stride[0], self.padding[0], self.dilation[0])
+        OW = _out_size(W, KW, self.stride[1], self.padding[1], self.dilation[1])
+        g = Geometry(N, C, H, W, OC, OH, OW, KH, KW, self.stride, self.padding, self.dilation, 1)
+        return empty([N, OC, OH, OW], x.dtype), g
 
     def _plain(self, x, w, bias):
         return CONVOLUTION(x, w, bias, list(self.stride), list(self.padding), list(self.dilation), False,
