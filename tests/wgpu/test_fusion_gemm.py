@@ -196,3 +196,24 @@ def test_fused_gemm_takes_the_unfused_ops_for_a_layout_other_than_the_traced_one
     torch.testing.assert_close(fused.cpu(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(unfused.cpu(), expected, rtol=1e-5, atol=1e-5)
     assert tuple(fused.stride()) == (15, 5, 1) and tuple(unfused.stride()) == (15, 5, 1)
+
+
+@pytest.mark.usefixtures("fresh_compile_state")
+def test_scaled_addmm_a_bool_mask_and_a_bmm_chain_compile_as_eagerly():
+    def f(b, x, w, r, mask):
+        y = torch.addmm(b, x, w, beta=0.5, alpha=2.0) + r                 # addmm's scales, a residual
+        z = torch.where(mask, y, float("-inf")).softmax(-1)              # a bool input of the chain
+        return z, torch.bmm(x.view(2, 3, 8), w.view(2, 4, 8).repeat(1, 2, 1).transpose(1, 2)) * 0.5 - r.view(2, 3, 8)
+
+    b, x, w, r = _randn(8, seed=30), _randn(6, 8, seed=31), _randn(8, 8, seed=32), _randn(6, 8, seed=33)
+    mask = _randn(6, 8, seed=34) > 0
+    mask[:, 0] = True
+    x[2, 3] = float("nan")
+    expected = f(b, x, w, r, mask)
+    compiled = torch.compile(f, backend="wgpu")
+    for _ in range(3):   # eager, captured, replayed
+        got = compiled(*(t.to("wgpu") for t in (b, x, w, r, mask)))
+    assert wc.stats["gemm_epilogues"] == 2 and wc.stats["inference_replays"] >= 1
+    for a, e in zip(got, expected):
+        assert torch.isnan(e).any()
+        torch.testing.assert_close(a.cpu(), e, rtol=1e-5, atol=1e-5, equal_nan=True)
