@@ -13,6 +13,7 @@ import functools
 from typing import Sequence
 
 import torch
+from torch._prims_common import compute_elementwise_output_strides
 
 from navitrain.wgpu.kernels import codegen, float64_exprs, wgsl_math
 from navitrain.wgpu.runtime import runtime
@@ -308,69 +309,29 @@ def _strided_layout(shape: tuple, out: WgpuTensor, inputs: Sequence[WgpuTensor])
 
 
 def _new_output(inputs: Sequence[WgpuTensor], shape: tuple, dtype: torch.dtype) -> WgpuTensor:
-    """A new output laid out as TensorIterator lays out the result of an elementwise op on the CPU or CUDA
-    (`output_layout`): contiguous when the inputs of the output's shape are."""
+    """A new output laid out as PyTorch lays out the result of an elementwise op (`output_layout`):
+    contiguous when the inputs of the output's shape are."""
     if all(t.is_contiguous() for t in inputs if tuple(t.shape) == shape):
         return empty(shape, dtype)
-    return empty(shape, dtype, output_layout(shape, tuple(_iterator_strides(t, shape) for t in inputs)))
-
-
-def _iterator_strides(t: torch.Tensor, shape: tuple) -> tuple:
-    """t's strides as TensorIterator sees them for an output of `shape`: 0 along the dimensions it is
-    broadcast over (size 1 in t, not in the output), its own elsewhere (size-1 dimensions included)."""
-    pad = len(shape) - t.dim()
-    own = t.stride()
-    return tuple(0 if d < pad or (t.shape[d - pad] == 1 and shape[d] != 1) else own[d - pad]
-                 for d in range(len(shape)))
+    return empty(shape, dtype, output_layout(shape, inputs))
 
 
 _LAYOUT: dict = {}
 
 
-def output_layout(shape: tuple, operand_strides: tuple) -> tuple:
-    """The strides of a new elementwise result of `shape` whose inputs have `operand_strides` (broadcast
-    to `shape`, 0 along broadcast dimensions: `_iterator_strides`): TensorIterator's rule
-    (reorder_dimensions), so that layouts match PyTorch's, for the speed of what follows and for
-    `.view()`s that rely on them. Dimensions are
-    ordered innermost first by insertion sort, comparing two dimensions by the first input whose strides
-    along them differ (a broadcast dimension tells nothing); the result is dense in that order.
-    x + y.t() is contiguous like x; x.t() + y is laid out like x.t(); channels_last stays channels_last."""
-    key = (shape, operand_strides)
+def output_layout(shape: tuple, inputs: Sequence[torch.Tensor]) -> tuple:
+    """The strides PyTorch gives a new elementwise result of `shape` from `inputs` (TensorIterator's rule,
+    as torch._prims_common computes it for meta tensors): the first input whose strides tell two
+    dimensions apart decides, so x + y.t() is contiguous like x and channels_last stays channels_last.
+    Kept per layout: the rule walks every pair of dimensions."""
+    key = (shape, tuple((tuple(t.shape), tuple(t.stride())) for t in inputs))
     found = _LAYOUT.get(key)
-    if found is not None:
-        return found
-    ndim = len(shape)
-
-    def should_swap(d0: int, d1: int) -> int:
-        for strides in operand_strides:
-            s0, s1 = strides[d0], strides[d1]
-            if s0 == 0 or s1 == 0:
-                continue
-            if s0 != s1:
-                return 1 if s0 > s1 else -1
-            if shape[d0] > shape[d1]:
-                return 1
-        return 0
-
-    perm = list(reversed(range(ndim)))   # innermost first
-    for i in range(1, ndim):
-        d1 = i
-        for d0 in range(i - 1, -1, -1):
-            comparison = should_swap(perm[d0], perm[d1])
-            if comparison > 0:
-                perm[d0], perm[d1] = perm[d1], perm[d0]
-                d1 = d0
-            elif comparison < 0:
-                break
-    result = [0] * ndim
-    step = 1
-    for d in perm:
-        result[d] = step
-        step *= max(shape[d], 1)
-    found = tuple(result)
-    if len(_LAYOUT) > 4096:
-        _LAYOUT.clear()
-    _LAYOUT[key] = found
+    if found is None:
+        metas = [torch.empty_strided(s, st, device="meta").expand(shape) for s, st in key[1]]
+        found = tuple(compute_elementwise_output_strides(*metas))
+        if len(_LAYOUT) > 4096:
+            _LAYOUT.clear()
+        _LAYOUT[key] = found
     return found
 
 
