@@ -21,10 +21,10 @@ Runs before fusion_norm.py (which fuses the remaining pointwise groups at its en
 """
 from __future__ import annotations
 
-import dataclasses
 import operator
 
 import torch
+from torch._prims_common import make_contiguous_strides_for
 from torch.fx import GraphModule, Node
 
 from navitrain.wgpu import fusion, traffic
@@ -73,8 +73,8 @@ class FusedGemm(torch.nn.Module):
         if self.tail.keep_product:   # laid out as the view of a contiguous product is: contiguous over it
             dtype, (shape, strides) = self.tail.product_dtype, self.start
             kept = empty(shape, dtype, strides)
-            kept_view = wrap(kept._ws, self.product_shape, _contiguous(self.product_shape), kept.storage_offset(),
-                             dtype)
+            over = make_contiguous_strides_for(self.product_shape)
+            kept_view = wrap(kept._ws, self.product_shape, over, kept.storage_offset(), dtype)
         if bias is None:
             gemm.gemm(a, b, product, self.alpha, tail=self.tail, tail_inputs=tail_inputs, kept=kept_view,
                       out_batch_lo=self.out_batch_lo)
@@ -166,12 +166,10 @@ def _fuse(gm: GraphModule, product: Node, index: int, order: dict) -> bool:
         return False
     built = fusion._build(members, inputs, rules, names=TAIL_NAMES)
     tail = gemm.Tail(TAIL_NAMES[0], TAIL_NAMES[1:len(inputs)], built.load_types[1:], built.prelude, built.expr,
-                     pv.dtype)
+                     pv.dtype, keep_product=keep)
     chain = fusion._build(members, inputs, rules)
     extras = tuple((tuple(fusion._value(o).shape), tuple(fusion._value(o).stride()),
                     _over_product(fusion._value(o), shape, pv.shape, walk)[:3]) for o in inputs[1:])
-    if keep:
-        tail = dataclasses.replace(tail, keep_product=True)
     module = FusedGemm(product.target, alpha, beta, tail, tuple(pv.shape), _product_order(out_over, pv.dim()),
                        extras, chain, (tuple(sv.shape), tuple(sv.stride())), out_over[3:])
     name = f"navitrain_gemm_{index}"
@@ -244,38 +242,29 @@ def _over_product(val: torch.Tensor | None, shape: tuple, product_shape, walk: t
     start walks the product; None where no strides do (or `val` is not a static tensor). With `split`,
     a batch that needs two strides (heads inside sequences) is allowed too: (row, col, outer batch stride,
     inner batch count, inner batch stride); otherwise the last two are (1, 0)."""
-    if val is None or not fusion._static(val) or len(val.shape) > len(shape):
+    if val is None or not fusion._static(val):
         return None
-    pad = len(shape) - len(val.shape)
-    strides = [0] * len(shape)
-    for d, (size, stride) in enumerate(zip(val.shape, val.stride())):
-        if size != 1:
-            if size != shape[pad + d]:
-                return None
-            strides[pad + d] = stride
-    walked = torch.empty_strided(shape, strides, device="meta").permute(walk)
     try:
-        s = walked.view(tuple(product_shape)).stride()
+        walked = torch.empty_strided(val.shape, val.stride(), device="meta").expand(shape).permute(walk)
+    except (RuntimeError, ValueError):   # it does not broadcast to the chain's shape
+        return None
+    s = _strides_as(walked, tuple(product_shape))
+    if s is not None:
         return (s[-2], s[-1], s[0] if len(s) == 3 else 0, 1, 0)
-    except (RuntimeError, ValueError):   # the layout does not fold into the product's dimensions
-        pass
     outer = walked.shape[0]
     if not split or len(product_shape) != 3 or product_shape[0] % outer or outer in (1, product_shape[0]):
         return None
     B, M, N = product_shape
+    s = _strides_as(walked, (outer, B // outer, M, N))
+    return None if s is None else (s[2], s[3], s[0], B // outer, s[1])
+
+
+def _strides_as(t: torch.Tensor, shape: tuple) -> tuple | None:
+    """The strides of t viewed as `shape`, or None where its layout does not fold into those dimensions."""
     try:
-        s = walked.view(outer, B // outer, M, N).stride()
-    except (RuntimeError, ValueError):
+        return t.view(shape).stride()
+    except (RuntimeError, ValueError):   # (ValueError: fake mode's reference implementation of view)
         return None
-    return (s[2], s[3], s[0], B // outer, s[1])
-
-
-def _contiguous(shape: tuple) -> tuple:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
 
 
 def _product_order(over: tuple, dims: int) -> tuple:
