@@ -13,6 +13,8 @@ plain matrix product `gemm()` with its split-K variant.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from navitrain.wgpu.kernels import codegen, gemm_tuning, loop_budget
@@ -120,22 +122,36 @@ def gemm(a: WgpuTensor, b: WgpuTensor, out: WgpuTensor, alpha: float = 1.0, beta
         return out
     if cin is not None and beta == 0.0:
         cin = None
-    if tail is not None and len(tail_inputs) > MAX_TAIL_INPUTS:
-        raise ValueError(f"a GEMM tail reads at most {MAX_TAIL_INPUTS} tensors, not {len(tail_inputs)}")
-    if tail is not None and tail.keep_product != (kept is not None):
-        raise ValueError("a GEMM tail that keeps its product needs `kept`, and only such a tail takes it")
-    tail_inputs = tuple(tail_inputs)
-    if kept is not None:   # laid out over the product's [B?, M, N] as out is, with strides of its own
-        sk = kept.stride()
-        tail_inputs += ((kept, (sk[-2], sk[-1], sk[0] if kept.dim() == 3 else 0)),)
-    if out_batch_lo != (1, 0) and tail is None:
-        raise ValueError("only a GEMM with a tail stores its batch in two dimensions")
-    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs, out_batch_lo)
+    tc = None
+    if tail is not None:
+        if len(tail_inputs) > MAX_TAIL_INPUTS:
+            raise ValueError(f"a GEMM tail reads at most {MAX_TAIL_INPUTS} tensors, not {len(tail_inputs)}")
+        if tail.keep_product != (kept is not None):
+            raise ValueError("a GEMM tail that keeps its product needs `kept`, and only such a tail takes it")
+        tc = _TailCall(tail, tuple(tail_inputs), None if kept is None else (kept, _over(kept)), out_batch_lo)
+    elif kept is not None or out_batch_lo != (1, 0):
+        raise ValueError("`kept` and a batch stored in two dimensions come with a tail")
+    args = (a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tc)
     if config is None:
         # A tail leaves the tile choice to the plain product's (the same key: its cost is in the loop over K).
         kind = ("mm", a.stride(-1) == 1, b.stride(-1) == 1, B > 1, cin is not None)
         config = gemm_tuning.pick(kind, M, N, K, B, lambda cfg: _gemm(*args, cfg))
     return _gemm(*args, config)
+
+
+@dataclass(frozen=True)
+class _TailCall:
+    """What a product with a tail is given besides its operands (see gemm())."""
+    tail: Tail
+    inputs: tuple              # (tensor, (row, col, batch) strides) per tensor the tail reads
+    kept: tuple | None         # (tensor, its (row, col, batch) strides) receiving the product, or None
+    batch_lo: tuple[int, int]  # out's batch split in two: (inner count, inner stride); (1, 0): not split
+
+
+def _over(t: WgpuTensor) -> tuple[int, int, int]:
+    """(row, col, batch) strides of a tensor shaped as the product ([B?, M, N])."""
+    s = t.stride()
+    return (s[-2], s[-1], s[0] if t.dim() == 3 else 0)
 
 
 # A training step repeats the same few dozen products: what a product needs besides its operands'
@@ -146,8 +162,8 @@ _PLANS: dict = {}
 
 
 
-def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tail, tail_inputs,
-          out_batch_lo, cfg: TileConfig):
+def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, tc: _TailCall | None,
+          cfg: TileConfig):
     B = out.shape[0] if out.dim() == 3 else 1
     K = a.shape[-1]
     splits = cfg.splits or auto_splits(cfg, out.shape[-2], out.shape[-1], K, B)
@@ -155,14 +171,13 @@ def _gemm(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strid
     # passes (kernels/loop_budget.py), so a K longer than that many steps is always split.
     splits = max(splits, -(-K // (cfg.BK * loop_budget.PASS_BUDGET)))
     if splits > 1 and K >= 2 * cfg.BK * splits:
-        if out_batch_lo != (1, 0):   # the summing pass writes plain strides: a contiguous result, then a copy
-            return _copy_batch_split(_gemm_split(a, b, empty(list(out.shape), out.dtype), alpha, beta, cin,
-                                                 a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits, tail,
-                                                 tail_inputs), out, out_batch_lo)
+        if tc is not None and tc.batch_lo != (1, 0):   # the summing pass writes plain strides: then a copy
+            result = _gemm_split(a, b, empty(list(out.shape), out.dtype), alpha, beta, cin, a_batch_stride,
+                                 b_batch_stride, cin_strides, cfg, B, splits, tc)
+            return _copy_batch_split(result, out, tc.batch_lo)
         return _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits,
-                           tail, tail_inputs)
-    return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0,
-                     tail, tail_inputs, out_batch_lo)
+                           tc)
+    return _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, 0, tc)
 
 
 def _copy_batch_split(result, out, out_batch_lo):
@@ -179,7 +194,7 @@ def _copy_batch_split(result, out, out_batch_lo):
 
 
 def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig,
-              B: int, kslice: int, tail=None, tail_inputs=(), out_batch_lo=(1, 0)):
+              B: int, kslice: int, tc: _TailCall | None = None):
     """One GEMM launch. With kslice, `out` is a split-K partial buffer [B * slices, M, N]."""
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
@@ -187,39 +202,40 @@ def _dispatch(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_s
     sa, sb, so = a.stride(), b.stride(), out.stride()
     key = (cfg, M, N, K, B, kslice, sa, sb, so, a_batch_stride, b_batch_stride, a.dtype, b.dtype, out.dtype,
            None if cin is None else cin.dtype, cin_strides, a_off % 4 == 0, b_off % 4 == 0, o_off % 4 == 0)
-    if tail is not None:
-        key += (tail, tuple(t.dtype for t, _ in tail_inputs), out_batch_lo[1] % 4 == 0)
+    tensors = ()
+    if tc is not None:   # the tail's inputs, then the kept product: bound and given fields in that order
+        tensors = tc.inputs + ((tc.kept,) if tc.kept is not None else ())
+        key += (tc.tail, tuple(t.dtype for t, _ in tensors), tc.batch_lo[1] % 4 == 0)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg, B, kslice, tail,
-                                   tail_inputs, out_batch_lo)
+        plan = _PLANS[key] = _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg, B, kslice, tc)
     kernel, groups, vec_views, sab, sbb, pack = plan
     heaps = [out._ws.heap, a._ws.heap, b._ws.heap]
     if cin is not None:
         heaps.append(cin._ws.heap)
-    heaps.extend(t._ws.heap for t, _ in tail_inputs)
+    heaps.extend(t._ws.heap for t, _ in tensors)
     for name in vec_views:  # the same heaps again, bound as vec4 arrays
         heaps.append({"a": a, "b": b, "out": out}[name]._ws.heap)
     # The parameter block in declaration order: GEMM_FIELDS, then a, b, c and cin (offset, row, k/col,
-    # batch), then each tail input's (offset, row, col, batch).
+    # batch), then with a tail each of its tensors' (offset, row, col, batch) and out's batch split.
     if cin is None:
         cin_words = (0, 0, 0, 0)
     else:
         sim, sin, sib = cin_strides
         cin_words = (cin.elem_offset, sim, sin, sib)
-    tail_words = [w for t, (srow, scol, sbatch) in tail_inputs for w in (t.elem_offset, srow, scol, sbatch)]
-    if tail is not None:
-        tail_words += out_batch_lo
+    tail_words = [w for t, (srow, scol, sbatch) in tensors for w in (t.elem_offset, srow, scol, sbatch)]
+    if tc is not None:
+        tail_words += tc.batch_lo
     params = pack(M, N, K, alpha, beta, kslice, 0, 0, a_off, sa[-2], sa[-1], sab, b_off, sb[-1], sb[-2], sbb,
                   o_off, so[-2], so[-1], so[0] if out.dim() == 3 else 0, *cin_words, *tail_words)
     runtime().dispatch(kernel, tuple(heaps), params, groups)
     return out
 
 
-def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: int, kslice: int, tail=None,
-          tail_inputs=(), out_batch_lo=(1, 0)):
+def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: int, kslice: int,
+          tc: _TailCall | None = None):
     """(kernel, grid, which of a/b/out are also bound as vec4 arrays (in binding order), a batch stride,
     b batch stride, the packer of its parameter block)."""
     batched = out.dim() == 3
@@ -240,15 +256,16 @@ def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: in
     types = [st_c.wgsl, st_a.wgsl, st_b.wgsl] + ([cin_wgsl] if cin_wgsl else [])
     params = MATRIX_PARAMS
     tail_parts = {}
-    if tail is not None:
+    if tc is not None:
+        tail = tc.tail
         params = _TAIL_PARAMS[(len(tail.inputs), tail.keep_product)]
         loads, keep = [], ""
-        for (t, _), load_type in zip(tail_inputs, tail.load_types):
+        for (t, _), load_type in zip(tc.inputs, tail.load_types):
             st = rt.stypes[t.dtype]
             loads.append(st.load(f"b{len(types)}[{{i}}]", load_type))
             types.append(st.wgsl)
-        if tail.keep_product:   # the last of tail_inputs
-            st = rt.stypes[tail_inputs[-1][0].dtype]
+        if tc.kept is not None:
+            st = rt.stypes[tc.kept[0].dtype]
             keep = f"b{len(types)}[{{i}}] = {st.store('{v}')};"
             types.append(st.wgsl)
         tail_parts = dict(tail=tail, tail_loads=tuple(loads), tail_round=_rounded("{v}", tail.product_dtype),
@@ -268,20 +285,20 @@ def _plan(a, b, out, cin, a_batch_stride, b_batch_stride, cfg: TileConfig, B: in
     Bop = Strided(params, "b", "b2", st_b.wgsl, b_fast, vec_names.get("b"))
     so = out.stride()
     if (len(types) < MAX_BUFFERS and st_c.wgsl == "f32" and out.dtype == torch.float32 and so[-1] == 1
-            and so[-2] % 4 == 0 and N % 4 == 0
-            and out.elem_offset % 4 == 0 and (not batched or so[0] % 4 == 0) and out_batch_lo[1] % 4 == 0):
+            and so[-2] % 4 == 0 and N % 4 == 0 and out.elem_offset % 4 == 0 and (not batched or so[0] % 4 == 0)
+            and (tc is None or tc.batch_lo[1] % 4 == 0)):
         vec_names["out"] = f"b{len(types)}"
         types.append("vec4<f32>")
     E = Epilogue(params, st_c.wgsl, Store(st_c), "c", cin=cin_wgsl, bindings=codegen.bindings(types),
                  vec_out=vec_names.get("out"), batch_var="wid.z" if kslice else "bz", **tail_parts)
-    name = f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}" + ("_split" if kslice else "") + ("_tail" if tail is not None else "")
+    name = f"gemm_{cfg.BM}x{cfg.BN}x{cfg.BK}" + ("_split" if kslice else "") + ("_tail" if tc is not None else "")
     kernel, groups = compile_kernel(("mm", out.dtype), name, cfg, A, Bop, E, len(types), M, N, B, guard,
                                     split_k=kslice, K=K, params=params)
     return kernel, groups, tuple(vec_names), sab, sbb, params.pack_words
 
 
 def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg: TileConfig, B: int,
-                splits: int, tail=None, tail_inputs=()):
+                splits: int, tc: _TailCall | None = None):
     """Split-K: workgroup z = (batch, slice) writes the f32 partial product of its slice of K; one
     pointwise pass then sums the slices and applies alpha/beta (and the tail). Worth it when M x N alone
     is too few tiles to fill the GPU (a 1024^2 product is 64 tiles of 128^2 on a 132-SM card)."""
@@ -292,14 +309,12 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
     M, N = out.shape[-2], out.shape[-1]
     K = a.shape[-1]
     names = pointwise.NAMES
-    if tail is not None and (tail.keep_product or 1 + (cin is not None) + len(tail_inputs) > len(names)):
+    tail_inputs = tc.inputs if tc is not None else ()
+    if tc is not None and (tc.kept is not None or 1 + (cin is not None) + len(tail_inputs) > len(names)):
         # The product kept, or too many tensors for one summing pass: the product first, then the tail over it.
-        if tail.keep_product:
-            tail_inputs, (product, _) = tail_inputs[:-1], tail_inputs[-1]
-        else:
-            product = empty(list(out.shape), tail.product_dtype)
+        product = tc.kept[0] if tc.kept is not None else empty(list(out.shape), tc.tail.product_dtype)
         _gemm_split(a, b, product, alpha, beta, cin, a_batch_stride, b_batch_stride, cin_strides, cfg, B, splits)
-        return _tail_pass(tail, "a", [product], tail_inputs, out)
+        return _tail_pass(tc.tail, "a", [product], tail_inputs, out)
     kslice, slices = k_slices(K, splits, cfg.BK)
     partial = empty([B * slices, M, N], torch.float32)
     _dispatch(a, b, partial, 1.0, 0.0, None, a_batch_stride, b_batch_stride, None, cfg, B, kslice)
@@ -321,8 +336,8 @@ def _gemm_split(a, b, out, alpha, beta, cin, a_batch_stride, b_batch_stride, cin
         terms.append(cin.as_strided(list(out.shape), cstr, cin.storage_offset()))
         total += f" + {names[len(terms) - 1]} * s1"
         scalars.append(beta)
-    if tail is not None:
-        return _tail_pass(tail, total, terms, tail_inputs, out, scalars)
+    if tc is not None:
+        return _tail_pass(tc.tail, total, terms, tail_inputs, out, scalars)
     return pointwise.run(f"gemm_split{n_terms}" + ("_beta" if cin is not None else ""), total, terms, out.dtype, "f32",
                          scalars, out=out)
 

@@ -165,16 +165,16 @@ class Epilogue:
         tail = self.tail
         if tail is None:
             return ""
-        ref = self.params.ref
+        def index(fields) -> str:
+            off, srow, scol, sbatch = (self.params.ref(f) for f in fields)
+            return f"{off} + bz * {sbatch} + gm * {srow} + gn * {scol}"
+
         lines = [f"  let {tail.product} = {self.tail_round.replace('{v}', 'v')};"]
         if tail.keep_product:
-            off, srow, scol, sbatch = (ref(f) for f in output_fields("kept"))
-            index = f"{off} + bz * {sbatch} + gm * {srow} + gn * {scol}"
-            lines.append("  " + self.tail_keep.replace("{i}", index).replace("{v}", tail.product))
+            store = self.tail_keep.replace("{i}", index(output_fields("kept")))
+            lines.append("  " + store.replace("{v}", tail.product))
         for k, (name, load) in enumerate(zip(tail.inputs, self.tail_loads)):
-            off, srow, scol, sbatch = (ref(f) for f in tail_fields(k))
-            index = f"{off} + bz * {sbatch} + gm * {srow} + gn * {scol}"
-            lines.append(f"  let {name} = {load.replace('{i}', index)};")
+            lines.append(f"  let {name} = {load.replace('{i}', index(tail_fields(k)))};")
         if tail.prelude:
             lines.append(tail.prelude)
         body = "\n".join(lines)
