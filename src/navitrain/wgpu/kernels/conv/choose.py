@@ -32,35 +32,45 @@ from navitrain.wgpu.tensor import WgpuTensor
 
 def forward(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry, out: WgpuTensor,
             relu: bool = False) -> WgpuTensor:
+    """out = conv(x, w) + bias (then ReLU'd with `relu`: in the implicit GEMM's store where that is the
+    formulation, else in one pass after the one chosen, which `relu` never changes)."""
+    if not _forward_direct(x, w, bias, g, out):
+        return implicit_forward(x, w, bias, g, out, relu)
+    return _relu_in_place(out) if relu else out
+
+
+def _forward_direct(x, w, bias, g, out) -> bool:
+    """Runs the forward as a 1x1 product or a depthwise or grouped direct kernel where one is chosen;
+    whether it did."""
     same = x.dtype == w.dtype == out.dtype and (bias is None or bias.dtype == x.dtype)
-    if not relu and same and onebyone.eligible(g) and onebyone.forward(x, w, bias, g, out):
-        return out
-    if not relu and conv_depthwise.eligible(g, x, w, bias, out) and conv_depthwise.use_direct(
+    if same and onebyone.eligible(g) and onebyone.forward(x, w, bias, g, out):
+        return True
+    if conv_depthwise.eligible(g, x, w, bias, out) and conv_depthwise.use_direct(
             "fwd", g, out, lambda: conv_depthwise.forward(x, w, bias, g, out),
             lambda: implicit_forward(x, w, bias, g, out)):
-        return conv_depthwise.forward(x, w, bias, g, out)
-    if not relu and conv_grouped.eligible("fwd", g, x, w, bias, out) and conv_grouped.use_direct(
+        conv_depthwise.forward(x, w, bias, g, out)
+        return True
+    if conv_grouped.eligible("fwd", g, x, w, bias, out) and conv_grouped.use_direct(
             "fwd", g, out, lambda: conv_grouped.forward(x, w, bias, g, out),
             lambda: implicit_forward(x, w, bias, g, out)):
-        return conv_grouped.forward(x, w, bias, g, out)
-    return implicit_forward(x, w, bias, g, out, relu)
+        conv_grouped.forward(x, w, bias, g, out)
+        return True
+    return False
+
+
+def _relu_in_place(out: WgpuTensor) -> WgpuTensor:
+    return pointwise.run("relu", "relu_nan(a)", [out], out.dtype, "f32", out=out)
 
 
 def forward_relu(x: WgpuTensor, w: WgpuTensor, bias: WgpuTensor | None, g: Geometry,
                  out: WgpuTensor) -> WgpuTensor:
-    """out = relu(conv(x, w) + bias) for compiled graphs (fusion_conv_relu.py), the formulation chosen as
-    ops/conv.py chooses it: the ReLU runs in the implicit GEMM's store where that is what runs, else in one
-    pass over the result (as the unfused ReLU would)."""
+    """out = relu(conv(x, w) + bias) for compiled graphs (fusion_conv_relu.py), Winograd taken where
+    ops/conv.py takes it (then one ReLU pass), else forward(relu=True)."""
     stride, padding, dilation = tuple(g.stride), tuple(g.padding), tuple(g.dilation)
     if use_winograd("fwd", x, w, stride, padding, dilation, g.groups, lambda: forward(x, w, bias, g, out),
                     lambda: winograd.conv3x3(x, w, bias, padding[0], out)):
-        winograd.conv3x3(x, w, bias, padding[0], out)
-    elif (onebyone.eligible(g) or conv_depthwise.eligible(g, x, w, bias, out)
-          or conv_grouped.eligible("fwd", g, x, w, bias, out)):
-        forward(x, w, bias, g, out)
-    else:   # what forward() runs for the rest
-        return implicit_forward(x, w, bias, g, out, relu=True)
-    return pointwise.run("relu", "relu_nan(a)", [out], out.dtype, "f32", out=out)
+        return _relu_in_place(winograd.conv3x3(x, w, bias, padding[0], out))
+    return forward(x, w, bias, g, out, relu=True)
 
 
 def grad_input(dy: WgpuTensor, w: WgpuTensor, g: Geometry, dx: WgpuTensor) -> WgpuTensor:
