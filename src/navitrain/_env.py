@@ -141,6 +141,11 @@ WGPU_CONV = _declare(
     "NAVITRAIN_WGPU_CONV", "auto",
     "wgpu 3x3 stride-1 convolutions: 'auto' (time implicit GEMM against Winograd F(2x2,3x3) once per shape "
     "on hardware adapters), 'gemm' or 'winograd'.", _choice("auto", "gemm", "winograd"))
+WGPU_PLANS = _declare(
+    "NAVITRAIN_WGPU_PLANS", "1",
+    "1: an eager wgpu op called again with the same arguments at the same addresses repeats its recorded "
+    "work instead of running its handler's Python; 0: every call runs its handler; 'verify': every repeat "
+    "runs the handler as well and raises if it did anything else (for testing).", _choice("1", "0", "verify"))
 WGPU_FUSION = _declare("NAVITRAIN_WGPU_FUSION", "1",
                        "0: torch.compile(backend='wgpu') runs each pointwise op of its graphs as its own kernel "
                        "instead of fusing chains (to compare, or to rule fusion out).", _flag)
@@ -189,7 +194,14 @@ def raw(name: str) -> str | None:
     if name not in VARIABLES:
         raise KeyError(f"{name} is not a declared NAVITRAIN_* variable (declare it in navitrain/_env.py)")
     value = os.environ.get(name)
+    if watch is not None:
+        watch.setdefault(name, value)
     return value if value not in (None, "") else VARIABLES[name].default
+
+
+# While an eager op's plan is recorded (navitrain/wgpu/op_plans.py): {name: raw text} of every variable read,
+# which a replay checks are unchanged.
+watch: dict[str, str | None] | None = None
 
 
 def problem(name: str, text: str | None) -> str | None:

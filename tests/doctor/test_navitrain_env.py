@@ -24,6 +24,7 @@ CASES = [
     ("NAVITRAIN_WGPU_COMPILE_THREADS", ["-1", "many", "2.5"], ["0", "1", "16"]),
     ("NAVITRAIN_WGPU_TUNE", ["maybe", "2"], ["0", "force"]),
     ("NAVITRAIN_WGPU_CONV", ["fast"], ["gemm", "Winograd"]),
+    ("NAVITRAIN_WGPU_PLANS", ["2", "check"], ["0", "1", "Verify"]),
     ("NAVITRAIN_CONV_WORKSPACE_MB", ["-1", "lots", "inf"], ["0", "512"]),
     ("NAVITRAIN_CONV_ALGO", ["fastest"], ["tune", "winograd4"]),
     ("NAVITRAIN_PROBE_TIMEOUT", ["abc", "nan", "inf", "0", "-5"], ["1", "2.5"]),
@@ -78,6 +79,11 @@ def test_readers_use_the_table(monkeypatch):
     monkeypatch.setenv("NAVITRAIN_ROUTE", "bogus")
     with pytest.raises(_env.EnvError, match="NAVITRAIN_ROUTE='bogus'"):
         _env.route()
+    from navitrain.wgpu import op_plans
+
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "off")   # would have been read as on
+    with pytest.raises(_env.EnvError, match="NAVITRAIN_WGPU_PLANS='off'"):
+        op_plans.mode()
 
 
 def test_doctor_reports_malformed_variables_as_errors():

@@ -20,6 +20,8 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from navitrain import _env
+from navitrain.wgpu import op_plans
+from navitrain.wgpu import runtime as _rt_mod
 from navitrain.wgpu.dtypes import NoKernelForDtype
 from navitrain.wgpu.tensor import DEVICE, WgpuTensor, empty, from_cpu, to_cpu, wrap
 
@@ -136,9 +138,20 @@ def _returns_view(func) -> bool:
 
 
 def _route(func) -> tuple:
-    route = (OPS.get(func), func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func, _returns_view(func))
+    handler = OPS.get(func)
+    if handler is not None and func in op_plans.PLANNED:
+        handler = _planned(func, handler)
+    route = (handler, func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func, _returns_view(func))
     _ROUTES[id(func)] = route
     return route
+
+
+def _planned(func, handler):
+    """The handler, repeated from a plan where its call is a repeat (op_plans.py)."""
+    def planned(*args, **kwargs):
+        return op_plans.run(_rt_mod._runtime or _rt_mod.runtime(), func, handler, args, kwargs)
+    planned.__qualname__ = handler.__qualname__
+    return planned
 
 
 def torch_dispatch(cls, func, types, args=(), kwargs=None):

@@ -110,6 +110,11 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
         self._timer = GpuTimer(self) if "timestamp-query" in self.features else None
         self.lost_reason: str | None = None
         self.capture = None  # the navitrain.wgpu.graphs.WgpuGraph being captured, if any
+        # The op plan being recorded (op_plans.py), told of every dispatch, and of reads, writes and waits,
+        # which no plan can repeat; and the plans made, by call (a new runtime starts with none).
+        self.recorder = None
+        self.plans: dict = {}
+        self.plans_state = None  # what the plans were made under (op_plans._state)
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -175,6 +180,8 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
                 # Capturing: the dispatch is kept for replay, not run (as with torch.cuda graphs).
                 self.capture.record(kernel, heaps, params, table, groups, rng_word)
                 return
+            if self.recorder is not None:   # an eager op's plan is being recorded (op_plans.py)
+                self.recorder.dispatch(kernel, heaps, params, groups, table, rng_word)
             # (The common case, no table, is spelled out inline: this is every op's hot path.)
             need = self._param_align if table is None else self._arena_need(kernel, table)
             offset = self._param_used
@@ -290,6 +297,8 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
     def synchronize(self) -> None:
         """Submit pending work and wait until the GPU has finished it."""
         with self.lock:
+            if self.recorder is not None:
+                self.recorder.spoil("waits for the GPU")
             self.flush()
             try:
                 # wgpuDevicePoll(wait=true) blocks until submitted work is done. (wgpu-py 0.32's

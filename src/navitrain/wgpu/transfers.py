@@ -16,6 +16,8 @@ class Transfers:
         start = offset & ~3
         end = (offset + nbytes + 3) & ~3
         with self.lock:
+            if self.recorder is not None:
+                self.recorder.spoil("reads the device")
             if self.capture is not None:
                 raise GraphCaptureError(
                     "reading wgpu data (.item(), .cpu(), .tolist(), printing, or an op that falls back to "
@@ -37,6 +39,8 @@ class Transfers:
         if offset % 4:
             raise WgpuError("unaligned write")  # callers route unaligned writes through a copy kernel
         with self.lock:
+            if self.recorder is not None:
+                self.recorder.spoil("copies host data in")
             if self.capture is not None:
                 raise GraphCaptureError(
                     "copying host data to the wgpu device is not possible inside a captured graph (a "

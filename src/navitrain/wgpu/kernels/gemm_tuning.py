@@ -22,6 +22,7 @@ import threading
 import time
 
 from navitrain import _env, cache_files
+from navitrain.wgpu import op_plans
 from navitrain.wgpu.kernels.gemm_config import TileConfig, auto_splits
 from navitrain.wgpu.profiling import profile
 from navitrain.wgpu.runtime import runtime
@@ -229,7 +230,7 @@ def _mode() -> str:
     environment is read on every call (a test or a user may change NAVITRAIN_WGPU_TUNE at run time);
     it is parsed again only when its text has changed."""
     global _mode_memo
-    text = os.environ.get(_env.WGPU_TUNE)
+    text = _env.raw(_env.WGPU_TUNE)
     memo = _mode_memo
     if memo is not None and memo[0] == text:
         return memo[1]
@@ -336,6 +337,9 @@ def tuning_summary() -> dict:
 # Choices already made in this process, by exact shape: a training step asks for the same products
 # every step, and the table lookup above (shape class, parsing the stored name) costs ~10 us each.
 _picked: dict = {}
+# Eager ops' plans (op_plans.py) repeat the choices made here: they are dropped when these change (a shape tuned,
+# or the cache loaded or replaced).
+op_plans.depends_on(lambda: (id(_picked), len(_picked), id(_cache), len(_cache) if _cache else 0))
 
 
 def pick_choice(key: str, options: dict, default: str) -> str:
@@ -396,7 +400,7 @@ def remembered(exact, decide):
 def choice_by_shape(exact, key, options: dict, default: str) -> str:
     """pick_choice remembered by `exact` (see remembered); `key()` builds the shape-class key only when
     the answer is not remembered yet."""
-    return remembered(("by_shape", exact, os.environ.get(_env.WGPU_TUNE)),
+    return remembered(("by_shape", exact, _env.raw(_env.WGPU_TUNE)),
                       lambda: pick_choice(key(), options, default))
 
 

@@ -15,8 +15,6 @@
 """
 from __future__ import annotations
 
-import os
-
 from navitrain import _env
 from navitrain.wgpu.kernels import conv_depthwise, conv_grouped, gemm_tuning, pointwise, winograd
 from navitrain.wgpu.kernels.conv import onebyone
@@ -108,7 +106,7 @@ def use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_
     """Winograd F(2x2,3x3) for stride-1 3x3 layers when it is faster here (timed once per shape class,
     run_gemm and run_wino doing the pass each way), or when NAVITRAIN_WGPU_CONV forces it."""
     exact = ("winograd", kind, tuple(x4.shape), tuple(w4.shape), x4.dtype, w4.dtype, tuple(stride),
-             tuple(padding), tuple(dilation), groups, os.environ.get(_env.WGPU_CONV), os.environ.get(_env.WGPU_TUNE))
+             tuple(padding), tuple(dilation), groups, _env.raw(_env.WGPU_CONV), _env.raw(_env.WGPU_TUNE))
     return gemm_tuning.remembered(
         exact, lambda: _use_winograd(kind, x4, w4, stride, padding, dilation, groups, run_gemm, run_wino))
 

@@ -1,0 +1,206 @@
+"""Eager ops repeated from plans (navitrain/wgpu/op_plans.py): a repeat must do exactly what the handler does,
+and every call a plan cannot stand for must run the handler."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from navitrain.wgpu import dispatch, op_plans
+from navitrain.wgpu.kernels import gemm_tuning
+from navitrain.wgpu.runtime import runtime
+
+aten = torch.ops.aten
+DEV = "wgpu"
+CONV = aten.convolution.default
+
+
+def rnd(*shape, seed, dtype=torch.float32):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.fixture
+def fresh_plans(monkeypatch):
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "1")
+    runtime().plans.clear()
+    op_plans.stats.clear()
+
+
+def _conv(x, w):
+    return aten.convolution.default(x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+
+
+def _train(steps, seed, nan_at=None):
+    """Losses, gradients and parameters of a conv + batch norm + depthwise net trained eagerly for `steps`."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), torch.nn.BatchNorm2d(8), torch.nn.Hardswish(),
+        torch.nn.Conv2d(8, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)).to(DEV)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    xs = [rnd(4, 3, 10, 10, seed=seed + i) for i in range(steps)]
+    if nan_at is not None:
+        xs[nan_at][1, 2, 3, 4] = float("nan")
+    ys = torch.randint(0, 3, (steps, 4), generator=torch.Generator().manual_seed(seed))
+    losses = []
+    for x, y in zip(xs, ys):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x.to(DEV)), y.to(DEV))
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach().cpu())
+    grads = [p.grad.cpu() for p in net.parameters()]
+    state = [t.cpu() for t in net.state_dict().values()]
+    return losses, grads, state
+
+
+def _same(a, b):
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_training_run_repeated_from_plans_is_bit_identical_to_its_handlers(fresh_plans, monkeypatch):
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "0")
+    reference = _train(6, seed=3)
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "1")
+    planned = _train(6, seed=3)
+    for got, want in zip(planned, reference):
+        _same(got, want)
+    # Most convolution and batch-norm calls of steps 3-6 are repeats (the first steps allocate state).
+    assert op_plans.stats["repeated"] >= 3 * 10, op_plans.stats
+    assert not any(k.startswith("unplannable") for k in op_plans.stats), op_plans.stats
+
+
+def test_nan_flows_through_repeats_as_through_the_handlers(fresh_plans, monkeypatch):
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "0")
+    reference = _train(4, seed=5, nan_at=3)
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "1")
+    planned = _train(4, seed=5, nan_at=3)
+    assert torch.isnan(planned[0][3])
+    for got, want in zip(planned, reference):
+        _same(got, want)
+
+
+def test_a_result_still_alive_is_not_handed_out_again(fresh_plans):
+    """Same arguments, but the first call's output is alive: the second lands elsewhere and is a tensor of its own."""
+    x, w = rnd(2, 3, 6, 6, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    want = F.conv2d(x.cpu(), w.cpu(), padding=1)
+    outs = [_conv(x, w) for _ in range(4)]
+    assert len({o.data_ptr() for o in outs}) == 4 or len({(o._ws.heap.index, o._ws.base) for o in outs}) == 4
+    outs[0].mul_(0)
+    for o in outs[1:]:
+        torch.testing.assert_close(o.cpu(), want, rtol=1e-5, atol=1e-5)
+    for _ in range(3):   # dropped each time: the same block comes back, and the plan repeats
+        o = _conv(x, w)
+        torch.testing.assert_close(o.cpu(), want, rtol=1e-5, atol=1e-5)
+        del o
+    assert op_plans.stats["repeated"] >= 1, op_plans.stats
+
+
+def test_the_allocator_hands_out_the_lowest_free_address_whatever_the_order_of_frees():
+    alloc = runtime().allocator
+    for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):
+        blocks = [alloc.malloc(4096 * 3) for _ in range(3)]
+        lowest = min(blocks, key=lambda b: (b.heap.index, b.offset))
+        for i in order:
+            alloc.free(blocks[i])
+        again = alloc.malloc(4096 * 3)
+        assert again is lowest
+        alloc.free(again)
+
+
+def _swap_conv(monkeypatch, handler):
+    monkeypatch.setitem(dispatch.OPS, CONV, handler)
+
+
+@pytest.mark.parametrize("what, why", [
+    ("read", "reads the device"),
+    ("random", "draws random numbers"),
+    ("keep", "keeps memory it does not return"),
+    ("old", "returns memory it did not allocate"),
+])
+def test_calls_a_plan_cannot_repeat_run_their_handler_every_time(fresh_plans, monkeypatch, what, why):
+    kept = []
+    old = rnd(5, seed=9).to(DEV)
+    calls = []
+
+    def handler(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+        calls.append(1)
+        y = aten.mul.Tensor(x, 2.0)
+        if what == "read":
+            y = aten.add.Tensor(y, float(aten.sum.default(x).cpu()))
+        elif what == "random":
+            y = aten.add.Tensor(y, aten.rand_like.default(x))
+        elif what == "keep":
+            kept.append(aten.mul.Tensor(x, 3.0))
+        elif what == "old":
+            return old
+        return y
+
+    _swap_conv(monkeypatch, handler)
+    x, w = rnd(2, 3, 4, 4, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    results = [_conv(x, w).cpu() for _ in range(4)]
+    assert len(calls) == 4
+    assert op_plans.stats[f"unplannable: {why}"] == 4, op_plans.stats
+    assert op_plans.stats["repeated"] == 0
+    if what == "random":
+        assert not torch.equal(results[0], results[1])   # fresh numbers on every call
+
+
+def test_a_plan_is_not_repeated_under_other_settings_its_handler_read(fresh_plans, monkeypatch):
+    x, w = rnd(2, 3, 8, 8, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    want = F.conv2d(x.cpu(), w.cpu(), padding=1)
+    kernels = {}
+    for mode in ("gemm", "winograd"):
+        monkeypatch.setenv("NAVITRAIN_WGPU_CONV", mode)
+        for _ in range(3):
+            torch.testing.assert_close(_conv(x, w).cpu(), want, rtol=1e-4, atol=1e-4)
+        (plan,) = runtime().plans.values()
+        assert dict(plan.env)["NAVITRAIN_WGPU_CONV"] == mode
+        kernels[mode] = {d[0].name for d in plan.dispatches}
+    assert op_plans.stats["repeated"] >= 2, op_plans.stats
+    assert any("winograd" in k for k in kernels["winograd"]), kernels
+    assert not any("winograd" in k for k in kernels["gemm"]), kernels
+
+
+def test_verify_mode_finds_a_handler_that_does_other_work_for_the_same_arguments(fresh_plans, monkeypatch):
+    factor = [2.0]
+
+    def handler(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+        return aten.mul.Tensor(x, factor[0])   # decided by something the key does not hold
+
+    _swap_conv(monkeypatch, handler)
+    x, w = rnd(2, 3, 4, 4, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    _conv(x, w)
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "verify")
+    _conv(x, w)                        # the same work: fine
+    factor[0] = 3.0
+    with pytest.raises(op_plans.PlanMismatch, match="other work"):
+        _conv(x, w)
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "1")   # and unverified, a repeat does what was recorded
+    runtime().plans.clear()
+    torch.testing.assert_close(_conv(x, w).cpu(), x.cpu() * 3)
+
+
+def test_plans_off_runs_every_handler(fresh_plans, monkeypatch):
+    monkeypatch.setenv("NAVITRAIN_WGPU_PLANS", "0")
+    calls = []
+
+    def handler(x, *rest):
+        calls.append(1)
+        return aten.mul.Tensor(x, 2.0)
+
+    _swap_conv(monkeypatch, handler)
+    x, w = rnd(2, 3, 4, 4, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    for _ in range(3):
+        _conv(x, w)
+    assert len(calls) == 3 and not runtime().plans
+
+
+def test_plans_are_dropped_when_the_tuner_remembers_a_new_answer(fresh_plans, monkeypatch):
+    x, w = rnd(2, 3, 8, 8, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    for _ in range(3):
+        _conv(x, w)
+    assert runtime().plans and op_plans.stats["repeated"] >= 1
+    repeated = op_plans.stats["repeated"]
+    monkeypatch.setattr(gemm_tuning, "_picked", {})   # (as a test forcing the tuner's answers does)
+    _conv(x, w)
+    assert op_plans.stats["repeated"] == repeated, "a plan made before the tuner's answers changed was repeated"
