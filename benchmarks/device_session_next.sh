@@ -52,12 +52,22 @@ elif [ "${1:-}" = run-short ]; then
   touch "$O/DONE"
   exit 0
 elif [ "${1:-}" = run-mid ]; then
-  # Run 17: what run 16 (docs/benchmarks.md) left open, most wanted first. Run 16's tile choices seed the tuner
+  # Run 17: eager steps with op plans (session 23), then what run 16 (docs/benchmarks.md) left open, most wanted first. Run 16's tile choices seed the tuner
   # (an H100 with its driver: name kind nvidia-h100-x1 to use them).
   begin
   seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run16-h100/gemm_tiles.v3.json
   mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
   clocks() { nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader >> "$O/clocks.txt"; }
+  stage "m0 the eager zoo with op plans (issue 23's eager target: geometric mean at most 2.5x of CUDA; run 15: 3.61x)"
+  timeout 600 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16,resnet18,resnet50,wide_resnet50_2,densenet161,convnext_small,efficientnet_b0,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,mnasnet1_0,regnet_y_400mf,resnext50_32x4d \
+    --devices wgpu,cuda --no-layers --steps 5 --warmup 4 --timeout 120 --json "$O/zoo_eager_plans.json" > "$O/zoo_eager_plans.log" 2>&1
+  stage "m0b op plans off, same models' host-bound half, and the eager GPT both ways (issue 19: eager GPT at most 4x)"
+  NAVITRAIN_WGPU_PLANS=0 timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,resnet50,regnet_y_400mf \
+    --devices wgpu --no-layers --steps 5 --warmup 4 --timeout 100 --json "$O/zoo_eager_noplans.json" > "$O/zoo_eager_noplans.log" 2>&1
+  timeout 150 python3 benchmarks/bench_wgpu_train.py --models gpt,resnet18 --devices wgpu,cuda --steps 10 --warmup 5 --timeout 70 \
+    --json "$O/eager_train.json" > "$O/eager_train.log" 2>&1
+  NAVITRAIN_WGPU_PLANS=0 timeout 120 python3 benchmarks/bench_wgpu_train.py --models gpt,resnet18 --devices wgpu --steps 10 --warmup 5 \
+    --timeout 55 --json "$O/eager_train_noplans.json" > "$O/eager_train_noplans.log" 2>&1
   stage "m1 compiled LM and GPT, tuner on, GEMM epilogues on and off in one call (run 16: LM 17% slower fused, before the layout fix)"
   clocks
   timeout 260 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt --devices wgpu-compile,cuda \

@@ -11,6 +11,11 @@ Three measurements:
           of the step spent outside dispatch (autograd, nn.Module code, the optimizer's Python).
 
     python benchmarks/host_time_per_op.py --models gpt,resnet18 --size tiny [--top 25] [--cprofile] [--no-gpu-work]
+    python benchmarks/host_time_per_op.py --models tv:mobilenet_v3_small,tv:densenet121 --no-gpu-work --plans both
+
+`tv:<name>` is a torchvision classification model (10 classes, 64 px, batch 2, SGD with momentum). `--plans
+both` measures each step with eager op plans off, then on (NAVITRAIN_WGPU_PLANS, wgpu/op_plans.py), in one
+process, and prints the ratio.
 
 --no-gpu-work records and encodes every batch as usual but submits none (the values computed are
 garbage): on lavapipe the software GPU's threads otherwise run on the same few cores and roughly double
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import threading
@@ -31,8 +37,9 @@ from collections import defaultdict
 import torch
 
 import navitrain.wgpu as nw
+from navitrain import _env
 from navitrain.bench import models, workloads
-from navitrain.wgpu import dispatch
+from navitrain.wgpu import dispatch, op_plans
 from navitrain.wgpu import runtime as runtime_mod
 
 
@@ -205,6 +212,41 @@ def measure_step(workload, steps: int, top: int, profile: bool, no_gpu_work: boo
     return {"step_ms": step_ms, "ops": n_ops, "us_per_op": step_ms * 1e3 / n_ops}
 
 
+def torchvision_workload(name: str) -> workloads.Workload:
+    """A torchvision classification model as a workload: 10 classes, 64 px images, batch 2, SGD momentum."""
+    from _common import import_torchvision
+
+    import_torchvision()
+    import torchvision
+
+    def batch(batch_size, seed=0, device="cpu"):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch_size, 3, 64, 64, generator=gen)
+        return x.to(device), torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+
+    return workloads.Workload(name=name, size="64px", title=f"torchvision {name} 64px b2", batch_size=2,
+                              build=lambda: getattr(torchvision.models, name)(num_classes=10), make_batch=batch,
+                              loss=torch.nn.functional.cross_entropy, optimizer="sgd", lr=0.01)
+
+
+def _workload(name: str, size: str) -> workloads.Workload:
+    return torchvision_workload(name[3:]) if name.startswith("tv:") else workloads.get(name, size)
+
+
+def measure_plans_both(workload, steps: int, no_gpu_work: bool) -> None:
+    """The step with eager op plans off, then on, in this process; prints both and the ratio."""
+    results = {}
+    for setting in ("0", "1"):
+        os.environ[_env.WGPU_PLANS] = setting
+        runtime_mod.runtime().plans.clear()
+        op_plans.stats.clear()
+        results[setting] = measure_step(workload, steps, 0, False, no_gpu_work)
+    off, on = results["0"]["step_ms"], results["1"]["step_ms"]
+    repeated, recorded = op_plans.stats["repeated"], op_plans.stats["recorded"]
+    print(f"  plans: off {off:.2f} ms, on {on:.2f} ms per step: {on / off:.2f}x "
+          f"({repeated} calls repeated, {recorded} recorded over the measured steps)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt,resnet18")
@@ -214,14 +256,20 @@ def main(argv=None):
     ap.add_argument("--cprofile", action="store_true", help="also a cProfile (thread CPU) of one untraced step")
     ap.add_argument("--no-chain", action="store_true")
     ap.add_argument("--no-gpu-work", action="store_true", help="submit nothing (see above); implies --no-chain")
+    ap.add_argument("--plans", choices=("as-set", "both"), default="as-set",
+                    help="both: each step with eager op plans off, then on (see above)")
     args = ap.parse_args(argv)
     args.no_chain = args.no_chain or args.no_gpu_work
     if not args.no_chain:
         print("chain, us thread CPU per op: less submissions min {:.1f} median {:.1f}; with submissions min {:.1f}"
               .format(*chain_us_per_op()))
     for name in args.models.split(","):
-        if name:
-            measure_step(workloads.get(name, args.size), args.steps, args.top, args.cprofile, args.no_gpu_work)
+        if not name:
+            continue
+        if args.plans == "both":
+            measure_plans_both(_workload(name, args.size), args.steps, args.no_gpu_work)
+        else:
+            measure_step(_workload(name, args.size), args.steps, args.top, args.cprofile, args.no_gpu_work)
 
 
 if __name__ == "__main__":

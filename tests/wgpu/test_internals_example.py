@@ -95,7 +95,7 @@ def _navitrain_imports(path: pathlib.Path) -> set[str]:
 PLUMBING = ("dispatch", "factories", "serialization", "distributed", "tensor", "dims", "device", "graphs",
             "profiling", "runtime", "allocator", "dtypes", "process_device", "rng", "promotion", "kernel_limits",
             "limits_profile", "autocast", "compile_compat", "traffic", "device_setup", "kernel_cache",
-            "param_arena", "graph_replay", "transfers", "gpu_timer", "errors")
+            "param_arena", "graph_replay", "transfers", "gpu_timer", "errors", "op_plans")
 
 
 def test_plumbing_sits_below_engines_and_handlers():

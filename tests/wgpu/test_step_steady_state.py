@@ -43,8 +43,10 @@ workload = workloads.get("gpt", "tiny")
 torch.manual_seed(0)
 net = workload.build().to("wgpu")
 train = models.train_step(net, workload.make_optimizer(net.parameters()), workload.loss)
-batches = [workload.batch(seed) for seed in range(5)]
-for x, y in batches[:2]:
+batches = [workload.batch(seed) for seed in range(7)]
+# Four warm-up steps: the first steps record each op's plan (wgpu/op_plans.py), a bounded cache that stops
+# growing once the step's allocations repeat (from the third step; the fourth meets the loss's second address).
+for x, y in batches[:4]:
     train(x.to("wgpu"), y.to("wgpu")).item()
 gc.collect()
 tracked = len(gc.get_objects())
@@ -52,7 +54,7 @@ gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable is kept in
 # Fresh batches uploaded, as a training loop does; no read-back inside: wgpu-py's queue.read_buffer makes
 # a ctypes array type per call (`(c_uint8 * n).from_address`), a cycle of a few objects per .item() that
 # only the GC frees -- wgpu-py's, and young, so cheap.
-for x, y in batches[2:]:
+for x, y in batches[4:]:
     train(x.to("wgpu"), y.to("wgpu"))
 nw.synchronize()
 gc.collect()

@@ -139,7 +139,7 @@ def _returns_view(func) -> bool:
 
 def _route(func) -> tuple:
     handler = OPS.get(func)
-    if handler is not None and func in op_plans.PLANNED:
+    if handler is not None and op_plans.plannable(func):
         handler = _planned(func, handler)
     route = (handler, func in _MIXED_DEVICES_OK, COMPLEX_OPS.get(func), func, _returns_view(func))
     _ROUTES[id(func)] = route

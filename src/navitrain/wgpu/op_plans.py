@@ -15,8 +15,10 @@ A call becomes a plan only if it did nothing a plan could not repeat: no reads o
 waiting for the GPU (the tuner timing its candidates), no random numbers, no freeing of memory it did not
 allocate, no block kept that is not returned, nothing from another thread. A repeat checks every allocation
 lands where it was recorded before it dispatches anything; where one does not, the handler runs. Only ops in
-PLANNED are planned: their handlers were read for other inputs (`requires_grad`, autograd inside a handler,
-host values) that the key does not hold.
+PLANNED_NAMES are planned: their handlers were read for other inputs (`requires_grad`, autograd inside a
+handler, host values) that the key does not hold. A key is recorded the second time it is met, so calls whose
+key never repeats (a float argument that changes every step: a non-capturable Adam's bias corrections) cost no
+recording and keep no plan; keys are plain tuples of numbers, which the cyclic GC stops tracking.
 
 NAVITRAIN_WGPU_PLANS=0 runs every handler; =verify runs the handler on every repeat as well and raises where
 it did anything other than the plan (the test suite's check of all of the above).
@@ -34,21 +36,46 @@ from navitrain.wgpu.tensor import WgpuStorage, WgpuTensor, wrap
 
 aten = torch.ops.aten
 
-# Handlers that are functions of the plan key alone (see above).
-PLANNED = frozenset({
-    aten.convolution.default, aten.convolution_backward.default,
-    aten.native_batch_norm.default, aten.native_batch_norm_backward.default,
-    aten._native_batch_norm_legit.default, aten._native_batch_norm_legit_no_training.default,
-    aten._batch_norm_with_update.default, aten.batch_norm_backward.default,
+# Handlers that are functions of the plan key alone (see above), by aten name; and every `_foreach_*` op (an
+# optimizer's update). Ops that draw random numbers or read the host are left out: they could never repeat.
+PLANNED_NAMES = frozenset({
+    # convolutions, normalisations, matrix products: the handlers that work out the most per call
+    "convolution", "convolution_backward",
+    "native_batch_norm", "native_batch_norm_backward", "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training", "_batch_norm_with_update", "batch_norm_backward",
+    "native_layer_norm", "native_layer_norm_backward", "native_group_norm", "native_group_norm_backward",
+    "mm", "addmm", "bmm", "baddbmm",
+    # losses, softmax, embeddings, reductions, concatenation
+    "_softmax", "_log_softmax", "_softmax_backward_data", "_log_softmax_backward_data",
+    "nll_loss_forward", "nll_loss_backward", "nll_loss2d_forward", "nll_loss2d_backward",
+    "embedding", "embedding_dense_backward", "sum", "mean", "cat",
+    "max_pool2d_with_indices", "max_pool2d_with_indices_backward", "avg_pool2d", "avg_pool2d_backward",
+    "_adaptive_avg_pool2d", "_adaptive_avg_pool2d_backward",
+    # the elementwise ops a training step is made of
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "clone", "copy_", "_to_copy", "where",
+    "relu", "relu_", "threshold_backward", "hardswish", "hardswish_", "hardswish_backward", "hardsigmoid",
+    "hardsigmoid_", "hardsigmoid_backward", "silu", "silu_", "silu_backward", "sigmoid", "sigmoid_backward",
+    "gelu", "gelu_backward", "tanh", "tanh_backward", "exp", "log", "sqrt", "rsqrt", "pow", "masked_fill",
+    "masked_fill_", "fill_", "zero_", "addcmul", "addcdiv", "lerp",
 })
+
+
+def plannable(func) -> bool:
+    name = func._schema.name.split("::")[-1]
+    return name in PLANNED_NAMES or name.startswith("_foreach_")
+
 
 # How calls of planned ops went: "repeated" from a plan, "recorded" (a plan made), "unplannable" (why, by
 # reason), "moved" (a plan whose allocations landed elsewhere: the handler ran).
 stats: Counter = Counter()
-MAX_PLANS = 8192       # a step holds a few hundred; past this the table starts again
+MAX_PLANS = 8192       # a step holds a few hundred to a few thousand; past this the table starts again
+MAX_SEEN = 4096        # keys met once (not recorded yet) remembered at most
 _MALLOC, _FREE = 0, 1
 _SCALARS = frozenset({int, float, bool, type(None), str, torch.dtype, torch.device, torch.layout,
                       torch.memory_format})
+# Values that are their own key. Numbers are keyed with their type (1, 1.0 and True are equal, and hash alike, but
+# add an integer tensor to 1 and to 1.0 and the results differ in dtype) and floats by their bits (0.0 == -0.0).
+_AS_IS = frozenset({type(None), str, torch.dtype, torch.layout, torch.memory_format})
 
 
 class _NoKey(Exception):
@@ -59,8 +86,14 @@ def _describe(a):
     t = type(a)
     if t is WgpuTensor:
         ws = a._ws
-        return ws.heap.index, ws.base + a.storage_offset(), a.shape, a.stride(), a.dtype
-    if t in _SCALARS:
+        return ws.heap.index, ws.base + a.storage_offset(), tuple(a.shape), a.stride(), a.dtype
+    if t is float:
+        return 1, a.hex()
+    if t is int or t is bool:
+        return t is bool, a
+    if t in _AS_IS:
+        return a
+    if t is torch.device and a.type != "cpu":   # (a copy to the host reads the device: never repeatable)
         return a
     if t is list or t is tuple:
         return tuple([_describe(v) for v in a])
@@ -69,7 +102,7 @@ def _describe(a):
 
 def _key(func, args, kwargs):
     """The plan's key: everything the handler's work depends on (see above), or None."""
-    key = [id(func), torch.is_grad_enabled(), torch.is_inference_mode_enabled()]
+    key = [id(func), torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.get_default_dtype()]
     append = key.append
     try:
         # (Spelled out for the common argument types: this runs on every call of a planned op.)
@@ -77,18 +110,16 @@ def _key(func, args, kwargs):
             t = type(a)
             if t is WgpuTensor:
                 ws = a._ws
-                append((ws.heap.index, ws.base + a.storage_offset(), a.shape, a.stride(), a.dtype))
-            elif t in _SCALARS:
-                append(a)
-            elif t is list or t is tuple:   # (stride, padding, output masks: numbers, as they are)
+                append((ws.heap.index, ws.base + a.storage_offset(), tuple(a.shape), a.stride(), a.dtype))
+            elif t is list:   # (stride, padding: integers, as they are)
                 for v in a:
-                    if type(v) not in _SCALARS:
+                    if type(v) is not int:
                         append(_describe(a))
                         break
                 else:
                     append(tuple(a))
             else:
-                raise _NoKey
+                append(_describe(a))
         if kwargs:
             for k, v in kwargs.items():
                 append(k)
@@ -230,11 +261,15 @@ def _record(rt, handler, args, kwargs):
         return out, None
 
 
+_NOT_REPEATED = object()   # (an op's result may itself be None: in-place list ops return nothing)
+
+
 def _replay(rt, plan: Plan, args):
-    """The plan's work and outputs, or None (nothing done) where an allocation lands elsewhere."""
+    """The plan's work and outputs, or _NOT_REPEATED (nothing done) where an allocation lands elsewhere or a
+    setting the handler read has changed."""
     for name, text in plan.env:
         if os.environ.get(name) != text:
-            return None
+            return _NOT_REPEATED
     allocator = rt.allocator
     with rt.lock:
         blocks = []
@@ -245,7 +280,7 @@ def _replay(rt, plan: Plan, args):
                 if block.offset != event[3] or block.heap.index != event[2]:
                     for b in reversed(blocks):
                         allocator.free(b)
-                    return None
+                    return _NOT_REPEATED
             else:
                 allocator.free(blocks[event[1]])
         # (Dispatched after the allocations are known to match, under the runtime's lock: a block freed above
@@ -273,7 +308,7 @@ def _replay(rt, plan: Plan, args):
 
 # What handlers decide by besides their arguments: each probe returns a value that changes when that does (the
 # tuner's remembered answers and tile cache register one: kernels/gemm_tuning.py). Plans made under other values
-# are dropped, as are plans made before a kernel was compiled or forgotten.
+# are dropped, as are plans made before a kernel was compiled or the cache of kernels cleared.
 _probes: list = []
 
 
@@ -283,7 +318,7 @@ def depends_on(probe) -> None:
 
 
 def _state(rt) -> tuple:
-    return (len(rt._kernels), *[probe() for probe in _probes])
+    return (len(rt._kernels), rt.compile_count, *[probe() for probe in _probes])
 
 
 _mode_memo: tuple = (object(), "1")
@@ -318,10 +353,20 @@ def run(rt, func, handler, args, kwargs):
         if mode_now == "verify":
             return _verify(rt, func, plan, handler, args, kwargs, key)
         out = _replay(rt, plan, args)
-        if out is not None:
+        if out is not _NOT_REPEATED:
             stats["repeated"] += 1
             return out
         stats["moved"] += 1
+    else:
+        # A key is recorded the second time it is met: calls whose key never comes back (a float argument that
+        # changes every step) then cost no recording and keep no plan. What was met once is forgotten in bulk.
+        seen = rt.plans_seen
+        if key not in seen:
+            if len(seen) >= MAX_SEEN:
+                seen.clear()
+            seen[key] = None
+            return handler(*args, **kwargs) if kwargs else handler(*args)
+        del seen[key]
     out, plan = _record(rt, handler, args, kwargs)
     if plan is not None and _state(rt) == state:   # (a call that compiled a kernel is recorded next time)
         stats["recorded"] += 1

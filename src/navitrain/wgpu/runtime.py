@@ -72,7 +72,7 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
         heap = min(max_binding, (64 << 20) if self.info.software else (512 << 20))
         self.allocator = CachingAllocator(self._create_heap_buffer, self._destroy_heap_buffer, heap, max_binding,
                                           cap=_env.value(_env.WGPU_MEMORY_LIMIT))
-        self.allocator.on_heap_freed = self._forget_heap
+        self.allocator.on_heap_freed = self._heap_freed
 
         self._raw = _raw_api()
         self._lib = self._raw[1] if self._raw else None
@@ -115,6 +115,7 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
         self.recorder = None
         self.plans: dict = {}
         self.plans_state = None  # what the plans were made under (op_plans._state)
+        self.plans_seen: dict = {}  # calls met once, recorded when met again
 
     # -- description ------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -143,6 +144,11 @@ class Runtime(KernelCache, ParamArena, GraphReplay, Transfers):
         # Work already recorded may still use the heap: finish it before the buffer goes.
         self.synchronize()
         buffer.destroy()
+
+    def _heap_freed(self, heap: Heap) -> None:
+        """The allocator gave a heap back: its bind groups go, and so do the op plans (some may bind it)."""
+        self._forget_heap(heap)
+        self.plans.clear()
 
     def malloc(self, nbytes: int) -> Block:
         return self.allocator.malloc(nbytes)  # the allocator has its own lock
