@@ -244,3 +244,11 @@ def test_numbers_are_keyed_by_type_and_sign(fresh_plans):
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
         assert torch.equal(torch.signbit(got), torch.signbit(want)), (v, got, want)
     assert op_plans.stats["repeated"] >= 4, op_plans.stats
+
+
+def test_only_aten_ops_are_planned():
+    assert op_plans.plannable(aten.mul.Tensor) and op_plans.plannable(aten._foreach_add_.List)
+    assert not op_plans.plannable(aten.view.default)
+    lib = torch.library.Library("navitrain_plans_test", "DEF")   # a library op named like a planned aten op
+    lib.define("mul(Tensor x) -> Tensor")
+    assert not op_plans.plannable(torch.ops.navitrain_plans_test.mul.default)

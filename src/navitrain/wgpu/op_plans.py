@@ -61,8 +61,9 @@ PLANNED_NAMES = frozenset({
 
 
 def plannable(func) -> bool:
-    name = func._schema.name.split("::")[-1]
-    return name in PLANNED_NAMES or name.startswith("_foreach_")
+    """An aten op named above (another library's op of the same name runs that library's code: never planned)."""
+    namespace, _, name = func._schema.name.partition("::")
+    return namespace == "aten" and (name in PLANNED_NAMES or name.startswith("_foreach_"))
 
 
 # How calls of planned ops went: "repeated" from a plan, "recorded" (a plan made), "unplannable" (why, by
