@@ -227,6 +227,23 @@ def value(name: str) -> Any:
         raise EnvError(f"{name}={text!r} is not valid: {exc}") from None
 
 
+# (name -> (raw text, parsed value)) for value_on_hot_path: parsed again only when the text changed.
+_PARSED: dict[str, tuple[str | None, Any]] = {}
+
+
+def value_on_hot_path(name: str) -> Any:
+    """value(name) for readers that ask on every op (the tuning mode, the op plans' switch): the environment is
+    read every time (a test or a user may change it at run time), parsed only when its text changed; a malformed
+    value is never kept, so it raises every time."""
+    text = raw(name)
+    known = _PARSED.get(name)
+    if known is not None and known[0] == text:
+        return known[1]
+    parsed = value(name)
+    _PARSED[name] = (text, parsed)
+    return parsed
+
+
 def problems(environ=None) -> list[str]:
     """One sentence per declared variable whose value is malformed (the environment, or the given mapping)."""
     environ = os.environ if environ is None else environ

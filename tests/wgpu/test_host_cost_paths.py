@@ -110,7 +110,7 @@ def test_supported_refuses_any_unsupported_tensor_even_after_a_repeated_list():
 
 
 def test_tune_mode_follows_the_environment_after_it_was_remembered(monkeypatch):
-    monkeypatch.setattr(gemm_tuning, "_mode_memo", None)
+    monkeypatch.setattr(_env, "_PARSED", {})
     monkeypatch.delenv(_env.WGPU_TUNE, raising=False)
     assert gemm_tuning._mode() == "on"
     assert gemm_tuning._mode() == "on"  # remembered
@@ -129,7 +129,7 @@ def test_tune_mode_follows_the_environment_after_it_was_remembered(monkeypatch):
 def test_products_follow_a_changed_tune_mode(monkeypatch):
     """The per-process choice is keyed by mode: switching NAVITRAIN_WGPU_TUNE between products still
     gives correct results (on lavapipe both modes use the built-in default tile)."""
-    monkeypatch.setattr(gemm_tuning, "_mode_memo", None)
+    monkeypatch.setattr(_env, "_PARSED", {})
     gen = torch.Generator().manual_seed(9)
     a, b = torch.randn(33, 20, generator=gen), torch.randn(20, 17, generator=gen)
     for mode in ("1", "0", "1"):

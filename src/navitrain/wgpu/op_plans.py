@@ -72,11 +72,10 @@ stats: Counter = Counter()
 MAX_PLANS = 8192       # a step holds a few hundred to a few thousand; past this the table starts again
 MAX_SEEN = 4096        # keys met once (not recorded yet) remembered at most
 _MALLOC, _FREE = 0, 1
-_SCALARS = frozenset({int, float, bool, type(None), str, torch.dtype, torch.device, torch.layout,
-                      torch.memory_format})
 # Values that are their own key. Numbers are keyed with their type (1, 1.0 and True are equal, and hash alike, but
 # add an integer tensor to 1 and to 1.0 and the results differ in dtype) and floats by their bits (0.0 == -0.0).
 _AS_IS = frozenset({type(None), str, torch.dtype, torch.layout, torch.memory_format})
+_SCALARS = _AS_IS | {int, float, bool, torch.device}   # what a handler may return besides tensors
 
 
 class _NoKey(Exception):
@@ -322,16 +321,9 @@ def _state(rt) -> tuple:
     return (len(rt._kernels), rt.compile_count, *[probe() for probe in _probes])
 
 
-_mode_memo: tuple = (object(), "1")
-
-
 def mode() -> str:
-    """NAVITRAIN_WGPU_PLANS: "1", "0" or "verify", read on every call (tests switch it), parsed when it changed."""
-    global _mode_memo
-    text = os.environ.get(_env.WGPU_PLANS)
-    if text != _mode_memo[0]:
-        _mode_memo = (text, _env.value(_env.WGPU_PLANS))
-    return _mode_memo[1]
+    """NAVITRAIN_WGPU_PLANS: "1", "0" or "verify", read on every call (tests switch it)."""
+    return _env.value_on_hot_path(_env.WGPU_PLANS)
 
 
 def run(rt, func, handler, args, kwargs):

@@ -220,23 +220,11 @@ def _parse(text: str) -> TileConfig | None:
     return None
 
 
-# (the variable's text, its parsed mode): _mode() runs on every matrix product and convolution, and
-# parsing the variable each time cost about as much as the rest of a remembered pick (issue 19).
-_mode_memo: tuple[str | None, str] | None = None
-
-
 def _mode() -> str:
-    """The tuning mode, "on", "off" or "force"; a malformed value raises naming the variable. The
-    environment is read on every call (a test or a user may change NAVITRAIN_WGPU_TUNE at run time);
-    it is parsed again only when its text has changed."""
-    global _mode_memo
-    text = _env.raw(_env.WGPU_TUNE)
-    memo = _mode_memo
-    if memo is not None and memo[0] == text:
-        return memo[1]
-    mode = _env.value(_env.WGPU_TUNE)
-    _mode_memo = (text, mode)
-    return mode
+    """The tuning mode, "on", "off" or "force"; a malformed value raises naming the variable. Asked on every
+    matrix product and convolution: parsing the variable each time cost about as much as the rest of a
+    remembered pick (issue 19), so it is parsed only when its text changed."""
+    return _env.value_on_hot_path(_env.WGPU_TUNE)
 
 
 def pick(kind, M: int, N: int, K: int, batch: int, run) -> TileConfig:
