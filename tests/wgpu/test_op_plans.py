@@ -121,6 +121,32 @@ def test_a_result_still_alive_is_not_handed_out_again(fresh_plans):
     assert op_plans.stats["repeated"] >= 1, op_plans.stats
 
 
+@pytest.mark.parametrize("kept", [1, 3])
+def test_an_output_that_moves_between_places_repeats_from_a_plan_per_place(fresh_plans, monkeypatch, kept):
+    """`loss = step()` keeps the last result alive while the next is made, and a GPT's six layers call one clone
+    with the same arguments six times a step, each output kept for backward: the same arguments then put the
+    output in one of several places, in turn. Each place is a plan, tried in turn; none is recorded again and
+    again."""
+    x, w = rnd(2, 3, 6, 6, seed=1).to(DEV), rnd(4, 3, 3, 3, seed=2).to(DEV)
+    want = F.conv2d(x.cpu(), w.cpu(), padding=1)
+    alive, places, tries = [], set(), []
+    replay = op_plans._replay
+    monkeypatch.setattr(op_plans, "_replay", lambda *a: tries.append(1) or replay(*a))
+    for i in range(6 * (kept + 1)):
+        if i == 3 * (kept + 1):
+            tries.clear()
+        out = _conv(x, w)
+        places.add((out._ws.block.heap.index, out._ws.block.offset))
+        torch.testing.assert_close(out.cpu(), want, rtol=1e-5, atol=1e-5)
+        assert all(out._ws is not a._ws for a in alive)
+        alive = (alive + [out])[-kept:]
+    assert len(places) == kept + 1
+    # (each new place was met by a call whose other plans failed: kept of those while the ring fills)
+    assert op_plans.stats["recorded"] == kept + 1 and op_plans.stats["moved"] <= kept, op_plans.stats
+    assert op_plans.stats["repeated"] >= 3 * (kept + 1), op_plans.stats
+    assert len(tries) == 3 * (kept + 1), "the plans are not tried in the order their places come round"
+
+
 def test_the_allocator_hands_out_the_lowest_free_address_whatever_the_order_of_frees():
     alloc = runtime().allocator
     for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):
@@ -179,7 +205,8 @@ def test_a_plan_is_not_repeated_under_other_settings_its_handler_read(fresh_plan
         monkeypatch.setenv("NAVITRAIN_WGPU_CONV", mode)
         for _ in range(4):
             torch.testing.assert_close(_conv(x, w).cpu(), want, rtol=1e-4, atol=1e-4)
-        (plan,) = runtime().plans.values()
+        (plans,) = runtime().plans.values()
+        plan = plans[-1]
         assert dict(plan.env)["NAVITRAIN_WGPU_CONV"] == mode
         kernels[mode] = {d[0].name for d in plan.dispatches}
     assert op_plans.stats["repeated"] >= 2, op_plans.stats

@@ -14,7 +14,10 @@ blocks and the arguments.
 A call becomes a plan only if it did nothing a plan could not repeat: no reads of device data, no uploads, no
 waiting for the GPU (the tuner timing its candidates), no random numbers, no freeing of memory it did not
 allocate, no block kept that is not returned, nothing from another thread. A repeat checks every allocation
-lands where it was recorded before it dispatches anything; where one does not, the handler runs. Only ops in
+lands where it was recorded before it dispatches anything; where one does not, the handler runs and its call
+becomes another plan for the same key. A key keeps up to PLANS_PER_KEY plans, tried least recently used first:
+one call may put its output in several places in turn (a GPT's six layers call one clone with the same arguments,
+each output kept for backward; `loss = step()` keeps the last loss alive while the next is made). Only ops in
 PLANNED_NAMES are planned: their handlers were read for other inputs (`requires_grad`, autograd inside a
 handler, host values) that the key does not hold. A key is recorded the second time it is met, so calls whose
 key never repeats (a float argument that changes every step: a non-capturable Adam's bias corrections) cost no
@@ -71,6 +74,7 @@ def plannable(func) -> bool:
 stats: Counter = Counter()
 MAX_PLANS = 8192       # a step holds a few hundred to a few thousand; past this the table starts again
 MAX_SEEN = 4096        # keys met once (not recorded yet) remembered at most
+PLANS_PER_KEY = 8      # plans kept per key, the last recorded (see run)
 _MALLOC, _FREE = 0, 1
 # Values that are their own key. Numbers are keyed with their type (1, 1.0 and True are equal, and hash alike, but
 # add an integer tensor to 1 and to 1.0 and the results differ in dtype) and floats by their bits (0.0 == -0.0).
@@ -327,7 +331,7 @@ def mode() -> str:
 
 
 def run(rt, func, handler, args, kwargs):
-    """Call `handler` for `func`, or repeat its plan for these arguments."""
+    """Call `handler` for `func`, or repeat one of its plans for these arguments."""
     mode_now = mode()
     if mode_now == "0" or rt.recorder is not None or rt.capture is not None or rt.profile is not None:
         # Off; inside another op's recording (its work is part of that plan); or capturing a graph or profiling,
@@ -341,14 +345,19 @@ def run(rt, func, handler, args, kwargs):
     if state != rt.plans_state:
         plans.clear()
         rt.plans_state = state
-    plan = plans.get(key)
-    if plan is not None:
+    known = plans.get(key)
+    if known is not None:
         if mode_now == "verify":
-            return _verify(rt, func, plan, handler, args, kwargs, key)
-        out = _replay(rt, plan, args)
-        if out is not _NOT_REPEATED:
-            stats["repeated"] += 1
-            return out
+            return _verify(rt, func, known, handler, args, kwargs, key)
+        for i, plan in enumerate(known):
+            out = _replay(rt, plan, args)
+            if out is not _NOT_REPEATED:
+                stats["repeated"] += 1
+                if i != len(known) - 1:
+                    # Tried first next time: the plans this call passed over (with a result kept alive across
+                    # steps, an op's output alternates between two places while its arguments stay put).
+                    known.append(known.pop(i))
+                return out
         stats["moved"] += 1
     else:
         # A key is recorded the second time it is met: calls whose key never comes back (a float argument that
@@ -363,9 +372,14 @@ def run(rt, func, handler, args, kwargs):
     out, plan = _record(rt, handler, args, kwargs)
     if plan is not None and _state(rt) == state:   # (a call that compiled a kernel is recorded next time)
         stats["recorded"] += 1
-        if len(plans) >= MAX_PLANS:
-            plans.clear()
-        plans[key] = plan
+        if known is None:
+            if len(plans) >= MAX_PLANS:
+                plans.clear()
+            plans[key] = [plan]
+        else:
+            if len(known) >= PLANS_PER_KEY:
+                del known[0]
+            known.append(plan)
     return out
 
 
@@ -373,15 +387,22 @@ class PlanMismatch(RuntimeError):
     """NAVITRAIN_WGPU_PLANS=verify: a handler did other work than its plan for the same key."""
 
 
-def _verify(rt, func, plan: Plan, handler, args, kwargs, key):
-    """Run the handler where the plan would have been repeated, and compare. (A repeat whose allocations land
-    elsewhere, or under other NAVITRAIN_* values, runs the handler anyway: only the same memory and environment
-    must give the same work. A call may also not be plannable now, as when the tuner's cache was cleared.)"""
+def _verify(rt, func, known: list, handler, args, kwargs, key):
+    """Run the handler where a plan would have been repeated, and compare with the plan recorded for the same
+    memory. (A repeat whose allocations land elsewhere, or under other NAVITRAIN_* values, runs the handler anyway:
+    only the same memory and environment must give the same work. A call may also not be plannable now, as when
+    the tuner's cache was cleared.)"""
     out, fresh = _record(rt, handler, args, kwargs)
     if fresh is None:
         rt.plans.pop(key, None)
-    else:
-        if fresh.memory == plan.memory and fresh.env == plan.env and not fresh.same_work(plan):
-            raise PlanMismatch(f"{func}: the handler did other work than its plan for the same arguments")
-        rt.plans[key] = fresh
+        return out
+    for i, plan in enumerate(known):
+        if fresh.memory == plan.memory and fresh.env == plan.env:
+            if not fresh.same_work(plan):
+                raise PlanMismatch(f"{func}: the handler did other work than its plan for the same arguments")
+            known[i] = fresh
+            return out
+    if len(known) >= PLANS_PER_KEY:
+        del known[0]
+    known.append(fresh)
     return out
