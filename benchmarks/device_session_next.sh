@@ -26,7 +26,7 @@ if [ "${1:-}" = start ] || [ "${1:-}" = start-short ] || [ "${1:-}" = start-mid 
   [ "$1" = start-mid ] && plan=run-mid
   rm -rf "$RUN" "$OUTDIR"; mkdir -p "$RUN" "$OUTDIR"
   cp -r src benchmarks pyproject.toml "$RUN"/; cp -rL .gl .whl "$RUN"/; [ -d .tune ] && cp -r .tune "$RUN"/
-  for r in run15-h100 run16-h100; do
+  for r in run15-h100 run16-h100 run17-h100; do
     mkdir -p "$RUN"/docs/benchmark-logs/$r && cp docs/benchmark-logs/$r/gemm_tiles.v3.json "$RUN"/docs/benchmark-logs/$r/
   done
   (cd "$RUN" && setsid nohup bash benchmarks/device_session_next.sh "$plan" > "$OUTDIR/main.log" 2>&1 < /dev/null &)
@@ -52,45 +52,28 @@ elif [ "${1:-}" = run-short ]; then
   touch "$O/DONE"
   exit 0
 elif [ "${1:-}" = run-mid ]; then
-  # Run 17: eager steps with op plans (session 23), then what run 16 (docs/benchmarks.md) left open, most wanted first. Run 16's tile choices seed the tuner
-  # (an H100 with its driver: name kind nvidia-h100-x1 to use them).
+  # Run 18: what run 17 (docs/benchmarks.md) left open, most wanted first. Run 17's tile choices seed the tuner (an
+  # H100 with its driver: name kind nvidia-h100-x1 to use them).
   begin
-  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run16-h100/gemm_tiles.v3.json
+  seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run17-h100/gemm_tiles.v3.json
   mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
-  clocks() { nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader >> "$O/clocks.txt"; }
-  stage "m0 the eager zoo with op plans (issue 23's eager target: geometric mean at most 2.5x of CUDA; run 15: 3.61x)"
+  stage "p0 op plans off and on alternating in one process, per step (run 17: plans-on rows 1.27x slower and 1.85x apart between processes)"
+  timeout 300 python3 benchmarks/plans_on_device.py --models train:resnet18,train:gpt,tv:resnet50,tv:mobilenet_v2,tv:convnext_small \
+    --blocks 3 --per-block 4 --timeout 110 --json "$O/plans.json" > "$O/plans.log" 2>&1
+  stage "p1 the eager zoo again, a plan per place (issue 23's eager goal: 71% of CUDA's speed; run 17: 47%)"
   timeout 600 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16,resnet18,resnet50,wide_resnet50_2,densenet161,convnext_small,efficientnet_b0,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,mnasnet1_0,regnet_y_400mf,resnext50_32x4d \
-    --devices wgpu,cuda --no-layers --steps 5 --warmup 4 --timeout 120 --json "$O/zoo_eager_plans.json" > "$O/zoo_eager_plans.log" 2>&1
-  stage "m0b op plans off, same models' host-bound half, and the eager GPT both ways (issue 19: eager GPT at most 4x)"
-  NAVITRAIN_WGPU_PLANS=0 timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v3_small,efficientnet_b0,resnet50,regnet_y_400mf \
-    --devices wgpu --no-layers --steps 5 --warmup 4 --timeout 100 --json "$O/zoo_eager_noplans.json" > "$O/zoo_eager_noplans.log" 2>&1
+    --devices wgpu,cuda --no-layers --steps 8 --warmup 4 --timeout 120 --json "$O/zoo_eager_plans.json" > "$O/zoo_eager_plans.log" 2>&1
+  stage "p2 eager GPT and CIFAR ResNet-18 (issue 19: eager GPT at most 4x; run 17: 2.33x), then the compiled GPT's GPU time per kernel"
   timeout 150 python3 benchmarks/bench_wgpu_train.py --models gpt,resnet18 --devices wgpu,cuda --steps 10 --warmup 5 --timeout 70 \
     --json "$O/eager_train.json" > "$O/eager_train.log" 2>&1
-  NAVITRAIN_WGPU_PLANS=0 timeout 120 python3 benchmarks/bench_wgpu_train.py --models gpt,resnet18 --devices wgpu --steps 10 --warmup 5 \
-    --timeout 55 --json "$O/eager_train_noplans.json" > "$O/eager_train_noplans.log" 2>&1
-  stage "m1 compiled LM and GPT, tuner on, GEMM epilogues on and off in one call (run 16: LM 17% slower fused, before the layout fix)"
-  clocks
-  timeout 260 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt --devices wgpu-compile,cuda \
+  NAVITRAIN_BENCH_PROFILE=1 timeout 150 python3 benchmarks/bench_wgpu_train.py --models gpt --devices wgpu-compile \
+    --steps 3 --warmup 5 --timeout 120 --json "$O/compile_profile.json" > "$O/compile_profile.log" 2>&1
+  stage "p3 compiled GPT, LM and CIFAR ResNet-18 again, CUDA in the same call (run 17: 1.71x, 1.32x, 1.13x)"
+  timeout 400 python3 benchmarks/bench_wgpu_train.py --models gpt,tlm,resnet18 --devices wgpu-compile,cuda \
     --steps 10 --warmup 5 --timeout 120 --json "$O/compile.json" > "$O/compile.log" 2>&1
-  NAVITRAIN_WGPU_FUSION_OFF=gemm timeout 200 python3 benchmarks/bench_wgpu_train.py --models tlm,gpt \
-    --devices wgpu-compile --steps 10 --warmup 5 --timeout 90 --json "$O/compile_nogemm.json" > "$O/compile_nogemm.log" 2>&1
-  clocks
-  stage "m2 compiled AlexNet and VGG-16 against their captured graphs, 10 steps after 5, conv+ReLU on and off (run 16: compiled 2.5-3.7x slower, unexplained)"
-  ( while sleep 5; do clocks; done ) & CLOCKS=$!
-  timeout 300 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu-graph,wgpu-compile,cuda --no-layers \
-    --steps 10 --warmup 5 --timeout 130 --json "$O/zoo_compile.json" > "$O/zoo_compile.log" 2>&1
-  NAVITRAIN_WGPU_FUSION_OFF=conv_relu timeout 200 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16 --devices wgpu-compile \
-    --no-layers --steps 10 --warmup 5 --timeout 90 --json "$O/zoo_compile_norelu.json" > "$O/zoo_compile_norelu.log" 2>&1
-  kill $CLOCKS 2>/dev/null
-  stage "m3 where the compiled LM's GPU time goes now (per kernel; run 16: layer norms 7.2 of 25.9 ms on strided rows)"
-  NAVITRAIN_BENCH_PROFILE=1 timeout 150 python3 benchmarks/bench_wgpu_train.py --models tlm --devices wgpu-compile \
-    --steps 3 --warmup 3 --timeout 120 --json "$O/compile_profile.json" > "$O/compile_profile.log" 2>&1
-  stage "m4 compiled CIFAR ResNet-18 and U-Net, tuner on (run 16: 1.20x, 1.32x)"
-  timeout 260 python3 benchmarks/bench_wgpu_train.py --models resnet18,unet --devices wgpu-compile,cuda \
-    --steps 10 --warmup 5 --timeout 120 --json "$O/compile_b.json" > "$O/compile_b.log" 2>&1
-  stage "m5 the eager zoo's host-bound models, tuned (run 16 had no time for DenseNet-161 and ResNet-50)"
-  timeout 240 python3 benchmarks/bench_wgpu_zoo.py --models densenet161,resnet50,mobilenet_v2,convnext_small \
-    --devices wgpu,wgpu-graph,wgpu-compile,cuda --no-layers --steps 5 --warmup 3 --timeout 100 --json "$O/zoo_eager.json" > "$O/zoo_eager.log" 2>&1
+  stage "p4 where AlexNet's GPU time goes, tuned (issue 23: below the 50% floor at 2.44x)"
+  timeout 100 python3 benchmarks/bench_wgpu_zoo.py --models alexnet --devices wgpu --no-layers --profile 30 \
+    --steps 2 --warmup 2 --timeout 90 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
   stage done
   touch "$O/DONE"
   exit 0
