@@ -74,6 +74,9 @@ elif [ "${1:-}" = run-mid ]; then
   stage "p4 where AlexNet's GPU time goes, tuned (issue 23: below the 50% floor at 2.44x)"
   timeout 100 python3 benchmarks/bench_wgpu_zoo.py --models alexnet --devices wgpu --no-layers --profile 30 \
     --steps 2 --warmup 2 --timeout 90 --json "$O/zoo_profile.json" > "$O/zoo_profile.log" 2>&1
+  stage "p5 compiled MobileNetV2 against its eager step, per kernel (run 17: compiled 49.1 ms, captured 20.7, eager 41.0)"
+  timeout 200 python3 benchmarks/bench_wgpu_zoo.py --models mobilenet_v2 --devices wgpu,wgpu-compile --no-layers --profile 30 \
+    --steps 3 --warmup 5 --timeout 90 --json "$O/zoo_compile_profile.json" > "$O/zoo_compile_profile.log" 2>&1
   stage done
   touch "$O/DONE"
   exit 0
