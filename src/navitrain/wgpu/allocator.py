@@ -146,6 +146,17 @@ class CachingAllocator:
             self.recorder.malloc(nbytes, block)
         return block
 
+    def next_place(self, nbytes: int) -> tuple[int, int] | None:
+        """(heap index, offset) of the block malloc(nbytes) would hand out now from a free list, or None where
+        it would carve new memory or a graph capture is on (op_plans.py looks its plans up by this)."""
+        if self.capturing is not None:
+            return None
+        free = self._free.get(size_class(nbytes))
+        if not free:
+            return None
+        top = free[0]
+        return top[0], top[1]
+
     def _account(self, cls: int) -> None:
         self.allocated += cls
         if self.allocated > self.peak_allocated:

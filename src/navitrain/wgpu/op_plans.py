@@ -15,9 +15,10 @@ A call becomes a plan only if it did nothing a plan could not repeat: no reads o
 waiting for the GPU (the tuner timing its candidates), no random numbers, no freeing of memory it did not
 allocate, no block kept that is not returned, nothing from another thread. A repeat checks every allocation
 lands where it was recorded before it dispatches anything; where one does not, the handler runs and its call
-becomes another plan for the same key. A key keeps up to PLANS_PER_KEY plans, tried least recently used first:
-one call may put its output in several places in turn (a GPT's six layers call one clone with the same arguments,
-each output kept for backward; `loss = step()` keeps the last loss alive while the next is made). Only ops in
+becomes another plan for the same key. A key keeps a plan per place its first allocation landed (up to
+PLANS_PER_KEY), and the place the allocator would hand out now picks the one to repeat: one call may put its
+output in several places in turn (a GPT's layers call one clone with the same arguments, each output kept for
+backward; `loss = step()` keeps the last loss alive while the next is made). Only ops in
 PLANNED_NAMES are planned: their handlers were read for other inputs (`requires_grad`, autograd inside a
 handler, host values) that the key does not hold. A key is recorded the second time it is met, so calls whose
 key never repeats (a float argument that changes every step: a non-capturable Adam's bias corrections) cost no
@@ -74,7 +75,8 @@ def plannable(func) -> bool:
 stats: Counter = Counter()
 MAX_PLANS = 8192       # a step holds a few hundred to a few thousand; past this the table starts again
 MAX_SEEN = 4096        # keys met once (not recorded yet) remembered at most
-PLANS_PER_KEY = 8      # plans kept per key, the last recorded (see run)
+PLANS_PER_KEY = 64     # places kept per key: where its first allocation landed (PlanSet)
+PLANS_PER_PLACE = 4    # plans kept per place: their later allocations land elsewhere
 _MALLOC, _FREE = 0, 1
 # Values that are their own key. Numbers are keyed with their type (1, 1.0 and True are equal, and hash alike, but
 # add an integer tensor to 1 and to 1.0 and the results differ in dtype) and floats by their bits (0.0 == -0.0).
@@ -198,6 +200,48 @@ class Plan:
     def same_work(self, other: Plan) -> bool:
         return (self.memory == other.memory and self.dispatches == other.dispatches and self.storages ==
                 other.storages and self.outputs == other.outputs and self.env == other.env)
+
+
+class PlanSet:
+    """A key's plans, by the place their first allocation landed. Every plan of a key comes from the same handler
+    with the same arguments, so its allocations have the same sizes in the same order: where the allocator would
+    put the first one now (Allocator.next_place) names the plans to try, whatever the number of places. Plans
+    whose first allocation shares a place (a later one differs) are tried in turn, least recently repeated first."""
+
+    __slots__ = ("first", "by_place")
+
+    def __init__(self, first: int | None):
+        self.first = first            # bytes of the first allocation (None: the plans allocate nothing)
+        self.by_place: dict = {}      # (heap index, offset) of the first allocation, or None -> [Plan, ...]
+
+    def find(self, allocator) -> list:
+        place = None if self.first is None else allocator.next_place(self.first)
+        return self.by_place.get(place, ())
+
+    def add(self, plan: Plan) -> bool:
+        """Keep `plan` (the oldest place goes past PLANS_PER_KEY, the oldest plan of a place past PLANS_PER_PLACE);
+        False where its allocations differ in size from the others' (not expected: the key keeps what it has)."""
+        if _first_size(plan) != self.first:
+            return False
+        places = self.by_place
+        place = _first_place(plan)
+        same = places.get(place)
+        if same is None:
+            if len(places) >= PLANS_PER_KEY:
+                del places[next(iter(places))]
+            same = places[place] = []
+        elif len(same) >= PLANS_PER_PLACE:
+            del same[0]
+        same.append(plan)
+        return True
+
+
+def _first_size(plan: Plan) -> int | None:
+    return plan.memory[0][1] if plan.memory and plan.memory[0][0] == _MALLOC else None
+
+
+def _first_place(plan: Plan) -> tuple[int, int] | None:
+    return (plan.memory[0][2], plan.memory[0][3]) if plan.memory and plan.memory[0][0] == _MALLOC else None
 
 
 def _geometry(t: WgpuTensor) -> tuple:
@@ -349,14 +393,13 @@ def run(rt, func, handler, args, kwargs):
     if known is not None:
         if mode_now == "verify":
             return _verify(rt, func, known, handler, args, kwargs, key)
-        for i, plan in enumerate(known):
+        same = known.find(rt.allocator)
+        for i, plan in enumerate(same):
             out = _replay(rt, plan, args)
             if out is not _NOT_REPEATED:
                 stats["repeated"] += 1
-                if i != len(known) - 1:
-                    # Tried first next time: the plans this call passed over (with a result kept alive across
-                    # steps, an op's output alternates between two places while its arguments stay put).
-                    known.append(known.pop(i))
+                if i != len(same) - 1:
+                    same.append(same.pop(i))   # (the others are tried first next time: they come round in turn)
                 return out
         stats["moved"] += 1
     else:
@@ -371,15 +414,14 @@ def run(rt, func, handler, args, kwargs):
         del seen[key]
     out, plan = _record(rt, handler, args, kwargs)
     if plan is not None and _state(rt) == state:   # (a call that compiled a kernel is recorded next time)
-        stats["recorded"] += 1
         if known is None:
             if len(plans) >= MAX_PLANS:
                 plans.clear()
-            plans[key] = [plan]
+            known = plans[key] = PlanSet(_first_size(plan))
+        if known.add(plan):
+            stats["recorded"] += 1
         else:
-            if len(known) >= PLANS_PER_KEY:
-                del known[0]
-            known.append(plan)
+            stats["unplannable: allocations of other sizes than its other plans'"] += 1
     return out
 
 
@@ -387,22 +429,20 @@ class PlanMismatch(RuntimeError):
     """NAVITRAIN_WGPU_PLANS=verify: a handler did other work than its plan for the same key."""
 
 
-def _verify(rt, func, known: list, handler, args, kwargs, key):
-    """Run the handler where a plan would have been repeated, and compare with the plan recorded for the same
-    memory. (A repeat whose allocations land elsewhere, or under other NAVITRAIN_* values, runs the handler anyway:
-    only the same memory and environment must give the same work. A call may also not be plannable now, as when
-    the tuner's cache was cleared.)"""
+def _verify(rt, func, known: PlanSet, handler, args, kwargs, key):
+    """Run the handler where a plan would have been repeated, and compare with the plan it would have repeated.
+    (A repeat whose allocations land elsewhere, or under other NAVITRAIN_* values, runs the handler anyway: only
+    the same memory and environment must give the same work. A call may also not be plannable now, as when the
+    tuner's cache was cleared.)"""
+    same = list(known.find(rt.allocator))
     out, fresh = _record(rt, handler, args, kwargs)
     if fresh is None:
         rt.plans.pop(key, None)
         return out
-    for i, plan in enumerate(known):
+    for plan in same:
         if fresh.memory == plan.memory and fresh.env == plan.env:
             if not fresh.same_work(plan):
                 raise PlanMismatch(f"{func}: the handler did other work than its plan for the same arguments")
-            known[i] = fresh
             return out
-    if len(known) >= PLANS_PER_KEY:
-        del known[0]
-    known.append(fresh)
+    known.add(fresh)
     return out
