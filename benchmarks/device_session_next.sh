@@ -58,7 +58,7 @@ elif [ "${1:-}" = run-mid ]; then
   seed=.tune/gemm_tiles.v3.json; [ -f "$seed" ] || seed=docs/benchmark-logs/run17-h100/gemm_tiles.v3.json
   mkdir -p "$NAVITRAIN_CACHE_DIR"; cp "$seed" "$NAVITRAIN_CACHE_DIR/gemm_tiles.v3.json"
   stage "p0 op plans off and on alternating in one process, per step (run 17: plans-on rows 1.27x slower and 1.85x apart between processes)"
-  timeout 300 python3 benchmarks/plans_on_device.py --models train:resnet18,train:gpt,tv:resnet50,tv:mobilenet_v2,tv:convnext_small \
+  timeout 300 python3 benchmarks/plans_on_device.py --models resnet18,gpt,tv:resnet50,tv:mobilenet_v2,tv:convnext_small \
     --blocks 3 --per-block 4 --timeout 110 --json "$O/plans.json" > "$O/plans.log" 2>&1
   stage "p1 the eager zoo again, a plan per place (issue 23's eager goal: 71% of CUDA's speed; run 17: 47%)"
   timeout 600 python3 benchmarks/bench_wgpu_zoo.py --models alexnet,vgg16,resnet18,resnet50,wide_resnet50_2,densenet161,convnext_small,efficientnet_b0,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,mnasnet1_0,regnet_y_400mf,resnext50_32x4d \

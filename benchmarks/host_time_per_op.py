@@ -212,8 +212,8 @@ def measure_step(workload, steps: int, top: int, profile: bool, no_gpu_work: boo
     return {"step_ms": step_ms, "ops": n_ops, "us_per_op": step_ms * 1e3 / n_ops}
 
 
-def torchvision_workload(name: str) -> workloads.Workload:
-    """A torchvision classification model as a workload: 10 classes, 64 px images, batch 2, SGD momentum."""
+def torchvision_workload(name: str, image: int = 64, batch_size: int = 2) -> workloads.Workload:
+    """A torchvision classification model as a workload: 10 classes, `image` px images, SGD momentum."""
     from _common import import_torchvision
 
     import_torchvision()
@@ -221,12 +221,12 @@ def torchvision_workload(name: str) -> workloads.Workload:
 
     def batch(batch_size, seed=0, device="cpu"):
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch_size, 3, 64, 64, generator=gen)
+        x = torch.randn(batch_size, 3, image, image, generator=gen)
         return x.to(device), torch.randint(0, 10, (batch_size,), generator=gen).to(device)
 
-    return workloads.Workload(name=name, size="64px", title=f"torchvision {name} 64px b2", batch_size=2,
-                              build=lambda: getattr(torchvision.models, name)(num_classes=10), make_batch=batch,
-                              loss=torch.nn.functional.cross_entropy, optimizer="sgd", lr=0.01)
+    return workloads.Workload(name=name, size=f"{image}px", title=f"torchvision {name} {image}px",
+                              batch_size=batch_size, build=lambda: getattr(torchvision.models, name)(num_classes=10),
+                              make_batch=batch, loss=torch.nn.functional.cross_entropy, optimizer="sgd", lr=0.01)
 
 
 def _workload(name: str, size: str) -> workloads.Workload:

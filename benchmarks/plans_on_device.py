@@ -14,7 +14,10 @@ step records:
   submits   queue submissions.
 A host time well above its CPU time means the host waited (for the driver or the GPU), not computed.
 
-    python benchmarks/plans_on_device.py --models train:resnet18,train:gpt,tv:mobilenet_v2 [--blocks 3 --per-block 4]
+    python benchmarks/plans_on_device.py --models resnet18,gpt,tv:mobilenet_v2 [--blocks 3 --per-block 4]
+
+Models: the bench workloads (navitrain.bench.workloads: resnet18 is the CIFAR ResNet-18 b128, gpt the 6x384 GPT
+b16, as in bench_wgpu_train.py) and torchvision models as `tv:<name>` (224 px, bench_wgpu_zoo.py's batch).
 """
 from __future__ import annotations
 
@@ -31,52 +34,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _build(spec: str, quick: bool):
-    """(step function returning the loss, description) for "train:<bench_wgpu_train model>" or "tv:<zoo model>"."""
+def _workload(name: str, quick: bool):
+    """A workload of navitrain.bench.workloads (standard size; tiny with --quick), or "tv:<model>": the torchvision
+    model at 224 px and bench_wgpu_zoo's batch (64 px, batch 2 with --quick)."""
+    from host_time_per_op import torchvision_workload
+
+    from navitrain.bench import workloads
+    if not name.startswith("tv:"):
+        return workloads.get(name, "tiny" if quick else "standard")
+    from bench_wgpu_zoo import BATCH
+    model = name[3:]
+    return torchvision_workload(model, 64, 2) if quick else torchvision_workload(model, 224, BATCH.get(model, 16))
+
+
+def _build(name: str, quick: bool):
+    """(step function returning the loss, description): the workload's training step as a script runs it, each
+    step's batch (two, in turn) moved to the device first, as bench_wgpu_train.py's loop does."""
+    import itertools
+
     import torch
 
-    kind, name = spec.split(":", 1)
+    from navitrain.bench import models
+    workload = _workload(name, quick)
     torch.manual_seed(0)
-    if kind == "train":
-        from bench_wgpu_train import MODELS
+    model = workload.build().to("wgpu")
+    train = models.train_step(model, workload.make_optimizer(model.parameters()), workload.loss)
+    batches = itertools.cycle([workload.batch(seed) for seed in (0, 1)])
 
-        from navitrain.bench import models
-        build, mkw, batch_fn, bkw, batch, loss_name, q = MODELS[name]
-        if quick:
-            mkw, bkw = (dict(q["model"]), dict(q["data"])) if "model" in q else \
-                ({"width": q["width"]}, {"image_size": q["image_size"]})
-            batch = q["batch"]
-        model = getattr(models, build)(**mkw).to("wgpu")
-        opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9) if name == "resnet18" else \
-            torch.optim.AdamW(model.parameters(), lr=1e-3)
-        inner = models.train_step(model, opt, getattr(models, loss_name))
-        batches = [getattr(models, batch_fn)(batch, **bkw, seed=s) for s in range(2)]
-        counter = [0]
-
-        def step():   # as bench_wgpu_train's loop: a new batch uploaded every step
-            x, y = (t.to("wgpu") for t in batches[counter[0] % 2])
-            counter[0] += 1
-            return inner(x, y)
-        return step, f"{name} b{batch}"
-    from bench_wgpu_zoo import build as build_tv
-    batch = {"mobilenet_v2": 32, "resnet50": 32, "mobilenet_v3_small": 64, "efficientnet_b0": 32,
-             "regnet_y_400mf": 64}.get(name, 16)
-    size = 224
-    if quick:
-        batch, size = 2, 64
-    model = build_tv(name).to("wgpu")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 3, size, size, generator=gen).to("wgpu")
-    y = torch.randint(0, 1000, (batch,), generator=gen).to("wgpu")
-
-    def step():   # as bench_wgpu_zoo's eager step
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step, f"{name} b{batch} {size}px"
+    def step():
+        x, y = (t.to("wgpu") for t in next(batches))
+        return train(x, y)
+    return step, f"{workload.title}, batch {workload.batch_size}"
 
 
 def worker(spec: str, blocks: int, per_block: int, warmup: int, quick: bool, no_gpu_work: bool) -> dict:
@@ -133,7 +121,7 @@ def worker(spec: str, blocks: int, per_block: int, warmup: int, quick: bool, no_
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="train:resnet18,train:gpt,tv:mobilenet_v2")
+    ap.add_argument("--models", default="resnet18,gpt,tv:mobilenet_v2")
     ap.add_argument("--blocks", type=int, default=3, help="blocks of steps per mode, alternating off, on")
     ap.add_argument("--per-block", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=4)

@@ -10,7 +10,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def test_plans_alternate_in_one_process_and_repeat(tmp_path):
     out = tmp_path / "plans.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "plans_on_device.py"), "--quick", "--models", "train:gpt",
+    proc = subprocess.run([sys.executable, str(BENCH / "plans_on_device.py"), "--quick", "--models", "gpt",
                            "--blocks", "1", "--per-block", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
