@@ -206,25 +206,25 @@ class PlanSet:
     """A key's plans, by the place their first allocation landed. Every plan of a key comes from the same handler
     with the same arguments, so its allocations have the same sizes in the same order: where the allocator would
     put the first one now (Allocator.next_place) names the plans to try, whatever the number of places. Plans
-    whose first allocation shares a place (a later one differs) are tried in turn, least recently repeated first."""
+    whose first allocation shares a place (a later one differs) are tried in turn, least recently repeated first.
+    (Were a plan's first allocation of another size, it would not be found; a repeat checks every allocation.)"""
 
     __slots__ = ("first", "by_place")
 
-    def __init__(self, first: int | None):
-        self.first = first            # bytes of the first allocation (None: the plans allocate nothing)
+    def __init__(self, plan: Plan):
+        first = _first_malloc(plan)
+        self.first = None if first is None else first[1]   # bytes of the first allocation (None: none made)
         self.by_place: dict = {}      # (heap index, offset) of the first allocation, or None -> [Plan, ...]
 
     def find(self, allocator) -> list:
         place = None if self.first is None else allocator.next_place(self.first)
         return self.by_place.get(place, ())
 
-    def add(self, plan: Plan) -> bool:
-        """Keep `plan` (the oldest place goes past PLANS_PER_KEY, the oldest plan of a place past PLANS_PER_PLACE);
-        False where its allocations differ in size from the others' (not expected: the key keeps what it has)."""
-        if _first_size(plan) != self.first:
-            return False
+    def add(self, plan: Plan) -> None:
+        """Keep `plan`: the oldest place goes past PLANS_PER_KEY, the oldest plan of a place past PLANS_PER_PLACE."""
+        first = _first_malloc(plan)
+        place = None if first is None else (first[2], first[3])
         places = self.by_place
-        place = _first_place(plan)
         same = places.get(place)
         if same is None:
             if len(places) >= PLANS_PER_KEY:
@@ -233,15 +233,12 @@ class PlanSet:
         elif len(same) >= PLANS_PER_PLACE:
             del same[0]
         same.append(plan)
-        return True
 
 
-def _first_size(plan: Plan) -> int | None:
-    return plan.memory[0][1] if plan.memory and plan.memory[0][0] == _MALLOC else None
-
-
-def _first_place(plan: Plan) -> tuple[int, int] | None:
-    return (plan.memory[0][2], plan.memory[0][3]) if plan.memory and plan.memory[0][0] == _MALLOC else None
+def _first_malloc(plan: Plan) -> tuple | None:
+    """The plan's first allocation, (_MALLOC, bytes, heap index, offset), or None (a plan frees only what it
+    allocated, so its first memory event, if any, is an allocation)."""
+    return plan.memory[0] if plan.memory else None
 
 
 def _geometry(t: WgpuTensor) -> tuple:
@@ -414,14 +411,12 @@ def run(rt, func, handler, args, kwargs):
         del seen[key]
     out, plan = _record(rt, handler, args, kwargs)
     if plan is not None and _state(rt) == state:   # (a call that compiled a kernel is recorded next time)
+        stats["recorded"] += 1
         if known is None:
             if len(plans) >= MAX_PLANS:
                 plans.clear()
-            known = plans[key] = PlanSet(_first_size(plan))
-        if known.add(plan):
-            stats["recorded"] += 1
-        else:
-            stats["unplannable: allocations of other sizes than its other plans'"] += 1
+            known = plans[key] = PlanSet(plan)
+        known.add(plan)
     return out
 
 
